@@ -155,12 +155,13 @@ class Context:
         return self.op("Unsqueeze", x, axes=list(axes))
 
     def unbroadcast(self, grad, input, output):
-        """Sum ``grad`` (shaped like ``output``) back to the shape of ``input`` that was
-        broadcast (numpy rules) into ``output``.
+        """Sum ``grad`` (shaped like ``output``: a tensor name or a shape tuple) back to the
+        shape of ``input`` that was broadcast (numpy rules) into it.
 
         Example: ``ctx.unbroadcast(dy, node.input[1], node.output[0])`` for a bias add.
         """
-        shape_in, shape_out = self.shape(input), self.shape(output)
+        shape_in = self.shape(input)
+        shape_out = self.shape(output) if isinstance(output, str) else tuple(output)
         if shape_in is None or shape_out is None:
             raise ValueError(f"no shape known for {input!r} or {output!r}: run shape inference first")
         lead = len(shape_out) - len(shape_in)
@@ -172,6 +173,22 @@ class Context:
             return grad
         grad = self.reduce_sum(grad, axes, keepdims=True)
         return self.squeeze(grad, list(range(lead))) if lead else grad
+
+    def expand_like(self, grad, like, axes):
+        """Broadcast ``grad``, which has size 1 at ``axes``, to the shape of forward tensor ``like``."""
+        shape = self.shape(like)
+        if all(isinstance(shape[a], int) for a in axes):
+            return self.op("Expand", grad, self.ints([d if isinstance(d, int) else 1 for d in shape]))
+        return self.op("Expand", grad, self.shape_of(like))
+
+    def extra_output(self, node, index):
+        """Name of forward ``node``'s optional output ``index`` (e.g. MaxPool's Indices), adding
+        it to the node when the model does not compute it yet."""
+        while len(node.output) <= index:
+            node.output.append("")
+        if not node.output[index]:
+            node.output[index] = self.fresh(self.node_name + "_out")
+        return node.output[index]
 
     def where_positive(self, condition_input, grad):
         """``grad`` where ``condition_input`` > 0, else 0 (the ReLU mask)."""
