@@ -1,5 +1,7 @@
 """Rules for arithmetic with broadcasting, variadic ops, and gradient pass-through ops."""
-from engine.graph.rules import rule
+import numpy as np
+
+from engine.graph.rules import attrs, rule
 
 
 @rule("Add")
@@ -63,11 +65,36 @@ def max_min(ctx, node, grads):
     return out
 
 
-@rule("Identity", "Dropout", "QuantizeLinear", "DequantizeLinear")
+@rule("Identity", "Dropout", "DequantizeLinear")
 def passthrough(ctx, node, grads):
-    """Identity, inference Dropout, and QuantizeLinear → DequantizeLinear as straight-through
-    (the pair counts as identity: the gradient is passed on unchanged, in float)."""
+    """Identity, inference Dropout, and DequantizeLinear (the second half of a straight-through
+    QuantizeLinear → DequantizeLinear pair: the gradient stays in float units)."""
     return [grads[0]] + [None] * (len(node.input) - 1)
+
+
+@rule("QuantizeLinear")
+def quantize(ctx, node, grads):
+    """Straight-through estimator, as torch's FakeQuantize backward: the gradient passes where x
+    lies inside the representable range [(qmin − zp)·scale, (qmax − zp)·scale], 0 outside
+    (a Relu fused into the quantization range keeps blocking negative inputs)."""
+    (dy,) = grads
+    x, scale = node.input[:2]
+    zp_name = node.input[2] if len(node.input) > 2 else ""
+    s = ctx.value(scale)
+    zp = ctx.value(zp_name) if zp_name else np.zeros((), np.uint8)
+    rest = [None] * (len(node.input) - 1)
+    if s is None or zp is None or zp.dtype.kind not in "iu":
+        return [dy] + rest
+    info = np.iinfo(zp.dtype)
+    low, high = (info.min - zp.astype(np.float64)) * s, (info.max - zp.astype(np.float64)) * s
+    if s.ndim == 1:  # per-axis quantization
+        rank = ctx.rank(x)
+        axis = attrs(node).get("axis", 1) % rank
+        low, high = (b.reshape([-1 if i == axis else 1 for i in range(rank)]) for b in (low, high))
+    dtype = ctx.dtype(x)
+    inside = ctx.op("And", ctx.op("GreaterOrEqual", x, ctx.const(low.astype(dtype), "q_low")),
+                    ctx.op("LessOrEqual", x, ctx.const(high.astype(dtype), "q_high")))
+    return [ctx.op("Where", inside, dy, ctx.scalar(0, like=x))] + rest
 
 
 @rule("Cast")
