@@ -34,8 +34,8 @@ def node_model(op_type, inputs, dtype, opset=17, outputs=1, **attributes):
             continue
         name = f"in{i}"
         names.append(name)
-        if isinstance(spec, np.ndarray):
-            arr = spec.astype(dtype) if spec.dtype.kind == "f" else spec
+        if isinstance(spec, (np.ndarray, np.generic)):
+            arr = np.asarray(spec.astype(dtype) if spec.dtype.kind == "f" else spec)
             inits.append(numpy_helper.from_array(arr, name))
         else:
             graph_inputs.append(helper.make_tensor_value_info(name, elem, list(spec)))
