@@ -106,3 +106,18 @@ def test_gather(indices, axis):
 
 def test_gather_along_a_static_batch():
     check(lambda dt: node_model("Gather", [(4, 3, 2), np.array([3, 3, 1])], dt))
+
+
+def test_computed_indices_and_starts_are_refused_clearly():
+    from engine.errors import UnsupportedOpError
+    from engine.graph.autodiff import differentiate
+
+    gather = node_model("Gather", [X, (2,)], np.float64, axis=1)
+    gather.graph.input[1].type.tensor_type.elem_type = 7  # int64 indices fed at run time
+    with pytest.raises(UnsupportedOpError, match="Gather.*computed indices"):
+        differentiate(gather, "out0", ["in0"])
+    sliced = node_model("Slice", [X, np.array([1]), np.array([3]), np.array([2])], np.float64)
+    sliced.graph.initializer.pop(0)
+    sliced.graph.input.append(helper.make_tensor_value_info("in1", 7, [1]))
+    with pytest.raises(UnsupportedOpError, match="Slice.*computed starts"):
+        differentiate(sliced, "out0", ["in0"])

@@ -86,3 +86,11 @@ def test_depth_to_space(mode):
 
 def test_space_to_depth():
     check(lambda dt: node_model("SpaceToDepth", [("N", 2, 6, 4)], dt, blocksize=2))
+
+
+def test_resizing_the_symbolic_batch_is_refused_clearly():
+    from engine.errors import UnsupportedOpError
+    from engine.graph.autodiff import differentiate
+
+    with pytest.raises(UnsupportedOpError, match="Resize.*symbolic axis"):
+        differentiate(resize_model(np.float32, scales=[2, 1, 2, 2]), "y", ["x"])

@@ -27,6 +27,8 @@ def _resize_request(ctx, node, rank):
     if a.get("keep_aspect_ratio_policy", "stretch") != "stretch" and given(3) is not None:
         raise UnsupportedOpError(f"Resize {node.name!r}: keep_aspect_ratio_policy has no gradient rule; use stretch")
     roi, scales, sizes = given(1), given(2), given(3)
+    if a.get("coordinate_transformation_mode") != "tf_crop_and_resize":
+        roi = None  # read by that mode only
     axes = [ax % rank for ax in a.get("axes", range(rank))]
     if len(axes) < rank:  # opset 18 `axes`: the others keep their size
         full_roi, full_scales, full_sizes = [0.0] * rank + [1.0] * rank, [1.0] * rank, list(ctx.shape(node.input[0]))
@@ -87,16 +89,14 @@ def resize(ctx, node, grads):
         raise UnsupportedOpError(f"{node.op_type} {node.name!r} has neither scales nor sizes")
     dx = dy
     for axis, (dim, out) in enumerate(zip(ctx.shape(x), ctx.shape(y))):
+        same = scales[axis] == 1 if scales is not None else sizes[axis] == dim
+        if same and (roi is None or roi[axis::rank] == [0, 1]):
+            continue  # an identity in every mode (e.g. batch and channels)
         if not isinstance(dim, int):
-            same = scales[axis] == 1 if scales is not None else sizes[axis] == dim
-            if same and (roi is None or roi[axis::rank] == [0, 1]):
-                continue  # e.g. the batch axis, left alone
             raise UnsupportedOpError(f"{node.op_type} {node.name!r} resizes a symbolic axis: normalize with an input size")
         matrix = _axis_matrix(ctx, node, axis, dim, roi, scales, sizes)
         if isinstance(out, int) and matrix.shape[0] != out:
             raise UnsupportedOpError(f"{node.op_type} {node.name!r}: axis {axis} map disagrees with the output size")
-        if matrix.shape[0] == dim and np.array_equal(matrix, np.eye(dim)):
-            continue
         dx = along_axis(ctx, dx, matrix.T, axis, like=x)
     return [dx] + [None] * (len(node.input) - 1)
 
@@ -104,7 +104,7 @@ def resize(ctx, node, grads):
 @rule("SpaceToDepth")
 def space_to_depth(ctx, node, grads):
     """A permutation whose inverse is DepthToSpace in DCR mode."""
-    return [ctx.op("DepthToSpace", grads[0], blocksize=attrs(node)["blocksize"], mode="DCR")]
+    return [ctx.op("DepthToSpace", grads[0], blocksize=attrs(node)["blocksize"])]  # DCR: the default
 
 
 @rule("DepthToSpace")
