@@ -33,3 +33,7 @@ def test_clip_bounds_as_inputs(bounds):
 def test_softmax_semantics(op, opset, axis):
     # opset 11: softmax over the flattened trailing axes from `axis` on.
     check(lambda dt: node_model(op, [("N", 3, 4, 2)], dt, opset=opset, axis=axis))
+
+
+def test_clip_bounds_as_attributes_before_opset_11():
+    check(lambda dt: node_model("Clip", [X], dt, opset=10, min=-0.5, max=0.7))
