@@ -202,3 +202,11 @@ def test_differentiating_twice_is_refused():
     once = differentiate(fanout_model(), "y", ["x"])
     with pytest.raises(LayerError, match="already differentiated"):
         differentiate(once, "y", ["x"])
+
+
+def test_integer_tensor_request_is_refused():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("ArgMax", ["r"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    with pytest.raises(LayerError, match="float"):
+        differentiate(finish(graph), "y", ["x"])

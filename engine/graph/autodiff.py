@@ -145,8 +145,11 @@ def _check_request(graph, shapes, types, constants, output, wrt):
             raise LayerError(f"unknown tensor {name!r}: pick a name from the model's layer list")
         if name in constants:
             raise LayerError(f"{name!r} is a weight/constant: gradients are taken w.r.t. activations only")
-    if types.get(output, onnx.TensorProto.FLOAT) not in _FLOATS:
-        raise LayerError(f"output {output!r} is not a float tensor: seed a float output")
+        if types.get(name, onnx.TensorProto.FLOAT) not in _FLOATS:
+            raise LayerError(f"{name!r} is not a float tensor: gradients exist for float tensors only")
+    taken = [grad_name(t) for t in wrt if grad_name(t) in known]
+    if taken:
+        raise LayerError(f"the model already has a tensor named {taken[0]!r}: rename it before differentiating")
     if output not in shapes:
         raise LayerError(f"no shape known for output {output!r}: normalize the model first")
 
