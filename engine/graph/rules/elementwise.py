@@ -96,7 +96,7 @@ def quantize(ctx, node, grads):
     return [ctx.mask(dy, inside, like=x)] + rest
 
 
-@rule("Cast")
+@rule("Cast", "CastLike")
 def cast(ctx, node, grads):
     (dy,) = grads
-    return [ctx.op("Cast", dy, to=ctx.elem_type(node.input[0]))]
+    return [ctx.op("Cast", dy, to=ctx.elem_type(node.input[0]))] + [None] * (len(node.input) - 1)
