@@ -134,7 +134,6 @@ def reference_slope(model, feeds, seed, moved, v, h=1e-6):
     """Central difference of Σ seed · logits along ``v`` for input ``moved``, computed in
     float64 by onnx's reference evaluator (ORT has no float64 Conv; float32 differences
     through a net with thousands of ReLU/max kinks are too noisy)."""
-
     evaluator = ReferenceEvaluator(model)
 
     def f(sign):
