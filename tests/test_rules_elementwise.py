@@ -54,3 +54,19 @@ def test_cast_like():
                                         initializer=[numpy_helper.from_array(np.zeros(1), "like")]))
 
     check(make, dtypes=(np.float32,))  # float32 input, float64 inside
+
+
+def test_where_with_broadcast_branches():
+    condition = np.random.default_rng(3).random((1, 3, 4, 4)) > 0.5
+    check(lambda dt: node_model("Where", [condition, ("N", 3, 4, 4), (1, 3, 1, 4)], dt))
+
+
+def test_piecewise_constant_ops_pass_no_gradient():
+    def make(dtype):
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        nodes = [helper.make_node("Floor", ["x"], ["f"]), helper.make_node("Sign", ["x"], ["s"]),
+                 helper.make_node("Sum", ["x", "f", "s"], ["y"])]
+        return finish(helper.make_graph(nodes, "steps", [helper.make_tensor_value_info("x", elem, ["N", 5])],
+                                        [helper.make_tensor_value_info("y", elem, None)]))
+
+    check(make)
