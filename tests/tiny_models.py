@@ -17,6 +17,7 @@ def classifier(layout="NCHW", shape=("N", 3, 8, 8), classes=4, width=4, metadata
     (lists are JSON-encoded)."""
     rng = np.random.default_rng(seed)
     channels = shape[1] if layout == "NCHW" else shape[3]
+    channels = channels if isinstance(channels, int) else 3
     nodes, inits = [], []
 
     def weight(name, *dims):
