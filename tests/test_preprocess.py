@@ -107,3 +107,13 @@ def test_labels_files_lines_or_json(tmp_path):
         parse_labels("[broken", "x")
     with pytest.raises(UsageError, match="nope.txt"):
         read_labels(tmp_path / "nope.txt")
+
+
+@pytest.mark.parametrize("channels, order", [(3, "RGB"), (3, "BGR"), (1, "RGB")])
+def test_nchw_output_is_the_nhwc_output_transposed(channels, order):
+    images = np.random.default_rng(1).integers(0, 256, (2, 5, 4, 3), dtype=np.uint8)
+    preprocess = Preprocess("imagenet", order)
+    nhwc = preprocess(images, channels=channels)
+    nchw = preprocess(images, channels=channels, layout="NCHW")
+    assert nchw.shape == (2, channels, 5, 4) and nchw.flags.c_contiguous
+    np.testing.assert_allclose(nchw, nhwc.transpose(0, 3, 1, 2), rtol=1e-6)
