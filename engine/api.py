@@ -111,18 +111,19 @@ def _find_image_input(model, path):
         )
     vi = images[0]
     shape = shapes.value_info_shape(vi)
-    for layout, dim in (("NCHW", shape[1]), ("NHWC", shape[3])):
-        if dim in (1, 3):
-            break
+    channel_dims = {"NCHW": shape[1], "NHWC": shape[3]}
+    fitting = [layout for layout, dim in channel_dims.items() if dim in (1, 3)]  # NCHW first when both fit
+    unknown = [layout for layout, dim in channel_dims.items() if not isinstance(dim, int)]
+    if fitting:
+        layout, channels = fitting[0], channel_dims[fitting[0]]
+    elif unknown:
+        layout, channels = unknown[0], 3  # a dynamic channel dim: assume RGB
     else:
-        dynamic = [(layout, dim) for layout, dim in (("NCHW", shape[1]), ("NHWC", shape[3])) if not isinstance(dim, int)]
-        if not dynamic:
-            raise ModelLoadError(
-                f"input '{vi.name}' of '{path}' has shape {shape}: no channel dim of size 1 or 3 in position 1 or 3"
-            )
-        (layout, _), dim = dynamic[0], 3
+        raise ModelLoadError(
+            f"input '{vi.name}' of '{path}' has shape {shape}: no channel dim of size 1 or 3 in position 1 or 3"
+        )
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
-    return ImageInput(vi.name, layout, dim, dtype, shape)
+    return ImageInput(vi.name, layout, channels, dtype, shape)
 
 
 class Model:
@@ -151,6 +152,10 @@ class Model:
         self.input_size = self._choose_size(input_size)
         self.preprocessing = presets.resolve(preprocess, self.metadata)
         self.labels = self._choose_labels(labels)
+
+    def __repr__(self):
+        return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
+                f"preprocess={self.preprocessing.preset}/{self.preprocessing.channel_order})")
 
     def _choose_size(self, input_size):
         declared = self.input.size
