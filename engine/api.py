@@ -371,5 +371,6 @@ def probabilities(output):
     rows = np.asarray(output, dtype=np.float64).reshape(len(output), -1)
     if rows.min() >= 0 and np.abs(rows.sum(axis=1) - 1).max() <= 1e-3:
         return rows
-    shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    rows = np.exp(rows - rows.max(axis=1, keepdims=True))
+    rows /= rows.sum(axis=1, keepdims=True)
+    return rows

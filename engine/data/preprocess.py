@@ -6,6 +6,7 @@ Channel order ``RGB`` or ``BGR``. One-channel models get the luma (0.299 R + 0.5
 and the channel means of ``mean``/``std``.
 """
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -42,23 +43,32 @@ class Preprocess:
     def __call__(self, images, channels=3, layout="NHWC"):
         """Map uint8 N×H×W×3 RGB to float32 with ``channels`` (3 or 1) in ``layout`` (NHWC or NCHW)."""
         images = np.asarray(images)
-        mean, std = PRESETS[self.preset]
         if channels == 1:
             x = (images.astype(np.float32) @ LUMA)[..., None]
-            mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
         else:
             x = images[..., ::-1] if self.channel_order == "BGR" else images
-            mean, std = (mean[::-1], std[::-1]) if self.channel_order == "BGR" else (mean, std)
         if layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # moved while still uint8: 4× less to copy
-            mean, std = mean[:, None, None], std[:, None, None]
+        scale, offset = _affine(self.preset, self.channel_order, channels, layout)
         x = x.astype(np.float32)
-        x *= (1.0 / std).astype(np.float32)
-        x -= (mean / std).astype(np.float32)
+        x *= scale
+        x -= offset
         return x
 
     def to_dict(self):
         return asdict(self)
+
+
+@lru_cache(maxsize=None)
+def _affine(preset, channel_order, channels, layout):
+    """float32 (scale, offset) with out = value·scale − offset, shaped to broadcast over the batch."""
+    mean, std = PRESETS[preset]
+    if channels == 1:
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    elif channel_order == "BGR":
+        mean, std = mean[::-1], std[::-1]
+    shape = (-1, 1, 1) if layout == "NCHW" else (-1,)
+    return (1.0 / std).astype(np.float32).reshape(shape), (mean / std).astype(np.float32).reshape(shape)
 
 
 def resolve(option=None, metadata=None):
