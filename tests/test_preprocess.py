@@ -50,6 +50,12 @@ def test_resolve_layers_defaults_metadata_and_option():
     assert resolve({"preset": "raw", "channel_order": "BGR"}) == Preprocess("raw", "BGR")
 
 
+def test_bad_metadata_is_named_and_can_be_overridden():
+    with pytest.raises(UsageError, match="model metadata"):
+        resolve(None, {"preprocess": "caffe"})
+    assert resolve("unit", {"preprocess": "caffe"}) == Preprocess("unit")
+
+
 @pytest.mark.parametrize("option", ["caffe", {"preset": "unit", "order": "BGR"}, {"channel_order": "GBR"}, 3])
 def test_bad_preprocess_options_raise_usage_error(option):
     with pytest.raises(UsageError):

@@ -103,4 +103,9 @@ def resolve(option=None, metadata=None):
         fields.update(option)
     if "channel_order" in fields:
         fields["channel_order"] = str(fields["channel_order"]).upper()
-    return Preprocess(**fields)
+    try:
+        return Preprocess(**fields)
+    except UsageError as err:
+        if option is None and metadata:
+            raise UsageError(f"model metadata: {err} (or pass preprocess= to override it)") from err
+        raise
