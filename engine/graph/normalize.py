@@ -80,10 +80,11 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> onnx.Mo
     """
     if _opset(model) >= target:
         return _copy(model)
+    skeleton, weights = _without_weights(model)
     try:
-        out = onnx.version_converter.convert_version(model, target)
+        out = onnx.version_converter.convert_version(skeleton, target)
         out.ir_version = max(out.ir_version, helper.find_min_ir_version_for(out.opset_import))
-        return out
+        return _with_weights(out, weights)
     except Exception as exc:  # the converter raises RuntimeError/ConvertError/IndexError ...
         raise ModelLoadError(
             f"Cannot upgrade the model from opset {_opset(model)} to {target}: "
@@ -220,7 +221,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = out.graph
     opsets = {o.domain or "": o.version for o in out.opset_import}
     inputs = {i.name for i in graph.input}
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in inputs}
+    consts = _Constants({t.name: t for t in graph.initializer if t.name not in inputs})
     shapes = _shapes(out)
     symbols = _Symbols()
     partial: dict[str, np.ndarray] = {}
@@ -264,13 +265,19 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         >>> len(infer_shapes(model).graph.value_info) > 0  # doctest: +SKIP
         True
     """
-    out = _copy(model)
-    del out.graph.value_info[:]
+    skeleton, _ = _without_weights(model)
+    del skeleton.graph.value_info[:]
     try:
-        return onnx.shape_inference.infer_shapes(out, check_type=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, data_prop=True)
     except onnx.shape_inference.InferenceError as exc:
-        raise ModelLoadError(f"The model is inconsistent: {str(exc).splitlines()[0][:200].rstrip('.')}. "
+        reason = str(exc).splitlines()[0][:200].rstrip(".")
+        raise ModelLoadError(f"The model is inconsistent: {reason}. "
                              "Check that it loads and runs in ONNX Runtime.") from None
+    out = _copy(model)
+    for field in ("value_info", "output"):
+        del getattr(out.graph, field)[:]
+        getattr(out.graph, field).extend(getattr(inferred.graph, field))
+    return out
 
 
 # ---------------------------------------------------------------------------------- public help
@@ -294,6 +301,48 @@ def _copy(model):
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
+
+def _without_weights(model, min_elements=4096):
+    """A copy whose large initializers are graph inputs of the same type and shape instead.
+
+    Shape inference and the version converter serialize the model; leaving the weights out
+    makes them fast on 100 MB models. Returns ``(skeleton, {name: TensorProto})``.
+    """
+    out = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _set_field(out, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _set_field(out.graph, field, value)
+    graph = out.graph
+    inputs = {i.name for i in graph.input}
+    weights = {t.name: t for t in model.graph.initializer
+               if np.prod(t.dims, dtype=np.int64) >= min_elements and t.name not in inputs}
+    graph.initializer.extend(t for t in model.graph.initializer if t.name not in weights)
+    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                       for t in weights.values())
+    return out, weights
+
+
+def _set_field(message, field, value):
+    if field.is_repeated:
+        getattr(message, field.name).extend(value)
+    elif field.type == field.TYPE_MESSAGE:
+        getattr(message, field.name).CopyFrom(value)
+    else:
+        setattr(message, field.name, value)
+
+
+def _with_weights(skeleton, weights):
+    """Undo :func:`_without_weights` on a (transformed) skeleton."""
+    graph = skeleton.graph
+    inputs = [i for i in graph.input if i.name not in weights]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    graph.initializer.extend(weights.values())
+    return skeleton
 
 
 def _opset(model):
@@ -366,16 +415,15 @@ def _prune(model):
     """Drop nodes and initializers that no graph output depends on."""
     graph = model.graph
     needed = {o.name for o in graph.output}
-    kept = []
-    for node in reversed(graph.node):
+    for index in reversed(range(len(graph.node))):
+        node = graph.node[index]
         if any(o in needed for o in node.output):
-            kept.append(node)
             needed.update(i for i in node.input if i)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    used_inits = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(used_inits)
+        else:
+            del graph.node[index]
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name not in needed:
+            del graph.initializer[index]
     return model
 
 
@@ -409,6 +457,21 @@ def _evaluate(node, consts, opsets):
     return [np.asarray(v) for v in values]
 
 
+class _Constants(dict):
+    """Known constant values; initializers are converted to arrays only when read."""
+
+    def __init__(self, protos):
+        super().__init__()
+        self.protos = protos
+
+    def __contains__(self, name):
+        return dict.__contains__(self, name) or name in self.protos
+
+    def __missing__(self, name):
+        value = self[name] = numpy_helper.to_array(self.protos[name])
+        return value
+
+
 class _Symbols:
     """Fresh names for shape elements that are unknown and equal to nothing else."""
 
@@ -420,12 +483,18 @@ class _Symbols:
         return f"?{self.count}"
 
 
+_TRACKED = {"Shape", "Size", "Identity", "Cast", "Gather", "Slice", "Concat", "Unsqueeze",
+            "Squeeze", "Mul", "Add", "Sub", "Div"}
+
+
 def _partial_value(node, consts, partial, shapes, symbols):
     """Element-wise value of a shape computation with some unknown (symbolic) elements.
 
     Returns ``(object array of int | str, dtype)`` or None when the node is not tracked.
     """
     op = node.op_type
+    if op not in _TRACKED:
+        return None
 
     def value(name):
         if name in partial:
