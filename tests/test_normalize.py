@@ -87,8 +87,8 @@ def paddle_model():
     out = b.op("Add", [b.op("MatMul", [flat, b.weight(4, 6)]), b.weight(6)])
     b.op("Softmax", [out], axis=1, name="save_infer_model/scale_0.tmp_0")
     dyn = ["p2o.DynamicDimension.0", 3, "p2o.DynamicDimension.1", "p2o.DynamicDimension.2"]
-    return b.model([("x", dyn)], [("save_infer_model/scale_0.tmp_0", ["p2o.DynamicDimension.0", 6])],
-                   opset=12)
+    out_dims = ["p2o.DynamicDimension.0", 6]
+    return b.model([("x", dyn)], [("save_infer_model/scale_0.tmp_0", out_dims)], opset=12)
 
 
 def tf2onnx_model(spatial=(16, 16)):
@@ -204,7 +204,8 @@ def test_caffe2_opset9_upgraded_with_old_semantics_and_free_batch():
 def test_opset_upgrade_range():
     model = torchscript_model(11)
     assert nz._opset(nz.upgrade_opset(model)) == 17
-    newer = helper.make_model(torchscript_model(13).graph, opset_imports=[helper.make_opsetid("", 18)])
+    newer = helper.make_model(torchscript_model(13).graph,
+                              opset_imports=[helper.make_opsetid("", 18)])
     assert nz._opset(nz.normalize(newer)) == 18
 
 
@@ -273,3 +274,31 @@ def test_passes_leave_their_argument_untouched():
     before = model.SerializeToString()
     nz.normalize(model, input_size=(8, 8))
     assert model.SerializeToString() == before
+
+
+def test_large_weights_survive_the_weightless_upgrade_and_inference():
+    b = Builder(6)
+    h = b.op("Conv", ["x", b.weight(32, 3, 3, 3), b.weight(32)], pads=[1, 1, 1, 1])
+    h = b.op("Conv", [h, b.weight(64, 32, 3, 3, scale=0.05)], pads=[1, 1, 1, 1])  # 18432 weights
+    b.op("Softmax", [b.op("Flatten", [h])], axis=1, name="y")
+    model = b.model([("x", ["n", 3, 4, 4])], [("y", None)], opset=11)
+    clean = nz.normalize(model, input_size=(4, 4))
+    _check_clean(clean)
+    assert [i.name for i in clean.graph.input] == ["x"]
+    names = sorted(t.name for t in model.graph.initializer)
+    assert sorted(t.name for t in clean.graph.initializer) == names
+    _assert_same(model, clean, _x(2, 3, 4, 4))
+
+
+def test_tensors_read_inside_subgraphs_are_kept():
+    b = Builder()
+    kept = b.op("Identity", [b.op("Relu", ["x"])])
+    then = helper.make_graph([helper.make_node("Neg", [kept], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Abs", [kept], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, None)])
+    b.op("If", [b.const(np.bool_(True))], then_branch=then, else_branch=other, name="y")
+    model = b.model([("x", ["n", 3])], [("y", None)], 17)
+    clean = nz.normalize(model)
+    assert "Identity" in _ops(clean) and "Relu" in _ops(clean)
+    _assert_same(model, clean, _x(2, 3))

@@ -1,5 +1,4 @@
 import numpy as np
-import onnx
 import pytest
 
 from engine.graph.normalize import normalize
@@ -60,9 +59,9 @@ def test_vgg16_published_fields():
     fields = receptive_fields(_model(b, 224, h))
     got = {k: _field(fields, names[k]) for k in ("conv1_2", "pool1", "conv3_3", "conv4_3",
                                                  "conv5_3", "pool5")}
-    assert got == {"conv1_2": (5, 1, -2), "pool1": (6, 2, 0.5 - 2.5), "conv3_3": (40, 4, 1.5 - 19.5),
-                   "conv4_3": (92, 8, 3.5 - 45.5), "conv5_3": (196, 16, 7.5 - 97.5),
-                   "pool5": (212, 32, 15.5 - 105.5)}
+    assert got == {"conv1_2": (5, 1, -2), "pool1": (6, 2, 0.5 - 2.5),
+                   "conv3_3": (40, 4, 1.5 - 19.5), "conv4_3": (92, 8, 3.5 - 45.5),
+                   "conv5_3": (196, 16, 7.5 - 97.5), "pool5": (212, 32, 15.5 - 105.5)}
 
 
 def _basic_block(b, x, stride):
@@ -188,7 +187,8 @@ def _impulse_net(size):
     h = b.op("Pad", [g, b.const(np.array([0, 0, 2, 1, 0, 0, 0, 0]))])
     i = b.op("Slice", [h, b.const(np.array([1])), b.const(np.array([99])),
                        b.const(np.array([3])), b.const(np.array([2]))])
-    return b.model([("x", ["N", 1, size, size])], [(i, None)], 17), [a, s, d, p, shortcut, f, g, h, i]
+    model = b.model([("x", ["N", 1, size, size])], [(i, None)], 17)
+    return model, [a, s, d, p, shortcut, f, g, h, i]
 
 
 def test_fields_bound_the_exact_pixel_influence():

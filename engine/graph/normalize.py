@@ -81,15 +81,19 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> onnx.Mo
     if _opset(model) >= target:
         return _copy(model)
     skeleton, weights = _without_weights(model)
-    try:
-        out = onnx.version_converter.convert_version(skeleton, target)
+    error = None
+    for candidate, restore in ((skeleton, weights), (model, {})):  # weights rarely matter
+        try:
+            out = onnx.version_converter.convert_version(candidate, target)
+        except Exception as exc:  # the converter raises RuntimeError/ConvertError/IndexError ...
+            error = exc
+            continue
         out.ir_version = max(out.ir_version, helper.find_min_ir_version_for(out.opset_import))
-        return _with_weights(out, weights)
-    except Exception as exc:  # the converter raises RuntimeError/ConvertError/IndexError ...
-        raise ModelLoadError(
-            f"Cannot upgrade the model from opset {_opset(model)} to {target}: "
-            f"{_blocking_node(model, target, exc)}. Re-export the model at opset {target} or newer."
-        ) from None
+        return _with_weights(out, restore)
+    raise ModelLoadError(
+        f"Cannot upgrade the model from opset {_opset(model)} to {target}: "
+        f"{_blocking_node(skeleton, target, error)}. Re-export the model at opset {target} "
+        "or newer.")
 
 
 def specialize_input(model: onnx.ModelProto, input_size) -> onnx.ModelProto:
@@ -99,7 +103,7 @@ def specialize_input(model: onnx.ModelProto, input_size) -> onnx.ModelProto:
     NCHW. Declared output shapes and value_info are dropped (run :func:`infer_shapes` after).
 
     Example:
-        >>> m = specialize_input(model, (64, 64))  # [N, 3, H, W] -> [N, 3, 64, 64]  # doctest: +SKIP
+        >>> m = specialize_input(model, (64, 64))  # [N,3,H,W] -> [N,3,64,64]  # doctest: +SKIP
     """
     height, width = (int(v) for v in input_size)
     out = _copy(model)
@@ -183,16 +187,17 @@ def drop_identities(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = out.graph
     shapes = _shapes(infer_shapes(model))
     outputs = {o.name for o in graph.output}
+    outer = set().union(*(_subgraph_uses(n) for n in graph.node))
     producers = {name: node for node in graph.node for name in node.output}
     keep = []
     for node in graph.node:
-        if not _is_passthrough(node, graph, shapes):
+        if node.output[0] in outer or not _is_passthrough(node, graph, shapes):
             keep.append(node)
             continue
         src, dst = node.input[0], node.output[0]
         if dst not in outputs:
             _rename_uses(graph, dst, src)
-        elif src in producers and src not in outputs:
+        elif src in producers and src not in outputs and src not in outer:
             _rename_uses(graph, src, dst)
             producer = producers[src]
             producer.output[list(producer.output).index(src)] = dst
@@ -355,7 +360,10 @@ def _dims(info):
 
 def _blocking_node(model, target, exc):
     """Name the first node that the version converter cannot upgrade on its own."""
-    graph = onnx.shape_inference.infer_shapes(model).graph
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except onnx.shape_inference.InferenceError:
+        graph = model.graph
     types = {v.name: v.type for v in itertools.chain(graph.input, graph.value_info, graph.output)}
     types.update({t.name: helper.make_tensor_type_proto(t.data_type, t.dims)
                   for t in graph.initializer})
@@ -404,6 +412,17 @@ def _constant(graph, name):
     return None
 
 
+def _subgraph_uses(node):
+    """Names a node's sub-graphs (If/Loop/Scan bodies) read, outer-scope ones included."""
+    names = set()
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+            for inner in sub.node:
+                names.update(inner.input)
+                names |= _subgraph_uses(inner)
+    return names
+
+
 def _rename_uses(graph, old, new):
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -419,6 +438,7 @@ def _prune(model):
         node = graph.node[index]
         if any(o in needed for o in node.output):
             needed.update(i for i in node.input if i)
+            needed |= _subgraph_uses(node)
         else:
             del graph.node[index]
     for index in reversed(range(len(graph.initializer))):
