@@ -1,9 +1,10 @@
 """Conv, ConvTranspose, Gemm, MatMul, BatchNormalization rules against central finite differences."""
 import numpy as np
 import pytest
+from onnx import helper
 
 from engine.graph.autodiff import differentiate
-from gradcheck import check, node_model
+from gradcheck import check, finish, node_model
 
 RNG = np.random.default_rng(7)
 
@@ -47,10 +48,6 @@ def test_stride1_conv_backward_is_a_forward_conv():
 
 def test_conv_with_computed_weight():
     """A weight that is not an initializer (e.g. dequantized) goes through ConvTranspose."""
-    from onnx import helper
-
-    from gradcheck import finish
-
     def make(dt):
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
         w = helper.make_tensor("w", elem, [4, 3, 3, 3], weight(4, 3, 3, 3).astype(dt).ravel().tolist())
@@ -68,6 +65,9 @@ CONVT_CASES = {
     "groups-dilation": (("N", 4, 4, 4), weight(4, 1, 3, 3), dict(group=2, dilations=[2, 2], strides=[2, 1])),
     "output-shape": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], output_shape=[8, 8])),
     "same-upper": (("N", 2, 4, 4), weight(2, 3, 4, 4), dict(strides=[2, 2], auto_pad="SAME_UPPER")),
+    "same-upper-odd-total": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], auto_pad="SAME_UPPER")),
+    "same-lower-odd-total": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER")),
+    "output-shape-odd-total": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], output_shape=[8, 8])),
     "valid": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], auto_pad="VALID")),
 }
 

@@ -5,9 +5,11 @@ from engine.graph.rules import attrs, rule
 
 @rule("Relu")
 def relu(ctx, node, grads):
+    """The mask reads the Relu's output (y > 0 iff x > 0) so that ORT can still fuse the
+    producer of x with the Relu in the forward pass."""
     (dy,) = grads
-    x = node.input[0]
-    return [ctx.relu_family(x, dy, lambda: ctx.where_positive(x, dy))]
+    y = node.output[0]
+    return [ctx.relu_family(y, dy, lambda: ctx.where_positive(y, dy))]
 
 
 @rule("LeakyRelu")
@@ -46,14 +48,9 @@ def clip(ctx, node, grads):
     x = node.input[0]
     a = attrs(node)
     bounds = [ctx.scalar(a[k], like=x) if k in a else "" for k in ("min", "max")] if a else node.input[1:3]
-    inside = None
-    for bound, op in zip(bounds, ("GreaterOrEqual", "LessOrEqual")):
-        if bound:
-            test = ctx.op(op, x, bound)
-            inside = test if inside is None else ctx.op("And", inside, test)
-    if inside is None:
-        return [dy]
-    return [ctx.mask(dy, inside, like=x)] + [None] * (len(node.input) - 1)
+    if not any(bounds):
+        return [dy] + [None] * (len(node.input) - 1)
+    return [ctx.mask(dy, ctx.between(x, *bounds), like=x)] + [None] * (len(node.input) - 1)
 
 
 @rule("Sigmoid")
@@ -90,7 +87,7 @@ def hard_swish(ctx, node, grads):
     (dy,) = grads
     x = node.input[0]
     mid = ctx.op("Add", ctx.op("Mul", x, ctx.scalar(1 / 3, like=x)), ctx.scalar(0.5, like=x))
-    inside = ctx.op("LessOrEqual", ctx.op("Abs", x), ctx.scalar(3, like=x))
+    inside = ctx.between(x, ctx.scalar(-3, like=x), ctx.scalar(3, like=x))
     above = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(3, like=x)), to=ctx.elem_type(x))
     slope = ctx.op("Add", ctx.mask(mid, inside, like=x), above)
     return [ctx.op("Mul", dy, slope)]

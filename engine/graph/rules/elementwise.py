@@ -92,12 +92,27 @@ def quantize(ctx, node, grads):
         axis = attrs(node).get("axis", 1) % rank
         low, high = (b.reshape([-1 if i == axis else 1 for i in range(rank)]) for b in (low, high))
     dtype = ctx.dtype(x)
-    inside = ctx.op("And", ctx.op("GreaterOrEqual", x, ctx.const(low.astype(dtype), "q_low")),
-                    ctx.op("LessOrEqual", x, ctx.const(high.astype(dtype), "q_high")))
+    inside = ctx.between(x, ctx.const(low.astype(dtype), "q_low"), ctx.const(high.astype(dtype), "q_high"))
     return [ctx.mask(dy, inside, like=x)] + rest
 
 
-@rule("Cast")
+@rule("Cast", "CastLike")
 def cast(ctx, node, grads):
     (dy,) = grads
-    return [ctx.op("Cast", dy, to=ctx.elem_type(node.input[0]))]
+    return [ctx.op("Cast", dy, to=ctx.elem_type(node.input[0]))] + [None] * (len(node.input) - 1)
+
+
+@rule("Where")
+def where(ctx, node, grads):
+    (dy,) = grads
+    condition, a, b = node.input
+    y = node.output[0]
+    da = ctx.unbroadcast(ctx.mask(dy, condition, like=y), a, y) if ctx.needs(a) else None
+    db = ctx.unbroadcast(ctx.mask(dy, ctx.op("Not", condition), like=y), b, y) if ctx.needs(b) else None
+    return [None, da, db]
+
+
+@rule("Floor", "Ceil", "Round", "Sign")
+def piecewise_constant(ctx, node, grads):
+    """Zero almost everywhere: no gradient flows back."""
+    return [None]
