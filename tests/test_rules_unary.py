@@ -67,6 +67,7 @@ def test_pow_integer_exponent_type():
 def test_pow_computed_exponent_and_broadcast_base():
     """Both operands differentiated; the base (3, 1, 1) is broadcast, so its gradient is summed."""
     def feeds(rng, dt):
-        return {"in0": rng.uniform(0.5, 2.0, (3, 1, 1)).astype(dt), "in1": rng.uniform(-1.5, 1.5, (2, 3, 4, 5)).astype(dt)}
+        return {"in0": rng.uniform(0.5, 2.0, (3, 1, 1)).astype(dt),
+                "in1": rng.uniform(-1.5, 1.5, (2, 3, 4, 5)).astype(dt)}
 
     check(lambda dt: node_model("Pow", [(3, 1, 1), ("N", 3, 4, 5)], dt), feeds=feeds)

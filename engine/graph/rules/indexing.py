@@ -32,14 +32,15 @@ def along_axis(ctx, x, matrix, axis, like):
     return ctx.op("Transpose", moved, perm=perm)
 
 
-def one_hot(positions, size):
+def _one_hot(positions, size):
     """Matrix M (len(positions) × size) with M[i, positions[i]] = 1: y = M·x picks x[positions]."""
     matrix = np.zeros((len(positions), size))
     matrix[np.arange(len(positions)), positions] = 1
     return matrix
 
 
-def static_dim(ctx, node, name, axis):
+def _static_dim(ctx, node, name, axis):
+    """Size of ``name`` along ``axis``, which must be static."""
     dim = ctx.shape(name)[axis]
     if not isinstance(dim, int):
         raise UnsupportedOpError(
@@ -47,7 +48,7 @@ def static_dim(ctx, node, name, axis):
     return dim
 
 
-def zero_pad(ctx, x, pads):
+def _zero_pad(ctx, x, pads):
     """Pad ``x`` with zeros; ``pads`` = begins + ends over all axes (input from opset 11)."""
     if ctx.opset >= 11:
         return ctx.op("Pad", x, ctx.ints(pads))
@@ -72,7 +73,10 @@ def split(ctx, node, grads):
 
 def slice_positions(start, end, step, dim):
     """Positions a Slice reads along one axis, with ONNX's clamping (which differs from Python's
-    for negative steps: a start before the beginning reads element 0)."""
+    for negative steps: a start before the beginning reads element 0).
+
+    Example: ``list(slice_positions(-100, -2**63 + 1, -1, 5)) == [0]``.
+    """
     start, end = start + dim if start < 0 else start, end + dim if end < 0 else end
     if step > 0:
         return range(min(max(start, 0), dim), min(max(end, 0), dim), step)
@@ -102,13 +106,13 @@ def slice_(ctx, node, grads):
         if not isinstance(dim, int):
             if start == 0 and step == 1 and end >= _INT_MAX // 2:
                 continue  # the whole symbolic axis
-            static_dim(ctx, node, x, axis)
+            _static_dim(ctx, node, x, axis)
         positions = slice_positions(start, end, step, dim)
         if step == 1:
             pads[axis], pads[rank + axis] = positions.start, dim - positions.start - len(positions)
         else:
-            strided.append((axis, one_hot(list(positions), dim)))
-    dx = zero_pad(ctx, dy, pads) if any(pads) else dy
+            strided.append((axis, _one_hot(list(positions), dim)))
+    dx = _zero_pad(ctx, dy, pads) if any(pads) else dy
     for axis, matrix in strided:
         dx = along_axis(ctx, dx, matrix.T, axis, like=x)
     return [dx] + [None] * (len(node.input) - 1)
@@ -147,14 +151,14 @@ def pad(ctx, node, grads):
             dx = ctx.op("Slice", dy, ctx.ints([max(begins[ax], 0) for ax in padded]),
                         ctx.ints([-ends[ax] if ends[ax] > 0 else _INT_MAX for ax in padded]), ctx.ints(padded))
         cropped = [max(-p, 0) for p in begins + ends]
-        return [zero_pad(ctx, dx, cropped) if any(cropped) else dx] + rest
+        return [_zero_pad(ctx, dx, cropped) if any(cropped) else dx] + rest
     if mode not in ("reflect", "edge", "wrap"):
         raise UnsupportedOpError(f"Pad {node.name!r} with mode {mode!r} has no gradient rule")
     dx = dy
     for ax in range(rank):
         if begins[ax] or ends[ax]:
-            dim = static_dim(ctx, node, x, ax)
-            dx = along_axis(ctx, dx, one_hot(_pad_positions(dim, begins[ax], ends[ax], mode), dim).T, ax, like=x)
+            dim = _static_dim(ctx, node, x, ax)
+            dx = along_axis(ctx, dx, _one_hot(_pad_positions(dim, begins[ax], ends[ax], mode), dim).T, ax, like=x)
     return [dx] + rest
 
 
@@ -173,7 +177,7 @@ def gather(ctx, node, grads):
     indices = _constant_input(ctx, node, 1, "indices")
     rank = ctx.rank(x)
     axis = attrs(node).get("axis", 0) % rank
-    dim = static_dim(ctx, node, x, axis)
+    dim = _static_dim(ctx, node, x, axis)
     positions = indices.reshape(-1) % dim
     if indices.ndim == 0:
         dy = ctx.unsqueeze(dy, [axis])
@@ -183,4 +187,4 @@ def gather(ctx, node, grads):
             raise UnsupportedOpError(f"Gather {node.name!r}: more than one symbolic dim after its axis")
         trailing = [d if isinstance(d, int) else -1 for d in trailing]
         dy = ctx.op("Reshape", dy, ctx.ints([0] * axis + [positions.size] + trailing))
-    return [along_axis(ctx, dy, one_hot(positions, dim).T, axis, like=x), None]
+    return [along_axis(ctx, dy, _one_hot(positions, dim).T, axis, like=x), None]

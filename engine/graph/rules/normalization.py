@@ -15,12 +15,16 @@ def _mean(ctx, x, axes):
 
 def standardized_backward(ctx, x, g, axes, epsilon, like):
     """Input gradient of x̂ = (x − mean)/√(var + ε) over ``axes``, given g = d(loss)/dx̂:
-    dx = (g − mean(g) − x̂·mean(g·x̂)) / √(var + ε). Statistics are recomputed from ``x``."""
+    dx = (g − mean(g) − x̂·mean(g·x̂)) / √(var + ε). Statistics are recomputed from ``x``.
+
+    Example: ``standardized_backward(ctx, x, ctx.op("Mul", dy, scale), [2, 3], 1e-5, like=x)``.
+    """
     centered = ctx.op("Sub", x, _mean(ctx, x, axes))
     variance = _mean(ctx, ctx.op("Mul", centered, centered), axes)
     inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", variance, ctx.scalar(epsilon, like=like))))
     xhat = ctx.op("Mul", centered, inv_std)
-    inner = ctx.op("Sub", ctx.op("Sub", g, _mean(ctx, g, axes)), ctx.op("Mul", xhat, _mean(ctx, ctx.op("Mul", g, xhat), axes)))
+    projection = ctx.op("Mul", xhat, _mean(ctx, ctx.op("Mul", g, xhat), axes))
+    inner = ctx.op("Sub", ctx.op("Sub", g, _mean(ctx, g, axes)), projection)
     return ctx.op("Mul", inner, inv_std)
 
 

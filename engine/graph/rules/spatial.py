@@ -93,7 +93,8 @@ def resize(ctx, node, grads):
         if same and (roi is None or roi[axis::rank] == [0, 1]):
             continue  # an identity in every mode (e.g. batch and channels)
         if not isinstance(dim, int):
-            raise UnsupportedOpError(f"{node.op_type} {node.name!r} resizes a symbolic axis: normalize with an input size")
+            raise UnsupportedOpError(
+                f"{node.op_type} {node.name!r} resizes a symbolic axis: normalize with an input size")
         matrix = _axis_matrix(ctx, node, axis, dim, roi, scales, sizes)
         if isinstance(out, int) and matrix.shape[0] != out:
             raise UnsupportedOpError(f"{node.op_type} {node.name!r}: axis {axis} map disagrees with the output size")
