@@ -48,6 +48,7 @@ def away_from_zero(rng, dt):
     ("Sqrt", 17, {}, positive),
     ("Reciprocal", 17, {}, positive),
     ("Abs", 17, {}, away_from_zero),
+    ("Neg", 17, {}, spread),
 ])
 def test_pointwise(op, opset, attributes, feeds, dtypes):
     check(lambda dt: node_model(op, [X], dt, opset=opset, **attributes), feeds=feeds, dtypes=dtypes)

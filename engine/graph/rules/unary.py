@@ -1,5 +1,5 @@
 """Rules for smooth pointwise functions: Elu, Selu, Softplus, Mish, Erf, Gelu, Exp, Log, Sqrt,
-Pow, Reciprocal, Abs. They are the same in every backward mode."""
+Pow, Reciprocal, Abs, Neg. They are the same in every backward mode."""
 import math
 
 import numpy as np
@@ -106,6 +106,11 @@ def reciprocal(ctx, node, grads):
     """dx = −dy·y²."""
     y = node.output[0]
     return [ctx.op("Neg", ctx.op("Mul", grads[0], ctx.op("Mul", y, y)))]
+
+
+@rule("Neg")
+def neg(ctx, node, grads):
+    return [ctx.op("Neg", grads[0])]
 
 
 @rule("Abs")
