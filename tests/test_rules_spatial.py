@@ -37,6 +37,10 @@ CASES = {
     "linear-pytorch-half-pixel-down": dict(scales=[1, 1, 0.6, 0.5], mode="linear",
                                            coordinate_transformation_mode="pytorch_half_pixel"),
     "linear-channels-too": dict(scales=[1, 2, 2, 1], mode="linear"),
+    "tf-half-pixel-nn": dict(scales=[1, 1, 2, 1.5], mode="nearest",
+                             coordinate_transformation_mode="tf_half_pixel_for_nn"),  # tf2onnx; ORT runs it
+    "tf-half-pixel-nn-ceil-sizes": dict(sizes=[2, 3, 7, 3], mode="nearest", x=(2, 3, 5, 4), nearest_mode="ceil",
+                                        coordinate_transformation_mode="tf_half_pixel_for_nn"),
     "cubic-x2": dict(scales=[1, 1, 2, 2], mode="cubic"),
     "cubic-exclude-outside": dict(scales=[1, 1, 1.6, 2], mode="cubic", cubic_coeff_a=-0.5, exclude_outside=1),
     "crop-and-resize": dict(roi=[0, 0, 0.2, 0.1, 1, 1, 0.9, 0.7], scales=[1, 1, 2, 2], mode="linear",

@@ -57,6 +57,10 @@ def _axis_matrix(ctx, node, axis, dim, roi, scales, sizes):
         inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
+    if keep.get("coordinate_transformation_mode") == "tf_half_pixel_for_nn":
+        out = sizes[axis] if sizes is not None else int(np.floor(dim * scales[axis]))
+        return _tf_half_pixel_nearest(dim, out, out / dim if sizes is not None else scales[axis],
+                                      keep.get("nearest_mode", "round_prefer_floor"))
     op_type, opset = node.op_type, ctx.opset
     if op_type == "Upsample" or opset < 11:  # as the Resize-11 equivalent (asymmetric coordinates)
         op_type, opset = "Resize", 13
@@ -75,6 +79,17 @@ def _axis_matrix(ctx, node, axis, dim, roi, scales, sizes):
     except Exception as error:  # the reference refuses modes it does not implement
         raise UnsupportedOpError(f"{node.op_type} {node.name!r}: no gradient rule for its attributes ({error})")
     return np.stack(columns, axis=1)
+
+
+def _tf_half_pixel_nearest(dim, out, scale, nearest_mode):
+    """Pick matrix of nearest Resize with the tf_half_pixel_for_nn mode (Resize-11, still run by
+    ONNX Runtime, which the reference evaluator lacks): x_original = (x_resized + 0.5) / scale."""
+    original = (np.arange(out) + 0.5) / scale
+    rounded = {"round_prefer_floor": np.ceil(original - 0.5), "round_prefer_ceil": np.floor(original + 0.5),
+               "floor": np.floor(original), "ceil": np.ceil(original)}[nearest_mode]
+    matrix = np.zeros((out, dim))
+    matrix[np.arange(out), np.clip(rounded, 0, dim - 1).astype(int)] = 1
+    return matrix
 
 
 @rule("Resize", "Upsample")
