@@ -22,6 +22,19 @@ def test_instance_norm(shape):
     check(lambda dt: node_model("InstanceNormalization", [shape, SCALE, BIAS], dt, epsilon=1e-3))
 
 
+def scale_fed(shape):
+    """Feeds for a model whose scale is a graph input ``in1`` (computed, not a weight)."""
+    def feeds(rng, dt):
+        return {"in0": rng.standard_normal((2, *shape[1:])).astype(dt), "in1": rng.uniform(0.5, 1.5, 4).astype(dt)}
+
+    return feeds
+
+
+def test_instance_norm_computed_scale():
+    check(lambda dt: node_model("InstanceNormalization", [("N", 4, 3, 5), (4,), BIAS], dt), wrt=["in0"],
+          feeds=scale_fed(("N", 4, 3, 5)))
+
+
 @pytest.mark.parametrize("axis,scale_shape", [(-1, (5,)), (1, (4, 3, 5)), (2, (3, 5)), (2, (1, 5))])
 def test_layer_norm(axis, scale_shape):
     scale = RNG.uniform(0.5, 1.5, scale_shape)
@@ -42,22 +55,30 @@ def test_group_norm(groups):
                                       stash_type=helper.np_dtype_to_tensor_dtype(np.dtype(dt)))))
 
 
-def input_gradient(model, x, seed):
+def test_group_norm_computed_scale():
+    check(lambda dt: typed(node_model("GroupNormalization", [("N", 4, 3, 3), (4,), BIAS], dt, opset=21,
+                                      num_groups=2, stash_type=helper.np_dtype_to_tensor_dtype(np.dtype(dt)))),
+          wrt=["in0"], feeds=scale_fed(("N", 4, 3, 3)))
+
+
+def input_gradient(model, x, seed, **feeds):
     name, out = model.graph.input[0].name, model.graph.output[0].name
     rewritten = differentiate(model, out, [name])
-    return session(rewritten).run([out, grad_name(name)], {name: x, SEED: seed})
+    return session(rewritten).run([out, grad_name(name)], {name: x, SEED: seed, **feeds})
 
 
-def test_group_norm_opset18_scales_per_group():
+@pytest.mark.parametrize("computed", [False, True])
+def test_group_norm_opset18_scales_per_group(computed):
     """Opset 18 scales per group (onnx's checker now rejects that version, so no gradcheck): it
     must agree with opset 21 given each group's scale repeated over its channels."""
     x, seed = np.random.default_rng(0).standard_normal((2, 2, 4, 3, 3)).astype(np.float32)
     scale, bias = SCALE[:2], BIAS[:2]
-    per_group = typed(node_model("GroupNormalization", [("N", 4, 3, 3), scale, bias], np.float32, opset=18,
-                                 num_groups=2))
+    per_group = typed(node_model("GroupNormalization", [("N", 4, 3, 3), (2,) if computed else scale, bias],
+                                 np.float32, opset=18, num_groups=2))
     per_channel = typed(node_model("GroupNormalization", [("N", 4, 3, 3), scale.repeat(2), bias.repeat(2)],
                                    np.float32, opset=21, num_groups=2))
-    (y18, g18), (y21, g21) = input_gradient(per_group, x, seed), input_gradient(per_channel, x, seed)
+    fed = {"in1": scale.astype(np.float32)} if computed else {}
+    (y18, g18), (y21, g21) = input_gradient(per_group, x, seed, **fed), input_gradient(per_channel, x, seed)
     np.testing.assert_allclose(y18, y21, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g18, g21, rtol=1e-5, atol=1e-6)
 
