@@ -157,21 +157,30 @@ class Streams:
         return np.array([g.beta(a, b) for g in self.generators(size)]).reshape(size)
 
 
-def run_parallel(fn, n, threads):
-    """Call ``fn(i)`` for i in range(n) on ``threads`` threads in contiguous chunks."""
+def parallel_apply(op, images, params, masks, threads):
+    """``op.apply`` on ``threads`` contiguous chunks of the batch at once (OpenCV and NumPy
+    release the GIL), joined in order: the same result as one thread."""
+    n = len(images)
     threads = max(1, min(int(threads), n, _CPUS))
-    if threads == 1:
-        for i in range(n):
-            fn(i)
-        return
-    pool = _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads))
     bounds = np.linspace(0, n, threads + 1).astype(int)
+    pool = _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads))
 
     def chunk(k):
-        for i in range(bounds[k], bounds[k + 1]):
-            fn(i)
+        sl = slice(bounds[k], bounds[k + 1])
+        idx = np.arange(bounds[k], bounds[k + 1])
+        return op.apply(images[sl], take(params, idx), None if masks is None else masks[sl])
 
-    list(pool.map(chunk, range(threads)))
+    parts = list(pool.map(chunk, range(threads)))
+    if masks is None:
+        return _join(parts, images)
+    return _join([p[0] for p in parts], images), _join([p[1] for p in parts], masks)
+
+
+def _join(parts, like):
+    if isinstance(like, np.ndarray) and all(isinstance(p, np.ndarray) for p in parts) and \
+            len({p.shape[1:] for p in parts}) == 1:
+        return np.concatenate(parts)
+    return [x for p in parts for x in p]
 
 
 def assemble(shapes, dtype, like_array):
@@ -236,12 +245,14 @@ class Op:
 
     def apply(self, images, params, masks=None, threads=1):
         """Apply drawn ``params`` to a batch (and its masks); pure and thread-safe."""
-        out = self.apply_images(images, params, threads)
+        if threads > 1:
+            return parallel_apply(self, images, params, masks, threads)
+        out = self.apply_images(images, params)
         if masks is None:
             return out
         return out, self.apply_masks(masks, params)
 
-    def apply_images(self, images, params, threads=1):
+    def apply_images(self, images, params):
         fast = self.apply_batch(images, params)
         if fast is not None:
             return fast
@@ -251,14 +262,12 @@ class Op:
                   for prm, im in zip(prms, images)]
         out = assemble(shapes, images[0].dtype, isinstance(images, np.ndarray))
 
-        def one(i):
+        for i in range(n):
             if not prms[i]["on"]:
                 store(out, i, images[i] if isinstance(out, np.ndarray) else images[i].copy())
-                return
+                continue
             slot = out[i] if isinstance(out, np.ndarray) else None
             store(out, i, self.kernel(images[i], prms[i], slot))
-
-        run_parallel(one, n, threads)
         return out
 
     def apply_batch(self, images, params):
@@ -371,13 +380,15 @@ class Compose(Op):
             yield op, child
 
     def apply(self, images, params, masks=None, threads=1):
+        if threads > 1:
+            return parallel_apply(self, images, params, masks, threads)
         for op, child in self._children(params):
-            res = op.apply(images, child, masks=masks, threads=threads)
+            res = op.apply(images, child, masks=masks)
             images, masks = res if masks is not None else (res, None)
         return images if masks is None else (images, masks)
 
-    def apply_images(self, images, params, threads=1):
-        return self.apply(images, params, threads=threads)
+    def apply_images(self, images, params):
+        return self.apply(images, params)
 
     def apply_masks(self, masks, params):
         for op, child in self._children(params):
@@ -431,6 +442,8 @@ class OneOf(Op):
             yield op, child
 
     def apply(self, images, params, masks=None, threads=1):
+        if threads > 1:
+            return parallel_apply(self, images, params, masks, threads)
         n = len(images)
         outs, mouts = [None] * n, [None] * n
         passthrough = np.ones(n, bool)
@@ -442,7 +455,7 @@ class OneOf(Op):
             sub = images[idx] if isinstance(images, np.ndarray) else [images[i] for i in idx]
             subm = None if masks is None else (
                 masks[idx] if isinstance(masks, np.ndarray) else [masks[i] for i in idx])
-            res = op.apply(sub, take(child, idx), masks=subm, threads=threads)
+            res = op.apply(sub, take(child, idx), masks=subm)
             res_img, res_mask = res if masks is not None else (res, None)
             for j, i in enumerate(idx):
                 outs[i] = res_img[j]
@@ -455,8 +468,8 @@ class OneOf(Op):
         images_out = _restack(outs, images)
         return images_out if masks is None else (images_out, _restack(mouts, masks))
 
-    def apply_images(self, images, params, threads=1):
-        return self.apply(images, params, threads=threads)
+    def apply_images(self, images, params):
+        return self.apply(images, params)
 
     def apply_masks(self, masks, params):
         images = [np.zeros(np.shape(m)[:2] + (1,), np.uint8) for m in masks]

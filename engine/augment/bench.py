@@ -123,15 +123,18 @@ def albumentations_run(transform, images):
     return [transform(image=im)["image"] for im in images]
 
 
-def best_rate(fn, n_images, repeats=5):
-    """Images per second of ``fn()`` (best of ``repeats`` passes)."""
-    fn()  # warm-up
-    best = np.inf
+def best_rates(fns, n_images, repeats=5):
+    """Images per second of each ``fn()`` (best of ``repeats`` passes, run in turns so that
+    all see the same machine load)."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [np.inf] * len(fns)
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n_images / best
+        for k, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return [n_images / b for b in best]
 
 
 def table(n=64, repeats=5, with_albumentations=True):
@@ -146,15 +149,16 @@ def table(n=64, repeats=5, with_albumentations=True):
     rows = []
     for name, make, make_alb, _ in CASES:
         op = make()
-        ours = best_rate(lambda: engine_run(op, images), n, repeats)
-        theirs = None
+        fns = [lambda: engine_run(op, images)]
         if alb is not None and make_alb is not None:
             tr = make_alb(alb)
-            theirs = best_rate(lambda: albumentations_run(tr, images), n, repeats)
-        rows.append((name, ours, theirs, None if theirs is None else ours / theirs))
+            fns.append(lambda: albumentations_run(tr, images))
+        rates = best_rates(fns, n, repeats)
+        theirs = rates[1] if len(rates) > 1 else None
+        rows.append((name, rates[0], theirs, None if theirs is None else rates[0] / theirs))
     pipe = pipeline()
-    one = best_rate(lambda: engine_run(pipe, images, threads=1), n, repeats)
-    two = best_rate(lambda: engine_run(pipe, images, threads=2), n, repeats)
+    one, two = best_rates([lambda: engine_run(pipe, images, threads=1),
+                           lambda: engine_run(pipe, images, threads=2)], n, repeats)
     rows.append(("Pipeline, 1 thread", one, None, None))
     rows.append(("Pipeline, 2 threads", two, None, two / one))
     return rows

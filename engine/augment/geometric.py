@@ -212,6 +212,16 @@ class Crop(Geometric):
         return K.crop_resize(image, prm["box"], self.out_shape(prm, image.shape), interpolation,
                              out)
 
+    def apply_batch(self, images, params):
+        if not (isinstance(images, np.ndarray) and params["on"].all() and
+                np.all(params["box"][:, 2:] == self.size[::-1])):
+            return None  # crops of the output size from an array: plain slices, no resampling
+        h, w = self.size
+        out = np.empty((len(images), h, w) + images.shape[3:], images.dtype)
+        for i, (x0, y0, _, _) in enumerate(params["box"].tolist()):
+            out[i] = images[i, y0:y0 + h, x0:x0 + w]
+        return out
+
     def _fits(self, shape):
         if shape[0] < self.size[0] or shape[1] < self.size[1]:
             raise InputShapeError(f"cannot crop {self.size} out of an image of {shape[:2]}: "
@@ -251,12 +261,6 @@ class CenterCrop(Crop):
         h, w = self.size
         box = [(shape[1] - w) // 2, (shape[0] - h) // 2, w, h]
         return {"box": np.tile(box, (n, 1))}
-
-    def apply_batch(self, images, params):
-        if not (isinstance(images, np.ndarray) and params["on"].all()):
-            return None
-        x0, y0, w, h = params["box"][0]
-        return images[:, y0:y0 + h, x0:x0 + w].copy()
 
 
 class Resize(Crop):

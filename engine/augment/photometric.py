@@ -147,7 +147,7 @@ class Contrast(Op):
 
     def kernel(self, image, prm, out=None):
         f = prm["factor"]
-        mean = float(K.gray(image).mean())
+        mean = cv2.mean(K.gray(image))[0]
         if image.dtype == np.uint8:
             return K.apply_lut(image, K.contrast_lut([f], [mean])[0], out=out)
         return K.blend(image, np.float32(mean), f, out=out)
@@ -194,13 +194,7 @@ class Hue(Op):
         s = _shared(params, "shift")
         if s is None or not isinstance(images, np.ndarray) or images.shape[-1] != 3:
             return None
-        if images.dtype != np.uint8:
-            return K.shift_hue(images.reshape(-1, *images.shape[2:]), s).reshape(images.shape)
-        hsv = cv2.cvtColor(images.reshape(-1, *images.shape[2:]), cv2.COLOR_RGB2HSV)
-        luts = np.stack([K.hue_lut([s])[0], np.arange(256, dtype=np.uint8),
-                         np.arange(256, dtype=np.uint8)])
-        K.apply_lut(hsv, luts, out=hsv)
-        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(images.shape)
+        return K.shift_hue(images.reshape(-1, *images.shape[2:]), s).reshape(images.shape)
 
     def kernel(self, image, prm, out=None):
         return K.shift_hue(image, prm["shift"])
@@ -232,11 +226,8 @@ class Equalize(Op):
     def kernel(self, image, prm, out=None):
         if image.dtype != np.uint8:
             return self.kernel(K.to_uint8(image * 255.0), prm).astype(np.float32) / 255.0
-        chans = 1 if image.ndim == 2 else image.shape[2]
-        hist = np.stack([cv2.calcHist([image], [c], None, [256], (0, 256)).ravel()
-                         for c in range(chans)])
-        return K.apply_lut(image, K.equalize_lut(hist) if chans > 1 else
-                           K.equalize_lut(hist)[0], out=out)
+        luts = K.equalize_lut(K.channel_hist(image))
+        return K.apply_lut(image, luts if image.ndim == 3 else luts[0], out=out)
 
 
 class AutoContrast(Op):
@@ -249,7 +240,7 @@ class AutoContrast(Op):
         lo, hi = K.channel_range(image)
         if image.dtype == np.uint8:
             luts = K.autocontrast_lut(lo, hi)
-            return K.apply_lut(image, luts if len(luts) > 1 else luts[0], out=out)
+            return K.apply_lut(image, luts if image.ndim == 3 else luts[0], out=out)
         span = np.where(hi > lo, hi - lo, 1.0)
         res = np.where(hi > lo, (image - lo) / span, image)
         return np.clip(res, 0.0, 1.0).astype(np.float32)
@@ -306,13 +297,11 @@ class GaussianNoise(Op):
 
     def draw(self, rng, n, shape):
         return {"std": uniform(rng, self.std, n),
-                "noise_seed": rng.integers(0, 2**63, n, dtype=np.int64)}
+                "noise_seed": rng.integers(0, 2**31, n, dtype=np.int64)}
 
     def kernel(self, image, prm, out=None):
-        noise = np.random.default_rng(int(prm["noise_seed"])).standard_normal(
-            image.shape, dtype=np.float32)
-        noise *= np.float32(prm["std"] * (255.0 if image.dtype == np.uint8 else 1.0))
-        return K.add_noise(image, noise, out=out)
+        std = prm["std"] * (255.0 if image.dtype == np.uint8 else 1.0)
+        return K.gaussian_noise(image, std, prm["noise_seed"], out=out)
 
 
 class CoarseDropout(Op):

@@ -13,7 +13,7 @@ import numpy as np
 
 from engine.augment import geometric as G
 from engine.augment import photometric as P
-from engine.augment.base import Op, as_range, count, row, shape_of
+from engine.augment.base import Op, as_range, count, parallel_apply, row, shape_of
 from engine.errors import UsageError
 
 NAMES = ("Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize",
@@ -107,6 +107,8 @@ class Policy(Op):
         return op, sub
 
     def apply(self, images, params, masks=None, threads=1):
+        if threads > 1:
+            return parallel_apply(self, images, params, masks, threads)
         out = images.copy() if isinstance(images, np.ndarray) else [im.copy() for im in images]
         mout = None
         if masks is not None:
@@ -119,15 +121,15 @@ class Policy(Op):
                     continue
                 op, sub = self._child(name, params, idx, s, shapes)
                 batch = out[idx] if isinstance(out, np.ndarray) else [out[i] for i in idx]
-                res = op.apply_images(batch, sub, threads)
+                res = op.apply_images(batch, sub)
                 for j, i in enumerate(idx):
                     out[i] = res[j]
                     if mout is not None and op.geometric:
                         mout[i] = op.apply_masks([mout[i]], take_row(sub, j))[0]
         return out if masks is None else (out, mout)
 
-    def apply_images(self, images, params, threads=1):
-        return self.apply(images, params, threads=threads)
+    def apply_images(self, images, params):
+        return self.apply(images, params)
 
     def apply_masks(self, masks, params):
         images = [np.zeros(np.shape(m)[:2] + (1,), np.uint8) for m in masks]
