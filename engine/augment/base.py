@@ -39,7 +39,10 @@ def check_images(images):
 
 def as_range(value, name, low=-np.inf, high=np.inf):
     """A number means fixed, ``(lo, hi)`` a uniform range; checks the bounds."""
-    lo, hi = (value, value) if np.isscalar(value) else tuple(value)
+    try:
+        lo, hi = (float(value),) * 2 if np.isscalar(value) else (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a number or a (lo, hi) pair, got {value!r}") from None
     if not (low <= lo <= hi <= high):
         raise UsageError(f"{name} must lie within [{low}, {high}] with lo ≤ hi, got {value!r}")
     return float(lo), float(hi)
