@@ -109,7 +109,7 @@ class Affine(Geometric):
 
     ``angle`` and ``shear_x``/``shear_y`` in degrees (positive angle = counter-clockwise),
     ``scale`` a factor, ``translate_x``/``translate_y`` fractions of the width/height.
-    ``border``: constant (``fill``), reflect, replicate or wrap.
+    ``border``: constant (``fill``, in 0–255 levels), reflect, replicate or wrap.
 
     >>> aug = Affine(angle=(-15, 15), scale=(0.9, 1.1), translate_x=(-0.1, 0.1))
     """

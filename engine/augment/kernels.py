@@ -210,7 +210,7 @@ def gaussian_noise(image, std, seed, out=None):
     gives the same result as rounding the noisy sum."""
     cv2.setRNGSeed(int(seed))
     noise = np.empty(image.shape, np.int16 if image.dtype == np.uint8 else np.float32)
-    cv2.randn(noise, 0.0, float(std))
+    cv2.randn(noise.reshape(noise.shape[0], -1), 0.0, float(std))  # one channel: all samples
     if image.dtype == np.uint8:
         return cv2.add(image, noise, dtype=cv2.CV_8U, dst=out).reshape(image.shape)
     return np.clip(image + noise, 0.0, 1.0, out=out)
@@ -242,10 +242,18 @@ def affine_matrix(shape, angle=0.0, scale=1.0, tx=0.0, ty=0.0, shear_x=0.0, shea
                      [m10, m11, cy + ty - m10 * cx - m11 * cy], [0.0, 0.0, 1.0]])
 
 
+def level(fill, dtype):
+    """A fill given in 0–255 levels, in the units of ``dtype`` (float32: [0, 1])."""
+    scale = 1.0 if dtype == np.uint8 else 1.0 / 255.0
+    return fill * scale if np.isscalar(fill) else tuple(f * scale for f in fill)
+
+
 def warp(image, matrix, size, interpolation="linear", border="constant", fill=0, out=None):
-    """Warp by a 3×3 input→output ``matrix`` into an image of ``size`` = (H, W)."""
+    """Warp by a 3×3 input→output ``matrix`` into an image of ``size`` = (H, W); ``fill`` in
+    0–255 levels."""
     h, w = size
     flags = INTERPOLATIONS[interpolation]
+    fill = level(fill, image.dtype)
     value = (fill,) * 4 if np.isscalar(fill) else tuple(fill)
     if matrix[2, 0] == 0 and matrix[2, 1] == 0 and matrix[2, 2] == 1:
         res = cv2.warpAffine(image, np.ascontiguousarray(matrix[:2]), (w, h), dst=out, flags=flags,

@@ -306,7 +306,7 @@ class GaussianNoise(Op):
 
 class CoarseDropout(Op):
     """Fill ``holes`` rectangles (count: integer range) of side ``size`` (fraction of the image
-    side) with ``fill``. Masks are left unchanged.
+    side) with ``fill`` (0–255 levels). Masks are left unchanged.
 
     >>> aug = CoarseDropout(holes=(1, 4), size=(0.05, 0.2))
     """
@@ -333,9 +333,10 @@ class CoarseDropout(Op):
             out = image.copy()
         else:
             out[...] = image
+        fill = K.level(self.fill, image.dtype)
         for (x0, y0, x1, y1), valid in zip(prm["boxes"], prm["valid"]):
             if valid:
-                out[y0:y1, x0:x1] = self.fill
+                out[y0:y1, x0:x1] = fill
         return out
 
 
