@@ -39,7 +39,7 @@ def fit(values, dtype):
 def brightness_lut(factor):
     """Tables of ``x · factor``: one row per factor.
 
-    >>> brightness_lut(np.array([0.5]))[0, 255]
+    >>> int(brightness_lut(np.array([0.5]))[0, 255])
     128
     """
     return to_uint8(np.asarray(factor, np.float64)[:, None] * _LEVELS)
@@ -227,7 +227,7 @@ def affine_matrix(shape, angle=0.0, scale=1.0, tx=0.0, ty=0.0, shear_x=0.0, shea
     """3×3 matrix about the image centre: ``C · T · Shear · R · S · C⁻¹`` (angles in degrees,
     positive angle = counter-clockwise on screen, translation in pixels).
 
-    >>> affine_matrix((3, 3), angle=90).round(6)[:2]
+    >>> affine_matrix((3, 3), angle=90).round(6)[:2] + 0.0
     array([[ 0.,  1.,  0.],
            [-1.,  0.,  2.]])
     """
