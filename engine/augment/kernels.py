@@ -225,7 +225,8 @@ def centre(shape):
 
 def affine_matrix(shape, angle=0.0, scale=1.0, tx=0.0, ty=0.0, shear_x=0.0, shear_y=0.0):
     """3×3 matrix about the image centre: ``C · T · Shear · R · S · C⁻¹`` (angles in degrees,
-    positive angle = counter-clockwise on screen, translation in pixels).
+    positive angle = counter-clockwise on screen, translation in pixels). Shear follows
+    torchvision and albumentations: ``x' = x − tan(shear_x)·y``, ``y' = y − tan(shear_y)·x``.
 
     >>> affine_matrix((3, 3), angle=90).round(6)[:2] + 0.0
     array([[ 0.,  1.,  0.],
@@ -234,7 +235,7 @@ def affine_matrix(shape, angle=0.0, scale=1.0, tx=0.0, ty=0.0, shear_x=0.0, shea
     cx, cy = centre(shape)
     a = math.radians(angle)
     c, s = math.cos(a) * scale, math.sin(a) * scale
-    hx, hy = math.tan(math.radians(shear_x)), math.tan(math.radians(shear_y))
+    hx, hy = -math.tan(math.radians(shear_x)), -math.tan(math.radians(shear_y))
     # Shear · R · S
     m00, m01 = c - hx * s, s + hx * c
     m10, m11 = hy * c - s, hy * s + c
