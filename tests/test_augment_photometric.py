@@ -44,9 +44,10 @@ def test_saturation_blends_with_luma(images, factor):
     out, params = per_image(A.Saturation(factor), images)
     for i, f in enumerate(params["factor"]):
         x = images[i].astype(float)
-        luma = np.round(x @ [0.299, 0.587, 0.114])[..., None]
-        ref = f * x + (1 - f) * luma
-        assert np.abs(out[i].astype(int) - rounded(ref)).max() <= 1
+        luma = (x @ [0.299, 0.587, 0.114])[..., None]
+        ref = rounded(f * x + (1 - f) * luma)
+        diff = np.abs(out[i].astype(int) - ref)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.06  # OpenCV fixed-point transform
 
 
 def test_hue_turns_primaries():
@@ -119,8 +120,9 @@ def test_sharpness_blends_with_pil_smooth(images):
 
 def test_grayscale_is_luma(images):
     out = A.Grayscale()(images, seed=0)
-    luma = images.astype(float) @ [0.299, 0.587, 0.114]
-    assert np.abs(out.astype(float) - luma[..., None]).max() <= 1.0
+    ref = rounded(images.astype(float) @ [0.299, 0.587, 0.114])
+    diff = np.abs(out.astype(int) - ref[..., None])
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     assert (out[..., 0] == out[..., 2]).all()
 
 

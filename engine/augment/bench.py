@@ -34,7 +34,8 @@ def sample_images(n=64, size=256, seed=0):
 
 
 # name, engine op, albumentations transform from the module ``alb`` (or None), pixel agreement:
-# "exact"; "±1" (albumentations truncates its tables, the engine rounds to nearest); "±2"
+# "exact"; "±1" (albumentations truncates its tables where the engine rounds to nearest, or
+# rounds the luma before blending where the engine blends with the exact luma); "±2"
 # (AutoContrast: albumentations bins its histogram over [0, 255) instead of [0, 256), which
 # shifts its bounds); None (random positions, or another definition: speed only).
 CASES = [
@@ -46,7 +47,7 @@ CASES = [
                                  hue=(0, 0), p=1), "±1"),
     ("Saturation", lambda: A.Saturation(1.3),
      lambda alb: alb.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(1.3, 1.3),
-                                 hue=(0, 0), p=1), "exact"),
+                                 hue=(0, 0), p=1), "±1"),
     ("Hue", lambda: A.Hue(0.1),
      lambda alb: alb.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(1, 1),
                                  hue=(0.1, 0.1), p=1), "exact"),
@@ -61,7 +62,7 @@ CASES = [
      lambda alb: alb.AutoContrast(cutoff=0, method="pil", p=1), "±2"),
     ("Sharpness", lambda: A.Sharpness(1.5), None, None),
     ("Grayscale", lambda: A.Grayscale(),
-     lambda alb: alb.ToGray(num_output_channels=3, method="weighted_average", p=1), "exact"),
+     lambda alb: alb.ToGray(num_output_channels=3, method="weighted_average", p=1), "±1"),
     ("HorizontalFlip", lambda: A.HorizontalFlip(), lambda alb: alb.HorizontalFlip(p=1),
      "exact"),
     ("VerticalFlip", lambda: A.VerticalFlip(), lambda alb: alb.VerticalFlip(p=1), "exact"),

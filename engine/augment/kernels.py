@@ -142,11 +142,29 @@ def blend(image, other, factor, out=None):
     return res.astype(np.float32)
 
 
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def mix_channels(image, matrix, out=None):
+    """Every pixel's channels times a C×C ``matrix`` (one pass; rounded, saturated/clipped)."""
+    res = cv2.transform(image, np.asarray(matrix, np.float32), dst=out)
+    return res if image.dtype == np.uint8 else np.clip(res, 0.0, 1.0, out=res)
+
+
+def saturation_matrix(factor):
+    """``factor · rgb + (1 − factor) · luma`` as a channel matrix (0: grey, 1: identity).
+
+    >>> saturation_matrix(0.0)[0].round(3)
+    array([0.299, 0.587, 0.114])
+    """
+    return factor * np.eye(3) + (1.0 - factor) * LUMA[None, :]
+
+
 def gray_like(image):
     """The luma of ``image`` repeated over its channels."""
     if image.ndim == 2 or image.shape[-1] == 1:
         return image.copy()
-    return cv2.cvtColor(gray(image), cv2.COLOR_GRAY2RGB)
+    return mix_channels(image, saturation_matrix(0.0))
 
 
 def channel_range(image):
