@@ -45,9 +45,12 @@ def test_saturation_blends_with_luma(images, factor):
     for i, f in enumerate(params["factor"]):
         x = images[i].astype(float)
         luma = (x @ [0.299, 0.587, 0.114])[..., None]
-        ref = rounded(f * x + (1 - f) * luma)
-        diff = np.abs(out[i].astype(int) - ref)
-        assert diff.max() <= 1 and (diff > 0).mean() < 0.06  # OpenCV fixed-point transform
+        ref = f * x + (1 - f) * luma
+        inside = (ref > 0) & (ref < 255)
+        err = (out[i] - ref)[inside]  # OpenCV's fixed-point transform: within a level, no bias
+        assert np.abs(err).max() < 1.0 and abs(err.mean()) < 0.15
+        np.testing.assert_array_equal(out[i][ref <= 0], 0)
+        np.testing.assert_array_equal(out[i][ref >= 255], 255)
 
 
 def test_hue_turns_primaries():
@@ -120,9 +123,8 @@ def test_sharpness_blends_with_pil_smooth(images):
 
 def test_grayscale_is_luma(images):
     out = A.Grayscale()(images, seed=0)
-    ref = rounded(images.astype(float) @ [0.299, 0.587, 0.114])
-    diff = np.abs(out.astype(int) - ref[..., None])
-    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    err = out - (images.astype(float) @ [0.299, 0.587, 0.114])[..., None]
+    assert np.abs(err).max() < 1.0 and abs(err.mean()) < 0.15
     assert (out[..., 0] == out[..., 2]).all()
 
 
