@@ -212,6 +212,7 @@ class Op:
     """
 
     geometric = False
+    mixes = False  # batch-mixing ops (CutMix, MixUp) take labels and run outside Compose
 
     def __init__(self, p=1.0):
         self.p = as_range(p, "p", 0.0, 1.0)[0]
@@ -322,6 +323,13 @@ class Op:
                 for i in range(n)]
 
 
+def _per_image_ops(ops, owner):
+    ops = list(ops)
+    if any(op.mixes for op in ops):
+        raise UsageError(f"{owner} takes per-image ops; run CutMix/MixUp after it, with labels")
+    return ops
+
+
 def _per_image(shapes, n):
     if len(shapes) and np.isscalar(shapes[0]):
         return [tuple(shapes)] * n
@@ -349,7 +357,7 @@ class Compose(Op):
 
     def __init__(self, ops, p=1.0):
         super().__init__(p)
-        self.ops = list(ops)
+        self.ops = _per_image_ops(ops, "Compose")
         self.geometric = any(op.geometric for op in self.ops)
 
     def sample(self, rng, n, shape):
@@ -423,7 +431,7 @@ class OneOf(Op):
 
     def __init__(self, ops, weights=None, p=1.0):
         super().__init__(p)
-        self.ops = list(ops)
+        self.ops = _per_image_ops(ops, "OneOf")
         w = np.ones(len(self.ops)) if weights is None else np.asarray(weights, np.float64)
         if len(w) != len(self.ops) or np.any(w < 0) or w.sum() <= 0:
             raise UsageError("OneOf weights must be one non-negative number per op, not all zero")

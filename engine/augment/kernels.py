@@ -146,7 +146,8 @@ LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def mix_channels(image, matrix, out=None):
-    """Every pixel's channels times a C×C ``matrix`` (one pass; rounded, saturated/clipped)."""
+    """Every pixel's channels times a C×C ``matrix`` in one pass, saturated (uint8) or clipped
+    (float32). OpenCV quantizes the matrix for uint8: results within one level of exact."""
     res = cv2.transform(image, np.asarray(matrix, np.float32), dst=out)
     return res if image.dtype == np.uint8 else np.clip(res, 0.0, 1.0, out=res)
 
