@@ -27,13 +27,6 @@ def to_uint8(values):
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def fit(values, dtype):
-    """Bring float results back to ``dtype`` (uint8: round and saturate; float32: clip to [0, 1])."""
-    if dtype == np.uint8:
-        return to_uint8(values)
-    return np.clip(values, 0.0, 1.0).astype(np.float32)
-
-
 # --- lookup tables (rows: one 256-entry table per image) -------------------------------------
 
 def brightness_lut(factor):
