@@ -277,6 +277,17 @@ def warp(image, matrix, size, interpolation="linear", border="constant", fill=0,
     return res.reshape((h, w) + image.shape[2:])
 
 
+def unwarp(values, matrix, shape, interpolation="linear"):
+    """Carry a map computed on an augmented image (e.g. a CAM) back onto the original image of
+    ``shape`` (H, W), through the inverse of the op's input→output ``matrix``; regions that
+    left the frame come back as 0.
+
+    >>> unwarp(np.eye(3, dtype=np.float32), flip_matrix((3, 3), True), (3, 3))[0]
+    array([0., 0., 1.], dtype=float32)
+    """
+    return warp(values, np.linalg.inv(matrix), shape[:2], interpolation)
+
+
 def flip_matrix(shape, horizontal):
     """Matrix of a horizontal (x → W − 1 − x) or vertical (y → H − 1 − y) flip."""
     m = np.eye(3)
