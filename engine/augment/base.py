@@ -5,8 +5,8 @@ An op separates randomness from pixels::
     params = op.sample(rng, n, shape)      # dict of arrays, one row per image
     out = op.apply(images, params)         # pure: same params → same pixels
 
-``op(images, seed=s)`` draws image ``i``'s parameters from its own counter-based stream,
-``Generator(Philox(key=[s, start + i]))``, so a seed gives the same output for any batch size,
+``op(images, seed=s)`` draws image ``i``'s parameters from its own counter-based stream keyed by
+``(s, start + i)`` (:class:`Streams`), so a seed gives the same output for any batch size,
 chunking or thread count. Every op also reports, per image, the 3×3 matrix that maps input pixel
 coordinates to output pixel coordinates (:meth:`Op.matrices`; identity for photometric ops), so
 a map computed on an augmented image can be warped back onto the original.
@@ -85,9 +85,6 @@ def rows(params):
 
 def count(params):
     return len(params["on"])
-
-
-_M64 = np.uint64(2**64 - 1)
 
 
 def _mix(x):
