@@ -19,13 +19,6 @@ def _shared(params, key):
     return None
 
 
-def _flat(images):
-    """A uint8 batch array viewed as one 2-D image (rows × samples) for a single table lookup."""
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        return images.reshape(images.shape[0] * images.shape[1], -1)
-    return None
-
-
 class LutOp(Op):
     """An op whose uint8 form is a table of the level alone, set by one parameter ``key``."""
 
@@ -40,13 +33,10 @@ class LutOp(Op):
         return {self.key: uniform(rng, getattr(self, self.key), n)}
 
     def apply_batch(self, images, params):
-        flat = _flat(images)
         value = _shared(params, self.key)
-        if flat is None or value is None:
+        if value is None or not isinstance(images, np.ndarray) or images.dtype != np.uint8:
             return None
-        out = np.empty_like(images)
-        K.apply_lut(flat, self.table([value])[0], out=out.reshape(flat.shape))
-        return out
+        return K.apply_lut(images, self.table([value])[0])  # one table, one pass over the batch
 
     def kernel(self, image, prm, out=None):
         if image.dtype == np.uint8:
@@ -204,8 +194,8 @@ class Hue(Op):
 
 
 class Grayscale(Op):
-    """Replace every channel by the luma ``0.299 R + 0.587 G + 0.114 B``, rounded (shape
-    unchanged).
+    """Replace every channel by the luma ``0.299 R + 0.587 G + 0.114 B`` (to within one level;
+    shape unchanged).
 
     >>> aug = Grayscale(p=0.2)
     """
@@ -289,8 +279,8 @@ class GaussianBlur(Op):
 class GaussianNoise(Op):
     """Add N(0, std²) noise per sample; ``std`` as a fraction of full scale.
 
-    The noise field of image i is drawn from its own stream (seeded from its parameters), so it
-    does not depend on the batch or the thread that computes it.
+    Image i's noise comes from OpenCV's (thread-local) generator seeded from its parameters, so
+    it does not depend on the batch or on the thread that computes it.
 
     >>> aug = GaussianNoise(std=(0.01, 0.05))
     """
