@@ -151,7 +151,7 @@ def saturation_matrix(factor):
     >>> saturation_matrix(0.0)[0].round(3)
     array([0.299, 0.587, 0.114])
     """
-    return factor * np.eye(3) + (1.0 - factor) * LUMA[None, :]
+    return factor * np.eye(3) + (1.0 - factor) * LUMA[None, :]  # also for factors shaped N×1×1
 
 
 def gray_like(image):

@@ -33,10 +33,19 @@ class LutOp(Op):
         return {self.key: uniform(rng, getattr(self, self.key), n)}
 
     def apply_batch(self, images, params):
-        value = _shared(params, self.key)
-        if value is None or not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
             return None
-        return K.apply_lut(images, self.table([value])[0])  # one table, one pass over the batch
+        value = _shared(params, self.key)
+        if value is not None:  # one table, one pass over the whole batch
+            return K.apply_lut(images, self.table([value])[0])
+        tables = self.table(params[self.key])  # all tables at once, then one pass per image
+        out = np.empty_like(images)
+        for i, on in enumerate(params["on"].tolist()):
+            if on:
+                K.apply_lut(images[i], tables[i], out=out[i])
+            else:
+                out[i] = images[i]
+        return out
 
     def kernel(self, image, prm, out=None):
         if image.dtype == np.uint8:
@@ -158,11 +167,20 @@ class Saturation(Op):
         return {"factor": uniform(rng, self.factor, n)}
 
     def apply_batch(self, images, params):
-        f = _shared(params, "factor")
-        if f is None or not isinstance(images, np.ndarray) or images.shape[-1] != 3:
+        if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] != 3:
             return None
-        tall = images.reshape((-1,) + images.shape[2:])
-        return K.mix_channels(tall, K.saturation_matrix(f)).reshape(images.shape)
+        f = _shared(params, "factor")
+        if f is not None:  # one matrix: the batch as one tall image
+            tall = images.reshape((-1,) + images.shape[2:])
+            return K.mix_channels(tall, K.saturation_matrix(f)).reshape(images.shape)
+        mats = K.saturation_matrix(params["factor"][:, None, None]).astype(np.float32)
+        out = np.empty_like(images)
+        for i, on in enumerate(params["on"].tolist()):
+            if on:
+                K.mix_channels(images[i], mats[i], out=out[i])
+            else:
+                out[i] = images[i]
+        return out
 
     def kernel(self, image, prm, out=None):
         if image.ndim == 2 or image.shape[-1] != 3:
