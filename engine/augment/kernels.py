@@ -67,23 +67,6 @@ def hue_lut(shift):
     return h.astype(np.uint8)
 
 
-def equalize_lut(hist):
-    """OpenCV ``equalizeHist`` tables from histograms (…, 256): rescaled cumulative counts.
-
-    >>> equalize_lut(np.array([[0, 2, 0, 2] + [0] * 252]))[0, :4]
-    array([  0,   0,   0, 255], dtype=uint8)
-    """
-    hist = np.asarray(hist, np.float64)
-    total = hist.sum(-1, keepdims=True)
-    first = np.argmax(hist > 0, axis=-1)[..., None]
-    first_count = np.take_along_axis(hist, first, -1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(total > first_count, 255.0 / (total - first_count), 0.0)
-    lut = to_uint8((np.cumsum(hist, -1) - first_count) * scale)
-    flat = (total == first_count)  # a single level: OpenCV maps it onto itself
-    return np.where(flat, np.arange(256, dtype=np.uint8), lut)
-
-
 def autocontrast_lut(lo, hi):
     """Tables stretching ``[lo, hi]`` to ``[0, 255]``; identity where ``hi ≤ lo``."""
     lo = np.asarray(lo, np.float64)[..., None]
@@ -172,10 +155,12 @@ def channel_range(image):
     return np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges])
 
 
-def channel_hist(image):
-    """Per-channel 256-bin histograms (C×256) of a uint8 image."""
-    planes = [image] if image.ndim == 2 else cv2.split(image)
-    return np.stack([cv2.calcHist([p], [0], None, [256], (0, 256)).ravel() for p in planes])
+def equalize(image, out=None):
+    """OpenCV's ``equalizeHist`` on each channel of a uint8 image."""
+    if image.ndim == 2:
+        return cv2.equalizeHist(image, dst=out)
+    planes = [cv2.equalizeHist(p) for p in cv2.split(image)]
+    return cv2.merge(planes, dst=out).reshape(image.shape)
 
 
 def shift_hue(image, shift):

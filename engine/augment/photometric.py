@@ -238,8 +238,7 @@ class Equalize(Op):
     def kernel(self, image, prm, out=None):
         if image.dtype != np.uint8:
             return self.kernel(K.to_uint8(image * 255.0), prm).astype(np.float32) / 255.0
-        luts = K.equalize_lut(K.channel_hist(image))
-        return K.apply_lut(image, luts if image.ndim == 3 else luts[0], out=out)
+        return K.equalize(image, out=out)
 
 
 class AutoContrast(Op):
