@@ -77,7 +77,7 @@ def autocontrast_lut(lo, hi):
 
 
 def apply_lut(image, lut, out=None):
-    """Map every uint8 sample through ``lut``: 256 entries, or C×256 for one table per channel.
+    """Map every uint8 sample through the 256-entry table ``lut``, in one pass.
 
     Tables run through stringzilla's byte translation (SIMD; about 10× OpenCV's LUT).
 
@@ -86,15 +86,9 @@ def apply_lut(image, lut, out=None):
     """
     image = np.ascontiguousarray(image)
     out = np.empty_like(image) if out is None else out
-    lut = np.ascontiguousarray(lut, np.uint8)
-    if lut.ndim == 1:
-        sz.translate(memoryview(image.reshape(-1)), memoryview(lut),
-                     out=memoryview(out.reshape(-1)))
-        return out
-    planes = cv2.split(image)
-    for plane, table in zip(planes, lut):
-        sz.translate(memoryview(plane.reshape(-1)), memoryview(table), inplace=True)
-    return cv2.merge(planes, dst=out).reshape(image.shape)
+    sz.translate(memoryview(image.reshape(-1)), memoryview(np.ascontiguousarray(lut, np.uint8)),
+                 out=memoryview(out.reshape(-1)))
+    return out
 
 
 # --- colour ------------------------------------------------------------------------------
@@ -153,6 +147,18 @@ def channel_range(image):
     planes = [image] if image.ndim == 2 else cv2.split(image)
     ranges = [cv2.minMaxLoc(p)[:2] for p in planes]
     return np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges])
+
+
+def autocontrast(image, out=None):
+    """Stretch each channel of a uint8 image from its [min, max] to [0, 255] (flat: unchanged)."""
+    planes = [image.copy()] if image.ndim == 2 else cv2.split(image)
+    for plane in planes:
+        lo, hi = cv2.minMaxLoc(plane)[:2]
+        sz.translate(memoryview(plane.reshape(-1)), memoryview(autocontrast_lut([lo], [hi])[0]),
+                     inplace=True)
+    if image.ndim == 2:
+        return planes[0]
+    return cv2.merge(planes, dst=out).reshape(image.shape)
 
 
 def equalize(image, out=None):

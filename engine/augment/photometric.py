@@ -248,10 +248,9 @@ class AutoContrast(Op):
     """
 
     def kernel(self, image, prm, out=None):
-        lo, hi = K.channel_range(image)
         if image.dtype == np.uint8:
-            luts = K.autocontrast_lut(lo, hi)
-            return K.apply_lut(image, luts if image.ndim == 3 else luts[0], out=out)
+            return K.autocontrast(image, out=out)
+        lo, hi = K.channel_range(image)
         span = np.where(hi > lo, hi - lo, 1.0)
         res = np.where(hi > lo, (image - lo) / span, image)
         return np.clip(res, 0.0, 1.0).astype(np.float32)
