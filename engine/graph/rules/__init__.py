@@ -28,7 +28,7 @@ e.g. ``extra.py``) and register it for one or more op types::
   common chores: ``ctx.unbroadcast`` (sum a broadcast gradient back to an input's shape),
   ``ctx.reduce_sum``, ``ctx.squeeze`` / ``ctx.unsqueeze`` (opset-aware axes),
   ``ctx.reshape_like``, ``ctx.expand_like``, ``ctx.shape_of``, ``ctx.zeros_like``,
-  ``ctx.where_positive``, ``ctx.relu_family`` (mode-aware ReLU-like backward),
+  ``ctx.mask`` (prefer it to Where: faster), ``ctx.where_positive``, ``ctx.relu_family`` (mode-aware ReLU-like backward),
   ``ctx.extra_output`` (ask a forward node for an optional output, e.g. MaxPool's Indices).
 * The result must work for every batch size: never bake a symbolic dim into a constant.
 * Add a finite-difference test for the rule in ``tests/test_rules_<module>.py`` using

@@ -17,8 +17,10 @@ def leaky_relu(ctx, node, grads):
     alpha = attrs(node).get("alpha", 0.01)
 
     def standard():
-        leak = ctx.op("Mul", dy, ctx.scalar(alpha, like=x))
-        return ctx.op("Where", ctx.op("Greater", x, ctx.scalar(0, like=x)), dy, leak)
+        # slope = alpha + (1 − alpha)·[x > 0]
+        positive = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(0, like=x)), to=ctx.elem_type(x))
+        slope = ctx.op("Add", ctx.op("Mul", positive, ctx.scalar(1 - alpha, like=x)), ctx.scalar(alpha, like=x))
+        return ctx.op("Mul", dy, slope)
 
     return [ctx.relu_family(x, dy, standard)]
 
@@ -29,7 +31,10 @@ def prelu(ctx, node, grads):
     x, slope = node.input
 
     def standard():
-        return ctx.op("Where", ctx.op("Greater", x, ctx.scalar(0, like=x)), dy, ctx.op("Mul", dy, slope))
+        # slope_x = slope + (1 − slope)·[x > 0]
+        positive = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(0, like=x)), to=ctx.elem_type(x))
+        one_minus = ctx.op("Sub", ctx.scalar(1, like=x), slope)
+        return ctx.op("Mul", dy, ctx.op("Add", ctx.op("Mul", positive, one_minus), slope))
 
     return [ctx.relu_family(x, dy, standard), None]
 
@@ -48,7 +53,7 @@ def clip(ctx, node, grads):
             inside = test if inside is None else ctx.op("And", inside, test)
     if inside is None:
         return [dy]
-    return [ctx.op("Where", inside, dy, ctx.scalar(0, like=x))] + [None] * (len(node.input) - 1)
+    return [ctx.mask(dy, inside, like=x)] + [None] * (len(node.input) - 1)
 
 
 @rule("Sigmoid")
@@ -76,7 +81,7 @@ def hard_sigmoid(ctx, node, grads):
     alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
     z = ctx.op("Add", ctx.op("Mul", x, ctx.scalar(alpha, like=x)), ctx.scalar(beta, like=x))
     inside = ctx.op("And", ctx.op("Greater", z, ctx.scalar(0, like=x)), ctx.op("Less", z, ctx.scalar(1, like=x)))
-    return [ctx.op("Where", inside, ctx.op("Mul", dy, ctx.scalar(alpha, like=x)), ctx.scalar(0, like=x))]
+    return [ctx.mask(ctx.op("Mul", dy, ctx.scalar(alpha, like=x)), inside, like=x)]
 
 
 @rule("HardSwish")
@@ -85,8 +90,9 @@ def hard_swish(ctx, node, grads):
     (dy,) = grads
     x = node.input[0]
     mid = ctx.op("Add", ctx.op("Mul", x, ctx.scalar(1 / 3, like=x)), ctx.scalar(0.5, like=x))
-    slope = ctx.op("Where", ctx.op("Greater", x, ctx.scalar(3, like=x)), ctx.scalar(1, like=x), mid)
-    slope = ctx.op("Where", ctx.op("Less", x, ctx.scalar(-3, like=x)), ctx.scalar(0, like=x), slope)
+    inside = ctx.op("LessOrEqual", ctx.op("Abs", x), ctx.scalar(3, like=x))
+    above = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(3, like=x)), to=ctx.elem_type(x))
+    slope = ctx.op("Add", ctx.mask(mid, inside, like=x), above)
     return [ctx.op("Mul", dy, slope)]
 
 

@@ -60,7 +60,7 @@ def max_min(ctx, node, grads):
         if not ctx.needs(x):
             out.append(None)
             continue
-        picked = ctx.op("Where", ctx.op("Equal", x, y), dy, ctx.scalar(0, like=y))
+        picked = ctx.mask(dy, ctx.op("Equal", x, y), like=y)
         out.append(ctx.unbroadcast(picked, x, y))
     return out
 
@@ -94,7 +94,7 @@ def quantize(ctx, node, grads):
     dtype = ctx.dtype(x)
     inside = ctx.op("And", ctx.op("GreaterOrEqual", x, ctx.const(low.astype(dtype), "q_low")),
                     ctx.op("LessOrEqual", x, ctx.const(high.astype(dtype), "q_high")))
-    return [ctx.op("Where", inside, dy, ctx.scalar(0, like=x))] + rest
+    return [ctx.mask(dy, inside, like=x)] + rest
 
 
 @rule("Cast")

@@ -69,7 +69,7 @@ def global_average_pool(ctx, node, grads):
 def global_max_pool(ctx, node, grads):
     (dy,) = grads
     x = node.input[0]
-    return [ctx.op("Where", ctx.op("Equal", x, node.output[0]), dy, ctx.scalar(0, like=dy))]
+    return [ctx.mask(dy, ctx.op("Equal", x, node.output[0]), like=x)]
 
 
 def _reduced_axes(ctx, node):
@@ -100,7 +100,7 @@ def reduce(ctx, node, grads):
     dyk = dy if keep else ctx.unsqueeze(dy, axes)
     if node.op_type == "ReduceMax":
         yk = y if keep else ctx.unsqueeze(y, axes)
-        return [ctx.op("Where", ctx.op("Equal", x, yk), dyk, ctx.scalar(0, like=dy))] + rest
+        return [ctx.mask(dyk, ctx.op("Equal", x, yk), like=x)] + rest
     if node.op_type == "ReduceMean":
         dims = [ctx.shape(x)[ax] for ax in axes]
         if all(isinstance(d, int) for d in dims):
