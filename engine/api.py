@@ -14,6 +14,10 @@ from engine.data.labels import parse_labels, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
 from engine.graph import shapes
 from engine.graph.load import load
+from engine.graph.coverage import gradient_blockers
+from engine.graph.normalize import normalize
+from engine.graph.receptive import receptive_fields
+from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
 from engine.runtime import rewrite
 from engine.runtime.session import create_session
@@ -245,6 +249,46 @@ class Model:
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise LayerError(f"no layer named '{name}' in '{self.path.name}': {hint}`onnxlens inspect` lists the layers")
 
+    @cached_property
+    def default_layer(self):
+        """The layer Grad-CAM-style methods use by default: the last 4-D activation with spatial
+        size > 1 that the rest of the graph still consumes (so not the output of a dense head).
+
+        >>> model.default_layer
+        'layer4'
+        """
+        consumed = {i for node in self.proto.graph.node for i in node.input}
+        candidates = [layer.name for layer in self.layers
+                      if layer.name in consumed and _spatial(layer.shape)]
+        if not candidates:
+            raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1: name a layer")
+        return candidates[-1]
+
+    def layer_details(self):
+        """Per layer: name, op, shape, whether gradients reach it (``gradients``: True, or why not),
+        its receptive field ``field`` and ``stride`` in input pixels (None where it sees the whole
+        image) and whether it is the ``default`` layer.
+
+        >>> model.layer_details()[-1]
+        {'name': 'layer4', 'op': 'Relu', 'shape': ('batch', 64, 8, 8), 'gradients': True, 'field': [35, 35], ...}
+        """
+        names = [layer.name for layer in self.layers]
+        clean = normalize(add_taps(self.proto, names), input_size=self.input_size)
+        blockers = gradient_blockers(clean, self.proto.graph.output[0].name, names)
+        fields = receptive_fields(clean)
+        default = self.default_layer if any(_spatial(layer.shape) for layer in self.layers) else None
+        details = []
+        for layer in self.layers:
+            f = fields.get(layer.name)
+            seen = f is not None and not f.whole_image
+            details.append({
+                "name": layer.name, "op": layer.op, "shape": layer.shape,
+                "gradients": True if blockers[layer.name] is None else f"no: {blockers[layer.name]}",
+                "field": list(f.size) if seen else None, "stride": list(f.stride) if seen else None,
+                "default": layer.name == default,
+            })
+        return details
+
     def summary(self):
         """A JSON-ready description: producer, opset, inputs, outputs, ops, layers.
 
@@ -440,6 +484,11 @@ class Model:
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]
                 predictions.append(Prediction(str(item) if isinstance(item, (str, Path)) else None, ranked))
         return predictions
+
+
+def _spatial(shape):
+    """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
+    return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
 
 
 def _as_list(images):
