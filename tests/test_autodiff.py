@@ -188,3 +188,25 @@ def test_batch_1_and_batch_8_give_the_same_gradients():
         for b, s in zip(batch, single):
             np.testing.assert_allclose(b[i:i + 1], s, rtol=1e-5, atol=1e-6)
     assert np.abs(batch[1]).max() > 0
+
+
+def test_axes_from_a_constant_node():
+    nodes = [helper.make_node("Constant", [], ["axes"], value_ints=[1, 2]),
+             helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 3, 4])],
+                              [helper.make_tensor_value_info("y", F, None)])
+    check(lambda dt: finish(graph, opset=18))
+
+
+def test_differentiating_twice_is_refused():
+    once = differentiate(fanout_model(), "y", ["x"])
+    with pytest.raises(LayerError, match="already differentiated"):
+        differentiate(once, "y", ["x"])
+
+
+def test_integer_tensor_request_is_refused():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("ArgMax", ["r"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    with pytest.raises(LayerError, match="float"):
+        differentiate(finish(graph), "y", ["x"])

@@ -33,3 +33,12 @@ def test_clip_bounds_as_inputs(bounds):
 def test_softmax_semantics(op, opset, axis):
     # opset 11: softmax over the flattened trailing axes from `axis` on.
     check(lambda dt: node_model(op, [("N", 3, 4, 2)], dt, opset=opset, axis=axis))
+
+
+def test_clip_bounds_as_attributes_before_opset_11():
+    # float32 here (no float64 kernel): keep inputs 0.1 away from the kinks at the bounds.
+    def feeds(rng, dt):
+        centers = rng.choice([-1.5, -0.9, -0.2, 0.1, 0.4, 1.2], (2, 3, 5, 5))
+        return {"in0": (centers + rng.uniform(-0.1, 0.1, centers.shape)).astype(dt)}
+
+    check(lambda dt: node_model("Clip", [X], dt, opset=10, min=-0.5, max=0.7), feeds=feeds)

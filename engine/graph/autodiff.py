@@ -7,8 +7,9 @@ live in :mod:`engine.graph.rules`.
 """
 from collections import defaultdict
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from engine.errors import LayerError, UnsupportedOpError
 from engine.graph.rules import RULES, Context
@@ -37,11 +38,8 @@ def differentiate(model, output, wrt, mode="standard"):
     wrt = list(dict.fromkeys([wrt] if isinstance(wrt, str) else wrt))
     model = _copy(model)
     graph = model.graph
-    shapes, types = _tensor_info(graph)
-    constants = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute[0].name == "value":
-            constants[node.output[0]] = node.attribute[0].t
+    constants = _constants(graph)
+    shapes, types = _tensor_info(graph, constants)
     _check_request(graph, shapes, types, constants, output, wrt)
 
     active = _cone(graph.node, output, wrt, types)
@@ -61,7 +59,8 @@ def differentiate(model, output, wrt, mode="standard"):
         if name not in totals:
             parts = grads[name]
             totals[name] = parts[0] if len(parts) == 1 else ctx.op("Sum", *parts)
-            types[totals[name]] = types.get(name, onnx.TensorProto.FLOAT)
+            if types.get(name, onnx.TensorProto.FLOAT) in _FLOATS:
+                types[totals[name]] = types.get(name, onnx.TensorProto.FLOAT)
         return totals[name]
 
     for node in reversed(graph.node):
@@ -107,7 +106,23 @@ def _dims(type_proto):
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
 
 
-def _tensor_info(graph):
+def _constants(graph):
+    """name → TensorProto of every initializer and Constant output."""
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            attr = node.attribute[0]
+            value = helper.get_attribute_value(attr)
+            if attr.name in ("value_float", "value_floats"):
+                value = numpy_helper.from_array(np.array(value, np.float32))
+            elif attr.name in ("value_int", "value_ints"):
+                value = numpy_helper.from_array(np.array(value, np.int64))
+            if isinstance(value, onnx.TensorProto):
+                constants[node.output[0]] = value
+    return constants
+
+
+def _tensor_info(graph, constants):
     shapes, types = {}, {}
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
         if vi.type.HasField("tensor_type"):
@@ -115,26 +130,26 @@ def _tensor_info(graph):
             dims = _dims(vi.type)
             if dims is not None:
                 shapes[vi.name] = dims
-    for t in graph.initializer:
-        types[t.name] = t.data_type
-        shapes[t.name] = tuple(t.dims)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute[0].name == "value":
-            t = node.attribute[0].t
-            types[node.output[0]] = t.data_type
-            shapes[node.output[0]] = tuple(t.dims)
+    for name, t in constants.items():
+        types[name] = t.data_type
+        shapes[name] = tuple(t.dims)
     return shapes, types
 
 
 def _check_request(graph, shapes, types, constants, output, wrt):
+    if any(i.name == SEED for i in graph.input):
+        raise LayerError("the model is already differentiated: pass the original (normalized) model")
     known = set(types) | {t for n in graph.node for t in n.output}
     for name in [output, *wrt]:
         if name not in known:
             raise LayerError(f"unknown tensor {name!r}: pick a name from the model's layer list")
         if name in constants:
             raise LayerError(f"{name!r} is a weight/constant: gradients are taken w.r.t. activations only")
-    if types.get(output, onnx.TensorProto.FLOAT) not in _FLOATS:
-        raise LayerError(f"output {output!r} is not a float tensor: seed a float output")
+        if types.get(name, onnx.TensorProto.FLOAT) not in _FLOATS:
+            raise LayerError(f"{name!r} is not a float tensor: gradients exist for float tensors only")
+    taken = [grad_name(t) for t in wrt if grad_name(t) in known]
+    if taken:
+        raise LayerError(f"the model already has a tensor named {taken[0]!r}: rename it before differentiating")
     if output not in shapes:
         raise LayerError(f"no shape known for output {output!r}: normalize the model first")
 

@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from engine.errors import InputShapeError, ModelLoadError
+from engine.graph.shapes import value_info_shape
 
 TARGET_OPSET = 17
 MAX_FOLD_ELEMENTS = 1 << 22  # larger constant results stay computed at run time
@@ -296,9 +297,17 @@ def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
 
 
 def layout(info: onnx.ValueInfoProto) -> str:
-    """``"NHWC"`` when the last dim is 1 or 3 and dim 1 is not a static 1 or 3, else ``"NCHW"``."""
-    dims = info.type.tensor_type.shape.dim
-    return "NHWC" if dims[-1].dim_value in (1, 3) and dims[1].dim_value not in (1, 3) else "NCHW"
+    """``"NCHW"`` or ``"NHWC"`` of a 4-D image input, by where a channel dim of 1 or 3 sits.
+
+    NCHW wins when both fit; with no such dim, a symbolic dim 1 means NCHW, a symbolic last
+    dim NHWC (the rule ``engine.api`` uses to preprocess images).
+    """
+    dims = value_info_shape(info)
+    if dims[1] in (1, 3):
+        return "NCHW"
+    if dims[3] in (1, 3):
+        return "NHWC"
+    return "NHWC" if isinstance(dims[1], int) and not isinstance(dims[3], int) else "NCHW"
 
 
 # ------------------------------------------------------------------------------------ internals
@@ -448,13 +457,13 @@ def _prune(model):
 
 
 def _shapes(model):
+    """``{tensor: [int | symbolic name | None, ...]}`` from inputs, value_info and outputs."""
     graph = model.graph
     shapes = {}
     for info in itertools.chain(graph.input, graph.value_info, graph.output):
-        tensor_type = info.type.tensor_type
-        if tensor_type.HasField("shape"):
-            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                 for d in tensor_type.shape.dim]
+        dims = value_info_shape(info)
+        if dims is not None:
+            shapes[info.name] = list(dims)
     return shapes
 
 

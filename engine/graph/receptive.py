@@ -32,6 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from engine.graph.normalize import image_input, layout
+from engine.graph.shapes import value_info_shape
 
 
 @dataclass(frozen=True)
@@ -326,8 +327,7 @@ def _shapes(model):
         graph = onnx.shape_inference.infer_shapes(model).graph
     shapes = {}
     for info in itertools.chain(graph.input, graph.value_info, graph.output):
-        tensor_type = info.type.tensor_type
-        if tensor_type.HasField("shape"):
-            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None
-                                 for d in tensor_type.shape.dim]
+        dims = value_info_shape(info)
+        if dims is not None:
+            shapes[info.name] = list(dims)
     return shapes

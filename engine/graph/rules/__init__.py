@@ -20,16 +20,22 @@ e.g. ``extra.py``) and register it for one or more op types::
   that input, shaped exactly like the input, or ``None`` for inputs that are not differentiable
   (weights, shapes, axes, indices). Inputs for which ``ctx.needs(node.input[i])`` is false
   are ignored anyway, so test it to skip emitting work that nobody uses.
-* Emit backward nodes only through ``ctx`` (a :class:`Context`): ``ctx.op`` (fresh unique names,
-  standard ONNX ops only, valid for ``ctx.opset``), ``ctx.const`` / ``ctx.scalar`` / ``ctx.ints``
-  for constants, ``ctx.value`` for the value of a constant input (``None`` if it is computed),
-  ``ctx.shape`` / ``ctx.dtype`` / ``ctx.rank`` for static shapes (symbolic dims are strings, e.g.
-  the batch ``"N"``), ``ctx.mode`` (``standard``, ``guided``, ``deconvnet``). Helpers for the
-  common chores: ``ctx.unbroadcast`` (sum a broadcast gradient back to an input's shape),
-  ``ctx.reduce_sum``, ``ctx.squeeze`` / ``ctx.unsqueeze`` (opset-aware axes),
-  ``ctx.reshape_like``, ``ctx.expand_like``, ``ctx.shape_of``, ``ctx.zeros_like``,
-  ``ctx.mask`` (prefer it to Where: faster), ``ctx.where_positive``, ``ctx.relu_family`` (mode-aware ReLU-like backward),
-  ``ctx.extra_output`` (ask a forward node for an optional output, e.g. MaxPool's Indices).
+* Emit backward nodes only through ``ctx`` (a :class:`Context`):
+
+  - ``ctx.op(op_type, *inputs, outputs=1, **attributes)``: one standard ONNX node with fresh
+    unique names, valid at ``ctx.opset`` (the model's opset: 17+ after normalization);
+  - constants: ``ctx.const(array)``, ``ctx.scalar(value, like=tensor)``, ``ctx.ints(values)``;
+    ``ctx.value(name)`` is the numpy value of a constant input, ``None`` if it is computed;
+  - static facts: ``ctx.shape`` (ints; symbolic dims such as the batch ``"N"`` are strings),
+    ``ctx.rank``, ``ctx.dtype``, ``ctx.elem_type``, ``ctx.mode`` (``standard``, ``guided``,
+    ``deconvnet``), ``ctx.needs(name)``;
+  - chores: ``ctx.unbroadcast`` (sum a broadcast gradient back to an input's shape),
+    ``ctx.reduce_sum``, ``ctx.squeeze`` / ``ctx.unsqueeze`` (opset-aware axes),
+    ``ctx.reshape_like``, ``ctx.expand_like``, ``ctx.shape_of``, ``ctx.zeros_like``,
+    ``ctx.mask`` (grad · [condition]; prefer it to Where, ~6x faster on ORT CPU),
+    ``ctx.between``, ``ctx.where_positive``, ``ctx.relu_family`` (ReLU-like backward that
+    follows the guided / deconvnet modes), ``ctx.extra_output`` (ask a forward node for an
+    optional output, e.g. MaxPool's Indices).
 * The result must work for every batch size: never bake a symbolic dim into a constant.
 * Add a finite-difference test for the rule in ``tests/test_rules_<module>.py`` using
   ``tests/gradcheck.py``.

@@ -46,14 +46,9 @@ def clip(ctx, node, grads):
     x = node.input[0]
     a = attrs(node)
     bounds = [ctx.scalar(a[k], like=x) if k in a else "" for k in ("min", "max")] if a else node.input[1:3]
-    inside = None
-    for bound, op in zip(bounds, ("GreaterOrEqual", "LessOrEqual")):
-        if bound:
-            test = ctx.op(op, x, bound)
-            inside = test if inside is None else ctx.op("And", inside, test)
-    if inside is None:
-        return [dy]
-    return [ctx.mask(dy, inside, like=x)] + [None] * (len(node.input) - 1)
+    if not any(bounds):
+        return [dy] + [None] * (len(node.input) - 1)
+    return [ctx.mask(dy, ctx.between(x, *bounds), like=x)] + [None] * (len(node.input) - 1)
 
 
 @rule("Sigmoid")
@@ -90,7 +85,7 @@ def hard_swish(ctx, node, grads):
     (dy,) = grads
     x = node.input[0]
     mid = ctx.op("Add", ctx.op("Mul", x, ctx.scalar(1 / 3, like=x)), ctx.scalar(0.5, like=x))
-    inside = ctx.op("LessOrEqual", ctx.op("Abs", x), ctx.scalar(3, like=x))
+    inside = ctx.between(x, ctx.scalar(-3, like=x), ctx.scalar(3, like=x))
     above = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(3, like=x)), to=ctx.elem_type(x))
     slope = ctx.op("Add", ctx.mask(mid, inside, like=x), above)
     return [ctx.op("Mul", dy, slope)]

@@ -92,8 +92,7 @@ def quantize(ctx, node, grads):
         axis = attrs(node).get("axis", 1) % rank
         low, high = (b.reshape([-1 if i == axis else 1 for i in range(rank)]) for b in (low, high))
     dtype = ctx.dtype(x)
-    inside = ctx.op("And", ctx.op("GreaterOrEqual", x, ctx.const(low.astype(dtype), "q_low")),
-                    ctx.op("LessOrEqual", x, ctx.const(high.astype(dtype), "q_high")))
+    inside = ctx.between(x, ctx.const(low.astype(dtype), "q_low"), ctx.const(high.astype(dtype), "q_high"))
     return [ctx.mask(dy, inside, like=x)] + rest
 
 
