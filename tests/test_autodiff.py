@@ -3,6 +3,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from engine.errors import LayerError, UnsupportedOpError
 from engine.graph.autodiff import SEED, differentiate, grad_name
@@ -133,8 +134,6 @@ def reference_slope(model, feeds, seed, moved, v, h=1e-6):
     """Central difference of Σ seed · logits along ``v`` for input ``moved``, computed in
     float64 by onnx's reference evaluator (ORT has no float64 Conv; float32 differences
     through a net with thousands of ReLU/max kinks are too noisy)."""
-    from onnx.reference import ReferenceEvaluator
-
     evaluator = ReferenceEvaluator(model)
 
     def f(sign):

@@ -1,8 +1,9 @@
 """Each arithmetic / pass-through rule alone against central finite differences through ORT."""
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-from gradcheck import check, node_model
+from gradcheck import check, finish, node_model
 
 B = np.random.default_rng(1).standard_normal((3, 1, 1)) + 2.5  # a broadcast weight away from 0
 
@@ -35,10 +36,6 @@ def test_passthrough(op):
 
 
 def test_cast_roundtrip():
-    from onnx import TensorProto, helper
-
-    from gradcheck import finish
-
     def make(dtype):
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
         nodes = [helper.make_node("Cast", ["x"], ["c"], to=TensorProto.DOUBLE), helper.make_node("Tanh", ["c"], ["t"]),
@@ -47,3 +44,29 @@ def test_cast_roundtrip():
                                         [helper.make_tensor_value_info("y", elem, None)]))
 
     check(make, dtypes=(np.float32,))  # float32 input, float64 inside
+
+
+def test_cast_like():
+    def make(dtype):
+        nodes = [helper.make_node("CastLike", ["x", "like"], ["c"]), helper.make_node("Tanh", ["c"], ["y"])]
+        return finish(helper.make_graph(nodes, "castlike", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                                        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+                                        initializer=[numpy_helper.from_array(np.zeros(1), "like")]))
+
+    check(make, dtypes=(np.float32,))  # float32 input, float64 inside
+
+
+def test_where_with_broadcast_branches():
+    condition = np.random.default_rng(3).random((1, 3, 4, 4)) > 0.5
+    check(lambda dt: node_model("Where", [condition, ("N", 3, 4, 4), (1, 3, 1, 4)], dt))
+
+
+def test_piecewise_constant_ops_pass_no_gradient():
+    def make(dtype):
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        nodes = [helper.make_node("Floor", ["x"], ["f"]), helper.make_node("Sign", ["x"], ["s"]),
+                 helper.make_node("Sum", ["x", "f", "s"], ["y"])]
+        return finish(helper.make_graph(nodes, "steps", [helper.make_tensor_value_info("x", elem, ["N", 5])],
+                                        [helper.make_tensor_value_info("y", elem, None)]))
+
+    check(make)

@@ -1,9 +1,10 @@
 """Conv, ConvTranspose, Gemm, MatMul, BatchNormalization rules against central finite differences."""
 import numpy as np
 import pytest
+from onnx import helper
 
 from engine.graph.autodiff import differentiate
-from gradcheck import check, node_model
+from gradcheck import check, finish, node_model
 
 RNG = np.random.default_rng(7)
 
@@ -47,10 +48,6 @@ def test_stride1_conv_backward_is_a_forward_conv():
 
 def test_conv_with_computed_weight():
     """A weight that is not an initializer (e.g. dequantized) goes through ConvTranspose."""
-    from onnx import helper
-
-    from gradcheck import finish
-
     def make(dt):
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
         w = helper.make_tensor("w", elem, [4, 3, 3, 3], weight(4, 3, 3, 3).astype(dt).ravel().tolist())
@@ -68,6 +65,9 @@ CONVT_CASES = {
     "groups-dilation": (("N", 4, 4, 4), weight(4, 1, 3, 3), dict(group=2, dilations=[2, 2], strides=[2, 1])),
     "output-shape": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], output_shape=[8, 8])),
     "same-upper": (("N", 2, 4, 4), weight(2, 3, 4, 4), dict(strides=[2, 2], auto_pad="SAME_UPPER")),
+    "same-upper-odd-total": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], auto_pad="SAME_UPPER")),
+    "same-lower-odd-total": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER")),
+    "output-shape-odd-total": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], output_shape=[8, 8])),
     "valid": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], auto_pad="VALID")),
 }
 
@@ -103,3 +103,21 @@ def test_matmul_broadcasting(shapes):
 def test_batch_norm_inference(x):
     stats = [weight(3), weight(3), weight(3), np.abs(weight(3)) + 0.5]
     check(lambda dt: node_model("BatchNormalization", [x, *stats], dt, epsilon=1e-3))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_batch_norm_scale_folds_into_the_conv_backward(stride):
+    stats = [weight(4), weight(4), weight(4), np.abs(weight(4)) + 0.5]
+
+    def make(dt):
+        inits = [helper.make_tensor(n, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), a.shape, a.astype(dt).ravel())
+                 for n, a in zip(["w", "s", "b", "m", "v"], [weight(4, 3, 3, 3), *stats])]
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, strides=[stride] * 2),
+                 helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"])]
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+        return finish(helper.make_graph(nodes, "conv_bn", [helper.make_tensor_value_info("x", elem, ["N", 3, 6, 6])],
+                                        [helper.make_tensor_value_info("y", elem, None)], initializer=inits))
+
+    check(make)
+    added = [n.op_type for n in differentiate(make(np.float32), "y", ["x"]).graph.node[2:]]
+    assert "Mul" not in added, added

@@ -29,7 +29,9 @@ def differentiate(model, output, wrt, mode="standard"):
 
     ``model`` is a normalized model (shapes in value_info); ``wrt`` holds tensor names (the
     graph input's name for the input gradient). The original outputs are kept and the model
-    runs for any batch size.
+    runs for any batch size. ``mode``: ``standard``, ``guided`` (guided backprop) or
+    ``deconvnet``; only the ReLU-family rules (Relu, LeakyRelu, PRelu) change with it.
+    Raises LayerError for a bad request, UnsupportedOpError for an op without a rule on the path.
 
     Example: ``differentiate(model, "logits", ["image", "layer4"], mode="guided")``.
     """

@@ -5,9 +5,11 @@ from engine.graph.rules import attrs, rule
 
 @rule("Relu")
 def relu(ctx, node, grads):
+    """The mask reads the Relu's output (y > 0 iff x > 0) so that ORT can still fuse the
+    producer of x with the Relu in the forward pass."""
     (dy,) = grads
-    x = node.input[0]
-    return [ctx.relu_family(x, dy, lambda: ctx.where_positive(x, dy))]
+    y = node.output[0]
+    return [ctx.relu_family(y, dy, lambda: ctx.where_positive(y, dy))]
 
 
 @rule("LeakyRelu")

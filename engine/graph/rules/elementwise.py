@@ -96,7 +96,23 @@ def quantize(ctx, node, grads):
     return [ctx.mask(dy, inside, like=x)] + rest
 
 
-@rule("Cast")
+@rule("Cast", "CastLike")
 def cast(ctx, node, grads):
     (dy,) = grads
-    return [ctx.op("Cast", dy, to=ctx.elem_type(node.input[0]))]
+    return [ctx.op("Cast", dy, to=ctx.elem_type(node.input[0]))] + [None] * (len(node.input) - 1)
+
+
+@rule("Where")
+def where(ctx, node, grads):
+    (dy,) = grads
+    condition, a, b = node.input
+    y = node.output[0]
+    da = ctx.unbroadcast(ctx.mask(dy, condition, like=y), a, y) if ctx.needs(a) else None
+    db = ctx.unbroadcast(ctx.mask(dy, ctx.op("Not", condition), like=y), b, y) if ctx.needs(b) else None
+    return [None, da, db]
+
+
+@rule("Floor", "Ceil", "Round", "Sign")
+def piecewise_constant(ctx, node, grads):
+    """Zero almost everywhere: no gradient flows back."""
+    return [None]
