@@ -1,7 +1,7 @@
 """Rewritten models (taps, gradients) built once and cached on disk.
 
 A request names the tensors to expose and to differentiate; :func:`build` turns a model into
-the rewritten one (add_taps → normalize → fold_batchnorm → differentiate) and :func:`cached` stores it under
+the rewritten one (add_taps → normalize → differentiate) and :func:`cached` stores it under
 ``$ONNXLENS_CACHE`` (default ``~/.cache/onnxlens``), keyed by the model's content hash, the
 request and a hash of the graph code, so a rule change never serves a stale file.
 """
@@ -17,7 +17,6 @@ import onnx
 from engine.data.files import atomic_path
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate
-from engine.graph.fuse import fold_batchnorm
 from engine.graph.normalize import normalize
 from engine.graph.taps import add_taps
 from engine.runtime.session import create_session
@@ -58,9 +57,8 @@ def content_hash(model):
 def build(model, request):
     """The rewritten model for ``request`` (not cached).
 
-    Requested tensors are tapped before normalization so their names survive it (and so that no
-    requested Conv output is folded away with its BatchNormalization); taps only needed for
-    gradients are dropped from the outputs again.
+    Requested tensors are tapped before normalization so their names survive it; taps only
+    needed for gradients are dropped from the outputs again.
 
     >>> tapped = build(model, Request((64, 64), activations=("layer4",)))
     """
@@ -69,7 +67,7 @@ def build(model, request):
     inputs = {i.name for i in model.graph.input}
     rewritten = normalize(add_taps(model, [n for n in wanted if n not in inputs]), input_size=request.input_size)
     if request.gradients:
-        rewritten = differentiate(fold_batchnorm(rewritten), request.output or originals[0], list(request.gradients),
+        rewritten = differentiate(rewritten, request.output or originals[0], list(request.gradients),
                                   mode=request.mode)
     keep = set(originals) | set(request.activations)
     extra = {n for n in wanted if n not in keep}
