@@ -39,6 +39,11 @@ def test_activations_equal_the_tensors_of_the_original_model(model):
     np.testing.assert_allclose(result.activations[inner], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_the_input_itself_can_be_an_activation(model):
+    result = model.run(FIXTURE.input, activations=["input", "tap_layer4"])
+    np.testing.assert_array_equal(result.activations["input"], FIXTURE.input)
+
+
 def test_unknown_layer_names_close_matches(model):
     with pytest.raises(LayerError, match="tap_layer4"):
         model.run(FIXTURE.input, activations=["tap_layer5"])
