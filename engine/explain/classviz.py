@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 
 from engine.errors import UsageError
+from engine.explain.capture import output_names
+from engine.progress import Progress
 
 # Square root of ImageNet's RGB colour correlation (lucid's color_correlation_svd_sqrt),
 # normalized so that its largest column has unit norm.
@@ -96,3 +98,92 @@ def _blur(x, sigma, layout):
     out = np.stack([cv2.GaussianBlur(np.ascontiguousarray(img), (0, 0), sigma).reshape(img.shape)
                     for img in hwc])
     return out.transpose(0, 3, 1, 2) if layout == "NCHW" else out
+
+
+@dataclass
+class Visualization:
+    """Result of :func:`class_visualization`: ``image`` (H×W×3 uint8 RGB), ``steps`` (snapshots
+    as uint8 RGB images), ``scores`` (objective per step), ``x`` (final model-space input)."""
+
+    image: np.ndarray
+    steps: list
+    scores: np.ndarray
+    x: np.ndarray
+
+
+def class_visualization(model, target=None, layer=None, channel=None, steps=200, lr=0.1, l2=1e-4,
+                        start="zeros", jitter=2, blur_every=4, blur_sigma=0.5, fourier=False,
+                        decorrelate=False, snapshots=8, rng=0, progress=None):
+    """Maximize class ``target``'s score, or the mean activation of ``channel`` of ``layer``, over
+    the input by gradient ascent (see :func:`ascend`).
+
+    ``start``: "zeros" (zeros in model space: the mean image for centred presets), "noise", or
+    an image (path or uint8 RGB array) that shapes the result.
+
+    >>> viz = class_visualization(model, target=3, steps=200, fourier=True)
+    >>> write_image("star.png", viz.image)
+    """
+    if (target is None) == (channel is None):
+        raise UsageError("give either a target class or a layer and a channel to maximize")
+    x0 = _start(model, start, rng)
+    if target is not None:
+        out = output_names(model)[0]
+        n_classes = model.run(x0).outputs[0].shape[1]
+        if not -n_classes <= int(target) < n_classes:
+            raise UsageError(f"target class {target} out of range: the model has {n_classes} classes")
+        seed = np.zeros((1, n_classes), np.float32)
+        seed[0, int(target)] = 1
+
+        def objective(x):
+            result = model.run(x, gradients=["input"], seed={out: seed})
+            return result.outputs[0][:, int(target)], result.gradients["input"]
+    else:
+        if layer is None:
+            raise UsageError("a channel objective needs --layer")
+        shape = model.run(x0, activations=[layer]).activations[layer].shape
+        if not 0 <= int(channel) < shape[1]:
+            raise UsageError(f"channel {channel} out of range: layer '{layer}' has {shape[1]} channels")
+        seed = np.zeros(shape, np.float32)
+        seed[:, int(channel)] = 1.0 / (shape[2] * shape[3])
+
+        def objective(x):
+            result = model.run(x, activations=[layer], gradients=["input"], seed={layer: seed})
+            return result.activations[layer][:, int(channel)].mean(axis=(1, 2)), result.gradients["input"]
+
+    with Progress(total=steps, label="classviz", unit="step", enabled=progress) as bar:
+        result = ascend(objective, x0, steps=steps, lr=lr, l2=l2, jitter=jitter, blur_every=blur_every,
+                        blur_sigma=blur_sigma, fourier=fourier, decorrelate=decorrelate,
+                        channel_order=model.preprocessing.channel_order, layout=model.input.layout,
+                        snapshots=snapshots, rng=rng, callback=lambda step: bar.update())
+    to_rgb = lambda x: to_image(model, x)[0]  # noqa: E731
+    return Visualization(to_rgb(result.x), [to_rgb(h) for h in result.history], result.scores[:, 0], result.x)
+
+
+def to_image(model, x):
+    """Model-space inputs back to uint8 RGB images (inverse of the model's preprocessing, clipped).
+
+    >>> to_image(model, model.preprocess(images))    # ≈ the resized images
+    """
+    from engine.data.preprocess import PRESETS
+
+    mean, std = PRESETS[model.preprocessing.preset]
+    hwc = x.transpose(0, 2, 3, 1) if model.input.layout == "NCHW" else x
+    if hwc.shape[-1] == 1:
+        rgb = np.repeat(hwc * std.mean() + mean.mean(), 3, axis=-1)
+    elif model.preprocessing.channel_order == "BGR":
+        rgb = (hwc * std[::-1] + mean[::-1])[..., ::-1]
+    else:
+        rgb = hwc * std + mean
+    return np.uint8(np.clip(np.round(rgb), 0, 255))
+
+
+def _start(model, start, rng):
+    size = model.input_size
+    if size is None:
+        raise UsageError("the model has dynamic spatial dims: load it with input_size=(H, W)")
+    if isinstance(start, str) and start in ("zeros", "noise"):
+        shape = (1, model.input.channels, *size) if model.input.layout == "NCHW" else (1, *size, model.input.channels)
+        if start == "zeros":
+            return np.zeros(shape, np.float32)
+        return (np.random.default_rng(rng).standard_normal(shape) * 0.1).astype(np.float32)
+    return model.preprocess([start])
