@@ -3,10 +3,12 @@
 Installed as the console script ``onnxlens``; also runnable from a checkout as
 ``python cli.py ...`` on machines where nothing is installed.
 """
+import json
 import sys
 
 import click
 
+from engine.api import Model
 from engine.errors import OnnxlensError
 
 
@@ -36,6 +38,76 @@ def main(ctx, debug):
 
 
 # --- model commands -----------------------------------------------------------------------
+
+
+def _parse_size(ctx, param, value):
+    """Click callback: 'HxW' → (H, W)."""
+    if value is None:
+        return None
+    try:
+        height, width = (int(v) for v in value.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not HxW, e.g. 64x64") from None
+    return height, width
+
+
+def _dims(shape):
+    return "?" if shape is None else "×".join("?" if d is None else str(d) for d in shape)
+
+
+def _table(rows, headers):
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows])
+
+
+@main.command()
+@click.argument("model")
+@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for the layer shapes (dynamic models).")
+@click.option("--layer", "layer_name", metavar="NAME", help="Show only this layer.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def inspect(model, size, layer_name, as_json):
+    """Show a model's inputs, outputs, opset, producer, op histogram and layer catalog."""
+    model = Model(model, input_size=size)
+    info = model.summary()
+    if layer_name is not None:
+        layer = model.layer(layer_name)
+        info["layers"] = [{"name": layer.name, "op": layer.op, "shape": layer.shape}]
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    image = info["image_input"]
+    labels = info["labels"]
+    click.echo(f"model     {info['path']}\nproducer  {info['producer'] or '?'}  (IR {info['ir_version']}, opset "
+               + ", ".join(f"{d} {v}" for d, v in info["opset"].items()) + ")")
+    click.echo(f"image     {image['name']}  {image['layout']} {image['dtype']} {_dims(image['shape'])}  "
+               f"dynamic: {''.join(image['dynamic']) or 'none'}  size: {_dims(image['size'])}")
+    click.echo(f"preproc   {info['preprocess']['preset']} {info['preprocess']['channel_order']}  "
+               f"labels: {len(labels) if labels else 'none'}\n")
+    rows = [("input", t["name"], t["dtype"], _dims(t["shape"])) for t in info["inputs"]]
+    rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
+    click.echo(_table(rows, ("", "name", "dtype", "shape")) + "\n")
+    click.echo("ops  " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()) + "\n")
+    click.echo(_table([(layer["name"], layer["op"], _dims(layer["shape"])) for layer in info["layers"]],
+                      ("layer", "op", "shape")))
+
+
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
+@click.option("--labels", "labels_file", metavar="FILE", help="Class names: one per line, or a JSON list.")
+@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for models with dynamic spatial dims.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per image.")
+def predict(model, images, top, labels_file, size, as_json):
+    """Rank the classes of each image (scores are probabilities)."""
+    predictions = Model(model, input_size=size, labels=labels_file).predict(list(images), top=top)
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in predictions], indent=2))
+        return
+    for p in predictions:
+        click.echo(p.image)
+        for t in p.top:
+            click.echo(f"  {t.score:7.4f}  {t.label if t.label is not None else '#' + str(t.index)}  [{t.index}]")
 
 
 # --- gradient engine commands -------------------------------------------------------------

@@ -1,0 +1,369 @@
+"""``engine.Model``: load any ONNX image model, preprocess images for it, predict, list its layers."""
+import difflib
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from onnx import helper
+
+from engine.data import preprocess as presets
+from engine.data.images import as_rgb, resize
+from engine.data.labels import parse_labels, read_labels
+from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
+from engine.graph import shapes
+from engine.graph.load import load
+from engine.runtime.session import create_session
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A graph input or output: name, numpy dtype name and shape (int, symbolic name or None)."""
+
+    name: str
+    dtype: str
+    shape: tuple | None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A 4-D float tensor of the graph: its name, the op type producing it, its shape."""
+
+    name: str
+    op: str
+    shape: tuple
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """The model's image input: layout ``NCHW`` or ``NHWC``, channels (1 or 3), declared shape."""
+
+    name: str
+    layout: str
+    channels: int
+    dtype: np.dtype
+    shape: tuple
+
+    @property
+    def size(self):
+        """Declared (H, W); an entry is None where that dim is dynamic."""
+        h, w = (2, 3) if self.layout == "NCHW" else (1, 2)
+        return tuple(d if isinstance(d, int) else None for d in (self.shape[h], self.shape[w]))
+
+    @property
+    def batch(self):
+        """The declared batch size, or None when the batch dim is dynamic."""
+        return self.shape[0] if isinstance(self.shape[0], int) else None
+
+    @property
+    def dynamic(self):
+        """Letters (N, C, H, W) of the dims that are dynamic."""
+        return tuple(axis for axis, d in zip(self.layout, self.shape) if not isinstance(d, int))
+
+
+@dataclass(frozen=True)
+class Top:
+    """One ranked class: its index, its label (None without labels) and its score."""
+
+    index: int
+    label: str | None
+    score: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top classes of one image; ``image`` is its path, or None for an array."""
+
+    image: str | None
+    top: list
+
+    def to_dict(self):
+        return {"image": self.image, "top": [vars(t) for t in self.top]}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :meth:`Model.run` returns: ``outputs`` in the model's output order."""
+
+    outputs: list
+
+
+def _dtype_name(elem_type):
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError):
+        return helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
+
+
+def _find_image_input(model, path):
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in initializers]
+    images = [
+        vi for vi in inputs
+        if vi.type.tensor_type.elem_type in shapes.FLOAT_TYPES and len(shapes.value_info_shape(vi) or ()) == 4
+    ]
+    if len(images) != 1:
+        listed = ", ".join(f"{vi.name} {shapes.value_info_shape(vi)}" for vi in inputs) or "none"
+        problem = "no 4-D float input" if not images else "more than one 4-D float input"
+        raise ModelLoadError(
+            f"'{path}' has {problem} (inputs: {listed}): onnxlens needs one N×C×H×W or N×H×W×C float image input"
+        )
+    vi = images[0]
+    shape = shapes.value_info_shape(vi)
+    for layout, dim in (("NCHW", shape[1]), ("NHWC", shape[3])):
+        if dim in (1, 3):
+            break
+    else:
+        dynamic = [(layout, dim) for layout, dim in (("NCHW", shape[1]), ("NHWC", shape[3])) if not isinstance(dim, int)]
+        if not dynamic:
+            raise ModelLoadError(
+                f"input '{vi.name}' of '{path}' has shape {shape}: no channel dim of size 1 or 3 in position 1 or 3"
+            )
+        (layout, _), dim = dynamic[0], 3
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+    return ImageInput(vi.name, layout, dim, dtype, shape)
+
+
+class Model:
+    """An ONNX image model on ONNX Runtime.
+
+    ``provider``: "auto" (CUDA when available, else CPU), an ORT provider name or a list.
+    ``input_size``: (H, W) to run at; required for inputs with dynamic spatial dims when images
+    differ in size, and must equal the declared size of static inputs. ``preprocess``: a preset
+    name (imagenet, unit, symmetric, raw) or a mapping ``{"preset": ..., "channel_order": "BGR"}``;
+    fields given here override the model's metadata (``preprocess``, ``channel_order``), and the
+    default is imagenet RGB. ``labels``: a labels file path or a list of names, else the
+    metadata's ``labels`` (JSON list). ``threads``: ORT intra-op threads.
+
+    >>> model = Model("models/shapes-resnet.onnx")
+    >>> model.predict(["circle.png"], top=3)[0].top[0].label
+    'circle'
+    """
+
+    def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None):
+        self.path = Path(path)
+        self.proto = load(self.path)
+        self.provider = provider
+        self.threads = threads
+        self.metadata = {prop.key: prop.value for prop in self.proto.metadata_props}
+        self.input = _find_image_input(self.proto, self.path)
+        self.input_size = self._choose_size(input_size)
+        self.preprocessing = presets.resolve(preprocess, self.metadata)
+        self.labels = self._choose_labels(labels)
+
+    def _choose_size(self, input_size):
+        declared = self.input.size
+        if input_size is None:
+            return None if None in declared else declared
+        try:
+            height, width = (int(v) for v in input_size)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"input_size is (height, width), got {input_size!r}") from err
+        if height < 1 or width < 1:
+            raise UsageError(f"input_size must be positive, got {height}×{width}")
+        for want, have in zip((height, width), declared):
+            if have is not None and have != want:
+                shown = "×".join("?" if d is None else str(d) for d in declared)
+                raise InputShapeError(
+                    f"'{self.path.name}' takes {shown} images (static input), not {height}×{width}: "
+                    "leave the input size out or pass the declared one"
+                )
+        return (height, width)
+
+    def _choose_labels(self, labels):
+        if labels is None and "labels" in self.metadata:
+            labels = parse_labels(self.metadata["labels"], f"the 'labels' metadata of '{self.path.name}'")
+        elif isinstance(labels, (str, Path)):
+            labels = read_labels(labels)
+        elif labels is not None:
+            labels = [str(name) for name in labels]
+        classes = shapes.value_info_shape(self.proto.graph.output[0])
+        if labels is not None and classes and len(classes) == 2 and isinstance(classes[1], int) and classes[1] != len(labels):
+            raise UsageError(f"{len(labels)} labels given but '{self.path.name}' has {classes[1]} classes: fix the labels")
+        return labels
+
+    # --- graph facts ---------------------------------------------------------------------
+
+    @cached_property
+    def _infos(self):
+        dims = list(self.input.shape)
+        if dims[0] is None:
+            dims[0] = "batch"
+        if self.input_size is not None:
+            h, w = (2, 3) if self.input.layout == "NCHW" else (1, 2)
+            dims[h], dims[w] = self.input_size
+        return shapes.infer(self.proto, {self.input.name: dims})
+
+    def _tensor(self, name):
+        info = self._infos.get(name)
+        return Tensor(name, _dtype_name(info.elem_type), info.shape) if info else Tensor(name, "?", None)
+
+    @property
+    def inputs(self):
+        """Graph inputs that are not weights, with shapes at the chosen input size."""
+        initializers = {init.name for init in self.proto.graph.initializer}
+        return [self._tensor(vi.name) for vi in self.proto.graph.input if vi.name not in initializers]
+
+    @property
+    def outputs(self):
+        """Graph outputs with shapes at the chosen input size."""
+        return [self._tensor(vi.name) for vi in self.proto.graph.output]
+
+    @cached_property
+    def layers(self):
+        """The layer catalog: every 4-D float tensor produced by a node, in graph order."""
+        catalog = []
+        for node in self.proto.graph.node:
+            for name in node.output:
+                info = self._infos.get(name)
+                if node.op_type != "Constant" and info and info.is_float and info.shape and len(info.shape) == 4:
+                    catalog.append(Layer(name, node.op_type, info.shape))
+        return catalog
+
+    def layer(self, name):
+        """Look a layer up by tensor name; an unknown name raises LayerError with close matches.
+
+        >>> model.layer("conv1").shape
+        ('batch', 16, 32, 32)
+        """
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        close = difflib.get_close_matches(name, [layer.name for layer in self.layers], n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise LayerError(f"no layer named '{name}' in '{self.path.name}': {hint}`onnxlens inspect` lists the layers")
+
+    def summary(self):
+        """A JSON-ready description: producer, opset, inputs, outputs, ops, layers.
+
+        >>> model.summary()["ops"]["Conv"]
+        20
+        """
+        graph = self.proto.graph
+        as_dict = lambda tensor: {"name": tensor.name, "dtype": tensor.dtype, "shape": tensor.shape}  # noqa: E731
+        return {
+            "path": str(self.path),
+            "producer": f"{self.proto.producer_name} {self.proto.producer_version}".strip(),
+            "ir_version": self.proto.ir_version,
+            "opset": {imp.domain or "ai.onnx": imp.version for imp in self.proto.opset_import},
+            "inputs": [as_dict(t) for t in self.inputs],
+            "outputs": [as_dict(t) for t in self.outputs],
+            "image_input": {
+                "name": self.input.name,
+                "layout": self.input.layout,
+                "dtype": self.input.dtype.name,
+                "shape": self.input.shape,
+                "dynamic": self.input.dynamic,
+                "size": self.input_size,
+            },
+            "preprocess": self.preprocessing.to_dict(),
+            "labels": self.labels,
+            "ops": dict(Counter(node.op_type for node in graph.node).most_common()),
+            "layers": [{"name": layer.name, "op": layer.op, "shape": layer.shape} for layer in self.layers],
+        }
+
+    # --- running -------------------------------------------------------------------------
+
+    @cached_property
+    def session(self):
+        """The ONNX Runtime session, created on first use."""
+        return create_session(self.path, provider=self.provider, threads=self.threads)
+
+    def preprocess(self, images):
+        """Turn images (paths or uint8 H×W×3 RGB arrays) into one float batch in the model's layout.
+
+        Images are resized to the input size (INTER_AREA shrinking, INTER_LINEAR enlarging).
+
+        >>> model.preprocess(["a.png", np.zeros((96, 96, 3), np.uint8)]).shape
+        (2, 3, 64, 64)
+        """
+        items = _as_list(images)
+        if not items:
+            raise UsageError("no images given")
+        rgbs = [as_rgb(item) for item in items]
+        size = self.input_size
+        if size is None:
+            sizes = {rgb.shape[:2] for rgb in rgbs}
+            if len(sizes) > 1:
+                raise InputShapeError(
+                    f"'{self.path.name}' has dynamic spatial dims and the images differ in size: pass input_size=(H, W)"
+                )
+            size = tuple(d if d is not None else s for d, s in zip(self.input.size, sizes.pop()))
+        batch = np.stack([resize(rgb, size) for rgb in rgbs])
+        x = self.preprocessing(batch, channels=self.input.channels)
+        if self.input.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x, dtype=self.input.dtype)
+
+    def run(self, x):
+        """Run the model on a preprocessed batch ``x`` in its own layout; returns a RunResult.
+
+        >>> model.run(model.preprocess(["a.png"])).outputs[0].shape
+        (1, 8)
+        """
+        x = np.asarray(x)
+        expected = [self.input.batch, self.input.channels, *(self.input_size or self.input.size)]
+        if self.input.layout == "NHWC":
+            expected = [expected[0], expected[2], expected[3], expected[1]]
+        if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
+            shown = "×".join("?" if d is None else str(d) for d in expected)
+            raise InputShapeError(
+                f"'{self.path.name}' takes {self.input.layout} arrays of shape {shown}, got {'×'.join(map(str, x.shape))}: "
+                "make them with Model.preprocess(images)"
+            )
+        if x.dtype != self.input.dtype:
+            x = x.astype(self.input.dtype)
+        others = [t.name for t in self.inputs if t.name != self.input.name]
+        if others:
+            raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(others)}: onnxlens feeds only the image")
+        return RunResult(self.session.run(None, {self.input.name: x}))
+
+    def predict(self, images, top=5, batch_size=32):
+        """Rank the classes of each image; returns one Prediction per image, in order.
+
+        ``images``: a path, a uint8 H×W×3 RGB array, an N×H×W×3 array, or a list of paths and
+        arrays of any sizes. Scores are the model's first output when its rows are already
+        probability vectors (non-negative, summing to 1), else the softmax of that output.
+
+        >>> [(t.label, round(t.score, 2)) for t in model.predict("star.png", top=2)[0].top]
+        [('star', 0.98), ('heart', 0.01)]
+        """
+        if int(top) < 1:
+            raise UsageError(f"top must be at least 1, got {top}")
+        items = _as_list(images)
+        step = self.input.batch or max(1, int(batch_size))
+        predictions = []
+        for start in range(0, len(items), step):
+            chunk = items[start:start + step]
+            x = self.preprocess(chunk)
+            if self.input.batch and len(chunk) < self.input.batch:
+                x = np.concatenate([x, np.zeros((self.input.batch - len(chunk), *x.shape[1:]), x.dtype)])
+            scores = probabilities(self.run(x).outputs[0][: len(chunk)])
+            for item, row in zip(chunk, scores):
+                order = np.argsort(-row, kind="stable")[: int(top)]
+                ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]
+                predictions.append(Prediction(str(item) if isinstance(item, (str, Path)) else None, ranked))
+        return predictions
+
+
+def _as_list(images):
+    if isinstance(images, (str, Path)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return [images] if images.ndim == 3 else list(images)
+    return list(images)
+
+
+def probabilities(output):
+    """Rows of ``output`` (flattened per image) as probability vectors: kept if they already are
+    (non-negative, each summing to 1 within 1e-3), else passed through a softmax.
+
+    >>> probabilities(np.array([[0.0, np.log(3.0)]]))
+    array([[0.25, 0.75]])
+    """
+    rows = np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+    if rows.min() >= 0 and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+        return rows
+    shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

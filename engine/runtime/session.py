@@ -1,0 +1,58 @@
+"""ONNX Runtime sessions: execution providers and threads.
+
+``provider="auto"`` prefers CUDAExecutionProvider when the installed onnxruntime offers it, else
+CPUExecutionProvider; any ORT provider name, or a list of them in order of preference, is accepted.
+CPU is always appended as the fallback for ops a provider lacks.
+"""
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from engine.errors import ModelLoadError, UsageError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+LOAD_ERRORS = (ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidProtobuf, ort_state.InvalidArgument,
+               ort_state.NotImplemented, ort_state.NoSuchFile)
+
+
+def providers(provider="auto"):
+    """Resolve ``provider`` to the list of ORT provider names a session is created with.
+
+    >>> providers("CPUExecutionProvider")
+    ['CPUExecutionProvider']
+    """
+    available = ort.get_available_providers()
+    if provider == "auto":
+        wanted = [CUDA] if CUDA in available else []
+    else:
+        wanted = [provider] if isinstance(provider, str) else list(provider)
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise UsageError(
+            f"execution provider {', '.join(map(str, unknown))} is not available here: "
+            f"use 'auto' or one of {', '.join(available)}"
+        )
+    return [name for name in wanted if name != CPU] + [CPU]
+
+
+def create_session(model, provider="auto", threads=None):
+    """Create an ``onnxruntime.InferenceSession`` from a model path or ``ModelProto``.
+
+    ``threads`` sets the intra-op thread count (None: ORT's default, one per core).
+
+    >>> session = create_session("models/shapes-resnet.onnx", provider="auto", threads=1)
+    """
+    options = ort.SessionOptions()
+    if threads is not None:
+        if int(threads) < 1:
+            raise UsageError(f"threads must be a positive integer, got {threads}")
+        options.intra_op_num_threads = int(threads)
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(Path(model))
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers(provider))
+    except LOAD_ERRORS as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"ONNX Runtime cannot load the model: {first_line}") from err
