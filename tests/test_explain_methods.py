@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from engine.explain import methods
+from tests import explain_references as refs
 
 RNG = np.random.default_rng(7)
 N, K, H, W = 3, 8, 5, 6
@@ -15,78 +16,18 @@ def capture():
     return a, g
 
 
-def relu_sum(weights, a):
-    out = np.zeros((N, H, W))
-    for n in range(N):
-        for k in range(K):
-            out[n] += weights[n][k] * a[n, k]
-    return np.maximum(out, 0)
-
-
-def ref_gradcam(a, g):
-    # Selvaraju et al. eq. 1-2: alpha_k = 1/Z sum_ij dy/dA_ij
-    return relu_sum([[g[n, k].sum() / (H * W) for k in range(K)] for n in range(N)], a)
-
-
-def ref_gradcampp(a, g):
-    # Chattopadhyay et al. eq. 19 (exponential score): alpha = g^2 / (2 g^2 + sum_ab A_ab g^3)
-    weights = np.zeros((N, K))
-    for n in range(N):
-        for k in range(K):
-            s = a[n, k].sum()
-            for i in range(H):
-                for j in range(W):
-                    gij = float(g[n, k, i, j])
-                    if gij != 0:
-                        alpha = gij ** 2 / (2 * gij ** 2 + s * gij ** 3)
-                        weights[n, k] += alpha * max(gij, 0)
-    return relu_sum(weights, a)
-
-
-def ref_xgradcam(a, g):
-    # Fu et al. eq. 11: w_k = sum_ij (A_ij / sum_ab A_ab) dy/dA_ij
-    return relu_sum([[(a[n, k] / a[n, k].sum() * g[n, k]).sum() for k in range(K)] for n in range(N)], a)
-
-
-def ref_elementwise(a, g, positive):
-    out = np.zeros((N, H, W))
-    for n in range(N):
-        for i in range(H):
-            for j in range(W):
-                gk = np.maximum(g[n, :, i, j], 0) if positive else g[n, :, i, j]
-                out[n, i, j] = max((gk * a[n, :, i, j]).sum(), 0)
-    return out
-
-
-def ref_projection(acts):
-    # pytorch-grad-cam's get_2d_projection, one image at a time, full SVD
-    out = []
-    for act in acts.astype(np.float64):
-        m = act.reshape(act.shape[0], -1).T
-        m = m - m.mean(axis=0)
-        vt = np.linalg.svd(m, full_matrices=True)[2]
-        out.append((m @ vt[0]).reshape(act.shape[1:]))
-    return np.array(out)
-
-
-@pytest.mark.parametrize("name,ref", [
-    ("gradcam", ref_gradcam),
-    ("gradcam++", ref_gradcampp),
-    ("xgradcam", ref_xgradcam),
-    ("layercam", lambda a, g: ref_elementwise(a, g, True)),
-    ("hirescam", lambda a, g: ref_elementwise(a, g, False)),
-])
-def test_gradient_methods_match_paper_formulas(name, ref):
+@pytest.mark.parametrize("name", list(refs.GRADIENT_REFERENCES))
+def test_gradient_methods_match_paper_formulas(name):
     a, g = capture()
     got = methods.GRADIENT_METHODS[name](a, g)
     assert got.shape == (N, H, W) and got.dtype == np.float32
-    np.testing.assert_allclose(got, ref(a, g), rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(got, refs.GRADIENT_REFERENCES[name](a, g), rtol=2e-4, atol=1e-6)
     assert (got > 0).any()
 
 
 def test_eigencam_is_the_first_principal_component_with_pytorch_grad_cam_sign():
     a, _ = capture()
-    proj = ref_projection(a)
+    proj = refs.projection(a)
     np.testing.assert_allclose(methods.eigencam(a), np.maximum(proj, 0), rtol=1e-4, atol=1e-5)
     # magnitude independently: |projection| equals |first PCA score| (sklearn)
     from sklearn.decomposition import PCA
@@ -98,9 +39,9 @@ def test_eigencam_is_the_first_principal_component_with_pytorch_grad_cam_sign():
 def test_eigen_smooth_projects_weighted_activations():
     a, g = capture()
     weights = g.mean(axis=(2, 3))
-    want = np.maximum(ref_projection(weights[:, :, None, None] * a), 0)
+    want = np.maximum(refs.projection(weights[:, :, None, None] * a), 0)
     np.testing.assert_allclose(methods.gradcam(a, g, eigen_smooth=True), want, rtol=1e-4, atol=1e-6)
-    want = np.maximum(ref_projection(g * a), 0)
+    want = np.maximum(refs.projection(g * a), 0)
     np.testing.assert_allclose(methods.hirescam(a, g, eigen_smooth=True), want, rtol=1e-4, atol=1e-6)
 
 
@@ -153,7 +94,7 @@ def test_scorecam_matches_masked_score_softmax():
         e = np.exp(want_weights[n] - want_weights[n].max())
         want_weights[n] = e / e.sum()
     got = methods.scorecam(a, x, scores, seeds, batch=3)
-    np.testing.assert_allclose(got, relu_sum(want_weights, a), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, refs.relu_sum(want_weights, a), rtol=1e-4, atol=1e-6)
     nhwc = methods.scorecam(a, x.transpose(0, 2, 3, 1), lambda xb: scores(xb.transpose(0, 3, 1, 2)),
                             seeds, layout="NHWC")
     np.testing.assert_allclose(nhwc, got, rtol=1e-5, atol=1e-7)
@@ -176,7 +117,7 @@ def test_ablationcam_matches_relative_score_drop():
             ablated[k] = 0
             weights[n, k] = (y - fc[c] @ ablated.mean(axis=(1, 2))) / y
     got = methods.ablationcam(a, head, seeds, batch=3)
-    np.testing.assert_allclose(got, relu_sum(weights, a), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, refs.relu_sum(weights, a), rtol=1e-4, atol=1e-6)
 
 
 def test_guided_gradcam_is_elementwise_product():

@@ -69,7 +69,8 @@ def _constants(proto):
 
 
 def fc_head(model, output=None):
-    """Find ``A → GlobalAveragePool → (Flatten | Reshape | Squeeze)* → Gemm | MatMul (+Add) → output``
+    """Find ``A → global average (GlobalAveragePool, or ReduceMean over axes 2, 3) →
+    (Flatten | Reshape | Squeeze)* → Gemm | MatMul (+Add) → output``
     (optionally → Softmax → output) and return (layer name of A, FC weights classes×K).
 
     Raises LayerError, suggesting Grad-CAM, when the model has no such head.
@@ -89,7 +90,7 @@ def fc_head(model, output=None):
         return nodes[0] if len(nodes) == 1 else None
 
     for gap in proto.graph.node:
-        if gap.op_type != "GlobalAveragePool":
+        if not _is_global_average(gap, consts):
             continue
         node, tensor = only_consumer(gap.output[0]), gap.output[0]
         while node is not None and node.op_type in ("Flatten", "Reshape", "Squeeze"):
@@ -114,6 +115,18 @@ def fc_head(model, output=None):
         return gap.input[0], w.astype(np.float32)
     raise LayerError(f"CAM needs a GlobalAveragePool → linear head before '{output}' and "
                      f"'{model.path.name}' has none: use --method gradcam")
+
+
+def _is_global_average(node, consts):
+    if node.op_type == "GlobalAveragePool":
+        return True
+    if node.op_type != "ReduceMean":
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1:
+        axes = consts.get(node.input[1])
+    return axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
 
 
 def head_fn(model, layer, output=None):

@@ -39,6 +39,7 @@ def projection(activations):
 
 def gradcam(A, G, eigen_smooth=False):
     """Grad-CAM (Selvaraju et al. 2017): α_k = spatial mean of G_k; ReLU(Σ_k α_k A_k)."""
+    A, G = _f64(A, G)
     return combine(G.mean(axis=(2, 3))[:, :, None, None] * A, eigen_smooth)
 
 
@@ -50,7 +51,8 @@ def gradcam_plus_plus(A, G, eigen_smooth=False):
     normalized map); unlike pytorch-grad-cam no ε is added to the denominator, which would
     dominate it for the small gradients of real networks (g² ≪ 1e-6).
     """
-    g2 = G.astype(np.float64) ** 2
+    A, G = _f64(A, G)
+    g2 = G ** 2
     denom = 2 * g2 + A.sum(axis=(2, 3), keepdims=True) * g2 * G
     alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=(G != 0) & (denom != 0))
     weights = (np.maximum(G, 0) * alpha).sum(axis=(2, 3))
@@ -59,6 +61,7 @@ def gradcam_plus_plus(A, G, eigen_smooth=False):
 
 def xgradcam(A, G, eigen_smooth=False):
     """XGrad-CAM (Fu et al. 2020): w_k = Σ_ij (A_ij / Σ_ab A_ab) · g_ij."""
+    A, G = _f64(A, G)
     total = A.sum(axis=(2, 3), keepdims=True)
     weights = (G * A / (total + EPS)).sum(axis=(2, 3))
     return combine(weights[:, :, None, None] * A, eigen_smooth)
@@ -66,11 +69,13 @@ def xgradcam(A, G, eigen_smooth=False):
 
 def layercam(A, G, eigen_smooth=False):
     """LayerCAM (Jiang et al. 2021): ReLU(Σ_k ReLU(g_k) ⊙ A_k), element-wise weights."""
+    A, G = _f64(A, G)
     return combine(np.maximum(G, 0) * A, eigen_smooth)
 
 
 def hirescam(A, G, eigen_smooth=False):
     """HiResCAM (Draelos & Carin 2020): ReLU(Σ_k g_k ⊙ A_k), element-wise weights."""
+    A, G = _f64(A, G)
     return combine(G * A, eigen_smooth)
 
 
@@ -84,7 +89,13 @@ def fc_cam(A, fc_weights, eigen_smooth=False):
 
     With a GAP → FC head this is h·w × Grad-CAM at the last layer.
     """
-    return combine(np.asarray(fc_weights)[:, :, None, None] * A, eigen_smooth)
+    A, fc_weights = _f64(A, fc_weights)
+    return combine(fc_weights[:, :, None, None] * A, eigen_smooth)
+
+
+def _f64(*arrays):
+    """Sums of products cancel: every method accumulates in float64 and returns float32."""
+    return [np.asarray(a, np.float64) for a in arrays]
 
 
 def upsample(A, size):
