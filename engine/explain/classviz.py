@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from engine.data.preprocess import PRESETS
 from engine.errors import UsageError
 from engine.explain.capture import output_names
 from engine.progress import Progress
@@ -164,8 +165,6 @@ def to_image(model, x):
 
     >>> to_image(model, model.preprocess(images))    # ≈ the resized images
     """
-    from engine.data.preprocess import PRESETS
-
     mean, std = PRESETS[model.preprocessing.preset]
     hwc = x.transpose(0, 2, 3, 1) if model.input.layout == "NCHW" else x
     if hwc.shape[-1] == 1:

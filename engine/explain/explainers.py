@@ -6,6 +6,7 @@
 >>> exp.raw.shape, exp.maps.shape        # (1, 4, 4) at the layer, (1, 96, 96) in [0, 1]
 """
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -151,8 +152,8 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
 
 
 def _images(model, images):
-    items = [images] if isinstance(images, str) or (isinstance(images, np.ndarray) and images.ndim == 3) \
-        else list(images)
+    single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3)
+    items = [images] if single else list(images)
     if not items:
         raise UsageError("no images given")
     rgbs = [as_rgb(item) for item in items]
