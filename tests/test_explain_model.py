@@ -154,3 +154,24 @@ def test_cli_cam_and_saliency_write_overlays_npz_and_summary(tmp_path, monkeypat
     assert (out / "saliency.npz").exists()
     bad = CliRunner().invoke(cli.main, ["cam", "m.onnx", files[0], "--out", str(out), "--layer", "nope"])
     assert bad.exit_code == 2 and bad.output.startswith("error: no layer named 'nope'")
+
+
+def test_cli_classviz_and_evaluate(tmp_path, monkeypatch):
+    monkeypatch.setattr("engine.api.Model", lambda path, provider="auto": NumpyModel())
+    out = tmp_path / "viz.png"
+    result = CliRunner().invoke(cli.main, ["classviz", "m.onnx", "--target", "1", "--steps", "12", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and (tmp_path / "viz_steps.png").exists()
+    for i in range(3):
+        write_image(tmp_path / "img" / f"{i}.png", IMAGES[i])
+        mask = np.zeros((12, 12, 3), np.uint8)
+        mask[2:10, 2:10] = 255
+        write_image(tmp_path / "mask" / f"{i}.png", mask)
+    result = CliRunner().invoke(cli.main, ["evaluate", "m.onnx", "--images", str(tmp_path / "img"),
+                                           "--masks", str(tmp_path / "mask"), "--steps", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["images"] == 3 and report["centre"]["pointing"] == 1.0
+    bad = CliRunner().invoke(cli.main, ["evaluate", "m.onnx", "--images", str(tmp_path / "img"),
+                                        "--masks", str(tmp_path / "mask" / "0.png")])
+    assert bad.exit_code == 2 and "3 images but 1 masks" in bad.output
