@@ -175,3 +175,43 @@ def test_cli_classviz_and_evaluate(tmp_path, monkeypatch):
     bad = CliRunner().invoke(cli.main, ["evaluate", "m.onnx", "--images", str(tmp_path / "img"),
                                         "--masks", str(tmp_path / "mask" / "0.png")])
     assert bad.exit_code == 2 and "3 images but 1 masks" in bad.output
+
+
+def test_fc_head_and_head_network_on_an_onnx_classifier(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from engine.api import Model
+    from engine.explain.capture import fc_head, head_fn
+    from tests.tiny_models import classifier, save
+
+    proto = classifier(classes=5, width=4, softmax=True)
+    model = Model(save(proto, tmp_path / "tiny.onnx"), provider="CPUExecutionProvider", threads=1)
+    layer, weights = fc_head(model)
+    fc_w = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "fc_w"))
+    assert layer == "relu2"
+    np.testing.assert_array_equal(weights, fc_w)
+    # reference activations and logits from the same graph with the layer as an extra output
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(proto)
+    tapped.graph.output.extend([helper.make_tensor_value_info("relu2", onnx.TensorProto.FLOAT, None)])
+    x = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    probs, acts = ort.InferenceSession(tapped.SerializeToString()).run(["probs", "relu2"], {"image": x})
+    np.testing.assert_allclose(head_fn(model, "relu2")(acts), probs, rtol=1e-5, atol=1e-7)
+    # a residual connection bypasses "r1": the network after it also needs the image
+    w = numpy_helper.from_array(RNG.normal(size=(3, 3, 1, 1)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(RNG.normal(size=(2, 3)).astype(np.float32), "fc")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Add", ["r1", "image"], ["sum"]), helper.make_node("GlobalAveragePool", ["sum"], ["gap"]),
+         helper.make_node("Flatten", ["gap"], ["flat"]), helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)],
+        "res", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 2])], [w, fc])
+    residual = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    residual.ir_version = 8
+    res_model = Model(save(residual, tmp_path / "res.onnx"), provider="CPUExecutionProvider", threads=1)
+    with pytest.raises(LayerError, match="cuts the network"):
+        head_fn(res_model, "r1")
+    assert head_fn(res_model, "sum")(np.ones((1, 3, 8, 8), np.float32)).shape == (1, 2)
+    assert fc_head(res_model)[0] == "sum"
