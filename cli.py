@@ -73,7 +73,7 @@ def inspect(model, size, layer_name, as_json):
         layer = model.layer(layer_name)
         info["layers"] = [{"name": layer.name, "op": layer.op, "shape": layer.shape}]
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
     image = info["image_input"]
     labels = info["labels"]
@@ -102,7 +102,7 @@ def predict(model, images, top, labels_file, size, as_json):
     """Rank the classes of each image (scores are probabilities)."""
     predictions = Model(model, input_size=size, labels=labels_file).predict(list(images), top=top)
     if as_json:
-        click.echo(json.dumps([p.to_dict() for p in predictions], indent=2))
+        click.echo(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
         return
     for p in predictions:
         click.echo(p.image)

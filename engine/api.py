@@ -111,18 +111,19 @@ def _find_image_input(model, path):
         )
     vi = images[0]
     shape = shapes.value_info_shape(vi)
-    for layout, dim in (("NCHW", shape[1]), ("NHWC", shape[3])):
-        if dim in (1, 3):
-            break
+    channel_dims = {"NCHW": shape[1], "NHWC": shape[3]}
+    fitting = [layout for layout, dim in channel_dims.items() if dim in (1, 3)]  # NCHW first when both fit
+    unknown = [layout for layout, dim in channel_dims.items() if not isinstance(dim, int)]
+    if fitting:
+        layout, channels = fitting[0], channel_dims[fitting[0]]
+    elif unknown:
+        layout, channels = unknown[0], 3  # a dynamic channel dim: assume RGB
     else:
-        dynamic = [(layout, dim) for layout, dim in (("NCHW", shape[1]), ("NHWC", shape[3])) if not isinstance(dim, int)]
-        if not dynamic:
-            raise ModelLoadError(
-                f"input '{vi.name}' of '{path}' has shape {shape}: no channel dim of size 1 or 3 in position 1 or 3"
-            )
-        (layout, _), dim = dynamic[0], 3
+        raise ModelLoadError(
+            f"input '{vi.name}' of '{path}' has shape {shape}: no channel dim of size 1 or 3 in position 1 or 3"
+        )
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
-    return ImageInput(vi.name, layout, dim, dtype, shape)
+    return ImageInput(vi.name, layout, channels, dtype, shape)
 
 
 class Model:
@@ -151,6 +152,10 @@ class Model:
         self.input_size = self._choose_size(input_size)
         self.preprocessing = presets.resolve(preprocess, self.metadata)
         self.labels = self._choose_labels(labels)
+
+    def __repr__(self):
+        return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
+                f"preprocess={self.preprocessing.preset}/{self.preprocessing.channel_order})")
 
     def _choose_size(self, input_size):
         declared = self.input.size
@@ -291,10 +296,8 @@ class Model:
                 )
             size = tuple(d if d is not None else s for d, s in zip(self.input.size, sizes.pop()))
         batch = np.stack([resize(rgb, size) for rgb in rgbs])
-        x = self.preprocessing(batch, channels=self.input.channels)
-        if self.input.layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x, dtype=self.input.dtype)
+        x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
+        return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
 
     def run(self, x):
         """Run the model on a preprocessed batch ``x`` in its own layout; returns a RunResult.
@@ -303,9 +306,7 @@ class Model:
         (1, 8)
         """
         x = np.asarray(x)
-        expected = [self.input.batch, self.input.channels, *(self.input_size or self.input.size)]
-        if self.input.layout == "NHWC":
-            expected = [expected[0], expected[2], expected[3], expected[1]]
+        expected = self._expected_shape
         if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
             shown = "×".join("?" if d is None else str(d) for d in expected)
             raise InputShapeError(
@@ -314,10 +315,15 @@ class Model:
             )
         if x.dtype != self.input.dtype:
             x = x.astype(self.input.dtype)
+        return RunResult(self.session.run(None, {self.input.name: x}))
+
+    @cached_property
+    def _expected_shape(self):
         others = [t.name for t in self.inputs if t.name != self.input.name]
         if others:
             raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(others)}: onnxlens feeds only the image")
-        return RunResult(self.session.run(None, {self.input.name: x}))
+        n, c, (h, w) = self.input.batch, self.input.channels, self.input_size or self.input.size
+        return (n, c, h, w) if self.input.layout == "NCHW" else (n, h, w, c)
 
     def predict(self, images, top=5, batch_size=32):
         """Rank the classes of each image; returns one Prediction per image, in order.
@@ -363,7 +369,8 @@ def probabilities(output):
     array([[0.25, 0.75]])
     """
     rows = np.asarray(output, dtype=np.float64).reshape(len(output), -1)
-    if rows.min() >= 0 and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+    if rows.min() >= 0 and np.abs(rows.sum(axis=1) - 1).max() <= 1e-3:
         return rows
-    shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    rows = np.exp(rows - rows.max(axis=1, keepdims=True))
+    rows /= rows.sum(axis=1, keepdims=True)
+    return rows

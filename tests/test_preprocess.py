@@ -50,6 +50,12 @@ def test_resolve_layers_defaults_metadata_and_option():
     assert resolve({"preset": "raw", "channel_order": "BGR"}) == Preprocess("raw", "BGR")
 
 
+def test_bad_metadata_is_named_and_can_be_overridden():
+    with pytest.raises(UsageError, match="model metadata"):
+        resolve(None, {"preprocess": "caffe"})
+    assert resolve("unit", {"preprocess": "caffe"}) == Preprocess("unit")
+
+
 @pytest.mark.parametrize("option", ["caffe", {"preset": "unit", "order": "BGR"}, {"channel_order": "GBR"}, 3])
 def test_bad_preprocess_options_raise_usage_error(option):
     with pytest.raises(UsageError):
@@ -107,3 +113,13 @@ def test_labels_files_lines_or_json(tmp_path):
         parse_labels("[broken", "x")
     with pytest.raises(UsageError, match="nope.txt"):
         read_labels(tmp_path / "nope.txt")
+
+
+@pytest.mark.parametrize("channels, order", [(3, "RGB"), (3, "BGR"), (1, "RGB")])
+def test_nchw_output_is_the_nhwc_output_transposed(channels, order):
+    images = np.random.default_rng(1).integers(0, 256, (2, 5, 4, 3), dtype=np.uint8)
+    preprocess = Preprocess("imagenet", order)
+    nhwc = preprocess(images, channels=channels)
+    nchw = preprocess(images, channels=channels, layout="NCHW")
+    assert nchw.shape == (2, channels, 5, 4) and nchw.flags.c_contiguous
+    np.testing.assert_allclose(nchw, nhwc.transpose(0, 3, 1, 2), rtol=1e-6)

@@ -6,6 +6,7 @@ Channel order ``RGB`` or ``BGR``. One-channel models get the luma (0.299 R + 0.5
 and the channel means of ``mean``/``std``.
 """
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -24,7 +25,7 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """A preset and a channel order; calling it maps uint8 N×H×W×3 RGB to float32 N×H×W×C.
+    """A preset and a channel order; calling it maps uint8 N×H×W×3 RGB to float32 (NHWC or NCHW).
 
     >>> Preprocess("unit")(np.full((1, 2, 2, 3), 255, np.uint8)).max()
     1.0
@@ -39,22 +40,35 @@ class Preprocess:
         if self.channel_order not in CHANNEL_ORDERS:
             raise UsageError(f"unknown channel order '{self.channel_order}': use RGB or BGR")
 
-    def __call__(self, images, channels=3):
-        mean, std = PRESETS[self.preset]
+    def __call__(self, images, channels=3, layout="NHWC"):
+        """Map uint8 N×H×W×3 RGB to float32 with ``channels`` (3 or 1) in ``layout`` (NHWC or NCHW)."""
         images = np.asarray(images)
         if channels == 1:
             x = (images.astype(np.float32) @ LUMA)[..., None]
-            mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
         else:
-            x = images.astype(np.float32)
-            if self.channel_order == "BGR":
-                x, mean, std = x[..., ::-1], mean[::-1], std[::-1]
-        scale = (1.0 / std).astype(np.float32)
-        offset = (mean / std).astype(np.float32)
-        return x * scale - offset
+            x = images[..., ::-1] if self.channel_order == "BGR" else images
+        if layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # moved while still uint8: 4× less to copy
+        scale, offset = _affine(self.preset, self.channel_order, channels, layout)
+        x = x.astype(np.float32)
+        x *= scale
+        x -= offset
+        return x
 
     def to_dict(self):
         return asdict(self)
+
+
+@lru_cache(maxsize=None)
+def _affine(preset, channel_order, channels, layout):
+    """float32 (scale, offset) with out = value·scale − offset, shaped to broadcast over the batch."""
+    mean, std = PRESETS[preset]
+    if channels == 1:
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    elif channel_order == "BGR":
+        mean, std = mean[::-1], std[::-1]
+    shape = (-1, 1, 1) if layout == "NCHW" else (-1,)
+    return (1.0 / std).astype(np.float32).reshape(shape), (mean / std).astype(np.float32).reshape(shape)
 
 
 def resolve(option=None, metadata=None):
@@ -89,4 +103,9 @@ def resolve(option=None, metadata=None):
         fields.update(option)
     if "channel_order" in fields:
         fields["channel_order"] = str(fields["channel_order"]).upper()
-    return Preprocess(**fields)
+    try:
+        return Preprocess(**fields)
+    except UsageError as err:
+        if option is None and metadata:
+            raise UsageError(f"model metadata: {err} (or pass preprocess= to override it)") from err
+        raise
