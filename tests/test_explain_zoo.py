@@ -5,10 +5,9 @@ import pytest
 
 from engine.api import Model
 from engine.explain import methods
-from engine.explain.capture import fc_head
+from engine.explain.capture import fc_head, head_fn
 from tests import explain_references as refs
-
-zoo = pytest.importorskip("tests.zoo", reason="zoo fixtures not merged yet")
+from tests import zoo
 
 CLASSIFIERS = [v for v in zoo.variants() if not v.startswith("unet")]
 ONE_EXPORT = [v for v in CLASSIFIERS if v.endswith("_ts13")]
@@ -50,3 +49,23 @@ def test_cam_from_fc_weights_equals_gradcam_times_hw_at_the_last_layer(variant):
     classes = fx.seed_top1.argmax(axis=1)
     want = a.shape[2] * a.shape[3] * methods.gradcam(a, g)
     np.testing.assert_allclose(methods.fc_cam(a, weights[classes]), want, rtol=1e-3, atol=1e-5 * scale(want))
+
+
+@pytest.mark.parametrize("variant", ["resnet18_ts13", "vgg11bn_dynamo18", "mobilenetv3_ts11"])
+def test_ablation_head_reproduces_the_output_from_the_last_tap(variant):
+    fx = zoo.load(variant)
+    model = Model(fx.path, provider="CPUExecutionProvider", threads=1)
+    tap = fx.taps[-1]
+    head = head_fn(model, tap, fx.output_name)
+    want = fx.outputs[fx.output_name]
+    np.testing.assert_allclose(head(fx.activations[tap]), want, rtol=1e-4, atol=1e-4 * scale(want))
+    # Ablation-CAM weights: relative score drop with channel k zeroed, channel by channel
+    a, seeds = fx.activations[tap][:1], fx.seed_top1[:1]
+    y = (head(a) * seeds).sum()
+    weights = []
+    for k in range(a.shape[1]):
+        ablated = a.copy()
+        ablated[:, k] = 0
+        weights.append((y - (head(ablated) * seeds).sum()) / y)
+    want = refs.relu_sum([weights], a)
+    np.testing.assert_allclose(methods.ablationcam(a, head, seeds), want, rtol=1e-3, atol=1e-5 * scale(want))
