@@ -1,0 +1,116 @@
+"""Rules for InstanceNormalization, LayerNormalization, GroupNormalization (statistics of the
+input itself; scale and bias are weights, not differentiated) and LRN."""
+import numpy as np
+
+from engine.errors import UnsupportedOpError
+from engine.graph.rules import attrs, rule
+
+
+def _mean(ctx, x, axes):
+    """ReduceMean over ``axes``, kept (axes as input from opset 18, attribute before)."""
+    if ctx.opset >= 18:
+        return ctx.op("ReduceMean", x, ctx.ints(axes), keepdims=1)
+    return ctx.op("ReduceMean", x, axes=list(axes), keepdims=1)
+
+
+def standardized_backward(ctx, x, g, axes, epsilon, like):
+    """Input gradient of x̂ = (x − mean)/√(var + ε) over ``axes``, given g = d(loss)/dx̂:
+    dx = (g − mean(g) − x̂·mean(g·x̂)) / √(var + ε). Statistics are recomputed from ``x``.
+
+    Example: ``standardized_backward(ctx, x, ctx.op("Mul", dy, scale), [2, 3], 1e-5, like=x)``.
+    """
+    centered = ctx.op("Sub", x, _mean(ctx, x, axes))
+    variance = _mean(ctx, ctx.op("Mul", centered, centered), axes)
+    inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", variance, ctx.scalar(epsilon, like=like))))
+    xhat = ctx.op("Mul", centered, inv_std)
+    projection = ctx.op("Mul", xhat, _mean(ctx, ctx.op("Mul", g, xhat), axes))
+    inner = ctx.op("Sub", ctx.op("Sub", g, _mean(ctx, g, axes)), projection)
+    return ctx.op("Mul", inner, inv_std)
+
+
+def _per_channel(ctx, scale, x, channels=None):
+    """A per-channel weight (C,) of ``x`` (N, C, ...) shaped (C, 1, ..., 1) to broadcast;
+    ``channels`` repeats a per-group weight (G,) to C channels first."""
+    trailing = ctx.rank(x) - 2
+    value = ctx.value(scale)
+    if value is not None:
+        value = np.repeat(value, channels // value.size) if channels else value
+        return ctx.const(value.astype(ctx.dtype(x)).reshape(-1, *[1] * trailing), "norm_scale")
+    if channels:
+        groups = ctx.shape(scale)[0]
+        scale = ctx.op("Reshape", ctx.op("Expand", ctx.unsqueeze(scale, [1]), ctx.ints([groups, channels // groups])),
+                       ctx.ints([channels]))
+    return ctx.unsqueeze(scale, list(range(1, 1 + trailing))) if trailing else scale
+
+
+@rule("InstanceNormalization")
+def instance_norm(ctx, node, grads):
+    """Standardized over the spatial axes of each (image, channel), times scale."""
+    (dy,) = grads
+    x, scale = node.input[:2]
+    g = ctx.op("Mul", dy, _per_channel(ctx, scale, x))
+    axes = list(range(2, ctx.rank(x)))
+    return [standardized_backward(ctx, x, g, axes, attrs(node).get("epsilon", 1e-5), like=x), None, None]
+
+
+@rule("LayerNormalization")
+def layer_norm(ctx, node, grads):
+    """Standardized over the axes from ``axis`` on, times scale (broadcast from the right)."""
+    dy = grads[0]
+    if any(g is not None for g in grads[1:]):
+        raise UnsupportedOpError(f"LayerNormalization {node.name!r}: its Mean/InvStdDev outputs have no gradient rule")
+    x, scale = node.input[:2]
+    a = attrs(node)
+    rank = ctx.rank(x)
+    axes = list(range(a.get("axis", -1) % rank, rank))
+    g = ctx.op("Mul", dy, scale)
+    return [standardized_backward(ctx, x, g, axes, a.get("epsilon", 1e-5), like=x)] + [None] * (len(node.input) - 1)
+
+
+@rule("GroupNormalization")
+def group_norm(ctx, node, grads):
+    """Standardized over each group of C/G channels and the spatial axes, times scale: per
+    channel (C,) from opset 21, per group (G,) at opset 18 (told apart by the scale's length)."""
+    (dy,) = grads
+    x, scale = node.input[:2]
+    a = attrs(node)
+    groups = a["num_groups"]
+    channels = ctx.shape(x)[1]
+    if not isinstance(channels, int):
+        raise UnsupportedOpError(f"GroupNormalization {node.name!r} has a symbolic channel count")
+    per_group = ctx.shape(scale)[0] != channels
+    g = ctx.op("Mul", dy, _per_channel(ctx, scale, x, channels if per_group else None))
+    grouped = ctx.ints([0, groups, -1])
+    dx = standardized_backward(ctx, ctx.op("Reshape", x, grouped), ctx.op("Reshape", g, grouped), [2],
+                               a.get("epsilon", 1e-5), like=x)
+    return [ctx.reshape_like(dx, x), None, None]
+
+
+def _channel_window_sum(ctx, t, x, before, after, weight):
+    """weight · Σ t[c'] over c − before ≤ c' ≤ c + after for each channel c of ``t`` (shaped
+    like ``x``, N × C × ...): a Conv sliding along the channels of t viewed as N × 1 × C × rest."""
+    size = before + after + 1
+    kernel = ctx.const(np.full((1, 1, size, 1), weight, dtype=ctx.dtype(x)), "lrn_window")
+    column = ctx.op("Reshape", t, ctx.ints([0, 1, ctx.shape(x)[1], -1]))
+    summed = ctx.op("Conv", column, kernel, kernel_shape=[size, 1], pads=[before, 0, after, 0])
+    return ctx.reshape_like(summed, x)
+
+
+@rule("LRN")
+def lrn(ctx, node, grads):
+    """y = x·s^−β with s = bias + α/size·Σ_window x²: dx = dy·s^−β − 2β·x·Σ_window'(α/size·dy·y/s),
+    where window' is the window mirrored (the transposed channel sum)."""
+    (dy,) = grads
+    x, y = node.input[0], node.output[0]
+    a = attrs(node)
+    size = a["size"]
+    alpha, beta, bias = a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0)
+    if not isinstance(ctx.shape(x)[1], int):
+        raise UnsupportedOpError(f"LRN {node.name!r} has a symbolic channel count")
+    before, after = (size - 1) // 2, size // 2
+    s = ctx.op("Add", _channel_window_sum(ctx, ctx.op("Mul", x, x), x, before, after, alpha / size),
+               ctx.scalar(bias, like=x))
+    direct = ctx.op("Mul", dy, ctx.op("Pow", s, ctx.scalar(-beta, like=x)))
+    spread = _channel_window_sum(ctx, ctx.op("Div", ctx.op("Mul", dy, y), s), x, after, before, alpha / size)
+    through_s = ctx.op("Mul", ctx.op("Mul", x, spread), ctx.scalar(2 * beta, like=x))
+    return [ctx.op("Sub", direct, through_s)]

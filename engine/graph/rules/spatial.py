@@ -1,0 +1,139 @@
+"""Rules for Resize / Upsample and DepthToSpace / SpaceToDepth."""
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from engine.errors import UnsupportedOpError
+from engine.graph.rules import attrs, rule
+from engine.graph.rules.indexing import along_axis
+
+
+def _resize_request(ctx, node, rank):
+    """Full-rank (roi, scales, sizes) of a Resize/Upsample node; unused ones are None."""
+    a = attrs(node)
+
+    def given(index):
+        if len(node.input) <= index or not node.input[index]:
+            return None
+        value = ctx.value(node.input[index])
+        if value is None:
+            raise UnsupportedOpError(f"{node.op_type} {node.name!r} has computed scales/sizes: fold constants first")
+        return value.tolist() if value.size else None
+
+    if node.op_type == "Upsample":
+        return None, list(a["scales"]) if "scales" in a else given(1), None
+    if ctx.opset < 11:
+        return None, given(1), None
+    if a.get("keep_aspect_ratio_policy", "stretch") != "stretch" and given(3) is not None:
+        raise UnsupportedOpError(f"Resize {node.name!r}: keep_aspect_ratio_policy has no gradient rule; use stretch")
+    roi, scales, sizes = given(1), given(2), given(3)
+    if a.get("coordinate_transformation_mode") != "tf_crop_and_resize":
+        roi = None  # read by that mode only
+    axes = [ax % rank for ax in a.get("axes", range(rank))]
+    if len(axes) < rank:  # opset 18 `axes`: the others keep their size
+        full_roi, full_scales, full_sizes = [0.0] * rank + [1.0] * rank, [1.0] * rank, list(ctx.shape(node.input[0]))
+        for i, ax in enumerate(axes):
+            if roi is not None:
+                full_roi[ax], full_roi[rank + ax] = roi[i], roi[len(axes) + i]
+            if scales is not None:
+                full_scales[ax] = scales[i]
+            if sizes is not None:
+                full_sizes[ax] = sizes[i]
+        roi, scales, sizes = (full_roi if roi is not None else None, full_scales if scales is not None else None,
+                              full_sizes if sizes is not None else None)
+    return roi, scales, sizes
+
+
+def _axis_matrix(ctx, node, axis, dim, roi, scales, sizes):
+    """The matrix M (output size × ``dim``) of the node's 1-D map along ``axis``: the same op
+    run by onnx's reference evaluator on each basis vector of a rank-1 input, minus its value
+    at 0 (the extrapolation value of tf_crop_and_resize). Upsample and Resize-10 run as their
+    Resize-11 equivalent."""
+    keep = {k: v for k, v in attrs(node).items() if k not in ("axes", "keep_aspect_ratio_policy")}
+    rank = len(scales) if scales is not None else len(sizes)
+    inits = []
+
+    def add(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    if keep.get("coordinate_transformation_mode") == "tf_half_pixel_for_nn":
+        out = sizes[axis] if sizes is not None else int(np.floor(dim * scales[axis]))
+        return _tf_half_pixel_nearest(dim, out, out / dim if sizes is not None else scales[axis],
+                                      keep.get("nearest_mode", "round_prefer_floor"))
+    op_type, opset = node.op_type, ctx.opset
+    if op_type == "Upsample" or opset < 11:  # as the Resize-11 equivalent (asymmetric coordinates)
+        op_type, opset = "Resize", 13
+        keep = {"mode": keep.get("mode", "nearest"), "coordinate_transformation_mode": "asymmetric",
+                "nearest_mode": "floor"}
+    inputs = ["x", add("roi", np.array([roi[axis], roi[rank + axis]], np.float32)) if roi is not None else "",
+              add("scales", np.array([scales[axis]], np.float32)) if scales is not None else "",
+              add("sizes", np.array([sizes[axis]], np.int64)) if sizes is not None else ""]
+    graph = helper.make_graph([helper.make_node(op_type, inputs, ["y"], **keep)], "axis_map",
+                              [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)], initializer=inits)
+    try:
+        evaluator = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+        base = evaluator.run(None, {"x": np.zeros(dim)})[0]
+        columns = [evaluator.run(None, {"x": e})[0] - base for e in np.eye(dim)]
+    except Exception as error:  # the reference refuses modes it does not implement
+        raise UnsupportedOpError(f"{node.op_type} {node.name!r}: no gradient rule for its attributes ({error})")
+    return np.stack(columns, axis=1)
+
+
+def _tf_half_pixel_nearest(dim, out, scale, nearest_mode):
+    """Pick matrix of nearest Resize with the tf_half_pixel_for_nn mode (Resize-11, still run by
+    ONNX Runtime, which the reference evaluator lacks): x_original = (x_resized + 0.5) / scale."""
+    original = (np.arange(out) + 0.5) / scale
+    rounded = {"round_prefer_floor": np.ceil(original - 0.5), "round_prefer_ceil": np.floor(original + 0.5),
+               "floor": np.floor(original), "ceil": np.ceil(original)}[nearest_mode]
+    matrix = np.zeros((out, dim))
+    matrix[np.arange(out), np.clip(rounded, 0, dim - 1).astype(int)] = 1
+    return matrix
+
+
+@rule("Resize", "Upsample")
+def resize(ctx, node, grads):
+    """Resizing is separable: per resized axis, the transposed interpolation matrix (built at
+    rewrite time from the reference implementation, any mode) applied with one MatMul."""
+    (dy,) = grads
+    x, y = node.input[0], node.output[0]
+    rank = ctx.rank(x)
+    roi, scales, sizes = _resize_request(ctx, node, rank)
+    if scales is None and sizes is None:
+        raise UnsupportedOpError(f"{node.op_type} {node.name!r} has neither scales nor sizes")
+    dx = dy
+    for axis, (dim, out) in enumerate(zip(ctx.shape(x), ctx.shape(y))):
+        same = scales[axis] == 1 if scales is not None else sizes[axis] == dim
+        if same and (roi is None or roi[axis::rank] == [0, 1]):
+            continue  # an identity in every mode (e.g. batch and channels)
+        if not isinstance(dim, int):
+            raise UnsupportedOpError(
+                f"{node.op_type} {node.name!r} resizes a symbolic axis: normalize with an input size")
+        matrix = _axis_matrix(ctx, node, axis, dim, roi, scales, sizes)
+        if isinstance(out, int) and matrix.shape[0] != out:
+            raise UnsupportedOpError(f"{node.op_type} {node.name!r}: axis {axis} map disagrees with the output size")
+        dx = along_axis(ctx, dx, matrix.T, axis, like=x)
+    return [dx] + [None] * (len(node.input) - 1)
+
+
+@rule("SpaceToDepth")
+def space_to_depth(ctx, node, grads):
+    """A permutation whose inverse is DepthToSpace in DCR mode."""
+    return [ctx.op("DepthToSpace", grads[0], blocksize=attrs(node)["blocksize"])]  # DCR: the default
+
+
+@rule("DepthToSpace")
+def depth_to_space(ctx, node, grads):
+    """DCR is undone by SpaceToDepth; CRD by the inverse reshape–transpose–reshape."""
+    (dy,) = grads
+    x = node.input[0]
+    a = attrs(node)
+    block = a["blocksize"]
+    if a.get("mode", "DCR") == "DCR":
+        return [ctx.op("SpaceToDepth", dy, blocksize=block)]
+    _, channels, height, width = ctx.shape(x)
+    if not all(isinstance(d, int) for d in (channels, height, width)):
+        raise UnsupportedOpError(f"DepthToSpace {node.name!r} has symbolic channel/spatial dims")
+    blocks = ctx.op("Reshape", dy, ctx.ints([-1, channels // block**2, height, block, width, block]))
+    return [ctx.reshape_like(ctx.op("Transpose", blocks, perm=[0, 1, 3, 5, 2, 4]), x)]
