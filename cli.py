@@ -241,7 +241,8 @@ def saliency(model, images, target, out, batch, provider, as_json, method, sampl
 @click.option("--l2", default=1e-4, show_default=True, type=float, help="Weight decay λ in x ← x + α·g − 2λx.")
 @click.option("--start", default="zeros", show_default=True, help="zeros, noise or an image file.")
 @click.option("--jitter", default=2, show_default=True, type=click.IntRange(min=0), help="Random shift in pixels.")
-@click.option("--blur-every", default=4, show_default=True, type=click.IntRange(min=0), help="Blur every k steps (0: never).")
+@click.option("--blur-every", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Blur every k steps (0: never).")
 @click.option("--fourier", is_flag=True, help="Decorrelated Fourier parameterization (1/f spectrum).")
 @click.option("--decorrelate", is_flag=True, help="Decorrelate colours (ImageNet colour correlation).")
 @click.option("--seed", default=0, show_default=True, type=int)

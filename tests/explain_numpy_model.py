@@ -1,16 +1,19 @@
 """A tiny CNN in plain numpy with hand-derived gradients, exposing ``engine.Model``'s interface
 (``run`` with activations, gradients, seeds and modes; layers; preprocess) so explanation code can
 be tested without the ONNX gradient engine. Its gradients are checked against central finite
-differences in tests/test_explain_model.py.
+differences in tests/test_explain_model.py. ``proto`` is the same network in ONNX (for the parts
+of the engine that read the graph: CAM heads, Ablation-CAM, the top-1 head gradient).
 
 Network: x (N×3×8×8, unit preset) → ``feat`` = ReLU(1×1 conv) (N×K×8×8) → ``pool`` = 2×2 average
 pool (N×K×4×4) → global average → FC → ``logits`` (N×C).
 """
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.data.preprocess import Preprocess
 from engine.errors import LayerError
@@ -40,6 +43,24 @@ class NumpyModel:
                        SimpleNamespace(name="pool", shape=("N", k, size // 2, size // 2))]
         self.default_layer = "pool"
         self.calls = 0
+        self.path, self.provider, self.threads = Path("numpy-model.onnx"), "CPUExecutionProvider", 1
+        self.proto = self._onnx(k, classes, size)
+
+    def _onnx(self, k, classes, size):
+        f32 = lambda a, name: numpy_helper.from_array(np.asarray(a, np.float32), name)  # noqa: E731
+        nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["pre"]),
+                 helper.make_node("Relu", ["pre"], ["feat"]),
+                 helper.make_node("AveragePool", ["feat"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
+                 helper.make_node("GlobalAveragePool", ["pool"], ["gap"]),
+                 helper.make_node("Flatten", ["gap"], ["flat"]),
+                 helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"], transB=1)]
+        graph = helper.make_graph(
+            nodes, "numpy-model", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+            [f32(self.w1[:, :, None, None], "w1"), f32(self.b1, "b1"), f32(self.fc, "fc"), f32(self.fcb, "fcb")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        return model
 
     def layer(self, name):
         for layer in self.layers:

@@ -205,7 +205,8 @@ def test_fc_head_and_head_network_on_an_onnx_classifier(tmp_path):
     graph = helper.make_graph(
         [helper.make_node("Conv", ["image", "w"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
          helper.make_node("Add", ["r1", "image"], ["sum"]), helper.make_node("GlobalAveragePool", ["sum"], ["gap"]),
-         helper.make_node("Flatten", ["gap"], ["flat"]), helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)],
+         helper.make_node("Flatten", ["gap"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)],
         "res", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 2])], [w, fc])
     residual = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -215,3 +216,27 @@ def test_fc_head_and_head_network_on_an_onnx_classifier(tmp_path):
         head_fn(res_model, "r1")
     assert head_fn(res_model, "sum")(np.ones((1, 3, 8, 8), np.float32)).shape == (1, 2)
     assert fc_head(res_model)[0] == "sum"
+
+
+def test_top1_fast_path_equals_explicit_targets_in_one_pass():
+    model = NumpyModel()
+    x = model.preprocess(IMAGES)
+    top = model.forward(x)[1]["logits"].argmax(axis=1).tolist()
+    model.calls = 0
+    fast = cam(model, list(IMAGES), method="gradcam++", batch=5)
+    assert model.calls == 1  # one forward with taps; the head's gradient runs on its own small graph
+    slow = cam(model, list(IMAGES), method="gradcam++", targets=top, batch=5)
+    np.testing.assert_allclose(fast.raw, slow.raw, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fast.scores, slow.scores, rtol=1e-5)
+    assert fast.targets.tolist() == top
+
+
+def test_cam_and_ablationcam_on_the_onnx_twin():
+    model = NumpyModel()
+    exp = cam(model, list(IMAGES[:3]), method="cam", targets=[0, 1, 2])
+    grad = cam(model, list(IMAGES[:3]), method="gradcam", targets=[0, 1, 2])
+    np.testing.assert_allclose(exp.raw, 16 * grad.raw, rtol=1e-4, atol=1e-6)   # pool is 4x4
+    with pytest.raises(LayerError, match="pooled layer"):
+        cam(model, list(IMAGES[:1]), method="cam", layer="feat")
+    abl = cam(model, list(IMAGES[:3]), method="ablationcam", targets=[0, 1, 2])
+    assert abl.raw.shape == (3, 4, 4) and np.isfinite(abl.raw).all()

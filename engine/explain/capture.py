@@ -8,6 +8,8 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from engine.errors import LayerError
+from engine.graph.autodiff import SEED, differentiate, grad_name
+from engine.graph.normalize import normalize
 from engine.runtime.session import create_session
 
 
@@ -134,9 +136,33 @@ def head_fn(model, layer, output=None):
 
     The layer must cut the graph: everything ``output`` depends on has to pass through it.
     Raises LayerError otherwise (Ablation-CAM needs such a layer).
+
+    >>> head = head_fn(model, "layer4"); logits = head(acts)
     """
-    proto = model.proto
     output = output or output_names(model)[0]
+    session = create_session(_cut(model, layer, output), provider=model.provider, threads=model.threads)
+    return lambda acts: session.run([output], {layer: np.asarray(acts, np.float32)})[0]
+
+
+def head_gradient_fn(model, layer, output=None):
+    """``head_gradient(A, seeds)`` = ∂(Σ seed·output)/∂A, differentiating only the network after
+    ``layer`` (which must cut the graph, else LayerError).
+
+    With activations from one forward pass this gives Grad-CAM for the top-1 class without a
+    second pass over the whole network.
+
+    >>> grads = head_gradient_fn(model, "layer4")(acts, seeds)
+    """
+    output = output or output_names(model)[0]
+    sub = differentiate(normalize(_cut(model, layer, output)), output, [layer])
+    session = create_session(sub, provider=model.provider, threads=model.threads)
+    return lambda acts, seeds: session.run([grad_name(layer)], {layer: np.asarray(acts, np.float32),
+                                                                 SEED: np.asarray(seeds, np.float32)})[0]
+
+
+def _cut(model, layer, output):
+    """The sub-model from tensor ``layer`` (its only input) to ``output``."""
+    proto = model.proto
     producer = {name: node for node in proto.graph.node for name in node.output}
     weights = {init.name for init in proto.graph.initializer}
     needed, stack, nodes = set(), [output], []
@@ -148,7 +174,7 @@ def head_fn(model, layer, output=None):
         node = producer.get(name)
         if node is None:
             raise LayerError(f"'{output}' depends on '{name}' without passing through '{layer}': "
-                             "Ablation-CAM needs a layer that cuts the network (try the default layer)")
+                             "this needs a layer that cuts the network (try the default layer)")
         if node not in nodes:
             nodes.append(node)
             stack.extend(node.input)
@@ -161,6 +187,4 @@ def head_fn(model, layer, output=None):
         [vi for vi in proto.graph.output if vi.name == output],
         [init for init in proto.graph.initializer if init.name in used],
     )
-    sub = helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
-    session = create_session(sub, provider=model.provider, threads=model.threads)
-    return lambda acts: session.run([output], {layer: np.asarray(acts, np.float32)})[0]
+    return helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)

@@ -14,8 +14,8 @@ import numpy as np
 from engine.data.images import as_rgb
 from engine.errors import LayerError, UsageError
 from engine.explain import attribution, methods
-from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, layers_of, output_names,
-                                    scores_fn)
+from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
+                                    output_names, scores_fn)
 from engine.explain.targets import OutputMask, resolve
 from engine.progress import Progress
 from engine.viz.overlay import resize_maps, to_unit
@@ -61,7 +61,8 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     or a list; maps are averaged as pytorch-grad-cam does). ``targets``: "top", a class, one per
     image, several per image, or an :class:`OutputMask`. ``tta``: average over flips and zooms
     (0.9, 1, 1.1), each map warped back. ``eigen_smooth``: first principal component of the
-    weighted activations instead of their sum.
+    weighted activations instead of their sum. For "top" targets the gradient methods need one
+    forward pass: the gradient comes from differentiating only the network after the layer.
 
     >>> exp = cam(model, images, method="gradcam++", targets=[3, 5])
     """
@@ -80,15 +81,21 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
         layers = layers_of(model, layer)
     if method == "ablationcam":
         extra = {n: head_fn(model, n, output) for n in layers}
+    top_fast = isinstance(targets, str) and targets == "top" and method in methods.GRADIENT_METHODS and not tta
+    heads = _top_heads(model, layers, output) if top_fast else None
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
             x = model.preprocess(rgbs[start:start + batch])
-            rows, scores = _rows(model, x, targets, start, len(rgbs), output)
-            transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
-            raw, row_outputs = _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra, transforms)
-            if scores is None:
-                scores = row_outputs[np.unique(rows.image, return_index=True)[1]]
+            if heads:
+                raw, rows, scores = _top_raw(model, x, method, layers, output, eigen_smooth, heads)
+            else:
+                rows, scores = _rows(model, x, targets, start, len(rgbs), output)
+                transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
+                raw, row_outputs = _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra,
+                                            transforms)
+                if scores is None:
+                    scores = row_outputs[np.unique(rows.image, return_index=True)[1]]
             parts.append((raw, rows, scores, start))
             bar.update(len(x))
     raw = {layer_: np.concatenate([p[0][layer_] for p in parts]) for layer_ in layers}
@@ -185,6 +192,24 @@ def _rows(model, x, targets, start, total, output, need_scores=False):
             raise UsageError(f"got {len(targets)} targets for {total} images: give one per image")
         targets = targets[start:start + n]
     return resolve(targets, n, shape, outputs=scores), scores
+
+
+def _top_heads(model, layers, output):
+    """Head gradients for the top-1 fast path, or None when a layer does not cut the network."""
+    try:
+        return {n: head_gradient_fn(model, n, output) for n in layers}
+    except LayerError:
+        return None
+
+
+def _top_raw(model, x, method, layers, output, eigen_smooth, heads):
+    """Top-1 maps from one forward pass with taps plus the gradient of the head after each layer."""
+    outputs, acts, _ = capture(model, x, layers)
+    scores = np.asarray(outputs[output_names(model).index(output)])
+    rows = resolve("top", len(x), scores.shape[1:], outputs=scores)
+    fn = methods.GRADIENT_METHODS[method]
+    raw = {n: fn(acts[n], heads[n](acts[n], rows.seeds), eigen_smooth) for n in layers}
+    return raw, rows, scores
 
 
 def _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra, transforms):
