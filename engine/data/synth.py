@@ -95,7 +95,7 @@ def _unit_outline(name):
                (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w), (-w, -1)]
         return [np.array(pts, np.float64) / np.hypot(1, w)]
     if name == "heart":
-        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        t = np.linspace(0.3, 2 * np.pi - 0.3, 60)  # the notch cut wider than the curve's cusp
         x = 16 * np.sin(t) ** 3
         y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
         pts = np.stack([x, y], 1)
@@ -184,7 +184,7 @@ def _render(rng, h, w, image, mask, maps):
         _clutter(rng, index, 4 + k, h, w)
 
     radius = rng.uniform(0.2, 0.36) * s
-    cx, cy = rng.uniform(radius + 1, w - radius - 1), rng.uniform(radius + 1, h - radius - 1)
+    cx, cy = rng.uniform(radius + 2, w - radius - 2), rng.uniform(radius + 2, h - radius - 2)
     angle = rng.uniform(0, 2 * np.pi)
     rot = radius * np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
     mask[:] = 0
@@ -236,3 +236,13 @@ def generate(n, seed=0, size=(96, 96), start=0):
         maps = {family: m[i] for family, m in concepts.items()}
         labels[i] = _render(rng, h, w, images[i], masks[i], maps)
     return Scene(images, labels, masks, concepts)
+
+
+def batches(n, seed=0, size=(96, 96), batch=256):
+    """Yield the ``n`` scenes of ``generate(n, seed, size)`` as Scenes of at most ``batch`` images.
+
+    >>> [len(s) for s in batches(600, seed=3)]
+    [256, 256, 88]
+    """
+    for start in range(0, n, batch):
+        yield generate(min(batch, n - start), seed=seed, size=size, start=start)
