@@ -1,0 +1,170 @@
+"""Reverse-mode differentiation as ONNX → ONNX rewriting.
+
+The rewritten model takes one more input, ``SEED``, shaped like the seeded output, and returns
+d(Σ seed · output)/d(t) as output ``grad_name(t)`` for each requested tensor ``t``. Only the cone
+between the requested tensors and the output is differentiated; weights never are. The rules
+live in :mod:`engine.graph.rules`.
+"""
+from collections import defaultdict
+
+import onnx
+from onnx import helper
+
+from engine.errors import LayerError, UnsupportedOpError
+from engine.graph.rules import RULES, Context
+
+SEED = "onnxlens_seed"
+MODES = ("standard", "guided", "deconvnet")
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def grad_name(tensor):
+    """Name of the output carrying the gradient of ``tensor``. Example: ``grad_name("x") == "x__grad"``."""
+    return tensor + "__grad"
+
+
+def differentiate(model, output, wrt, mode="standard"):
+    """Add gradients of Σ seed · ``output`` w.r.t. each tensor in ``wrt`` as model outputs.
+
+    ``model`` is a normalized model (shapes in value_info); ``wrt`` holds tensor names (the
+    graph input's name for the input gradient). The original outputs are kept and the model
+    runs for any batch size.
+
+    Example: ``differentiate(model, "logits", ["image", "layer4"], mode="guided")``.
+    """
+    if mode not in MODES:
+        raise LayerError(f"unknown backward mode {mode!r}: use one of {', '.join(MODES)}")
+    wrt = list(dict.fromkeys([wrt] if isinstance(wrt, str) else wrt))
+    model = _copy(model)
+    graph = model.graph
+    shapes, types = _tensor_info(graph)
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    _check_request(graph, shapes, types, constants, output, wrt)
+
+    active = _cone(graph.node, output, wrt, types)
+    used = set(shapes) | set(types) | set(constants) | {n.name for n in graph.node}
+    used.update(t for n in graph.node for t in list(n.input) + list(n.output))
+    used.add(SEED)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    ctx = Context(opset=opset, mode=mode, shapes=shapes, types=types, constants=constants,
+                  used_names=used, needed=active)
+
+    grads = defaultdict(list)
+    grads[output].append(SEED)
+    types[SEED] = types[output]
+    totals = {}
+
+    def total(name):
+        if name not in totals:
+            parts = grads[name]
+            totals[name] = parts[0] if len(parts) == 1 else ctx.op("Sum", *parts)
+            types[totals[name]] = types.get(name, onnx.TensorProto.FLOAT)
+        return totals[name]
+
+    for node in reversed(graph.node):
+        if not (any(o in active for o in node.output) and any(i in active for i in node.input)):
+            continue
+        out_grads = [total(o) if grads.get(o) else None for o in node.output]
+        if all(g is None for g in out_grads):
+            continue
+        fn = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if fn is None:
+            raise UnsupportedOpError(
+                f"no gradient rule for op {node.op_type} (node {node.name or node.output[0]!r}) on the "
+                f"path from {', '.join(wrt)} to {output}: pick a layer after it or request a rule")
+        ctx.node_name = node.name or node.output[0]
+        in_grads = fn(ctx, node, out_grads)
+        for name, g in zip(node.input, in_grads):
+            if g is not None and name in active:
+                grads[name].append(g)
+
+    for t in wrt:
+        ctx.node_name = t
+        g = total(t) if grads.get(t) else ctx.zeros_like(t)
+        ctx.nodes.append(helper.make_node("Identity", [g], [grad_name(t)], name=ctx.fresh(grad_name(t))))
+
+    nodes, initializers = _prune(ctx.nodes, ctx.initializers, [grad_name(t) for t in wrt])
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    graph.input.append(_value_info(SEED, types[output], shapes.get(output)))
+    graph.output.extend(_value_info(grad_name(t), types.get(t, onnx.TensorProto.FLOAT), shapes.get(t)) for t in wrt)
+    return model
+
+
+def _copy(model):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _dims(type_proto):
+    tensor = type_proto.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+
+
+def _tensor_info(graph):
+    shapes, types = {}, {}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+            dims = _dims(vi.type)
+            if dims is not None:
+                shapes[vi.name] = dims
+    for t in graph.initializer:
+        types[t.name] = t.data_type
+        shapes[t.name] = tuple(t.dims)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            t = node.attribute[0].t
+            types[node.output[0]] = t.data_type
+            shapes[node.output[0]] = tuple(t.dims)
+    return shapes, types
+
+
+def _check_request(graph, shapes, types, constants, output, wrt):
+    known = set(types) | {t for n in graph.node for t in n.output}
+    for name in [output, *wrt]:
+        if name not in known:
+            raise LayerError(f"unknown tensor {name!r}: pick a name from the model's layer list")
+        if name in constants:
+            raise LayerError(f"{name!r} is a weight/constant: gradients are taken w.r.t. activations only")
+    if types.get(output, onnx.TensorProto.FLOAT) not in _FLOATS:
+        raise LayerError(f"output {output!r} is not a float tensor: seed a float output")
+    if output not in shapes:
+        raise LayerError(f"no shape known for output {output!r}: normalize the model first")
+
+
+def _cone(nodes, output, wrt, types):
+    """Tensors that depend on some ``wrt`` tensor and feed ``output`` (gradients flow there)."""
+    depends = set(wrt)
+    for node in nodes:
+        if any(i in depends for i in node.input):
+            for o in node.output:
+                # Integer tensors carry no gradient, except QuantizeLinear → DequantizeLinear pairs.
+                if types.get(o, onnx.TensorProto.FLOAT) in _FLOATS or node.op_type == "QuantizeLinear":
+                    depends.add(o)
+    feeds = {output}
+    for node in reversed(nodes):
+        if any(o in feeds for o in node.output):
+            feeds.update(node.input)
+    return depends & feeds
+
+
+def _prune(nodes, initializers, outputs):
+    """Drop backward nodes and constants that no requested gradient uses."""
+    live = set(outputs)
+    kept = []
+    for node in reversed(nodes):
+        if any(o in live for o in node.output):
+            kept.append(node)
+            live.update(node.input)
+    return kept[::-1], [t for t in initializers if t.name in live]
+
+
+def _value_info(name, elem_type, dims):
+    return helper.make_tensor_value_info(name, elem_type, None if dims is None else list(dims))

@@ -1,0 +1,122 @@
+"""Rules for pointwise activations and softmax. The ReLU family (Relu, LeakyRelu, PRelu)
+follows ``ctx.mode`` (guided backprop, deconvnet); the others are the same in every mode."""
+from engine.graph.rules import attrs, rule
+
+
+@rule("Relu")
+def relu(ctx, node, grads):
+    (dy,) = grads
+    x = node.input[0]
+    return [ctx.relu_family(x, dy, lambda: ctx.where_positive(x, dy))]
+
+
+@rule("LeakyRelu")
+def leaky_relu(ctx, node, grads):
+    (dy,) = grads
+    x = node.input[0]
+    alpha = attrs(node).get("alpha", 0.01)
+
+    def standard():
+        # slope = alpha + (1 − alpha)·[x > 0]
+        positive = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(0, like=x)), to=ctx.elem_type(x))
+        slope = ctx.op("Add", ctx.op("Mul", positive, ctx.scalar(1 - alpha, like=x)), ctx.scalar(alpha, like=x))
+        return ctx.op("Mul", dy, slope)
+
+    return [ctx.relu_family(x, dy, standard)]
+
+
+@rule("PRelu")
+def prelu(ctx, node, grads):
+    (dy,) = grads
+    x, slope = node.input
+
+    def standard():
+        # slope_x = slope + (1 − slope)·[x > 0]
+        positive = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(0, like=x)), to=ctx.elem_type(x))
+        one_minus = ctx.op("Sub", ctx.scalar(1, like=x), slope)
+        return ctx.op("Mul", dy, ctx.op("Add", ctx.op("Mul", positive, one_minus), slope))
+
+    return [ctx.relu_family(x, dy, standard), None]
+
+
+@rule("Clip")
+def clip(ctx, node, grads):
+    """Gradient passes where min <= x <= max (optional inputs; attributes before opset 11)."""
+    (dy,) = grads
+    x = node.input[0]
+    a = attrs(node)
+    bounds = [ctx.scalar(a[k], like=x) if k in a else "" for k in ("min", "max")] if a else node.input[1:3]
+    inside = None
+    for bound, op in zip(bounds, ("GreaterOrEqual", "LessOrEqual")):
+        if bound:
+            test = ctx.op(op, x, bound)
+            inside = test if inside is None else ctx.op("And", inside, test)
+    if inside is None:
+        return [dy]
+    return [ctx.mask(dy, inside, like=x)] + [None] * (len(node.input) - 1)
+
+
+@rule("Sigmoid")
+def sigmoid(ctx, node, grads):
+    (dy,) = grads
+    y = node.output[0]
+    slope = ctx.op("Mul", y, ctx.op("Sub", ctx.scalar(1, like=y), y))
+    return [ctx.op("Mul", dy, slope)]
+
+
+@rule("Tanh")
+def tanh(ctx, node, grads):
+    (dy,) = grads
+    y = node.output[0]
+    slope = ctx.op("Sub", ctx.scalar(1, like=y), ctx.op("Mul", y, y))
+    return [ctx.op("Mul", dy, slope)]
+
+
+@rule("HardSigmoid")
+def hard_sigmoid(ctx, node, grads):
+    """y = max(0, min(1, alpha x + beta)): slope alpha where 0 < alpha x + beta < 1."""
+    (dy,) = grads
+    x = node.input[0]
+    a = attrs(node)
+    alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+    z = ctx.op("Add", ctx.op("Mul", x, ctx.scalar(alpha, like=x)), ctx.scalar(beta, like=x))
+    inside = ctx.op("And", ctx.op("Greater", z, ctx.scalar(0, like=x)), ctx.op("Less", z, ctx.scalar(1, like=x)))
+    return [ctx.mask(ctx.op("Mul", dy, ctx.scalar(alpha, like=x)), inside, like=x)]
+
+
+@rule("HardSwish")
+def hard_swish(ctx, node, grads):
+    """y = x · clip(x/6 + 1/2, 0, 1): slope 0 below -3, 1 above 3, (2x + 3)/6 between."""
+    (dy,) = grads
+    x = node.input[0]
+    mid = ctx.op("Add", ctx.op("Mul", x, ctx.scalar(1 / 3, like=x)), ctx.scalar(0.5, like=x))
+    inside = ctx.op("LessOrEqual", ctx.op("Abs", x), ctx.scalar(3, like=x))
+    above = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(3, like=x)), to=ctx.elem_type(x))
+    slope = ctx.op("Add", ctx.mask(mid, inside, like=x), above)
+    return [ctx.op("Mul", dy, slope)]
+
+
+def _softmax_axes(ctx, node):
+    """Axes the (log-)softmax normalizes over: one axis from opset 13, all trailing ones before."""
+    rank = ctx.rank(node.input[0])
+    default = -1 if ctx.opset >= 13 else 1
+    axis = attrs(node).get("axis", default) % rank
+    return [axis] if ctx.opset >= 13 else list(range(axis, rank))
+
+
+@rule("Softmax")
+def softmax(ctx, node, grads):
+    """dx = y · (dy − Σ dy·y)."""
+    (dy,) = grads
+    y = node.output[0]
+    dot = ctx.reduce_sum(ctx.op("Mul", dy, y), _softmax_axes(ctx, node))
+    return [ctx.op("Mul", y, ctx.op("Sub", dy, dot))]
+
+
+@rule("LogSoftmax")
+def log_softmax(ctx, node, grads):
+    """dx = dy − exp(y) · Σ dy."""
+    (dy,) = grads
+    y = node.output[0]
+    total = ctx.reduce_sum(dy, _softmax_axes(ctx, node))
+    return [ctx.op("Sub", dy, ctx.op("Mul", ctx.op("Exp", y), total))]

@@ -1,0 +1,209 @@
+"""The object a differentiation rule receives: emits nodes, constants, and answers shape questions."""
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def attrs(node):
+    """Attributes of ``node`` as a dict of plain Python values (strings decoded).
+
+    Example: ``attrs(node).get("strides", [1, 1])``.
+    """
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [s.decode() for s in v]
+        out[a.name] = v
+    return out
+
+
+class Context:
+    """Backward-graph builder handed to every rule (see the package docstring for the contract).
+
+    ``shapes`` maps a tensor name to a tuple of dims (int, or str for a symbolic dim) and
+    ``types`` maps it to an ONNX element type; ``constants`` maps a name to a TensorProto.
+    """
+
+    def __init__(self, *, opset, mode, shapes, types, constants, used_names, needed):
+        self.opset = opset
+        self.mode = mode
+        self.nodes = []
+        self.initializers = []
+        self._shapes = shapes
+        self._types = types
+        self._constants = constants
+        self._values = {}
+        self._used = used_names
+        self._needed = needed
+        self._counter = 0
+        self._scalars = {}
+        self._shape_nodes = {}
+        self.node_name = "grad"
+
+    # -- names and emission -------------------------------------------------------------------
+    def fresh(self, hint):
+        """A tensor/node name not used anywhere in the model."""
+        while True:
+            self._counter += 1
+            name = f"{hint}__g{self._counter}"
+            if name not in self._used:
+                self._used.add(name)
+                return name
+
+    def op(self, op_type, *inputs, outputs=1, **attributes):
+        """Emit one standard ONNX node; returns its output name (a list if ``outputs`` > 1).
+
+        Example: ``ctx.op("Mul", dy, ctx.scalar(0.5, like=dy))``.
+        """
+        names = [self.fresh(self.node_name) for _ in range(outputs)]
+        node = helper.make_node(op_type, list(inputs), names, name=self.fresh(self.node_name + "/" + op_type))
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items() if v is not None)
+        self.nodes.append(node)
+        return names[0] if outputs == 1 else names
+
+    def const(self, array, hint="const"):
+        """Add ``array`` as an initializer and return its name."""
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self._types[name] = self.initializers[-1].data_type
+        self._shapes[name] = tuple(np.shape(array))
+        return name
+
+    def scalar(self, value, like):
+        """A 0-d constant ``value`` with the element type of ``like``: a forward tensor, or a
+        gradient handed to the rule (it has its forward tensor's type); shared when repeated."""
+        dtype = self.dtype(like)
+        key = (float(value), dtype.str)
+        if key not in self._scalars:
+            self._scalars[key] = self.const(np.array(value, dtype=dtype), "scalar")
+        return self._scalars[key]
+
+    def ints(self, values):
+        """A 1-D int64 constant (shapes, axes, pads)."""
+        return self.const(np.asarray(list(values), dtype=np.int64), "ints")
+
+    # -- static facts about forward tensors ---------------------------------------------------
+    def needs(self, name):
+        """Whether a gradient for forward tensor ``name`` is wanted (it lies on the cone)."""
+        return name in self._needed
+
+    def value(self, name):
+        """The numpy value of a constant tensor (initializer or Constant output), else None."""
+        if name not in self._values:
+            proto = self._constants.get(name)
+            self._values[name] = None if proto is None else numpy_helper.to_array(proto)
+        return self._values[name]
+
+    def shape(self, name):
+        """Static shape of a forward tensor: ints, str (or None) for symbolic dims; None if unknown."""
+        return self._shapes.get(name)
+
+    def rank(self, name):
+        shape = self.shape(name)
+        if shape is None:
+            raise ValueError(f"no shape known for tensor {name!r}: run shape inference first")
+        return len(shape)
+
+    def dtype(self, name):
+        """Numpy dtype of a forward tensor (or of an emitted constant)."""
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self._types.get(name, onnx.TensorProto.FLOAT)))
+
+    def elem_type(self, name):
+        return self._types.get(name, onnx.TensorProto.FLOAT)
+
+    # -- helpers for common chores ------------------------------------------------------------
+    def shape_of(self, name):
+        """A 1-D int64 tensor holding the runtime shape of ``name``: a constant when the shape
+        is static, else a Shape node (emitted once per tensor)."""
+        shape = self.shape(name)
+        if shape is not None and all(isinstance(d, int) for d in shape):
+            return self.ints(shape)
+        if name not in self._shape_nodes:
+            self._shape_nodes[name] = self.op("Shape", name)
+        return self._shape_nodes[name]
+
+    def reshape_like(self, grad, like):
+        """Reshape ``grad`` to the shape of forward tensor ``like`` (one unknown dim → -1)."""
+        shape = self.shape(like)
+        if shape is not None and sum(not isinstance(d, int) for d in shape) <= 1:
+            return self.op("Reshape", grad, self.ints([d if isinstance(d, int) else -1 for d in shape]))
+        return self.op("Reshape", grad, self.shape_of(like))
+
+    def zeros_like(self, name):
+        """Zeros shaped and typed like forward tensor ``name``."""
+        zero = numpy_helper.from_array(np.zeros(1, dtype=self.dtype(name)))
+        return self.op("ConstantOfShape", self.shape_of(name), value=zero)
+
+    def reduce_sum(self, x, axes, keepdims=True):
+        """ReduceSum over ``axes`` (axes as input from opset 13, attribute before)."""
+        axes = [int(a) for a in axes]
+        if self.opset >= 13:
+            return self.op("ReduceSum", x, self.ints(axes), keepdims=int(keepdims))
+        return self.op("ReduceSum", x, axes=axes, keepdims=int(keepdims))
+
+    def squeeze(self, x, axes):
+        if self.opset >= 13:
+            return self.op("Squeeze", x, self.ints(axes))
+        return self.op("Squeeze", x, axes=list(axes))
+
+    def unsqueeze(self, x, axes):
+        if self.opset >= 13:
+            return self.op("Unsqueeze", x, self.ints(axes))
+        return self.op("Unsqueeze", x, axes=list(axes))
+
+    def unbroadcast(self, grad, input, output):
+        """Sum ``grad`` (shaped like ``output``: a tensor name or a shape tuple) back to the
+        shape of ``input`` that was broadcast (numpy rules) into it.
+
+        Example: ``ctx.unbroadcast(dy, node.input[1], node.output[0])`` for a bias add.
+        """
+        shape_in = self.shape(input)
+        shape_out = self.shape(output) if isinstance(output, str) else tuple(output)
+        if shape_in is None or shape_out is None:
+            raise ValueError(f"no shape known for {input!r} or {output!r}: run shape inference first")
+        lead = len(shape_out) - len(shape_in)
+        axes = list(range(lead))
+        for i, d in enumerate(shape_in):
+            if d == 1 and shape_out[lead + i] != 1:
+                axes.append(lead + i)
+        if not axes:
+            return grad
+        grad = self.reduce_sum(grad, axes, keepdims=True)
+        return self.squeeze(grad, list(range(lead))) if lead else grad
+
+    def expand_like(self, grad, like, axes):
+        """Broadcast ``grad``, which has size 1 at ``axes``, to the shape of forward tensor ``like``."""
+        shape = self.shape(like)
+        if all(isinstance(shape[a], int) for a in axes):
+            return self.op("Expand", grad, self.ints([d if isinstance(d, int) else 1 for d in shape]))
+        return self.op("Expand", grad, self.shape_of(like))
+
+    def extra_output(self, node, index):
+        """Name of forward ``node``'s optional output ``index`` (e.g. MaxPool's Indices), adding
+        it to the node when the model does not compute it yet."""
+        while len(node.output) <= index:
+            node.output.append("")
+        if not node.output[index]:
+            node.output[index] = self.fresh(self.node_name + "_out")
+        return node.output[index]
+
+    def mask(self, grad, condition, like):
+        """``grad`` where the bool tensor ``condition`` holds, else 0 (broadcasting); ``like`` is
+        a forward tensor of the gradient's type. Cast + Mul: ~6x faster than Where on ORT CPU."""
+        return self.op("Mul", grad, self.op("Cast", condition, to=self.elem_type(like)))
+
+    def where_positive(self, x, grad):
+        """``grad`` where ``x`` > 0, else 0 (the ReLU mask)."""
+        return self.mask(grad, self.op("Greater", x, self.scalar(0, like=x)), like=x)
+
+    def relu_family(self, x, dy, standard):
+        """Backward of a ReLU-like op under ``ctx.mode``: ``standard()`` builds the ordinary
+        gradient; ``guided`` passes dy where x > 0 and dy > 0; ``deconvnet`` passes relu(dy)."""
+        if self.mode == "guided":
+            return self.where_positive(x, self.op("Relu", dy))
+        if self.mode == "deconvnet":
+            return self.op("Relu", dy)
+        return standard()

@@ -1,0 +1,103 @@
+"""Rules for arithmetic with broadcasting, variadic ops, and gradient pass-through ops."""
+import numpy as np
+
+from engine.graph.rules import attrs, rule
+
+
+@rule("Add")
+def add(ctx, node, grads):
+    (dy,) = grads
+    y = node.output[0]
+    return [ctx.unbroadcast(dy, x, y) if ctx.needs(x) else None for x in node.input]
+
+
+@rule("Sub")
+def sub(ctx, node, grads):
+    (dy,) = grads
+    a, b = node.input
+    y = node.output[0]
+    return [ctx.unbroadcast(dy, a, y) if ctx.needs(a) else None,
+            ctx.unbroadcast(ctx.op("Neg", dy), b, y) if ctx.needs(b) else None]
+
+
+@rule("Mul")
+def mul(ctx, node, grads):
+    (dy,) = grads
+    a, b = node.input
+    y = node.output[0]
+    return [ctx.unbroadcast(ctx.op("Mul", dy, b), a, y) if ctx.needs(a) else None,
+            ctx.unbroadcast(ctx.op("Mul", dy, a), b, y) if ctx.needs(b) else None]
+
+
+@rule("Div")
+def div(ctx, node, grads):
+    (dy,) = grads
+    a, b = node.input
+    y = node.output[0]
+    da = ctx.unbroadcast(ctx.op("Div", dy, b), a, y) if ctx.needs(a) else None
+    db = None
+    if ctx.needs(b):
+        db = ctx.unbroadcast(ctx.op("Neg", ctx.op("Div", ctx.op("Mul", dy, y), b)), b, y)
+    return [da, db]
+
+
+@rule("Sum", "Mean")
+def sum_mean(ctx, node, grads):
+    (dy,) = grads
+    y = node.output[0]
+    if node.op_type == "Mean":
+        dy = ctx.op("Mul", dy, ctx.scalar(1.0 / len(node.input), like=y))
+    return [ctx.unbroadcast(dy, x, y) if ctx.needs(x) else None for x in node.input]
+
+
+@rule("Max", "Min")
+def max_min(ctx, node, grads):
+    """The gradient goes to every input equal to the result (ties are measure-zero)."""
+    (dy,) = grads
+    y = node.output[0]
+    out = []
+    for x in node.input:
+        if not ctx.needs(x):
+            out.append(None)
+            continue
+        picked = ctx.mask(dy, ctx.op("Equal", x, y), like=y)
+        out.append(ctx.unbroadcast(picked, x, y))
+    return out
+
+
+@rule("Identity", "Dropout", "DequantizeLinear")
+def passthrough(ctx, node, grads):
+    """Identity, inference Dropout, and DequantizeLinear (the second half of a straight-through
+    QuantizeLinear → DequantizeLinear pair: the gradient stays in float units)."""
+    return [grads[0]] + [None] * (len(node.input) - 1)
+
+
+@rule("QuantizeLinear")
+def quantize(ctx, node, grads):
+    """Straight-through estimator, as torch's FakeQuantize backward: the gradient passes where x
+    lies inside the representable range [(qmin − zp)·scale, (qmax − zp)·scale], 0 outside
+    (a Relu fused into the quantization range keeps blocking negative inputs)."""
+    (dy,) = grads
+    x, scale = node.input[:2]
+    zp_name = node.input[2] if len(node.input) > 2 else ""
+    s = ctx.value(scale)
+    zp = ctx.value(zp_name) if zp_name else np.zeros((), np.uint8)
+    rest = [None] * (len(node.input) - 1)
+    if s is None or zp is None or zp.dtype.kind not in "iu":
+        return [dy] + rest
+    info = np.iinfo(zp.dtype)
+    low, high = (info.min - zp.astype(np.float64)) * s, (info.max - zp.astype(np.float64)) * s
+    if s.ndim == 1:  # per-axis quantization
+        rank = ctx.rank(x)
+        axis = attrs(node).get("axis", 1) % rank
+        low, high = (b.reshape([-1 if i == axis else 1 for i in range(rank)]) for b in (low, high))
+    dtype = ctx.dtype(x)
+    inside = ctx.op("And", ctx.op("GreaterOrEqual", x, ctx.const(low.astype(dtype), "q_low")),
+                    ctx.op("LessOrEqual", x, ctx.const(high.astype(dtype), "q_high")))
+    return [ctx.mask(dy, inside, like=x)] + rest
+
+
+@rule("Cast")
+def cast(ctx, node, grads):
+    (dy,) = grads
+    return [ctx.op("Cast", dy, to=ctx.elem_type(node.input[0]))]

@@ -1,0 +1,131 @@
+"""Rules for the linear layers: Conv, ConvTranspose, Gemm, MatMul, BatchNormalization (inference)."""
+import numpy as np
+
+from engine.errors import UnsupportedOpError
+from engine.graph.rules import attrs, rule
+from engine.graph.rules.windows import static_spatial, window
+
+
+def flipped_transposed(weight, group):
+    """Conv weight (M, C/g, *k) → the weight (C, M/g, *k) of the forward Conv computing its
+    stride-1 input gradient: channels transposed within each group, kernel flipped."""
+    m, cg, *k = weight.shape
+    w = weight.reshape(group, m // group, cg, *k).swapaxes(1, 2).reshape(group * cg, m // group, *k)
+    return np.ascontiguousarray(np.flip(w, axis=tuple(range(2, w.ndim))))
+
+
+@rule("Conv")
+def conv(ctx, node, grads):
+    """Stride-1 with a constant weight: a forward Conv with the pre-flipped, transposed weight
+    (faster than ConvTranspose on ORT CPU). Otherwise: ConvTranspose with the same weight."""
+    (dy,) = grads
+    w = node.input[1]
+    group = attrs(node).get("group", 1)
+    win = window(ctx, node, ctx.shape(w)[2:])
+    weight = ctx.value(w)
+    full = [e - 1 for e in win.extent]
+    if weight is not None and set(win.strides) == {1} and all(
+            b <= f and e <= f for b, e, f in zip(win.begin, win.end, full)):
+        pads = [f - b for f, b in zip(full, win.begin)] + [f - e for f, e in zip(full, win.end)]
+        dx = ctx.op("Conv", dy, ctx.const(flipped_transposed(weight, group), "flipped_weight"),
+                    kernel_shape=win.kernel, dilations=win.dilations, group=group, pads=pads)
+    else:
+        pads, output_padding = win.transpose_pads()
+        dx = ctx.op("ConvTranspose", dy, w, kernel_shape=win.kernel, strides=win.strides,
+                    dilations=win.dilations, group=group, pads=pads, output_padding=output_padding)
+    return [dx] + [None] * (len(node.input) - 1)
+
+
+@rule("ConvTranspose")
+def conv_transpose(ctx, node, grads):
+    """The input gradient of a ConvTranspose is a Conv with the same weight, strides and pads."""
+    (dy,) = grads
+    x, w = node.input[:2]
+    a = attrs(node)
+    kernel = list(ctx.shape(w)[2:])
+    n = len(kernel)
+    strides = a.get("strides") or [1] * n
+    dilations = a.get("dilations") or [1] * n
+    auto_pad = a.get("auto_pad", "NOTSET")
+    if auto_pad == "VALID":
+        pads = [0] * (2 * n)
+    elif auto_pad != "NOTSET" or "output_shape" in a:
+        # Pads implied by the output size (ONNX spec of ConvTranspose).
+        xs = static_spatial(ctx, node, x)
+        ys = static_spatial(ctx, node, node.output[0])
+        extra = a.get("output_padding") or [0] * n
+        totals = [s * (i - 1) + p + (k - 1) * d + 1 - o
+                  for s, i, p, k, d, o in zip(strides, xs, extra, kernel, dilations, ys)]
+        if min(totals) < 0:
+            raise UnsupportedOpError(f"ConvTranspose {node.name!r}: output larger than its input covers")
+        half = [t // 2 for t in totals]
+        rest = [t - h for t, h in zip(totals, half)]
+        pads = half + rest if auto_pad == "SAME_UPPER" else rest + half
+    else:
+        pads = a.get("pads") or [0] * (2 * n)
+    dx = ctx.op("Conv", dy, w, kernel_shape=kernel, strides=strides, dilations=dilations,
+                group=a.get("group", 1), pads=pads)
+    return [dx] + [None] * (len(node.input) - 1)
+
+
+@rule("Gemm")
+def gemm(ctx, node, grads):
+    """Y = alpha·A'·B' + beta·C with A' = A or Aᵀ, B' = B or Bᵀ."""
+    (dy,) = grads
+    a_, b_ = node.input[:2]
+    at = attrs(node)
+    alpha, beta = at.get("alpha", 1.0), at.get("beta", 1.0)
+    ta, tb = at.get("transA", 0), at.get("transB", 0)
+    da = db = dc = None
+    if ctx.needs(a_):
+        da = (ctx.op("Gemm", b_, dy, alpha=alpha, transA=tb, transB=1) if ta
+              else ctx.op("Gemm", dy, b_, alpha=alpha, transB=1 - tb))
+    if ctx.needs(b_):
+        db = (ctx.op("Gemm", dy, a_, alpha=alpha, transA=1, transB=ta) if tb
+              else ctx.op("Gemm", a_, dy, alpha=alpha, transA=1 - ta))
+    if len(node.input) > 2 and node.input[2] and ctx.needs(node.input[2]):
+        dc = ctx.unbroadcast(ctx.op("Mul", dy, ctx.scalar(beta, like=dy)), node.input[2], node.output[0])
+    return [da, db, dc][:len(node.input)]
+
+
+def _swap_last(ctx, name):
+    value = ctx.value(name)
+    if value is not None:
+        return ctx.const(np.ascontiguousarray(value.swapaxes(-1, -2)), "transposed")
+    rank = ctx.rank(name)
+    return ctx.op("Transpose", name, perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+
+
+@rule("MatMul")
+def matmul(ctx, node, grads):
+    """dA = dY·Bᵀ, dB = Aᵀ·dY, summed over broadcast batch dims (operands of rank >= 2)."""
+    (dy,) = grads
+    a, b = node.input
+    if ctx.rank(a) < 2 or ctx.rank(b) < 2:
+        raise UnsupportedOpError(f"MatMul {node.name!r} with a 1-D operand: gradients need rank >= 2")
+    y = ctx.shape(node.output[0])
+    da = db = None
+    if ctx.needs(a):
+        da = ctx.unbroadcast(ctx.op("MatMul", dy, _swap_last(ctx, b)), a, y[:-1] + ctx.shape(a)[-1:])
+    if ctx.needs(b):
+        db = ctx.unbroadcast(ctx.op("MatMul", _swap_last(ctx, a), dy), b, y[:-2] + ctx.shape(b)[-2:])
+    return [da, db]
+
+
+@rule("BatchNormalization")
+def batch_norm(ctx, node, grads):
+    """Inference mode: dx = dy · scale / sqrt(var + eps), per channel (axis 1)."""
+    if attrs(node).get("training_mode", 0):
+        raise UnsupportedOpError(f"BatchNormalization {node.name!r} in training mode: export in eval mode")
+    dy = grads[0]
+    x, scale, _, _, var = node.input
+    eps = attrs(node).get("epsilon", 1e-5)
+    trailing = ctx.rank(x) - 2
+    s, v = ctx.value(scale), ctx.value(var)
+    if s is not None and v is not None:
+        factor = (s / np.sqrt(v + eps)).astype(ctx.dtype(x)).reshape(-1, *[1] * trailing)
+        factor = ctx.const(factor, "bn_factor")
+    else:
+        factor = ctx.op("Div", scale, ctx.op("Sqrt", ctx.op("Add", var, ctx.scalar(eps, like=var))))
+        factor = ctx.unsqueeze(factor, list(range(1, 1 + trailing))) if trailing else factor
+    return [ctx.op("Mul", dy, factor), None, None, None, None]

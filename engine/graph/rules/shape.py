@@ -1,0 +1,34 @@
+"""Rules for ops that only move elements: reshapes, transposes, concatenation."""
+import numpy as np
+
+from engine.errors import UnsupportedOpError
+from engine.graph.rules import attrs, rule
+
+
+@rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+def reshape(ctx, node, grads):
+    (dy,) = grads
+    return [ctx.reshape_like(dy, node.input[0])] + [None] * (len(node.input) - 1)
+
+
+@rule("Transpose")
+def transpose(ctx, node, grads):
+    (dy,) = grads
+    perm = attrs(node).get("perm") or list(range(ctx.rank(node.input[0])))[::-1]
+    return [ctx.op("Transpose", dy, perm=[int(p) for p in np.argsort(perm)])]
+
+
+@rule("Concat")
+def concat(ctx, node, grads):
+    """Split the gradient back into the pieces (their sizes along the axis must be static)."""
+    (dy,) = grads
+    axis = attrs(node)["axis"] % ctx.rank(node.output[0])
+    sizes = [ctx.shape(x)[axis] for x in node.input]
+    if not all(isinstance(s, int) for s in sizes):
+        raise UnsupportedOpError(f"Concat {node.name!r} joins along a symbolic axis: gradients need static sizes")
+    if ctx.opset >= 13:
+        pieces = ctx.op("Split", dy, ctx.ints(sizes), axis=axis, outputs=len(sizes))
+    else:
+        pieces = ctx.op("Split", dy, axis=axis, split=sizes, outputs=len(sizes))
+    pieces = [pieces] if len(sizes) == 1 else pieces
+    return [p if ctx.needs(x) else None for p, x in zip(pieces, node.input)]

@@ -1,0 +1,62 @@
+"""Static geometry of sliding-window ops (Conv, ConvTranspose, pools), shared by their rules."""
+from dataclasses import dataclass
+
+from engine.errors import UnsupportedOpError
+from engine.graph.rules import attrs
+
+
+@dataclass
+class Window:
+    """Per spatial axis: kernel, stride, dilation, pads at begin/end, input and output sizes."""
+
+    kernel: list
+    strides: list
+    dilations: list
+    begin: list
+    end: list
+    inputs: list
+    outputs: list
+
+    @property
+    def extent(self):
+        """Span of a dilated kernel: (k − 1)·d + 1."""
+        return [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
+
+    def transpose_pads(self):
+        """Pads and output_padding of the ConvTranspose that maps an output-sized gradient back
+        onto the input: full length s·(Y − 1) + extent, cropped by the begin pad, then cut or
+        padded at the end to the input size."""
+        ends = [s * (y - 1) + e - b - x for s, y, e, b, x in
+                zip(self.strides, self.outputs, self.extent, self.begin, self.inputs)]
+        return self.begin + [max(e, 0) for e in ends], [max(-e, 0) for e in ends]
+
+
+def static_spatial(ctx, node, name):
+    shape = ctx.shape(name)
+    if shape is None or not all(isinstance(d, int) for d in shape[2:]):
+        raise UnsupportedOpError(
+            f"{node.op_type} {node.name!r} has symbolic spatial dims: normalize the model with an input size")
+    return list(shape[2:])
+
+
+def window(ctx, node, kernel):
+    """Window of a Conv or pooling ``node`` (input 0 → output 0) with ``kernel`` sizes."""
+    a = attrs(node)
+    inputs = static_spatial(ctx, node, node.input[0])
+    outputs = static_spatial(ctx, node, node.output[0])
+    n = len(kernel)
+    strides = a.get("strides") or [1] * n
+    dilations = a.get("dilations") or [1] * n
+    auto_pad = a.get("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        totals = [max(0, (-(-x // s) - 1) * s + (k - 1) * d + 1 - x)
+                  for x, s, k, d in zip(inputs, strides, kernel, dilations)]
+        small = [t // 2 for t in totals]
+        big = [t - h for t, h in zip(totals, small)]
+        begin, end = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+    elif auto_pad == "VALID":
+        begin, end = [0] * n, [0] * n
+    else:
+        pads = a.get("pads") or [0] * (2 * n)
+        begin, end = list(pads[:n]), list(pads[n:])
+    return Window(list(kernel), list(strides), list(dilations), begin, end, inputs, outputs)

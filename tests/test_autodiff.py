@@ -1,0 +1,190 @@
+"""The rewriting core: cone selection, fan-out accumulation, outputs, errors."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from engine.errors import LayerError, UnsupportedOpError
+from engine.graph.autodiff import SEED, differentiate, grad_name
+from gradcheck import check, finish, session
+
+F = TensorProto.DOUBLE
+
+
+def fanout_model(dtype=np.float64):
+    """x → a = tanh(x) → y = a·a + sigmoid(a) + (x·w): fan-out at x and at a; w is a weight."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    w = numpy_helper.from_array(np.linspace(-1, 1, 6).reshape(1, 6).astype(dtype), "w")
+    nodes = [helper.make_node("Tanh", ["x"], ["a"], name="tanh"),
+             helper.make_node("Mul", ["a", "a"], ["aa"], name="square"),
+             helper.make_node("Sigmoid", ["a"], ["s"], name="sig"),
+             helper.make_node("Mul", ["x", "w"], ["xw"], name="scale"),
+             helper.make_node("Sum", ["aa", "s", "xw"], ["y"], name="sum"),
+             helper.make_node("Relu", ["y"], ["side"], name="side_branch")]
+    graph = helper.make_graph(nodes, "fanout", [helper.make_tensor_value_info("x", elem, ["N", 6])],
+                              [helper.make_tensor_value_info("y", elem, None),
+                               helper.make_tensor_value_info("side", elem, None)], initializer=[w])
+    return finish(graph)
+
+
+def test_fanout_gradients_match_finite_differences():
+    check(fanout_model, output="y")
+
+
+def test_intermediate_and_input_gradients_together():
+    model = fanout_model()
+    rewritten = differentiate(model, "y", ["x", "a"])
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = np.random.default_rng(0).standard_normal((3, 6))
+    seed = np.random.default_rng(1).standard_normal((3, 6))
+    y, side, gx, ga = session(rewritten).run(["y", "side", "x__grad", "a__grad"], {"x": x, SEED: seed})
+    a = np.tanh(x)
+    sig = 1 / (1 + np.exp(-a))
+    ga_ref = seed * (2 * a + sig * (1 - sig))
+    np.testing.assert_allclose(ga, ga_ref, rtol=1e-12)
+    np.testing.assert_allclose(gx, ga_ref * (1 - a**2) + seed * np.linspace(-1, 1, 6), rtol=1e-12)
+    # The original outputs are kept, in order, and unchanged.
+    assert [o.name for o in rewritten.graph.output] == ["y", "side", "x__grad", "a__grad"]
+    np.testing.assert_allclose(side, np.maximum(y, 0))
+
+
+def test_only_the_cone_is_differentiated():
+    model = fanout_model()
+    rewritten = differentiate(model, "y", ["a"])
+    added = rewritten.graph.node[len(model.graph.node):]
+    # Nothing upstream of `a` (Tanh, x·w) and nothing off the path (side branch) gets a backward node.
+    assert not any(n.op_type in ("Tanh", "Relu") or "scale" in n.name for n in added)
+    assert [i.name for i in rewritten.graph.input] == ["x", SEED]
+    seed_dims = [d.dim_param or d.dim_value for d in rewritten.graph.input[1].type.tensor_type.shape.dim]
+    assert seed_dims == ["N", 6]
+
+
+def test_gradient_of_unreachable_tensor_is_zero():
+    model = fanout_model()
+    rewritten = differentiate(model, "y", ["side"])  # `side` is downstream of y
+    g = session(rewritten).run([grad_name("side")], {"x": np.ones((2, 6)), SEED: np.ones((2, 6))})[0]
+    np.testing.assert_array_equal(g, np.zeros((2, 6)))
+
+
+def test_unsupported_op_names_op_and_node():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Det", ["r"], ["y"], name="the_det")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 3, 3])],
+                              [helper.make_tensor_value_info("y", F, None)])
+    with pytest.raises(UnsupportedOpError, match="Det.*the_det"):
+        differentiate(finish(graph), "y", ["x"])
+    # Off the path the op does not matter: the gradient w.r.t. y itself needs no rule.
+    differentiate(finish(graph), "y", ["y"])
+
+
+def test_integer_side_paths_need_no_rule():
+    """Shape → Reshape carries no gradient through its int64 shape input."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Shape", ["r"], ["s"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Reshape", ["f", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 2, 3])],
+                              [helper.make_tensor_value_info("y", F, None)])
+    check(lambda dt: finish(graph))
+
+
+@pytest.mark.parametrize("request_", [("nope", ["x"]), ("y", ["nope"]), ("y", ["w"])])
+def test_bad_requests_raise_layer_error(request_):
+    with pytest.raises(LayerError):
+        differentiate(fanout_model(), *request_)
+
+
+def test_unknown_mode():
+    with pytest.raises(LayerError, match="mode"):
+        differentiate(fanout_model(), "y", ["x"], mode="smooth")
+
+
+# -- whole small CNNs ------------------------------------------------------------------------------
+
+def small_cnn(dtype=np.float32, seed=3):
+    """conv-bn-relu-maxpool, a residual conv block, a strided depthwise conv, GAP, Gemm → logits."""
+    rng = np.random.default_rng(seed)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    weights = {
+        "w1": rng.standard_normal((8, 3, 3, 3)) * 0.4, "b1": rng.standard_normal(8) * 0.1,
+        "bn_s": rng.uniform(0.5, 1.5, 8), "bn_b": rng.standard_normal(8) * 0.1,
+        "bn_m": rng.standard_normal(8) * 0.1, "bn_v": rng.uniform(0.5, 1.5, 8),
+        "w2": rng.standard_normal((8, 8, 3, 3)) * 0.2, "w3": rng.standard_normal((8, 1, 3, 3)) * 0.4,
+        "wf": rng.standard_normal((5, 8)), "bf": rng.standard_normal(5) * 0.1,
+    }
+    inits = [numpy_helper.from_array(v.astype(dtype), k) for k, v in weights.items()]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1] * 4),
+        helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["n1"]),
+        helper.make_node("Relu", ["n1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], pads=[1] * 4),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Add", ["r2", "p1"], ["block"]),
+        helper.make_node("Conv", ["block", "w3"], ["c3"], pads=[1] * 4, strides=[2, 2], group=8),
+        helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("GlobalAveragePool", ["r3"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("image", elem, ["N", 3, 12, 12])],
+                              [helper.make_tensor_value_info("logits", elem, None)], initializer=inits)
+    return finish(graph)
+
+
+def reference_slope(model, feeds, seed, moved, v, h=1e-6):
+    """Central difference of Σ seed · logits along ``v`` for input ``moved``, computed in
+    float64 by onnx's reference evaluator (ORT has no float64 Conv; float32 differences
+    through a net with thousands of ReLU/max kinks are too noisy)."""
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(model)
+
+    def f(sign):
+        return float(np.sum(seed * evaluator.run(["logits"], {**feeds, moved: feeds[moved] + sign * h * v})[0]))
+
+    return (f(1) - f(-1)) / (2 * h)
+
+
+def perturbed(model, tensor):
+    """``model`` with ``tensor`` replaced by tensor + delta, delta a new input (for FD at a tap)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        node.input[:] = [tensor + "_moved" if i == tensor else i for i in node.input]
+    shape = next(vi for vi in out.graph.value_info if vi.name == tensor)
+    delta = helper.make_tensor_value_info("delta", shape.type.tensor_type.elem_type, None)
+    delta.type.CopyFrom(shape.type)
+    out.graph.input.append(delta)
+    position = next(k for k, n in enumerate(out.graph.node) if tensor in n.output) + 1
+    out.graph.node.insert(position, helper.make_node("Add", [tensor, "delta"], [tensor + "_moved"]))
+    return out
+
+
+@pytest.mark.parametrize("tap", ["image", "n1", "block", "gap"])
+def test_small_cnn_gradients_match_finite_differences(tap):
+    """Gradient from the rewritten float32 model on ORT vs float64 central differences at the tap
+    (``n1`` is pre-ReLU: taps right after a ReLU feeding a MaxPool have exact ties at 0)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 12, 12))
+    seed = rng.standard_normal((2, 5))
+    got = session(differentiate(small_cnn(), "logits", [tap])).run(
+        [grad_name(tap)], {"image": x.astype(np.float32), SEED: seed.astype(np.float32)})[0]
+    model, feeds = small_cnn(np.float64), {"image": x}
+    if tap != "image":
+        model, feeds = perturbed(model, tap), {"image": x, "delta": np.zeros(got.shape)}
+    for _ in range(3):
+        v = rng.standard_normal(got.shape)
+        numeric = reference_slope(model, feeds, seed, "image" if tap == "image" else "delta", v)
+        assert abs(np.sum(got * v) - numeric) < 1e-4 * abs(numeric)
+
+
+def test_batch_1_and_batch_8_give_the_same_gradients():
+    rewritten = session(differentiate(small_cnn(), "logits", ["image", "block"]))
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((8, 3, 12, 12)).astype(np.float32)
+    seeds = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 8)] * rng.uniform(0.5, 2, (8, 1)).astype(np.float32)
+    names = ["logits", grad_name("image"), grad_name("block")]
+    batch = rewritten.run(names, {"image": x, SEED: seeds})
+    for i in range(8):
+        single = rewritten.run(names, {"image": x[i:i + 1], SEED: seeds[i:i + 1]})
+        for b, s in zip(batch, single):
+            np.testing.assert_allclose(b[i:i + 1], s, rtol=1e-5, atol=1e-6)
+    assert np.abs(batch[1]).max() > 0

@@ -1,0 +1,105 @@
+"""Conv, ConvTranspose, Gemm, MatMul, BatchNormalization rules against central finite differences."""
+import numpy as np
+import pytest
+
+from engine.graph.autodiff import differentiate
+from gradcheck import check, node_model
+
+RNG = np.random.default_rng(7)
+
+
+def weight(*shape):
+    return RNG.standard_normal(shape)
+
+
+CONV_CASES = {
+    "3x3-pad1": (("N", 3, 7, 7), weight(4, 3, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "3x3-stride2-pad1": (("N", 3, 7, 7), weight(4, 3, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),
+    "stride2-remainder": (("N", 2, 8, 7), weight(3, 2, 3, 2), dict(strides=[2, 3])),
+    "asymmetric-pads": (("N", 2, 6, 6), weight(3, 2, 3, 3), dict(pads=[0, 2, 1, 0])),
+    "groups": (("N", 4, 6, 6), weight(6, 2, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
+    "depthwise-stride2": (("N", 4, 8, 8), weight(4, 1, 3, 3), dict(group=4, pads=[1, 1, 1, 1], strides=[2, 2])),
+    "dilation2": (("N", 2, 9, 9), weight(3, 2, 3, 3), dict(dilations=[2, 2], pads=[2, 2, 2, 2])),
+    "dilation-stride": (("N", 2, 9, 9), weight(3, 2, 3, 3), dict(dilations=[2, 1], strides=[2, 2])),
+    "same-upper-stride2": (("N", 2, 7, 8), weight(3, 2, 3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    "same-upper-even-kernel": (("N", 2, 6, 6), weight(3, 2, 2, 4), dict(auto_pad="SAME_UPPER")),
+    "same-lower-even-kernel": (("N", 2, 6, 6), weight(3, 2, 2, 4), dict(auto_pad="SAME_LOWER")),
+    "same-lower-stride2": (("N", 2, 7, 7), weight(3, 2, 4, 4), dict(auto_pad="SAME_LOWER", strides=[2, 2])),
+    "valid": (("N", 2, 6, 6), weight(3, 2, 3, 3), dict(auto_pad="VALID")),
+    "1x1-pad-beyond-kernel": (("N", 2, 5, 5), weight(3, 2, 1, 1), dict(pads=[1, 1, 1, 1])),
+    "1d": (("N", 2, 9), weight(3, 2, 3), dict(pads=[1, 1], strides=[2])),
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv(case, bias):
+    x, w, attributes = CONV_CASES[case]
+    inputs = [x, w] + ([weight(w.shape[0])] if bias else [])
+    check(lambda dt: node_model("Conv", inputs, dt, **attributes))
+
+
+def test_stride1_conv_backward_is_a_forward_conv():
+    model = node_model("Conv", [("N", 3, 7, 7), weight(4, 3, 3, 3)], np.float32, pads=[1, 1, 1, 1])
+    added = [n.op_type for n in differentiate(model, "out0", ["in0"]).graph.node[1:]]
+    assert "Conv" in added and "ConvTranspose" not in added
+
+
+def test_conv_with_computed_weight():
+    """A weight that is not an initializer (e.g. dequantized) goes through ConvTranspose."""
+    from onnx import helper
+
+    from gradcheck import finish
+
+    def make(dt):
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+        w = helper.make_tensor("w", elem, [4, 3, 3, 3], weight(4, 3, 3, 3).astype(dt).ravel().tolist())
+        nodes = [helper.make_node("Neg", ["w"], ["wn"]), helper.make_node("Conv", ["x", "wn"], ["y"], pads=[1] * 4)]
+        return finish(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", elem, ["N", 3, 5, 5])],
+                                        [helper.make_tensor_value_info("y", elem, None)], initializer=[w]))
+
+    check(make)
+
+
+CONVT_CASES = {
+    "stride1": (("N", 3, 5, 5), weight(3, 2, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "stride2-output-padding": (("N", 3, 4, 5), weight(3, 2, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1],
+                                                                          output_padding=[1, 0])),
+    "groups-dilation": (("N", 4, 4, 4), weight(4, 1, 3, 3), dict(group=2, dilations=[2, 2], strides=[2, 1])),
+    "output-shape": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], output_shape=[8, 8])),
+    "same-upper": (("N", 2, 4, 4), weight(2, 3, 4, 4), dict(strides=[2, 2], auto_pad="SAME_UPPER")),
+    "valid": (("N", 2, 4, 4), weight(2, 3, 3, 3), dict(strides=[2, 2], auto_pad="VALID")),
+}
+
+
+@pytest.mark.parametrize("case", CONVT_CASES)
+def test_conv_transpose(case):
+    x, w, attributes = CONVT_CASES[case]
+    check(lambda dt: node_model("ConvTranspose", [x, w], dt, **attributes))
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gemm_activation_times_weight(trans_a, trans_b):
+    a = (5, "N") if trans_a else ("N", 5)
+    b = weight(*((3, 5) if trans_b else (5, 3)))
+    check(lambda dt: node_model("Gemm", [a, b, weight(3)], dt, alpha=0.7, beta=1.3, transA=trans_a,
+                                transB=trans_b), batch=4)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 1)])
+def test_gemm_both_operands_and_bias_are_activations(trans_a, trans_b):
+    a = (5, 4) if trans_a else (4, 5)
+    b = (3, 5) if trans_b else (5, 3)
+    check(lambda dt: node_model("Gemm", [a, b, (1, 3)], dt, alpha=0.7, beta=1.3, transA=trans_a, transB=trans_b))
+
+
+@pytest.mark.parametrize("shapes", [[("N", 5), weight(5, 3)], [("N", 2, 4, 5), ("N", 2, 5, 3)],
+                                    [("N", 2, 4, 5), weight(5, 3)], [("N", 1, 4, 5), (2, 5, 3)]])
+def test_matmul_broadcasting(shapes):
+    check(lambda dt: node_model("MatMul", shapes, dt))
+
+
+@pytest.mark.parametrize("x", [("N", 3, 4, 4), ("N", 3)])
+def test_batch_norm_inference(x):
+    stats = [weight(3), weight(3), weight(3), np.abs(weight(3)) + 0.5]
+    check(lambda dt: node_model("BatchNormalization", [x, *stats], dt, epsilon=1e-3))
