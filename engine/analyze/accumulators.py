@@ -53,7 +53,8 @@ class Quantile:
         self.count += values.shape[1]
         self._keep_top(values)
         self._fit(np.minimum(self.lo, values.min(axis=1)), np.maximum(self.hi, values.max(axis=1)), self.exponent)
-        index = np.floor(values / np.ldexp(1.0, self.exponent)[:, None]).astype(np.int64) - self.start[:, None]
+        scale = np.ldexp(np.float32(1), -self.exponent).astype(np.float32)[:, None]  # exact: a power of two
+        index = np.floor(values * scale).astype(np.int64) - self.start[:, None]
         self.hist += self._bincount(index, None)
 
     def merge(self, other):
@@ -156,8 +157,12 @@ class IoUCounts:
         is not labelled in that image)."""
         masks = np.asarray(masks, bool)
         n = len(masks)
-        image, unit, pixel = np.nonzero(masks.reshape(n, self.units, -1))
-        area = masks.reshape(n, self.units, -1).sum(axis=2)  # N × units
+        flat = masks.reshape(n * self.units, -1)
+        area = np.count_nonzero(flat, axis=1)
+        active = np.flatnonzero(area)  # (image, unit) pairs with a mask: few, at a top-0.5 % threshold
+        row, pixel = np.nonzero(flat[active])
+        image, unit = np.divmod(active[row], self.units)
+        area = area.reshape(n, self.units)
         for g, category in enumerate(self.categories):
             labelled = [i for i in range(n) if len(label_maps[i].get(category, ())) > 0]
             if not labelled:
