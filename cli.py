@@ -365,7 +365,207 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, pro
 # --- analysis commands --------------------------------------------------------------------
 
 
+def _source(images, synth_n, seed, concepts):
+    """The image set named by IMAGES..., --synth N or --concepts DIR (exactly one)."""
+    from engine.analyze import sources
+
+    given = [bool(images), synth_n is not None, concepts is not None]
+    if sum(given) != 1:
+        raise UsageError("give exactly one image set: IMAGES..., --synth N or --concepts DIR")
+    if synth_n is not None:
+        return sources.from_synth(synth_n, seed=seed)
+    if concepts is not None:
+        from engine.data.broden import read_concepts
+
+        return sources.from_concepts(read_concepts(concepts))
+    return sources.from_paths(images)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1)
+@click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files.")
+@click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth.")
+@click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder.")
+@click.option("--layer", default="auto", show_default=True, help="Tensor to embed (auto: the pooled penultimate).")
+@click.option("--out", required=True, metavar="DIR", help="Folder for features.npy, index.csv, embedding.json.")
+@click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json):
+    """Extract one feature vector per image at a layer; report kNN label purity."""
+    from engine.analyze.embeddings import embed as run_embed
+    from engine.analyze.neighbors import purity
+
+    result = run_embed(Model(model), _source(images, synth_n, seed, concepts), layer=layer, out=out,
+                       batch_size=batch_size)
+    info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
+    if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
+        info["knn_purity"] = round(purity(result.features, result.labels, k=k), 4)
+        info["k"] = k
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{info['images']} images × {info['dim']} features at {info['layer']} → {out}")
+    if "knn_purity" in info:
+        click.echo(f"kNN label purity (k={k}, cosine): {info['knn_purity']:.4f}")
+
+
+@main.command()
+@click.argument("folder")
+@click.option("--query", required=True, multiple=True, metavar="IMAGE",
+              help="Query image (a file or a synth:SEED:INDEX name); repeatable.")
+@click.option("--k", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--metric", default="cosine", show_default=True, type=click.Choice(["cosine", "l2"]))
+@click.option("--out", required=True, metavar="PNG", help="Grid: one row per query, then its neighbours.")
+def neighbors(folder, query, k, metric, out):
+    """Show the nearest images of an embedding folder to each query image."""
+    from engine.analyze.neighbors import neighbor_sheet
+
+    from engine.data.files import write_image
+
+    write_image(out, neighbor_sheet(folder, list(query), k=k, metric=metric))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("folder")
+@click.option("--method", default="tsne", show_default=True, type=click.Choice(["tsne", "pca"]))
+@click.option("--thumbnails", is_flag=True, help="Draw image thumbnails at (non-overlapping) points.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, metavar="PNG")
+def project(folder, method, thumbnails, seed, out):
+    """Scatter plot of an embedding folder in 2-D (t-SNE or PCA), coloured by label."""
+    from engine.analyze.embeddings import load_embedding
+    from engine.analyze.projection import project as run_project
+    from engine.analyze.sources import read_named
+    from engine.viz.scatter import scatter
+
+    emb = load_embedding(folder)
+    points = run_project(emb.features, method=method, seed=seed)
+    pictures = [read_named(name) for name in emb.names] if thumbnails else None
+    from engine.data.files import write_image
+
+    write_image(out, scatter(points, emb.labels, thumbnails=pictures, title=f"{method} of {emb.layer}"))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--layer", help="A Conv layer (default: the first Conv).")
+@click.option("--out", required=True, metavar="PNG")
+def filters(model, layer, out):
+    """Draw a Conv layer's filters as a grid, each normalized on its own."""
+    from engine.analyze.filters import filters_picture
+
+    from engine.data.files import write_image
+
+    write_image(out, filters_picture(Model(model), layer))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("image")
+@click.option("--layer", required=True, help="Layer whose channel maps to draw.")
+@click.option("--out", required=True, metavar="PNG")
+def activations(model, image, layer, out):
+    """Draw every channel map of a layer for one image, the image beside them."""
+    from engine.analyze.filters import activations_picture
+    from engine.analyze.sources import read_named
+
+    from engine.data.files import write_image
+
+    write_image(out, activations_picture(Model(model), read_named(image), layer))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--concepts", required=True, metavar="DIR", help="Broden-layout folder (see `onnxlens synth`).")
+@click.option("--layer", default="auto", show_default=True, help="Layer to dissect (auto: the last spatial map).")
+@click.option("--quantile", default=0.995, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Activation quantile of each unit's threshold.")
+@click.option("--iou", default=0.04, show_default=True, type=float, help="IoU above which a unit detects a concept.")
+@click.option("--top", default=8, show_default=True, type=click.IntRange(min=1), help="Images per unit sheet.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, metavar="DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
+def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json):
+    """Network Dissection: label each unit of a layer with the concept its top activations cover."""
+    from engine.analyze.dissection import dissect as run_dissect, write_dissection
+    from engine.data.broden import read_concepts
+
+    model, dataset = Model(model), read_concepts(concepts)
+    result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size)
+    write_dissection(result, out, model, dataset, images_per_unit=top)
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
+        return
+    s = result.summary
+    click.echo(f"{s['layer']}: {s['detectors']} of {s['units']} units detect a concept (IoU > {iou}), "
+               f"{s['concepts']} distinct concepts")
+    for category, found in s["categories"].items():
+        click.echo(f"  {category:12s} {found['detectors']:4d} units  {', '.join(found['concepts'])}")
+    click.echo(f"wrote {out}/units.csv, summary.json and {s['detectors']} unit sheets")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1)
+@click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files.")
+@click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth.")
+@click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder.")
+@click.option("--layer", default="auto", show_default=True)
+@click.option("--channels", default="all", show_default=True, help="'all' or a list such as 0,3,7.")
+@click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Patches per channel.")
+@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for models with dynamic spatial dims.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, metavar="DIR")
+def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out):
+    """Maximally activating patches: each channel's top receptive-field crops over an image set."""
+    from engine.analyze.patches import mine, write_patches
+    from engine.analyze.sources import read_named
+
+    source = _source(images, synth_n, seed, concepts)
+    result = mine(Model(model, input_size=size), source, layer, channels=channels, top=top, batch_size=batch_size)
+    write_patches(result, lambda i: read_named(source.names[i]), out)
+    field = result.field
+    shown = "the whole image" if field.whole_image else f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}"
+    click.echo(f"{result.layer}: receptive field {shown}; wrote {len({r['channel'] for r in result.rows})} "
+               f"channel grids and patches.json to {out}")
+
+
 # --- augmentation commands ----------------------------------------------------------------
+@main.command()
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--ops", "spec", default="rotate:-30..30,hflip",
+              help='Comma-separated ops, e.g. "rotate:30,hflip,cutmix:1.0"; a number is fixed, '
+                   "lo..hi a range, key=value names a parameter.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
+@click.option("--out", "out_dir", default="out/augment", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--bench", is_flag=True, help="Print the throughput table instead (no IMAGES).")
+@click.option("--bench-images", default=64, show_default=True, type=click.IntRange(2, 4096),
+              help="Number of 256×256 benchmark images.")
+def augment(images, spec, seed, out_dir, threads, bench, bench_images):
+    """Augment IMAGES into --out (plus a before/after grid.png), or --bench the engine."""
+    from engine.augment import bench as bench_mod
+    from engine.augment.pipeline import augment_files
+    from engine.errors import UsageError
+
+    if bench:
+        click.echo(bench_mod.format_table(bench_mod.table(n=bench_images)))
+        return
+    if not images:
+        raise UsageError("give IMAGES to augment, or --bench")
+    written, mix = augment_files(images, spec, out_dir, seed=seed, threads=threads)
+    for path, weights in zip(written, mix):
+        parts = [f"{w:.2f}×{images[j]}" for j, w in enumerate(weights) if w > 0]
+        click.echo(f"{path}  ({' + '.join(parts)})" if len(parts) > 1 else str(path))
+    click.echo(str(written[-1]))
+
 
 
 # --- audit commands -----------------------------------------------------------------------
