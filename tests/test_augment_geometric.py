@@ -88,7 +88,7 @@ def test_affine_matrix_is_the_documented_composition():
     a, s, tx, ty, shx, shy = np.deg2rad(25), 1.3, 4.0, -2.0, 10.0, -5.0
     c = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]])
     t = np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]])
-    sh = np.array([[1, np.tan(np.deg2rad(shx)), 0], [np.tan(np.deg2rad(shy)), 1, 0], [0, 0, 1]])
+    sh = np.array([[1, -np.tan(np.deg2rad(shx)), 0], [-np.tan(np.deg2rad(shy)), 1, 0], [0, 0, 1]])
     r = np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1]])
     ref = c @ t @ sh @ r @ np.diag([s, s, 1]) @ np.linalg.inv(c)
     np.testing.assert_allclose(K.affine_matrix(shape, 25, s, tx, ty, shx, shy), ref, atol=1e-12)

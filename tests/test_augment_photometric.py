@@ -42,11 +42,16 @@ def test_contrast_blends_with_mean_gray(images):
 @pytest.mark.parametrize("factor", [(0.0, 2.0), 1.4])
 def test_saturation_blends_with_luma(images, factor):
     out, params = per_image(A.Saturation(factor), images)
+    errors = []
     for i, f in enumerate(params["factor"]):
         x = images[i].astype(float)
-        luma = np.round(x @ [0.299, 0.587, 0.114])[..., None]
-        ref = f * x + (1 - f) * luma
-        assert np.abs(out[i].astype(int) - rounded(ref)).max() <= 1
+        ref = f * x + (1 - f) * (x @ [0.299, 0.587, 0.114])[..., None]
+        inside = (ref > 0) & (ref < 255)
+        errors.append((out[i] - ref)[inside])
+        np.testing.assert_array_equal(out[i][ref <= 0], 0)
+        np.testing.assert_array_equal(out[i][ref >= 255], 255)
+    err = np.concatenate(errors)  # OpenCV quantizes the matrix: within a level, bias < 0.2
+    assert np.abs(err).max() < 1.0 and abs(err.mean()) < 0.2
 
 
 def test_hue_turns_primaries():
@@ -119,8 +124,8 @@ def test_sharpness_blends_with_pil_smooth(images):
 
 def test_grayscale_is_luma(images):
     out = A.Grayscale()(images, seed=0)
-    luma = images.astype(float) @ [0.299, 0.587, 0.114]
-    assert np.abs(out.astype(float) - luma[..., None]).max() <= 1.0
+    err = out - (images.astype(float) @ [0.299, 0.587, 0.114])[..., None]
+    assert np.abs(err).max() < 1.0 and abs(err.mean()) < 0.15
     assert (out[..., 0] == out[..., 2]).all()
 
 

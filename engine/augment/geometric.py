@@ -52,8 +52,10 @@ class HorizontalFlip(Geometric):
         return K.flip_matrix(shape, horizontal=self.code == 1)
 
     def apply_batch(self, images, params):
-        if not (isinstance(images, np.ndarray) and params["on"].all() and self.code == 1):
+        if not (isinstance(images, np.ndarray) and params["on"].all()):
             return None
+        if self.code == 0:  # rows reversed: one strided NumPy copy of the batch
+            return np.ascontiguousarray(images[:, ::-1])
         tall = images.reshape((-1,) + images.shape[2:])  # every row of every image at once
         return cv2.flip(tall, 1).reshape(images.shape)
 

@@ -39,7 +39,7 @@ def fit(values, dtype):
 def brightness_lut(factor):
     """Tables of ``x · factor``: one row per factor.
 
-    >>> brightness_lut(np.array([0.5]))[0, 255]
+    >>> int(brightness_lut(np.array([0.5]))[0, 255])
     128
     """
     return to_uint8(np.asarray(factor, np.float64)[:, None] * _LEVELS)
@@ -142,11 +142,29 @@ def blend(image, other, factor, out=None):
     return res.astype(np.float32)
 
 
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def mix_channels(image, matrix, out=None):
+    """Every pixel's channels times a C×C ``matrix`` (one pass; rounded, saturated/clipped)."""
+    res = cv2.transform(image, np.asarray(matrix, np.float32), dst=out)
+    return res if image.dtype == np.uint8 else np.clip(res, 0.0, 1.0, out=res)
+
+
+def saturation_matrix(factor):
+    """``factor · rgb + (1 − factor) · luma`` as a channel matrix (0: grey, 1: identity).
+
+    >>> saturation_matrix(0.0)[0].round(3)
+    array([0.299, 0.587, 0.114])
+    """
+    return factor * np.eye(3) + (1.0 - factor) * LUMA[None, :]
+
+
 def gray_like(image):
     """The luma of ``image`` repeated over its channels."""
     if image.ndim == 2 or image.shape[-1] == 1:
         return image.copy()
-    return cv2.cvtColor(gray(image), cv2.COLOR_GRAY2RGB)
+    return mix_channels(image, saturation_matrix(0.0))
 
 
 def channel_range(image):
@@ -225,16 +243,17 @@ def centre(shape):
 
 def affine_matrix(shape, angle=0.0, scale=1.0, tx=0.0, ty=0.0, shear_x=0.0, shear_y=0.0):
     """3×3 matrix about the image centre: ``C · T · Shear · R · S · C⁻¹`` (angles in degrees,
-    positive angle = counter-clockwise on screen, translation in pixels).
+    positive angle = counter-clockwise on screen, translation in pixels). Shear follows
+    torchvision and albumentations: ``x' = x − tan(shear_x)·y``, ``y' = y − tan(shear_y)·x``.
 
-    >>> affine_matrix((3, 3), angle=90).round(6)[:2]
+    >>> affine_matrix((3, 3), angle=90).round(6)[:2] + 0.0
     array([[ 0.,  1.,  0.],
            [-1.,  0.,  2.]])
     """
     cx, cy = centre(shape)
     a = math.radians(angle)
     c, s = math.cos(a) * scale, math.sin(a) * scale
-    hx, hy = math.tan(math.radians(shear_x)), math.tan(math.radians(shear_y))
+    hx, hy = -math.tan(math.radians(shear_x)), -math.tan(math.radians(shear_y))
     # Shear · R · S
     m00, m01 = c - hx * s, s + hx * c
     m10, m11 = hy * c - s, hy * s + c

@@ -154,7 +154,8 @@ class Contrast(Op):
 
 
 class Saturation(Op):
-    """Blend with the image's own grey version by ``factor`` (0 = grey, 1 = unchanged).
+    """Blend with the image's own luma by ``factor`` (0 = grey, 1 = unchanged), one channel
+    matrix per image.
 
     >>> aug = Saturation(factor=(0.5, 1.5))
     """
@@ -171,10 +172,12 @@ class Saturation(Op):
         if f is None or not isinstance(images, np.ndarray) or images.shape[-1] != 3:
             return None
         tall = images.reshape((-1,) + images.shape[2:])
-        return K.blend(tall, K.gray_like(tall), f).reshape(images.shape)
+        return K.mix_channels(tall, K.saturation_matrix(f)).reshape(images.shape)
 
     def kernel(self, image, prm, out=None):
-        return K.blend(image, K.gray_like(image), prm["factor"], out=out)
+        if image.ndim == 2 or image.shape[-1] != 3:
+            return image.copy()
+        return K.mix_channels(image, K.saturation_matrix(prm["factor"]), out=out)
 
 
 class Hue(Op):
@@ -201,7 +204,8 @@ class Hue(Op):
 
 
 class Grayscale(Op):
-    """Replace every channel by the luma ``0.299 R + 0.587 G + 0.114 B`` (shape unchanged).
+    """Replace every channel by the luma ``0.299 R + 0.587 G + 0.114 B``, rounded (shape
+    unchanged).
 
     >>> aug = Grayscale(p=0.2)
     """

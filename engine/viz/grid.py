@@ -21,7 +21,7 @@ def grid(images, ncols, labels=None, pad=2, background=255):
     ``ncols`` columns; each cell is as large as the largest image, images sit top-left.
 
     >>> grid([np.zeros((8, 8, 3), np.uint8)] * 3, ncols=2, labels=["a", "b", "c"]).shape
-    (56, 22, 3)
+    (58, 22, 3)
     """
     cells = [_rgb(im) for im in images]
     if not cells:
