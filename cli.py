@@ -571,5 +571,86 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 # --- audit commands -----------------------------------------------------------------------
 
 
+def _log_section(timing):
+    reason = f": {timing.reason}" if timing.reason else ""
+    click.echo(f"  {timing.title:<28} {timing.seconds:6.1f} s  {timing.status}{reason}", err=True)
+
+
+_images_option = click.option("--images", metavar="DIR", help="A folder of images (searched recursively).")
+_labels_option = click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images.")
+_synth_option = click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead.")
+_seed_option = click.option("--seed", default=0, show_default=True, help="Seed of the generated images.")
+_provider_option = click.option("--provider", default="auto", show_default=True,
+                                help="ONNX Runtime execution provider (auto: CUDA when available).")
+
+
+@main.command()
+@click.argument("model")
+@_images_option
+@_labels_option
+@_synth_option
+@_seed_option
+@click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
+@_provider_option
+@click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
+@click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
+@click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
+@click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
+def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps):
+    """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
+    from engine.audit import Options, audit as run_audit, choose
+
+    loaded = Model(model, provider=provider)
+    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
+    options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
+    path, _ = run_audit(loaded, data, out, options, log=_log_section)
+    click.echo(path)
+
+
+@main.command()
+@click.argument("model_a")
+@click.argument("model_b")
+@_images_option
+@_labels_option
+@_synth_option
+@_seed_option
+@click.option("--out", metavar="DIR", help="Also write DIR/index.html and DIR/compare.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
+@_provider_option
+def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider):
+    """Agreement of two variants of one network: outputs and Grad-CAM maps."""
+    from engine.audit import choose, compare as run_compare
+    from engine.audit.compare import write_comparison
+
+    a, b = Model(model_a, provider=provider), Model(model_b, provider=provider)
+    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=a.labels)
+    result = run_compare(a, b, data.images, names=data.names)
+    summary = result.summary(worst)
+    page = write_comparison(result, data.images, out, a.labels, worst) if out is not None else None
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    click.echo(_table([[k, f"{summary[k]:.4g}"] for k in ("top1_agreement", "max_abs_difference", "cam_agreement")]
+                      + [["top-20 % IoU (mean)", f"{summary['top20_iou']['mean']:.4g}"], ["images", summary["images"]]],
+                      ("figure", "value")))
+    click.echo("least agreeing: " + ", ".join(f"{w['image']} ({w['pearson']:.3f})" for w in summary["worst"]))
+    if page is not None:
+        click.echo(page)
+
+
+@main.command()
+@click.option("--out", default="demo-out", show_default=True, metavar="DIR", help="Folder for the report.")
+@click.option("--n", default=200, show_default=True, help="Generated images to audit.")
+@_provider_option
+def demo(out, n, provider):
+    """Audit the shipped Shapes ResNet on generated images and compare it with its int8 version."""
+    from engine.audit.demo import demo as run_demo
+
+    click.echo(f"auditing models/shapes-resnet.onnx on {n} generated images ...", err=True)
+    path, timings = run_demo(out, n=n, provider=provider, log=_log_section)
+    click.echo(f"report: {path.resolve()}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ of explanation, not of target.
 0.97
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -175,3 +176,18 @@ def report_blocks(result, images, class_names=None, worst=5, width=128):
         blocks.append(paragraph(f"Pearson {result.pearson[i]:.3f}, top-region IoU {result.iou[i]:.3f}, "
                                 f"max abs output difference {result.abs_difference[i]:.3g}"))
     return blocks
+
+
+def write_comparison(result, images, out, class_names=None, worst=5):
+    """Write ``out/compare.json`` (the summary) and ``out/index.html``; returns the page's path.
+
+    >>> write_comparison(compare(a, b, images), images, "cmp-out", a.labels)
+    """
+    from engine.data.files import write_json
+    from engine.viz.report import section, write_report
+
+    out = Path(out)
+    write_json(out / "compare.json", result.summary(worst))
+    title = f"onnxlens compare: {Path(result.model_a).name} vs {Path(result.model_b).name}"
+    return Path(write_report(out / "index.html", title,
+                             [section("Agreement", report_blocks(result, images, class_names, worst))]))
