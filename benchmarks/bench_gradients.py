@@ -5,7 +5,8 @@ rotating: ``forward`` = ``Model.run(x)``; ``layer`` = activation + gradient at t
 (Grad-CAM's capture); ``input`` = the input gradient (saliency). It prints the medians of the
 per-round ratios ``layer / forward`` (goal ≤ 1.2) and ``input / forward`` (goal ≤ 2.5).
 ``test_build_time`` times building the rewritten ResNet-50 uncached (normalize + taps +
-differentiate; goal < 2 s). Models: ``models/shapes-resnet.onnx`` (skipped until it exists) and a
+differentiate; goal < 2 s). Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``;
+skipped until it exists) and a
 ResNet-50 with random weights at 224×224 built with onnx.helper (``resnet50_graph.py``).
 ORT threads: ``$ONNXLENS_BENCH_THREADS`` (default 2). Rewritten models go to a temporary cache.
 
@@ -26,7 +27,7 @@ from resnet50_graph import resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "2"))
-SHAPES_RESNET = ROOT / "models" / "shapes-resnet.onnx"
+SHAPES_RESNET = Path(os.environ.get("ONNXLENS_BENCH_SHAPES", ROOT / "models" / "shapes-resnet.onnx"))
 ROUNDS = {("shapes-resnet", 1): 200, ("shapes-resnet", 16): 40, ("resnet50", 1): 12, ("resnet50", 16): 3}
 
 
@@ -48,7 +49,7 @@ def resnet50_path(tmp_path_factory):
 def model(request, resnet50_path):
     if request.param == "shapes-resnet":
         if not SHAPES_RESNET.is_file():
-            pytest.skip("models/shapes-resnet.onnx is not there yet (models/train.py makes it)")
+            pytest.skip(f"{SHAPES_RESNET} is not there yet (models/train.py makes it)")
         return request.param, Model(SHAPES_RESNET, threads=THREADS)
     return request.param, Model(resnet50_path, threads=THREADS)
 

@@ -378,8 +378,9 @@ class Model:
                                   mode if gradients else "standard")
         session = self._rewritten_session(request)
         names = [o.name for o in self.proto.graph.output]
-        fetch = list(dict.fromkeys([*names, *activations, *(grad_name(t) for t in wrt)]))
-        values = dict(zip(fetch, session.run(fetch, feeds)))
+        wanted = dict.fromkeys([*names, *activations, *(grad_name(t) for t in wrt)])
+        fetch = [name for name in wanted if name != self.input.name]  # the input is returned as given
+        values = dict(zip(fetch, session.run(fetch, feeds)), **{self.input.name: x})
         return RunResult(
             [values[n] for n in names],
             {n: values[n] for n in activations},

@@ -39,6 +39,11 @@ def test_activations_equal_the_tensors_of_the_original_model(model):
     np.testing.assert_allclose(result.activations[inner], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_the_input_itself_can_be_an_activation(model):
+    result = model.run(FIXTURE.input, activations=["input", "tap_layer4"])
+    np.testing.assert_array_equal(result.activations["input"], FIXTURE.input)
+
+
 def test_unknown_layer_names_close_matches(model):
     with pytest.raises(LayerError, match="tap_layer4"):
         model.run(FIXTURE.input, activations=["tap_layer5"])
@@ -149,3 +154,17 @@ def test_backward_modes_match_a_numpy_reference(tmp_path, mode):
     if mode != "standard":  # the data makes the modes differ
         standard = reference_input_gradient(x.astype(np.float64), seed.astype(np.float64), weights, "standard")
         assert np.abs(expected - standard).max() > 0.1 * np.abs(standard).max()
+
+
+def test_dynamic_spatial_dims_rewrite_per_size(tmp_path):
+    dynamic = Model(save(classifier(layout="NHWC", shape=("N", "H", "W", 3)), tmp_path / "dynamic.onnx"), threads=1)
+    static = Model(save(classifier(layout="NHWC", shape=("N", 8, 8, 3)), tmp_path / "static.onnx"), threads=1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+    seed = rng.standard_normal((2, 4)).astype(np.float32)
+    got = dynamic.run(x, activations=["relu2"], gradients=["input", "relu2"], seed=seed)
+    want = static.run(x, activations=["relu2"], gradients=["input", "relu2"], seed=seed)
+    for name in ("input", "relu2"):
+        np.testing.assert_allclose(got.gradients[name], want.gradients[name], rtol=1e-5, atol=1e-6)
+    other = dynamic.run(rng.standard_normal((1, 12, 10, 3)).astype(np.float32), gradients=["input"], seed=seed[:1])
+    assert other.gradients["input"].shape == (1, 12, 10, 3)

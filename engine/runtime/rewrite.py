@@ -41,11 +41,12 @@ def cache_dir():
 
 @lru_cache(maxsize=1)
 def code_version():
-    """Hash of the graph code (normalize, taps, autodiff, rules) that rewritten models depend on."""
-    root = Path(__file__).resolve().parents[1] / "graph"
+    """Hash of the code rewritten models depend on: engine/graph (normalize, taps, autodiff, rules)
+    and this pipeline."""
+    engine = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in [*sorted((engine / "graph").rglob("*.py")), Path(__file__).resolve()]:
+        digest.update(path.relative_to(engine).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
