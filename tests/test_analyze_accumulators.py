@@ -92,11 +92,15 @@ def _concept_batch(rng, n, units=5, size=(6, 7)):
     return masks, maps, categories, concept_category
 
 
+def _pixels(masks):
+    return np.nonzero(masks.reshape(len(masks), masks.shape[1], -1))
+
+
 def test_iou_counts_match_brute_force():
     masks, maps, categories, concept_category = _concept_batch(np.random.default_rng(5), 12)
     acc = IoUCounts(masks.shape[1], categories, concept_category)
-    acc.update(masks[:5], maps[:5])
-    acc.update(masks[5:], maps[5:])
+    acc.update(_pixels(masks[:5]), maps[:5])
+    acc.update(_pixels(masks[5:]), maps[5:])
     np.testing.assert_allclose(acc.result(), _iou_reference(masks, maps, categories, concept_category), rtol=1e-12)
     assert acc.result()[:, 0].sum() == 0
 
@@ -104,11 +108,11 @@ def test_iou_counts_match_brute_force():
 def test_iou_counts_split_and_merge_equals_single_pass():
     masks, maps, categories, concept_category = _concept_batch(np.random.default_rng(6), 10)
     whole = IoUCounts(5, categories, concept_category)
-    whole.update(masks, maps)
+    whole.update(_pixels(masks), maps)
     merged = IoUCounts(5, categories, concept_category)
     for part in (slice(0, 3), slice(3, 4), slice(4, 10)):
         shard = IoUCounts(5, categories, concept_category)
-        shard.update(masks[part], maps[part])
+        shard.update(_pixels(masks[part]), maps[part])
         merged.merge(shard)
     np.testing.assert_array_equal(merged.intersection, whole.intersection)
     np.testing.assert_array_equal(merged.result(), whole.result())
