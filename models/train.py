@@ -55,16 +55,16 @@ class BasicBlock(nn.Module):
 
 
 class ShapesResNet(nn.Module):
-    """stem (stride 2) → 3 residual stages (32, 64, 128 channels) → global average pool → fc."""
+    """stem (stride 2) → residual stages of 32, 64, 96 channels (strides 2, 2, 1) → 8×8 map → GAP → fc."""
 
     def __init__(self, n_classes=len(CLASSES)):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-        self.layer1 = BasicBlock(32, 32, 1)
+        self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.layer1 = BasicBlock(24, 32, 2)
         self.layer2 = BasicBlock(32, 64, 2)
-        self.layer3 = BasicBlock(64, 128, 2)
+        self.layer3 = BasicBlock(64, 96, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(128, n_classes)
+        self.fc = nn.Linear(96, n_classes)
 
     def forward(self, x):
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
@@ -154,10 +154,11 @@ def train(net, steps, batch, lr, log_every=100):
 
 
 def export(net, path):
-    """TorchScript-exporter ONNX (opset 17, dynamic batch) with labels/preprocessing metadata."""
+    """TorchScript-exporter ONNX (opset 17, dynamic batch, BatchNorm not folded) with metadata."""
     dummy = torch.zeros(1, 3, INPUT, INPUT)
     torch.onnx.export(net, dummy, str(path), dynamo=False, opset_version=17, input_names=["image"],
-                      output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+                      output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                      training=torch.onnx.TrainingMode.PRESERVE)  # eval mode, BatchNorm kept as a node
     model = onnx.load(str(path))
     for key, value in {"labels": json.dumps(list(CLASSES)), "preprocess": "imagenet", "channel_order": "RGB"}.items():
         model.metadata_props.add(key=key, value=value)
@@ -183,7 +184,7 @@ def evaluate(net, path, n=1000):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=[*ARCHITECTURES, "shapes-resnet-random", "all"], default="all")
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--threads", type=int, default=2)

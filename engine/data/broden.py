@@ -188,9 +188,10 @@ def read_concepts(root):
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder: give the folder that holds index.csv")
+    index = _read_csv(root / "index.csv", INDEX_META)
     categories = [r["name"] for r in _read_csv(root / "category.csv", ["name"])]
     rows = []
-    for r in _read_csv(root / "index.csv", INDEX_META):
+    for r in index:
         row = {"image": r["image"], "split": r["split"]}
         row.update({k: _int(root / "index.csv", r[k]) for k in ("ih", "iw", "sh", "sw")})
         row.update({c: _cell(r.get(c) or "") for c in categories})

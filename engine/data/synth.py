@@ -220,7 +220,7 @@ def generate(n, seed=0, size=(96, 96), start=0):
 
     >>> scene = generate(8, seed=1)
     >>> scene.images.shape, [CLASSES[k] for k in scene.labels[:2]]
-    ((8, 96, 96, 3), ['hexagon', 'ring'])
+    ((8, 96, 96, 3), ['star', 'cross'])
     """
     h, w = (int(v) for v in size)
     if h < 16 or w < 16:
