@@ -45,7 +45,7 @@ class Quantile:
 
     def update(self, values):
         """Add values: an array N×channels, one column per channel (finite numbers)."""
-        values = np.asarray(values, np.float32).reshape(-1, self.channels).T
+        values = np.ascontiguousarray(np.asarray(values, np.float32).reshape(-1, self.channels).T)
         if values.shape[1] == 0:
             return
         if not np.isfinite(values).all():
