@@ -436,6 +436,8 @@ def neighbors(folder, query, k, metric, out):
 @click.option("--out", required=True, metavar="PNG")
 def project(folder, method, thumbnails, seed, out):
     """Scatter plot of an embedding folder in 2-D (t-SNE or PCA), coloured by label."""
+    import numpy as np
+
     from engine.analyze.embeddings import load_embedding
     from engine.analyze.projection import project as run_project
     from engine.analyze.sources import read_named
@@ -443,7 +445,10 @@ def project(folder, method, thumbnails, seed, out):
 
     emb = load_embedding(folder)
     points = run_project(emb.features, method=method, seed=seed)
-    pictures = [read_named(name) for name in emb.names] if thumbnails else None
+    pictures = None
+    if thumbnails:  # at most 300 random images are read; the plot keeps those that do not overlap
+        chosen = set(np.random.default_rng(seed).permutation(len(emb.names))[:300].tolist())
+        pictures = [read_named(name) if i in chosen else None for i, name in enumerate(emb.names)]
     from engine.data.files import write_image
 
     write_image(out, scatter(points, emb.labels, thumbnails=pictures, title=f"{method} of {emb.layer}"))

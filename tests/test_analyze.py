@@ -82,11 +82,11 @@ def test_projections_separate_clusters():
     centres = rng.normal(scale=10, size=(3, 16))
     features = np.repeat(centres, 20, axis=0) + rng.normal(size=(60, 16))
     labels = np.repeat([0, 1, 2], 20)
-    pca = project(features, method="pca")
+    pca = project(features, method="pca", threads=1)
     centred = features - features.mean(axis=0)
     top2 = np.linalg.svd(centred, full_matrices=False)[2][:2]
     np.testing.assert_allclose(np.abs(pca), np.abs(centred @ top2.T), rtol=1e-3, atol=1e-3)  # up to sign
-    points = project(features, method="tsne")
+    points = project(features, method="tsne", threads=1)
     assert purity(points, labels, k=5) == 1.0
     with pytest.raises(UsageError):
         project(features, method="umap")

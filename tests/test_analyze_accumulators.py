@@ -7,9 +7,10 @@ from engine.errors import UsageError
 
 
 def _values(rng, n):
-    """Columns shaped like activations: ReLU'd normal (half zeros), exponential, lognormal, narrow."""
+    """Columns shaped like activations: ReLU'd normal (half zeros), exponential, lognormal, narrow,
+    and a pre-activation of both signs."""
     return np.stack([np.maximum(rng.normal(size=n), 0), rng.exponential(size=n), rng.lognormal(size=n),
-                     rng.normal(3, 0.01, size=n)], 1).astype(np.float32)
+                     rng.normal(3, 0.01, size=n), rng.normal(-2, 3, size=n)], 1).astype(np.float32)
 
 
 def _feed(acc, values, step):
@@ -22,14 +23,14 @@ def _feed(acc, values, step):
 def test_quantile_is_exact_on_small_sets(n):
     values = _values(np.random.default_rng(n), n)
     for q in (0.995, 0.5, 0.9):
-        acc = _feed(Quantile(4, q=q, tail=64 if q == 0.995 else 4096), values, 37)
+        acc = _feed(Quantile(5, q=q, tail=64 if q == 0.995 else 4096), values, 37)
         np.testing.assert_allclose(acc.result(), np.quantile(values.astype(np.float64), q, axis=0), rtol=0, atol=1e-12)
 
 
 def test_quantile_within_one_percent_rank_error_on_a_large_set():
     values = _values(np.random.default_rng(1), 1_000_000)
     q = 0.995
-    est = _feed(Quantile(4, q=q, bins=4096, tail=256), values, 65536).result()
+    est = _feed(Quantile(5, q=q, bins=4096, tail=256), values, 65536).result()
     rank = (values <= est.astype(np.float32)).mean(axis=0)
     assert np.all(np.abs(rank - q) <= 0.01)  # the stated goal: 1 % rank error
     assert np.all(np.abs(rank - q) <= 0.01 * (1 - q))  # measured: within 1 % of the top-0.5 % count
@@ -42,19 +43,19 @@ def test_quantile_memory_is_bounded():
 
 def test_quantile_split_and_merge_equals_single_pass():
     values = _values(np.random.default_rng(3), 40_000)
-    whole = _feed(Quantile(4, bins=256, tail=32), values, 1000)
-    parts = [_feed(Quantile(4, bins=256, tail=32), chunk, 700) for chunk in np.array_split(values, [5, 12_000, 12_001, 30_000])]
+    whole = _feed(Quantile(5, bins=256, tail=32), values, 1000)
+    parts = [_feed(Quantile(5, bins=256, tail=32), chunk, 700) for chunk in np.array_split(values, [5, 12_000, 12_001, 30_000])]
     merged = parts[0]
     for part in parts[1:]:
         merged.merge(part)
     np.testing.assert_array_equal(merged.hist, whole.hist)
     np.testing.assert_array_equal(merged.result(), whole.result())
     small = _values(np.random.default_rng(4), 300)
-    one = _feed(Quantile(4), small, 50)
-    two = _feed(Quantile(4), small[:120], 50).merge(_feed(Quantile(4), small[120:], 50))
+    one = _feed(Quantile(5), small, 50)
+    two = _feed(Quantile(5), small[:120], 50).merge(_feed(Quantile(5), small[120:], 50))
     np.testing.assert_array_equal(one.result(), two.result())
     with pytest.raises(UsageError):
-        one.merge(Quantile(3))
+        one.merge(Quantile(4))
 
 
 def _iou_reference(masks, maps, categories, concept_category):
@@ -92,11 +93,15 @@ def _concept_batch(rng, n, units=5, size=(6, 7)):
     return masks, maps, categories, concept_category
 
 
+def _pixels(masks):
+    return np.nonzero(masks.reshape(len(masks), masks.shape[1], -1))
+
+
 def test_iou_counts_match_brute_force():
     masks, maps, categories, concept_category = _concept_batch(np.random.default_rng(5), 12)
     acc = IoUCounts(masks.shape[1], categories, concept_category)
-    acc.update(masks[:5], maps[:5])
-    acc.update(masks[5:], maps[5:])
+    acc.update(_pixels(masks[:5]), maps[:5])
+    acc.update(_pixels(masks[5:]), maps[5:])
     np.testing.assert_allclose(acc.result(), _iou_reference(masks, maps, categories, concept_category), rtol=1e-12)
     assert acc.result()[:, 0].sum() == 0
 
@@ -104,11 +109,11 @@ def test_iou_counts_match_brute_force():
 def test_iou_counts_split_and_merge_equals_single_pass():
     masks, maps, categories, concept_category = _concept_batch(np.random.default_rng(6), 10)
     whole = IoUCounts(5, categories, concept_category)
-    whole.update(masks, maps)
+    whole.update(_pixels(masks), maps)
     merged = IoUCounts(5, categories, concept_category)
     for part in (slice(0, 3), slice(3, 4), slice(4, 10)):
         shard = IoUCounts(5, categories, concept_category)
-        shard.update(masks[part], maps[part])
+        shard.update(_pixels(masks[part]), maps[part])
         merged.merge(shard)
     np.testing.assert_array_equal(merged.intersection, whole.intersection)
     np.testing.assert_array_equal(merged.result(), whole.result())

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.analyze.dissection import dissect, primary_categories, unit_masks, write_dissection
+from engine.analyze.dissection import dissect, primary_categories, mask_pixels, write_dissection
 from engine.api import Model
 from engine.data import broden, synth
 from engine.data.broden import read_concepts
@@ -83,6 +83,8 @@ def test_iou_equals_brute_force_with_mixed_categories(model, concepts):
     np.testing.assert_allclose([u["threshold"] for u in result.units], thresholds, rtol=1e-5)
     np.testing.assert_allclose(result.iou, iou, atol=2e-3)  # a pixel sitting on a threshold may flip
     assert np.abs(result.iou - iou).mean() < 1e-4
+    uncached = dissect(model, concepts, layer="relu2", quantile=0.99, batch_size=5, cache=False, progress=False)
+    np.testing.assert_array_equal(uncached.iou, result.iou)
     best = iou.argmax(axis=1)
     for unit, c in zip(result.units, best):
         if iou[unit["unit"], c] > 0.01:
@@ -94,7 +96,10 @@ def test_masks_skip_units_below_threshold_without_changing_them():
     rng = np.random.default_rng(0)
     maps = rng.random((3, 5, 4, 4)).astype(np.float32)
     thresholds = np.array([0.5, 2.0, 0.9, 0.99, -1.0], np.float32)  # unit 1 never fires, unit 4 always
-    masks = unit_masks(maps, thresholds, (10, 12))
+    masks = np.zeros((3, 5, 10 * 12), bool)
+    image, unit, pixel = mask_pixels(maps, thresholds, (10, 12))
+    masks[image, unit, pixel] = True
+    masks = masks.reshape(3, 5, 10, 12)
     for i in range(3):
         for u in range(5):
             np.testing.assert_array_equal(masks[i, u], _bilinear(maps[i, u].astype(np.float64), (10, 12)) > thresholds[u])

@@ -73,3 +73,16 @@ def test_channel_lists():
     for bad in ("3", "a", "-1", ""):
         with pytest.raises(UsageError):
             parse_channels(bad, 3)
+
+
+@pytest.mark.parametrize("variant", ["vgg11bn_ts11", "vgg11bn_dynamo18"])
+def test_fields_of_exported_vgg11_match_hand_arithmetic(variant):
+    """VGG-11: conv3-pool2 ×2 → pool2 sees 10 px at stride 4; then conv3 ×2 + pool2 twice → pool4
+    sees 70 px at stride 16 (offsets -3 and -27 from the 1-pixel paddings)."""
+    from tests import zoo
+
+    fixture = zoo.load(variant)
+    model = Model(fixture.path, threads=1)
+    got = {tap: layer_field(model, tap) for tap in fixture.taps}
+    assert (got["tap_pool2"].size, got["tap_pool2"].stride, got["tap_pool2"].offset) == ((10, 10), (4, 4), (-3, -3))
+    assert (got["tap_pool4"].size, got["tap_pool4"].stride, got["tap_pool4"].offset) == ((70, 70), (16, 16), (-27, -27))

@@ -45,7 +45,7 @@ class Quantile:
 
     def update(self, values):
         """Add values: an array N×channels, one column per channel (finite numbers)."""
-        values = np.asarray(values, np.float32).reshape(-1, self.channels).T
+        values = np.ascontiguousarray(np.asarray(values, np.float32).reshape(-1, self.channels).T)
         if values.shape[1] == 0:
             return
         if not np.isfinite(values).all():
@@ -109,7 +109,8 @@ class Quantile:
                 break
             exponent += grow
         start = np.where(np.isfinite(lo), np.floor(lo / np.ldexp(1.0, exponent)), 0).astype(np.int64)
-        self.hist = self._rebinned(exponent, start)
+        if (exponent != self.exponent).any() or (start != self.start).any():
+            self.hist = self._rebinned(exponent, start)
         self.lo, self.hi, self.exponent, self.start = lo, hi, exponent, start
 
     def _rebinned(self, exponent, start):
@@ -137,9 +138,12 @@ class IoUCounts:
     ``concept_category`` gives the category index of each label number (-1 for number 0,
     the unlabelled pixels, and for numbers no category uses).
 
+    Masks come as the coordinates of their pixels, e.g. ``np.nonzero(masks.reshape(n, units, -1))``
+    for dense N×units×H×W bool masks.
+
     >>> acc = IoUCounts(units=2, categories=["color"], concept_category=[-1, 0, 0])
-    >>> acc.update(masks, [{"color": maps}])   # masks: 1×2×H×W bool; maps: planes×H×W numbers
-    >>> acc.result().shape                     # units × label numbers
+    >>> acc.update(np.nonzero(masks.reshape(1, 2, -1)), [{"color": maps}])  # maps: planes×H×W
+    >>> acc.result().shape                                                   # units × label numbers
     (2, 3)
     """
 
@@ -151,35 +155,35 @@ class IoUCounts:
         self.unit_area = np.zeros((self.units, len(self.categories)), np.int64)
         self.label_area = np.zeros(self.concepts, np.int64)
 
-    def update(self, masks, label_maps):
-        """Add a batch: ``masks`` N×units×H×W bool and ``label_maps`` a list of N dicts,
+    def update(self, pixels, label_maps):
+        """Add a batch of N images: ``pixels`` = (image, unit, pixel) index arrays of every mask
+        pixel (pixel = flat index into the H×W label map); ``label_maps`` a list of N dicts,
         category → planes×H×W label numbers (0 = unlabelled; a category absent or with no planes
         is not labelled in that image)."""
-        masks = np.asarray(masks, bool)
-        n = len(masks)
-        flat = masks.reshape(n * self.units, -1)
-        area = np.count_nonzero(flat, axis=1)
-        active = np.flatnonzero(area)  # (image, unit) pairs with a mask: few, at a top-0.5 % threshold
-        row, pixel = np.nonzero(flat[active])
-        image, unit = np.divmod(active[row], self.units)
-        area = area.reshape(n, self.units)
+        image, unit, pixel = (np.asarray(v, np.int64) for v in pixels)
+        n = len(label_maps)
+        area = np.bincount(image * self.units + unit, minlength=n * self.units).reshape(n, self.units)
+        unit_key = unit * self.concepts
         for g, category in enumerate(self.categories):
             labelled = [i for i in range(n) if len(label_maps[i].get(category, ())) > 0]
             if not labelled:
                 continue
             self.unit_area[:, g] += area[labelled].sum(axis=0)
             depth = max(len(label_maps[i][category]) for i in labelled)
-            planes = np.zeros((n, depth, masks[0, 0].size), np.int64)
+            size = np.asarray(label_maps[labelled[0]][category][0]).size
+            planes = np.zeros((depth, n, size), np.int64)
             for i in labelled:
                 stack = np.asarray(label_maps[i][category]).reshape(len(label_maps[i][category]), -1)
-                planes[i, : len(stack)] = stack
+                planes[: len(stack), i] = stack
             if planes.max(initial=0) >= self.concepts:
                 raise UsageError(f"label number {planes.max()} in category '{category}' exceeds label.csv")
             self.label_area += np.bincount(planes.ravel(), minlength=self.concepts)
-            hits = planes[image, :, pixel]  # active pixel × plane → label number
-            keys = unit[:, None] * self.concepts + hits
-            self.intersection += np.bincount(keys.ravel(), minlength=self.units * self.concepts).reshape(
-                self.units, self.concepts)
+            where = image * size + pixel
+            for plane in planes.reshape(depth, -1):
+                hits = plane[where]  # the label number under each mask pixel
+                keep = hits > 0
+                self.intersection += np.bincount(unit_key[keep] + hits[keep], minlength=self.units * self.concepts
+                                                 ).reshape(self.units, self.concepts)
         self.intersection[:, 0] = 0
         self.label_area[0] = 0
 

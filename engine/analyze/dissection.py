@@ -6,8 +6,11 @@ Pass 2 upsamples each unit's map bilinearly to the label-map size, thresholds it
 accumulates :class:`IoUCounts` against every concept (a concept counts only images that label its
 category). A unit detects its best concept when that IoU exceeds ``iou``.
 """
+import contextlib
 import csv
 import io
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from engine.analyze.stream import stream
 from engine.data.broden import read_concepts
 from engine.data.files import write_image, write_json, write_text
 from engine.errors import LayerError, UsageError
+from engine.progress import Progress
 from engine.viz.grid import grid
 from engine.viz.title import titled
 
@@ -64,24 +68,38 @@ def upsample(maps, size):
     return out
 
 
-def unit_masks(maps, thresholds, size):
-    """N×U×H×W bool masks: each unit's map upsampled to ``size`` and compared with its threshold.
+def mask_pixels(maps, thresholds, size):
+    """Pixels of every unit's mask: each N×U×h×w map upsampled bilinearly to ``size`` and
+    compared with its unit's threshold; returns (image, unit, pixel) index arrays (pixel = flat
+    index into ``size``).
 
     A unit whose map never exceeds its threshold is skipped (bilinear values stay within the
     map's range, so its mask is empty).
+
+    >>> image, unit, pixel = mask_pixels(maps, thresholds, (96, 96))
     """
     maps = np.asarray(maps, np.float32)
-    masks = np.zeros((len(maps), maps.shape[1], *size), bool)
     active = maps.reshape(*maps.shape[:2], -1).max(axis=2) > thresholds
-    for i in range(len(maps)):
+    images, units_of, pixels = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for i in np.flatnonzero(active.any(axis=1)):
         units = np.flatnonzero(active[i])
-        if units.size:
-            masks[i, units] = upsample(maps[i, units], size) > thresholds[units, None, None]
-    return masks
+        masks = (upsample(maps[i, units], size) > thresholds[units, None, None]).reshape(-1, size[1])
+        rows = np.flatnonzero(masks.any(axis=1))  # masks are sparse: scan only rows that hold pixels
+        line, x = np.nonzero(masks[rows])
+        unit, y = np.divmod(rows[line], size[0])
+        images.append(np.full(len(x), i))
+        units_of.append(units[unit])
+        pixels.append(y * size[1] + x)
+    return np.concatenate(images), np.concatenate(units_of), np.concatenate(pixels)
 
 
-def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batch_size=32, progress=None):
+def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batch_size=32, cache=True,
+            progress=None):
     """Dissect ``layer`` of ``model`` over the Broden-layout folder ``concepts`` (two passes).
+
+    ``cache``: keep pass 1's activations in a temporary file (read back, not memory-mapped, so
+    memory stays flat) and let pass 2 read them instead of running the model again; False runs
+    the model twice and needs no disk.
 
     >>> result = dissect(Model("models/shapes-resnet.onnx"), "shapes-broden")
     >>> sum(u["detector"] for u in result.units)
@@ -95,20 +113,54 @@ def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batc
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
     source = from_concepts(dataset)
     thresholds, best = None, None
-    for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 1/2", progress):
-        maps = _maps(acts[layer], layer)
-        if thresholds is None:
-            thresholds, best = Quantile(maps.shape[1], q=quantile), TopK(maps.shape[1], top)
-        thresholds.update(maps.transpose(0, 2, 3, 1).reshape(-1, maps.shape[1]))
-        best.update(maps, start)
-    t = thresholds.result().astype(np.float32)
-    counts = IoUCounts(len(t), dataset.categories, primary_categories(dataset))
-    for start, images, _, acts in stream(model, source, [layer], batch_size, "dissect 2/2", progress):
-        maps = _maps(acts[layer], layer)
-        label_maps = [dataset.label_maps(start + i) for i in range(len(images))]
-        for size, members in _by_size(dataset, start, len(images)).items():
-            counts.update(unit_masks(maps[members], t, size), [label_maps[i] for i in members])
+    with tempfile.TemporaryFile(prefix="onnxlens-dissect-") if cache else contextlib.nullcontext() as spool:
+        for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 1/2", progress):
+            maps = np.ascontiguousarray(_maps(acts[layer], layer), np.float32)
+            if thresholds is None:
+                thresholds, best = Quantile(maps.shape[1], q=quantile), TopK(maps.shape[1], top)
+                shape = maps.shape[1:]
+            thresholds.update(maps.transpose(0, 2, 3, 1).reshape(-1, maps.shape[1]))
+            best.update(maps, start)
+            if spool:
+                spool.write(maps.tobytes())
+        t = thresholds.result().astype(np.float32)
+        counts = IoUCounts(len(t), dataset.categories, primary_categories(dataset))
+        labels = _prefetch(lambda s: [dataset.label_maps(i) for i in range(s, min(s + batch_size, len(dataset)))],
+                           range(0, len(dataset), batch_size))
+        for (start, maps), label_maps in zip(_second_pass(model, source, layer, batch_size, progress, spool, shape),
+                                             labels):
+            for size, members in _by_size(dataset, start, len(maps)).items():
+                counts.update(mask_pixels(maps[members], t, size), [label_maps[i] for i in members])
     return _result(layer, dataset, counts, t, best.result(), quantile, iou)
+
+
+def _prefetch(load, keys):
+    """Yield ``load(key)`` for each key, loading the next one on a thread meanwhile (PNG decoding
+    releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for key in keys:
+            following = pool.submit(load, key)
+            if pending is not None:
+                yield pending.result()
+            pending = following
+        if pending is not None:
+            yield pending.result()
+
+
+def _second_pass(model, source, layer, batch_size, progress, spool, shape):
+    """Yield ``(start, maps)`` again: read back from ``spool``, else by running the model."""
+    if not spool:
+        for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 2/2", progress):
+            yield start, acts[layer]
+        return
+    spool.seek(0)
+    per_image = int(np.prod(shape)) * 4
+    with Progress(total=len(source), label="dissect 2/2", enabled=progress) as bar:
+        for start in range(0, len(source), batch_size):
+            n = min(batch_size, len(source) - start)
+            yield start, np.frombuffer(spool.read(n * per_image), np.float32).reshape(n, *shape)
+            bar.update(n)
 
 
 def _maps(activation, layer):
