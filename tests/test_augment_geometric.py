@@ -192,3 +192,23 @@ def test_matrices_map_points_to_where_the_pixels_went(op):
         assert abs((wts * yy).sum() / wts.sum() - q[1] / q[2]) < 1.0
         checked += 1
     assert checked >= 3
+
+
+@pytest.mark.parametrize("op", GEOMETRIC, ids=lambda op: type(op).__name__)
+def test_unwarp_carries_maps_back_onto_the_original(op):
+    """What a robustness check needs: a map of the augmented image, warped back through the
+    op's matrix, lines up with the original wherever the content stayed in frame."""
+    imgs, masks = blocky()
+    op = _nearest(op)
+    params = _params(op, imgs, 5)
+    _, mout = op.apply(imgs, params, masks=masks)
+    seen = np.ones((4, 36, 36), np.uint8)
+    _, visible = op.apply(imgs, params, masks=seen)
+    box = np.ones((5, 5), np.uint8)
+    for i, m in enumerate(op.matrices(params, (36, 36))):
+        back = K.unwarp(np.asarray(mout[i]), m, (36, 36), "nearest")
+        kept = K.unwarp(np.asarray(visible[i]), m, (36, 36), "nearest") > 0
+        # away from block edges (2 px), where resampling twice cannot flip a label
+        kept &= cv2.erode(masks[i], box) == cv2.dilate(masks[i], box)
+        assert kept.mean() > 0.05
+        np.testing.assert_array_equal(back[kept], masks[i][kept])

@@ -63,6 +63,8 @@ def test_mixing_errors():
         A.CutMix(alpha=0)
     with pytest.raises(UsageError):
         A.CutMix()(flat_images(4), np.arange(3), seed=0)
+    with pytest.raises(UsageError):
+        A.Compose([A.HorizontalFlip(), A.CutMix()])
     with pytest.raises(InputShapeError):
         A.MixUp()([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], [0, 1], seed=0)
 

@@ -5,8 +5,8 @@ An op separates randomness from pixels::
     params = op.sample(rng, n, shape)      # dict of arrays, one row per image
     out = op.apply(images, params)         # pure: same params → same pixels
 
-``op(images, seed=s)`` draws image ``i``'s parameters from its own counter-based stream,
-``Generator(Philox(key=[s, start + i]))``, so a seed gives the same output for any batch size,
+``op(images, seed=s)`` draws image ``i``'s parameters from its own counter-based stream keyed by
+``(s, start + i)`` (:class:`Streams`), so a seed gives the same output for any batch size,
 chunking or thread count. Every op also reports, per image, the 3×3 matrix that maps input pixel
 coordinates to output pixel coordinates (:meth:`Op.matrices`; identity for photometric ops), so
 a map computed on an augmented image can be warped back onto the original.
@@ -85,9 +85,6 @@ def rows(params):
 
 def count(params):
     return len(params["on"])
-
-
-_M64 = np.uint64(2**64 - 1)
 
 
 def _mix(x):
@@ -212,6 +209,7 @@ class Op:
     """
 
     geometric = False
+    mixes = False  # batch-mixing ops (CutMix, MixUp) take labels and run outside Compose
 
     def __init__(self, p=1.0):
         self.p = as_range(p, "p", 0.0, 1.0)[0]
@@ -322,6 +320,13 @@ class Op:
                 for i in range(n)]
 
 
+def _per_image_ops(ops, owner):
+    ops = list(ops)
+    if any(op.mixes for op in ops):
+        raise UsageError(f"{owner} takes per-image ops; run CutMix/MixUp after it, with labels")
+    return ops
+
+
 def _per_image(shapes, n):
     if len(shapes) and np.isscalar(shapes[0]):
         return [tuple(shapes)] * n
@@ -349,7 +354,7 @@ class Compose(Op):
 
     def __init__(self, ops, p=1.0):
         super().__init__(p)
-        self.ops = list(ops)
+        self.ops = _per_image_ops(ops, "Compose")
         self.geometric = any(op.geometric for op in self.ops)
 
     def sample(self, rng, n, shape):
@@ -423,7 +428,7 @@ class OneOf(Op):
 
     def __init__(self, ops, weights=None, p=1.0):
         super().__init__(p)
-        self.ops = list(ops)
+        self.ops = _per_image_ops(ops, "OneOf")
         w = np.ones(len(self.ops)) if weights is None else np.asarray(weights, np.float64)
         if len(w) != len(self.ops) or np.any(w < 0) or w.sum() <= 0:
             raise UsageError("OneOf weights must be one non-negative number per op, not all zero")

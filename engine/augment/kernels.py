@@ -27,13 +27,6 @@ def to_uint8(values):
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def fit(values, dtype):
-    """Bring float results back to ``dtype`` (uint8: round and saturate; float32: clip to [0, 1])."""
-    if dtype == np.uint8:
-        return to_uint8(values)
-    return np.clip(values, 0.0, 1.0).astype(np.float32)
-
-
 # --- lookup tables (rows: one 256-entry table per image) -------------------------------------
 
 def brightness_lut(factor):
@@ -74,23 +67,6 @@ def hue_lut(shift):
     return h.astype(np.uint8)
 
 
-def equalize_lut(hist):
-    """OpenCV ``equalizeHist`` tables from histograms (…, 256): rescaled cumulative counts.
-
-    >>> equalize_lut(np.array([[0, 2, 0, 2] + [0] * 252]))[0, :4]
-    array([  0,   0,   0, 255], dtype=uint8)
-    """
-    hist = np.asarray(hist, np.float64)
-    total = hist.sum(-1, keepdims=True)
-    first = np.argmax(hist > 0, axis=-1)[..., None]
-    first_count = np.take_along_axis(hist, first, -1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(total > first_count, 255.0 / (total - first_count), 0.0)
-    lut = to_uint8((np.cumsum(hist, -1) - first_count) * scale)
-    flat = (total == first_count)  # a single level: OpenCV maps it onto itself
-    return np.where(flat, np.arange(256, dtype=np.uint8), lut)
-
-
 def autocontrast_lut(lo, hi):
     """Tables stretching ``[lo, hi]`` to ``[0, 255]``; identity where ``hi ≤ lo``."""
     lo = np.asarray(lo, np.float64)[..., None]
@@ -101,7 +77,7 @@ def autocontrast_lut(lo, hi):
 
 
 def apply_lut(image, lut, out=None):
-    """Map every uint8 sample through ``lut``: 256 entries, or C×256 for one table per channel.
+    """Map every uint8 sample through the 256-entry table ``lut``, in one pass.
 
     Tables run through stringzilla's byte translation (SIMD; about 10× OpenCV's LUT).
 
@@ -110,15 +86,9 @@ def apply_lut(image, lut, out=None):
     """
     image = np.ascontiguousarray(image)
     out = np.empty_like(image) if out is None else out
-    lut = np.ascontiguousarray(lut, np.uint8)
-    if lut.ndim == 1:
-        sz.translate(memoryview(image.reshape(-1)), memoryview(lut),
-                     out=memoryview(out.reshape(-1)))
-        return out
-    planes = cv2.split(image)
-    for plane, table in zip(planes, lut):
-        sz.translate(memoryview(plane.reshape(-1)), memoryview(table), inplace=True)
-    return cv2.merge(planes, dst=out).reshape(image.shape)
+    sz.translate(memoryview(image.reshape(-1)), memoryview(np.ascontiguousarray(lut, np.uint8)),
+                 out=memoryview(out.reshape(-1)))
+    return out
 
 
 # --- colour ------------------------------------------------------------------------------
@@ -146,7 +116,8 @@ LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def mix_channels(image, matrix, out=None):
-    """Every pixel's channels times a C×C ``matrix`` (one pass; rounded, saturated/clipped)."""
+    """Every pixel's channels times a C×C ``matrix`` in one pass, saturated (uint8) or clipped
+    (float32). OpenCV quantizes the matrix for uint8: results within one level of exact."""
     res = cv2.transform(image, np.asarray(matrix, np.float32), dst=out)
     return res if image.dtype == np.uint8 else np.clip(res, 0.0, 1.0, out=res)
 
@@ -157,7 +128,7 @@ def saturation_matrix(factor):
     >>> saturation_matrix(0.0)[0].round(3)
     array([0.299, 0.587, 0.114])
     """
-    return factor * np.eye(3) + (1.0 - factor) * LUMA[None, :]
+    return factor * np.eye(3) + (1.0 - factor) * LUMA[None, :]  # also for factors shaped N×1×1
 
 
 def gray_like(image):
@@ -178,10 +149,24 @@ def channel_range(image):
     return np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges])
 
 
-def channel_hist(image):
-    """Per-channel 256-bin histograms (C×256) of a uint8 image."""
-    planes = [image] if image.ndim == 2 else cv2.split(image)
-    return np.stack([cv2.calcHist([p], [0], None, [256], (0, 256)).ravel() for p in planes])
+def autocontrast(image, out=None):
+    """Stretch each channel of a uint8 image from its [min, max] to [0, 255] (flat: unchanged)."""
+    planes = [image.copy()] if image.ndim == 2 else cv2.split(image)
+    for plane in planes:
+        lo, hi = cv2.minMaxLoc(plane)[:2]
+        sz.translate(memoryview(plane.reshape(-1)), memoryview(autocontrast_lut([lo], [hi])[0]),
+                     inplace=True)
+    if image.ndim == 2:
+        return planes[0]
+    return cv2.merge(planes, dst=out).reshape(image.shape)
+
+
+def equalize(image, out=None):
+    """OpenCV's ``equalizeHist`` on each channel of a uint8 image."""
+    if image.ndim == 2:
+        return cv2.equalizeHist(image, dst=out)
+    planes = [cv2.equalizeHist(p) for p in cv2.split(image)]
+    return cv2.merge(planes, dst=out).reshape(image.shape)
 
 
 def shift_hue(image, shift):
@@ -281,6 +266,17 @@ def warp(image, matrix, size, interpolation="linear", border="constant", fill=0,
         res = cv2.warpPerspective(image, matrix, (w, h), dst=out, flags=flags,
                                   borderMode=BORDERS[border], borderValue=value)
     return res.reshape((h, w) + image.shape[2:])
+
+
+def unwarp(values, matrix, shape, interpolation="linear"):
+    """Carry a map computed on an augmented image (e.g. a CAM) back onto the original image of
+    ``shape`` (H, W), through the inverse of the op's input→output ``matrix``; regions that
+    left the frame come back as 0.
+
+    >>> unwarp(np.eye(3, dtype=np.float32), flip_matrix((3, 3), True), (3, 3))[0]
+    array([0., 0., 1.], dtype=float32)
+    """
+    return warp(values, np.linalg.inv(matrix), shape[:2], interpolation)
 
 
 def flip_matrix(shape, horizontal):

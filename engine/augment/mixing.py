@@ -32,6 +32,8 @@ def soft_labels(labels, n, num_classes=None):
 class Mixing(Op):
     """Base of batch-mixing ops: ``op(images, labels, seed=...) -> (images, soft labels)``."""
 
+    mixes = True
+
     def __init__(self, alpha=1.0, p=1.0):
         super().__init__(p)
         if not np.isscalar(alpha) or alpha <= 0:

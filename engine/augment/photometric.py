@@ -19,13 +19,6 @@ def _shared(params, key):
     return None
 
 
-def _flat(images):
-    """A uint8 batch array viewed as one 2-D image (rows × samples) for a single table lookup."""
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        return images.reshape(images.shape[0] * images.shape[1], -1)
-    return None
-
-
 class LutOp(Op):
     """An op whose uint8 form is a table of the level alone, set by one parameter ``key``."""
 
@@ -40,12 +33,18 @@ class LutOp(Op):
         return {self.key: uniform(rng, getattr(self, self.key), n)}
 
     def apply_batch(self, images, params):
-        flat = _flat(images)
-        value = _shared(params, self.key)
-        if flat is None or value is None:
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
             return None
+        value = _shared(params, self.key)
+        if value is not None:  # one table, one pass over the whole batch
+            return K.apply_lut(images, self.table([value])[0])
+        tables = self.table(params[self.key])  # all tables at once, then one pass per image
         out = np.empty_like(images)
-        K.apply_lut(flat, self.table([value])[0], out=out.reshape(flat.shape))
+        for i, on in enumerate(params["on"].tolist()):
+            if on:
+                K.apply_lut(images[i], tables[i], out=out[i])
+            else:
+                out[i] = images[i]
         return out
 
     def kernel(self, image, prm, out=None):
@@ -168,11 +167,20 @@ class Saturation(Op):
         return {"factor": uniform(rng, self.factor, n)}
 
     def apply_batch(self, images, params):
-        f = _shared(params, "factor")
-        if f is None or not isinstance(images, np.ndarray) or images.shape[-1] != 3:
+        if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] != 3:
             return None
-        tall = images.reshape((-1,) + images.shape[2:])
-        return K.mix_channels(tall, K.saturation_matrix(f)).reshape(images.shape)
+        f = _shared(params, "factor")
+        if f is not None:  # one matrix: the batch as one tall image
+            tall = images.reshape((-1,) + images.shape[2:])
+            return K.mix_channels(tall, K.saturation_matrix(f)).reshape(images.shape)
+        mats = K.saturation_matrix(params["factor"][:, None, None]).astype(np.float32)
+        out = np.empty_like(images)
+        for i, on in enumerate(params["on"].tolist()):
+            if on:
+                K.mix_channels(images[i], mats[i], out=out[i])
+            else:
+                out[i] = images[i]
+        return out
 
     def kernel(self, image, prm, out=None):
         if image.ndim == 2 or image.shape[-1] != 3:
@@ -204,8 +212,8 @@ class Hue(Op):
 
 
 class Grayscale(Op):
-    """Replace every channel by the luma ``0.299 R + 0.587 G + 0.114 B``, rounded (shape
-    unchanged).
+    """Replace every channel by the luma ``0.299 R + 0.587 G + 0.114 B`` (to within one level;
+    shape unchanged).
 
     >>> aug = Grayscale(p=0.2)
     """
@@ -230,8 +238,7 @@ class Equalize(Op):
     def kernel(self, image, prm, out=None):
         if image.dtype != np.uint8:
             return self.kernel(K.to_uint8(image * 255.0), prm).astype(np.float32) / 255.0
-        luts = K.equalize_lut(K.channel_hist(image))
-        return K.apply_lut(image, luts if image.ndim == 3 else luts[0], out=out)
+        return K.equalize(image, out=out)
 
 
 class AutoContrast(Op):
@@ -241,10 +248,9 @@ class AutoContrast(Op):
     """
 
     def kernel(self, image, prm, out=None):
-        lo, hi = K.channel_range(image)
         if image.dtype == np.uint8:
-            luts = K.autocontrast_lut(lo, hi)
-            return K.apply_lut(image, luts if image.ndim == 3 else luts[0], out=out)
+            return K.autocontrast(image, out=out)
+        lo, hi = K.channel_range(image)
         span = np.where(hi > lo, hi - lo, 1.0)
         res = np.where(hi > lo, (image - lo) / span, image)
         return np.clip(res, 0.0, 1.0).astype(np.float32)
@@ -289,8 +295,8 @@ class GaussianBlur(Op):
 class GaussianNoise(Op):
     """Add N(0, std²) noise per sample; ``std`` as a fraction of full scale.
 
-    The noise field of image i is drawn from its own stream (seeded from its parameters), so it
-    does not depend on the batch or the thread that computes it.
+    Image i's noise comes from OpenCV's (thread-local) generator seeded from its parameters, so
+    it does not depend on the batch or on the thread that computes it.
 
     >>> aug = GaussianNoise(std=(0.01, 0.05))
     """
