@@ -8,8 +8,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
-
 from engine.audit.sections import SECTIONS, Context, NotApplicable, Options
 from engine.errors import OnnxlensError
 from engine.viz.report import note, section, table, write_report
@@ -52,13 +50,12 @@ def audit(model, data, out, options=None, extra=(), log=None):
     """
     ctx = Context(model, data, options or Options())
     sections, timings = [], []
-    with threadpool_limits(1):  # BLAS/OpenMP threads of numpy and scikit-learn; ORT keeps its own
-        for title, fn in (*SECTIONS, *extra):
-            done, timing = run_section(title, fn, ctx)
-            sections.append(done)
-            timings.append(timing)
-            if log is not None:
-                log(timing)
+    for title, fn in (*SECTIONS, *extra):
+        done, timing = run_section(title, fn, ctx)
+        sections.append(done)
+        timings.append(timing)
+        if log is not None:
+            log(timing)
     total = sum(t.seconds for t in timings)
     sections.append(section("Timing", [table([[t.title, t.seconds, t.status] for t in timings]
                                              + [["total", total, ""]], ["section", "seconds", "status"])]))

@@ -238,7 +238,7 @@ def embeddings(ctx):
     top1 = _predict(ctx)[: len(data)].argmax(axis=1) if ctx.model.labels else None
     known = data.labels if data.labels is not None else top1
     names = None if known is None else [ctx.class_name(int(c)) for c in known]
-    points = project(features, method="tsne")
+    points = project(features, method="tsne", threads=1)  # t-SNE's threads crawl on a busy machine
     kind = "true class" if data.labels is not None else "predicted class"
     blocks = [paragraph(f"{len(data)} images at {emb.layer} ({features.shape[1]} features), coloured by {kind}"),
               image(scatter(points, names, size=560, thumbnails=data.images, thumb=28))]
