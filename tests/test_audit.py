@@ -25,8 +25,8 @@ from engine.viz import report
 MODELS = Path(__file__).resolve().parents[1] / "models"
 EVIL = "<script>alert(1)</script>"
 SMALL = Options(gallery=3, cam_methods=("cam", "gradcam", "scorecam"), saliency_methods=("vanilla", "smoothgrad"),
-                smoothgrad_samples=2, integrated_steps=2, classes=2, classviz_steps=3, embed=24, queries=2,
-                neighbours=3, dissect=24, channels=2, patches=3, width=48)
+                smoothgrad_samples=2, integrated_steps=2, faithfulness=6, faithfulness_steps=2, classes=2,
+                classviz_steps=3, embed=24, queries=2, neighbours=3, dissect=24, channels=2, patches=3, width=48)
 
 
 def evil_model(tmp_path):
@@ -83,6 +83,7 @@ def test_sections_hold_their_content(synth_report):
         assert f"<th>{method}</th>" in found["Class activation maps"][1]
     assert "Pointing game" in found["Class activation maps"][1]
     assert "units detect a concept" in found["Dissection"][1]
+    assert "deletion AUC" in found["Faithfulness"][1] and "<td>centre</td>" in found["Faithfulness"][1]
     assert "receptive field" in found["Model"][1] and "GlobalAveragePool" in found["Model"][1]
     images = pngs(page)
     assert len(images) >= 3 * 4 + 3 * 3 + 2 + 1 + 1 + 2
@@ -108,7 +109,8 @@ def test_sections_that_do_not_apply_say_why(tmp_path):
     assert status["Dissection"][0] == "not applicable" and "--synth" in status["Dissection"][1]
     assert status["Class activation maps"][0] in ("not applicable", "not available")
     found = sections_of(path.read_text(encoding="utf-8"))
-    for title in ("Predictions", "Dissection", "Class activation maps"):
+    assert status["Faithfulness"][0] == "not applicable"
+    for title in ("Predictions", "Dissection", "Class activation maps", "Faithfulness"):
         assert 'class="note"' in found[title][1] and html.escape(status[title][1]) in found[title][1]
 
 
@@ -154,7 +156,8 @@ def test_report_blocks_escape_and_embed():
     page = report.render(EVIL, [report.section(EVIL, [report.table([[EVIL, 1.5, 3, None, True]], [EVIL] * 5),
                                                       report.image(rgb, caption=EVIL), EVIL,
                                                       report.note(EVIL)], seconds=1.25)], subtitle=EVIL)
-    assert "<script" not in page and page.count(html.escape(EVIL)) == 15  # title, h1, subtitle, nav, h2, 6 cells, alt, caption, text, note
+    # title, h1, subtitle, nav, h2, 6 table cells, alt, caption, text, note
+    assert "<script" not in page and page.count(html.escape(EVIL)) == 15
     assert '<span class="time">1.25 s</span>' in page
     assert '<td class="num">1.5</td><td class="num">3</td><td></td><td>yes</td>' in page
 
@@ -173,6 +176,7 @@ def test_cli_audit_user_errors(tmp_path):
     model = str(MODELS / "shapes-resnet-random.onnx")
     result = CliRunner().invoke(main, ["audit", model, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--images DIR or --synth N" in result.output
-    result = CliRunner().invoke(main, ["audit", model, "--images", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    missing = str(tmp_path / "none")
+    result = CliRunner().invoke(main, ["audit", model, "--images", missing, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "not a folder" in result.output
     assert not (tmp_path / "o" / "index.html").exists()

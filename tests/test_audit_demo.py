@@ -13,7 +13,8 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def test_demo_audits_and_compares_with_int8(tmp_path):
-    options = Options(gallery=2, cam_methods=("gradcam",), saliency_methods=("vanilla",), classes=1,
+    options = Options(gallery=2, cam_methods=("gradcam",), saliency_methods=("vanilla",), faithfulness=4,
+                      faithfulness_steps=2, classes=1,
                       classviz_steps=2, embed=12, queries=1, neighbours=3, dissect=12, channels=1, patches=2)
     path, timings = demo(tmp_path / "demo", n=12, calibration=16, model=MODELS / "shapes-resnet-random.onnx",
                          provider="CPUExecutionProvider", options=options)

@@ -52,7 +52,8 @@ def page(tmp_path_factory):
             prop.value = json.dumps([EVIL] + [f"class{i}" for i in range(7)])
     onnx.save(proto, str(tmp / "evil.onnx"))
     model = Model(tmp / "evil.onnx", provider="CPUExecutionProvider", threads=1)
-    options = Options(gallery=2, cam_methods=("gradcam", "cam"), saliency_methods=("vanilla",), classes=2,
+    options = Options(gallery=2, cam_methods=("gradcam", "cam"), saliency_methods=("vanilla",), faithfulness=4,
+                      faithfulness_steps=2, classes=2,
                       classviz_steps=2, embed=16, queries=1, neighbours=3, dissect=16, channels=2, patches=3)
     path, _ = audit(model, from_synth(16, seed=4), tmp / "out", options)
     return path

@@ -21,7 +21,7 @@ from engine.api import Model
 from engine.data.broden import read_concepts, write_concepts
 from engine.data.images import resize
 from engine.errors import OnnxlensError
-from engine.explain import cam, class_visualization
+from engine.explain import cam, class_visualization, evaluate
 from engine.explain import saliency as explain_saliency
 from engine.explain.metrics import pointing_game
 from engine.viz.grid import grid
@@ -46,7 +46,8 @@ class Options:
     ``gallery``: images in the CAM and saliency galleries; ``classes``/``classviz_steps``: class
     visualizations (top predicted classes, gradient-ascent steps); ``embed``: images in the t-SNE
     plot and the neighbour search; ``queries``/``neighbours``: neighbour examples; ``dissect``:
-    images dissected; ``channels``/``patches``: channels shown and patches per channel;
+    images dissected; ``faithfulness``/``faithfulness_steps``: images and deletion/insertion
+    steps of the faithfulness metrics; ``channels``/``patches``: channels shown and patches per channel;
     ``smoothgrad_samples``/``integrated_steps``: saliency costs; ``width``: thumbnail width.
 
     >>> Options(gallery=4, embed=100)
@@ -57,6 +58,8 @@ class Options:
     saliency_methods: tuple = SALIENCY_METHODS
     smoothgrad_samples: int = 8
     integrated_steps: int = 16
+    faithfulness: int = 32
+    faithfulness_steps: int = 8
     classes: int = 3
     classviz_steps: int = 64
     embed: int = 200
@@ -203,6 +206,20 @@ def saliency(ctx):
         ctx, run, o.saliency_methods, lambda img, m: colorize(m), pointing_game)
 
 
+def faithfulness(ctx):
+    """Pointing game, deletion and insertion AUC of Grad-CAM beside random and centre maps."""
+    data = ctx.data.head(ctx.options.faithfulness)
+    if data.scene is None or data.labels is None:
+        raise NotApplicable("the pointing game needs object masks and labels: run with --synth N")
+    report = evaluate(ctx.model, data.images, data.scene.masks, labels=data.labels, method="gradcam",
+                      steps=ctx.options.faithfulness_steps, progress=False)
+    rows = [[name, report[name]["pointing"], report[name]["deletion"], report[name]["insertion"]]
+            for name in ("gradcam", "random", "centre")]
+    return [paragraph(f"{report['images']} images, true class explained, {report['steps']} deletion/insertion steps; "
+                      "deletion: lower is better, insertion: higher is better"),
+            table(rows, ["maps", "pointing game", "deletion AUC", "insertion AUC"])]
+
+
 def class_visualizations(ctx):
     """Gradient ascent on the input for the most often predicted classes."""
     top1 = _predict(ctx).argmax(axis=1)
@@ -326,6 +343,7 @@ SECTIONS = (
     ("Predictions", predictions),
     ("Class activation maps", cams),
     ("Saliency", saliency),
+    ("Faithfulness", faithfulness),
     ("Class visualizations", class_visualizations),
     ("First-layer filters", filters),
     ("Embeddings and neighbours", embeddings),

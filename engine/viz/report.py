@@ -20,11 +20,13 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 header{background:#1d2330;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
 header p{margin:4px 0 0;color:#c9d0dc;font-size:13px}
 nav{padding:10px 28px;background:#e8ebf0;font-size:13px}nav a{margin-right:14px;color:#24519d;text-decoration:none}
-main{padding:10px 28px 40px}section{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:16px 0;padding:12px 18px}
+main{padding:10px 28px 40px}
+section{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:16px 0;padding:12px 18px}
 h2{font-size:18px;margin:4px 0 10px}h3{font-size:15px;margin:14px 0 6px}
 .time{float:right;font-size:12px;color:#6b7280;font-weight:normal}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;font-size:14px}
-table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{border:1px solid #dde1e7;padding:3px 8px;text-align:left}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+th,td{border:1px solid #dde1e7;padding:3px 8px;text-align:left}
 th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:4px 8px 8px 0;vertical-align:top}figure img{display:block;image-rendering:pixelated}
 figcaption{font-size:12px;color:#374151;max-width:260px;overflow-wrap:anywhere}
