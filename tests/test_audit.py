@@ -127,17 +127,36 @@ def test_predictions_without_labels_say_so(tmp_path):
 
 def test_labels_file_names_or_indices(tmp_path):
     folder = tmp_path / "images"
-    for name in ("a.png", "sub/b.png", "c.png"):
+    for name in ("a.png", "sub/b.png", "c.png", "a_color.png"):
         write_image(folder / name, np.zeros((8, 8, 3), np.uint8))
+    assert from_folder(folder).names == ["a.png", "a_color.png", "c.png", "sub/b.png"]
     labels = tmp_path / "labels.csv"
     with open(labels, "w", newline="") as f:
-        csv.writer(f).writerows([["image", "label"], ["a.png", "star"], ["b.png", "2"], ["c.png", "circle"]])
+        csv.writer(f).writerows([["image", "label"], ["a.png", "star"], ["sub/b.png", "2"], ["c.png", "circle"]])
     data = from_folder(folder, labels, class_names=["circle", "square", "triangle", "star"])
-    assert data.names == ["a.png", "c.png", "sub/b.png"]
-    assert data.labels.tolist() == [3, 0, 2]
+    assert data.names == ["a.png", "sub/b.png", "c.png"]
+    assert data.labels.tolist() == [3, 2, 0]
     labels.write_text("image,label\na.png,dragon\n")
     with pytest.raises(DatasetError, match="dragon"):
         from_folder(folder, labels, class_names=["circle"])
+    labels.write_text("image,label\nz.png,0\n")
+    with pytest.raises(DatasetError, match="z.png"):
+        from_folder(folder, labels)
+
+
+def test_cli_audit_on_a_synth_folder(tmp_path):
+    """`onnxlens synth` output (Broden layout: label maps beside the images) with its labels.csv."""
+    runner = CliRunner()
+    assert runner.invoke(main, ["synth", "--out", str(tmp_path / "s"), "--n", "6", "--seed", "2"]).exit_code == 0
+    model = str(MODELS / "shapes-resnet-random.onnx")
+    out = tmp_path / "out"
+    result = runner.invoke(main, ["audit", model, "--images", str(tmp_path / "s" / "images"), "--labels",
+                                  str(tmp_path / "s" / "labels.csv"), "--out", str(out), "--gallery", "2",
+                                  "--embed", "6", "--classviz-steps", "2"])
+    assert result.exit_code == 0, result.output
+    found = sections_of((out / "index.html").read_text())
+    assert "top-1 accuracy" in found["Predictions"][1] and "on 6 images" in found["Predictions"][1]
+    assert "not applicable" in result.output  # dissection: no concept masks given
 
 
 def test_choose_needs_exactly_one_source(tmp_path):

@@ -58,25 +58,32 @@ def from_synth(n, seed=0):
 
 
 def from_folder(folder, labels=None, class_names=None):
-    """Every image file under ``folder`` (sorted, recursive), named by its path relative to it.
+    """The images under ``folder``, named by their paths relative to it.
 
-    ``labels``: a CSV file with columns ``image`` (that relative path, or the file name) and
-    ``label`` (a class name of ``class_names`` or a class index), as ``onnxlens synth`` writes.
+    Without ``labels``: every image file (sorted, recursive). With ``labels``: the images a CSV
+    file lists, columns ``image`` (path relative to ``folder``) and ``label`` (a class name of
+    ``class_names`` or a class index), as ``onnxlens synth`` writes ``labels.csv``.
 
-    >>> from_folder("photos", labels="photos/labels.csv", class_names=model.labels).labels
+    >>> from_folder("shapes/images", labels="shapes/labels.csv", class_names=model.labels).labels[:3]
+    array([5, 2, 7])
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"'{folder}' is not a folder: --images takes a folder of image files")
+    if labels is not None:
+        names, classes = _read_labels(labels, class_names)
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise DatasetError(f"'{labels}' lists {len(missing)} images missing from '{folder}', e.g. '{missing[0]}': "
+                               "image paths are relative to the --images folder")
+        return ImageSet([read_image(folder / n) for n in names], names, classes)
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
         raise UsageError(f"no image files in '{folder}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    names = [p.relative_to(folder).as_posix() for p in paths]
-    images = [read_image(p) for p in paths]
-    return ImageSet(images, names, None if labels is None else _read_labels(labels, names, class_names))
+    return ImageSet([read_image(p) for p in paths], [p.relative_to(folder).as_posix() for p in paths])
 
 
-def _read_labels(path, names, class_names):
+def _read_labels(path, class_names):
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -84,23 +91,18 @@ def _read_labels(path, names, class_names):
         raise DatasetError(f"cannot read labels file '{path}' ({err}): give a CSV with columns image,label") from None
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise DatasetError(f"'{path}' needs the columns image,label (as `onnxlens synth` writes labels.csv)")
-    given = {}
-    for row in rows:
-        given[row["image"]] = row["label"]
-        given.setdefault(Path(row["image"]).name, row["label"])
     index = {name: i for i, name in enumerate(class_names or [])}
-    out = []
-    for name in names:
-        label = given.get(name, given.get(Path(name).name))
-        if label is None:
-            raise DatasetError(f"'{path}' has no label for image '{name}': add a row for it")
+    classes = []
+    for row in rows:
+        label = row["label"].strip()
         if label in index:
-            out.append(index[label])
-        elif label.strip().lstrip("-").isdigit():
-            out.append(int(label))
+            classes.append(index[label])
+        elif label.isdigit():
+            classes.append(int(label))
         else:
-            raise DatasetError(f"label '{label}' of '{name}' is neither a class of the model nor a class index")
-    return np.asarray(out, np.int64)
+            raise DatasetError(f"label '{label}' of '{row['image']}' in '{path}' is neither a class name of the "
+                               "model nor a class index")
+    return [row["image"] for row in rows], np.asarray(classes, np.int64)
 
 
 def choose(images=None, labels=None, synth=None, seed=0, class_names=None):
