@@ -653,7 +653,7 @@ def demo(out, n, provider):
     from engine.audit.demo import demo as run_demo
 
     click.echo(f"auditing models/shapes-resnet.onnx on {n} generated images ...", err=True)
-    path, timings = run_demo(out, n=n, provider=provider, log=_log_section)
+    path, _ = run_demo(out, n=n, provider=provider, log=_log_section)
     click.echo(f"report: {path.resolve()}")
 
 
