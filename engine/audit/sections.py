@@ -237,7 +237,8 @@ def class_visualizations(ctx):
 
 def filters(ctx):
     """The filters of the first convolution."""
-    return [image(filters_picture(ctx.model))]
+    picture = filters_picture(ctx.model)
+    return [image(picture, width=2 * picture.shape[1])]
 
 
 def _source(data):
