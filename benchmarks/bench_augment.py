@@ -1,11 +1,11 @@
 """Augmentation throughput, engine vs albumentations, side by side in one pytest-benchmark run.
 
     python -m pytest benchmarks/bench_augment.py --benchmark-columns=min,mean,ops \\
-        --benchmark-group-by=group --benchmark-sort=name
+        --benchmark-group-by=group --benchmark-sort=name --benchmark-min-rounds=10
 
 64 random 256×256 crops of scikit-learn's two sample photos, the same fixed parameters on both
 sides, single thread (cv2.setNumThreads(1)); albumentations runs image by image as a Dataset
-would. Every case first checks that both libraries produce the same pixels where the op is
+would. Every case also checks that both libraries produce the same pixels where the op is
 defined the same way. The ratio table (images/s from the best round) is printed at the end.
 """
 import cv2

@@ -380,7 +380,8 @@ class Model:
         names = [o.name for o in self.proto.graph.output]
         wanted = dict.fromkeys([*names, *activations, *(grad_name(t) for t in wrt)])
         fetch = [name for name in wanted if name != self.input.name]  # the input is returned as given
-        values = dict(zip(fetch, session.run(fetch, feeds)), **{self.input.name: x})
+        values = dict(zip(fetch, session.run(fetch, feeds)))
+        values[self.input.name] = x
         return RunResult(
             [values[n] for n in names],
             {n: values[n] for n in activations},
@@ -430,7 +431,8 @@ class Model:
             output = names[0]
         info = self._infos.get(output)
         dims = info.shape if info and info.shape else None
-        seed = np.asarray(seed, dtype=np.float32)
+        dtype = helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
+        seed = np.asarray(seed, dtype=dtype)
         if dims is not None and seed.ndim == len(dims) - 1:
             seed = np.broadcast_to(seed, (batch, *seed.shape))
         wrong = seed.ndim == 0 or seed.shape[0] != batch or (dims is not None and (

@@ -62,6 +62,7 @@ def test_batch_of_one_equals_rows_of_the_batch(case):
         for tap in fx.taps:
             np.testing.assert_allclose(one.activations[tap][0], batch.activations[tap][i], rtol=1e-5,
                                        atol=1e-5 * np.abs(batch.activations[tap]).max(), err_msg=tap)
+    assert len(model._sessions) == 1  # one rewritten model serves batches of 1 and 3
 
 
 def test_top1_class_gradients_match_torch(case):

@@ -7,13 +7,13 @@ range, a plain number is fixed: ``rotate:-30..30``, ``affine:angle=15:scale=0.9.
 """
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from engine import augment as A
 from engine.augment.mixing import Mixing
 from engine.data.files import write_image
-from engine.errors import ImageError, InputShapeError, UsageError
+from engine.data.images import read_image
+from engine.errors import InputShapeError, UsageError
 from engine.viz.grid import grid
 
 # name → (class, positional parameter names)
@@ -105,15 +105,6 @@ def augment(images, ops, seed=0, threads=1):
         else:
             images = op(images, seed=step_seed, threads=threads)
     return images, labels
-
-
-def read_image(path):
-    """An RGB uint8 image from a file; :class:`ImageError` if it cannot be read."""
-    data = np.fromfile(str(path), np.uint8) if Path(path).is_file() else None
-    bgr = None if data is None else cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageError(f"cannot read image '{path}': give a PNG or JPEG file")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def augment_files(paths, spec, out_dir, seed=0, threads=1):
