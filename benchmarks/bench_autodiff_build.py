@@ -1,6 +1,6 @@
 """Time to build the rewritten (differentiated) model for a ResNet-50-size graph (goal < 2 s).
 
-Run: ``python -m pytest benchmarks/test_autodiff_build.py --benchmark-columns=mean,min,max``.
+Run: ``python -m pytest benchmarks/bench_autodiff_build.py --benchmark-columns=mean,min,max``.
 """
 import pytest
 

@@ -103,3 +103,21 @@ def test_matmul_broadcasting(shapes):
 def test_batch_norm_inference(x):
     stats = [weight(3), weight(3), weight(3), np.abs(weight(3)) + 0.5]
     check(lambda dt: node_model("BatchNormalization", [x, *stats], dt, epsilon=1e-3))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_batch_norm_scale_folds_into_the_conv_backward(stride):
+    stats = [weight(4), weight(4), weight(4), np.abs(weight(4)) + 0.5]
+
+    def make(dt):
+        inits = [helper.make_tensor(n, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), a.shape, a.astype(dt).ravel())
+                 for n, a in zip(["w", "s", "b", "m", "v"], [weight(4, 3, 3, 3), *stats])]
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, strides=[stride] * 2),
+                 helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"])]
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+        return finish(helper.make_graph(nodes, "conv_bn", [helper.make_tensor_value_info("x", elem, ["N", 3, 6, 6])],
+                                        [helper.make_tensor_value_info("y", elem, None)], initializer=inits))
+
+    check(make)
+    added = [n.op_type for n in differentiate(make(np.float32), "y", ["x"]).graph.node[2:]]
+    assert "Mul" not in added, added

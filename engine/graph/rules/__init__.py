@@ -35,7 +35,8 @@ e.g. ``extra.py``) and register it for one or more op types::
     ``ctx.mask`` (grad · [condition]; prefer it to Where, ~6x faster on ORT CPU),
     ``ctx.between``, ``ctx.where_positive``, ``ctx.relu_family`` (ReLU-like backward that
     follows the guided / deconvnet modes), ``ctx.extra_output`` (ask a forward node for an
-    optional output, e.g. MaxPool's Indices).
+    optional output, e.g. MaxPool's Indices), ``ctx.channel_scale`` (see through a constant
+    per-channel Mul on an incoming gradient, to fold it into a weight).
 * The result must work for every batch size: never bake a symbolic dim into a constant.
 * Add a finite-difference test for the rule in ``tests/test_rules_<module>.py`` using
   ``tests/gradcheck.py``.

@@ -41,6 +41,7 @@ class Context:
         self._counter = 0
         self._scalars = {}
         self._shape_nodes = {}
+        self._producers = {}
         self.node_name = "grad"  # the forward node being differentiated: prefix of emitted names
 
     # -- names and emission -------------------------------------------------------------------
@@ -62,11 +63,13 @@ class Context:
         node = helper.make_node(op_type, list(inputs), names, name=self.fresh(self.node_name + "/" + op_type))
         node.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items() if v is not None)
         self.nodes.append(node)
+        self._producers.update((n, node) for n in names)
         return names[0] if outputs == 1 else names
 
     def const(self, array, hint="const"):
         """Add ``array`` as an initializer and return its name."""
         name = self.fresh(hint)
+        self._values[name] = np.asarray(array)
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         self._types[name] = self.initializers[-1].data_type
         self._shapes[name] = tuple(np.shape(array))
@@ -91,7 +94,8 @@ class Context:
         return name in self._needed
 
     def value(self, name):
-        """The numpy value of a constant tensor (initializer or Constant output), else None."""
+        """The numpy value of a constant tensor (initializer, Constant output, or a constant
+        emitted with ``ctx.const``), else None."""
         if name not in self._values:
             proto = self._constants.get(name)
             self._values[name] = None if proto is None else numpy_helper.to_array(proto)
@@ -193,6 +197,19 @@ class Context:
         if not node.output[index]:
             node.output[index] = self.fresh(self.node_name + "_out")
         return node.output[index]
+
+    def channel_scale(self, grad, like):
+        """``(g, scale)`` when ``grad`` (the gradient of forward tensor ``like``, rank >= 2) was
+        emitted as ``Mul(g, c)`` with ``c`` a constant shaped (C, 1, …, 1) that scales axis 1
+        (e.g. by BatchNormalization), so that a Conv rule can fold the per-channel ``scale``
+        (1-D) into its weight; ``(grad, None)`` otherwise."""
+        node = self._producers.get(grad)
+        if node is None or node.op_type != "Mul":
+            return grad, None
+        c = self.value(node.input[1])
+        if c is None or c.ndim != self.rank(like) - 1 or any(d != 1 for d in c.shape[1:]):
+            return grad, None
+        return node.input[0], c.reshape(-1)
 
     def mask(self, grad, condition, like):
         """``grad`` where the bool tensor ``condition`` holds, else 0 (broadcasting); ``like`` is

@@ -17,12 +17,19 @@ def flipped_transposed(weight, group):
 @rule("Conv")
 def conv(ctx, node, grads):
     """Stride-1 with a constant weight: a forward Conv with the pre-flipped, transposed weight
-    (faster than ConvTranspose on ORT CPU). Otherwise: ConvTranspose with the same weight."""
+    (faster than ConvTranspose on ORT CPU). Otherwise: ConvTranspose with the same weight.
+    A constant per-channel scale on the incoming gradient (a following BatchNormalization) is
+    folded into the constant weight."""
     (dy,) = grads
     w = node.input[1]
     group = attrs(node).get("group", 1)
     win = window(ctx, node, ctx.shape(w)[2:])
     weight = ctx.value(w)
+    scale = None
+    if weight is not None:
+        dy, scale = ctx.channel_scale(dy, node.output[0])
+        if scale is not None:
+            weight = (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype)
     full = [e - 1 for e in win.extent]
     if weight is not None and set(win.strides) == {1} and all(
             b <= f and e <= f for b, e, f in zip(win.begin, win.end, full)):
@@ -31,6 +38,7 @@ def conv(ctx, node, grads):
                     kernel_shape=win.kernel, dilations=win.dilations, group=group, pads=pads)
     else:
         pads, output_padding = win.transpose_pads()
+        w = w if scale is None else ctx.const(weight, "scaled_weight")
         dx = ctx.op("ConvTranspose", dy, w, kernel_shape=win.kernel, strides=win.strides,
                     dilations=win.dilations, group=group, pads=pads, output_padding=output_padding)
     return [dx] + [None] * (len(node.input) - 1)

@@ -1,0 +1,70 @@
+"""Augmentation throughput, engine vs albumentations, side by side in one pytest-benchmark run.
+
+    python -m pytest benchmarks/bench_augment.py --benchmark-columns=min,mean,ops \\
+        --benchmark-group-by=group --benchmark-sort=name --benchmark-min-rounds=10
+
+64 random 256×256 crops of scikit-learn's two sample photos, the same fixed parameters on both
+sides, single thread (cv2.setNumThreads(1)); albumentations runs image by image as a Dataset
+would. Every case also checks that both libraries produce the same pixels where the op is
+defined the same way. The ratio table (images/s from the best round) is printed at the end.
+"""
+import cv2
+import numpy as np
+import pytest
+
+from engine.augment import bench
+
+alb = pytest.importorskip("albumentations")
+cv2.setNumThreads(1)
+N = 64
+IMAGES = bench.sample_images(N)
+BEST = {}  # (case, side) -> best seconds per batch
+TOLERANCE = {"exact": 0, "±1": 1, "±2": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ratio_table(request):
+    yield
+    rows = []
+    for name, _, make_alb, _ in bench.CASES:
+        if (name, "engine") not in BEST:
+            continue
+        ours = N / BEST[(name, "engine")]
+        theirs = N / BEST[(name, "albumentations")] if (name, "albumentations") in BEST else None
+        rows.append((name, ours, theirs, None if theirs is None else ours / theirs))
+    if ("pipeline", 1) in BEST and ("pipeline", 2) in BEST:
+        one, two = N / BEST[("pipeline", 1)], N / BEST[("pipeline", 2)]
+        rows += [("Pipeline, 1 thread", one, None, None), ("Pipeline, 2 threads", two, None, two / one)]
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if rows:
+        with capture.global_and_fixture_disabled():
+            print("\n" + bench.format_table(rows))
+
+
+@pytest.mark.parametrize("side", ["engine", "albumentations"])
+@pytest.mark.parametrize("case", bench.CASES, ids=[c[0] for c in bench.CASES])
+def test_throughput(benchmark, case, side):
+    name, make, make_alb, agreement = case
+    benchmark.group = name
+    if side == "engine":
+        op = make()
+        benchmark(bench.engine_run, op, IMAGES)
+    else:
+        if make_alb is None:
+            pytest.skip("albumentations has no such op")
+        transform = make_alb(alb)
+        out = benchmark(bench.albumentations_run, transform, IMAGES)
+        if agreement is not None:
+            ours = make()(IMAGES, seed=0)
+            diff = np.abs(ours.astype(int) - np.stack(out))
+            assert diff.max() <= TOLERANCE[agreement], f"{name}: engine and albumentations differ"
+    BEST[(name, side)] = benchmark.stats.stats.min
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pipeline_threads(benchmark, threads):
+    benchmark.group = "Pipeline threads"
+    pipe = bench.pipeline()
+    out = benchmark(bench.engine_run, pipe, IMAGES, threads)
+    np.testing.assert_array_equal(out, bench.engine_run(pipe, IMAGES, 1))
+    BEST[("pipeline", threads)] = benchmark.stats.stats.min
