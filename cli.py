@@ -169,6 +169,7 @@ def _write_explanation(exp, model, images, out, name):
     """Per-row overlay PNGs, DIR/<name>.npz and DIR/summary.json; returns the summary."""
     from pathlib import Path
 
+    from engine.api import probabilities
     from engine.data.files import write_image, write_json, write_npz
     from engine.data.images import as_rgb
     from engine.viz.overlay import overlay
@@ -184,11 +185,13 @@ def _write_explanation(exp, model, images, out, name):
         png = out / f"{stem}{'' if counts[stem] == 1 else '_' + str(counts[stem])}_{exp.method}{suffix}.png"
         write_image(png, overlay(rgb, exp.maps[row]))
         scores = exp.scores[i].reshape(-1)
+        probs = probabilities(scores[None])[0]
         top = int(scores.argmax())
         summary.append({
             "image": str(images[i]), "overlay": str(png), "method": exp.method, "layers": exp.layers,
-            "predicted": {"index": top, "label": labels[top] if labels else None, "score": float(scores[top])},
+            "predicted": {"index": top, "label": labels[top] if labels else None, "probability": float(probs[top])},
             "target": {"index": int(target), "label": labels[target] if labels and target >= 0 else None,
+                       "probability": float(probs[target]) if target >= 0 else None,
                        "score": float(scores[target]) if target >= 0 else None},
         })
     write_npz(out / f"{name}.npz", **exp.arrays())
@@ -204,7 +207,7 @@ def _echo_summary(summary, as_json):
         return
     for item in summary:
         p, t = item["predicted"], item["target"]
-        click.echo(f"{item['image']}: predicted {p['label'] or '#' + str(p['index'])} ({p['score']:.3f}), "
+        click.echo(f"{item['image']}: predicted {p['label'] or '#' + str(p['index'])} ({p['probability']:.3f}), "
                    f"explained {t['label'] or '#' + str(t['index'])} -> {item['overlay']}")
 
 
