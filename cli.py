@@ -4,12 +4,14 @@ Installed as the console script ``onnxlens``; also runnable from a checkout as
 ``python cli.py ...`` on machines where nothing is installed.
 """
 import json
+import re
 import sys
 
 import click
 
 from engine.api import Model
-from engine.errors import OnnxlensError
+from engine.errors import OnnxlensError, UsageError
+from engine.progress import Progress
 
 
 class Group(click.Group):
@@ -35,6 +37,28 @@ def main(ctx, debug):
 
 
 # --- data commands ------------------------------------------------------------------------
+
+
+def _size(text):
+    """'HxW' → (H, W)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    if not match:
+        raise UsageError(f"--size '{text}' is not HxW: write it like 96x96")
+    return int(match.group(1)), int(match.group(2))
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
+@click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(min=1), help="Number of images.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="World seed.")
+@click.option("--size", default="96x96", show_default=True, help="Image size HxW.")
+def synth(out, n, seed, size):
+    """Generate Shapes-world images with concept label maps in the Broden layout."""
+    from engine.data import broden, synth as world
+
+    with Progress(total=n, label="synth") as bar:
+        broden.write_concepts(out, world.batches(n, seed=seed, size=_size(size)), progress=bar)
+    click.echo(f"wrote {n} images with shape/color/texture/background label maps to {out}")
 
 
 # --- model commands -----------------------------------------------------------------------
@@ -124,7 +148,400 @@ def predict(model, images, top, labels_file, size, as_json):
 # --- explanation commands -----------------------------------------------------------------
 
 
+def _explain_target(value, model):
+    """--target: 'top', a class index or label, or several separated by commas (for every image)."""
+    if value == "top":
+        return "top"
+    classes = []
+    for part in value.split(","):
+        part = part.strip()
+        if part.lstrip("-").isdigit():
+            classes.append(int(part))
+        elif model.labels and part in model.labels:
+            classes.append(model.labels.index(part))
+        else:
+            raise click.BadParameter(f"'{part}' is neither a class index nor one of the model's labels",
+                                     param_hint="--target")
+    return classes[0] if len(classes) == 1 else classes
+
+
+def _write_explanation(exp, model, images, out, name):
+    """Per-row overlay PNGs, DIR/<name>.npz and DIR/summary.json; returns the summary."""
+    from pathlib import Path
+
+    from engine.api import probabilities
+    from engine.data.files import write_image, write_json, write_npz
+    from engine.data.images import as_rgb
+    from engine.viz.overlay import overlay
+
+    out = Path(out)
+    labels = model.labels
+    summary, counts = [], {}
+    for row, (i, target) in enumerate(zip(exp.image, exp.targets)):
+        rgb = as_rgb(images[i])
+        stem = Path(images[i]).stem
+        counts[stem] = counts.get(stem, 0) + 1
+        suffix = f"_{target}" if (exp.image == i).sum() > 1 else ""
+        png = out / f"{stem}{'' if counts[stem] == 1 else '_' + str(counts[stem])}_{exp.method}{suffix}.png"
+        write_image(png, overlay(rgb, exp.maps[row]))
+        scores = exp.scores[i].reshape(-1)
+        probs = probabilities(scores[None])[0]
+        top = int(scores.argmax())
+        summary.append({
+            "image": str(images[i]), "overlay": str(png), "method": exp.method, "layers": exp.layers,
+            "predicted": {"index": top, "label": labels[top] if labels else None, "probability": float(probs[top])},
+            "target": {"index": int(target), "label": labels[target] if labels and target >= 0 else None,
+                       "probability": float(probs[target]) if target >= 0 else None,
+                       "score": float(scores[target]) if target >= 0 else None},
+        })
+    write_npz(out / f"{name}.npz", **exp.arrays())
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _echo_summary(summary, as_json):
+    import json
+
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for item in summary:
+        p, t = item["predicted"], item["target"]
+        click.echo(f"{item['image']}: predicted {p['label'] or '#' + str(p['index'])} ({p['probability']:.3f}), "
+                   f"explained {t['label'] or '#' + str(t['index'])} -> {item['overlay']}")
+
+
+def _explain_options(f):
+    for option in reversed([
+        click.argument("model"),
+        click.argument("images", nargs=-1, required=True),
+        click.option("--target", default="top", show_default=True,
+                     help="'top', a class index or label, or several separated by commas."),
+        click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
+        click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
+        click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+    ]):
+        f = option(f)
+    return f
+
+
+@main.command()
+@_explain_options
+@click.option("--method", default="gradcam", show_default=True,
+              type=click.Choice(["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam",
+                                 "scorecam", "ablationcam"]))
+@click.option("--layer", default="auto", show_default=True, help="Layer name(s), comma-separated, or auto.")
+@click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
+@click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
+def cam(model, images, target, out, batch, provider, as_json, method, layer, tta, eigen_smooth):
+    """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
+    from engine.api import Model
+    from engine.explain import cam as explain_cam
+
+    model = Model(model, provider=provider)
+    exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
+                      batch=batch, tta=tta, eigen_smooth=eigen_smooth)
+    _echo_summary(_write_explanation(exp, model, list(images), out, "cams"), as_json)
+
+
+@main.command()
+@_explain_options
+@click.option("--method", default="smoothgrad", show_default=True,
+              type=click.Choice(["vanilla", "gradxinput", "smoothgrad", "integrated", "guided", "deconvnet",
+                                 "guided-gradcam"]))
+@click.option("--samples", default=25, show_default=True, type=click.IntRange(min=1), help="SmoothGrad samples.")
+@click.option("--noise", default=0.15, show_default=True, type=float, help="SmoothGrad noise level.")
+@click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
+@click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
+@click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
+def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer):
+    """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
+    from engine.api import Model
+    from engine.explain import saliency as explain_saliency
+
+    model = Model(model, provider=provider)
+    exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
+                           batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer)
+    _echo_summary(_write_explanation(exp, model, list(images), out, "saliency"), as_json)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--target", help="Class index or label whose score is maximized.")
+@click.option("--layer", help="Layer of the channel to maximize (with --channel).")
+@click.option("--channel", type=click.IntRange(min=0), help="Channel whose mean activation is maximized.")
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=0.1, show_default=True, type=float, help="Step size (gradient scaled to unit RMS).")
+@click.option("--l2", default=1e-4, show_default=True, type=float, help="Weight decay λ in x ← x + α·g − 2λx.")
+@click.option("--start", default="zeros", show_default=True, help="zeros, noise or an image file.")
+@click.option("--jitter", default=2, show_default=True, type=click.IntRange(min=0), help="Random shift in pixels.")
+@click.option("--blur-every", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Blur every k steps (0: never).")
+@click.option("--fourier", is_flag=True, help="Decorrelated Fourier parameterization (1/f spectrum).")
+@click.option("--decorrelate", is_flag=True, help="Decorrelate colours (ImageNet colour correlation).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@click.option("--out", required=True, metavar="PNG", help="Result image; the strip of steps goes to <name>_steps.png.")
+def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
+             provider, out):
+    """Class (or channel) visualization by gradient ascent on the input."""
+    from pathlib import Path
+
+    from engine.api import Model
+    from engine.data.files import write_image
+    from engine.explain import class_visualization
+    from engine.viz.overlay import strip
+
+    model = Model(model, provider=provider)
+    target = None if target is None else _explain_target(target, model)
+    if isinstance(target, list):
+        raise click.BadParameter("give one class", param_hint="--target")
+    viz = class_visualization(model, target=target, layer=layer, channel=channel, steps=steps, lr=lr, l2=l2,
+                              start=start, jitter=jitter, blur_every=blur_every, fourier=fourier,
+                              decorrelate=decorrelate, rng=seed)
+    out = Path(out)
+    write_image(out, viz.image)
+    write_image(out.with_name(out.stem + "_steps" + (out.suffix or ".png")), strip(viz.steps))
+    click.echo(f"score {viz.scores[0]:.3f} -> {viz.scores[-1]:.3f} after {steps} steps: {out}")
+
+
+def _image_files(paths):
+    from pathlib import Path
+
+    files = []
+    for p in map(Path, paths):
+        files += sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) \
+            if p.is_dir() else [p]
+    return files
+
+
+@main.command()
+@click.argument("model")
+@click.option("--synth", type=click.IntRange(min=1), help="Evaluate on N generated Shapes images.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated images.")
+@click.option("--images", multiple=True, help="Image files or folders (with --masks).")
+@click.option("--masks", multiple=True, help="Mask files or folders, one per image (non-zero = object).")
+@click.option("--method", default="gradcam", show_default=True, help="A CAM or saliency method.")
+@click.option("--layer", default="auto", show_default=True)
+@click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1), help="Deletion/insertion steps.")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json):
+    """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
+    import json
+
+    from engine.api import Model
+    from engine.data.images import read_image
+    from engine.errors import UsageError
+    from engine.explain import evaluate as explain_evaluate
+
+    if bool(synth) == bool(images):
+        raise UsageError("give either --synth N or --images with --masks")
+    labels = None
+    if synth:
+        from engine.data.synth import generate
+
+        scene = generate(synth, seed=seed)
+        pictures, object_masks, labels = list(scene.images), scene.masks, scene.labels
+    else:
+        files, mask_files = _image_files(images), _image_files(masks)
+        if len(files) != len(mask_files):
+            raise UsageError(f"{len(files)} images but {len(mask_files)} masks: give one mask per image")
+        pictures = [read_image(f) for f in files]
+        object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files]
+        if len({m.shape for m in object_masks}) > 1:
+            raise UsageError("masks differ in size: evaluate images of one size at a time")
+    report = explain_evaluate(Model(model, provider=provider), pictures, object_masks, labels=labels, method=method,
+                              layer=layer, steps=steps, batch=batch)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{report['images']} images, {method} at {', '.join(report['layers']) or 'input'}")
+    click.echo(f"{'map':<12}{'pointing':>10}{'deletion':>10}{'insertion':>11}")
+    for name in (method, "random", "centre"):
+        r = report[name]
+        click.echo(f"{name:<12}{r['pointing']:>10.3f}{r['deletion']:>10.3f}{r['insertion']:>11.3f}")
+
+
 # --- analysis commands --------------------------------------------------------------------
+
+
+def _source(images, synth_n, seed, concepts):
+    """The image set named by IMAGES..., --synth N or --concepts DIR (exactly one)."""
+    from engine.analyze import sources
+
+    given = [bool(images), synth_n is not None, concepts is not None]
+    if sum(given) != 1:
+        raise UsageError("give exactly one image set: IMAGES..., --synth N or --concepts DIR")
+    if synth_n is not None:
+        return sources.from_synth(synth_n, seed=seed)
+    if concepts is not None:
+        from engine.data.broden import read_concepts
+
+        return sources.from_concepts(read_concepts(concepts))
+    return sources.from_paths(images)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1)
+@click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files.")
+@click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth.")
+@click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder.")
+@click.option("--layer", default="auto", show_default=True, help="Tensor to embed (auto: the pooled penultimate).")
+@click.option("--out", required=True, metavar="DIR", help="Folder for features.npy, index.csv, embedding.json.")
+@click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json):
+    """Extract one feature vector per image at a layer; report kNN label purity."""
+    from engine.analyze.embeddings import embed as run_embed
+    from engine.analyze.neighbors import purity
+
+    result = run_embed(Model(model), _source(images, synth_n, seed, concepts), layer=layer, out=out,
+                       batch_size=batch_size)
+    info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
+    if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
+        info["knn_purity"] = round(purity(result.features, result.labels, k=k), 4)
+        info["k"] = k
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{info['images']} images × {info['dim']} features at {info['layer']} → {out}")
+    if "knn_purity" in info:
+        click.echo(f"kNN label purity (k={k}, cosine): {info['knn_purity']:.4f}")
+
+
+@main.command()
+@click.argument("folder")
+@click.option("--query", required=True, multiple=True, metavar="IMAGE",
+              help="Query image (a file or a synth:SEED:INDEX name); repeatable.")
+@click.option("--k", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--metric", default="cosine", show_default=True, type=click.Choice(["cosine", "l2"]))
+@click.option("--out", required=True, metavar="PNG", help="Grid: one row per query, then its neighbours.")
+def neighbors(folder, query, k, metric, out):
+    """Show the nearest images of an embedding folder to each query image."""
+    from engine.analyze.neighbors import neighbor_sheet
+
+    from engine.data.files import write_image
+
+    write_image(out, neighbor_sheet(folder, list(query), k=k, metric=metric))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("folder")
+@click.option("--method", default="tsne", show_default=True, type=click.Choice(["tsne", "pca"]))
+@click.option("--thumbnails", is_flag=True, help="Draw image thumbnails at (non-overlapping) points.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, metavar="PNG")
+def project(folder, method, thumbnails, seed, out):
+    """Scatter plot of an embedding folder in 2-D (t-SNE or PCA), coloured by label."""
+    import numpy as np
+
+    from engine.analyze.embeddings import load_embedding
+    from engine.analyze.projection import project as run_project
+    from engine.analyze.sources import read_named
+    from engine.viz.scatter import scatter
+
+    emb = load_embedding(folder)
+    points = run_project(emb.features, method=method, seed=seed)
+    pictures = None
+    if thumbnails:  # at most 300 random images are read; the plot keeps those that do not overlap
+        chosen = set(np.random.default_rng(seed).permutation(len(emb.names))[:300].tolist())
+        pictures = [read_named(name) if i in chosen else None for i, name in enumerate(emb.names)]
+    from engine.data.files import write_image
+
+    write_image(out, scatter(points, emb.labels, thumbnails=pictures, title=f"{method} of {emb.layer}"))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--layer", help="A Conv layer (default: the first Conv).")
+@click.option("--out", required=True, metavar="PNG")
+def filters(model, layer, out):
+    """Draw a Conv layer's filters as a grid, each normalized on its own."""
+    from engine.analyze.filters import filters_picture
+
+    from engine.data.files import write_image
+
+    write_image(out, filters_picture(Model(model), layer))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("image")
+@click.option("--layer", required=True, help="Layer whose channel maps to draw.")
+@click.option("--out", required=True, metavar="PNG")
+def activations(model, image, layer, out):
+    """Draw every channel map of a layer for one image, the image beside them."""
+    from engine.analyze.filters import activations_picture
+    from engine.analyze.sources import read_named
+
+    from engine.data.files import write_image
+
+    write_image(out, activations_picture(Model(model), read_named(image), layer))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--concepts", required=True, metavar="DIR", help="Broden-layout folder (see `onnxlens synth`).")
+@click.option("--layer", default="auto", show_default=True, help="Layer to dissect (auto: the last spatial map).")
+@click.option("--quantile", default=0.995, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Activation quantile of each unit's threshold.")
+@click.option("--iou", default=0.04, show_default=True, type=float, help="IoU above which a unit detects a concept.")
+@click.option("--top", default=8, show_default=True, type=click.IntRange(min=1), help="Images per unit sheet.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, metavar="DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
+def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json):
+    """Network Dissection: label each unit of a layer with the concept its top activations cover."""
+    from engine.analyze.dissection import dissect as run_dissect, write_dissection
+    from engine.data.broden import read_concepts
+
+    model, dataset = Model(model), read_concepts(concepts)
+    result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size)
+    write_dissection(result, out, model, dataset, images_per_unit=top)
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
+        return
+    s = result.summary
+    click.echo(f"{s['layer']}: {s['detectors']} of {s['units']} units detect a concept (IoU > {iou}), "
+               f"{s['concepts']} distinct concepts")
+    for category, found in s["categories"].items():
+        click.echo(f"  {category:12s} {found['detectors']:4d} units  {', '.join(found['concepts'])}")
+    click.echo(f"wrote {out}/units.csv, summary.json and {s['detectors']} unit sheets")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1)
+@click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files.")
+@click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth.")
+@click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder.")
+@click.option("--layer", default="auto", show_default=True)
+@click.option("--channels", default="all", show_default=True, help="'all' or a list such as 0,3,7.")
+@click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Patches per channel.")
+@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for models with dynamic spatial dims.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, metavar="DIR")
+def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out):
+    """Maximally activating patches: each channel's top receptive-field crops over an image set."""
+    from engine.analyze.patches import mine, write_patches
+    from engine.analyze.sources import read_named
+
+    source = _source(images, synth_n, seed, concepts)
+    result = mine(Model(model, input_size=size), source, layer, channels=channels, top=top, batch_size=batch_size)
+    write_patches(result, lambda i: read_named(source.names[i]), out)
+    field = result.field
+    shown = "the whole image" if field.whole_image else f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}"
+    click.echo(f"{result.layer}: receptive field {shown}; wrote {len({r['channel'] for r in result.rows})} "
+               f"channel grids and patches.json to {out}")
 
 
 # --- augmentation commands ----------------------------------------------------------------
@@ -160,6 +577,87 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 
 
 # --- audit commands -----------------------------------------------------------------------
+
+
+def _log_section(timing):
+    reason = f": {timing.reason}" if timing.reason else ""
+    click.echo(f"  {timing.title:<28} {timing.seconds:6.1f} s  {timing.status}{reason}", err=True)
+
+
+_images_option = click.option("--images", metavar="DIR", help="A folder of images (searched recursively).")
+_labels_option = click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images.")
+_synth_option = click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead.")
+_seed_option = click.option("--seed", default=0, show_default=True, help="Seed of the generated images.")
+_provider_option = click.option("--provider", default="auto", show_default=True,
+                                help="ONNX Runtime execution provider (auto: CUDA when available).")
+
+
+@main.command()
+@click.argument("model")
+@_images_option
+@_labels_option
+@_synth_option
+@_seed_option
+@click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
+@_provider_option
+@click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
+@click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
+@click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
+@click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
+def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps):
+    """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
+    from engine.audit import Options, audit as run_audit, choose
+
+    loaded = Model(model, provider=provider)
+    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
+    options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
+    path, _ = run_audit(loaded, data, out, options, log=_log_section)
+    click.echo(path)
+
+
+@main.command()
+@click.argument("model_a")
+@click.argument("model_b")
+@_images_option
+@_labels_option
+@_synth_option
+@_seed_option
+@click.option("--out", metavar="DIR", help="Also write DIR/index.html and DIR/compare.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
+@_provider_option
+def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider):
+    """Agreement of two variants of one network: outputs and Grad-CAM maps."""
+    from engine.audit import choose, compare as run_compare
+    from engine.audit.compare import write_comparison
+
+    a, b = Model(model_a, provider=provider), Model(model_b, provider=provider)
+    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=a.labels)
+    result = run_compare(a, b, data.images, names=data.names)
+    summary = result.summary(worst)
+    page = write_comparison(result, data.images, out, a.labels, worst) if out is not None else None
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    click.echo(_table([[k, f"{summary[k]:.4g}"] for k in ("top1_agreement", "max_abs_difference", "cam_agreement")]
+                      + [["top-20 % IoU (mean)", f"{summary['top20_iou']['mean']:.4g}"], ["images", summary["images"]]],
+                      ("figure", "value")))
+    click.echo("least agreeing: " + ", ".join(f"{w['image']} ({w['pearson']:.3f})" for w in summary["worst"]))
+    if page is not None:
+        click.echo(page)
+
+
+@main.command()
+@click.option("--out", default="demo-out", show_default=True, metavar="DIR", help="Folder for the report.")
+@click.option("--n", default=200, show_default=True, help="Generated images to audit.")
+@_provider_option
+def demo(out, n, provider):
+    """Audit the shipped Shapes ResNet on generated images and compare it with its int8 version."""
+    from engine.audit.demo import demo as run_demo
+
+    click.echo(f"auditing models/shapes-resnet.onnx on {n} generated images ...", err=True)
+    path, _ = run_demo(out, n=n, provider=provider, log=_log_section)
+    click.echo(f"report: {path.resolve()}")
 
 
 if __name__ == "__main__":
