@@ -116,6 +116,220 @@ def predict(model, images, top, labels_file, size, as_json):
 # --- explanation commands -----------------------------------------------------------------
 
 
+def _explain_target(value, model):
+    """--target: 'top', a class index or label, or several separated by commas (for every image)."""
+    if value == "top":
+        return "top"
+    classes = []
+    for part in value.split(","):
+        part = part.strip()
+        if part.lstrip("-").isdigit():
+            classes.append(int(part))
+        elif model.labels and part in model.labels:
+            classes.append(model.labels.index(part))
+        else:
+            raise click.BadParameter(f"'{part}' is neither a class index nor one of the model's labels",
+                                     param_hint="--target")
+    return classes[0] if len(classes) == 1 else classes
+
+
+def _write_explanation(exp, model, images, out, name):
+    """Per-row overlay PNGs, DIR/<name>.npz and DIR/summary.json; returns the summary."""
+    from pathlib import Path
+
+    from engine.data.files import write_image, write_json, write_npz
+    from engine.data.images import as_rgb
+    from engine.viz.overlay import overlay
+
+    out = Path(out)
+    labels = model.labels
+    summary, counts = [], {}
+    for row, (i, target) in enumerate(zip(exp.image, exp.targets)):
+        rgb = as_rgb(images[i])
+        stem = Path(images[i]).stem
+        counts[stem] = counts.get(stem, 0) + 1
+        suffix = f"_{target}" if (exp.image == i).sum() > 1 else ""
+        png = out / f"{stem}{'' if counts[stem] == 1 else '_' + str(counts[stem])}_{exp.method}{suffix}.png"
+        write_image(png, overlay(rgb, exp.maps[row]))
+        scores = exp.scores[i].reshape(-1)
+        top = int(scores.argmax())
+        summary.append({
+            "image": str(images[i]), "overlay": str(png), "method": exp.method, "layers": exp.layers,
+            "predicted": {"index": top, "label": labels[top] if labels else None, "score": float(scores[top])},
+            "target": {"index": int(target), "label": labels[target] if labels and target >= 0 else None,
+                       "score": float(scores[target]) if target >= 0 else None},
+        })
+    write_npz(out / f"{name}.npz", **exp.arrays())
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _echo_summary(summary, as_json):
+    import json
+
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for item in summary:
+        p, t = item["predicted"], item["target"]
+        click.echo(f"{item['image']}: predicted {p['label'] or '#' + str(p['index'])} ({p['score']:.3f}), "
+                   f"explained {t['label'] or '#' + str(t['index'])} -> {item['overlay']}")
+
+
+def _explain_options(f):
+    for option in reversed([
+        click.argument("model"),
+        click.argument("images", nargs=-1, required=True),
+        click.option("--target", default="top", show_default=True,
+                     help="'top', a class index or label, or several separated by commas."),
+        click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
+        click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
+        click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+    ]):
+        f = option(f)
+    return f
+
+
+@main.command()
+@_explain_options
+@click.option("--method", default="gradcam", show_default=True,
+              type=click.Choice(["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam",
+                                 "scorecam", "ablationcam"]))
+@click.option("--layer", default="auto", show_default=True, help="Layer name(s), comma-separated, or auto.")
+@click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
+@click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
+def cam(model, images, target, out, batch, provider, as_json, method, layer, tta, eigen_smooth):
+    """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
+    from engine.api import Model
+    from engine.explain import cam as explain_cam
+
+    model = Model(model, provider=provider)
+    exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
+                      batch=batch, tta=tta, eigen_smooth=eigen_smooth)
+    _echo_summary(_write_explanation(exp, model, list(images), out, "cams"), as_json)
+
+
+@main.command()
+@_explain_options
+@click.option("--method", default="smoothgrad", show_default=True,
+              type=click.Choice(["vanilla", "gradxinput", "smoothgrad", "integrated", "guided", "deconvnet",
+                                 "guided-gradcam"]))
+@click.option("--samples", default=25, show_default=True, type=click.IntRange(min=1), help="SmoothGrad samples.")
+@click.option("--noise", default=0.15, show_default=True, type=float, help="SmoothGrad noise level.")
+@click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
+@click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
+@click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
+def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer):
+    """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
+    from engine.api import Model
+    from engine.explain import saliency as explain_saliency
+
+    model = Model(model, provider=provider)
+    exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
+                           batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer)
+    _echo_summary(_write_explanation(exp, model, list(images), out, "saliency"), as_json)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--target", help="Class index or label whose score is maximized.")
+@click.option("--layer", help="Layer of the channel to maximize (with --channel).")
+@click.option("--channel", type=click.IntRange(min=0), help="Channel whose mean activation is maximized.")
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=0.1, show_default=True, type=float, help="Step size (gradient scaled to unit RMS).")
+@click.option("--l2", default=1e-4, show_default=True, type=float, help="Weight decay λ in x ← x + α·g − 2λx.")
+@click.option("--start", default="zeros", show_default=True, help="zeros, noise or an image file.")
+@click.option("--jitter", default=2, show_default=True, type=click.IntRange(min=0), help="Random shift in pixels.")
+@click.option("--blur-every", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Blur every k steps (0: never).")
+@click.option("--fourier", is_flag=True, help="Decorrelated Fourier parameterization (1/f spectrum).")
+@click.option("--decorrelate", is_flag=True, help="Decorrelate colours (ImageNet colour correlation).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@click.option("--out", required=True, metavar="PNG", help="Result image; the strip of steps goes to <name>_steps.png.")
+def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
+             provider, out):
+    """Class (or channel) visualization by gradient ascent on the input."""
+    from pathlib import Path
+
+    from engine.api import Model
+    from engine.data.files import write_image
+    from engine.explain import class_visualization
+    from engine.viz.overlay import strip
+
+    model = Model(model, provider=provider)
+    target = None if target is None else _explain_target(target, model)
+    if isinstance(target, list):
+        raise click.BadParameter("give one class", param_hint="--target")
+    viz = class_visualization(model, target=target, layer=layer, channel=channel, steps=steps, lr=lr, l2=l2,
+                              start=start, jitter=jitter, blur_every=blur_every, fourier=fourier,
+                              decorrelate=decorrelate, rng=seed)
+    out = Path(out)
+    write_image(out, viz.image)
+    write_image(out.with_name(out.stem + "_steps" + (out.suffix or ".png")), strip(viz.steps))
+    click.echo(f"score {viz.scores[0]:.3f} -> {viz.scores[-1]:.3f} after {steps} steps: {out}")
+
+
+def _image_files(paths):
+    from pathlib import Path
+
+    files = []
+    for p in map(Path, paths):
+        files += sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) \
+            if p.is_dir() else [p]
+    return files
+
+
+@main.command()
+@click.argument("model")
+@click.option("--synth", type=click.IntRange(min=1), help="Evaluate on N generated Shapes images.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated images.")
+@click.option("--images", multiple=True, help="Image files or folders (with --masks).")
+@click.option("--masks", multiple=True, help="Mask files or folders, one per image (non-zero = object).")
+@click.option("--method", default="gradcam", show_default=True, help="A CAM or saliency method.")
+@click.option("--layer", default="auto", show_default=True)
+@click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1), help="Deletion/insertion steps.")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json):
+    """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
+    import json
+
+    from engine.api import Model
+    from engine.data.images import read_image
+    from engine.errors import UsageError
+    from engine.explain import evaluate as explain_evaluate
+
+    if bool(synth) == bool(images):
+        raise UsageError("give either --synth N or --images with --masks")
+    labels = None
+    if synth:
+        from engine.data.synth import generate
+
+        scene = generate(synth, seed=seed)
+        pictures, object_masks, labels = list(scene.images), scene.masks, scene.labels
+    else:
+        files, mask_files = _image_files(images), _image_files(masks)
+        if len(files) != len(mask_files):
+            raise UsageError(f"{len(files)} images but {len(mask_files)} masks: give one mask per image")
+        pictures = [read_image(f) for f in files]
+        object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files]
+        if len({m.shape for m in object_masks}) > 1:
+            raise UsageError("masks differ in size: evaluate images of one size at a time")
+    report = explain_evaluate(Model(model, provider=provider), pictures, object_masks, labels=labels, method=method,
+                              layer=layer, steps=steps, batch=batch)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{report['images']} images, {method} at {', '.join(report['layers']) or 'input'}")
+    click.echo(f"{'map':<12}{'pointing':>10}{'deletion':>10}{'insertion':>11}")
+    for name in (method, "random", "centre"):
+        r = report[name]
+        click.echo(f"{name:<12}{r['pointing']:>10.3f}{r['deletion']:>10.3f}{r['insertion']:>11.3f}")
+
+
 # --- analysis commands --------------------------------------------------------------------
 
 

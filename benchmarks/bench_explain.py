@@ -1,0 +1,115 @@
+"""Explanation throughput, side by side with the plain forward pass in one run.
+
+Per model (shapes-resnet, and a 224×224 ResNet-50 with random weights) and batch size (1, 16):
+``forward`` = ``Model.run(x)``; ``gradcam-capture`` = ``Model.run`` with activation + gradient at
+the default layer for given targets; ``gradcam`` = the whole ``engine.explain.cam`` call on uint8
+images with given targets (preprocess, capture, maps, resize). Goal: Grad-CAM ≤ 1.2 × forward.
+``test_ratios_paired`` times them back to back within each round (order rotating) and prints the
+median per-round ratios, which a shared machine keeps far steadier than separate rows.
+Score-CAM and SmoothGrad (25 samples) images/s on shapes-resnet, batch 16.
+
+Threads: ``$ONNXLENS_BENCH_THREADS`` (default 1).
+
+    python -m pytest benchmarks/bench_explain.py -s --benchmark-columns=median,ops --benchmark-group-by=group
+"""
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from engine import Model
+from engine.explain import cam, saliency
+
+ROOT = Path(__file__).resolve().parents[1]
+THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
+
+
+def _resnet50_path():
+    try:
+        from benchmarks.resnet50_graph import resnet50
+    except ImportError:
+        return None
+    path = Path(tempfile.gettempdir()) / "onnxlens-bench-resnet50.onnx"
+    if not path.exists():
+        onnx.save(resnet50(), str(path))
+    return path
+
+
+MODELS = {"shapes-resnet": ROOT / "models" / "shapes-resnet.onnx", "resnet50": _resnet50_path()}
+MODELS = {name: path for name, path in MODELS.items() if path is not None and Path(path).exists()}
+pytestmark = pytest.mark.skipif(not MODELS, reason="no models/shapes-resnet.onnx and no ResNet-50 graph")
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    return Model(MODELS[request.param], provider="CPUExecutionProvider", threads=THREADS)
+
+
+def _inputs(model, batch):
+    h, w = model.input_size
+    images = np.random.default_rng(0).integers(0, 256, size=(batch, h, w, 3), dtype=np.uint8)
+    x = model.preprocess(list(images))
+    n_classes = model.run(x[:1]).outputs[0].shape[1]
+    targets = [i % n_classes for i in range(batch)]
+    seeds = np.eye(n_classes, dtype=np.float32)[targets]
+    return images, x, targets, seeds
+
+
+def _jobs(model, batch):
+    images, x, targets, seeds = _inputs(model, batch)
+    layer, out = model.default_layer, model.outputs[0].name
+    return {
+        "forward": lambda: model.run(x),
+        "gradcam-capture": lambda: model.run(x, activations=[layer], gradients=[layer], seed={out: seeds}),
+        "gradcam": lambda: cam(model, list(images), method="gradcam", targets=targets, batch=batch),
+    }
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("job", ["forward", "gradcam-capture", "gradcam"])
+def test_gradcam_vs_forward(benchmark, model, batch, job):
+    run = _jobs(model, batch)[job]
+    run()  # build the rewritten model and warm the session outside the timing
+    benchmark.group = f"{model.path.stem} batch {batch}"
+    benchmark.extra_info["images"] = batch
+    benchmark.pedantic(run, rounds=5 if batch == 16 else 15, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_ratios_paired(model, batch):
+    jobs = _jobs(model, batch)
+    for run in jobs.values():
+        run()
+    names = list(jobs)
+    times = {name: [] for name in names}
+    for r in range(7 if batch == 16 else 21):
+        for name in names[r % 3:] + names[:r % 3]:
+            start = time.perf_counter()
+            jobs[name]()
+            times[name].append(time.perf_counter() - start)
+    base = times["forward"]
+    line = ", ".join(f"{name}/forward {statistics.median(t / b for t, b in zip(times[name], base)):.2f}×"
+                     for name in names[1:])
+    print(f"\n{model.path.stem} batch {batch}: forward {batch / statistics.median(base):.1f} img/s; {line}; "
+          f"gradcam {batch / statistics.median(times['gradcam']):.1f} img/s")
+
+
+@pytest.mark.parametrize("method", ["scorecam", "smoothgrad"])
+def test_forward_heavy_methods(benchmark, model, method):
+    if model.path.stem != "shapes-resnet":
+        pytest.skip("Score-CAM and SmoothGrad are measured on shapes-resnet")
+    images, _, targets, _ = _inputs(model, 16)
+    if method == "scorecam":
+        run = lambda: cam(model, list(images), method="scorecam", targets=targets, batch=16)  # noqa: E731
+    else:
+        run = lambda: saliency(model, list(images), method="smoothgrad", targets=targets, samples=25,  # noqa: E731
+                               batch=16)
+    run()
+    benchmark.group = f"{model.path.stem} forward-heavy"
+    benchmark.extra_info["images"] = 16
+    benchmark.pedantic(run, rounds=3, warmup_rounds=0)

@@ -1,0 +1,291 @@
+"""Model-level explanations: CAM family and saliency maps for images, as the CLI runs them.
+
+>>> from engine import Model
+>>> from engine.explain import cam
+>>> exp = cam(Model("models/shapes-resnet.onnx"), ["star.png"], method="gradcam")
+>>> exp.raw.shape, exp.maps.shape        # (1, 4, 4) at the layer, (1, 96, 96) in [0, 1]
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.data.images import as_rgb
+from engine.errors import LayerError, UsageError
+from engine.explain import attribution, methods
+from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
+                                    output_names, scores_fn)
+from engine.explain.targets import OutputMask, resolve
+from engine.progress import Progress
+from engine.viz.overlay import resize_maps, to_unit
+
+TTA_FLIPS = (False, True)
+TTA_SCALES = (0.9, 1.0, 1.1)
+
+
+@dataclass
+class Explanation:
+    """One map per row (an image and a target; ``image`` maps rows to images).
+
+    ``raw``: R×h×w maps after the ReLU, before normalization or resize (for several layers a dict
+    layer → array); for saliency, the channel-reduced attribution at the input's resolution.
+    ``maps``: R×H×W in [0, 1] at the images' size (the model's input size when images differ).
+    ``targets``: R class indices (−1 for output masks); ``scores``: the explained output, one row
+    per image; ``attributions``: saliency only, R × the input's shape.
+    """
+
+    raw: object
+    maps: np.ndarray
+    targets: np.ndarray
+    scores: np.ndarray
+    image: np.ndarray
+    method: str
+    layers: list = field(default_factory=list)
+    attributions: np.ndarray = None
+
+    def arrays(self):
+        """The arrays written to ``cams.npz``: raw (or raw/<layer>), maps, targets, scores, image."""
+        raw = self.raw if isinstance(self.raw, dict) else {"": self.raw}
+        out = {("raw/" + k if k else "raw"): np.asarray(v, np.float32) for k, v in raw.items()}
+        out.update(maps=self.maps.astype(np.float32), targets=self.targets, scores=self.scores, image=self.image)
+        return out
+
+
+def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, tta=False,
+        eigen_smooth=False, output=None, progress=None):
+    """Explain ``images`` (paths or uint8 RGB arrays) with a CAM-family method.
+
+    ``method``: cam, gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam,
+    ablationcam. ``layer``: "auto" (the model's default layer), a name or several (comma-separated
+    or a list; maps are averaged as pytorch-grad-cam does). ``targets``: "top", a class, one per
+    image, several per image, or an :class:`OutputMask`. ``tta``: average over flips and zooms
+    (0.9, 1, 1.1), each map warped back. ``eigen_smooth``: first principal component of the
+    weighted activations instead of their sum. For "top" targets the gradient methods need one
+    forward pass: the gradient comes from differentiating only the network after the layer.
+
+    >>> exp = cam(model, images, method="gradcam++", targets=[3, 5])
+    """
+    if method not in methods.METHODS:
+        raise UsageError(f"unknown CAM method '{method}': use one of {', '.join(methods.METHODS)}")
+    rgbs, out_size = _images(model, images)
+    output = output or output_names(model)[0]
+    extra = None
+    if method == "cam":
+        fc_layer, extra = fc_head(model, output)
+        if layer not in (None, "auto") and layers_of(model, layer) != [fc_layer]:
+            raise LayerError(f"CAM reads the FC weights and needs the pooled layer '{fc_layer}': "
+                             "leave --layer at auto or use --method gradcam")
+        layers = [fc_layer]
+    else:
+        layers = layers_of(model, layer)
+    if method == "ablationcam":
+        extra = {n: head_fn(model, n, output) for n in layers}
+    top_fast = isinstance(targets, str) and targets == "top" and method in methods.GRADIENT_METHODS and not tta
+    heads = _top_heads(model, layers, output) if top_fast else None
+    parts = []
+    with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
+        for start in range(0, len(rgbs), batch):
+            x = model.preprocess(rgbs[start:start + batch])
+            if heads:
+                raw, rows, scores = _top_raw(model, x, method, layers, output, eigen_smooth, heads)
+            else:
+                rows, scores = _rows(model, x, targets, start, len(rgbs), output)
+                transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
+                raw, row_outputs = _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra,
+                                            transforms)
+                if scores is None:
+                    scores = row_outputs[np.unique(rows.image, return_index=True)[1]]
+            parts.append((raw, rows, scores, start))
+            bar.update(len(x))
+    raw = {layer_: np.concatenate([p[0][layer_] for p in parts]) for layer_ in layers}
+    labels = np.concatenate([p[1].labels for p in parts])
+    image = np.concatenate([p[1].image + p[3] for p in parts])
+    scores = np.concatenate([p[2] for p in parts])
+    maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
+    return Explanation(raw[layers[0]] if len(layers) == 1 else raw, maps, labels, scores, image,
+                       method, layers)
+
+
+def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce="absmax",
+             samples=25, noise=0.15, steps=32, baseline="zero", layer="auto", output=None, rng=0,
+             progress=None):
+    """Input attributions for ``images``: vanilla, gradxinput, smoothgrad, integrated, guided,
+    deconvnet, or guided-gradcam (guided backprop ⊙ the Grad-CAM map at ``layer``).
+
+    ``samples``/``noise``: SmoothGrad; ``steps``/``baseline`` ("zero", "black" or a number in
+    model space): Integrated Gradients; ``reduce``: channel reduction for the maps.
+    The noise of SmoothGrad is seeded by ``rng`` and the batch's first image index.
+
+    >>> exp = saliency(model, images, method="integrated", steps=64, baseline="black")
+    """
+    names = (*attribution.METHODS, "guided-gradcam")
+    if method not in names:
+        raise UsageError(f"unknown saliency method '{method}': use one of {', '.join(names)}")
+    rgbs, out_size = _images(model, images)
+    output = output or output_names(model)[0]
+    gradient = gradient_fn(model, output)
+    layout = model.input.layout
+    parts = []
+    with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
+        for start in range(0, len(rgbs), batch):
+            x = model.preprocess(rgbs[start:start + batch])
+            rows, scores = _rows(model, x, targets, start, len(rgbs), output, need_scores=True)
+            xr, seeds = x[rows.image], rows.seeds
+            if method == "smoothgrad":
+                attr = attribution.smoothgrad(gradient, xr, seeds, samples=samples, noise=noise,
+                                              rng=[rng, start], batch=batch)
+            elif method == "integrated":
+                base = _baseline(model, xr, baseline, rgbs[start].shape)
+                attr = attribution.integrated_gradients(gradient, xr, seeds, base, steps=steps, batch=batch)
+            elif method == "guided-gradcam":
+                guided = attribution.guided_backprop(gradient, xr, seeds, batch=batch)
+                layers = layers_of(model, layer)
+                _, acts, grads = capture(model, xr, layers, seeds, output)
+                cams = to_unit(methods.gradcam(acts[layers[0]], grads[layers[0]]))
+                size = xr.shape[2:] if layout == "NCHW" else xr.shape[1:3]
+                attr = methods.guided_gradcam(resize_maps(cams, size), guided, layout)
+            else:
+                attr = attribution.METHODS[method](gradient, xr, seeds, batch=batch)
+            parts.append((attr, rows, scores, start))
+            bar.update(len(x))
+    attr = np.concatenate([p[0] for p in parts])
+    raw = attribution.reduce(attr, reduce, layout)
+    labels = np.concatenate([p[1].labels for p in parts])
+    image = np.concatenate([p[1].image + p[3] for p in parts])
+    scores = np.concatenate([p[2] for p in parts])
+    return Explanation(raw, resize_maps(to_unit(raw), out_size), labels, scores, image, method,
+                       [], attr)
+
+
+def _images(model, images):
+    single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3)
+    items = [images] if single else list(images)
+    if not items:
+        raise UsageError("no images given")
+    rgbs = [as_rgb(item) for item in items]
+    sizes = {rgb.shape[:2] for rgb in rgbs}
+    out_size = sizes.pop() if len(sizes) == 1 else model.input_size
+    return rgbs, out_size
+
+
+def _rows(model, x, targets, start, total, output, need_scores=False):
+    """Resolve the batch's targets (images ``start:start+len(x)`` of ``total``) into Rows.
+
+    A forward pass gives the scores when ``need_scores``, for "top", or when the output shape is
+    not static; otherwise scores are None and come from the capture itself.
+    """
+    index = output_names(model).index(output)
+    shape = model.outputs[index].shape
+    shape = tuple(shape[1:]) if shape and all(isinstance(d, int) for d in shape[1:]) else None
+    scores = None
+    if need_scores or shape is None or isinstance(targets, str):
+        scores = np.asarray(model.run(x).outputs[index])
+        shape = scores.shape[1:]
+    n = len(x)
+    if isinstance(targets, OutputMask):
+        if np.shape(targets.mask) == (total, *shape):
+            targets = OutputMask(np.asarray(targets.mask)[start:start + n])
+    elif not isinstance(targets, (str, int, np.integer)):
+        targets = list(targets)
+        if len(targets) != total:
+            raise UsageError(f"got {len(targets)} targets for {total} images: give one per image")
+        targets = targets[start:start + n]
+    return resolve(targets, n, shape, outputs=scores), scores
+
+
+def _top_heads(model, layers, output):
+    """Head gradients for the top-1 fast path, or None when a layer does not cut the network."""
+    try:
+        return {n: head_gradient_fn(model, n, output) for n in layers}
+    except LayerError:
+        return None
+
+
+def _top_raw(model, x, method, layers, output, eigen_smooth, heads):
+    """Top-1 maps from one forward pass with taps plus the gradient of the head after each layer."""
+    outputs, acts, _ = capture(model, x, layers)
+    scores = np.asarray(outputs[output_names(model).index(output)])
+    rows = resolve("top", len(x), scores.shape[1:], outputs=scores)
+    fn = methods.GRADIENT_METHODS[method]
+    raw = {n: fn(acts[n], heads[n](acts[n], rows.seeds), eigen_smooth) for n in layers}
+    return raw, rows, scores
+
+
+def _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra, transforms):
+    xr, layout = x[rows.image], model.input.layout
+    total = {layer: 0.0 for layer in layers}
+    weight = {layer: 0.0 for layer in layers}
+    row_outputs = None
+    for flip, scale in transforms:
+        outputs, raw = _raw(model, _warp_inputs(xr, flip, scale, layout), rows, method, layers, output,
+                            eigen_smooth, extra)
+        for layer in layers:
+            back, valid = _unwarp_maps(raw[layer], flip, scale)
+            total[layer] = total[layer] + back * valid
+            weight[layer] = weight[layer] + valid
+        if not flip and scale == 1.0:
+            row_outputs = np.asarray(outputs[output_names(model).index(output)])
+    raw = {layer: (total[layer] / np.maximum(weight[layer], 1e-6)).astype(np.float32) for layer in layers}
+    return raw, row_outputs
+
+
+def _raw(model, x, rows, method, layers, output, eigen_smooth, extra):
+    """(outputs, {layer: raw map}) of one method on the rows' inputs ``x``; ``extra`` holds the FC
+    weights (CAM) or {layer: head} (Ablation-CAM)."""
+    if method in methods.GRADIENT_METHODS:
+        outputs, acts, grads = capture(model, x, layers, rows.seeds, output)
+        return outputs, {n: methods.GRADIENT_METHODS[method](acts[n], grads[n], eigen_smooth) for n in layers}
+    outputs, acts, _ = capture(model, x, layers)
+    if method == "eigencam":
+        return outputs, {n: methods.eigencam(acts[n]) for n in layers}
+    if method == "cam":
+        return outputs, {n: methods.fc_cam(acts[n], extra[rows.labels], eigen_smooth) for n in layers}
+    if method == "scorecam":
+        return outputs, {n: methods.scorecam(acts[n], x, scores_fn(model, output), rows.seeds,
+                                             layout=model.input.layout, eigen_smooth=eigen_smooth)
+                         for n in layers}
+    return outputs, {n: methods.ablationcam(acts[n], extra[n], rows.seeds,
+                                            eigen_smooth=eigen_smooth) for n in layers}
+
+
+def _affine(flip, scale, h, w):
+    """2×3 matrix of a zoom by ``scale`` about the centre, after an optional horizontal flip."""
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    fx = -scale if flip else scale
+    return np.array([[fx, 0, cx - fx * cx], [0, scale, cy - scale * cy]], np.float64)
+
+
+def _warp_inputs(x, flip, scale, layout):
+    if not flip and scale == 1.0:
+        return x
+    hwc = x.transpose(0, 2, 3, 1) if layout == "NCHW" else x
+    h, w = hwc.shape[1:3]
+    m = _affine(flip, scale, h, w)
+    out = np.stack([np.stack([cv2.warpAffine(np.ascontiguousarray(img[..., c]), m, (w, h),
+                                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+                              for c in range(img.shape[-1])], axis=-1) for img in hwc])
+    return out.transpose(0, 3, 1, 2) if layout == "NCHW" else out
+
+
+def _unwarp_maps(maps, flip, scale):
+    if not flip and scale == 1.0:
+        return maps, np.ones_like(maps)
+    h, w = maps.shape[1:]
+    m = _affine(flip, scale, h, w)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    back = np.stack([cv2.warpAffine(np.ascontiguousarray(mp), m, (w, h), flags=flags, borderValue=0)
+                     for mp in maps])
+    valid = cv2.warpAffine(np.ones((h, w), np.float32), m, (w, h), flags=flags, borderValue=0)
+    return back, np.broadcast_to(valid, maps.shape)
+
+
+def _baseline(model, x, baseline, image_shape):
+    if baseline == "zero":
+        return 0.0
+    if baseline == "black":
+        return model.preprocess([np.zeros(image_shape, np.uint8)])
+    try:
+        return float(baseline)
+    except (TypeError, ValueError):
+        raise UsageError(f"unknown baseline '{baseline}': use zero, black or a number") from None

@@ -1,0 +1,128 @@
+"""Faithfulness of explanation maps: deletion / insertion AUC (Petsiuk et al. 2018, RISE) and the
+pointing game (Zhang et al. 2016), each comparable with a random-map and a centre-map baseline.
+
+``score(x_batch, image_index)`` returns the explained score (e.g. the target class probability)
+for a batch of perturbed inputs, ``image_index`` saying which image each row came from.
+
+>>> deletion_auc(score, x, maps)           # lower is more faithful
+>>> pointing_game(maps, masks)             # fraction of hits
+"""
+import cv2
+import numpy as np
+
+from engine.errors import UsageError
+
+
+def baseline_maps(kind, n, size, rng=0):
+    """N×H×W reference maps: "random" (uniform noise) or "centre" (a Gaussian centred on the image).
+
+    >>> baseline_maps("centre", 4, (64, 64))
+    """
+    h, w = size
+    if kind == "random":
+        return np.random.default_rng(rng).random((n, h, w)).astype(np.float32)
+    if kind == "centre":
+        yy, xx = np.mgrid[:h, :w]
+        d2 = ((yy - (h - 1) / 2) / h) ** 2 + ((xx - (w - 1) / 2) / w) ** 2
+        return np.broadcast_to(np.exp(-d2 / (2 * 0.25 ** 2)), (n, h, w)).astype(np.float32)
+    raise UsageError(f"unknown baseline map '{kind}': use random or centre")
+
+
+def pointing_game(maps, masks, tolerance=0):
+    """Per-image hits: does each map's maximum fall inside the mask (dilated by ``tolerance`` px)?
+
+    ``maps`` are resized to the masks' size (bilinear) when they differ. Returns a bool array N.
+
+    >>> pointing_game(maps, masks).mean()
+    """
+    masks = np.asarray(masks, bool)
+    n, h, w = masks.shape
+    hits = np.empty(n, bool)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
+    for i in range(n):
+        m = np.asarray(maps[i], np.float32)
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        y, x = np.unravel_index(np.argmax(m), m.shape)
+        target = masks[i] if tolerance == 0 else cv2.dilate(masks[i].astype(np.uint8), kernel).astype(bool)
+        hits[i] = target[y, x]
+    return hits
+
+
+def deletion_curve(score, x, maps, steps=32, substrate="zero", layout="NCHW", batch=64):
+    """Scores while the most salient pixels are replaced by ``substrate`` in ``steps`` equal steps.
+
+    Returns N×(steps+1) scores, from the intact image to the fully deleted one.
+    ``substrate``: "zero" (zeros in model space, RISE's deletion) or "blur".
+    """
+    return _curve(score, x, maps, steps, _substrate(x, substrate, layout), layout, batch, insert=False)
+
+
+def insertion_curve(score, x, maps, steps=32, substrate="blur", layout="NCHW", batch=64):
+    """Scores while the most salient pixels are inserted into ``substrate`` (RISE: a blurred copy).
+
+    Returns N×(steps+1) scores, from the substrate to the intact image.
+    """
+    return _curve(score, x, maps, steps, _substrate(x, substrate, layout), layout, batch, insert=True)
+
+
+def auc(curves):
+    """Area under N×(steps+1) curves sampled at equal fractions of pixels in [0, 1] (trapezoid)."""
+    curves = np.asarray(curves, np.float64)
+    return ((curves[:, 1:] + curves[:, :-1]) / 2).mean(axis=1)
+
+
+def deletion_auc(score, x, maps, **options):
+    """Deletion AUC per image (lower = the map finds the pixels the score depends on).
+
+    >>> deletion_auc(score, x, maps, steps=32).mean()
+    """
+    return auc(deletion_curve(score, x, maps, **options))
+
+
+def insertion_auc(score, x, maps, **options):
+    """Insertion AUC per image (higher = better).
+
+    >>> insertion_auc(score, x, maps, steps=32).mean()
+    """
+    return auc(insertion_curve(score, x, maps, **options))
+
+
+def _substrate(x, kind, layout):
+    if kind == "zero":
+        return np.zeros_like(x)
+    if kind == "blur":
+        hwc = x if layout == "NHWC" else x.transpose(0, 2, 3, 1)
+        blurred = np.stack([_blur(img) for img in hwc])
+        return blurred if layout == "NHWC" else blurred.transpose(0, 3, 1, 2)
+    raise UsageError(f"unknown substrate '{kind}': use zero or blur")
+
+
+def _blur(img, ksize=11, sigma=5):
+    out = cv2.GaussianBlur(np.ascontiguousarray(img, np.float32), (ksize, ksize), sigma)
+    return out.reshape(img.shape)
+
+
+def _curve(score, x, maps, steps, substrate, layout, batch, insert):
+    n = len(x)
+    h, w = (x.shape[2:4] if layout == "NCHW" else x.shape[1:3])
+    n_pix = h * w
+    curves = np.empty((n, steps + 1))
+    counts = np.round(np.linspace(0, n_pix, steps + 1)).astype(int)
+    for i in range(n):
+        m = np.asarray(maps[i], np.float32)
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        order = np.argsort(-m.ravel(), kind="stable")
+        rank = np.empty(n_pix, int)
+        rank[order] = np.arange(n_pix)
+        # changed[s] is True where a pixel already comes from the end image at step s
+        changed = rank[None, :] < counts[:, None]
+        changed = changed.reshape(steps + 1, h, w)
+        changed = changed[:, None] if layout == "NCHW" else changed[..., None]
+        start, end = (substrate[i], x[i]) if insert else (x[i], substrate[i])
+        images = np.where(changed, end[None], start[None]).astype(np.float32)
+        for s in range(0, steps + 1, batch):
+            part = images[s:s + batch]
+            curves[i, s:s + len(part)] = score(part, np.full(len(part), i))
+    return curves

@@ -1,0 +1,67 @@
+"""Heatmap colouring (OpenCV's JET colormap) and blending over the image.
+
+>>> rgb = overlay(image, cam_map, alpha=0.5)      # image H×W×3 uint8, map h×w in [0, 1]
+"""
+import cv2
+import numpy as np
+
+
+def colorize(heat, colormap=cv2.COLORMAP_JET):
+    """Colour an H×W map in [0, 1] as an H×W×3 RGB uint8 image (blue = 0, red = 1).
+
+    >>> colorize(np.linspace(0, 1, 64).reshape(8, 8)).shape
+    """
+    u8 = np.uint8(np.round(255 * np.clip(heat, 0, 1)))
+    return cv2.applyColorMap(u8, colormap)[..., ::-1].copy()
+
+
+def overlay(image, heat, alpha=0.5, colormap=cv2.COLORMAP_JET):
+    """Blend the coloured map over an RGB uint8 image: (1 − alpha)·image + alpha·colour.
+
+    The map is resized (bilinear) to the image's size when they differ.
+
+    >>> overlay(image, cam_map, alpha=0.4)
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    heat = np.asarray(heat, np.float32)
+    if heat.shape != image.shape[:2]:
+        heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(heat, colormap)
+    return np.uint8(np.clip(np.round(blend), 0, 255))
+
+
+def to_unit(maps):
+    """Scale each map of N×H×W to [0, 1] (min-max per map, as pytorch-grad-cam's scale_cam_image).
+
+    >>> to_unit(raw).max(axis=(1, 2))
+    """
+    maps = np.asarray(maps, np.float32)
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    shifted = maps - lo
+    return shifted / (shifted.max(axis=(1, 2), keepdims=True) + 1e-7)
+
+
+def resize_maps(maps, size):
+    """Resize N×h×w maps to N×H×W with ``size=(H, W)`` (bilinear, cv2.resize).
+
+    >>> resize_maps(raw, (96, 96))
+    """
+    h, w = size
+    maps = np.asarray(maps, np.float32)
+    if maps.shape[1:] == (h, w):
+        return maps
+    return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
+
+
+def strip(images, gap=2):
+    """Lay RGB uint8 images of one size side by side with a white gap: a strip of steps.
+
+    >>> strip([step0, step50, step100])
+    """
+    h = images[0].shape[0]
+    parts = []
+    for img in images:
+        parts += [img, np.full((h, gap, 3), 255, np.uint8)]
+    return np.concatenate(parts[:-1], axis=1)

@@ -1,0 +1,71 @@
+"""CAM family on the zoo fixtures: torch-autograd activations and gradients of real architectures,
+against pytorch-grad-cam's Grad-CAM maps computed in torch and the paper loops."""
+import numpy as np
+import pytest
+
+from engine.api import Model
+from engine.explain import methods
+from engine.explain.capture import fc_head, head_fn
+from tests import explain_references as refs
+from tests import zoo
+
+CLASSIFIERS = [v for v in zoo.variants() if not v.startswith("unet")]
+ONE_EXPORT = [v for v in CLASSIFIERS if v.endswith("_ts13")]
+
+
+def scale(x):
+    return max(float(np.abs(x).max()), 1e-12)
+
+
+@pytest.mark.parametrize("variant", CLASSIFIERS)
+def test_gradcam_matches_pytorch_grad_cam(variant):
+    fx = zoo.load(variant)
+    for tap in fx.taps:
+        got = methods.gradcam(fx.activations[tap], fx.grads_top1[tap])
+        want = fx.gradcam[tap]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale(want), err_msg=tap)
+
+
+@pytest.mark.parametrize("variant", ONE_EXPORT)
+def test_every_method_matches_the_paper_loops_on_fixture_captures(variant):
+    fx = zoo.load(variant)
+    for tap in fx.taps:
+        a, g = fx.activations[tap], fx.grads_top1[tap]
+        for name, ref in refs.GRADIENT_REFERENCES.items():
+            want = ref(a, g)
+            got = methods.GRADIENT_METHODS[name](a, g)
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * scale(want), err_msg=f"{tap} {name}")
+        want = np.maximum(refs.projection(a), 0)
+        np.testing.assert_allclose(methods.eigencam(a), want, rtol=1e-3, atol=1e-5 * scale(want), err_msg=tap)
+
+
+@pytest.mark.parametrize("variant", [v for v in CLASSIFIERS if v.split("_")[0] in ("resnet18", "resnet18nhwc",
+                                                                                  "efficientnet", "googlenet")])
+def test_cam_from_fc_weights_equals_gradcam_times_hw_at_the_last_layer(variant):
+    fx = zoo.load(variant)
+    layer, weights = fc_head(Model(fx.path), fx.output_name)
+    assert layer == fx.taps[-1]
+    a, g = fx.activations[layer], fx.grads_top1[layer]
+    classes = fx.seed_top1.argmax(axis=1)
+    want = a.shape[2] * a.shape[3] * methods.gradcam(a, g)
+    np.testing.assert_allclose(methods.fc_cam(a, weights[classes]), want, rtol=1e-3, atol=1e-5 * scale(want))
+
+
+@pytest.mark.parametrize("variant", ["resnet18_ts13", "vgg11bn_dynamo18", "mobilenetv3_ts11"])
+def test_ablation_head_reproduces_the_output_from_the_last_tap(variant):
+    fx = zoo.load(variant)
+    model = Model(fx.path, provider="CPUExecutionProvider", threads=1)
+    tap = fx.taps[-1]
+    head = head_fn(model, tap, fx.output_name)
+    want = fx.outputs[fx.output_name]
+    np.testing.assert_allclose(head(fx.activations[tap]), want, rtol=1e-4, atol=1e-4 * scale(want))
+    # Ablation-CAM weights: relative score drop with channel k zeroed, channel by channel
+    a, seeds = fx.activations[tap][:1], fx.seed_top1[:1]
+    y = (head(a) * seeds).sum()
+    weights = []
+    for k in range(a.shape[1]):
+        ablated = a.copy()
+        ablated[:, k] = 0
+        weights.append((y - (head(ablated) * seeds).sum()) / y)
+    want = refs.relu_sum([weights], a)
+    np.testing.assert_allclose(methods.ablationcam(a, head, seeds), want, rtol=1e-3, atol=1e-5 * scale(want))
