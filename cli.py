@@ -90,12 +90,17 @@ def _table(rows, headers):
 @click.option("--layer", "layer_name", metavar="NAME", help="Show only this layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def inspect(model, size, layer_name, as_json):
-    """Show a model's inputs, outputs, opset, producer, op histogram and layer catalog."""
+    """Show a model's inputs, outputs, opset, producer, op histogram and layer catalog.
+
+    Per layer: whether gradients reach it (every op from it to the output has a rule), its
+    receptive field and stride in input pixels ("all" where it sees the whole image), and a *
+    on the default layer for gradient-based explanations."""
     model = Model(model, input_size=size)
     info = model.summary()
+    info["layers"] = model.layer_details()
     if layer_name is not None:
-        layer = model.layer(layer_name)
-        info["layers"] = [{"name": layer.name, "op": layer.op, "shape": layer.shape}]
+        model.layer(layer_name)
+        info["layers"] = [layer for layer in info["layers"] if layer["name"] == layer_name]
     if as_json:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
@@ -111,8 +116,11 @@ def inspect(model, size, layer_name, as_json):
     rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
     click.echo(_table(rows, ("", "name", "dtype", "shape")) + "\n")
     click.echo("ops  " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()) + "\n")
-    click.echo(_table([(layer["name"], layer["op"], _dims(layer["shape"])) for layer in info["layers"]],
-                      ("layer", "op", "shape")))
+    rows = [(("* " if layer["default"] else "  ") + layer["name"], layer["op"], _dims(layer["shape"]),
+             "yes" if layer["gradients"] is True else layer["gradients"],
+             _dims(layer["field"]) if layer["field"] else "all", _dims(layer["stride"]) if layer["stride"] else "-")
+            for layer in info["layers"]]
+    click.echo(_table(rows, ("  layer", "op", "shape", "gradients", "field", "stride")))
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """``engine.Model``: load any ONNX image model, preprocess images for it, predict, list its layers."""
 import difflib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -14,6 +14,12 @@ from engine.data.labels import parse_labels, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
 from engine.graph import shapes
 from engine.graph.load import load
+from engine.graph.coverage import gradient_blockers
+from engine.graph.normalize import normalize
+from engine.graph.receptive import receptive_fields
+from engine.graph.taps import add_taps
+from engine.graph.autodiff import MODES, SEED, grad_name
+from engine.runtime import rewrite
 from engine.runtime.session import create_session
 
 
@@ -84,9 +90,12 @@ class Prediction:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What :meth:`Model.run` returns: ``outputs`` in the model's output order."""
+    """What :meth:`Model.run` returns: ``outputs`` in the model's output order, ``activations``
+    and ``gradients`` keyed by the names requested (``"input"`` for the input gradient)."""
 
     outputs: list
+    activations: dict = field(default_factory=dict)
+    gradients: dict = field(default_factory=dict)
 
 
 def _dtype_name(elem_type):
@@ -152,6 +161,7 @@ class Model:
         self.input_size = self._choose_size(input_size)
         self.preprocessing = presets.resolve(preprocess, self.metadata)
         self.labels = self._choose_labels(labels)
+        self._sessions = {}  # rewritten-model sessions per run request
 
     def __repr__(self):
         return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
@@ -239,6 +249,46 @@ class Model:
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise LayerError(f"no layer named '{name}' in '{self.path.name}': {hint}`onnxlens inspect` lists the layers")
 
+    @cached_property
+    def default_layer(self):
+        """The layer Grad-CAM-style methods use by default: the last 4-D activation with spatial
+        size > 1 that the rest of the graph still consumes (so not the output of a dense head).
+
+        >>> model.default_layer
+        'layer4'
+        """
+        consumed = {i for node in self.proto.graph.node for i in node.input}
+        candidates = [layer.name for layer in self.layers
+                      if layer.name in consumed and _spatial(layer.shape)]
+        if not candidates:
+            raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1: name a layer")
+        return candidates[-1]
+
+    def layer_details(self):
+        """Per layer: name, op, shape, whether gradients reach it (``gradients``: True, or why not),
+        its receptive field ``field`` and ``stride`` in input pixels (None where it sees the whole
+        image) and whether it is the ``default`` layer.
+
+        >>> model.layer_details()[-1]
+        {'name': 'layer4', 'op': 'Relu', 'shape': ('batch', 64, 8, 8), 'gradients': True, 'field': [35, 35], ...}
+        """
+        names = [layer.name for layer in self.layers]
+        clean = normalize(add_taps(self.proto, names), input_size=self.input_size)
+        blockers = gradient_blockers(clean, self.proto.graph.output[0].name, names)
+        fields = receptive_fields(clean)
+        default = self.default_layer if any(_spatial(layer.shape) for layer in self.layers) else None
+        details = []
+        for layer in self.layers:
+            f = fields.get(layer.name)
+            seen = f is not None and not f.whole_image
+            details.append({
+                "name": layer.name, "op": layer.op, "shape": layer.shape,
+                "gradients": True if blockers[layer.name] is None else f"no: {blockers[layer.name]}",
+                "field": list(f.size) if seen else None, "stride": list(f.stride) if seen else None,
+                "default": layer.name == default,
+            })
+        return details
+
     def summary(self):
         """A JSON-ready description: producer, opset, inputs, outputs, ops, layers.
 
@@ -299,12 +349,46 @@ class Model:
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
         return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
 
-    def run(self, x):
+    def run(self, x, activations=None, gradients=None, seed=None, mode="standard"):
         """Run the model on a preprocessed batch ``x`` in its own layout; returns a RunResult.
 
-        >>> model.run(model.preprocess(["a.png"])).outputs[0].shape
-        (1, 8)
+        ``activations``: tensor names to return. ``gradients``: tensor names, or ``"input"``,
+        whose gradients of Σ seed · output to return (same shape as the tensor or the input).
+        ``seed``: an array shaped like the first output (one row per image; a single row is
+        repeated), or ``{output_name: array}``. ``mode``: standard, guided or deconvnet backward.
+        The rewritten model is built once per request and cached on disk (``$ONNXLENS_CACHE``).
+
+        >>> r = model.run(x, activations=["layer4"], gradients=["layer4", "input"], seed=np.eye(8)[[3]])
+        >>> r.gradients["input"].shape == x.shape
+        True
         """
+        x = self._check_input(x)
+        activations = self._names(activations, "activations")
+        gradients = self._names(gradients, "gradients")
+        if not activations and not gradients:
+            return RunResult(self.session.run(None, {self.input.name: x}))
+        feeds = {self.input.name: x}
+        output = None
+        if gradients:
+            if mode not in MODES:
+                raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+            output, feeds[SEED] = self._seed(seed, len(x))
+        wrt = tuple(dict.fromkeys(self.input.name if g == "input" else g for g in gradients))
+        request = rewrite.Request(self._size_of(x), tuple(dict.fromkeys(activations)), wrt, output,
+                                  mode if gradients else "standard")
+        session = self._rewritten_session(request)
+        names = [o.name for o in self.proto.graph.output]
+        wanted = dict.fromkeys([*names, *activations, *(grad_name(t) for t in wrt)])
+        fetch = [name for name in wanted if name != self.input.name]  # the input is returned as given
+        values = dict(zip(fetch, session.run(fetch, feeds)))
+        values[self.input.name] = x
+        return RunResult(
+            [values[n] for n in names],
+            {n: values[n] for n in activations},
+            {g: values[grad_name(self.input.name if g == "input" else g)] for g in gradients},
+        )
+
+    def _check_input(self, x):
         x = np.asarray(x)
         expected = self._expected_shape
         if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
@@ -313,9 +397,61 @@ class Model:
                 f"'{self.path.name}' takes {self.input.layout} arrays of shape {shown}, got {'×'.join(map(str, x.shape))}: "
                 "make them with Model.preprocess(images)"
             )
-        if x.dtype != self.input.dtype:
-            x = x.astype(self.input.dtype)
-        return RunResult(self.session.run(None, {self.input.name: x}))
+        return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
+
+    def _size_of(self, x):
+        return self.input_size or tuple(x.shape[2:4] if self.input.layout == "NCHW" else x.shape[1:3])
+
+    def _names(self, names, what):
+        names = [names] if isinstance(names, str) else list(names or ())
+        known = self._tensor_names
+        for name in names:
+            if name not in known and not (what == "gradients" and name == "input"):
+                close = difflib.get_close_matches(name, sorted(known), n=3)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                raise LayerError(f"no tensor named '{name}' in '{self.path.name}': {hint}"
+                                 "`onnxlens inspect` lists the layers")
+        return names
+
+    @cached_property
+    def _tensor_names(self):
+        graph = self.proto.graph
+        return {self.input.name} | {o for node in graph.node if node.op_type != "Constant" for o in node.output if o}
+
+    def _seed(self, seed, batch):
+        names = [o.name for o in self.proto.graph.output]
+        if seed is None:
+            raise UsageError("gradients need a seed: an array shaped like the output, e.g. the one-hot rows of "
+                             "the classes to explain")
+        if isinstance(seed, dict):
+            if len(seed) != 1 or next(iter(seed)) not in names:
+                raise UsageError(f"seed as a mapping takes one output name ({', '.join(names)}), got {list(seed)}")
+            output, seed = next(iter(seed.items()))
+        else:
+            output = names[0]
+        info = self._infos.get(output)
+        dims = info.shape if info and info.shape else None
+        dtype = helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
+        seed = np.asarray(seed, dtype=dtype)
+        if dims is not None and seed.ndim == len(dims) - 1:
+            seed = np.broadcast_to(seed, (batch, *seed.shape))
+        wrong = seed.ndim == 0 or seed.shape[0] != batch or (dims is not None and (
+            seed.ndim != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims[1:], seed.shape[1:]))))
+        if wrong:
+            shown = "×".join(str(d) if isinstance(d, int) else "?" for d in (dims or ()))
+            raise InputShapeError(f"seed of shape {'×'.join(map(str, seed.shape))} does not fit output '{output}' "
+                                  f"({shown}) for a batch of {batch}: give one row per image")
+        return output, np.ascontiguousarray(seed)
+
+    @cached_property
+    def _content_hash(self):
+        return rewrite.content_hash(self.proto)
+
+    def _rewritten_session(self, request):
+        if request not in self._sessions:
+            self._sessions[request] = rewrite.session(self.proto, request, self._content_hash,
+                                                provider=self.provider, threads=self.threads)
+        return self._sessions[request]
 
     @cached_property
     def _expected_shape(self):
@@ -351,6 +487,11 @@ class Model:
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]
                 predictions.append(Prediction(str(item) if isinstance(item, (str, Path)) else None, ranked))
         return predictions
+
+
+def _spatial(shape):
+    """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
+    return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
 
 
 def _as_list(images):

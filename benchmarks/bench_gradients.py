@@ -1,0 +1,102 @@
+"""Cost of activations and gradients through ``Model.run``, side by side with a plain forward pass.
+
+Per model and batch size (1 and 16), one paired benchmark times within each round, order
+rotating: ``forward`` = ``Model.run(x)``; ``layer`` = activation + gradient at the default layer
+(Grad-CAM's capture); ``input`` = the input gradient (saliency). It prints the medians of the
+per-round ratios ``layer / forward`` (goal ≤ 1.2) and ``input / forward`` (goal ≤ 2.5).
+``test_build_time`` times building the rewritten ResNet-50 uncached (normalize + taps +
+differentiate; goal < 2 s). Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``;
+skipped until it exists) and a
+ResNet-50 with random weights at 224×224 built with onnx.helper (``resnet50_graph.py``).
+ORT threads: ``$ONNXLENS_BENCH_THREADS`` (default 2). Rewritten models go to a temporary cache.
+
+    python -m pytest benchmarks/bench_gradients.py --benchmark-columns=median,rounds -s
+"""
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from engine import Model
+from engine.runtime import rewrite
+from resnet50_graph import resnet50
+
+ROOT = Path(__file__).resolve().parents[1]
+THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "2"))
+SHAPES_RESNET = Path(os.environ.get("ONNXLENS_BENCH_SHAPES", ROOT / "models" / "shapes-resnet.onnx"))
+ROUNDS = {("shapes-resnet", 1): 200, ("shapes-resnet", 16): 40, ("resnet50", 1): 12, ("resnet50", 16): 3}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache():
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONNXLENS_CACHE", folder)
+        yield
+
+
+@pytest.fixture(scope="module")
+def resnet50_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resnet50") / "resnet50.onnx"
+    onnx.save(resnet50(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module", params=["shapes-resnet", "resnet50"])
+def model(request, resnet50_path):
+    if request.param == "shapes-resnet":
+        if not SHAPES_RESNET.is_file():
+            pytest.skip(f"{SHAPES_RESNET} is not there yet (models/train.py makes it)")
+        return request.param, Model(SHAPES_RESNET, threads=THREADS)
+    return request.param, Model(resnet50_path, threads=THREADS)
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_gradient_cost_paired(benchmark, model, batch, capsys):
+    name, model = model
+    height, width = model.input_size
+    shape = (batch, 3, height, width) if model.input.layout == "NCHW" else (batch, height, width, 3)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    classes = model.outputs[0].shape[1]
+    seed = np.eye(classes, dtype=np.float32)[np.arange(batch) % classes]
+    layer = model.default_layer
+    calls = {
+        "forward": lambda: model.run(x),
+        "layer": lambda: model.run(x, activations=[layer], gradients=[layer], seed=seed),
+        "input": lambda: model.run(x, gradients=["input"], seed=seed),
+    }
+    for call in calls.values():  # build, cache and warm up every session before timing
+        call()
+    times = {key: [] for key in calls}
+    order = list(calls)
+
+    def one_round():
+        order.append(order.pop(0))
+        for key in order:
+            start = time.perf_counter()
+            calls[key]()
+            times[key].append(time.perf_counter() - start)
+
+    benchmark.group = f"{name} batch {batch} paired"
+    benchmark.pedantic(one_round, rounds=ROUNDS[name, batch], warmup_rounds=1)
+    forward = np.array(times["forward"])
+    for key, goal in (("layer", 1.2), ("input", 2.5)):
+        ratio = float(np.median(np.array(times[key]) / forward))
+        benchmark.extra_info[f"{key} / forward"] = ratio
+        with capsys.disabled():
+            print(f"\n{name} batch {batch}: {key} ({layer if key == 'layer' else 'input'}) / forward = {ratio:.2f} "
+                  f"(goal ≤ {goal}; forward median {np.median(forward) * 1e3:.1f} ms, {THREADS} threads)", end="")
+
+
+@pytest.mark.parametrize("target", ["layer", "input"])
+def test_build_time(benchmark, resnet50_path, target):
+    model = Model(resnet50_path, threads=THREADS)
+    wanted = model.default_layer if target == "layer" else model.input.name
+    request = rewrite.Request(model.input_size, activations=(wanted,) if target == "layer" else (),
+                              gradients=(wanted,), output=model.outputs[0].name)
+    benchmark.group = "resnet50 rewrite build (uncached)"
+    rewritten = benchmark.pedantic(rewrite.build, args=(model.proto, request), rounds=3, iterations=1)
+    assert rewritten.graph.output[-1].name == f"{wanted}__grad"

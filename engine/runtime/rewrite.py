@@ -1,0 +1,110 @@
+"""Rewritten models (taps, gradients) built once and cached on disk.
+
+A request names the tensors to expose and to differentiate; :func:`build` turns a model into
+the rewritten one (add_taps → normalize → differentiate) and :func:`cached` stores it under
+``$ONNXLENS_CACHE`` (default ``~/.cache/onnxlens``), keyed by the model's content hash, the
+request and a hash of the graph code, so a rule change never serves a stale file.
+"""
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import onnx
+
+from engine.data.files import atomic_path
+from engine.errors import ModelLoadError
+from engine.graph.autodiff import differentiate
+from engine.graph.normalize import normalize
+from engine.graph.taps import add_taps
+from engine.runtime.session import create_session
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to expose: ``activations`` and ``gradients`` (tensor names, the graph input's name
+    for the input gradient) of Σ seed · ``output`` in backward ``mode``, at ``input_size`` (H, W)."""
+
+    input_size: tuple | None
+    activations: tuple = ()
+    gradients: tuple = ()
+    output: str | None = None
+    mode: str = "standard"
+
+
+def cache_dir():
+    """The cache folder: ``$ONNXLENS_CACHE`` or ``~/.cache/onnxlens``."""
+    return Path(os.environ.get("ONNXLENS_CACHE") or Path.home() / ".cache" / "onnxlens")
+
+
+@lru_cache(maxsize=1)
+def code_version():
+    """Hash of the code rewritten models depend on: engine/graph (normalize, taps, autodiff, rules)
+    and this pipeline."""
+    engine = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in [*sorted((engine / "graph").rglob("*.py")), Path(__file__).resolve()]:
+        digest.update(path.relative_to(engine).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def content_hash(model):
+    """SHA-256 of a ``ModelProto``'s serialized bytes (weights included)."""
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+def build(model, request):
+    """The rewritten model for ``request`` (not cached).
+
+    Requested tensors are tapped before normalization so their names survive it; taps only
+    needed for gradients are dropped from the outputs again.
+
+    >>> tapped = build(model, Request((64, 64), activations=("layer4",)))
+    """
+    originals = [o.name for o in model.graph.output]
+    wanted = list(dict.fromkeys([*request.activations, *request.gradients]))
+    inputs = {i.name for i in model.graph.input}
+    rewritten = normalize(add_taps(model, [n for n in wanted if n not in inputs]), input_size=request.input_size)
+    if request.gradients:
+        rewritten = differentiate(rewritten, request.output or originals[0], list(request.gradients),
+                                  mode=request.mode)
+    keep = set(originals) | set(request.activations)
+    extra = {n for n in wanted if n not in keep}
+    outputs = [o for o in rewritten.graph.output if o.name not in extra]
+    del rewritten.graph.output[:]
+    rewritten.graph.output.extend(outputs)
+    return rewritten
+
+
+def cached(model, request, model_hash=None, folder=None):
+    """Path of the rewritten model for ``request``, built and written atomically on first use.
+
+    >>> path = cached(model, Request((64, 64), gradients=("image",), output="logits"))
+    """
+    model_hash = model_hash or content_hash(model)
+    key = json.dumps({"model": model_hash, "code": code_version(), "request": asdict(request)}, sort_keys=True)
+    path = Path(folder or cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
+    if not path.is_file():
+        write(build(model, request), path)
+    return path
+
+
+def write(model, path):
+    """Write ``model`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def session(model, request, model_hash=None, folder=None, provider="auto", threads=None):
+    """An ORT session on the cached rewritten model; a cached file that fails to load is rebuilt.
+
+    >>> sess = session(model, Request((64, 64), activations=("layer4",)), threads=1)
+    """
+    path = cached(model, request, model_hash, folder)
+    try:
+        return create_session(path, provider=provider, threads=threads)
+    except ModelLoadError:
+        write(build(model, request), path)
+        return create_session(path, provider=provider, threads=threads)

@@ -1,0 +1,9 @@
+"""Test-wide setup: rewritten models are cached in a temporary folder, never in ~/.cache."""
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_model_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONNXLENS_CACHE", str(tmp_path_factory.mktemp("onnxlens-cache")))
+        yield
