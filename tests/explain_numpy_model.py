@@ -34,7 +34,7 @@ class NumpyModel:
         self.fc = rng.normal(size=(classes, k))
         self.fcb = rng.normal(size=classes) * 0.1
         self.size = size
-        self.input = SimpleNamespace(layout="NCHW", channels=3)
+        self.input = SimpleNamespace(name="image", layout="NCHW", channels=3)
         self.input_size = (size, size)
         self.preprocessing = Preprocess("unit")
         self.labels = [f"c{i}" for i in range(classes)]

@@ -240,3 +240,15 @@ def test_cam_and_ablationcam_on_the_onnx_twin():
         cam(model, list(IMAGES[:1]), method="cam", layer="feat")
     abl = cam(model, list(IMAGES[:3]), method="ablationcam", targets=[0, 1, 2])
     assert abl.raw.shape == (3, 4, 4) and np.isfinite(abl.raw).all()
+
+
+def test_tensor_gradient_matches_the_hand_derived_one():
+    from engine.explain.capture import tensor_gradient_fn
+
+    model = NumpyModel()
+    x = model.preprocess(IMAGES[:2])
+    seed = RNG.normal(size=(2, 6, 8, 8)).astype(np.float32)
+    acts, grad = tensor_gradient_fn(model, "feat")(x, seed)
+    want = model.run(x, activations=["feat"], gradients=["input"], seed={"feat": seed})
+    np.testing.assert_allclose(acts, want.activations["feat"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, want.gradients["input"], rtol=1e-4, atol=1e-5)

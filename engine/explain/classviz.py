@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.data.preprocess import PRESETS
 from engine.errors import UsageError
-from engine.explain.capture import output_names
+from engine.explain.capture import output_names, tensor_gradient_fn
 from engine.progress import Progress
 
 # Square root of ImageNet's RGB colour correlation (lucid's color_correlation_svd_sqrt),
@@ -142,14 +142,15 @@ def class_visualization(model, target=None, layer=None, channel=None, steps=200,
         if layer is None:
             raise UsageError("a channel objective needs --layer")
         shape = model.run(x0, activations=[layer]).activations[layer].shape
-        if not 0 <= int(channel) < shape[1]:
-            raise UsageError(f"channel {channel} out of range: layer '{layer}' has {shape[1]} channels")
+        if len(shape) != 4 or not 0 <= int(channel) < shape[1]:
+            raise UsageError(f"channel {channel} out of range: layer '{layer}' has shape {shape}")
         seed = np.zeros(shape, np.float32)
         seed[:, int(channel)] = 1.0 / (shape[2] * shape[3])
+        gradient = tensor_gradient_fn(model, layer)
 
         def objective(x):
-            result = model.run(x, activations=[layer], gradients=["input"], seed={layer: seed})
-            return result.activations[layer][:, int(channel)].mean(axis=(1, 2)), result.gradients["input"]
+            acts, grad = gradient(x, seed)
+            return acts[:, int(channel)].mean(axis=(1, 2)), grad
 
     with Progress(total=steps, label="classviz", unit="step", enabled=progress) as bar:
         result = ascend(objective, x0, steps=steps, lr=lr, l2=l2, jitter=jitter, blur_every=blur_every,
