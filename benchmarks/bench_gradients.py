@@ -4,6 +4,9 @@ Per model and batch size (1 and 16), one paired benchmark times within each roun
 rotating: ``forward`` = ``Model.run(x)``; ``layer`` = activation + gradient at the default layer
 (Grad-CAM's capture); ``input`` = the input gradient (saliency). It prints the medians of the
 per-round ratios ``layer / forward`` (goal ≤ 1.2) and ``input / forward`` (goal ≤ 2.5).
+``test_gradient_cpu_cost`` runs the same three models (the cached rewritten files) on bare sessions
+whose threads do not spin and compares process CPU time, which a busy shared machine distorts far
+less than wall-clock time.
 ``test_build_time`` times building the rewritten ResNet-50 uncached (normalize + taps +
 differentiate; goal < 2 s). Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``;
 skipped until it exists) and a
@@ -19,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from engine import Model
+from engine.graph.autodiff import SEED
 from engine.runtime import rewrite
 from resnet50_graph import resnet50
 
@@ -89,6 +94,51 @@ def test_gradient_cost_paired(benchmark, model, batch, capsys):
         with capsys.disabled():
             print(f"\n{name} batch {batch}: {key} ({layer if key == 'layer' else 'input'}) / forward = {ratio:.2f} "
                   f"(goal ≤ {goal}; forward median {np.median(forward) * 1e3:.1f} ms, {THREADS} threads)", end="")
+
+
+def cpu_session(path):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # CPU time = work done
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_gradient_cpu_cost(benchmark, model, batch, capsys):
+    """The same three models timed in process CPU time (threads do not spin), which other
+    processes on a shared machine disturb far less than wall-clock time."""
+    name, model = model
+    height, width = model.input_size
+    shape = (batch, 3, height, width) if model.input.layout == "NCHW" else (batch, height, width, 3)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    classes = model.outputs[0].shape[1]
+    seed = np.eye(classes, dtype=np.float32)[np.arange(batch) % classes]
+    layer, output, image = model.default_layer, model.outputs[0].name, model.input.name
+    digest = rewrite.content_hash(model.proto)
+    requests = {"layer": rewrite.Request(model.input_size, (layer,), (layer,), output),
+                "input": rewrite.Request(model.input_size, (), (image,), output)}
+    runs = {"forward": (cpu_session(model.path), {image: x})}
+    for key, request in requests.items():
+        runs[key] = (cpu_session(rewrite.cached(model.proto, request, digest)), {image: x, SEED: seed})
+    for session, feeds in runs.values():
+        session.run(None, feeds)
+    times = {key: [] for key in runs}
+
+    def one_round():
+        for key, (session, feeds) in runs.items():
+            start = time.process_time()
+            session.run(None, feeds)
+            times[key].append(time.process_time() - start)
+
+    benchmark.group = f"{name} batch {batch} cpu"
+    benchmark.pedantic(one_round, rounds=ROUNDS[name, batch], warmup_rounds=0)
+    forward = np.array(times["forward"])
+    for key, goal in (("layer", 1.2), ("input", 2.5)):
+        ratio = float(np.median(np.array(times[key]) / forward))
+        benchmark.extra_info[f"{key} / forward (cpu)"] = ratio
+        with capsys.disabled():
+            print(f"\n{name} batch {batch}: {key} / forward in CPU time = {ratio:.2f} (goal ≤ {goal}; forward "
+                  f"median {np.median(forward) * 1e3:.1f} ms CPU, {THREADS} threads)", end="")
 
 
 @pytest.mark.parametrize("target", ["layer", "input"])
