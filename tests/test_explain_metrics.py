@@ -66,11 +66,18 @@ def test_pointing_game_hits_tolerance_and_resize():
     masks[0, 3:6, 3:6] = True        # contains the peak
     masks[1, 0:2, 0:2] = True        # far away
     masks[2, 4, 6:8] = True          # 2 px away
-    assert metrics.pointing_game(maps, masks).tolist() == [True, False, False]
+    assert metrics.pointing_game(maps, masks, tolerance=0).tolist() == [True, False, False]
     assert metrics.pointing_game(maps, masks, tolerance=2).tolist() == [True, False, True]
     big = np.zeros((1, 20, 20), bool)
     big[0, 8:10, 8:10] = True
-    assert metrics.pointing_game(maps[:1], big).tolist() == [True]
+    assert metrics.pointing_game(maps[:1], big, tolerance=0).tolist() == [True]
+    # default: 15 px per 224 px -> 6 px at 96 px
+    peak = np.zeros((1, 96, 96))
+    peak[0, 50, 50] = 1
+    near, far = np.zeros((1, 96, 96), bool), np.zeros((1, 96, 96), bool)
+    near[0, 50, 56] = far[0, 50, 57] = True
+    assert metrics.pointing_game(peak, near).tolist() == [True]
+    assert metrics.pointing_game(peak, far).tolist() == [False]
 
 
 def test_baseline_maps():

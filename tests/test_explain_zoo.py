@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from engine.api import Model
-from engine.explain import methods
-from engine.explain.capture import fc_head, head_fn
+from engine.explain import cam, methods, saliency
+from engine.explain.capture import capture, fc_head, head_fn, head_gradient_fn
 from tests import explain_references as refs
 from tests import zoo
 
@@ -69,3 +69,36 @@ def test_ablation_head_reproduces_the_output_from_the_last_tap(variant):
         weights.append((y - (head(ablated) * seeds).sum()) / y)
     want = refs.relu_sum([weights], a)
     np.testing.assert_allclose(methods.ablationcam(a, head, seeds), want, rtol=1e-3, atol=1e-5 * scale(want))
+
+
+@pytest.mark.parametrize("variant", ["resnet18_ts13", "resnet18nhwc_ts13", "mobilenetv3_dynamo18", "densenet_ts11"])
+def test_gradcam_through_model_run_matches_pytorch_grad_cam(variant):
+    fx = zoo.load(variant)
+    model = Model(fx.path, provider="CPUExecutionProvider", threads=1)
+    outputs, acts, grads = capture(model, fx.input, fx.taps, fx.seed_top1, fx.output_name)
+    np.testing.assert_allclose(outputs[0], fx.outputs[fx.output_name], rtol=1e-4, atol=1e-5)
+    for tap in fx.taps:
+        want = fx.gradcam[tap]
+        np.testing.assert_allclose(methods.gradcam(acts[tap], grads[tap]), want, rtol=1e-3,
+                                   atol=1e-4 * scale(want), err_msg=tap)
+    # the top-1 path: one forward pass with taps, then the gradient of the head after the last tap
+    tap = fx.taps[-1]
+    head = head_gradient_fn(model, tap, fx.output_name)
+    want = fx.gradcam[tap]
+    np.testing.assert_allclose(methods.gradcam(acts[tap], head(acts[tap], fx.seed_top1)), want, rtol=1e-3,
+                               atol=1e-4 * scale(want))
+
+
+def test_cam_and_saliency_api_on_a_zoo_model():
+    model = Model(zoo.load("resnet18_ts13").path, provider="CPUExecutionProvider", threads=1)
+    images = list(np.random.default_rng(0).integers(0, 256, size=(3, 40, 40, 3), dtype=np.uint8))
+    fast = cam(model, images, method="gradcam", batch=2)        # top-1: forward + head gradient
+    slow = cam(model, images, method="gradcam", targets=fast.targets.tolist(), batch=3)
+    np.testing.assert_allclose(fast.raw, slow.raw, rtol=1e-3, atol=1e-4 * scale(slow.raw))
+    np.testing.assert_allclose(fast.scores, slow.scores, rtol=1e-4, atol=1e-5)
+    assert fast.maps.shape == (3, 40, 40) and fast.layers == [model.default_layer]
+    fc = cam(model, images, method="cam", targets=fast.targets.tolist())
+    h, w = fast.raw.shape[1:]
+    np.testing.assert_allclose(fc.raw, h * w * slow.raw, rtol=1e-3, atol=1e-3 * scale(fc.raw))
+    sal = saliency(model, images, method="guided-gradcam")
+    assert sal.attributions.shape == (3, 3, 32, 32) and np.isfinite(sal.maps).all()

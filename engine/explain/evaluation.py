@@ -14,11 +14,12 @@ from engine.progress import Progress
 
 
 def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", steps=16, batch=32,
-             tolerance=0, rng=0, progress=None):
+             tolerance=None, rng=0, progress=None):
     """Pointing game (hit rate), deletion AUC (lower is better) and insertion AUC (higher is
     better) of ``method``'s maps, and of a random and a centre map on the same images.
 
-    ``labels``: the classes to explain (ground truth); the top-1 class when None. Deletion and
+    ``labels``: the classes to explain (ground truth); the top-1 class when None. ``tolerance``
+    of the pointing game: see :func:`metrics.pointing_game`. Deletion and
     insertion score the softmax probability of that class while ``steps`` equal shares of the
     pixels are removed (zeros in model space) or inserted (into a blurred copy).
 
@@ -44,7 +45,8 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
     candidates = {method: exp.maps,
                   "random": metrics.baseline_maps("random", n, masks.shape[1:], rng=rng),
                   "centre": metrics.baseline_maps("centre", n, masks.shape[1:])}
-    report = {"images": n, "method": method, "layers": exp.layers, "steps": steps}
+    report = {"images": n, "method": method, "layers": exp.layers, "steps": steps,
+              "tolerance": int(round(15 / 224 * max(masks.shape[1:]))) if tolerance is None else tolerance}
     with Progress(total=3 * n, label="evaluate", enabled=progress) as bar:
         for name, maps in candidates.items():
             hits = metrics.pointing_game(maps, masks, tolerance=tolerance)

@@ -28,15 +28,19 @@ def baseline_maps(kind, n, size, rng=0):
     raise UsageError(f"unknown baseline map '{kind}': use random or centre")
 
 
-def pointing_game(maps, masks, tolerance=0):
-    """Per-image hits: does each map's maximum fall inside the mask (dilated by ``tolerance`` px)?
+def pointing_game(maps, masks, tolerance=None):
+    """Per-image hits: does each map's maximum fall inside the mask dilated by ``tolerance`` px?
 
-    ``maps`` are resized to the masks' size (bilinear) when they differ. Returns a bool array N.
+    The default is the paper's protocol: 15 px at 224 px, scaled to the masks' size
+    (6 px at 96 px). ``maps`` are resized to the masks' size (bilinear) when they differ.
+    Returns a bool array N.
 
     >>> pointing_game(maps, masks).mean()
     """
     masks = np.asarray(masks, bool)
     n, h, w = masks.shape
+    if tolerance is None:
+        tolerance = int(round(15 / 224 * max(h, w)))
     hits = np.empty(n, bool)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
     for i in range(n):
