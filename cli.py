@@ -575,6 +575,52 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
     click.echo(str(written[-1]))
 
 
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1)
+@click.option("--synth", type=click.IntRange(min=1), help="Check N generated Shapes images instead of IMAGES.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the generated images and of the augmentation parameters.")
+@click.option("--ops", "spec", default="rotate:15,hflip,brightness:0.7..1.3,contrast:0.7..1.3", show_default=True,
+              help="Comma-separated ops, each checked on its own (as in `onnxlens augment`).")
+@click.option("--method", default="gradcam", show_default=True, help="CAM method.")
+@click.option("--layer", default="auto", show_default=True, help="CAM layer.")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
+def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir):
+    """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
+    from pathlib import Path
+
+    from engine.analyze.robustness import named_ops, robustness as check
+    from engine.data.files import write_json, write_text
+
+    named_ops(spec)  # a bad spec fails before the model loads
+    if bool(synth) == bool(images):
+        raise UsageError("give either --synth N or IMAGES")
+    if synth:
+        from engine.data.synth import generate
+
+        pictures = generate(synth, seed=seed).images
+    else:
+        pictures = _image_files(images)
+    report = check(Model(model, provider=provider), pictures, spec, seed=seed, method=method, layer=layer,
+                   batch=batch)
+    info = {"model": model, "seed": seed, **report.to_dict()}
+    if out_dir:
+        write_json(Path(out_dir) / "robustness.json", info)
+        write_text(Path(out_dir) / "robustness.csv", report.to_csv())
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    fmt = lambda v, d="": "-" if v is None else f"{v:.3f}{d}"  # noqa: E731
+    rows = [(r["op"], r["images"], fmt(r["agreement"]), fmt(r["iou_mean"]), fmt(r["iou_std"]), fmt(r["valid"]))
+            for r in info["ops"]]
+    click.echo(f"{info['images']} images, {method}, top {report.fraction:.0%} region")
+    click.echo(_table(rows, ("op", "images", "top-1 agree", "CAM IoU", "± std", "valid px")))
+
 
 # --- audit commands -----------------------------------------------------------------------
 
