@@ -26,7 +26,8 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 EVIL = "<script>alert(1)</script>"
 SMALL = Options(gallery=3, cam_methods=("cam", "gradcam", "scorecam"), saliency_methods=("vanilla", "smoothgrad"),
                 smoothgrad_samples=2, integrated_steps=2, faithfulness=6, faithfulness_steps=2, classes=2,
-                classviz_steps=3, embed=24, queries=2, neighbours=3, dissect=24, channels=2, patches=3, width=48)
+                classviz_steps=3, embed=24, queries=2, neighbours=3, dissect=24, channels=2, patches=3, width=48,
+                robustness=6, robustness_ops="hflip,brightness:0.8")
 
 
 def evil_model(tmp_path):
@@ -69,7 +70,6 @@ def test_every_section_is_present_and_timed(synth_report):
     for title, _ in SECTIONS:
         assert found[title][0] is not None and found[title][0] >= 0
     status = {t.title: t.status for t in timings}
-    assert status.pop("Augmentation robustness") in ("ok", "not applicable")
     assert set(status.values()) == {"ok"}, status
     timing_rows = re.findall(r"<tr><td>([^<]*)</td><td class=\"num\">", found["Timing"][1])
     assert [html.unescape(r) for r in timing_rows] == [t.title for t in timings] + ["total"]
@@ -85,6 +85,8 @@ def test_sections_hold_their_content(synth_report):
     assert "units detect a concept" in found["Dissection"][1]
     assert "deletion AUC" in found["Faithfulness"][1] and "<td>centre</td>" in found["Faithfulness"][1]
     assert "receptive field" in found["Model"][1] and "GlobalAveragePool" in found["Model"][1]
+    robust = found["Augmentation robustness"][1]
+    assert "<td>hflip</td>" in robust and "<td>brightness:0.8</td>" in robust and "iou_mean" in robust
     images = pngs(page)
     assert len(images) >= 3 * 4 + 3 * 3 + 2 + 1 + 1 + 2
     assert all(im is not None and im.size > 0 for im in images)

@@ -16,6 +16,7 @@ from engine.analyze.filters import filters_picture
 from engine.analyze.neighbors import nearest, purity
 from engine.analyze.patches import crop, mine
 from engine.analyze.projection import project
+from engine.analyze.robustness import robustness as check_robustness
 from engine.analyze.sources import Source
 from engine.api import Model
 from engine.data.broden import read_concepts, write_concepts
@@ -48,7 +49,8 @@ class Options:
     plot and the neighbour search; ``queries``/``neighbours``: neighbour examples; ``dissect``:
     images dissected; ``faithfulness``/``faithfulness_steps``: images and deletion/insertion
     steps of the faithfulness metrics; ``channels``/``patches``: channels shown and patches per channel;
-    ``smoothgrad_samples``/``integrated_steps``: saliency costs; ``width``: thumbnail width.
+    ``smoothgrad_samples``/``integrated_steps``: saliency costs; ``robustness``/``robustness_ops``:
+    images and augmentation ops of the robustness table; ``width``: thumbnail width.
 
     >>> Options(gallery=4, embed=100)
     """
@@ -66,6 +68,8 @@ class Options:
     queries: int = 4
     neighbours: int = 6
     dissect: int = 200
+    robustness: int = 64
+    robustness_ops: str = "rotate:-15..15,hflip,brightness:0.7..1.3,contrast:0.7..1.3"
     channels: int = 6
     patches: int = 8
     width: int = 112
@@ -325,18 +329,11 @@ def patches(ctx):
 
 
 def robustness(ctx):
-    """Top-1 and CAM agreement under each augmentation op, when the engine provides the check."""
-    try:
-        from engine.augment.robustness import robustness as check
-    except ImportError:
-        raise NotApplicable("the robustness check (`onnxlens robustness`) is not available in this version") from None
-    result = check(ctx.model, ctx.data.head(ctx.options.embed).images)
-    records = result.to_dict() if hasattr(result, "to_dict") else result
-    records = records.get("ops", records) if isinstance(records, dict) else records
-    if not records:
-        raise NotApplicable("the robustness check returned no ops")
-    keys = list(records[0])
-    return [table([[r.get(k) for k in keys] for r in records], keys)]
+    """Top-1 and Grad-CAM agreement under each of ``options.robustness_ops``."""
+    report = check_robustness(ctx.model, ctx.data.head(ctx.options.robustness).images, ctx.options.robustness_ops)
+    rows = report.summary()
+    keys = list(rows[0])
+    return [table([[r[k] for k in keys] for r in rows], keys)]
 
 
 SECTIONS = (
