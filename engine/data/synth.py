@@ -168,6 +168,13 @@ def _lut(index, values):
     return cv2.LUT(index, table)
 
 
+def _paint(index, palette):
+    """Index map → H×W×3 image of the palette's colours (a 3-channel table lookup)."""
+    table = np.zeros((256, 1, 3), palette.dtype)
+    table[: len(palette), 0] = palette
+    return cv2.LUT(cv2.merge([index] * 3), table)
+
+
 def _render(rng, h, w, image, mask, maps):
     """Render one scene into the given output slices; return its class index."""
     patterns, ramps, grain = _tiles(h, w)
@@ -197,13 +204,13 @@ def _render(rng, h, w, image, mask, maps):
                                _OBJECT_SHADE[obj_color]], _RGB[clutter_colors]])
     background = _lut(index, [kind + 1, kind + 1])
     if BACKGROUNDS[kind] == "flat":
-        np.take(palette.astype(np.uint8), index, axis=0, out=image)
+        image[:] = _paint(index, palette.astype(np.uint8))
     else:
-        rgb = np.take(palette, index, axis=0)
+        rgb = _paint(index, palette)
         if BACKGROUNDS[kind] == "gradient":
-            rgb *= np.where(background, _crop(ramps[rng.integers(len(ramps))], rng, h, w), 1)[..., None]
+            rgb *= cv2.merge([np.where(background, _crop(ramps[rng.integers(len(ramps))], rng, h, w), 1)] * 3)
         else:
-            rgb += np.where(background, _crop(grain, rng, h, w), 0)[..., None]
+            rgb += cv2.merge([np.where(background, _crop(grain, rng, h, w), 0)] * 3)
         np.clip(rgb, 0, 255, out=rgb)
         image[:] = rgb
 
