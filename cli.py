@@ -4,7 +4,6 @@ Installed as the console script ``onnxlens``; also runnable from a checkout as
 ``python cli.py ...`` on machines where nothing is installed.
 """
 import json
-import re
 import sys
 
 import click
@@ -39,40 +38,34 @@ def main(ctx, debug):
 # --- data commands ------------------------------------------------------------------------
 
 
-def _size(text):
-    """'HxW' → (H, W)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
-    if not match:
-        raise UsageError(f"--size '{text}' is not HxW: write it like 96x96")
-    return int(match.group(1)), int(match.group(2))
-
-
-@main.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
-@click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(min=1), help="Number of images.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="World seed.")
-@click.option("--size", default="96x96", show_default=True, help="Image size HxW.")
-def synth(out, n, seed, size):
-    """Generate Shapes-world images with concept label maps in the Broden layout."""
-    from engine.data import broden, synth as world
-
-    with Progress(total=n, label="synth") as bar:
-        broden.write_concepts(out, world.batches(n, seed=seed, size=_size(size)), progress=bar)
-    click.echo(f"wrote {n} images with shape/color/texture/background label maps to {out}")
-
-
-# --- model commands -----------------------------------------------------------------------
-
-
 def _parse_size(ctx, param, value):
     """Click callback: 'HxW' → (H, W)."""
     if value is None:
         return None
     try:
         height, width = (int(v) for v in value.lower().replace("×", "x").split("x"))
+        if height < 1 or width < 1:
+            raise ValueError
     except ValueError:
-        raise click.BadParameter(f"'{value}' is not HxW, e.g. 64x64") from None
+        raise UsageError(f"--size '{value}' is not HxW: write it like 64x64") from None
     return height, width
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
+@click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(min=1), help="Number of images.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="World seed.")
+@click.option("--size", default="96x96", show_default=True, callback=_parse_size, help="Image size HxW.")
+def synth(out, n, seed, size):
+    """Generate Shapes-world images with concept label maps in the Broden layout."""
+    from engine.data import broden, synth as world
+
+    with Progress(total=n, label="synth") as bar:
+        broden.write_concepts(out, world.batches(n, seed=seed, size=size), progress=bar)
+    click.echo(f"wrote {n} images with shape/color/texture/background label maps to {out}")
+
+
+# --- model commands -----------------------------------------------------------------------
 
 
 def _dims(shape):

@@ -42,6 +42,18 @@ def test_trained_models_are_accurate_on_fresh_images(name, fresh):
     assert (logits.argmax(1) == labels).mean() >= 0.95
 
 
+@pytest.mark.parametrize("name", ["shapes-resnet", "shapes-mobilenet"])
+def test_engine_predict_matches_the_hand_written_pipeline(name, fresh):
+    from engine import Model
+
+    x, labels = fresh
+    scene = synth.generate(500, seed=TEST_SEED)
+    model = Model(MODELS / f"{name}.onnx", provider="CPUExecutionProvider", threads=1)
+    top1 = np.array([p.top[0].index for p in model.predict(scene.images, top=1)])
+    np.testing.assert_array_equal(top1, _logits(name, x).argmax(1))
+    assert (top1 == labels).mean() >= 0.95
+
+
 def test_random_twin_is_near_chance_with_the_same_architecture(fresh):
     x, labels = fresh
     accuracy = (_logits("shapes-resnet-random", x).argmax(1) == labels).mean()
