@@ -4,12 +4,14 @@ Installed as the console script ``onnxlens``; also runnable from a checkout as
 ``python cli.py ...`` on machines where nothing is installed.
 """
 import json
+import re
 import sys
 
 import click
 
 from engine.api import Model
-from engine.errors import OnnxlensError
+from engine.errors import OnnxlensError, UsageError
+from engine.progress import Progress
 
 
 class Group(click.Group):
@@ -35,6 +37,28 @@ def main(ctx, debug):
 
 
 # --- data commands ------------------------------------------------------------------------
+
+
+def _size(text):
+    """'HxW' → (H, W)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    if not match:
+        raise UsageError(f"--size '{text}' is not HxW: write it like 96x96")
+    return int(match.group(1)), int(match.group(2))
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
+@click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(min=1), help="Number of images.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="World seed.")
+@click.option("--size", default="96x96", show_default=True, help="Image size HxW.")
+def synth(out, n, seed, size):
+    """Generate Shapes-world images with concept label maps in the Broden layout."""
+    from engine.data import broden, synth as world
+
+    with Progress(total=n, label="synth") as bar:
+        broden.write_concepts(out, world.batches(n, seed=seed, size=_size(size)), progress=bar)
+    click.echo(f"wrote {n} images with shape/color/texture/background label maps to {out}")
 
 
 # --- model commands -----------------------------------------------------------------------
@@ -344,6 +368,182 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, pro
 # --- analysis commands --------------------------------------------------------------------
 
 
+def _source(images, synth_n, seed, concepts):
+    """The image set named by IMAGES..., --synth N or --concepts DIR (exactly one)."""
+    from engine.analyze import sources
+
+    given = [bool(images), synth_n is not None, concepts is not None]
+    if sum(given) != 1:
+        raise UsageError("give exactly one image set: IMAGES..., --synth N or --concepts DIR")
+    if synth_n is not None:
+        return sources.from_synth(synth_n, seed=seed)
+    if concepts is not None:
+        from engine.data.broden import read_concepts
+
+        return sources.from_concepts(read_concepts(concepts))
+    return sources.from_paths(images)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1)
+@click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files.")
+@click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth.")
+@click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder.")
+@click.option("--layer", default="auto", show_default=True, help="Tensor to embed (auto: the pooled penultimate).")
+@click.option("--out", required=True, metavar="DIR", help="Folder for features.npy, index.csv, embedding.json.")
+@click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json):
+    """Extract one feature vector per image at a layer; report kNN label purity."""
+    from engine.analyze.embeddings import embed as run_embed
+    from engine.analyze.neighbors import purity
+
+    result = run_embed(Model(model), _source(images, synth_n, seed, concepts), layer=layer, out=out,
+                       batch_size=batch_size)
+    info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
+    if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
+        info["knn_purity"] = round(purity(result.features, result.labels, k=k), 4)
+        info["k"] = k
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{info['images']} images × {info['dim']} features at {info['layer']} → {out}")
+    if "knn_purity" in info:
+        click.echo(f"kNN label purity (k={k}, cosine): {info['knn_purity']:.4f}")
+
+
+@main.command()
+@click.argument("folder")
+@click.option("--query", required=True, multiple=True, metavar="IMAGE",
+              help="Query image (a file or a synth:SEED:INDEX name); repeatable.")
+@click.option("--k", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--metric", default="cosine", show_default=True, type=click.Choice(["cosine", "l2"]))
+@click.option("--out", required=True, metavar="PNG", help="Grid: one row per query, then its neighbours.")
+def neighbors(folder, query, k, metric, out):
+    """Show the nearest images of an embedding folder to each query image."""
+    from engine.analyze.neighbors import neighbor_sheet
+
+    from engine.data.files import write_image
+
+    write_image(out, neighbor_sheet(folder, list(query), k=k, metric=metric))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("folder")
+@click.option("--method", default="tsne", show_default=True, type=click.Choice(["tsne", "pca"]))
+@click.option("--thumbnails", is_flag=True, help="Draw image thumbnails at (non-overlapping) points.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, metavar="PNG")
+def project(folder, method, thumbnails, seed, out):
+    """Scatter plot of an embedding folder in 2-D (t-SNE or PCA), coloured by label."""
+    import numpy as np
+
+    from engine.analyze.embeddings import load_embedding
+    from engine.analyze.projection import project as run_project
+    from engine.analyze.sources import read_named
+    from engine.viz.scatter import scatter
+
+    emb = load_embedding(folder)
+    points = run_project(emb.features, method=method, seed=seed)
+    pictures = None
+    if thumbnails:  # at most 300 random images are read; the plot keeps those that do not overlap
+        chosen = set(np.random.default_rng(seed).permutation(len(emb.names))[:300].tolist())
+        pictures = [read_named(name) if i in chosen else None for i, name in enumerate(emb.names)]
+    from engine.data.files import write_image
+
+    write_image(out, scatter(points, emb.labels, thumbnails=pictures, title=f"{method} of {emb.layer}"))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--layer", help="A Conv layer (default: the first Conv).")
+@click.option("--out", required=True, metavar="PNG")
+def filters(model, layer, out):
+    """Draw a Conv layer's filters as a grid, each normalized on its own."""
+    from engine.analyze.filters import filters_picture
+
+    from engine.data.files import write_image
+
+    write_image(out, filters_picture(Model(model), layer))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("image")
+@click.option("--layer", required=True, help="Layer whose channel maps to draw.")
+@click.option("--out", required=True, metavar="PNG")
+def activations(model, image, layer, out):
+    """Draw every channel map of a layer for one image, the image beside them."""
+    from engine.analyze.filters import activations_picture
+    from engine.analyze.sources import read_named
+
+    from engine.data.files import write_image
+
+    write_image(out, activations_picture(Model(model), read_named(image), layer))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--concepts", required=True, metavar="DIR", help="Broden-layout folder (see `onnxlens synth`).")
+@click.option("--layer", default="auto", show_default=True, help="Layer to dissect (auto: the last spatial map).")
+@click.option("--quantile", default=0.995, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Activation quantile of each unit's threshold.")
+@click.option("--iou", default=0.04, show_default=True, type=float, help="IoU above which a unit detects a concept.")
+@click.option("--top", default=8, show_default=True, type=click.IntRange(min=1), help="Images per unit sheet.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, metavar="DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
+def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json):
+    """Network Dissection: label each unit of a layer with the concept its top activations cover."""
+    from engine.analyze.dissection import dissect as run_dissect, write_dissection
+    from engine.data.broden import read_concepts
+
+    model, dataset = Model(model), read_concepts(concepts)
+    result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size)
+    write_dissection(result, out, model, dataset, images_per_unit=top)
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
+        return
+    s = result.summary
+    click.echo(f"{s['layer']}: {s['detectors']} of {s['units']} units detect a concept (IoU > {iou}), "
+               f"{s['concepts']} distinct concepts")
+    for category, found in s["categories"].items():
+        click.echo(f"  {category:12s} {found['detectors']:4d} units  {', '.join(found['concepts'])}")
+    click.echo(f"wrote {out}/units.csv, summary.json and {s['detectors']} unit sheets")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1)
+@click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files.")
+@click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth.")
+@click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder.")
+@click.option("--layer", default="auto", show_default=True)
+@click.option("--channels", default="all", show_default=True, help="'all' or a list such as 0,3,7.")
+@click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Patches per channel.")
+@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for models with dynamic spatial dims.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, metavar="DIR")
+def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out):
+    """Maximally activating patches: each channel's top receptive-field crops over an image set."""
+    from engine.analyze.patches import mine, write_patches
+    from engine.analyze.sources import read_named
+
+    source = _source(images, synth_n, seed, concepts)
+    result = mine(Model(model, input_size=size), source, layer, channels=channels, top=top, batch_size=batch_size)
+    write_patches(result, lambda i: read_named(source.names[i]), out)
+    field = result.field
+    shown = "the whole image" if field.whole_image else f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}"
+    click.echo(f"{result.layer}: receptive field {shown}; wrote {len({r['channel'] for r in result.rows})} "
+               f"channel grids and patches.json to {out}")
+
+
 # --- augmentation commands ----------------------------------------------------------------
 @main.command()
 @click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
@@ -375,8 +575,135 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
     click.echo(str(written[-1]))
 
 
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1)
+@click.option("--synth", type=click.IntRange(min=1), help="Check N generated Shapes images instead of IMAGES.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the generated images and of the augmentation parameters.")
+@click.option("--ops", "spec", default="rotate:15,hflip,brightness:0.7..1.3,contrast:0.7..1.3", show_default=True,
+              help="Comma-separated ops, each checked on its own (as in `onnxlens augment`).")
+@click.option("--method", default="gradcam", show_default=True, help="CAM method.")
+@click.option("--layer", default="auto", show_default=True, help="CAM layer.")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
+def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir):
+    """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
+    from pathlib import Path
+
+    from engine.analyze.robustness import named_ops, robustness as check
+    from engine.data.files import write_json, write_text
+
+    named_ops(spec)  # a bad spec fails before the model loads
+    if bool(synth) == bool(images):
+        raise UsageError("give either --synth N or IMAGES")
+    if synth:
+        from engine.data.synth import generate
+
+        pictures = generate(synth, seed=seed).images
+    else:
+        pictures = _image_files(images)
+    report = check(Model(model, provider=provider), pictures, spec, seed=seed, method=method, layer=layer,
+                   batch=batch)
+    info = {"model": model, "seed": seed, **report.to_dict()}
+    if out_dir:
+        write_json(Path(out_dir) / "robustness.json", info)
+        write_text(Path(out_dir) / "robustness.csv", report.to_csv())
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    fmt = lambda v, d="": "-" if v is None else f"{v:.3f}{d}"  # noqa: E731
+    rows = [(r["op"], r["images"], fmt(r["agreement"]), fmt(r["iou_mean"]), fmt(r["iou_std"]), fmt(r["valid"]))
+            for r in info["ops"]]
+    click.echo(f"{info['images']} images, {method}, top {report.fraction:.0%} region")
+    click.echo(_table(rows, ("op", "images", "top-1 agree", "CAM IoU", "± std", "valid px")))
+
 
 # --- audit commands -----------------------------------------------------------------------
+
+
+def _log_section(timing):
+    reason = f": {timing.reason}" if timing.reason else ""
+    click.echo(f"  {timing.title:<28} {timing.seconds:6.1f} s  {timing.status}{reason}", err=True)
+
+
+_images_option = click.option("--images", metavar="DIR", help="A folder of images (searched recursively).")
+_labels_option = click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images.")
+_synth_option = click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead.")
+_seed_option = click.option("--seed", default=0, show_default=True, help="Seed of the generated images.")
+_provider_option = click.option("--provider", default="auto", show_default=True,
+                                help="ONNX Runtime execution provider (auto: CUDA when available).")
+
+
+@main.command()
+@click.argument("model")
+@_images_option
+@_labels_option
+@_synth_option
+@_seed_option
+@click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
+@_provider_option
+@click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
+@click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
+@click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
+@click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
+def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps):
+    """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
+    from engine.audit import Options, audit as run_audit, choose
+
+    loaded = Model(model, provider=provider)
+    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
+    options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
+    path, _ = run_audit(loaded, data, out, options, log=_log_section)
+    click.echo(path)
+
+
+@main.command()
+@click.argument("model_a")
+@click.argument("model_b")
+@_images_option
+@_labels_option
+@_synth_option
+@_seed_option
+@click.option("--out", metavar="DIR", help="Also write DIR/index.html and DIR/compare.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
+@_provider_option
+def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider):
+    """Agreement of two variants of one network: outputs and Grad-CAM maps."""
+    from engine.audit import choose, compare as run_compare
+    from engine.audit.compare import write_comparison
+
+    a, b = Model(model_a, provider=provider), Model(model_b, provider=provider)
+    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=a.labels)
+    result = run_compare(a, b, data.images, names=data.names)
+    summary = result.summary(worst)
+    page = write_comparison(result, data.images, out, a.labels, worst) if out is not None else None
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    click.echo(_table([[k, f"{summary[k]:.4g}"] for k in ("top1_agreement", "max_abs_difference", "cam_agreement")]
+                      + [["top-20 % IoU (mean)", f"{summary['top20_iou']['mean']:.4g}"], ["images", summary["images"]]],
+                      ("figure", "value")))
+    click.echo("least agreeing: " + ", ".join(f"{w['image']} ({w['pearson']:.3f})" for w in summary["worst"]))
+    if page is not None:
+        click.echo(page)
+
+
+@main.command()
+@click.option("--out", default="demo-out", show_default=True, metavar="DIR", help="Folder for the report.")
+@click.option("--n", default=200, show_default=True, help="Generated images to audit.")
+@_provider_option
+def demo(out, n, provider):
+    """Audit the shipped Shapes ResNet on generated images and compare it with its int8 version."""
+    from engine.audit.demo import demo as run_demo
+
+    click.echo(f"auditing models/shapes-resnet.onnx on {n} generated images ...", err=True)
+    path, _ = run_demo(out, n=n, provider=provider, log=_log_section)
+    click.echo(f"report: {path.resolve()}")
 
 
 if __name__ == "__main__":

@@ -42,33 +42,6 @@ class Layer:
 
 
 @dataclass(frozen=True)
-class ImageInput:
-    """The model's image input: layout ``NCHW`` or ``NHWC``, channels (1 or 3), declared shape."""
-
-    name: str
-    layout: str
-    channels: int
-    dtype: np.dtype
-    shape: tuple
-
-    @property
-    def size(self):
-        """Declared (H, W); an entry is None where that dim is dynamic."""
-        h, w = (2, 3) if self.layout == "NCHW" else (1, 2)
-        return tuple(d if isinstance(d, int) else None for d in (self.shape[h], self.shape[w]))
-
-    @property
-    def batch(self):
-        """The declared batch size, or None when the batch dim is dynamic."""
-        return self.shape[0] if isinstance(self.shape[0], int) else None
-
-    @property
-    def dynamic(self):
-        """Letters (N, C, H, W) of the dims that are dynamic."""
-        return tuple(axis for axis, d in zip(self.layout, self.shape) if not isinstance(d, int))
-
-
-@dataclass(frozen=True)
 class Top:
     """One ranked class: its index, its label (None without labels) and its score."""
 
@@ -105,36 +78,6 @@ def _dtype_name(elem_type):
         return helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
 
 
-def _find_image_input(model, path):
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [vi for vi in model.graph.input if vi.name not in initializers]
-    images = [
-        vi for vi in inputs
-        if vi.type.tensor_type.elem_type in shapes.FLOAT_TYPES and len(shapes.value_info_shape(vi) or ()) == 4
-    ]
-    if len(images) != 1:
-        listed = ", ".join(f"{vi.name} {shapes.value_info_shape(vi)}" for vi in inputs) or "none"
-        problem = "no 4-D float input" if not images else "more than one 4-D float input"
-        raise ModelLoadError(
-            f"'{path}' has {problem} (inputs: {listed}): onnxlens needs one N×C×H×W or N×H×W×C float image input"
-        )
-    vi = images[0]
-    shape = shapes.value_info_shape(vi)
-    channel_dims = {"NCHW": shape[1], "NHWC": shape[3]}
-    fitting = [layout for layout, dim in channel_dims.items() if dim in (1, 3)]  # NCHW first when both fit
-    unknown = [layout for layout, dim in channel_dims.items() if not isinstance(dim, int)]
-    if fitting:
-        layout, channels = fitting[0], channel_dims[fitting[0]]
-    elif unknown:
-        layout, channels = unknown[0], 3  # a dynamic channel dim: assume RGB
-    else:
-        raise ModelLoadError(
-            f"input '{vi.name}' of '{path}' has shape {shape}: no channel dim of size 1 or 3 in position 1 or 3"
-        )
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
-    return ImageInput(vi.name, layout, channels, dtype, shape)
-
-
 class Model:
     """An ONNX image model on ONNX Runtime.
 
@@ -157,7 +100,11 @@ class Model:
         self.provider = provider
         self.threads = threads
         self.metadata = {prop.key: prop.value for prop in self.proto.metadata_props}
-        self.input = _find_image_input(self.proto, self.path)
+        self.input = shapes.image_input(self.proto, source=self.path)
+        if self.input.channels not in (1, 3):
+            raise ModelLoadError(
+                f"input '{self.input.name}' of '{self.path}' has shape {self.input.shape}: "
+                "no channel dim of size 1 or 3 in position 1 or 3; onnxlens feeds RGB or gray images")
         self.input_size = self._choose_size(input_size)
         self.preprocessing = presets.resolve(preprocess, self.metadata)
         self.labels = self._choose_labels(labels)

@@ -34,3 +34,14 @@ def test_write_image_rejects_float(tmp_path):
     with pytest.raises(UsageError):
         write_image(tmp_path / "f.png", np.zeros((2, 2, 3), np.float32))
     assert not list(tmp_path.iterdir())
+
+
+def test_outputs_get_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "s.json", {})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o644

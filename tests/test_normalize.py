@@ -5,6 +5,7 @@ from onnx import helper
 
 from engine.errors import InputShapeError, ModelLoadError
 from engine.graph import normalize as nz
+from engine.graph.shapes import image_input
 from tests.onnx_build import Builder, run
 
 RNG = np.random.default_rng(0)
@@ -168,7 +169,7 @@ def test_tf2onnx_nhwc_input_same_upper():
     model = tf2onnx_model((15, 15))
     clean = nz.normalize(model, input_size=(15, 15))
     _check_clean(clean)
-    assert nz.layout(clean.graph.input[0]) == "NHWC"
+    assert image_input(clean).layout == "NHWC"
     assert [o.name for o in clean.graph.output] == ["dense/BiasAdd:0"]
     for batch in (1, 5):
         _assert_same(model, clean, _x(batch, 15, 15, 3))
@@ -183,8 +184,8 @@ def test_specialize_nhwc_and_nchw_spatial_axes():
     assert _dims(nz.specialize_input(gray, (5, 7)).graph.input[0]) == ["n", 5, 7, 1]
     for dims, expected in [(["n", 3, 224, 3], "NCHW"), (["n", 224, 224, "c"], "NHWC"),
                            (["n", "c", 224, 224], "NCHW"), (["n", "c", "h", "w"], "NCHW")]:
-        info = helper.make_tensor_value_info("img", onnx.TensorProto.FLOAT, dims)
-        assert nz.layout(info) == expected, dims
+        model = Builder().model([("img", dims)], [("img", None)], 17)
+        assert image_input(model).layout == expected, dims
     with pytest.raises(InputShapeError, match="fixed at"):
         nz.specialize_input(tf2onnx_model((16, 16)), (32, 32))
 

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from engine.errors import InputShapeError, ModelLoadError
-from engine.graph.shapes import value_info_shape
+from engine.graph.shapes import image_input, value_info_shape
 
 TARGET_OPSET = 17
 MAX_FOLD_ELEMENTS = 1 << 22  # larger constant results stay computed at run time
@@ -108,9 +108,9 @@ def specialize_input(model: onnx.ModelProto, input_size) -> onnx.ModelProto:
     """
     height, width = (int(v) for v in input_size)
     out = _copy(model)
-    image = image_input(out)
+    image, layout = image_value_info(out)
     dims = image.type.tensor_type.shape.dim
-    axes = (1, 2) if layout(image) == "NHWC" else (2, 3)
+    axes = (1, 2) if layout == "NHWC" else (2, 3)
     for axis, size in zip(axes, (height, width)):
         if dims[axis].HasField("dim_value") and dims[axis].dim_value not in (0, size):
             raise InputShapeError(
@@ -141,8 +141,8 @@ def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     out = _copy(model)
     try:
-        image = image_input(out)
-    except InputShapeError:
+        image, _ = image_value_info(out)
+    except ModelLoadError:
         return out
     batch = image.type.tensor_type.shape.dim[0]
     if not batch.HasField("dim_value"):
@@ -287,27 +287,11 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ---------------------------------------------------------------------------------- public help
-def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    """The first 4-D graph input that is not an initializer (the image)."""
-    weights = {t.name for t in model.graph.initializer}
-    for info in model.graph.input:
-        if info.name not in weights and len(info.type.tensor_type.shape.dim) == 4:
-            return info
-    raise InputShapeError("The model has no 4-D image input; onnxlens works on image CNNs.")
-
-
-def layout(info: onnx.ValueInfoProto) -> str:
-    """``"NCHW"`` or ``"NHWC"`` of a 4-D image input, by where a channel dim of 1 or 3 sits.
-
-    NCHW wins when both fit; with no such dim, a symbolic dim 1 means NCHW, a symbolic last
-    dim NHWC (the rule ``engine.api`` uses to preprocess images).
-    """
-    dims = value_info_shape(info)
-    if dims[1] in (1, 3):
-        return "NCHW"
-    if dims[3] in (1, 3):
-        return "NHWC"
-    return "NHWC" if isinstance(dims[1], int) and not isinstance(dims[3], int) else "NCHW"
+def image_value_info(model: onnx.ModelProto):
+    """The image input's ``ValueInfoProto`` (editable in place) and its layout, via
+    :func:`engine.graph.shapes.image_input`."""
+    image = image_input(model)
+    return next(vi for vi in model.graph.input if vi.name == image.name), image.layout
 
 
 # ------------------------------------------------------------------------------------ internals

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from engine.graph.normalize import image_input, layout
+from engine.graph.shapes import image_input
 from engine.graph.shapes import value_info_shape
 
 
@@ -65,7 +65,7 @@ def receptive_fields(model: onnx.ModelProto) -> dict:
                    if n.op_type == "Constant" and n.attribute[0].name == "value"})
     image = image_input(model)
     dims = shapes.get(image.name, [None] * 4)
-    axes = (1, 2) if layout(image) == "NHWC" else (2, 3)
+    axes = image.spatial_axes
     image_size = tuple(dims[a] if isinstance(dims[a], int) and dims[a] > 0 else None for a in axes)
     states = {image.name: _State((1, 1), (1, 1), (0, 0), False, axes)}
     for node in graph.node:

@@ -5,8 +5,11 @@ as ONNX's shape inference sees it once the graph inputs carry the given dims.
 """
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper
+
+from engine.errors import ModelLoadError
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 
@@ -75,3 +78,69 @@ def infer(model, input_dims=None):
     for init in graph.initializer:
         infos[init.name] = TensorInfo(init.data_type, tuple(init.dims))
     return infos
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """The model's image input: layout ``NCHW`` or ``NHWC``, channels (1 or 3), declared shape."""
+
+    name: str
+    layout: str
+    channels: int
+    dtype: np.dtype
+    shape: tuple
+
+    @property
+    def size(self):
+        """Declared (H, W); an entry is None where that dim is dynamic."""
+        h, w = self.spatial_axes
+        return tuple(d if isinstance(d, int) else None for d in (self.shape[h], self.shape[w]))
+
+    @property
+    def spatial_axes(self):
+        """The axes of H and W: (2, 3) for NCHW, (1, 2) for NHWC."""
+        return (2, 3) if self.layout == "NCHW" else (1, 2)
+
+    @property
+    def batch(self):
+        """The declared batch size, or None when the batch dim is dynamic."""
+        return self.shape[0] if isinstance(self.shape[0], int) else None
+
+    @property
+    def dynamic(self):
+        """Letters (N, C, H, W) of the dims that are dynamic."""
+        return tuple(axis for axis, d in zip(self.layout, self.shape) if not isinstance(d, int))
+
+
+def image_input(model, source="the model"):
+    """Find the one 4-D float graph input and its layout; ``source`` names the model in errors.
+
+    The layout is where a channel dim of 1 or 3 sits (NCHW wins when both fit); with a dynamic
+    channel dim, RGB is assumed; with neither (e.g. 4 channels), NCHW.
+
+    >>> image_input(onnx.load("models/shapes-resnet.onnx")).layout
+    'NCHW'
+    """
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in initializers]
+    images = [vi for vi in inputs if vi.type.tensor_type.elem_type in FLOAT_TYPES
+              and len(value_info_shape(vi) or ()) == 4]
+    if len(images) != 1:
+        listed = ", ".join(f"{vi.name} {value_info_shape(vi)}" for vi in inputs) or "none"
+        problem = "no 4-D float input" if not images else "more than one 4-D float input"
+        raise ModelLoadError(
+            f"'{source}' has {problem} (inputs: {listed}): onnxlens needs one N×C×H×W or N×H×W×C float image input"
+        )
+    vi = images[0]
+    shape = value_info_shape(vi)
+    channel_dims = {"NCHW": shape[1], "NHWC": shape[3]}
+    fitting = [layout for layout, dim in channel_dims.items() if dim in (1, 3)]  # NCHW first when both fit
+    unknown = [layout for layout, dim in channel_dims.items() if not isinstance(dim, int)]
+    if fitting:
+        layout, channels = fitting[0], channel_dims[fitting[0]]
+    elif unknown:
+        layout, channels = unknown[0], 3  # a dynamic channel dim: assume RGB
+    else:
+        layout, channels = "NCHW", shape[1]  # not an RGB/gray image: graph passes still apply
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+    return ImageInput(vi.name, layout, channels, dtype, shape)

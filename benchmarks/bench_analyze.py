@@ -1,0 +1,156 @@
+"""Analysis throughput and memory, measured side by side in one run.
+
+``test_throughput_paired``: per round (order rotating), the same Broden-layout set (Shapes world,
+96×96, label maps on disk) goes through
+- ``forward``: images read, preprocessed and run with the same tap and batch size (one pass);
+- ``forward+labels``: the same, plus decoding every image's label maps (dissection's I/O floor);
+- ``dissect``: network dissection (two passes + label maps + masks + IoU counts);
+- ``patches``: patch mining (one pass + top-k).
+It prints the median of the per-round ratios (images/s of each ÷ forward images/s).
+
+``test_dissection_memory_is_flat``: peak RSS of a subprocess dissecting 2,000 vs 20,000 Shapes
+images (32×32, generated on the fly, tiny 32×32 CNN).
+
+Model: ``$ONNXLENS_BENCH_MODEL`` or ``models/shapes-resnet.onnx`` when present, else a small random
+CNN at 64×64. Dissection runs with its activation cache (pass 2 reads pass 1's maps back).
+
+    python -m pytest benchmarks/bench_analyze.py -s --benchmark-disable
+"""
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.analyze.dissection import dissect  # noqa: E402
+from engine.analyze.patches import mine  # noqa: E402
+from engine.analyze.sources import from_concepts  # noqa: E402
+from engine.analyze.stream import stream  # noqa: E402
+from engine.api import Model  # noqa: E402
+from engine.data import broden, synth  # noqa: E402
+from engine.data.broden import read_concepts  # noqa: E402
+
+THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
+IMAGES, BATCH, ROUNDS = 256, 32, 4
+
+
+def _model(tmp):
+    shipped = Path(os.environ.get("ONNXLENS_BENCH_MODEL", ROOT / "models" / "shapes-resnet.onnx"))
+    if shipped.exists():
+        return Model(shipped, threads=THREADS)
+    from tests import tiny_models
+
+    path = Path(tmp) / "tiny64.onnx"
+    tiny_models.save(tiny_models.classifier(shape=("N", 3, 64, 64), width=32, stages=((64, 2), (96, 1))), path)
+    return Model(path, threads=THREADS)
+
+
+def test_throughput_paired(tmp_path):
+    model = _model(tmp_path)
+    layer = model.default_layer
+    broden.write_concepts(tmp_path / "concepts", synth.batches(IMAGES, seed=11))
+    dataset = read_concepts(tmp_path / "concepts")
+    source = from_concepts(dataset)
+    def forward_and_labels():
+        for start, images, _, _ in stream(model, source, [layer], BATCH, progress=False):
+            [dataset.label_maps(start + i) for i in range(len(images))]
+
+    runs = {
+        "forward": lambda: sum(len(i) for _, i, _, _ in stream(model, source, [layer], BATCH, progress=False)),
+        "forward+labels": forward_and_labels,
+        "dissect": lambda: dissect(model, dataset, layer=layer, batch_size=BATCH, progress=False),
+        "patches": lambda: mine(model, source, layer, top=9, batch_size=BATCH, progress=False),
+    }
+    runs["forward"]()  # warm-up: sessions, caches
+    ratios = {"dissect": [], "patches": [], "forward+labels": []}
+    seconds = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(ROUNDS):
+        timing = {}
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            runs[name]()
+            timing[name] = time.perf_counter() - start
+            seconds[name].append(timing[name])
+        for name in ratios:
+            ratios[name].append(timing["forward"] / timing[name])
+    print(f"\nmodel {model.path.name}, layer {layer}, {IMAGES} images 96x96, batch {BATCH}, {THREADS} thread(s)")
+    for name in runs:
+        print(f"  {name:8s} {IMAGES / statistics.median(seconds[name]):7.1f} images/s")
+    for name, values in ratios.items():
+        print(f"  {name} / forward: {statistics.median(values):.2f}x  rounds {['%.2f' % v for v in values]}")
+    floor = [f / d for f, d in zip(ratios["dissect"], ratios["forward+labels"])]
+    print(f"  dissect / (forward+labels): {statistics.median(floor):.2f}x  (reading the label maps is the I/O floor)")
+
+
+class _GeneratedConcepts:
+    """A Broden-like dataset generated on the fly in chunks (nothing on disk), for the memory run."""
+
+    categories = list(synth.CONCEPTS)
+
+    def __init__(self, n, size=(32, 32), chunk=256):
+        self.root = Path("generated")
+        self.rows = [{"image": f"{i}.png", "sh": size[0], "sw": size[1]} for i in range(n)]
+        self.classes, self.size, self.chunk, self._cached = None, size, chunk, (None, None)
+        first, self.labels = 1, [None]
+        for family, names in synth.CONCEPTS.items():
+            self.labels += [{"name": name, "category": {family: 1}} for name in names]
+            self._first = getattr(self, "_first", {}) | {family: first}
+            first += len(names)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def _scene(self, i):
+        start = i - i % self.chunk
+        if self._cached[0] != start:
+            self._cached = (start, synth.generate(min(self.chunk, len(self) - start), seed=3, size=self.size, start=start))
+        return self._cached[1], i - start
+
+    def image(self, i):
+        scene, k = self._scene(i)
+        return scene.images[k]
+
+    def label_maps(self, i):
+        scene, k = self._scene(i)
+        return {family: np.where(m[k] > 0, m[k].astype(np.int32) + self._first[family] - 1, 0)[None]
+                for family, m in scene.concepts.items()}
+
+
+def _memory_run(n):
+    """Dissect ``n`` generated images; print peak RSS (MiB) and seconds as JSON."""
+    from tests import tiny_models
+
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"onnxlens-bench-tiny32-{os.getpid()}.onnx"
+    tiny_models.save(tiny_models.classifier(shape=("N", 3, 32, 32), width=16, stages=((32, 1),)), path)
+    model = Model(path, threads=THREADS)
+    dataset = _GeneratedConcepts(n)
+    start = time.perf_counter()
+    result = dissect(model, dataset, layer="relu2", batch_size=64, progress=False)
+    path.unlink()
+    print(json.dumps({"images": n, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "seconds": time.perf_counter() - start, "detectors": result.summary["detectors"]}))
+
+
+def test_dissection_memory_is_flat():
+    peaks = {}
+    for n in (2000, 20000):
+        out = subprocess.run([sys.executable, __file__, str(n)], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        peaks[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    print("\n" + "\n".join(f"  dissect {n:6d} images: peak RSS {p['peak_rss_mib']:.0f} MiB, {p['seconds']:.0f} s"
+                           for n, p in peaks.items()))
+    print(f"  growth 2k → 20k: {peaks[20000]['peak_rss_mib'] - peaks[2000]['peak_rss_mib']:+.1f} MiB")
+
+
+if __name__ == "__main__":
+    _memory_run(int(sys.argv[1]))

@@ -1,0 +1,298 @@
+"""Mergeable dataset accumulators: ``update(batch)``, ``merge(other)``, ``result()``.
+
+Each one summarises a stream of batches so that splitting a dataset into parts, accumulating the
+parts apart (other processes, other machines) and merging gives exactly the single-pass result.
+
+- :class:`Quantile` — per-channel quantile (dissection thresholds), bounded memory.
+- :class:`IoUCounts` — intersection and area counts of unit masks and concept labels.
+- :class:`TopK` — the k images where each channel peaks, with the peak's position.
+- :class:`Embeddings` — feature rows by image index, in memory or in a memory-mapped ``.npy``.
+"""
+import numpy as np
+
+from engine.errors import UsageError
+
+
+class Quantile:
+    """Per-channel ``q``-quantile of a stream of values (numpy's linear interpolation).
+
+    Exact while the values at or above the quantile fit in ``tail`` per channel (the top ``tail``
+    values are kept), i.e. up to about ``tail / (1 - q)`` values per channel; beyond that it reads
+    the quantile from a histogram of ``bins`` bins, interpolated within the bin. Bin widths are
+    powers of two, the smallest whose bins span the channel's range, so the histogram after any
+    split and merge equals the single-pass one. Memory is ``channels × (bins + tail)`` numbers
+    whatever the dataset size.
+
+    >>> acc = Quantile(channels=2, q=0.995)
+    >>> acc.update(np.random.rand(1000, 2))      # rows of values, one column per channel
+    >>> acc.result().shape
+    (2,)
+    """
+
+    FINEST = -40  # the finest bin width is 2**FINEST
+
+    def __init__(self, channels, q=0.995, bins=4096, tail=4096):
+        if not 0 < q < 1:
+            raise UsageError(f"the quantile must lie strictly between 0 and 1, got {q}")
+        self.channels, self.q, self.bins, self.tail = int(channels), float(q), int(bins), int(tail)
+        self.count = 0
+        self.top = np.zeros((self.channels, 0), np.float32)  # the largest values, unordered
+        self.lo = np.full(self.channels, np.inf)
+        self.hi = np.full(self.channels, -np.inf)
+        self.exponent = np.full(self.channels, self.FINEST, np.int64)  # bin width 2**exponent
+        self.start = np.zeros(self.channels, np.int64)  # floor(lo / width): the index of bin 0
+        self.hist = np.zeros((self.channels, self.bins), np.int64)
+
+    def update(self, values):
+        """Add values: an array N×channels, one column per channel (finite numbers)."""
+        values = np.ascontiguousarray(np.asarray(values, np.float32).reshape(-1, self.channels).T)
+        if values.shape[1] == 0:
+            return
+        if not np.isfinite(values).all():
+            raise UsageError("activations hold NaN or infinity: check the model and its preprocessing")
+        self.count += values.shape[1]
+        self._keep_top(values)
+        self._fit(np.minimum(self.lo, values.min(axis=1)), np.maximum(self.hi, values.max(axis=1)), self.exponent)
+        scale = np.ldexp(np.float32(1), -self.exponent).astype(np.float32)[:, None]  # exact: a power of two
+        index = np.floor(values * scale).astype(np.int64) - self.start[:, None]
+        self.hist += self._bincount(index, None)
+
+    def merge(self, other):
+        """Fold another Quantile over the same channels into this one; returns self."""
+        if (other.channels, other.q, other.bins, other.tail) != (self.channels, self.q, self.bins, self.tail):
+            raise UsageError("only Quantile accumulators with the same channels, q, bins and tail merge")
+        if other.count == 0:
+            return self
+        self.count += other.count
+        self._keep_top(other.top)
+        self._fit(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi),
+                  np.maximum(self.exponent, other.exponent))
+        self.hist += other._rebinned(self.exponent, self.start)
+        return self
+
+    def result(self):
+        """The per-channel quantiles as a float64 array (NaN before any value)."""
+        n = self.count
+        if n == 0:
+            return np.full(self.channels, np.nan)
+        position = self.q * (n - 1)  # 0-based ascending rank, fractional
+        below, frac = int(np.floor(position)), position - np.floor(position)
+        from_top = n - 1 - below  # descending rank of the lower neighbour
+        if from_top < self.top.shape[1]:
+            top = -np.sort(-self.top, axis=1).astype(np.float64)
+            lower, upper = top[:, from_top], top[:, max(from_top - 1, 0)]
+            return lower + frac * (upper - lower)
+        cumulative = np.cumsum(self.hist, axis=1)
+        k = (cumulative <= position).sum(axis=1)  # the bin holding rank `position`
+        rows = np.arange(self.channels)
+        before = np.where(k > 0, cumulative[rows, np.maximum(k - 1, 0)], 0)
+        inside = np.minimum((position - before + 0.5) / self.hist[rows, k], 1.0)
+        return (self.start + k + inside) * np.ldexp(1.0, self.exponent)
+
+    # ----------------------------------------------------------------------------- internals
+    def _keep_top(self, values):
+        if self.count - 1 - int(np.floor(self.q * (self.count - 1))) >= self.tail:
+            self.top = self.top[:, :0]  # too many values for the exact path: it is never read again
+            return
+        both = np.concatenate([self.top, values.astype(np.float32)], axis=1)
+        if both.shape[1] > self.tail:
+            both = np.partition(both, both.shape[1] - self.tail, axis=1)[:, -self.tail:]
+        self.top = both
+
+    def _fit(self, lo, hi, exponent):
+        """Coarsen each channel from ``exponent`` until [lo, hi] spans fewer than ``bins`` bins."""
+        exponent = exponent.copy()
+        while True:
+            width = np.ldexp(1.0, exponent)
+            grow = np.isfinite(lo) & (np.floor(hi / width) - np.floor(lo / width) >= self.bins)
+            if not grow.any():
+                break
+            exponent += grow
+        start = np.where(np.isfinite(lo), np.floor(lo / np.ldexp(1.0, exponent)), 0).astype(np.int64)
+        if (exponent != self.exponent).any() or (start != self.start).any():
+            self.hist = self._rebinned(exponent, start)
+        self.lo, self.hi, self.exponent, self.start = lo, hi, exponent, start
+
+    def _rebinned(self, exponent, start):
+        """This histogram at the coarser (or equal) widths ``2**exponent`` with bin 0 at ``start``."""
+        absolute = self.start[:, None] + np.arange(self.bins)
+        index = (absolute >> (exponent - self.exponent)[:, None]) - start[:, None]
+        index = np.where(self.hist > 0, index, 0)
+        return self._bincount(index, self.hist)
+
+    def _bincount(self, index, weights):
+        flat = (index + (np.arange(self.channels) * self.bins)[:, None]).ravel()
+        if weights is None:
+            return np.bincount(flat, minlength=self.hist.size).reshape(self.hist.shape)
+        counts = np.bincount(flat, weights=weights.ravel(), minlength=self.hist.size)
+        return np.rint(counts).astype(np.int64).reshape(self.hist.shape)
+
+
+class IoUCounts:
+    """Intersection and area counts between unit masks and concept labels (Network Dissection).
+
+    A concept's IoU counts only the images where its category is labelled, as Broden's tally
+    does: ``IoU[u, c] = I[u, c] / (A_unit[u, cat(c)] + A_label[c] - I[u, c])`` where ``A_unit``
+    sums a unit's mask area over the images that label category ``cat(c)``.
+
+    ``concept_category`` gives the category index of each label number (-1 for number 0,
+    the unlabelled pixels, and for numbers no category uses).
+
+    Masks come as the coordinates of their pixels, e.g. ``np.nonzero(masks.reshape(n, units, -1))``
+    for dense N×units×H×W bool masks.
+
+    >>> acc = IoUCounts(units=2, categories=["color"], concept_category=[-1, 0, 0])
+    >>> acc.update(np.nonzero(masks.reshape(1, 2, -1)), [{"color": maps}])  # maps: planes×H×W
+    >>> acc.result().shape                                                   # units × label numbers
+    (2, 3)
+    """
+
+    def __init__(self, units, categories, concept_category):
+        self.units, self.categories = int(units), list(categories)
+        self.concept_category = np.asarray(concept_category, np.int64)
+        self.concepts = len(self.concept_category)
+        self.intersection = np.zeros((self.units, self.concepts), np.int64)
+        self.unit_area = np.zeros((self.units, len(self.categories)), np.int64)
+        self.label_area = np.zeros(self.concepts, np.int64)
+
+    def update(self, pixels, label_maps):
+        """Add a batch of N images: ``pixels`` = (image, unit, pixel) index arrays of every mask
+        pixel (pixel = flat index into the H×W label map); ``label_maps`` a list of N dicts,
+        category → planes×H×W label numbers (0 = unlabelled; a category absent or with no planes
+        is not labelled in that image)."""
+        image, unit, pixel = (np.asarray(v, np.int64) for v in pixels)
+        n = len(label_maps)
+        area = np.bincount(image * self.units + unit, minlength=n * self.units).reshape(n, self.units)
+        unit_key = unit * self.concepts
+        for g, category in enumerate(self.categories):
+            labelled = [i for i in range(n) if len(label_maps[i].get(category, ())) > 0]
+            if not labelled:
+                continue
+            self.unit_area[:, g] += area[labelled].sum(axis=0)
+            depth = max(len(label_maps[i][category]) for i in labelled)
+            size = np.asarray(label_maps[labelled[0]][category][0]).size
+            planes = np.zeros((depth, n, size), np.int64)
+            for i in labelled:
+                stack = np.asarray(label_maps[i][category]).reshape(len(label_maps[i][category]), -1)
+                planes[: len(stack), i] = stack
+            if planes.max(initial=0) >= self.concepts:
+                raise UsageError(f"label number {planes.max()} in category '{category}' exceeds label.csv")
+            self.label_area += np.bincount(planes.ravel(), minlength=self.concepts)
+            where = image * size + pixel
+            for plane in planes.reshape(depth, -1):
+                hits = plane[where]  # the label number under each mask pixel
+                keep = hits > 0
+                self.intersection += np.bincount(unit_key[keep] + hits[keep], minlength=self.units * self.concepts
+                                                 ).reshape(self.units, self.concepts)
+        self.intersection[:, 0] = 0
+        self.label_area[0] = 0
+
+    def merge(self, other):
+        """Add another IoUCounts over the same units, categories and concepts; returns self."""
+        if other.intersection.shape != self.intersection.shape or other.categories != self.categories:
+            raise UsageError("only IoUCounts over the same units, categories and concepts merge")
+        self.intersection += other.intersection
+        self.unit_area += other.unit_area
+        self.label_area += other.label_area
+        return self
+
+    def result(self):
+        """IoU per (unit, label number) as float64 units×concepts; 0 where the union is empty."""
+        known = self.concept_category >= 0
+        unit_area = np.where(known, self.unit_area[:, np.maximum(self.concept_category, 0)], 0)
+        union = unit_area + self.label_area - self.intersection
+        return np.divide(self.intersection, union, out=np.zeros(union.shape), where=known & (union > 0))
+
+
+class TopK:
+    """Per channel, the ``k`` images with the highest peak value, with the peak's (y, x).
+
+    Ties go to the lower image index, so any split and merge gives the single-pass result.
+
+    >>> acc = TopK(channels=4, k=3)
+    >>> acc.update(np.random.rand(10, 4, 7, 7), start=0)  # N×C×H×W maps of images 0..9
+    >>> acc.result()["image"].shape
+    (4, 3)
+    """
+
+    FIELDS = ("value", "image", "y", "x")
+
+    def __init__(self, channels, k=8):
+        self.channels, self.k = int(channels), int(k)
+        self.value = np.zeros((self.channels, 0), np.float32)
+        self.image = np.zeros((self.channels, 0), np.int64)
+        self.y = np.zeros((self.channels, 0), np.int64)
+        self.x = np.zeros((self.channels, 0), np.int64)
+
+    def update(self, maps, start):
+        """Add N×C×H×W maps of images ``start .. start+N-1`` (or an ``images`` index array)."""
+        maps = np.asarray(maps, np.float32)
+        n, c, h, w = maps.shape
+        flat = maps.reshape(n, c, h * w)
+        where = flat.argmax(axis=2)  # first maximum in row-major order
+        peak = np.take_along_axis(flat, where[..., None], axis=2)[..., 0]
+        images = np.arange(start, start + n) if np.isscalar(start) else np.asarray(start, np.int64)
+        self._keep(peak.T, np.broadcast_to(images, (c, n)), (where // w).T, (where % w).T)
+
+    def merge(self, other):
+        """Fold another TopK over the same channels into this one; returns self."""
+        if (other.channels, other.k) != (self.channels, self.k):
+            raise UsageError("only TopK accumulators with the same channels and k merge")
+        self._keep(other.value, other.image, other.y, other.x)
+        return self
+
+    def result(self):
+        """Dict of channels×k' arrays ``value``, ``image``, ``y``, ``x`` (best first; k' ≤ k)."""
+        return {name: getattr(self, name).copy() for name in self.FIELDS}
+
+    def _keep(self, value, image, y, x):
+        value = np.concatenate([self.value, value], axis=1)
+        image = np.concatenate([self.image, image], axis=1)
+        order = np.lexsort((image, -value), axis=1)[:, : self.k]
+        self.value = np.take_along_axis(value, order, axis=1)
+        self.image = np.take_along_axis(image, order, axis=1)
+        self.y = np.take_along_axis(np.concatenate([self.y, y], axis=1), order, axis=1)
+        self.x = np.take_along_axis(np.concatenate([self.x, x], axis=1), order, axis=1)
+
+
+class Embeddings:
+    """Feature rows of ``n`` images, filled in any order; in memory, or in a memory-mapped
+    ``.npy`` when ``path`` is given (then memory stays flat whatever ``n``).
+
+    >>> acc = Embeddings(n=100, dim=96)
+    >>> acc.update(np.zeros((10, 96)), start=0)
+    >>> acc.filled.sum()
+    10
+    """
+
+    def __init__(self, n, dim, path=None):
+        self.n, self.dim = int(n), int(dim)
+        if path is None:
+            self.features = np.zeros((self.n, self.dim), np.float32)
+        else:
+            self.features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(self.n, self.dim))
+        self.filled = np.zeros(self.n, bool)
+
+    def update(self, rows, start):
+        """Store N×dim ``rows`` for images ``start .. start+N-1`` (or an index array)."""
+        rows = np.asarray(rows, np.float32).reshape(len(rows), self.dim)
+        index = np.arange(start, start + len(rows)) if np.isscalar(start) else np.asarray(start, np.int64)
+        self.features[index] = rows
+        self.filled[index] = True
+
+    def merge(self, other):
+        """Copy the rows another Embeddings shard holds; returns self."""
+        if (other.n, other.dim) != (self.n, self.dim):
+            raise UsageError("only Embeddings of the same n and dim merge")
+        index = np.flatnonzero(other.filled)
+        self.features[index] = other.features[index]
+        self.filled[index] = True
+        return self
+
+    def result(self):
+        """The n×dim float32 features (the memmap itself when on disk); every row must be filled."""
+        if not self.filled.all():
+            raise UsageError(f"{int((~self.filled).sum())} of {self.n} embedding rows were never filled")
+        if isinstance(self.features, np.memmap):
+            self.features.flush()
+        return self.features

@@ -1,0 +1,233 @@
+"""Network Dissection (Bau et al., CVPR 2017) over a Broden-layout concept dataset.
+
+Pass 1 streams the layer's activations into a per-unit :class:`Quantile` (threshold ``T_k``, the
+top ``1 - quantile`` of all its activations) and a :class:`TopK` of each unit's best images.
+Pass 2 upsamples each unit's map bilinearly to the label-map size, thresholds it into a mask and
+accumulates :class:`IoUCounts` against every concept (a concept counts only images that label its
+category). A unit detects its best concept when that IoU exceeds ``iou``.
+"""
+import contextlib
+import csv
+import io
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.analyze.accumulators import IoUCounts, Quantile, TopK
+from engine.analyze.sources import from_concepts
+from engine.analyze.stream import stream
+from engine.data.broden import read_concepts
+from engine.data.files import write_image, write_json, write_text
+from engine.errors import LayerError, UsageError
+from engine.progress import Progress
+from engine.viz.grid import grid
+from engine.viz.title import titled
+
+CV_MAX_CHANNELS = 512  # cv2.resize handles at most this many channels at once
+
+
+@dataclass(frozen=True)
+class Dissection:
+    """Per unit: best concept, its category, IoU and the unit's threshold; plus a summary."""
+
+    layer: str
+    units: list  # dicts: unit, concept, category, iou, threshold, detector
+    summary: dict
+    iou: np.ndarray  # units × label numbers
+    top: dict  # TopK result: value/image/y/x, units × k
+
+
+def primary_categories(dataset):
+    """Category index of each label number (the category naming it most often, as NetDissect's
+    ``primary_categories_per_index``); -1 for number 0 and numbers without a category."""
+    out = np.full(len(dataset.labels), -1, np.int64)
+    for number, label in enumerate(dataset.labels):
+        if number and label and label["category"]:
+            name = max(label["category"], key=lambda c: label["category"][c])
+            if name in dataset.categories:
+                out[number] = dataset.categories.index(name)
+    return out
+
+
+def upsample(maps, size):
+    """Bilinear resize of C×h×w maps to C×H×W (OpenCV, half-pixel centres).
+
+    >>> upsample(np.ones((3, 8, 8), np.float32), (96, 96)).shape
+    (3, 96, 96)
+    """
+    maps = np.asarray(maps, np.float32)
+    out = np.empty((len(maps), *size), np.float32)
+    for s in range(0, len(maps), CV_MAX_CHANNELS):
+        chunk = np.ascontiguousarray(maps[s:s + CV_MAX_CHANNELS].transpose(1, 2, 0))
+        resized = cv2.resize(chunk, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        out[s:s + CV_MAX_CHANNELS] = resized.reshape(*size, -1).transpose(2, 0, 1)
+    return out
+
+
+def mask_pixels(maps, thresholds, size):
+    """Pixels of every unit's mask: each N×U×h×w map upsampled bilinearly to ``size`` and
+    compared with its unit's threshold; returns (image, unit, pixel) index arrays (pixel = flat
+    index into ``size``).
+
+    A unit whose map never exceeds its threshold is skipped (bilinear values stay within the
+    map's range, so its mask is empty).
+
+    >>> image, unit, pixel = mask_pixels(maps, thresholds, (96, 96))
+    """
+    maps = np.asarray(maps, np.float32)
+    active = maps.reshape(*maps.shape[:2], -1).max(axis=2) > thresholds
+    images, units_of, pixels = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for i in np.flatnonzero(active.any(axis=1)):
+        units = np.flatnonzero(active[i])
+        masks = (upsample(maps[i, units], size) > thresholds[units, None, None]).reshape(-1, size[1])
+        rows = np.flatnonzero(masks.any(axis=1))  # masks are sparse: scan only rows that hold pixels
+        line, x = np.nonzero(masks[rows])
+        unit, y = np.divmod(rows[line], size[0])
+        images.append(np.full(len(x), i))
+        units_of.append(units[unit])
+        pixels.append(y * size[1] + x)
+    return np.concatenate(images), np.concatenate(units_of), np.concatenate(pixels)
+
+
+def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batch_size=32, cache=True,
+            progress=None):
+    """Dissect ``layer`` of ``model`` over the Broden-layout folder ``concepts`` (two passes).
+
+    ``cache``: keep pass 1's activations in a temporary file (read back, not memory-mapped, so
+    memory stays flat) and let pass 2 read them instead of running the model again; False runs
+    the model twice and needs no disk.
+
+    >>> result = dissect(Model("models/shapes-resnet.onnx"), "shapes-broden")
+    >>> sum(u["detector"] for u in result.units)
+    41
+    """
+    if not 0 < quantile < 1:
+        raise UsageError(f"--quantile is the fraction of activations below the threshold, in (0, 1); got {quantile}")
+    dataset = read_concepts(concepts) if isinstance(concepts, (str, Path)) else concepts
+    if len(dataset) == 0:
+        raise UsageError(f"{dataset.root} lists no images in index.csv")
+    layer = model.default_layer if layer == "auto" else model.layer(layer).name
+    source = from_concepts(dataset)
+    thresholds, best = None, None
+    with tempfile.TemporaryFile(prefix="onnxlens-dissect-") if cache else contextlib.nullcontext() as spool:
+        for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 1/2", progress):
+            maps = np.ascontiguousarray(_maps(acts[layer], layer), np.float32)
+            if thresholds is None:
+                thresholds, best = Quantile(maps.shape[1], q=quantile), TopK(maps.shape[1], top)
+                shape = maps.shape[1:]
+            thresholds.update(maps.transpose(0, 2, 3, 1).reshape(-1, maps.shape[1]))
+            best.update(maps, start)
+            if spool:
+                spool.write(maps.tobytes())
+        t = thresholds.result().astype(np.float32)
+        counts = IoUCounts(len(t), dataset.categories, primary_categories(dataset))
+        labels = _prefetch(lambda s: [dataset.label_maps(i) for i in range(s, min(s + batch_size, len(dataset)))],
+                           range(0, len(dataset), batch_size))
+        for (start, maps), label_maps in zip(_second_pass(model, source, layer, batch_size, progress, spool, shape),
+                                             labels):
+            for size, members in _by_size(dataset, start, len(maps)).items():
+                counts.update(mask_pixels(maps[members], t, size), [label_maps[i] for i in members])
+    return _result(layer, dataset, counts, t, best.result(), quantile, iou)
+
+
+def _prefetch(load, keys):
+    """Yield ``load(key)`` for each key, loading the next one on a thread meanwhile (PNG decoding
+    releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for key in keys:
+            following = pool.submit(load, key)
+            if pending is not None:
+                yield pending.result()
+            pending = following
+        if pending is not None:
+            yield pending.result()
+
+
+def _second_pass(model, source, layer, batch_size, progress, spool, shape):
+    """Yield ``(start, maps)`` again: read back from ``spool``, else by running the model."""
+    if not spool:
+        for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 2/2", progress):
+            yield start, acts[layer]
+        return
+    spool.seek(0)
+    per_image = int(np.prod(shape)) * 4
+    with Progress(total=len(source), label="dissect 2/2", enabled=progress) as bar:
+        for start in range(0, len(source), batch_size):
+            n = min(batch_size, len(source) - start)
+            yield start, np.frombuffer(spool.read(n * per_image), np.float32).reshape(n, *shape)
+            bar.update(n)
+
+
+def _maps(activation, layer):
+    if activation.ndim != 4:
+        raise LayerError(f"'{layer}' is not a 4-D feature map (shape {activation.shape}): pick a conv layer")
+    return activation
+
+
+def _by_size(dataset, start, n):
+    """Batch members grouped by label-map size (real Broden mixes sizes)."""
+    groups = {}
+    for i in range(n):
+        row = dataset.rows[start + i]
+        groups.setdefault((row["sh"], row["sw"]), []).append(i)
+    return groups
+
+
+def _result(layer, dataset, counts, thresholds, best, quantile, iou_threshold):
+    iou = counts.result()
+    names = [label["name"] if label else "" for label in dataset.labels]
+    units = []
+    for u in range(len(thresholds)):
+        c = int(np.argmax(iou[u])) if iou.shape[1] else 0
+        category = dataset.categories[counts.concept_category[c]] if counts.concept_category[c] >= 0 else ""
+        units.append({"unit": u, "concept": names[c] if iou[u, c] > 0 else "", "category": category if iou[u, c] > 0 else "",
+                      "iou": float(iou[u, c]), "threshold": float(thresholds[u]),
+                      "detector": bool(iou[u, c] > iou_threshold)})
+    detectors = [u for u in units if u["detector"]]
+    per_category = {}
+    for category in dataset.categories:
+        found = [u for u in detectors if u["category"] == category]
+        per_category[category] = {"detectors": len(found), "concepts": sorted({u["concept"] for u in found})}
+    summary = {"layer": layer, "images": len(dataset), "units": len(units), "quantile": quantile,
+               "iou_threshold": iou_threshold, "detectors": len(detectors),
+               "concepts": len({u["concept"] for u in detectors}), "categories": per_category}
+    return Dissection(layer, units, summary, iou, best)
+
+
+def write_dissection(result, out, model, concepts, images_per_unit=8):
+    """Write ``units.csv``, ``summary.json`` and ``unit_NNNN.png`` (top images, mask outlined)
+    for each detector unit into ``out``.
+
+    >>> write_dissection(result, "dissect-out", model, "shapes-broden")
+    """
+    out = Path(out)
+    dataset = read_concepts(concepts) if isinstance(concepts, (str, Path)) else concepts
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, ["unit", "concept", "category", "iou", "threshold", "detector"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result.units)
+    for unit in (u for u in result.units if u["detector"]):
+        images = [i for i in result.top["image"][unit["unit"]][:images_per_unit]]
+        write_image(out / f"unit_{unit['unit']:04d}.png", unit_sheet(model, dataset, result.layer, unit, images))
+    write_json(out / "summary.json", result.summary)
+    write_text(out / "units.csv", buf.getvalue())
+
+
+def unit_sheet(model, dataset, layer, unit, images):
+    """A grid of ``images`` (dataset rows) with the mask of ``unit`` outlined in yellow."""
+    pictures = [dataset.image(int(i)) for i in images]
+    maps = model.run(model.preprocess(pictures), activations=[layer]).activations[layer][:, unit["unit"]]
+    cells = []
+    for picture, unit_map in zip(pictures, maps):
+        mask = upsample(unit_map[None], picture.shape[:2])[0] > unit["threshold"]
+        outlined = np.ascontiguousarray(picture.copy())
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(outlined, contours, -1, (255, 255, 0), 1)
+        cells.append(outlined)
+    caption = f"unit {unit['unit']}: {unit['concept']} ({unit['category']}) IoU {unit['iou']:.3f}"
+    return titled(grid(cells, ncols=len(cells)), caption)

@@ -1,0 +1,110 @@
+"""Embeddings: one feature vector per image at a layer, streamed to ``DIR/features.npy``.
+
+A folder written by :func:`embed` holds ``features.npy`` (float32 N×D, memory-mapped when read),
+``index.csv`` (``image``, ``label``) and ``embedding.json`` (model path, layer, n, dim).
+"""
+import contextlib
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.analyze.accumulators import Embeddings
+from engine.analyze.stream import stream
+from engine.data.files import atomic_path, write_json, write_text
+from engine.errors import DatasetError, LayerError
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Features (N×D, possibly a memmap), image names, labels (str or None) and provenance."""
+
+    features: np.ndarray
+    names: list
+    labels: list
+    model: str
+    layer: str
+
+
+def embedding_layer(model, layer="auto"):
+    """``auto``: the last 4-D layer of the catalog (the pooled penultimate feature of a CNN with
+    global pooling; a spatial map is averaged); else the given tensor name.
+
+    >>> embedding_layer(Model("models/shapes-resnet.onnx"))
+    '/pool/GlobalAveragePool_output_0'
+    """
+    if layer != "auto":
+        return layer
+    if not model.layers:
+        raise LayerError(f"'{model.path.name}' has no 4-D layer: name the tensor to embed with --layer")
+    return model.layers[-1].name
+
+
+def pooled(activation):
+    """One row per image: spatial mean of an N×C×H×W map, else the flattened tensor.
+
+    >>> pooled(np.ones((2, 5, 3, 3))).shape
+    (2, 5)
+    """
+    activation = np.asarray(activation, np.float32)
+    if activation.ndim == 4:
+        return activation.mean(axis=(2, 3))
+    return activation.reshape(len(activation), -1)
+
+
+def embed(model, source, layer="auto", out=None, batch_size=32, progress=None):
+    """Features of every image of ``source`` at ``layer``; written to ``out`` when given.
+
+    >>> e = embed(model, from_synth(500, seed=3), out="emb")
+    >>> e.features.shape
+    (500, 96)
+    """
+    layer = embedding_layer(model, layer)
+    labels = [None] * len(source)
+    acc = None
+    target = atomic_path(Path(out) / "features.npy") if out is not None else contextlib.nullcontext()
+    with target as path:
+        for start, _, batch_labels, acts in stream(model, source, [layer], batch_size, "embed", progress):
+            rows = pooled(acts[layer])
+            if acc is None:
+                acc = Embeddings(len(source), rows.shape[1], path=path)
+            acc.update(rows, start)
+            labels[start:start + len(rows)] = batch_labels
+        features = acc.result()
+        del acc
+    result = Embedding(features, list(source.names), labels, str(model.path), layer)
+    if out is not None:
+        features = np.load(Path(out) / "features.npy", mmap_mode="r")
+        result = Embedding(features, result.names, labels, result.model, layer)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["image", "label"])
+        writer.writerows([name, "" if label is None else label] for name, label in zip(source.names, labels))
+        write_text(Path(out) / "index.csv", buf.getvalue())
+        write_json(Path(out) / "embedding.json", {"model": os.path.abspath(model.path), "layer": layer,
+                                                  "n": len(source), "dim": int(features.shape[1])})
+    return result
+
+
+def load_embedding(folder):
+    """Read a folder written by :func:`embed` (features memory-mapped).
+
+    >>> load_embedding("emb").labels[:2]
+    ['hexagon', 'ring']
+    """
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "embedding.json").read_text())
+        features = np.load(folder / "features.npy", mmap_mode="r")
+        with open(folder / "index.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, ValueError, KeyError) as err:
+        raise DatasetError(f"{folder} is not an embedding folder ({err}): make one with `onnxlens embed`") from None
+    if len(rows) != len(features):
+        raise DatasetError(f"{folder}: index.csv has {len(rows)} rows but features.npy {len(features)}: re-run embed")
+    return Embedding(features, [r["image"] for r in rows], [r["label"] or None for r in rows],
+                     meta["model"], meta["layer"])

@@ -1,0 +1,69 @@
+"""Nearest-neighbour retrieval over embeddings (scikit-learn) and kNN label purity."""
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+from engine.errors import UsageError
+
+METRICS = ("cosine", "l2")
+
+
+def _index(features, k, metric):
+    if metric not in METRICS:
+        raise UsageError(f"unknown metric '{metric}': use cosine or l2")
+    if not 1 <= k < len(features) + 1:
+        raise UsageError(f"k must lie between 1 and the number of images ({len(features)}), got {k}")
+    name = "euclidean" if metric == "l2" else "cosine"
+    return NearestNeighbors(n_neighbors=k, metric=name, algorithm="brute").fit(np.asarray(features, np.float32))
+
+
+def nearest(features, queries, k=8, metric="cosine"):
+    """Distances and indices (Q×k each, nearest first) of the ``k`` neighbours of each query row.
+
+    >>> dist, idx = nearest(embedding.features, query_rows, k=8)
+    """
+    return _index(features, k, metric).kneighbors(np.asarray(queries, np.float32).reshape(-1, features.shape[1]))
+
+
+def purity(features, labels, k=8, metric="cosine"):
+    """Mean fraction of each image's ``k`` nearest other images that share its label.
+
+    >>> purity(embedding.features, embedding.labels, k=8)
+    0.97
+    """
+    labels = np.asarray(labels, object)
+    if any(label is None for label in labels):
+        raise UsageError("kNN purity needs a label for every image")
+    if k >= len(labels):
+        raise UsageError(f"kNN purity with k={k} needs more than {k} images, got {len(labels)}")
+    _, idx = _index(features, k, metric).kneighbors()  # each point's k nearest, itself excluded
+    return float((labels[idx] == labels[:, None]).mean())
+
+
+def neighbor_sheet(folder, queries, k=8, metric="cosine", thumb=72):
+    """A grid PNG array: per query image (a path or ``synth:SEED:INDEX``) a row with the query
+    and its ``k`` nearest images of the embedding ``folder``, captioned with label and distance.
+
+    >>> neighbor_sheet("emb", ["synth:9:0"], k=8).shape[2]
+    3
+    """
+    import cv2
+
+    from engine.analyze.embeddings import load_embedding, pooled
+    from engine.analyze.sources import read_named
+    from engine.api import Model
+    from engine.viz.grid import grid
+
+    emb = load_embedding(folder)
+    model = Model(emb.model)
+    pictures = [read_named(q) for q in queries]
+    rows = pooled(model.run(model.preprocess(pictures), activations=[emb.layer]).activations[emb.layer])
+    dist, idx = nearest(emb.features, rows, k=k, metric=metric)
+    cells, captions = [], []
+    small = lambda image: cv2.resize(image, (thumb, thumb), interpolation=cv2.INTER_AREA)  # noqa: E731
+    for query, picture, d_row, i_row in zip(queries, pictures, dist, idx):
+        cells.append(small(picture))
+        captions.append("query")
+        for d, i in zip(d_row, i_row):
+            cells.append(small(read_named(emb.names[i])))
+            captions.append(f"{emb.labels[i] or ''} {d:.2f}".strip())
+    return grid(cells, ncols=k + 1, labels=captions)

@@ -1,0 +1,122 @@
+"""Maximally activating patches (Zeiler & Fergus, 2014): per channel, the dataset's top-k
+activations and the receptive field around each, cropped from the image the model saw."""
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.analyze.accumulators import TopK
+from engine.analyze.stream import stream
+from engine.data.files import write_image, write_json
+from engine.data.images import resize
+from engine.errors import InputShapeError, LayerError, UsageError
+from engine.graph.normalize import normalize
+from engine.graph.receptive import box, receptive_fields
+from engine.graph.taps import add_taps
+from engine.viz.grid import grid
+from engine.viz.title import titled
+
+
+@dataclass(frozen=True)
+class Patches:
+    """Top activations per channel: ``rows`` (dicts channel, rank, image, index, y, x, value,
+    box) and the receptive field of the layer."""
+
+    layer: str
+    rows: list
+    field: object
+    size: tuple
+
+
+def layer_field(model, layer):
+    """The receptive field (``engine.graph.receptive.Field``) of ``layer`` at the model's input size.
+
+    >>> layer_field(model, "relu2").size
+    (8, 8)
+    """
+    if model.input_size is None:
+        raise InputShapeError(f"'{model.path.name}' has dynamic spatial dims: give an input size (--size HxW)")
+    fields = receptive_fields(normalize(add_taps(model.proto, [layer]), input_size=model.input_size))
+    if layer not in fields:
+        raise LayerError(f"'{layer}' is not a 4-D feature map computed from the image: pick a conv layer")
+    return fields[layer]
+
+
+def parse_channels(text, available):
+    """``all`` or a comma-separated list such as ``0,3,7`` → sorted channel indices."""
+    if text in (None, "all"):
+        return list(range(available))
+    try:
+        channels = sorted({int(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        raise UsageError(f"--channels '{text}' is not 'all' or a list like 0,3,7") from None
+    if not channels or channels[0] < 0 or channels[-1] >= available:
+        raise UsageError(f"--channels '{text}': the layer has channels 0..{available - 1}")
+    return channels
+
+
+def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=None):
+    """Stream ``source`` and keep, per channel, the ``top`` images with the highest peak.
+
+    >>> result = mine(model, from_synth(1000), "relu2", channels="0,3", top=9)
+    >>> result.rows[0]["box"]
+    [10, 2, 18, 10]
+    """
+    layer = model.default_layer if layer == "auto" else model.layer(layer).name
+    field = layer_field(model, layer)
+    acc, chosen = None, None
+    for start, _, _, acts in stream(model, source, [layer], batch_size, "patches", progress):
+        maps = acts[layer]
+        if chosen is None:
+            chosen = parse_channels(channels, maps.shape[1])
+            acc = TopK(len(chosen), int(top))
+        acc.update(maps[:, chosen], start)
+    best = acc.result()
+    rows = []
+    for j, channel in enumerate(chosen):
+        for rank in range(best["image"].shape[1]):
+            index, y, x = (int(best[k][j, rank]) for k in ("image", "y", "x"))
+            rows.append({"channel": channel, "rank": rank, "image": source.names[index], "index": index,
+                         "y": y, "x": x, "value": float(best["value"][j, rank]),
+                         "box": list(box(field, y, x, model.input_size))})
+    return Patches(layer, rows, field, model.input_size)
+
+
+def crop(image, bounds, fill=0):
+    """The half-open ``(y0, x0, y1, x1)`` window of ``image``, padded with ``fill`` outside it.
+
+    >>> crop(np.ones((4, 4, 3), np.uint8), (-1, -1, 2, 2))[0, 0]
+    array([0, 0, 0], dtype=uint8)
+    """
+    y0, x0, y1, x1 = (int(v) for v in bounds)
+    h, w = image.shape[:2]
+    out = np.full((y1 - y0, x1 - x0, *image.shape[2:]), fill, image.dtype)
+    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
+def write_patches(result, source_images, out, cell=64):
+    """Write ``patches.json`` and one ``channel_NNNN.png`` grid per channel into ``out``.
+
+    ``source_images``: a function from image index to its uint8 RGB image.
+    """
+    out = Path(out)
+    by_channel = {}
+    for row in result.rows:
+        by_channel.setdefault(row["channel"], []).append(row)
+    for channel, rows in by_channel.items():
+        cells = []
+        for row in rows:
+            patch = crop(resize(source_images(row["index"]), result.size), row["box"])
+            scale = max(1, cell // max(patch.shape[:2]))
+            cells.append(cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
+        sheet = grid(cells, ncols=min(len(cells), 8), labels=[f"{r['value']:.2f}" for r in rows])
+        write_image(out / f"channel_{channel:04d}.png", titled(sheet, f"{result.layer} channel {channel}"))
+    write_json(out / "patches.json", {"layer": result.layer, "input_size": list(result.size),
+                                      "field": {"size": result.field.size, "stride": result.field.stride,
+                                                "offset": result.field.offset,
+                                                "whole_image": result.field.whole_image},
+                                      "patches": result.rows})

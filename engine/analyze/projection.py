@@ -1,0 +1,34 @@
+"""2-D projections of embeddings: PCA and t-SNE (scikit-learn)."""
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
+
+from engine.errors import UsageError
+
+METHODS = ("tsne", "pca")
+
+
+def project(features, method="tsne", seed=0, perplexity=30.0, threads=None):
+    """N×2 float32 coordinates of the rows of ``features``.
+
+    t-SNE uses a PCA initialisation and ``perplexity`` (lowered to fit small sets). ``threads``
+    caps the OpenMP/BLAS threads (None: the libraries' default).
+
+    >>> project(embedding.features, method="pca").shape
+    (500, 2)
+    """
+    with threadpool_limits(threads):
+        return _project(np.asarray(features, np.float32), method, seed, perplexity)
+
+
+def _project(x, method, seed, perplexity):
+    if len(x) < 3:
+        raise UsageError(f"a projection needs at least 3 images, got {len(x)}")
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit_transform(x).astype(np.float32)
+    if method == "tsne":
+        perplexity = min(float(perplexity), (len(x) - 1) / 3)
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+        return tsne.fit_transform(x).astype(np.float32)
+    raise UsageError(f"unknown method '{method}': use {' or '.join(METHODS)}")

@@ -1,0 +1,65 @@
+"""The audit: every section computed in turn, timed, and written as one self-contained HTML page.
+
+>>> from engine.audit import audit, from_synth
+>>> audit(Model("models/shapes-resnet.onnx"), from_synth(200), "audit-out")
+PosixPath('audit-out/index.html')
+"""
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.audit.sections import SECTIONS, Context, NotApplicable, Options
+from engine.errors import OnnxlensError
+from engine.viz.report import note, section, table, write_report
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How one section went: ``status`` is "ok", "not applicable" or "not available"."""
+
+    title: str
+    seconds: float
+    status: str
+    reason: str = ""
+
+
+def run_section(title, fn, ctx):
+    """Compute one section; returns (report Section, Timing). A section that does not apply, or
+    that the model cannot support (an engine user error), shows the reason instead of content."""
+    start = time.perf_counter()
+    try:
+        blocks, status, reason = fn(ctx), "ok", ""
+    except NotApplicable as err:
+        status, reason = "not applicable", str(err)
+        blocks = [note(f"Not applicable: {reason}")]
+    except OnnxlensError as err:
+        status, reason = "not available", str(err)
+        blocks = [note(f"Not available for this model: {reason}")]
+    seconds = time.perf_counter() - start
+    return section(title, blocks, seconds), Timing(title, seconds, status, reason)
+
+
+def audit(model, data, out, options=None, extra=(), log=None):
+    """Write ``out/index.html`` for ``model`` on the image set ``data`` (``engine.audit.inputs``).
+
+    ``options``: section sizes (:class:`Options`); ``extra``: more (title, fn(ctx) → blocks)
+    sections appended before the timing; ``log``: called with each finished :class:`Timing`.
+    Returns the path of the page and the timings.
+
+    >>> path, timings = audit(model, from_synth(200), "audit-out", Options(gallery=4))
+    """
+    ctx = Context(model, data, options or Options())
+    sections, timings = [], []
+    for title, fn in (*SECTIONS, *extra):
+        done, timing = run_section(title, fn, ctx)
+        sections.append(done)
+        timings.append(timing)
+        if log is not None:
+            log(timing)
+    total = sum(t.seconds for t in timings)
+    sections.append(section("Timing", [table([[t.title, t.seconds, t.status] for t in timings]
+                                             + [["total", total, ""]], ["section", "seconds", "status"])]))
+    origin = "generated Shapes-world images" if data.scene is not None else "images"
+    subtitle = f"{model.path.name} · {len(data)} {origin} · {total:.1f} s"
+    path = write_report(Path(out) / "index.html", f"onnxlens audit: {model.path.name}", sections, subtitle)
+    return Path(path), timings

@@ -1,0 +1,351 @@
+"""The sections of the audit report: one function per section, ``(ctx) -> list of blocks``.
+
+A section that does not apply raises :class:`NotApplicable` with the reason, which the report
+shows in its place. Blocks are ``engine.viz.report`` markup or plain text (escaped).
+"""
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from engine.analyze.dissection import dissect, unit_sheet
+from engine.analyze.embeddings import embed
+from engine.analyze.filters import filters_picture
+from engine.analyze.neighbors import nearest, purity
+from engine.analyze.patches import crop, mine
+from engine.analyze.projection import project
+from engine.analyze.robustness import robustness as check_robustness
+from engine.analyze.sources import Source
+from engine.api import Model
+from engine.data.broden import read_concepts, write_concepts
+from engine.data.images import resize
+from engine.errors import OnnxlensError
+from engine.explain import cam, class_visualization, evaluate
+from engine.explain import saliency as explain_saliency
+from engine.explain.metrics import pointing_game
+from engine.viz.grid import grid
+from engine.viz.overlay import colorize, overlay
+from engine.viz.report import gallery, heading, image, note, paragraph, rows_of_images, table
+from engine.viz.scatter import scatter
+from engine.viz.title import titled
+
+CAM_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "scorecam",
+               "ablationcam")
+SALIENCY_METHODS = ("vanilla", "gradxinput", "smoothgrad", "integrated", "guided")
+
+
+class NotApplicable(Exception):
+    """Raised by a section that does not apply to this model or these images; says why."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Sizes of the audit's sections (kept small so that the whole audit takes minutes on a CPU).
+
+    ``gallery``: images in the CAM and saliency galleries; ``classes``/``classviz_steps``: class
+    visualizations (top predicted classes, gradient-ascent steps); ``embed``: images in the t-SNE
+    plot and the neighbour search; ``queries``/``neighbours``: neighbour examples; ``dissect``:
+    images dissected; ``faithfulness``/``faithfulness_steps``: images and deletion/insertion
+    steps of the faithfulness metrics; ``channels``/``patches``: channels shown and patches per channel;
+    ``smoothgrad_samples``/``integrated_steps``: saliency costs; ``robustness``/``robustness_ops``:
+    images and augmentation ops of the robustness table; ``width``: thumbnail width.
+
+    >>> Options(gallery=4, embed=100)
+    """
+
+    gallery: int = 8
+    cam_methods: tuple = CAM_METHODS
+    saliency_methods: tuple = SALIENCY_METHODS
+    smoothgrad_samples: int = 8
+    integrated_steps: int = 16
+    faithfulness: int = 32
+    faithfulness_steps: int = 8
+    classes: int = 3
+    classviz_steps: int = 64
+    embed: int = 200
+    queries: int = 4
+    neighbours: int = 6
+    dissect: int = 200
+    robustness: int = 64
+    robustness_ops: str = "rotate:-15..15,hflip,brightness:0.7..1.3,contrast:0.7..1.3"
+    channels: int = 6
+    patches: int = 8
+    width: int = 112
+
+
+@dataclass
+class Context:
+    """What every section reads: the model, the images, the options, and results that later
+    sections reuse (``shared``: predictions, dissection detectors)."""
+
+    model: Model
+    data: object  # engine.audit.inputs.ImageSet
+    options: Options
+    shared: dict = field(default_factory=dict)
+
+    def class_name(self, index):
+        labels = self.model.labels
+        return labels[index] if labels and 0 <= index < len(labels) else f"class {index}"
+
+
+# --- model and predictions ------------------------------------------------------------------
+
+
+def model_summary(ctx):
+    """Inputs, outputs, opset, producer, op histogram, the layer catalog with receptive fields."""
+    model = ctx.model
+    info = model.summary()
+    dims = lambda shape: "?" if shape is None else " × ".join(str(d) for d in shape)  # noqa: E731
+    image_input = info["image_input"]
+    blocks = [table([
+        ["file", info["path"]], ["producer", info["producer"] or "?"], ["IR version", info["ir_version"]],
+        ["opset", ", ".join(f"{d} {v}" for d, v in info["opset"].items())],
+        ["image input", f"{image_input['name']}: {image_input['layout']} {image_input['dtype']} "
+                        f"{dims(image_input['shape'])}, run at {dims(image_input['size'])}"],
+        ["preprocessing", f"{info['preprocess']['preset']} {info['preprocess']['channel_order']}"],
+        ["classes", len(info["labels"]) if info["labels"] else "no class names in the model"],
+    ], ["", ""])]
+    blocks += [heading("Inputs and outputs"),
+               table([[kind, t["name"], t["dtype"], dims(t["shape"])] for kind in ("inputs", "outputs")
+                      for t in info[kind]], ["", "name", "dtype", "shape"]),
+               heading("Operators"), table(list(info["ops"].items()), ["op", "nodes"]),
+               heading("Layer catalog")]
+    details = model.layer_details()
+    blocks.append(table([[d["name"], d["op"], dims(d["shape"]), d["gradients"],
+                          "whole image" if d["field"] is None else "×".join(map(str, d["field"])),
+                          None if d["stride"] is None else "×".join(map(str, d["stride"])), d["default"]]
+                         for d in details],
+                        ["layer", "op", "shape", "gradients reach it", "receptive field", "stride", "CAM default"]))
+    return blocks
+
+
+def _predict(ctx):
+    """Class probabilities of every image (N × classes), computed once."""
+    if "probabilities" not in ctx.shared:
+        model = ctx.model
+        first = model.run(model.preprocess(ctx.data.images[:1])).outputs[0]
+        if first.ndim != 2:
+            raise NotApplicable(f"the first output is shaped {first.shape[1:]}, not one score per class: "
+                                "this section needs a classifier")
+        probs = np.zeros((len(ctx.data), first.shape[1]))
+        for i, prediction in enumerate(model.predict(ctx.data.images, top=first.shape[1])):
+            for t in prediction.top:
+                probs[i, t.index] = t.score
+        ctx.shared["probabilities"] = probs
+    return ctx.shared["probabilities"]
+
+
+def predictions(ctx):
+    """Top-1 predictions; accuracy, per-class accuracy and the confusion matrix when labels exist."""
+    probs = _predict(ctx)
+    top1 = probs.argmax(axis=1)
+    labels = ctx.data.labels
+    blocks = []
+    shown = min(len(top1), ctx.options.gallery)
+    items = []
+    for i in range(shown):
+        truth = f" (true: {ctx.class_name(int(labels[i]))})" if labels is not None else ""
+        items.append((ctx.data.images[i], f"{ctx.class_name(int(top1[i]))} {probs[i, top1[i]]:.2f}{truth}"))
+    counts = Counter(int(c) for c in top1)
+    if labels is None:
+        blocks.append(note("no labels: accuracy needs --labels FILE with --images, or --synth N"))
+        blocks.append(table([[ctx.class_name(c), n] for c, n in counts.most_common()], ["predicted class", "images"]))
+    else:
+        classes = sorted(set(int(c) for c in labels) | set(counts))
+        blocks.append(paragraph(f"top-1 accuracy {np.mean(top1 == labels):.4f} on {len(labels)} images"))
+        blocks.append(table([[ctx.class_name(c), int((labels == c).sum()),
+                              float(np.mean(top1[labels == c] == c)) if (labels == c).any() else None]
+                             for c in classes], ["class", "images", "accuracy"]))
+        blocks.append(heading("Confusion matrix (rows: true class, columns: predicted)"))
+        blocks.append(table([[ctx.class_name(t), *[int(((labels == t) & (top1 == p)).sum()) for p in classes]]
+                             for t in classes], ["", *[ctx.class_name(p) for p in classes]]))
+    blocks += [heading(f"The first {shown} images"), gallery(items, width=ctx.options.width)]
+    return blocks
+
+
+# --- explanations ---------------------------------------------------------------------------
+
+
+def _method_table(ctx, run, methods, show, metric=None):
+    """Rows of images × columns of methods; methods that fail for this model are listed with why."""
+    data = ctx.data.head(ctx.options.gallery)
+    columns, failed, scores = [], [], []
+    for method in methods:
+        try:
+            exp = run(data.images, method)
+        except OnnxlensError as err:
+            failed.append(f"{method}: {err}")
+            continue
+        columns.append((method, [show(img, m) for img, m in zip(data.images, exp.maps)]))
+        if metric is not None and data.scene is not None:
+            scores.append([method, float(metric(exp.maps, data.scene.masks).mean())])
+    if not columns:
+        raise NotApplicable("no method ran on this model: " + "; ".join(failed))
+    rows = [[data.images[i], *(cells[i] for _, cells in columns)] for i in range(len(data))]
+    blocks = [rows_of_images(rows, ["image", *(m for m, _ in columns)], width=ctx.options.width)]
+    blocks += [note(f"not available — {reason}") for reason in failed]
+    if scores:
+        blocks += [heading(f"Pointing game on these {len(data)} images (peak inside the object mask)"),
+                   table(scores, ["method", "hits"])]
+    return blocks
+
+
+def cams(ctx):
+    """The CAM family side by side on the same images (top-1 class of each image)."""
+    _predict(ctx)
+    blocks = [paragraph(f"layer {ctx.model.default_layer}; each map explains the image's top-1 class")]
+    return blocks + _method_table(ctx, lambda images, m: cam(ctx.model, images, method=m, progress=False),
+                                  ctx.options.cam_methods, lambda img, m: overlay(img, m), pointing_game)
+
+
+def saliency(ctx):
+    """Input-gradient saliency maps on the same images."""
+    _predict(ctx)
+    o = ctx.options
+    run = lambda images, m: explain_saliency(ctx.model, images, method=m, samples=o.smoothgrad_samples,  # noqa: E731
+                                             steps=o.integrated_steps, progress=False)
+    return [paragraph("channel-reduced |attribution| for the top-1 class")] + _method_table(
+        ctx, run, o.saliency_methods, lambda img, m: colorize(m), pointing_game)
+
+
+def faithfulness(ctx):
+    """Pointing game, deletion and insertion AUC of Grad-CAM beside random and centre maps."""
+    data = ctx.data.head(ctx.options.faithfulness)
+    if data.scene is None or data.labels is None:
+        raise NotApplicable("the pointing game needs object masks and labels: run with --synth N")
+    report = evaluate(ctx.model, data.images, data.scene.masks, labels=data.labels, method="gradcam",
+                      steps=ctx.options.faithfulness_steps, progress=False)
+    rows = [[name, report[name]["pointing"], report[name]["deletion"], report[name]["insertion"]]
+            for name in ("gradcam", "random", "centre")]
+    return [paragraph(f"{report['images']} images, true class explained, {report['steps']} deletion/insertion steps; "
+                      "deletion: lower is better, insertion: higher is better"),
+            table(rows, ["maps", "pointing game", "deletion AUC", "insertion AUC"])]
+
+
+def class_visualizations(ctx):
+    """Gradient ascent on the input for the most often predicted classes."""
+    top1 = _predict(ctx).argmax(axis=1)
+    classes = [c for c, _ in Counter(int(c) for c in top1).most_common(ctx.options.classes)]
+    items = []
+    for c in classes:
+        viz = class_visualization(ctx.model, target=c, steps=ctx.options.classviz_steps, progress=False)
+        items.append((viz.image, f"{ctx.class_name(c)} (score {viz.scores[-1]:.3g})"))
+    return [paragraph(f"{ctx.options.classviz_steps} steps of gradient ascent from the mean image"),
+            gallery(items, width=2 * ctx.options.width)]
+
+
+# --- analysis -------------------------------------------------------------------------------
+
+
+def filters(ctx):
+    """The filters of the first convolution."""
+    picture = filters_picture(ctx.model)
+    return [image(picture, width=2 * picture.shape[1])]
+
+
+def _source(data):
+    return Source(list(data.names), lambda start, stop: (data.images[start:stop], [None] * (stop - start)))
+
+
+def embeddings(ctx):
+    """t-SNE of the penultimate features and nearest-neighbour examples."""
+    o = ctx.options
+    data = ctx.data.head(o.embed)
+    if len(data) < 4:
+        raise NotApplicable(f"a t-SNE plot needs at least 4 images, got {len(data)}")
+    emb = embed(ctx.model, _source(data), progress=False)
+    features = np.asarray(emb.features)
+    top1 = _predict(ctx)[: len(data)].argmax(axis=1) if ctx.model.labels else None
+    known = data.labels if data.labels is not None else top1
+    names = None if known is None else [ctx.class_name(int(c)) for c in known]
+    points = project(features, method="tsne", threads=1)  # t-SNE's threads crawl on a busy machine
+    kind = "true class" if data.labels is not None else "predicted class"
+    blocks = [paragraph(f"{len(data)} images at {emb.layer} ({features.shape[1]} features), coloured by {kind}"),
+              image(scatter(points, names, size=560, thumbnails=data.images, thumb=28))]
+    k = min(o.neighbours, len(data) - 1)
+    if data.labels is not None:
+        blocks.append(paragraph(f"kNN purity (k={k}, cosine): {purity(features, names, k=k):.3f}"))
+    blocks.append(heading(f"Nearest neighbours (cosine) of {min(o.queries, len(data))} images"))
+    _, idx = nearest(features, features[: o.queries], k=k + 1)
+    for q, row in enumerate(idx):
+        others = [int(i) for i in row if i != q][:k]
+        caption = lambda i: names[i] if names else data.names[i]  # noqa: E731
+        blocks.append(gallery([(data.images[q], f"query: {caption(q)}")]
+                              + [(data.images[i], caption(i)) for i in others], width=o.width * 3 // 4))
+    return blocks
+
+
+def dissection(ctx):
+    """Network dissection of the CAM layer against the concept masks of generated images."""
+    data = ctx.data.head(ctx.options.dissect)
+    if data.scene is None:
+        raise NotApplicable("no concept masks for these images: dissection runs with --synth N "
+                            "(or `onnxlens dissect --concepts DIR` on a Broden-layout folder)")
+    with tempfile.TemporaryDirectory(prefix="onnxlens-audit-") as folder:
+        write_concepts(folder, [data.scene])
+        dataset = read_concepts(folder)
+        result = dissect(ctx.model, dataset, progress=False)
+        detectors = sorted((u for u in result.units if u["detector"]), key=lambda u: -u["iou"])
+        ctx.shared["detectors"] = [u["unit"] for u in detectors]
+        sheets = [image(unit_sheet(ctx.model, dataset, result.layer, u, result.top["image"][u["unit"]][:6]))
+                  for u in detectors[:3]]
+    s = result.summary
+    blocks = [paragraph(f"layer {s['layer']}: {s['detectors']} of {s['units']} units detect a concept "
+                        f"(IoU > {s['iou_threshold']}), {s['concepts']} distinct concepts, {s['images']} images"),
+              table([[c, v["detectors"], ", ".join(v["concepts"])] for c, v in s["categories"].items()],
+                    ["category", "detectors", "concepts"]),
+              heading("Top units"),
+              table([[u["unit"], u["concept"], u["category"], u["iou"], u["detector"]]
+                     for u in sorted(result.units, key=lambda u: -u["iou"])[:10]],
+                    ["unit", "concept", "category", "IoU", "detector"])]
+    return blocks + ([heading("Top images of the best detectors (mask outlined)")] + sheets if sheets else [])
+
+
+def patches(ctx):
+    """Maximally activating patches of a few channels of the CAM layer."""
+    o = ctx.options
+    data = ctx.data.head(o.embed)
+    result = mine(ctx.model, _source(data), "auto", channels="all", top=o.patches, progress=False)
+    peak = {}
+    for row in result.rows:
+        peak[row["channel"]] = max(peak.get(row["channel"], -np.inf), row["value"])
+    chosen = [c for c in ctx.shared.get("detectors", []) if c in peak][: o.channels]
+    why = "the best dissection detectors" if chosen else "the channels with the highest activations"
+    chosen += [c for c in sorted(peak, key=lambda c: -peak[c]) if c not in chosen][: o.channels - len(chosen)]
+    blocks = [paragraph(f"layer {result.layer}, receptive field {result.field.size[0]}×{result.field.size[1]} px; "
+                        f"channels: {why}; top {o.patches} of {len(data)} images")]
+    for channel in chosen:
+        rows = [r for r in result.rows if r["channel"] == channel]
+        cells = []
+        for r in rows:
+            patch = crop(resize(data.images[r["index"]], result.size), r["box"])
+            scale = max(1, 48 // max(patch.shape[:2]))
+            cells.append(cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
+        sheet = grid(cells, ncols=len(cells), labels=[f"{r['value']:.2f}" for r in rows])
+        blocks.append(image(titled(sheet, f"channel {channel}")))
+    return blocks
+
+
+def robustness(ctx):
+    """Top-1 and Grad-CAM agreement under each of ``options.robustness_ops``."""
+    report = check_robustness(ctx.model, ctx.data.head(ctx.options.robustness).images, ctx.options.robustness_ops)
+    rows = report.summary()
+    keys = list(rows[0])
+    return [table([[r[k] for k in keys] for r in rows], keys)]
+
+
+SECTIONS = (
+    ("Model", model_summary),
+    ("Predictions", predictions),
+    ("Class activation maps", cams),
+    ("Saliency", saliency),
+    ("Faithfulness", faithfulness),
+    ("Class visualizations", class_visualizations),
+    ("First-layer filters", filters),
+    ("Embeddings and neighbours", embeddings),
+    ("Dissection", dissection),
+    ("Top patches", patches),
+    ("Augmentation robustness", robustness),
+)

@@ -1,0 +1,201 @@
+"""Self-contained HTML reports: inline CSS, images as PNG data URIs, no script, no network.
+
+Every piece of text is escaped with ``html.escape`` unless it is :class:`Html` made by the
+functions here (names and labels come from untrusted model files).
+
+>>> body = [paragraph("8 images"), table([["circle", 0.97]], ["class", "accuracy"])]
+>>> write_report("out/index.html", "audit", [section("Predictions", body, seconds=0.4)])
+"""
+import base64
+import html
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engine.data.files import write_text
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+header{background:#1d2330;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;color:#c9d0dc;font-size:13px}
+nav{padding:10px 28px;background:#e8ebf0;font-size:13px}nav a{margin-right:14px;color:#24519d;text-decoration:none}
+main{padding:10px 28px 40px}
+section{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:16px 0;padding:12px 18px}
+h2{font-size:18px;margin:4px 0 10px}h3{font-size:15px;margin:14px 0 6px}
+.time{float:right;font-size:12px;color:#6b7280;font-weight:normal}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;font-size:14px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+th,td{border:1px solid #dde1e7;padding:3px 8px;text-align:left}
+th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{display:inline-block;margin:4px 8px 8px 0;vertical-align:top}figure img{display:block;image-rendering:pixelated}
+figcaption{font-size:12px;color:#374151;max-width:260px;overflow-wrap:anywhere}
+.scroll{overflow-x:auto}code{font-size:12px}
+"""
+
+
+class Html(str):
+    """Markup built by this module (already escaped); anything else is escaped when placed."""
+
+
+def escape(value):
+    """``value`` as HTML: :class:`Html` unchanged, anything else converted to text and escaped.
+
+    >>> escape("<script>alert(1)</script>")
+    '&lt;script&gt;alert(1)&lt;/script&gt;'
+    """
+    return value if isinstance(value, Html) else Html(html.escape(str(value), quote=True))
+
+
+def join(parts):
+    """Concatenate blocks and texts (texts escaped).
+
+    >>> join([heading("CAM"), "a < b"])
+    """
+    return Html("".join(escape(p) for p in parts))
+
+
+def paragraph(text):
+    """A paragraph of text (or of Html).
+
+    >>> paragraph("200 images, 8 classes")
+    """
+    return Html(f"<p>{escape(text)}</p>")
+
+
+def note(text):
+    """A highlighted remark, e.g. why a section does not apply to this model.
+
+    >>> note("no labels: accuracy needs --labels or --synth")
+    """
+    return Html(f'<p class="note">{escape(text)}</p>')
+
+
+def heading(text):
+    """A sub-heading inside a section."""
+    return Html(f"<h3>{escape(text)}</h3>")
+
+
+def code(text):
+    """Inline monospaced text, e.g. a tensor name."""
+    return Html(f"<code>{escape(text)}</code>")
+
+
+def _cell(value):
+    if isinstance(value, (bool, np.bool_)):
+        return f"<td>{'yes' if value else 'no'}</td>"
+    if isinstance(value, (int, np.integer)):
+        return f'<td class="num">{int(value)}</td>'
+    if isinstance(value, (float, np.floating)):
+        return f'<td class="num">{float(value):.4g}</td>'
+    return f"<td>{escape('' if value is None else value)}</td>"
+
+
+def table(rows, headers):
+    """A table; numbers are right-aligned (floats with 4 significant digits), None is blank.
+
+    >>> table([["circle", 0.97, 40]], ["class", "accuracy", "images"])
+    """
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return Html(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
+
+
+def data_uri(rgb):
+    """A uint8 H×W×3 RGB (or H×W gray) image as a ``data:image/png;base64,...`` URI.
+
+    >>> data_uri(np.zeros((2, 2, 3), np.uint8))[:22]
+    'data:image/png;base64,'
+    """
+    image = np.asarray(rgb, np.uint8)
+    ok, png = cv2.imencode(".png", image[..., ::-1] if image.ndim == 3 else image)
+    if not ok:
+        raise ValueError(f"cannot encode an image of shape {image.shape} as PNG")
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
+
+
+def image(rgb, caption=None, width=None):
+    """An embedded image with an optional caption; ``width`` scales its display (CSS pixels).
+
+    >>> image(overlay_rgb, caption="gradcam: star 0.98", width=128)
+    """
+    rgb = np.asarray(rgb, np.uint8)
+    alt = escape(caption if caption is not None else "image")
+    style = f' width="{int(width)}"' if width else ""
+    caption_html = f"<figcaption>{escape(caption)}</figcaption>" if caption is not None else ""
+    return Html(f'<figure><img src="{data_uri(rgb)}" alt="{alt}"{style}>{caption_html}</figure>')
+
+
+def gallery(items, width=None):
+    """Images side by side: ``items`` are (rgb, caption) pairs.
+
+    >>> gallery([(a, "input"), (b, "gradcam")], width=128)
+    """
+    return Html('<div class="scroll" style="white-space:nowrap">'
+                + "".join(image(rgb, caption, width) for rgb, caption in items) + "</div>")
+
+
+def rows_of_images(rows, headers, width=None):
+    """A table whose cells are images: ``rows`` of (rgb or text) cells, e.g. one image per row and
+    one method per column.
+
+    >>> rows_of_images([[img, cam1, cam2]], ["image", "gradcam", "scorecam"], width=96)
+    """
+    def cell(value):
+        if isinstance(value, np.ndarray):
+            return f"<td>{image(value, width=width)}</td>"
+        return f"<td>{escape('' if value is None else value)}</td>"
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    return Html(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
+
+
+@dataclass(frozen=True)
+class Section:
+    """One report section: its title, anchor, body and the seconds it took to compute."""
+
+    title: str
+    body: Html
+    seconds: float | None = None
+    anchor: str = ""
+
+    def html(self):
+        anchor = self.anchor or _anchor(self.title)
+        timing = f'<span class="time">{self.seconds:.2f} s</span>' if self.seconds is not None else ""
+        return f'<section id="{escape(anchor)}"><h2>{escape(self.title)}{timing}</h2>{self.body}</section>'
+
+
+def _anchor(title):
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in str(title).lower())
+
+
+def section(title, body, seconds=None, anchor=None):
+    """A :class:`Section` from a title and a list of blocks (texts are escaped).
+
+    >>> section("Saliency", [note("no gradients reach the input")], seconds=0.0)
+    """
+    return Section(str(title), join(body), seconds, anchor or _anchor(title))
+
+
+def render(title, sections, subtitle=None):
+    """The whole page: ``sections`` with a table of contents at the top.
+
+    >>> page = render("onnxlens audit", [section("Model", [paragraph("resnet")])])
+    """
+    nav = "".join(f'<a href="#{escape(s.anchor or _anchor(s.title))}">{escape(s.title)}</a>' for s in sections)
+    sub = f"<p>{escape(subtitle)}</p>" if subtitle else ""
+    body = "".join(s.html() for s in sections)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+            f"<header><h1>{escape(title)}</h1>{sub}</header><nav>{nav}</nav><main>{body}</main></body></html>\n")
+
+
+def write_report(path, title, sections, subtitle=None):
+    """Render and write the page atomically; returns the path.
+
+    >>> write_report("audit/index.html", "onnxlens audit", sections)
+    """
+    write_text(path, render(title, sections, subtitle))
+    return path
