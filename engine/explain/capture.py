@@ -13,7 +13,6 @@ from onnx import helper, numpy_helper
 from engine.errors import LayerError
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
-from engine.graph.taps import add_taps
 from engine.runtime.session import create_session
 
 
@@ -179,21 +178,6 @@ def head_gradient_fn(model, layer, output=None):
     session = create_session(sub, provider=model.provider, threads=model.threads)
     return lambda acts, seeds: session.run([grad_name(layer)], {layer: np.asarray(acts, np.float32),
                                                                  SEED: np.asarray(seeds, np.float32)})[0]
-
-
-@_per_model
-def tensor_gradient_fn(model, tensor):
-    """``grad(x, seed)`` = [value of ``tensor``, ∂(Σ seed·tensor)/∂x] for any tensor of the graph
-    (``Model.run`` seeds graph outputs only), e.g. to maximize one channel's mean activation.
-
-    >>> acts, grad = tensor_gradient_fn(model, "layer4")(x, seed)
-    """
-    rewritten = differentiate(normalize(add_taps(model.proto, [tensor]), input_size=model.input_size),
-                              tensor, [model.input.name])
-    session = create_session(rewritten, provider=model.provider, threads=model.threads)
-    names = [tensor, grad_name(model.input.name)]
-    return lambda x, seed: session.run(names, {model.input.name: np.asarray(x, np.float32),
-                                               SEED: np.asarray(seed, np.float32)})
 
 
 def _cut(model, layer, output):
