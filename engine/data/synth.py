@@ -44,8 +44,8 @@ def _shade(amount):
     return np.where(_DARK[:, None], _RGB * (1 - amount), _RGB + (255 - _RGB) * amount)
 
 
-_OBJECT_SHADE = _shade(0.45)      # second tone of a textured object
-_BACKGROUND_SHADE = _shade(0.25)  # second tone of a textured background, milder
+# Tones by row: K colours, K background shades (milder), K object shades (second texture tone).
+_TONES = np.concatenate([_RGB, _shade(0.25), _shade(0.45)])
 
 
 @dataclass(frozen=True)
@@ -161,15 +161,15 @@ def _clutter(rng, index, slot, h, w):
         _fill(index, [np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], 1)], slot)
 
 
-def _lut(index, values):
-    """Map palette slots of the index map to label ids (slots past ``values`` map to 0)."""
-    table = np.zeros(256, np.uint8)
-    table[: len(values)] = values
-    return cv2.LUT(index, table)
+def _paint(index, palette):
+    """Index map → H×W×3 image of the palette's colours (a 3-channel table lookup)."""
+    table = np.zeros((256, 1, 3), palette.dtype)
+    table[: len(palette), 0] = palette
+    return cv2.LUT(cv2.merge([index] * 3), table)
 
 
 def _render(rng, h, w, image, mask, maps):
-    """Render one scene into the given output slices; return its class index."""
+    """Render one scene into the given output slices (``mask`` arrives zeroed); return its class."""
     patterns, ramps, grain = _tiles(h, w)
     n_colors, s = len(COLORS), min(h, w)
     label = rng.integers(len(CLASSES))
@@ -187,31 +187,31 @@ def _render(rng, h, w, image, mask, maps):
     cx, cy = rng.uniform(radius + 2, w - radius - 2), rng.uniform(radius + 2, h - radius - 2)
     angle = rng.uniform(0, 2 * np.pi)
     rot = radius * np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
-    mask[:] = 0
     _fill(mask.view(np.uint8), [c @ rot + (cx, cy) for c in _OUTLINES[label]], 1)
     obj_pattern = _crop(patterns[obj_tex][rng.integers(len(patterns[obj_tex]))], rng, h, w)
     np.copyto(index, obj_pattern + 2, where=mask)
 
     slots = np.array([bg_color, bg_color, obj_color, obj_color, *clutter_colors])
-    palette = np.concatenate([[_RGB[bg_color], _BACKGROUND_SHADE[bg_color], _RGB[obj_color],
-                               _OBJECT_SHADE[obj_color]], _RGB[clutter_colors]])
-    background = _lut(index, [kind + 1, kind + 1])
+    palette = _TONES[[bg_color, n_colors + bg_color, obj_color, 2 * n_colors + obj_color, *clutter_colors]]
+    codes = np.zeros((len(CONCEPTS), 256), np.uint8)  # label id of each slot, per family
+    codes[0, 4:7] = len(CLASSES) + 1
+    codes[1, :7] = slots + 1
+    codes[2, :7] = np.array([bg_tex, bg_tex, obj_tex, obj_tex, 0, 0, 0]) + 1
+    codes[3, :2] = kind + 1
+    for k, family in enumerate(CONCEPTS):
+        cv2.LUT(index, codes[k], dst=maps[family])
+    np.copyto(maps["shape"], np.uint8(label + 1), where=mask)
+    background = maps["background"]
     if BACKGROUNDS[kind] == "flat":
-        np.take(palette.astype(np.uint8), index, axis=0, out=image)
+        image[:] = _paint(index, palette.astype(np.uint8))
     else:
-        rgb = np.take(palette, index, axis=0)
+        rgb = _paint(index, palette)
         if BACKGROUNDS[kind] == "gradient":
-            rgb *= np.where(background, _crop(ramps[rng.integers(len(ramps))], rng, h, w), 1)[..., None]
+            rgb *= cv2.merge([np.where(background, _crop(ramps[rng.integers(len(ramps))], rng, h, w), 1)] * 3)
         else:
-            rgb += np.where(background, _crop(grain, rng, h, w), 0)[..., None]
+            rgb += cv2.merge([np.where(background, _crop(grain, rng, h, w), 0)] * 3)
         np.clip(rgb, 0, 255, out=rgb)
         image[:] = rgb
-
-    maps["shape"][:] = _lut(index, [0, 0, 0, 0] + [len(CLASSES) + 1] * 3)
-    np.copyto(maps["shape"], np.uint8(label + 1), where=mask)
-    maps["color"][:] = _lut(index, slots + 1)
-    maps["texture"][:] = _lut(index, np.array([bg_tex, bg_tex, obj_tex, obj_tex, 0, 0, 0]) + 1)
-    maps["background"][:] = background
     return label
 
 
@@ -229,7 +229,7 @@ def generate(n, seed=0, size=(96, 96), start=0):
         raise UsageError("n, seed and start must be non-negative integers")
     images = np.empty((n, h, w, 3), np.uint8)
     labels = np.empty(n, np.int64)
-    masks = np.empty((n, h, w), bool)
+    masks = np.zeros((n, h, w), bool)
     concepts = {family: np.empty((n, h, w), np.uint8) for family in CONCEPTS}
     for i in range(n):
         rng = np.random.default_rng([seed, start + i])
