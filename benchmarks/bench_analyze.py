@@ -40,7 +40,7 @@ from engine.data import broden, synth  # noqa: E402
 from engine.data.broden import read_concepts  # noqa: E402
 
 THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
-IMAGES, BATCH, ROUNDS = 256, 32, 4
+IMAGES, BATCH, ROUNDS = 512, 32, 5
 
 
 def _model(tmp):
