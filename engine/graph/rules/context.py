@@ -230,11 +230,11 @@ class Context:
         return self.op("Not", outside[0] if len(outside) == 1 else self.op("Or", *outside))
 
     def _blocked(self, x):
-        """Whether ``x`` is a float32 image tensor (N, C, H, W) with a static channel count, the
-        kind ORT CPU keeps in its blocked NCHWc layout when only Conv-like ops touch it."""
+        """Whether ``x`` is a float32 image tensor (N, C, H, W) with C a multiple of 16, the kind
+        ORT CPU keeps in its blocked NCHWc layout when only Conv-like ops touch it."""
         shape = self.shape(x)
         return (self.elem_type(x) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
-                and isinstance(shape[1], int))
+                and isinstance(shape[1], int) and shape[1] % 16 == 0)
 
     def _depthwise(self, x, factor, like):
         """x · factor as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``_blocked``."""
@@ -244,10 +244,11 @@ class Context:
 
     def scale(self, grad, factor, like):
         """``grad`` · ``factor`` (a Python float); ``like`` is its forward tensor. A depthwise
-        1×1 Conv for image tensors, so that ORT CPU keeps the backward in its NCHWc layout."""
+        1×1 Conv for image tensors, so that ORT CPU keeps the backward in its NCHWc layout
+        (with ``factor`` 1 it only moves the gradient into that layout)."""
         if self._blocked(like):
             return self._depthwise(grad, factor, like)
-        return self.op("Mul", grad, self.scalar(factor, like=like))
+        return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
 
     def where_positive(self, x, grad):
         """``grad`` where ``x`` > 0, else 0 (the ReLU mask). For image tensors the mask is
