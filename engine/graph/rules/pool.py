@@ -61,8 +61,8 @@ def global_average_pool(ctx, node, grads):
     (dy,) = grads
     shape = ctx.shape(node.input[0])
     spatial = shape[2:]
-    spread = ctx.op("Expand", dy, ctx.ints([1, 1, *spatial]))
-    return [ctx.scale(spread, 1.0 / np.prod(spatial), like=node.input[0])]
+    scaled = ctx.op("Mul", dy, ctx.scalar(1.0 / np.prod(spatial), like=dy))
+    return [ctx.scale(ctx.op("Expand", scaled, ctx.ints([1, 1, *spatial])), 1.0, like=node.input[0])]
 
 
 @rule("GlobalMaxPool")
