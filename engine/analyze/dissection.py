@@ -80,14 +80,14 @@ def mask_pixels(maps, thresholds, size):
     """
     maps = np.asarray(maps, np.float32)
     image, unit = np.nonzero(maps.reshape(*maps.shape[:2], -1).max(axis=2) > thresholds)
-    found = [np.zeros(0, np.int64)]
+    found = [(np.zeros(0, np.int64),) * 2]
     for s in range(0, len(image), CV_MAX_CHANNELS):  # a bounded number of full-size maps at once
-        i, u = image[s:s + CV_MAX_CHANNELS], unit[s:s + CV_MAX_CHANNELS]
-        masks = (upsample(maps[i, u], size) > thresholds[u, None, None]).reshape(-1, size[1])
-        rows = np.flatnonzero(masks.any(axis=1))  # masks are sparse: scan only rows that hold pixels
-        line, x = np.nonzero(masks[rows])
-        found.append(s * size[0] * size[1] + rows[line] * size[1] + x)
-    which, pixel = np.divmod(np.concatenate(found), size[0] * size[1])
+        u = unit[s:s + CV_MAX_CHANNELS]
+        chunk = np.ascontiguousarray(maps[image[s:s + CV_MAX_CHANNELS], u].transpose(1, 2, 0))
+        resized = cv2.resize(chunk, (size[1], size[0]), interpolation=cv2.INTER_LINEAR).reshape(-1, len(u))
+        pixel, member = np.divmod(np.flatnonzero(resized > thresholds[u]), len(u))  # H·W×chunk, never transposed
+        found.append((s + member, pixel))
+    which, pixel = (np.concatenate(v) for v in zip(*found))
     return image[which], unit[which], pixel
 
 
