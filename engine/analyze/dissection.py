@@ -10,6 +10,7 @@ import contextlib
 import csv
 import io
 import tempfile
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from engine.progress import Progress
 from engine.viz.grid import grid
 from engine.viz.title import titled
 
+WORKERS = 3  # pass-2 threads: label-map decoding, masks and IoU counts of a batch each
 CV_MAX_CHANNELS = 128  # cv2.resize takes at most this many channels at once (OpenCV 5: under 256)
 
 
@@ -122,28 +124,32 @@ def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batc
             if spool:
                 spool.write(maps.tobytes())
         t = thresholds.result().astype(np.float32)
-        counts = IoUCounts(len(t), dataset.categories, primary_categories(dataset))
-        labels = _prefetch(lambda s: [dataset.label_maps(i) for i in range(s, min(s + batch_size, len(dataset)))],
-                           range(0, len(dataset), batch_size))
-        for (start, maps), label_maps in zip(_second_pass(model, source, layer, batch_size, progress, spool, shape),
-                                             labels):
+        concept_category = primary_categories(dataset)
+
+        def tally(start, maps):  # one batch of pass 2, on a worker thread: its own mergeable counts
+            part = IoUCounts(len(t), dataset.categories, concept_category)
             for size, members in _by_size(dataset, start, len(maps)).items():
-                counts.update(mask_pixels(maps[members], t, size), [label_maps[i] for i in members])
+                part.update(mask_pixels(maps[members], t, size), [dataset.label_maps(start + i) for i in members])
+            return part
+
+        counts = IoUCounts(len(t), dataset.categories, concept_category)
+        for part in _in_threads(tally, _second_pass(model, source, layer, batch_size, progress, spool, shape)):
+            counts.merge(part)
     return _result(layer, dataset, counts, t, best.result(), quantile, iou)
 
 
-def _prefetch(load, keys):
-    """Yield ``load(key)`` for each key, loading the next one on a thread meanwhile (PNG decoding
-    releases the GIL)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for key in keys:
-            following = pool.submit(load, key)
-            if pending is not None:
-                yield pending.result()
-            pending = following
-        if pending is not None:
-            yield pending.result()
+def _in_threads(work, items, workers=WORKERS):
+    """Yield ``work(*item)`` for each item in order, computed on ``workers`` threads (PNG
+    decoding, cv2.resize and most numpy kernels release the GIL); at most ``workers + 1`` items
+    are in flight, so memory stays bounded."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(work, *item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _second_pass(model, source, layer, batch_size, progress, spool, shape):
