@@ -166,6 +166,7 @@ class IoUCounts:
         n = len(label_maps)
         area = np.bincount(image * self.units + unit, minlength=n * self.units).reshape(n, self.units)
         unit_key = unit * self.concepts
+        keys, where = [], None  # keys: unit · concepts + the label number under each mask pixel
         for g, category in enumerate(self.categories):
             labelled = [i for i in range(n) if len(label_maps[i].get(category, ())) > 0]
             if not labelled:
@@ -173,7 +174,7 @@ class IoUCounts:
             self.unit_area[:, g] += area[labelled].sum(axis=0)
             depth = max(len(label_maps[i][category]) for i in labelled)
             size = np.asarray(label_maps[labelled[0]][category][0]).size
-            planes = np.zeros((depth, n, size), np.int64)
+            planes = np.zeros((depth, n, size), np.int32)
             for i in labelled:
                 stack = np.asarray(label_maps[i][category]).reshape(len(label_maps[i][category]), -1)
                 planes[: len(stack), i] = stack
@@ -181,12 +182,11 @@ class IoUCounts:
             if len(label_area) > self.concepts:
                 raise UsageError(f"label number {len(label_area) - 1} in category '{category}' exceeds label.csv")
             self.label_area += label_area
-            where = image * size + pixel
-            for plane in planes.reshape(depth, -1):
-                hits = plane[where]  # the label number under each mask pixel
-                keep = hits > 0
-                self.intersection += np.bincount(unit_key[keep] + hits[keep], minlength=self.units * self.concepts
-                                                 ).reshape(self.units, self.concepts)
+            where = image * size + pixel if where is None else where
+            keys += [unit_key + plane[where] for plane in planes.reshape(depth, -1)]  # number 0 lands in column 0
+        if keys:
+            self.intersection += np.bincount(np.concatenate(keys), minlength=self.units * self.concepts
+                                             ).reshape(self.units, self.concepts)
         self.intersection[:, 0] = 0
         self.label_area[0] = 0
 

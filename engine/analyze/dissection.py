@@ -5,10 +5,15 @@ top ``1 - quantile`` of all its activations) and a :class:`TopK` of each unit's 
 Pass 2 upsamples each unit's map bilinearly to the label-map size, thresholds it into a mask and
 accumulates :class:`IoUCounts` against every concept (a concept counts only images that label its
 category). A unit detects its best concept when that IoU exceeds ``iou``.
+
+Pass 1's accumulators run on a thread beside the model; pass 2 spreads its batches (label-map
+decoding, masks, counts) over ``WORKERS`` threads, each into its own :class:`IoUCounts`, merged
+in order, so the result is the single-threaded one.
 """
 import contextlib
 import csv
 import io
+import itertools
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -112,17 +117,21 @@ def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batc
         raise UsageError(f"{dataset.root} lists no images in index.csv")
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
     source = from_concepts(dataset)
-    thresholds, best = None, None
     with tempfile.TemporaryFile(prefix="onnxlens-dissect-") if cache else contextlib.nullcontext() as spool:
-        for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 1/2", progress):
-            maps = np.ascontiguousarray(_maps(acts[layer], layer), np.float32)
-            if thresholds is None:
-                thresholds, best = Quantile(maps.shape[1], q=quantile), TopK(maps.shape[1], top)
-                shape = maps.shape[1:]
+
+        def absorb(start, maps):  # pass 1's accumulators, on a thread while the model runs the next batch
             thresholds.update(maps.transpose(0, 2, 3, 1).reshape(-1, maps.shape[1]))
             best.update(maps, start)
             if spool:
                 spool.write(maps.tobytes())
+
+        batches = ((start, np.ascontiguousarray(_maps(acts[layer], layer), np.float32))
+                   for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 1/2", progress))
+        start, maps = next(batches)
+        thresholds, best = Quantile(maps.shape[1], q=quantile), TopK(maps.shape[1], top)
+        shape = maps.shape[1:]
+        for _ in _in_threads(absorb, itertools.chain([(start, maps)], batches), workers=1):
+            pass
         t = thresholds.result().astype(np.float32)
         concept_category = primary_categories(dataset)
 
