@@ -12,7 +12,7 @@ run's CPU seconds over all its threads (the figure that does not depend on the m
 Measured (shapes-resnet layer3, 8×8×96 maps, 1 ORT thread, a 2-core box shared by several
 sessions, so rounds range ±50 %): dissect / forward 0.28–0.44×, median of the last run 0.38× (was 0.25–0.27×), patches /
 forward 0.90–1.03×, forward+labels / forward 0.48–0.54×. CPU seconds per 512 images: forward
-0.31–0.39, forward+labels 0.61–0.70, dissect 0.96–1.09 (was ≈2.1 on one thread). Where dissection's extra
+0.31–0.39, forward+labels 0.61–0.70, dissect 0.96–1.12 (main at fef0460: 1.46–1.60). Where dissection's extra
 ~0.7 CPU s goes: decoding the 2,048 label-map PNGs ≈0.3 (≈0.12 ms each, libpng's per-file cost
 for ~600-byte files), Quantile ≈0.1, masks (upsampling 14 % of the maps) ≈0.09, IoU counts
 ≈0.11, TopK/spool/threads the rest. Pass 1's accumulators and pass 2 run on threads, so the
