@@ -6,7 +6,18 @@
 - ``forward+labels``: the same, plus decoding every image's label maps (dissection's I/O floor);
 - ``dissect``: network dissection (two passes + label maps + masks + IoU counts);
 - ``patches``: patch mining (one pass + top-k).
-It prints the median of the per-round ratios (images/s of each ÷ forward images/s).
+It prints the median of the per-round ratios (images/s of each ÷ forward images/s) and each
+run's CPU seconds over all its threads (the figure that does not depend on the machine's load).
+
+Measured (shapes-resnet layer3, 8×8×96 maps, 1 ORT thread, a 2-core box shared by several
+sessions, so rounds range ±50 %): dissect / forward 0.28–0.44×, median of the last run 0.38× (was 0.25–0.27×), patches /
+forward 0.90–1.03×, forward+labels / forward 0.48–0.54×. CPU seconds per 512 images: forward
+0.31–0.39, forward+labels 0.61–0.70, dissect 0.96–1.12 (main at fef0460: 1.46–1.60). Where dissection's extra
+~0.7 CPU s goes: decoding the 2,048 label-map PNGs ≈0.3 (≈0.12 ms each, libpng's per-file cost
+for ~600-byte files), Quantile ≈0.1, masks (upsampling 14 % of the maps) ≈0.09, IoU counts
+≈0.11, TopK/spool/threads the rest. Pass 1's accumulators and pass 2 run on threads, so the
+≥0.8× goal needs ~3 idle cores beside ORT's one; with one core the ceiling is forward CPU ÷
+dissect CPU ≈ 0.36×, and the label maps alone cap it at ≈0.55×.
 
 ``test_dissection_memory_is_flat``: peak RSS of a subprocess dissecting 2,000 vs 20,000 Shapes
 images (32×32, generated on the fly, tiny 32×32 CNN).
@@ -72,23 +83,31 @@ def test_throughput_paired(tmp_path):
     runs["forward"]()  # warm-up: sessions, caches
     ratios = {"dissect": [], "patches": [], "forward+labels": []}
     seconds = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     names = list(runs)
     for r in range(ROUNDS):
         timing = {}
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            start, used = time.perf_counter(), _cpu_seconds()
             runs[name]()
             timing[name] = time.perf_counter() - start
             seconds[name].append(timing[name])
+            cpu[name].append(_cpu_seconds() - used)
         for name in ratios:
             ratios[name].append(timing["forward"] / timing[name])
     print(f"\nmodel {model.path.name}, layer {layer}, {IMAGES} images 96x96, batch {BATCH}, {THREADS} thread(s)")
     for name in runs:
-        print(f"  {name:8s} {IMAGES / statistics.median(seconds[name]):7.1f} images/s")
+        print(f"  {name:8s} {IMAGES / statistics.median(seconds[name]):7.1f} images/s, "
+              f"{statistics.median(cpu[name]):.2f} CPU s (all threads)")
     for name, values in ratios.items():
         print(f"  {name} / forward: {statistics.median(values):.2f}x  rounds {['%.2f' % v for v in values]}")
     floor = [f / d for f, d in zip(ratios["dissect"], ratios["forward+labels"])]
     print(f"  dissect / (forward+labels): {statistics.median(floor):.2f}x  (reading the label maps is the I/O floor)")
+
+
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class _GeneratedConcepts:

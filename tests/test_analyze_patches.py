@@ -1,11 +1,13 @@
 """Maximally activating patches: receptive fields, crops, top-k against brute force."""
+import cv2
 import numpy as np
 import pytest
 
-from engine.analyze.patches import crop, layer_field, mine, parse_channels
+from engine.analyze.patches import crop, layer_field, mine, parse_channels, patch_sheet, write_patches
 from engine.analyze.sources import from_synth
 from engine.api import Model
 from engine.errors import UsageError
+from engine.viz.grid import _CAPTION_H
 from tests import tiny_models
 
 
@@ -86,3 +88,22 @@ def test_fields_of_exported_vgg11_match_hand_arithmetic(variant):
     got = {tap: layer_field(model, tap) for tap in fixture.taps}
     assert (got["tap_pool2"].size, got["tap_pool2"].stride, got["tap_pool2"].offset) == ((10, 10), (4, 4), (-3, -3))
     assert (got["tap_pool4"].size, got["tap_pool4"].stride, got["tap_pool4"].offset) == ((70, 70), (16, 16), (-27, -27))
+
+
+def test_patch_sheet_holds_the_scaled_crops_and_is_what_write_patches_writes(model, tmp_path):
+    source = from_synth(12, seed=4, size=(32, 32))
+    images = source.load(0, 12)[0]
+    result = mine(model, source, "relu3", channels="1,4", top=3, progress=False)
+    sheet = patch_sheet(result, 4, lambda i: images[i], cell=24, ncols=2, title="t")
+    assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[2] == 3
+    rows = [r for r in result.rows if r["channel"] == 4]
+    for k, r in enumerate(rows):  # 12×12 boxes scaled ×2; title bar 22 px, grid padding 2 px
+        y0, x0, y1, x1 = r["box"]
+        padded = np.pad(images[r["index"]], ((12, 12), (12, 12), (0, 0)))
+        expected = padded[y0 + 12:y1 + 12, x0 + 12:x1 + 12].repeat(2, axis=0).repeat(2, axis=1)
+        y = 22 + 2 + (k // 2) * (24 + _CAPTION_H + 2) + _CAPTION_H
+        x = 2 + (k % 2) * (24 + 2)
+        np.testing.assert_array_equal(sheet[y:y + 24, x:x + 24], expected)
+    write_patches(result, lambda i: images[i], tmp_path, cell=24)
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "channel_0004.png")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(written, patch_sheet(result, 4, lambda i: images[i], cell=24))

@@ -20,7 +20,7 @@ class Quantile:
     values are kept), i.e. up to about ``tail / (1 - q)`` values per channel; beyond that it reads
     the quantile from a histogram of ``bins`` bins, interpolated within the bin. Bin widths are
     powers of two, the smallest whose bins span the channel's range, so the histogram after any
-    split and merge equals the single-pass one. Memory is ``channels × (bins + tail)`` numbers
+    split and merge equals the single-pass one. Memory is ``channels × (bins + 2·tail)`` numbers
     whatever the dataset size.
 
     >>> acc = Quantile(channels=2, q=0.995)
@@ -78,7 +78,7 @@ class Quantile:
         position = self.q * (n - 1)  # 0-based ascending rank, fractional
         below, frac = int(np.floor(position)), position - np.floor(position)
         from_top = n - 1 - below  # descending rank of the lower neighbour
-        if from_top < self.top.shape[1]:
+        if from_top < min(self.tail, self.top.shape[1]):
             top = -np.sort(-self.top, axis=1).astype(np.float64)
             lower, upper = top[:, from_top], top[:, max(from_top - 1, 0)]
             return lower + frac * (upper - lower)
@@ -95,7 +95,7 @@ class Quantile:
             self.top = self.top[:, :0]  # too many values for the exact path: it is never read again
             return
         both = np.concatenate([self.top, values.astype(np.float32)], axis=1)
-        if both.shape[1] > self.tail:
+        if both.shape[1] > 2 * self.tail:  # trim to the top ``tail`` only now and then (amortized)
             both = np.partition(both, both.shape[1] - self.tail, axis=1)[:, -self.tail:]
         self.top = both
 
@@ -109,16 +109,21 @@ class Quantile:
                 break
             exponent += grow
         start = np.where(np.isfinite(lo), np.floor(lo / np.ldexp(1.0, exponent)), 0).astype(np.int64)
-        if (exponent != self.exponent).any() or (start != self.start).any():
-            self.hist = self._rebinned(exponent, start)
+        changed = np.flatnonzero((exponent != self.exponent) | (start != self.start))
+        if len(changed):
+            self.hist[changed] = self._rebinned(exponent, start, changed)
         self.lo, self.hi, self.exponent, self.start = lo, hi, exponent, start
 
-    def _rebinned(self, exponent, start):
-        """This histogram at the coarser (or equal) widths ``2**exponent`` with bin 0 at ``start``."""
-        channel, b = np.nonzero(self.hist)
+    def _rebinned(self, exponent, start, rows=None):
+        """The histogram of channels ``rows`` (default all) at the coarser (or equal) widths
+        ``2**exponent`` with bin 0 at ``start``."""
+        rows = np.arange(self.channels) if rows is None else rows
+        hist = self.hist[rows]
+        r, b = np.nonzero(hist)
+        channel = rows[r]
         index = ((self.start[channel] + b) >> (exponent - self.exponent)[channel]) - start[channel]
-        counts = np.bincount(channel * self.bins + index, weights=self.hist[channel, b], minlength=self.hist.size)
-        return np.rint(counts).astype(np.int64).reshape(self.hist.shape)
+        counts = np.bincount(r * self.bins + index, weights=hist[r, b], minlength=hist.size)
+        return np.rint(counts).astype(np.int64).reshape(hist.shape)
 
     def _bincount(self, index):
         flat = (index + (np.arange(self.channels) * self.bins)[:, None]).ravel()
@@ -161,6 +166,7 @@ class IoUCounts:
         n = len(label_maps)
         area = np.bincount(image * self.units + unit, minlength=n * self.units).reshape(n, self.units)
         unit_key = unit * self.concepts
+        keys, where = [], None  # keys: unit · concepts + the label number under each mask pixel
         for g, category in enumerate(self.categories):
             labelled = [i for i in range(n) if len(label_maps[i].get(category, ())) > 0]
             if not labelled:
@@ -168,7 +174,7 @@ class IoUCounts:
             self.unit_area[:, g] += area[labelled].sum(axis=0)
             depth = max(len(label_maps[i][category]) for i in labelled)
             size = np.asarray(label_maps[labelled[0]][category][0]).size
-            planes = np.zeros((depth, n, size), np.int64)
+            planes = np.zeros((depth, n, size), np.int32)
             for i in labelled:
                 stack = np.asarray(label_maps[i][category]).reshape(len(label_maps[i][category]), -1)
                 planes[: len(stack), i] = stack
@@ -176,12 +182,11 @@ class IoUCounts:
             if len(label_area) > self.concepts:
                 raise UsageError(f"label number {len(label_area) - 1} in category '{category}' exceeds label.csv")
             self.label_area += label_area
-            where = image * size + pixel
-            for plane in planes.reshape(depth, -1):
-                hits = plane[where]  # the label number under each mask pixel
-                keep = hits > 0
-                self.intersection += np.bincount(unit_key[keep] + hits[keep], minlength=self.units * self.concepts
-                                                 ).reshape(self.units, self.concepts)
+            where = image * size + pixel if where is None else where
+            keys += [unit_key + plane[where] for plane in planes.reshape(depth, -1)]  # number 0 lands in column 0
+        if keys:
+            self.intersection += np.bincount(np.concatenate(keys), minlength=self.units * self.concepts
+                                             ).reshape(self.units, self.concepts)
         self.intersection[:, 0] = 0
         self.label_area[0] = 0
 

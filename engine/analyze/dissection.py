@@ -5,11 +5,17 @@ top ``1 - quantile`` of all its activations) and a :class:`TopK` of each unit's 
 Pass 2 upsamples each unit's map bilinearly to the label-map size, thresholds it into a mask and
 accumulates :class:`IoUCounts` against every concept (a concept counts only images that label its
 category). A unit detects its best concept when that IoU exceeds ``iou``.
+
+Pass 1's accumulators run on a thread beside the model; pass 2 spreads its batches (label-map
+decoding, masks, counts) over ``WORKERS`` threads, each into its own :class:`IoUCounts`, merged
+in order, so the result is the single-threaded one.
 """
 import contextlib
 import csv
 import io
+import itertools
 import tempfile
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,7 @@ from engine.progress import Progress
 from engine.viz.grid import grid
 from engine.viz.title import titled
 
+WORKERS = 3  # pass-2 threads: label-map decoding, masks and IoU counts of a batch each
 CV_MAX_CHANNELS = 128  # cv2.resize takes at most this many channels at once (OpenCV 5: under 256)
 
 
@@ -80,14 +87,14 @@ def mask_pixels(maps, thresholds, size):
     """
     maps = np.asarray(maps, np.float32)
     image, unit = np.nonzero(maps.reshape(*maps.shape[:2], -1).max(axis=2) > thresholds)
-    found = [np.zeros(0, np.int64)]
+    found = [(np.zeros(0, np.int64),) * 2]
     for s in range(0, len(image), CV_MAX_CHANNELS):  # a bounded number of full-size maps at once
-        i, u = image[s:s + CV_MAX_CHANNELS], unit[s:s + CV_MAX_CHANNELS]
-        masks = (upsample(maps[i, u], size) > thresholds[u, None, None]).reshape(-1, size[1])
-        rows = np.flatnonzero(masks.any(axis=1))  # masks are sparse: scan only rows that hold pixels
-        line, x = np.nonzero(masks[rows])
-        found.append(s * size[0] * size[1] + rows[line] * size[1] + x)
-    which, pixel = np.divmod(np.concatenate(found), size[0] * size[1])
+        u = unit[s:s + CV_MAX_CHANNELS]
+        chunk = np.ascontiguousarray(maps[image[s:s + CV_MAX_CHANNELS], u].transpose(1, 2, 0))
+        resized = cv2.resize(chunk, (size[1], size[0]), interpolation=cv2.INTER_LINEAR).reshape(-1, len(u))
+        pixel, member = np.divmod(np.flatnonzero(resized > thresholds[u]), len(u))  # H·W×chunk, never transposed
+        found.append((s + member, pixel))
+    which, pixel = (np.concatenate(v) for v in zip(*found))
     return image[which], unit[which], pixel
 
 
@@ -110,40 +117,48 @@ def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batc
         raise UsageError(f"{dataset.root} lists no images in index.csv")
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
     source = from_concepts(dataset)
-    thresholds, best = None, None
     with tempfile.TemporaryFile(prefix="onnxlens-dissect-") if cache else contextlib.nullcontext() as spool:
-        for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 1/2", progress):
-            maps = np.ascontiguousarray(_maps(acts[layer], layer), np.float32)
-            if thresholds is None:
-                thresholds, best = Quantile(maps.shape[1], q=quantile), TopK(maps.shape[1], top)
-                shape = maps.shape[1:]
+
+        def absorb(start, maps):  # pass 1's accumulators, on a thread while the model runs the next batch
             thresholds.update(maps.transpose(0, 2, 3, 1).reshape(-1, maps.shape[1]))
             best.update(maps, start)
             if spool:
                 spool.write(maps.tobytes())
+
+        batches = ((start, np.ascontiguousarray(_maps(acts[layer], layer), np.float32))
+                   for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 1/2", progress))
+        start, maps = next(batches)
+        thresholds, best = Quantile(maps.shape[1], q=quantile), TopK(maps.shape[1], top)
+        shape = maps.shape[1:]
+        for _ in _in_threads(absorb, itertools.chain([(start, maps)], batches), workers=1):
+            pass
         t = thresholds.result().astype(np.float32)
-        counts = IoUCounts(len(t), dataset.categories, primary_categories(dataset))
-        labels = _prefetch(lambda s: [dataset.label_maps(i) for i in range(s, min(s + batch_size, len(dataset)))],
-                           range(0, len(dataset), batch_size))
-        for (start, maps), label_maps in zip(_second_pass(model, source, layer, batch_size, progress, spool, shape),
-                                             labels):
+        concept_category = primary_categories(dataset)
+
+        def tally(start, maps):  # one batch of pass 2, on a worker thread: its own mergeable counts
+            part = IoUCounts(len(t), dataset.categories, concept_category)
             for size, members in _by_size(dataset, start, len(maps)).items():
-                counts.update(mask_pixels(maps[members], t, size), [label_maps[i] for i in members])
+                part.update(mask_pixels(maps[members], t, size), [dataset.label_maps(start + i) for i in members])
+            return part
+
+        counts = IoUCounts(len(t), dataset.categories, concept_category)
+        for part in _in_threads(tally, _second_pass(model, source, layer, batch_size, progress, spool, shape)):
+            counts.merge(part)
     return _result(layer, dataset, counts, t, best.result(), quantile, iou)
 
 
-def _prefetch(load, keys):
-    """Yield ``load(key)`` for each key, loading the next one on a thread meanwhile (PNG decoding
-    releases the GIL)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for key in keys:
-            following = pool.submit(load, key)
-            if pending is not None:
-                yield pending.result()
-            pending = following
-        if pending is not None:
-            yield pending.result()
+def _in_threads(work, items, workers=WORKERS):
+    """Yield ``work(*item)`` for each item in order, computed on ``workers`` threads (PNG
+    decoding, cv2.resize and most numpy kernels release the GIL); at most ``workers + 1`` items
+    are in flight, so memory stays bounded."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(work, *item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _second_pass(model, source, layer, batch_size, progress, spool, shape):

@@ -98,23 +98,34 @@ def crop(image, bounds, fill=0):
     return out
 
 
+def patch_sheet(result, channel, source_images, cell=64, ncols=8, title=None):
+    """The grid of ``channel``'s top patches (each labelled with its value, scaled up to about
+    ``cell`` px) as a uint8 RGB array, titled ``title`` (default: layer and channel).
+
+    ``source_images``: a function from image index to its uint8 RGB image.
+
+    >>> patch_sheet(result, 3, lambda i: images[i]).dtype
+    dtype('uint8')
+    """
+    rows = [r for r in result.rows if r["channel"] == channel]
+    cells = []
+    for row in rows:
+        patch = crop(resize(source_images(row["index"]), result.size), row["box"])
+        scale = max(1, cell // max(patch.shape[:2]))
+        cells.append(cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
+    sheet = grid(cells, ncols=min(len(cells), ncols), labels=[f"{r['value']:.2f}" for r in rows])
+    return titled(sheet, f"{result.layer} channel {channel}" if title is None else title)
+
+
 def write_patches(result, source_images, out, cell=64):
-    """Write ``patches.json`` and one ``channel_NNNN.png`` grid per channel into ``out``.
+    """Write ``patches.json`` and one ``channel_NNNN.png`` sheet (:func:`patch_sheet`) per channel
+    into ``out``.
 
     ``source_images``: a function from image index to its uint8 RGB image.
     """
     out = Path(out)
-    by_channel = {}
-    for row in result.rows:
-        by_channel.setdefault(row["channel"], []).append(row)
-    for channel, rows in by_channel.items():
-        cells = []
-        for row in rows:
-            patch = crop(resize(source_images(row["index"]), result.size), row["box"])
-            scale = max(1, cell // max(patch.shape[:2]))
-            cells.append(cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
-        sheet = grid(cells, ncols=min(len(cells), 8), labels=[f"{r['value']:.2f}" for r in rows])
-        write_image(out / f"channel_{channel:04d}.png", titled(sheet, f"{result.layer} channel {channel}"))
+    for channel in dict.fromkeys(row["channel"] for row in result.rows):
+        write_image(out / f"channel_{channel:04d}.png", patch_sheet(result, channel, source_images, cell=cell))
     write_json(out / "patches.json", {"layer": result.layer, "input_size": list(result.size),
                                       "field": {"size": result.field.size, "stride": result.field.stride,
                                                 "offset": result.field.offset,

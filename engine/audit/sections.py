@@ -7,29 +7,25 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from engine.analyze.dissection import dissect, unit_sheet
 from engine.analyze.embeddings import embed
 from engine.analyze.filters import filters_picture
 from engine.analyze.neighbors import nearest, purity
-from engine.analyze.patches import crop, mine
+from engine.analyze.patches import mine, patch_sheet
 from engine.analyze.projection import project
 from engine.analyze.robustness import robustness as check_robustness
 from engine.analyze.sources import Source
 from engine.api import Model
 from engine.data.broden import read_concepts, write_concepts
-from engine.data.images import resize
 from engine.errors import OnnxlensError
 from engine.explain import cam, class_visualization, evaluate
 from engine.explain import saliency as explain_saliency
 from engine.explain.metrics import pointing_game
-from engine.viz.grid import grid
 from engine.viz.overlay import colorize, overlay
 from engine.viz.report import gallery, heading, image, note, paragraph, rows_of_images, table
 from engine.viz.scatter import scatter
-from engine.viz.title import titled
 
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "scorecam",
                "ablationcam")
@@ -317,14 +313,8 @@ def patches(ctx):
     blocks = [paragraph(f"layer {result.layer}, receptive field {result.field.size[0]}×{result.field.size[1]} px; "
                         f"channels: {why}; top {o.patches} of {len(data)} images")]
     for channel in chosen:
-        rows = [r for r in result.rows if r["channel"] == channel]
-        cells = []
-        for r in rows:
-            patch = crop(resize(data.images[r["index"]], result.size), r["box"])
-            scale = max(1, 48 // max(patch.shape[:2]))
-            cells.append(cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
-        sheet = grid(cells, ncols=len(cells), labels=[f"{r['value']:.2f}" for r in rows])
-        blocks.append(image(titled(sheet, f"channel {channel}")))
+        sheet = patch_sheet(result, channel, lambda i: data.images[i], cell=48, ncols=o.patches, title=f"channel {channel}")
+        blocks.append(image(sheet))
     return blocks
 
 

@@ -139,11 +139,11 @@ class ConceptDataset:
                 if isinstance(cell, int):
                     planes.append(np.full(shape, cell, np.int32))
                     continue
-                rgb = _read_png(self.root / "images" / cell)
-                if rgb.shape[:2] != shape:
-                    raise DatasetError(f"label map {cell} is {rgb.shape[1]}x{rgb.shape[0]}, index.csv says "
+                numbers = _read_label_map(self.root / "images" / cell)
+                if numbers.shape != shape:
+                    raise DatasetError(f"label map {cell} is {numbers.shape[1]}x{numbers.shape[0]}, index.csv says "
                                        f"{shape[1]}x{shape[0]}: fix sh/sw in index.csv")
-                planes.append(rgb[..., 0].astype(np.int32) + 256 * rgb[..., 1].astype(np.int32))
+                planes.append(numbers)
             out[category] = np.stack(planes) if planes else np.zeros((0, *shape), np.int32)
         return out
 
@@ -153,6 +153,19 @@ def _read_png(path):
     if bgr is None:
         raise DatasetError(f"cannot read {path}: the file is missing or not an image")
     return bgr[..., ::-1]
+
+
+def _read_label_map(path):
+    """int32 H×W label numbers R + 256·G of a label-map PNG, decoded as stored (8-bit BGR or
+    BGRA: no colour conversion); any other kind goes through :func:`_read_png`."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if bgr is None or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] < 3:
+        rgb = _read_png(path)
+        return rgb[..., 0].astype(np.int32) + 256 * rgb[..., 1].astype(np.int32)
+    numbers = bgr[..., 1].astype(np.int32)
+    numbers <<= 8
+    numbers += bgr[..., 2]
+    return numbers
 
 
 def _read_csv(path, required):
