@@ -66,7 +66,8 @@ def build(model, request):
     originals = [o.name for o in model.graph.output]
     wanted = list(dict.fromkeys([*request.activations, *request.gradients]))
     inputs = {i.name for i in model.graph.input}
-    rewritten = normalize(add_taps(model, [n for n in wanted if n not in inputs]), input_size=request.input_size)
+    tapped = add_taps(model, [n for n in wanted if n not in inputs])  # the pipeline's one private copy
+    rewritten = normalize(tapped, input_size=request.input_size, inplace=True)
     if request.gradients:
         rewritten = differentiate(rewritten, request.output or originals[0], list(request.gradients),
                                   mode=request.mode)
