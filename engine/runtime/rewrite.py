@@ -17,7 +17,7 @@ import onnx
 from engine.data.files import atomic_path
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate
-from engine.graph.normalize import normalize
+from engine.graph.normalize import normalize, without_weights
 from engine.graph.taps import add_taps
 from engine.runtime.session import create_session
 
@@ -51,8 +51,17 @@ def code_version():
 
 
 def content_hash(model):
-    """SHA-256 of a ``ModelProto``'s serialized bytes (weights included)."""
-    return hashlib.sha256(model.SerializeToString()).hexdigest()
+    """SHA-256 of a ``ModelProto``'s content: the serialized model without its large weights,
+    then each large weight's bytes (never re-serializing the whole 100 MB model).
+
+    >>> len(content_hash(model))
+    64
+    """
+    skeleton, weights = without_weights(model)
+    digest = hashlib.sha256(skeleton.SerializeToString())
+    for tensor in weights.values():  # name, type and shape are in the skeleton
+        digest.update(tensor.raw_data if tensor.HasField("raw_data") else tensor.SerializeToString())
+    return digest.hexdigest()
 
 
 def build(model, request):
