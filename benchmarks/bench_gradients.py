@@ -8,11 +8,14 @@ per-round ratios ``layer / forward`` (goal ≤ 1.2) and ``input / forward`` (goa
 whose threads do not spin and compares process CPU time, which a busy shared machine distorts far
 less than wall-clock time.
 ``test_build_time`` times building the rewritten ResNet-50 uncached (taps + normalize +
-differentiate, ``rewrite.build``; goal < 2 s). Measured 2026-11-30 on the shared 2-core machine
-(load 3–4), median of 9 builds in 3 processes: input gradient 0.32 s (was 0.61 s before normalize
-stopped copying the model per pass), default layer 0.17 s (was 0.56 s); about 80 % of what is
-left is ``differentiate``. Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``;
-skipped until it exists) and a
+differentiate, ``rewrite.build``; goal < 2 s); ``test_first_use_time`` adds what a first
+``Model.run`` also pays: the content hash, the cache write and the ORT session. Measured
+2026-11-30 on the shared 2-core machine (load 3–4), medians of two runs alternating with the code
+before the build-speed work: build, input gradient 0.44–0.65 s (was 0.53–0.69 s; 0.32 vs 0.61 s in
+9 paired builds), default layer 0.09–0.10 s (was 0.33–0.42 s); first use, input gradient
+1.10–1.54 s (was 2.74–2.89 s), default layer 0.66–0.76 s (was 0.99–1.08 s). About 85 % of the
+input-gradient build is now ``differentiate``.
+Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``; skipped until it exists) and a
 ResNet-50 with random weights at 224×224 built with onnx.helper (``resnet50_graph.py``).
 ORT threads: ``$ONNXLENS_BENCH_THREADS`` (default 2). Rewritten models go to a temporary cache.
 
@@ -144,12 +147,26 @@ def test_gradient_cpu_cost(benchmark, model, batch, capsys):
                   f"median {np.median(forward) * 1e3:.1f} ms CPU, {THREADS} threads)", end="")
 
 
+def resnet50_request(path, target):
+    model = Model(path, threads=THREADS)
+    wanted = model.default_layer if target == "layer" else model.input.name
+    return model, wanted, rewrite.Request(model.input_size, activations=(wanted,) if target == "layer" else (),
+                                          gradients=(wanted,), output=model.outputs[0].name)
+
+
 @pytest.mark.parametrize("target", ["layer", "input"])
 def test_build_time(benchmark, resnet50_path, target):
-    model = Model(resnet50_path, threads=THREADS)
-    wanted = model.default_layer if target == "layer" else model.input.name
-    request = rewrite.Request(model.input_size, activations=(wanted,) if target == "layer" else (),
-                              gradients=(wanted,), output=model.outputs[0].name)
+    model, wanted, request = resnet50_request(resnet50_path, target)
     benchmark.group = "resnet50 rewrite build (uncached)"
-    rewritten = benchmark.pedantic(rewrite.build, args=(model.proto, request), rounds=3, iterations=1)
+    rewritten = benchmark.pedantic(rewrite.build, args=(model.proto, request), rounds=5, iterations=1)
     assert rewritten.graph.output[-1].name == f"{wanted}__grad"
+
+
+@pytest.mark.parametrize("target", ["layer", "input"])
+def test_first_use_time(benchmark, resnet50_path, target, tmp_path):
+    """What the first ``Model.run`` of a request pays: content hash, build, cache write, session."""
+    model, _, request = resnet50_request(resnet50_path, target)
+    folders = iter(tmp_path / str(i) for i in range(100))
+    benchmark.group = "resnet50 first use (empty cache)"
+    benchmark.pedantic(lambda: rewrite.session(model.proto, request, folder=next(folders), threads=THREADS),
+                       rounds=3, iterations=1)
