@@ -9,7 +9,8 @@ top-1 class (one forward with taps + the head's gradient). Goal: Grad-CAM ≤ 1.
 median per-round ratios, which a shared machine keeps far steadier than separate rows.
 Score-CAM and SmoothGrad (25 samples) images/s on shapes-resnet, batch 16.
 
-Threads: ``$ONNXLENS_BENCH_THREADS`` (default 1).
+Threads: ``$ONNXLENS_BENCH_THREADS`` (default 1). ``$ONNXLENS_BENCH_SHAPES`` overrides the
+shapes-resnet path.
 
     python -m pytest benchmarks/bench_explain.py -s --benchmark-columns=median,ops --benchmark-group-by=group
 """
@@ -42,7 +43,8 @@ def _resnet50_path():
     return path
 
 
-MODELS = {"shapes-resnet": ROOT / "models" / "shapes-resnet.onnx", "resnet50": _resnet50_path()}
+MODELS = {"shapes-resnet": Path(os.environ.get("ONNXLENS_BENCH_SHAPES", ROOT / "models" / "shapes-resnet.onnx")),
+          "resnet50": _resnet50_path()}
 MODELS = {name: path for name, path in MODELS.items() if path is not None and Path(path).exists()}
 pytestmark = pytest.mark.skipif(not MODELS, reason="no models/shapes-resnet.onnx and no ResNet-50 graph")
 
@@ -104,7 +106,7 @@ def test_ratios_paired(model, batch):
 
 @pytest.mark.parametrize("method", ["scorecam", "smoothgrad"])
 def test_forward_heavy_methods(benchmark, model, method):
-    if model.path.stem != "shapes-resnet":
+    if model.path.stem == "resnet50":
         pytest.skip("Score-CAM and SmoothGrad are measured on shapes-resnet")
     images, _, targets, _ = _inputs(model, 16)
     if method == "scorecam":

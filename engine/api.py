@@ -302,7 +302,8 @@ class Model:
         ``activations``: tensor names to return. ``gradients``: tensor names, or ``"input"``,
         whose gradients of Σ seed · output to return (same shape as the tensor or the input).
         ``seed``: an array shaped like the first output (one row per image; a single row is
-        repeated), or ``{output_name: array}``. ``mode``: standard, guided or deconvnet backward.
+        repeated), or ``{tensor_name: array}`` to seed another output or any intermediate tensor
+        (e.g. one channel of a layer, to maximize it). ``mode``: standard, guided or deconvnet backward.
         The rewritten model is built once per request and cached on disk (``$ONNXLENS_CACHE``).
 
         >>> r = model.run(x, activations=["layer4"], gradients=["layer4", "input"], seed=np.eye(8)[[3]])
@@ -371,9 +372,10 @@ class Model:
             raise UsageError("gradients need a seed: an array shaped like the output, e.g. the one-hot rows of "
                              "the classes to explain")
         if isinstance(seed, dict):
-            if len(seed) != 1 or next(iter(seed)) not in names:
-                raise UsageError(f"seed as a mapping takes one output name ({', '.join(names)}), got {list(seed)}")
-            output, seed = next(iter(seed.items()))
+            if len(seed) != 1:
+                raise UsageError(f"seed as a mapping takes one tensor name (e.g. {names[0]}), got {list(seed)}")
+            (output,) = self._names(list(seed), "seed")
+            seed = seed[output]
         else:
             output = names[0]
         info = self._infos.get(output)

@@ -242,13 +242,18 @@ def test_cam_and_ablationcam_on_the_onnx_twin():
     assert abl.raw.shape == (3, 4, 4) and np.isfinite(abl.raw).all()
 
 
-def test_tensor_gradient_matches_the_hand_derived_one():
-    from engine.explain.capture import tensor_gradient_fn
+def test_model_run_seeds_an_intermediate_tensor_like_the_hand_derived_gradient(tmp_path):
+    import onnx
 
-    model = NumpyModel()
-    x = model.preprocess(IMAGES[:2])
+    from engine import Model
+
+    reference = NumpyModel()
+    onnx.save(reference.proto, tmp_path / "numpy-model.onnx")
+    model = Model(tmp_path / "numpy-model.onnx", provider="CPUExecutionProvider", threads=1, preprocess="unit")
+    x = reference.preprocess(IMAGES[:2])
     seed = RNG.normal(size=(2, 6, 8, 8)).astype(np.float32)
-    acts, grad = tensor_gradient_fn(model, "feat")(x, seed)
-    want = model.run(x, activations=["feat"], gradients=["input"], seed={"feat": seed})
-    np.testing.assert_allclose(acts, want.activations["feat"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(grad, want.gradients["input"], rtol=1e-4, atol=1e-5)
+    got = model.run(x, activations=["feat"], gradients=["input"], seed={"feat": seed})
+    want = reference.run(x, activations=["feat"], gradients=["input"], seed={"feat": seed})
+    np.testing.assert_allclose(got.activations["feat"], want.activations["feat"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.gradients["input"], want.gradients["input"], rtol=1e-4, atol=1e-5)
+    assert len(got.outputs) == 1 and got.outputs[0].shape == (2, 4)

@@ -6,6 +6,7 @@ import pytest
 from engine.api import Model
 from engine.explain import cam, methods, saliency
 from engine.explain.capture import capture, fc_head, head_fn, head_gradient_fn
+from engine.explain.targets import OutputMask, resolve
 from tests import explain_references as refs
 from tests import zoo
 
@@ -102,3 +103,15 @@ def test_cam_and_saliency_api_on_a_zoo_model():
     np.testing.assert_allclose(fc.raw, h * w * slow.raw, rtol=1e-3, atol=1e-3 * scale(fc.raw))
     sal = saliency(model, images, method="guided-gradcam")
     assert sal.attributions.shape == (3, 3, 32, 32) and np.isfinite(sal.maps).all()
+
+
+def test_output_mask_target_on_the_dense_unet():
+    fx = zoo.load("unet_ts13")
+    model = Model(fx.path, provider="CPUExecutionProvider", threads=1)
+    rows = resolve(OutputMask(fx.seed), len(fx.input), fx.seed.shape[1:])
+    _, acts, grads = capture(model, fx.input, fx.taps, rows.seeds, fx.output_name)
+    for tap in fx.taps:
+        want = refs.gradcam(fx.activations[tap], fx.gradients[tap])
+        assert want.max() > 0
+        np.testing.assert_allclose(methods.gradcam(acts[tap], grads[tap]), want, rtol=1e-3,
+                                   atol=1e-4 * scale(want), err_msg=tap)

@@ -56,7 +56,7 @@ def test_seed_errors(model):
         model.run(FIXTURE.input, gradients=["input"])
     with pytest.raises(InputShapeError, match="seed"):
         model.run(FIXTURE.input, gradients=["input"], seed=FIXTURE.seed[:2])
-    with pytest.raises(UsageError, match="logits"):
+    with pytest.raises(LayerError, match="nope"):
         model.run(FIXTURE.input, gradients=["input"], seed={"nope": FIXTURE.seed})
     with pytest.raises(UsageError, match="mode"):
         model.run(FIXTURE.input, gradients=["input"], seed=FIXTURE.seed, mode="smooth")

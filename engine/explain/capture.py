@@ -4,14 +4,31 @@ from a layer to an output for Ablation-CAM.
 
 >>> outputs, acts, grads = capture(model, x, ["layer4"], seeds)
 """
+import functools
+import weakref
+
 import numpy as np
 from onnx import helper, numpy_helper
 
 from engine.errors import LayerError
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
-from engine.graph.taps import add_taps
 from engine.runtime.session import create_session
+
+
+def _per_model(build):
+    """Cache what ``build(model, *args)`` returns for as long as ``model`` lives (sessions on
+    rewritten sub-graphs are built once per model, not once per call)."""
+    cache = weakref.WeakKeyDictionary()
+
+    @functools.wraps(build)
+    def cached(model, *args):
+        per_model = cache.setdefault(model, {})
+        if args not in per_model:
+            per_model[args] = build(model, *args)
+        return per_model[args]
+
+    return cached
 
 
 def output_names(model):
@@ -132,6 +149,7 @@ def _is_global_average(node, consts):
     return axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
 
 
+@_per_model
 def head_fn(model, layer, output=None):
     """``head(A)`` runs the network from tensor ``layer`` to ``output`` (first by default).
 
@@ -145,6 +163,7 @@ def head_fn(model, layer, output=None):
     return lambda acts: session.run([output], {layer: np.asarray(acts, np.float32)})[0]
 
 
+@_per_model
 def head_gradient_fn(model, layer, output=None):
     """``head_gradient(A, seeds)`` = ∂(Σ seed·output)/∂A, differentiating only the network after
     ``layer`` (which must cut the graph, else LayerError).
@@ -159,20 +178,6 @@ def head_gradient_fn(model, layer, output=None):
     session = create_session(sub, provider=model.provider, threads=model.threads)
     return lambda acts, seeds: session.run([grad_name(layer)], {layer: np.asarray(acts, np.float32),
                                                                  SEED: np.asarray(seeds, np.float32)})[0]
-
-
-def tensor_gradient_fn(model, tensor):
-    """``grad(x, seed)`` = [value of ``tensor``, ∂(Σ seed·tensor)/∂x] for any tensor of the graph
-    (``Model.run`` seeds graph outputs only), e.g. to maximize one channel's mean activation.
-
-    >>> acts, grad = tensor_gradient_fn(model, "layer4")(x, seed)
-    """
-    rewritten = differentiate(normalize(add_taps(model.proto, [tensor]), input_size=model.input_size),
-                              tensor, [model.input.name])
-    session = create_session(rewritten, provider=model.provider, threads=model.threads)
-    names = [tensor, grad_name(model.input.name)]
-    return lambda x, seed: session.run(names, {model.input.name: np.asarray(x, np.float32),
-                                               SEED: np.asarray(seed, np.float32)})
 
 
 def _cut(model, layer, output):

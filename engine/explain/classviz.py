@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.data.preprocess import PRESETS
 from engine.errors import UsageError
-from engine.explain.capture import output_names, tensor_gradient_fn
+from engine.explain.capture import output_names
 from engine.progress import Progress
 
 # Square root of ImageNet's RGB colour correlation (lucid's color_correlation_svd_sqrt),
@@ -146,11 +146,10 @@ def class_visualization(model, target=None, layer=None, channel=None, steps=200,
             raise UsageError(f"channel {channel} out of range: layer '{layer}' has shape {shape}")
         seed = np.zeros(shape, np.float32)
         seed[:, int(channel)] = 1.0 / (shape[2] * shape[3])
-        gradient = tensor_gradient_fn(model, layer)
 
         def objective(x):
-            acts, grad = gradient(x, seed)
-            return acts[:, int(channel)].mean(axis=(1, 2)), grad
+            result = model.run(x, activations=[layer], gradients=["input"], seed={layer: seed})
+            return result.activations[layer][:, int(channel)].mean(axis=(1, 2)), result.gradients["input"]
 
     with Progress(total=steps, label="classviz", unit="step", enabled=progress) as bar:
         result = ascend(objective, x0, steps=steps, lr=lr, l2=l2, jitter=jitter, blur_every=blur_every,

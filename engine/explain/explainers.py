@@ -214,6 +214,10 @@ def _top_raw(model, x, method, layers, output, eigen_smooth, heads):
 
 def _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra, transforms):
     xr, layout = x[rows.image], model.input.layout
+    index = output_names(model).index(output)
+    if transforms == [(False, 1.0)]:
+        outputs, raw = _raw(model, xr, rows, method, layers, output, eigen_smooth, extra)
+        return raw, np.asarray(outputs[index])
     total = {layer: 0.0 for layer in layers}
     weight = {layer: 0.0 for layer in layers}
     row_outputs = None
@@ -225,7 +229,7 @@ def _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra, transf
             total[layer] = total[layer] + back * valid
             weight[layer] = weight[layer] + valid
         if not flip and scale == 1.0:
-            row_outputs = np.asarray(outputs[output_names(model).index(output)])
+            row_outputs = np.asarray(outputs[index])
     raw = {layer: (total[layer] / np.maximum(weight[layer], 1e-6)).astype(np.float32) for layer in layers}
     return raw, row_outputs
 

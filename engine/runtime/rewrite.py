@@ -74,13 +74,13 @@ def build(model, request):
     >>> tapped = build(model, Request((64, 64), activations=("layer4",)))
     """
     originals = [o.name for o in model.graph.output]
-    wanted = list(dict.fromkeys([*request.activations, *request.gradients]))
+    output = request.output or originals[0]
+    wanted = list(dict.fromkeys([*request.activations, *request.gradients, output]))
     inputs = {i.name for i in model.graph.input}
     tapped = add_taps(model, [n for n in wanted if n not in inputs])  # the pipeline's one private copy
     rewritten = normalize(tapped, input_size=request.input_size, inplace=True)
     if request.gradients:
-        rewritten = differentiate(rewritten, request.output or originals[0], list(request.gradients),
-                                  mode=request.mode)
+        rewritten = differentiate(rewritten, output, list(request.gradients), mode=request.mode)
     keep = set(originals) | set(request.activations)
     extra = {n for n in wanted if n not in keep}
     outputs = [o for o in rewritten.graph.output if o.name not in extra]
