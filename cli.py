@@ -35,6 +35,10 @@ def main(ctx, debug):
     ctx.obj = {"debug": debug}
 
 
+_provider_option = click.option("--provider", default="auto", show_default=True,
+                                help="ONNX Runtime execution provider (auto: CUDA when available).")
+
+
 # --- data commands ------------------------------------------------------------------------
 
 
@@ -123,9 +127,10 @@ def inspect(model, size, layer_name, as_json):
 @click.option("--labels", "labels_file", metavar="FILE", help="Class names: one per line, or a JSON list.")
 @click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for models with dynamic spatial dims.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per image.")
-def predict(model, images, top, labels_file, size, as_json):
+@_provider_option
+def predict(model, images, top, labels_file, size, as_json, provider):
     """Rank the classes of each image (scores are probabilities)."""
-    predictions = Model(model, input_size=size, labels=labels_file).predict(list(images), top=top)
+    predictions = Model(model, input_size=size, labels=labels_file, provider=provider).predict(list(images), top=top)
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
         return
@@ -212,7 +217,7 @@ def _explain_options(f):
                      help="'top', a class index or label, or several separated by commas."),
         click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
         click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
-        click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider."),
+        _provider_option,
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
     ]):
         f = option(f)
@@ -274,7 +279,7 @@ def saliency(model, images, target, out, batch, provider, as_json, method, sampl
 @click.option("--fourier", is_flag=True, help="Decorrelated Fourier parameterization (1/f spectrum).")
 @click.option("--decorrelate", is_flag=True, help="Decorrelate colours (ImageNet colour correlation).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@_provider_option
 @click.option("--out", required=True, metavar="PNG", help="Result image; the strip of steps goes to <name>_steps.png.")
 def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
              provider, out):
@@ -319,7 +324,7 @@ def _image_files(paths):
 @click.option("--layer", default="auto", show_default=True)
 @click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1), help="Deletion/insertion steps.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json):
     """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
@@ -579,7 +584,7 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 @click.option("--method", default="gradcam", show_default=True, help="CAM method.")
 @click.option("--layer", default="auto", show_default=True, help="CAM layer.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--provider", default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
@@ -627,8 +632,6 @@ _images_option = click.option("--images", metavar="DIR", help="A folder of image
 _labels_option = click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images.")
 _synth_option = click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead.")
 _seed_option = click.option("--seed", default=0, show_default=True, help="Seed of the generated images.")
-_provider_option = click.option("--provider", default="auto", show_default=True,
-                                help="ONNX Runtime execution provider (auto: CUDA when available).")
 
 
 @main.command()

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +39,7 @@ from engine.data import broden, synth  # noqa: E402
 from engine.data.broden import read_concepts  # noqa: E402
 
 THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
-IMAGES, BATCH, ROUNDS = 256, 32, 4
+IMAGES, BATCH, ROUNDS = 512, 32, 5
 
 
 def _model(tmp):

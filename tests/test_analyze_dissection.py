@@ -121,3 +121,16 @@ def test_outputs_and_errors(model, concepts, tmp_path):
         dissect(model, concepts, layer="nope")
     with pytest.raises(UsageError):
         dissect(model, concepts, quantile=1.5)
+
+
+def test_mask_pixels_in_chunks_match_dense_masks():
+    rng = np.random.default_rng(1)
+    maps = rng.random((2, 150, 3, 3)).astype(np.float32)  # 300 maps: more than one resize chunk
+    thresholds = rng.uniform(0.3, 0.9, 150).astype(np.float32)
+    image, unit, pixel = mask_pixels(maps, thresholds, (7, 5))
+    got = np.zeros((2, 150, 35), bool)
+    got[image, unit, pixel] = True
+    for i in range(2):
+        for u in range(150):
+            expected = _bilinear(maps[i, u].astype(np.float64), (7, 5)) > thresholds[u]
+            np.testing.assert_array_equal(got[i, u].reshape(7, 5), expected)

@@ -41,9 +41,14 @@ def test_knn_purity_of_the_trained_model_is_high_and_the_random_twins_low(models
 
 
 def test_the_trained_model_has_clearly_more_detector_units(models, concepts):
+    """Bau et al.'s defaults (top 0.5 %, IoU > 0.04) on the last block: the trained model's units
+    detect shapes (its task); the random twin's barely detect anything. (Colour and texture
+    labels each cover a large share of all pixels, so a top-0.5 % mask cannot reach IoU 0.04 on
+    them; at --quantile 0.95 both models detect colours alike, and shapes stay the trained
+    model's.)"""
     found = {name: dissect(m, concepts, progress=False).summary for name, m in models.items()}
     print({name: (s["detectors"], {c: v["detectors"] for c, v in s["categories"].items()}) for name, s in found.items()})
-    assert found["trained"]["detectors"] >= 2 * found["random"]["detectors"] + 5
+    assert found["trained"]["detectors"] >= 3 * found["random"]["detectors"] + 20
+    assert found["trained"]["categories"]["shape"]["detectors"] >= 30
+    assert found["random"]["categories"]["shape"]["detectors"] <= 5
     assert found["trained"]["concepts"] > found["random"]["concepts"]
-    categories = found["trained"]["categories"]
-    assert categories["shape"]["detectors"] > 0 and categories["color"]["detectors"] > 0

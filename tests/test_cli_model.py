@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import cli
 from engine import Model
-from engine.errors import ImageError, InputShapeError, LayerError, ModelLoadError
+from engine.errors import ImageError, InputShapeError, LayerError, ModelLoadError, UsageError
 from tests.tiny_models import classifier, save
 
 LABELS = ["circle", "square", "star", "ring"]
@@ -96,6 +96,8 @@ ERROR_CASES = {
     "missing image": (lambda f: ["predict", f["static"], f["tmp"] / "gone.jpg"], ImageError, "gone.jpg"),
     "wrong size": (lambda f: ["predict", f["static"], f["images"][0], "--size", "32x32"], InputShapeError, "8×8"),
     "unknown layer": (lambda f: ["inspect", f["static"], "--layer", "conv9"], LayerError, "conv9"),
+    "unknown provider": (lambda f: ["predict", f["static"], f["images"][0], "--provider", "NopeEP"], UsageError,
+                         "NopeEP"),
 }
 
 

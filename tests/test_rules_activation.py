@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from gradcheck import check, node_model
+from engine.graph.autodiff import SEED, differentiate
+from gradcheck import check, node_model, session
 
 X = ("N", 3, 5, 5)
 
@@ -42,3 +43,16 @@ def test_clip_bounds_as_attributes_before_opset_11():
         return {"in0": (centers + rng.uniform(-0.1, 0.1, centers.shape)).astype(dt)}
 
     check(lambda dt: node_model("Clip", [X], dt, opset=10, min=-0.5, max=0.7), feeds=feeds)
+
+
+
+@pytest.mark.parametrize("channels", [3, 16])
+def test_relu_mask_is_exact_at_zero_and_at_tiny_values(channels):
+    """16 channels: the mask is a depthwise step Conv (kept in ORT's NCHWc layout); 3: Greater."""
+    rewritten = differentiate(node_model("Relu", [("N", channels, 2, 2)], np.float32), "out0", ["in0"])
+    assert ("Conv" in [n.op_type for n in rewritten.graph.node]) == (channels == 16)
+    values = np.array([0.0, -0.0, 1.2e-38, -1e-30, 1e-30, 3e38, -3e38, 0.5], np.float32)
+    x = np.resize(values, (2, channels, 2, 2)).astype(np.float32)
+    seed = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    (got,) = session(rewritten).run(["in0__grad"], {"in0": x, SEED: seed})
+    np.testing.assert_array_equal(got, np.where(x > 0, seed, 0).astype(np.float32))

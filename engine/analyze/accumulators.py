@@ -55,7 +55,7 @@ class Quantile:
         self._fit(np.minimum(self.lo, values.min(axis=1)), np.maximum(self.hi, values.max(axis=1)), self.exponent)
         scale = np.ldexp(np.float32(1), -self.exponent).astype(np.float32)[:, None]  # exact: a power of two
         index = np.floor(values * scale).astype(np.int64) - self.start[:, None]
-        self.hist += self._bincount(index, None)
+        self.hist += self._bincount(index)
 
     def merge(self, other):
         """Fold another Quantile over the same channels into this one; returns self."""
@@ -115,17 +115,14 @@ class Quantile:
 
     def _rebinned(self, exponent, start):
         """This histogram at the coarser (or equal) widths ``2**exponent`` with bin 0 at ``start``."""
-        absolute = self.start[:, None] + np.arange(self.bins)
-        index = (absolute >> (exponent - self.exponent)[:, None]) - start[:, None]
-        index = np.where(self.hist > 0, index, 0)
-        return self._bincount(index, self.hist)
-
-    def _bincount(self, index, weights):
-        flat = (index + (np.arange(self.channels) * self.bins)[:, None]).ravel()
-        if weights is None:
-            return np.bincount(flat, minlength=self.hist.size).reshape(self.hist.shape)
-        counts = np.bincount(flat, weights=weights.ravel(), minlength=self.hist.size)
+        channel, b = np.nonzero(self.hist)
+        index = ((self.start[channel] + b) >> (exponent - self.exponent)[channel]) - start[channel]
+        counts = np.bincount(channel * self.bins + index, weights=self.hist[channel, b], minlength=self.hist.size)
         return np.rint(counts).astype(np.int64).reshape(self.hist.shape)
+
+    def _bincount(self, index):
+        flat = (index + (np.arange(self.channels) * self.bins)[:, None]).ravel()
+        return np.bincount(flat, minlength=self.hist.size).reshape(self.hist.shape)
 
 
 class IoUCounts:
@@ -175,9 +172,10 @@ class IoUCounts:
             for i in labelled:
                 stack = np.asarray(label_maps[i][category]).reshape(len(label_maps[i][category]), -1)
                 planes[: len(stack), i] = stack
-            if planes.max(initial=0) >= self.concepts:
-                raise UsageError(f"label number {planes.max()} in category '{category}' exceeds label.csv")
-            self.label_area += np.bincount(planes.ravel(), minlength=self.concepts)
+            label_area = np.bincount(planes.ravel(), minlength=self.concepts)
+            if len(label_area) > self.concepts:
+                raise UsageError(f"label number {len(label_area) - 1} in category '{category}' exceeds label.csv")
+            self.label_area += label_area
             where = image * size + pixel
             for plane in planes.reshape(depth, -1):
                 hits = plane[where]  # the label number under each mask pixel

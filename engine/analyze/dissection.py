@@ -27,7 +27,7 @@ from engine.progress import Progress
 from engine.viz.grid import grid
 from engine.viz.title import titled
 
-CV_MAX_CHANNELS = 512  # cv2.resize handles at most this many channels at once
+CV_MAX_CHANNELS = 128  # cv2.resize takes at most this many channels at once (OpenCV 5: under 256)
 
 
 @dataclass(frozen=True)
@@ -79,18 +79,16 @@ def mask_pixels(maps, thresholds, size):
     >>> image, unit, pixel = mask_pixels(maps, thresholds, (96, 96))
     """
     maps = np.asarray(maps, np.float32)
-    active = maps.reshape(*maps.shape[:2], -1).max(axis=2) > thresholds
-    images, units_of, pixels = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for i in np.flatnonzero(active.any(axis=1)):
-        units = np.flatnonzero(active[i])
-        masks = (upsample(maps[i, units], size) > thresholds[units, None, None]).reshape(-1, size[1])
+    image, unit = np.nonzero(maps.reshape(*maps.shape[:2], -1).max(axis=2) > thresholds)
+    found = [np.zeros(0, np.int64)]
+    for s in range(0, len(image), CV_MAX_CHANNELS):  # a bounded number of full-size maps at once
+        i, u = image[s:s + CV_MAX_CHANNELS], unit[s:s + CV_MAX_CHANNELS]
+        masks = (upsample(maps[i, u], size) > thresholds[u, None, None]).reshape(-1, size[1])
         rows = np.flatnonzero(masks.any(axis=1))  # masks are sparse: scan only rows that hold pixels
         line, x = np.nonzero(masks[rows])
-        unit, y = np.divmod(rows[line], size[0])
-        images.append(np.full(len(x), i))
-        units_of.append(units[unit])
-        pixels.append(y * size[1] + x)
-    return np.concatenate(images), np.concatenate(units_of), np.concatenate(pixels)
+        found.append(s * size[0] * size[1] + rows[line] * size[1] + x)
+    which, pixel = np.divmod(np.concatenate(found), size[0] * size[1])
+    return image[which], unit[which], pixel
 
 
 def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batch_size=32, cache=True,

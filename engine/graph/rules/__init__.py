@@ -33,6 +33,7 @@ e.g. ``extra.py``) and register it for one or more op types::
     ``ctx.reduce_sum``, ``ctx.squeeze`` / ``ctx.unsqueeze`` (opset-aware axes),
     ``ctx.reshape_like``, ``ctx.expand_like``, ``ctx.shape_of``, ``ctx.zeros_like``,
     ``ctx.mask`` (grad · [condition]; prefer it to Where, ~6x faster on ORT CPU),
+    ``ctx.scale`` (grad · a constant factor, as a Conv that ORT CPU keeps in its NCHWc layout),
     ``ctx.between``, ``ctx.where_positive``, ``ctx.relu_family`` (ReLU-like backward that
     follows the guided / deconvnet modes), ``ctx.extra_output`` (ask a forward node for an
     optional output, e.g. MaxPool's Indices), ``ctx.channel_scale`` (see through a constant

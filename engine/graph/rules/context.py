@@ -131,11 +131,18 @@ class Context:
             self._shape_nodes[name] = self.op("Shape", name)
         return self._shape_nodes[name]
 
-    def reshape_like(self, grad, like):
-        """Reshape ``grad`` to the shape of forward tensor ``like`` (one unknown dim → -1)."""
+    def reshape_like(self, grad, like, source=None):
+        """Reshape ``grad`` to the shape of forward tensor ``like``. ``source`` is the forward
+        tensor ``grad`` is shaped like: a symbolic dim at the same position in both is copied
+        (Reshape's 0), so that shape inference keeps its name (ORT's NCHWc layout needs equal
+        batch names to keep the backward in its blocked layout); one other unknown dim → -1."""
         shape = self.shape(like)
-        if shape is not None and sum(not isinstance(d, int) for d in shape) <= 1:
-            return self.op("Reshape", grad, self.ints([d if isinstance(d, int) else -1 for d in shape]))
+        before = self.shape(source) if source else None
+        if shape is not None and 0 not in shape:
+            dims = [d if isinstance(d, int) else
+                    0 if before and i < len(before) and d and before[i] == d else -1 for i, d in enumerate(shape)]
+            if dims.count(-1) <= 1:
+                return self.op("Reshape", grad, self.ints(dims))
         return self.op("Reshape", grad, self.shape_of(like))
 
     def zeros_like(self, name):
@@ -222,8 +229,36 @@ class Context:
         outside = [self.op(op, x, bound) for op, bound in (("Less", low), ("Greater", high)) if bound]
         return self.op("Not", outside[0] if len(outside) == 1 else self.op("Or", *outside))
 
+    def _blocked(self, x):
+        """Whether ``x`` is a float32 image tensor (N, C, H, W) with C a multiple of 16, the kind
+        ORT CPU keeps in its blocked NCHWc layout when only Conv-like ops touch it."""
+        shape = self.shape(x)
+        return (self.elem_type(x) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
+                and isinstance(shape[1], int) and shape[1] % 16 == 0)
+
+    def _depthwise(self, x, factor, like):
+        """x · factor as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``_blocked``."""
+        channels = self.shape(like)[1]
+        weight = self.const(np.full((channels, 1, 1, 1), factor, np.float32), "depthwise_weight")
+        return self.op("Conv", x, weight, group=channels, kernel_shape=[1, 1])
+
+    def scale(self, grad, factor, like):
+        """``grad`` · ``factor`` (a Python float); ``like`` is its forward tensor. A depthwise
+        1×1 Conv for image tensors, so that ORT CPU keeps the backward in its NCHWc layout
+        (with ``factor`` 1 it only moves the gradient into that layout)."""
+        if self._blocked(like):
+            return self._depthwise(grad, factor, like)
+        return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
+
     def where_positive(self, x, grad):
-        """``grad`` where ``x`` > 0, else 0 (the ReLU mask)."""
+        """``grad`` where ``x`` > 0, else 0 (the ReLU mask). For image tensors the mask is
+        clip(x · 2¹²⁶, 0, 1) from a depthwise 1×1 Conv with the Clip fused in: ORT CPU then keeps
+        the forward x and the whole backward in its NCHWc layout instead of converting around
+        each Greater/Cast/Mul. Equal to [x > 0] for every x outside the float32 subnormals."""
+        if self._blocked(x):
+            step = self.op("Clip", self._depthwise(x, 1 / np.finfo(np.float32).tiny, x),
+                           self.scalar(0, like=x), self.scalar(1, like=x))
+            return self.op("Mul", grad, step)
         return self.mask(grad, self.op("Greater", x, self.scalar(0, like=x)), like=x)
 
     def relu_family(self, x, dy, standard):

@@ -74,9 +74,10 @@ def passthrough(ctx, node, grads):
 
 @rule("QuantizeLinear")
 def quantize(ctx, node, grads):
-    """Straight-through estimator, as torch's FakeQuantize backward: the gradient passes where x
-    lies inside the representable range [(qmin − zp)·scale, (qmax − zp)·scale], 0 outside
-    (a Relu fused into the quantization range keeps blocking negative inputs)."""
+    """Straight-through estimator: the gradient passes where x ≥ (qmin − zp)·scale, the low end of
+    the representable range, and is 0 below it. The low end is where quantizers fuse a Relu (so
+    its mask survives); the high end is only the calibration range, and clipping there (as
+    torch's FakeQuantize does) would zero whole explanations whenever a score exceeds it."""
     (dy,) = grads
     x, scale = node.input[:2]
     zp_name = node.input[2] if len(node.input) > 2 else ""
@@ -86,13 +87,12 @@ def quantize(ctx, node, grads):
     if s is None or zp is None or zp.dtype.kind not in "iu":
         return [dy] + rest
     info = np.iinfo(zp.dtype)
-    low, high = (info.min - zp.astype(np.float64)) * s, (info.max - zp.astype(np.float64)) * s
+    low = (info.min - zp.astype(np.float64)) * s
     if s.ndim == 1:  # per-axis quantization
         rank = ctx.rank(x)
         axis = attrs(node).get("axis", 1) % rank
-        low, high = (b.reshape([-1 if i == axis else 1 for i in range(rank)]) for b in (low, high))
-    dtype = ctx.dtype(x)
-    inside = ctx.between(x, ctx.const(low.astype(dtype), "q_low"), ctx.const(high.astype(dtype), "q_high"))
+        low = low.reshape([-1 if i == axis else 1 for i in range(rank)])
+    inside = ctx.between(x, low=ctx.const(low.astype(ctx.dtype(x)), "q_low"))
     return [ctx.mask(dy, inside, like=x)] + rest
 
 

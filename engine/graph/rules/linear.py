@@ -41,6 +41,10 @@ def conv(ctx, node, grads):
         w = w if scale is None else ctx.const(weight, "scaled_weight")
         dx = ctx.op("ConvTranspose", dy, w, kernel_shape=win.kernel, strides=win.strides,
                     dilations=win.dilations, group=group, pads=pads, output_padding=output_padding)
+        # ORT CPU runs ConvTranspose in plain NCHW; an identity depthwise Conv brings the
+        # gradient back into its NCHWc layout at once, so the Sum and ReLU masks downstream
+        # stay blocked (otherwise the whole skip path of the stage is converted back and forth).
+        dx = ctx.scale(dx, 1.0, like=node.input[0])
     return [dx] + [None] * (len(node.input) - 1)
 
 

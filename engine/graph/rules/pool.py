@@ -62,7 +62,7 @@ def global_average_pool(ctx, node, grads):
     shape = ctx.shape(node.input[0])
     spatial = shape[2:]
     scaled = ctx.op("Mul", dy, ctx.scalar(1.0 / np.prod(spatial), like=dy))
-    return [ctx.op("Expand", scaled, ctx.ints([1, 1, *spatial]))]
+    return [ctx.scale(ctx.op("Expand", scaled, ctx.ints([1, 1, *spatial])), 1.0, like=node.input[0])]
 
 
 @rule("GlobalMaxPool")

@@ -8,7 +8,7 @@ from engine.graph.rules import attrs, rule
 @rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def reshape(ctx, node, grads):
     (dy,) = grads
-    return [ctx.reshape_like(dy, node.input[0])] + [None] * (len(node.input) - 1)
+    return [ctx.reshape_like(dy, node.input[0], node.output[0])] + [None] * (len(node.input) - 1)
 
 
 @rule("Transpose")
