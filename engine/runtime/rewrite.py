@@ -123,12 +123,13 @@ def write(model, path, align=4096):
             if not tensor.HasField("raw_data"):
                 out.graph.initializer.append(tensor)
                 continue
+            raw = tensor.raw_data  # a copy each time it is read
             file.seek(-file.tell() % align, os.SEEK_CUR)
             ref = out.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
                                             data_location=onnx.TensorProto.EXTERNAL)
-            for key, value in (("location", data.name), ("offset", file.tell()), ("length", len(tensor.raw_data))):
+            for key, value in (("location", data.name), ("offset", file.tell()), ("length", len(raw))):
                 ref.external_data.add(key=key, value=str(value))
-            file.write(tensor.raw_data)
+            file.write(raw)
     with atomic_path(path) as tmp:
         tmp.write_bytes(out.SerializeToString())
 
