@@ -10,10 +10,10 @@ less than wall-clock time.
 ``test_build_time`` times building the rewritten ResNet-50 uncached (taps + normalize +
 differentiate, ``rewrite.build``; goal < 2 s); ``test_first_use_time`` adds what a first
 ``Model.run`` also pays: the content hash, the cache write and the ORT session. Measured
-2026-11-30 on the shared 2-core machine (load 3–4), medians of two runs alternating with the code
-before the build-speed work: build, input gradient 0.44–0.65 s (was 0.53–0.69 s; 0.32 vs 0.61 s in
-9 paired builds), default layer 0.09–0.10 s (was 0.33–0.42 s); first use, input gradient
-1.10–1.54 s (was 2.74–2.89 s), default layer 0.66–0.76 s (was 0.99–1.08 s). About 85 % of the
+2026-11-30 on the shared 2-core machine (load 3–4), medians of two runs alternating with main
+before the build-speed work (8148ca3): build, input gradient 0.34–0.42 s (was 0.47–0.61 s),
+default layer 0.05–0.07 s (was 0.30–0.31 s); first use, input gradient 0.81–0.85 s (was
+1.63–1.95 s), default layer 0.40–0.51 s (was 0.75–0.91 s). About 85 % of the
 input-gradient build is now ``differentiate``.
 Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``; skipped until it exists) and a
 ResNet-50 with random weights at 224×224 built with onnx.helper (``resnet50_graph.py``).
