@@ -7,9 +7,15 @@ per-round ratios ``layer / forward`` (goal ≤ 1.2) and ``input / forward`` (goa
 ``test_gradient_cpu_cost`` runs the same three models (the cached rewritten files) on bare sessions
 whose threads do not spin and compares process CPU time, which a busy shared machine distorts far
 less than wall-clock time.
-``test_build_time`` times building the rewritten ResNet-50 uncached (normalize + taps +
-differentiate; goal < 2 s). Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``;
-skipped until it exists) and a
+``test_build_time`` times building the rewritten ResNet-50 uncached (taps + normalize +
+differentiate, ``rewrite.build``; goal < 2 s); ``test_first_use_time`` adds what a first
+``Model.run`` also pays: the content hash, the cache write and the ORT session. Measured
+2026-11-30 on the shared 2-core machine (load 3–4), medians of two runs alternating with main
+before the build-speed work (8148ca3): build, input gradient 0.34–0.42 s (was 0.47–0.61 s),
+default layer 0.05–0.07 s (was 0.30–0.31 s); first use, input gradient 0.81–0.85 s (was
+1.63–1.95 s), default layer 0.40–0.51 s (was 0.75–0.91 s). About 85 % of the
+input-gradient build is now ``differentiate``.
+Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``; skipped until it exists) and a
 ResNet-50 with random weights at 224×224 built with onnx.helper (``resnet50_graph.py``).
 ORT threads: ``$ONNXLENS_BENCH_THREADS`` (default 2). Rewritten models go to a temporary cache.
 
@@ -141,12 +147,26 @@ def test_gradient_cpu_cost(benchmark, model, batch, capsys):
                   f"median {np.median(forward) * 1e3:.1f} ms CPU, {THREADS} threads)", end="")
 
 
+def resnet50_request(path, target):
+    model = Model(path, threads=THREADS)
+    wanted = model.default_layer if target == "layer" else model.input.name
+    return model, wanted, rewrite.Request(model.input_size, activations=(wanted,) if target == "layer" else (),
+                                          gradients=(wanted,), output=model.outputs[0].name)
+
+
 @pytest.mark.parametrize("target", ["layer", "input"])
 def test_build_time(benchmark, resnet50_path, target):
-    model = Model(resnet50_path, threads=THREADS)
-    wanted = model.default_layer if target == "layer" else model.input.name
-    request = rewrite.Request(model.input_size, activations=(wanted,) if target == "layer" else (),
-                              gradients=(wanted,), output=model.outputs[0].name)
+    model, wanted, request = resnet50_request(resnet50_path, target)
     benchmark.group = "resnet50 rewrite build (uncached)"
-    rewritten = benchmark.pedantic(rewrite.build, args=(model.proto, request), rounds=3, iterations=1)
+    rewritten = benchmark.pedantic(rewrite.build, args=(model.proto, request), rounds=5, iterations=1)
     assert rewritten.graph.output[-1].name == f"{wanted}__grad"
+
+
+@pytest.mark.parametrize("target", ["layer", "input"])
+def test_first_use_time(benchmark, resnet50_path, target, tmp_path):
+    """What the first ``Model.run`` of a request pays: content hash, build, cache write, session."""
+    model, _, request = resnet50_request(resnet50_path, target)
+    folders = iter(tmp_path / str(i) for i in range(100))
+    benchmark.group = "resnet50 first use (empty cache)"
+    benchmark.pedantic(lambda: rewrite.session(model.proto, request, folder=next(folders), threads=THREADS),
+                       rounds=3, iterations=1)

@@ -274,11 +274,28 @@ def test_shape_subgraph_reading_only_symbolic_dims_becomes_minus_one():
     _assert_same(build(), static, _x(1, 3, 4, 5))
 
 
-def test_passes_leave_their_argument_untouched():
-    model = torchscript_model()
+PASSES = {
+    "normalize": lambda m, **k: nz.normalize(m, input_size=(8, 8), **k),
+    "drop_initializer_inputs": nz.drop_initializer_inputs, "upgrade_opset": nz.upgrade_opset,
+    "specialize_input": lambda m, **k: nz.specialize_input(m, (8, 8), **k), "free_batch": nz.free_batch,
+    "drop_identities": nz.drop_identities, "fold_constants": nz.fold_constants, "infer_shapes": nz.infer_shapes,
+}
+
+
+@pytest.mark.parametrize("name", PASSES)
+@pytest.mark.parametrize("make", [torchscript_model, caffe2_model])
+def test_passes_leave_their_argument_untouched(name, make):
+    model = make()
     before = model.SerializeToString()
-    nz.normalize(model, input_size=(8, 8))
+    PASSES[name](model)
     assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("name", PASSES)
+@pytest.mark.parametrize("make", [torchscript_model, caffe2_model])
+def test_inplace_passes_give_the_same_model(name, make):
+    expected = PASSES[name](make()).SerializeToString()
+    assert PASSES[name](make(), inplace=True).SerializeToString() == expected
 
 
 def test_large_weights_survive_the_weightless_upgrade_and_inference():

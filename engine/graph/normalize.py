@@ -1,7 +1,9 @@
 """Normalization passes: bring any exported ONNX CNN into one clean form.
 
 Each pass is a function ``ModelProto -> ModelProto`` that returns a new model and leaves its
-argument untouched (onnx-ir's pass style); :func:`normalize` composes them. The output of every
+argument untouched (onnx-ir's pass style); :func:`normalize` composes them on one private copy,
+passing ``inplace=True`` (the pass may then edit its argument and return it, or return a new
+model: always use the result), so a 100 MB model is copied once, not once per pass. The output of every
 pass computes the same outputs as its input. Constant sub-graphs are evaluated with
 ``onnx.reference`` (never an ONNX Runtime session).
 """
@@ -9,6 +11,7 @@ pass computes the same outputs as its input. Constant sub-graphs are evaluated w
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import onnx
@@ -28,39 +31,40 @@ _NEVER_FOLD = {
 }
 
 
-def normalize(model: onnx.ModelProto, input_size=None) -> onnx.ModelProto:
+def normalize(model: onnx.ModelProto, input_size=None, inplace=False) -> onnx.ModelProto:
     """Return ``model`` upgraded, specialized, folded, simplified and shape-inferred.
 
     ``input_size=(H, W)`` fixes the spatial dims of the image input (batch stays symbolic).
+    ``inplace=True`` edits ``model`` itself instead of a copy (for a caller that owns it).
 
     Example:
         >>> clean = normalize(onnx.load("resnet.onnx"), input_size=(64, 64))  # doctest: +SKIP
         >>> clean.opset_import[0].version                                     # doctest: +SKIP
         17
     """
-    model = drop_initializer_inputs(model)
-    model = upgrade_opset(model)
+    model = drop_initializer_inputs(model, inplace=inplace)
+    model = upgrade_opset(model, inplace=True)
     if input_size is not None:
-        model = specialize_input(model, input_size)
-    model = free_batch(model)
-    model = drop_identities(model)
+        model = specialize_input(model, input_size, inplace=True)
+    model = free_batch(model, inplace=True)
+    model = drop_identities(model, inplace=True)
     for _ in range(3):  # folding a Reshape can make shapes (hence more sub-graphs) static
         before = len(model.graph.node)
-        model = fold_constants(model)
+        model = fold_constants(model, inplace=True)
         if len(model.graph.node) == before:
             break
-    return infer_shapes(drop_identities(model))
+    return infer_shapes(drop_identities(model, inplace=True), inplace=True)
 
 
 # --------------------------------------------------------------------------------------- passes
-def drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+def drop_initializer_inputs(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """Remove initializers from the graph inputs (old exporters list every weight as an input).
 
     Example:
         >>> [i.name for i in drop_initializer_inputs(old).graph.input]  # doctest: +SKIP
         ['data']
     """
-    out = _copy(model)
+    out = model if inplace else _copy(model)
     weights = {t.name for t in out.graph.initializer}
     keep = [i for i in out.graph.input if i.name not in weights]
     del out.graph.input[:]
@@ -70,7 +74,7 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> onnx.ModelProto:
+def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET, inplace=False) -> onnx.ModelProto:
     """Convert the default-domain opset to ``target`` when it is older (newer ones stay).
 
     Raises ModelLoadError naming the first node the ONNX version converter cannot upgrade.
@@ -80,8 +84,8 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> onnx.Mo
         17
     """
     if _opset(model) >= target:
-        return _copy(model)
-    skeleton, weights = _without_weights(model)
+        return model if inplace else _copy(model)
+    skeleton, weights = without_weights(model)
     error = None
     for candidate, restore in ((skeleton, weights), (model, {})):  # weights rarely matter
         try:
@@ -97,7 +101,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> onnx.Mo
         "or newer.")
 
 
-def specialize_input(model: onnx.ModelProto, input_size) -> onnx.ModelProto:
+def specialize_input(model: onnx.ModelProto, input_size, inplace=False) -> onnx.ModelProto:
     """Fix the spatial dims of the 4-D image input to ``input_size=(H, W)``; batch stays symbolic.
 
     The layout is NHWC when the last dim is a channel count of 1 or 3 and dim 1 is not, else
@@ -107,7 +111,7 @@ def specialize_input(model: onnx.ModelProto, input_size) -> onnx.ModelProto:
         >>> m = specialize_input(model, (64, 64))  # [N,3,H,W] -> [N,3,64,64]  # doctest: +SKIP
     """
     height, width = (int(v) for v in input_size)
-    out = _copy(model)
+    out = model if inplace else _copy(model)
     image, layout = image_value_info(out)
     dims = image.type.tensor_type.shape.dim
     axes = (1, 2) if layout == "NHWC" else (2, 3)
@@ -127,7 +131,7 @@ def specialize_input(model: onnx.ModelProto, input_size) -> onnx.ModelProto:
     return out
 
 
-def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """Make a fixed batch dim of the image input symbolic (``"batch"``).
 
     Reshapes whose constant target starts with that batch size, applied to a tensor whose dim 0
@@ -139,7 +143,7 @@ def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
         >>> dims(free_batch(caffe2_model).graph.input[0])  # [1, 3, 224, 224] ->  # doctest: +SKIP
         ['batch', 3, 224, 224]
     """
-    out = _copy(model)
+    out = model if inplace else _copy(model)
     try:
         image, _ = image_value_info(out)
     except ModelLoadError:
@@ -148,7 +152,7 @@ def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     if not batch.HasField("dim_value"):
         return out
     size = batch.dim_value
-    shapes = _shapes(infer_shapes(model))
+    shapes = _shapes(_inferred(out))
     graph = out.graph
     names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     for node in graph.node:
@@ -170,7 +174,7 @@ def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def drop_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+def drop_identities(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """Remove Identity, inference-mode Dropout and shape-preserving Reshape/Flatten nodes.
 
     A Reshape or Flatten counts as a no-op when shape inference gives its output the same dims
@@ -184,9 +188,9 @@ def drop_identities(model: onnx.ModelProto) -> onnx.ModelProto:
         >>> [n.op_type for n in drop_identities(m).graph.node]  # doctest: +SKIP
         ['Conv', 'Relu']
     """
-    out = _copy(model)
+    out = model if inplace else _copy(model)
     graph = out.graph
-    shapes = _shapes(infer_shapes(model))
+    shapes = _shapes(_inferred(out))
     outputs = {o.name for o in graph.output}
     outer = set().union(*(_subgraph_uses(n) for n in graph.node))
     producers = {name: node for node in graph.node for name in node.output}
@@ -210,7 +214,7 @@ def drop_identities(model: onnx.ModelProto) -> onnx.ModelProto:
     return _prune(out)
 
 
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+def fold_constants(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """Evaluate constant sub-graphs into initializers; resolve Reshape shape sub-graphs.
 
     Nodes whose inputs are all constant (Constant, ConstantOfShape, arithmetic on weights) become
@@ -223,7 +227,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         >>> [n.op_type for n in fold_constants(torchscript_flatten).graph.node]  # doctest: +SKIP
         ['Conv', 'Reshape', 'Gemm']
     """
-    out = infer_shapes(model)
+    out = infer_shapes(model, inplace=inplace)
     graph = out.graph
     opsets = {o.domain or "": o.version for o in out.opset_import}
     inputs = {i.name for i in graph.input}
@@ -264,22 +268,15 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return _prune(out)
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_shapes(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """Recompute value_info (and missing output shapes) with ONNX shape inference.
 
     Example:
         >>> len(infer_shapes(model).graph.value_info) > 0  # doctest: +SKIP
         True
     """
-    skeleton, _ = _without_weights(model)
-    del skeleton.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, data_prop=True)
-    except onnx.shape_inference.InferenceError as exc:
-        reason = str(exc).splitlines()[0][:200].rstrip(".")
-        raise ModelLoadError(f"The model is inconsistent: {reason}. "
-                             "Check that it loads and runs in ONNX Runtime.") from None
-    out = _copy(model)
+    inferred = _inferred(model)
+    out = model if inplace else _copy(model)
     for field in ("value_info", "output"):
         del getattr(out.graph, field)[:]
         getattr(out.graph, field).extend(getattr(inferred.graph, field))
@@ -294,18 +291,17 @@ def image_value_info(model: onnx.ModelProto):
     return next(vi for vi in model.graph.input if vi.name == image.name), image.layout
 
 
-# ------------------------------------------------------------------------------------ internals
-def _copy(model):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
-def _without_weights(model, min_elements=4096):
+def without_weights(model: onnx.ModelProto, min_elements=4096):
     """A copy whose large initializers are graph inputs of the same type and shape instead.
 
-    Shape inference and the version converter serialize the model; leaving the weights out
-    makes them fast on 100 MB models. Returns ``(skeleton, {name: TensorProto})``.
+    Shape inference, the version converter and hashing serialize the model; leaving the weights
+    out makes them fast on 100 MB models. Returns ``(skeleton, {name: TensorProto})``, the
+    weights in initializer order (the model's own messages, not copies).
+
+    Example:
+        >>> skeleton, weights = without_weights(model)  # doctest: +SKIP
+        >>> skeleton.ByteSize() < 100_000               # doctest: +SKIP
+        True
     """
     out = onnx.ModelProto()
     for field, value in model.ListFields():
@@ -317,11 +313,30 @@ def _without_weights(model, min_elements=4096):
     graph = out.graph
     inputs = {i.name for i in graph.input}
     weights = {t.name: t for t in model.graph.initializer
-               if np.prod(t.dims, dtype=np.int64) >= min_elements and t.name not in inputs}
+               if math.prod(t.dims) >= min_elements and t.name not in inputs}
     graph.initializer.extend(t for t in model.graph.initializer if t.name not in weights)
     graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
                        for t in weights.values())
     return out, weights
+
+
+# ------------------------------------------------------------------------------------ internals
+def _copy(model):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _inferred(model):
+    """The weightless skeleton of ``model`` with shapes inferred into its value_info."""
+    skeleton, _ = without_weights(model)
+    del skeleton.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(skeleton, check_type=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as exc:
+        reason = str(exc).splitlines()[0][:200].rstrip(".")
+        raise ModelLoadError(f"The model is inconsistent: {reason}. "
+                             "Check that it loads and runs in ONNX Runtime.") from None
 
 
 def _set_field(message, field, value):
@@ -334,7 +349,7 @@ def _set_field(message, field, value):
 
 
 def _with_weights(skeleton, weights):
-    """Undo :func:`_without_weights` on a (transformed) skeleton."""
+    """Undo :func:`without_weights` on a (transformed) skeleton."""
     graph = skeleton.graph
     inputs = [i for i in graph.input if i.name not in weights]
     del graph.input[:]

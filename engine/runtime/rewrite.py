@@ -3,7 +3,8 @@
 A request names the tensors to expose and to differentiate; :func:`build` turns a model into
 the rewritten one (add_taps → normalize → differentiate) and :func:`cached` stores it under
 ``$ONNXLENS_CACHE`` (default ``~/.cache/onnxlens``), keyed by the model's content hash, the
-request and a hash of the graph code, so a rule change never serves a stale file.
+request and a hash of the graph code, so a rule change never serves a stale file. Each cached
+model is two files: ``<key>.onnx`` and its large weights in ``<key>.onnx.data``.
 """
 import hashlib
 import json
@@ -17,7 +18,7 @@ import onnx
 from engine.data.files import atomic_path
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate
-from engine.graph.normalize import normalize
+from engine.graph.normalize import normalize, without_weights
 from engine.graph.taps import add_taps
 from engine.runtime.session import create_session
 
@@ -51,8 +52,17 @@ def code_version():
 
 
 def content_hash(model):
-    """SHA-256 of a ``ModelProto``'s serialized bytes (weights included)."""
-    return hashlib.sha256(model.SerializeToString()).hexdigest()
+    """SHA-256 of a ``ModelProto``'s content: the serialized model without its large weights,
+    then each large weight's bytes (never re-serializing the whole 100 MB model).
+
+    >>> len(content_hash(model))
+    64
+    """
+    skeleton, weights = without_weights(model)
+    digest = hashlib.sha256(skeleton.SerializeToString())
+    for tensor in weights.values():  # name, type and shape are in the skeleton
+        digest.update(tensor.raw_data if tensor.HasField("raw_data") else tensor.SerializeToString())
+    return digest.hexdigest()
 
 
 def build(model, request):
@@ -67,7 +77,8 @@ def build(model, request):
     output = request.output or originals[0]
     wanted = list(dict.fromkeys([*request.activations, *request.gradients, output]))
     inputs = {i.name for i in model.graph.input}
-    rewritten = normalize(add_taps(model, [n for n in wanted if n not in inputs]), input_size=request.input_size)
+    tapped = add_taps(model, [n for n in wanted if n not in inputs])  # the pipeline's one private copy
+    rewritten = normalize(tapped, input_size=request.input_size, inplace=True)
     if request.gradients:
         rewritten = differentiate(rewritten, output, list(request.gradients), mode=request.mode)
     keep = set(originals) | set(request.activations)
@@ -91,10 +102,36 @@ def cached(model, request, model_hash=None, folder=None):
     return path
 
 
-def write(model, path):
-    """Write ``model`` to ``path`` atomically."""
+def write(model, path, align=4096):
+    """Write ``model`` to ``path`` atomically, its large weights (the ones
+    :func:`~engine.graph.normalize.without_weights` sets apart) as ONNX external data in
+    ``<path>.data`` beside it, written first, at page-aligned offsets.
+
+    Serializing a 200 MB rewritten model cost more than building it; the weights' bytes are
+    written as they are and only the small rest is serialized.
+
+    >>> write(rewritten, "cache/model.onnx")  # also writes cache/model.onnx.data
+    """
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    out, weights = without_weights(model)
+    inputs = [i for i in out.graph.input if i.name not in weights]
+    del out.graph.input[:]
+    out.graph.input.extend(inputs)
+    with atomic_path(data) as tmp, open(tmp, "wb") as file:
+        for tensor in weights.values():
+            if not tensor.HasField("raw_data"):
+                out.graph.initializer.append(tensor)
+                continue
+            raw = tensor.raw_data  # a copy each time it is read
+            file.seek(-file.tell() % align, os.SEEK_CUR)
+            ref = out.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                            data_location=onnx.TensorProto.EXTERNAL)
+            for key, value in (("location", data.name), ("offset", file.tell()), ("length", len(raw))):
+                ref.external_data.add(key=key, value=str(value))
+            file.write(raw)
     with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
+        tmp.write_bytes(out.SerializeToString())
 
 
 def session(model, request, model_hash=None, folder=None, provider="auto", threads=None):
