@@ -220,7 +220,7 @@ class Model:
         {'name': 'layer4', 'op': 'Relu', 'shape': ('batch', 64, 8, 8), 'gradients': True, 'field': [35, 35], ...}
         """
         names = [layer.name for layer in self.layers]
-        clean = normalize(add_taps(self.proto, names), input_size=self.input_size)
+        clean = normalize(add_taps(self.proto, names), input_size=self.input_size, inplace=True)
         blockers = gradient_blockers(clean, self.proto.graph.output[0].name, names)
         fields = receptive_fields(clean)
         default = self.default_layer if any(_spatial(layer.shape) for layer in self.layers) else None

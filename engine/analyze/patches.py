@@ -37,7 +37,7 @@ def layer_field(model, layer):
     """
     if model.input_size is None:
         raise InputShapeError(f"'{model.path.name}' has dynamic spatial dims: give an input size (--size HxW)")
-    fields = receptive_fields(normalize(add_taps(model.proto, [layer]), input_size=model.input_size))
+    fields = receptive_fields(normalize(add_taps(model.proto, [layer]), input_size=model.input_size, inplace=True))
     if layer not in fields:
         raise LayerError(f"'{layer}' is not a 4-D feature map computed from the image: pick a conv layer")
     return fields[layer]
