@@ -201,13 +201,7 @@ class Hue(Op):
     def draw(self, rng, n, shape):
         return {"shift": uniform(rng, self.shift, n)}
 
-    def apply_batch(self, images, params):
-        s = _shared(params, "shift")
-        if s is None or not isinstance(images, np.ndarray) or images.shape[-1] != 3:
-            return None
-        return K.shift_hue(images.reshape(-1, *images.shape[2:]), s).reshape(images.shape)
-
-    def kernel(self, image, prm, out=None):
+    def kernel(self, image, prm, out=None):  # per image: a whole-batch HSV pass is 1.7x slower (cache)
         return K.shift_hue(image, prm["shift"])
 
 

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from engine.errors import InputShapeError, ModelLoadError
-from engine.graph.shapes import image_input, value_info_shape
+from engine.graph.shapes import declared_shapes, image_input
 
 TARGET_OPSET = 17
 MAX_FOLD_ELEMENTS = 1 << 22  # larger constant results stay computed at run time
@@ -152,7 +152,7 @@ def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     if not batch.HasField("dim_value"):
         return out
     size = batch.dim_value
-    shapes = _shapes(_inferred(out))
+    shapes = declared_shapes(_inferred(out))
     graph = out.graph
     names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     for node in graph.node:
@@ -190,7 +190,7 @@ def drop_identities(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """
     out = model if inplace else _copy(model)
     graph = out.graph
-    shapes = _shapes(_inferred(out))
+    shapes = declared_shapes(_inferred(out))
     outputs = {o.name for o in graph.output}
     outer = set().union(*(_subgraph_uses(n) for n in graph.node))
     producers = {name: node for node in graph.node for name in node.output}
@@ -232,7 +232,7 @@ def fold_constants(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     opsets = {o.domain or "": o.version for o in out.opset_import}
     inputs = {i.name for i in graph.input}
     consts = _Constants({t.name: t for t in graph.initializer if t.name not in inputs})
-    shapes = _shapes(out)
+    shapes = declared_shapes(out)
     symbols = _Symbols()
     partial: dict[str, np.ndarray] = {}
     outputs = {o.name for o in graph.output}
@@ -453,17 +453,6 @@ def _prune(model):
         if graph.initializer[index].name not in needed:
             del graph.initializer[index]
     return model
-
-
-def _shapes(model):
-    """``{tensor: [int | symbolic name | None, ...]}`` from inputs, value_info and outputs."""
-    graph = model.graph
-    shapes = {}
-    for info in itertools.chain(graph.input, graph.value_info, graph.output):
-        dims = value_info_shape(info)
-        if dims is not None:
-            shapes[info.name] = list(dims)
-    return shapes
 
 
 def _foldable(node):

@@ -24,15 +24,13 @@ Rules:
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from engine.graph.shapes import image_input
-from engine.graph.shapes import value_info_shape
+from engine.graph.shapes import declared_shapes, image_input
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,9 @@ def receptive_fields(model: onnx.ModelProto) -> dict:
         Field(size=(196, 196), stride=(16, 16), offset=(-90, -90), whole_image=False)
     """
     graph = model.graph
-    shapes = _shapes(model)
+    if not model.graph.value_info:
+        model = onnx.shape_inference.infer_shapes(model)
+    shapes = declared_shapes(model)
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
                    if n.op_type == "Constant" and n.attribute[0].name == "value"})
@@ -321,13 +321,3 @@ def _ints(pair):
     return tuple(int(v) if float(v).is_integer() else float(v) for v in pair)
 
 
-def _shapes(model):
-    graph = model.graph
-    if not graph.value_info:
-        graph = onnx.shape_inference.infer_shapes(model).graph
-    shapes = {}
-    for info in itertools.chain(graph.input, graph.value_info, graph.output):
-        dims = value_info_shape(info)
-        if dims is not None:
-            shapes[info.name] = list(dims)
-    return shapes

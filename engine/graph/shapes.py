@@ -144,3 +144,15 @@ def image_input(model, source="the model"):
         layout, channels = "NCHW", shape[1]  # not an RGB/gray image: graph passes still apply
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
     return ImageInput(vi.name, layout, channels, dtype, shape)
+
+
+def declared_shapes(model):
+    """``{tensor: [int | symbolic name | None, ...]}`` from the graph's inputs, value_info and
+    outputs (run shape inference first for the intermediate tensors).
+
+    >>> declared_shapes(model)["image"]
+    ['batch', 3, 64, 64]
+    """
+    graph = model.graph
+    return {info.name: list(dims) for info in (*graph.input, *graph.value_info, *graph.output)
+            if (dims := value_info_shape(info)) is not None}
