@@ -382,12 +382,21 @@ def _source(images, synth_n, seed, concepts):
     return sources.from_paths(images)
 
 
+def _image_set_options(command):
+    """MODEL, then one image set: IMAGES..., --synth N [--seed S] or --concepts DIR (see _source)."""
+    for option in reversed([
+        click.argument("model"),
+        click.argument("images", nargs=-1),
+        click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files."),
+        click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth."),
+        click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder."),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.argument("model")
-@click.argument("images", nargs=-1)
-@click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files.")
-@click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth.")
-@click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder.")
+@_image_set_options
 @click.option("--layer", default="auto", show_default=True, help="Tensor to embed (auto: the pooled penultimate).")
 @click.option("--out", required=True, metavar="DIR", help="Folder for features.npy, index.csv, embedding.json.")
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
@@ -517,11 +526,7 @@ def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json
 
 
 @main.command()
-@click.argument("model")
-@click.argument("images", nargs=-1)
-@click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files.")
-@click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth.")
-@click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder.")
+@_image_set_options
 @click.option("--layer", default="auto", show_default=True)
 @click.option("--channels", default="all", show_default=True, help="'all' or a list such as 0,3,7.")
 @click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Patches per channel.")

@@ -419,7 +419,19 @@ class Compose(Op):
         return shapes
 
 
-class OneOf(Op):
+class Choice(Op):
+    """Base of ops that choose other ops per image (OneOf, the policies): their ``apply`` moves
+    images and masks together, so masks alone run through it beside blank images."""
+
+    def apply_images(self, images, params):
+        return self.apply(images, params)
+
+    def apply_masks(self, masks, params):
+        images = [np.zeros(np.shape(m)[:2] + (1,), np.uint8) for m in masks]
+        return self.apply(images, params, masks=masks)[1]
+
+
+class OneOf(Choice):
     """Apply one of ``ops`` per image, chosen with probabilities ``weights`` (default equal).
 
     >>> from engine.augment import Brightness, Contrast
@@ -475,13 +487,6 @@ class OneOf(Op):
                 mouts[i] = np.asarray(masks[i]).copy()
         images_out = _restack(outs, images)
         return images_out if masks is None else (images_out, _restack(mouts, masks))
-
-    def apply_images(self, images, params):
-        return self.apply(images, params)
-
-    def apply_masks(self, masks, params):
-        images = [np.zeros(np.shape(m)[:2] + (1,), np.uint8) for m in masks]
-        return self.apply(images, params, masks=masks)[1]
 
     def matrices(self, params, shapes):
         n = count(params)

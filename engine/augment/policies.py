@@ -13,7 +13,7 @@ import numpy as np
 
 from engine.augment import geometric as G
 from engine.augment import photometric as P
-from engine.augment.base import Op, as_range, count, parallel_apply, row, shape_of
+from engine.augment.base import Choice, as_range, count, parallel_apply, row, shape_of
 from engine.errors import UsageError
 
 NAMES = ("Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize",
@@ -51,7 +51,7 @@ def op_values(name, v, shape, maxima):
     return {}
 
 
-class Policy(Op):
+class Policy(Choice):
     """Shared machinery: ``steps`` ops per image from the 14, each at a drawn level."""
 
     maxima = RANDAUGMENT_MAX
@@ -127,13 +127,6 @@ class Policy(Op):
                     if mout is not None and op.geometric:
                         mout[i] = op.apply_masks([mout[i]], take_row(sub, j))[0]
         return out if masks is None else (out, mout)
-
-    def apply_images(self, images, params):
-        return self.apply(images, params)
-
-    def apply_masks(self, masks, params):
-        images = [np.zeros(np.shape(m)[:2] + (1,), np.uint8) for m in masks]
-        return self.apply(images, params, masks=masks)[1]
 
     def matrices(self, params, shapes):
         n = count(params)
