@@ -13,7 +13,8 @@ import numpy as np
 
 from engine.augment import geometric as G
 from engine.augment import photometric as P
-from engine.augment.base import Choice, as_range, count, parallel_apply, row, shape_of
+from engine.augment.base import (Choice, _per_image, as_range, count, parallel_apply, row,
+                                 shape_of)
 from engine.errors import UsageError
 
 NAMES = ("Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize",
@@ -51,6 +52,15 @@ def op_values(name, v, shape, maxima):
     return {}
 
 
+def signed_level(name, level, sign):
+    """The level ``v`` ∈ [−1, 1] of op ``name``: ``level`` with ``sign`` for the symmetric ops.
+
+    >>> signed_level("Rotate", 0.9, -1.0), signed_level("Solarize", 0.9, -1.0)
+    (-0.9, 0.9)
+    """
+    return level * (sign if name in SIGNED else 1.0)
+
+
 class Policy(Choice):
     """Shared machinery: ``steps`` ops per image from the 14, each at a drawn level."""
 
@@ -86,8 +96,8 @@ class Policy(Choice):
             if params["on"][i]:
                 for k, lv, sg in zip(params["ops"][i], params["level"][i], params["sign"][i]):
                     name = NAMES[k]
-                    v = lv * (sg if name in SIGNED else 1.0)
-                    steps.append((name, op_values(name, v, shape, self.maxima)))
+                    steps.append((name, op_values(name, signed_level(name, lv, sg), shape,
+                                                  self.maxima)))
             out.append(steps)
         return out
 
@@ -99,9 +109,8 @@ class Policy(Choice):
             sub.update({k: np.zeros(len(idx)) for k in ("angle", "translate_x", "translate_y",
                                                          "shear_x", "shear_y")})
             sub["scale"] = np.ones(len(idx))
-        rows = [op_values(name, params["level"][i, s] * (params["sign"][i, s] if name in SIGNED
-                                                          else 1.0), shapes[i], self.maxima)
-                for i in idx]
+        rows = [op_values(name, signed_level(name, params["level"][i, s], params["sign"][i, s]),
+                          shapes[i], self.maxima) for i in idx]
         for key in rows[0] if rows else ():
             sub[key] = np.array([r[key] for r in rows])
         return op, sub
@@ -124,13 +133,15 @@ class Policy(Choice):
                 res = op.apply_images(batch, sub)
                 for j, i in enumerate(idx):
                     out[i] = res[j]
-                    if mout is not None and op.geometric:
-                        mout[i] = op.apply_masks([mout[i]], take_row(sub, j))[0]
+                if mout is not None and op.geometric:
+                    moved = op.apply_masks([mout[i] for i in idx], sub)
+                    for j, i in enumerate(idx):
+                        mout[i] = moved[j]
         return out if masks is None else (out, mout)
 
     def matrices(self, params, shapes):
         n = count(params)
-        shapes = [tuple(shapes)] * n if np.isscalar(shapes[0]) else [tuple(s) for s in shapes]
+        shapes = _per_image(shapes, n)
         total = np.tile(np.eye(3), (n, 1, 1))
         for s in range(params["ops"].shape[1]):
             for k, name in enumerate(NAMES):
@@ -140,10 +151,6 @@ class Policy(Choice):
                     for j, i in enumerate(idx):
                         total[i] = op.matrix(row(sub, j), shapes[i]) @ total[i]
         return total
-
-
-def take_row(params, j):
-    return {k: v[j:j + 1] for k, v in params.items()}
 
 
 class RandAugment(Policy):
