@@ -7,7 +7,7 @@ the exact pasted area (CutMix) or the blend weight (MixUp).
 import numpy as np
 
 from engine.augment import kernels as K
-from engine.augment.base import Op, check_images
+from engine.augment.base import Op, check_images, take
 from engine.errors import InputShapeError, UsageError
 
 
@@ -102,7 +102,7 @@ class CutMix(Mixing):
         return 1.0 - (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / float(shape[0] * shape[1])
 
     def mix(self, out, i, partner, params, mout, mpartner):
-        x0, y0, x1, y1 = self.boxes({k: v[i:i + 1] for k, v in params.items()}, out.shape[1:3])[0]
+        x0, y0, x1, y1 = self.boxes(take(params, [i]), out.shape[1:3])[0]
         out[i, y0:y1, x0:x1] = partner[y0:y1, x0:x1]
         if mout is not None:
             mout[i, y0:y1, x0:x1] = mpartner[y0:y1, x0:x1]
