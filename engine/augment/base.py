@@ -38,7 +38,11 @@ def check_images(images):
 
 
 def as_range(value, name, low=-np.inf, high=np.inf):
-    """A number means fixed, ``(lo, hi)`` a uniform range; checks the bounds."""
+    """A number means fixed, ``(lo, hi)`` a uniform range; checks the bounds.
+
+    >>> as_range(0.5, "p", 0.0, 1.0)
+    (0.5, 0.5)
+    """
     try:
         lo, hi = (float(value),) * 2 if np.isscalar(value) else (float(v) for v in value)
     except (TypeError, ValueError):
@@ -54,6 +58,11 @@ def uniform(rng, bounds, n):
 
 
 def shape_of(image):
+    """(H, W) of one image.
+
+    >>> shape_of(np.zeros((4, 6, 3)))
+    (4, 6)
+    """
     return tuple(image.shape[:2])
 
 
@@ -66,7 +75,11 @@ def concat(parts):
 
 
 def take(params, idx):
-    """Rows ``idx`` of a (nested) parameter dict."""
+    """Rows ``idx`` of a (nested) parameter dict.
+
+    >>> take({"on": np.array([True, False]), "0": {"k": np.array([1, 2])}}, [1])["0"]["k"]
+    array([2])
+    """
     if isinstance(params, dict):
         return {k: take(v, idx) for k, v in params.items()}
     return params[idx]
@@ -84,6 +97,11 @@ def rows(params):
 
 
 def count(params):
+    """The number of images a parameter dict describes.
+
+    >>> count({"on": np.ones(3, bool)})
+    3
+    """
     return len(params["on"])
 
 
@@ -227,6 +245,7 @@ class Op:
         return params
 
     def draw(self, rng, n, shape):
+        """The op's own parameters (``sample`` adds ``on``): a dict of arrays, one row per image."""
         return {}
 
     def sample_images(self, images, seed=None, start=0):
@@ -254,6 +273,7 @@ class Op:
         return out, self.apply_masks(masks, params)
 
     def apply_images(self, images, params):
+        """The images alone under ``params``: the whole-batch fast path, else image by image."""
         fast = self.apply_batch(images, params)
         if fast is not None:
             return fast
@@ -288,6 +308,7 @@ class Op:
         return outs
 
     def kernel(self, image, prm, out=None):
+        """One image under one row of parameters ``prm``, written into ``out`` when given."""
         raise NotImplementedError
 
     # --- geometry ---------------------------------------------------------------------------
@@ -296,6 +317,7 @@ class Op:
         return tuple(shape[:2])
 
     def matrix(self, prm, shape):
+        """3×3 input→output pixel-coordinate matrix of one image (identity: pixels stay put)."""
         return np.eye(3)
 
     def matrices(self, params, shapes):
