@@ -116,9 +116,10 @@ def augment_files(paths, spec, out_dir, seed=0, threads=1):
     """
     ops = parse_ops(spec)
     images = [read_image(p) for p in paths]
-    if any(isinstance(op, Mixing) for op in ops) and len({im.shape for im in images}) > 1:
+    same = len({im.shape for im in images}) == 1
+    if any(isinstance(op, Mixing) for op in ops) and not same:
         raise InputShapeError("mixing ops need images of one size: put e.g. resize:224 first")
-    batch = np.stack(images) if len({im.shape for im in images}) == 1 else images
+    batch = np.stack(images) if same else images
     out, mix = augment(batch, ops, seed=seed, threads=threads)
     out_dir = Path(out_dir)
     stems = [Path(p).stem for p in paths]
