@@ -13,6 +13,11 @@ import numpy as np
 from engine.errors import UsageError
 
 
+def _indices(start, n):
+    """Image indices of a batch: ``start .. start+n-1``, or ``start`` itself when it is an array."""
+    return np.arange(start, start + n) if np.isscalar(start) else np.asarray(start, np.int64)
+
+
 class Quantile:
     """Per-channel ``q``-quantile of a stream of values (numpy's linear interpolation).
 
@@ -234,7 +239,7 @@ class TopK:
         flat = maps.reshape(n, c, h * w)
         where = flat.argmax(axis=2)  # first maximum in row-major order
         peak = np.take_along_axis(flat, where[..., None], axis=2)[..., 0]
-        images = np.arange(start, start + n) if np.isscalar(start) else np.asarray(start, np.int64)
+        images = _indices(start, n)
         self._keep(peak.T, np.broadcast_to(images, (c, n)), (where // w).T, (where % w).T)
 
     def merge(self, other):
@@ -279,7 +284,7 @@ class Embeddings:
     def update(self, rows, start):
         """Store N×dim ``rows`` for images ``start .. start+N-1`` (or an index array)."""
         rows = np.asarray(rows, np.float32).reshape(len(rows), self.dim)
-        index = np.arange(start, start + len(rows)) if np.isscalar(start) else np.asarray(start, np.int64)
+        index = _indices(start, len(rows))
         self.features[index] = rows
         self.filled[index] = True
 
