@@ -2,6 +2,8 @@
 import cv2
 import numpy as np
 
+from engine.viz.title import fit_scale
+
 _CAPTION_H = 18
 
 
@@ -36,9 +38,7 @@ def grid(images, ncols, labels=None, pad=2, background=255):
         x = pad + (k % ncols) * (cw + pad)
         if labels is not None:
             text = str(labels[k])
-            scale = 0.4
-            while scale > 0.2 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > cw:
-                scale -= 0.05
+            scale = fit_scale(text, cw, 0.4, 0.2)
             cv2.putText(out, text, (x, y + _CAPTION_H - 5), cv2.FONT_HERSHEY_SIMPLEX, scale,
                         (0, 0, 0), 1, cv2.LINE_AA)
             y += _CAPTION_H
