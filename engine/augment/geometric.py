@@ -204,6 +204,10 @@ class Crop(Geometric):
 
     interpolation, border, fill = "linear", "constant", 0
 
+    def __init__(self, size, p=1.0):
+        super().__init__(p)
+        self.size = _size(size)
+
     def out_shape(self, prm, shape):
         return self.size
 
@@ -236,10 +240,6 @@ class RandomCrop(Crop):
     >>> aug = RandomCrop(size=(224, 224))
     """
 
-    def __init__(self, size, p=1.0):
-        super().__init__(p)
-        self.size = _size(size)
-
     def draw(self, rng, n, shape):
         self._fits(shape)
         h, w = self.size
@@ -253,10 +253,6 @@ class CenterCrop(Crop):
 
     >>> aug = CenterCrop(size=224)
     """
-
-    def __init__(self, size, p=1.0):
-        super().__init__(p)
-        self.size = _size(size)
 
     def draw(self, rng, n, shape):
         self._fits(shape)
@@ -272,8 +268,7 @@ class Resize(Crop):
     """
 
     def __init__(self, size, interpolation="linear", p=1.0):
-        super().__init__(p)
-        self.size = _size(size)
+        super().__init__(size, p)
         self.interpolation = _choice(interpolation, K.INTERPOLATIONS, "interpolation")
 
     def draw(self, rng, n, shape):
@@ -291,8 +286,7 @@ class RandomResizedCrop(Crop):
 
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="linear",
                  p=1.0):
-        super().__init__(p)
-        self.size = _size(size)
+        super().__init__(size, p)
         self.scale = as_range(scale, "scale", 0.0, 1.0)
         self.ratio = as_range(ratio, "ratio", 1e-3)
         self.interpolation = _choice(interpolation, K.INTERPOLATIONS, "interpolation")
