@@ -76,10 +76,8 @@ def embed(model, source, layer="auto", out=None, batch_size=32, progress=None):
             labels[start:start + len(rows)] = batch_labels
         features = acc.result()
         del acc
-    result = Embedding(features, list(source.names), labels, str(model.path), layer)
     if out is not None:
-        features = np.load(Path(out) / "features.npy", mmap_mode="r")
-        result = Embedding(features, result.names, labels, result.model, layer)
+        features = np.load(Path(out) / "features.npy", mmap_mode="r")  # the renamed file, not the temp
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["image", "label"])
@@ -87,7 +85,7 @@ def embed(model, source, layer="auto", out=None, batch_size=32, progress=None):
         write_text(Path(out) / "index.csv", buf.getvalue())
         write_json(Path(out) / "embedding.json", {"model": os.path.abspath(model.path), "layer": layer,
                                                   "n": len(source), "dim": int(features.shape[1])})
-    return result
+    return Embedding(features, list(source.names), labels, str(model.path), layer)
 
 
 def load_embedding(folder):
