@@ -1,8 +1,13 @@
 """Nearest-neighbour retrieval over embeddings (scikit-learn) and kNN label purity."""
+import cv2
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from engine.analyze.embeddings import load_embedding, pooled
+from engine.analyze.sources import read_named
+from engine.api import Model
 from engine.errors import UsageError
+from engine.viz.grid import grid
 
 METRICS = ("cosine", "l2")
 
@@ -46,13 +51,6 @@ def neighbor_sheet(folder, queries, k=8, metric="cosine", thumb=72):
     >>> neighbor_sheet("emb", ["synth:9:0"], k=8).shape[2]
     3
     """
-    import cv2
-
-    from engine.analyze.embeddings import load_embedding, pooled
-    from engine.analyze.sources import read_named
-    from engine.api import Model
-    from engine.viz.grid import grid
-
     emb = load_embedding(folder)
     model = Model(emb.model)
     pictures = [read_named(q) for q in queries]
