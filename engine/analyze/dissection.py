@@ -50,7 +50,11 @@ class Dissection:
 
 def primary_categories(dataset):
     """Category index of each label number (the category naming it most often, as NetDissect's
-    ``primary_categories_per_index``); -1 for number 0 and numbers without a category."""
+    ``primary_categories_per_index``); -1 for number 0 and numbers without a category.
+
+    >>> int(primary_categories(read_concepts("shapes-broden"))[0])  # number 0: unlabelled
+    -1
+    """
     out = np.full(len(dataset.labels), -1, np.int64)
     for number, label in enumerate(dataset.labels):
         if number and label and label["category"]:
@@ -225,14 +229,18 @@ def write_dissection(result, out, model, concepts, images_per_unit=8):
     writer.writeheader()
     writer.writerows(result.units)
     for unit in (u for u in result.units if u["detector"]):
-        images = [i for i in result.top["image"][unit["unit"]][:images_per_unit]]
+        images = result.top["image"][unit["unit"]][:images_per_unit]
         write_image(out / f"unit_{unit['unit']:04d}.png", unit_sheet(model, dataset, result.layer, unit, images))
     write_json(out / "summary.json", result.summary)
     write_text(out / "units.csv", buf.getvalue())
 
 
 def unit_sheet(model, dataset, layer, unit, images):
-    """A grid of ``images`` (dataset rows) with the mask of ``unit`` outlined in yellow."""
+    """A grid of ``images`` (dataset rows) with the mask of ``unit`` outlined in yellow.
+
+    >>> unit_sheet(model, dataset, result.layer, result.units[7], result.top["image"][7][:4]).dtype
+    dtype('uint8')
+    """
     pictures = [dataset.image(int(i)) for i in images]
     maps = model.run(model.preprocess(pictures), activations=[layer]).activations[layer][:, unit["unit"]]
     cells = []

@@ -44,7 +44,11 @@ def layer_field(model, layer):
 
 
 def parse_channels(text, available):
-    """``all`` or a comma-separated list such as ``0,3,7`` → sorted channel indices."""
+    """``all`` or a comma-separated list such as ``0,3,7`` → sorted channel indices.
+
+    >>> parse_channels("7,0,3", available=16)
+    [0, 3, 7]
+    """
     if text in (None, "all"):
         return list(range(available))
     try:
@@ -122,6 +126,8 @@ def write_patches(result, source_images, out, cell=64):
     into ``out``.
 
     ``source_images``: a function from image index to its uint8 RGB image.
+
+    >>> write_patches(result, lambda i: images[i], "patches-out")
     """
     out = Path(out)
     for channel in dict.fromkeys(row["channel"] for row in result.rows):

@@ -65,7 +65,11 @@ def from_synth(n, seed=0, size=(96, 96)):
 
 
 def from_concepts(dataset):
-    """The images of a Broden-layout dataset (``engine.data.broden.read_concepts``), in index order."""
+    """The images of a Broden-layout dataset (``engine.data.broden.read_concepts``), in index order.
+
+    >>> len(from_concepts(read_concepts("shapes-broden"))) == len(read_concepts("shapes-broden"))
+    True
+    """
     root = dataset.root / "images"
     classes = dataset.classes or [None] * len(dataset)
     return Source([str(root / row["image"]) for row in dataset.rows],
