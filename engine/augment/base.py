@@ -85,6 +85,15 @@ def take(params, idx):
     return params[idx]
 
 
+def select(items, idx):
+    """Items ``idx`` of a batch: a fancy-indexed array, or a list of the chosen items.
+
+    >>> select([np.zeros(1), np.ones(1), np.ones(2)], [0, 2])[1].shape
+    (2,)
+    """
+    return items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+
+
 def row(params, i):
     """The parameters of image ``i`` as a flat dict of Python scalars / lists."""
     return {k: v[i].tolist() for k, v in params.items()}
@@ -303,9 +312,7 @@ class Op:
         for prm, m in zip(rows(params), masks):
             m = np.asarray(m)
             outs.append(_mask_call(self.mask_kernel, m, prm) if prm["on"] else m.copy())
-        if isinstance(masks, np.ndarray) and len({o.shape for o in outs}) == 1:
-            return np.stack(outs)
-        return outs
+        return _restack(outs, masks)
 
     def kernel(self, image, prm, out=None):
         """One image under one row of parameters ``prm``, written into ``out`` when given."""
@@ -494,10 +501,8 @@ class OneOf(Choice):
             if len(idx) == 0:
                 continue
             passthrough[idx] = False
-            sub = images[idx] if isinstance(images, np.ndarray) else [images[i] for i in idx]
-            subm = None if masks is None else (
-                masks[idx] if isinstance(masks, np.ndarray) else [masks[i] for i in idx])
-            res = op.apply(sub, take(child, idx), masks=subm)
+            subm = None if masks is None else select(masks, idx)
+            res = op.apply(select(images, idx), take(child, idx), masks=subm)
             res_img, res_mask = res if masks is not None else (res, None)
             for j, i in enumerate(idx):
                 outs[i] = res_img[j]

@@ -14,7 +14,7 @@ import numpy as np
 from engine.augment import geometric as G
 from engine.augment import photometric as P
 from engine.augment.base import (Choice, _per_image, as_range, count, parallel_apply, row,
-                                 shape_of)
+                                 select, shape_of)
 from engine.errors import UsageError
 
 NAMES = ("Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize",
@@ -129,12 +129,11 @@ class Policy(Choice):
                 if len(idx) == 0 or self._ops[name] is None:
                     continue
                 op, sub = self._child(name, params, idx, s, shapes)
-                batch = out[idx] if isinstance(out, np.ndarray) else [out[i] for i in idx]
-                res = op.apply_images(batch, sub)
+                res = op.apply_images(select(out, idx), sub)
                 for j, i in enumerate(idx):
                     out[i] = res[j]
                 if mout is not None and op.geometric:
-                    moved = op.apply_masks([mout[i] for i in idx], sub)
+                    moved = op.apply_masks(select(mout, idx), sub)
                     for j, i in enumerate(idx):
                         mout[i] = moved[j]
         return out if masks is None else (out, mout)
