@@ -190,14 +190,13 @@ def robustness(model, images, ops, seed=0, method="gradcam", layer="auto", fract
             chunk = rgbs[start:start + batch]
             shapes = [im.shape[:2] for im in chunk]
             sl = slice(start, start + len(chunk))
-            same = len(set(shapes)) == 1
-            images_in = np.stack(chunk) if same else chunk
+            images_in = np.stack(chunk) if len(set(shapes)) == 1 else chunk
             maps, original[sl] = _explain(model, chunk, None, method, layer)
             bar.update(len(chunk))
             for k, (_, op) in enumerate(pairs):
                 params = op.sample_images(images_in, seed, start)
                 out = op.apply(images_in, params)
-                matrices = op.matrices(params, shapes[0] if same else shapes)
+                matrices = op.matrices(params, shapes)
                 aug_maps, augmented[k, sl] = _explain(model, list(out), original[sl], method, layer)
                 for i, (m, aug_map, matrix, shape) in enumerate(zip(maps, aug_maps, matrices, shapes)):
                     back, ok = warp_back(aug_map, matrix, shape)
