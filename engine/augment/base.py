@@ -23,7 +23,11 @@ _CPUS = os.cpu_count() or 1
 
 
 def check_images(images):
-    """Validate a batch (N×H×W×C or N×H×W array, or a list of H×W[×C] arrays) of uint8/float32."""
+    """Validate a batch (N×H×W×C or N×H×W array, or a list of H×W[×C] arrays) of uint8/float32.
+
+    >>> check_images(np.zeros((2, 8, 8, 3), np.uint8)).shape
+    (2, 8, 8, 3)
+    """
     items = images if isinstance(images, (list, tuple)) else None
     if items is None:
         if not isinstance(images, np.ndarray) or images.ndim not in (3, 4):
@@ -53,7 +57,11 @@ def as_range(value, name, low=-np.inf, high=np.inf):
 
 
 def uniform(rng, bounds, n):
-    """``n`` draws from ``bounds`` = (lo, hi) (one draw is consumed even when lo == hi)."""
+    """``n`` draws from ``bounds`` = (lo, hi) (one draw is consumed even when lo == hi).
+
+    >>> uniform(np.random.default_rng(0), (2.0, 2.0), 3)
+    array([2., 2., 2.])
+    """
     return bounds[0] + (bounds[1] - bounds[0]) * rng.random(n)
 
 
@@ -67,7 +75,11 @@ def shape_of(image):
 
 
 def concat(parts):
-    """Stack per-image parameter dicts (nested for Compose/OneOf) along the image axis."""
+    """Stack per-image parameter dicts (nested for Compose/OneOf) along the image axis.
+
+    >>> concat([{"k": np.array([1])}, {"k": np.array([2])}])["k"]
+    array([1, 2])
+    """
     first = parts[0]
     if isinstance(first, dict):
         return {k: concat([p[k] for p in parts]) for k in first}
@@ -95,12 +107,20 @@ def select(items, idx):
 
 
 def row(params, i):
-    """The parameters of image ``i`` as a flat dict of Python scalars / lists."""
+    """The parameters of image ``i`` as a flat dict of Python scalars / lists.
+
+    >>> row({"on": np.array([True, False])}, 1)
+    {'on': False}
+    """
     return {k: v[i].tolist() for k, v in params.items()}
 
 
 def rows(params):
-    """The parameters of every image as flat dicts of Python scalars / lists."""
+    """The parameters of every image as flat dicts of Python scalars / lists.
+
+    >>> rows({"k": np.array([1, 2])})
+    [{'k': 1}, {'k': 2}]
+    """
     cols = {k: v.tolist() for k, v in params.items()}
     return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
 
