@@ -212,3 +212,17 @@ def test_unwarp_carries_maps_back_onto_the_original(op):
         kept &= cv2.erode(masks[i], box) == cv2.dilate(masks[i], box)
         assert kept.mean() > 0.05
         np.testing.assert_array_equal(back[kept], masks[i][kept])
+
+
+@pytest.mark.parametrize("op", [A.RandAugment(3, 9), A.OneOf([A.Rotate((-30, 30)), A.VerticalFlip()])],
+                         ids=lambda op: type(op).__name__)
+def test_masks_stay_aligned_for_lists_of_differently_sized_images(op):
+    """Choice ops pick images and masks out of lists (not arrays) when sizes differ."""
+    big_imgs, big_masks = blocky(n=2, size=36, seed=1)
+    small_imgs, small_masks = blocky(n=2, size=24, seed=2)
+    imgs, masks = [*big_imgs, *small_imgs], [*big_masks, *small_masks]
+    op = _nearest(op)
+    out, mout = op.apply(imgs, _params(op, imgs, 3), masks=masks)
+    assert isinstance(mout, list) and [m.shape for m in mout] == [m.shape for m in masks]
+    for img, m in zip(out, mout):
+        np.testing.assert_array_equal(img[..., 0], m.astype(np.uint8) * 60)
