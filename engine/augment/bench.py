@@ -38,19 +38,19 @@ def sample_images(n=64, size=256, seed=0):
 # rounds the luma before blending where the engine blends with the exact luma); "±2"
 # (AutoContrast: albumentations bins its histogram over [0, 255) instead of [0, 256), which
 # shifts its bounds); None (random positions, or another definition: speed only).
+def _jitter(alb, **fixed):
+    """albumentations' ColorJitter changing only the ``fixed`` (lo, hi) factors."""
+    identity = {"brightness": (1, 1), "contrast": (1, 1), "saturation": (1, 1), "hue": (0, 0)}
+    return alb.ColorJitter(**{**identity, **fixed}, p=1)
+
+
 CASES = [
-    ("Brightness", lambda: A.Brightness(1.2),
-     lambda alb: alb.ColorJitter(brightness=(1.2, 1.2), contrast=(1, 1), saturation=(1, 1),
-                                 hue=(0, 0), p=1), "±1"),
-    ("Contrast", lambda: A.Contrast(1.2),
-     lambda alb: alb.ColorJitter(brightness=(1, 1), contrast=(1.2, 1.2), saturation=(1, 1),
-                                 hue=(0, 0), p=1), "±1"),
-    ("Saturation", lambda: A.Saturation(1.3),
-     lambda alb: alb.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(1.3, 1.3),
-                                 hue=(0, 0), p=1), "±1"),
-    ("Hue", lambda: A.Hue(0.1),
-     lambda alb: alb.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(1, 1),
-                                 hue=(0.1, 0.1), p=1), "exact"),
+    ("Brightness", lambda: A.Brightness(1.2), lambda alb: _jitter(alb, brightness=(1.2, 1.2)),
+     "±1"),
+    ("Contrast", lambda: A.Contrast(1.2), lambda alb: _jitter(alb, contrast=(1.2, 1.2)), "±1"),
+    ("Saturation", lambda: A.Saturation(1.3), lambda alb: _jitter(alb, saturation=(1.3, 1.3)),
+     "±1"),
+    ("Hue", lambda: A.Hue(0.1), lambda alb: _jitter(alb, hue=(0.1, 0.1)), "exact"),
     ("Gamma", lambda: A.Gamma(1.2), lambda alb: alb.RandomGamma(gamma_limit=(120, 120), p=1),
      "±1"),
     ("Solarize", lambda: A.Solarize(0.5),
