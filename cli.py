@@ -39,6 +39,15 @@ _provider_option = click.option("--provider", default="auto", show_default=True,
                                 help="ONNX Runtime execution provider (auto: CUDA when available).")
 
 
+def _options(*decorators):
+    """Click argument/option decorators as one decorator, applied in the order written (as --help lists them)."""
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
 # --- data commands ------------------------------------------------------------------------
 
 
@@ -209,19 +218,16 @@ def _echo_summary(summary, as_json):
                    f"explained {t['label'] or '#' + str(t['index'])} -> {item['overlay']}")
 
 
-def _explain_options(f):
-    for option in reversed([
-        click.argument("model"),
-        click.argument("images", nargs=-1, required=True),
-        click.option("--target", default="top", show_default=True,
-                     help="'top', a class index or label, or several separated by commas."),
-        click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
-        click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
-        _provider_option,
-        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
-    ]):
-        f = option(f)
-    return f
+_explain_options = _options(
+    click.argument("model"),
+    click.argument("images", nargs=-1, required=True),
+    click.option("--target", default="top", show_default=True,
+                 help="'top', a class index or label, or several separated by commas."),
+    click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
+    click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
+    _provider_option,
+    click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+)
 
 
 @main.command()
@@ -382,17 +388,14 @@ def _source(images, synth_n, seed, concepts):
     return sources.from_paths(images)
 
 
-def _image_set_options(command):
-    """MODEL, then one image set: IMAGES..., --synth N [--seed S] or --concepts DIR (see _source)."""
-    for option in reversed([
-        click.argument("model"),
-        click.argument("images", nargs=-1),
-        click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files."),
-        click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth."),
-        click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder."),
-    ]):
-        command = option(command)
-    return command
+# MODEL, then one image set: IMAGES..., --synth N [--seed S] or --concepts DIR (see _source).
+_image_set_options = _options(
+    click.argument("model"),
+    click.argument("images", nargs=-1),
+    click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files."),
+    click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth."),
+    click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder."),
+)
 
 
 @main.command()
@@ -633,18 +636,18 @@ def _log_section(timing):
     click.echo(f"  {timing.title:<28} {timing.seconds:6.1f} s  {timing.status}{reason}", err=True)
 
 
-_images_option = click.option("--images", metavar="DIR", help="A folder of images (searched recursively).")
-_labels_option = click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images.")
-_synth_option = click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead.")
-_seed_option = click.option("--seed", default=0, show_default=True, help="Seed of the generated images.")
+# The image set of audit and compare (engine.audit.choose): --images DIR [--labels FILE] or --synth N [--seed S].
+_audit_data_options = _options(
+    click.option("--images", metavar="DIR", help="A folder of images (searched recursively)."),
+    click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images."),
+    click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead."),
+    click.option("--seed", default=0, show_default=True, help="Seed of the generated images."),
+)
 
 
 @main.command()
 @click.argument("model")
-@_images_option
-@_labels_option
-@_synth_option
-@_seed_option
+@_audit_data_options
 @click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
 @_provider_option
 @click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
@@ -665,10 +668,7 @@ def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dis
 @main.command()
 @click.argument("model_a")
 @click.argument("model_b")
-@_images_option
-@_labels_option
-@_synth_option
-@_seed_option
+@_audit_data_options
 @click.option("--out", metavar="DIR", help="Also write DIR/index.html and DIR/compare.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
