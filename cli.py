@@ -5,10 +5,12 @@ Installed as the console script ``onnxlens``; also runnable from a checkout as
 """
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from engine.api import Model
+from engine.data.files import write_image, write_json, write_npz, write_text
 from engine.errors import OnnxlensError, UsageError
 from engine.progress import Progress
 
@@ -174,10 +176,7 @@ def _explain_target(value, model):
 
 def _write_explanation(exp, model, images, out, name):
     """Per-row overlay PNGs, DIR/<name>.npz and DIR/summary.json; returns the summary."""
-    from pathlib import Path
-
     from engine.api import probabilities
-    from engine.data.files import write_image, write_json, write_npz
     from engine.data.images import as_rgb
     from engine.viz.overlay import overlay
 
@@ -207,8 +206,6 @@ def _write_explanation(exp, model, images, out, name):
 
 
 def _echo_summary(summary, as_json):
-    import json
-
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -240,7 +237,7 @@ _explain_options = _options(
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
 def cam(model, images, target, out, batch, provider, as_json, method, layer, tta, eigen_smooth):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
-    from engine.api import Model
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import cam as explain_cam
 
     model = Model(model, provider=provider)
@@ -261,7 +258,7 @@ def cam(model, images, target, out, batch, provider, as_json, method, layer, tta
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
 def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
-    from engine.api import Model
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import saliency as explain_saliency
 
     model = Model(model, provider=provider)
@@ -290,10 +287,7 @@ def saliency(model, images, target, out, batch, provider, as_json, method, sampl
 def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
              provider, out):
     """Class (or channel) visualization by gradient ascent on the input."""
-    from pathlib import Path
-
-    from engine.api import Model
-    from engine.data.files import write_image
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import class_visualization
     from engine.viz.overlay import strip
 
@@ -311,8 +305,6 @@ def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_e
 
 
 def _image_files(paths):
-    from pathlib import Path
-
     files = []
     for p in map(Path, paths):
         files += sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) \
@@ -334,11 +326,8 @@ def _image_files(paths):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json):
     """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
-    import json
-
-    from engine.api import Model
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.data.images import read_image
-    from engine.errors import UsageError
     from engine.explain import evaluate as explain_evaluate
 
     if bool(synth) == bool(images):
@@ -435,8 +424,6 @@ def neighbors(folder, query, k, metric, out):
     """Show the nearest images of an embedding folder to each query image."""
     from engine.analyze.neighbors import neighbor_sheet
 
-    from engine.data.files import write_image
-
     write_image(out, neighbor_sheet(folder, list(query), k=k, metric=metric))
     click.echo(f"wrote {out}")
 
@@ -462,7 +449,6 @@ def project(folder, method, thumbnails, seed, out):
     if thumbnails:  # at most 300 random images are read; the plot keeps those that do not overlap
         chosen = set(np.random.default_rng(seed).permutation(len(emb.names))[:300].tolist())
         pictures = [read_named(name) if i in chosen else None for i, name in enumerate(emb.names)]
-    from engine.data.files import write_image
 
     write_image(out, scatter(points, emb.labels, thumbnails=pictures, title=f"{method} of {emb.layer}"))
     click.echo(f"wrote {out}")
@@ -475,8 +461,6 @@ def project(folder, method, thumbnails, seed, out):
 def filters(model, layer, out):
     """Draw a Conv layer's filters as a grid, each normalized on its own."""
     from engine.analyze.filters import filters_picture
-
-    from engine.data.files import write_image
 
     write_image(out, filters_picture(Model(model), layer))
     click.echo(f"wrote {out}")
@@ -491,8 +475,6 @@ def activations(model, image, layer, out):
     """Draw every channel map of a layer for one image, the image beside them."""
     from engine.analyze.filters import activations_picture
     from engine.analyze.sources import read_named
-
-    from engine.data.files import write_image
 
     write_image(out, activations_picture(Model(model), read_named(image), layer))
     click.echo(f"wrote {out}")
@@ -567,7 +549,6 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
     """Augment IMAGES into --out (plus a before/after grid.png), or --bench the engine."""
     from engine.augment import bench as bench_mod
     from engine.augment.pipeline import augment_files
-    from engine.errors import UsageError
 
     if bench:
         click.echo(bench_mod.format_table(bench_mod.table(n=bench_images)))
@@ -598,10 +579,7 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
 def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir):
     """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
-    from pathlib import Path
-
     from engine.analyze.robustness import named_ops, robustness as check
-    from engine.data.files import write_json, write_text
 
     named_ops(spec)  # a bad spec fails before the model loads
     if bool(synth) == bool(images):
