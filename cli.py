@@ -66,6 +66,10 @@ def _parse_size(ctx, param, value):
     return height, width
 
 
+_input_size_option = click.option("--size", callback=_parse_size, metavar="HxW",
+                                  help="Input size for models with dynamic spatial dims.")
+
+
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
 @click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(min=1), help="Number of images.")
@@ -136,7 +140,7 @@ def inspect(model, size, layer_name, as_json):
 @click.argument("images", nargs=-1, required=True)
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
 @click.option("--labels", "labels_file", metavar="FILE", help="Class names: one per line, or a JSON list.")
-@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for models with dynamic spatial dims.")
+@_input_size_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per image.")
 @_provider_option
 def predict(model, images, top, labels_file, size, as_json, provider):
@@ -515,7 +519,7 @@ def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json
 @click.option("--layer", default="auto", show_default=True)
 @click.option("--channels", default="all", show_default=True, help="'all' or a list such as 0,3,7.")
 @click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Patches per channel.")
-@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for models with dynamic spatial dims.")
+@_input_size_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", required=True, metavar="DIR")
 def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out):
