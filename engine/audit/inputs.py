@@ -48,13 +48,12 @@ def from_synth(n, seed=0):
     >>> from_synth(8).names[:2]
     ['synth:0:0', 'synth:0:1']
     """
+    from engine.analyze import sources
     from engine.data import synth
 
-    n = int(n)
-    if n < 1:
-        raise UsageError(f"--synth needs at least one image, got {n}")
-    scene = synth.generate(n, seed=int(seed))
-    return ImageSet(list(scene.images), [f"synth:{seed}:{i}" for i in range(n)], np.asarray(scene.labels), scene)
+    names = sources.from_synth(n, seed).names  # checks n; the names read_named re-reads
+    scene = synth.generate(len(names), seed=int(seed))
+    return ImageSet(list(scene.images), names, np.asarray(scene.labels), scene)
 
 
 def from_folder(folder, labels=None, class_names=None):
