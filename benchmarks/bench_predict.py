@@ -17,12 +17,12 @@ Threads: ``$ONNXLENS_BENCH_THREADS`` (default 1), the same for both sessions.
 """
 import glob
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from paired import rotating_rounds, round_ratios
 
 from engine import Model
 
@@ -79,21 +79,12 @@ def test_overhead_paired(benchmark, pair, batch, capsys):
         "engine-run": lambda: model.run(x),
         "engine-predict": lambda: model.predict(images, top=5),
     }
-    times = {name: [] for name in calls}
-    order = list(calls)
-
-    def one_round():
-        order.append(order.pop(0))
-        for name in order:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
-
+    one_round, times = rotating_rounds(calls)
     benchmark.group = f"{model.path.stem} batch {batch} paired"
     benchmark.pedantic(one_round, rounds=300 if batch == 1 else 40, warmup_rounds=3)
     bare_times = np.array(times["bare"])
     for name in ("engine-run", "engine-predict"):
-        ratio = float(np.median(np.array(times[name]) / bare_times))
+        ratio = float(np.median(round_ratios(times, name, "bare")))
         benchmark.extra_info[f"{name} / bare"] = ratio
         with capsys.disabled():
             print(f"\n{model.path.stem} batch {batch}: {name} / bare = {ratio:.3f} "
