@@ -31,7 +31,11 @@ class ImageSet:
         return len(self.images)
 
     def head(self, n):
-        """The first ``n`` images (all of them when fewer)."""
+        """The first ``n`` images (all of them when fewer), with their labels and ground truth.
+
+        >>> len(from_synth(10).head(4)), len(from_synth(3).head(4))
+        (4, 3)
+        """
         n = min(int(n), len(self))
         scene = None if self.scene is None else _scene_head(self.scene, n)
         return ImageSet(self.images[:n], self.names[:n], None if self.labels is None else self.labels[:n], scene)

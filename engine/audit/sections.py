@@ -82,6 +82,7 @@ class Context:
     shared: dict = field(default_factory=dict)
 
     def class_name(self, index):
+        """The model's name of class ``index``, or "class N" when it has none."""
         labels = self.model.labels
         return labels[index] if labels and 0 <= index < len(labels) else f"class {index}"
 
