@@ -173,8 +173,8 @@ def _explain_target(value, model):
         elif model.labels and part in model.labels:
             classes.append(model.labels.index(part))
         else:
-            raise click.BadParameter(f"'{part}' is neither a class index nor one of the model's labels",
-                                     param_hint="--target")
+            raise click.BadParameter(f"'{part}' is neither a class index nor one of the model's labels: "
+                                     "give an index or one of the labels `onnxlens inspect --json` lists", param_hint="--target")
     return classes[0] if len(classes) == 1 else classes
 
 
@@ -298,7 +298,7 @@ def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_e
     model = Model(model, provider=provider)
     target = None if target is None else _explain_target(target, model)
     if isinstance(target, list):
-        raise click.BadParameter("give one class", param_hint="--target")
+        raise click.BadParameter("give one class, not a list", param_hint="--target")
     viz = class_visualization(model, target=target, layer=layer, channel=channel, steps=steps, lr=lr, l2=l2,
                               start=start, jitter=jitter, blur_every=blur_every, fourier=fourier,
                               decorrelate=decorrelate, rng=seed)
