@@ -174,7 +174,8 @@ def _explain_target(value, model):
             classes.append(model.labels.index(part))
         else:
             raise click.BadParameter(f"'{part}' is neither a class index nor one of the model's labels: "
-                                     "give an index or one of the labels `onnxlens inspect --json` lists", param_hint="--target")
+                                     "give an index or one of the labels `onnxlens inspect --json` lists",
+                                     param_hint="--target")
     return classes[0] if len(classes) == 1 else classes
 
 
