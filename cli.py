@@ -5,10 +5,12 @@ Installed as the console script ``onnxlens``; also runnable from a checkout as
 """
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from engine.api import Model
+from engine.data.files import write_image, write_json, write_npz, write_text
 from engine.errors import OnnxlensError, UsageError
 from engine.progress import Progress
 
@@ -39,6 +41,15 @@ _provider_option = click.option("--provider", default="auto", show_default=True,
                                 help="ONNX Runtime execution provider (auto: CUDA when available).")
 
 
+def _options(*decorators):
+    """Click argument/option decorators as one decorator, applied in the order written (as --help lists them)."""
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
 # --- data commands ------------------------------------------------------------------------
 
 
@@ -53,6 +64,10 @@ def _parse_size(ctx, param, value):
     except ValueError:
         raise UsageError(f"--size '{value}' is not HxW: write it like 64x64") from None
     return height, width
+
+
+_input_size_option = click.option("--size", callback=_parse_size, metavar="HxW",
+                                  help="Input size for models with dynamic spatial dims.")
 
 
 @main.command()
@@ -125,7 +140,7 @@ def inspect(model, size, layer_name, as_json):
 @click.argument("images", nargs=-1, required=True)
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
 @click.option("--labels", "labels_file", metavar="FILE", help="Class names: one per line, or a JSON list.")
-@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for models with dynamic spatial dims.")
+@_input_size_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per image.")
 @_provider_option
 def predict(model, images, top, labels_file, size, as_json, provider):
@@ -158,17 +173,15 @@ def _explain_target(value, model):
         elif model.labels and part in model.labels:
             classes.append(model.labels.index(part))
         else:
-            raise click.BadParameter(f"'{part}' is neither a class index nor one of the model's labels",
+            raise click.BadParameter(f"'{part}' is neither a class index nor one of the model's labels: "
+                                     "give an index or one of the labels `onnxlens inspect --json` lists",
                                      param_hint="--target")
     return classes[0] if len(classes) == 1 else classes
 
 
 def _write_explanation(exp, model, images, out, name):
     """Per-row overlay PNGs, DIR/<name>.npz and DIR/summary.json; returns the summary."""
-    from pathlib import Path
-
     from engine.api import probabilities
-    from engine.data.files import write_image, write_json, write_npz
     from engine.data.images import as_rgb
     from engine.viz.overlay import overlay
 
@@ -198,8 +211,6 @@ def _write_explanation(exp, model, images, out, name):
 
 
 def _echo_summary(summary, as_json):
-    import json
-
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -209,19 +220,16 @@ def _echo_summary(summary, as_json):
                    f"explained {t['label'] or '#' + str(t['index'])} -> {item['overlay']}")
 
 
-def _explain_options(f):
-    for option in reversed([
-        click.argument("model"),
-        click.argument("images", nargs=-1, required=True),
-        click.option("--target", default="top", show_default=True,
-                     help="'top', a class index or label, or several separated by commas."),
-        click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
-        click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
-        _provider_option,
-        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
-    ]):
-        f = option(f)
-    return f
+_explain_options = _options(
+    click.argument("model"),
+    click.argument("images", nargs=-1, required=True),
+    click.option("--target", default="top", show_default=True,
+                 help="'top', a class index or label, or several separated by commas."),
+    click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
+    click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
+    _provider_option,
+    click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+)
 
 
 @main.command()
@@ -234,7 +242,7 @@ def _explain_options(f):
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
 def cam(model, images, target, out, batch, provider, as_json, method, layer, tta, eigen_smooth):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
-    from engine.api import Model
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import cam as explain_cam
 
     model = Model(model, provider=provider)
@@ -255,7 +263,7 @@ def cam(model, images, target, out, batch, provider, as_json, method, layer, tta
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
 def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
-    from engine.api import Model
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import saliency as explain_saliency
 
     model = Model(model, provider=provider)
@@ -284,17 +292,14 @@ def saliency(model, images, target, out, batch, provider, as_json, method, sampl
 def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
              provider, out):
     """Class (or channel) visualization by gradient ascent on the input."""
-    from pathlib import Path
-
-    from engine.api import Model
-    from engine.data.files import write_image
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import class_visualization
     from engine.viz.overlay import strip
 
     model = Model(model, provider=provider)
     target = None if target is None else _explain_target(target, model)
     if isinstance(target, list):
-        raise click.BadParameter("give one class", param_hint="--target")
+        raise click.BadParameter("give one class, not a list", param_hint="--target")
     viz = class_visualization(model, target=target, layer=layer, channel=channel, steps=steps, lr=lr, l2=l2,
                               start=start, jitter=jitter, blur_every=blur_every, fourier=fourier,
                               decorrelate=decorrelate, rng=seed)
@@ -305,8 +310,6 @@ def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_e
 
 
 def _image_files(paths):
-    from pathlib import Path
-
     files = []
     for p in map(Path, paths):
         files += sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) \
@@ -328,11 +331,8 @@ def _image_files(paths):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json):
     """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
-    import json
-
-    from engine.api import Model
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.data.images import read_image
-    from engine.errors import UsageError
     from engine.explain import evaluate as explain_evaluate
 
     if bool(synth) == bool(images):
@@ -382,17 +382,14 @@ def _source(images, synth_n, seed, concepts):
     return sources.from_paths(images)
 
 
-def _image_set_options(command):
-    """MODEL, then one image set: IMAGES..., --synth N [--seed S] or --concepts DIR (see _source)."""
-    for option in reversed([
-        click.argument("model"),
-        click.argument("images", nargs=-1),
-        click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files."),
-        click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth."),
-        click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder."),
-    ]):
-        command = option(command)
-    return command
+# MODEL, then one image set: IMAGES..., --synth N [--seed S] or --concepts DIR (see _source).
+_image_set_options = _options(
+    click.argument("model"),
+    click.argument("images", nargs=-1),
+    click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files."),
+    click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth."),
+    click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder."),
+)
 
 
 @main.command()
@@ -432,8 +429,6 @@ def neighbors(folder, query, k, metric, out):
     """Show the nearest images of an embedding folder to each query image."""
     from engine.analyze.neighbors import neighbor_sheet
 
-    from engine.data.files import write_image
-
     write_image(out, neighbor_sheet(folder, list(query), k=k, metric=metric))
     click.echo(f"wrote {out}")
 
@@ -459,7 +454,6 @@ def project(folder, method, thumbnails, seed, out):
     if thumbnails:  # at most 300 random images are read; the plot keeps those that do not overlap
         chosen = set(np.random.default_rng(seed).permutation(len(emb.names))[:300].tolist())
         pictures = [read_named(name) if i in chosen else None for i, name in enumerate(emb.names)]
-    from engine.data.files import write_image
 
     write_image(out, scatter(points, emb.labels, thumbnails=pictures, title=f"{method} of {emb.layer}"))
     click.echo(f"wrote {out}")
@@ -472,8 +466,6 @@ def project(folder, method, thumbnails, seed, out):
 def filters(model, layer, out):
     """Draw a Conv layer's filters as a grid, each normalized on its own."""
     from engine.analyze.filters import filters_picture
-
-    from engine.data.files import write_image
 
     write_image(out, filters_picture(Model(model), layer))
     click.echo(f"wrote {out}")
@@ -488,8 +480,6 @@ def activations(model, image, layer, out):
     """Draw every channel map of a layer for one image, the image beside them."""
     from engine.analyze.filters import activations_picture
     from engine.analyze.sources import read_named
-
-    from engine.data.files import write_image
 
     write_image(out, activations_picture(Model(model), read_named(image), layer))
     click.echo(f"wrote {out}")
@@ -530,7 +520,7 @@ def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json
 @click.option("--layer", default="auto", show_default=True)
 @click.option("--channels", default="all", show_default=True, help="'all' or a list such as 0,3,7.")
 @click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Patches per channel.")
-@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for models with dynamic spatial dims.")
+@_input_size_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", required=True, metavar="DIR")
 def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out):
@@ -564,7 +554,6 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
     """Augment IMAGES into --out (plus a before/after grid.png), or --bench the engine."""
     from engine.augment import bench as bench_mod
     from engine.augment.pipeline import augment_files
-    from engine.errors import UsageError
 
     if bench:
         click.echo(bench_mod.format_table(bench_mod.table(n=bench_images)))
@@ -595,10 +584,7 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
 def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir):
     """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
-    from pathlib import Path
-
     from engine.analyze.robustness import named_ops, robustness as check
-    from engine.data.files import write_json, write_text
 
     named_ops(spec)  # a bad spec fails before the model loads
     if bool(synth) == bool(images):
@@ -633,18 +619,18 @@ def _log_section(timing):
     click.echo(f"  {timing.title:<28} {timing.seconds:6.1f} s  {timing.status}{reason}", err=True)
 
 
-_images_option = click.option("--images", metavar="DIR", help="A folder of images (searched recursively).")
-_labels_option = click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images.")
-_synth_option = click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead.")
-_seed_option = click.option("--seed", default=0, show_default=True, help="Seed of the generated images.")
+# The image set of audit and compare (engine.audit.choose): --images DIR [--labels FILE] or --synth N [--seed S].
+_audit_data_options = _options(
+    click.option("--images", metavar="DIR", help="A folder of images (searched recursively)."),
+    click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images."),
+    click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead."),
+    click.option("--seed", default=0, show_default=True, help="Seed of the generated images."),
+)
 
 
 @main.command()
 @click.argument("model")
-@_images_option
-@_labels_option
-@_synth_option
-@_seed_option
+@_audit_data_options
 @click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
 @_provider_option
 @click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
@@ -665,10 +651,7 @@ def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dis
 @main.command()
 @click.argument("model_a")
 @click.argument("model_b")
-@_images_option
-@_labels_option
-@_synth_option
-@_seed_option
+@_audit_data_options
 @click.option("--out", metavar="DIR", help="Also write DIR/index.html and DIR/compare.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")

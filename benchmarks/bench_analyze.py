@@ -41,6 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from paired import rotating_rounds, round_ratios  # noqa: E402
+
 from engine.analyze.dissection import dissect  # noqa: E402
 from engine.analyze.patches import mine  # noqa: E402
 from engine.analyze.sources import from_concepts  # noqa: E402
@@ -81,20 +83,19 @@ def test_throughput_paired(tmp_path):
         "patches": lambda: mine(model, source, layer, top=9, batch_size=BATCH, progress=False),
     }
     runs["forward"]()  # warm-up: sessions, caches
-    ratios = {"dissect": [], "patches": [], "forward+labels": []}
-    seconds = {name: [] for name in runs}
     cpu = {name: [] for name in runs}
-    names = list(runs)
-    for r in range(ROUNDS):
-        timing = {}
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start, used = time.perf_counter(), _cpu_seconds()
+
+    def cpu_counted(name):
+        def run():
+            used = _cpu_seconds()
             runs[name]()
-            timing[name] = time.perf_counter() - start
-            seconds[name].append(timing[name])
             cpu[name].append(_cpu_seconds() - used)
-        for name in ratios:
-            ratios[name].append(timing["forward"] / timing[name])
+        return run
+
+    one_round, seconds = rotating_rounds({name: cpu_counted(name) for name in runs})
+    for _ in range(ROUNDS):
+        one_round()
+    ratios = {name: round_ratios(seconds, "forward", name) for name in ("dissect", "patches", "forward+labels")}
     print(f"\nmodel {model.path.name}, layer {layer}, {IMAGES} images 96x96, batch {BATCH}, {THREADS} thread(s)")
     for name in runs:
         print(f"  {name:8s} {IMAGES / statistics.median(seconds[name]):7.1f} images/s, "

@@ -17,12 +17,12 @@ shapes-resnet path.
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from paired import rotating_rounds, round_ratios
 
 from engine import Model
 from engine.explain import cam, saliency
@@ -90,17 +90,13 @@ def test_ratios_paired(model, batch):
     jobs = _jobs(model, batch)
     for run in jobs.values():
         run()
-    names = list(jobs)
-    times = {name: [] for name in names}
-    for r in range(7 if batch == 16 else 21):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            jobs[name]()
-            times[name].append(time.perf_counter() - start)
-    base = times["forward"]
-    line = ", ".join(f"{name}/forward {statistics.median(t / b for t, b in zip(times[name], base)):.2f}×"
-                     for name in names[1:])
-    print(f"\n{model.path.stem} batch {batch}: forward {batch / statistics.median(base):.1f} img/s; {line}; "
+    one_round, times = rotating_rounds(jobs)
+    for _ in range(7 if batch == 16 else 21):
+        one_round()
+    line = ", ".join(f"{name}/forward {np.median(round_ratios(times, name, 'forward')):.2f}×"
+                     for name in list(jobs)[1:])
+    forward = statistics.median(times["forward"])
+    print(f"\n{model.path.stem} batch {batch}: forward {batch / forward:.1f} img/s; {line}; "
           f"gradcam {batch / statistics.median(times['gradcam']):.1f} img/s")
 
 

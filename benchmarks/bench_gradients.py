@@ -24,6 +24,7 @@ ORT threads: ``$ONNXLENS_BENCH_THREADS`` (default 2). Rewritten models go to a t
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ import pytest
 from engine import Model
 from engine.graph.autodiff import SEED
 from engine.runtime import rewrite
+from paired import rotating_rounds, round_ratios
 from resnet50_graph import resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,14 +67,20 @@ def model(request, resnet50_path):
     return request.param, Model(resnet50_path, threads=THREADS)
 
 
-@pytest.mark.parametrize("batch", [1, 16])
-def test_gradient_cost_paired(benchmark, model, batch, capsys):
-    name, model = model
+def _inputs(model, batch):
+    """A random preprocessed batch in the model's layout and one-hot seeds (image i seeds class i mod C)."""
     height, width = model.input_size
     shape = (batch, 3, height, width) if model.input.layout == "NCHW" else (batch, height, width, 3)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     classes = model.outputs[0].shape[1]
     seed = np.eye(classes, dtype=np.float32)[np.arange(batch) % classes]
+    return x, seed
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_gradient_cost_paired(benchmark, model, batch, capsys):
+    name, model = model
+    x, seed = _inputs(model, batch)
     layer = model.default_layer
     calls = {
         "forward": lambda: model.run(x),
@@ -81,21 +89,12 @@ def test_gradient_cost_paired(benchmark, model, batch, capsys):
     }
     for call in calls.values():  # build, cache and warm up every session before timing
         call()
-    times = {key: [] for key in calls}
-    order = list(calls)
-
-    def one_round():
-        order.append(order.pop(0))
-        for key in order:
-            start = time.perf_counter()
-            calls[key]()
-            times[key].append(time.perf_counter() - start)
-
+    one_round, times = rotating_rounds(calls)
     benchmark.group = f"{name} batch {batch} paired"
     benchmark.pedantic(one_round, rounds=ROUNDS[name, batch], warmup_rounds=1)
     forward = np.array(times["forward"])
     for key, goal in (("layer", 1.2), ("input", 2.5)):
-        ratio = float(np.median(np.array(times[key]) / forward))
+        ratio = float(np.median(round_ratios(times, key, "forward")))
         benchmark.extra_info[f"{key} / forward"] = ratio
         with capsys.disabled():
             print(f"\n{name} batch {batch}: {key} ({layer if key == 'layer' else 'input'}) / forward = {ratio:.2f} "
@@ -114,33 +113,23 @@ def test_gradient_cpu_cost(benchmark, model, batch, capsys):
     """The same three models timed in process CPU time (threads do not spin), which other
     processes on a shared machine disturb far less than wall-clock time."""
     name, model = model
-    height, width = model.input_size
-    shape = (batch, 3, height, width) if model.input.layout == "NCHW" else (batch, height, width, 3)
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    classes = model.outputs[0].shape[1]
-    seed = np.eye(classes, dtype=np.float32)[np.arange(batch) % classes]
+    x, seed = _inputs(model, batch)
     layer, output, image = model.default_layer, model.outputs[0].name, model.input.name
     digest = rewrite.content_hash(model.proto)
     requests = {"layer": rewrite.Request(model.input_size, (layer,), (layer,), output),
                 "input": rewrite.Request(model.input_size, (), (image,), output)}
-    runs = {"forward": (cpu_session(model.path), {image: x})}
+    calls = {"forward": partial(cpu_session(model.path).run, None, {image: x})}
     for key, request in requests.items():
-        runs[key] = (cpu_session(rewrite.cached(model.proto, request, digest)), {image: x, SEED: seed})
-    for session, feeds in runs.values():
-        session.run(None, feeds)
-    times = {key: [] for key in runs}
-
-    def one_round():
-        for key, (session, feeds) in runs.items():
-            start = time.process_time()
-            session.run(None, feeds)
-            times[key].append(time.process_time() - start)
-
+        session = cpu_session(rewrite.cached(model.proto, request, digest))
+        calls[key] = partial(session.run, None, {image: x, SEED: seed})
+    for call in calls.values():
+        call()
+    one_round, times = rotating_rounds(calls, clock=time.process_time)
     benchmark.group = f"{name} batch {batch} cpu"
     benchmark.pedantic(one_round, rounds=ROUNDS[name, batch], warmup_rounds=0)
     forward = np.array(times["forward"])
     for key, goal in (("layer", 1.2), ("input", 2.5)):
-        ratio = float(np.median(np.array(times[key]) / forward))
+        ratio = float(np.median(round_ratios(times, key, "forward")))
         benchmark.extra_info[f"{key} / forward (cpu)"] = ratio
         with capsys.disabled():
             print(f"\n{name} batch {batch}: {key} / forward in CPU time = {ratio:.2f} (goal ≤ {goal}; forward "

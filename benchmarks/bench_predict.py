@@ -17,12 +17,12 @@ Threads: ``$ONNXLENS_BENCH_THREADS`` (default 1), the same for both sessions.
 """
 import glob
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from paired import rotating_rounds, round_ratios
 
 from engine import Model
 
@@ -47,53 +47,39 @@ def pair(request):
     return model, bare
 
 
-@pytest.mark.parametrize("batch", [1, 32])
-@pytest.mark.parametrize("runner", ["bare", "engine-run", "engine-predict"])
-def test_predict_throughput(benchmark, pair, batch, runner):
+def _calls(pair, batch):
+    """The three runners on one batch of random uint8 images (skips models with another static batch)."""
     model, bare = pair
     if model.input.batch not in (None, batch):
         pytest.skip(f"{model.path.name} has a static batch of {model.input.batch}")
     height, width = model.input_size
     images = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
     x = model.preprocess(images)
-    benchmark.group = f"{model.path.stem} batch {batch}"
-    benchmark.extra_info["images_per_call"] = batch
-    if runner == "bare":
-        benchmark(bare.run, None, {model.input.name: x})
-    elif runner == "engine-run":
-        benchmark(model.run, x)
-    else:
-        benchmark(model.predict, images, top=5)
-
-
-@pytest.mark.parametrize("batch", [1, 32])
-def test_overhead_paired(benchmark, pair, batch, capsys):
-    model, bare = pair
-    if model.input.batch not in (None, batch):
-        pytest.skip(f"{model.path.name} has a static batch of {model.input.batch}")
-    height, width = model.input_size
-    images = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
-    x = model.preprocess(images)
-    calls = {
+    return {
         "bare": lambda: bare.run(None, {model.input.name: x}),
         "engine-run": lambda: model.run(x),
         "engine-predict": lambda: model.predict(images, top=5),
     }
-    times = {name: [] for name in calls}
-    order = list(calls)
 
-    def one_round():
-        order.append(order.pop(0))
-        for name in order:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
 
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("runner", ["bare", "engine-run", "engine-predict"])
+def test_predict_throughput(benchmark, pair, batch, runner):
+    calls = _calls(pair, batch)
+    benchmark.group = f"{pair[0].path.stem} batch {batch}"
+    benchmark.extra_info["images_per_call"] = batch
+    benchmark(calls[runner])
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_overhead_paired(benchmark, pair, batch, capsys):
+    model = pair[0]
+    one_round, times = rotating_rounds(_calls(pair, batch))
     benchmark.group = f"{model.path.stem} batch {batch} paired"
     benchmark.pedantic(one_round, rounds=300 if batch == 1 else 40, warmup_rounds=3)
     bare_times = np.array(times["bare"])
     for name in ("engine-run", "engine-predict"):
-        ratio = float(np.median(np.array(times[name]) / bare_times))
+        ratio = float(np.median(round_ratios(times, name, "bare")))
         benchmark.extra_info[f"{name} / bare"] = ratio
         with capsys.disabled():
             print(f"\n{model.path.stem} batch {batch}: {name} / bare = {ratio:.3f} "

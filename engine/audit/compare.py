@@ -87,7 +87,11 @@ class Comparison:
     fraction: float = TOP_FRACTION
 
     def worst(self, k=5):
-        """Indices of the ``k`` images whose maps agree least (lowest Pearson, then IoU)."""
+        """Indices of the ``k`` images whose maps agree least (lowest Pearson, then IoU).
+
+        >>> [comparison.names[i] for i in comparison.worst(2)]
+        ['synth:0:7', 'synth:0:3']
+        """
         return np.lexsort((self.iou, self.pearson))[:k]
 
     def summary(self, worst=5):
@@ -145,8 +149,8 @@ def compare(model_a, model_b, images, names=None, layer_a="auto", layer_b="auto"
 
 
 def report_blocks(result, images, class_names=None, worst=5, width=128):
-    """HTML blocks (``engine.viz.report``) for a comparison: the figures, and the images whose
-    Grad-CAM maps agree least with both models' maps over them.
+    """HTML blocks (``engine.viz.report``) for a comparison: the figures, then the ``worst`` images
+    whose two Grad-CAM maps agree least, each shown beside both models' maps over it.
 
     >>> write_report("cmp/index.html", "compare", [section("Agreement", report_blocks(result, images))])
     """

@@ -22,6 +22,10 @@ def demo(out="demo-out", n=200, seed=0, calibration=64, model=DEFAULT_MODEL, pro
     """Audit ``model`` on ``n`` generated images and compare it with its int8 QDQ version (made in
     ``out``, calibrated on ``calibration`` other generated images); returns the report's path and
     the section timings.
+
+    >>> path, timings = demo("demo-out", n=50)
+    >>> path
+    PosixPath('demo-out/index.html')
     """
     model = Path(model)
     if not model.exists():

@@ -31,7 +31,11 @@ class ImageSet:
         return len(self.images)
 
     def head(self, n):
-        """The first ``n`` images (all of them when fewer)."""
+        """The first ``n`` images (all of them when fewer), with their labels and ground truth.
+
+        >>> len(from_synth(10).head(4)), len(from_synth(3).head(4))
+        (4, 3)
+        """
         n = min(int(n), len(self))
         scene = None if self.scene is None else _scene_head(self.scene, n)
         return ImageSet(self.images[:n], self.names[:n], None if self.labels is None else self.labels[:n], scene)
@@ -48,13 +52,12 @@ def from_synth(n, seed=0):
     >>> from_synth(8).names[:2]
     ['synth:0:0', 'synth:0:1']
     """
+    from engine.analyze import sources
     from engine.data import synth
 
-    n = int(n)
-    if n < 1:
-        raise UsageError(f"--synth needs at least one image, got {n}")
-    scene = synth.generate(n, seed=int(seed))
-    return ImageSet(list(scene.images), [f"synth:{seed}:{i}" for i in range(n)], np.asarray(scene.labels), scene)
+    names = sources.from_synth(n, seed).names  # checks n; the names read_named re-reads
+    scene = synth.generate(len(names), seed=int(seed))
+    return ImageSet(list(scene.images), names, np.asarray(scene.labels), scene)
 
 
 def from_folder(folder, labels=None, class_names=None):

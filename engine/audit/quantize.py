@@ -24,6 +24,9 @@ def quantize_int8(src, dst, images, batch=16):
     """Write ``dst``: ``src`` with int8 weights and uint8 activations as QuantizeLinear /
     DequantizeLinear pairs, activation ranges calibrated (min-max) on ``images`` (uint8 RGB).
     Metadata (labels, preprocessing) is kept. Returns ``dst``.
+
+    >>> quantize_int8("resnet.onnx", "resnet-int8.onnx", from_synth(64).images)
+    PosixPath('resnet-int8.onnx')
     """
     images = list(images)
     if not images:

@@ -25,7 +25,12 @@ class Timing:
 
 def run_section(title, fn, ctx):
     """Compute one section; returns (report Section, Timing). A section that does not apply, or
-    that the model cannot support (an engine user error), shows the reason instead of content."""
+    that the model cannot support (an engine user error), shows the reason instead of content.
+
+    >>> done, timing = run_section("Model", model_summary, Context(model, from_synth(8), Options()))
+    >>> timing.status
+    'ok'
+    """
     start = time.perf_counter()
     try:
         blocks, status, reason = fn(ctx), "ok", ""

@@ -82,6 +82,7 @@ class Context:
     shared: dict = field(default_factory=dict)
 
     def class_name(self, index):
+        """The model's name of class ``index``, or "class N" when it has none."""
         labels = self.model.labels
         return labels[index] if labels and 0 <= index < len(labels) else f"class {index}"
 
@@ -265,11 +266,11 @@ def embeddings(ctx):
         blocks.append(paragraph(f"kNN purity (k={k}, cosine): {purity(features, names, k=k):.3f}"))
     blocks.append(heading(f"Nearest neighbours (cosine) of {min(o.queries, len(data))} images"))
     _, idx = nearest(features, features[: o.queries], k=k + 1)
+    caption = names or data.names
     for q, row in enumerate(idx):
         others = [int(i) for i in row if i != q][:k]
-        caption = lambda i: names[i] if names else data.names[i]  # noqa: E731
-        blocks.append(gallery([(data.images[q], f"query: {caption(q)}")]
-                              + [(data.images[i], caption(i)) for i in others], width=o.width * 3 // 4))
+        blocks.append(gallery([(data.images[q], f"query: {caption[q]}")]
+                              + [(data.images[i], caption[i]) for i in others], width=o.width * 3 // 4))
     return blocks
 
 
@@ -313,8 +314,8 @@ def patches(ctx):
     blocks = [paragraph(f"layer {result.layer}, receptive field {result.field.size[0]}×{result.field.size[1]} px; "
                         f"channels: {why}; top {o.patches} of {len(data)} images")]
     for channel in chosen:
-        sheet = patch_sheet(result, channel, lambda i: data.images[i], cell=48, ncols=o.patches, title=f"channel {channel}")
-        blocks.append(image(sheet))
+        blocks.append(image(patch_sheet(result, channel, lambda i: data.images[i], cell=48, ncols=o.patches,
+                                        title=f"channel {channel}")))
     return blocks
 
 

@@ -72,13 +72,12 @@ def note(text):
 
 
 def heading(text):
-    """A sub-heading inside a section."""
+    """A sub-heading inside a section.
+
+    >>> heading("Confusion matrix")
+    '<h3>Confusion matrix</h3>'
+    """
     return Html(f"<h3>{escape(text)}</h3>")
-
-
-def code(text):
-    """Inline monospaced text, e.g. a tensor name."""
-    return Html(f"<code>{escape(text)}</code>")
 
 
 def _cell(value):
@@ -96,8 +95,13 @@ def table(rows, headers):
 
     >>> table([["circle", 0.97, 40]], ["class", "accuracy", "images"])
     """
+    return _grid(rows, headers, _cell)
+
+
+def _grid(rows, headers, cell):
+    """A scrollable table; ``cell(value)`` renders one ``<td>``."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
     return Html(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
 
 
@@ -146,9 +150,7 @@ def rows_of_images(rows, headers, width=None):
             return f"<td>{image(value, width=width)}</td>"
         return f"<td>{escape('' if value is None else value)}</td>"
 
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
-    return Html(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
+    return _grid(rows, headers, cell)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,39 @@
+"""Paired timing: the jobs of one comparison run back to back within each round, order rotating,
+so that a shared machine's changing load falls on all of them alike; ratios are taken per round.
+
+>>> one_round, times = rotating_rounds({"forward": forward, "gradcam": gradcam})
+>>> for _ in range(20): one_round()
+>>> float(np.median(round_ratios(times, "gradcam", "forward")))
+1.13
+"""
+import time
+
+import numpy as np
+
+
+def rotating_rounds(calls, clock=time.perf_counter):
+    """``(one_round, times)``: ``one_round()`` runs each of ``calls`` (name → callable) once, each
+    round starting one job later, and appends its duration by ``clock`` to ``times[name]``.
+
+    >>> one_round, times = rotating_rounds({"a": f, "b": g}, clock=time.process_time)
+    """
+    times = {name: [] for name in calls}
+    order = list(calls)
+
+    def one_round():
+        for name in order:
+            start = clock()
+            calls[name]()
+            times[name].append(clock() - start)
+        order.append(order.pop(0))
+
+    return one_round, times
+
+
+def round_ratios(times, name, base):
+    """Per-round ``times[name] / times[base]`` as an array.
+
+    >>> round_ratios({"a": [2.0, 3.0], "b": [1.0, 1.0]}, "a", "b")
+    array([2., 3.])
+    """
+    return np.asarray(times[name], np.float64) / np.asarray(times[base], np.float64)
