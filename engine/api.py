@@ -9,7 +9,7 @@ import numpy as np
 from onnx import helper
 
 from engine.data import preprocess as presets
-from engine.data.images import as_rgb, resize
+from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
 from engine.graph import shapes
@@ -280,7 +280,7 @@ class Model:
         >>> model.preprocess(["a.png", np.zeros((96, 96, 3), np.uint8)]).shape
         (2, 3, 64, 64)
         """
-        items = _as_list(images)
+        items = image_list(images)
         if not items:
             raise UsageError("no images given")
         rgbs = [as_rgb(item) for item in items]
@@ -422,7 +422,7 @@ class Model:
         """
         if int(top) < 1:
             raise UsageError(f"top must be at least 1, got {top}")
-        items = _as_list(images)
+        items = image_list(images)
         step = self.input.batch or max(1, int(batch_size))
         predictions = []
         for start in range(0, len(items), step):
@@ -441,14 +441,6 @@ class Model:
 def _spatial(shape):
     """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
     return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
-
-
-def _as_list(images):
-    if isinstance(images, (str, Path)):
-        return [images]
-    if isinstance(images, np.ndarray):
-        return [images] if images.ndim == 3 else list(images)
-    return list(images)
 
 
 def probabilities(output):

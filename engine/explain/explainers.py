@@ -6,12 +6,11 @@
 >>> exp.raw.shape, exp.maps.shape        # (1, 4, 4) at the layer, (1, 96, 96) in [0, 1]
 """
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from engine.data.images import as_rgb
+from engine.data.images import as_rgb, image_list
 from engine.errors import LayerError, UsageError
 from engine.explain import attribution, methods
 from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
@@ -159,8 +158,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
 
 
 def _images(model, images):
-    single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3)
-    items = [images] if single else list(images)
+    items = image_list(images)
     if not items:
         raise UsageError("no images given")
     rgbs = [as_rgb(item) for item in items]
