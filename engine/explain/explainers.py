@@ -135,7 +135,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
                 attr = attribution.smoothgrad(gradient, xr, seeds, samples=samples, noise=noise,
                                               rng=[rng, start], batch=batch)
             elif method == "integrated":
-                base = _baseline(model, xr, baseline, rgbs[start].shape)
+                base = _baseline(model, baseline, rgbs[start].shape)
                 attr = attribution.integrated_gradients(gradient, xr, seeds, base, steps=steps, batch=batch)
             elif method == "guided-gradcam":
                 guided = attribution.guided_backprop(gradient, xr, seeds, batch=batch)
@@ -282,7 +282,7 @@ def _unwarp_maps(maps, flip, scale):
     return back, np.broadcast_to(valid, maps.shape)
 
 
-def _baseline(model, x, baseline, image_shape):
+def _baseline(model, baseline, image_shape):
     if baseline == "zero":
         return 0.0
     if baseline == "black":
