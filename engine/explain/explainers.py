@@ -98,9 +98,7 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
             parts.append((raw, rows, scores, start))
             bar.update(len(x))
     raw = {layer_: np.concatenate([p[0][layer_] for p in parts]) for layer_ in layers}
-    labels = np.concatenate([p[1].labels for p in parts])
-    image = np.concatenate([p[1].image + p[3] for p in parts])
-    scores = np.concatenate([p[2] for p in parts])
+    labels, image, scores = _joined(parts)
     maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
     return Explanation(raw[layers[0]] if len(layers) == 1 else raw, maps, labels, scores, image,
                        method, layers)
@@ -150,9 +148,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
             bar.update(len(x))
     attr = np.concatenate([p[0] for p in parts])
     raw = attribution.reduce(attr, reduce, layout)
-    labels = np.concatenate([p[1].labels for p in parts])
-    image = np.concatenate([p[1].image + p[3] for p in parts])
-    scores = np.concatenate([p[2] for p in parts])
+    labels, image, scores = _joined(parts)
     return Explanation(raw, resize_maps(to_unit(raw), out_size), labels, scores, image, method,
                        [], attr)
 
@@ -165,6 +161,14 @@ def _images(model, images):
     sizes = {rgb.shape[:2] for rgb in rgbs}
     out_size = sizes.pop() if len(sizes) == 1 else model.input_size
     return rgbs, out_size
+
+
+def _joined(parts):
+    """Labels, image indices (into all images) and scores of the batches' ``(maps, rows, scores, start)``."""
+    labels = np.concatenate([rows.labels for _, rows, _, _ in parts])
+    image = np.concatenate([rows.image + start for _, rows, _, start in parts])
+    scores = np.concatenate([scores for _, _, scores, _ in parts])
+    return labels, image, scores
 
 
 def _rows(model, x, targets, start, total, output, need_scores=False):
