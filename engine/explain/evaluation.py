@@ -46,7 +46,7 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
                   "random": metrics.baseline_maps("random", n, masks.shape[1:], rng=rng),
                   "centre": metrics.baseline_maps("centre", n, masks.shape[1:])}
     report = {"images": n, "method": method, "layers": exp.layers, "steps": steps,
-              "tolerance": int(round(15 / 224 * max(masks.shape[1:]))) if tolerance is None else tolerance}
+              "tolerance": metrics.default_tolerance(masks.shape[1:]) if tolerance is None else tolerance}
     with Progress(total=3 * n, label="evaluate", enabled=progress) as bar:
         for name, maps in candidates.items():
             hits = metrics.pointing_game(maps, masks, tolerance=tolerance)

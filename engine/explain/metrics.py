@@ -28,6 +28,15 @@ def baseline_maps(kind, n, size, rng=0):
     raise UsageError(f"unknown baseline map '{kind}': use random or centre")
 
 
+def default_tolerance(size):
+    """The pointing game's tolerance in px: the paper's 15 px at 224 px, scaled to ``size=(H, W)``.
+
+    >>> default_tolerance((96, 96))
+    6
+    """
+    return int(round(15 / 224 * max(size)))
+
+
 def pointing_game(maps, masks, tolerance=None):
     """Per-image hits: does each map's maximum fall inside the mask dilated by ``tolerance`` px?
 
@@ -40,7 +49,7 @@ def pointing_game(maps, masks, tolerance=None):
     masks = np.asarray(masks, bool)
     n, h, w = masks.shape
     if tolerance is None:
-        tolerance = int(round(15 / 224 * max(h, w)))
+        tolerance = default_tolerance((h, w))
     hits = np.empty(n, bool)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
     for i in range(n):
