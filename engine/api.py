@@ -126,9 +126,8 @@ class Model:
             raise UsageError(f"input_size must be positive, got {height}×{width}")
         for want, have in zip((height, width), declared):
             if have is not None and have != want:
-                shown = "×".join("?" if d is None else str(d) for d in declared)
                 raise InputShapeError(
-                    f"'{self.path.name}' takes {shown} images (static input), not {height}×{width}: "
+                    f"'{self.path.name}' takes {_shown(declared)} images (static input), not {height}×{width}: "
                     "leave the input size out or pass the declared one"
                 )
         return (height, width)
@@ -340,9 +339,8 @@ class Model:
         x = np.asarray(x)
         expected = self._expected_shape
         if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
-            shown = "×".join("?" if d is None else str(d) for d in expected)
             raise InputShapeError(
-                f"'{self.path.name}' takes {self.input.layout} arrays of shape {shown}, got {'×'.join(map(str, x.shape))}: "
+                f"'{self.path.name}' takes {self.input.layout} arrays of shape {_shown(expected)}, got {_shown(x.shape)}: "
                 "make them with Model.preprocess(images)"
             )
         return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
@@ -387,9 +385,8 @@ class Model:
         wrong = seed.ndim == 0 or seed.shape[0] != batch or (dims is not None and (
             seed.ndim != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims[1:], seed.shape[1:]))))
         if wrong:
-            shown = "×".join(str(d) if isinstance(d, int) else "?" for d in (dims or ()))
-            raise InputShapeError(f"seed of shape {'×'.join(map(str, seed.shape))} does not fit output '{output}' "
-                                  f"({shown}) for a batch of {batch}: give one row per image")
+            raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
+                                  f"({_shown(dims or ())}) for a batch of {batch}: give one row per image")
         return output, np.ascontiguousarray(seed)
 
     @cached_property
@@ -436,6 +433,11 @@ class Model:
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]
                 predictions.append(Prediction(str(item) if isinstance(item, (str, Path)) else None, ranked))
         return predictions
+
+
+def _shown(dims):
+    """A shape as ``3×?×64``: "?" for unknown or symbolic dims."""
+    return "×".join(str(d) if isinstance(d, (int, np.integer)) else "?" for d in dims)
 
 
 def _spatial(shape):
