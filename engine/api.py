@@ -191,9 +191,7 @@ class Model:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        close = difflib.get_close_matches(name, [layer.name for layer in self.layers], n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise LayerError(f"no layer named '{name}' in '{self.path.name}': {hint}`onnxlens inspect` lists the layers")
+        raise self._unknown("layer", name, [layer.name for layer in self.layers])
 
     @cached_property
     def default_layer(self):
@@ -353,11 +351,14 @@ class Model:
         known = self._tensor_names
         for name in names:
             if name not in known and not (what == "gradients" and name == "input"):
-                close = difflib.get_close_matches(name, sorted(known), n=3)
-                hint = f"did you mean {', '.join(close)}? " if close else ""
-                raise LayerError(f"no tensor named '{name}' in '{self.path.name}': {hint}"
-                                 "`onnxlens inspect` lists the layers")
+                raise self._unknown("tensor", name, known)
         return names
+
+    def _unknown(self, kind, name, known):
+        """The LayerError for an unknown ``kind`` (layer or tensor) name, with close matches."""
+        close = difflib.get_close_matches(name, sorted(known), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return LayerError(f"no {kind} named '{name}' in '{self.path.name}': {hint}`onnxlens inspect` lists the layers")
 
     @cached_property
     def _tensor_names(self):
