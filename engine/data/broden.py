@@ -24,7 +24,8 @@ import numpy as np
 
 from engine.data import synth
 from engine.data.files import write_image, write_text
-from engine.errors import DatasetError
+from engine.data.images import read_image
+from engine.errors import DatasetError, ImageError
 
 INDEX_META = ("image", "split", "ih", "iw", "sh", "sw")
 
@@ -149,10 +150,11 @@ class ConceptDataset:
 
 
 def _read_png(path):
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DatasetError(f"cannot read {path}: the file is missing or not an image")
-    return bgr[..., ::-1]
+    try:
+        return read_image(path)
+    except ImageError as err:
+        raise DatasetError(f"cannot read {path}: the file is missing or not an image; "
+                           "restore it or regenerate the dataset") from err
 
 
 def _read_label_map(path):
