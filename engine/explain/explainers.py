@@ -123,6 +123,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
     output = output or output_names(model)[0]
     gradient = gradient_fn(model, output)
     layout = model.input.layout
+    layers = layers_of(model, layer) if method == "guided-gradcam" else None
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
@@ -137,7 +138,6 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
                 attr = attribution.integrated_gradients(gradient, xr, seeds, base, steps=steps, batch=batch)
             elif method == "guided-gradcam":
                 guided = attribution.guided_backprop(gradient, xr, seeds, batch=batch)
-                layers = layers_of(model, layer)
                 _, acts, grads = capture(model, xr, layers, seeds, output)
                 cams = to_unit(methods.gradcam(acts[layers[0]], grads[layers[0]]))
                 size = xr.shape[2:] if layout == "NCHW" else xr.shape[1:3]
