@@ -13,22 +13,35 @@ from engine.errors import UsageError
 
 
 def vanilla(gradient, x, seeds, batch=64):
-    """Vanilla gradient (Simonyan et al. 2014): ∂S_c/∂x."""
+    """Vanilla gradient (Simonyan et al. 2014): ∂S_c/∂x.
+
+    >>> vanilla(gradient, x, seeds).shape == x.shape
+    True
+    """
     return _batched(gradient, x, seeds, batch, "standard")
 
 
 def gradient_x_input(gradient, x, seeds, batch=64):
-    """Gradient × input (Shrikumar et al. 2016): x ⊙ ∂S_c/∂x."""
+    """Gradient × input (Shrikumar et al. 2016): x ⊙ ∂S_c/∂x.
+
+    >>> gradient_x_input(gradient, x, seeds, batch=16)
+    """
     return x * _batched(gradient, x, seeds, batch, "standard")
 
 
 def guided_backprop(gradient, x, seeds, batch=64):
-    """Guided backpropagation (Springenberg et al. 2015): ReLUs pass only positive gradients of positive inputs."""
+    """Guided backpropagation (Springenberg et al. 2015): ReLUs pass only positive gradients of positive inputs.
+
+    >>> guided_backprop(gradient, x, seeds)
+    """
     return _batched(gradient, x, seeds, batch, "guided")
 
 
 def deconvnet(gradient, x, seeds, batch=64):
-    """Deconvnet (Zeiler & Fergus 2014): ReLUs pass positive gradients, whatever their input."""
+    """Deconvnet (Zeiler & Fergus 2014): ReLUs pass positive gradients, whatever their input.
+
+    >>> deconvnet(gradient, x, seeds)
+    """
     return _batched(gradient, x, seeds, batch, "deconvnet")
 
 

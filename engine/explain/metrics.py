@@ -67,6 +67,8 @@ def deletion_curve(score, x, maps, steps=32, substrate="zero", layout="NCHW", ba
 
     Returns N×(steps+1) scores, from the intact image to the fully deleted one.
     ``substrate``: "zero" (zeros in model space, RISE's deletion) or "blur".
+
+    >>> deletion_curve(score, x, maps, steps=16).shape     # N×17
     """
     return _curve(score, x, maps, steps, _substrate(x, substrate, layout), layout, batch, insert=False)
 
@@ -75,12 +77,18 @@ def insertion_curve(score, x, maps, steps=32, substrate="blur", layout="NCHW", b
     """Scores while the most salient pixels are inserted into ``substrate`` (RISE: a blurred copy).
 
     Returns N×(steps+1) scores, from the substrate to the intact image.
+
+    >>> insertion_curve(score, x, maps, steps=16, substrate="blur")[:, -1]   # the intact images' scores
     """
     return _curve(score, x, maps, steps, _substrate(x, substrate, layout), layout, batch, insert=True)
 
 
 def auc(curves):
-    """Area under N×(steps+1) curves sampled at equal fractions of pixels in [0, 1] (trapezoid)."""
+    """Area under N×(steps+1) curves sampled at equal fractions of pixels in [0, 1] (trapezoid).
+
+    >>> auc([[1.0, 0.5, 0.0]])
+    array([0.5])
+    """
     curves = np.asarray(curves, np.float64)
     return ((curves[:, 1:] + curves[:, :-1]) / 2).mean(axis=1)
 
