@@ -93,7 +93,7 @@ def hirescam(A, G, eigen_smooth=False):
     return combine(G * A, eigen_smooth)
 
 
-def eigencam(A, G=None, eigen_smooth=False):
+def eigencam(A):
     """Eigen-CAM (Muhammad & Yeasin 2020): ReLU of the first principal component of A; no gradient.
 
     >>> eigencam(A)
