@@ -56,7 +56,7 @@ def layers_of(model, layer):
     return names
 
 
-def capture(model, x, layers, seeds=None, output=None, mode="standard"):
+def capture(model, x, layers, seeds=None, output=None):
     """One pass: model outputs, activations at ``layers`` and, with ``seeds``, their gradients.
 
     ``seeds`` (one row per row of ``x``) seed Σ seed·``output`` (the first output by default).
@@ -68,7 +68,7 @@ def capture(model, x, layers, seeds=None, output=None, mode="standard"):
     if seeds is None:
         result = model.run(x, activations=list(layers))
         return result.outputs, {n: result.activations[n] for n in layers}, None
-    result = model.run(x, activations=list(layers), gradients=list(layers), seed={output: seeds}, mode=mode)
+    result = model.run(x, activations=list(layers), gradients=list(layers), seed={output: seeds})
     return (result.outputs, {n: result.activations[n] for n in layers},
             {n: result.gradients[n] for n in layers})
 
