@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from engine.errors import UsageError
+from engine.viz.overlay import resize_maps
 
 
 def baseline_maps(kind, n, size, rng=0):
@@ -50,13 +51,11 @@ def pointing_game(maps, masks, tolerance=None):
     n, h, w = masks.shape
     if tolerance is None:
         tolerance = default_tolerance((h, w))
+    maps = resize_maps(maps, (h, w))
     hits = np.empty(n, bool)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
     for i in range(n):
-        m = np.asarray(maps[i], np.float32)
-        if m.shape != (h, w):
-            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-        y, x = np.unravel_index(np.argmax(m), m.shape)
+        y, x = np.unravel_index(np.argmax(maps[i]), (h, w))
         target = masks[i] if tolerance == 0 else cv2.dilate(masks[i].astype(np.uint8), kernel).astype(bool)
         hits[i] = target[y, x]
     return hits
@@ -130,11 +129,9 @@ def _curve(score, x, maps, steps, substrate, layout, batch, insert):
     n_pix = h * w
     curves = np.empty((n, steps + 1))
     counts = np.round(np.linspace(0, n_pix, steps + 1)).astype(int)
+    maps = resize_maps(maps, (h, w))
     for i in range(n):
-        m = np.asarray(maps[i], np.float32)
-        if m.shape != (h, w):
-            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-        order = np.argsort(-m.ravel(), kind="stable")
+        order = np.argsort(-maps[i].ravel(), kind="stable")
         rank = np.empty(n_pix, int)
         rank[order] = np.arange(n_pix)
         # changed[s] is True where a pixel already comes from the end image at step s
