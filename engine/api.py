@@ -58,6 +58,11 @@ class Prediction:
     top: list
 
     def to_dict(self):
+        """JSON-ready: ``{"image": ..., "top": [{"index", "label", "score"}, ...]}``.
+
+        >>> model.predict("star.png", top=1)[0].to_dict()["top"][0]["label"]
+        'star'
+        """
         return {"image": self.image, "top": [vars(t) for t in self.top]}
 
 

@@ -39,7 +39,11 @@ def _csv(rows, fields):
 
 
 def encode_label_map(labels):
-    """int H×W label numbers → uint8 H×W×3 RGB with number = R + 256·G (Broden's encoding)."""
+    """int H×W label numbers → uint8 H×W×3 RGB with number = R + 256·G (Broden's encoding).
+
+    >>> encode_label_map(np.array([[300]]))[0, 0].tolist()
+    [44, 1, 0]
+    """
     labels = np.asarray(labels, np.int64)
     rgb = np.zeros(labels.shape + (3,), np.uint8)
     rgb[..., 0], rgb[..., 1] = labels % 256, labels // 256
@@ -121,7 +125,11 @@ class ConceptDataset:
         return len(self.rows)
 
     def image(self, i):
-        """The RGB uint8 image of row ``i``."""
+        """The RGB uint8 image of row ``i``.
+
+        >>> read_concepts("shapes-broden").image(0).shape
+        (96, 96, 3)
+        """
         return _read_png(self.root / "images" / self.rows[i]["image"])
 
     def label_maps(self, i):

@@ -56,6 +56,11 @@ class Preprocess:
         return x
 
     def to_dict(self):
+        """JSON-ready fields.
+
+        >>> Preprocess("unit", "BGR").to_dict()
+        {'preset': 'unit', 'channel_order': 'BGR'}
+        """
         return asdict(self)
 
 
