@@ -284,7 +284,7 @@ class Model:
         """
         items = image_list(images)
         if not items:
-            raise UsageError("no images given")
+            raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
         rgbs = [as_rgb(item) for item in items]
         size = self.input_size
         if size is None:

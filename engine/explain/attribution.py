@@ -73,7 +73,7 @@ def integrated_gradients(gradient, x, seeds, baseline=0.0, steps=32, batch=64):
     >>> integrated_gradients(gradient, x, seeds, baseline=0.0, steps=32)
     """
     if steps < 1:
-        raise UsageError("integrated gradients need steps >= 1")
+        raise UsageError(f"integrated gradients need steps >= 1, got {steps}: pass a positive step count")
     n = len(x)
     base = np.broadcast_to(np.asarray(baseline, np.float32), x.shape)
     alphas = (np.arange(1, steps + 1) / steps).astype(np.float32).reshape(1, steps, *[1] * (x.ndim - 1))

@@ -156,7 +156,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
 def _images(model, images):
     items = image_list(images)
     if not items:
-        raise UsageError("no images given")
+        raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
     rgbs = [as_rgb(item) for item in items]
     sizes = {rgb.shape[:2] for rgb in rgbs}
     out_size = sizes.pop() if len(sizes) == 1 else model.input_size
