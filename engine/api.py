@@ -225,7 +225,10 @@ class Model:
         clean = normalize(add_taps(self.proto, names), input_size=self.input_size, inplace=True)
         blockers = gradient_blockers(clean, self.proto.graph.output[0].name, names)
         fields = receptive_fields(clean)
-        default = self.default_layer if any(_spatial(layer.shape) for layer in self.layers) else None
+        try:
+            default = self.default_layer
+        except LayerError:  # no consumed spatial layer (e.g. a lone Conv): no default to mark
+            default = None
         details = []
         for layer in self.layers:
             f = fields.get(layer.name)
