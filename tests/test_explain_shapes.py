@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from engine.api import Model, probabilities
+from engine.data.synth import generate
 from engine.explain import cam, class_visualization, metrics
 
-generate = pytest.importorskip("engine.data.synth", reason="Shapes world not merged yet").generate
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
