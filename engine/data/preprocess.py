@@ -86,14 +86,14 @@ def resolve(option=None, metadata=None):
     >>> resolve({"preset": "unit", "channel_order": "BGR"})
     Preprocess(preset='unit', channel_order='BGR')
     """
+    if isinstance(option, Preprocess):
+        return option
     fields = {}
     metadata = metadata or {}
     for key in ("preset", "channel_order"):
         value = metadata.get("preprocess" if key == "preset" else key)
         if value:
             fields[key] = value.strip()
-    if isinstance(option, Preprocess):
-        return option
     if isinstance(option, str):
         fields["preset"] = option
     elif option is not None:
