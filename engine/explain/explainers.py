@@ -217,9 +217,6 @@ def _top_raw(model, x, method, layers, output, eigen_smooth, heads):
 def _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra, transforms):
     xr, layout = x[rows.image], model.input.layout
     index = output_names(model).index(output)
-    if transforms == [(False, 1.0)]:
-        outputs, raw = _raw(model, xr, rows, method, layers, output, eigen_smooth, extra)
-        return raw, np.asarray(outputs[index])
     total = {layer: 0.0 for layer in layers}
     weight = {layer: 0.0 for layer in layers}
     row_outputs = None
