@@ -9,7 +9,7 @@ import numpy as np
 from onnx import helper
 
 from engine.data import preprocess as presets
-from engine.data.images import as_rgb, resize
+from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
 from engine.graph import shapes
@@ -58,6 +58,11 @@ class Prediction:
     top: list
 
     def to_dict(self):
+        """JSON-ready: ``{"image": ..., "top": [{"index", "label", "score"}, ...]}``.
+
+        >>> model.predict("star.png", top=1)[0].to_dict()["top"][0]["label"]
+        'star'
+        """
         return {"image": self.image, "top": [vars(t) for t in self.top]}
 
 
@@ -126,9 +131,8 @@ class Model:
             raise UsageError(f"input_size must be positive, got {height}×{width}")
         for want, have in zip((height, width), declared):
             if have is not None and have != want:
-                shown = "×".join("?" if d is None else str(d) for d in declared)
                 raise InputShapeError(
-                    f"'{self.path.name}' takes {shown} images (static input), not {height}×{width}: "
+                    f"'{self.path.name}' takes {_shown(declared)} images (static input), not {height}×{width}: "
                     "leave the input size out or pass the declared one"
                 )
         return (height, width)
@@ -192,9 +196,7 @@ class Model:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        close = difflib.get_close_matches(name, [layer.name for layer in self.layers], n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise LayerError(f"no layer named '{name}' in '{self.path.name}': {hint}`onnxlens inspect` lists the layers")
+        raise self._unknown("layer", name, [layer.name for layer in self.layers])
 
     @cached_property
     def default_layer(self):
@@ -223,7 +225,10 @@ class Model:
         clean = normalize(add_taps(self.proto, names), input_size=self.input_size, inplace=True)
         blockers = gradient_blockers(clean, self.proto.graph.output[0].name, names)
         fields = receptive_fields(clean)
-        default = self.default_layer if any(_spatial(layer.shape) for layer in self.layers) else None
+        try:
+            default = self.default_layer
+        except LayerError:  # no consumed spatial layer (e.g. a lone Conv): no default to mark
+            default = None
         details = []
         for layer in self.layers:
             f = fields.get(layer.name)
@@ -280,9 +285,9 @@ class Model:
         >>> model.preprocess(["a.png", np.zeros((96, 96, 3), np.uint8)]).shape
         (2, 3, 64, 64)
         """
-        items = _as_list(images)
+        items = image_list(images)
         if not items:
-            raise UsageError("no images given")
+            raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
         rgbs = [as_rgb(item) for item in items]
         size = self.input_size
         if size is None:
@@ -340,9 +345,8 @@ class Model:
         x = np.asarray(x)
         expected = self._expected_shape
         if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
-            shown = "×".join("?" if d is None else str(d) for d in expected)
             raise InputShapeError(
-                f"'{self.path.name}' takes {self.input.layout} arrays of shape {shown}, got {'×'.join(map(str, x.shape))}: "
+                f"'{self.path.name}' takes {self.input.layout} arrays of shape {_shown(expected)}, got {_shown(x.shape)}: "
                 "make them with Model.preprocess(images)"
             )
         return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
@@ -355,11 +359,14 @@ class Model:
         known = self._tensor_names
         for name in names:
             if name not in known and not (what == "gradients" and name == "input"):
-                close = difflib.get_close_matches(name, sorted(known), n=3)
-                hint = f"did you mean {', '.join(close)}? " if close else ""
-                raise LayerError(f"no tensor named '{name}' in '{self.path.name}': {hint}"
-                                 "`onnxlens inspect` lists the layers")
+                raise self._unknown("tensor", name, known)
         return names
+
+    def _unknown(self, kind, name, known):
+        """The LayerError for an unknown ``kind`` (layer or tensor) name, with close matches."""
+        close = difflib.get_close_matches(name, sorted(known), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return LayerError(f"no {kind} named '{name}' in '{self.path.name}': {hint}`onnxlens inspect` lists the layers")
 
     @cached_property
     def _tensor_names(self):
@@ -387,9 +394,8 @@ class Model:
         wrong = seed.ndim == 0 or seed.shape[0] != batch or (dims is not None and (
             seed.ndim != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims[1:], seed.shape[1:]))))
         if wrong:
-            shown = "×".join(str(d) if isinstance(d, int) else "?" for d in (dims or ()))
-            raise InputShapeError(f"seed of shape {'×'.join(map(str, seed.shape))} does not fit output '{output}' "
-                                  f"({shown}) for a batch of {batch}: give one row per image")
+            raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
+                                  f"({_shown(dims or ())}) for a batch of {batch}: give one row per image")
         return output, np.ascontiguousarray(seed)
 
     @cached_property
@@ -422,7 +428,7 @@ class Model:
         """
         if int(top) < 1:
             raise UsageError(f"top must be at least 1, got {top}")
-        items = _as_list(images)
+        items = image_list(images)
         step = self.input.batch or max(1, int(batch_size))
         predictions = []
         for start in range(0, len(items), step):
@@ -438,17 +444,14 @@ class Model:
         return predictions
 
 
+def _shown(dims):
+    """A shape as ``3×?×64``: "?" for unknown or symbolic dims."""
+    return "×".join(str(d) if isinstance(d, (int, np.integer)) else "?" for d in dims)
+
+
 def _spatial(shape):
     """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
     return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
-
-
-def _as_list(images):
-    if isinstance(images, (str, Path)):
-        return [images]
-    if isinstance(images, np.ndarray):
-        return [images] if images.ndim == 3 else list(images)
-    return list(images)
 
 
 def probabilities(output):

@@ -29,6 +29,7 @@ class Progress:
         self.close()
 
     def update(self, n=1):
+        """Count ``n`` more items done; redraws at most every ``min_interval`` seconds."""
         self.done += n
         now = time.perf_counter()
         if self.enabled and now - self._last >= self.min_interval:
@@ -36,6 +37,7 @@ class Progress:
             self._draw(now)
 
     def close(self):
+        """Draw the final count and end the line (called on leaving the ``with`` block)."""
         if self.enabled:
             self._draw(time.perf_counter())
             self.stream.write("\n")

@@ -302,3 +302,19 @@ def test_threads_reach_the_session(tmp_path):
     assert m.session.get_session_options().intra_op_num_threads == 1
     with pytest.raises(UsageError, match="threads"):
         Model(path, threads=0).session
+
+
+def test_layer_details_without_a_default_layer(tmp_path):
+    # A lone Conv: its output is the only 4-D layer and nothing consumes it, so there is no
+    # default layer to mark, but the details must still list it.
+    w = onnx.numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["out"], pads=[1] * 4)], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 8, 8])], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    m = Model(save(proto, tmp_path / "conv.onnx"), threads=1)
+    with pytest.raises(LayerError):
+        m.default_layer
+    (details,) = m.layer_details()
+    assert details["name"] == "out" and details["default"] is False

@@ -6,17 +6,14 @@ import numpy as np
 import pytest
 
 from engine.api import Model, probabilities
+from engine.data.synth import generate
 from engine.explain import cam, class_visualization, metrics
 
-generate = pytest.importorskip("engine.data.synth", reason="Shapes world not merged yet").generate
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def load(name):
-    path = MODELS / f"{name}.onnx"
-    if not path.exists():
-        pytest.skip(f"{path.name} not trained yet (models/train.py)")
-    return Model(path, provider="CPUExecutionProvider", threads=1)
+    return Model(MODELS / f"{name}.onnx", provider="CPUExecutionProvider", threads=1)
 
 
 @pytest.mark.parametrize("name", ["shapes-resnet", "shapes-mobilenet"])

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.data.images import as_rgb, read_image, resize
+from engine.data.images import as_rgb, image_list, read_image, resize
 from engine.data.labels import parse_labels, read_labels
 from engine.data.preprocess import Preprocess, resolve
 from engine.errors import ImageError, InputShapeError, UsageError
@@ -123,3 +123,11 @@ def test_nchw_output_is_the_nhwc_output_transposed(channels, order):
     nchw = preprocess(images, channels=channels, layout="NCHW")
     assert nchw.shape == (2, channels, 5, 4) and nchw.flags.c_contiguous
     np.testing.assert_allclose(nchw, nhwc.transpose(0, 3, 1, 2), rtol=1e-6)
+
+
+def test_image_list_accepts_a_path_an_image_a_batch_or_a_list():
+    image = np.zeros((4, 5, 3), np.uint8)
+    assert image_list("a.png") == ["a.png"]
+    assert len(image_list(image)) == 1 and image_list(image)[0] is image
+    assert [im.shape for im in image_list(np.zeros((2, 4, 5, 3), np.uint8))] == [(4, 5, 3), (4, 5, 3)]
+    assert image_list(("a.png", image))[0] == "a.png" and image_list([]) == []

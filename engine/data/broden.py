@@ -24,7 +24,8 @@ import numpy as np
 
 from engine.data import synth
 from engine.data.files import write_image, write_text
-from engine.errors import DatasetError
+from engine.data.images import read_image
+from engine.errors import DatasetError, ImageError
 
 INDEX_META = ("image", "split", "ih", "iw", "sh", "sw")
 
@@ -38,7 +39,11 @@ def _csv(rows, fields):
 
 
 def encode_label_map(labels):
-    """int H×W label numbers → uint8 H×W×3 RGB with number = R + 256·G (Broden's encoding)."""
+    """int H×W label numbers → uint8 H×W×3 RGB with number = R + 256·G (Broden's encoding).
+
+    >>> encode_label_map(np.array([[300]]))[0, 0].tolist()
+    [44, 1, 0]
+    """
     labels = np.asarray(labels, np.int64)
     rgb = np.zeros(labels.shape + (3,), np.uint8)
     rgb[..., 0], rgb[..., 1] = labels % 256, labels // 256
@@ -120,7 +125,11 @@ class ConceptDataset:
         return len(self.rows)
 
     def image(self, i):
-        """The RGB uint8 image of row ``i``."""
+        """The RGB uint8 image of row ``i``.
+
+        >>> read_concepts("shapes-broden").image(0).shape
+        (96, 96, 3)
+        """
         return _read_png(self.root / "images" / self.rows[i]["image"])
 
     def label_maps(self, i):
@@ -149,10 +158,11 @@ class ConceptDataset:
 
 
 def _read_png(path):
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DatasetError(f"cannot read {path}: the file is missing or not an image")
-    return bgr[..., ::-1]
+    try:
+        return read_image(path)
+    except ImageError as err:
+        raise DatasetError(f"cannot read {path}: the file is missing or not an image; "
+                           "restore it or regenerate the dataset") from err
 
 
 def _read_label_map(path):

@@ -43,7 +43,10 @@ def _umask():
 
 
 def write_text(path, text):
-    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    """Write ``text`` to ``path`` atomically (UTF-8).
+
+    >>> write_text("out/report.html", "<html></html>")
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 

@@ -26,6 +26,19 @@ def read_image(path):
     return np.ascontiguousarray(bgr[..., ::-1])
 
 
+def image_list(images):
+    """A path, an H×W×3 array, an N×H×W×3 array or a sequence of paths and arrays, as a list.
+
+    >>> len(image_list(np.zeros((4, 8, 8, 3), np.uint8)))
+    4
+    """
+    if isinstance(images, (str, Path)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return [images] if images.ndim == 3 else list(images)
+    return list(images)
+
+
 def as_rgb(image):
     """Return ``image`` as a uint8 H×W×3 RGB array: a path is read, an array is checked.
 

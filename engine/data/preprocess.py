@@ -56,6 +56,11 @@ class Preprocess:
         return x
 
     def to_dict(self):
+        """JSON-ready fields.
+
+        >>> Preprocess("unit", "BGR").to_dict()
+        {'preset': 'unit', 'channel_order': 'BGR'}
+        """
         return asdict(self)
 
 
@@ -81,14 +86,14 @@ def resolve(option=None, metadata=None):
     >>> resolve({"preset": "unit", "channel_order": "BGR"})
     Preprocess(preset='unit', channel_order='BGR')
     """
+    if isinstance(option, Preprocess):
+        return option
     fields = {}
     metadata = metadata or {}
     for key in ("preset", "channel_order"):
         value = metadata.get("preprocess" if key == "preset" else key)
         if value:
             fields[key] = value.strip()
-    if isinstance(option, Preprocess):
-        return option
     if isinstance(option, str):
         fields["preset"] = option
     elif option is not None:

@@ -17,6 +17,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from engine.data.preprocess import LUMA
 from engine.errors import UsageError
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart")
@@ -36,7 +37,7 @@ CONCEPTS = {
 }
 
 _RGB = np.array(list(COLORS.values()), np.float32)
-_DARK = _RGB @ np.array([0.299, 0.587, 0.114], np.float32) > 110
+_DARK = _RGB @ LUMA > 110
 
 
 def _shade(amount):

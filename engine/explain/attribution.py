@@ -13,22 +13,35 @@ from engine.errors import UsageError
 
 
 def vanilla(gradient, x, seeds, batch=64):
-    """Vanilla gradient (Simonyan et al. 2014): ∂S_c/∂x."""
+    """Vanilla gradient (Simonyan et al. 2014): ∂S_c/∂x.
+
+    >>> vanilla(gradient, x, seeds).shape == x.shape
+    True
+    """
     return _batched(gradient, x, seeds, batch, "standard")
 
 
 def gradient_x_input(gradient, x, seeds, batch=64):
-    """Gradient × input (Shrikumar et al. 2016): x ⊙ ∂S_c/∂x."""
+    """Gradient × input (Shrikumar et al. 2016): x ⊙ ∂S_c/∂x.
+
+    >>> gradient_x_input(gradient, x, seeds, batch=16)
+    """
     return x * _batched(gradient, x, seeds, batch, "standard")
 
 
 def guided_backprop(gradient, x, seeds, batch=64):
-    """Guided backpropagation (Springenberg et al. 2015): ReLUs pass only positive gradients of positive inputs."""
+    """Guided backpropagation (Springenberg et al. 2015): ReLUs pass only positive gradients of positive inputs.
+
+    >>> guided_backprop(gradient, x, seeds)
+    """
     return _batched(gradient, x, seeds, batch, "guided")
 
 
 def deconvnet(gradient, x, seeds, batch=64):
-    """Deconvnet (Zeiler & Fergus 2014): ReLUs pass positive gradients, whatever their input."""
+    """Deconvnet (Zeiler & Fergus 2014): ReLUs pass positive gradients, whatever their input.
+
+    >>> deconvnet(gradient, x, seeds)
+    """
     return _batched(gradient, x, seeds, batch, "deconvnet")
 
 
@@ -60,7 +73,7 @@ def integrated_gradients(gradient, x, seeds, baseline=0.0, steps=32, batch=64):
     >>> integrated_gradients(gradient, x, seeds, baseline=0.0, steps=32)
     """
     if steps < 1:
-        raise UsageError("integrated gradients need steps >= 1")
+        raise UsageError(f"integrated gradients need steps >= 1, got {steps}: pass a positive step count")
     n = len(x)
     base = np.broadcast_to(np.asarray(baseline, np.float32), x.shape)
     alphas = (np.arange(1, steps + 1) / steps).astype(np.float32).reshape(1, steps, *[1] * (x.ndim - 1))

@@ -32,7 +32,11 @@ def _per_model(build):
 
 
 def output_names(model):
-    """The model's output names, in order."""
+    """The model's output names, in order.
+
+    >>> output_names(model)
+    ['logits']
+    """
     return [t.name for t in model.outputs]
 
 
@@ -40,6 +44,9 @@ def layers_of(model, layer):
     """Resolve ``layer``: "auto" (the model's default layer), a name, a comma-separated list or a list.
 
     Unknown names raise LayerError (through ``model.layer``).
+
+    >>> layers_of(model, "layer3, layer4")
+    ['layer3', 'layer4']
     """
     if layer in (None, "auto"):
         return [model.default_layer]
@@ -49,23 +56,29 @@ def layers_of(model, layer):
     return names
 
 
-def capture(model, x, layers, seeds=None, output=None, mode="standard"):
+def capture(model, x, layers, seeds=None, output=None):
     """One pass: model outputs, activations at ``layers`` and, with ``seeds``, their gradients.
 
     ``seeds`` (one row per row of ``x``) seed Σ seed·``output`` (the first output by default).
     Returns (outputs, {layer: A}, {layer: G} or None).
+
+    >>> outputs, acts, grads = capture(model, x, ["layer4"], seeds=np.eye(8)[[3]])
     """
     output = output or output_names(model)[0]
     if seeds is None:
         result = model.run(x, activations=list(layers))
         return result.outputs, {n: result.activations[n] for n in layers}, None
-    result = model.run(x, activations=list(layers), gradients=list(layers), seed={output: seeds}, mode=mode)
+    result = model.run(x, activations=list(layers), gradients=list(layers), seed={output: seeds})
     return (result.outputs, {n: result.activations[n] for n in layers},
             {n: result.gradients[n] for n in layers})
 
 
 def gradient_fn(model, output=None):
-    """``gradient(x, seeds, mode)`` = ∂(Σ seed·output)/∂x through ``model.run``."""
+    """``gradient(x, seeds, mode)`` = ∂(Σ seed·output)/∂x through ``model.run``.
+
+    >>> gradient_fn(model)(x, seeds, "guided").shape == x.shape
+    True
+    """
     output = output or output_names(model)[0]
 
     def gradient(x, seeds, mode="standard"):
@@ -75,7 +88,11 @@ def gradient_fn(model, output=None):
 
 
 def scores_fn(model, output=None):
-    """``scores(x)`` = the model's ``output`` (first by default) for a batch ``x``; forward only."""
+    """``scores(x)`` = the model's ``output`` (first by default) for a batch ``x``; forward only.
+
+    >>> scores_fn(model)(x).shape
+    (1, 8)
+    """
     index = output_names(model).index(output) if output else 0
     return lambda x: model.run(x).outputs[index]
 

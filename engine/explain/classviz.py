@@ -52,7 +52,7 @@ def ascend(objective, x0, steps=200, lr=0.1, l2=1e-4, jitter=0, blur_every=0, bl
     x = np.array(x0, np.float32)
     nchw = x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
     if decorrelate and nchw.shape[1] != 3:
-        raise UsageError("colour decorrelation needs a 3-channel input")
+        raise UsageError("colour decorrelation needs a 3-channel input: leave decorrelate off for gray models")
     keep = set(np.linspace(0, steps, min(snapshots, steps + 1)).round().astype(int)) if snapshots else set()
     history, scores = [], []
     for step in range(steps + 1):
@@ -131,7 +131,8 @@ def class_visualization(model, target=None, layer=None, channel=None, steps=200,
         out = output_names(model)[0]
         n_classes = model.run(x0).outputs[0].shape[1]
         if not -n_classes <= int(target) < n_classes:
-            raise UsageError(f"target class {target} out of range: the model has {n_classes} classes")
+            raise UsageError(f"target class {target} out of range: the model has {n_classes} classes, "
+                             f"give one in 0..{n_classes - 1}")
         seed = np.zeros((1, n_classes), np.float32)
         seed[0, int(target)] = 1
 
@@ -143,7 +144,8 @@ def class_visualization(model, target=None, layer=None, channel=None, steps=200,
             raise UsageError("a channel objective needs --layer")
         shape = model.run(x0, activations=[layer]).activations[layer].shape
         if len(shape) != 4 or not 0 <= int(channel) < shape[1]:
-            raise UsageError(f"channel {channel} out of range: layer '{layer}' has shape {shape}")
+            raise UsageError(f"channel {channel} out of range: layer '{layer}' has shape {shape}; "
+                             "name a 4-D layer and a channel below its second dim")
         seed = np.zeros(shape, np.float32)
         seed[:, int(channel)] = 1.0 / (shape[2] * shape[3])
 

@@ -6,6 +6,7 @@
 import numpy as np
 
 from engine.api import probabilities
+from engine.data.images import as_rgb, image_list
 from engine.errors import UsageError
 from engine.explain import metrics
 from engine.explain.explainers import cam, saliency
@@ -27,15 +28,17 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
     """
     masks = np.asarray(masks, bool)
     n = len(masks)
+    images = image_list(images)
     if len(images) != n or (labels is not None and len(labels) != n):
         raise UsageError(f"got {len(images)} images, {n} masks and {len(labels) if labels is not None else n} "
                          "labels: give one mask and one label per image")
     targets = "top" if labels is None else [int(c) for c in labels]
+    images = [as_rgb(image) for image in images]  # read once for the maps and the perturbed inputs
     if method in METHODS:
         exp = cam(model, images, method=method, layer=layer, targets=targets, batch=batch, progress=progress)
     else:
         exp = saliency(model, images, method=method, targets=targets, batch=batch, progress=progress)
-    x = model.preprocess(list(images))
+    x = model.preprocess(images)
     classes = exp.targets
 
     def score(xb, rows):
@@ -46,7 +49,7 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
                   "random": metrics.baseline_maps("random", n, masks.shape[1:], rng=rng),
                   "centre": metrics.baseline_maps("centre", n, masks.shape[1:])}
     report = {"images": n, "method": method, "layers": exp.layers, "steps": steps,
-              "tolerance": int(round(15 / 224 * max(masks.shape[1:]))) if tolerance is None else tolerance}
+              "tolerance": metrics.default_tolerance(masks.shape[1:]) if tolerance is None else tolerance}
     with Progress(total=3 * n, label="evaluate", enabled=progress) as bar:
         for name, maps in candidates.items():
             hits = metrics.pointing_game(maps, masks, tolerance=tolerance)

@@ -6,12 +6,11 @@
 >>> exp.raw.shape, exp.maps.shape        # (1, 4, 4) at the layer, (1, 96, 96) in [0, 1]
 """
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from engine.data.images import as_rgb
+from engine.data.images import as_rgb, image_list
 from engine.errors import LayerError, UsageError
 from engine.explain import attribution, methods
 from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
@@ -99,9 +98,7 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
             parts.append((raw, rows, scores, start))
             bar.update(len(x))
     raw = {layer_: np.concatenate([p[0][layer_] for p in parts]) for layer_ in layers}
-    labels = np.concatenate([p[1].labels for p in parts])
-    image = np.concatenate([p[1].image + p[3] for p in parts])
-    scores = np.concatenate([p[2] for p in parts])
+    labels, image, scores = _joined(parts)
     maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
     return Explanation(raw[layers[0]] if len(layers) == 1 else raw, maps, labels, scores, image,
                        method, layers)
@@ -126,6 +123,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
     output = output or output_names(model)[0]
     gradient = gradient_fn(model, output)
     layout = model.input.layout
+    layers = layers_of(model, layer) if method == "guided-gradcam" else None
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
@@ -136,11 +134,10 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
                 attr = attribution.smoothgrad(gradient, xr, seeds, samples=samples, noise=noise,
                                               rng=[rng, start], batch=batch)
             elif method == "integrated":
-                base = _baseline(model, xr, baseline, rgbs[start].shape)
+                base = _baseline(model, baseline, rgbs[start].shape)
                 attr = attribution.integrated_gradients(gradient, xr, seeds, base, steps=steps, batch=batch)
             elif method == "guided-gradcam":
                 guided = attribution.guided_backprop(gradient, xr, seeds, batch=batch)
-                layers = layers_of(model, layer)
                 _, acts, grads = capture(model, xr, layers, seeds, output)
                 cams = to_unit(methods.gradcam(acts[layers[0]], grads[layers[0]]))
                 size = xr.shape[2:] if layout == "NCHW" else xr.shape[1:3]
@@ -151,22 +148,27 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
             bar.update(len(x))
     attr = np.concatenate([p[0] for p in parts])
     raw = attribution.reduce(attr, reduce, layout)
-    labels = np.concatenate([p[1].labels for p in parts])
-    image = np.concatenate([p[1].image + p[3] for p in parts])
-    scores = np.concatenate([p[2] for p in parts])
+    labels, image, scores = _joined(parts)
     return Explanation(raw, resize_maps(to_unit(raw), out_size), labels, scores, image, method,
                        [], attr)
 
 
 def _images(model, images):
-    single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3)
-    items = [images] if single else list(images)
+    items = image_list(images)
     if not items:
-        raise UsageError("no images given")
+        raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
     rgbs = [as_rgb(item) for item in items]
     sizes = {rgb.shape[:2] for rgb in rgbs}
     out_size = sizes.pop() if len(sizes) == 1 else model.input_size
     return rgbs, out_size
+
+
+def _joined(parts):
+    """Labels, image indices (into all images) and scores of the batches' ``(maps, rows, scores, start)``."""
+    labels = np.concatenate([rows.labels for _, rows, _, _ in parts])
+    image = np.concatenate([rows.image + start for _, rows, _, start in parts])
+    scores = np.concatenate([scores for _, _, scores, _ in parts])
+    return labels, image, scores
 
 
 def _rows(model, x, targets, start, total, output, need_scores=False):
@@ -215,9 +217,6 @@ def _top_raw(model, x, method, layers, output, eigen_smooth, heads):
 def _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra, transforms):
     xr, layout = x[rows.image], model.input.layout
     index = output_names(model).index(output)
-    if transforms == [(False, 1.0)]:
-        outputs, raw = _raw(model, xr, rows, method, layers, output, eigen_smooth, extra)
-        return raw, np.asarray(outputs[index])
     total = {layer: 0.0 for layer in layers}
     weight = {layer: 0.0 for layer in layers}
     row_outputs = None
@@ -284,7 +283,7 @@ def _unwarp_maps(maps, flip, scale):
     return back, np.broadcast_to(valid, maps.shape)
 
 
-def _baseline(model, x, baseline, image_shape):
+def _baseline(model, baseline, image_shape):
     if baseline == "zero":
         return 0.0
     if baseline == "black":

@@ -38,7 +38,10 @@ def projection(activations):
 
 
 def gradcam(A, G, eigen_smooth=False):
-    """Grad-CAM (Selvaraju et al. 2017): α_k = spatial mean of G_k; ReLU(Σ_k α_k A_k)."""
+    """Grad-CAM (Selvaraju et al. 2017): α_k = spatial mean of G_k; ReLU(Σ_k α_k A_k).
+
+    >>> gradcam(A, G).shape      # N×h×w
+    """
     A, G = _f64(A, G)
     return combine(G.mean(axis=(2, 3))[:, :, None, None] * A, eigen_smooth)
 
@@ -50,6 +53,8 @@ def gradcam_plus_plus(A, G, eigen_smooth=False):
     factor exp(S_c) of the paper's ∂Y/∂A is left out, as in pytorch-grad-cam (it cancels in the
     normalized map); unlike pytorch-grad-cam no ε is added to the denominator, which would
     dominate it for the small gradients of real networks (g² ≪ 1e-6).
+
+    >>> gradcam_plus_plus(A, G, eigen_smooth=True)
     """
     A, G = _f64(A, G)
     g2 = G ** 2
@@ -60,7 +65,10 @@ def gradcam_plus_plus(A, G, eigen_smooth=False):
 
 
 def xgradcam(A, G, eigen_smooth=False):
-    """XGrad-CAM (Fu et al. 2020): w_k = Σ_ij (A_ij / Σ_ab A_ab) · g_ij."""
+    """XGrad-CAM (Fu et al. 2020): w_k = Σ_ij (A_ij / Σ_ab A_ab) · g_ij.
+
+    >>> xgradcam(A, G)
+    """
     A, G = _f64(A, G)
     total = A.sum(axis=(2, 3), keepdims=True)
     weights = (G * A / (total + EPS)).sum(axis=(2, 3))
@@ -68,19 +76,28 @@ def xgradcam(A, G, eigen_smooth=False):
 
 
 def layercam(A, G, eigen_smooth=False):
-    """LayerCAM (Jiang et al. 2021): ReLU(Σ_k ReLU(g_k) ⊙ A_k), element-wise weights."""
+    """LayerCAM (Jiang et al. 2021): ReLU(Σ_k ReLU(g_k) ⊙ A_k), element-wise weights.
+
+    >>> layercam(A, G)
+    """
     A, G = _f64(A, G)
     return combine(np.maximum(G, 0) * A, eigen_smooth)
 
 
 def hirescam(A, G, eigen_smooth=False):
-    """HiResCAM (Draelos & Carin 2020): ReLU(Σ_k g_k ⊙ A_k), element-wise weights."""
+    """HiResCAM (Draelos & Carin 2020): ReLU(Σ_k g_k ⊙ A_k), element-wise weights.
+
+    >>> hirescam(A, G)
+    """
     A, G = _f64(A, G)
     return combine(G * A, eigen_smooth)
 
 
-def eigencam(A, G=None, eigen_smooth=False):
-    """Eigen-CAM (Muhammad & Yeasin 2020): ReLU of the first principal component of A; no gradient."""
+def eigencam(A):
+    """Eigen-CAM (Muhammad & Yeasin 2020): ReLU of the first principal component of A; no gradient.
+
+    >>> eigencam(A)
+    """
     return np.maximum(projection(A), 0)
 
 
@@ -88,6 +105,8 @@ def fc_cam(A, fc_weights, eigen_smooth=False):
     """CAM (Zhou et al. 2016): ReLU(Σ_k w_k^c A_k), ``fc_weights`` N×K = the FC row of each image's class.
 
     With a GAP → FC head this is h·w × Grad-CAM at the last layer.
+
+    >>> layer, weights = fc_head(model); fc_cam(A, weights[labels])
     """
     A, fc_weights = _f64(A, fc_weights)
     return combine(fc_weights[:, :, None, None] * A, eigen_smooth)
@@ -99,7 +118,11 @@ def _f64(*arrays):
 
 
 def upsample(A, size):
-    """Bilinear resize of N×K×h×w to N×K×H×W with aligned corners (torch ``UpsamplingBilinear2d``)."""
+    """Bilinear resize of N×K×h×w to N×K×H×W with aligned corners (torch ``UpsamplingBilinear2d``).
+
+    >>> upsample(np.zeros((1, 4, 3, 3)), (96, 96)).shape
+    (1, 4, 96, 96)
+    """
     ry = _interp_matrix(A.shape[2], size[0])
     rx = _interp_matrix(A.shape[3], size[1])
     return np.einsum("Yy,nkyx,Xx->nkYX", ry, A, rx, optimize=True).astype(np.float32)
@@ -117,7 +140,11 @@ def _interp_matrix(n_in, n_out):
 
 
 def target_score(outputs, seeds):
-    """Σ seed·output per row: the score every method explains (a class logit, or a masked sum)."""
+    """Σ seed·output per row: the score every method explains (a class logit, or a masked sum).
+
+    >>> target_score(np.array([[1.0, 2.0]]), np.array([[0.0, 1.0]]))
+    array([2.])
+    """
     prod = np.asarray(outputs, np.float64) * seeds
     return prod.reshape(len(prod), -1).sum(axis=1)
 
@@ -174,6 +201,8 @@ def guided_gradcam(cam_maps, guided_gradients, layout="NCHW"):
     """Guided Grad-CAM: guided-backprop input gradient ⊙ the Grad-CAM map upsampled to the input.
 
     ``cam_maps`` N×H×W at the input's resolution; returns N×C×H×W (or N×H×W×C for NHWC).
+
+    >>> guided_gradcam(resize_maps(to_unit(gradcam(A, G)), (64, 64)), guided)
     """
     m = cam_maps[:, None] if layout == "NCHW" else cam_maps[..., None]
     return (guided_gradients * m).astype(np.float32)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from engine.errors import UsageError
+from engine.viz.overlay import resize_maps
 
 
 def baseline_maps(kind, n, size, rng=0):
@@ -28,6 +29,15 @@ def baseline_maps(kind, n, size, rng=0):
     raise UsageError(f"unknown baseline map '{kind}': use random or centre")
 
 
+def default_tolerance(size):
+    """The pointing game's tolerance in px: the paper's 15 px at 224 px, scaled to ``size=(H, W)``.
+
+    >>> default_tolerance((96, 96))
+    6
+    """
+    return int(round(15 / 224 * max(size)))
+
+
 def pointing_game(maps, masks, tolerance=None):
     """Per-image hits: does each map's maximum fall inside the mask dilated by ``tolerance`` px?
 
@@ -40,14 +50,12 @@ def pointing_game(maps, masks, tolerance=None):
     masks = np.asarray(masks, bool)
     n, h, w = masks.shape
     if tolerance is None:
-        tolerance = int(round(15 / 224 * max(h, w)))
+        tolerance = default_tolerance((h, w))
+    maps = resize_maps(maps, (h, w))
     hits = np.empty(n, bool)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
     for i in range(n):
-        m = np.asarray(maps[i], np.float32)
-        if m.shape != (h, w):
-            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-        y, x = np.unravel_index(np.argmax(m), m.shape)
+        y, x = np.unravel_index(np.argmax(maps[i]), (h, w))
         target = masks[i] if tolerance == 0 else cv2.dilate(masks[i].astype(np.uint8), kernel).astype(bool)
         hits[i] = target[y, x]
     return hits
@@ -58,6 +66,8 @@ def deletion_curve(score, x, maps, steps=32, substrate="zero", layout="NCHW", ba
 
     Returns N×(steps+1) scores, from the intact image to the fully deleted one.
     ``substrate``: "zero" (zeros in model space, RISE's deletion) or "blur".
+
+    >>> deletion_curve(score, x, maps, steps=16).shape     # N×17
     """
     return _curve(score, x, maps, steps, _substrate(x, substrate, layout), layout, batch, insert=False)
 
@@ -66,12 +76,18 @@ def insertion_curve(score, x, maps, steps=32, substrate="blur", layout="NCHW", b
     """Scores while the most salient pixels are inserted into ``substrate`` (RISE: a blurred copy).
 
     Returns N×(steps+1) scores, from the substrate to the intact image.
+
+    >>> insertion_curve(score, x, maps, steps=16, substrate="blur")[:, -1]   # the intact images' scores
     """
     return _curve(score, x, maps, steps, _substrate(x, substrate, layout), layout, batch, insert=True)
 
 
 def auc(curves):
-    """Area under N×(steps+1) curves sampled at equal fractions of pixels in [0, 1] (trapezoid)."""
+    """Area under N×(steps+1) curves sampled at equal fractions of pixels in [0, 1] (trapezoid).
+
+    >>> auc([[1.0, 0.5, 0.0]])
+    array([0.5])
+    """
     curves = np.asarray(curves, np.float64)
     return ((curves[:, 1:] + curves[:, :-1]) / 2).mean(axis=1)
 
@@ -113,11 +129,9 @@ def _curve(score, x, maps, steps, substrate, layout, batch, insert):
     n_pix = h * w
     curves = np.empty((n, steps + 1))
     counts = np.round(np.linspace(0, n_pix, steps + 1)).astype(int)
+    maps = resize_maps(maps, (h, w))
     for i in range(n):
-        m = np.asarray(maps[i], np.float32)
-        if m.shape != (h, w):
-            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-        order = np.argsort(-m.ravel(), kind="stable")
+        order = np.argsort(-maps[i].ravel(), kind="stable")
         rank = np.empty(n_pix, int)
         rank[order] = np.arange(n_pix)
         # changed[s] is True where a pixel already comes from the end image at step s

@@ -25,9 +25,7 @@ def overlay(image, heat, alpha=0.5, colormap=cv2.COLORMAP_JET):
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
-    heat = np.asarray(heat, np.float32)
-    if heat.shape != image.shape[:2]:
-        heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = resize_maps(np.asarray(heat)[None], image.shape[:2])[0]
     blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(heat, colormap)
     return np.uint8(np.clip(np.round(blend), 0, 255))
 
