@@ -2,8 +2,7 @@
 import onnx
 
 from engine.graph.rules import RULES
-
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+from engine.graph.shapes import FLOAT_TYPES
 
 
 def gradient_blockers(model, output, names):
@@ -27,7 +26,7 @@ def gradient_blockers(model, output, names):
             if not any(i in depends for i in node.input):
                 continue
             carried = [o for o in node.output if o in feeds and (
-                types.get(o, onnx.TensorProto.FLOAT) in _FLOATS or node.op_type == "QuantizeLinear")]
+                types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES or node.op_type == "QuantizeLinear")]
             if carried and (node.domain not in ("", "ai.onnx") or node.op_type not in RULES):
                 blocker = f"{node.op_type} (node {node.name or node.output[0]})"
                 break
