@@ -32,6 +32,11 @@ class Window:
 
 
 def static_spatial(ctx, node, name):
+    """Spatial dims (all after N, C) of tensor ``name``; UnsupportedOpError naming ``node`` when
+    one is symbolic.
+
+    Example: ``static_spatial(ctx, node, node.input[0]) == [56, 56]``.
+    """
     shape = ctx.shape(name)
     if shape is None or not all(isinstance(d, int) for d in shape[2:]):
         raise UnsupportedOpError(
