@@ -50,9 +50,7 @@ def _static_dim(ctx, node, name, axis):
 
 def _zero_pad(ctx, x, pads):
     """Pad ``x`` with zeros; ``pads`` = begins + ends over all axes (input from opset 11)."""
-    if ctx.opset >= 11:
-        return ctx.op("Pad", x, ctx.ints(pads))
-    return ctx.op("Pad", x, pads=list(pads))
+    return ctx.op_with_ints("Pad", x, "pads", pads, 11)
 
 
 def _constant_input(ctx, node, index, what):

@@ -8,9 +8,7 @@ from engine.graph.rules import attrs, rule
 
 def _mean(ctx, x, axes):
     """ReduceMean over ``axes``, kept (axes as input from opset 18, attribute before)."""
-    if ctx.opset >= 18:
-        return ctx.op("ReduceMean", x, ctx.ints(axes), keepdims=1)
-    return ctx.op("ReduceMean", x, axes=list(axes), keepdims=1)
+    return ctx.op_with_ints("ReduceMean", x, "axes", axes, 18, keepdims=1)
 
 
 def standardized_backward(ctx, x, g, axes, epsilon, like):
