@@ -286,7 +286,13 @@ def infer_shapes(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
 # ---------------------------------------------------------------------------------- public help
 def image_value_info(model: onnx.ModelProto):
     """The image input's ``ValueInfoProto`` (editable in place) and its layout, via
-    :func:`engine.graph.shapes.image_input`."""
+    :func:`engine.graph.shapes.image_input`.
+
+    Example:
+        >>> info, layout = image_value_info(onnx.load("models/shapes-resnet.onnx"))  # doctest: +SKIP
+        >>> info.name, layout                                                          # doctest: +SKIP
+        ('image', 'NCHW')
+    """
     image = image_input(model)
     return next(vi for vi in model.graph.input if vi.name == image.name), image.layout
 

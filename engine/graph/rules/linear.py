@@ -8,7 +8,10 @@ from engine.graph.rules.windows import static_spatial, window
 
 def flipped_transposed(weight, group):
     """Conv weight (M, C/g, *k) → the weight (C, M/g, *k) of the forward Conv computing its
-    stride-1 input gradient: channels transposed within each group, kernel flipped."""
+    stride-1 input gradient: channels transposed within each group, kernel flipped.
+
+    Example: ``flipped_transposed(np.zeros((8, 2, 3, 3)), group=2).shape == (4, 4, 3, 3)``.
+    """
     m, cg, *k = weight.shape
     w = weight.reshape(group, m // group, cg, *k).swapaxes(1, 2).reshape(group * cg, m // group, *k)
     return np.ascontiguousarray(np.flip(w, axis=tuple(range(2, w.ndim))))

@@ -45,7 +45,10 @@ def static_spatial(ctx, node, name):
 
 
 def window(ctx, node, kernel):
-    """Window of a Conv or pooling ``node`` (input 0 → output 0) with ``kernel`` sizes."""
+    """Window of a Conv or pooling ``node`` (input 0 → output 0) with ``kernel`` sizes.
+
+    Example: ``window(ctx, conv3x3_pad1, [3, 3]).begin == [1, 1]``.
+    """
     a = attrs(node)
     inputs = static_spatial(ctx, node, node.input[0])
     outputs = static_spatial(ctx, node, node.output[0])
