@@ -6,6 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.errors import LayerError, UnsupportedOpError
 from engine.graph.autodiff import SEED, differentiate, grad_name
+from engine.graph.coverage import gradient_blockers
 from gradcheck import check, finish, float64_slope, session, with_delta
 
 F = TensorProto.DOUBLE
@@ -74,6 +75,27 @@ def test_unsupported_op_names_op_and_node():
         differentiate(finish(graph), "y", ["x"])
     # Off the path the op does not matter: the gradient w.r.t. y itself needs no rule.
     differentiate(finish(graph), "y", ["y"])
+
+
+def test_gradient_blockers_agree_with_differentiate():
+    """x → Relu → r → LpNormalization (no rule) → n → Relu → m → Shape/Reshape (int side path)
+    → y, and a dead Relu branch: blockers name the op differentiate refuses, None where it works."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("LpNormalization", ["r"], ["n"], name="lp"),
+             helper.make_node("Relu", ["n"], ["m"]), helper.make_node("Shape", ["m"], ["s"]),
+             helper.make_node("Flatten", ["m"], ["f"]), helper.make_node("Reshape", ["f", "s"], ["y"]),
+             helper.make_node("Relu", ["r"], ["dead"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 2, 3])],
+                              [helper.make_tensor_value_info("y", F, None)])
+    model = finish(graph)
+    blockers = gradient_blockers(model, "y", ["x", "r", "n", "m", "y", "dead"])
+    assert blockers == {"x": "LpNormalization (node lp)", "r": "LpNormalization (node lp)", "n": None, "m": None,
+                        "y": None, "dead": "nothing: dead does not feed y"}
+    for name, blocker in blockers.items():
+        if blocker is None:
+            differentiate(model, "y", [name])
+        elif name != "dead":
+            with pytest.raises(UnsupportedOpError, match="LpNormalization.*lp"):
+                differentiate(model, "y", [name])
 
 
 def test_integer_side_paths_need_no_rule():

@@ -71,7 +71,7 @@ def differentiate(model, output, wrt, mode="standard"):
         out_grads = [total(o) if grads.get(o) else None for o in node.output]
         if all(g is None for g in out_grads):
             continue
-        fn = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        fn = _rule(node)
         if fn is None:
             raise UnsupportedOpError(
                 f"no gradient rule for op {node.op_type} (node {node.name or node.output[0]!r}) on the "
@@ -93,6 +93,11 @@ def differentiate(model, output, wrt, mode="standard"):
     graph.input.append(_value_info(SEED, types[output], shapes.get(output)))
     graph.output.extend(_value_info(grad_name(t), types.get(t, onnx.TensorProto.FLOAT), shapes.get(t)) for t in wrt)
     return model
+
+
+def _rule(node):
+    """The differentiation rule of ``node``; None for an op without one or outside the default domain."""
+    return RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
 
 
 def _copy(model):
