@@ -156,6 +156,11 @@ def _check_request(graph, shapes, types, constants, output, wrt):
 
 def _cone(nodes, output, wrt, types):
     """Tensors that depend on some ``wrt`` tensor and feed ``output`` (gradients flow there)."""
+    return _depends(nodes, wrt, types) & _feeds(nodes, output)
+
+
+def _depends(nodes, wrt, types):
+    """Float tensors computed from some ``wrt`` tensor (and ``wrt`` itself)."""
     depends = set(wrt)
     for node in nodes:
         if any(i in depends for i in node.input):
@@ -163,11 +168,16 @@ def _cone(nodes, output, wrt, types):
                 # Integer tensors carry no gradient, except QuantizeLinear → DequantizeLinear pairs.
                 if types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES or node.op_type == "QuantizeLinear":
                     depends.add(o)
+    return depends
+
+
+def _feeds(nodes, output):
+    """Tensors ``output`` is computed from (and ``output`` itself)."""
     feeds = {output}
     for node in reversed(nodes):
         if any(o in feeds for o in node.output):
             feeds.update(node.input)
-    return depends & feeds
+    return feeds
 
 
 def _prune(nodes, initializers, outputs):

@@ -1,5 +1,5 @@
 """Which tensors gradients can reach: every op between a tensor and the output needs a rule."""
-from engine.graph.autodiff import _cone, _rule
+from engine.graph.autodiff import _depends, _feeds, _rule
 
 
 def gradient_blockers(model, output, names):
@@ -13,13 +13,15 @@ def gradient_blockers(model, output, names):
     """
     graph = model.graph
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
+    feeds = _feeds(graph.node, output)
+    unruled = [node for node in graph.node if _rule(node) is None]
     result = {}
     for name in names:
-        active = _cone(graph.node, output, [name], types)
-        if name not in active:
+        if name not in feeds:
             result[name] = f"nothing: {name} does not feed {output}"
             continue
-        blocker = next((node for node in graph.node if _rule(node) is None and any(o in active for o in node.output)
+        active = _depends(graph.node, [name], types) & feeds  # differentiate's cone
+        blocker = next((node for node in unruled if any(o in active for o in node.output)
                         and any(i in active for i in node.input)), None)
         result[name] = blocker and f"{blocker.op_type} (node {blocker.name or blocker.output[0]})"
     return result
