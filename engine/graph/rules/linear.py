@@ -3,7 +3,7 @@ import numpy as np
 
 from engine.errors import UnsupportedOpError
 from engine.graph.rules import attrs, rule
-from engine.graph.rules.windows import static_spatial, window
+from engine.graph.rules.windows import same_pads, static_spatial, window
 
 
 def flipped_transposed(weight, group):
@@ -73,9 +73,8 @@ def conv_transpose(ctx, node, grads):
                   for s, i, p, k, d, o in zip(strides, xs, extra, kernel, dilations, ys)]
         if min(totals) < 0:
             raise UnsupportedOpError(f"ConvTranspose {node.name!r}: output larger than its input covers")
-        half = [t // 2 for t in totals]
-        rest = [t - h for t, h in zip(totals, half)]
-        pads = half + rest if auto_pad == "SAME_UPPER" else rest + half
+        begin, end = same_pads(totals, auto_pad)
+        pads = begin + end
     else:
         pads = a.get("pads") or [0] * (2 * n)
     dx = ctx.op("Conv", dy, w, kernel_shape=kernel, strides=strides, dilations=dilations,
