@@ -72,7 +72,7 @@ def conv_transpose(ctx, node, grads):
         totals = [s * (i - 1) + p + (k - 1) * d + 1 - o
                   for s, i, p, k, d, o in zip(strides, xs, extra, kernel, dilations, ys)]
         if min(totals) < 0:
-            raise UnsupportedOpError(f"ConvTranspose {node.name!r}: output larger than its input covers")
+            raise UnsupportedOpError(f"ConvTranspose {node.name!r}: output larger than its input covers; pick a layer after it")
         begin, end = same_pads(totals, auto_pad)
         pads = begin + end
     else:
@@ -116,7 +116,7 @@ def matmul(ctx, node, grads):
     (dy,) = grads
     a, b = node.input
     if ctx.rank(a) < 2 or ctx.rank(b) < 2:
-        raise UnsupportedOpError(f"MatMul {node.name!r} with a 1-D operand: gradients need rank >= 2")
+        raise UnsupportedOpError(f"MatMul {node.name!r} with a 1-D operand: gradients need rank >= 2; pick a layer after it")
     y = ctx.shape(node.output[0])
     da = db = None
     if ctx.needs(a):
