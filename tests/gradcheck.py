@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
 
@@ -110,3 +111,28 @@ def _check(model, dtype, wrt, output, batch, directions, seed, feeds, tol):
         errors.append(err)
         assert err < rtol, f"{dtype.__name__}: analytic {analytic} vs numeric {numeric} (rel err {err:.2e})"
     return errors
+
+
+def with_delta(model, tensor):
+    """``model`` where every reader of ``tensor`` reads tensor + delta, delta a new input (for
+    central differences at a tap)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        node.input[:] = [tensor + "_moved" if i == tensor else i for i in node.input]
+    position = next(k for k, n in enumerate(out.graph.node) if tensor in n.output) + 1
+    out.graph.node.insert(position, helper.make_node("Add", [tensor, "delta"], [tensor + "_moved"]))
+    out.graph.input.append(helper.make_tensor_value_info("delta", TensorProto.DOUBLE, None))
+    return out
+
+
+def float64_slope(model, output, feeds, seed, moved, v, new_ops=None, h=1e-6):
+    """Central difference of Σ seed · output along ``v`` at input ``moved``, computed in float64
+    by onnx's reference evaluator (ORT has no float64 Conv; float32 differences through a net
+    with thousands of ReLU/max kinks are too noisy)."""
+    evaluator = ReferenceEvaluator(model, new_ops=new_ops)
+
+    def f(sign):
+        return float(np.sum(seed * evaluator.run([output], {**feeds, moved: feeds[moved] + sign * h * v})[0]))
+
+    return (f(1) - f(-1)) / (2 * h)

@@ -3,11 +3,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from engine.errors import LayerError, UnsupportedOpError
 from engine.graph.autodiff import SEED, differentiate, grad_name
-from gradcheck import check, finish, session
+from engine.graph.coverage import gradient_blockers
+from gradcheck import check, finish, float64_slope, session, with_delta
 
 F = TensorProto.DOUBLE
 
@@ -77,6 +77,27 @@ def test_unsupported_op_names_op_and_node():
     differentiate(finish(graph), "y", ["y"])
 
 
+def test_gradient_blockers_agree_with_differentiate():
+    """x → Relu → r → LpNormalization (no rule) → n → Relu → m → Shape/Reshape (int side path)
+    → y, and a dead Relu branch: blockers name the op differentiate refuses, None where it works."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("LpNormalization", ["r"], ["n"], name="lp"),
+             helper.make_node("Relu", ["n"], ["m"]), helper.make_node("Shape", ["m"], ["s"]),
+             helper.make_node("Flatten", ["m"], ["f"]), helper.make_node("Reshape", ["f", "s"], ["y"]),
+             helper.make_node("Relu", ["r"], ["dead"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 2, 3])],
+                              [helper.make_tensor_value_info("y", F, None)])
+    model = finish(graph)
+    blockers = gradient_blockers(model, "y", ["x", "r", "n", "m", "y", "dead"])
+    assert blockers == {"x": "LpNormalization (node lp)", "r": "LpNormalization (node lp)", "n": None, "m": None,
+                        "y": None, "dead": "nothing: dead does not feed y"}
+    for name, blocker in blockers.items():
+        if blocker is None:
+            differentiate(model, "y", [name])
+        elif name != "dead":
+            with pytest.raises(UnsupportedOpError, match="LpNormalization.*lp"):
+                differentiate(model, "y", [name])
+
+
 def test_integer_side_paths_need_no_rule():
     """Shape → Reshape carries no gradient through its int64 shape input."""
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Shape", ["r"], ["s"]),
@@ -130,33 +151,6 @@ def small_cnn(dtype=np.float32, seed=3):
     return finish(graph)
 
 
-def reference_slope(model, feeds, seed, moved, v, h=1e-6):
-    """Central difference of Σ seed · logits along ``v`` for input ``moved``, computed in
-    float64 by onnx's reference evaluator (ORT has no float64 Conv; float32 differences
-    through a net with thousands of ReLU/max kinks are too noisy)."""
-    evaluator = ReferenceEvaluator(model)
-
-    def f(sign):
-        return float(np.sum(seed * evaluator.run(["logits"], {**feeds, moved: feeds[moved] + sign * h * v})[0]))
-
-    return (f(1) - f(-1)) / (2 * h)
-
-
-def perturbed(model, tensor):
-    """``model`` with ``tensor`` replaced by tensor + delta, delta a new input (for FD at a tap)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for node in out.graph.node:
-        node.input[:] = [tensor + "_moved" if i == tensor else i for i in node.input]
-    shape = next(vi for vi in out.graph.value_info if vi.name == tensor)
-    delta = helper.make_tensor_value_info("delta", shape.type.tensor_type.elem_type, None)
-    delta.type.CopyFrom(shape.type)
-    out.graph.input.append(delta)
-    position = next(k for k, n in enumerate(out.graph.node) if tensor in n.output) + 1
-    out.graph.node.insert(position, helper.make_node("Add", [tensor, "delta"], [tensor + "_moved"]))
-    return out
-
-
 @pytest.mark.parametrize("tap", ["image", "n1", "block", "gap"])
 def test_small_cnn_gradients_match_finite_differences(tap):
     """Gradient from the rewritten float32 model on ORT vs float64 central differences at the tap
@@ -168,10 +162,10 @@ def test_small_cnn_gradients_match_finite_differences(tap):
         [grad_name(tap)], {"image": x.astype(np.float32), SEED: seed.astype(np.float32)})[0]
     model, feeds = small_cnn(np.float64), {"image": x}
     if tap != "image":
-        model, feeds = perturbed(model, tap), {"image": x, "delta": np.zeros(got.shape)}
+        model, feeds = with_delta(model, tap), {"image": x, "delta": np.zeros(got.shape)}
     for _ in range(3):
         v = rng.standard_normal(got.shape)
-        numeric = reference_slope(model, feeds, seed, "image" if tap == "image" else "delta", v)
+        numeric = float64_slope(model, "logits", feeds, seed, "image" if tap == "image" else "delta", v)
         assert abs(np.sum(got * v) - numeric) < 1e-4 * abs(numeric)
 
 

@@ -5,7 +5,7 @@ from onnx import helper
 
 from engine.errors import InputShapeError, ModelLoadError
 from engine.graph import normalize as nz
-from engine.graph.shapes import image_input
+from engine.graph.shapes import image_input, infer
 from tests.onnx_build import Builder, run
 
 RNG = np.random.default_rng(0)
@@ -310,6 +310,27 @@ def test_large_weights_survive_the_weightless_upgrade_and_inference():
     names = sorted(t.name for t in model.graph.initializer)
     assert sorted(t.name for t in clean.graph.initializer) == names
     _assert_same(model, clean, _x(2, 3, 4, 4))
+
+
+def test_infer_with_large_weights_matches_onnx_inference_on_the_whole_model():
+    b = Builder(6)
+    h = b.op("Conv", ["x", b.weight(64, 3, 3, 3)], pads=[1, 1, 1, 1], name="c1")
+    b.op("Conv", [h, b.weight(64, 64, 3, 3, scale=0.05)], strides=[2, 2], name="y")  # 36864 weights
+    model = b.model([("x", ["n", 3, "h", "w"])], [("y", None)], opset=17)
+    before = model.SerializeToString()
+    infos = infer(model, {"x": ["batch", 3, 8, 8]})
+    assert model.SerializeToString() == before
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for dim, value in zip(fixed.graph.input[0].type.tensor_type.shape.dim[2:], (8, 8)):
+        dim.Clear()
+        dim.dim_value = value
+    expected = onnx.shape_inference.infer_shapes(fixed).graph
+    for vi in (*expected.value_info, *expected.output):
+        assert infos[vi.name].shape[1:] == tuple(_dims(vi))[1:] and infos[vi.name].is_float
+    assert infos["y"].shape == ("batch", 64, 3, 3)  # (8 - 3) // 2 + 1, no pads
+    assert {t.name: infos[t.name].shape for t in model.graph.initializer} == {
+        t.name: tuple(t.dims) for t in model.graph.initializer}
 
 
 def test_tensors_read_inside_subgraphs_are_kept():

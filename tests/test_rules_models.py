@@ -5,14 +5,12 @@ central differences by onnx's reference evaluator (float32 differences through h
 and max kinks are too noisy), at the input and at intermediate tensors. Taps sit where a small
 move crosses no tie: not right after a ReLU that feeds a max pool (all-zero windows)."""
 import numpy as np
-import onnx
 import pytest
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
-from gradcheck import finish, session
+from gradcheck import finish, float64_slope, session, with_delta
 
 
 def _model(name, nodes, weights, input_shape, output, dtype):
@@ -89,18 +87,6 @@ def googlenet(dtype=np.float32):
 MODELS = {"unet": (unet, "seg"), "googlenet": (googlenet, "logits")}
 
 
-def with_delta(model, tensor):
-    """``model`` where every reader of ``tensor`` reads tensor + delta, delta a new input."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for node in out.graph.node:
-        node.input[:] = [tensor + "_moved" if i == tensor else i for i in node.input]
-    position = next(k for k, n in enumerate(out.graph.node) if tensor in n.output) + 1
-    out.graph.node.insert(position, helper.make_node("Add", [tensor, "delta"], [tensor + "_moved"]))
-    out.graph.input.append(helper.make_tensor_value_info("delta", onnx.TensorProto.DOUBLE, None))
-    return out
-
-
 class LRN(OpRun):
     """The ONNX spec's LRN (onnx 1.23's reference loops over the batch instead of the channels)."""
 
@@ -110,16 +96,6 @@ class LRN(OpRun):
         squares = np.pad(x**2, [(0, 0), ((size - 1) // 2, size // 2)] + [(0, 0)] * (x.ndim - 2))
         window = sum(squares[:, i:i + x.shape[1]] for i in range(size))
         return (x / (bias + alpha / size * window) ** beta,)
-
-
-def float64_slope(model, output, feeds, seed, moved, v, h=1e-6):
-    """Central difference of Σ seed · output along ``v`` at input ``moved``, in float64."""
-    evaluator = ReferenceEvaluator(model, new_ops=[LRN])
-
-    def f(sign):
-        return float(np.sum(seed * evaluator.run([output], {**feeds, moved: feeds[moved] + sign * h * v})[0]))
-
-    return (f(1) - f(-1)) / (2 * h)
 
 
 @pytest.mark.parametrize("name,tap", [("unet", "image"), ("unet", "e2"), ("unet", "resized"), ("unet", "cat"),
@@ -139,7 +115,8 @@ def test_gradients_match_float64_differences(name, tap):
         reference, feeds = with_delta(reference, tap), {"image": x, "delta": np.zeros(got.shape)}
     for _ in range(2):
         v = rng.standard_normal(got.shape)
-        numeric = float64_slope(reference, output, feeds, seed, "image" if tap == "image" else "delta", v)
+        numeric = float64_slope(reference, output, feeds, seed, "image" if tap == "image" else "delta", v,
+                                new_ops=[LRN])
         assert abs(np.sum(got * v) - numeric) < 2e-5 * abs(numeric), (np.sum(got * v), numeric)
 
 

@@ -75,3 +75,23 @@ def test_unknown_tap_lists_close_names():
         add_taps(model, ["relu_ot"])
     with pytest.raises(LayerError, match="No tensor named 'zzz'"):
         add_taps(model, ["zzz"])
+
+
+def test_tap_info_inferred_with_large_weights_left_as_initializers():
+    """Inference runs on a weightless skeleton: the tap still gets its type and shape, and the
+    large weight stays an initializer of the returned model (not a graph input)."""
+    w = np.random.default_rng(2).standard_normal((64, 64, 1, 1)).astype(np.float32)  # 4096 elements
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["conv_out"]), helper.make_node("Relu", ["conv_out"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    tapped = add_taps(model, "conv_out")
+    out = tapped.graph.output[1]
+    assert out.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["N", 64, 3, 3]
+    assert [i.name for i in tapped.graph.input] == ["x"]
+    assert [t.name for t in tapped.graph.initializer] == ["w"]
+    x = np.random.default_rng(3).standard_normal((2, 64, 3, 3)).astype(np.float32)
+    conv = _session(tapped).run(["conv_out"], {"x": x})[0]
+    np.testing.assert_allclose(conv, np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x), rtol=1e-4, atol=1e-5)

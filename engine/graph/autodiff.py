@@ -13,10 +13,10 @@ from onnx import helper, numpy_helper
 
 from engine.errors import LayerError, UnsupportedOpError
 from engine.graph.rules import RULES, Context
+from engine.graph.shapes import FLOAT_TYPES, value_info_shape
 
 SEED = "onnxlens_seed"
 MODES = ("standard", "guided", "deconvnet")
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
 def grad_name(tensor):
@@ -61,7 +61,7 @@ def differentiate(model, output, wrt, mode="standard"):
         if name not in totals:
             parts = grads[name]
             totals[name] = parts[0] if len(parts) == 1 else ctx.op("Sum", *parts)
-            if types.get(name, onnx.TensorProto.FLOAT) in _FLOATS:
+            if types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES:
                 types[totals[name]] = types.get(name, onnx.TensorProto.FLOAT)
         return totals[name]
 
@@ -71,7 +71,7 @@ def differentiate(model, output, wrt, mode="standard"):
         out_grads = [total(o) if grads.get(o) else None for o in node.output]
         if all(g is None for g in out_grads):
             continue
-        fn = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        fn = _rule(node)
         if fn is None:
             raise UnsupportedOpError(
                 f"no gradient rule for op {node.op_type} (node {node.name or node.output[0]!r}) on the "
@@ -95,17 +95,15 @@ def differentiate(model, output, wrt, mode="standard"):
     return model
 
 
+def _rule(node):
+    """The differentiation rule of ``node``; None for an op without one or outside the default domain."""
+    return RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+
+
 def _copy(model):
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
-
-
-def _dims(type_proto):
-    tensor = type_proto.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
 
 
 def _constants(graph):
@@ -129,7 +127,7 @@ def _tensor_info(graph, constants):
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
         if vi.type.HasField("tensor_type"):
             types[vi.name] = vi.type.tensor_type.elem_type
-            dims = _dims(vi.type)
+            dims = value_info_shape(vi)
             if dims is not None:
                 shapes[vi.name] = dims
     for name, t in constants.items():
@@ -147,7 +145,7 @@ def _check_request(graph, shapes, types, constants, output, wrt):
             raise LayerError(f"unknown tensor {name!r}: pick a name from the model's layer list")
         if name in constants:
             raise LayerError(f"{name!r} is a weight/constant: gradients are taken w.r.t. activations only")
-        if types.get(name, onnx.TensorProto.FLOAT) not in _FLOATS:
+        if types.get(name, onnx.TensorProto.FLOAT) not in FLOAT_TYPES:
             raise LayerError(f"{name!r} is not a float tensor: gradients exist for float tensors only")
     taken = [grad_name(t) for t in wrt if grad_name(t) in known]
     if taken:
@@ -158,18 +156,28 @@ def _check_request(graph, shapes, types, constants, output, wrt):
 
 def _cone(nodes, output, wrt, types):
     """Tensors that depend on some ``wrt`` tensor and feed ``output`` (gradients flow there)."""
+    return _depends(nodes, wrt, types) & _feeds(nodes, output)
+
+
+def _depends(nodes, wrt, types):
+    """Float tensors computed from some ``wrt`` tensor (and ``wrt`` itself)."""
     depends = set(wrt)
     for node in nodes:
         if any(i in depends for i in node.input):
             for o in node.output:
                 # Integer tensors carry no gradient, except QuantizeLinear → DequantizeLinear pairs.
-                if types.get(o, onnx.TensorProto.FLOAT) in _FLOATS or node.op_type == "QuantizeLinear":
+                if types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES or node.op_type == "QuantizeLinear":
                     depends.add(o)
+    return depends
+
+
+def _feeds(nodes, output):
+    """Tensors ``output`` is computed from (and ``output`` itself)."""
     feeds = {output}
     for node in reversed(nodes):
         if any(o in feeds for o in node.output):
             feeds.update(node.input)
-    return depends & feeds
+    return feeds
 
 
 def _prune(nodes, initializers, outputs):

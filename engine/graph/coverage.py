@@ -1,14 +1,11 @@
 """Which tensors gradients can reach: every op between a tensor and the output needs a rule."""
-import onnx
-
-from engine.graph.rules import RULES
-
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+from engine.graph.autodiff import _depends, _feeds, _rule
 
 
 def gradient_blockers(model, output, names):
     """For each tensor in ``names``: None when d(output)/d(tensor) can be built, else the first op
     without a rule on its way to ``output`` as ``"Op (node name)"``. Takes a normalized model.
+    The path is the one :func:`~engine.graph.autodiff.differentiate` walks (its cone).
 
     Example:
         >>> gradient_blockers(model, "logits", ["conv1", "lrn1"])  # doctest: +SKIP
@@ -16,21 +13,15 @@ def gradient_blockers(model, output, names):
     """
     graph = model.graph
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
-    feeds = {output}
-    for node in reversed(graph.node):
-        if any(o in feeds for o in node.output):
-            feeds.update(node.input)
+    feeds = _feeds(graph.node, output)
+    unruled = [node for node in graph.node if _rule(node) is None]
     result = {}
     for name in names:
-        depends, blocker = {name}, None
-        for node in graph.node:
-            if not any(i in depends for i in node.input):
-                continue
-            carried = [o for o in node.output if o in feeds and (
-                types.get(o, onnx.TensorProto.FLOAT) in _FLOATS or node.op_type == "QuantizeLinear")]
-            if carried and (node.domain not in ("", "ai.onnx") or node.op_type not in RULES):
-                blocker = f"{node.op_type} (node {node.name or node.output[0]})"
-                break
-            depends.update(carried)
-        result[name] = blocker if name in feeds else f"nothing: {name} does not feed {output}"
+        if name not in feeds:
+            result[name] = f"nothing: {name} does not feed {output}"
+            continue
+        active = _depends(graph.node, [name], types) & feeds  # differentiate's cone
+        blocker = next((node for node in unruled if any(o in active for o in node.output)
+                        and any(i in active for i in node.input)), None)
+        result[name] = blocker and f"{blocker.op_type} (node {blocker.name or blocker.output[0]})"
     return result

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from engine.errors import InputShapeError, ModelLoadError
-from engine.graph.shapes import declared_shapes, image_input
+from engine.graph.shapes import declared_shapes, image_input, value_info_shape
 
 TARGET_OPSET = 17
 MAX_FOLD_ELEMENTS = 1 << 22  # larger constant results stay computed at run time
@@ -118,7 +118,7 @@ def specialize_input(model: onnx.ModelProto, input_size, inplace=False) -> onnx.
     for axis, size in zip(axes, (height, width)):
         if dims[axis].HasField("dim_value") and dims[axis].dim_value not in (0, size):
             raise InputShapeError(
-                f"Input {image.name!r} is fixed at {_dims(image)}; it cannot take size "
+                f"Input {image.name!r} is fixed at {list(value_info_shape(image))}; it cannot take size "
                 f"{height}x{width}. Use the model's own input size.")
         dims[axis].Clear()
         dims[axis].dim_value = size
@@ -286,7 +286,13 @@ def infer_shapes(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
 # ---------------------------------------------------------------------------------- public help
 def image_value_info(model: onnx.ModelProto):
     """The image input's ``ValueInfoProto`` (editable in place) and its layout, via
-    :func:`engine.graph.shapes.image_input`."""
+    :func:`engine.graph.shapes.image_input`.
+
+    Example:
+        >>> info, layout = image_value_info(onnx.load("models/shapes-resnet.onnx"))  # doctest: +SKIP
+        >>> info.name, layout                                                          # doctest: +SKIP
+        ('image', 'NCHW')
+    """
     image = image_input(model)
     return next(vi for vi in model.graph.input if vi.name == image.name), image.layout
 
@@ -360,10 +366,6 @@ def _with_weights(skeleton, weights):
 
 def _opset(model):
     return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
-
-
-def _dims(info):
-    return [d.dim_param or d.dim_value for d in info.type.tensor_type.shape.dim]
 
 
 def _blocking_node(model, target, exc):

@@ -55,13 +55,15 @@ def infer(model, input_dims=None):
     """Infer the shapes of all tensors of the main graph; returns ``{name: TensorInfo}``.
 
     ``input_dims`` maps graph-input names to the dims to assume (int, symbolic name or None);
-    the model passed in is not modified.
+    the model passed in is not modified. Large weights are left out of the inference (they
+    only count as typed graph inputs), so a 100 MB model is never copied or serialized whole.
 
     >>> infer(model, {"image": ["batch", 3, 64, 64]})["conv1"].shape
     ('batch', 16, 32, 32)
     """
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    from engine.graph.normalize import without_weights  # normalize imports this module
+
+    work, _ = without_weights(model)
     for value_info in work.graph.input:
         if input_dims and value_info.name in input_dims:
             _set_dims(value_info, input_dims[value_info.name])
@@ -75,7 +77,7 @@ def infer(model, input_dims=None):
     for value_info in (*graph.input, *graph.value_info, *graph.output):
         if value_info.type.HasField("tensor_type"):
             infos[value_info.name] = TensorInfo(value_info.type.tensor_type.elem_type, value_info_shape(value_info))
-    for init in graph.initializer:
+    for init in model.graph.initializer:
         infos[init.name] = TensorInfo(init.data_type, tuple(init.dims))
     return infos
 

@@ -7,6 +7,7 @@ import difflib
 import onnx
 
 from engine.errors import LayerError
+from engine.graph.normalize import without_weights
 
 
 def add_taps(model: onnx.ModelProto, names) -> onnx.ModelProto:
@@ -39,8 +40,8 @@ def add_taps(model: onnx.ModelProto, names) -> onnx.ModelProto:
     if not wanted:
         return out
     infos = _value_infos(out)
-    if any(n not in infos for n in wanted):
-        infos.update(_value_infos(onnx.shape_inference.infer_shapes(out)))
+    if any(n not in infos for n in wanted):  # infer on the weightless skeleton: no 100 MB round trip
+        infos.update(_value_infos(onnx.shape_inference.infer_shapes(without_weights(out)[0])))
     for name in wanted:
         info = infos.get(name) or onnx.helper.make_empty_tensor_value_info(name)
         out.graph.output.append(info)

@@ -36,14 +36,22 @@ class Request:
 
 
 def cache_dir():
-    """The cache folder: ``$ONNXLENS_CACHE`` or ``~/.cache/onnxlens``."""
+    """The cache folder: ``$ONNXLENS_CACHE`` or ``~/.cache/onnxlens``.
+
+    >>> cache_dir()  # with ONNXLENS_CACHE unset  # doctest: +SKIP
+    PosixPath('/root/.cache/onnxlens')
+    """
     return Path(os.environ.get("ONNXLENS_CACHE") or Path.home() / ".cache" / "onnxlens")
 
 
 @lru_cache(maxsize=1)
 def code_version():
     """Hash of the code rewritten models depend on: engine/graph (normalize, taps, autodiff, rules)
-    and this pipeline."""
+    and this pipeline.
+
+    >>> len(code_version())
+    16
+    """
     engine = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in [*sorted((engine / "graph").rglob("*.py")), Path(__file__).resolve()]:

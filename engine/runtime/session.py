@@ -48,7 +48,7 @@ def create_session(model, provider="auto", threads=None):
     options = ort.SessionOptions()
     if threads is not None:
         if int(threads) < 1:
-            raise UsageError(f"threads must be a positive integer, got {threads}")
+            raise UsageError(f"threads must be a positive integer, got {threads}: pass 1 or more")
         options.intra_op_num_threads = int(threads)
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(Path(model))
     try:

@@ -30,7 +30,8 @@ e.g. ``extra.py``) and register it for one or more op types::
     ``ctx.rank``, ``ctx.dtype``, ``ctx.elem_type``, ``ctx.mode`` (``standard``, ``guided``,
     ``deconvnet``), ``ctx.needs(name)``;
   - chores: ``ctx.unbroadcast`` (sum a broadcast gradient back to an input's shape),
-    ``ctx.reduce_sum``, ``ctx.squeeze`` / ``ctx.unsqueeze`` (opset-aware axes),
+    ``ctx.reduce_sum``, ``ctx.squeeze`` / ``ctx.unsqueeze`` (opset-aware axes), ``ctx.op_with_ints``
+    (ints as an input from some opset on, as an attribute before: axes, pads, split sizes),
     ``ctx.reshape_like``, ``ctx.expand_like``, ``ctx.shape_of``, ``ctx.zeros_like``,
     ``ctx.mask`` (grad · [condition]; prefer it to Where, ~6x faster on ORT CPU),
     ``ctx.scale`` (grad · a constant factor, as a Conv that ORT CPU keeps in its NCHWc layout),

@@ -150,24 +150,28 @@ class Context:
         zero = numpy_helper.from_array(np.zeros(1, dtype=self.dtype(name)))
         return self.op("ConstantOfShape", self.shape_of(name), value=zero)
 
+    def op_with_ints(self, op_type, x, name, values, since, **attributes):
+        """``op_type`` on ``x`` with the int list ``values`` as its second input from opset
+        ``since`` on, as attribute ``name`` before (axes, pads, split sizes moved so over time).
+
+        Example: ``ctx.op_with_ints("ReduceMean", x, "axes", [2, 3], 18, keepdims=1)``.
+        """
+        values = [int(v) for v in values]
+        if self.opset >= since:
+            return self.op(op_type, x, self.ints(values), **attributes)
+        return self.op(op_type, x, **{name: values}, **attributes)
+
     def reduce_sum(self, x, axes, keepdims=True):
         """ReduceSum over ``axes`` (axes as input from opset 13, attribute before)."""
-        axes = [int(a) for a in axes]
-        if self.opset >= 13:
-            return self.op("ReduceSum", x, self.ints(axes), keepdims=int(keepdims))
-        return self.op("ReduceSum", x, axes=axes, keepdims=int(keepdims))
+        return self.op_with_ints("ReduceSum", x, "axes", axes, 13, keepdims=int(keepdims))
 
     def squeeze(self, x, axes):
         """Squeeze ``axes`` (input from opset 13, attribute before)."""
-        if self.opset >= 13:
-            return self.op("Squeeze", x, self.ints(axes))
-        return self.op("Squeeze", x, axes=list(axes))
+        return self.op_with_ints("Squeeze", x, "axes", axes, 13)
 
     def unsqueeze(self, x, axes):
         """Unsqueeze ``axes`` (input from opset 13, attribute before)."""
-        if self.opset >= 13:
-            return self.op("Unsqueeze", x, self.ints(axes))
-        return self.op("Unsqueeze", x, axes=list(axes))
+        return self.op_with_ints("Unsqueeze", x, "axes", axes, 13)
 
     def unbroadcast(self, grad, input, output):
         """Sum ``grad`` (shaped like ``output``: a tensor name or a shape tuple) back to the

@@ -44,15 +44,13 @@ def _static_dim(ctx, node, name, axis):
     dim = ctx.shape(name)[axis]
     if not isinstance(dim, int):
         raise UnsupportedOpError(
-            f"{node.op_type} {node.name!r} indexes along a symbolic axis: gradients need a static size there")
+            f"{node.op_type} {node.name!r} indexes along a symbolic axis: gradients need a static size there; pick a layer after it")
     return dim
 
 
 def _zero_pad(ctx, x, pads):
     """Pad ``x`` with zeros; ``pads`` = begins + ends over all axes (input from opset 11)."""
-    if ctx.opset >= 11:
-        return ctx.op("Pad", x, ctx.ints(pads))
-    return ctx.op("Pad", x, pads=list(pads))
+    return ctx.op_with_ints("Pad", x, "pads", pads, 11)
 
 
 def _constant_input(ctx, node, index, what):
@@ -153,7 +151,7 @@ def pad(ctx, node, grads):
         cropped = [max(-p, 0) for p in begins + ends]
         return [_zero_pad(ctx, dx, cropped) if any(cropped) else dx] + rest
     if mode not in ("reflect", "edge", "wrap"):
-        raise UnsupportedOpError(f"Pad {node.name!r} with mode {mode!r} has no gradient rule")
+        raise UnsupportedOpError(f"Pad {node.name!r} with mode {mode!r} has no gradient rule; pick a layer after it")
     dx = dy
     for ax in range(rank):
         if begins[ax] or ends[ax]:
@@ -184,7 +182,7 @@ def gather(ctx, node, grads):
     elif indices.ndim > 1:
         trailing = list(ctx.shape(x)[axis + 1:])
         if sum(not isinstance(d, int) for d in trailing) > 1:
-            raise UnsupportedOpError(f"Gather {node.name!r}: more than one symbolic dim after its axis")
+            raise UnsupportedOpError(f"Gather {node.name!r}: more than one symbolic dim after its axis; pick a layer after it")
         trailing = [d if isinstance(d, int) else -1 for d in trailing]
         dy = ctx.op("Reshape", dy, ctx.ints([0] * axis + [positions.size] + trailing))
     return [along_axis(ctx, dy, _one_hot(positions, dim).T, axis, like=x), None]

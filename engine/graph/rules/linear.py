@@ -3,12 +3,15 @@ import numpy as np
 
 from engine.errors import UnsupportedOpError
 from engine.graph.rules import attrs, rule
-from engine.graph.rules.windows import static_spatial, window
+from engine.graph.rules.windows import same_pads, static_spatial, window
 
 
 def flipped_transposed(weight, group):
     """Conv weight (M, C/g, *k) → the weight (C, M/g, *k) of the forward Conv computing its
-    stride-1 input gradient: channels transposed within each group, kernel flipped."""
+    stride-1 input gradient: channels transposed within each group, kernel flipped.
+
+    Example: ``flipped_transposed(np.zeros((8, 2, 3, 3)), group=2).shape == (4, 4, 3, 3)``.
+    """
     m, cg, *k = weight.shape
     w = weight.reshape(group, m // group, cg, *k).swapaxes(1, 2).reshape(group * cg, m // group, *k)
     return np.ascontiguousarray(np.flip(w, axis=tuple(range(2, w.ndim))))
@@ -69,10 +72,9 @@ def conv_transpose(ctx, node, grads):
         totals = [s * (i - 1) + p + (k - 1) * d + 1 - o
                   for s, i, p, k, d, o in zip(strides, xs, extra, kernel, dilations, ys)]
         if min(totals) < 0:
-            raise UnsupportedOpError(f"ConvTranspose {node.name!r}: output larger than its input covers")
-        half = [t // 2 for t in totals]
-        rest = [t - h for t, h in zip(totals, half)]
-        pads = half + rest if auto_pad == "SAME_UPPER" else rest + half
+            raise UnsupportedOpError(f"ConvTranspose {node.name!r}: output larger than its input covers; pick a layer after it")
+        begin, end = same_pads(totals, auto_pad)
+        pads = begin + end
     else:
         pads = a.get("pads") or [0] * (2 * n)
     dx = ctx.op("Conv", dy, w, kernel_shape=kernel, strides=strides, dilations=dilations,
@@ -114,7 +116,7 @@ def matmul(ctx, node, grads):
     (dy,) = grads
     a, b = node.input
     if ctx.rank(a) < 2 or ctx.rank(b) < 2:
-        raise UnsupportedOpError(f"MatMul {node.name!r} with a 1-D operand: gradients need rank >= 2")
+        raise UnsupportedOpError(f"MatMul {node.name!r} with a 1-D operand: gradients need rank >= 2; pick a layer after it")
     y = ctx.shape(node.output[0])
     da = db = None
     if ctx.needs(a):

@@ -8,9 +8,7 @@ from engine.graph.rules import attrs, rule
 
 def _mean(ctx, x, axes):
     """ReduceMean over ``axes``, kept (axes as input from opset 18, attribute before)."""
-    if ctx.opset >= 18:
-        return ctx.op("ReduceMean", x, ctx.ints(axes), keepdims=1)
-    return ctx.op("ReduceMean", x, axes=list(axes), keepdims=1)
+    return ctx.op_with_ints("ReduceMean", x, "axes", axes, 18, keepdims=1)
 
 
 def standardized_backward(ctx, x, g, axes, epsilon, like):
@@ -58,7 +56,7 @@ def layer_norm(ctx, node, grads):
     """Standardized over the axes from ``axis`` on, times scale (broadcast from the right)."""
     dy = grads[0]
     if any(g is not None for g in grads[1:]):
-        raise UnsupportedOpError(f"LayerNormalization {node.name!r}: its Mean/InvStdDev outputs have no gradient rule")
+        raise UnsupportedOpError(f"LayerNormalization {node.name!r}: its Mean/InvStdDev outputs have no gradient rule; pick a layer after it")
     x, scale = node.input[:2]
     a = attrs(node)
     rank = ctx.rank(x)
@@ -77,7 +75,7 @@ def group_norm(ctx, node, grads):
     groups = a["num_groups"]
     channels = ctx.shape(x)[1]
     if not isinstance(channels, int):
-        raise UnsupportedOpError(f"GroupNormalization {node.name!r} has a symbolic channel count")
+        raise UnsupportedOpError(f"GroupNormalization {node.name!r} has a symbolic channel count; pick a layer after it")
     per_group = ctx.shape(scale)[0] != channels
     g = ctx.op("Mul", dy, _per_channel(ctx, scale, x, channels if per_group else None))
     grouped = ctx.ints([0, groups, -1])
@@ -106,7 +104,7 @@ def lrn(ctx, node, grads):
     size = a["size"]
     alpha, beta, bias = a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0)
     if not isinstance(ctx.shape(x)[1], int):
-        raise UnsupportedOpError(f"LRN {node.name!r} has a symbolic channel count")
+        raise UnsupportedOpError(f"LRN {node.name!r} has a symbolic channel count; pick a layer after it")
     before, after = (size - 1) // 2, size // 2
     s = ctx.op("Add", _channel_window_sum(ctx, ctx.op("Mul", x, x), x, before, after, alpha / size),
                ctx.scalar(bias, like=x))

@@ -16,7 +16,7 @@ def max_pool(ctx, node, grads):
     if ctx.opset < 16:
         raise UnsupportedOpError(f"MaxPool {node.name!r}: its gradient needs opset >= 16; normalize the model")
     if attrs(node).get("storage_order", 0):
-        raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule")
+        raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule; pick a layer after it")
     x = node.input[0]
     indices = ctx.extra_output(node, 1)
     flat = ctx.ints([-1])

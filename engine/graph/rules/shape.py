@@ -25,10 +25,7 @@ def concat(ctx, node, grads):
     axis = attrs(node)["axis"] % ctx.rank(node.output[0])
     sizes = [ctx.shape(x)[axis] for x in node.input]
     if not all(isinstance(s, int) for s in sizes):
-        raise UnsupportedOpError(f"Concat {node.name!r} joins along a symbolic axis: gradients need static sizes")
-    if ctx.opset >= 13:
-        pieces = ctx.op("Split", dy, ctx.ints(sizes), axis=axis, outputs=len(sizes))
-    else:
-        pieces = ctx.op("Split", dy, axis=axis, split=sizes, outputs=len(sizes))
+        raise UnsupportedOpError(f"Concat {node.name!r} joins along a symbolic axis: gradients need static sizes; pick a layer after it")
+    pieces = ctx.op_with_ints("Split", dy, "split", sizes, 13, axis=axis, outputs=len(sizes))
     pieces = [pieces] if len(sizes) == 1 else pieces
     return [p if ctx.needs(x) else None for p, x in zip(pieces, node.input)]

@@ -77,7 +77,7 @@ def _axis_matrix(ctx, node, axis, dim, roi, scales, sizes):
         base = evaluator.run(None, {"x": np.zeros(dim)})[0]
         columns = [evaluator.run(None, {"x": e})[0] - base for e in np.eye(dim)]
     except Exception as error:  # the reference refuses modes it does not implement
-        raise UnsupportedOpError(f"{node.op_type} {node.name!r}: no gradient rule for its attributes ({error})")
+        raise UnsupportedOpError(f"{node.op_type} {node.name!r}: no gradient rule for its attributes; pick a layer after it ({error})")
     return np.stack(columns, axis=1)
 
 
@@ -101,7 +101,7 @@ def resize(ctx, node, grads):
     rank = ctx.rank(x)
     roi, scales, sizes = _resize_request(ctx, node, rank)
     if scales is None and sizes is None:
-        raise UnsupportedOpError(f"{node.op_type} {node.name!r} has neither scales nor sizes")
+        raise UnsupportedOpError(f"{node.op_type} {node.name!r} has neither scales nor sizes; pick a layer after it")
     dx = dy
     for axis, (dim, out) in enumerate(zip(ctx.shape(x), ctx.shape(y))):
         same = scales[axis] == 1 if scales is not None else sizes[axis] == dim
@@ -112,7 +112,7 @@ def resize(ctx, node, grads):
                 f"{node.op_type} {node.name!r} resizes a symbolic axis: normalize with an input size")
         matrix = _axis_matrix(ctx, node, axis, dim, roi, scales, sizes)
         if isinstance(out, int) and matrix.shape[0] != out:
-            raise UnsupportedOpError(f"{node.op_type} {node.name!r}: axis {axis} map disagrees with the output size")
+            raise UnsupportedOpError(f"{node.op_type} {node.name!r}: axis {axis} map disagrees with the output size; pick a layer after it")
         dx = along_axis(ctx, dx, matrix.T, axis, like=x)
     return [dx] + [None] * (len(node.input) - 1)
 
@@ -134,6 +134,6 @@ def depth_to_space(ctx, node, grads):
         return [ctx.op("SpaceToDepth", dy, blocksize=block)]
     _, channels, height, width = ctx.shape(x)
     if not all(isinstance(d, int) for d in (channels, height, width)):
-        raise UnsupportedOpError(f"DepthToSpace {node.name!r} has symbolic channel/spatial dims")
+        raise UnsupportedOpError(f"DepthToSpace {node.name!r} has symbolic channel/spatial dims; pick a layer after it")
     blocks = ctx.op("Reshape", dy, ctx.ints([-1, channels // block**2, height, block, width, block]))
     return [ctx.reshape_like(ctx.op("Transpose", blocks, perm=[0, 1, 3, 5, 2, 4]), x)]

@@ -32,6 +32,11 @@ class Window:
 
 
 def static_spatial(ctx, node, name):
+    """Spatial dims (all after N, C) of tensor ``name``; UnsupportedOpError naming ``node`` when
+    one is symbolic.
+
+    Example: ``static_spatial(ctx, node, node.input[0]) == [56, 56]``.
+    """
     shape = ctx.shape(name)
     if shape is None or not all(isinstance(d, int) for d in shape[2:]):
         raise UnsupportedOpError(
@@ -39,8 +44,22 @@ def static_spatial(ctx, node, name):
     return list(shape[2:])
 
 
+def same_pads(totals, auto_pad):
+    """Split each axis' total padding into (begin, end) pads as ``auto_pad`` SAME_UPPER (the extra
+    one at the end) or SAME_LOWER (at the begin) does.
+
+    Example: ``same_pads([3, 2], "SAME_UPPER") == ([1, 1], [2, 1])``.
+    """
+    small = [t // 2 for t in totals]
+    big = [t - h for t, h in zip(totals, small)]
+    return (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+
+
 def window(ctx, node, kernel):
-    """Window of a Conv or pooling ``node`` (input 0 → output 0) with ``kernel`` sizes."""
+    """Window of a Conv or pooling ``node`` (input 0 → output 0) with ``kernel`` sizes.
+
+    Example: ``window(ctx, conv3x3_pad1, [3, 3]).begin == [1, 1]``.
+    """
     a = attrs(node)
     inputs = static_spatial(ctx, node, node.input[0])
     outputs = static_spatial(ctx, node, node.output[0])
@@ -51,9 +70,7 @@ def window(ctx, node, kernel):
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         totals = [max(0, (-(-x // s) - 1) * s + (k - 1) * d + 1 - x)
                   for x, s, k, d in zip(inputs, strides, kernel, dilations)]
-        small = [t // 2 for t in totals]
-        big = [t - h for t, h in zip(totals, small)]
-        begin, end = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+        begin, end = same_pads(totals, auto_pad)
     elif auto_pad == "VALID":
         begin, end = [0] * n, [0] * n
     else:
