@@ -66,13 +66,18 @@ def hirescam(a, g):
 
 
 def projection(acts):
-    # pytorch-grad-cam's get_2d_projection, one image at a time, full SVD
+    # pytorch-grad-cam's get_2d_projection, one image at a time, full SVD; then the sign that an
+    # SVD leaves arbitrary is chosen so that the map correlates positively with the channel sum
     out = []
     for act in acts.astype(np.float64):
         m = act.reshape(act.shape[0], -1).T
         m = m - m.mean(axis=0)
         vt = np.linalg.svd(m, full_matrices=True)[2]
-        out.append((m @ vt[0]).reshape(act.shape[1:]))
+        p = m @ vt[0]
+        total = act.sum(axis=0).ravel()
+        if np.dot(p, total - total.mean()) < 0:
+            p = -p
+        out.append(p.reshape(act.shape[1:]))
     return np.array(out)
 
 

@@ -25,7 +25,7 @@ def test_gradient_methods_match_paper_formulas(name):
     assert (got > 0).any()
 
 
-def test_eigencam_is_the_first_principal_component_with_pytorch_grad_cam_sign():
+def test_eigencam_is_the_first_principal_component_oriented_along_the_activations():
     a, _ = capture()
     proj = refs.projection(a)
     np.testing.assert_allclose(methods.eigencam(a), np.maximum(proj, 0), rtol=1e-4, atol=1e-5)
@@ -35,6 +35,8 @@ def test_eigencam_is_the_first_principal_component_with_pytorch_grad_cam_sign():
         m -= m.mean(axis=0)
         top = np.linalg.eigh(m.T @ m)[1][:, -1]
         np.testing.assert_allclose(np.abs(proj[n].ravel()), np.abs(m @ top), rtol=1e-6, atol=1e-8)
+        total = a[n].sum(axis=0).ravel()
+        assert np.dot(methods.projection(a)[n].ravel(), total - total.mean()) >= 0
 
 
 def test_eigen_smooth_projects_weighted_activations():

@@ -25,7 +25,10 @@ def combine(weighted, eigen_smooth=False):
 def projection(activations):
     """Projection of each image's h·w×K activation matrix (centred) on its first right singular vector.
 
-    The sign is LAPACK's, unflipped, as in pytorch-grad-cam's ``get_2d_projection`` (Eigen-CAM).
+    As pytorch-grad-cam's ``get_2d_projection`` (Eigen-CAM), except for the sign, which an SVD
+    leaves arbitrary: each map is oriented to correlate positively with the channel sum of
+    ``activations`` (so Eigen-CAM highlights where the layer fires, and eigen-smoothing keeps the
+    plain CAM's sign) instead of inheriting LAPACK's choice.
 
     >>> projection(A).shape   # N×h×w
     """
@@ -34,7 +37,10 @@ def projection(activations):
     m = a.reshape(n, k, h * w).transpose(0, 2, 1)
     m = m - m.mean(axis=1, keepdims=True)
     vt = np.linalg.svd(m, full_matrices=False)[2]
-    return np.einsum("npk,nk->np", m, vt[:, 0, :]).reshape(n, h, w).astype(np.float32)
+    p = np.einsum("npk,nk->np", m, vt[:, 0, :])
+    total = a.sum(axis=1).reshape(n, h * w)
+    p *= np.where(np.einsum("np,np->n", p, total - total.mean(axis=1, keepdims=True)) < 0, -1.0, 1.0)[:, None]
+    return p.reshape(n, h, w).astype(np.float32)
 
 
 def gradcam(A, G, eigen_smooth=False):
