@@ -427,9 +427,11 @@ def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_
 @click.option("--out", required=True, metavar="PNG", help="Grid: one row per query, then its neighbours.")
 def neighbors(folder, query, k, metric, out):
     """Show the nearest images of an embedding folder to each query image."""
+    from engine.analyze.embeddings import load_embedding
     from engine.analyze.neighbors import neighbor_sheet
 
-    write_image(out, neighbor_sheet(folder, list(query), k=k, metric=metric))
+    emb = load_embedding(folder)
+    write_image(out, neighbor_sheet(Model(emb.model), emb, list(query), k=k, metric=metric))
     click.echo(f"wrote {out}")
 
 

@@ -10,7 +10,7 @@ from onnx import helper
 
 from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
-from engine.data.labels import parse_labels, read_labels
+from engine.data.labels import parse_labels, probabilities, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
 from engine.graph import shapes
 from engine.graph.load import load
@@ -452,18 +452,3 @@ def _shown(dims):
 def _spatial(shape):
     """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
     return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
-
-
-def probabilities(output):
-    """Rows of ``output`` (flattened per image) as probability vectors: kept if they already are
-    (non-negative, each summing to 1 within 1e-3), else passed through a softmax.
-
-    >>> probabilities(np.array([[0.0, np.log(3.0)]]))
-    array([[0.25, 0.75]])
-    """
-    rows = np.asarray(output, dtype=np.float64).reshape(len(output), -1)
-    if rows.min() >= 0 and np.abs(rows.sum(axis=1) - 1).max() <= 1e-3:
-        return rows
-    rows = np.exp(rows - rows.max(axis=1, keepdims=True))
-    rows /= rows.sum(axis=1, keepdims=True)
-    return rows

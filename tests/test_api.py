@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from engine import Model
-from engine.api import probabilities
+from engine.data.labels import probabilities
 from engine.errors import ImageError, InputShapeError, LayerError, ModelLoadError, UsageError
 from engine.runtime.session import providers
 from tests.tiny_models import classifier, save

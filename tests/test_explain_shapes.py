@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.api import Model, probabilities
+from engine.api import Model
+from engine.data.labels import probabilities
 from engine.data.synth import generate
 from engine.explain import cam, class_visualization, metrics
 

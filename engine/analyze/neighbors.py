@@ -3,9 +3,8 @@ import cv2
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from engine.analyze.embeddings import load_embedding, pooled
+from engine.analyze.embeddings import pooled
 from engine.analyze.sources import read_named
-from engine.api import Model
 from engine.errors import UsageError
 from engine.viz.grid import grid
 
@@ -44,15 +43,15 @@ def purity(features, labels, k=8, metric="cosine"):
     return float((labels[idx] == labels[:, None]).mean())
 
 
-def neighbor_sheet(folder, queries, k=8, metric="cosine", thumb=72):
+def neighbor_sheet(model, emb, queries, k=8, metric="cosine", thumb=72):
     """A grid PNG array: per query image (a path or ``synth:SEED:INDEX``) a row with the query
-    and its ``k`` nearest images of the embedding ``folder``, captioned with label and distance.
+    and its ``k`` nearest images of the embedding ``emb`` (from :func:`load_embedding`; ``model``
+    is the Model that made it), captioned with label and distance.
 
-    >>> neighbor_sheet("emb", ["synth:9:0"], k=8).shape[2]
+    >>> emb = load_embedding("emb")
+    >>> neighbor_sheet(Model(emb.model), emb, ["synth:9:0"], k=8).shape[2]
     3
     """
-    emb = load_embedding(folder)
-    model = Model(emb.model)
     pictures = [read_named(q) for q in queries]
     rows = pooled(model.run(model.preprocess(pictures), activations=[emb.layer]).activations[emb.layer])
     dist, idx = nearest(emb.features, rows, k=k, metric=metric)

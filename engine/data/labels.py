@@ -1,6 +1,8 @@
-"""Class names: from a labels file (one name per line, or a JSON list) or model metadata."""
+"""Class names (from a labels file, one name per line or a JSON list, or model metadata) and class scores."""
 import json
 from pathlib import Path
+
+import numpy as np
 
 from engine.errors import UsageError
 
@@ -37,3 +39,18 @@ def read_labels(path):
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read labels file '{path}': check the path (one name per line, or a JSON list)") from err
     return parse_labels(text, f"labels file '{path}'")
+
+
+def probabilities(output):
+    """Rows of ``output`` (flattened per image) as probability vectors: kept if they already are
+    (non-negative, each summing to 1 within 1e-3), else passed through a softmax.
+
+    >>> probabilities(np.array([[0.0, np.log(3.0)]]))
+    array([[0.25, 0.75]])
+    """
+    rows = np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+    if rows.min() >= 0 and np.abs(rows.sum(axis=1) - 1).max() <= 1e-3:
+        return rows
+    rows = np.exp(rows - rows.max(axis=1, keepdims=True))
+    rows /= rows.sum(axis=1, keepdims=True)
+    return rows

@@ -5,7 +5,7 @@
 """
 import numpy as np
 
-from engine.api import probabilities
+from engine.data.labels import probabilities
 from engine.data.images import as_rgb, image_list
 from engine.errors import UsageError
 from engine.explain import metrics
