@@ -157,7 +157,7 @@ class Model:
         if dims[0] is None:
             dims[0] = "batch"
         if self.input_size is not None:
-            h, w = (2, 3) if self.input.layout == "NCHW" else (1, 2)
+            h, w = self.input.spatial_axes
             dims[h], dims[w] = self.input_size
         return shapes.infer(self.proto, {self.input.name: dims})
 

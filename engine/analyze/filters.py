@@ -5,6 +5,7 @@ from onnx import numpy_helper
 
 from engine.data.images import as_rgb, resize
 from engine.errors import LayerError
+from engine.graph.shapes import constant_tensors
 from engine.viz.grid import grid
 from engine.viz.title import titled
 
@@ -17,8 +18,7 @@ def conv_weights(model, layer=None):
     (24, 3, 3, 3)
     """
     graph = model.proto.graph
-    constants = {t.name: t for t in graph.initializer}
-    constants.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute})
+    constants = constant_tensors(graph)
     convs = [n for n in graph.node if n.op_type == "Conv"]
     if layer is not None:
         convs = [n for n in convs if n.output[0] == layer]

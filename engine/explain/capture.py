@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 from engine.errors import LayerError
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
+from engine.graph.shapes import constant_tensors
 from engine.runtime.session import create_session
 
 
@@ -97,14 +98,6 @@ def scores_fn(model, output=None):
     return lambda x: model.run(x).outputs[index]
 
 
-def _constants(proto):
-    values = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
 def fc_head(model, output=None):
     """Find ``A → global average (GlobalAveragePool, or ReduceMean over axes 2, 3) →
     (Flatten | Reshape | Squeeze)* → Gemm | MatMul (+Add) → output``
@@ -120,7 +113,7 @@ def fc_head(model, output=None):
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    consts = _constants(proto)
+    consts = {name: numpy_helper.to_array(t) for name, t in constant_tensors(proto.graph).items()}
 
     def only_consumer(name):
         nodes = consumers.get(name, [])

@@ -7,13 +7,12 @@ live in :mod:`engine.graph.rules`.
 """
 from collections import defaultdict
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from engine.errors import LayerError, UnsupportedOpError
 from engine.graph.rules import RULES, Context
-from engine.graph.shapes import FLOAT_TYPES, value_info_shape
+from engine.graph.shapes import FLOAT_TYPES, constant_tensors, value_info_shape
 
 SEED = "onnxlens_seed"
 MODES = ("standard", "guided", "deconvnet")
@@ -40,7 +39,7 @@ def differentiate(model, output, wrt, mode="standard"):
     wrt = list(dict.fromkeys([wrt] if isinstance(wrt, str) else wrt))
     model = _copy(model)
     graph = model.graph
-    constants = _constants(graph)
+    constants = constant_tensors(graph)
     shapes, types = _tensor_info(graph, constants)
     _check_request(graph, shapes, types, constants, output, wrt)
 
@@ -104,22 +103,6 @@ def _copy(model):
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
-
-
-def _constants(graph):
-    """name → TensorProto of every initializer and Constant output."""
-    constants = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            attr = node.attribute[0]
-            value = helper.get_attribute_value(attr)
-            if attr.name in ("value_float", "value_floats"):
-                value = numpy_helper.from_array(np.array(value, np.float32))
-            elif attr.name in ("value_int", "value_ints"):
-                value = numpy_helper.from_array(np.array(value, np.int64))
-            if isinstance(value, onnx.TensorProto):
-                constants[node.output[0]] = value
-    return constants
 
 
 def _tensor_info(graph, constants):

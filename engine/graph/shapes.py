@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.errors import ModelLoadError
 
@@ -158,3 +158,23 @@ def declared_shapes(model):
     graph = model.graph
     return {info.name: list(dims) for info in (*graph.input, *graph.value_info, *graph.output)
             if (dims := value_info_shape(info)) is not None}
+
+
+def constant_tensors(graph):
+    """name → TensorProto of every initializer and Constant output (any Constant attribute form).
+
+    >>> numpy_helper.to_array(constant_tensors(model.graph)["fc.weight"]).shape
+    (8, 96)
+    """
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            attr = node.attribute[0]
+            value = helper.get_attribute_value(attr)
+            if attr.name in ("value_float", "value_floats"):
+                value = numpy_helper.from_array(np.array(value, np.float32))
+            elif attr.name in ("value_int", "value_ints"):
+                value = numpy_helper.from_array(np.array(value, np.int64))
+            if isinstance(value, onnx.TensorProto):
+                constants[node.output[0]] = value
+    return constants
