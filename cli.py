@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from engine.api import Model
 from engine.data.files import write_image, write_json, write_npz, write_text
@@ -162,9 +163,21 @@ def predict(model, images, top, labels_file, size, as_json, provider):
 
 
 def _explain_target(value, model):
-    """--target: 'top', a class index or label, or several separated by commas (for every image)."""
+    """--target: 'top', a class index or label, or several separated by commas (for every image),
+    or 'channel:K' for a dense output (Σ of output channel K over every position)."""
     if value == "top":
         return "top"
+    if value.startswith("channel:"):
+        from engine.explain import OutputMask
+
+        shape = model.outputs[0].shape[1:]
+        k = value.removeprefix("channel:")
+        if not k.isdigit() or len(shape) < 2 or not all(isinstance(d, int) for d in shape) or int(k) >= shape[0]:
+            raise UsageError(f"--target {value}: channel targets need a dense output with a channel K < "
+                             f"{shape[0] if shape else 0}; this output is shaped {shape}")
+        mask = np.zeros(shape, np.float32)
+        mask[int(k)] = 1
+        return OutputMask(mask)
     classes = []
     for part in value.split(","):
         part = part.strip()
@@ -173,15 +186,14 @@ def _explain_target(value, model):
         elif model.labels and part in model.labels:
             classes.append(model.labels.index(part))
         else:
-            raise click.BadParameter(f"'{part}' is neither a class index nor one of the model's labels: "
-                                     "give an index or one of the labels `onnxlens inspect --json` lists",
-                                     param_hint="--target")
+            raise UsageError(f"--target '{part}' is neither a class index nor one of the model's labels: "
+                             "give an index or one of the labels `onnxlens inspect --json` lists")
     return classes[0] if len(classes) == 1 else classes
 
 
 def _write_explanation(exp, model, images, out, name):
     """Per-row overlay PNGs, DIR/<name>.npz and DIR/summary.json; returns the summary."""
-    from engine.api import probabilities
+    from engine.data.labels import probabilities
     from engine.data.images import as_rgb
     from engine.viz.overlay import overlay
 
@@ -195,16 +207,18 @@ def _write_explanation(exp, model, images, out, name):
         suffix = f"_{target}" if (exp.image == i).sum() > 1 else ""
         png = out / f"{stem}{'' if counts[stem] == 1 else '_' + str(counts[stem])}_{exp.method}{suffix}.png"
         write_image(png, overlay(rgb, exp.maps[row]))
-        scores = exp.scores[i].reshape(-1)
-        probs = probabilities(scores[None])[0]
-        top = int(scores.argmax())
-        summary.append({
-            "image": str(images[i]), "overlay": str(png), "method": exp.method, "layers": exp.layers,
-            "predicted": {"index": top, "label": labels[top] if labels else None, "probability": float(probs[top])},
-            "target": {"index": int(target), "label": labels[target] if labels and target >= 0 else None,
-                       "probability": float(probs[target]) if target >= 0 else None,
-                       "score": float(scores[target]) if target >= 0 else None},
-        })
+        item = {"image": str(images[i]), "overlay": str(png), "method": exp.method, "layers": exp.layers,
+                "predicted": None, "target": {"index": int(target), "mask": True}}
+        if np.ndim(exp.scores[i]) == 1:  # a classifier (a dense output has no class to predict)
+            scores = exp.scores[i]
+            probs = probabilities(scores[None])[0]
+            top = int(scores.argmax())
+            item["predicted"] = {"index": top, "label": labels[top] if labels else None,
+                                 "probability": float(probs[top])}
+            item["target"] = {"index": int(target), "label": labels[target] if labels and target >= 0 else None,
+                              "probability": float(probs[target]) if target >= 0 else None,
+                              "score": float(scores[target]) if target >= 0 else None}
+        summary.append(item)
     write_npz(out / f"{name}.npz", **exp.arrays())
     write_json(out / "summary.json", summary)
     return summary
@@ -216,6 +230,9 @@ def _echo_summary(summary, as_json):
         return
     for item in summary:
         p, t = item["predicted"], item["target"]
+        if p is None:
+            click.echo(f"{item['image']}: explained the output mask -> {item['overlay']}")
+            continue
         click.echo(f"{item['image']}: predicted {p['label'] or '#' + str(p['index'])} ({p['probability']:.3f}), "
                    f"explained {t['label'] or '#' + str(t['index'])} -> {item['overlay']}")
 
@@ -224,7 +241,7 @@ _explain_options = _options(
     click.argument("model"),
     click.argument("images", nargs=-1, required=True),
     click.option("--target", default="top", show_default=True,
-                 help="'top', a class index or label, or several separated by commas."),
+                 help="'top', a class index or label, several separated by commas, or channel:K (dense outputs)."),
     click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
     click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
     _provider_option,
@@ -299,7 +316,7 @@ def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_e
     model = Model(model, provider=provider)
     target = None if target is None else _explain_target(target, model)
     if isinstance(target, list):
-        raise click.BadParameter("give one class, not a list", param_hint="--target")
+        raise UsageError("--target: give one class, not a list")
     viz = class_visualization(model, target=target, layer=layer, channel=channel, steps=steps, lr=lr, l2=l2,
                               start=start, jitter=jitter, blur_every=blur_every, fourier=fourier,
                               decorrelate=decorrelate, rng=seed)
