@@ -1,7 +1,7 @@
 """Model.run against torch autograd on the zoo (tests/fixtures/zoo): every variant, every tap.
 
 Reference: d Σ(seed · output)/d tensor computed by torch autograd when the fixtures were made
-(`make_zoo.py`); nothing here knows the rules. Error per tensor: ‖a − b‖ / ‖b‖ ≤ 1e-4 and
+(`models/make_zoo.py`); nothing here knows the rules. Error per tensor: ‖a − b‖ / ‖b‖ ≤ 1e-4 and
 max |a − b| ≤ 1e-4 · max |b|.
 """
 import numpy as np

@@ -1,4 +1,4 @@
-"""Torch-free access to the zoo fixtures (`tests/fixtures/zoo/`, made by `make_zoo.py`).
+"""Torch-free access to the zoo fixtures (`tests/fixtures/zoo/`, made by `models/make_zoo.py`).
 
 Each variant `<arch>_<export>` is an ONNX file plus torch-autograd references for one batch of 3:
 the main output, tapped activations, d(sum(seed * output))/d(tap) and d(...)/d(input), and, for
