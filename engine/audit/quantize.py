@@ -2,6 +2,7 @@
 
 >>> quantize_int8("models/shapes-resnet.onnx", "shapes-resnet-int8.onnx", from_synth(64, seed=9).images)
 """
+import logging
 from pathlib import Path
 
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -32,7 +33,13 @@ def quantize_int8(src, dst, images, batch=16):
     if not images:
         raise UsageError("quantization needs calibration images")
     model = Model(src)
-    with atomic_path(Path(dst)) as path:
-        quantize_static(str(src), str(path), _Batches(model, images, batch), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    root = logging.getLogger()  # the quantizer logs advice (pre-processing, bias layout) as warnings
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with atomic_path(Path(dst)) as path:
+            quantize_static(str(src), str(path), _Batches(model, images, batch), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return Path(dst)
