@@ -92,13 +92,19 @@ def test_gradient_cost_paired(benchmark, model, batch, capsys):
     one_round, times = rotating_rounds(calls)
     benchmark.group = f"{name} batch {batch} paired"
     benchmark.pedantic(one_round, rounds=ROUNDS[name, batch], warmup_rounds=1)
-    forward = np.array(times["forward"])
+    _report(benchmark, capsys, times, f"{name} batch {batch}", {"layer": f"layer ({layer})", "input": "input (input)"},
+            "", "ms")
+
+
+def _report(benchmark, capsys, times, title, names, how, unit):
+    """Print and record the median per-round ratios layer / forward and input / forward."""
+    forward = np.median(times["forward"]) * 1e3
     for key, goal in (("layer", 1.2), ("input", 2.5)):
         ratio = float(np.median(round_ratios(times, key, "forward")))
-        benchmark.extra_info[f"{key} / forward"] = ratio
+        benchmark.extra_info[f"{key} / forward{' (cpu)' if how else ''}"] = ratio
         with capsys.disabled():
-            print(f"\n{name} batch {batch}: {key} ({layer if key == 'layer' else 'input'}) / forward = {ratio:.2f} "
-                  f"(goal ≤ {goal}; forward median {np.median(forward) * 1e3:.1f} ms, {THREADS} threads)", end="")
+            print(f"\n{title}: {names[key]} / forward{how} = {ratio:.2f} (goal ≤ {goal}; forward median "
+                  f"{forward:.1f} {unit}, {THREADS} threads)", end="")
 
 
 def cpu_session(path):
@@ -127,13 +133,8 @@ def test_gradient_cpu_cost(benchmark, model, batch, capsys):
     one_round, times = rotating_rounds(calls, clock=time.process_time)
     benchmark.group = f"{name} batch {batch} cpu"
     benchmark.pedantic(one_round, rounds=ROUNDS[name, batch], warmup_rounds=0)
-    forward = np.array(times["forward"])
-    for key, goal in (("layer", 1.2), ("input", 2.5)):
-        ratio = float(np.median(round_ratios(times, key, "forward")))
-        benchmark.extra_info[f"{key} / forward (cpu)"] = ratio
-        with capsys.disabled():
-            print(f"\n{name} batch {batch}: {key} / forward in CPU time = {ratio:.2f} (goal ≤ {goal}; forward "
-                  f"median {np.median(forward) * 1e3:.1f} ms CPU, {THREADS} threads)", end="")
+    _report(benchmark, capsys, times, f"{name} batch {batch}", {"layer": "layer", "input": "input"},
+            " in CPU time", "ms CPU")
 
 
 def resnet50_request(path, target):
