@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 from onnx.reference.op_run import OpRun
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
-from gradcheck import finish, float64_slope, session, with_delta
+from gradcheck import assert_slopes_match, finish, session
 
 
 def _model(name, nodes, weights, input_shape, output, dtype):
@@ -110,14 +110,7 @@ def test_gradients_match_float64_differences(name, tap):
     seed = rng.standard_normal(y.shape)
     got = session(differentiate(model, output, [tap])).run(
         [grad_name(tap)], {"image": x.astype(np.float32), SEED: seed.astype(np.float32)})[0]
-    reference, feeds = make(np.float64), {"image": x}
-    if tap != "image":
-        reference, feeds = with_delta(reference, tap), {"image": x, "delta": np.zeros(got.shape)}
-    for _ in range(2):
-        v = rng.standard_normal(got.shape)
-        numeric = float64_slope(reference, output, feeds, seed, "image" if tap == "image" else "delta", v,
-                                new_ops=[LRN])
-        assert abs(np.sum(got * v) - numeric) < 2e-5 * abs(numeric), (np.sum(got * v), numeric)
+    assert_slopes_match(got, make(np.float64), output, x, seed, tap, rng, rounds=2, rtol=2e-5, new_ops=[LRN])
 
 
 @pytest.mark.parametrize("name", MODELS)
