@@ -19,7 +19,7 @@ from engine.graph.normalize import normalize
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
-from engine.runtime import rewrite
+from engine.runtime import feeds as extra_feeds, rewrite
 from engine.runtime.session import create_session
 
 
@@ -92,14 +92,18 @@ class Model:
     name (imagenet, unit, symmetric, raw) or a mapping ``{"preset": ..., "channel_order": "BGR"}``;
     fields given here override the model's metadata (``preprocess``, ``channel_order``), and the
     default is imagenet RGB. ``labels``: a labels file path or a list of names, else the
-    metadata's ``labels`` (JSON list). ``threads``: ORT intra-op threads.
+    metadata's ``labels`` (JSON list). ``threads``: ORT intra-op threads. ``extra_inputs``:
+    ``{name: array}`` for the graph inputs besides the image, fed on every run (one row of an
+    input whose first dim is a dynamic batch is repeated for every image; see
+    :mod:`engine.runtime.feeds`).
 
     >>> model = Model("models/shapes-resnet.onnx")
     >>> model.predict(["circle.png"], top=3)[0].top[0].label
     'circle'
     """
 
-    def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None):
+    def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None,
+                 extra_inputs=None):
         self.path = Path(path)
         self.proto = load(self.path)
         self.provider = provider
@@ -113,6 +117,7 @@ class Model:
         self.input_size = self._choose_size(input_size)
         self.preprocessing = presets.resolve(preprocess, self.metadata)
         self.labels = self._choose_labels(labels)
+        self.extra_inputs = self._choose_extra_inputs(extra_inputs)
         self._sessions = {}  # rewritten-model sessions per run request
 
     def __repr__(self):
@@ -148,6 +153,35 @@ class Model:
         if labels is not None and classes and len(classes) == 2 and isinstance(classes[1], int) and classes[1] != len(labels):
             raise UsageError(f"{len(labels)} labels given but '{self.path.name}' has {classes[1]} classes: fix the labels")
         return labels
+
+    @cached_property
+    def _extra_specs(self):
+        return extra_feeds.declared(self.proto, self.input)
+
+    def _choose_extra_inputs(self, given):
+        declared = self._extra_specs
+        given = dict(given or {})
+        unknown = [name for name in given if name not in declared]
+        if unknown:
+            listed = ", ".join(spec.describe() for spec in declared.values()) or "none"
+            raise UsageError(f"'{self.path.name}' has no extra input {', '.join(unknown)} (its inputs besides the image "
+                             f"'{self.input.name}': {listed}): name one of those")
+        return {name: extra_feeds.coerce(declared[name], value) for name, value in given.items()}
+
+    def extra_feeds(self, batch, names=None):
+        """``{name: array}`` for the extra inputs of a run over ``batch`` images (only ``names``
+        when given); raises UsageError naming the inputs still missing.
+
+        >>> Model("detector.onnx", extra_inputs={"scale": 0.5}).extra_feeds(2)["scale"].shape
+        (2, 1)
+        """
+        declared = self._extra_specs
+        wanted = [name for name in declared if names is None or name in names]
+        missing = [declared[name].describe() for name in wanted if name not in self.extra_inputs]
+        if missing:
+            raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(missing)}: pass "
+                             "extra_inputs={name: array} or --input NAME=VALUE|FILE.npy")
+        return {name: extra_feeds.feed(declared[name], self.extra_inputs[name], batch) for name in wanted}
 
     # --- graph facts ---------------------------------------------------------------------
 
@@ -318,9 +352,9 @@ class Model:
         x = self._check_input(x)
         activations = self._names(activations, "activations")
         gradients = self._names(gradients, "gradients")
+        feeds = {self.input.name: x, **self.extra_feeds(len(x))}
         if not activations and not gradients:
-            return RunResult(self.session.run(None, {self.input.name: x}))
-        feeds = {self.input.name: x}
+            return RunResult(self.session.run(None, feeds))
         output = None
         if gradients:
             if mode not in MODES:
@@ -410,9 +444,6 @@ class Model:
 
     @cached_property
     def _expected_shape(self):
-        others = [t.name for t in self.inputs if t.name != self.input.name]
-        if others:
-            raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(others)}: onnxlens feeds only the image")
         n, c, (h, w) = self.input.batch, self.input.channels, self.input_size or self.input.size
         return (n, c, h, w) if self.input.layout == "NCHW" else (n, h, w, c)
 
