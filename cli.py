@@ -131,8 +131,8 @@ def inspect(model, size, layer_name, as_json, inputs):
     info = model.summary()
     info["layers"] = model.layer_details()
     if layer_name is not None:
-        model.layer(layer_name)
-        info["layers"] = [layer for layer in info["layers"] if layer["name"] == layer_name]
+        chosen = model.layer(layer_name).name  # a tensor or a module's last 4-D tensor
+        info["layers"] = [layer for layer in info["layers"] if layer["name"] == chosen]
     if as_json:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
@@ -143,16 +143,20 @@ def inspect(model, size, layer_name, as_json, inputs):
     click.echo(f"image     {image['name']}  {image['layout']} {image['dtype']} {_dims(image['shape'])}  "
                f"dynamic: {''.join(image['dynamic']) or 'none'}  size: {_dims(image['size'])}")
     click.echo(f"preproc   {info['preprocess']['preset']} {info['preprocess']['channel_order']}  "
-               f"labels: {len(labels) if labels else 'none'}\n")
+               f"labels: {len(labels) if labels else 'none'}  "
+               f"gradients w.r.t. {image['gradients'] or 'none (the pixels are not only cast to float)'}\n")
     rows = [("input", t["name"], t["dtype"], _dims(t["shape"])) for t in info["inputs"]]
     rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
     click.echo(_table(rows, ("", "name", "dtype", "shape")) + "\n")
     click.echo("ops  " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()) + "\n")
-    rows = [(("* " if layer["default"] else "  ") + layer["name"], layer["op"], _dims(layer["shape"]),
-             "yes" if layer["gradients"] is True else layer["gradients"],
+    rows = [(("* " if layer["default"] else "  ") + layer["name"], layer["module"] or "-", layer["op"],
+             _dims(layer["shape"]), "yes" if layer["gradients"] is True else layer["gradients"],
              _dims(layer["field"]) if layer["field"] else "all", _dims(layer["stride"]) if layer["stride"] else "-")
             for layer in info["layers"]]
-    click.echo(_table(rows, ("  layer", "op", "shape", "gradients", "field", "stride")))
+    headers = ("  layer", "module", "op", "shape", "gradients", "field", "stride")
+    if not any(layer["module"] for layer in info["layers"]):  # the file records no torch modules
+        headers, rows = headers[:1] + headers[2:], [row[:1] + row[2:] for row in rows]
+    click.echo(_table(rows, headers))
 
 
 @main.command()

@@ -11,8 +11,8 @@ from onnx import helper
 from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, probabilities, read_labels
-from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
-from engine.graph import shapes
+from engine.errors import InputShapeError, LayerError, ModelLoadError, UnsupportedOpError, UsageError
+from engine.graph import modules, pixels, shapes
 from engine.graph.load import load
 from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
@@ -115,7 +115,8 @@ class Model:
                 f"input '{self.input.name}' of '{self.path}' has shape {self.input.shape}: "
                 "no channel dim of size 1 or 3 in position 1 or 3; onnxlens feeds RGB or gray images")
         self.input_size = self._choose_size(input_size)
-        self.preprocessing = presets.resolve(preprocess, self.metadata)
+        raw_pixels = {"preprocess": "raw"} if self.input.dtype.kind in "iu" else {}  # uint8 input: no normalization
+        self.preprocessing = presets.resolve(preprocess, {**raw_pixels, **self.metadata})
         self.labels = self._choose_labels(labels)
         self.extra_inputs = self._choose_extra_inputs(extra_inputs)
         self._sessions = {}  # rewritten-model sessions per run request
@@ -221,16 +222,57 @@ class Model:
                     catalog.append(Layer(name, node.op_type, info.shape))
         return catalog
 
+    @cached_property
+    def gradient_input(self):
+        """The tensor that input gradients are taken with respect to: the image input, or for
+        integer (uint8) pixels the first float tensor computed from them (their Cast), in which
+        case ``run`` returns them per input pixel. None where the pixels go through other ops than
+        layout ones before their Cast (an input-gradient request then raises UnsupportedOpError).
+
+        >>> Model("uint8-nhwc.onnx").gradient_input
+        '/Cast_output_0'
+        """
+        if self.input.dtype.kind not in "iu":
+            return self.input.name
+        try:
+            return pixels.first_float(self.proto, self.input.name)
+        except UnsupportedOpError:
+            return None
+
+    @cached_property
+    def modules(self):
+        """``{tensor: module path}`` where the exporter recorded the torch module that produced a
+        tensor (dynamo name scopes, TorchScript node names); empty for other files.
+
+        >>> model.modules["/layer4/layer4.1/relu_1/Relu_output_0"]
+        'layer4.1.relu'
+        """
+        return modules.module_paths(self.proto)
+
     def layer(self, name):
-        """Look a layer up by tensor name; an unknown name raises LayerError with close matches.
+        """Look a layer up by tensor name, else by module path (``layer4``, ``layer4.1`` or its
+        unique ending ``1.relu``): the last 4-D tensor produced inside that module. An unknown or
+        ambiguous name raises LayerError with close matches.
 
         >>> model.layer("conv1").shape
         ('batch', 16, 32, 32)
+        >>> model.layer("layer4").name
+        '/layer4/layer4.1/relu_1/Relu_output_0'
         """
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise self._unknown("layer", name, [layer.name for layer in self.layers])
+        module, several = modules.resolve(name, self.modules)
+        if module is not None:
+            inner = [layer for layer in self.layers if modules.inside(self.modules.get(layer.name, ""), module)]
+            if not inner:
+                raise LayerError(f"module '{module}' of '{self.path.name}' produces no 4-D tensor: "
+                                 "name a layer `onnxlens inspect` lists")
+            return inner[-1]
+        if several:
+            raise LayerError(f"'{name}' ends several module paths of '{self.path.name}' "
+                             f"({', '.join(several[:4])}{', ...' if len(several) > 4 else ''}): give the whole path")
+        raise self._unknown("layer", name, [layer.name for layer in self.layers] + modules.modules_of(self.modules))
 
     @cached_property
     def default_layer(self):
@@ -248,7 +290,7 @@ class Model:
         return candidates[-1]
 
     def layer_details(self):
-        """Per layer: name, op, shape, whether gradients reach it (``gradients``: True, or why not),
+        """Per layer: name, its torch ``module`` (None where the file records none), op, shape, whether gradients reach it (``gradients``: True, or why not),
         its receptive field ``field`` and ``stride`` in input pixels (None where it sees the whole
         image) and whether it is the ``default`` layer.
 
@@ -268,7 +310,7 @@ class Model:
             f = fields.get(layer.name)
             seen = f is not None and not f.whole_image
             details.append({
-                "name": layer.name, "op": layer.op, "shape": layer.shape,
+                "name": layer.name, "module": self.modules.get(layer.name), "op": layer.op, "shape": layer.shape,
                 "gradients": True if blockers[layer.name] is None else f"no: {blockers[layer.name]}",
                 "field": list(f.size) if seen else None, "stride": list(f.stride) if seen else None,
                 "default": layer.name == default,
@@ -297,11 +339,13 @@ class Model:
                 "shape": self.input.shape,
                 "dynamic": self.input.dynamic,
                 "size": self.input_size,
+                "gradients": self.gradient_input,
             },
             "preprocess": self.preprocessing.to_dict(),
             "labels": self.labels,
             "ops": dict(Counter(node.op_type for node in graph.node).most_common()),
-            "layers": [{"name": layer.name, "op": layer.op, "shape": layer.shape} for layer in self.layers],
+            "layers": [{"name": layer.name, "module": self.modules.get(layer.name), "op": layer.op, "shape": layer.shape}
+                       for layer in self.layers],
         }
 
     # --- running -------------------------------------------------------------------------
@@ -333,7 +377,7 @@ class Model:
             size = tuple(d if d is not None else s for d, s in zip(self.input.size, sizes.pop()))
         batch = np.stack([resize(rgb, size) for rgb in rgbs])
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
-        return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
+        return _as_dtype(x, self.input.dtype)
 
     def run(self, x, activations=None, gradients=None, seed=None, mode="standard"):
         """Run the model on a preprocessed batch ``x`` in its own layout; returns a RunResult.
@@ -349,7 +393,7 @@ class Model:
         >>> r.gradients["input"].shape == x.shape
         True
         """
-        x = self._check_input(x)
+        x, given = self._check_input(x), x
         activations = self._names(activations, "activations")
         gradients = self._names(gradients, "gradients")
         feeds = {self.input.name: x, **self.extra_feeds(len(x))}
@@ -361,6 +405,8 @@ class Model:
                 raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
             output, feeds[SEED] = self._seed(seed, len(x))
         wrt = tuple(dict.fromkeys(self.input.name if g == "input" else g for g in gradients))
+        if self.input.name in wrt and self.input.dtype.kind in "iu":  # pixels differentiated as float32
+            feeds[self.input.name] = np.asarray(given, np.float32)
         request = rewrite.Request(self._size_of(x), tuple(dict.fromkeys(activations)), wrt, output,
                                   mode if gradients else "standard")
         session = self._rewritten_session(request)
@@ -383,7 +429,7 @@ class Model:
                 f"'{self.path.name}' takes {self.input.layout} arrays of shape {_shown(expected)}, got {_shown(x.shape)}: "
                 "make them with Model.preprocess(images)"
             )
-        return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
+        return _as_dtype(x, self.input.dtype)
 
     def _size_of(self, x):
         return self.input_size or tuple(x.shape[2:4] if self.input.layout == "NCHW" else x.shape[1:3])
@@ -473,6 +519,20 @@ class Model:
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]
                 predictions.append(Prediction(str(item) if isinstance(item, (str, Path)) else None, ranked))
         return predictions
+
+
+def _as_dtype(x, dtype):
+    """``x`` as ``dtype``; float values bound for integer pixels are rounded and clipped to its range.
+
+    >>> _as_dtype(np.array([-3.0, 7.6, 300.0]), np.dtype("uint8")).tolist()
+    [0, 8, 255]
+    """
+    if x.dtype == dtype:
+        return x
+    if dtype.kind in "iu" and x.dtype.kind == "f":
+        limits = np.iinfo(dtype)
+        return np.clip(np.rint(x), limits.min, limits.max).astype(dtype)
+    return x.astype(dtype)
 
 
 def _shown(dims):

@@ -42,7 +42,8 @@ def output_names(model):
 
 
 def layers_of(model, layer):
-    """Resolve ``layer``: "auto" (the model's default layer), a name, a comma-separated list or a list.
+    """Resolve ``layer``: "auto" (the model's default layer), a name, a comma-separated list or a list,
+    to tensor names; a module path (``layer4``) stands for its last 4-D tensor (see ``model.layer``).
 
     Unknown names raise LayerError (through ``model.layer``).
 
@@ -52,9 +53,7 @@ def layers_of(model, layer):
     if layer in (None, "auto"):
         return [model.default_layer]
     names = [s.strip() for s in layer.split(",")] if isinstance(layer, str) else list(layer)
-    for name in names:
-        model.layer(name)
-    return names
+    return [model.layer(name).name for name in names]
 
 
 def capture(model, x, layers, seeds=None, output=None):
