@@ -151,8 +151,8 @@ def assert_slopes_match(got, reference, output, x, seed, tap, rng, rounds, rtol,
 
 
 def float64_copy(model):
-    """``model`` computing in float64: float32 weights, graph inputs/outputs and Cast targets become
-    double (a reference for :func:`float64_slope` on models that mix in float32 constants)."""
+    """``model`` computing in float64: float32 weights and Constants, graph inputs/outputs and Cast
+    targets become double (a reference for :func:`float64_slope` on models that mix in float32 constants)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -166,5 +166,7 @@ def float64_copy(model):
         for attr in node.attribute:
             if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
                 attr.i = TensorProto.DOUBLE
+            elif node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64), attr.t.name))
     del graph.value_info[:]
     return out
