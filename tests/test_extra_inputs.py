@@ -155,3 +155,35 @@ def test_cli_input_option(path, tmp_path):
                     "--out", tmp_path / "sal")
     assert result.exit_code == 0, result.output
     assert invoke("inspect", path).exit_code == 0
+
+
+def masked_classifier():
+    """The tiny classifier whose first activation is multiplied by a second 4-D input ``mask`` [N,1,8,8]."""
+    model = classifier(shape=("N", 3, 8, 8))
+    graph = model.graph
+    graph.input.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, 8, 8]))
+    graph.node.insert(1, helper.make_node("Mul", ["conv1", "mask"], ["masked"]))
+    for node in graph.node[2:]:
+        node.input[:] = ["masked" if i == "conv1" else i for i in node.input]
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_a_second_4d_tensor(tmp_path):
+    path = save(masked_classifier(), tmp_path / "masked.onnx")
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:6, 1:7] = 1
+    m = Model(path, extra_inputs={"mask": mask}, threads=1)  # the first 4-D input is the image
+    assert m.input.name == "image" and m.extra_inputs["mask"].shape == (1, 1, 8, 8)
+    x = RNG.standard_normal((2, 3, 8, 8))
+    seed = RNG.standard_normal((2, 4))
+    got = m.run(x.astype(np.float32), gradients=["input"], seed=seed).gradients["input"]
+    feeds = {"image": x, "mask": np.broadcast_to(mask, (2, 1, 8, 8)).astype(np.float64)}
+    reference = float64_copy(onnx.load(str(path)))
+    v = RNG.standard_normal(x.shape)
+    numeric = float64_slope(reference, "logits", feeds, seed, "image", v)
+    assert abs(np.sum(got * v) - numeric) < 2e-3 * abs(numeric)
+    # pixels whose 3×3 neighbourhood the mask zeroes get no gradient
+    assert np.all(got[:, :, 0, :] == 0) and np.all(got[:, :, 7, :] == 0)
+    exp = cam(m, [RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)], method="gradcam")
+    assert exp.maps.shape == (1, 8, 8)

@@ -116,8 +116,9 @@ class ImageInput:
 
 
 def image_input(model, source="the model"):
-    """Find the one 4-D float graph input (else the one 4-D uint8/int8/uint16 input: raw pixels)
-    and its layout; ``source`` names the model in errors.
+    """Find the image input and its layout: the first 4-D float graph input (else the first 4-D
+    uint8/int8/uint16 one: raw pixels); any other input is an extra input the caller feeds.
+    ``source`` names the model in errors.
 
     The layout is where a channel dim of 1 or 3 sits (NCHW wins when both fit); with a dynamic
     channel dim, RGB is assumed; with neither (e.g. 4 channels), NCHW.
@@ -130,12 +131,10 @@ def image_input(model, source="the model"):
     four_d = [vi for vi in inputs if len(value_info_shape(vi) or ()) == 4]
     images = [vi for vi in four_d if vi.type.tensor_type.elem_type in FLOAT_TYPES] \
         or [vi for vi in four_d if vi.type.tensor_type.elem_type in INTEGER_PIXELS]
-    if len(images) != 1:
+    if not images:
         listed = ", ".join(f"{vi.name} {value_info_shape(vi)}" for vi in inputs) or "none"
-        problem = "no 4-D float input (nor uint8)" if not images else "more than one 4-D image input"
-        raise ModelLoadError(
-            f"'{source}' has {problem} (inputs: {listed}): onnxlens needs one N×C×H×W or N×H×W×C image input"
-        )
+        raise ModelLoadError(f"'{source}' has no 4-D float input (nor uint8) (inputs: {listed}): "
+                             "onnxlens needs an N×C×H×W or N×H×W×C image input")
     vi = images[0]
     shape = value_info_shape(vi)
     channel_dims = {"NCHW": shape[1], "NHWC": shape[3]}
