@@ -12,14 +12,14 @@ from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, probabilities, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UnsupportedOpError, UsageError
-from engine.graph import modules, pixels, shapes
+from engine.graph import modules as module_scopes, pixels, shapes
 from engine.graph.load import load
 from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
-from engine.runtime import feeds as extra_feeds, rewrite
+from engine.runtime import feeds as extras, rewrite
 from engine.runtime.session import create_session
 
 
@@ -157,7 +157,7 @@ class Model:
 
     @cached_property
     def _extra_specs(self):
-        return extra_feeds.declared(self.proto, self.input)
+        return extras.declared(self.proto, self.input)
 
     def _choose_extra_inputs(self, given):
         declared = self._extra_specs
@@ -167,7 +167,7 @@ class Model:
             listed = ", ".join(spec.describe() for spec in declared.values()) or "none"
             raise UsageError(f"'{self.path.name}' has no extra input {', '.join(unknown)} (its inputs besides the image "
                              f"'{self.input.name}': {listed}): name one of those")
-        return {name: extra_feeds.coerce(declared[name], value) for name, value in given.items()}
+        return {name: extras.coerce(declared[name], value) for name, value in given.items()}
 
     def extra_feeds(self, batch, names=None):
         """``{name: array}`` for the extra inputs of a run over ``batch`` images (only ``names``
@@ -182,7 +182,7 @@ class Model:
         if missing:
             raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(missing)}: pass "
                              "extra_inputs={name: array} or --input NAME=VALUE|FILE.npy")
-        return {name: extra_feeds.feed(declared[name], self.extra_inputs[name], batch) for name in wanted}
+        return {name: extras.feed(declared[name], self.extra_inputs[name], batch) for name in wanted}
 
     # --- graph facts ---------------------------------------------------------------------
 
@@ -247,7 +247,7 @@ class Model:
         >>> model.modules["/layer4/layer4.1/relu_1/Relu_output_0"]
         'layer4.1.relu'
         """
-        return modules.module_paths(self.proto)
+        return module_scopes.module_paths(self.proto)
 
     def layer(self, name):
         """Look a layer up by tensor name, else by module path (``layer4``, ``layer4.1`` or its
@@ -262,9 +262,9 @@ class Model:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        module, several = modules.resolve(name, self.modules)
+        module, several = module_scopes.resolve(name, self.modules)
         if module is not None:
-            inner = [layer for layer in self.layers if modules.inside(self.modules.get(layer.name, ""), module)]
+            inner = [layer for layer in self.layers if module_scopes.inside(self.modules.get(layer.name, ""), module)]
             if not inner:
                 raise LayerError(f"module '{module}' of '{self.path.name}' produces no 4-D tensor: "
                                  "name a layer `onnxlens inspect` lists")
@@ -272,7 +272,7 @@ class Model:
         if several:
             raise LayerError(f"'{name}' ends several module paths of '{self.path.name}' "
                              f"({', '.join(several[:4])}{', ...' if len(several) > 4 else ''}): give the whole path")
-        raise self._unknown("layer", name, [layer.name for layer in self.layers] + modules.modules_of(self.modules))
+        raise self._unknown("layer", name, [layer.name for layer in self.layers] + module_scopes.modules_of(self.modules))
 
     @cached_property
     def default_layer(self):
@@ -290,9 +290,10 @@ class Model:
         return candidates[-1]
 
     def layer_details(self):
-        """Per layer: name, its torch ``module`` (None where the file records none), op, shape, whether gradients reach it (``gradients``: True, or why not),
-        its receptive field ``field`` and ``stride`` in input pixels (None where it sees the whole
-        image) and whether it is the ``default`` layer.
+        """Per layer: name, its torch ``module`` (None where the file records none), op, shape,
+        whether gradients reach it (``gradients``: True, or why not), its receptive field ``field``
+        and ``stride`` in input pixels (None where it sees the whole image) and whether it is the
+        ``default`` layer.
 
         >>> model.layer_details()[-1]
         {'name': 'layer4', 'op': 'Relu', 'shape': ('batch', 64, 8, 8), 'gradients': True, 'field': [35, 35], ...}
