@@ -170,7 +170,8 @@ def inspect(model, size, layer_name, as_json, inputs):
 @_extra_input_option
 def predict(model, images, top, labels_file, size, as_json, provider, inputs):
     """Rank the classes of each image (scores are probabilities)."""
-    predictions = _load(model, inputs, input_size=size, labels=labels_file, provider=provider).predict(list(images), top=top)
+    model = _load(model, inputs, input_size=size, labels=labels_file, provider=provider)
+    predictions = model.predict(list(images), top=top)
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
         return
@@ -303,7 +304,8 @@ def cam(model, images, target, out, batch, provider, as_json, method, layer, tta
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
 @_extra_input_option
-def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer, inputs):
+def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer,
+             inputs):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
     from engine.explain import saliency as explain_saliency
 
@@ -392,8 +394,8 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, pro
         object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files]
         if len({m.shape for m in object_masks}) > 1:
             raise UsageError("masks differ in size: evaluate images of one size at a time")
-    report = explain_evaluate(_load(model, inputs, provider=provider), pictures, object_masks, labels=labels, method=method,
-                              layer=layer, steps=steps, batch=batch)
+    report = explain_evaluate(_load(model, inputs, provider=provider), pictures, object_masks, labels=labels,
+                              method=method, layer=layer, steps=steps, batch=batch)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -578,7 +580,8 @@ def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, 
     from engine.analyze.sources import read_named
 
     source = _source(images, synth_n, seed, concepts)
-    result = mine(_load(model, inputs, input_size=size), source, layer, channels=channels, top=top, batch_size=batch_size)
+    result = mine(_load(model, inputs, input_size=size), source, layer, channels=channels, top=top,
+                  batch_size=batch_size)
     write_patches(result, lambda i: read_named(source.names[i]), out)
     field = result.field
     shown = "the whole image" if field.whole_image else f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}"

@@ -165,8 +165,8 @@ class Model:
         unknown = [name for name in given if name not in declared]
         if unknown:
             listed = ", ".join(spec.describe() for spec in declared.values()) or "none"
-            raise UsageError(f"'{self.path.name}' has no extra input {', '.join(unknown)} (its inputs besides the image "
-                             f"'{self.input.name}': {listed}): name one of those")
+            raise UsageError(f"'{self.path.name}' has no extra input {', '.join(unknown)} (its inputs besides "
+                             f"the image '{self.input.name}': {listed}): name one of those")
         return {name: extras.coerce(declared[name], value) for name, value in given.items()}
 
     def extra_feeds(self, batch, names=None):
@@ -272,7 +272,8 @@ class Model:
         if several:
             raise LayerError(f"'{name}' ends several module paths of '{self.path.name}' "
                              f"({', '.join(several[:4])}{', ...' if len(several) > 4 else ''}): give the whole path")
-        raise self._unknown("layer", name, [layer.name for layer in self.layers] + module_scopes.modules_of(self.modules))
+        known = [layer.name for layer in self.layers] + module_scopes.modules_of(self.modules)
+        raise self._unknown("layer", name, known)
 
     @cached_property
     def default_layer(self):
@@ -345,8 +346,8 @@ class Model:
             "preprocess": self.preprocessing.to_dict(),
             "labels": self.labels,
             "ops": dict(Counter(node.op_type for node in graph.node).most_common()),
-            "layers": [{"name": layer.name, "module": self.modules.get(layer.name), "op": layer.op, "shape": layer.shape}
-                       for layer in self.layers],
+            "layers": [{"name": layer.name, "module": self.modules.get(layer.name), "op": layer.op,
+                        "shape": layer.shape} for layer in self.layers],
         }
 
     # --- running -------------------------------------------------------------------------

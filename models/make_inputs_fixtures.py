@@ -90,8 +90,10 @@ def check(path, feeds, want):
 def modules_fixture(net):
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     acts = {}
-    hooks = [net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: acts.__setitem__(name, o.detach()))
-             for name in MODULES]
+    def keep(name):
+        return lambda module, inputs, output: acts.__setitem__(name, output.detach())
+
+    hooks = [net.get_submodule(name).register_forward_hook(keep(name)) for name in MODULES]
     with torch.no_grad():
         logits = net(x)
     for hook in hooks:

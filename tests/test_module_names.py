@@ -114,3 +114,11 @@ def test_files_without_modules_show_no_column(tmp_path):
     assert Model(path).modules == {}
     header = next(line for line in invoke("inspect", path).output.splitlines() if line.startswith("  layer"))
     assert header.split()[:3] == ["layer", "op", "shape"]
+
+
+def test_classviz_channel_of_a_module():
+    from engine.explain import class_visualization
+
+    model = Model(FIXTURES / "modules_ts.onnx", threads=1)
+    viz = class_visualization(model, layer="layer2", channel=1, steps=3, rng=0)
+    assert viz.image.shape[:2] == (16, 16) and viz.scores[-1] > viz.scores[0]

@@ -30,8 +30,10 @@ class ExtraInput:
 
     def describe(self):
         """``scale (float32 ?×1)``: the name, dtype and dims as errors show them."""
-        dims = "×".join(str(d) if isinstance(d, int) and d >= 0 else "?" for d in self.shape) if self.shape else "scalar"
-        return f"{self.name} ({self.dtype.name} {dims if self.shape is not None else '?'})"
+        if self.shape is None:
+            return f"{self.name} ({self.dtype.name} ?)"
+        dims = "×".join(str(d) if isinstance(d, int) and d >= 0 else "?" for d in self.shape) or "scalar"
+        return f"{self.name} ({self.dtype.name} {dims})"
 
 
 def _dynamic(dim):
