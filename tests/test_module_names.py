@@ -120,5 +120,5 @@ def test_classviz_channel_of_a_module():
     from engine.explain import class_visualization
 
     model = Model(FIXTURES / "modules_ts.onnx", threads=1)
-    viz = class_visualization(model, layer="layer2", channel=1, steps=3, rng=0)
+    viz = class_visualization(model, layer="layer2", channel=1, steps=8, jitter=0, blur_every=0, rng=0)
     assert viz.image.shape[:2] == (16, 16) and viz.scores[-1] > viz.scores[0]
