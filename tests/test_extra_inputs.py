@@ -119,6 +119,8 @@ def test_feeds_rule():
     assert value.shape == (1, 2) and feed(batched, value, 3).tolist() == [[480, 640]] * 3
     fixed = ExtraInput("size", np.dtype("int64"), (2,), False)
     assert feed(fixed, coerce(fixed, [4, 5]), 3).tolist() == [4, 5]
+    unbatched = ExtraInput("scale_factor", np.dtype("float32"), ("M", 2), False)  # dynamic, but not the batch
+    assert feed(unbatched, coerce(unbatched, [0.5, 0.25]), 3).tolist() == [[0.5, 0.25]]
     scalar = ExtraInput("scale", np.dtype("float32"), (), False)
     assert coerce(scalar, 0.5).shape == ()
     with pytest.raises(InputShapeError, match="declared shape"):

@@ -60,8 +60,9 @@ def declared(proto, image):
 
 
 def coerce(spec, value):
-    """``value`` as an array of ``spec``'s dtype and rank: a missing batch axis is added, and a
-    flat list of the right count is reshaped to the declared fixed dims. Raises InputShapeError.
+    """``value`` as an array of ``spec``'s dtype and rank: a missing first axis is added where the
+    first dim is dynamic, and a flat list of the right count is reshaped to the declared dims (one
+    row for a dynamic first dim). Raises InputShapeError.
 
     >>> coerce(ExtraInput("im_shape", np.dtype("float32"), ("N", 2), True), [480, 640]).shape
     (1, 2)
@@ -73,12 +74,13 @@ def coerce(spec, value):
     if spec.dtype.kind in "iu" and not np.array_equal(cast, array):
         raise InputShapeError(f"input '{spec.name}' takes {spec.dtype.name} values, got {array.ravel()[:4].tolist()}")
     dims = spec.shape
+    lead = bool(dims) and _dynamic(dims[0])  # a dynamic first dim: one row fills it
     if dims is None or cast.ndim == len(dims):
         shaped = cast
-    elif spec.batched and cast.ndim == len(dims) - 1:
+    elif lead and cast.ndim == len(dims) - 1:
         shaped = cast[None]
     else:
-        fixed = [1 if spec.batched and k == 0 else d for k, d in enumerate(dims)]
+        fixed = [1 if lead and k == 0 else d for k, d in enumerate(dims)]
         if any(_dynamic(d) for d in fixed) or int(np.prod(fixed)) != cast.size:
             raise InputShapeError(f"input {spec.describe()} cannot take a value of shape {list(cast.shape)}: "
                                   "give an array of the declared shape")
