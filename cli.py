@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from engine.api import Model
 from engine.data.files import write_image, write_json, write_npz, write_text
 from engine.errors import OnnxlensError, UsageError
 from engine.progress import Progress
@@ -71,6 +70,25 @@ _input_size_option = click.option("--size", callback=_parse_size, metavar="HxW",
                                   help="Input size for models with dynamic spatial dims.")
 
 
+def _parse_inputs(ctx, param, values):
+    """Click callback: repeated NAME=VALUE|FILE.npy → {name: array}."""
+    from engine.runtime.feeds import parse
+
+    return dict(parse(value) for value in values)
+
+
+_extra_input_option = click.option(
+    "--input", "inputs", multiple=True, callback=_parse_inputs, metavar="NAME=VALUE|FILE.npy",
+    help="A model input besides the image: a number, comma-separated numbers or a .npy file; repeatable.")
+
+
+def _load(path, inputs=None, **options):
+    """The Model of a command: MODEL with its --input values and the command's other options."""
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
+
+    return Model(path, extra_inputs=inputs, **options)
+
+
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
 @click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(min=1), help="Number of images.")
@@ -102,18 +120,19 @@ def _table(rows, headers):
 @click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for the layer shapes (dynamic models).")
 @click.option("--layer", "layer_name", metavar="NAME", help="Show only this layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def inspect(model, size, layer_name, as_json):
+@_extra_input_option
+def inspect(model, size, layer_name, as_json, inputs):
     """Show a model's inputs, outputs, opset, producer, op histogram and layer catalog.
 
     Per layer: whether gradients reach it (every op from it to the output has a rule), its
     receptive field and stride in input pixels ("all" where it sees the whole image), and a *
     on the default layer for gradient-based explanations."""
-    model = Model(model, input_size=size)
+    model = _load(model, inputs, input_size=size)
     info = model.summary()
     info["layers"] = model.layer_details()
     if layer_name is not None:
-        model.layer(layer_name)
-        info["layers"] = [layer for layer in info["layers"] if layer["name"] == layer_name]
+        chosen = model.layer(layer_name).name  # a tensor or a module's last 4-D tensor
+        info["layers"] = [layer for layer in info["layers"] if layer["name"] == chosen]
     if as_json:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
@@ -124,16 +143,20 @@ def inspect(model, size, layer_name, as_json):
     click.echo(f"image     {image['name']}  {image['layout']} {image['dtype']} {_dims(image['shape'])}  "
                f"dynamic: {''.join(image['dynamic']) or 'none'}  size: {_dims(image['size'])}")
     click.echo(f"preproc   {info['preprocess']['preset']} {info['preprocess']['channel_order']}  "
-               f"labels: {len(labels) if labels else 'none'}\n")
+               f"labels: {len(labels) if labels else 'none'}  "
+               f"gradients w.r.t. {image['gradients'] or 'none (the pixels are not only cast to float)'}\n")
     rows = [("input", t["name"], t["dtype"], _dims(t["shape"])) for t in info["inputs"]]
     rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
     click.echo(_table(rows, ("", "name", "dtype", "shape")) + "\n")
     click.echo("ops  " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()) + "\n")
-    rows = [(("* " if layer["default"] else "  ") + layer["name"], layer["op"], _dims(layer["shape"]),
-             "yes" if layer["gradients"] is True else layer["gradients"],
+    rows = [(("* " if layer["default"] else "  ") + layer["name"], layer["module"] or "-", layer["op"],
+             _dims(layer["shape"]), "yes" if layer["gradients"] is True else layer["gradients"],
              _dims(layer["field"]) if layer["field"] else "all", _dims(layer["stride"]) if layer["stride"] else "-")
             for layer in info["layers"]]
-    click.echo(_table(rows, ("  layer", "op", "shape", "gradients", "field", "stride")))
+    headers = ("  layer", "module", "op", "shape", "gradients", "field", "stride")
+    if not any(layer["module"] for layer in info["layers"]):  # the file records no torch modules
+        headers, rows = headers[:1] + headers[2:], [row[:1] + row[2:] for row in rows]
+    click.echo(_table(rows, headers))
 
 
 @main.command()
@@ -144,9 +167,11 @@ def inspect(model, size, layer_name, as_json):
 @_input_size_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per image.")
 @_provider_option
-def predict(model, images, top, labels_file, size, as_json, provider):
+@_extra_input_option
+def predict(model, images, top, labels_file, size, as_json, provider, inputs):
     """Rank the classes of each image (scores are probabilities)."""
-    predictions = Model(model, input_size=size, labels=labels_file, provider=provider).predict(list(images), top=top)
+    model = _load(model, inputs, input_size=size, labels=labels_file, provider=provider)
+    predictions = model.predict(list(images), top=top)
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
         return
@@ -257,12 +282,12 @@ _explain_options = _options(
 @click.option("--layer", default="auto", show_default=True, help="Layer name(s), comma-separated, or auto.")
 @click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
-def cam(model, images, target, out, batch, provider, as_json, method, layer, tta, eigen_smooth):
+@_extra_input_option
+def cam(model, images, target, out, batch, provider, as_json, method, layer, tta, eigen_smooth, inputs):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
-    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import cam as explain_cam
 
-    model = Model(model, provider=provider)
+    model = _load(model, inputs, provider=provider)
     exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
                       batch=batch, tta=tta, eigen_smooth=eigen_smooth)
     _echo_summary(_write_explanation(exp, model, list(images), out, "cams"), as_json)
@@ -278,12 +303,13 @@ def cam(model, images, target, out, batch, provider, as_json, method, layer, tta
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
-def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer):
+@_extra_input_option
+def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer,
+             inputs):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
-    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import saliency as explain_saliency
 
-    model = Model(model, provider=provider)
+    model = _load(model, inputs, provider=provider)
     exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
                            batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer)
     _echo_summary(_write_explanation(exp, model, list(images), out, "saliency"), as_json)
@@ -306,14 +332,14 @@ def saliency(model, images, target, out, batch, provider, as_json, method, sampl
 @click.option("--seed", default=0, show_default=True, type=int)
 @_provider_option
 @click.option("--out", required=True, metavar="PNG", help="Result image; the strip of steps goes to <name>_steps.png.")
+@_extra_input_option
 def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
-             provider, out):
+             provider, out, inputs):
     """Class (or channel) visualization by gradient ascent on the input."""
-    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import class_visualization
     from engine.viz.overlay import strip
 
-    model = Model(model, provider=provider)
+    model = _load(model, inputs, provider=provider)
     target = None if target is None else _explain_target(target, model)
     if isinstance(target, list):
         raise UsageError("--target: give one class, not a list")
@@ -346,9 +372,9 @@ def _image_files(paths):
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
 @_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json):
+@_extra_input_option
+def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json, inputs):
     """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
-    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.data.images import read_image
     from engine.explain import evaluate as explain_evaluate
 
@@ -368,8 +394,8 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, pro
         object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files]
         if len({m.shape for m in object_masks}) > 1:
             raise UsageError("masks differ in size: evaluate images of one size at a time")
-    report = explain_evaluate(Model(model, provider=provider), pictures, object_masks, labels=labels, method=method,
-                              layer=layer, steps=steps, batch=batch)
+    report = explain_evaluate(_load(model, inputs, provider=provider), pictures, object_masks, labels=labels,
+                              method=method, layer=layer, steps=steps, batch=batch)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -416,12 +442,13 @@ _image_set_options = _options(
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json):
+@_extra_input_option
+def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json, inputs):
     """Extract one feature vector per image at a layer; report kNN label purity."""
     from engine.analyze.embeddings import embed as run_embed
     from engine.analyze.neighbors import purity
 
-    result = run_embed(Model(model), _source(images, synth_n, seed, concepts), layer=layer, out=out,
+    result = run_embed(_load(model, inputs), _source(images, synth_n, seed, concepts), layer=layer, out=out,
                        batch_size=batch_size)
     info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
     if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
@@ -442,13 +469,14 @@ def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--metric", default="cosine", show_default=True, type=click.Choice(["cosine", "l2"]))
 @click.option("--out", required=True, metavar="PNG", help="Grid: one row per query, then its neighbours.")
-def neighbors(folder, query, k, metric, out):
+@_extra_input_option
+def neighbors(folder, query, k, metric, out, inputs):
     """Show the nearest images of an embedding folder to each query image."""
     from engine.analyze.embeddings import load_embedding
     from engine.analyze.neighbors import neighbor_sheet
 
     emb = load_embedding(folder)
-    write_image(out, neighbor_sheet(Model(emb.model), emb, list(query), k=k, metric=metric))
+    write_image(out, neighbor_sheet(_load(emb.model, inputs), emb, list(query), k=k, metric=metric))
     click.echo(f"wrote {out}")
 
 
@@ -482,11 +510,12 @@ def project(folder, method, thumbnails, seed, out):
 @click.argument("model")
 @click.option("--layer", help="A Conv layer (default: the first Conv).")
 @click.option("--out", required=True, metavar="PNG")
-def filters(model, layer, out):
+@_extra_input_option
+def filters(model, layer, out, inputs):
     """Draw a Conv layer's filters as a grid, each normalized on its own."""
     from engine.analyze.filters import filters_picture
 
-    write_image(out, filters_picture(Model(model), layer))
+    write_image(out, filters_picture(_load(model, inputs), layer))
     click.echo(f"wrote {out}")
 
 
@@ -495,12 +524,13 @@ def filters(model, layer, out):
 @click.argument("image")
 @click.option("--layer", required=True, help="Layer whose channel maps to draw.")
 @click.option("--out", required=True, metavar="PNG")
-def activations(model, image, layer, out):
+@_extra_input_option
+def activations(model, image, layer, out, inputs):
     """Draw every channel map of a layer for one image, the image beside them."""
     from engine.analyze.filters import activations_picture
     from engine.analyze.sources import read_named
 
-    write_image(out, activations_picture(Model(model), read_named(image), layer))
+    write_image(out, activations_picture(_load(model, inputs), read_named(image), layer))
     click.echo(f"wrote {out}")
 
 
@@ -515,12 +545,13 @@ def activations(model, image, layer, out):
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", required=True, metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
-def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json):
+@_extra_input_option
+def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json, inputs):
     """Network Dissection: label each unit of a layer with the concept its top activations cover."""
     from engine.analyze.dissection import dissect as run_dissect, write_dissection
     from engine.data.broden import read_concepts
 
-    model, dataset = Model(model), read_concepts(concepts)
+    model, dataset = _load(model, inputs), read_concepts(concepts)
     result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size)
     write_dissection(result, out, model, dataset, images_per_unit=top)
     if as_json:
@@ -542,13 +573,15 @@ def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json
 @_input_size_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", required=True, metavar="DIR")
-def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out):
+@_extra_input_option
+def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out, inputs):
     """Maximally activating patches: each channel's top receptive-field crops over an image set."""
     from engine.analyze.patches import mine, write_patches
     from engine.analyze.sources import read_named
 
     source = _source(images, synth_n, seed, concepts)
-    result = mine(Model(model, input_size=size), source, layer, channels=channels, top=top, batch_size=batch_size)
+    result = mine(_load(model, inputs, input_size=size), source, layer, channels=channels, top=top,
+                  batch_size=batch_size)
     write_patches(result, lambda i: read_named(source.names[i]), out)
     field = result.field
     shown = "the whole image" if field.whole_image else f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}"
@@ -601,7 +634,8 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
-def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir):
+@_extra_input_option
+def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir, inputs):
     """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
     from engine.analyze.robustness import named_ops, robustness as check
 
@@ -614,7 +648,7 @@ def robustness(model, images, synth, seed, spec, method, layer, batch, provider,
         pictures = generate(synth, seed=seed).images
     else:
         pictures = _image_files(images)
-    report = check(Model(model, provider=provider), pictures, spec, seed=seed, method=method, layer=layer,
+    report = check(_load(model, inputs, provider=provider), pictures, spec, seed=seed, method=method, layer=layer,
                    batch=batch)
     info = {"model": model, "seed": seed, **report.to_dict()}
     if out_dir:
@@ -656,11 +690,12 @@ _audit_data_options = _options(
 @click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
 @click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
 @click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
-def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps):
+@_extra_input_option
+def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps, inputs):
     """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
     from engine.audit import Options, audit as run_audit, choose
 
-    loaded = Model(model, provider=provider)
+    loaded = _load(model, inputs, provider=provider)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
     path, _ = run_audit(loaded, data, out, options, log=_log_section)
@@ -675,12 +710,13 @@ def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dis
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
 @_provider_option
-def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider):
+@_extra_input_option
+def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider, inputs):
     """Agreement of two variants of one network: outputs and Grad-CAM maps."""
     from engine.audit import choose, compare as run_compare
     from engine.audit.compare import write_comparison
 
-    a, b = Model(model_a, provider=provider), Model(model_b, provider=provider)
+    a, b = _load(model_a, inputs, provider=provider), _load(model_b, inputs, provider=provider)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=a.labels)
     result = run_compare(a, b, data.images, names=data.names)
     summary = result.summary(worst)

@@ -11,15 +11,15 @@ from onnx import helper
 from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, probabilities, read_labels
-from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
-from engine.graph import shapes
+from engine.errors import InputShapeError, LayerError, ModelLoadError, UnsupportedOpError, UsageError
+from engine.graph import modules as module_scopes, pixels, shapes
 from engine.graph.load import load
 from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
-from engine.runtime import rewrite
+from engine.runtime import feeds as extras, rewrite
 from engine.runtime.session import create_session
 
 
@@ -92,14 +92,18 @@ class Model:
     name (imagenet, unit, symmetric, raw) or a mapping ``{"preset": ..., "channel_order": "BGR"}``;
     fields given here override the model's metadata (``preprocess``, ``channel_order``), and the
     default is imagenet RGB. ``labels``: a labels file path or a list of names, else the
-    metadata's ``labels`` (JSON list). ``threads``: ORT intra-op threads.
+    metadata's ``labels`` (JSON list). ``threads``: ORT intra-op threads. ``extra_inputs``:
+    ``{name: array}`` for the graph inputs besides the image, fed on every run (one row of an
+    input whose first dim is a dynamic batch is repeated for every image; see
+    :mod:`engine.runtime.feeds`).
 
     >>> model = Model("models/shapes-resnet.onnx")
     >>> model.predict(["circle.png"], top=3)[0].top[0].label
     'circle'
     """
 
-    def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None):
+    def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None,
+                 extra_inputs=None):
         self.path = Path(path)
         self.proto = load(self.path)
         self.provider = provider
@@ -111,8 +115,10 @@ class Model:
                 f"input '{self.input.name}' of '{self.path}' has shape {self.input.shape}: "
                 "no channel dim of size 1 or 3 in position 1 or 3; onnxlens feeds RGB or gray images")
         self.input_size = self._choose_size(input_size)
-        self.preprocessing = presets.resolve(preprocess, self.metadata)
+        raw_pixels = {"preprocess": "raw"} if self.input.dtype.kind in "iu" else {}  # uint8 input: no normalization
+        self.preprocessing = presets.resolve(preprocess, {**raw_pixels, **self.metadata})
         self.labels = self._choose_labels(labels)
+        self.extra_inputs = self._choose_extra_inputs(extra_inputs)
         self._sessions = {}  # rewritten-model sessions per run request
 
     def __repr__(self):
@@ -148,6 +154,35 @@ class Model:
         if labels is not None and classes and len(classes) == 2 and isinstance(classes[1], int) and classes[1] != len(labels):
             raise UsageError(f"{len(labels)} labels given but '{self.path.name}' has {classes[1]} classes: fix the labels")
         return labels
+
+    @cached_property
+    def _extra_specs(self):
+        return extras.declared(self.proto, self.input)
+
+    def _choose_extra_inputs(self, given):
+        declared = self._extra_specs
+        given = dict(given or {})
+        unknown = [name for name in given if name not in declared]
+        if unknown:
+            listed = ", ".join(spec.describe() for spec in declared.values()) or "none"
+            raise UsageError(f"'{self.path.name}' has no extra input {', '.join(unknown)} (its inputs besides "
+                             f"the image '{self.input.name}': {listed}): name one of those")
+        return {name: extras.coerce(declared[name], value) for name, value in given.items()}
+
+    def extra_feeds(self, batch, names=None):
+        """``{name: array}`` for the extra inputs of a run over ``batch`` images (only ``names``
+        when given); raises UsageError naming the inputs still missing.
+
+        >>> Model("detector.onnx", extra_inputs={"scale": 0.5}).extra_feeds(2)["scale"].shape
+        (2, 1)
+        """
+        declared = self._extra_specs
+        wanted = [name for name in declared if names is None or name in names]
+        missing = [declared[name].describe() for name in wanted if name not in self.extra_inputs]
+        if missing:
+            raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(missing)}: pass "
+                             "extra_inputs={name: array} or --input NAME=VALUE|FILE.npy")
+        return {name: extras.feed(declared[name], self.extra_inputs[name], batch) for name in wanted}
 
     # --- graph facts ---------------------------------------------------------------------
 
@@ -187,16 +222,58 @@ class Model:
                     catalog.append(Layer(name, node.op_type, info.shape))
         return catalog
 
+    @cached_property
+    def gradient_input(self):
+        """The tensor that input gradients are taken with respect to: the image input, or for
+        integer (uint8) pixels the first float tensor computed from them (their Cast), in which
+        case ``run`` returns them per input pixel. None where the pixels go through other ops than
+        layout ones before their Cast (an input-gradient request then raises UnsupportedOpError).
+
+        >>> Model("uint8-nhwc.onnx").gradient_input
+        '/Cast_output_0'
+        """
+        if self.input.dtype.kind not in "iu":
+            return self.input.name
+        try:
+            return pixels.first_float(self.proto, self.input.name)
+        except UnsupportedOpError:
+            return None
+
+    @cached_property
+    def modules(self):
+        """``{tensor: module path}`` where the exporter recorded the torch module that produced a
+        tensor (dynamo name scopes, TorchScript node names); empty for other files.
+
+        >>> model.modules["/layer4/layer4.1/relu_1/Relu_output_0"]
+        'layer4.1.relu'
+        """
+        return module_scopes.module_paths(self.proto)
+
     def layer(self, name):
-        """Look a layer up by tensor name; an unknown name raises LayerError with close matches.
+        """Look a layer up by tensor name, else by module path (``layer4``, ``layer4.1`` or its
+        unique ending ``1.relu``): the last 4-D tensor produced inside that module. An unknown or
+        ambiguous name raises LayerError with close matches.
 
         >>> model.layer("conv1").shape
         ('batch', 16, 32, 32)
+        >>> model.layer("layer4").name
+        '/layer4/layer4.1/relu_1/Relu_output_0'
         """
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise self._unknown("layer", name, [layer.name for layer in self.layers])
+        module, several = module_scopes.resolve(name, self.modules)
+        if module is not None:
+            inner = [layer for layer in self.layers if module_scopes.inside(self.modules.get(layer.name, ""), module)]
+            if not inner:
+                raise LayerError(f"module '{module}' of '{self.path.name}' produces no 4-D tensor: "
+                                 "name a layer `onnxlens inspect` lists")
+            return inner[-1]
+        if several:
+            raise LayerError(f"'{name}' ends several module paths of '{self.path.name}' "
+                             f"({', '.join(several[:4])}{', ...' if len(several) > 4 else ''}): give the whole path")
+        known = [layer.name for layer in self.layers] + module_scopes.modules_of(self.modules)
+        raise self._unknown("layer", name, known)
 
     @cached_property
     def default_layer(self):
@@ -214,9 +291,10 @@ class Model:
         return candidates[-1]
 
     def layer_details(self):
-        """Per layer: name, op, shape, whether gradients reach it (``gradients``: True, or why not),
-        its receptive field ``field`` and ``stride`` in input pixels (None where it sees the whole
-        image) and whether it is the ``default`` layer.
+        """Per layer: name, its torch ``module`` (None where the file records none), op, shape,
+        whether gradients reach it (``gradients``: True, or why not), its receptive field ``field``
+        and ``stride`` in input pixels (None where it sees the whole image) and whether it is the
+        ``default`` layer.
 
         >>> model.layer_details()[-1]
         {'name': 'layer4', 'op': 'Relu', 'shape': ('batch', 64, 8, 8), 'gradients': True, 'field': [35, 35], ...}
@@ -234,7 +312,7 @@ class Model:
             f = fields.get(layer.name)
             seen = f is not None and not f.whole_image
             details.append({
-                "name": layer.name, "op": layer.op, "shape": layer.shape,
+                "name": layer.name, "module": self.modules.get(layer.name), "op": layer.op, "shape": layer.shape,
                 "gradients": True if blockers[layer.name] is None else f"no: {blockers[layer.name]}",
                 "field": list(f.size) if seen else None, "stride": list(f.stride) if seen else None,
                 "default": layer.name == default,
@@ -263,11 +341,13 @@ class Model:
                 "shape": self.input.shape,
                 "dynamic": self.input.dynamic,
                 "size": self.input_size,
+                "gradients": self.gradient_input,
             },
             "preprocess": self.preprocessing.to_dict(),
             "labels": self.labels,
             "ops": dict(Counter(node.op_type for node in graph.node).most_common()),
-            "layers": [{"name": layer.name, "op": layer.op, "shape": layer.shape} for layer in self.layers],
+            "layers": [{"name": layer.name, "module": self.modules.get(layer.name), "op": layer.op,
+                        "shape": layer.shape} for layer in self.layers],
         }
 
     # --- running -------------------------------------------------------------------------
@@ -299,7 +379,7 @@ class Model:
             size = tuple(d if d is not None else s for d, s in zip(self.input.size, sizes.pop()))
         batch = np.stack([resize(rgb, size) for rgb in rgbs])
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
-        return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
+        return _as_dtype(x, self.input.dtype)
 
     def run(self, x, activations=None, gradients=None, seed=None, mode="standard"):
         """Run the model on a preprocessed batch ``x`` in its own layout; returns a RunResult.
@@ -315,18 +395,20 @@ class Model:
         >>> r.gradients["input"].shape == x.shape
         True
         """
-        x = self._check_input(x)
+        x, given = self._check_input(x), x
         activations = self._names(activations, "activations")
         gradients = self._names(gradients, "gradients")
+        feeds = {self.input.name: x, **self.extra_feeds(len(x))}
         if not activations and not gradients:
-            return RunResult(self.session.run(None, {self.input.name: x}))
-        feeds = {self.input.name: x}
+            return RunResult(self.session.run(None, feeds))
         output = None
         if gradients:
             if mode not in MODES:
                 raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
             output, feeds[SEED] = self._seed(seed, len(x))
         wrt = tuple(dict.fromkeys(self.input.name if g == "input" else g for g in gradients))
+        if self.input.name in wrt and self.input.dtype.kind in "iu":  # pixels differentiated as float32
+            feeds[self.input.name] = np.asarray(given, np.float32)
         request = rewrite.Request(self._size_of(x), tuple(dict.fromkeys(activations)), wrt, output,
                                   mode if gradients else "standard")
         session = self._rewritten_session(request)
@@ -349,7 +431,7 @@ class Model:
                 f"'{self.path.name}' takes {self.input.layout} arrays of shape {_shown(expected)}, got {_shown(x.shape)}: "
                 "make them with Model.preprocess(images)"
             )
-        return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
+        return _as_dtype(x, self.input.dtype)
 
     def _size_of(self, x):
         return self.input_size or tuple(x.shape[2:4] if self.input.layout == "NCHW" else x.shape[1:3])
@@ -410,9 +492,6 @@ class Model:
 
     @cached_property
     def _expected_shape(self):
-        others = [t.name for t in self.inputs if t.name != self.input.name]
-        if others:
-            raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(others)}: onnxlens feeds only the image")
         n, c, (h, w) = self.input.batch, self.input.channels, self.input_size or self.input.size
         return (n, c, h, w) if self.input.layout == "NCHW" else (n, h, w, c)
 
@@ -442,6 +521,20 @@ class Model:
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]
                 predictions.append(Prediction(str(item) if isinstance(item, (str, Path)) else None, ranked))
         return predictions
+
+
+def _as_dtype(x, dtype):
+    """``x`` as ``dtype``; float values bound for integer pixels are rounded and clipped to its range.
+
+    >>> _as_dtype(np.array([-3.0, 7.6, 300.0]), np.dtype("uint8")).tolist()
+    [0, 8, 255]
+    """
+    if x.dtype == dtype:
+        return x
+    if dtype.kind in "iu" and x.dtype.kind == "f":
+        limits = np.iinfo(dtype)
+        return np.clip(np.rint(x), limits.min, limits.max).astype(dtype)
+    return x.astype(dtype)
 
 
 def _shown(dims):

@@ -42,7 +42,8 @@ def output_names(model):
 
 
 def layers_of(model, layer):
-    """Resolve ``layer``: "auto" (the model's default layer), a name, a comma-separated list or a list.
+    """Resolve ``layer``: "auto" (the model's default layer), a name, a comma-separated list or a list,
+    to tensor names; a module path (``layer4``) stands for its last 4-D tensor (see ``model.layer``).
 
     Unknown names raise LayerError (through ``model.layer``).
 
@@ -52,9 +53,7 @@ def layers_of(model, layer):
     if layer in (None, "auto"):
         return [model.default_layer]
     names = [s.strip() for s in layer.split(",")] if isinstance(layer, str) else list(layer)
-    for name in names:
-        model.layer(name)
-    return names
+    return [model.layer(name).name for name in names]
 
 
 def capture(model, x, layers, seeds=None, output=None):
@@ -169,8 +168,11 @@ def head_fn(model, layer, output=None):
     >>> head = head_fn(model, "layer4"); logits = head(acts)
     """
     output = output or output_names(model)[0]
-    session = create_session(_cut(model, layer, output), provider=model.provider, threads=model.threads)
-    return lambda acts: session.run([output], {layer: np.asarray(acts, np.float32)})[0]
+    sub = _cut(model, layer, output)
+    session = create_session(sub, provider=model.provider, threads=model.threads)
+    extras = _extra_names(sub, layer)
+    return lambda acts: session.run([output], {layer: np.asarray(acts, np.float32),
+                                               **_extra_feeds(model, extras, len(acts))})[0]
 
 
 @_per_model
@@ -186,21 +188,37 @@ def head_gradient_fn(model, layer, output=None):
     output = output or output_names(model)[0]
     sub = differentiate(normalize(_cut(model, layer, output)), output, [layer])
     session = create_session(sub, provider=model.provider, threads=model.threads)
+    extras = _extra_names(sub, layer)
     return lambda acts, seeds: session.run([grad_name(layer)], {layer: np.asarray(acts, np.float32),
-                                                                 SEED: np.asarray(seeds, np.float32)})[0]
+                                                                 SEED: np.asarray(seeds, np.float32),
+                                                                 **_extra_feeds(model, extras, len(acts))})[0]
+
+
+def _extra_names(sub, layer):
+    """The inputs of sub-model ``sub`` besides ``layer`` (and the seed): the model's extra inputs it reads."""
+    return [vi.name for vi in sub.graph.input if vi.name not in (layer, SEED)]
+
+
+def _extra_feeds(model, names, batch):
+    """Values of the extra inputs ``names`` for ``batch`` rows (none asked of a model without them)."""
+    return model.extra_feeds(batch, names) if names else {}
 
 
 def _cut(model, layer, output):
-    """The sub-model from tensor ``layer`` (its only input) to ``output``."""
+    """The sub-model from tensor ``layer`` to ``output``; the model's extra inputs (inputs besides
+    the image) that the sub-model reads stay inputs of it."""
     proto = model.proto
     producer = {name: node for node in proto.graph.node for name in node.output}
     weights = {init.name for init in proto.graph.initializer}
+    extras = {vi.name: vi for vi in proto.graph.input if vi.name != model.input.name and vi.name not in weights}
     needed, stack, nodes = set(), [output], []
     while stack:
         name = stack.pop()
         if name in needed or name == layer or name in weights or name == "":
             continue
         needed.add(name)
+        if name in extras:
+            continue
         node = producer.get(name)
         if node is None:
             raise LayerError(f"'{output}' depends on '{name}' without passing through '{layer}': "
@@ -213,7 +231,8 @@ def _cut(model, layer, output):
     shape = model.layer(layer).shape
     graph = helper.make_graph(
         order, "head",
-        [helper.make_tensor_value_info(layer, 1, [d if isinstance(d, int) else None for d in shape])],
+        [helper.make_tensor_value_info(layer, 1, [d if isinstance(d, int) else None for d in shape]),
+         *(vi for name, vi in extras.items() if name in needed)],
         [vi for vi in proto.graph.output if vi.name == output],
         [init for init in proto.graph.initializer if init.name in used],
     )
