@@ -1,0 +1,72 @@
+"""Planted ground truth: dissection, patches, CAMs and class visualization must find the concept
+detectors that ``tests/planted.py`` builds into a model by hand (no training)."""
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from engine.analyze.dissection import dissect
+from engine.analyze.patches import mine
+from engine.analyze.sources import from_concepts
+from engine.api import Model
+from engine.data import broden, synth
+from engine.data.broden import read_concepts
+from engine.explain import class_visualization, evaluate
+from tests import planted
+
+QUANTILE = 0.6  # masks hold 40 % of the pixels: more than any planted concept covers (ramp, stripes ≈ 30 %)
+IOU = 0.6  # a blind 40 % mask reaches about 0.35 with the largest concept (solid, ≈ 70 %): see below
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("planted") / "planted.onnx"
+    onnx.save(planted.planted_model(), path)
+    return Model(path, threads=1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    scene = planted.scenes(60, seed=1)
+    root = tmp_path_factory.mktemp("planted-broden")
+    broden.write_concepts(root, [scene])
+    return scene, read_concepts(root)
+
+
+@pytest.fixture(scope="module")
+def dissected(model, world):
+    return dissect(model, world[1], layer="units", quantile=QUANTILE, iou=IOU, batch_size=16, progress=False)
+
+
+def test_dissection_labels_every_planted_unit_and_no_distractor(dissected, world):
+    units = {planted.UNITS[u["unit"]]: u for u in dissected.units}
+    for name, (category, concept) in planted.CONCEPT_OF.items():
+        unit = units[name]
+        assert (unit["category"], unit["concept"], unit["detector"]) == (category, concept, True), unit
+        assert unit["iou"] > 0.75, unit
+    for name in planted.DISTRACTORS:
+        assert not units[name]["detector"], units[name]
+    assert units["constant"]["iou"] == 0  # ties at its threshold: an empty mask
+    # the blind unit scores what chance predicts for an independent 40 % mask against its best concept
+    scene = world[0]
+    shares = [(scene.concepts[family] == k + 1).mean() for family, names in synth.CONCEPTS.items()
+              for k in range(len(names))]
+    chance = max(0.4 * s / (0.4 + s - 0.4 * s) for s in shares)
+    assert units["noise"]["iou"] == pytest.approx(chance, abs=0.05)
+    found = {c: v["detectors"] for c, v in dissected.summary["categories"].items()}
+    assert found == {"shape": 2, "color": 1, "texture": 1, "background": 1}
+
+
+def test_iou_never_exceeds_the_reachable_bound(model, world):
+    """At the default quantile (0.995) a mask holds 0.5 % of the pixels: the ramp background and the
+    stripes (≈ 30 % each) are out of reach however exact their units; colour and shape are not."""
+    result = dissect(model, world[1], layer="units", batch_size=16, progress=False)
+    names = [label["name"] if label else "" for label in world[1].labels]
+    bound = dict(zip(names, result.reachable))
+    assert bound["gradient"] < 0.04 and bound["stripes"] < 0.04
+    assert bound["blue"] > 0.04 and bound["cross"] > 0.04
+    large = result.reachable < 1  # concepts larger than the mask: IoU ≤ mask / label
+    assert np.all(result.iou[:, large] <= result.reachable[large] + 0.01)
+    categories = result.summary["categories"]
+    assert categories["background"]["reachable_concepts"] == 0 and categories["background"]["detectors"] == 0
+    assert categories["shape"]["reachable_concepts"] > 0
