@@ -129,7 +129,7 @@ class _Graph:
                        pads=pads, **attrs)
 
 
-def planted_model(classifier_scale=10.0, seed=0):
+def planted_model(classifier_scale=100.0, seed=0):
     """The planted ONNX model (see the module docstring); ``units`` is the layer to dissect.
 
     >>> onnx.save(planted_model(), "planted.onnx")

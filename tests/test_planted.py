@@ -9,6 +9,7 @@ from engine.analyze.dissection import dissect
 from engine.analyze.patches import mine
 from engine.analyze.sources import from_concepts
 from engine.api import Model
+from engine.audit.sections import family_reach
 from engine.data import broden, synth
 from engine.data.broden import read_concepts
 from engine.explain import class_visualization, evaluate
@@ -70,3 +71,37 @@ def test_iou_never_exceeds_the_reachable_bound(model, world):
     categories = result.summary["categories"]
     assert categories["background"]["reachable_concepts"] == 0 and categories["background"]["detectors"] == 0
     assert categories["shape"]["reachable_concepts"] > 0
+    assert family_reach(categories["texture"], result.summary).startswith("no: masks hold 0.5% of the pixels")
+    assert family_reach(categories["color"], result.summary).startswith(
+        "yes (found)" if categories["color"]["detectors"] else "yes: ")
+
+
+def test_top_patches_of_planted_units_hold_their_pattern(model, world):
+    scene, dataset = world
+    chosen = [planted.UNITS.index(name) for name in planted.CONCEPT_OF]
+    result = mine(model, from_concepts(dataset), "units", channels=",".join(map(str, chosen)), top=6,
+                  batch_size=16, progress=False)
+    assert len(result.rows) == 6 * len(chosen)
+    for row in result.rows:
+        name = planted.UNITS[row["channel"]]
+        family, concept = planted.CONCEPT_OF[name]
+        i, y, x = row["index"], row["y"], row["x"]  # the layer is at full resolution: peak = pixel
+        assert scene.concepts[family][i, y, x] == synth.CONCEPTS[family].index(concept) + 1, row
+        y0, x0, y1, x1 = row["box"]
+        if family == "shape":  # the crop holds the whole object
+            ys, xs = np.nonzero(scene.masks[i])
+            assert y0 <= ys.min() and ys.max() < y1 and x0 <= xs.min() and xs.max() < x1, row
+        if name == "blue":
+            assert tuple(scene.images[i, y, x]) == synth.COLORS["blue"]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "cam"])
+def test_cams_of_the_planted_classifier_point_inside_the_object(model, method):
+    scene = planted.scenes(12, seed=2)
+    shown = scene.labels < 2  # the crosses and squares (classes 0 and 1 of the classifier)
+    report = evaluate(model, list(scene.images[shown]), scene.masks[shown], labels=scene.labels[shown],
+                      method=method, steps=32, tolerance=0)
+    print(method, report)
+    assert report[method]["pointing"] == 1.0
+    assert report[method]["deletion"] < 0.5 * report["random"]["deletion"]
+    assert report[method]["insertion"] > report["random"]["insertion"]
