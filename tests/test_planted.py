@@ -12,6 +12,7 @@ from engine.api import Model
 from engine.audit.sections import family_reach
 from engine.data import broden, synth
 from engine.data.broden import read_concepts
+from engine.data.preprocess import LUMA
 from engine.explain import class_visualization, evaluate
 from tests import planted
 
@@ -66,8 +67,12 @@ def test_iou_never_exceeds_the_reachable_bound(model, world):
     bound = dict(zip(names, result.reachable))
     assert bound["gradient"] < 0.04 and bound["stripes"] < 0.04
     assert bound["blue"] > 0.04 and bound["cross"] > 0.04
-    large = result.reachable < 1  # concepts larger than the mask: IoU ≤ mask / label
-    assert np.all(result.iou[:, large] <= result.reachable[large] + 0.01)
+    shares = np.array([0.0] + [(world[0].concepts[family] == k + 1).mean() for family, names in synth.CONCEPTS.items()
+                               for k in range(len(names))])
+    large = shares > 0.005  # concepts larger than any mask: IoU ≤ mask / label = the bound
+    assert large.sum() >= 10
+    np.testing.assert_allclose(result.reachable[large], 0.005 / shares[large], rtol=1e-6)
+    assert np.all(result.iou[:, large] <= result.reachable[large] + 1e-3)
     categories = result.summary["categories"]
     assert categories["background"]["reachable_concepts"] == 0 and categories["background"]["detectors"] == 0
     assert categories["shape"]["reachable_concepts"] > 0
@@ -101,7 +106,26 @@ def test_cams_of_the_planted_classifier_point_inside_the_object(model, method):
     shown = scene.labels < 2  # the crosses and squares (classes 0 and 1 of the classifier)
     report = evaluate(model, list(scene.images[shown]), scene.masks[shown], labels=scene.labels[shown],
                       method=method, steps=32, tolerance=0)
-    print(method, report)
     assert report[method]["pointing"] == 1.0
     assert report[method]["deletion"] < 0.5 * report["random"]["deletion"]
     assert report[method]["insertion"] > report["random"]["insertion"]
+
+
+def test_class_visualization_draws_the_planted_colour_and_grating(model):
+    """Gradient ascent on the blue unit paints the image blue; on the even Gabor filter of the
+    stripes unit it draws vertical stripes of the planted period, matching the kernel (normalized
+    cross-correlation 0.87 measured, against 0.22 for white noise)."""
+    blue = class_visualization(model, layer="units", channel=planted.UNITS.index("blue"), steps=60, start="noise")
+    mean = blue.image.reshape(-1, 3).mean(axis=0)
+    nearest = min(synth.COLORS, key=lambda c: np.linalg.norm(np.subtract(synth.COLORS[c], mean)))
+    assert nearest == "blue" and blue.scores[-1] > 100 * max(blue.scores[0], 1e-3)
+
+    grating = class_visualization(model, layer="gabor", channel=0, steps=60, start="noise")
+    luma = np.ascontiguousarray(grating.x[0].transpose(1, 2, 0) @ LUMA)
+    spectrum = np.abs(np.fft.fft2(luma - luma.mean()))
+    fy, fx = np.unravel_index(spectrum.argmax(), spectrum.shape)
+    assert (fy, min(fx, planted.SIZE - fx)) == (0, planted.SIZE // planted.PERIOD)
+    even, _ = planted.gabor_pair()
+    match = cv2.matchTemplate(luma, even, cv2.TM_CCOEFF_NORMED).max()
+    noise = np.random.default_rng(0).standard_normal(luma.shape).astype(np.float32)
+    assert match > 0.7 > 2 * cv2.matchTemplate(noise, even, cv2.TM_CCOEFF_NORMED).max()
