@@ -65,7 +65,7 @@ def test_colour_model_names_the_object_colour_and_its_twin_does_not(fresh):
 
 
 def test_dissection_sees_colour_where_training_kept_it():
-    """Last block at quantile 0.98 (0.995 leaves colour, ~7 % of the pixels each, barely in reach):
+    """Last block at quantile 0.98 (0.995 leaves colour, 7–12 % of the pixels each, barely in reach):
     the colour model has colour detectors, the shape model (trained to ignore colour) none, and the
     random twin's linear colour responses are nearly all 'colour detectors' but no shape ones."""
     from engine import Model

@@ -50,7 +50,7 @@ class Dissection:
     summary: dict
     iou: np.ndarray  # units × label numbers
     top: dict  # TopK result: value/image/y/x, units × k
-    reachable: np.ndarray = None  # per label number: the highest IoU a full-size mask can reach
+    reachable: np.ndarray = None  # per label number: the highest IoU any unit can reach (reachable_iou)
 
 
 def primary_categories(dataset):
@@ -70,25 +70,22 @@ def primary_categories(dataset):
 
 
 def reachable_iou(dataset, label_area, quantile):
-    """Per label number, the highest IoU that a unit mask covering ``1 − quantile`` of the pixels
-    of the images labelling its category can reach: min(m, L) / max(m, L) for mask area m and
-    label area L (0 for numbers without a category or without pixels).
+    """Per label number, the highest IoU any unit can reach with it: a mask holds at most
+    m = 1 − ``quantile`` of the pixels of the images labelling the concept's category (fewer
+    where the unit's values tie at its threshold), so a concept of area L > m reaches at most
+    m / L; a smaller one could be matched exactly (1). 0 for numbers without a category or pixels.
 
     A concept covering 30 % of the pixels is out of reach at the default quantile 0.995
     (bound 0.005 / 0.3 ≈ 0.017 < 0.04) however well a unit detects it.
 
-    >>> reachable_iou(dataset, counts.label_area, 0.995)[dataset.categories.index("texture")]
+    >>> reachable_iou(dataset, counts.label_area, 0.995)[dataset.labels.index(texture_label)]
     """
     category_of = primary_categories(dataset)
-    pixels = np.zeros(len(dataset.categories))
-    for row in dataset.rows:
-        for g, category in enumerate(dataset.categories):
-            pixels[g] += row["sh"] * row["sw"] if row.get(category) else 0
+    pixels = np.array([sum(row["sh"] * row["sw"] for row in dataset.rows if row.get(category))
+                       for category in dataset.categories], np.float64)
     mask = (1 - quantile) * pixels[category_of]
     label = np.asarray(label_area, np.float64)
-    bound = np.divide(np.minimum(mask, label), np.maximum(mask, label), out=np.zeros(len(label)),
-                      where=(category_of >= 0) & (label > 0))
-    return bound
+    return np.divide(np.minimum(mask, label), label, out=np.zeros(len(label)), where=(category_of >= 0) & (label > 0))
 
 
 def upsample(maps, size):

@@ -303,20 +303,20 @@ def dissection(ctx):
 
 
 def family_reach(category, summary):
-    """Whether a concept family could have passed the IoU threshold here: a unit mask holds
-    1 − quantile of the pixels, so a family whose concepts all cover far more (or far less) cannot.
+    """Whether a concept family could have passed the IoU threshold here: a unit mask holds at
+    most 1 − quantile of the pixels, so a family whose concepts all cover far more cannot.
 
     >>> family_reach({"detectors": 0, "labelled_concepts": 4, "reachable_concepts": 0,
     ...               "best_reachable_iou": 0.02}, {"quantile": 0.995, "iou_threshold": 0.04})
-    'no: masks hold 0.5% of the pixels; none of its 4 concepts has an area close enough to pass (IoU ≤ 0.020)'
+    'no: masks hold at most 0.5% of the pixels and its 4 concepts cover far more (IoU ≤ 0.020)'
     """
     if category["detectors"]:
         return "yes (found)"
     if not category["labelled_concepts"]:
         return "no: no image labels it"
     if not category["reachable_concepts"]:
-        return (f"no: masks hold {1 - summary['quantile']:.1%} of the pixels; none of its {category['labelled_concepts']} "
-                f"concepts has an area close enough to pass (IoU ≤ {category['best_reachable_iou']:.3f})")
+        return (f"no: masks hold at most {1 - summary['quantile']:.1%} of the pixels and its "
+                f"{category['labelled_concepts']} concepts cover far more (IoU ≤ {category['best_reachable_iou']:.3f})")
     return (f"yes: {category['reachable_concepts']} of {category['labelled_concepts']} concepts could pass "
             f"(IoU up to {category['best_reachable_iou']:.3f}); no unit did")
 
