@@ -27,10 +27,10 @@ import json
 import cv2
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from engine.data import synth
 from engine.data.preprocess import LUMA
+from tests.onnx_build import Builder
 
 SIZE, RADIUS, PERIOD = 64, 12, 8
 SHAPES = ("cross", "square", "circle")
@@ -110,23 +110,11 @@ def gabor_pair(period=PERIOD, sigma=(2.5, 4.0)):
     return (even / np.abs(even).sum()).astype(np.float32), (odd / np.abs(odd).sum()).astype(np.float32)
 
 
-class _Graph:
-    def __init__(self):
-        self.nodes, self.inits = [], []
-
-    def const(self, name, value):
-        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        return name
-
-    def op(self, op_type, inputs, name, **attrs):
-        self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attrs))
-        return name
-
-    def conv(self, x, name, weight, bias, **attrs):
-        k = weight.shape[2:]
-        pads = [k[0] // 2, k[1] // 2, k[0] // 2, k[1] // 2]
-        return self.op("Conv", [x, self.const(name + ".w", weight), self.const(name + ".b", bias)], name,
-                       pads=pads, **attrs)
+def _conv(g, x, name, weight, bias, **attrs):
+    """A 'same'-padded Conv (odd kernels) named ``name`` in the ``Builder`` ``g``."""
+    k = np.shape(weight)[2:]
+    weight, bias = g.const(np.float32(weight), name + ".w"), g.const(np.float32(bias), name + ".b")
+    return g.op("Conv", [x, weight, bias], name=name, pads=[k[0] // 2, k[1] // 2, k[0] // 2, k[1] // 2], **attrs)
 
 
 def planted_model(classifier_scale=100.0, seed=0):
@@ -134,54 +122,54 @@ def planted_model(classifier_scale=100.0, seed=0):
 
     >>> onnx.save(planted_model(), "planted.onnx")
     """
-    g = _Graph()
+    g = Builder()
     x = "image"
-    blue = g.op("Relu", [g.conv(x, "blue_conv", np.array([-0.5, -0.5, 1.0]).reshape(1, 3, 1, 1), [-0.15])], "blue")
+    blue_weights = np.array([-0.5, -0.5, 1.0]).reshape(1, 3, 1, 1)
+    blue = g.op("Relu", [_conv(g, x, "blue_conv", blue_weights, [-0.15])], name="blue")
 
     even, odd = gabor_pair()
     bank = np.stack([even, -even, odd, -odd])[:, None] * LUMA[None, :, None, None]  # 4×3×9×17 on the luma
-    gabor = g.op("Relu", [g.conv(x, "gabor_conv", bank, np.zeros(4))], "gabor")
-    stripes = g.op("Relu", [g.conv(gabor, "stripes_sum", np.ones((1, 4, 1, 1)), [-0.15])], "stripes")
+    gabor = g.op("Relu", [_conv(g, x, "gabor_conv", bank, np.zeros(4))], name="gabor")
+    stripes = g.op("Relu", [_conv(g, gabor, "stripes_sum", np.ones((1, 4, 1, 1)), [-0.15])], name="stripes")
 
     pairs = [(0, 1), (1, 0), (1, 2), (2, 1), (2, 0), (0, 2)]  # |R−G| + |G−B| + |B−R| as six ReLUs
     diff = np.zeros((6, 3, 1, 1))
     for k, (a, b) in enumerate(pairs):
         diff[k, a], diff[k, b] = 1, -1
-    chroma = g.op("Relu", [g.conv(x, "chroma_conv", diff, np.zeros(6))], "chroma")
-    ramp2 = g.op("Relu", [g.conv(chroma, "clip_conv", np.full((2, 6, 1, 1), 2.0), [0.0, -1.0])], "clip")
-    silhouette = g.conv(ramp2, "silhouette", np.array([1.0, -1.0]).reshape(1, 2, 1, 1), [0.0])  # min(1, 2·chroma)
+    chroma = g.op("Relu", [_conv(g, x, "chroma_conv", diff, np.zeros(6))], name="chroma")
+    clipped = g.op("Relu", [_conv(g, chroma, "clip_conv", np.full((2, 6, 1, 1), 2.0), [0.0, -1.0])], name="clip")
+    silhouette = _conv(g, clipped, "silhouette", np.array([1.0, -1.0]).reshape(1, 2, 1, 1), [0.0])  # min(1, 2·chroma)
 
     painted = {}
     for name in ("cross", "square"):
         shape = template(name)
         area = shape.sum()
         match = np.where(shape, 1.0, -1.0)[None, None]
-        found = g.op("Relu", [g.conv(silhouette, f"{name}_match", match, [-MATCH * area])], f"{name}_found")
+        found = g.op("Relu", [_conv(g, silhouette, f"{name}_match", match, [-MATCH * area])], name=f"{name}_found")
         paint = shape[::-1, ::-1][None, None] / ((1 - MATCH) * area)  # a clean match paints 1 on the shape
-        painted[name] = g.conv(found, name, paint, [0.0])
+        painted[name] = _conv(g, found, name, paint, [0.0])
 
     slope = RAMP[1] * 2 / 255  # the central difference of the ramp's luma
     deriv = (np.array([-1.0, 0.0, 1.0]) / slope)[None, None, None, :] * LUMA[None, :, None, None]
-    edges = g.op("Relu", [g.conv(x, "deriv", np.repeat(deriv, 3, axis=0), [-0.5, -1.0, -1.5])], "deriv_relu")
-    ramp = g.op("Relu", [g.conv(edges, "tent", np.array([2.0, -4.0, 2.0]).reshape(1, 3, 1, 1), [0.0])], "ramp")
+    edges = g.op("Relu", [_conv(g, x, "deriv", np.repeat(deriv, 3, axis=0), [-0.5, -1.0, -1.5])], name="deriv_relu")
+    ramp = g.op("Relu", [_conv(g, edges, "tent", np.array([2.0, -4.0, 2.0]).reshape(1, 3, 1, 1), [0.0])], name="ramp")
 
-    constant = g.conv(x, "constant", np.zeros((1, 3, 1, 1)), [1.0])
+    constant = _conv(g, x, "constant", np.zeros((1, 3, 1, 1)), [1.0])
     field = np.random.default_rng(seed).random((1, 1, SIZE, SIZE))
-    noise = g.op("Add", [g.conv(x, "blind", np.zeros((1, 3, 1, 1)), [0.0]), g.const("noise_map", field)], "noise")
+    blind = _conv(g, x, "blind", np.zeros((1, 3, 1, 1)), [0.0])
+    noise = g.op("Add", [blind, g.const(np.float32(field), "noise_map")], name="noise")
 
     parts = {"blue": blue, "stripes": stripes, "ramp": ramp, "constant": constant, "noise": noise, **painted}
-    units = g.op("Concat", [parts[u] for u in UNITS], "units", axis=1)
-    pooled = g.op("Flatten", [g.op("GlobalAveragePool", [units], "gap")], "pooled")
+    units = g.op("Concat", [parts[u] for u in UNITS], name="units", axis=1)
+    pooled = g.op("Flatten", [g.op("GlobalAveragePool", [units], name="gap")], name="pooled")
     weights = np.zeros((len(CLASSES), len(UNITS)))
     weights[0, UNITS.index("cross")] = weights[1, UNITS.index("square")] = classifier_scale
     typical = np.mean([template(n).sum() for n in ("cross", "square")]) / SIZE ** 2  # pooled clean detection
     bias = np.array([0.0, 0.0, classifier_scale * typical / 2])
-    g.op("Gemm", [pooled, g.const("fc.w", weights), g.const("fc.b", bias)], "logits", transB=1)
+    fc = [g.const(np.float32(weights), "fc.w"), g.const(np.float32(bias), "fc.b")]
+    g.op("Gemm", [pooled, *fc], name="logits", transB=1)
 
-    graph = helper.make_graph(g.nodes, "planted", [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(CLASSES)])], g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = g.model([(x, ["N", 3, SIZE, SIZE])], [("logits", ["N", len(CLASSES)])], opset=17)
     for key, value in {"preprocess": "unit", "labels": json.dumps(list(CLASSES))}.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)

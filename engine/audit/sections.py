@@ -293,7 +293,8 @@ def dissection(ctx):
     blocks = [paragraph(f"layer {s['layer']}: {s['detectors']} of {s['units']} units detect a concept "
                         f"(IoU > {s['iou_threshold']}), {s['concepts']} distinct concepts, {s['images']} images; "
                         f"families found: {', '.join(found) or 'none'}"),
-              table([[c, v["detectors"], ", ".join(v["concepts"]), family_reach(v, s)] for c, v in s["categories"].items()],
+              table([[c, v["detectors"], ", ".join(v["concepts"]), family_reach(v, s)]
+                     for c, v in s["categories"].items()],
                     ["category", "detectors", "concepts", "could these images show it?"]),
               heading("Top units"),
               table([[u["unit"], u["concept"], u["category"], u["iou"], u["detector"]]
@@ -316,7 +317,8 @@ def family_reach(category, summary):
         return "no: no image labels it"
     if not category["reachable_concepts"]:
         return (f"no: masks hold at most {1 - summary['quantile']:.1%} of the pixels and its "
-                f"{category['labelled_concepts']} concepts cover far more (IoU ≤ {category['best_reachable_iou']:.3f})")
+                f"{category['labelled_concepts']} concepts cover far more "
+                f"(IoU ≤ {category['best_reachable_iou']:.3f})")
     return (f"yes: {category['reachable_concepts']} of {category['labelled_concepts']} concepts could pass "
             f"(IoU up to {category['best_reachable_iou']:.3f}); no unit did")
 
