@@ -78,7 +78,7 @@ def reachable_iou(dataset, label_area, quantile):
     A concept covering 30 % of the pixels is out of reach at the default quantile 0.995
     (bound 0.005 / 0.3 ≈ 0.017 < 0.04) however well a unit detects it.
 
-    >>> reachable_iou(dataset, counts.label_area, 0.995)[dataset.labels.index(texture_label)]
+    >>> reachable_iou(dataset, counts.label_area, 0.995)   # one bound per label number
     """
     category_of = primary_categories(dataset)
     pixels = np.array([sum(row["sh"] * row["sw"] for row in dataset.rows if row.get(category))
