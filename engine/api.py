@@ -18,7 +18,7 @@ from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
-from engine.graph.autodiff import MODES, SEED, grad_name
+from engine.graph.autodiff import MODES, SEED, _feeds, grad_name
 from engine.runtime import rewrite
 from engine.runtime.session import create_session
 
@@ -114,6 +114,7 @@ class Model:
         self.preprocessing = presets.resolve(preprocess, self.metadata)
         self.labels = self._choose_labels(labels)
         self._sessions = {}  # rewritten-model sessions per run request
+        self._default_layers = {}  # output name → default layer
 
     def __repr__(self):
         return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
@@ -198,20 +199,43 @@ class Model:
                 return layer
         raise self._unknown("layer", name, [layer.name for layer in self.layers])
 
-    @cached_property
+    @property
     def default_layer(self):
-        """The layer Grad-CAM-style methods use by default: the last 4-D activation with spatial
-        size > 1 that the rest of the graph still consumes (so not the output of a dense head).
+        """The layer Grad-CAM-style methods use by default for the first output: see
+        :meth:`default_layer_for`.
 
         >>> model.default_layer
         'layer4'
         """
-        consumed = {i for node in self.proto.graph.node for i in node.input}
+        return self.default_layer_for(self.proto.graph.output[0].name)
+
+    def default_layer_for(self, output):
+        """The default layer for explaining tensor ``output``: among the 4-D activations it is
+        computed from (its cone, itself excluded) with spatial size > 1 and an image-like aspect
+        (H and W divided by about the same stride: a DFL or reshaped head is not one), the last,
+        in graph order, that every branch ending in ``output`` comes from (the neck a YOLO or
+        PicoDet head's strides share; the last conv stage of a classifier).
+
+        >>> model.default_layer_for("logits")
+        'layer4'
+        """
+        if output not in self._default_layers:
+            self._default_layers[output] = self._choose_default_layer(output)
+        return self._default_layers[output]
+
+    def _choose_default_layer(self, output):
+        nodes = self.proto.graph.node
+        cone = _feeds(nodes, output)
+        size = self.input_size or self.input.size
         candidates = [layer.name for layer in self.layers
-                      if layer.name in consumed and _spatial(layer.shape)]
+                      if layer.name in cone and layer.name != output and _image_like(layer.shape, size)]
         if not candidates:
-            raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1: name a layer")
-        return candidates[-1]
+            raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1 feeding '{output}': "
+                             "name a layer")
+        upstream = {name: _feeds(nodes, name) for name in candidates}
+        ends = [c for c in candidates if not any(c in upstream[d] for d in candidates if d != c)]
+        shared = set.intersection(*(upstream[e] for e in ends))
+        return ([c for c in candidates if c in shared] or candidates)[-1]
 
     def layer_details(self):
         """Per layer: name, op, shape, whether gradients reach it (``gradients``: True, or why not),
@@ -452,3 +476,14 @@ def _shown(dims):
 def _spatial(shape):
     """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
     return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
+
+
+def _image_like(shape, size):
+    """True for a 4-D shape with spatial size > 1 whose H and W (NCHW or NHWC) are the input's
+    ``size`` divided by about one stride (within 1.5×); unknown sizes count as image-like."""
+    if not _spatial(shape):
+        return False
+    if None in size or not all(isinstance(d, int) for d in shape[1:]):
+        return True
+    ratios = [(size[0] / h, size[1] / w) for h, w in (shape[2:4], shape[1:3]) if h > 1 or w > 1]
+    return any(max(r) <= 1.5 * min(r) for r in ratios)

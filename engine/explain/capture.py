@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 from engine.errors import LayerError
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
+from engine.explain.outputs import forward
 from engine.graph.shapes import constant_tensors
 from engine.runtime.session import create_session
 
@@ -41,8 +42,9 @@ def output_names(model):
     return [t.name for t in model.outputs]
 
 
-def layers_of(model, layer):
-    """Resolve ``layer``: "auto" (the model's default layer), a name, a comma-separated list or a list.
+def layers_of(model, layer, output=None):
+    """Resolve ``layer``: "auto" (the default layer for ``output``, first output by default), a
+    name, a comma-separated list or a list.
 
     Unknown names raise LayerError (through ``model.layer``).
 
@@ -50,7 +52,7 @@ def layers_of(model, layer):
     ['layer3', 'layer4']
     """
     if layer in (None, "auto"):
-        return [model.default_layer]
+        return [model.default_layer_for(output) if output else model.default_layer]
     names = [s.strip() for s in layer.split(",")] if isinstance(layer, str) else list(layer)
     for name in names:
         model.layer(name)
@@ -60,18 +62,19 @@ def layers_of(model, layer):
 def capture(model, x, layers, seeds=None, output=None):
     """One pass: model outputs, activations at ``layers`` and, with ``seeds``, their gradients.
 
-    ``seeds`` (one row per row of ``x``) seed Σ seed·``output`` (the first output by default).
+    ``seeds`` (one row per row of ``x``) seed Σ seed·``output`` (the first output by default; any
+    tensor, e.g. the logits before a Softmax, whose values then join the activations).
     Returns (outputs, {layer: A}, {layer: G} or None).
 
     >>> outputs, acts, grads = capture(model, x, ["layer4"], seeds=np.eye(8)[[3]])
     """
     output = output or output_names(model)[0]
+    wanted = list(dict.fromkeys([*layers, *([] if output in output_names(model) else [output])]))
     if seeds is None:
-        result = model.run(x, activations=list(layers))
-        return result.outputs, {n: result.activations[n] for n in layers}, None
-    result = model.run(x, activations=list(layers), gradients=list(layers), seed={output: seeds})
-    return (result.outputs, {n: result.activations[n] for n in layers},
-            {n: result.gradients[n] for n in layers})
+        result = model.run(x, activations=wanted)
+        return result.outputs, result.activations, None
+    result = model.run(x, activations=wanted, gradients=list(layers), seed={output: seeds})
+    return result.outputs, result.activations, {n: result.gradients[n] for n in layers}
 
 
 def gradient_fn(model, output=None):
@@ -89,13 +92,13 @@ def gradient_fn(model, output=None):
 
 
 def scores_fn(model, output=None):
-    """``scores(x)`` = the model's ``output`` (first by default) for a batch ``x``; forward only.
+    """``scores(x)`` = the model's ``output`` (first by default; any tensor) for a batch ``x``; forward only.
 
     >>> scores_fn(model)(x).shape
     (1, 8)
     """
-    index = output_names(model).index(output) if output else 0
-    return lambda x: model.run(x).outputs[index]
+    output = output or output_names(model)[0]
+    return lambda x: forward(model, x, [output])[output]
 
 
 def fc_head(model, output=None):
@@ -214,7 +217,8 @@ def _cut(model, layer, output):
     graph = helper.make_graph(
         order, "head",
         [helper.make_tensor_value_info(layer, 1, [d if isinstance(d, int) else None for d in shape])],
-        [vi for vi in proto.graph.output if vi.name == output],
+        [next((vi for vi in proto.graph.output if vi.name == output), None)
+         or helper.make_tensor_value_info(output, 1, None)],
         [init for init in proto.graph.initializer if init.name in used],
     )
     return helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
