@@ -228,7 +228,8 @@ class Model:
         cone = _feeds(nodes, output)
         size = self.input_size or self.input.size
         candidates = [layer.name for layer in self.layers
-                      if layer.name in cone and layer.name != output and _image_like(layer.shape, size)]
+                      if layer.name in cone and layer.name != output
+                      and _image_like(layer.shape, size, self.input.layout)]
         if not candidates:
             raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1 feeding '{output}': "
                              "name a layer")
@@ -478,12 +479,14 @@ def _spatial(shape):
     return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
 
 
-def _image_like(shape, size):
-    """True for a 4-D shape with spatial size > 1 whose H and W (NCHW or NHWC) are the input's
-    ``size`` divided by about one stride (within 1.5×); unknown sizes count as image-like."""
+def _image_like(shape, size, layout="NCHW"):
+    """True for a 4-D shape with spatial size > 1 whose H and W (NCHW, or NHWC too for NHWC
+    models) are the input's ``size`` divided by about one stride (within 1.5×); unknown sizes
+    count as image-like."""
     if not _spatial(shape):
         return False
     if None in size or not all(isinstance(d, int) for d in shape[1:]):
         return True
-    ratios = [(size[0] / h, size[1] / w) for h, w in (shape[2:4], shape[1:3]) if h > 1 or w > 1]
+    grids = [shape[2:4], *([shape[1:3]] if layout == "NHWC" else [])]
+    ratios = [(size[0] / h, size[1] / w) for h, w in grids if h > 1 or w > 1]
     return any(max(r) <= 1.5 * min(r) for r in ratios)

@@ -353,7 +353,8 @@ def _dense(target, row, shape, input_size=None, **_):
     if c is None:
         c = int(np.argmax(row[:, inside].mean(axis=1)))
     if not -channels <= c < channels:
-        raise UsageError(f"target class/channel {c} out of range: the output has {channels} channels")
+        raise UsageError(f"target {'class' if target.kind == 'class' else 'channel'} {c} out of range: "
+                         f"the output has {channels} channels")
     c %= channels
     seed = np.zeros(shape, np.float64)
     seed[c][inside] = 1
