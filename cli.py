@@ -105,12 +105,17 @@ def _table(rows, headers):
 def inspect(model, size, layer_name, as_json):
     """Show a model's inputs, outputs, opset, producer, op histogram and layer catalog.
 
+    Outputs made by a Softmax are noted (gradients of probabilities; --logits explains the logits).
     Per layer: whether gradients reach it (every op from it to the output has a rule), its
     receptive field and stride in input pixels ("all" where it sees the whole image), and a *
     on the default layer for gradient-based explanations."""
+    from engine.explain.outputs import softmax_input
+
     model = Model(model, input_size=size)
     info = model.summary()
     info["layers"] = model.layer_details()
+    for output in info["outputs"]:
+        output["softmax_of"] = softmax_input(model.proto, output["name"])
     if layer_name is not None:
         model.layer(layer_name)
         info["layers"] = [layer for layer in info["layers"] if layer["name"] == layer_name]
@@ -128,6 +133,10 @@ def inspect(model, size, layer_name, as_json):
     rows = [("input", t["name"], t["dtype"], _dims(t["shape"])) for t in info["inputs"]]
     rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
     click.echo(_table(rows, ("", "name", "dtype", "shape")) + "\n")
+    for t in info["outputs"]:
+        if t["softmax_of"]:
+            click.echo(f"note: output '{t['name']}' is a Softmax: gradients are of probabilities; "
+                       f"--logits explains its input '{t['softmax_of']}'\n")
     click.echo("ops  " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()) + "\n")
     rows = [(("* " if layer["default"] else "  ") + layer["name"], layer["op"], _dims(layer["shape"]),
              "yes" if layer["gradients"] is True else layer["gradients"],

@@ -78,12 +78,15 @@ def producers(proto):
 
 
 def softmax_input(proto, name):
-    """The input of the (Log)Softmax that makes ``name``, or None.
+    """The input of the (Log)Softmax that makes ``name`` (through Identity nodes), or None.
 
     >>> softmax_input(model.proto, "probs")
     'logits'
     """
-    node = producers(proto).get(name)
+    made = producers(proto)
+    node = made.get(name)
+    while node is not None and node.op_type == "Identity":
+        node = made.get(node.input[0])
     return node.input[0] if node is not None and node.op_type in SOFTMAX else None
 
 
@@ -184,7 +187,10 @@ def _kind(proto, name, shape, pair):
 
 
 def _classes_axis(proto, name, rank):
-    node = producers(proto).get(name)
+    made = producers(proto)
+    node = made.get(name)
+    while node is not None and node.op_type == "Identity":
+        node = made.get(node.input[0])
     if node is None or node.op_type not in SOFTMAX:
         return rank - 1
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
