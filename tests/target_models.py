@@ -1,4 +1,5 @@
-"""Small hand-built models for structured targets (onnx.helper, random weights, no torch).
+"""Small hand-built models for structured targets (onnx.helper, random weights, no torch; smooth
+activations, so that central differences have no ReLU kinks to cross).
 
 ``yolov8(path)``: N×(4+C)×A with a DFL box branch over two strides sharing a neck;
 ``yolov5(path)``: N×A×(5+C); ``pair(path)``: boxes N×A×4 (xyxy) + scores N×C×A;
@@ -20,7 +21,7 @@ def _save(b, path, inputs, outputs):
     return path
 
 
-def _conv(b, x, cin, cout, k=3, stride=1, act="Relu", name=None):
+def _conv(b, x, cin, cout, k=3, stride=1, act="Tanh", name=None):
     y = b.op("Conv", [x, b.weight(cout, cin, k, k, scale=float(1 / np.sqrt(cin * k * k))), b.weight(cout, scale=0.1)],
              pads=[k // 2] * 4, strides=[stride, stride], kernel_shape=[k, k])
     return b.op(act, [y], name=name) if act else y
