@@ -350,7 +350,7 @@ class Model:
         if gradients:
             if mode not in MODES:
                 raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-            output, feeds[SEED] = self._seed(seed, len(x))
+            output, feeds[SEED] = self._seed(seed, x)
         wrt = tuple(dict.fromkeys(self.input.name if g == "input" else g for g in gradients))
         request = rewrite.Request(self._size_of(x), tuple(dict.fromkeys(activations)), wrt, output,
                                   mode if gradients else "standard")
@@ -398,7 +398,9 @@ class Model:
         graph = self.proto.graph
         return {self.input.name} | {o for node in graph.node if node.op_type != "Constant" for o in node.output if o}
 
-    def _seed(self, seed, batch):
+    def _seed(self, seed, x):
+        """(seeded tensor, seed array) checked against the tensor's shape: the declared one, or the
+        real one from a forward pass when the declared shape is unknown or does not fit."""
         names = [o.name for o in self.proto.graph.output]
         if seed is None:
             raise UsageError("gradients need a seed: an array shaped like the output, e.g. the one-hot rows of "
@@ -414,13 +416,19 @@ class Model:
         dims = info.shape if info and info.shape else None
         dtype = helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
         seed = np.asarray(seed, dtype=dtype)
-        if dims is not None and seed.ndim == len(dims) - 1:
-            seed = np.broadcast_to(seed, (batch, *seed.shape))
-        wrong = seed.ndim == 0 or seed.shape[0] != batch or (dims is not None and (
-            seed.ndim != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims[1:], seed.shape[1:]))))
-        if wrong:
-            raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
-                                  f"({_shown(dims or ())}) for a batch of {batch}: give one row per image")
+        batch = len(x)
+        fitted = _fitted(seed, dims, batch)
+        if fitted is not None:
+            seed = fitted
+        else:
+            real = self.run(x).outputs[names.index(output)] if output in names else \
+                self.run(x, activations=[output]).activations[output]
+            dims = real.shape
+            if seed.ndim == len(dims) - 1 and dims[0] == batch:
+                seed = np.broadcast_to(seed, (batch, *seed.shape))
+            if seed.shape != dims:
+                raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
+                                      f"({_shown(dims)}) for a batch of {batch}: give one row per image")
         return output, np.ascontiguousarray(seed)
 
     @cached_property
@@ -472,6 +480,19 @@ class Model:
 def _shown(dims):
     """A shape as ``3×?×64``: "?" for unknown or symbolic dims."""
     return "×".join(str(d) if isinstance(d, (int, np.integer)) else "?" for d in dims)
+
+
+def _fitted(seed, dims, batch):
+    """``seed`` when it fits declared ``dims`` (the batch on the axis of the symbolic "batch" dim,
+    else axis 0), broadcast over the batch when one rank short (one row for every image); else None."""
+    if dims is None:
+        return None
+    axis = dims.index("batch") if "batch" in dims else 0
+    if seed.ndim == len(dims) - 1:
+        seed = np.broadcast_to(np.expand_dims(seed, axis), (*seed.shape[:axis], batch, *seed.shape[axis:]))
+    fits = seed.ndim == len(dims) and seed.shape[axis] == batch and all(
+        not isinstance(d, int) or d == s for i, (d, s) in enumerate(zip(dims, seed.shape)) if i != axis)
+    return seed if fits else None
 
 
 def _spatial(shape):

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 from engine.errors import LayerError
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
-from engine.explain.outputs import forward
+from engine.explain.outputs import OutputView, forward
 from engine.graph.shapes import constant_tensors
 from engine.runtime.session import create_session
 
@@ -63,18 +63,27 @@ def capture(model, x, layers, seeds=None, output=None):
     """One pass: model outputs, activations at ``layers`` and, with ``seeds``, their gradients.
 
     ``seeds`` (one row per row of ``x``) seed Σ seed·``output`` (the first output by default; any
-    tensor, e.g. the logits before a Softmax, whose values then join the activations).
+    tensor, e.g. the logits before a Softmax, whose values then join the activations; or an
+    :class:`OutputView`, whose seeds are batch first whatever the tensor's layout).
     Returns (outputs, {layer: A}, {layer: G} or None).
 
     >>> outputs, acts, grads = capture(model, x, ["layer4"], seeds=np.eye(8)[[3]])
     """
-    output = output or output_names(model)[0]
+    output, to_model, _ = _explained(model, output)
     wanted = list(dict.fromkeys([*layers, *([] if output in output_names(model) else [output])]))
     if seeds is None:
         result = model.run(x, activations=wanted)
         return result.outputs, result.activations, None
-    result = model.run(x, activations=wanted, gradients=list(layers), seed={output: seeds})
+    result = model.run(x, activations=wanted, gradients=list(layers), seed={output: to_model(seeds)})
     return result.outputs, result.activations, {n: result.gradients[n] for n in layers}
+
+
+def _explained(model, output):
+    """(tensor name, seeds → the tensor's layout, values → batch first) of ``output``: a name
+    (None: the first output), taken as is, or an :class:`OutputView`."""
+    if isinstance(output, OutputView):
+        return output.name, output.seeds, output.rows
+    return output or output_names(model)[0], np.asarray, np.asarray
 
 
 def gradient_fn(model, output=None):
@@ -83,10 +92,10 @@ def gradient_fn(model, output=None):
     >>> gradient_fn(model)(x, seeds, "guided").shape == x.shape
     True
     """
-    output = output or output_names(model)[0]
+    output, to_model, _ = _explained(model, output)
 
     def gradient(x, seeds, mode="standard"):
-        return model.run(x, gradients=["input"], seed={output: seeds}, mode=mode).gradients["input"]
+        return model.run(x, gradients=["input"], seed={output: to_model(seeds)}, mode=mode).gradients["input"]
 
     return gradient
 
@@ -97,8 +106,8 @@ def scores_fn(model, output=None):
     >>> scores_fn(model)(x).shape
     (1, 8)
     """
-    output = output or output_names(model)[0]
-    return lambda x: forward(model, x, [output])[output]
+    output, _, to_rows = _explained(model, output)
+    return lambda x: to_rows(forward(model, x, [output])[output])
 
 
 def fc_head(model, output=None):
@@ -171,9 +180,9 @@ def head_fn(model, layer, output=None):
 
     >>> head = head_fn(model, "layer4"); logits = head(acts)
     """
-    output = output or output_names(model)[0]
+    output, _, to_rows = _explained(model, output)
     session = create_session(_cut(model, layer, output), provider=model.provider, threads=model.threads)
-    return lambda acts: session.run([output], {layer: np.asarray(acts, np.float32)})[0]
+    return lambda acts: to_rows(session.run([output], {layer: np.asarray(acts, np.float32)})[0])
 
 
 @_per_model
@@ -186,11 +195,11 @@ def head_gradient_fn(model, layer, output=None):
 
     >>> grads = head_gradient_fn(model, "layer4")(acts, seeds)
     """
-    output = output or output_names(model)[0]
+    output, to_model, _ = _explained(model, output)
     sub = differentiate(normalize(_cut(model, layer, output)), output, [layer])
     session = create_session(sub, provider=model.provider, threads=model.threads)
     return lambda acts, seeds: session.run([grad_name(layer)], {layer: np.asarray(acts, np.float32),
-                                                                 SEED: np.asarray(seeds, np.float32)})[0]
+                                                                 SEED: np.asarray(to_model(seeds), np.float32)})[0]
 
 
 def _cut(model, layer, output):

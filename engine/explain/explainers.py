@@ -93,10 +93,10 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     else:
         layers = layers_of(model, layer, output)
     if method == "ablationcam":
-        extra = {n: head_fn(model, n, output) for n in layers}
+        extra = {n: head_fn(model, n, view) for n in layers}
     top_fast = (getattr(targets, "kind", targets) == "top" and view.kind == "classifier"
                 and method in methods.GRADIENT_METHODS and not tta)
-    heads = _top_heads(model, layers, output) if top_fast else None
+    heads = _top_heads(model, layers, view) if top_fast else None
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
@@ -140,7 +140,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
     view = describe(model, model.preprocess(rgbs[:1]), output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
     output = view.name
-    gradient = gradient_fn(model, output)
+    gradient = gradient_fn(model, view)
     layout = model.input.layout
     layers = layers_of(model, layer, output) if method == "guided-gradcam" else None
     parts = []
@@ -157,7 +157,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
                 attr = attribution.integrated_gradients(gradient, xr, seeds, base, steps=steps, batch=batch)
             elif method == "guided-gradcam":
                 guided = attribution.guided_backprop(gradient, xr, seeds, batch=batch)
-                _, acts, grads = capture(model, xr, layers, seeds, output)
+                _, acts, grads = capture(model, xr, layers, seeds, view)
                 cams = to_unit(methods.gradcam(acts[layers[0]], grads[layers[0]]))
                 size = xr.shape[2:] if layout == "NCHW" else xr.shape[1:3]
                 attr = methods.guided_gradcam(resize_maps(cams, size), guided, layout)
@@ -198,8 +198,9 @@ def _flat(scores, view):
 
 
 def _rows(model, x, targets, start, total, view, blank=0, need_scores=False):
-    """Resolve the batch's targets (images ``start:start+len(x)`` of ``total``) into Rows whose
-    seeds are in the explained tensor's own layout, and the scores (batch first).
+    """Resolve the batch's targets (images ``start:start+len(x)`` of ``total``) into Rows (seeds
+    batch first: the capture functions take ``view`` to put them in the tensor's layout) and the
+    scores (batch first).
 
     A forward pass gives the scores unless the targets are plain classes of a classifier (then
     scores are None and come from the capture itself).
@@ -222,7 +223,6 @@ def _rows(model, x, targets, start, total, view, blank=0, need_scores=False):
     size = tuple(x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3])
     rows = resolve(targets, n, shape, outputs=scores, kind=view.kind, boxes=boxes, input_size=size, blank=blank,
                    labels=model.labels)
-    rows.seeds = view.seeds(rows.seeds)
     return rows, scores
 
 
@@ -237,14 +237,14 @@ def _top_heads(model, layers, output):
 def _top_raw(model, x, method, layers, view, eigen_smooth, heads):
     """Top-1 maps from one forward pass with taps plus the gradient of the head after each layer."""
     outputs, acts, _ = capture(model, x, layers, output=view.name)
-    scores = _explained(model, outputs, acts, view.name)
+    scores = _values(model, outputs, acts, view.name)
     rows = resolve("top", len(x), scores.shape[1:], outputs=scores)
     fn = methods.GRADIENT_METHODS[method]
     raw = {n: fn(acts[n], heads[n](acts[n], rows.seeds), eigen_smooth) for n in layers}
     return raw, rows, scores
 
 
-def _explained(model, outputs, acts, name):
+def _values(model, outputs, acts, name):
     """The explained tensor's values from a capture: a graph output, or one of the activations."""
     names = output_names(model)
     return np.asarray(outputs[names.index(name)] if name in names else acts[name])
@@ -256,7 +256,7 @@ def _tta_raw(model, x, rows, method, layers, view, eigen_smooth, extra, transfor
     weight = {layer: 0.0 for layer in layers}
     row_outputs = None
     for flip, scale in transforms:
-        explained, raw = _raw(model, _warp_inputs(xr, flip, scale, layout), rows, method, layers, view.name,
+        explained, raw = _raw(model, _warp_inputs(xr, flip, scale, layout), rows, method, layers, view,
                               eigen_smooth, extra)
         for layer in layers:
             back, valid = _unwarp_maps(raw[layer], flip, scale)
@@ -268,21 +268,22 @@ def _tta_raw(model, x, rows, method, layers, view, eigen_smooth, extra, transfor
     return raw, row_outputs
 
 
-def _raw(model, x, rows, method, layers, output, eigen_smooth, extra):
-    """(explained tensor's values, {layer: raw map}) of one method on the rows' inputs ``x``;
+def _raw(model, x, rows, method, layers, view, eigen_smooth, extra):
+    """(explained tensor's values, {layer: raw map}) of one method on the rows' inputs ``x`` for
+    the output ``view``;
     ``extra`` holds the FC weights (CAM) or {layer: head} (Ablation-CAM)."""
     if method in methods.GRADIENT_METHODS:
-        outputs, acts, grads = capture(model, x, layers, rows.seeds, output)
-        return _explained(model, outputs, acts, output), {
+        outputs, acts, grads = capture(model, x, layers, rows.seeds, view)
+        return _values(model, outputs, acts, view.name), {
             n: methods.GRADIENT_METHODS[method](acts[n], grads[n], eigen_smooth) for n in layers}
-    outputs, acts, _ = capture(model, x, layers, output=output)
-    explained = _explained(model, outputs, acts, output)
+    outputs, acts, _ = capture(model, x, layers, output=view.name)
+    explained = _values(model, outputs, acts, view.name)
     if method == "eigencam":
         return explained, {n: methods.eigencam(acts[n]) for n in layers}
     if method == "cam":
         return explained, {n: methods.fc_cam(acts[n], extra[rows.labels], eigen_smooth) for n in layers}
     if method == "scorecam":
-        return explained, {n: methods.scorecam(acts[n], x, scores_fn(model, output), rows.seeds,
+        return explained, {n: methods.scorecam(acts[n], x, scores_fn(model, view), rows.seeds,
                                                layout=model.input.layout, eigen_smooth=eigen_smooth)
                            for n in layers}
     return explained, {n: methods.ablationcam(acts[n], extra[n], rows.seeds,
