@@ -234,8 +234,10 @@ def _echo_summary(summary, as_json):
         p, t = item["predicted"], item["target"]
         name = lambda d: d["label"] or "#" + str(d["index"])  # noqa: E731
         if item["empty"]:
+            hint = " or --logits (probabilities saturate)" if item["output"].get("probabilities") else ""
             click.echo(f"warning: {item['image']}: the map is zero everywhere (the target does not reach layer "
-                       f"{', '.join(item['layers']) or 'input'}): try another --layer or --target", err=True)
+                       f"{', '.join(item['layers']) or 'input'}, or its gradient vanishes there): try another "
+                       f"--layer or --target{hint}", err=True)
         if p is not None:
             probs = " (probabilities: --logits explains the logits)" if item["output"].get("probabilities") else ""
             click.echo(f"{item['image']}: predicted {name(p)} ({p['probability']:.3f}), "
@@ -243,6 +245,9 @@ def _echo_summary(summary, as_json):
         elif "box" in t:
             click.echo(f"{item['image']}: explained box {t['rank']} {name(t)} score {t['score']:.3f} at "
                        f"{', '.join(f'{v:g}' for v in t['box'])} -> {item['overlay']}")
+        elif "anchor" in t:
+            click.echo(f"{item['image']}: explained anchor {t['anchor']} (rank {t['rank']}) {name(t)} score "
+                       f"{t['score']:.3f} -> {item['overlay']}")
         elif "text" in t:
             what = f"character {t['char']} ({name(t)})" if "char" in t else "the whole string"
             click.echo(f"{item['image']}: read '{t['text']}', explained {what} -> {item['overlay']}")
@@ -260,8 +265,11 @@ _explain_options = _options(
                  help="top, a class index or label (several: comma-separated, one per image), box:K, "
                       "box:x1,y1,x2,y2, char:K, text, region:x1,y1,x2,y2, mask:FILE, channel:K, "
                       "class:K@region:... (boxes and regions in model-input pixels)."),
-    click.option("--output-kind", type=click.Choice(["classifier", "dense", "yolov8", "yolov5", "boxes", "sequence"]),
+    click.option("--output-kind", type=click.Choice(["classifier", "dense", "yolov8", "yolov5", "boxes", "scores",
+                                                      "sequence"]),
                  help="Read the explained output as this kind instead of the one inferred from its shape."),
+    click.option("--output", "output_name", metavar="NAME",
+                 help="The output (or any tensor) to explain; first by default."),
     click.option("--logits", is_flag=True, help="Explain the logits before a final Softmax, not the probabilities."),
     click.option("--blank", default=0, show_default=True, type=click.IntRange(min=0),
                  help="CTC blank class of sequence outputs."),
@@ -280,16 +288,16 @@ _explain_options = _options(
 @click.option("--layer", default="auto", show_default=True, help="Layer name(s), comma-separated, or auto.")
 @click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
-def cam(model, images, target, output_kind, logits, blank, out, batch, provider, as_json, method, layer, tta,
-        eigen_smooth):
+def cam(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json, method, layer,
+        tta, eigen_smooth):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
     from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import cam as explain_cam
 
     model = Model(model, provider=provider)
     exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
-                      batch=batch, tta=tta, eigen_smooth=eigen_smooth, output_kind=output_kind, logits=logits,
-                      blank=blank)
+                      batch=batch, tta=tta, eigen_smooth=eigen_smooth, output=output_name, output_kind=output_kind,
+                      logits=logits, blank=blank)
     _echo_summary(_write_explanation(exp, model, list(images), out, "cams"), as_json)
 
 
@@ -303,8 +311,8 @@ def cam(model, images, target, output_kind, logits, blank, out, batch, provider,
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
-def saliency(model, images, target, output_kind, logits, blank, out, batch, provider, as_json, method, samples, noise,
-             steps, baseline, layer):
+def saliency(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json, method,
+             samples, noise, steps, baseline, layer):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
     from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import saliency as explain_saliency
@@ -312,7 +320,7 @@ def saliency(model, images, target, output_kind, logits, blank, out, batch, prov
     model = Model(model, provider=provider)
     exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
                            batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer,
-                           output_kind=output_kind, logits=logits, blank=blank)
+                           output=output_name, output_kind=output_kind, logits=logits, blank=blank)
     _echo_summary(_write_explanation(exp, model, list(images), out, "saliency"), as_json)
 
 

@@ -211,7 +211,9 @@ class Model:
 
     def default_layer_for(self, output):
         """The default layer for explaining tensor ``output``: among the 4-D activations it is
-        computed from (its cone, itself excluded) with spatial size > 1 and an image-like aspect
+        computed from (its cone; neither itself, nor what comes after the last Conv/Gemm/MatMul
+        such as a head's score map, nor anything after an LSTM/GRU/RNN) with spatial size > 1 and
+        an image-like aspect
         (H and W divided by about the same stride: a DFL or reshaped head is not one), the last,
         in graph order, that every branch ending in ``output`` comes from (the neck a YOLO or
         PicoDet head's strides share; the last conv stage of a classifier).
@@ -225,7 +227,7 @@ class Model:
 
     def _choose_default_layer(self, output):
         nodes = self.proto.graph.node
-        cone = _feeds(nodes, output)
+        cone = (_feeds(nodes, output) - _after_recurrent(nodes)) & _before_linear(nodes, output)
         size = self.input_size or self.input.size
         candidates = [layer.name for layer in self.layers
                       if layer.name in cone and layer.name != output
@@ -495,6 +497,27 @@ def _fitted(seed, dims, batch):
     return seed if fits else None
 
 
+def _before_linear(nodes, output):
+    """Tensors that reach ``output`` through at least one Conv, ConvTranspose, Gemm or MatMul."""
+    feeds, before = {output}, set()
+    for node in reversed(nodes):
+        if not any(o in feeds for o in node.output):
+            continue
+        feeds.update(node.input)
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") or any(o in before for o in node.output):
+            before.update(node.input)
+    return before
+
+
+def _after_recurrent(nodes):
+    """Tensors computed from the output of an LSTM, GRU or RNN node (4-D, but not image maps)."""
+    after = set()
+    for node in nodes:
+        if node.op_type in ("LSTM", "GRU", "RNN") or any(i in after for i in node.input):
+            after.update(node.output)
+    return after
+
+
 def _spatial(shape):
     """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
     return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
@@ -502,12 +525,12 @@ def _spatial(shape):
 
 def _image_like(shape, size, layout="NCHW"):
     """True for a 4-D shape with spatial size > 1 whose H and W (NCHW, or NHWC too for NHWC
-    models) are the input's ``size`` divided by about one stride (within 1.5×); unknown sizes
-    count as image-like."""
+    models) are the input's ``size`` divided by about one stride (within 1.5×), or one of them 1
+    (a recognizer's collapsed height); unknown sizes count as image-like."""
     if not _spatial(shape):
         return False
     if None in size or not all(isinstance(d, int) for d in shape[1:]):
         return True
     grids = [shape[2:4], *([shape[1:3]] if layout == "NHWC" else [])]
     ratios = [(size[0] / h, size[1] / w) for h, w in grids if h > 1 or w > 1]
-    return any(max(r) <= 1.5 * min(r) for r in ratios)
+    return any(1 in grid for grid in grids) or any(max(r) <= 1.5 * min(r) for r in ratios)

@@ -4,7 +4,8 @@ activations, so that central differences have no ReLU kinks to cross).
 ``yolov8(path)``: N×(4+C)×A with a DFL box branch over two strides sharing a neck;
 ``yolov5(path)``: N×A×(5+C); ``pair(path)``: boxes N×A×4 (xyxy) + scores N×C×A;
 ``ctc(path, time_major)``: N×T×C (Softmax) or T×N×C (LogSoftmax); ``dense(path)``: N×C×H×W;
-``conv_head(path, layout)``: classifier output N×C×1×1 or N×1×C.
+``conv_head(path, layout)``: classifier output N×C×1×1 or N×1×C; ``picodet(path)``: per-stride
+class scores N×A×C beside box distributions N×A×4·bins (no decoding).
 """
 import numpy as np
 import onnx
@@ -117,3 +118,16 @@ def conv_head(path, layout="NC11", classes=5, softmax=False):
         out = b.op("Softmax", [out], axis=1 if layout == "NC11" else 2)
     b.op("Identity", [out], name="out")
     return _save(b, path, [("image", ["N", 3, SIZE, SIZE])], [("out", shape)])
+
+
+def picodet(path, classes=3, bins=8):
+    """Per-stride heads without decoding: scores N×A×C (stride 2, then 4) and box distributions N×A×4·bins."""
+    b = Builder(seed=7)
+    n3, n4 = _neck(b)
+    outputs = []
+    for stride, n, anchors in (("s2", n3, 64), ("s4", n4, 16)):
+        for what, channels, act in (("cls", classes, "Sigmoid"), ("reg", 4 * bins, None)):
+            flat = _flat(b, _conv(b, _conv(b, n, 8, 8), 8, channels, k=1, act=act), channels)
+            b.op("Transpose", [flat], perm=[0, 2, 1], name=f"{what}_{stride}")
+            outputs.append((f"{what}_{stride}", ["N", anchors, channels]))
+    return _save(b, path, [("image", ["N", 3, SIZE, SIZE])], outputs)

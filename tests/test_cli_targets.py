@@ -24,7 +24,7 @@ def files(tmp_path_factory):
     models = {name: str(make(folder / f"{name}.onnx", **kw)) for name, make, kw in [
         ("yolov8", tm.yolov8, {}), ("yolov5", tm.yolov5, {}), ("pair", tm.pair, {}), ("ctc", tm.ctc, {}),
         ("ctc_tnc", tm.ctc, {"time_major": True}), ("dense", tm.dense, {}),
-        ("softmax", tm.conv_head, {"layout": "N1C", "softmax": True})]}
+        ("softmax", tm.conv_head, {"layout": "N1C", "softmax": True}), ("picodet", tm.picodet, {})]}
     return {"square": str(square), "line": str(line), "out": folder, **models}
 
 
@@ -66,6 +66,16 @@ def test_other_detection_layouts(files, name, target, kind):
     assert item["output"]["kind"] == kind and "box" in item["target"]
     if target.startswith("class:"):
         assert item["target"]["class"] == 1
+
+
+def test_anchor_scores_without_boxes(files, tmp_path):
+    run = invoke("saliency", files["picodet"], files["square"], "--target", "box:0", "--method", "vanilla",
+                 "--output", "cls_s4", "--out", tmp_path / "a")
+    assert run.exit_code == 0, run.output
+    (item,) = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert item["output"] == {"name": "cls_s4", "kind": "scores", "probabilities": False, "logits": None}
+    assert item["target"]["rank"] == 0 and "box" not in item["target"]
+    assert "explained anchor" in run.output
 
 
 @pytest.mark.parametrize("name", ["ctc", "ctc_tnc"])

@@ -7,7 +7,7 @@ import pytest
 
 from engine.api import Model
 from engine.errors import UsageError
-from engine.explain import cam, saliency
+from engine.explain import cam, methods, saliency
 from engine.explain.outputs import describe
 from engine.explain.targets import Target, ctc_greedy, iou, parse, resolve
 from tests import target_models as tm
@@ -30,6 +30,7 @@ def models(tmp_path_factory):
         "nc11": Model(tm.conv_head(folder / "nc11.onnx"), provider="CPUExecutionProvider", threads=1),
         "n1c_softmax": Model(tm.conv_head(folder / "n1c.onnx", layout="N1C", softmax=True),
                              provider="CPUExecutionProvider", threads=1),
+        "picodet": Model(tm.picodet(folder / "picodet.onnx"), provider="CPUExecutionProvider", threads=1),
     }
 
 
@@ -79,7 +80,8 @@ def test_yolov8_box_rows(models):
             want[4 + c, a] = 1
             np.testing.assert_array_equal(rows.seeds[0], want)
             cx, cy, w, h = out[i, :4, a]
-            np.testing.assert_allclose(rows.details[0]["box"], [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], atol=0.01)
+            want_box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+            np.testing.assert_allclose(rows.details[0]["box"], want_box, atol=0.01)
             assert rows.details[0]["rank"] == k and rows.labels[0] == c
     # the box nearest a given xyxy: that box itself, even slightly moved
     box = np.array(resolve("box:5", 1, out.shape[1:], outputs=out[:1], kind="yolov8").details[0]["box"])
@@ -143,7 +145,8 @@ def test_dense_region_and_mask_rows(models, tmp_path):
     want[2, 0:8, 4:12] = 1
     np.testing.assert_array_equal(rows.seeds[0], want)
     strongest = int(out[0][:, 0:8, 4:12].mean(axis=(1, 2)).argmax())
-    assert resolve("region:4,0,12,8", 1, out.shape[1:], outputs=out, kind="dense", input_size=(16, 16)).labels[0] == strongest
+    rows = resolve("region:4,0,12,8", 1, out.shape[1:], outputs=out, kind="dense", input_size=(16, 16))
+    assert rows.labels[0] == strongest
     mask = np.zeros((32, 32), np.uint8)
     mask[16:, :8] = 255           # a mask at twice the output size: the bottom-left 8×4 cells
     np.save(tmp_path / "m.npy", mask)
@@ -173,7 +176,7 @@ def test_kinds_are_inferred_from_the_real_outputs(models):
     kinds = {name: describe(m, m.preprocess(LINES[:1] if "ctc" in name else IMAGES[:1])) for name, m in models.items()}
     assert {n: v.kind for n, v in kinds.items()} == {
         "yolov8": "yolov8", "yolov5": "yolov5", "pair": "boxes", "ctc": "sequence", "ctc_tnc": "sequence",
-        "dense": "dense", "nc11": "classifier", "n1c_softmax": "classifier"}
+        "dense": "dense", "nc11": "classifier", "n1c_softmax": "classifier", "picodet": "scores"}
     assert kinds["pair"].name == "scores" and kinds["pair"].boxes == "boxes"
     x = models["yolov8"].preprocess(IMAGES[:1])
     assert describe(models["yolov8"], x, kind="yolov5").kind == "yolov5"
@@ -193,8 +196,8 @@ def test_class_targets_on_nc11_and_n1c_outputs(models, name):
     seeds[[0, 1], [1, 3]] = 1
     layer = model.default_layer
     run = model.run(x, activations=[layer], gradients=[layer], seed=seeds.reshape(out.shape))
-    from engine.explain import methods
-    np.testing.assert_allclose(exp.raw, methods.gradcam(run.activations[layer], run.gradients[layer]), rtol=1e-5, atol=1e-7)
+    want = methods.gradcam(run.activations[layer], run.gradients[layer])
+    np.testing.assert_allclose(exp.raw, want, rtol=1e-5, atol=1e-7)
     top = cam(model, IMAGES)
     assert top.targets.tolist() == out.reshape(2, -1).argmax(axis=1).tolist()
 
@@ -233,11 +236,13 @@ def test_input_gradient_of_each_target_matches_central_differences(models, name,
     values = model.run(x.astype(np.float32)).outputs
     out = values[[t.name for t in model.outputs].index(view.name)]
     boxes = values[0] if view.boxes else None
-    rows = resolve(target, 1, out.shape[1:], outputs=out, kind=view.kind, boxes=boxes, input_size=(x.shape[2], x.shape[3]))
+    rows = resolve(target, 1, out.shape[1:], outputs=out, kind=view.kind, boxes=boxes, input_size=x.shape[2:])
     d = rows.details[0]
+    index = [t.name for t in model.outputs].index(view.name)
+    values_of = lambda xx: model.run(xx.astype(np.float32)).outputs[index]  # noqa: E731
 
     def score(xx):
-        o = model.run(xx.astype(np.float32)).outputs[[t.name for t in model.outputs].index(view.name)][0].astype(np.float64)
+        o = values_of(xx)[0].astype(np.float64)
         if view.kind == "yolov8":
             return o[4 + d["class"], d["anchor"]]
         if view.kind == "yolov5":
@@ -276,3 +281,25 @@ def test_default_layer_feeds_every_stride_and_empty_maps_are_flagged(models):
     assert both.raw[own].max() > 0 and (both.raw[other] == 0).all()
     alone = cam(model, IMAGES[:1], targets="box:0", layer=other)
     assert alone.empty.tolist() == [True]
+
+
+def test_per_stride_scores_default_layer_feeds_the_explained_output(models):
+    model = models["picodet"]
+    x = model.preprocess(IMAGES)
+    s2, _, s4, _ = model.run(x).outputs
+    for output, scores in (("cls_s2", s2), ("cls_s4", s4)):
+        exp = cam(model, IMAGES, targets="box:1", output=output)
+        assert exp.output["kind"] == "scores" and not exp.empty.any()
+        for i in range(2):
+            best = scores[i].max(axis=1)
+            anchor = int(np.argsort(-best, kind="stable")[1])
+            assert exp.details[i] == {"class": int(scores[i, anchor].argmax()), "score": pytest.approx(best[anchor]),
+                                      "anchor": anchor, "rank": 1}
+        assert exp.layers == [model.default_layer_for(output)]
+    # the last spatial layer of the graph (the stride-4 head) does not feed the stride-2 scores
+    consumed = {i for node in model.proto.graph.node for i in node.input}
+    last = [layer.name for layer in model.layers if layer.name in consumed][-1]
+    assert model.default_layer == model.default_layer_for("cls_s2") != last
+    assert cam(model, IMAGES, targets="box:0", layer=last).empty.all()
+    with pytest.raises(UsageError, match="without decoded boxes"):
+        cam(model, IMAGES, targets="box:0,0,4,4")

@@ -7,8 +7,10 @@ The kind of an output is inferred from its real shape (one forward pass) by this
 2. rank 4 otherwise (N×C×H×W: segmentation, text detection) → ``dense``;
 3. rank 3, N×A×4 with another output N×A×C or N×C×A (a boxes + scores pair) → ``boxes``, and the
    explained output becomes the scores; an N×A×C or N×C×A output with such a boxes partner → ``boxes``;
-4. rank 3 in a graph with an LSTM/GRU/RNN, or made by a (Log)Softmax → ``sequence`` (CTC);
-5. rank 3 otherwise: fewer rows than columns → ``yolov8`` (N×(4+C)×A), else ``yolov5`` (N×A×(5+C)).
+4. rank 3, N×A×C with another output N×A×4k (k > 1: box distributions, as PicoDet or YOLOv8
+   heads exported without decoding) → ``scores`` (anchors' class scores, boxes not decoded);
+5. rank 3 in a graph with an LSTM/GRU/RNN, or made by a (Log)Softmax → ``sequence`` (CTC);
+6. rank 3 otherwise: fewer rows than columns → ``yolov8`` (N×(4+C)×A), else ``yolov5`` (N×A×(5+C)).
 
 A graph output declared with static dims that make it a classifier is taken as declared (no
 forward pass). Batch axis: 0, unless the real output has the batch size on axis 1 and not on axis 0 (or the
@@ -137,11 +139,12 @@ def describe(model, x, output=None, kind=None, logits=False):
         name, shape, pair = pair[0], values[pair[0]].shape[1:], name   # explain the scores, not the coords
     elif pair:
         pair = pair[0]
-    kind = kind or _kind(model.proto, name, shape, pair)
+    distributions = [v[1:] for v in others.values()]
+    kind = kind or _kind(model.proto, name, shape, pair, distributions)
     if kind in DETECTION and len(shape) != 2 or kind == "dense" and len(shape) != 3 \
             or kind == "sequence" and len(shape) != 2:
         raise UsageError(f"output '{name}' shaped {'×'.join(map(str, values[name].shape))} cannot be read "
-                         f"as {kind}: use --output-kind {_kind(model.proto, name, shape, pair)}")
+                         f"as {kind}: use --output-kind {_kind(model.proto, name, shape, pair, distributions)}")
     if kind == "boxes" and pair is None:
         raise UsageError(f"output kind 'boxes' needs a second output of N×A×4 boxes beside '{name}'")
     perm = [batch_axis, *[a for a in range(len(shape) + 1) if a != batch_axis]]
@@ -172,7 +175,7 @@ def _pair(shape, others):
     return None
 
 
-def _kind(proto, name, shape, pair):
+def _kind(proto, name, shape, pair, distributions=()):
     if sum(d > 1 for d in shape) <= 1:
         return "classifier"
     if len(shape) == 3:
@@ -181,6 +184,8 @@ def _kind(proto, name, shape, pair):
         return "classifier"
     if pair:
         return "boxes"
+    if any(d[0] == shape[0] and d[1] % 4 == 0 and d[1] > 4 for d in distributions):
+        return "scores"
     if softmax_input(proto, name) is not None or any(node.op_type in RECURRENT for node in proto.graph.node):
         return "sequence"
     return "yolov8" if shape[0] < shape[1] else "yolov5"

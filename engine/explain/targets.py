@@ -8,6 +8,7 @@ One vocabulary, shared by the CLI (``--target``) and the API (``targets=``), rea
 ``3``, ``class:3``, label  class 3 (detection: the most confident box of class 3; dense: Σ of
                            channel 3 over the map)
 ``box:K``                  the K-th most confident box (0 = the best), explained by its class score
+                           (``scores`` outputs: the K-th most confident anchor)
 ``box:x1,y1,x2,y2``        the box nearest (by IoU) to this one, in model-input pixels
 ``char:K``                 the K-th character of the greedy CTC decoding (its frames' class scores)
 ``text``                   the whole decoded string (every non-blank frame's class score)
@@ -35,8 +36,8 @@ import numpy as np
 
 from engine.errors import UsageError
 
-KINDS = ("classifier", "dense", "yolov8", "yolov5", "boxes", "sequence")
-DETECTION = ("yolov8", "yolov5", "boxes")
+KINDS = ("classifier", "dense", "yolov8", "yolov5", "boxes", "scores", "sequence")
+DETECTION = ("yolov8", "yolov5", "boxes", "scores")
 VOCABULARY = "top, N, class:N, box:K, box:x1,y1,x2,y2, char:K, text, region:x1,y1,x2,y2, mask:FILE, channel:K"
 
 
@@ -233,11 +234,14 @@ def detection_table(row, kind, boxes=None):
 
     yolov8: rows are (cx, cy, w, h, class scores...) × anchors; yolov5: anchors × (cx, cy, w, h,
     objectness, class scores...), a class score being objectness × class; boxes: scores A×C (or
-    C×A when the other axis matches the boxes' A) with ``boxes`` A×4 xyxy.
+    C×A when the other axis matches the boxes' A) with ``boxes`` A×4 xyxy; scores: A×C class
+    scores whose boxes are not decoded in the graph (xyxy is None).
 
     >>> xyxy, scores = detection_table(out[0], "yolov8")
     """
     row = np.asarray(row, np.float64)
+    if kind == "scores":
+        return None, row
     if kind == "yolov8":
         centre, scores = row[:4].T, row[4:].T
     elif kind == "yolov5":
@@ -271,11 +275,14 @@ def _detector(kind):
                 raise UsageError(f"target box:{rank}: the output has {len(best)} boxes")
             anchor = int(np.argsort(-best, kind="stable")[rank])
         elif target.kind == "box":
+            if xyxy is None:
+                raise UsageError("this output holds class scores without decoded boxes: use box:K or class:K")
             overlap = iou(target.box, xyxy)
             anchor = int(np.lexsort((-best, -overlap))[0])
         elif target.kind == "class":
             if not -scores.shape[1] <= target.index < scores.shape[1]:
-                raise UsageError(f"target class {target.index} out of range: the detector has {scores.shape[1]} classes")
+                raise UsageError(f"target class {target.index} out of range: "
+                                 f"the detector has {scores.shape[1]} classes")
             anchor = int(np.argmax(scores[:, target.index]))
         else:
             raise _wrong(target, kind, shape)
@@ -285,13 +292,15 @@ def _detector(kind):
             seed[4 + c, anchor] = 1
         elif kind == "yolov5":
             seed[anchor, 4], seed[anchor, 5 + c] = row[anchor, 5 + c], row[anchor, 4]
-        elif row.shape[0] == len(xyxy):
+        elif kind == "scores" or row.shape[0] == len(xyxy):
             seed[anchor, c] = 1
         else:
             seed[c, anchor] = 1
-        rank = int((best > best[anchor]).sum())
-        return seed, c, {"box": [round(float(v), 2) for v in xyxy[anchor]], "class": c,
-                         "score": float(scores[anchor, c]), "anchor": anchor, "rank": rank}
+        detail = {"class": c, "score": float(scores[anchor, c]), "anchor": anchor,
+                  "rank": int((best > best[anchor]).sum())}
+        if xyxy is not None:
+            detail["box"] = [round(float(v), 2) for v in xyxy[anchor]]
+        return seed, c, detail
     return resolve_box
 
 
@@ -323,6 +332,9 @@ def _sequence(target, row, shape, blank=0, labels=None, **_):
     chars = ctc_greedy(row, blank)
     text = "".join(labels[c] if labels and c < len(labels) else f"[{c}]" for c, _ in chars)
     if target.kind in ("top", "text"):
+        if not chars:
+            raise UsageError(f"the decoded text is empty (every frame is blank {blank}): nothing to explain; "
+                             "check the blank class (--blank) or explain another image")
         picked = chars
     elif target.kind == "char":
         if target.index >= len(chars):
