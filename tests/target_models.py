@@ -79,8 +79,9 @@ def pair(path, classes=3):
                  [("boxes", ["N", 80, 4]), ("scores", ["N", classes, 80])])
 
 
-def ctc(path, time_major=False, classes=6):
-    """Input N×3×8×32; 16 frames. time_major: T×N×C after a LogSoftmax, else N×T×C after a Softmax."""
+def ctc(path, time_major=False, classes=6, declared=None):
+    """Input N×3×8×32; 16 frames. time_major: T×N×C after a LogSoftmax, else N×T×C after a Softmax.
+    ``declared``: the output shape to declare instead (e.g. a wrong rank, as older exporters wrote)."""
     b = Builder(seed=4)
     x = _conv(b, "image", 3, 8, stride=2)                       # N×8×4×16
     col = b.op("Conv", [x, b.weight(classes, 8, 4, 1, scale=0.6), b.weight(classes, scale=0.1)])  # N×C×1×16
@@ -91,7 +92,7 @@ def ctc(path, time_major=False, classes=6):
     else:
         b.op("Softmax", [b.op("Transpose", [seq], perm=[0, 2, 1])], axis=2, name="out")
         shape = ["N", 16, classes]
-    return _save(b, path, [("image", ["N", 3, 8, 32])], [("out", shape)])
+    return _save(b, path, [("image", ["N", 3, 8, 32])], [("out", declared or shape)])
 
 
 def dense(path, classes=3):

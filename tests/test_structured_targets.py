@@ -303,3 +303,19 @@ def test_per_stride_scores_default_layer_feeds_the_explained_output(models):
     assert cam(model, IMAGES, targets="box:0", layer=last).empty.all()
     with pytest.raises(UsageError, match="without decoded boxes"):
         cam(model, IMAGES, targets="box:0,0,4,4")
+
+
+def test_seeds_fit_the_real_output_when_the_declared_rank_is_wrong(tmp_path, models):
+    """A T×N×C output declared [1, seqlen] (as older exporters wrote it) takes T×N×C seeds."""
+    from engine.errors import InputShapeError
+
+    model = Model(tm.ctc(tmp_path / "wrong.onnx", time_major=True, declared=[1, "seqlen"]),
+                  provider="CPUExecutionProvider", threads=1)
+    assert model.outputs[0].shape == (1, "seqlen")
+    got = saliency(model, LINES, method="vanilla", targets="char:0")
+    want = saliency(models["ctc_tnc"], LINES, method="vanilla", targets="char:0")
+    assert got.details == want.details and got.output["kind"] == "sequence"
+    np.testing.assert_allclose(got.attributions, want.attributions, rtol=1e-5, atol=1e-7)
+    x = model.preprocess(LINES)
+    with pytest.raises(InputShapeError, match="seed of shape 2×16×6 does not fit output 'out' \\(16×2×6\\)"):
+        model.run(x, gradients=["input"], seed=np.zeros((2, 16, 6), np.float32))
