@@ -235,9 +235,8 @@ class Model:
         if not candidates:
             raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1 feeding '{output}': "
                              "name a layer")
-        upstream = {name: _feeds(nodes, name) for name in candidates}
-        ends = [c for c in candidates if not any(c in upstream[d] for d in candidates if d != c)]
-        shared = set.intersection(*(upstream[e] for e in ends))
+        ends = _nearest(nodes, output, set(candidates))
+        shared = set.intersection(*(_feeds(nodes, e) for e in ends))
         return ([c for c in candidates if c in shared] or candidates)[-1]
 
     def layer_details(self):
@@ -495,6 +494,23 @@ def _fitted(seed, dims, batch):
     fits = seed.ndim == len(dims) and seed.shape[axis] == batch and all(
         not isinstance(d, int) or d == s for i, (d, s) in enumerate(zip(dims, seed.shape)) if i != axis)
     return seed if fits else None
+
+
+def _nearest(nodes, output, layers):
+    """The ``layers`` that reach ``output`` along some path through no other of ``layers``: the
+    last layer of each branch (each detector stride's head) that ``output`` is made from."""
+    producer = {name: node for node in nodes for name in node.output}
+    ends, seen, stack = [], set(), [output]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in layers and name != output:
+            ends.append(name)
+        elif name in producer:
+            stack.extend(producer[name].input)
+    return ends
 
 
 def _before_linear(nodes, output):

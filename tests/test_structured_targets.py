@@ -319,3 +319,13 @@ def test_seeds_fit_the_real_output_when_the_declared_rank_is_wrong(tmp_path, mod
     x = model.preprocess(LINES)
     with pytest.raises(InputShapeError, match="seed of shape 2×16×6 does not fit output 'out' \\(16×2×6\\)"):
         model.run(x, gradients=["input"], seed=np.zeros((2, 16, 6), np.float32))
+
+
+@pytest.mark.parametrize("name", ["yolov8", "yolov5", "pair"])
+def test_default_layer_is_the_neck_both_strides_come_from(models, name):
+    """n4 = conv(n3) + c2: the stride-4 head comes from n3 too, the stride-2 head not from n4."""
+    model = models[name]
+    assert model.default_layer == "n3"
+    for k in range(0, 40, 7):
+        exp = cam(model, IMAGES, targets=f"box:{k}")
+        assert not exp.empty.any(), (k, [d["anchor"] for d in exp.details])

@@ -52,10 +52,13 @@ class Explanation:
     empty: np.ndarray = None
 
     def arrays(self):
-        """The arrays written to ``cams.npz``: raw (or raw/<layer>), maps, targets, scores, image."""
+        """The arrays written to ``cams.npz``: raw (or raw/<layer>), maps, targets, scores, image
+        and, when known, empty."""
         raw = self.raw if isinstance(self.raw, dict) else {"": self.raw}
         out = {("raw/" + k if k else "raw"): np.asarray(v, np.float32) for k, v in raw.items()}
         out.update(maps=self.maps.astype(np.float32), targets=self.targets, scores=self.scores, image=self.image)
+        if self.empty is not None:
+            out["empty"] = np.asarray(self.empty, bool)
         return out
 
 
