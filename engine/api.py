@@ -12,13 +12,13 @@ from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, probabilities, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
-from engine.graph import shapes
+from engine.graph import cone, shapes
 from engine.graph.load import load
 from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
-from engine.graph.autodiff import MODES, SEED, _feeds, grad_name
+from engine.graph.autodiff import MODES, SEED, grad_name
 from engine.runtime import rewrite
 from engine.runtime.session import create_session
 
@@ -210,34 +210,22 @@ class Model:
         return self.default_layer_for(self.proto.graph.output[0].name)
 
     def default_layer_for(self, output):
-        """The default layer for explaining tensor ``output``: among the 4-D activations it is
-        computed from (its cone; neither itself, nor what comes after the last Conv/Gemm/MatMul
-        such as a head's score map, nor anything after an LSTM/GRU/RNN) with spatial size > 1 and
-        an image-like aspect
-        (H and W divided by about the same stride: a DFL or reshaped head is not one), the last,
-        in graph order, that every branch ending in ``output`` comes from (the neck a YOLO or
-        PicoDet head's strides share; the last conv stage of a classifier).
+        """The default layer for explaining tensor ``output`` (see
+        :func:`engine.graph.cone.default_layer`): the last image-like 4-D activation before its
+        last Conv/Gemm that every branch of ``output`` comes from (a YOLO neck's stride-8 map, a
+        classifier's last conv stage).
 
         >>> model.default_layer_for("logits")
         'layer4'
         """
         if output not in self._default_layers:
-            self._default_layers[output] = self._choose_default_layer(output)
+            layer = cone.default_layer(self.proto.graph.node, [(lay.name, lay.shape) for lay in self.layers],
+                                       output, self.input_size or self.input.size, self.input.layout)
+            if layer is None:
+                raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1 feeding "
+                                 f"'{output}': name a layer")
+            self._default_layers[output] = layer
         return self._default_layers[output]
-
-    def _choose_default_layer(self, output):
-        nodes = self.proto.graph.node
-        cone = (_feeds(nodes, output) - _after_recurrent(nodes)) & _before_linear(nodes, output)
-        size = self.input_size or self.input.size
-        candidates = [layer.name for layer in self.layers
-                      if layer.name in cone and layer.name != output
-                      and _image_like(layer.shape, size, self.input.layout)]
-        if not candidates:
-            raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1 feeding '{output}': "
-                             "name a layer")
-        ends = _nearest(nodes, output, set(candidates))
-        shared = set.intersection(*(_feeds(nodes, e) for e in ends))
-        return ([c for c in candidates if c in shared] or candidates)[-1]
 
     def layer_details(self):
         """Per layer: name, op, shape, whether gradients reach it (``gradients``: True, or why not),
@@ -494,59 +482,3 @@ def _fitted(seed, dims, batch):
     fits = seed.ndim == len(dims) and seed.shape[axis] == batch and all(
         not isinstance(d, int) or d == s for i, (d, s) in enumerate(zip(dims, seed.shape)) if i != axis)
     return seed if fits else None
-
-
-def _nearest(nodes, output, layers):
-    """The ``layers`` that reach ``output`` along some path through no other of ``layers``: the
-    last layer of each branch (each detector stride's head) that ``output`` is made from."""
-    producer = {name: node for node in nodes for name in node.output}
-    ends, seen, stack = [], set(), [output]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in layers and name != output:
-            ends.append(name)
-        elif name in producer:
-            stack.extend(producer[name].input)
-    return ends
-
-
-def _before_linear(nodes, output):
-    """Tensors that reach ``output`` through at least one Conv, ConvTranspose, Gemm or MatMul."""
-    feeds, before = {output}, set()
-    for node in reversed(nodes):
-        if not any(o in feeds for o in node.output):
-            continue
-        feeds.update(node.input)
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") or any(o in before for o in node.output):
-            before.update(node.input)
-    return before
-
-
-def _after_recurrent(nodes):
-    """Tensors computed from the output of an LSTM, GRU or RNN node (4-D, but not image maps)."""
-    after = set()
-    for node in nodes:
-        if node.op_type in ("LSTM", "GRU", "RNN") or any(i in after for i in node.input):
-            after.update(node.output)
-    return after
-
-
-def _spatial(shape):
-    """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
-    return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
-
-
-def _image_like(shape, size, layout="NCHW"):
-    """True for a 4-D shape with spatial size > 1 whose H and W (NCHW, or NHWC too for NHWC
-    models) are the input's ``size`` divided by about one stride (within 1.5×), or one of them 1
-    (a recognizer's collapsed height); unknown sizes count as image-like."""
-    if not _spatial(shape):
-        return False
-    if None in size or not all(isinstance(d, int) for d in shape[1:]):
-        return True
-    grids = [shape[2:4], *([shape[1:3]] if layout == "NHWC" else [])]
-    ratios = [(size[0] / h, size[1] / w) for h, w in grids if h > 1 or w > 1]
-    return any(1 in grid for grid in grids) or any(max(r) <= 1.5 * min(r) for r in ratios)

@@ -329,3 +329,14 @@ def test_default_layer_is_the_neck_both_strides_come_from(models, name):
     for k in range(0, 40, 7):
         exp = cam(model, IMAGES, targets=f"box:{k}")
         assert not exp.empty.any(), (k, [d["anchor"] for d in exp.details])
+
+
+def test_image_like_layers():
+    from engine.graph.cone import image_like
+
+    assert image_like(("N", 64, 80, 80), (640, 640)) and image_like(("N", 64, 20, 20), (640, 640))
+    assert not image_like(("N", 1, 4, 8400), (640, 640))          # YOLOv8's DFL
+    assert image_like(("N", 32, 1, 24), (32, 96))                 # a recognizer's collapsed height
+    assert not image_like(("N", 64, 1, 1), (224, 224))            # pooled
+    assert not image_like(("N", 20, 20, 64), (640, 640)) and image_like(("N", 20, 20, 64), (640, 640), "NHWC")
+    assert image_like(("N", 8, "h", "w"), (None, None))

@@ -11,9 +11,9 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from engine.errors import LayerError
+from engine.explain.outputs import OutputView, forward
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
-from engine.explain.outputs import OutputView, forward
 from engine.graph.shapes import constant_tensors
 from engine.runtime.session import create_session
 
