@@ -340,3 +340,20 @@ def test_image_like_layers():
     assert not image_like(("N", 64, 1, 1), (224, 224))            # pooled
     assert not image_like(("N", 20, 20, 64), (640, 640)) and image_like(("N", 20, 20, 64), (640, 640), "NHWC")
     assert image_like(("N", 8, "h", "w"), (None, None))
+
+
+def test_ablation_cam_of_the_logits_under_a_softmax(models):
+    """The head from the layer to the logits is GAP → Gemm: ablating channel k lowers logit c by
+    W[c, k]·mean(A_k), so w_k = W[c, k]·mean(A_k) / y_c (a reference that runs no sub-model)."""
+    from onnx import numpy_helper
+
+    model = models["n1c_softmax"]
+    exp = cam(model, IMAGES, method="ablationcam", logits=True, targets=2)
+    gemm = next(node for node in model.proto.graph.node if node.op_type == "Gemm")
+    weights = {t.name: numpy_helper.to_array(t) for t in model.proto.graph.initializer}
+    w, b = weights[gemm.input[1]].astype(np.float64), weights[gemm.input[2]].astype(np.float64)
+    acts = model.run(model.preprocess(IMAGES), activations=[exp.layers[0]]).activations[exp.layers[0]]
+    mean = acts.astype(np.float64).mean(axis=(2, 3))
+    y = mean @ w[2] + b[2]
+    want = np.maximum(np.einsum("nk,nkhw->nhw", w[2] * mean / y[:, None], acts), 0)
+    np.testing.assert_allclose(exp.raw, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
