@@ -124,12 +124,17 @@ def _table(rows, headers):
 def inspect(model, size, layer_name, as_json, inputs):
     """Show a model's inputs, outputs, opset, producer, op histogram and layer catalog.
 
+    Outputs made by a Softmax are noted (gradients of probabilities; --logits explains the logits).
     Per layer: whether gradients reach it (every op from it to the output has a rule), its
     receptive field and stride in input pixels ("all" where it sees the whole image), and a *
     on the default layer for gradient-based explanations."""
+    from engine.explain.outputs import softmax_input
+
     model = _load(model, inputs, input_size=size)
     info = model.summary()
     info["layers"] = model.layer_details()
+    for output in info["outputs"]:
+        output["softmax_of"] = softmax_input(model.proto, output["name"])
     if layer_name is not None:
         chosen = model.layer(layer_name).name  # a tensor or a module's last 4-D tensor
         info["layers"] = [layer for layer in info["layers"] if layer["name"] == chosen]
@@ -148,6 +153,10 @@ def inspect(model, size, layer_name, as_json, inputs):
     rows = [("input", t["name"], t["dtype"], _dims(t["shape"])) for t in info["inputs"]]
     rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
     click.echo(_table(rows, ("", "name", "dtype", "shape")) + "\n")
+    for t in info["outputs"]:
+        if t["softmax_of"]:
+            click.echo(f"note: output '{t['name']}' is a Softmax: gradients are of probabilities; "
+                       f"--logits explains its input '{t['softmax_of']}'\n")
     click.echo("ops  " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()) + "\n")
     rows = [(("* " if layer["default"] else "  ") + layer["name"], layer["module"] or "-", layer["op"],
              _dims(layer["shape"]), "yes" if layer["gradients"] is True else layer["gradients"],
@@ -188,39 +197,20 @@ def predict(model, images, top, labels_file, size, as_json, provider, inputs):
 
 
 def _explain_target(value, model):
-    """--target: 'top', a class index or label, or several separated by commas (for every image),
-    or 'channel:K' for a dense output (Σ of output channel K over every position)."""
-    if value == "top":
-        return "top"
-    if value.startswith("channel:"):
-        from engine.explain import OutputMask
+    """--target: the vocabulary of engine.explain.targets (top, a class index or label, several
+    classes separated by commas, box:K, box:x1,y1,x2,y2, char:K, text, region:..., mask:FILE,
+    channel:K)."""
+    from engine.explain.targets import parse
 
-        shape = model.outputs[0].shape[1:]
-        k = value.removeprefix("channel:")
-        if not k.isdigit() or len(shape) < 2 or not all(isinstance(d, int) for d in shape) or int(k) >= shape[0]:
-            raise UsageError(f"--target {value}: channel targets need a dense output with a channel K < "
-                             f"{shape[0] if shape else 0}; this output is shaped {shape}")
-        mask = np.zeros(shape, np.float32)
-        mask[int(k)] = 1
-        return OutputMask(mask)
-    classes = []
-    for part in value.split(","):
-        part = part.strip()
-        if part.lstrip("-").isdigit():
-            classes.append(int(part))
-        elif model.labels and part in model.labels:
-            classes.append(model.labels.index(part))
-        else:
-            raise UsageError(f"--target '{part}' is neither a class index nor one of the model's labels: "
-                             "give an index or one of the labels `onnxlens inspect --json` lists")
-    return classes[0] if len(classes) == 1 else classes
+    return parse(value, model.labels)
 
 
 def _write_explanation(exp, model, images, out, name):
-    """Per-row overlay PNGs, DIR/<name>.npz and DIR/summary.json; returns the summary."""
+    """Per-row overlay PNGs (with the explained box, if any), DIR/<name>.npz and
+    DIR/summary.json; returns the summary."""
     from engine.data.labels import probabilities
     from engine.data.images import as_rgb
-    from engine.viz.overlay import overlay
+    from engine.viz.overlay import draw_box, overlay
 
     out = Path(out)
     labels = model.labels
@@ -231,10 +221,19 @@ def _write_explanation(exp, model, images, out, name):
         counts[stem] = counts.get(stem, 0) + 1
         suffix = f"_{target}" if (exp.image == i).sum() > 1 else ""
         png = out / f"{stem}{'' if counts[stem] == 1 else '_' + str(counts[stem])}_{exp.method}{suffix}.png"
-        write_image(png, overlay(rgb, exp.maps[row]))
+        detail = dict(exp.details[row]) if exp.details else {}
+        picture = overlay(rgb, exp.maps[row])
+        if "box" in detail:
+            size = model.input_size or rgb.shape[:2]
+            sy, sx = rgb.shape[0] / size[0], rgb.shape[1] / size[1]
+            c = detail["class"]
+            caption = f"{labels[c] if labels and c < len(labels) else '#' + str(c)} {detail['score']:.2f}"
+            picture = draw_box(picture, np.multiply(detail["box"], [sx, sy, sx, sy]), caption)
+        write_image(png, picture)
         item = {"image": str(images[i]), "overlay": str(png), "method": exp.method, "layers": exp.layers,
+                "output": exp.output, "empty": bool(exp.empty[row]) if exp.empty is not None else False,
                 "predicted": None, "target": {"index": int(target), "mask": True}}
-        if np.ndim(exp.scores[i]) == 1:  # a classifier (a dense output has no class to predict)
+        if exp.output.get("kind", "classifier") == "classifier" and "mask" not in detail:
             scores = exp.scores[i]
             probs = probabilities(scores[None])[0]
             top = int(scores.argmax())
@@ -243,6 +242,9 @@ def _write_explanation(exp, model, images, out, name):
             item["target"] = {"index": int(target), "label": labels[target] if labels and target >= 0 else None,
                               "probability": float(probs[target]) if target >= 0 else None,
                               "score": float(scores[target]) if target >= 0 else None}
+        elif "mask" not in detail:
+            label = labels[target] if labels and 0 <= target < len(labels) else None
+            item["target"] = {"index": int(target), "label": label, **detail}
         summary.append(item)
     write_npz(out / f"{name}.npz", **exp.arrays())
     write_json(out / "summary.json", summary)
@@ -255,18 +257,47 @@ def _echo_summary(summary, as_json):
         return
     for item in summary:
         p, t = item["predicted"], item["target"]
-        if p is None:
+        name = lambda d: d["label"] or "#" + str(d["index"])  # noqa: E731
+        if item["empty"]:
+            hint = " or --logits (probabilities saturate)" if item["output"].get("probabilities") else ""
+            click.echo(f"warning: {item['image']}: the map is zero everywhere (the target does not reach layer "
+                       f"{', '.join(item['layers']) or 'input'}, or its gradient vanishes there): try another "
+                       f"--layer or --target{hint}", err=True)
+        if p is not None:
+            probs = " (probabilities: --logits explains the logits)" if item["output"].get("probabilities") else ""
+            click.echo(f"{item['image']}: predicted {name(p)} ({p['probability']:.3f}), "
+                       f"explained {name(t)}{probs} -> {item['overlay']}")
+        elif "box" in t:
+            click.echo(f"{item['image']}: explained box {t['rank']} {name(t)} score {t['score']:.3f} at "
+                       f"{', '.join(f'{v:g}' for v in t['box'])} -> {item['overlay']}")
+        elif "anchor" in t:
+            click.echo(f"{item['image']}: explained anchor {t['anchor']} (rank {t['rank']}) {name(t)} score "
+                       f"{t['score']:.3f} -> {item['overlay']}")
+        elif "text" in t:
+            what = f"character {t['char']} ({name(t)})" if "char" in t else "the whole string"
+            click.echo(f"{item['image']}: read '{t['text']}', explained {what} -> {item['overlay']}")
+        elif "pixels" in t:
+            where = f"region {','.join(f'{v:g}' for v in t['region'])}" if "region" in t else f"{t['pixels']} cells"
+            click.echo(f"{item['image']}: explained class {name(t)} over {where} -> {item['overlay']}")
+        else:
             click.echo(f"{item['image']}: explained the output mask -> {item['overlay']}")
-            continue
-        click.echo(f"{item['image']}: predicted {p['label'] or '#' + str(p['index'])} ({p['probability']:.3f}), "
-                   f"explained {t['label'] or '#' + str(t['index'])} -> {item['overlay']}")
 
 
 _explain_options = _options(
     click.argument("model"),
     click.argument("images", nargs=-1, required=True),
     click.option("--target", default="top", show_default=True,
-                 help="'top', a class index or label, several separated by commas, or channel:K (dense outputs)."),
+                 help="top, a class index or label (several: comma-separated, one per image), box:K, "
+                      "box:x1,y1,x2,y2, char:K, text, region:x1,y1,x2,y2, mask:FILE, channel:K, "
+                      "class:K@region:... (boxes and regions in model-input pixels)."),
+    click.option("--output-kind", type=click.Choice(["classifier", "dense", "yolov8", "yolov5", "boxes", "scores",
+                                                      "sequence"]),
+                 help="Read the explained output as this kind instead of the one inferred from its shape."),
+    click.option("--output", "output_name", metavar="NAME",
+                 help="The output (or any tensor) to explain; first by default."),
+    click.option("--logits", is_flag=True, help="Explain the logits before a final Softmax, not the probabilities."),
+    click.option("--blank", default=0, show_default=True, type=click.IntRange(min=0),
+                 help="CTC blank class of sequence outputs."),
     click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
     click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
     _provider_option,
@@ -283,13 +314,15 @@ _explain_options = _options(
 @click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
 @_extra_input_option
-def cam(model, images, target, out, batch, provider, as_json, method, layer, tta, eigen_smooth, inputs):
+def cam(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json, method,
+        layer, tta, eigen_smooth, inputs):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
     from engine.explain import cam as explain_cam
 
     model = _load(model, inputs, provider=provider)
     exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
-                      batch=batch, tta=tta, eigen_smooth=eigen_smooth)
+                      batch=batch, tta=tta, eigen_smooth=eigen_smooth, output=output_name, output_kind=output_kind,
+                      logits=logits, blank=blank)
     _echo_summary(_write_explanation(exp, model, list(images), out, "cams"), as_json)
 
 
@@ -304,14 +337,15 @@ def cam(model, images, target, out, batch, provider, as_json, method, layer, tta
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
 @_extra_input_option
-def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer,
-             inputs):
+def saliency(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json,
+             method, samples, noise, steps, baseline, layer, inputs):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
     from engine.explain import saliency as explain_saliency
 
     model = _load(model, inputs, provider=provider)
     exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
-                           batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer)
+                           batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer,
+                           output=output_name, output_kind=output_kind, logits=logits, blank=blank)
     _echo_summary(_write_explanation(exp, model, list(images), out, "saliency"), as_json)
 
 
@@ -341,8 +375,9 @@ def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_e
 
     model = _load(model, inputs, provider=provider)
     target = None if target is None else _explain_target(target, model)
-    if isinstance(target, list):
-        raise UsageError("--target: give one class, not a list")
+    if target is not None and getattr(target, "kind", None) != "class":
+        raise UsageError("--target: give one class (an index or a label)")
+    target = None if target is None else target.index
     viz = class_visualization(model, target=target, layer=layer, channel=channel, steps=steps, lr=lr, l2=l2,
                               start=start, jitter=jitter, blur_every=blur_every, fourier=fourier,
                               decorrelate=decorrelate, rng=seed)

@@ -12,7 +12,7 @@ from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, probabilities, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UnsupportedOpError, UsageError
-from engine.graph import modules as module_scopes, pixels, shapes
+from engine.graph import cone, modules as module_scopes, pixels, shapes
 from engine.graph.load import load
 from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
@@ -120,6 +120,7 @@ class Model:
         self.labels = self._choose_labels(labels)
         self.extra_inputs = self._choose_extra_inputs(extra_inputs)
         self._sessions = {}  # rewritten-model sessions per run request
+        self._default_layers = {}  # output name → default layer
 
     def __repr__(self):
         return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
@@ -275,20 +276,33 @@ class Model:
         known = [layer.name for layer in self.layers] + module_scopes.modules_of(self.modules)
         raise self._unknown("layer", name, known)
 
-    @cached_property
+    @property
     def default_layer(self):
-        """The layer Grad-CAM-style methods use by default: the last 4-D activation with spatial
-        size > 1 that the rest of the graph still consumes (so not the output of a dense head).
+        """The layer Grad-CAM-style methods use by default for the first output: see
+        :meth:`default_layer_for`.
 
         >>> model.default_layer
         'layer4'
         """
-        consumed = {i for node in self.proto.graph.node for i in node.input}
-        candidates = [layer.name for layer in self.layers
-                      if layer.name in consumed and _spatial(layer.shape)]
-        if not candidates:
-            raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1: name a layer")
-        return candidates[-1]
+        return self.default_layer_for(self.proto.graph.output[0].name)
+
+    def default_layer_for(self, output):
+        """The default layer for explaining tensor ``output`` (see
+        :func:`engine.graph.cone.default_layer`): the last image-like 4-D activation before its
+        last Conv/Gemm that every branch of ``output`` comes from (a YOLO neck's stride-8 map, a
+        classifier's last conv stage).
+
+        >>> model.default_layer_for("logits")
+        'layer4'
+        """
+        if output not in self._default_layers:
+            layer = cone.default_layer(self.proto.graph.node, [(lay.name, lay.shape) for lay in self.layers],
+                                       output, self.input_size or self.input.size, self.input.layout)
+            if layer is None:
+                raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1 feeding "
+                                 f"'{output}': name a layer")
+            self._default_layers[output] = layer
+        return self._default_layers[output]
 
     def layer_details(self):
         """Per layer: name, its torch ``module`` (None where the file records none), op, shape,
@@ -405,7 +419,7 @@ class Model:
         if gradients:
             if mode not in MODES:
                 raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-            output, feeds[SEED] = self._seed(seed, len(x))
+            output, feeds[SEED] = self._seed(seed, x)
         wrt = tuple(dict.fromkeys(self.input.name if g == "input" else g for g in gradients))
         if self.input.name in wrt and self.input.dtype.kind in "iu":  # pixels differentiated as float32
             feeds[self.input.name] = np.asarray(given, np.float32)
@@ -455,7 +469,9 @@ class Model:
         graph = self.proto.graph
         return {self.input.name} | {o for node in graph.node if node.op_type != "Constant" for o in node.output if o}
 
-    def _seed(self, seed, batch):
+    def _seed(self, seed, x):
+        """(seeded tensor, seed array) checked against the tensor's shape: the declared one, or the
+        real one from a forward pass when the declared shape is unknown or does not fit."""
         names = [o.name for o in self.proto.graph.output]
         if seed is None:
             raise UsageError("gradients need a seed: an array shaped like the output, e.g. the one-hot rows of "
@@ -471,13 +487,19 @@ class Model:
         dims = info.shape if info and info.shape else None
         dtype = helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
         seed = np.asarray(seed, dtype=dtype)
-        if dims is not None and seed.ndim == len(dims) - 1:
-            seed = np.broadcast_to(seed, (batch, *seed.shape))
-        wrong = seed.ndim == 0 or seed.shape[0] != batch or (dims is not None and (
-            seed.ndim != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims[1:], seed.shape[1:]))))
-        if wrong:
-            raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
-                                  f"({_shown(dims or ())}) for a batch of {batch}: give one row per image")
+        batch = len(x)
+        fitted = _fitted(seed, dims, batch)
+        if fitted is not None:
+            seed = fitted
+        else:
+            real = self.run(x).outputs[names.index(output)] if output in names else \
+                self.run(x, activations=[output]).activations[output]
+            dims = real.shape
+            if seed.ndim == len(dims) - 1 and dims[0] == batch:
+                seed = np.broadcast_to(seed, (batch, *seed.shape))
+            if seed.shape != dims:
+                raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
+                                      f"({_shown(dims)}) for a batch of {batch}: give one row per image")
         return output, np.ascontiguousarray(seed)
 
     @cached_property
@@ -542,6 +564,14 @@ def _shown(dims):
     return "×".join(str(d) if isinstance(d, (int, np.integer)) else "?" for d in dims)
 
 
-def _spatial(shape):
-    """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
-    return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
+def _fitted(seed, dims, batch):
+    """``seed`` when it fits declared ``dims`` (the batch on the axis of the symbolic "batch" dim,
+    else axis 0), broadcast over the batch when one rank short (one row for every image); else None."""
+    if dims is None:
+        return None
+    axis = dims.index("batch") if "batch" in dims else 0
+    if seed.ndim == len(dims) - 1:
+        seed = np.broadcast_to(np.expand_dims(seed, axis), (*seed.shape[:axis], batch, *seed.shape[axis:]))
+    fits = seed.ndim == len(dims) and seed.shape[axis] == batch and all(
+        not isinstance(d, int) or d == s for i, (d, s) in enumerate(zip(dims, seed.shape)) if i != axis)
+    return seed if fits else None
