@@ -96,6 +96,14 @@ def quantize(ctx, node, grads):
     return [ctx.mask(dy, inside, like=x)] + rest
 
 
+@rule("DynamicQuantizeLinear")
+def dynamic_quantize(ctx, node, grads):
+    """Straight-through: the run-time scale and zero point count as constants (no gradient flows
+    into the statistics of x). Its quantized output is recomputed by a QuantizeLinear with
+    them (engine.graph.quantized), whose rule carries the gradient of x."""
+    return [None]
+
+
 @rule("Cast", "CastLike")
 def cast(ctx, node, grads):
     (dy,) = grads
