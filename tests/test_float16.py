@@ -108,3 +108,8 @@ def test_gradients_below_float16_range_survive():
 def test_float32_models_are_left_as_they_are():
     model = small_cnn()
     assert widen_float16(model).SerializeToString() == model.SerializeToString()
+
+
+def test_widening_twice_changes_nothing_more():
+    wide = widen_float16(half_model(small_cnn(), False))
+    assert widen_float16(wide).SerializeToString() == wide.SerializeToString()

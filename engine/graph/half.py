@@ -40,10 +40,12 @@ def widen_float16(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     graph = out.graph
     halves = {name for name, info in infer(out).items() if info.elem_type == HALF}
     halves.update(t.name for t in graph.initializer if t.data_type == HALF)
-    if not halves:
+    rounding = _rounding_points(graph)
+    if not halves - rounding:
         return out
-    used = {t for n in graph.node for t in [*n.input, *n.output]} | {t.name for t in graph.initializer}
+    used = {t for n in graph.node for t in [*n.input, *n.output, n.name]} | {t.name for t in graph.initializer}
     used |= {vi.name for vi in [*graph.input, *graph.output]}
+
 
     def fresh(hint):
         name, k = hint, 0
@@ -72,10 +74,9 @@ def widen_float16(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
         _widen_attributes(node)
         nodes.append(node)
         for k, name in enumerate(node.output):
-            if name not in halves:
+            if name not in halves or name in rounding:  # a rounding point already (widened before)
                 continue
-            casts_to_half = node.op_type == "Cast" and _cast_target(node) == HALF
-            if casts_to_half:  # the node rounds already: widen its result back
+            if node.op_type == "Cast" and _cast_target(node) == HALF:  # the node rounds already: widen its result back
                 half = node.output[k] = fresh(name + "_half")
             else:
                 wide = node.output[k] = fresh(name + "_wide")
@@ -99,6 +100,17 @@ def _copy(model):
 
 def _single(tensor):
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+
+
+def _rounding_points(graph):
+    """Float16 tensors made by a Cast to float16 and read only by Casts to float32."""
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return {node.output[0] for node in graph.node
+            if node.op_type == "Cast" and _cast_target(node) == HALF and readers.get(node.output[0])
+            and all(r.op_type == "Cast" and _cast_target(r) == SINGLE for r in readers[node.output[0]])}
 
 
 def _cast_target(node):
