@@ -7,7 +7,7 @@
   QLinearConcat, QLinearSigmoid, QLinearLeakyRelu, QGemm; shape ops (MaxPool, Flatten, Reshape,
   ...) then run directly on the uint8/int8 tensors between them;
 * **dynamic** (``quantize_dynamic``): DynamicQuantizeLinear → ConvInteger / MatMulInteger →
-  Cast → Mul(scales), with integer weights.
+  Cast → Mul(scales), with integer weights; com.microsoft DynamicQuantizeLSTM for an LSTM.
 
 :func:`dequantize_operators` rewrites each such node into DequantizeLinear → the float op →
 QuantizeLinear, so the existing QDQ rules differentiate it: gradients pass straight through
@@ -99,6 +99,7 @@ class _Rewriter:
         self.used.update(t for n in graph.node for t in [*n.input, *n.output])
         self.used.update(vi.name for vi in graph.input)
         self.qparams = {}  # quantized tensor → (scale, zero point) names
+        self.integer_units = set()  # float outputs of rewritten ConvInteger/MatMulInteger (int32 before)
         self.dequantized = {}
         self.initializers = []
         self.nodes = []
@@ -173,6 +174,8 @@ class _Rewriter:
         fn = _rewriter_of(node)
         if fn is None and node.domain in _DEFAULT and node.op_type in _KEEP_SCALE:
             fn = _keep_scale
+        if node.op_type == "Add" and node.domain in _DEFAULT and self.integer_units.intersection(node.input):
+            fn = _integer_bias
         if fn is not None and fn(self, node) is not False:
             self.changed = True
             return self.nodes
@@ -261,8 +264,18 @@ def _integer_product(op_type):
         product = rw.emit(op_type, [rw.dq(a, scale, az), weight], hint=node.output[0] + "_float",
                           **_attrs(node))
         rw.emit("Div", [product, scale], node.output[0])
+        rw.integer_units.add(node.output[0])
 
     return rewrite
+
+
+def _integer_bias(rw, node):
+    """An int32 bias added to a rewritten ConvInteger (onnx.quantize 0.1.0 quantizes the bias
+    at run time): the same Add in float."""
+    inputs = [i if i in rw.integer_units else rw.emit("Cast", [i], hint=i + "_float", to=onnx.TensorProto.FLOAT)
+              for i in node.input]
+    rw.emit("Add", inputs, node.output[0])
+    rw.integer_units.add(node.output[0])
 
 
 def _dynamic_quantize(rw, node):
@@ -306,6 +319,23 @@ def _qlinear_concat(rw, node):
     _requantized(rw, node, "Concat", parts, ys, yz, axis=_attrs(node)["axis"])
 
 
+def _dynamic_quantize_lstm(rw, node):
+    """com.microsoft DynamicQuantizeLSTM → the standard LSTM with the dequantized weights. Its
+    weights are stored transposed (directions × input × 4·hidden) with a scale and zero point per
+    direction (or per direction and column). The deployed op also quantizes X and H at each
+    step; the float LSTM does not, so its outputs differ from the deployed ones by that rounding."""
+    x, w, r, *rest = node.input[:8]
+    weights = []
+    for q, scale, zp in ((w, node.input[8], node.input[9]), (r, node.input[10], node.input[11])):
+        value, s, z = rw.value(q), rw.value(scale), rw.value(zp)
+        if value is None or s is None or z is None:
+            return False
+        shape = (-1, 1, value.shape[2]) if s.ndim == 2 else (-1, 1, 1)
+        dequantized = (value.astype(np.int32) - z.reshape(shape).astype(np.int32)) * s.reshape(shape).astype(np.float32)
+        weights.append(rw.const(dequantized.astype(np.float32).transpose(0, 2, 1), q + "_float"))
+    rw.nodes.append(helper.make_node("LSTM", [x, *weights, *rest], node.output, name=node.name, **_attrs(node)))
+
+
 def _to_default_domain(rw, node):
     """com.microsoft Quantize/DequantizeLinear: the standard op (same inputs and meaning)."""
     if node.domain in _DEFAULT:
@@ -322,6 +352,6 @@ _REWRITES = {
     "QLinearAdd": _binary("Add"), "QLinearMul": _binary("Mul"),
     "QLinearSigmoid": _unary("Sigmoid"), "QLinearLeakyRelu": _unary("LeakyRelu", ("alpha",)),
     "QLinearGlobalAveragePool": _pool("GlobalAveragePool"), "QLinearAveragePool": _pool("AveragePool"),
-    "QLinearConcat": _qlinear_concat,
+    "QLinearConcat": _qlinear_concat, "DynamicQuantizeLSTM": _dynamic_quantize_lstm,
     "QuantizeLinear": _to_default_domain, "DequantizeLinear": _to_default_domain,
 }
