@@ -74,11 +74,11 @@ def qoperator(float_model, folder, images):
     return onnx.load(folder / "qop.onnx")
 
 
-def dynamic(float_model, folder, per_channel=False):
+def dynamic(float_model, folder, per_channel=False, weight_type="QInt8"):
     onnx.save(float_model, folder / "float.onnx")
     quantization.quantize_dynamic(str(folder / "float.onnx"), str(folder / "dyn.onnx"), per_channel=per_channel,
                                   op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                                  weight_type=quantization.QuantType.QInt8)
+                                  weight_type=getattr(quantization.QuantType, weight_type))
     return onnx.load(folder / "dyn.onnx")
 
 
@@ -91,7 +91,7 @@ def integer_weights(float_model, qmodel):
     out.CopyFrom(float_model)
     for t in out.graph.initializer:
         for name, transposed in ((t.name, False), (t.name + "_Transposed", True)):
-            if name + "_quantized" not in inits or inits[name + "_quantized"].dtype != np.int8:
+            if name + "_quantized" not in inits or inits[name + "_quantized"].dtype not in (np.int8, np.uint8):
                 continue
             q, s, z = (inits[name + suffix] for suffix in ("_quantized", "_scale", "_zero_point"))
             if s.size > 1 and not transposed:  # per output channel: axis 0 (a MatMul weight: the last)
@@ -169,13 +169,13 @@ def test_qoperator_gradient_is_the_float_gradient_at_the_integer_weights(tmp_pat
     assert not np.allclose(got, plain, rtol=1e-4, atol=1e-5 * np.abs(want).max())  # the weights did change
 
 
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_dynamic_model_outputs_and_exact_gradient(tmp_path, per_channel):
+@pytest.mark.parametrize("per_channel,weight_type", [(False, "QInt8"), (True, "QInt8"), (False, "QUInt8")])
+def test_dynamic_model_outputs_and_exact_gradient(tmp_path, per_channel, weight_type):
     """quantize_dynamic (DynamicQuantizeLinear, ConvInteger, MatMulInteger): outputs equal the
     integer model's up to float32 rounding (measured: 2e-6 where logits reach 8.6), and on linear_cnn the
     input gradient equals the float model's at the dequantized weights."""
     float_model = linear_cnn()
-    qmodel = dynamic(float_model, tmp_path, per_channel)
+    qmodel = dynamic(float_model, tmp_path, per_channel, weight_type)
     assert DYNAMIC_OPS <= ops(qmodel)
     clean = normalize(qmodel)
     assert not ops(clean) & {"ConvInteger", "MatMulInteger"}
