@@ -13,9 +13,11 @@ from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, probabilities, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
 from engine.graph import shapes
+from engine.graph.half import widen_float16
 from engine.graph.load import load
 from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
+from engine.graph.quantized import dequantize_operators
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
@@ -101,7 +103,9 @@ class Model:
 
     def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None):
         self.path = Path(path)
-        self.proto = load(self.path)
+        # Integer and float16 models in the form they are explained in (their float tensors are
+        # the layers, float32 in and out): the first passes of normalize, applied once here.
+        self.proto = widen_float16(dequantize_operators(load(self.path), inplace=True), inplace=True)
         self.provider = provider
         self.threads = threads
         self.metadata = {prop.key: prop.value for prop in self.proto.metadata_props}
