@@ -13,7 +13,7 @@ from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, probabilities, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
 from engine.graph import shapes
-from engine.graph.half import widen_float16
+from engine.graph.half import rounding_tensors, widen_float16
 from engine.graph.load import load
 from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
@@ -184,10 +184,11 @@ class Model:
     def layers(self):
         """The layer catalog: every 4-D float tensor produced by a node, in graph order."""
         catalog = []
+        rounding = rounding_tensors(self.proto.graph)  # float16 models: the copies around each layer
         for node in self.proto.graph.node:
             for name in node.output:
                 info = self._infos.get(name)
-                if node.op_type != "Constant" and info and info.is_float and info.shape and len(info.shape) == 4:
+                if node.op_type != "Constant" and name not in rounding and info and info.is_float and info.shape and len(info.shape) == 4:
                     catalog.append(Layer(name, node.op_type, info.shape))
         return catalog
 

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
-from engine.graph.half import widen_float16
+from engine.graph.half import rounding_tensors, widen_float16
 from engine.graph.normalize import normalize
 from engine.graph.taps import add_taps
 from gradcheck import session
@@ -113,3 +113,15 @@ def test_float32_models_are_left_as_they_are():
 def test_widening_twice_changes_nothing_more():
     wide = widen_float16(half_model(small_cnn(), False))
     assert widen_float16(wide).SerializeToString() == wide.SerializeToString()
+
+
+def test_layers_keep_their_names():
+    """Each op's result keeps its tensor name (readers read the rounded copy); the tensors the
+    widening adds are the ones rounding_tensors names, so a layer catalog can leave them out."""
+    half = half_model(small_cnn(), float_edges=False)
+    wide = widen_float16(half)
+    before = {o for n in half.graph.node for o in n.output}
+    after = {o for n in wide.graph.node for o in n.output}
+    assert after - rounding_tensors(wide.graph) == before - {"logits"} | {"logits_wide"}
+    readers = {i for n in wide.graph.node if n.op_type != "Cast" for i in n.input}
+    assert "block_rounded" in readers and "block" not in readers

@@ -12,7 +12,9 @@ rounding the gradient to float16). Why not differentiate the float16 graph itsel
 of class scores routinely fall below float16's smallest normal number (6e-5), and a float32
 copy of the model alone would not give the float16 activations.
 
-The model's float16 inputs and outputs become float32 (an input is rounded to float16 first).
+Each op's float32 result keeps its tensor name (the layer: unrounded, within half a float16 step
+of the deployed tensor) and its readers read ``<name>_rounded``; the model's float16 inputs and
+outputs become float32 (an input is rounded to float16 first, an output carries the rounded value).
 
 Example:
     >>> wide = widen_float16(onnx.load("resnet18-fp16.onnx"))  # doctest: +SKIP
@@ -59,30 +61,34 @@ def widen_float16(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
         if tensor.data_type == HALF:
             graph.initializer[index].CopyFrom(_single(tensor))
     initializers = {t.name for t in graph.initializer}
+    outputs = {vi.name for vi in graph.output}
     nodes = []
-    rounded_inputs = {}
+    rounded = {}  # float16 tensor → what its readers read now: its value rounded to float16
     for vi in graph.input:
         if vi.name in halves and vi.name not in initializers:
             vi.type.tensor_type.elem_type = SINGLE
             half = fresh(vi.name + "_half")
-            rounded_inputs[vi.name] = fresh(vi.name + "_rounded")
+            rounded[vi.name] = fresh(vi.name + "_rounded")
             nodes += [helper.make_node("Cast", [vi.name], [half], to=HALF, name=fresh(half + "_cast")),
-                      helper.make_node("Cast", [half], [rounded_inputs[vi.name]], to=SINGLE,
-                                       name=fresh(rounded_inputs[vi.name] + "_cast"))]
+                      helper.make_node("Cast", [half], [rounded[vi.name]], to=SINGLE, name=fresh(rounded[vi.name] + "_cast"))]
     for node in graph.node:
-        node.input[:] = [rounded_inputs.get(name, name) for name in node.input]
+        node.input[:] = [rounded.get(name, name) for name in node.input]
         _widen_attributes(node)
         nodes.append(node)
         for k, name in enumerate(node.output):
             if name not in halves or name in rounding:  # a rounding point already (widened before)
                 continue
-            if node.op_type == "Cast" and _cast_target(node) == HALF:  # the node rounds already: widen its result back
-                half = node.output[k] = fresh(name + "_half")
-            else:
-                wide = node.output[k] = fresh(name + "_wide")
+            if name in outputs:  # a graph output keeps its name and carries the rounded value
+                source = node.output[k] = fresh(name + "_wide")
+                target = name
+            else:  # the op's own float32 result keeps the name (a layer); its readers read it rounded
+                source, target = name, fresh(name + "_rounded")
+                rounded[name] = target
+            half = source
+            if not (node.op_type == "Cast" and _cast_target(node) == HALF):  # else the node rounds already
                 half = fresh(name + "_half")
-                nodes.append(helper.make_node("Cast", [wide], [half], to=HALF, name=fresh(half + "_cast")))
-            nodes.append(helper.make_node("Cast", [half], [name], to=SINGLE, name=fresh(name + "_cast")))
+                nodes.append(helper.make_node("Cast", [source], [half], to=HALF, name=fresh(half + "_cast")))
+            nodes.append(helper.make_node("Cast", [half], [target], to=SINGLE, name=fresh(target + "_cast")))
     del graph.node[:]
     graph.node.extend(nodes)
     for vi in graph.output:
@@ -100,6 +106,18 @@ def _copy(model):
 
 def _single(tensor):
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+
+
+def rounding_tensors(graph):
+    """Names of the tensors :func:`widen_float16` adds around each rounding point (the float16
+    copy and the float32 value read back from it): not layers of their own.
+
+    Example:
+        >>> "conv1_rounded" in rounding_tensors(widen_float16(half_model).graph)  # doctest: +SKIP
+        True
+    """
+    points = _rounding_points(graph)
+    return points | {node.output[0] for node in graph.node if node.op_type == "Cast" and node.input[0] in points}
 
 
 def _rounding_points(graph):

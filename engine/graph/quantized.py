@@ -133,8 +133,9 @@ class _Rewriter:
         """Float value of quantized activation ``q`` (one DequantizeLinear per tensor)."""
         key = (q, scale, zero_point)
         if key not in self.dequantized:
+            base = q[:-len("_quantized")] if q.endswith("_quantized") else q
             self.dequantized[key] = self.emit("DequantizeLinear", [q, scale, zero_point] if zero_point else [q, scale],
-                                              hint=q + "_dequantized")
+                                              hint=base + "_dequantized")
         return self.dequantized[key]
 
     def quantize(self, x, scale, zero_point, output):
