@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
@@ -105,7 +105,10 @@ class Model:
         self.path = Path(path)
         # Integer and float16 models in the form they are explained in (their float tensors are
         # the layers, float32 in and out): the first passes of normalize, applied once here.
-        self.proto = widen_float16(dequantize_operators(load(self.path), inplace=True), inplace=True)
+        deployed = load(self.path)
+        self._float16_io = any(vi.type.tensor_type.elem_type == TensorProto.FLOAT16
+                               for vi in [*deployed.graph.input, *deployed.graph.output])
+        self.proto = widen_float16(dequantize_operators(deployed, inplace=True), inplace=True)
         self.provider = provider
         self.threads = threads
         self.metadata = {prop.key: prop.value for prop in self.proto.metadata_props}
@@ -280,7 +283,9 @@ class Model:
     @cached_property
     def session(self):
         """The ONNX Runtime session, created on first use."""
-        return create_session(self.path, provider=self.provider, threads=self.threads)
+        # A float16 file takes float16 arrays: run its widened form, which takes float32 ones.
+        source = self.proto if self._float16_io else self.path
+        return create_session(source, provider=self.provider, threads=self.threads)
 
     def preprocess(self, images):
         """Turn images (paths or uint8 H×W×3 RGB arrays) into one float batch in the model's layout.

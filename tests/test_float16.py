@@ -125,3 +125,22 @@ def test_layers_keep_their_names():
     assert after - rounding_tensors(wide.graph) == before - {"logits"} | {"logits_wide"}
     readers = {i for n in wide.graph.node if n.op_type != "Cast" for i in n.input}
     assert "block_rounded" in readers and "block" not in readers
+
+
+def test_model_api_runs_a_float16_file(tmp_path):
+    """engine.api.Model on a float16 file: float32 arrays in, layers under their own names,
+    float32 gradients equal to the graph-level ones."""
+    from engine.api import Model
+
+    path = tmp_path / "half.onnx"
+    onnx.save(half_model(small_cnn(), float_edges=False), path)
+    model = Model(path, threads=1)
+    assert model.input.dtype == np.float32 and "block" in [layer.name for layer in model.layers]
+    x = images(2, seed=3)
+    seed = np.eye(5, dtype=np.float32)[[1, 4]]
+    result = model.run(x, activations=["block"], gradients=["block", "input"], seed=seed)
+    assert result.gradients["input"].dtype == np.float32
+    want = run(half_model(small_cnn(), float_edges=False), "image", x, seed)[1]
+    np.testing.assert_allclose(result.gradients["input"], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_array_equal(model.run(x).outputs[0], session(normalize(half_model(small_cnn(), False))).run(
+        ["logits"], {"image": x})[0])

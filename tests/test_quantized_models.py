@@ -273,3 +273,19 @@ def test_runtime_quantized_bias_of_old_dynamic_models():
     weight = (wq.astype(np.float32) - 3) * 0.01  # straight through: the gradient of a conv by the dequantized weight
     want = np.broadcast_to(weight.sum(axis=(0, 2, 3))[:, None, None], (2, 3, 2, 2))  # interior pixels
     np.testing.assert_allclose(gradient[:, :, 2:4, 2:4], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_model_api_explains_a_qoperator_file(tmp_path):
+    """engine.api.Model on a QOperator file: the float tensors of the rewritten model are layers
+    (the residual block of the source model among them) and Grad-CAM's capture runs there."""
+    from engine.api import Model
+
+    qoperator(mixed_cnn(), tmp_path, calibration_images())
+    model = Model(tmp_path / "qop.onnx", threads=1)
+    assert "block" in [layer.name for layer in model.layers]
+    images = calibration_images(2, seed=5)
+    result = model.run(images, activations=[model.default_layer], gradients=[model.default_layer, "input"],
+                       seed=np.eye(5, dtype=np.float32)[[0, 3]])
+    assert np.abs(result.gradients["input"]).max() > 0
+    np.testing.assert_array_equal(model.run(images).outputs[0],
+                                  session(onnx.load(tmp_path / "qop.onnx")).run(["logits"], {"image": images})[0])
