@@ -144,3 +144,19 @@ def test_model_api_runs_a_float16_file(tmp_path):
     np.testing.assert_allclose(result.gradients["input"], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     np.testing.assert_array_equal(model.run(x).outputs[0], session(normalize(half_model(small_cnn(), False))).run(
         ["logits"], {"image": x})[0])
+
+
+def test_onnxconverter_common_float16_model():
+    """The converter itself (optional dev dependency): keep_io_types=True puts Casts at the edges
+    and may keep some ops in float32 with Casts around them. Same checks as above (passes with
+    onnxconverter-common 1.16.0; skipped where the package is absent)."""
+    float16 = pytest.importorskip("onnxconverter_common.float16", reason="onnxconverter-common is not installed")
+    half = float16.convert_float_to_float16(small_cnn(), keep_io_types=True)
+    x = images(8, seed=1)
+    want = session(half).run(["logits"], {"image": x})[0]
+    wide = normalize(half)
+    got = session(wide).run(["logits"], {"image": x})[0]
+    assert np.abs(got - want).max() <= 3 * float(np.spacing(np.abs(want).max().astype(np.float16)))
+    seed = np.eye(5, dtype=np.float32)[np.arange(8) % 5]
+    (_, hx), (_, fx) = (run(m, "image", x, seed) for m in (half, small_cnn()))
+    assert np.sum(hx * fx) / np.linalg.norm(hx) / np.linalg.norm(fx) > 0.98

@@ -56,7 +56,7 @@ def calibration_images(count=16, seed=0):
     return np.random.default_rng(seed).standard_normal((count, 3, 12, 12)).astype(np.float32)
 
 
-def qoperator(float_model, folder, images):
+def qoperator(float_model, folder, images, per_channel=False):
     onnx.save(float_model, folder / "float.onnx")
 
     class Reader(quantization.CalibrationDataReader):
@@ -68,7 +68,7 @@ def qoperator(float_model, folder, images):
             return None if x is None else {"image": x}
 
     quantization.quantize_static(str(folder / "float.onnx"), str(folder / "qop.onnx"), Reader(),
-                                 quant_format=quantization.QuantFormat.QOperator,
+                                 quant_format=quantization.QuantFormat.QOperator, per_channel=per_channel,
                                  activation_type=quantization.QuantType.QUInt8,
                                  weight_type=quantization.QuantType.QInt8)
     return onnx.load(folder / "qop.onnx")
@@ -124,11 +124,12 @@ def cosine(a, b):
     return float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def test_qoperator_model_runs_as_the_deployed_integer_arithmetic(tmp_path):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qoperator_model_runs_as_the_deployed_integer_arithmetic(tmp_path, per_channel):
     """Every QOperator op is rewritten away, and the rewritten model's outputs are those of the
     integer model: ONNX Runtime fuses each DequantizeLinear → op → QuantizeLinear back into the
     integer op with the model's own weights. Measured: identical (max difference 0)."""
-    qmodel = qoperator(mixed_cnn(), tmp_path, calibration_images())
+    qmodel = qoperator(mixed_cnn(), tmp_path, calibration_images(), per_channel)
     assert QOPERATOR_OPS <= ops(qmodel)
     clean = normalize(qmodel)
     assert not ops(clean) & (QOPERATOR_OPS | DYNAMIC_OPS) and all(n.domain == "" for n in clean.graph.node)
@@ -152,14 +153,15 @@ def test_qoperator_grad_cam_and_input_gradient_agree_with_the_float_model(tmp_pa
     assert cosine(qx, fx) > 0.8
 
 
-def test_qoperator_gradient_is_the_float_gradient_at_the_integer_weights(tmp_path):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qoperator_gradient_is_the_float_gradient_at_the_integer_weights(tmp_path, per_channel):
     """Exact case: a network linear in its input (linear_cnn) has gradients independent of the
     activations, so the straight-through gradient of its QOperator model equals the float
     model's gradient at the dequantized integer weights (inputs are the calibration images
     halved: no activation is clipped at the low end of its range)."""
     float_model = linear_cnn()
     images = calibration_images(8)
-    qmodel = qoperator(float_model, tmp_path, images)
+    qmodel = qoperator(float_model, tmp_path, images, per_channel)
     assert {"QLinearConv", "QLinearGlobalAveragePool", "QGemm"} <= ops(qmodel)
     seed = np.random.default_rng(2).standard_normal((8, 5)).astype(np.float32)
     got = gradients(qmodel, "image", images / 2, seed)[1]
