@@ -271,7 +271,8 @@ def test_runtime_quantized_bias_of_old_dynamic_models():
     x = calibration_images(2)[:, :, :6, :6]
     want, got = (session(m).run(["y"], {"image": x})[0] for m in (model, clean))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
-    gradient = session(differentiate(clean, "y", ["image"])).run([grad_name("image")], {"image": x, SEED: np.ones_like(want)})[0]
+    feeds = {"image": x, SEED: np.ones_like(want)}
+    gradient = session(differentiate(clean, "y", ["image"])).run([grad_name("image")], feeds)[0]
     weight = (wq.astype(np.float32) - 3) * 0.01  # straight through: the gradient of a conv by the dequantized weight
     want = np.broadcast_to(weight.sum(axis=(0, 2, 3))[:, None, None], (2, 3, 2, 2))  # interior pixels
     np.testing.assert_allclose(gradient[:, :, 2:4, 2:4], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

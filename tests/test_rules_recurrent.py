@@ -60,7 +60,8 @@ def test_lstm_all_outputs_used_together():
                            helper.make_node("Add", ["s0", "hc"], ["loss"])])
         graph.initializer.append(helper.make_tensor("axes", 7, [1], [1]))
         del graph.output[:]
-        graph.output.append(helper.make_tensor_value_info("loss", model.graph.input[0].type.tensor_type.elem_type, None))
+        elem = model.graph.input[0].type.tensor_type.elem_type
+        graph.output.append(helper.make_tensor_value_info("loss", elem, None))
         return finish(graph)
 
     both(make, output="loss")

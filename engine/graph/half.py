@@ -21,6 +21,8 @@ Example:
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -38,7 +40,7 @@ def widen_float16(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
         >>> [vi.type.tensor_type.elem_type for vi in widen_float16(half_model).graph.input]  # doctest: +SKIP
         [1]
     """
-    out = model if inplace else _copy(model)
+    out = model if inplace else copy.deepcopy(model)
     graph = out.graph
     halves = {name for name, info in infer(out).items() if info.elem_type == HALF}
     halves.update(t.name for t in graph.initializer if t.data_type == HALF)
@@ -67,10 +69,10 @@ def widen_float16(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     for vi in graph.input:
         if vi.name in halves and vi.name not in initializers:
             vi.type.tensor_type.elem_type = SINGLE
-            half = fresh(vi.name + "_half")
-            rounded[vi.name] = fresh(vi.name + "_rounded")
+            half, rounded[vi.name] = fresh(vi.name + "_half"), fresh(vi.name + "_rounded")
             nodes += [helper.make_node("Cast", [vi.name], [half], to=HALF, name=fresh(half + "_cast")),
-                      helper.make_node("Cast", [half], [rounded[vi.name]], to=SINGLE, name=fresh(rounded[vi.name] + "_cast"))]
+                      helper.make_node("Cast", [half], [rounded[vi.name]], to=SINGLE,
+                                       name=fresh(rounded[vi.name] + "_cast"))]
     for node in graph.node:
         node.input[:] = [rounded.get(name, name) for name in node.input]
         _widen_attributes(node)
@@ -95,12 +97,6 @@ def widen_float16(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
         if vi.type.tensor_type.elem_type == HALF:
             vi.type.tensor_type.elem_type = SINGLE
     del graph.value_info[:]
-    return out
-
-
-def _copy(model):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
     return out
 
 

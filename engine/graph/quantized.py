@@ -33,9 +33,13 @@ Example:
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from engine.graph.shapes import constant_tensors
 
 _MS = "com.microsoft"
 _DEFAULT = ("", "ai.onnx")
@@ -52,7 +56,7 @@ def dequantize_operators(model: onnx.ModelProto, inplace=False) -> onnx.ModelPro
         >>> [n.op_type for n in dequantize_operators(qlinear_conv_model).graph.node]  # doctest: +SKIP
         ['QuantizeLinear', 'DequantizeLinear', 'Conv', 'QuantizeLinear', 'DequantizeLinear']
     """
-    out = model if inplace else _copy(model)
+    out = model if inplace else copy.deepcopy(model)
     graph = out.graph
     if not any(_rewriter_of(n) for n in graph.node):
         return out
@@ -73,16 +77,8 @@ def dequantize_operators(model: onnx.ModelProto, inplace=False) -> onnx.ModelPro
     return out
 
 
-def _copy(model):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
 def _rewriter_of(node):
-    if node.domain in _DEFAULT:
-        return _REWRITES.get(node.op_type)
-    return _REWRITES.get(node.op_type) if node.domain == _MS else None
+    return _REWRITES.get(node.op_type) if node.domain in (*_DEFAULT, _MS) else None
 
 
 class _Rewriter:
@@ -90,11 +86,7 @@ class _Rewriter:
 
     def __init__(self, model):
         graph = model.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT), 1)
-        self.constants = {t.name: t for t in graph.initializer}
-        for node in graph.node:
-            if node.op_type == "Constant" and node.domain in _DEFAULT and node.attribute[0].name == "value":
-                self.constants[node.output[0]] = node.attribute[0].t
+        self.constants = constant_tensors(graph)
         self.used = set(self.constants) | {n.name for n in graph.node}
         self.used.update(t for n in graph.node for t in [*n.input, *n.output])
         self.used.update(vi.name for vi in graph.input)
