@@ -79,16 +79,18 @@ class _Steps:
         size = {0: 1, 2: self.hidden}[axis]
         return self.ctx.op_with_ints("Split", t, "split", [size] * parts, 13, axis=axis, outputs=parts)
 
+    def slab(self, t, index, axis):
+        """``t`` at ``index`` along ``axis`` (kept, of size 1)."""
+        return self.op("Gather", t, self.ctx.ints([index]), axis=axis)
+
     def pick(self, t, index, axis):
         """``t`` at ``index`` along ``axis`` (the axis removed)."""
-        return self.ctx.squeeze(self.op("Gather", t, self.ctx.ints([index]), axis=axis), [axis])
+        return self.ctx.squeeze(self.slab(t, index, axis), [axis])
 
     def initial(self, index, d, like):
         """Initial state of direction ``d`` as 1×N×H: the node's input ``index`` or zeros."""
         name = self.node.input[index] if len(self.node.input) > index else ""
-        if name:
-            return self.ctx.unsqueeze(self.pick(name, d, 0), [0])
-        return self.zeros(like)
+        return self.slab(name, d, 0) if name else self.zeros(like)
 
     def zeros(self, like):
         """Zeros shaped like the emitted tensor ``like`` (typed like X)."""
@@ -114,7 +116,7 @@ class _Steps:
         from Y_h (and Y_c for LSTM) of direction ``d``."""
         dy = grads[0]
         per_step = self.split(self.pick(dy, d, 1), 0, self.steps) if dy else [None] * self.steps
-        finals = [self.ctx.unsqueeze(self.pick(g, d, 0), [0]) if g else None for g in grads[1:]]
+        finals = [self.slab(g, d, 0) if g else None for g in grads[1:]]
         return per_step, finals
 
     def add(self, *terms):
