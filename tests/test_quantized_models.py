@@ -292,3 +292,19 @@ def test_model_api_explains_a_qoperator_file(tmp_path):
     assert np.abs(result.gradients["input"]).max() > 0
     np.testing.assert_array_equal(model.run(images).outputs[0],
                                   session(onnx.load(tmp_path / "qop.onnx")).run(["logits"], {"image": images})[0])
+
+
+def test_quantized_weights_count_as_constants(tmp_path):
+    """A weight read through DequantizeLinear of constants is a constant to the rules: the
+    stride-1 Conv's backward is the fast forward Conv with the flipped dequantized weight (only
+    the strided Conv keeps ConvTranspose), and it equals the dequantized float model's."""
+    float_model = linear_cnn()
+    qmodel = qoperator(float_model, tmp_path, calibration_images(8))
+    clean = normalize(qmodel)
+    backward = differentiate(clean, "logits", ["image"]).graph.node[len(clean.graph.node):]
+    assert sum(n.op_type == "ConvTranspose" for n in backward) == 1
+    assert sum(n.op_type == "Conv" for n in backward) >= 1
+    x, seed = calibration_images(2, seed=7) / 2, np.eye(5, dtype=np.float32)[[0, 2]]
+    got = gradients(qmodel, "image", x, seed)[1]
+    want = gradients(integer_weights(float_model, qmodel), "image", x, seed)[1]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

@@ -77,6 +77,34 @@ def dequantize_operators(model: onnx.ModelProto, inplace=False) -> onnx.ModelPro
     return out
 
 
+def dequantized_constants(graph, constants):
+    """name → TensorProto holding the float value of each DequantizeLinear output computed from
+    constants only (quantized weights and biases), so that differentiation rules can use them as
+    the constants they are (e.g. the Conv rule's constant-weight backward). ``constants``: the
+    graph's constant tensors (:func:`engine.graph.shapes.constant_tensors`).
+
+    Example:
+        >>> sorted(dequantized_constants(qdq_model.graph, constant_tensors(qdq_model.graph)))  # doctest: +SKIP
+        ['conv1.weight_DequantizeLinear_Output']
+    """
+    out = {}
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        if node.op_type != "DequantizeLinear" or node.domain not in _DEFAULT or not all(i in constants for i in inputs):
+            continue
+        a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+        q, scale, *zp = (numpy_helper.to_array(constants[i]) for i in inputs)
+        if "block_size" in a or q.dtype.kind not in "iu":
+            continue
+        zp = zp[0] if zp else np.zeros((), q.dtype)
+        if scale.ndim == 1 and q.ndim > 1:
+            shape = [-1 if i == a.get("axis", 1) % q.ndim else 1 for i in range(q.ndim)]
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        value = (q.astype(np.int32) - zp.astype(np.int32)).astype(np.float32) * scale
+        out[node.output[0]] = numpy_helper.from_array(value.astype(scale.dtype), node.output[0])
+    return out
+
+
 def _rewriter_of(node):
     return _REWRITES.get(node.op_type) if node.domain in (*_DEFAULT, _MS) else None
 
