@@ -4,8 +4,8 @@
 
 * **QOperator** (``QuantFormat.QOperator``): QLinearConv, QLinearMatMul and, in the
   ``com.microsoft`` domain, QLinearAdd/Mul, QLinearGlobalAveragePool, QLinearAveragePool,
-  QLinearConcat, QLinearSigmoid, QLinearLeakyRelu, QGemm; shape ops (MaxPool, Flatten, Reshape,
-  ...) then run directly on the uint8/int8 tensors between them;
+  QLinearConcat, QLinearSigmoid, QLinearLeakyRelu, QLinearSoftmax, QGemm; shape ops (MaxPool,
+  Flatten, Reshape, Resize, ...) then run directly on the uint8/int8 tensors between them;
 * **dynamic** (``quantize_dynamic``): DynamicQuantizeLinear → ConvInteger / MatMulInteger →
   Cast → Mul(scales), with integer weights; com.microsoft DynamicQuantizeLSTM for an LSTM.
 
@@ -323,6 +323,15 @@ def _unary(op_type, attributes=()):
     return rewrite
 
 
+def _softmax(rw, node):
+    """QLinearSoftmax; its ``opset`` attribute says which Softmax semantics it follows (13+: one axis)."""
+    a = _attrs(node)
+    if a.get("opset", 13) < 13:
+        return False
+    x, xs, xz, ys, yz = node.input[:5]
+    _requantized(rw, node, "Softmax", [rw.dq(x, xs, xz)], ys, yz, axis=a.get("axis", -1))
+
+
 def _pool(op_type):
     def rewrite(rw, node):
         x, xs, xz, ys, yz = node.input[:5]
@@ -371,7 +380,7 @@ _REWRITES = {
     "ConvInteger": _integer_product("Conv"), "MatMulInteger": _integer_product("MatMul"),
     "DynamicQuantizeLinear": _dynamic_quantize,
     "QLinearAdd": _binary("Add"), "QLinearMul": _binary("Mul"),
-    "QLinearSigmoid": _unary("Sigmoid"), "QLinearLeakyRelu": _unary("LeakyRelu", ("alpha",)),
+    "QLinearSigmoid": _unary("Sigmoid"), "QLinearLeakyRelu": _unary("LeakyRelu", ("alpha",)), "QLinearSoftmax": _softmax,
     "QLinearGlobalAveragePool": _pool("GlobalAveragePool"), "QLinearAveragePool": _pool("AveragePool"),
     "QLinearConcat": _qlinear_concat, "DynamicQuantizeLSTM": _dynamic_quantize_lstm,
     "QuantizeLinear": _to_default_domain, "DequantizeLinear": _to_default_domain,
