@@ -332,3 +332,29 @@ def test_qoperator_softmax_and_resize_on_integers(tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
     seed = rng.standard_normal(want.shape).astype(np.float32)
     assert np.abs(gradients(qmodel, "image", images, seed)[1]).max() > 0
+
+
+@pytest.mark.parametrize("pad_value", [None, 0.0, 0.5])
+def test_pad_on_a_quantized_tensor(pad_value):
+    """A constant Pad run on uint8 pads with an integer (0 when absent, i.e. −zero_point · scale
+    in float): the float Pad of the rewrite pads with that float value; outputs are equal."""
+    scale, zero_point = np.float32(0.05), np.uint8(100)
+    inputs = ["xq", "pads"] + ([] if pad_value is None else ["value_q"])
+    nodes = [helper.make_node("QuantizeLinear", ["image", "s", "z"], ["xq"]),
+             helper.make_node("Pad", inputs, ["padded"], mode="constant"),
+             helper.make_node("DequantizeLinear", ["padded", "s", "z"], ["y"])]
+    inits = [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero_point, "z"),
+             numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "pads")]
+    if pad_value is not None:
+        inits.append(numpy_helper.from_array(np.uint8(round(pad_value / scale) + zero_point), "value_q"))
+    graph = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info("image", 1, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", 1, None)], initializer=inits)
+    model = finish(graph)
+    clean = normalize(model)
+    x = calibration_images(2)[:, :, :4, :4]
+    want, got = (session(m).run(["y"], {"image": x})[0] for m in (model, clean))
+    np.testing.assert_array_equal(got, want)
+    feeds = {"image": x, SEED: np.ones_like(want)}
+    gradient = session(differentiate(clean, "y", ["image"])).run([grad_name("image")], feeds)[0]
+    inside = (x >= -float(zero_point) * scale)  # straight through above the range's low end
+    np.testing.assert_array_equal(gradient, inside.astype(np.float32))

@@ -45,7 +45,7 @@ _MS = "com.microsoft"
 _DEFAULT = ("", "ai.onnx")
 # Ops that move or select elements; run on a quantized tensor they keep its scale and zero point.
 _KEEP_SCALE = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "GlobalMaxPool",
-               "Identity", "Slice", "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Expand", "Tile"}
+               "Identity", "Slice", "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Pad"}
 
 
 def dequantize_operators(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
@@ -219,8 +219,17 @@ def _keep_scale(rw, node):
     if x not in rw.qparams:
         return False
     scale, zp = rw.qparams[x]
+    rest = list(node.input[1:])
+    if node.op_type == "Pad" and _attrs(node).get("mode", b"constant") in (b"constant", "constant"):
+        # The pad value is an integer (0 when absent): in float it is (value − zero point) · scale.
+        s, z = rw.value(scale), rw.value(zp) if zp else np.zeros((), np.uint8)
+        value = rw.value(rest[1]) if len(rest) > 1 and rest[1] else np.zeros((), np.int32)
+        if s is None or z is None or value is None:
+            return False
+        rest += [""] * (2 - len(rest))
+        rest[1] = rw.const(((value.astype(np.int32) - z.astype(np.int32)) * s).astype(np.float32).reshape(()), x + "_pad")
     outputs = [rw.float_name(o) for o in node.output]
-    rw.nodes.append(helper.make_node(node.op_type, [rw.dq(x, scale, zp), *node.input[1:]], outputs,
+    rw.nodes.append(helper.make_node(node.op_type, [rw.dq(x, scale, zp), *rest], outputs,
                                      name=node.name, **_attrs(node)))
     for f, o in zip(outputs, node.output):
         rw.quantize(f, scale, zp, o)
