@@ -6,16 +6,18 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, probabilities, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UnsupportedOpError, UsageError
 from engine.graph import cone, modules as module_scopes, pixels, shapes
+from engine.graph.half import rounding_tensors, widen_float16
 from engine.graph.load import load
 from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
+from engine.graph.quantized import dequantize_operators
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
@@ -105,7 +107,12 @@ class Model:
     def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None,
                  extra_inputs=None):
         self.path = Path(path)
-        self.proto = load(self.path)
+        # Integer and float16 models in the form they are explained in (their float tensors are
+        # the layers, float32 in and out): the first passes of normalize, applied once here.
+        deployed = load(self.path)
+        self._float16_io = any(vi.type.tensor_type.elem_type == TensorProto.FLOAT16
+                               for vi in [*deployed.graph.input, *deployed.graph.output])
+        self.proto = widen_float16(dequantize_operators(deployed, inplace=True), inplace=True)
         self.provider = provider
         self.threads = threads
         self.metadata = {prop.key: prop.value for prop in self.proto.metadata_props}
@@ -216,10 +223,11 @@ class Model:
     def layers(self):
         """The layer catalog: every 4-D float tensor produced by a node, in graph order."""
         catalog = []
+        rounding = rounding_tensors(self.proto.graph)  # float16 models: the copies around each layer
         for node in self.proto.graph.node:
             for name in node.output:
                 info = self._infos.get(name)
-                if node.op_type != "Constant" and info and info.is_float and info.shape and len(info.shape) == 4:
+                if node.op_type != "Constant" and name not in rounding and info and info.is_float and info.shape and len(info.shape) == 4:
                     catalog.append(Layer(name, node.op_type, info.shape))
         return catalog
 
@@ -369,7 +377,9 @@ class Model:
     @cached_property
     def session(self):
         """The ONNX Runtime session, created on first use."""
-        return create_session(self.path, provider=self.provider, threads=self.threads)
+        # A float16 file takes float16 arrays: run its widened form, which takes float32 ones.
+        source = self.proto if self._float16_io else self.path
+        return create_session(source, provider=self.provider, threads=self.threads)
 
     def preprocess(self, images):
         """Turn images (paths or uint8 H×W×3 RGB arrays) into one float batch in the model's layout.

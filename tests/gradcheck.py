@@ -68,27 +68,29 @@ def random_inputs(model, rng, batch=2, scale=1.0):
 
 
 def check(make, wrt=None, output=None, batch=2, directions=3, seed=0, feeds=None, tol=None,
-          dtypes=(np.float64, np.float32)):
+          dtypes=(np.float64, np.float32), runner=None):
     """Check the gradients of ``make(dtype)`` against central differences; returns the relative
-    errors. ``feeds(rng, dtype)`` may supply inputs (e.g. away from kinks)."""
+    errors. ``feeds(rng, dtype)`` may supply inputs (e.g. away from kinks). ``runner(model)``
+    runs both models (default: an ONNX Runtime session; ``ReferenceEvaluator`` for float64 ops
+    ONNX Runtime lacks, such as LSTM)."""
     for dtype in dtypes:
         model = make(dtype)
         try:
-            return _check(model, dtype, wrt, output, batch, directions, seed, feeds, tol)
+            return _check(model, dtype, wrt, output, batch, directions, seed, feeds, tol, runner or session)
         except ort.capi.onnxruntime_pybind11_state.NotImplemented:
             if dtype is np.float32:
                 raise
     raise AssertionError("unreachable")
 
 
-def _check(model, dtype, wrt, output, batch, directions, seed, feeds, tol):
+def _check(model, dtype, wrt, output, batch, directions, seed, feeds, tol, runner):
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
     output = output or model.graph.output[0].name
     wrt = wrt or [vi.name for vi in model.graph.input if vi.name not in inits]
     rewritten = differentiate(model, output, wrt)
     onnx.checker.check_model(rewritten, full_check=True)
-    forward, backward = session(model), session(rewritten)
+    forward, backward = runner(model), runner(rewritten)
     x = feeds(rng, dtype) if feeds else random_inputs(model, rng, batch)
     y = forward.run([output], x)[0]
     s = rng.standard_normal(y.shape).astype(y.dtype)

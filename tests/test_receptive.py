@@ -214,3 +214,17 @@ def test_fields_bound_the_exact_pixel_influence():
                 assert (*lo, *hi) == (y0, x0, y1, x1), (name, y, x)
                 inside += 1
     assert inside > 300
+
+
+def test_transpose_after_a_rank_change_sees_the_whole_image():
+    """CRNN heads: Squeeze the height (rank 4 → 3), then Transpose to T×N×C; the sequence axis
+    mixes what the field tracked, so the field is the whole image (no crash on the old axes)."""
+    b = Builder()
+    h = _conv(b, "x", 3)
+    pooled = b.op("MaxPool", [h], kernel_shape=[12, 1], strides=[12, 1])  # N×1×1×W
+    squeezed = b.op("Squeeze", [pooled, b.const(np.array([2]))])  # N×1×W
+    sequence = b.op("Transpose", [squeezed], perm=[2, 0, 1])  # W×N×1
+    back = b.op("Unsqueeze", [b.op("Transpose", [sequence], perm=[1, 2, 0]), b.const(np.array([2]))])
+    fields = receptive_fields(_model(b, 12, back))
+    assert not fields[pooled].whole_image
+    assert fields[back].whole_image

@@ -1,6 +1,7 @@
 """Resize / Upsample and DepthToSpace / SpaceToDepth rules alone against central finite
 differences through ORT (ORT's Resize has a float64 kernel; scales stay float32 as ONNX wants)."""
 import numpy as np
+import onnx
 import pytest
 from onnx import helper, numpy_helper
 
@@ -98,3 +99,54 @@ def test_resizing_the_symbolic_batch_is_refused_clearly():
 
     with pytest.raises(UnsupportedOpError, match="Resize.*symbolic axis"):
         differentiate(resize_model(np.float32, scales=[2, 1, 2, 2]), "y", ["x"])
+
+
+COMPUTED_CASES = {
+    "linear-half-pixel": dict(mode="linear"),  # torch's F.interpolate(size=..., mode="bilinear")
+    "nearest-asymmetric-floor": dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+    "linear-align-corners": dict(mode="linear", coordinate_transformation_mode="align_corners"),
+    "cubic": dict(mode="cubic", cubic_coeff_a=-0.75),
+}
+
+
+def computed_resize_model(dtype, static, **attributes):
+    """Resize x to the spatial size of a second input ``ref`` (sizes = Shape(ref), as torchvision's
+    LRASPP/FCN heads export); H and W are static or symbolic."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    x, ref = (("N", 3, 5, 4), ("N", 3, 9, 7)) if static else (("N", 3, "H", "W"), ("N", 3, "H2", "W2"))
+    nodes = [helper.make_node("Shape", ["ref"], ["ref_shape"]),
+             helper.make_node("Slice", ["ref_shape", "two", "four"], ["ref_size"]),
+             helper.make_node("Shape", ["x"], ["x_shape"]),
+             helper.make_node("Slice", ["x_shape", "zero", "two"], ["x_lead"]),
+             helper.make_node("Concat", ["x_lead", "ref_size"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attributes)]
+    inits = [numpy_helper.from_array(np.array([v], np.int64), name) for name, v in (("zero", 0), ("two", 2), ("four", 4))]
+    graph = helper.make_graph(nodes, "computed", [helper.make_tensor_value_info("x", elem, list(x)),
+                                                  helper.make_tensor_value_info("ref", elem, list(ref))],
+                              [helper.make_tensor_value_info("y", elem, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)  # as normalization does
+
+
+@pytest.mark.parametrize("case", COMPUTED_CASES)
+@pytest.mark.parametrize("static", [True, False])
+def test_resize_with_sizes_computed_from_shapes(case, static):
+    """Static H and W: the constant matrices; symbolic: matrices built at run time by resizing an
+    identity. Checked at x 2×3×5×4 → 9×7 (batch and channels kept: the Slice of Shape(x))."""
+    def feeds(rng, dtype):
+        return {"x": rng.standard_normal((2, 3, 5, 4)).astype(dtype), "ref": np.zeros((2, 3, 9, 7), dtype)}
+
+    check(lambda dt: computed_resize_model(dt, static, **COMPUTED_CASES[case]), wrt=["x"], feeds=feeds)
+
+
+def test_resize_with_computed_scales_uses_the_shapes():
+    """Scales computed at run time (here an Identity of a constant: not folded in the test)."""
+    def make(dt):
+        model = resize_model(dt, scales=[1, 1, 2, 2], mode="linear")
+        graph = model.graph
+        graph.node.insert(0, helper.make_node("Identity", ["scales"], ["scales_computed"]))
+        graph.node[1].input[2] = "scales_computed"
+        return finish(graph)
+
+    check(make)

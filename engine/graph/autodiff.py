@@ -11,6 +11,7 @@ import onnx
 from onnx import helper
 
 from engine.errors import LayerError, UnsupportedOpError
+from engine.graph.quantized import dequantized_constants
 from engine.graph.rules import RULES, Context
 from engine.graph.shapes import FLOAT_TYPES, constant_tensors, value_info_shape
 
@@ -40,6 +41,7 @@ def differentiate(model, output, wrt, mode="standard"):
     model = _copy(model)
     graph = model.graph
     constants = constant_tensors(graph)
+    constants.update(dequantized_constants(graph, constants))  # quantized weights are weights too
     shapes, types = _tensor_info(graph, constants)
     _check_request(graph, shapes, types, constants, output, wrt)
 

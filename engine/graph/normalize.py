@@ -19,6 +19,8 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from engine.errors import InputShapeError, ModelLoadError
+from engine.graph.half import widen_float16
+from engine.graph.quantized import dequantize_operators
 from engine.graph.shapes import declared_shapes, image_input, value_info_shape
 
 TARGET_OPSET = 17
@@ -43,6 +45,8 @@ def normalize(model: onnx.ModelProto, input_size=None, inplace=False) -> onnx.Mo
         17
     """
     model = drop_initializer_inputs(model, inplace=inplace)
+    model = dequantize_operators(model, inplace=True)
+    model = widen_float16(model, inplace=True)
     model = upgrade_opset(model, inplace=True)
     if input_size is not None:
         model = specialize_input(model, input_size, inplace=True)

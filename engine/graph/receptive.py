@@ -147,7 +147,10 @@ def _propagate(node, inputs, shapes, consts):
     if data is None:
         return _any(inputs).whole_image()
     if op == "Transpose":
-        perm = list(attrs["perm"])
+        rank = len(shapes.get(node.input[0], ())) or 4
+        perm = list(attrs.get("perm") or reversed(range(rank)))
+        if not all(a in perm for a in data.axes):  # axes of the tensor before a rank change
+            return data.whole_image()
         return data.with_axes(tuple(perm.index(a) for a in data.axes))
     if op in _AXIS_OPS:
         rank = len(shapes.get(node.input[0], ())) or 4

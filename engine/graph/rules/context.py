@@ -42,6 +42,7 @@ class Context:
         self._scalars = {}
         self._shape_nodes = {}
         self._producers = {}
+        self._casts = {}  # emitted Cast output → (its input, that input's element type)
         self.node_name = "grad"  # the forward node being differentiated: prefix of emitted names
 
     # -- names and emission -------------------------------------------------------------------
@@ -208,6 +209,19 @@ class Context:
         if not node.output[index]:
             node.output[index] = self.fresh(self.node_name + "_out")
         return node.output[index]
+
+    def cast(self, grad, to, source_type):
+        """Cast ``grad`` (of element type ``source_type``) to ``to``, remembering the source so
+        that :meth:`uncast` can undo it."""
+        result = self.op("Cast", grad, to=to)
+        self._casts[result] = (grad, source_type)
+        return result
+
+    def uncast(self, grad, to):
+        """The tensor ``grad`` was cast from by :meth:`cast` when that tensor has element type
+        ``to`` (a round trip such as float32 → float16 → float32 then costs no precision); else None."""
+        source, source_type = self._casts.get(grad, (None, None))
+        return source if source_type == to else None
 
     def channel_scale(self, grad, like):
         """``(g, scale)`` when ``grad`` (the gradient of forward tensor ``like``, rank >= 2) was

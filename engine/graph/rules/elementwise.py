@@ -96,10 +96,22 @@ def quantize(ctx, node, grads):
     return [ctx.mask(dy, inside, like=x)] + rest
 
 
+@rule("DynamicQuantizeLinear")
+def dynamic_quantize(ctx, node, grads):
+    """Straight-through: the run-time scale and zero point count as constants (no gradient flows
+    into the statistics of x). Its quantized output is recomputed by a QuantizeLinear with
+    them (engine.graph.quantized), whose rule carries the gradient of x."""
+    return [None]
+
+
 @rule("Cast", "CastLike")
 def cast(ctx, node, grads):
+    """The gradient cast back to the input's type; through a round trip (float32 → float16 →
+    float32: a rounding point, engine.graph.half) it passes unrounded, in the wider type."""
     (dy,) = grads
-    return [ctx.op("Cast", dy, to=ctx.elem_type(node.input[0]))] + [None] * (len(node.input) - 1)
+    to = ctx.elem_type(node.input[0])
+    dx = ctx.uncast(dy, to) or ctx.cast(dy, to, source_type=ctx.elem_type(node.output[0]))
+    return [dx] + [None] * (len(node.input) - 1)
 
 
 @rule("Where")

@@ -8,8 +8,12 @@ from engine.graph.rules import attrs, rule
 from engine.graph.rules.indexing import along_axis
 
 
+COMPUTED = "computed"  # a scales/sizes input known only at run time
+
+
 def _resize_request(ctx, node, rank):
-    """Full-rank (roi, scales, sizes) of a Resize/Upsample node; unused ones are None."""
+    """Full-rank (roi, scales, sizes) of a Resize/Upsample node; unused ones are None. Sizes are
+    ``COMPUTED`` when scales or sizes are computed at run time (e.g. from a Shape)."""
     a = attrs(node)
 
     def given(index):
@@ -17,18 +21,23 @@ def _resize_request(ctx, node, rank):
             return None
         value = ctx.value(node.input[index])
         if value is None:
-            raise UnsupportedOpError(f"{node.op_type} {node.name!r} has computed scales/sizes: fold constants first")
+            return COMPUTED
         return value.tolist() if value.size else None
 
-    if node.op_type == "Upsample":
-        return None, list(a["scales"]) if "scales" in a else given(1), None
-    if ctx.opset < 11:
-        return None, given(1), None
+    if node.op_type == "Upsample" or ctx.opset < 11:
+        scales = list(a["scales"]) if "scales" in a else given(1)
+        if scales is COMPUTED:
+            raise UnsupportedOpError(f"{node.op_type} {node.name!r} has computed scales: fold constants first")
+        return None, scales, None
     if a.get("keep_aspect_ratio_policy", "stretch") != "stretch" and given(3) is not None:
         raise UnsupportedOpError(f"Resize {node.name!r}: keep_aspect_ratio_policy has no gradient rule; use stretch")
     roi, scales, sizes = given(1), given(2), given(3)
     if a.get("coordinate_transformation_mode") != "tf_crop_and_resize":
         roi = None  # read by that mode only
+    if COMPUTED in (roi, scales, sizes):
+        if roi is COMPUTED or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise UnsupportedOpError(f"Resize {node.name!r} has a computed roi or aspect policy: fold constants first")
+        return None, None, COMPUTED
     axes = [ax % rank for ax in a.get("axes", range(rank))]
     if len(axes) < rank:  # opset 18 `axes`: the others keep their size
         full_roi, full_scales, full_sizes = [0.0] * rank + [1.0] * rank, [1.0] * rank, list(ctx.shape(node.input[0]))
@@ -100,6 +109,8 @@ def resize(ctx, node, grads):
     x, y = node.input[0], node.output[0]
     rank = ctx.rank(x)
     roi, scales, sizes = _resize_request(ctx, node, rank)
+    if sizes is COMPUTED:
+        return [_resize_by_shapes(ctx, node, dy)] + [None] * (len(node.input) - 1)
     if scales is None and sizes is None:
         raise UnsupportedOpError(f"{node.op_type} {node.name!r} has neither scales nor sizes; pick a layer after it")
     dx = dy
@@ -115,6 +126,41 @@ def resize(ctx, node, grads):
             raise UnsupportedOpError(f"{node.op_type} {node.name!r}: axis {axis} map disagrees with the output size; pick a layer after it")
         dx = along_axis(ctx, dx, matrix.T, axis, like=x)
     return [dx] + [None] * (len(node.input) - 1)
+
+
+def _resize_by_shapes(ctx, node, dy):
+    """Backward of a Resize whose scales/sizes are computed: only the input and output sizes
+    matter (scales count as output size / input size). An axis whose sizes are static gets the
+    constant matrix of :func:`_axis_matrix`; one known only at run time gets the matrix built by
+    the same Resize applied to an identity matrix at run time (:func:`_runtime_axis_matrix`), as
+    does an axis whose output size shape inference could not tell (e.g. channels: 3×3 then)."""
+    x, y = node.input[0], node.output[0]
+    rank = ctx.rank(x)
+    dx = dy
+    for axis, (dim, out) in enumerate(zip(ctx.shape(x), ctx.shape(y) or [None] * rank)):
+        if dim == out and dim is not None:
+            continue  # same size (static, or the same symbol): an identity in every mode
+        if isinstance(dim, int) and isinstance(out, int):
+            sizes = [out if i == axis else 1 for i in range(rank)]
+            dx = along_axis(ctx, dx, _axis_matrix(ctx, node, axis, dim, None, None, sizes).T, axis, like=x)
+            continue
+        perm = list(range(rank))
+        perm[axis], perm[-1] = perm[-1], perm[axis]
+        moved = ctx.op("Transpose", dx, perm=perm) if axis != rank - 1 else dx
+        moved = ctx.op("MatMul", moved, ctx.op("Transpose", _runtime_axis_matrix(ctx, node, axis)))
+        dx = ctx.op("Transpose", moved, perm=perm) if axis != rank - 1 else moved
+    return dx
+
+
+def _runtime_axis_matrix(ctx, node, axis):
+    """Mᵀ (input size × output size along ``axis``) of the node's 1-D map, built at run time:
+    the node's Resize, with sizes (n, m), applied to the n×n identity (row j becomes M·e_j)."""
+    x, y = node.input[0], node.output[0]
+    keep = {k: v for k, v in attrs(node).items() if k not in ("axes", "keep_aspect_ratio_policy")}
+    n, m = (ctx.op("Slice", ctx.shape_of(t), ctx.ints([axis]), ctx.ints([axis + 1])) for t in (x, y))
+    zero = numpy_helper.from_array(np.zeros(1, ctx.dtype(x)))
+    eye = ctx.op("EyeLike", ctx.op("ConstantOfShape", ctx.op("Concat", n, n, axis=0), value=zero))
+    return ctx.op("Resize", eye, "", "", ctx.op("Concat", n, m, axis=0), **keep)
 
 
 @rule("SpaceToDepth")
