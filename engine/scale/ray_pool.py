@@ -1,0 +1,128 @@
+"""The Ray runner: a pool of actors, each holding one Model and one copy of the job.
+
+Ray actors rather than Ray Data's ``map_batches``: a job's part is an accumulator of a whole
+shard, not a batch of rows to write out, some jobs take two passes with a merge on the driver in
+between (dissection thresholds), and a second pass goes back to the actor that kept the first
+pass's activations (``sticky``). Actors give exactly that; tasks would rebuild the model and its
+rewritten sessions per shard. Only shard bounds travel to the workers (the job, with its image
+names, travels once per actor) and only accumulators travel back. A worker that dies is
+restarted and its shards retried by Ray (``RETRIES`` times).
+
+Ray is imported only here, when a job asks for it.
+"""
+import os
+from collections import deque
+
+from engine.errors import ClusterError, OnnxlensError, UsageError
+from engine.progress import Progress
+
+RETRIES = 4  # restarts of a dead worker, and retries of the shard it was running
+IN_FLIGHT = 2  # shards queued per worker: one running, one waiting (hides the round trip)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'onnxlens[ray]'") from None
+    return ray
+
+
+def connect(address):
+    """Join the Ray cluster at ``address`` ("" starts a local one), unless already connected.
+
+    >>> connect("auto")
+    """
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClusterError(f"cannot reach the Ray cluster at '{address}' ({first}): start one with "
+                           "`ray start --head`, or give --ray alone for a local one") from None
+    return ray
+
+
+class Worker:
+    """One Ray actor: the model built once, then ``call(step, start, stop, args)`` per shard."""
+
+    def __init__(self, model_class, path, options, job):
+        self.model = model_class(path, **options)
+        self.job = job
+
+    def call(self, step, start, stop, args):
+        return getattr(self.job, step)(self.model, start, stop, *args)
+
+    def pid(self):
+        return os.getpid()
+
+
+class RayRunner:
+    """Runs a job's steps on a pool of Ray actors (a context manager: actors live inside it).
+
+    >>> with RayRunner(model, job, Scale(ray=""), 256) as run:
+    ...     parts = list(run.map("rows", shards(1000, 256), label="embed"))
+    """
+
+    def __init__(self, model, job, scale, shard_size, progress=None):
+        self.ray = connect(scale.ray)
+        self.shard_size, self.progress = shard_size, progress
+        cpus = max(float(self.ray.cluster_resources().get("CPU", 1)), 1.0)
+        count = int(scale.workers or max(1, cpus // scale.threads))
+        options = {"provider": model.provider, "input_size": model.input_size, "preprocess": model.preprocessing,
+                   "labels": model.labels, "threads": scale.threads}
+        actor = self.ray.remote(Worker).options(num_cpus=min(float(scale.threads), cpus / count),
+                                                max_restarts=RETRIES, max_task_retries=RETRIES)
+        job_ref = self.ray.put(job)
+        self.workers = [actor.remote(type(model), str(model.path.resolve()), options, job_ref) for _ in range(count)]
+        self.owner = {}  # (start, stop) → the worker that ran it last
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for worker in self.workers:
+            self.ray.kill(worker)
+
+    def map(self, step, ranges, *args, label="", sticky=False):
+        """Yield each range's part in order while up to ``IN_FLIGHT`` shards per worker run.
+        ``sticky``: send each range to the worker that ran it last (it may hold a cache)."""
+        ranges, pending = list(ranges), deque()
+        load = [0] * len(self.workers)
+
+        def submit(bounds):
+            k = self.owner[bounds] if sticky and bounds in self.owner else load.index(min(load))
+            load[k] += 1
+            self.owner[bounds] = k
+            pending.append((bounds, k, self.workers[k].call.remote(step, *bounds, args)))
+
+        todo = iter(ranges)
+        with Progress(total=sum(b - a for a, b in ranges), label=label, enabled=self.progress) as bar:
+            for bounds in todo:
+                submit(bounds)
+                if len(pending) >= IN_FLIGHT * len(self.workers):
+                    break
+            while pending:
+                (start, stop), k, ref = pending.popleft()
+                part = self._get(ref)
+                load[k] -= 1
+                bar.update(stop - start)
+                yield part
+                for bounds in todo:
+                    submit(bounds)
+                    break
+
+    def _get(self, ref):
+        """The part, or the worker's own user error (one line, as in process)."""
+        ray = self.ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, OnnxlensError):
+                raise err.cause.with_traceback(None) from None
+            raise
+        except ray.exceptions.RayActorError as err:
+            raise ClusterError(f"a Ray worker died more than {RETRIES} times ({type(err).__name__}): "
+                               "check the workers' memory and `ray logs`") from None
