@@ -46,21 +46,51 @@ def connect(address):
 
 
 class Worker:
-    """One Ray actor: the model built once, then ``call(step, start, stop, args)`` per shard."""
+    """One Ray actor: the model built once, then ``call(step, start, stop, args, job)`` per shard.
 
-    def __init__(self, model_class, path, options, job):
+    ``job`` comes as ``[ObjectRef]`` (nested, so Ray does not resolve it per call): the worker
+    fetches a job on its first shard of it, and again after a restart.
+    """
+
+    def __init__(self, model_class, path, options):
         self.model = model_class(path, **options)
-        self.job = job
+        self.job_id, self.job = None, None
 
-    def call(self, step, start, stop, args):
+    def call(self, step, start, stop, args, job):
+        if self.job_id != job[0].hex():
+            import ray
+
+            self.job_id, self.job = job[0].hex(), ray.get(job[0])
         return getattr(self.job, step)(self.model, start, stop, *args)
 
     def pid(self):
         return os.getpid()
 
 
+_POOLS = {}  # (Ray job, model, worker options) → actors, kept for the next job on the same model
+
+
+def _pool(ray, model, scale):
+    """The actors for ``model`` at ``scale``: started on first use, then reused while this
+    process stays connected (an audit runs several jobs; the model is built once per worker)."""
+    cpus = max(float(ray.cluster_resources().get("CPU", 1)), 1.0)
+    count = int(scale.workers or max(1, cpus // scale.threads))
+    options = {"provider": model.provider, "input_size": model.input_size, "preprocess": model.preprocessing,
+               "labels": model.labels, "threads": scale.threads}
+    key = (ray.get_runtime_context().get_job_id(), type(model), str(model.path.resolve()), repr(options), count)
+    if key not in _POOLS:
+        for other in list(_POOLS):  # one pool at a time: its CPUs go to the new one
+            for worker in _POOLS.pop(other):
+                ray.kill(worker)
+        actor = ray.remote(Worker).options(num_cpus=min(float(scale.threads), cpus / count),
+                                           max_restarts=RETRIES, max_task_retries=RETRIES)
+        _POOLS[key] = [actor.remote(type(model), key[2], options) for _ in range(count)]
+    return key
+
+
 class RayRunner:
-    """Runs a job's steps on a pool of Ray actors (a context manager: actors live inside it).
+    """Runs a job's steps on a pool of Ray actors (a context manager; a job that fails takes
+    its pool down with it, so no shard of it keeps running).
 
     >>> with RayRunner(model, job, Scale(ray=""), 256) as run:
     ...     parts = list(run.map("rows", shards(1000, 256), label="embed"))
@@ -69,22 +99,18 @@ class RayRunner:
     def __init__(self, model, job, scale, shard_size, progress=None):
         self.ray = connect(scale.ray)
         self.shard_size, self.progress = shard_size, progress
-        cpus = max(float(self.ray.cluster_resources().get("CPU", 1)), 1.0)
-        count = int(scale.workers or max(1, cpus // scale.threads))
-        options = {"provider": model.provider, "input_size": model.input_size, "preprocess": model.preprocessing,
-                   "labels": model.labels, "threads": scale.threads}
-        actor = self.ray.remote(Worker).options(num_cpus=min(float(scale.threads), cpus / count),
-                                                max_restarts=RETRIES, max_task_retries=RETRIES)
-        job_ref = self.ray.put(job)
-        self.workers = [actor.remote(type(model), str(model.path.resolve()), options, job_ref) for _ in range(count)]
+        self.key = _pool(self.ray, model, scale)
+        self.workers = _POOLS[self.key]
+        self.job = [self.ray.put(job)]  # held here while the actors may need it
         self.owner = {}  # (start, stop) → the worker that ran it last
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        for worker in self.workers:
-            self.ray.kill(worker)
+    def __exit__(self, kind, *exc):
+        if kind is not None:
+            for worker in _POOLS.pop(self.key, []):
+                self.ray.kill(worker)
 
     def map(self, step, ranges, *args, label="", sticky=False):
         """Yield each range's part in order while up to ``IN_FLIGHT`` shards per worker run.
@@ -96,7 +122,7 @@ class RayRunner:
             k = self.owner[bounds] if sticky and bounds in self.owner else load.index(min(load))
             load[k] += 1
             self.owner[bounds] = k
-            pending.append((bounds, k, self.workers[k].call.remote(step, *bounds, args)))
+            pending.append((bounds, k, self.workers[k].call.remote(step, *bounds, args, self.job)))
 
         todo = iter(ranges)
         with Progress(total=sum(b - a for a, b in ranges), label=label, enabled=self.progress) as bar:
