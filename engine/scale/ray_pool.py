@@ -10,6 +10,7 @@ restarted and its shards retried by Ray (``RETRIES`` times).
 
 Ray is imported only here, when a job asks for it.
 """
+import copy
 import os
 from collections import deque
 
@@ -141,10 +142,11 @@ class RayRunner:
                     break
 
     def _get(self, ref):
-        """The part, or the worker's own user error (one line, as in process)."""
+        """The part (a writable copy: Ray maps large arrays read-only), or the worker's own user
+        error (one line, as in process)."""
         ray = self.ray
         try:
-            return ray.get(ref)
+            return copy.deepcopy(ray.get(ref))
         except ray.exceptions.RayTaskError as err:
             if isinstance(err.cause, OnnxlensError):
                 raise err.cause.with_traceback(None) from None
