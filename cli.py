@@ -67,7 +67,7 @@ def _scale_options(command):
                           "(`ray start --head`); or its address. Results equal the single-process run."),
         click.option("--workers", type=click.IntRange(min=1), help="Ray workers (default: one per CPU of the cluster)."),
         click.option("--shard-size", type=click.IntRange(min=1), metavar="K",
-                     help="Images per shard, rounded up to whole batches (default: 8 batches)."),
+                     help="Images per shard, rounded up to whole batches (default: 32 batches on Ray)."),
     )(run)
 
 

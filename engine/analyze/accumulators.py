@@ -94,6 +94,20 @@ class Quantile:
         inside = np.minimum((position - before + 0.5) / self.hist[rows, k], 1.0)
         return (self.start + k + inside) * np.ldexp(1.0, self.exponent)
 
+    def __getstate__(self):
+        """Compact for shipping between processes (a Ray shard's part): the top ``tail`` values
+        only, and the histogram as int32 while its counts fit."""
+        state = dict(self.__dict__)
+        if state["top"].shape[1] > self.tail:
+            state["top"] = np.partition(state["top"], state["top"].shape[1] - self.tail, axis=1)[:, -self.tail:]
+        if self.count < 2**31:
+            state["hist"] = state["hist"].astype(np.int32)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.hist = self.hist.astype(np.int64)
+
     # ----------------------------------------------------------------------------- internals
     def _keep_top(self, values):
         if self.count - 1 - int(np.floor(self.q * (self.count - 1))) >= self.tail:

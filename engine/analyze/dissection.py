@@ -6,9 +6,11 @@ Pass 2 upsamples each unit's map bilinearly to the label-map size, thresholds it
 accumulates :class:`IoUCounts` against every concept (a concept counts only images that label its
 category). A unit detects its best concept when that IoU exceeds ``iou``.
 
-Pass 1's accumulators run on a thread beside the model; pass 2 spreads its batches (label-map
-decoding, masks, counts) over ``WORKERS`` threads, each into its own :class:`IoUCounts`, merged
-in order, so the result is the single-threaded one.
+Both passes run shard by shard (:class:`DissectJob`, in process or on Ray through
+``engine.scale``) and merge on the driver, so any shard size gives the same result. Within a
+shard, pass 1's accumulators run on a thread beside the model; pass 2 spreads its batches
+(label-map decoding, masks, counts) over ``WORKERS`` threads, each into its own
+:class:`IoUCounts`, merged in order, so the result is the single-threaded one.
 """
 import csv
 import io

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from engine.errors import UsageError
 from engine.progress import Progress
 
-SHARD_BATCHES = 8  # default shard: this many batches (small enough for a smooth progress bar)
+SHARD_BATCHES = 8  # default shard in process: this many batches (a smooth progress bar)
+RAY_SHARD_BATCHES = 32  # default shard on Ray: fewer, larger parts (a dissection part is ~5 MB whatever its size)
 
 
 @dataclass(frozen=True)
@@ -15,9 +16,9 @@ class Scale:
     ``ray``: None runs in this process; ``""`` starts a local Ray cluster on this machine;
     ``"auto"`` joins the running cluster (``ray start --head``); any other address as
     ``ray.init`` takes it. ``workers``: Ray actors (default: the cluster's CPUs / ``threads``).
-    ``shard_size``: images per shard (default 8 batches), rounded up to a whole number of batches
-    so every batch is the one the single-process run computes. ``threads``: ONNX Runtime threads
-    per worker.
+    ``shard_size``: images per shard (default 8 batches in process, 32 on Ray), rounded up to a
+    whole number of batches so every batch is the one the single-process run computes.
+    ``threads``: ONNX Runtime threads per worker.
 
     >>> Scale(ray="auto", workers=16, shard_size=256)
     """
@@ -49,7 +50,7 @@ class Scale:
 
     def shard(self, step):
         """Images per shard for batches of ``step`` images: a multiple of ``step``."""
-        size = self.shard_size or SHARD_BATCHES * step
+        size = self.shard_size or (SHARD_BATCHES if self.ray is None else RAY_SHARD_BATCHES) * step
         return -(-int(size) // step) * step
 
 
