@@ -12,6 +12,7 @@ Ray is imported only here, when a job asks for it.
 """
 import copy
 import os
+import socket
 from collections import deque
 
 from engine.errors import ClusterError, OnnxlensError, UsageError
@@ -38,12 +39,20 @@ def connect(address):
     if ray.is_initialized():
         return ray
     try:
+        _reachable(address)  # ray.init retries an unreachable host:port for minutes
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as err:
+    except (ConnectionError, RuntimeError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ClusterError(f"cannot reach the Ray cluster at '{address}' ({first}): start one with "
                            "`ray start --head`, or give --ray alone for a local one") from None
     return ray
+
+
+def _reachable(address, timeout=5):
+    """Raise OSError unless a TCP connection to ``host:port`` (or ``ray://host:port``) opens."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        socket.create_connection((host, int(port)), timeout=timeout).close()
 
 
 class Worker:
