@@ -65,7 +65,7 @@ def _scale_options(command):
         click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
                      help="Run on Ray: alone, a local cluster on this machine; 'auto', the running cluster "
                           "(`ray start --head`); or its address. Results equal the single-process run."),
-        click.option("--workers", type=click.IntRange(min=1), help="Ray workers (default: one per CPU of the cluster)."),
+        click.option("--workers", type=click.IntRange(min=1), help="Ray workers (default: one per cluster CPU)."),
         click.option("--shard-size", type=click.IntRange(min=1), metavar="K",
                      help="Images per shard, rounded up to whole batches (default: 32 batches on Ray)."),
     )(run)

@@ -51,6 +51,8 @@ def test_scale_options_and_shards():
         Scale(shard_size=0)
     assert Scale(shard_size=7).shard(5) == 10 and Scale().shard(32) == 256
     assert shards(10, 4) == [(0, 4), (4, 8), (8, 10)] and shards(0, 4) == []
+    result = CliRunner().invoke(main, ["embed", MODEL, "--synth", "4", "--out", "never", "--workers", "2"])
+    assert result.exit_code == 2 and result.output.startswith("error: --workers sets the number of Ray workers")
 
 
 def test_random_baseline_of_a_shard_is_its_slice_of_the_whole_stream():
@@ -125,7 +127,8 @@ def test_any_number_of_workers_gives_the_same_embeddings(ray_cluster):
     source = from_synth(36, seed=4)
     single = embed(model, source, batch_size=4, progress=False)
     for workers, size in ((1, 12), (2, 4)):
-        parts = embed(model, source, batch_size=4, progress=False, scale=Scale(ray="", workers=workers, shard_size=size))
+        scale = Scale(ray="", workers=workers, shard_size=size)
+        parts = embed(model, source, batch_size=4, progress=False, scale=scale)
         np.testing.assert_array_equal(parts.features, single.features)
 
 

@@ -90,8 +90,10 @@ def _pool(ray, model, scale):
     key = (ray.get_runtime_context().get_job_id(), type(model), str(model.path.resolve()), repr(options), count)
     if key not in _POOLS:
         for other in list(_POOLS):  # one pool at a time: its CPUs go to the new one
-            for worker in _POOLS.pop(other):
-                ray.kill(worker)
+            workers = _POOLS.pop(other)
+            if other[0] == key[0]:  # (a pool of an earlier connection died with it)
+                for worker in workers:
+                    ray.kill(worker)
         actor = ray.remote(Worker).options(num_cpus=min(float(scale.threads), cpus / count),
                                            max_restarts=RETRIES, max_task_retries=RETRIES)
         _POOLS[key] = [actor.remote(type(model), key[2], options) for _ in range(count)]
