@@ -11,6 +11,7 @@ restarted and its shards retried by Ray (``RETRIES`` times).
 Ray is imported only here, when a job asks for it.
 """
 import copy
+import logging
 import os
 import socket
 from collections import deque
@@ -40,7 +41,7 @@ def connect(address):
         return ray
     try:
         _reachable(address)  # ray.init retries an unreachable host:port for minutes
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ClusterError(f"cannot reach the Ray cluster at '{address}' ({first}): start one with "
