@@ -5,7 +5,7 @@ shard, not a batch of rows to write out, some jobs take two passes with a merge 
 between (dissection thresholds), and a second pass goes back to the actor that kept the first
 pass's activations (``sticky``). Actors give exactly that; tasks would rebuild the model and its
 rewritten sessions per shard. Only shard bounds travel to the workers (the job, with its image
-names, travels once per actor) and only accumulators travel back. A worker that dies is
+names, travels once per worker and job) and only accumulators travel back. A worker that dies is
 restarted and its shards retried by Ray (``RETRIES`` times).
 
 Ray is imported only here, when a job asks for it.
@@ -57,17 +57,21 @@ def _reachable(address, timeout=5):
 
 
 class Worker:
-    """One Ray actor: the model built once, then ``call(step, start, stop, args, job)`` per shard.
+    """One Ray actor: the model built once (on the first shard, so that a model this node cannot
+    load is the user's one-line error), then ``call(step, start, stop, args, job)`` per shard.
 
     ``job`` comes as ``[ObjectRef]`` (nested, so Ray does not resolve it per call): the worker
     fetches a job on its first shard of it, and again after a restart.
     """
 
     def __init__(self, model_class, path, options):
-        self.model = model_class(path, **options)
+        self.recipe, self.model = (model_class, path, options), None
         self.job_id, self.job = None, None
 
     def call(self, step, start, stop, args, job):
+        if self.model is None:
+            model_class, path, options = self.recipe
+            self.model = model_class(path, **options)
         if self.job_id != job[0].hex():
             import ray
 
