@@ -23,6 +23,7 @@ from engine.data.files import write_image
 from engine.errors import UsageError
 from engine.explain.metrics import baseline_maps
 from engine.scale import Scale, shards
+from engine.scale.ray_pool import model_recipe
 
 MODEL = str(Path(__file__).resolve().parents[1] / "models" / "shapes-resnet.onnx")
 
@@ -53,6 +54,16 @@ def test_scale_options_and_shards():
     assert shards(10, 4) == [(0, 4), (4, 8), (8, 10)] and shards(0, 4) == []
     result = CliRunner().invoke(main, ["embed", MODEL, "--synth", "4", "--out", "never", "--workers", "2"])
     assert result.exit_code == 2 and result.output.startswith("error: --workers sets the number of Ray workers")
+
+
+def test_a_worker_rebuilds_the_model_the_driver_holds():
+    driver = Model(MODEL, preprocess={"preset": "unit", "channel_order": "BGR"}, labels=[f"c{i}" for i in range(8)],
+                   threads=2)
+    model_class, path, options = model_recipe(driver, threads=1)
+    worker = model_class(path, **options)
+    assert (worker.preprocessing, worker.labels, worker.input_size, worker.provider) == \
+        (driver.preprocessing, driver.labels, driver.input_size, driver.provider)
+    assert worker.threads == 1 and Path(path).is_absolute()
 
 
 def test_random_baseline_of_a_shard_is_its_slice_of_the_whole_stream():

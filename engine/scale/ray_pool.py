@@ -11,10 +11,12 @@ restarted and its shards retried by Ray (``RETRIES`` times).
 Ray is imported only here, when a job asks for it.
 """
 import copy
+import inspect
 import logging
 import os
 import socket
 from collections import deque
+from pathlib import Path
 
 from engine.errors import ClusterError, OnnxlensError, UsageError
 from engine.progress import Progress
@@ -82,6 +84,21 @@ class Worker:
         return os.getpid()
 
 
+ATTRIBUTE = {"preprocess": "preprocessing"}  # Model arguments kept under another attribute name
+
+
+def model_recipe(model, threads):
+    """``(class, absolute path, keyword arguments)`` that rebuild ``model`` on a worker with
+    ``threads`` ORT threads: every argument of the class's constructor, read back from the
+    attribute that holds its resolved value (``preprocess`` → ``preprocessing``).
+
+    >>> cls, path, options = model_recipe(model, threads=1); cls(path, **options)
+    """
+    names = list(inspect.signature(type(model).__init__).parameters)[2:]  # after self and path
+    options = {name: getattr(model, ATTRIBUTE.get(name, name)) for name in names}
+    return type(model), str(Path(model.path).resolve()), {**options, "threads": threads}
+
+
 _POOLS = {}  # (Ray job, model, worker options) → actors, kept for the next job on the same model
 
 
@@ -90,9 +107,8 @@ def _pool(ray, model, scale):
     process stays connected (an audit runs several jobs; the model is built once per worker)."""
     cpus = max(float(ray.cluster_resources().get("CPU", 1)), 1.0)
     count = int(scale.workers or max(1, cpus // scale.threads))
-    options = {"provider": model.provider, "input_size": model.input_size, "preprocess": model.preprocessing,
-               "labels": model.labels, "threads": scale.threads}
-    key = (ray.get_runtime_context().get_job_id(), type(model), str(model.path.resolve()), repr(options), count)
+    model_class, path, options = model_recipe(model, scale.threads)
+    key = (ray.get_runtime_context().get_job_id(), model_class, path, repr(options), count)
     if key not in _POOLS:
         for other in list(_POOLS):  # one pool at a time: its CPUs go to the new one
             workers = _POOLS.pop(other)
@@ -101,7 +117,7 @@ def _pool(ray, model, scale):
                     ray.kill(worker)
         actor = ray.remote(Worker).options(num_cpus=min(float(scale.threads), cpus / count),
                                            max_restarts=RETRIES, max_task_retries=RETRIES)
-        _POOLS[key] = [actor.remote(type(model), key[2], options) for _ in range(count)]
+        _POOLS[key] = [actor.remote(model_class, path, options) for _ in range(count)]
     return key
 
 
