@@ -15,9 +15,10 @@ install: $(PY)
 demo: install
 	$(VENV)/bin/onnxlens demo
 
-test: install
+test: $(PY)  # with the ray extra: tests/test_scale.py runs jobs on a local Ray cluster
+	$(PY) -m pip install --quiet -e '.[test,ray]'
 	$(PY) -m pytest -q
 
 bench: $(PY)
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet -e '.[bench,ray]'
 	$(PY) -m pytest benchmarks -q --benchmark-columns=mean,ops --benchmark-sort=name

@@ -3,6 +3,7 @@
 Installed as the console script ``onnxlens``; also runnable from a checkout as
 ``python cli.py ...`` on machines where nothing is installed.
 """
+import functools
 import json
 import sys
 from pathlib import Path
@@ -48,6 +49,25 @@ def _options(*decorators):
             command = decorator(command)
         return command
     return apply
+
+
+def _scale_options(command):
+    """``--ray [ADDRESS]``, ``--workers N``, ``--shard-size K``, handed to the command as one
+    ``scale`` argument (an ``engine.scale.Scale``, or None for the plain single-process run)."""
+    @functools.wraps(command)
+    def run(*args, ray_address, workers, shard_size, **kwargs):
+        from engine.scale import Scale
+
+        return command(*args, scale=Scale.from_options(ray_address, workers, shard_size), **kwargs)
+
+    return _options(
+        click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+                     help="Run on Ray: alone, a local cluster on this machine; 'auto', the running cluster "
+                          "(`ray start --head`); or its address. Results equal the single-process run."),
+        click.option("--workers", type=click.IntRange(min=1), help="Ray workers (default: one per cluster CPU)."),
+        click.option("--shard-size", type=click.IntRange(min=1), metavar="K",
+                     help="Images per shard, rounded up to whole batches (default: 32 batches on Ray)."),
+    )(run)
 
 
 # --- data commands ------------------------------------------------------------------------
@@ -408,7 +428,8 @@ def _image_files(paths):
 @_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_extra_input_option
-def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json, inputs):
+@_scale_options
+def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json, inputs, scale):
     """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
     from engine.data.images import read_image
     from engine.explain import evaluate as explain_evaluate
@@ -425,12 +446,12 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, pro
         files, mask_files = _image_files(images), _image_files(masks)
         if len(files) != len(mask_files):
             raise UsageError(f"{len(files)} images but {len(mask_files)} masks: give one mask per image")
-        pictures = [read_image(f) for f in files]
+        pictures = files  # read by the job, shard by shard
         object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files]
         if len({m.shape for m in object_masks}) > 1:
             raise UsageError("masks differ in size: evaluate images of one size at a time")
     report = explain_evaluate(_load(model, inputs, provider=provider), pictures, object_masks, labels=labels,
-                              method=method, layer=layer, steps=steps, batch=batch)
+                              method=method, layer=layer, steps=steps, batch=batch, scale=scale)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -478,13 +499,14 @@ _image_set_options = _options(
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @_extra_input_option
-def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json, inputs):
+@_scale_options
+def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json, inputs, scale):
     """Extract one feature vector per image at a layer; report kNN label purity."""
     from engine.analyze.embeddings import embed as run_embed
     from engine.analyze.neighbors import purity
 
     result = run_embed(_load(model, inputs), _source(images, synth_n, seed, concepts), layer=layer, out=out,
-                       batch_size=batch_size)
+                       batch_size=batch_size, scale=scale)
     info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
     if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
         info["knn_purity"] = round(purity(result.features, result.labels, k=k), 4)
@@ -581,13 +603,15 @@ def activations(model, image, layer, out, inputs):
 @click.option("--out", required=True, metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
 @_extra_input_option
-def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json, inputs):
+@_scale_options
+def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json, inputs, scale):
     """Network Dissection: label each unit of a layer with the concept its top activations cover."""
     from engine.analyze.dissection import dissect as run_dissect, write_dissection
     from engine.data.broden import read_concepts
 
     model, dataset = _load(model, inputs), read_concepts(concepts)
-    result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size)
+    result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size,
+                         scale=scale)
     write_dissection(result, out, model, dataset, images_per_unit=top)
     if as_json:
         click.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
@@ -609,14 +633,15 @@ def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", required=True, metavar="DIR")
 @_extra_input_option
-def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out, inputs):
+@_scale_options
+def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out, inputs, scale):
     """Maximally activating patches: each channel's top receptive-field crops over an image set."""
     from engine.analyze.patches import mine, write_patches
     from engine.analyze.sources import read_named
 
     source = _source(images, synth_n, seed, concepts)
     result = mine(_load(model, inputs, input_size=size), source, layer, channels=channels, top=top,
-                  batch_size=batch_size)
+                  batch_size=batch_size, scale=scale)
     write_patches(result, lambda i: read_named(source.names[i]), out)
     field = result.field
     shown = "the whole image" if field.whole_image else f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}"
@@ -670,7 +695,8 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
 @_extra_input_option
-def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir, inputs):
+@_scale_options
+def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir, inputs, scale):
     """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
     from engine.analyze.robustness import named_ops, robustness as check
 
@@ -684,7 +710,7 @@ def robustness(model, images, synth, seed, spec, method, layer, batch, provider,
     else:
         pictures = _image_files(images)
     report = check(_load(model, inputs, provider=provider), pictures, spec, seed=seed, method=method, layer=layer,
-                   batch=batch)
+                   batch=batch, scale=scale)
     info = {"model": model, "seed": seed, **report.to_dict()}
     if out_dir:
         write_json(Path(out_dir) / "robustness.json", info)
@@ -726,14 +752,15 @@ _audit_data_options = _options(
 @click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
 @click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
 @_extra_input_option
-def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps, inputs):
+@_scale_options
+def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps, inputs, scale):
     """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
     from engine.audit import Options, audit as run_audit, choose
 
     loaded = _load(model, inputs, provider=provider)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
-    path, _ = run_audit(loaded, data, out, options, log=_log_section)
+    path, _ = run_audit(loaded, data, out, options, log=_log_section, scale=scale)
     click.echo(path)
 
 

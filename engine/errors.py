@@ -37,3 +37,7 @@ class DatasetError(OnnxlensError):
 
 class UsageError(OnnxlensError):
     """Options that contradict each other or values out of range."""
+
+
+class ClusterError(OnnxlensError):
+    """The Ray cluster is unreachable, or lost a worker more often than it retries."""

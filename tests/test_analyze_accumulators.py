@@ -1,4 +1,6 @@
 """Mergeable accumulators against brute-force numpy references, and split+merge = single pass."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,21 @@ def test_quantile_split_and_merge_equals_single_pass():
     np.testing.assert_array_equal(one.result(), two.result())
     with pytest.raises(UsageError):
         one.merge(Quantile(4))
+
+
+def test_quantile_shipped_between_processes_merges_as_the_original():
+    """Pickling (a Ray shard's part) keeps the top ``tail`` values and an int32 histogram only."""
+    values = _values(np.random.default_rng(5), 3_000)
+    parts = [_feed(Quantile(5, tail=400), chunk, 100) for chunk in np.array_split(values, 3)]
+    assert parts[0].top.shape[1] > 400
+    shipped = [pickle.loads(pickle.dumps(p)) for p in parts]
+    assert shipped[0].top.shape[1] == 400 and shipped[0].hist.dtype == np.int64
+    whole = _feed(Quantile(5, tail=400), values, 100)
+    for merged in (parts, shipped):
+        for part in merged[1:]:
+            merged[0].merge(part)
+        np.testing.assert_array_equal(merged[0].hist, whole.hist)
+        np.testing.assert_array_equal(merged[0].result(), whole.result())
 
 
 def _iou_reference(masks, maps, categories, concept_category):

@@ -94,6 +94,20 @@ class Quantile:
         inside = np.minimum((position - before + 0.5) / self.hist[rows, k], 1.0)
         return (self.start + k + inside) * np.ldexp(1.0, self.exponent)
 
+    def __getstate__(self):
+        """Compact for shipping between processes (a Ray shard's part): the top ``tail`` values
+        only, and the histogram as int32 while its counts fit."""
+        state = dict(self.__dict__)
+        if state["top"].shape[1] > self.tail:
+            state["top"] = np.partition(state["top"], state["top"].shape[1] - self.tail, axis=1)[:, -self.tail:]
+        if self.count < 2**31:
+            state["hist"] = state["hist"].astype(np.int32)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.hist = self.hist.astype(np.int64)
+
     # ----------------------------------------------------------------------------- internals
     def _keep_top(self, values):
         if self.count - 1 - int(np.floor(self.q * (self.count - 1))) >= self.tail:
@@ -264,17 +278,18 @@ class TopK:
 
 
 class Embeddings:
-    """Feature rows of ``n`` images, filled in any order; in memory, or in a memory-mapped
-    ``.npy`` when ``path`` is given (then memory stays flat whatever ``n``).
+    """Feature rows of images ``first .. first+n-1``, filled in any order; in memory, or in a
+    memory-mapped ``.npy`` when ``path`` is given (then memory stays flat whatever ``n``).
+    A shard's rows (``first`` > 0) merge into the whole set's.
 
     >>> acc = Embeddings(n=100, dim=96)
     >>> acc.update(np.zeros((10, 96)), start=0)
-    >>> acc.filled.sum()
+    >>> acc.merge(Embeddings(n=10, dim=96, first=90)).filled.sum()
     10
     """
 
-    def __init__(self, n, dim, path=None):
-        self.n, self.dim = int(n), int(dim)
+    def __init__(self, n, dim, path=None, first=0):
+        self.n, self.dim, self.first = int(n), int(dim), int(first)
         if path is None:
             self.features = np.zeros((self.n, self.dim), np.float32)
         else:
@@ -284,17 +299,17 @@ class Embeddings:
     def update(self, rows, start):
         """Store N×dim ``rows`` for images ``start .. start+N-1`` (or an index array)."""
         rows = np.asarray(rows, np.float32).reshape(len(rows), self.dim)
-        index = _indices(start, len(rows))
+        index = _indices(start, len(rows)) - self.first
         self.features[index] = rows
         self.filled[index] = True
 
     def merge(self, other):
-        """Copy the rows another Embeddings shard holds; returns self."""
-        if (other.n, other.dim) != (self.n, self.dim):
-            raise UsageError("only Embeddings of the same n and dim merge")
+        """Copy the rows another Embeddings (the same set or a shard inside it) holds; returns self."""
+        if other.dim != self.dim or other.first < self.first or other.first + other.n > self.first + self.n:
+            raise UsageError("only Embeddings of the same dim merge, a shard into the set that holds it")
         index = np.flatnonzero(other.filled)
-        self.features[index] = other.features[index]
-        self.filled[index] = True
+        self.features[index + other.first - self.first] = other.features[index]
+        self.filled[index + other.first - self.first] = True
         return self
 
     def result(self):

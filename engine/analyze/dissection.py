@@ -10,11 +10,12 @@ A mask holds about ``1 − quantile`` of the pixels, so a concept that covers a 
 cannot reach a high IoU with any unit: :func:`reachable_iou` gives each concept's bound, and the
 summary says per category whether any of its concepts could have passed ``iou`` at all.
 
-Pass 1's accumulators run on a thread beside the model; pass 2 spreads its batches (label-map
-decoding, masks, counts) over ``WORKERS`` threads, each into its own :class:`IoUCounts`, merged
-in order, so the result is the single-threaded one.
+Both passes run shard by shard (:class:`DissectJob`, in process or on Ray through
+``engine.scale``) and merge on the driver, so any shard size gives the same result. Within a
+shard, pass 1's accumulators run on a thread beside the model; pass 2 spreads its batches
+(label-map decoding, masks, counts) over ``WORKERS`` threads, each into its own
+:class:`IoUCounts`, merged in order, so the result is the single-threaded one.
 """
-import contextlib
 import csv
 import io
 import itertools
@@ -33,7 +34,7 @@ from engine.analyze.stream import stream
 from engine.data.broden import read_concepts
 from engine.data.files import write_image, write_json, write_text
 from engine.errors import LayerError, UsageError
-from engine.progress import Progress
+from engine.scale import runner, shards
 from engine.viz.grid import grid
 from engine.viz.title import titled
 
@@ -127,12 +128,13 @@ def mask_pixels(maps, thresholds, size):
 
 
 def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batch_size=32, cache=True,
-            progress=None):
+            progress=None, scale=None):
     """Dissect ``layer`` of ``model`` over the Broden-layout folder ``concepts`` (two passes).
 
-    ``cache``: keep pass 1's activations in a temporary file (read back, not memory-mapped, so
+    ``cache``: keep pass 1's activations in temporary files (read back, not memory-mapped, so
     memory stays flat) and let pass 2 read them instead of running the model again; False runs
-    the model twice and needs no disk.
+    the model twice and needs no disk. ``scale``: run in shards on Ray
+    (:class:`engine.scale.Scale`; each worker caches the shards it ran); the result is the same.
 
     >>> result = dissect(Model("models/shapes-resnet.onnx"), "shapes-broden")
     >>> sum(u["detector"] for u in result.units)
@@ -144,8 +146,39 @@ def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batc
     if len(dataset) == 0:
         raise UsageError(f"{dataset.root} lists no images in index.csv")
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
-    source = from_concepts(dataset)
-    with tempfile.TemporaryFile(prefix="onnxlens-dissect-") if cache else contextlib.nullcontext() as spool:
+    job = DissectJob(dataset, layer, quantile, int(top), int(batch_size), cache)
+    with runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
+        parts = shards(len(dataset), run.shard_size)
+        thresholds = best = None
+        for part_thresholds, part_best in run.map("pass1", parts, label="dissect 1/2"):
+            thresholds = part_thresholds if thresholds is None else thresholds.merge(part_thresholds)
+            best = part_best if best is None else best.merge(part_best)
+        t = thresholds.result().astype(np.float32)
+        counts = IoUCounts(len(t), dataset.categories, primary_categories(dataset))
+        for part in run.map("pass2", parts, t, label="dissect 2/2", sticky=True):
+            counts.merge(part)
+    return _result(layer, dataset, counts, t, best.result(), quantile, iou)
+
+
+class DissectJob:
+    """The two passes of a dissection over shards of ``dataset`` (steps of :mod:`engine.scale`).
+
+    With ``cache``, pass 1 keeps each shard's maps in a temporary file that pass 2 of that shard
+    reads back (then deletes); a shard this copy of the job did not see (another Ray worker, a
+    restarted one) runs the model again.
+    """
+
+    def __init__(self, dataset, layer, quantile, top, batch_size, cache=True):
+        self.dataset, self.layer, self.quantile, self.top = dataset, layer, quantile, top
+        self.batch_size, self.cache = batch_size, cache
+        self._spools = {}  # (first, stop) → (file of pass 1's maps, map shape)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_spools": {}}  # open files stay where they were written
+
+    def pass1(self, model, first, stop):
+        """(Quantile, TopK) of images ``first .. stop-1``: thresholds and top images per unit."""
+        spool = tempfile.TemporaryFile(prefix="onnxlens-dissect-") if self.cache else None
 
         def absorb(start, maps):  # pass 1's accumulators, on a thread while the model runs the next batch
             thresholds.update(maps.transpose(0, 2, 3, 1).reshape(-1, maps.shape[1]))
@@ -153,26 +186,48 @@ def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batc
             if spool:
                 spool.write(maps.tobytes())
 
-        batches = ((start, np.ascontiguousarray(_maps(acts[layer], layer), np.float32))
-                   for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 1/2", progress))
+        batches = self._maps(model, first, stop)
         start, maps = next(batches)
-        thresholds, best = Quantile(maps.shape[1], q=quantile), TopK(maps.shape[1], top)
-        shape = maps.shape[1:]
+        thresholds, best = Quantile(maps.shape[1], q=self.quantile), TopK(maps.shape[1], self.top)
         for _ in _in_threads(absorb, itertools.chain([(start, maps)], batches), workers=1):
             pass
-        t = thresholds.result().astype(np.float32)
-        concept_category = primary_categories(dataset)
+        if spool:
+            self._spools[first, stop] = spool, maps.shape[1:]
+        return thresholds, best
 
-        def tally(start, maps):  # one batch of pass 2, on a worker thread: its own mergeable counts
-            part = IoUCounts(len(t), dataset.categories, concept_category)
-            for size, members in _by_size(dataset, start, len(maps)).items():
-                part.update(mask_pixels(maps[members], t, size), [dataset.label_maps(start + i) for i in members])
+    def pass2(self, model, first, stop, t):
+        """IoUCounts of images ``first .. stop-1`` with unit thresholds ``t``."""
+        concept_category = primary_categories(self.dataset)
+
+        def tally(start, maps):  # one batch, on a worker thread: its own mergeable counts
+            part = IoUCounts(len(t), self.dataset.categories, concept_category)
+            for size, members in _by_size(self.dataset, start, len(maps)).items():
+                part.update(mask_pixels(maps[members], t, size), [self.dataset.label_maps(start + i) for i in members])
             return part
 
-        counts = IoUCounts(len(t), dataset.categories, concept_category)
-        for part in _in_threads(tally, _second_pass(model, source, layer, batch_size, progress, spool, shape)):
+        counts = IoUCounts(len(t), self.dataset.categories, concept_category)
+        for part in _in_threads(tally, self._second_pass(model, first, stop)):
             counts.merge(part)
-    return _result(layer, dataset, counts, t, best.result(), quantile, iou)
+        return counts
+
+    def _maps(self, model, first, stop):
+        source = from_concepts(self.dataset)
+        for start, _, _, acts in stream(model, source, [self.layer], self.batch_size, progress=False,
+                                        first=first, stop=stop):
+            yield start, np.ascontiguousarray(_maps(acts[self.layer], self.layer), np.float32)
+
+    def _second_pass(self, model, first, stop):
+        """Yield ``(start, maps)`` again: read back from pass 1's file, else by running the model."""
+        if (first, stop) not in self._spools:
+            yield from self._maps(model, first, stop)
+            return
+        spool, shape = self._spools.pop((first, stop))
+        with spool:
+            spool.seek(0)
+            per_image = int(np.prod(shape)) * 4
+            for start in range(first, stop, self.batch_size):
+                n = min(self.batch_size, stop - start)
+                yield start, np.frombuffer(spool.read(n * per_image), np.float32).reshape(n, *shape)
 
 
 def _in_threads(work, items, workers=WORKERS):
@@ -187,21 +242,6 @@ def _in_threads(work, items, workers=WORKERS):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def _second_pass(model, source, layer, batch_size, progress, spool, shape):
-    """Yield ``(start, maps)`` again: read back from ``spool``, else by running the model."""
-    if not spool:
-        for start, _, _, acts in stream(model, source, [layer], batch_size, "dissect 2/2", progress):
-            yield start, acts[layer]
-        return
-    spool.seek(0)
-    per_image = int(np.prod(shape)) * 4
-    with Progress(total=len(source), label="dissect 2/2", enabled=progress) as bar:
-        for start in range(0, len(source), batch_size):
-            n = min(batch_size, len(source) - start)
-            yield start, np.frombuffer(spool.read(n * per_image), np.float32).reshape(n, *shape)
-            bar.update(n)
 
 
 def _maps(activation, layer):

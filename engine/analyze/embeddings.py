@@ -17,6 +17,7 @@ from engine.analyze.accumulators import Embeddings
 from engine.analyze.stream import stream
 from engine.data.files import atomic_path, write_json, write_text
 from engine.errors import DatasetError, LayerError
+from engine.scale import runner, shards
 
 
 @dataclass(frozen=True)
@@ -56,24 +57,45 @@ def pooled(activation):
     return activation.reshape(len(activation), -1)
 
 
-def embed(model, source, layer="auto", out=None, batch_size=32, progress=None):
+@dataclass(frozen=True)
+class EmbedJob:
+    """The rows of a shard of ``source`` at ``layer`` (a step of :mod:`engine.scale`)."""
+
+    source: object
+    layer: str
+    batch_size: int
+
+    def rows(self, model, first, stop):
+        """(Embeddings of images ``first .. stop-1``, their labels)."""
+        acc, labels = None, []
+        for start, _, batch_labels, acts in stream(model, self.source, [self.layer], self.batch_size,
+                                                   progress=False, first=first, stop=stop):
+            rows = pooled(acts[self.layer])
+            if acc is None:
+                acc = Embeddings(stop - first, rows.shape[1], first=first)
+            acc.update(rows, start)
+            labels += batch_labels
+        return acc, labels
+
+
+def embed(model, source, layer="auto", out=None, batch_size=32, progress=None, scale=None):
     """Features of every image of ``source`` at ``layer``; written to ``out`` when given.
+    ``scale``: run in shards on Ray (:class:`engine.scale.Scale`); the features are the same.
 
     >>> e = embed(model, from_synth(500, seed=3), out="emb")
     >>> e.features.shape
     (500, 96)
     """
     layer = embedding_layer(model, layer)
-    labels = [None] * len(source)
-    acc = None
+    labels, acc = [], None
+    job = EmbedJob(source, layer, int(batch_size))
     target = atomic_path(Path(out) / "features.npy") if out is not None else contextlib.nullcontext()
-    with target as path:
-        for start, _, batch_labels, acts in stream(model, source, [layer], batch_size, "embed", progress):
-            rows = pooled(acts[layer])
+    with target as path, runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
+        for part, part_labels in run.map("rows", shards(len(source), run.shard_size), label="embed"):
             if acc is None:
-                acc = Embeddings(len(source), rows.shape[1], path=path)
-            acc.update(rows, start)
-            labels[start:start + len(rows)] = batch_labels
+                acc = Embeddings(len(source), part.dim, path=path)
+            acc.merge(part)
+            labels += part_labels
         features = acc.result()
         del acc
     if out is not None:

@@ -14,6 +14,7 @@ from engine.errors import InputShapeError, LayerError, UsageError
 from engine.graph.normalize import normalize
 from engine.graph.receptive import box, receptive_fields
 from engine.graph.taps import add_taps
+from engine.scale import runner, shards
 from engine.viz.grid import grid
 from engine.viz.title import titled
 
@@ -60,8 +61,32 @@ def parse_channels(text, available):
     return channels
 
 
-def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=None):
+@dataclass(frozen=True)
+class PatchJob:
+    """The top-k of a shard of ``source`` at ``layer`` (a step of :mod:`engine.scale`)."""
+
+    source: object
+    layer: str
+    channels: object
+    top: int
+    batch_size: int
+
+    def peaks(self, model, first, stop):
+        """(chosen channel indices, TopK of images ``first .. stop-1`` over them)."""
+        acc, chosen = None, None
+        for start, _, _, acts in stream(model, self.source, [self.layer], self.batch_size, progress=False,
+                                        first=first, stop=stop):
+            maps = acts[self.layer]
+            if chosen is None:
+                chosen = parse_channels(self.channels, maps.shape[1])
+                acc = TopK(len(chosen), self.top)
+            acc.update(maps[:, chosen], start)
+        return chosen, acc
+
+
+def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=None, scale=None):
     """Stream ``source`` and keep, per channel, the ``top`` images with the highest peak.
+    ``scale``: run in shards on Ray (:class:`engine.scale.Scale`); the result is the same.
 
     >>> result = mine(model, from_synth(1000), "relu2", channels="0,3", top=9)
     >>> result.rows[0]["box"]
@@ -69,13 +94,10 @@ def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=No
     """
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
     field = layer_field(model, layer)
-    acc, chosen = None, None
-    for start, _, _, acts in stream(model, source, [layer], batch_size, "patches", progress):
-        maps = acts[layer]
-        if chosen is None:
-            chosen = parse_channels(channels, maps.shape[1])
-            acc = TopK(len(chosen), int(top))
-        acc.update(maps[:, chosen], start)
+    job, acc = PatchJob(source, layer, channels, int(top), int(batch_size)), None
+    with runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
+        for chosen, part in run.map("peaks", shards(len(source), run.shard_size), label="patches"):
+            acc = part if acc is None else acc.merge(part)
     best = acc.result()
     rows = []
     for j, channel in enumerate(chosen):

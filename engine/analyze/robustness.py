@@ -25,7 +25,7 @@ from engine.augment.pipeline import parse_ops
 from engine.data.images import as_rgb
 from engine.errors import UsageError
 from engine.explain import cam
-from engine.progress import Progress
+from engine.scale import runner, shards
 
 
 @dataclass
@@ -162,12 +162,13 @@ def warp_back(values, matrix, shape):
 
 
 def robustness(model, images, ops, seed=0, method="gradcam", layer="auto", fraction=0.2, batch=32,
-               progress=None):
+               progress=None, scale=None):
     """Top-1 and CAM agreement between ``images`` (paths or uint8 RGB arrays) and their
     augmentations by each of ``ops`` (a spec string or a list of ops).
 
     Image ``i`` is augmented with the parameters of stream ``(seed, i)``, so the result does not
     depend on ``batch``. ``method``/``layer``: the CAM method and layer (see ``explain.cam``).
+    ``scale``: run in shards on Ray (:class:`engine.scale.Scale`); the report is the same.
 
     >>> report = robustness(model, scene.images, "rotate:15,hflip,brightness:0.3", seed=0)
     >>> [(r["op"], r["agreement"], r["iou_mean"]) for r in report.summary()]
@@ -177,33 +178,51 @@ def robustness(model, images, ops, seed=0, method="gradcam", layer="auto", fract
         raise UsageError(f"fraction must lie in (0, 1], got {fraction}")
     if int(batch) < 1:
         raise UsageError(f"batch must be at least 1, got {batch}")
-    rgbs = [as_rgb(im) for im in images]
-    if not rgbs:
+    images = list(images)
+    if not images:
         raise UsageError("no images given")
-    n, batch = len(rgbs), int(batch)
-    original = np.empty(n, np.int64)
-    augmented = np.empty((len(pairs), n), np.int64)
-    iou = np.full((len(pairs), n), np.nan)
-    valid = np.zeros((len(pairs), n))
-    with Progress(total=n * (1 + len(pairs)), label="robustness", enabled=progress) as bar:
-        for start in range(0, n, batch):
-            chunk = rgbs[start:start + batch]
+    job = RobustnessJob(images, pairs, seed, method, layer, fraction, int(batch))
+    with runner(model, job, scale, job.batch, progress) as run:
+        parts = list(run.map("compare", shards(len(images), run.shard_size), label="robustness"))
+    original, augmented, iou, valid = (np.concatenate(arrays, axis=-1) for arrays in zip(*parts))
+    return Report([name for name, _ in pairs], original, augmented, iou, valid, method, fraction)
+
+
+@dataclass(frozen=True)
+class RobustnessJob:
+    """Per-image results of a shard of ``images`` (a step of :mod:`engine.scale`)."""
+
+    images: list
+    pairs: list
+    seed: int
+    method: str
+    layer: str
+    fraction: float
+    batch: int
+
+    def compare(self, model, first, stop):
+        """(original N, augmented O×N, iou O×N, valid O×N) of images ``first .. stop-1``."""
+        n, pairs = stop - first, self.pairs
+        original = np.empty(n, np.int64)
+        augmented = np.empty((len(pairs), n), np.int64)
+        iou = np.full((len(pairs), n), np.nan)
+        valid = np.zeros((len(pairs), n))
+        for start in range(first, stop, self.batch):
+            chunk = [as_rgb(im) for im in self.images[start:min(start + self.batch, stop)]]
             shapes = [im.shape[:2] for im in chunk]
-            sl = slice(start, start + len(chunk))
+            sl = slice(start - first, start - first + len(chunk))
             images_in = np.stack(chunk) if len(set(shapes)) == 1 else chunk
-            maps, original[sl] = _explain(model, chunk, None, method, layer)
-            bar.update(len(chunk))
+            maps, original[sl] = _explain(model, chunk, None, self.method, self.layer)
             for k, (_, op) in enumerate(pairs):
-                params = op.sample_images(images_in, seed, start)
+                params = op.sample_images(images_in, self.seed, start)
                 out = op.apply(images_in, params)
                 matrices = op.matrices(params, shapes)
-                aug_maps, augmented[k, sl] = _explain(model, list(out), original[sl], method, layer)
+                aug_maps, augmented[k, sl] = _explain(model, list(out), original[sl], self.method, self.layer)
                 for i, (m, aug_map, matrix, shape) in enumerate(zip(maps, aug_maps, matrices, shapes)):
                     back, ok = warp_back(aug_map, matrix, shape)
-                    iou[k, start + i] = region_iou(m, back, ok, fraction)
-                    valid[k, start + i] = ok.mean()
-                bar.update(len(chunk))
-    return Report([name for name, _ in pairs], original, augmented, iou, valid, method, fraction)
+                    iou[k, sl.start + i] = region_iou(m, back, ok, self.fraction)
+                    valid[k, sl.start + i] = ok.mean()
+        return original, augmented, iou, valid
 
 
 def _explain(model, images, targets, method, layer):

@@ -23,13 +23,14 @@ class Source:
     def __len__(self):
         return len(self.names)
 
-    def batches(self, batch_size):
-        """Yield ``(start, images, labels)`` over the whole set.
+    def batches(self, batch_size, first=0, stop=None):
+        """Yield ``(start, images, labels)`` over images ``first .. stop-1`` (default: all).
 
         >>> for start, images, labels in from_synth(100, seed=1).batches(32): ...
         """
-        for start in range(0, len(self), batch_size):
-            yield (start, *self.load(start, min(start + batch_size, len(self))))
+        stop = len(self) if stop is None else min(stop, len(self))
+        for start in range(first, stop, batch_size):
+            yield (start, *self.load(start, min(start + batch_size, stop)))
 
 
 def from_paths(paths):

@@ -44,16 +44,17 @@ def run_section(title, fn, ctx):
     return section(title, blocks, seconds), Timing(title, seconds, status, reason)
 
 
-def audit(model, data, out, options=None, extra=(), log=None):
+def audit(model, data, out, options=None, extra=(), log=None, scale=None):
     """Write ``out/index.html`` for ``model`` on the image set ``data`` (``engine.audit.inputs``).
 
     ``options``: section sizes (:class:`Options`); ``extra``: more (title, fn(ctx) → blocks)
-    sections appended before the timing; ``log``: called with each finished :class:`Timing`.
+    sections appended before the timing; ``log``: called with each finished :class:`Timing`;
+    ``scale``: run the dataset sections in shards on Ray (:class:`engine.scale.Scale`).
     Returns the path of the page and the timings.
 
     >>> path, timings = audit(model, from_synth(200), "audit-out", Options(gallery=4))
     """
-    ctx = Context(model, data, options or Options())
+    ctx = Context(model, data, options or Options(), scale=scale)
     sections, timings = [], []
     for title, fn in (*SECTIONS, *extra):
         done, timing = run_section(title, fn, ctx)

@@ -73,13 +73,15 @@ class Options:
 
 @dataclass
 class Context:
-    """What every section reads: the model, the images, the options, and results that later
-    sections reuse (``shared``: predictions, dissection detectors)."""
+    """What every section reads: the model, the images, the options, where dataset jobs run
+    (``scale``: an ``engine.scale.Scale`` or None), and results that later sections reuse
+    (``shared``: predictions, dissection detectors)."""
 
     model: Model
     data: object  # engine.audit.inputs.ImageSet
     options: Options
     shared: dict = field(default_factory=dict)
+    scale: object = None
 
     def class_name(self, index):
         """The model's name of class ``index``, or "class N" when it has none."""
@@ -213,7 +215,7 @@ def faithfulness(ctx):
     if data.scene is None or data.labels is None:
         raise NotApplicable("the pointing game needs object masks and labels: run with --synth N")
     report = evaluate(ctx.model, data.images, data.scene.masks, labels=data.labels, method="gradcam",
-                      steps=ctx.options.faithfulness_steps, progress=False)
+                      steps=ctx.options.faithfulness_steps, progress=False, scale=ctx.scale)
     rows = [[name, report[name]["pointing"], report[name]["deletion"], report[name]["insertion"]]
             for name in ("gradcam", "random", "centre")]
     return [paragraph(f"{report['images']} images, true class explained, {report['steps']} deletion/insertion steps; "
@@ -252,7 +254,7 @@ def embeddings(ctx):
     data = ctx.data.head(o.embed)
     if len(data) < 4:
         raise NotApplicable(f"a t-SNE plot needs at least 4 images, got {len(data)}")
-    emb = embed(ctx.model, _source(data), progress=False)
+    emb = embed(ctx.model, _source(data), progress=False, scale=ctx.scale)
     features = np.asarray(emb.features)
     top1 = _predict(ctx)[: len(data)].argmax(axis=1) if ctx.model.labels else None
     known = data.labels if data.labels is not None else top1
@@ -283,7 +285,7 @@ def dissection(ctx):
     with tempfile.TemporaryDirectory(prefix="onnxlens-audit-") as folder:
         write_concepts(folder, [data.scene])
         dataset = read_concepts(folder)
-        result = dissect(ctx.model, dataset, progress=False)
+        result = dissect(ctx.model, dataset, progress=False, scale=ctx.scale)
         detectors = sorted((u for u in result.units if u["detector"]), key=lambda u: -u["iou"])
         ctx.shared["detectors"] = [u["unit"] for u in detectors]
         sheets = [image(unit_sheet(ctx.model, dataset, result.layer, u, result.top["image"][u["unit"]][:6]))
@@ -327,7 +329,7 @@ def patches(ctx):
     """Maximally activating patches of a few channels of the CAM layer."""
     o = ctx.options
     data = ctx.data.head(o.embed)
-    result = mine(ctx.model, _source(data), "auto", channels="all", top=o.patches, progress=False)
+    result = mine(ctx.model, _source(data), "auto", channels="all", top=o.patches, progress=False, scale=ctx.scale)
     peak = {}
     for row in result.rows:
         peak[row["channel"]] = max(peak.get(row["channel"], -np.inf), row["value"])
@@ -344,7 +346,8 @@ def patches(ctx):
 
 def robustness(ctx):
     """Top-1 and Grad-CAM agreement under each of ``options.robustness_ops``."""
-    report = check_robustness(ctx.model, ctx.data.head(ctx.options.robustness).images, ctx.options.robustness_ops)
+    report = check_robustness(ctx.model, ctx.data.head(ctx.options.robustness).images, ctx.options.robustness_ops,
+                              scale=ctx.scale)
     rows = report.summary()
     keys = list(rows[0])
     return [table([[r[k] for k in keys] for r in rows], keys)]

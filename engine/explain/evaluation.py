@@ -3,6 +3,8 @@
 >>> report = evaluate(model, scene.images, scene.masks, labels=scene.labels, method="gradcam")
 >>> report["gradcam"]["pointing"], report["random"]["deletion"]
 """
+from dataclasses import dataclass
+
 import numpy as np
 
 from engine.data.labels import probabilities
@@ -11,18 +13,19 @@ from engine.errors import UsageError
 from engine.explain import metrics
 from engine.explain.explainers import cam, saliency
 from engine.explain.methods import METHODS
-from engine.progress import Progress
+from engine.scale import runner, shards
 
 
 def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", steps=16, batch=32,
-             tolerance=None, rng=0, progress=None):
+             tolerance=None, rng=0, progress=None, scale=None):
     """Pointing game (hit rate), deletion AUC (lower is better) and insertion AUC (higher is
     better) of ``method``'s maps, and of a random and a centre map on the same images.
 
     ``labels``: the classes to explain (ground truth); the top-1 class when None. ``tolerance``
     of the pointing game: see :func:`metrics.pointing_game`. Deletion and
     insertion score the softmax probability of that class while ``steps`` equal shares of the
-    pixels are removed (zeros in model space) or inserted (into a blurred copy).
+    pixels are removed (zeros in model space) or inserted (into a blurred copy). ``scale``: run
+    in shards on Ray (:class:`engine.scale.Scale`); the report is the same.
 
     >>> evaluate(model, images, masks, labels, method="gradcam++", steps=16)["gradcam++"]
     """
@@ -32,40 +35,69 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
     if len(images) != n or (labels is not None and len(labels) != n):
         raise UsageError(f"got {len(images)} images, {n} masks and {len(labels) if labels is not None else n} "
                          "labels: give one mask and one label per image")
-    targets = "top" if labels is None else [int(c) for c in labels]
-    images = [as_rgb(image) for image in images]  # read once for the maps and the perturbed inputs
-    if method in METHODS:
-        exp = cam(model, images, method=method, layer=layer, targets=targets, batch=batch, progress=progress)
-    else:
-        exp = saliency(model, images, method=method, targets=targets, batch=batch, progress=progress)
-    x = model.preprocess(images)
-    classes = exp.targets
-
-    def score(xb, rows):
-        return probabilities(model.run(xb).outputs[0])[np.arange(len(xb)), classes[rows]]
-
-    layout = model.input.layout
-    candidates = {method: exp.maps,
-                  "random": metrics.baseline_maps("random", n, masks.shape[1:], rng=rng),
-                  "centre": metrics.baseline_maps("centre", n, masks.shape[1:])}
-    report = {"images": n, "method": method, "layers": exp.layers, "steps": steps,
+    job = EvaluateJob(images, masks, None if labels is None else [int(c) for c in labels], method, layer, steps,
+                      int(batch), tolerance, rng)
+    report = {"images": n, "method": method, "layers": None, "steps": steps,
               "tolerance": metrics.default_tolerance(masks.shape[1:]) if tolerance is None else tolerance}
-    with Progress(total=3 * n, label="evaluate", enabled=progress) as bar:
-        for name, maps in candidates.items():
-            hits = metrics.pointing_game(maps, masks, tolerance=tolerance)
-            deletion, insertion = [], []
-            for start in range(0, n, batch):
-                part = slice(start, start + batch)
-                rows_score = _offset(score, start)
-                deletion.append(metrics.deletion_auc(rows_score, x[part], maps[part], steps=steps,
-                                                     layout=layout, batch=steps + 1))
-                insertion.append(metrics.insertion_auc(rows_score, x[part], maps[part], steps=steps,
-                                                       layout=layout, batch=steps + 1))
-                bar.update(len(x[part]))
-            report[name] = {"pointing": float(hits.mean()),
-                            "deletion": float(np.concatenate(deletion).mean()),
-                            "insertion": float(np.concatenate(insertion).mean())}
+    scores = {name: {"pointing": [], "deletion": [], "insertion": []} for name in (method, "random", "centre")}
+    with runner(model, job, scale, job.batch, progress) as run:
+        for layers, part in run.map("scores", shards(n, run.shard_size), label="evaluate"):
+            report["layers"] = layers
+            for name, values in part.items():
+                for metric, v in values.items():
+                    scores[name][metric].append(v)
+    for name, values in scores.items():
+        report[name] = {metric: float(np.concatenate(v).mean()) for metric, v in values.items()}
     return report
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    """Per-image pointing hits and deletion/insertion AUCs of a shard (a step of :mod:`engine.scale`)."""
+
+    images: list
+    masks: np.ndarray
+    labels: list | None
+    method: str
+    layer: str
+    steps: int
+    batch: int
+    tolerance: int | None
+    rng: object
+
+    def scores(self, model, first, stop):
+        """(the explained layers, {map name: {metric: per-image values}}) for images ``first .. stop-1``."""
+        images = [as_rgb(image) for image in self.images[first:stop]]  # read once for maps and perturbed inputs
+        masks, n = self.masks[first:stop], stop - first
+        targets = "top" if self.labels is None else self.labels[first:stop]
+        if self.method in METHODS:
+            exp = cam(model, images, method=self.method, layer=self.layer, targets=targets, batch=self.batch,
+                      progress=False)
+        else:
+            exp = saliency(model, images, method=self.method, targets=targets, batch=self.batch, progress=False)
+        x = model.preprocess(images)
+        classes = exp.targets
+
+        def score(xb, rows):
+            return probabilities(model.run(xb).outputs[0])[np.arange(len(xb)), classes[rows]]
+
+        layout = model.input.layout
+        candidates = {self.method: exp.maps,
+                      "random": metrics.baseline_maps("random", n, masks.shape[1:], rng=self.rng, first=first),
+                      "centre": metrics.baseline_maps("centre", n, masks.shape[1:])}
+        part = {}
+        for name, maps in candidates.items():
+            deletion, insertion = [], []
+            for start in range(0, n, self.batch):
+                rows = slice(start, start + self.batch)
+                rows_score = _offset(score, start)
+                deletion.append(metrics.deletion_auc(rows_score, x[rows], maps[rows], steps=self.steps,
+                                                     layout=layout, batch=self.steps + 1))
+                insertion.append(metrics.insertion_auc(rows_score, x[rows], maps[rows], steps=self.steps,
+                                                       layout=layout, batch=self.steps + 1))
+            part[name] = {"pointing": metrics.pointing_game(maps, masks, tolerance=self.tolerance).astype(float),
+                          "deletion": np.concatenate(deletion), "insertion": np.concatenate(insertion)}
+        return exp.layers, part
 
 
 def _offset(score, start):

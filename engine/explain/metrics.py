@@ -14,13 +14,16 @@ from engine.errors import UsageError
 from engine.viz.overlay import resize_maps
 
 
-def baseline_maps(kind, n, size, rng=0):
+def baseline_maps(kind, n, size, rng=0, first=0):
     """N×H×W reference maps: "random" (uniform noise) or "centre" (a Gaussian centred on the image).
+    ``first``: the maps of images ``first .. first+n-1`` of the seed's stream (a shard's share).
 
     >>> baseline_maps("centre", 4, (64, 64))
     """
     h, w = size
     if kind == "random":
+        if first:  # one draw per value: skip the maps of images 0 .. first-1
+            rng = np.random.Generator(np.random.PCG64(rng).advance(first * h * w))
         return np.random.default_rng(rng).random((n, h, w)).astype(np.float32)
     if kind == "centre":
         yy, xx = np.mgrid[:h, :w]
