@@ -244,6 +244,7 @@ _explain_options = _options(
                  help="'top', a class index or label, several separated by commas, or channel:K (dense outputs)."),
     click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
     click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
+    _input_size_option,
     _provider_option,
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
 )
@@ -257,12 +258,12 @@ _explain_options = _options(
 @click.option("--layer", default="auto", show_default=True, help="Layer name(s), comma-separated, or auto.")
 @click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
-def cam(model, images, target, out, batch, provider, as_json, method, layer, tta, eigen_smooth):
+def cam(model, images, target, out, batch, size, provider, as_json, method, layer, tta, eigen_smooth):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
     from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import cam as explain_cam
 
-    model = Model(model, provider=provider)
+    model = Model(model, provider=provider, input_size=size)
     exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
                       batch=batch, tta=tta, eigen_smooth=eigen_smooth)
     _echo_summary(_write_explanation(exp, model, list(images), out, "cams"), as_json)
@@ -278,12 +279,13 @@ def cam(model, images, target, out, batch, provider, as_json, method, layer, tta
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
-def saliency(model, images, target, out, batch, provider, as_json, method, samples, noise, steps, baseline, layer):
+def saliency(model, images, target, out, batch, size, provider, as_json, method, samples, noise, steps, baseline,
+             layer):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
     from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import saliency as explain_saliency
 
-    model = Model(model, provider=provider)
+    model = Model(model, provider=provider, input_size=size)
     exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
                            batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer)
     _echo_summary(_write_explanation(exp, model, list(images), out, "saliency"), as_json)
@@ -304,16 +306,17 @@ def saliency(model, images, target, out, batch, provider, as_json, method, sampl
 @click.option("--fourier", is_flag=True, help="Decorrelated Fourier parameterization (1/f spectrum).")
 @click.option("--decorrelate", is_flag=True, help="Decorrelate colours (ImageNet colour correlation).")
 @click.option("--seed", default=0, show_default=True, type=int)
+@_input_size_option
 @_provider_option
 @click.option("--out", required=True, metavar="PNG", help="Result image; the strip of steps goes to <name>_steps.png.")
 def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
-             provider, out):
+             size, provider, out):
     """Class (or channel) visualization by gradient ascent on the input."""
     from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import class_visualization
     from engine.viz.overlay import strip
 
-    model = Model(model, provider=provider)
+    model = Model(model, provider=provider, input_size=size)
     target = None if target is None else _explain_target(target, model)
     if isinstance(target, list):
         raise UsageError("--target: give one class, not a list")
@@ -344,9 +347,10 @@ def _image_files(paths):
 @click.option("--layer", default="auto", show_default=True)
 @click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1), help="Deletion/insertion steps.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
+@_input_size_option
 @_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json):
+def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, size, provider, as_json):
     """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
     from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.data.images import read_image
@@ -368,7 +372,7 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, pro
         object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files]
         if len({m.shape for m in object_masks}) > 1:
             raise UsageError("masks differ in size: evaluate images of one size at a time")
-    report = explain_evaluate(Model(model, provider=provider), pictures, object_masks, labels=labels, method=method,
+    report = explain_evaluate(Model(model, provider=provider, input_size=size), pictures, object_masks, labels=labels, method=method,
                               layer=layer, steps=steps, batch=batch)
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -415,13 +419,14 @@ _image_set_options = _options(
 @click.option("--out", required=True, metavar="DIR", help="Folder for features.npy, index.csv, embedding.json.")
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@_input_size_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json):
+def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, size, as_json):
     """Extract one feature vector per image at a layer; report kNN label purity."""
     from engine.analyze.embeddings import embed as run_embed
     from engine.analyze.neighbors import purity
 
-    result = run_embed(Model(model), _source(images, synth_n, seed, concepts), layer=layer, out=out,
+    result = run_embed(Model(model, input_size=size), _source(images, synth_n, seed, concepts), layer=layer, out=out,
                        batch_size=batch_size)
     info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
     if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
@@ -481,12 +486,13 @@ def project(folder, method, thumbnails, seed, out):
 @main.command()
 @click.argument("model")
 @click.option("--layer", help="A Conv layer (default: the first Conv).")
+@_input_size_option
 @click.option("--out", required=True, metavar="PNG")
-def filters(model, layer, out):
+def filters(model, layer, size, out):
     """Draw a Conv layer's filters as a grid, each normalized on its own."""
     from engine.analyze.filters import filters_picture
 
-    write_image(out, filters_picture(Model(model), layer))
+    write_image(out, filters_picture(Model(model, input_size=size), layer))
     click.echo(f"wrote {out}")
 
 
@@ -494,13 +500,14 @@ def filters(model, layer, out):
 @click.argument("model")
 @click.argument("image")
 @click.option("--layer", required=True, help="Layer whose channel maps to draw.")
+@_input_size_option
 @click.option("--out", required=True, metavar="PNG")
-def activations(model, image, layer, out):
+def activations(model, image, layer, size, out):
     """Draw every channel map of a layer for one image, the image beside them."""
     from engine.analyze.filters import activations_picture
     from engine.analyze.sources import read_named
 
-    write_image(out, activations_picture(Model(model), read_named(image), layer))
+    write_image(out, activations_picture(Model(model, input_size=size), read_named(image), layer))
     click.echo(f"wrote {out}")
 
 
@@ -513,14 +520,15 @@ def activations(model, image, layer, out):
 @click.option("--iou", default=0.04, show_default=True, type=float, help="IoU above which a unit detects a concept.")
 @click.option("--top", default=8, show_default=True, type=click.IntRange(min=1), help="Images per unit sheet.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@_input_size_option
 @click.option("--out", required=True, metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
-def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json):
+def dissect(model, concepts, layer, quantile, iou, top, batch_size, size, out, as_json):
     """Network Dissection: label each unit of a layer with the concept its top activations cover."""
     from engine.analyze.dissection import dissect as run_dissect, write_dissection
     from engine.data.broden import read_concepts
 
-    model, dataset = Model(model), read_concepts(concepts)
+    model, dataset = Model(model, input_size=size), read_concepts(concepts)
     result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size)
     write_dissection(result, out, model, dataset, images_per_unit=top)
     if as_json:
@@ -597,11 +605,12 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 @click.option("--method", default="gradcam", show_default=True, help="CAM method.")
 @click.option("--layer", default="auto", show_default=True, help="CAM layer.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
+@_input_size_option
 @_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
-def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir):
+def robustness(model, images, synth, seed, spec, method, layer, batch, size, provider, as_json, out_dir):
     """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
     from engine.analyze.robustness import named_ops, robustness as check
 
@@ -614,7 +623,7 @@ def robustness(model, images, synth, seed, spec, method, layer, batch, provider,
         pictures = generate(synth, seed=seed).images
     else:
         pictures = _image_files(images)
-    report = check(Model(model, provider=provider), pictures, spec, seed=seed, method=method, layer=layer,
+    report = check(Model(model, provider=provider, input_size=size), pictures, spec, seed=seed, method=method, layer=layer,
                    batch=batch)
     info = {"model": model, "seed": seed, **report.to_dict()}
     if out_dir:
@@ -651,16 +660,17 @@ _audit_data_options = _options(
 @click.argument("model")
 @_audit_data_options
 @click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
+@_input_size_option
 @_provider_option
 @click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
 @click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
 @click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
 @click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
-def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps):
+def audit(model, images, labels, synth, seed, out, size, provider, gallery, embed, dissect, classviz_steps):
     """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
     from engine.audit import Options, audit as run_audit, choose
 
-    loaded = Model(model, provider=provider)
+    loaded = Model(model, provider=provider, input_size=size)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
     path, _ = run_audit(loaded, data, out, options, log=_log_section)
@@ -674,13 +684,14 @@ def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dis
 @click.option("--out", metavar="DIR", help="Also write DIR/index.html and DIR/compare.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
+@_input_size_option
 @_provider_option
-def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider):
+def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, size, provider):
     """Agreement of two variants of one network: outputs and Grad-CAM maps."""
     from engine.audit import choose, compare as run_compare
     from engine.audit.compare import write_comparison
 
-    a, b = Model(model_a, provider=provider), Model(model_b, provider=provider)
+    a, b = Model(model_a, provider=provider, input_size=size), Model(model_b, provider=provider, input_size=size)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=a.labels)
     result = run_compare(a, b, data.images, names=data.names)
     summary = result.summary(worst)

@@ -20,6 +20,7 @@ from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
 from engine.runtime import rewrite
+from engine.runtime.batch import batch_plan, in_chunks
 from engine.runtime.session import create_session
 
 
@@ -111,6 +112,8 @@ class Model:
                 f"input '{self.input.name}' of '{self.path}' has shape {self.input.shape}: "
                 "no channel dim of size 1 or 3 in position 1 or 3; onnxlens feeds RGB or gray images")
         self.input_size = self._choose_size(input_size)
+        self.proto, self._chunk, self._freed = self._batch_plan()
+        self.input = shapes.image_input(self.proto, source=self.path)  # a freed batch is symbolic
         self.preprocessing = presets.resolve(preprocess, self.metadata)
         self.labels = self._choose_labels(labels)
         self._sessions = {}  # rewritten-model sessions per run request
@@ -136,6 +139,11 @@ class Model:
                     "leave the input size out or pass the declared one"
                 )
         return (height, width)
+
+    def _batch_plan(self):
+        """(model to run, fixed batch to run in chunks of or None, whether the batch was freed)."""
+        plan = batch_plan(self.proto, self.input_size, provider=self.provider, threads=self.threads)
+        return plan.proto, plan.chunk, plan.freed
 
     def _choose_labels(self, labels):
         if labels is None and "labels" in self.metadata:
@@ -275,7 +283,7 @@ class Model:
     @cached_property
     def session(self):
         """The ONNX Runtime session, created on first use."""
-        return create_session(self.path, provider=self.provider, threads=self.threads)
+        return create_session(self.proto if self._freed else self.path, provider=self.provider, threads=self.threads)
 
     def preprocess(self, images):
         """Turn images (paths or uint8 H×W×3 RGB arrays) into one float batch in the model's layout.
@@ -310,6 +318,8 @@ class Model:
         repeated), or ``{tensor_name: array}`` to seed another output or any intermediate tensor
         (e.g. one channel of a layer, to maximize it). ``mode``: standard, guided or deconvnet backward.
         The rewritten model is built once per request and cached on disk (``$ONNXLENS_CACHE``).
+        Any batch size works: a model exported with a static batch that the graph does not let
+        go of runs in blocks of that batch (the last one padded), seeds and gradients included.
 
         >>> r = model.run(x, activations=["layer4"], gradients=["layer4", "input"], seed=np.eye(8)[[3]])
         >>> r.gradients["input"].shape == x.shape
@@ -318,6 +328,8 @@ class Model:
         x = self._check_input(x)
         activations = self._names(activations, "activations")
         gradients = self._names(gradients, "gradients")
+        if self._chunk and len(x) != self._chunk:
+            return self._run_in_chunks(x, activations, gradients, seed, mode)
         if not activations and not gradients:
             return RunResult(self.session.run(None, {self.input.name: x}))
         feeds = {self.input.name: x}
@@ -341,9 +353,22 @@ class Model:
             {g: values[grad_name(self.input.name if g == "input" else g)] for g in gradients},
         )
 
+    def _run_in_chunks(self, x, activations, gradients, seed, mode):
+        """:meth:`run` in blocks of the model's fixed batch (the last one zero-padded)."""
+        activations, gradients = list(dict.fromkeys(activations)), list(dict.fromkeys(gradients))
+        output, seeds = self._seed(seed, len(x)) if gradients else (None, np.zeros((len(x), 0), x.dtype))
+
+        def block(xb, seed_block):
+            r = self.run(xb, activations, gradients, {output: seed_block} if gradients else None, mode)
+            return [*r.outputs, *(r.activations[n] for n in activations), *(r.gradients[g] for g in gradients)]
+
+        values = in_chunks(block, self._chunk, x, seeds)
+        n, k = len(self.proto.graph.output), len(activations)
+        return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
+
     def _check_input(self, x):
         x = np.asarray(x)
-        expected = self._expected_shape
+        expected = (None, *self._expected_shape[1:])  # any batch: a fixed one runs in chunks
         if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
             raise InputShapeError(
                 f"'{self.path.name}' takes {self.input.layout} arrays of shape {_shown(expected)}, got {_shown(x.shape)}: "
@@ -429,14 +454,11 @@ class Model:
         if int(top) < 1:
             raise UsageError(f"top must be at least 1, got {top}")
         items = image_list(images)
-        step = self.input.batch or max(1, int(batch_size))
+        step = max(1, int(batch_size))
         predictions = []
         for start in range(0, len(items), step):
             chunk = items[start:start + step]
-            x = self.preprocess(chunk)
-            if self.input.batch and len(chunk) < self.input.batch:
-                x = np.concatenate([x, np.zeros((self.input.batch - len(chunk), *x.shape[1:]), x.dtype)])
-            scores = probabilities(self.run(x).outputs[0][: len(chunk)])
+            scores = probabilities(self.run(self.preprocess(chunk)).outputs[0])
             for item, row in zip(chunk, scores):
                 order = np.argsort(-row, kind="stable")[: int(top)]
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]

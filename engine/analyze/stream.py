@@ -1,6 +1,4 @@
 """Stream an image source through a model, batch by batch, with a progress bar."""
-import numpy as np
-
 from engine.progress import Progress
 
 
@@ -10,13 +8,8 @@ def stream(model, source, layers, batch_size=32, label="", progress=None):
 
     >>> for start, images, labels, acts in stream(model, from_synth(64), ["layer3"]): ...
     """
-    fixed = model.input.batch
-    step = fixed or max(1, int(batch_size))
     with Progress(total=len(source), label=label, enabled=progress) as bar:
-        for start, images, labels in source.batches(step):
-            x = model.preprocess(images)
-            if fixed and len(x) < fixed:  # a static batch dim: pad, then drop the padding
-                x = np.concatenate([x, np.zeros((fixed - len(x), *x.shape[1:]), x.dtype)])
-            acts = model.run(x, activations=list(layers)).activations
-            yield start, images, labels, {name: value[: len(images)] for name, value in acts.items()}
+        for start, images, labels in source.batches(max(1, int(batch_size))):
+            acts = model.run(model.preprocess(images), activations=list(layers)).activations  # any batch
+            yield start, images, labels, acts
             bar.update(len(images))

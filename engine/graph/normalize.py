@@ -227,7 +227,7 @@ def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     for output in graph.output:
         output.type.tensor_type.ClearField("shape")
     del graph.value_info[:]
-    return out
+    return _prune(out)  # the batch constants replaced
 
 
 def drop_identities(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:

@@ -1,0 +1,103 @@
+"""The batch a model takes: any (a symbolic batch dim), any after freeing (a static batch made
+symbolic by :func:`engine.graph.normalize.free_batch` and checked here by running it), or only its
+own (a static batch the graph does not let go of: run in chunks of that size, see :func:`in_chunks`).
+
+>>> plan = batch_plan(onnx.load("resnet18-static.onnx"), size=(224, 224))
+>>> plan.chunk is None, plan.freed      # the static batch 1 was freed and verified
+(True, True)
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from engine.errors import OnnxlensError
+from engine.graph.normalize import free_batch
+from engine.graph.shapes import image_input
+from engine.runtime.session import LOAD_ERRORS, create_session
+
+CHECK_BATCHES = (3, 1)  # the freed model must match the original, run in chunks, at these batches
+DEFAULT_CHECK_SIZE = 224  # spatial size of the check when the input's is dynamic and none is given
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """``proto``: the model to run (the freed one, or the original); ``chunk``: the fixed batch
+    to run it in chunks of, or None for any batch; ``freed``: whether the batch was freed."""
+
+    proto: onnx.ModelProto
+    chunk: int | None = None
+    freed: bool = False
+
+
+def batch_plan(proto, size=None, provider="auto", threads=None):
+    """How to run ``proto`` at any batch. A static batch is freed when the freed model gives the
+    original's outputs (run in chunks of its batch) at batches 3 and 1 on random inputs at
+    ``size`` (H, W; the declared size, else 224); otherwise the plan runs it in chunks.
+
+    >>> batch_plan(dynamic_model).chunk is None
+    True
+    """
+    image = image_input(proto)
+    if image.batch is None:
+        return BatchPlan(proto)
+    if image.batch < 1 or _other_inputs(proto, image.name):
+        return BatchPlan(proto, chunk=max(image.batch, 1))
+    freed = free_batch(proto)
+    try:
+        if _agrees(proto, freed, image, size, provider, threads):
+            return BatchPlan(freed, freed=True)
+    except (OnnxlensError, *LOAD_ERRORS, ValueError, RuntimeError):
+        pass  # the freed graph does not even run at another batch
+    return BatchPlan(proto, chunk=image.batch)
+
+
+def in_chunks(fn, size, *arrays):
+    """``fn(*arrays)`` computed on consecutive blocks of ``size`` rows (the last one padded with
+    zero rows), results joined along axis 0 and trimmed to the rows given. ``fn`` returns an
+    array or a list of arrays; a result whose dim 0 is not ``size`` is joined untrimmed.
+
+    >>> in_chunks(lambda x: x * 2, 2, np.arange(5)).tolist()
+    [0, 2, 4, 6, 8]
+    """
+    total = len(arrays[0])
+    parts, single = [], False
+    for start in range(0, total, size):
+        block = [np.asarray(a[start:start + size]) for a in arrays]
+        rows = len(block[0])
+        if rows < size:
+            block = [np.concatenate([b, np.zeros((size - rows, *b.shape[1:]), b.dtype)]) for b in block]
+        result = fn(*block)
+        single = not isinstance(result, (list, tuple))
+        parts.append([(r[:rows] if np.ndim(r) and len(r) == size else r) for r in ([result] if single else result)])
+    joined = [np.concatenate(column) for column in zip(*parts)]
+    return joined[0] if single else joined
+
+
+def _other_inputs(proto, image):
+    weights = {t.name for t in proto.graph.initializer}
+    return any(vi.name not in weights and vi.name != image for vi in proto.graph.input)
+
+
+def _check_input(image, size, batch):
+    h, w = (int(s) if s else DEFAULT_CHECK_SIZE for s in (size or image.size))
+    shape = (batch, image.channels, h, w) if image.layout == "NCHW" else (batch, h, w, image.channels)
+    rng = np.random.default_rng(0)
+    if image.dtype.kind == "f":
+        return rng.standard_normal(shape).astype(image.dtype)
+    return rng.integers(0, 256, shape).astype(image.dtype)
+
+
+def _agrees(original, freed, image, size, provider, threads):
+    fixed = create_session(original, provider=provider, threads=threads)
+    free = create_session(freed, provider=provider, threads=threads)
+    x = _check_input(image, size, max(CHECK_BATCHES))
+    expected = in_chunks(lambda block: fixed.run(None, {image.name: block}), image.batch, x)
+    for batch in CHECK_BATCHES:
+        got = free.run(None, {image.name: x[:batch]})
+        for want, have in zip(expected, got):
+            want = np.asarray(want)[:batch]
+            if want.shape != np.shape(have) or not np.allclose(have, want, rtol=1e-3,
+                                                               atol=1e-4 * max(1.0, float(np.abs(want).max(initial=0)))):
+                return False
+    return True
