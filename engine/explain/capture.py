@@ -14,6 +14,7 @@ from engine.errors import LayerError
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
 from engine.graph.shapes import constant_tensors
+from engine.runtime.batch import in_chunks
 from engine.runtime.session import create_session
 
 
@@ -170,7 +171,7 @@ def head_fn(model, layer, output=None):
     """
     output = output or output_names(model)[0]
     session = create_session(_cut(model, layer, output), provider=model.provider, threads=model.threads)
-    return lambda acts: session.run([output], {layer: np.asarray(acts, np.float32)})[0]
+    return _any_batch(model, lambda acts: session.run([output], {layer: np.asarray(acts, np.float32)})[0])
 
 
 @_per_model
@@ -186,8 +187,15 @@ def head_gradient_fn(model, layer, output=None):
     output = output or output_names(model)[0]
     sub = differentiate(normalize(_cut(model, layer, output)), output, [layer])
     session = create_session(sub, provider=model.provider, threads=model.threads)
-    return lambda acts, seeds: session.run([grad_name(layer)], {layer: np.asarray(acts, np.float32),
-                                                                 SEED: np.asarray(seeds, np.float32)})[0]
+    return _any_batch(model, lambda acts, seeds: session.run([grad_name(layer)], {
+        layer: np.asarray(acts, np.float32), SEED: np.asarray(seeds, np.float32)})[0])
+
+
+def _any_batch(model, fn):
+    """``fn`` (arrays with one row per image → array) for any number of rows: in blocks of the
+    model's static batch when it has one that could not be freed (see engine.runtime.batch)."""
+    fixed = model.input.batch
+    return fn if fixed is None else lambda *arrays: in_chunks(fn, fixed, *arrays)
 
 
 def _cut(model, layer, output):

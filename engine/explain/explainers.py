@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from engine.data.images import as_rgb, image_list
-from engine.errors import LayerError, UsageError
+from engine.errors import LayerError, UnsupportedOpError, UsageError
 from engine.explain import attribution, methods
 from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
                                     output_names, scores_fn)
@@ -200,7 +200,7 @@ def _top_heads(model, layers, output):
     """Head gradients for the top-1 fast path, or None when a layer does not cut the network."""
     try:
         return {n: head_gradient_fn(model, n, output) for n in layers}
-    except LayerError:
+    except (LayerError, UnsupportedOpError):  # e.g. a head rule that needs the input size: full capture
         return None
 
 

@@ -62,7 +62,7 @@ def in_chunks(fn, size, *arrays):
     """
     total = len(arrays[0])
     parts, single = [], False
-    for start in range(0, total, size):
+    for start in range(0, max(total, 1), size):  # no rows: one padded block, trimmed to none
         block = [np.asarray(a[start:start + size]) for a in arrays]
         rows = len(block[0])
         if rows < size:
