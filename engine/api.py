@@ -88,8 +88,11 @@ class Model:
     """An ONNX image model on ONNX Runtime.
 
     ``provider``: "auto" (CUDA when available, else CPU), an ORT provider name or a list.
-    ``input_size``: (H, W) to run at; required for inputs with dynamic spatial dims when images
-    differ in size, and must equal the declared size of static inputs. ``preprocess``: a preset
+    ``input_size``: (H, W) to run at; must equal the declared size of static inputs. With
+    dynamic spatial dims and no ``input_size``, each call runs at the size of its first image
+    and resizes the other images of the call to it. Any batch size works: a static batch is made
+    symbolic when running the freed graph at batches 3 and 1 gives the original's outputs, else
+    the model runs in blocks of its batch (``-1`` and unnamed dims count as dynamic). ``preprocess``: a preset
     name (imagenet, unit, symmetric, raw) or a mapping ``{"preset": ..., "channel_order": "BGR"}``;
     fields given here override the model's metadata (``preprocess``, ``channel_order``), and the
     default is imagenet RGB. ``labels``: a labels file path or a list of names, else the
@@ -285,10 +288,12 @@ class Model:
         """The ONNX Runtime session, created on first use."""
         return create_session(self.proto if self._freed else self.path, provider=self.provider, threads=self.threads)
 
-    def preprocess(self, images):
+    def preprocess(self, images, size=None):
         """Turn images (paths or uint8 H×W×3 RGB arrays) into one float batch in the model's layout.
 
-        Images are resized to the input size (INTER_AREA shrinking, INTER_LINEAR enlarging).
+        Images are resized (INTER_AREA shrinking, INTER_LINEAR enlarging) to the input size; with
+        dynamic spatial dims and no ``input_size``, to ``size`` (H, W) when given, else to the size
+        of the first image.
 
         >>> model.preprocess(["a.png", np.zeros((96, 96, 3), np.uint8)]).shape
         (2, 3, 64, 64)
@@ -297,14 +302,7 @@ class Model:
         if not items:
             raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
         rgbs = [as_rgb(item) for item in items]
-        size = self.input_size
-        if size is None:
-            sizes = {rgb.shape[:2] for rgb in rgbs}
-            if len(sizes) > 1:
-                raise InputShapeError(
-                    f"'{self.path.name}' has dynamic spatial dims and the images differ in size: pass input_size=(H, W)"
-                )
-            size = tuple(d if d is not None else s for d, s in zip(self.input.size, sizes.pop()))
+        size = self.input_size or tuple(d or int(s) for d, s in zip(self.input.size, size or rgbs[0].shape[:2]))
         batch = np.stack([resize(rgb, size) for rgb in rgbs])
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
         return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)

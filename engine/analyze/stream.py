@@ -8,8 +8,11 @@ def stream(model, source, layers, batch_size=32, label="", progress=None):
 
     >>> for start, images, labels, acts in stream(model, from_synth(64), ["layer3"]): ...
     """
+    size = None  # dynamic spatial dims: every batch at the size of the first image
     with Progress(total=len(source), label=label, enabled=progress) as bar:
         for start, images, labels in source.batches(max(1, int(batch_size))):
-            acts = model.run(model.preprocess(images), activations=list(layers)).activations  # any batch
+            x = model.preprocess(images, size=size)
+            size = x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3]
+            acts = model.run(x, activations=list(layers)).activations  # any batch
             yield start, images, labels, acts
             bar.update(len(images))

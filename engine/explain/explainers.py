@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from engine.data.images import as_rgb, image_list
+from engine.data.images import as_rgb, image_list, resize
 from engine.errors import LayerError, UnsupportedOpError, UsageError
 from engine.explain import attribution, methods
 from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
@@ -160,6 +160,9 @@ def _images(model, images):
     rgbs = [as_rgb(item) for item in items]
     sizes = {rgb.shape[:2] for rgb in rgbs}
     out_size = sizes.pop() if len(sizes) == 1 else model.input_size
+    if out_size is None:  # dynamic spatial dims, images of several sizes: all at the first one's size
+        out_size = rgbs[0].shape[:2]
+        rgbs = [resize(rgb, out_size) for rgb in rgbs]
     return rgbs, out_size
 
 
