@@ -72,7 +72,10 @@ def receptive_fields(model: onnx.ModelProto) -> dict:
         inputs = [states.get(name) for name in node.input]
         if not any(inputs):
             continue
-        state = _propagate(node, inputs, shapes, consts)
+        try:
+            state = _propagate(node, inputs, shapes, consts)
+        except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError):  # unknown → whole image
+            state = _any(inputs).whole_image()
         for name in node.output:
             if name:
                 states[name] = state
@@ -147,7 +150,9 @@ def _propagate(node, inputs, shapes, consts):
     if data is None:
         return _any(inputs).whole_image()
     if op == "Transpose":
-        perm = list(attrs["perm"])
+        perm = list(attrs.get("perm", []))
+        if not all(a in perm for a in data.axes):  # rank changed on the way (Squeeze, Reshape)
+            return data.whole_image()
         return data.with_axes(tuple(perm.index(a) for a in data.axes))
     if op in _AXIS_OPS:
         rank = len(shapes.get(node.input[0], ())) or 4
