@@ -194,7 +194,7 @@ def head_gradient_fn(model, layer, output=None):
 def _any_batch(model, fn):
     """``fn`` (arrays with one row per image → array) for any number of rows: in blocks of the
     model's static batch when it has one that could not be freed (see engine.runtime.batch)."""
-    fixed = model.input.batch
+    fixed = getattr(model.input, "batch", None)  # duck-typed models (tests) may leave it out
     return fn if fixed is None else lambda *arrays: in_chunks(fn, fixed, *arrays)
 
 
