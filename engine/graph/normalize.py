@@ -184,7 +184,7 @@ def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     if not batch.HasField("dim_value") or batch.dim_value < 1:
         return out
     size = batch.dim_value
-    shapes = declared_shapes(_inferred(out))
+    shapes = {t.name: list(t.dims) for t in out.graph.initializer} | declared_shapes(_inferred(out))
     graph = out.graph
     names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     runtime_batch = []  # the name of Shape(image)[0:1], emitted on first use

@@ -89,8 +89,8 @@ def _check_input(image, size, batch):
 
 
 def _agrees(original, freed, image, size, provider, threads):
-    fixed = create_session(original, provider=provider, threads=threads)
-    free = create_session(freed, provider=provider, threads=threads)
+    fixed = create_session(original, provider=provider, threads=threads, quiet=True)
+    free = create_session(freed, provider=provider, threads=threads, quiet=True)
     x = _check_input(image, size, max(CHECK_BATCHES))
     expected = in_chunks(lambda block: fixed.run(None, {image.name: block}), image.batch, x)
     for batch in CHECK_BATCHES:
