@@ -326,43 +326,40 @@ class Model:
         x = self._check_input(x)
         activations = self._names(activations, "activations")
         gradients = self._names(gradients, "gradients")
-        if self._chunk and len(x) != self._chunk:
-            return self._run_in_chunks(x, activations, gradients, seed, mode)
-        if not activations and not gradients:
-            return RunResult(self.session.run(None, {self.input.name: x}))
-        feeds = {self.input.name: x}
-        output = None
+        output, seeds = None, np.zeros((len(x), 0), x.dtype)
         if gradients:
             if mode not in MODES:
                 raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-            output, feeds[SEED] = self._seed(seed, len(x))
-        wrt = tuple(dict.fromkeys(self.input.name if g == "input" else g for g in gradients))
-        request = rewrite.Request(self._size_of(x), tuple(dict.fromkeys(activations)), wrt, output,
-                                  mode if gradients else "standard")
-        session = self._rewritten_session(request)
-        names = [o.name for o in self.proto.graph.output]
-        wanted = dict.fromkeys([*names, *activations, *(grad_name(t) for t in wrt)])
-        fetch = [name for name in wanted if name != self.input.name]  # the input is returned as given
-        values = dict(zip(fetch, session.run(fetch, feeds)))
-        values[self.input.name] = x
-        return RunResult(
-            [values[n] for n in names],
-            {n: values[n] for n in activations},
-            {g: values[grad_name(self.input.name if g == "input" else g)] for g in gradients},
-        )
-
-    def _run_in_chunks(self, x, activations, gradients, seed, mode):
-        """:meth:`run` in blocks of the model's fixed batch (the last one zero-padded)."""
+            output, seeds = self._seed(seed, len(x))
         activations, gradients = list(dict.fromkeys(activations)), list(dict.fromkeys(gradients))
-        output, seeds = self._seed(seed, len(x)) if gradients else (None, np.zeros((len(x), 0), x.dtype))
-
-        def block(xb, seed_block):
-            r = self.run(xb, activations, gradients, {output: seed_block} if gradients else None, mode)
-            return [*r.outputs, *(r.activations[n] for n in activations), *(r.gradients[g] for g in gradients)]
-
-        values = in_chunks(block, self._chunk, x, seeds)
+        execute = self._executor(activations, gradients, output, mode, self._size_of(x))
+        if self._chunk and len(x) != self._chunk:  # a static batch the graph holds on to
+            values = in_chunks(execute, self._chunk, x, seeds)
+        else:
+            values = execute(x, seeds)
         n, k = len(self.proto.graph.output), len(activations)
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
+
+    def _executor(self, activations, gradients, output, mode, size):
+        """``execute(x, seeds)`` → [outputs..., activations..., gradients...] of one batch; the
+        session is looked up once per call of :meth:`run`, not once per block."""
+        if not activations and not gradients:
+            session, image = self.session, self.input.name
+            return lambda x, seeds: session.run(None, {image: x})
+        wrt = [self.input.name if g == "input" else g for g in gradients]
+        request = rewrite.Request(size, tuple(activations), tuple(dict.fromkeys(wrt)), output,
+                                  mode if gradients else "standard")
+        session = self._rewritten_session(request)
+        wanted = [*(o.name for o in self.proto.graph.output), *activations, *(grad_name(t) for t in wrt)]
+        fetch = [name for name in dict.fromkeys(wanted) if name != self.input.name]  # the input is returned as given
+
+        def execute(x, seeds):
+            feeds = {self.input.name: x, SEED: seeds} if gradients else {self.input.name: x}
+            values = dict(zip(fetch, session.run(fetch, feeds)))
+            values[self.input.name] = x
+            return [values[name] for name in wanted]
+
+        return execute
 
     def _check_input(self, x):
         x = np.asarray(x)
