@@ -45,12 +45,16 @@ def network(batch=1, size=(8, 8), head="reshape", opset=17, seed=1):
     elif head == "gap":
         flat = b.op("Flatten", [b.op("GlobalAveragePool", [features])])
         b.op("Gemm", [flat, b.weight(CLASSES, 6), b.weight(CLASSES)], transB=1, name="logits")
-    elif head == "coordconv":
+    elif head in ("coordconv", "sequence"):
         coords = b.weight(batch, 2, size[0] // 2, size[1] // 2, scale=1.0)
         joined = b.op("Concat", [features, coords], axis=1)
         mixed = b.op("Relu", [b.op("Conv", [joined, b.weight(6, 8, 3, 3), b.weight(6)], pads=[1] * 4)], name="mixed")
-        flat = b.op("Flatten", [b.op("GlobalAveragePool", [mixed])])
-        b.op("Gemm", [flat, b.weight(CLASSES, 6), b.weight(CLASSES)], transB=1, name="logits")
+        if head == "sequence":  # a recognizer's T×N×C output: columns, then classes
+            columns = b.op("ReduceMean", [mixed], axes=[2], keepdims=0)
+            b.op("Transpose", [columns], perm=[2, 0, 1], name="logits")
+        else:
+            flat = b.op("Flatten", [b.op("GlobalAveragePool", [mixed])])
+            b.op("Gemm", [flat, b.weight(CLASSES, 6), b.weight(CLASSES)], transB=1, name="logits")
     elif head == "token":
         tokens = b.op("Transpose", [b.op("Reshape", [features, b.const(np.array([batch, 6, -1], np.int64))])],
                       perm=[0, 2, 1])
@@ -137,6 +141,18 @@ def test_chunks_of_two_pad_the_last_block(tmp_path):
     np.testing.assert_allclose(model.run(x).outputs[0], expected, rtol=1e-5, atol=1e-6)
     assert model.run(x[:0]).outputs[0].shape == (0, CLASSES)
     assert len(model.predict(images(5), top=1)) == 5
+
+
+def test_a_chunked_sequence_output_joins_along_its_batch_axis(tmp_path):
+    path = save(network(1, head="sequence"), tmp_path / "sequence.onnx")
+    model = Model(path, threads=1)
+    assert model._chunk == 1
+    x = model.preprocess(images(3, seed=5))
+    joined = model.run(x).outputs[0]
+    assert joined.shape == (4, 3, 6)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for i in range(3):
+        np.testing.assert_allclose(joined[:, i], session.run(None, {"image": x[i:i + 1]})[0][:, 0], rtol=1e-6)
 
 
 def test_in_chunks_joins_trims_and_pads():

@@ -54,8 +54,10 @@ def batch_plan(proto, size=None, provider="auto", threads=None):
 
 def in_chunks(fn, size, *arrays):
     """``fn(*arrays)`` computed on consecutive blocks of ``size`` rows (the last one padded with
-    zero rows), results joined along axis 0 and trimmed to the rows given. ``fn`` returns an
-    array or a list of arrays; a result whose dim 0 is not ``size`` is joined untrimmed.
+    zero rows), results joined along their batch axis and trimmed to the rows given. ``fn``
+    returns an array or a list of arrays. A result's batch axis is axis 0 when its length there
+    is ``size``, else the first axis of that length (T×N×C sequence outputs); a result with
+    none is joined along axis 0 untrimmed.
 
     >>> in_chunks(lambda x: x * 2, 2, np.arange(5)).tolist()
     [0, 2, 4, 6, 8]
@@ -69,9 +71,18 @@ def in_chunks(fn, size, *arrays):
             block = [np.concatenate([b, np.zeros((size - rows, *b.shape[1:]), b.dtype)]) for b in block]
         result = fn(*block)
         single = not isinstance(result, (list, tuple))
-        parts.append([(r[:rows] if np.ndim(r) and len(r) == size else r) for r in ([result] if single else result)])
-    joined = [np.concatenate(column) for column in zip(*parts)]
+        parts.append([_trimmed(np.asarray(r), size, rows) for r in ([result] if single else result)])
+    joined = [np.concatenate([r for r, _ in column], axis=column[0][1]) for column in zip(*parts)]
     return joined[0] if single else joined
+
+
+def _trimmed(result, size, rows):
+    """(``result`` cut to ``rows`` along its batch axis, that axis) — see :func:`in_chunks`."""
+    axes = [a for a, d in enumerate(result.shape) if d == size]
+    if not axes:
+        return result, 0
+    axis = 0 if 0 in axes else axes[0]
+    return np.take(result, np.arange(rows), axis=axis), axis
 
 
 def _other_inputs(proto, image):
