@@ -21,7 +21,7 @@ from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
 from engine.runtime import rewrite
 from engine.runtime.batch import batch_plan, in_chunks
-from engine.runtime.session import create_session
+from engine.runtime.session import RUN_ERRORS, create_session
 
 
 @dataclass(frozen=True)
@@ -333,10 +333,15 @@ class Model:
             output, seeds = self._seed(seed, len(x))
         activations, gradients = list(dict.fromkeys(activations)), list(dict.fromkeys(gradients))
         execute = self._executor(activations, gradients, output, mode, self._size_of(x))
-        if self._chunk and len(x) != self._chunk:  # a static batch the graph holds on to
-            values = in_chunks(execute, self._chunk, x, seeds)
-        else:
-            values = execute(x, seeds)
+        try:
+            if self._chunk and len(x) != self._chunk:  # a static batch the graph holds on to
+                values = in_chunks(execute, self._chunk, x, seeds)
+            else:
+                values = execute(x, seeds)
+        except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise InputShapeError(f"ONNX Runtime cannot run '{self.path.name}' on a {_shown(x.shape)} batch "
+                                  f"({reason}): try another input size (--size HxW), e.g. a multiple of 32") from err
         n, k = len(self.proto.graph.output), len(activations)
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
 

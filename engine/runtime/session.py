@@ -16,6 +16,7 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 LOAD_ERRORS = (ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidProtobuf, ort_state.InvalidArgument,
                ort_state.NotImplemented, ort_state.NoSuchFile)
+RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException)
 
 
 def providers(provider="auto"):
