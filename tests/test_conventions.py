@@ -19,7 +19,7 @@ from engine import Model
 from engine.analyze.dissection import dissect
 from engine.data.broden import read_concepts, write_concepts
 from engine.data.synth import batches as synth_batches
-from engine.errors import ModelLoadError
+from engine.errors import InputShapeError, ModelLoadError
 from engine.explain import cam, saliency
 from engine.graph import normalize as nz
 from engine.graph.receptive import receptive_fields
@@ -211,6 +211,17 @@ def test_dynamic_size_runs_at_the_size_given_or_the_first_image(tmp_path):
     assert [d["shape"] for d in details if d["name"] == "features"] == [("N", 6, 8, 8)]
     check_input_gradients(free, float64(network(1, size=(12, 10), head="gap")), free.preprocess(mixed),
                           np.random.default_rng(3))
+
+
+def test_a_size_the_graph_cannot_take_is_a_user_error(tmp_path):
+    b = Builder()
+    features = b.op("Relu", [b.op("Conv", ["image", b.weight(4, 3, 3, 3)], pads=[1] * 4)])
+    flat = b.op("Reshape", [features, b.const(np.array([0, 256], np.int64))])  # 4 channels × 8 × 8 only
+    b.op("Gemm", [flat, b.weight(CLASSES, 256)], transB=1, name="logits")
+    model = Model(save(b.model([("image", ["N", 3, "H", "W"])], [("logits", None)], 17), tmp_path / "m.onnx"))
+    assert model.run(model.preprocess(images(1))).outputs[0].shape == (1, CLASSES)
+    with pytest.raises(InputShapeError, match="--size"):
+        model.run(model.preprocess(images(1, shape=(12, 12, 3))))
 
 
 # ------------------------------------------------------------------------------------ loading
