@@ -318,6 +318,9 @@ def test_cli_dynamic_size_without_size_uses_the_images(tmp_path, picture_files):
     result = invoke("cam", path, *picture_files, "--out", tmp_path / "cam")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "cam" / "cams.npz")["raw"].shape == (3, 4, 4)
+    result = invoke("patches", path, *picture_files, "--layer", "features", "--top", "2", "--out", tmp_path / "patches")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "patches" / "patches.json").read_text())["input_size"] == [8, 8]
 
 
 def test_batch_plan_keeps_symbolic_batches_untouched():

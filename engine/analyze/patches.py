@@ -29,15 +29,17 @@ class Patches:
     size: tuple
 
 
-def layer_field(model, layer):
-    """The receptive field (``engine.graph.receptive.Field``) of ``layer`` at the model's input size.
+def layer_field(model, layer, size=None):
+    """The receptive field (``engine.graph.receptive.Field``) of ``layer`` at the model's input
+    size, or at ``size`` (H, W) for a model with dynamic spatial dims.
 
     >>> layer_field(model, "relu2").size
     (8, 8)
     """
-    if model.input_size is None:
+    size = model.input_size or size
+    if size is None:
         raise InputShapeError(f"'{model.path.name}' has dynamic spatial dims: give an input size (--size HxW)")
-    fields = receptive_fields(normalize(add_taps(model.proto, [layer]), input_size=model.input_size, inplace=True))
+    fields = receptive_fields(normalize(add_taps(model.proto, [layer]), input_size=size, inplace=True))
     if layer not in fields:
         raise LayerError(f"'{layer}' is not a 4-D feature map computed from the image: pick a conv layer")
     return fields[layer]
@@ -68,7 +70,8 @@ def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=No
     [10, 2, 18, 10]
     """
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
-    field = layer_field(model, layer)
+    size = model.input_size or _first_size(model, source)  # dynamic H×W: the size every batch runs at
+    field = layer_field(model, layer, size)
     acc, chosen = None, None
     for start, _, _, acts in stream(model, source, [layer], batch_size, "patches", progress):
         maps = acts[layer]
@@ -83,8 +86,15 @@ def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=No
             index, y, x = (int(best[k][j, rank]) for k in ("image", "y", "x"))
             rows.append({"channel": channel, "rank": rank, "image": source.names[index], "index": index,
                          "y": y, "x": x, "value": float(best["value"][j, rank]),
-                         "box": list(box(field, y, x, model.input_size))})
-    return Patches(layer, rows, field, model.input_size)
+                         "box": list(box(field, y, x, size))})
+    return Patches(layer, rows, field, size)
+
+
+def _first_size(model, source):
+    """(H, W) the model runs ``source`` at when its spatial dims are dynamic (see ``stream``)."""
+    _, images, _ = next(source.batches(1))
+    x = model.preprocess(images)
+    return tuple(x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3])
 
 
 def crop(image, bounds, fill=0):

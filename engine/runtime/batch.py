@@ -39,10 +39,10 @@ def batch_plan(proto, size=None, provider="auto", threads=None):
     True
     """
     image = image_input(proto)
-    if image.batch is None:
+    if image.batch is None or image.batch < 1:
         return BatchPlan(proto)
-    if image.batch < 1 or _other_inputs(proto, image.name):
-        return BatchPlan(proto, chunk=max(image.batch, 1))
+    if _other_inputs(proto, image.name):  # the check cannot feed them: keep the batch, run in chunks
+        return BatchPlan(proto, chunk=image.batch)
     freed = free_batch(proto)
     try:
         if _agrees(proto, freed, image, size, provider, threads):
@@ -90,7 +90,7 @@ def _other_inputs(proto, image):
     return any(vi.name not in weights and vi.name != image for vi in proto.graph.input)
 
 
-def _check_input(image, size, batch):
+def _random_batch(image, size, batch):
     h, w = (int(s) if s else DEFAULT_CHECK_SIZE for s in (size or image.size))
     shape = (batch, image.channels, h, w) if image.layout == "NCHW" else (batch, h, w, image.channels)
     rng = np.random.default_rng(0)
@@ -102,7 +102,7 @@ def _check_input(image, size, batch):
 def _agrees(original, freed, image, size, provider, threads):
     fixed = create_session(original, provider=provider, threads=threads, quiet=True)
     free = create_session(freed, provider=provider, threads=threads, quiet=True)
-    x = _check_input(image, size, max(CHECK_BATCHES))
+    x = _random_batch(image, size, max(CHECK_BATCHES))
     expected = in_chunks(lambda block: fixed.run(None, {image.name: block}), image.batch, x)
     for batch in CHECK_BATCHES:
         got = free.run(None, {image.name: x[:batch]})
