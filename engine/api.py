@@ -335,7 +335,7 @@ class Model:
         execute = self._executor(activations, gradients, output, mode, self._size_of(x))
         try:
             if self._chunk and len(x) != self._chunk:  # a static batch the graph holds on to
-                values = in_chunks(execute, self._chunk, x, seeds)
+                values = in_chunks(execute, self._chunk, x, seeds, axes=[0, _batch_axis(seeds, len(x))])
             else:
                 values = execute(x, seeds)
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
@@ -464,6 +464,11 @@ class Model:
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]
                 predictions.append(Prediction(str(item) if isinstance(item, (str, Path)) else None, ranked))
         return predictions
+
+
+def _batch_axis(seeds, batch):
+    """The axis of ``seeds`` with one row per image: 0, else the first of that length (T×N×C)."""
+    return 0 if seeds.shape[0] == batch else next((a for a, d in enumerate(seeds.shape) if d == batch), 0)
 
 
 def _shown(dims):

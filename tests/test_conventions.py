@@ -164,6 +164,9 @@ def test_in_chunks_joins_trims_and_pads():
 
     doubled, sums = in_chunks(fn, 2, np.arange(5.0), np.ones((5, 3)))
     assert calls == [2, 2, 2] and doubled.tolist() == [0, 2, 4, 6, 8] and sums.tolist() == [3] * 5
+    sequence = np.arange(12.0).reshape(4, 3)  # T×N: the batch on axis 1, split and joined there
+    joined = in_chunks(lambda x, t: t * x[:, None], 1, np.array([1.0, 2.0, 3.0]), sequence, axes=[0, 1])
+    np.testing.assert_array_equal(joined, sequence * [1.0, 2.0, 3.0])
 
 
 @pytest.mark.parametrize("name, build", [("freed", lambda: network(1, head="reshape")),

@@ -52,28 +52,38 @@ def batch_plan(proto, size=None, provider="auto", threads=None):
     return BatchPlan(proto, chunk=image.batch)
 
 
-def in_chunks(fn, size, *arrays):
+def in_chunks(fn, size, *arrays, axes=None):
     """``fn(*arrays)`` computed on consecutive blocks of ``size`` rows (the last one padded with
-    zero rows), results joined along their batch axis and trimmed to the rows given. ``fn``
-    returns an array or a list of arrays. A result's batch axis is axis 0 when its length there
-    is ``size``, else the first axis of that length (T×N×C sequence outputs); a result with
-    none is joined along axis 0 untrimmed.
+    zero rows), results joined along their batch axis and trimmed to the rows given. ``axes``:
+    each array's batch axis (default 0). ``fn`` returns an array or a list of arrays. A result's
+    batch axis is axis 0 when its length there is ``size``, else the first axis of that length
+    (T×N×C sequence outputs); a result with none is joined along axis 0 untrimmed.
 
     >>> in_chunks(lambda x: x * 2, 2, np.arange(5)).tolist()
     [0, 2, 4, 6, 8]
     """
-    total = len(arrays[0])
+    axes = axes or [0] * len(arrays)
+    total = arrays[0].shape[axes[0]]
     parts, single = [], False
     for start in range(0, max(total, 1), size):  # no rows: one padded block, trimmed to none
-        block = [np.asarray(a[start:start + size]) for a in arrays]
-        rows = len(block[0])
-        if rows < size:
-            block = [np.concatenate([b, np.zeros((size - rows, *b.shape[1:]), b.dtype)]) for b in block]
+        block = [_rows(np.asarray(a), axis, start, size) for a, axis in zip(arrays, axes)]
+        rows = min(size, total - start)
         result = fn(*block)
         single = not isinstance(result, (list, tuple))
         parts.append([_trimmed(np.asarray(r), size, rows) for r in ([result] if single else result)])
     joined = [np.concatenate([r for r, _ in column], axis=column[0][1]) for column in zip(*parts)]
     return joined[0] if single else joined
+
+
+def _rows(array, axis, start, size):
+    """Rows ``start:start + size`` of ``array`` along ``axis``, padded with zeros to ``size``."""
+    block = np.take(array, np.arange(start, min(start + size, array.shape[axis])), axis=axis)
+    missing = size - block.shape[axis]
+    if missing:
+        pad = list(block.shape)
+        pad[axis] = missing
+        block = np.concatenate([block, np.zeros(pad, block.dtype)], axis=axis)
+    return block
 
 
 def _trimmed(result, size, rows):
