@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from engine.api import Model
 from engine.data.files import write_image, write_json, write_npz, write_text
 from engine.errors import OnnxlensError, UsageError
 from engine.progress import Progress
@@ -71,6 +70,25 @@ _input_size_option = click.option("--size", callback=_parse_size, metavar="HxW",
                                   help="Input size for models with dynamic spatial dims.")
 
 
+def _parse_inputs(ctx, param, values):
+    """Click callback: repeated NAME=VALUE|FILE.npy → {name: array}."""
+    from engine.runtime.feeds import parse
+
+    return dict(parse(value) for value in values)
+
+
+_extra_input_option = click.option(
+    "--input", "inputs", multiple=True, callback=_parse_inputs, metavar="NAME=VALUE|FILE.npy",
+    help="A model input besides the image: a number, comma-separated numbers or a .npy file; repeatable.")
+
+
+def _load(path, inputs=None, **options):
+    """The Model of a command: MODEL with its --input values and the command's other options."""
+    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
+
+    return Model(path, extra_inputs=inputs, **options)
+
+
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
 @click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(min=1), help="Number of images.")
@@ -102,18 +120,24 @@ def _table(rows, headers):
 @click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for the layer shapes (dynamic models).")
 @click.option("--layer", "layer_name", metavar="NAME", help="Show only this layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def inspect(model, size, layer_name, as_json):
+@_extra_input_option
+def inspect(model, size, layer_name, as_json, inputs):
     """Show a model's inputs, outputs, opset, producer, op histogram and layer catalog.
 
+    Outputs made by a Softmax are noted (gradients of probabilities; --logits explains the logits).
     Per layer: whether gradients reach it (every op from it to the output has a rule), its
     receptive field and stride in input pixels ("all" where it sees the whole image), and a *
     on the default layer for gradient-based explanations."""
-    model = Model(model, input_size=size)
+    from engine.explain.outputs import softmax_input
+
+    model = _load(model, inputs, input_size=size)
     info = model.summary()
     info["layers"] = model.layer_details()
+    for output in info["outputs"]:
+        output["softmax_of"] = softmax_input(model.proto, output["name"])
     if layer_name is not None:
-        model.layer(layer_name)
-        info["layers"] = [layer for layer in info["layers"] if layer["name"] == layer_name]
+        chosen = model.layer(layer_name).name  # a tensor or a module's last 4-D tensor
+        info["layers"] = [layer for layer in info["layers"] if layer["name"] == chosen]
     if as_json:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
@@ -124,16 +148,24 @@ def inspect(model, size, layer_name, as_json):
     click.echo(f"image     {image['name']}  {image['layout']} {image['dtype']} {_dims(image['shape'])}  "
                f"dynamic: {''.join(image['dynamic']) or 'none'}  size: {_dims(image['size'])}")
     click.echo(f"preproc   {info['preprocess']['preset']} {info['preprocess']['channel_order']}  "
-               f"labels: {len(labels) if labels else 'none'}\n")
+               f"labels: {len(labels) if labels else 'none'}  "
+               f"gradients w.r.t. {image['gradients'] or 'none (the pixels are not only cast to float)'}\n")
     rows = [("input", t["name"], t["dtype"], _dims(t["shape"])) for t in info["inputs"]]
     rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
     click.echo(_table(rows, ("", "name", "dtype", "shape")) + "\n")
+    for t in info["outputs"]:
+        if t["softmax_of"]:
+            click.echo(f"note: output '{t['name']}' is a Softmax: gradients are of probabilities; "
+                       f"--logits explains its input '{t['softmax_of']}'\n")
     click.echo("ops  " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()) + "\n")
-    rows = [(("* " if layer["default"] else "  ") + layer["name"], layer["op"], _dims(layer["shape"]),
-             "yes" if layer["gradients"] is True else layer["gradients"],
+    rows = [(("* " if layer["default"] else "  ") + layer["name"], layer["module"] or "-", layer["op"],
+             _dims(layer["shape"]), "yes" if layer["gradients"] is True else layer["gradients"],
              _dims(layer["field"]) if layer["field"] else "all", _dims(layer["stride"]) if layer["stride"] else "-")
             for layer in info["layers"]]
-    click.echo(_table(rows, ("  layer", "op", "shape", "gradients", "field", "stride")))
+    headers = ("  layer", "module", "op", "shape", "gradients", "field", "stride")
+    if not any(layer["module"] for layer in info["layers"]):  # the file records no torch modules
+        headers, rows = headers[:1] + headers[2:], [row[:1] + row[2:] for row in rows]
+    click.echo(_table(rows, headers))
 
 
 @main.command()
@@ -144,9 +176,11 @@ def inspect(model, size, layer_name, as_json):
 @_input_size_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per image.")
 @_provider_option
-def predict(model, images, top, labels_file, size, as_json, provider):
+@_extra_input_option
+def predict(model, images, top, labels_file, size, as_json, provider, inputs):
     """Rank the classes of each image (scores are probabilities)."""
-    predictions = Model(model, input_size=size, labels=labels_file, provider=provider).predict(list(images), top=top)
+    model = _load(model, inputs, input_size=size, labels=labels_file, provider=provider)
+    predictions = model.predict(list(images), top=top)
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
         return
@@ -163,39 +197,20 @@ def predict(model, images, top, labels_file, size, as_json, provider):
 
 
 def _explain_target(value, model):
-    """--target: 'top', a class index or label, or several separated by commas (for every image),
-    or 'channel:K' for a dense output (Σ of output channel K over every position)."""
-    if value == "top":
-        return "top"
-    if value.startswith("channel:"):
-        from engine.explain import OutputMask
+    """--target: the vocabulary of engine.explain.targets (top, a class index or label, several
+    classes separated by commas, box:K, box:x1,y1,x2,y2, char:K, text, region:..., mask:FILE,
+    channel:K)."""
+    from engine.explain.targets import parse
 
-        shape = model.outputs[0].shape[1:]
-        k = value.removeprefix("channel:")
-        if not k.isdigit() or len(shape) < 2 or not all(isinstance(d, int) for d in shape) or int(k) >= shape[0]:
-            raise UsageError(f"--target {value}: channel targets need a dense output with a channel K < "
-                             f"{shape[0] if shape else 0}; this output is shaped {shape}")
-        mask = np.zeros(shape, np.float32)
-        mask[int(k)] = 1
-        return OutputMask(mask)
-    classes = []
-    for part in value.split(","):
-        part = part.strip()
-        if part.lstrip("-").isdigit():
-            classes.append(int(part))
-        elif model.labels and part in model.labels:
-            classes.append(model.labels.index(part))
-        else:
-            raise UsageError(f"--target '{part}' is neither a class index nor one of the model's labels: "
-                             "give an index or one of the labels `onnxlens inspect --json` lists")
-    return classes[0] if len(classes) == 1 else classes
+    return parse(value, model.labels)
 
 
 def _write_explanation(exp, model, images, out, name):
-    """Per-row overlay PNGs, DIR/<name>.npz and DIR/summary.json; returns the summary."""
+    """Per-row overlay PNGs (with the explained box, if any), DIR/<name>.npz and
+    DIR/summary.json; returns the summary."""
     from engine.data.labels import probabilities
     from engine.data.images import as_rgb
-    from engine.viz.overlay import overlay
+    from engine.viz.overlay import draw_box, overlay
 
     out = Path(out)
     labels = model.labels
@@ -206,10 +221,19 @@ def _write_explanation(exp, model, images, out, name):
         counts[stem] = counts.get(stem, 0) + 1
         suffix = f"_{target}" if (exp.image == i).sum() > 1 else ""
         png = out / f"{stem}{'' if counts[stem] == 1 else '_' + str(counts[stem])}_{exp.method}{suffix}.png"
-        write_image(png, overlay(rgb, exp.maps[row]))
+        detail = dict(exp.details[row]) if exp.details else {}
+        picture = overlay(rgb, exp.maps[row])
+        if "box" in detail:
+            size = model.input_size or rgb.shape[:2]
+            sy, sx = rgb.shape[0] / size[0], rgb.shape[1] / size[1]
+            c = detail["class"]
+            caption = f"{labels[c] if labels and c < len(labels) else '#' + str(c)} {detail['score']:.2f}"
+            picture = draw_box(picture, np.multiply(detail["box"], [sx, sy, sx, sy]), caption)
+        write_image(png, picture)
         item = {"image": str(images[i]), "overlay": str(png), "method": exp.method, "layers": exp.layers,
+                "output": exp.output, "empty": bool(exp.empty[row]) if exp.empty is not None else False,
                 "predicted": None, "target": {"index": int(target), "mask": True}}
-        if np.ndim(exp.scores[i]) == 1:  # a classifier (a dense output has no class to predict)
+        if exp.output.get("kind", "classifier") == "classifier" and "mask" not in detail:
             scores = exp.scores[i]
             probs = probabilities(scores[None])[0]
             top = int(scores.argmax())
@@ -218,6 +242,9 @@ def _write_explanation(exp, model, images, out, name):
             item["target"] = {"index": int(target), "label": labels[target] if labels and target >= 0 else None,
                               "probability": float(probs[target]) if target >= 0 else None,
                               "score": float(scores[target]) if target >= 0 else None}
+        elif "mask" not in detail:
+            label = labels[target] if labels and 0 <= target < len(labels) else None
+            item["target"] = {"index": int(target), "label": label, **detail}
         summary.append(item)
     write_npz(out / f"{name}.npz", **exp.arrays())
     write_json(out / "summary.json", summary)
@@ -230,21 +257,49 @@ def _echo_summary(summary, as_json):
         return
     for item in summary:
         p, t = item["predicted"], item["target"]
-        if p is None:
+        name = lambda d: d["label"] or "#" + str(d["index"])  # noqa: E731
+        if item["empty"]:
+            hint = " or --logits (probabilities saturate)" if item["output"].get("probabilities") else ""
+            click.echo(f"warning: {item['image']}: the map is zero everywhere (the target does not reach layer "
+                       f"{', '.join(item['layers']) or 'input'}, or its gradient vanishes there): try another "
+                       f"--layer or --target{hint}", err=True)
+        if p is not None:
+            probs = " (probabilities: --logits explains the logits)" if item["output"].get("probabilities") else ""
+            click.echo(f"{item['image']}: predicted {name(p)} ({p['probability']:.3f}), "
+                       f"explained {name(t)}{probs} -> {item['overlay']}")
+        elif "box" in t:
+            click.echo(f"{item['image']}: explained box {t['rank']} {name(t)} score {t['score']:.3f} at "
+                       f"{', '.join(f'{v:g}' for v in t['box'])} -> {item['overlay']}")
+        elif "anchor" in t:
+            click.echo(f"{item['image']}: explained anchor {t['anchor']} (rank {t['rank']}) {name(t)} score "
+                       f"{t['score']:.3f} -> {item['overlay']}")
+        elif "text" in t:
+            what = f"character {t['char']} ({name(t)})" if "char" in t else "the whole string"
+            click.echo(f"{item['image']}: read '{t['text']}', explained {what} -> {item['overlay']}")
+        elif "pixels" in t:
+            where = f"region {','.join(f'{v:g}' for v in t['region'])}" if "region" in t else f"{t['pixels']} cells"
+            click.echo(f"{item['image']}: explained class {name(t)} over {where} -> {item['overlay']}")
+        else:
             click.echo(f"{item['image']}: explained the output mask -> {item['overlay']}")
-            continue
-        click.echo(f"{item['image']}: predicted {p['label'] or '#' + str(p['index'])} ({p['probability']:.3f}), "
-                   f"explained {t['label'] or '#' + str(t['index'])} -> {item['overlay']}")
 
 
 _explain_options = _options(
     click.argument("model"),
     click.argument("images", nargs=-1, required=True),
     click.option("--target", default="top", show_default=True,
-                 help="'top', a class index or label, several separated by commas, or channel:K (dense outputs)."),
+                 help="top, a class index or label (several: comma-separated, one per image), box:K, "
+                      "box:x1,y1,x2,y2, char:K, text, region:x1,y1,x2,y2, mask:FILE, channel:K, "
+                      "class:K@region:... (boxes and regions in model-input pixels)."),
+    click.option("--output-kind", type=click.Choice(["classifier", "dense", "yolov8", "yolov5", "boxes", "scores",
+                                                      "sequence"]),
+                 help="Read the explained output as this kind instead of the one inferred from its shape."),
+    click.option("--output", "output_name", metavar="NAME",
+                 help="The output (or any tensor) to explain; first by default."),
+    click.option("--logits", is_flag=True, help="Explain the logits before a final Softmax, not the probabilities."),
+    click.option("--blank", default=0, show_default=True, type=click.IntRange(min=0),
+                 help="CTC blank class of sequence outputs."),
     click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
     click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
-    _input_size_option,
     _provider_option,
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
 )
@@ -258,14 +313,17 @@ _explain_options = _options(
 @click.option("--layer", default="auto", show_default=True, help="Layer name(s), comma-separated, or auto.")
 @click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
-def cam(model, images, target, out, batch, size, provider, as_json, method, layer, tta, eigen_smooth):
+@_input_size_option
+@_extra_input_option
+def cam(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json, method,
+        layer, tta, eigen_smooth, size, inputs):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
-    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import cam as explain_cam
 
-    model = Model(model, provider=provider, input_size=size)
+    model = _load(model, inputs, provider=provider, input_size=size)
     exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
-                      batch=batch, tta=tta, eigen_smooth=eigen_smooth)
+                      batch=batch, tta=tta, eigen_smooth=eigen_smooth, output=output_name, output_kind=output_kind,
+                      logits=logits, blank=blank)
     _echo_summary(_write_explanation(exp, model, list(images), out, "cams"), as_json)
 
 
@@ -279,15 +337,17 @@ def cam(model, images, target, out, batch, size, provider, as_json, method, laye
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
-def saliency(model, images, target, out, batch, size, provider, as_json, method, samples, noise, steps, baseline,
-             layer):
+@_input_size_option
+@_extra_input_option
+def saliency(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json,
+             method, samples, noise, steps, baseline, layer, size, inputs):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
-    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import saliency as explain_saliency
 
-    model = Model(model, provider=provider, input_size=size)
+    model = _load(model, inputs, provider=provider, input_size=size)
     exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
-                           batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer)
+                           batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer,
+                           output=output_name, output_kind=output_kind, logits=logits, blank=blank)
     _echo_summary(_write_explanation(exp, model, list(images), out, "saliency"), as_json)
 
 
@@ -306,20 +366,21 @@ def saliency(model, images, target, out, batch, size, provider, as_json, method,
 @click.option("--fourier", is_flag=True, help="Decorrelated Fourier parameterization (1/f spectrum).")
 @click.option("--decorrelate", is_flag=True, help="Decorrelate colours (ImageNet colour correlation).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@_input_size_option
 @_provider_option
 @click.option("--out", required=True, metavar="PNG", help="Result image; the strip of steps goes to <name>_steps.png.")
+@_input_size_option
+@_extra_input_option
 def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
-             size, provider, out):
+             provider, out, size, inputs):
     """Class (or channel) visualization by gradient ascent on the input."""
-    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.explain import class_visualization
     from engine.viz.overlay import strip
 
-    model = Model(model, provider=provider, input_size=size)
+    model = _load(model, inputs, provider=provider, input_size=size)
     target = None if target is None else _explain_target(target, model)
-    if isinstance(target, list):
-        raise UsageError("--target: give one class, not a list")
+    if target is not None and getattr(target, "kind", None) != "class":
+        raise UsageError("--target: give one class (an index or a label)")
+    target = None if target is None else target.index
     viz = class_visualization(model, target=target, layer=layer, channel=channel, steps=steps, lr=lr, l2=l2,
                               start=start, jitter=jitter, blur_every=blur_every, fourier=fourier,
                               decorrelate=decorrelate, rng=seed)
@@ -347,12 +408,12 @@ def _image_files(paths):
 @click.option("--layer", default="auto", show_default=True)
 @click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1), help="Deletion/insertion steps.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
-@_input_size_option
 @_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, size, provider, as_json):
+@_input_size_option
+@_extra_input_option
+def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json, size, inputs):
     """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
-    from engine.api import Model  # looked up at call time: tests swap engine.api.Model
     from engine.data.images import read_image
     from engine.explain import evaluate as explain_evaluate
 
@@ -372,8 +433,9 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, siz
         object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files]
         if len({m.shape for m in object_masks}) > 1:
             raise UsageError("masks differ in size: evaluate images of one size at a time")
-    report = explain_evaluate(Model(model, provider=provider, input_size=size), pictures, object_masks, labels=labels, method=method,
-                              layer=layer, steps=steps, batch=batch)
+    report = explain_evaluate(_load(model, inputs, provider=provider, input_size=size), pictures, object_masks,
+                              labels=labels,
+                              method=method, layer=layer, steps=steps, batch=batch)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -419,14 +481,16 @@ _image_set_options = _options(
 @click.option("--out", required=True, metavar="DIR", help="Folder for features.npy, index.csv, embedding.json.")
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@_input_size_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, size, as_json):
+@_input_size_option
+@_extra_input_option
+def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json, size, inputs):
     """Extract one feature vector per image at a layer; report kNN label purity."""
     from engine.analyze.embeddings import embed as run_embed
     from engine.analyze.neighbors import purity
 
-    result = run_embed(Model(model, input_size=size), _source(images, synth_n, seed, concepts), layer=layer, out=out,
+    result = run_embed(_load(model, inputs, input_size=size), _source(images, synth_n, seed, concepts), layer=layer,
+                       out=out,
                        batch_size=batch_size)
     info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
     if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
@@ -447,13 +511,14 @@ def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, siz
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--metric", default="cosine", show_default=True, type=click.Choice(["cosine", "l2"]))
 @click.option("--out", required=True, metavar="PNG", help="Grid: one row per query, then its neighbours.")
-def neighbors(folder, query, k, metric, out):
+@_extra_input_option
+def neighbors(folder, query, k, metric, out, inputs):
     """Show the nearest images of an embedding folder to each query image."""
     from engine.analyze.embeddings import load_embedding
     from engine.analyze.neighbors import neighbor_sheet
 
     emb = load_embedding(folder)
-    write_image(out, neighbor_sheet(Model(emb.model), emb, list(query), k=k, metric=metric))
+    write_image(out, neighbor_sheet(_load(emb.model, inputs), emb, list(query), k=k, metric=metric))
     click.echo(f"wrote {out}")
 
 
@@ -486,13 +551,14 @@ def project(folder, method, thumbnails, seed, out):
 @main.command()
 @click.argument("model")
 @click.option("--layer", help="A Conv layer (default: the first Conv).")
-@_input_size_option
 @click.option("--out", required=True, metavar="PNG")
-def filters(model, layer, size, out):
+@_input_size_option
+@_extra_input_option
+def filters(model, layer, out, size, inputs):
     """Draw a Conv layer's filters as a grid, each normalized on its own."""
     from engine.analyze.filters import filters_picture
 
-    write_image(out, filters_picture(Model(model, input_size=size), layer))
+    write_image(out, filters_picture(_load(model, inputs, input_size=size), layer))
     click.echo(f"wrote {out}")
 
 
@@ -500,14 +566,15 @@ def filters(model, layer, size, out):
 @click.argument("model")
 @click.argument("image")
 @click.option("--layer", required=True, help="Layer whose channel maps to draw.")
-@_input_size_option
 @click.option("--out", required=True, metavar="PNG")
-def activations(model, image, layer, size, out):
+@_input_size_option
+@_extra_input_option
+def activations(model, image, layer, out, size, inputs):
     """Draw every channel map of a layer for one image, the image beside them."""
     from engine.analyze.filters import activations_picture
     from engine.analyze.sources import read_named
 
-    write_image(out, activations_picture(Model(model, input_size=size), read_named(image), layer))
+    write_image(out, activations_picture(_load(model, inputs, input_size=size), read_named(image), layer))
     click.echo(f"wrote {out}")
 
 
@@ -520,15 +587,16 @@ def activations(model, image, layer, size, out):
 @click.option("--iou", default=0.04, show_default=True, type=float, help="IoU above which a unit detects a concept.")
 @click.option("--top", default=8, show_default=True, type=click.IntRange(min=1), help="Images per unit sheet.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@_input_size_option
 @click.option("--out", required=True, metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
-def dissect(model, concepts, layer, quantile, iou, top, batch_size, size, out, as_json):
+@_input_size_option
+@_extra_input_option
+def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json, size, inputs):
     """Network Dissection: label each unit of a layer with the concept its top activations cover."""
     from engine.analyze.dissection import dissect as run_dissect, write_dissection
     from engine.data.broden import read_concepts
 
-    model, dataset = Model(model, input_size=size), read_concepts(concepts)
+    model, dataset = _load(model, inputs, input_size=size), read_concepts(concepts)
     result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size)
     write_dissection(result, out, model, dataset, images_per_unit=top)
     if as_json:
@@ -550,13 +618,15 @@ def dissect(model, concepts, layer, quantile, iou, top, batch_size, size, out, a
 @_input_size_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", required=True, metavar="DIR")
-def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out):
+@_extra_input_option
+def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out, inputs):
     """Maximally activating patches: each channel's top receptive-field crops over an image set."""
     from engine.analyze.patches import mine, write_patches
     from engine.analyze.sources import read_named
 
     source = _source(images, synth_n, seed, concepts)
-    result = mine(Model(model, input_size=size), source, layer, channels=channels, top=top, batch_size=batch_size)
+    result = mine(_load(model, inputs, input_size=size), source, layer, channels=channels, top=top,
+                  batch_size=batch_size)
     write_patches(result, lambda i: read_named(source.names[i]), out)
     field = result.field
     shown = "the whole image" if field.whole_image else f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}"
@@ -605,12 +675,13 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 @click.option("--method", default="gradcam", show_default=True, help="CAM method.")
 @click.option("--layer", default="auto", show_default=True, help="CAM layer.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
-@_input_size_option
 @_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
-def robustness(model, images, synth, seed, spec, method, layer, batch, size, provider, as_json, out_dir):
+@_input_size_option
+@_extra_input_option
+def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir, size, inputs):
     """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
     from engine.analyze.robustness import named_ops, robustness as check
 
@@ -623,7 +694,8 @@ def robustness(model, images, synth, seed, spec, method, layer, batch, size, pro
         pictures = generate(synth, seed=seed).images
     else:
         pictures = _image_files(images)
-    report = check(Model(model, provider=provider, input_size=size), pictures, spec, seed=seed, method=method, layer=layer,
+    report = check(_load(model, inputs, provider=provider, input_size=size), pictures, spec, seed=seed, method=method,
+                   layer=layer,
                    batch=batch)
     info = {"model": model, "seed": seed, **report.to_dict()}
     if out_dir:
@@ -660,17 +732,18 @@ _audit_data_options = _options(
 @click.argument("model")
 @_audit_data_options
 @click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
-@_input_size_option
 @_provider_option
 @click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
 @click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
 @click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
 @click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
-def audit(model, images, labels, synth, seed, out, size, provider, gallery, embed, dissect, classviz_steps):
+@_input_size_option
+@_extra_input_option
+def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps, size, inputs):
     """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
     from engine.audit import Options, audit as run_audit, choose
 
-    loaded = Model(model, provider=provider, input_size=size)
+    loaded = _load(model, inputs, provider=provider, input_size=size)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
     path, _ = run_audit(loaded, data, out, options, log=_log_section)
@@ -684,14 +757,16 @@ def audit(model, images, labels, synth, seed, out, size, provider, gallery, embe
 @click.option("--out", metavar="DIR", help="Also write DIR/index.html and DIR/compare.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
-@_input_size_option
 @_provider_option
-def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, size, provider):
+@_input_size_option
+@_extra_input_option
+def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider, size, inputs):
     """Agreement of two variants of one network: outputs and Grad-CAM maps."""
     from engine.audit import choose, compare as run_compare
     from engine.audit.compare import write_comparison
 
-    a, b = Model(model_a, provider=provider, input_size=size), Model(model_b, provider=provider, input_size=size)
+    a = _load(model_a, inputs, provider=provider, input_size=size)
+    b = _load(model_b, inputs, provider=provider, input_size=size)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=a.labels)
     result = run_compare(a, b, data.images, names=data.names)
     summary = result.summary(worst)

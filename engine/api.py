@@ -11,15 +11,15 @@ from onnx import helper
 from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
 from engine.data.labels import parse_labels, probabilities, read_labels
-from engine.errors import InputShapeError, LayerError, ModelLoadError, UsageError
-from engine.graph import shapes
+from engine.errors import InputShapeError, LayerError, ModelLoadError, UnsupportedOpError, UsageError
+from engine.graph import cone, modules as module_scopes, pixels, shapes
 from engine.graph.load import load
 from engine.graph.coverage import gradient_blockers
 from engine.graph.normalize import normalize
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
-from engine.runtime import rewrite
+from engine.runtime import feeds as extras, rewrite
 from engine.runtime.batch import batch_plan, in_chunks
 from engine.runtime.session import RUN_ERRORS, create_session
 
@@ -96,14 +96,18 @@ class Model:
     name (imagenet, unit, symmetric, raw) or a mapping ``{"preset": ..., "channel_order": "BGR"}``;
     fields given here override the model's metadata (``preprocess``, ``channel_order``), and the
     default is imagenet RGB. ``labels``: a labels file path or a list of names, else the
-    metadata's ``labels`` (JSON list). ``threads``: ORT intra-op threads.
+    metadata's ``labels`` (JSON list). ``threads``: ORT intra-op threads. ``extra_inputs``:
+    ``{name: array}`` for the graph inputs besides the image, fed on every run (one row of an
+    input whose first dim is a dynamic batch is repeated for every image; see
+    :mod:`engine.runtime.feeds`).
 
     >>> model = Model("models/shapes-resnet.onnx")
     >>> model.predict(["circle.png"], top=3)[0].top[0].label
     'circle'
     """
 
-    def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None):
+    def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None,
+                 extra_inputs=None):
         self.path = Path(path)
         self.proto = load(self.path)
         self.provider = provider
@@ -117,9 +121,12 @@ class Model:
         self.input_size = self._choose_size(input_size)
         self.proto, self._chunk, self._freed = self._batch_plan()
         self.input = shapes.image_input(self.proto, source=self.path)  # a freed batch is symbolic
-        self.preprocessing = presets.resolve(preprocess, self.metadata)
+        raw_pixels = {"preprocess": "raw"} if self.input.dtype.kind in "iu" else {}  # uint8 input: no normalization
+        self.preprocessing = presets.resolve(preprocess, {**raw_pixels, **self.metadata})
         self.labels = self._choose_labels(labels)
+        self.extra_inputs = self._choose_extra_inputs(extra_inputs)
         self._sessions = {}  # rewritten-model sessions per run request
+        self._default_layers = {}  # output name → default layer
 
     def __repr__(self):
         return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
@@ -160,6 +167,35 @@ class Model:
             raise UsageError(f"{len(labels)} labels given but '{self.path.name}' has {classes[1]} classes: fix the labels")
         return labels
 
+    @cached_property
+    def _extra_specs(self):
+        return extras.declared(self.proto, self.input)
+
+    def _choose_extra_inputs(self, given):
+        declared = self._extra_specs
+        given = dict(given or {})
+        unknown = [name for name in given if name not in declared]
+        if unknown:
+            listed = ", ".join(spec.describe() for spec in declared.values()) or "none"
+            raise UsageError(f"'{self.path.name}' has no extra input {', '.join(unknown)} (its inputs besides "
+                             f"the image '{self.input.name}': {listed}): name one of those")
+        return {name: extras.coerce(declared[name], value) for name, value in given.items()}
+
+    def extra_feeds(self, batch, names=None):
+        """``{name: array}`` for the extra inputs of a run over ``batch`` images (only ``names``
+        when given); raises UsageError naming the inputs still missing.
+
+        >>> Model("detector.onnx", extra_inputs={"scale": 0.5}).extra_feeds(2)["scale"].shape
+        (2, 1)
+        """
+        declared = self._extra_specs
+        wanted = [name for name in declared if names is None or name in names]
+        missing = [declared[name].describe() for name in wanted if name not in self.extra_inputs]
+        if missing:
+            raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(missing)}: pass "
+                             "extra_inputs={name: array} or --input NAME=VALUE|FILE.npy")
+        return {name: extras.feed(declared[name], self.extra_inputs[name], batch) for name in wanted}
+
     # --- graph facts ---------------------------------------------------------------------
 
     @cached_property
@@ -198,36 +234,92 @@ class Model:
                     catalog.append(Layer(name, node.op_type, info.shape))
         return catalog
 
+    @cached_property
+    def gradient_input(self):
+        """The tensor that input gradients are taken with respect to: the image input, or for
+        integer (uint8) pixels the first float tensor computed from them (their Cast), in which
+        case ``run`` returns them per input pixel. None where the pixels go through other ops than
+        layout ones before their Cast (an input-gradient request then raises UnsupportedOpError).
+
+        >>> Model("uint8-nhwc.onnx").gradient_input
+        '/Cast_output_0'
+        """
+        if self.input.dtype.kind not in "iu":
+            return self.input.name
+        try:
+            return pixels.first_float(self.proto, self.input.name)
+        except UnsupportedOpError:
+            return None
+
+    @cached_property
+    def modules(self):
+        """``{tensor: module path}`` where the exporter recorded the torch module that produced a
+        tensor (dynamo name scopes, TorchScript node names); empty for other files.
+
+        >>> model.modules["/layer4/layer4.1/relu_1/Relu_output_0"]
+        'layer4.1.relu'
+        """
+        return module_scopes.module_paths(self.proto)
+
     def layer(self, name):
-        """Look a layer up by tensor name; an unknown name raises LayerError with close matches.
+        """Look a layer up by tensor name, else by module path (``layer4``, ``layer4.1`` or its
+        unique ending ``1.relu``): the last 4-D tensor produced inside that module. An unknown or
+        ambiguous name raises LayerError with close matches.
 
         >>> model.layer("conv1").shape
         ('batch', 16, 32, 32)
+        >>> model.layer("layer4").name
+        '/layer4/layer4.1/relu_1/Relu_output_0'
         """
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise self._unknown("layer", name, [layer.name for layer in self.layers])
+        module, several = module_scopes.resolve(name, self.modules)
+        if module is not None:
+            inner = [layer for layer in self.layers if module_scopes.inside(self.modules.get(layer.name, ""), module)]
+            if not inner:
+                raise LayerError(f"module '{module}' of '{self.path.name}' produces no 4-D tensor: "
+                                 "name a layer `onnxlens inspect` lists")
+            return inner[-1]
+        if several:
+            raise LayerError(f"'{name}' ends several module paths of '{self.path.name}' "
+                             f"({', '.join(several[:4])}{', ...' if len(several) > 4 else ''}): give the whole path")
+        known = [layer.name for layer in self.layers] + module_scopes.modules_of(self.modules)
+        raise self._unknown("layer", name, known)
 
-    @cached_property
+    @property
     def default_layer(self):
-        """The layer Grad-CAM-style methods use by default: the last 4-D activation with spatial
-        size > 1 that the rest of the graph still consumes (so not the output of a dense head).
+        """The layer Grad-CAM-style methods use by default for the first output: see
+        :meth:`default_layer_for`.
 
         >>> model.default_layer
         'layer4'
         """
-        consumed = {i for node in self.proto.graph.node for i in node.input}
-        candidates = [layer.name for layer in self.layers
-                      if layer.name in consumed and _spatial(layer.shape)]
-        if not candidates:
-            raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1: name a layer")
-        return candidates[-1]
+        return self.default_layer_for(self.proto.graph.output[0].name)
+
+    def default_layer_for(self, output):
+        """The default layer for explaining tensor ``output`` (see
+        :func:`engine.graph.cone.default_layer`): the last image-like 4-D activation before its
+        last Conv/Gemm that every branch of ``output`` comes from (a YOLO neck's stride-8 map, a
+        classifier's last conv stage).
+
+        >>> model.default_layer_for("logits")
+        'layer4'
+        """
+        if output not in self._default_layers:
+            layer = cone.default_layer(self.proto.graph.node, [(lay.name, lay.shape) for lay in self.layers],
+                                       output, self.input_size or self.input.size, self.input.layout)
+            if layer is None:
+                raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1 feeding "
+                                 f"'{output}': name a layer")
+            self._default_layers[output] = layer
+        return self._default_layers[output]
 
     def layer_details(self):
-        """Per layer: name, op, shape, whether gradients reach it (``gradients``: True, or why not),
-        its receptive field ``field`` and ``stride`` in input pixels (None where it sees the whole
-        image) and whether it is the ``default`` layer.
+        """Per layer: name, its torch ``module`` (None where the file records none), op, shape,
+        whether gradients reach it (``gradients``: True, or why not), its receptive field ``field``
+        and ``stride`` in input pixels (None where it sees the whole image) and whether it is the
+        ``default`` layer.
 
         >>> model.layer_details()[-1]
         {'name': 'layer4', 'op': 'Relu', 'shape': ('batch', 64, 8, 8), 'gradients': True, 'field': [35, 35], ...}
@@ -245,7 +337,7 @@ class Model:
             f = fields.get(layer.name)
             seen = f is not None and not f.whole_image
             details.append({
-                "name": layer.name, "op": layer.op, "shape": layer.shape,
+                "name": layer.name, "module": self.modules.get(layer.name), "op": layer.op, "shape": layer.shape,
                 "gradients": True if blockers[layer.name] is None else f"no: {blockers[layer.name]}",
                 "field": list(f.size) if seen else None, "stride": list(f.stride) if seen else None,
                 "default": layer.name == default,
@@ -274,11 +366,13 @@ class Model:
                 "shape": self.input.shape,
                 "dynamic": self.input.dynamic,
                 "size": self.input_size,
+                "gradients": self.gradient_input,
             },
             "preprocess": self.preprocessing.to_dict(),
             "labels": self.labels,
             "ops": dict(Counter(node.op_type for node in graph.node).most_common()),
-            "layers": [{"name": layer.name, "op": layer.op, "shape": layer.shape} for layer in self.layers],
+            "layers": [{"name": layer.name, "module": self.modules.get(layer.name), "op": layer.op,
+                        "shape": layer.shape} for layer in self.layers],
         }
 
     # --- running -------------------------------------------------------------------------
@@ -305,7 +399,7 @@ class Model:
         size = self.input_size or tuple(d or int(s) for d, s in zip(self.input.size, size or rgbs[0].shape[:2]))
         batch = np.stack([resize(rgb, size) for rgb in rgbs])
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
-        return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
+        return _as_dtype(x, self.input.dtype)
 
     def run(self, x, activations=None, gradients=None, seed=None, mode="standard"):
         """Run the model on a preprocessed batch ``x`` in its own layout; returns a RunResult.
@@ -323,21 +417,23 @@ class Model:
         >>> r.gradients["input"].shape == x.shape
         True
         """
-        x = self._check_input(x)
+        x, given = self._check_input(x), x
         activations = self._names(activations, "activations")
         gradients = self._names(gradients, "gradients")
-        output, seeds = None, np.zeros((len(x), 0), x.dtype)
+        output, seeds = None, np.zeros((len(x), 0), np.float32)
         if gradients:
             if mode not in MODES:
                 raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-            output, seeds = self._seed(seed, len(x))
+            output, seeds = self._seed(seed, x)
         activations, gradients = list(dict.fromkeys(activations)), list(dict.fromkeys(gradients))
+        pixels = "input" in gradients and self.input.dtype.kind in "iu"  # uint8 pixels differentiated as float32
+        feed = np.asarray(given, np.float32) if pixels else x
         execute = self._executor(activations, gradients, output, mode, self._size_of(x))
         try:
             if self._chunk and len(x) != self._chunk:  # a static batch the graph holds on to
-                values = in_chunks(execute, self._chunk, x, seeds, axes=[0, _batch_axis(seeds, len(x))])
+                values = in_chunks(execute, self._chunk, feed, seeds, axes=[0, _batch_axis(seeds, len(x))])
             else:
-                values = execute(x, seeds)
+                values = execute(feed, seeds)
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise InputShapeError(f"ONNX Runtime cannot run '{self.path.name}' on a {_shown(x.shape)} batch "
@@ -346,12 +442,14 @@ class Model:
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
 
     def _executor(self, activations, gradients, output, mode, size):
-        """``execute(x, seeds)`` → [outputs..., activations..., gradients...] of one batch; the
-        session is looked up once per call of :meth:`run`, not once per block."""
+        """``execute(x, seeds)`` → [outputs..., activations..., gradients...] of one batch (extra
+        inputs fed for its rows); the session is looked up once per call of :meth:`run`, not once
+        per block."""
+        image = self.input.name
         if not activations and not gradients:
-            session, image = self.session, self.input.name
-            return lambda x, seeds: session.run(None, {image: x})
-        wrt = [self.input.name if g == "input" else g for g in gradients]
+            session = self.session
+            return lambda x, seeds: session.run(None, {image: x, **self.extra_feeds(len(x))})
+        wrt = [image if g == "input" else g for g in gradients]
         request = rewrite.Request(size, tuple(activations), tuple(dict.fromkeys(wrt)), output,
                                   mode if gradients else "standard")
         session = self._rewritten_session(request)
@@ -359,7 +457,7 @@ class Model:
         fetch = [name for name in dict.fromkeys(wanted) if name != self.input.name]  # the input is returned as given
 
         def execute(x, seeds):
-            feeds = {self.input.name: x, SEED: seeds} if gradients else {self.input.name: x}
+            feeds = {image: x, **self.extra_feeds(len(x)), **({SEED: seeds} if gradients else {})}
             values = dict(zip(fetch, session.run(fetch, feeds)))
             values[self.input.name] = x
             return [values[name] for name in wanted]
@@ -374,7 +472,7 @@ class Model:
                 f"'{self.path.name}' takes {self.input.layout} arrays of shape {_shown(expected)}, got {_shown(x.shape)}: "
                 "make them with Model.preprocess(images)"
             )
-        return x if x.dtype == self.input.dtype else x.astype(self.input.dtype)
+        return _as_dtype(x, self.input.dtype)
 
     def _size_of(self, x):
         return self.input_size or tuple(x.shape[2:4] if self.input.layout == "NCHW" else x.shape[1:3])
@@ -398,7 +496,9 @@ class Model:
         graph = self.proto.graph
         return {self.input.name} | {o for node in graph.node if node.op_type != "Constant" for o in node.output if o}
 
-    def _seed(self, seed, batch):
+    def _seed(self, seed, x):
+        """(seeded tensor, seed array) checked against the tensor's shape: the declared one, or the
+        real one from a forward pass when the declared shape is unknown or does not fit."""
         names = [o.name for o in self.proto.graph.output]
         if seed is None:
             raise UsageError("gradients need a seed: an array shaped like the output, e.g. the one-hot rows of "
@@ -414,13 +514,19 @@ class Model:
         dims = info.shape if info and info.shape else None
         dtype = helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
         seed = np.asarray(seed, dtype=dtype)
-        if dims is not None and seed.ndim == len(dims) - 1:
-            seed = np.broadcast_to(seed, (batch, *seed.shape))
-        wrong = seed.ndim == 0 or seed.shape[0] != batch or (dims is not None and (
-            seed.ndim != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims[1:], seed.shape[1:]))))
-        if wrong:
-            raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
-                                  f"({_shown(dims or ())}) for a batch of {batch}: give one row per image")
+        batch = len(x)
+        fitted = _fitted(seed, dims, batch)
+        if fitted is not None:
+            seed = fitted
+        else:
+            real = self.run(x).outputs[names.index(output)] if output in names else \
+                self.run(x, activations=[output]).activations[output]
+            dims = real.shape
+            if seed.ndim == len(dims) - 1 and dims[0] == batch:
+                seed = np.broadcast_to(seed, (batch, *seed.shape))
+            if seed.shape != dims:
+                raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
+                                      f"({_shown(dims)}) for a batch of {batch}: give one row per image")
         return output, np.ascontiguousarray(seed)
 
     @cached_property
@@ -435,9 +541,6 @@ class Model:
 
     @cached_property
     def _expected_shape(self):
-        others = [t.name for t in self.inputs if t.name != self.input.name]
-        if others:
-            raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(others)}: onnxlens feeds only the image")
         n, c, (h, w) = self.input.batch, self.input.channels, self.input_size or self.input.size
         return (n, c, h, w) if self.input.layout == "NCHW" else (n, h, w, c)
 
@@ -471,11 +574,33 @@ def _batch_axis(seeds, batch):
     return 0 if seeds.shape[0] == batch else next((a for a, d in enumerate(seeds.shape) if d == batch), 0)
 
 
+def _as_dtype(x, dtype):
+    """``x`` as ``dtype``; float values bound for integer pixels are rounded and clipped to its range.
+
+    >>> _as_dtype(np.array([-3.0, 7.6, 300.0]), np.dtype("uint8")).tolist()
+    [0, 8, 255]
+    """
+    if x.dtype == dtype:
+        return x
+    if dtype.kind in "iu" and x.dtype.kind == "f":
+        limits = np.iinfo(dtype)
+        return np.clip(np.rint(x), limits.min, limits.max).astype(dtype)
+    return x.astype(dtype)
+
+
 def _shown(dims):
     """A shape as ``3×?×64``: "?" for unknown or symbolic dims."""
     return "×".join(str(d) if isinstance(d, (int, np.integer)) else "?" for d in dims)
 
 
-def _spatial(shape):
-    """True unless a 4-D shape has 1×1 spatial size (NCHW or NHWC); symbolic dims count as > 1."""
-    return not (shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1)
+def _fitted(seed, dims, batch):
+    """``seed`` when it fits declared ``dims`` (the batch on the axis of the symbolic "batch" dim,
+    else axis 0), broadcast over the batch when one rank short (one row for every image); else None."""
+    if dims is None:
+        return None
+    axis = dims.index("batch") if "batch" in dims else 0
+    if seed.ndim == len(dims) - 1:
+        seed = np.broadcast_to(np.expand_dims(seed, axis), (*seed.shape[:axis], batch, *seed.shape[axis:]))
+    fits = seed.ndim == len(dims) and seed.shape[axis] == batch and all(
+        not isinstance(d, int) or d == s for i, (d, s) in enumerate(zip(dims, seed.shape)) if i != axis)
+    return seed if fits else None

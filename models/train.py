@@ -5,6 +5,10 @@ indices), so no image is seen twice; accuracy is measured on ``EVAL_SEED`` image
 used in training. Run from the repository root:
 
     python models/train.py --model all      # shapes-resnet, shapes-mobilenet, shapes-resnet-random
+    python models/train.py --model shapes-color --steps 600 --threads 1   # then shapes-color-random
+
+``shapes-color`` is shapes-resnet trained on the other task: the colour of the main object (11
+classes), so that colour matters to it (the dissection baseline for colour detectors).
 """
 import argparse
 import json
@@ -20,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.data.synth import CLASSES, generate  # noqa: E402
+from engine.data.synth import CLASSES, COLORS, generate  # noqa: E402
 
 TRAIN_SEED = 1        # training images: generate(seed=1, start=0, 1, 2, ...)
 EVAL_SEED = 7         # held-out evaluation: generate(1000, seed=7)
@@ -125,10 +129,19 @@ class ShapesMobileNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-ARCHITECTURES = {"shapes-resnet": ShapesResNet, "shapes-mobilenet": ShapesMobileNet}
+def object_colors(scene):
+    """Index into ``COLORS`` of each scene's main object (its colour label under the mask)."""
+    return np.array([scene.concepts["color"][i][scene.masks[i]][0] - 1 for i in range(len(scene))], np.int64)
 
 
-def train(net, steps, batch, lr, log_every=100):
+# Per model: architecture, class names, and the labels of a scene.
+SHAPE, COLOR = (CLASSES, lambda scene: scene.labels), (tuple(COLORS), object_colors)
+ARCHITECTURES = {"shapes-resnet": (ShapesResNet, SHAPE), "shapes-mobilenet": (ShapesMobileNet, SHAPE),
+                 "shapes-color": (ShapesResNet, COLOR)}
+RANDOM = {"shapes-resnet-random": "shapes-resnet", "shapes-color-random": "shapes-color"}  # untrained twins
+
+
+def train(net, steps, batch, lr, targets=SHAPE[1], log_every=100):
     """AdamW + one-cycle schedule on freshly generated batches; returns the trained net in eval mode."""
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
@@ -137,7 +150,7 @@ def train(net, steps, batch, lr, log_every=100):
     t0, seen_correct, seen = time.time(), 0, 0
     for step in range(steps):
         scene = generate(batch, seed=TRAIN_SEED, start=step * batch)
-        x, y = torch.from_numpy(preprocess(scene.images)), torch.from_numpy(scene.labels)
+        x, y = torch.from_numpy(preprocess(scene.images)), torch.from_numpy(targets(scene))
         logits = net(x)
         loss = loss_fn(logits, y)
         opt.zero_grad()
@@ -153,20 +166,20 @@ def train(net, steps, batch, lr, log_every=100):
     return net.eval()
 
 
-def export(net, path):
+def export(net, path, classes=CLASSES):
     """TorchScript-exporter ONNX (opset 17, dynamic batch, BatchNorm not folded) with metadata."""
     dummy = torch.zeros(1, 3, INPUT, INPUT)
     torch.onnx.export(net, dummy, str(path), dynamo=False, opset_version=17, input_names=["image"],
                       output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
                       training=torch.onnx.TrainingMode.PRESERVE)  # eval mode, BatchNorm kept as a node
     model = onnx.load(str(path))
-    for key, value in {"labels": json.dumps(list(CLASSES)), "preprocess": "imagenet", "channel_order": "RGB"}.items():
+    for key, value in {"labels": json.dumps(list(classes)), "preprocess": "imagenet", "channel_order": "RGB"}.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
 
-def evaluate(net, path, n=1000):
+def evaluate(net, path, n=1000, targets=SHAPE[1]):
     """Top-1 accuracy of the ONNX file on ``n`` EVAL_SEED images; checks ORT against torch."""
     scene = generate(n, seed=EVAL_SEED)
     x = preprocess(scene.images)
@@ -178,12 +191,12 @@ def evaluate(net, path, n=1000):
         reference = net(torch.from_numpy(x)).numpy()
     err = np.abs(logits - reference).max()
     assert err < 1e-3 * max(1.0, np.abs(reference).max()), f"ONNX and torch disagree by {err}"
-    return float((logits.argmax(1) == scene.labels).mean()), float(err)
+    return float((logits.argmax(1) == targets(scene)).mean()), float(err)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=[*ARCHITECTURES, "shapes-resnet-random", "all"], default="all")
+    parser.add_argument("--model", choices=[*ARCHITECTURES, *RANDOM, "all"], default="all")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=4e-3)
@@ -191,16 +204,15 @@ def main():
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    names = [*ARCHITECTURES, "shapes-resnet-random"] if args.model == "all" else [args.model]
+    names = [*ARCHITECTURES, *RANDOM] if args.model == "all" else [args.model]
     for name in names:
         torch.manual_seed(RANDOM_SEED)
-        if name == "shapes-resnet-random":
-            net = ShapesResNet().eval()
-        else:
-            net = train(ARCHITECTURES[name](), args.steps, args.batch, args.lr)
+        architecture, (classes, targets) = ARCHITECTURES[RANDOM.get(name, name)]
+        net = architecture(len(classes))
+        net = net.eval() if name in RANDOM else train(net, args.steps, args.batch, args.lr, targets)
         path = args.out / f"{name}.onnx"
-        export(net, path)
-        acc, err = evaluate(net, path)
+        export(net, path, classes)
+        acc, err = evaluate(net, path, targets=targets)
         print(f"{name}: top-1 {acc:.4f} on 1000 images of seed {EVAL_SEED}; max |onnx - torch| {err:.2e}; "
               f"{path.stat().st_size / 1e6:.2f} MB", flush=True)
 

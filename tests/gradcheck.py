@@ -148,3 +148,25 @@ def assert_slopes_match(got, reference, output, x, seed, tap, rng, rounds, rtol,
         v = rng.standard_normal(got.shape)
         numeric = float64_slope(reference, output, feeds, seed, moved, v, new_ops=new_ops)
         assert abs(np.sum(got * v) - numeric) < rtol * abs(numeric), (np.sum(got * v), numeric)
+
+
+def float64_copy(model):
+    """``model`` computing in float64: float32 weights and Constants, graph inputs/outputs and Cast
+    targets become double (a reference for :func:`float64_slope` on models that mix in float32 constants)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
+    for vi in (*graph.input, *graph.output):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.DOUBLE
+            elif node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64), attr.t.name))
+    del graph.value_info[:]
+    return out

@@ -257,13 +257,15 @@ def _graph_with_inputs(tmp_path, inputs):
     return tmp_path / "g.onnx"
 
 
-def test_image_input_must_be_one_4d_float_input(tmp_path):
+def test_image_input_is_the_first_4d_float_input(tmp_path):
     tokens = helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", 16])
     with pytest.raises(ModelLoadError, match="no 4-D float input"):
         Model(_graph_with_inputs(tmp_path, [tokens]))
     two = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 8, 8]) for n in ("left", "right")]
-    with pytest.raises(ModelLoadError, match="more than one"):
-        Model(_graph_with_inputs(tmp_path, two))
+    m = Model(_graph_with_inputs(tmp_path, two))  # the second 4-D tensor is an extra input
+    assert m.input.name == "left" and [t.name for t in m.inputs] == ["left", "right"]
+    with pytest.raises(UsageError, match="also needs the inputs right"):
+        m.run(np.zeros((1, 3, 8, 8), np.float32))
     odd = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 8, 7])
     with pytest.raises(ModelLoadError, match="channel"):
         Model(_graph_with_inputs(tmp_path, [odd]))

@@ -82,7 +82,8 @@ def test_sections_hold_their_content(synth_report):
     for method in ("cam", "gradcam", "scorecam"):
         assert f"<th>{method}</th>" in found["Class activation maps"][1]
     assert "Pointing game" in found["Class activation maps"][1]
-    assert "units detect a concept" in found["Dissection"][1]
+    assert "units detect a concept" in found["Dissection"][1] and "families found: " in found["Dissection"][1]
+    assert "its 3 concepts cover far more" in found["Dissection"][1]  # the backgrounds: out of reach at 0.995
     assert "deletion AUC" in found["Faithfulness"][1] and "<td>centre</td>" in found["Faithfulness"][1]
     assert "receptive field" in found["Model"][1] and "GlobalAveragePool" in found["Model"][1]
     robust = found["Augmentation robustness"][1]

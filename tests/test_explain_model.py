@@ -136,7 +136,7 @@ def test_class_visualization_raises_the_score():
 
 
 def test_cli_cam_and_saliency_write_overlays_npz_and_summary(tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.api.Model", lambda path, provider="auto", input_size=None: NumpyModel())
+    monkeypatch.setattr("engine.api.Model", lambda path, **options: NumpyModel())
     files = []
     for i in range(3):
         files.append(str(tmp_path / f"img{i}.png"))
@@ -157,7 +157,7 @@ def test_cli_cam_and_saliency_write_overlays_npz_and_summary(tmp_path, monkeypat
 
 
 def test_cli_classviz_and_evaluate(tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.api.Model", lambda path, provider="auto", input_size=None: NumpyModel())
+    monkeypatch.setattr("engine.api.Model", lambda path, **options: NumpyModel())
     out = tmp_path / "viz.png"
     result = CliRunner().invoke(cli.main, ["classviz", "m.onnx", "--target", "1", "--steps", "12", "--out", str(out)])
     assert result.exit_code == 0, result.output

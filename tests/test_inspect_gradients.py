@@ -66,5 +66,5 @@ def test_inspect_table_and_json(path):
     assert rows["relu2"].startswith("* relu2") and "yes" in rows["relu2"] and "5×5" in rows["relu2"]
     assert "no: Hardmax" in rows["conv1"] and "all" in rows["gap"]
     info = json.loads(CliRunner().invoke(cli.main, ["inspect", str(path), "--json", "--layer", "conv2"]).stdout)
-    assert info["layers"] == [{"name": "conv2", "op": "Conv", "shape": ["N", 4, 4, 4], "gradients": True,
+    assert info["layers"] == [{"name": "conv2", "module": None, "op": "Conv", "shape": ["N", 4, 4, 4], "gradients": True,
                                "field": [5, 5], "stride": [2, 2], "default": False}]

@@ -6,6 +6,10 @@ Pass 2 upsamples each unit's map bilinearly to the label-map size, thresholds it
 accumulates :class:`IoUCounts` against every concept (a concept counts only images that label its
 category). A unit detects its best concept when that IoU exceeds ``iou``.
 
+A mask holds about ``1 − quantile`` of the pixels, so a concept that covers a much larger share
+cannot reach a high IoU with any unit: :func:`reachable_iou` gives each concept's bound, and the
+summary says per category whether any of its concepts could have passed ``iou`` at all.
+
 Pass 1's accumulators run on a thread beside the model; pass 2 spreads its batches (label-map
 decoding, masks, counts) over ``WORKERS`` threads, each into its own :class:`IoUCounts`, merged
 in order, so the result is the single-threaded one.
@@ -46,6 +50,7 @@ class Dissection:
     summary: dict
     iou: np.ndarray  # units × label numbers
     top: dict  # TopK result: value/image/y/x, units × k
+    reachable: np.ndarray = None  # per label number: the highest IoU any unit can reach (reachable_iou)
 
 
 def primary_categories(dataset):
@@ -62,6 +67,25 @@ def primary_categories(dataset):
             if name in dataset.categories:
                 out[number] = dataset.categories.index(name)
     return out
+
+
+def reachable_iou(dataset, label_area, quantile):
+    """Per label number, the highest IoU any unit can reach with it: a mask holds at most
+    m = 1 − ``quantile`` of the pixels of the images labelling the concept's category (fewer
+    where the unit's values tie at its threshold), so a concept of area L > m reaches at most
+    m / L; a smaller one could be matched exactly (1). 0 for numbers without a category or pixels.
+
+    A concept covering 30 % of the pixels is out of reach at the default quantile 0.995
+    (bound 0.005 / 0.3 ≈ 0.017 < 0.04) however well a unit detects it.
+
+    >>> reachable_iou(dataset, counts.label_area, 0.995)   # one bound per label number
+    """
+    category_of = primary_categories(dataset)
+    pixels = np.array([sum(row["sh"] * row["sw"] for row in dataset.rows if row.get(category))
+                       for category in dataset.categories], np.float64)
+    mask = (1 - quantile) * pixels[category_of]
+    label = np.asarray(label_area, np.float64)
+    return np.divide(np.minimum(mask, label), label, out=np.zeros(len(label)), where=(category_of >= 0) & (label > 0))
 
 
 def upsample(maps, size):
@@ -207,13 +231,18 @@ def _result(layer, dataset, counts, thresholds, best, quantile, iou_threshold):
                       "detector": bool(iou[u, c] > iou_threshold)})
     detectors = [u for u in units if u["detector"]]
     per_category = {}
-    for category in dataset.categories:
+    reachable = reachable_iou(dataset, counts.label_area, quantile)
+    for g, category in enumerate(dataset.categories):
         found = [u for u in detectors if u["category"] == category]
-        per_category[category] = {"detectors": len(found), "concepts": sorted({u["concept"] for u in found})}
+        own = (counts.concept_category == g) & (counts.label_area > 0)
+        per_category[category] = {"detectors": len(found), "concepts": sorted({u["concept"] for u in found}),
+                                  "labelled_concepts": int(own.sum()),
+                                  "reachable_concepts": int((reachable[own] > iou_threshold).sum()),
+                                  "best_reachable_iou": float(reachable[own].max()) if own.any() else 0.0}
     summary = {"layer": layer, "images": len(dataset), "units": len(units), "quantile": quantile,
                "iou_threshold": iou_threshold, "detectors": len(detectors),
                "concepts": len({u["concept"] for u in detectors}), "categories": per_category}
-    return Dissection(layer, units, summary, iou, best)
+    return Dissection(layer, units, summary, iou, best, reachable)
 
 
 def write_dissection(result, out, model, concepts, images_per_unit=8):

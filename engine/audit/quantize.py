@@ -14,8 +14,8 @@ from engine.errors import UsageError
 
 class _Batches(CalibrationDataReader):
     def __init__(self, model, images, batch):
-        self.feeds = iter({model.input.name: model.preprocess(images[s:s + batch])}
-                          for s in range(0, len(images), batch))
+        self.feeds = iter({model.input.name: x, **model.extra_feeds(len(x))}
+                          for x in (model.preprocess(images[s:s + batch]) for s in range(0, len(images), batch)))
 
     def get_next(self):
         return next(self.feeds, None)

@@ -289,15 +289,38 @@ def dissection(ctx):
         sheets = [image(unit_sheet(ctx.model, dataset, result.layer, u, result.top["image"][u["unit"]][:6]))
                   for u in detectors[:3]]
     s = result.summary
+    found = [f"{c} ({v['detectors']})" for c, v in s["categories"].items() if v["detectors"]]
     blocks = [paragraph(f"layer {s['layer']}: {s['detectors']} of {s['units']} units detect a concept "
-                        f"(IoU > {s['iou_threshold']}), {s['concepts']} distinct concepts, {s['images']} images"),
-              table([[c, v["detectors"], ", ".join(v["concepts"])] for c, v in s["categories"].items()],
-                    ["category", "detectors", "concepts"]),
+                        f"(IoU > {s['iou_threshold']}), {s['concepts']} distinct concepts, {s['images']} images; "
+                        f"families found: {', '.join(found) or 'none'}"),
+              table([[c, v["detectors"], ", ".join(v["concepts"]), family_reach(v, s)]
+                     for c, v in s["categories"].items()],
+                    ["category", "detectors", "concepts", "could these images show it?"]),
               heading("Top units"),
               table([[u["unit"], u["concept"], u["category"], u["iou"], u["detector"]]
                      for u in sorted(result.units, key=lambda u: -u["iou"])[:10]],
                     ["unit", "concept", "category", "IoU", "detector"])]
     return blocks + ([heading("Top images of the best detectors (mask outlined)")] + sheets if sheets else [])
+
+
+def family_reach(category, summary):
+    """Whether a concept family could have passed the IoU threshold here: a unit mask holds at
+    most 1 − quantile of the pixels, so a family whose concepts all cover far more cannot.
+
+    >>> family_reach({"detectors": 0, "labelled_concepts": 4, "reachable_concepts": 0,
+    ...               "best_reachable_iou": 0.02}, {"quantile": 0.995, "iou_threshold": 0.04})
+    'no: masks hold at most 0.5% of the pixels and its 4 concepts cover far more (IoU ≤ 0.020)'
+    """
+    if category["detectors"]:
+        return "yes (found)"
+    if not category["labelled_concepts"]:
+        return "no: no image labels it"
+    if not category["reachable_concepts"]:
+        return (f"no: masks hold at most {1 - summary['quantile']:.1%} of the pixels and its "
+                f"{category['labelled_concepts']} concepts cover far more "
+                f"(IoU ≤ {category['best_reachable_iou']:.3f})")
+    return (f"yes: {category['reachable_concepts']} of {category['labelled_concepts']} concepts could pass "
+            f"(IoU up to {category['best_reachable_iou']:.3f}); no unit did")
 
 
 def patches(ctx):

@@ -5,6 +5,6 @@
 from engine.explain.classviz import class_visualization
 from engine.explain.evaluation import evaluate
 from engine.explain.explainers import Explanation, cam, saliency
-from engine.explain.targets import OutputMask
+from engine.explain.targets import OutputMask, Target, parse
 
-__all__ = ["Explanation", "OutputMask", "cam", "class_visualization", "evaluate", "saliency"]
+__all__ = ["Explanation", "OutputMask", "Target", "cam", "class_visualization", "evaluate", "parse", "saliency"]

@@ -11,6 +11,7 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from engine.errors import LayerError
+from engine.explain.outputs import OutputView, forward
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
 from engine.graph.shapes import constant_tensors
@@ -42,8 +43,10 @@ def output_names(model):
     return [t.name for t in model.outputs]
 
 
-def layers_of(model, layer):
-    """Resolve ``layer``: "auto" (the model's default layer), a name, a comma-separated list or a list.
+def layers_of(model, layer, output=None):
+    """Resolve ``layer``: "auto" (the default layer for ``output``, first output by default), a
+    name, a comma-separated list or a list, to tensor names; a module path (``layer4``) stands for
+    its last 4-D tensor (see ``model.layer``).
 
     Unknown names raise LayerError (through ``model.layer``).
 
@@ -51,28 +54,36 @@ def layers_of(model, layer):
     ['layer3', 'layer4']
     """
     if layer in (None, "auto"):
-        return [model.default_layer]
+        return [model.default_layer_for(output) if output else model.default_layer]
     names = [s.strip() for s in layer.split(",")] if isinstance(layer, str) else list(layer)
-    for name in names:
-        model.layer(name)
-    return names
+    return [model.layer(name).name for name in names]
 
 
 def capture(model, x, layers, seeds=None, output=None):
     """One pass: model outputs, activations at ``layers`` and, with ``seeds``, their gradients.
 
-    ``seeds`` (one row per row of ``x``) seed Σ seed·``output`` (the first output by default).
+    ``seeds`` (one row per row of ``x``) seed Σ seed·``output`` (the first output by default; any
+    tensor, e.g. the logits before a Softmax, whose values then join the activations; or an
+    :class:`OutputView`, whose seeds are batch first whatever the tensor's layout).
     Returns (outputs, {layer: A}, {layer: G} or None).
 
     >>> outputs, acts, grads = capture(model, x, ["layer4"], seeds=np.eye(8)[[3]])
     """
-    output = output or output_names(model)[0]
+    output, to_model, _ = _explained(model, output)
+    wanted = list(dict.fromkeys([*layers, *([] if output in output_names(model) else [output])]))
     if seeds is None:
-        result = model.run(x, activations=list(layers))
-        return result.outputs, {n: result.activations[n] for n in layers}, None
-    result = model.run(x, activations=list(layers), gradients=list(layers), seed={output: seeds})
-    return (result.outputs, {n: result.activations[n] for n in layers},
-            {n: result.gradients[n] for n in layers})
+        result = model.run(x, activations=wanted)
+        return result.outputs, result.activations, None
+    result = model.run(x, activations=wanted, gradients=list(layers), seed={output: to_model(seeds)})
+    return result.outputs, result.activations, {n: result.gradients[n] for n in layers}
+
+
+def _explained(model, output):
+    """(tensor name, seeds → the tensor's layout, values → batch first) of ``output``: a name
+    (None: the first output), taken as is, or an :class:`OutputView`."""
+    if isinstance(output, OutputView):
+        return output.name, output.seeds, output.rows
+    return output or output_names(model)[0], np.asarray, np.asarray
 
 
 def gradient_fn(model, output=None):
@@ -81,22 +92,22 @@ def gradient_fn(model, output=None):
     >>> gradient_fn(model)(x, seeds, "guided").shape == x.shape
     True
     """
-    output = output or output_names(model)[0]
+    output, to_model, _ = _explained(model, output)
 
     def gradient(x, seeds, mode="standard"):
-        return model.run(x, gradients=["input"], seed={output: seeds}, mode=mode).gradients["input"]
+        return model.run(x, gradients=["input"], seed={output: to_model(seeds)}, mode=mode).gradients["input"]
 
     return gradient
 
 
 def scores_fn(model, output=None):
-    """``scores(x)`` = the model's ``output`` (first by default) for a batch ``x``; forward only.
+    """``scores(x)`` = the model's ``output`` (first by default; any tensor) for a batch ``x``; forward only.
 
     >>> scores_fn(model)(x).shape
     (1, 8)
     """
-    index = output_names(model).index(output) if output else 0
-    return lambda x: model.run(x).outputs[index]
+    output, _, to_rows = _explained(model, output)
+    return lambda x: to_rows(forward(model, x, [output])[output])
 
 
 def fc_head(model, output=None):
@@ -169,9 +180,12 @@ def head_fn(model, layer, output=None):
 
     >>> head = head_fn(model, "layer4"); logits = head(acts)
     """
-    output = output or output_names(model)[0]
-    session = create_session(_cut(model, layer, output), provider=model.provider, threads=model.threads)
-    return _any_batch(model, lambda acts: session.run([output], {layer: np.asarray(acts, np.float32)})[0])
+    output, _, to_rows = _explained(model, output)
+    sub = _cut(model, layer, output)
+    session = create_session(sub, provider=model.provider, threads=model.threads)
+    extras = _extra_names(sub, layer)
+    return _any_batch(model, lambda acts: to_rows(session.run([output], {layer: np.asarray(acts, np.float32),
+                                                                          **_extra_feeds(model, extras, len(acts))})[0]))
 
 
 @_per_model
@@ -184,11 +198,13 @@ def head_gradient_fn(model, layer, output=None):
 
     >>> grads = head_gradient_fn(model, "layer4")(acts, seeds)
     """
-    output = output or output_names(model)[0]
+    output, to_model, _ = _explained(model, output)
     sub = differentiate(normalize(_cut(model, layer, output)), output, [layer])
     session = create_session(sub, provider=model.provider, threads=model.threads)
+    extras = _extra_names(sub, layer)
     return _any_batch(model, lambda acts, seeds: session.run([grad_name(layer)], {
-        layer: np.asarray(acts, np.float32), SEED: np.asarray(seeds, np.float32)})[0])
+        layer: np.asarray(acts, np.float32), SEED: np.asarray(to_model(seeds), np.float32),
+        **_extra_feeds(model, extras, len(acts))})[0])
 
 
 def _any_batch(model, fn):
@@ -198,17 +214,31 @@ def _any_batch(model, fn):
     return fn if fixed is None else lambda *arrays: in_chunks(fn, fixed, *arrays)
 
 
+def _extra_names(sub, layer):
+    """The inputs of sub-model ``sub`` besides ``layer`` (and the seed): the model's extra inputs it reads."""
+    return [vi.name for vi in sub.graph.input if vi.name not in (layer, SEED)]
+
+
+def _extra_feeds(model, names, batch):
+    """Values of the extra inputs ``names`` for ``batch`` rows (none asked of a model without them)."""
+    return model.extra_feeds(batch, names) if names else {}
+
+
 def _cut(model, layer, output):
-    """The sub-model from tensor ``layer`` (its only input) to ``output``."""
+    """The sub-model from tensor ``layer`` to ``output``; the model's extra inputs (inputs besides
+    the image) that the sub-model reads stay inputs of it."""
     proto = model.proto
     producer = {name: node for node in proto.graph.node for name in node.output}
     weights = {init.name for init in proto.graph.initializer}
+    extras = {vi.name: vi for vi in proto.graph.input if vi.name != model.input.name and vi.name not in weights}
     needed, stack, nodes = set(), [output], []
     while stack:
         name = stack.pop()
         if name in needed or name == layer or name in weights or name == "":
             continue
         needed.add(name)
+        if name in extras:
+            continue
         node = producer.get(name)
         if node is None:
             raise LayerError(f"'{output}' depends on '{name}' without passing through '{layer}': "
@@ -221,8 +251,10 @@ def _cut(model, layer, output):
     shape = model.layer(layer).shape
     graph = helper.make_graph(
         order, "head",
-        [helper.make_tensor_value_info(layer, 1, [d if isinstance(d, int) else None for d in shape])],
-        [vi for vi in proto.graph.output if vi.name == output],
+        [helper.make_tensor_value_info(layer, 1, [d if isinstance(d, int) else None for d in shape]),
+         *(vi for name, vi in extras.items() if name in needed)],
+        [next((vi for vi in proto.graph.output if vi.name == output), None)
+         or helper.make_tensor_value_info(output, 1, None)],
         [init for init in proto.graph.initializer if init.name in used],
     )
     return helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)

@@ -142,6 +142,7 @@ def class_visualization(model, target=None, layer=None, channel=None, steps=200,
     else:
         if layer is None:
             raise UsageError("a channel objective needs --layer")
+        layer = model.layer(layer).name  # a tensor, or a module's last 4-D tensor
         shape = model.run(x0, activations=[layer]).activations[layer].shape
         if len(shape) != 4 or not 0 <= int(channel) < shape[1]:
             raise UsageError(f"channel {channel} out of range: layer '{layer}' has shape {shape}; "

@@ -15,7 +15,8 @@ from engine.errors import LayerError, UnsupportedOpError, UsageError
 from engine.explain import attribution, methods
 from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
                                     output_names, scores_fn)
-from engine.explain.targets import OutputMask, resolve
+from engine.explain.outputs import describe, forward
+from engine.explain.targets import OutputMask, parse, resolve
 from engine.progress import Progress
 from engine.viz.overlay import resize_maps, to_unit
 
@@ -30,8 +31,12 @@ class Explanation:
     ``raw``: R×h×w maps after the ReLU, before normalization or resize (for several layers a dict
     layer → array); for saliency, the channel-reduced attribution at the input's resolution.
     ``maps``: R×H×W in [0, 1] at the images' size (the model's input size when images differ).
-    ``targets``: R class indices (−1 for output masks); ``scores``: the explained output, one row
-    per image; ``attributions``: saliency only, R × the input's shape.
+    ``targets``: R class indices (−1 for output masks and whole strings); ``scores``: the explained
+    output, one row per image, batch first (classifiers: N×C); ``attributions``: saliency only,
+    R × the input's shape. ``details``: per row, what the target resolved to (a box with its
+    class and score, the decoded text, a region); ``output``: the explained tensor, its kind and
+    whether it holds probabilities; ``empty``: R flags, True where the map is zero everywhere
+    (the target does not reach the layer: pick another layer or target).
     """
 
     raw: object
@@ -42,34 +47,46 @@ class Explanation:
     method: str
     layers: list = field(default_factory=list)
     attributions: np.ndarray = None
+    details: list = field(default_factory=list)
+    output: dict = field(default_factory=dict)
+    empty: np.ndarray = None
 
     def arrays(self):
-        """The arrays written to ``cams.npz``: raw (or raw/<layer>), maps, targets, scores, image."""
+        """The arrays written to ``cams.npz``: raw (or raw/<layer>), maps, targets, scores, image
+        and, when known, empty."""
         raw = self.raw if isinstance(self.raw, dict) else {"": self.raw}
         out = {("raw/" + k if k else "raw"): np.asarray(v, np.float32) for k, v in raw.items()}
         out.update(maps=self.maps.astype(np.float32), targets=self.targets, scores=self.scores, image=self.image)
+        if self.empty is not None:
+            out["empty"] = np.asarray(self.empty, bool)
         return out
 
 
 def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, tta=False,
-        eigen_smooth=False, output=None, progress=None):
+        eigen_smooth=False, output=None, progress=None, output_kind=None, logits=False, blank=0):
     """Explain ``images`` (paths or uint8 RGB arrays) with a CAM-family method.
 
     ``method``: cam, gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam,
-    ablationcam. ``layer``: "auto" (the model's default layer), a name or several (comma-separated
-    or a list; maps are averaged as pytorch-grad-cam does). ``targets``: "top", a class, one per
-    image, several per image, or an :class:`OutputMask`. ``tta``: average over flips and zooms
-    (0.9, 1, 1.1), each map warped back. ``eigen_smooth``: first principal component of the
-    weighted activations instead of their sum. For "top" targets the gradient methods need one
-    forward pass: the gradient comes from differentiating only the network after the layer.
+    ablationcam. ``layer``: "auto" (the default layer for the explained output), a name or
+    several (comma-separated or a list; maps are averaged as pytorch-grad-cam does).
+    ``targets``: "top", a class, one per image, several per image, an :class:`OutputMask`, or a
+    target of :mod:`engine.explain.targets`' vocabulary (``"box:0"``, ``"char:2"``, ``"text"``,
+    ``"class:3@region:0,0,32,32"``...). ``output``: the output (or any tensor) to explain, first
+    by default; ``output_kind`` overrides its inferred kind; ``logits``: explain the input of a
+    final Softmax; ``blank``: the CTC blank class of sequence outputs. ``tta``: average over flips
+    and zooms (0.9, 1, 1.1), each map warped back. ``eigen_smooth``: first principal component of
+    the weighted activations instead of their sum. For "top" class targets the gradient methods
+    need one forward pass: the gradient comes from differentiating only the network after the layer.
 
     >>> exp = cam(model, images, method="gradcam++", targets=[3, 5])
+    >>> exp = cam(detector, images, targets="box:0"); exp.details[0]["box"]
     """
     if method not in methods.METHODS:
         raise UsageError(f"unknown CAM method '{method}': use one of {', '.join(methods.METHODS)}")
     rgbs, out_size = _images(model, images)
-    output = output or output_names(model)[0]
-    extra = None
+    view = describe(model, model.preprocess(rgbs[:1]), output, output_kind, logits)
+    targets = parse(targets, model.labels) if isinstance(targets, str) else targets
+    output, extra = view.name, None
     if method == "cam":
         fc_layer, extra = fc_head(model, output)
         if layer not in (None, "auto") and layers_of(model, layer) != [fc_layer]:
@@ -77,41 +94,44 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
                              "leave --layer at auto or use --method gradcam")
         layers = [fc_layer]
     else:
-        layers = layers_of(model, layer)
+        layers = layers_of(model, layer, output)
     if method == "ablationcam":
-        extra = {n: head_fn(model, n, output) for n in layers}
-    top_fast = isinstance(targets, str) and targets == "top" and method in methods.GRADIENT_METHODS and not tta
-    heads = _top_heads(model, layers, output) if top_fast else None
+        extra = {n: head_fn(model, n, view) for n in layers}
+    top_fast = (getattr(targets, "kind", targets) == "top" and view.kind == "classifier"
+                and method in methods.GRADIENT_METHODS and not tta)
+    heads = _top_heads(model, layers, view) if top_fast else None
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
             x = model.preprocess(rgbs[start:start + batch])
             if heads:
-                raw, rows, scores = _top_raw(model, x, method, layers, output, eigen_smooth, heads)
+                raw, rows, scores = _top_raw(model, x, method, layers, view, eigen_smooth, heads)
             else:
-                rows, scores = _rows(model, x, targets, start, len(rgbs), output)
+                rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank)
                 transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
-                raw, row_outputs = _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra,
+                raw, row_outputs = _tta_raw(model, x, rows, method, layers, view, eigen_smooth, extra,
                                             transforms)
                 if scores is None:
                     scores = row_outputs[np.unique(rows.image, return_index=True)[1]]
-            parts.append((raw, rows, scores, start))
+            parts.append((raw, rows, _flat(scores, view), start))
             bar.update(len(x))
     raw = {layer_: np.concatenate([p[0][layer_] for p in parts]) for layer_ in layers}
-    labels, image, scores = _joined(parts)
+    labels, image, scores, details = _joined(parts)
+    empty = np.all([(raw[layer_] <= 0).all(axis=(1, 2)) for layer_ in layers], axis=0)
     maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
     return Explanation(raw[layers[0]] if len(layers) == 1 else raw, maps, labels, scores, image,
-                       method, layers)
+                       method, layers, details=details, output=view.to_dict(), empty=empty)
 
 
 def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce="absmax",
              samples=25, noise=0.15, steps=32, baseline="zero", layer="auto", output=None, rng=0,
-             progress=None):
+             progress=None, output_kind=None, logits=False, blank=0):
     """Input attributions for ``images``: vanilla, gradxinput, smoothgrad, integrated, guided,
     deconvnet, or guided-gradcam (guided backprop ⊙ the Grad-CAM map at ``layer``).
 
     ``samples``/``noise``: SmoothGrad; ``steps``/``baseline`` ("zero", "black" or a number in
-    model space): Integrated Gradients; ``reduce``: channel reduction for the maps.
+    model space): Integrated Gradients; ``reduce``: channel reduction for the maps. ``targets``,
+    ``output``, ``output_kind``, ``logits`` and ``blank`` as for :func:`cam`.
     The noise of SmoothGrad is seeded by ``rng`` and the batch's first image index.
 
     >>> exp = saliency(model, images, method="integrated", steps=64, baseline="black")
@@ -120,15 +140,17 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
     if method not in names:
         raise UsageError(f"unknown saliency method '{method}': use one of {', '.join(names)}")
     rgbs, out_size = _images(model, images)
-    output = output or output_names(model)[0]
-    gradient = gradient_fn(model, output)
+    view = describe(model, model.preprocess(rgbs[:1]), output, output_kind, logits)
+    targets = parse(targets, model.labels) if isinstance(targets, str) else targets
+    output = view.name
+    gradient = gradient_fn(model, view)
     layout = model.input.layout
-    layers = layers_of(model, layer) if method == "guided-gradcam" else None
+    layers = layers_of(model, layer, output) if method == "guided-gradcam" else None
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
             x = model.preprocess(rgbs[start:start + batch])
-            rows, scores = _rows(model, x, targets, start, len(rgbs), output, need_scores=True)
+            rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank, need_scores=True)
             xr, seeds = x[rows.image], rows.seeds
             if method == "smoothgrad":
                 attr = attribution.smoothgrad(gradient, xr, seeds, samples=samples, noise=noise,
@@ -138,19 +160,19 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
                 attr = attribution.integrated_gradients(gradient, xr, seeds, base, steps=steps, batch=batch)
             elif method == "guided-gradcam":
                 guided = attribution.guided_backprop(gradient, xr, seeds, batch=batch)
-                _, acts, grads = capture(model, xr, layers, seeds, output)
+                _, acts, grads = capture(model, xr, layers, seeds, view)
                 cams = to_unit(methods.gradcam(acts[layers[0]], grads[layers[0]]))
                 size = xr.shape[2:] if layout == "NCHW" else xr.shape[1:3]
                 attr = methods.guided_gradcam(resize_maps(cams, size), guided, layout)
             else:
                 attr = attribution.METHODS[method](gradient, xr, seeds, batch=batch)
-            parts.append((attr, rows, scores, start))
+            parts.append((attr, rows, _flat(scores, view), start))
             bar.update(len(x))
     attr = np.concatenate([p[0] for p in parts])
     raw = attribution.reduce(attr, reduce, layout)
-    labels, image, scores = _joined(parts)
+    labels, image, scores, details = _joined(parts)
     return Explanation(raw, resize_maps(to_unit(raw), out_size), labels, scores, image, method,
-                       [], attr)
+                       [], attr, details=details, output=view.to_dict(), empty=(raw == 0).all(axis=(1, 2)))
 
 
 def _images(model, images):
@@ -167,36 +189,47 @@ def _images(model, images):
 
 
 def _joined(parts):
-    """Labels, image indices (into all images) and scores of the batches' ``(maps, rows, scores, start)``."""
+    """Labels, image indices (into all images), scores and row details of the batches'
+    ``(maps, rows, scores, start)``."""
     labels = np.concatenate([rows.labels for _, rows, _, _ in parts])
     image = np.concatenate([rows.image + start for _, rows, _, start in parts])
     scores = np.concatenate([scores for _, _, scores, _ in parts])
-    return labels, image, scores
+    details = [detail for _, rows, _, _ in parts for detail in rows.details]
+    return labels, image, scores, details
 
 
-def _rows(model, x, targets, start, total, output, need_scores=False):
-    """Resolve the batch's targets (images ``start:start+len(x)`` of ``total``) into Rows.
+def _flat(scores, view):
+    """Scores batch first; a classifier's N×C×1×1 or N×1×C as N×C."""
+    return scores.reshape(len(scores), -1) if view.kind == "classifier" else scores
 
-    A forward pass gives the scores when ``need_scores``, for "top", or when the output shape is
-    not static; otherwise scores are None and come from the capture itself.
+
+def _rows(model, x, targets, start, total, view, blank=0, need_scores=False):
+    """Resolve the batch's targets (images ``start:start+len(x)`` of ``total``) into Rows (seeds
+    batch first: the capture functions take ``view`` to put them in the tensor's layout) and the
+    scores (batch first).
+
+    A forward pass gives the scores unless the targets are plain classes of a classifier (then
+    scores are None and come from the capture itself).
     """
-    index = output_names(model).index(output)
-    shape = model.outputs[index].shape
-    shape = tuple(shape[1:]) if shape and all(isinstance(d, int) for d in shape[1:]) else None
-    scores = None
-    if need_scores or shape is None or isinstance(targets, str):
-        scores = np.asarray(model.run(x).outputs[index])
-        shape = scores.shape[1:]
     n = len(x)
+    scores, boxes = None, None
+    plain = isinstance(targets, (int, np.integer, list, tuple, np.ndarray)) and view.kind == "classifier"
+    if need_scores or not plain:
+        values = forward(model, x, [view.name, *([view.boxes] if view.boxes else [])])
+        scores, boxes = view.rows(values[view.name]), values.get(view.boxes)
+    shape = scores.shape[1:] if scores is not None else view.row_shape
     if isinstance(targets, OutputMask):
         if np.shape(targets.mask) == (total, *shape):
             targets = OutputMask(np.asarray(targets.mask)[start:start + n])
-    elif not isinstance(targets, (str, int, np.integer)):
+    elif isinstance(targets, (list, tuple, np.ndarray)):
         targets = list(targets)
         if len(targets) != total:
             raise UsageError(f"got {len(targets)} targets for {total} images: give one per image")
         targets = targets[start:start + n]
-    return resolve(targets, n, shape, outputs=scores), scores
+    size = tuple(x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3])
+    rows = resolve(targets, n, shape, outputs=scores, kind=view.kind, boxes=boxes, input_size=size, blank=blank,
+                   labels=model.labels)
+    return rows, scores
 
 
 def _top_heads(model, layers, output):
@@ -207,52 +240,60 @@ def _top_heads(model, layers, output):
         return None
 
 
-def _top_raw(model, x, method, layers, output, eigen_smooth, heads):
+def _top_raw(model, x, method, layers, view, eigen_smooth, heads):
     """Top-1 maps from one forward pass with taps plus the gradient of the head after each layer."""
-    outputs, acts, _ = capture(model, x, layers)
-    scores = np.asarray(outputs[output_names(model).index(output)])
+    outputs, acts, _ = capture(model, x, layers, output=view.name)
+    scores = _values(model, outputs, acts, view.name)
     rows = resolve("top", len(x), scores.shape[1:], outputs=scores)
     fn = methods.GRADIENT_METHODS[method]
     raw = {n: fn(acts[n], heads[n](acts[n], rows.seeds), eigen_smooth) for n in layers}
     return raw, rows, scores
 
 
-def _tta_raw(model, x, rows, method, layers, output, eigen_smooth, extra, transforms):
+def _values(model, outputs, acts, name):
+    """The explained tensor's values from a capture: a graph output, or one of the activations."""
+    names = output_names(model)
+    return np.asarray(outputs[names.index(name)] if name in names else acts[name])
+
+
+def _tta_raw(model, x, rows, method, layers, view, eigen_smooth, extra, transforms):
     xr, layout = x[rows.image], model.input.layout
-    index = output_names(model).index(output)
     total = {layer: 0.0 for layer in layers}
     weight = {layer: 0.0 for layer in layers}
     row_outputs = None
     for flip, scale in transforms:
-        outputs, raw = _raw(model, _warp_inputs(xr, flip, scale, layout), rows, method, layers, output,
-                            eigen_smooth, extra)
+        explained, raw = _raw(model, _warp_inputs(xr, flip, scale, layout), rows, method, layers, view,
+                              eigen_smooth, extra)
         for layer in layers:
             back, valid = _unwarp_maps(raw[layer], flip, scale)
             total[layer] = total[layer] + back * valid
             weight[layer] = weight[layer] + valid
         if not flip and scale == 1.0:
-            row_outputs = np.asarray(outputs[index])
+            row_outputs = view.rows(explained)
     raw = {layer: (total[layer] / np.maximum(weight[layer], 1e-6)).astype(np.float32) for layer in layers}
     return raw, row_outputs
 
 
-def _raw(model, x, rows, method, layers, output, eigen_smooth, extra):
-    """(outputs, {layer: raw map}) of one method on the rows' inputs ``x``; ``extra`` holds the FC
-    weights (CAM) or {layer: head} (Ablation-CAM)."""
+def _raw(model, x, rows, method, layers, view, eigen_smooth, extra):
+    """(explained tensor's values, {layer: raw map}) of one method on the rows' inputs ``x`` for
+    the output ``view``;
+    ``extra`` holds the FC weights (CAM) or {layer: head} (Ablation-CAM)."""
     if method in methods.GRADIENT_METHODS:
-        outputs, acts, grads = capture(model, x, layers, rows.seeds, output)
-        return outputs, {n: methods.GRADIENT_METHODS[method](acts[n], grads[n], eigen_smooth) for n in layers}
-    outputs, acts, _ = capture(model, x, layers)
+        outputs, acts, grads = capture(model, x, layers, rows.seeds, view)
+        return _values(model, outputs, acts, view.name), {
+            n: methods.GRADIENT_METHODS[method](acts[n], grads[n], eigen_smooth) for n in layers}
+    outputs, acts, _ = capture(model, x, layers, output=view.name)
+    explained = _values(model, outputs, acts, view.name)
     if method == "eigencam":
-        return outputs, {n: methods.eigencam(acts[n]) for n in layers}
+        return explained, {n: methods.eigencam(acts[n]) for n in layers}
     if method == "cam":
-        return outputs, {n: methods.fc_cam(acts[n], extra[rows.labels], eigen_smooth) for n in layers}
+        return explained, {n: methods.fc_cam(acts[n], extra[rows.labels], eigen_smooth) for n in layers}
     if method == "scorecam":
-        return outputs, {n: methods.scorecam(acts[n], x, scores_fn(model, output), rows.seeds,
-                                             layout=model.input.layout, eigen_smooth=eigen_smooth)
-                         for n in layers}
-    return outputs, {n: methods.ablationcam(acts[n], extra[n], rows.seeds,
-                                            eigen_smooth=eigen_smooth) for n in layers}
+        return explained, {n: methods.scorecam(acts[n], x, scores_fn(model, view), rows.seeds,
+                                               layout=model.input.layout, eigen_smooth=eigen_smooth)
+                           for n in layers}
+    return explained, {n: methods.ablationcam(acts[n], extra[n], rows.seeds,
+                                              eigen_smooth=eigen_smooth) for n in layers}
 
 
 def _affine(flip, scale, h, w):

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from engine.errors import ModelLoadError
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
+INTEGER_PIXELS = frozenset({TensorProto.UINT8, TensorProto.INT8, TensorProto.UINT16})  # images fed as raw pixels
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ class ImageInput:
 
 
 def image_input(model, source="the model"):
-    """Find the one 4-D float graph input and its layout; ``source`` names the model in errors.
+    """Find the image input and its layout: the first 4-D float graph input (else the first 4-D
+    uint8/int8/uint16 one: raw pixels); any other input is an extra input the caller feeds.
+    ``source`` names the model in errors.
 
     The layout is where a channel dim of 1 or 3 sits (NCHW wins when both fit); with a dynamic
     channel dim, RGB is assumed; with neither (e.g. 4 channels), NCHW.
@@ -128,14 +131,13 @@ def image_input(model, source="the model"):
     """
     initializers = {init.name for init in model.graph.initializer}
     inputs = [vi for vi in model.graph.input if vi.name not in initializers]
-    images = [vi for vi in inputs if vi.type.tensor_type.elem_type in FLOAT_TYPES
-              and len(value_info_shape(vi) or ()) == 4]
-    if len(images) != 1:
+    four_d = [vi for vi in inputs if len(value_info_shape(vi) or ()) == 4]
+    images = [vi for vi in four_d if vi.type.tensor_type.elem_type in FLOAT_TYPES] \
+        or [vi for vi in four_d if vi.type.tensor_type.elem_type in INTEGER_PIXELS]
+    if not images:
         listed = ", ".join(f"{vi.name} {value_info_shape(vi)}" for vi in inputs) or "none"
-        problem = "no 4-D float input" if not images else "more than one 4-D float input"
-        raise ModelLoadError(
-            f"'{source}' has {problem} (inputs: {listed}): onnxlens needs one N×C×H×W or N×H×W×C float image input"
-        )
+        raise ModelLoadError(f"'{source}' has no 4-D float input (nor uint8) (inputs: {listed}): "
+                             "onnxlens needs an N×C×H×W or N×H×W×C image input")
     vi = images[0]
     shape = value_info_shape(vi)
     channel_dims = {"NCHW": shape[1], "NHWC": shape[3]}

@@ -19,6 +19,8 @@ from engine.data.files import atomic_path
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate
 from engine.graph.normalize import normalize, without_weights
+from engine.graph.pixels import float_image
+from engine.graph.shapes import INTEGER_PIXELS
 from engine.graph.taps import add_taps
 from engine.runtime.session import create_session
 
@@ -77,15 +79,19 @@ def build(model, request):
     """The rewritten model for ``request`` (not cached).
 
     Requested tensors are tapped before normalization so their names survive it; taps only
-    needed for gradients are dropped from the outputs again.
+    needed for gradients are dropped from the outputs again. An integer (uint8) input whose
+    gradient is requested becomes a float32 input (:func:`engine.graph.pixels.float_image`).
 
     >>> tapped = build(model, Request((64, 64), activations=("layer4",)))
     """
     originals = [o.name for o in model.graph.output]
     output = request.output or originals[0]
     wanted = list(dict.fromkeys([*request.activations, *request.gradients, output]))
-    inputs = {i.name for i in model.graph.input}
+    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     tapped = add_taps(model, [n for n in wanted if n not in inputs])  # the pipeline's one private copy
+    for name in request.gradients:
+        if inputs.get(name) in INTEGER_PIXELS:  # uint8 pixels: differentiated as float32 (fed as such)
+            float_image(tapped, name, inplace=True)
     rewritten = normalize(tapped, input_size=request.input_size, inplace=True)
     if request.gradients:
         rewritten = differentiate(rewritten, output, list(request.gradients), mode=request.mode)

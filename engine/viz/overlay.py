@@ -63,3 +63,23 @@ def strip(images, gap=2):
     for img in images:
         parts += [img, np.full((h, gap, 3), 255, np.uint8)]
     return np.concatenate(parts[:-1], axis=1)
+
+
+def draw_box(image, box, text=None, color=(255, 255, 255)):
+    """Draw an xyxy ``box`` (image pixels) with an optional caption on a copy of an RGB uint8 image.
+
+    >>> draw_box(overlay(image, cam_map), (12, 8, 40, 30), "dog 0.91")
+    """
+    out = np.ascontiguousarray(image).copy()
+    h, w = out.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, x2 = np.clip([x1, x2], 0, w - 1)
+    y1, y2 = np.clip([y1, y2], 0, h - 1)
+    thickness = max(1, round(min(h, w) / 200))
+    cv2.rectangle(out, (int(x1), int(y1)), (int(x2), int(y2)), (0, 0, 0), thickness + 2)
+    cv2.rectangle(out, (int(x1), int(y1)), (int(x2), int(y2)), color, thickness)
+    if text:
+        scale = max(0.3, min(h, w) / 500)
+        cv2.putText(out, text, (int(x1) + 2, max(int(y1) - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1,
+                    cv2.LINE_AA)
+    return out

@@ -1,0 +1,86 @@
+"""Which layer explains an output: the default Grad-CAM layer chosen from the output's cone.
+
+>>> default_layer(model.graph.node, [("layer4", ("N", 64, 7, 7))], "logits", (224, 224))
+'layer4'
+"""
+from engine.graph.autodiff import _feeds
+
+LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def default_layer(nodes, layers, output, size, layout="NCHW"):
+    """Among ``layers`` ((name, shape) of 4-D tensors, in graph order), the last that every branch
+    ending in ``output`` comes from, or None.
+
+    Considered: layers in ``output``'s cone, not ``output`` itself, before its last Conv/Gemm/MatMul
+    (not a head's score map), not after an LSTM/GRU/RNN, with spatial size > 1 and an image-like
+    aspect for an input of ``size`` (H, W) (a DFL or reshaped head is not one). Each branch's
+    nearest such layer is found walking back from ``output``; the answer is the last layer all of
+    them come from (the neck a detector's strides share; the last conv stage of a classifier).
+
+    >>> default_layer(nodes, layers, "out", (640, 640))        # YOLOv8: the stride-8 neck
+    """
+    cone = (_feeds(nodes, output) - _after_recurrent(nodes)) & _before_linear(nodes, output)
+    candidates = [name for name, shape in layers
+                  if name in cone and name != output and image_like(shape, size, layout)]
+    if not candidates:
+        return None
+    ends = _nearest(nodes, output, set(candidates))
+    shared = set.intersection(*(_feeds(nodes, e) for e in ends))
+    return ([c for c in candidates if c in shared] or candidates)[-1]
+
+
+def image_like(shape, size, layout="NCHW"):
+    """True for a 4-D shape with spatial size > 1 whose H and W (NCHW, or NHWC too for NHWC
+    models) are the input's ``size`` divided by about one stride (within 1.5×), or one of them 1
+    (a recognizer's collapsed height); unknown sizes count as image-like.
+
+    >>> image_like(("N", 1, 4, 8400), (640, 640))               # a DFL tensor
+    False
+    """
+    if shape[2] == shape[3] == 1 or shape[1] == shape[2] == 1:
+        return False
+    if None in size or not all(isinstance(d, int) for d in shape[1:]):
+        return True
+    grids = [shape[2:4], *([shape[1:3]] if layout == "NHWC" else [])]
+    ratios = [(size[0] / h, size[1] / w) for h, w in grids if h > 1 or w > 1]
+    return any(1 in grid for grid in grids) or any(max(r) <= 1.5 * min(r) for r in ratios)
+
+
+def _nearest(nodes, output, layers):
+    """The ``layers`` that reach ``output`` along some path through no other of ``layers``: the
+    last layer of each branch (each detector stride's head) that ``output`` is made from."""
+    producer = {name: node for node in nodes for name in node.output}
+    ends, seen, stack = [], set(), [output]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in layers and name != output:
+            ends.append(name)
+        elif name in producer:
+            stack.extend(producer[name].input)
+    return ends
+
+
+def _before_linear(nodes, output):
+    """Tensors that reach ``output`` through at least one Conv, ConvTranspose, Gemm or MatMul."""
+    feeds, before = {output}, set()
+    for node in reversed(nodes):
+        if not any(o in feeds for o in node.output):
+            continue
+        feeds.update(node.input)
+        if node.op_type in LINEAR or any(o in before for o in node.output):
+            before.update(node.input)
+    return before
+
+
+def _after_recurrent(nodes):
+    """Tensors computed from the output of an LSTM, GRU or RNN node (4-D, but not image maps)."""
+    after = set()
+    for node in nodes:
+        if node.op_type in RECURRENT or any(i in after for i in node.input):
+            after.update(node.output)
+    return after

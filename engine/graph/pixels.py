@@ -1,0 +1,79 @@
+"""Integer (uint8) image inputs: where the float arithmetic starts, and a float-input copy to
+differentiate (onnx only).
+
+A model that takes uint8 pixels casts them to float in the graph (often after a Transpose, before
+its own Sub/Div normalization). Gradients are taken with respect to that first float tensor; to
+return them per input pixel, :func:`float_image` feeds the image as float32 instead: the layout
+ops before the Cast carry floats unchanged and the Cast becomes float → float, so the gradient of
+the new float input is the gradient of the first float tensor, moved back to the input's layout.
+
+>>> first_float(model, "image")
+'/Cast_output_0'
+"""
+import onnx
+from onnx import TensorProto, helper
+
+from engine.errors import UnsupportedOpError
+from engine.graph.shapes import FLOAT_TYPES
+# Ops that move or select pixels whatever their type (each has a gradient rule).
+LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Identity", "Flatten", "Gather",
+                        "Split", "Concat", "Pad", "Resize"})
+SIZE_OPS = frozenset({"Shape", "Size"})  # read only the dims
+
+
+def first_float(model, image):
+    """The first float tensor computed from integer graph input ``image``: the output of the (first)
+    Cast that ends its chain of layout ops. Raises UnsupportedOpError when the pixels reach the
+    float arithmetic any other way (e.g. integer arithmetic first) or never do.
+
+    >>> first_float(model, "image")
+    '/Cast_output_0'
+    """
+    casts, _ = _float_casts(model, image)
+    if not casts:
+        raise UnsupportedOpError(f"the integer image '{image}' is never cast to float: no gradient reaches it; "
+                                 "explain a layer instead")
+    return casts[0].output[0]
+
+
+def float_image(model, image, inplace=False):
+    """``model`` with its integer input ``image`` as float32 (its Casts to float stay, float → float;
+    the declared types of the tensors before them are dropped). ``inplace=True`` edits ``model``.
+
+    >>> float_image(model, "image").graph.input[0].type.tensor_type.elem_type
+    1
+    """
+    _, on_path = _float_casts(model, image)  # raises where the pixels do anything but move before their Cast
+    out = model if inplace else _copy(model)
+    for vi in out.graph.input:
+        if vi.name == image:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    kept = [vi for vi in out.graph.value_info if vi.name not in on_path]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
+    return out
+
+
+def _copy(model):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _float_casts(model, image):
+    """The Casts to a float type that the integer pixels of ``image`` reach through layout ops, and
+    the tensors on the way (``image`` included)."""
+    on_path, casts = {image}, []
+    for node in model.graph.node:
+        if not on_path.intersection(node.input) or node.op_type in SIZE_OPS:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Cast" and attrs.get("to") in FLOAT_TYPES:
+            casts.append(node)
+        elif node.op_type in LAYOUT_OPS and (node.op_type != "Gather" or node.input[0] in on_path):
+            on_path.update(name for name in node.output if name)
+        else:
+            raise UnsupportedOpError(
+                f"the integer image '{image}' goes through {node.op_type} ({node.name or node.output[0]!r}) "
+                "before its Cast to float: gradients w.r.t. the image are not available; explain a layer instead")
+    return casts, on_path
