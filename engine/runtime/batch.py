@@ -76,8 +76,8 @@ def in_chunks(fn, size, *arrays, axes=None):
 
 
 def _rows(array, axis, start, size):
-    """Rows ``start:start + size`` of ``array`` along ``axis``, padded with zeros to ``size``."""
-    block = np.take(array, np.arange(start, min(start + size, array.shape[axis])), axis=axis)
+    """Rows ``start:start + size`` of ``array`` along ``axis`` (a view), padded with zeros to ``size``."""
+    block = array[(slice(None),) * axis + (slice(start, start + size),)]
     missing = size - block.shape[axis]
     if missing:
         pad = list(block.shape)
@@ -92,7 +92,7 @@ def _trimmed(result, size, rows):
     if not axes:
         return result, 0
     axis = 0 if 0 in axes else axes[0]
-    return np.take(result, np.arange(rows), axis=axis), axis
+    return (result if rows == size else result[(slice(None),) * axis + (slice(0, rows),)]), axis
 
 
 def _other_inputs(proto, image):
