@@ -333,13 +333,14 @@ _explain_options = _options(
 @click.option("--layer", default="auto", show_default=True, help="Layer name(s), comma-separated, or auto.")
 @click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
+@_input_size_option
 @_extra_input_option
 def cam(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json, method,
-        layer, tta, eigen_smooth, inputs):
+        layer, tta, eigen_smooth, size, inputs):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
     from engine.explain import cam as explain_cam
 
-    model = _load(model, inputs, provider=provider)
+    model = _load(model, inputs, provider=provider, input_size=size)
     exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
                       batch=batch, tta=tta, eigen_smooth=eigen_smooth, output=output_name, output_kind=output_kind,
                       logits=logits, blank=blank)
@@ -356,13 +357,14 @@ def cam(model, images, target, output_kind, output_name, logits, blank, out, bat
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
+@_input_size_option
 @_extra_input_option
 def saliency(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json,
-             method, samples, noise, steps, baseline, layer, inputs):
+             method, samples, noise, steps, baseline, layer, size, inputs):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
     from engine.explain import saliency as explain_saliency
 
-    model = _load(model, inputs, provider=provider)
+    model = _load(model, inputs, provider=provider, input_size=size)
     exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
                            batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer,
                            output=output_name, output_kind=output_kind, logits=logits, blank=blank)
@@ -386,14 +388,15 @@ def saliency(model, images, target, output_kind, output_name, logits, blank, out
 @click.option("--seed", default=0, show_default=True, type=int)
 @_provider_option
 @click.option("--out", required=True, metavar="PNG", help="Result image; the strip of steps goes to <name>_steps.png.")
+@_input_size_option
 @_extra_input_option
 def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
-             provider, out, inputs):
+             provider, out, size, inputs):
     """Class (or channel) visualization by gradient ascent on the input."""
     from engine.explain import class_visualization
     from engine.viz.overlay import strip
 
-    model = _load(model, inputs, provider=provider)
+    model = _load(model, inputs, provider=provider, input_size=size)
     target = None if target is None else _explain_target(target, model)
     if target is not None and getattr(target, "kind", None) != "class":
         raise UsageError("--target: give one class (an index or a label)")
@@ -427,9 +430,10 @@ def _image_files(paths):
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
 @_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_input_size_option
 @_extra_input_option
 @_scale_options
-def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json, inputs, scale):
+def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json, size, inputs, scale):
     """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
     from engine.data.images import read_image
     from engine.explain import evaluate as explain_evaluate
@@ -450,8 +454,8 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, pro
         object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files]
         if len({m.shape for m in object_masks}) > 1:
             raise UsageError("masks differ in size: evaluate images of one size at a time")
-    report = explain_evaluate(_load(model, inputs, provider=provider), pictures, object_masks, labels=labels,
-                              method=method, layer=layer, steps=steps, batch=batch, scale=scale)
+    report = explain_evaluate(_load(model, inputs, provider=provider, input_size=size), pictures, object_masks,
+                              labels=labels, method=method, layer=layer, steps=steps, batch=batch, scale=scale)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -498,15 +502,16 @@ _image_set_options = _options(
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@_input_size_option
 @_extra_input_option
 @_scale_options
-def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json, inputs, scale):
+def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json, size, inputs, scale):
     """Extract one feature vector per image at a layer; report kNN label purity."""
     from engine.analyze.embeddings import embed as run_embed
     from engine.analyze.neighbors import purity
 
-    result = run_embed(_load(model, inputs), _source(images, synth_n, seed, concepts), layer=layer, out=out,
-                       batch_size=batch_size, scale=scale)
+    result = run_embed(_load(model, inputs, input_size=size), _source(images, synth_n, seed, concepts), layer=layer,
+                       out=out, batch_size=batch_size, scale=scale)
     info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
     if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
         info["knn_purity"] = round(purity(result.features, result.labels, k=k), 4)
@@ -567,12 +572,13 @@ def project(folder, method, thumbnails, seed, out):
 @click.argument("model")
 @click.option("--layer", help="A Conv layer (default: the first Conv).")
 @click.option("--out", required=True, metavar="PNG")
+@_input_size_option
 @_extra_input_option
-def filters(model, layer, out, inputs):
+def filters(model, layer, out, size, inputs):
     """Draw a Conv layer's filters as a grid, each normalized on its own."""
     from engine.analyze.filters import filters_picture
 
-    write_image(out, filters_picture(_load(model, inputs), layer))
+    write_image(out, filters_picture(_load(model, inputs, input_size=size), layer))
     click.echo(f"wrote {out}")
 
 
@@ -581,13 +587,14 @@ def filters(model, layer, out, inputs):
 @click.argument("image")
 @click.option("--layer", required=True, help="Layer whose channel maps to draw.")
 @click.option("--out", required=True, metavar="PNG")
+@_input_size_option
 @_extra_input_option
-def activations(model, image, layer, out, inputs):
+def activations(model, image, layer, out, size, inputs):
     """Draw every channel map of a layer for one image, the image beside them."""
     from engine.analyze.filters import activations_picture
     from engine.analyze.sources import read_named
 
-    write_image(out, activations_picture(_load(model, inputs), read_named(image), layer))
+    write_image(out, activations_picture(_load(model, inputs, input_size=size), read_named(image), layer))
     click.echo(f"wrote {out}")
 
 
@@ -602,14 +609,15 @@ def activations(model, image, layer, out, inputs):
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", required=True, metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
+@_input_size_option
 @_extra_input_option
 @_scale_options
-def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json, inputs, scale):
+def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json, size, inputs, scale):
     """Network Dissection: label each unit of a layer with the concept its top activations cover."""
     from engine.analyze.dissection import dissect as run_dissect, write_dissection
     from engine.data.broden import read_concepts
 
-    model, dataset = _load(model, inputs), read_concepts(concepts)
+    model, dataset = _load(model, inputs, input_size=size), read_concepts(concepts)
     result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size,
                          scale=scale)
     write_dissection(result, out, model, dataset, images_per_unit=top)
@@ -694,9 +702,10 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
+@_input_size_option
 @_extra_input_option
 @_scale_options
-def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir, inputs, scale):
+def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir, size, inputs, scale):
     """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
     from engine.analyze.robustness import named_ops, robustness as check
 
@@ -709,8 +718,8 @@ def robustness(model, images, synth, seed, spec, method, layer, batch, provider,
         pictures = generate(synth, seed=seed).images
     else:
         pictures = _image_files(images)
-    report = check(_load(model, inputs, provider=provider), pictures, spec, seed=seed, method=method, layer=layer,
-                   batch=batch, scale=scale)
+    report = check(_load(model, inputs, provider=provider, input_size=size), pictures, spec, seed=seed, method=method,
+                   layer=layer, batch=batch, scale=scale)
     info = {"model": model, "seed": seed, **report.to_dict()}
     if out_dir:
         write_json(Path(out_dir) / "robustness.json", info)
@@ -751,13 +760,15 @@ _audit_data_options = _options(
 @click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
 @click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
 @click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
+@_input_size_option
 @_extra_input_option
 @_scale_options
-def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps, inputs, scale):
+def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps, size, inputs,
+          scale):
     """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
     from engine.audit import Options, audit as run_audit, choose
 
-    loaded = _load(model, inputs, provider=provider)
+    loaded = _load(model, inputs, provider=provider, input_size=size)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
     path, _ = run_audit(loaded, data, out, options, log=_log_section, scale=scale)
@@ -772,13 +783,15 @@ def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dis
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
 @_provider_option
+@_input_size_option
 @_extra_input_option
-def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider, inputs):
+def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider, size, inputs):
     """Agreement of two variants of one network: outputs and Grad-CAM maps."""
     from engine.audit import choose, compare as run_compare
     from engine.audit.compare import write_comparison
 
-    a, b = _load(model_a, inputs, provider=provider), _load(model_b, inputs, provider=provider)
+    a = _load(model_a, inputs, provider=provider, input_size=size)
+    b = _load(model_b, inputs, provider=provider, input_size=size)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=a.labels)
     result = run_compare(a, b, data.images, names=data.names)
     summary = result.summary(worst)

@@ -22,7 +22,8 @@ from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
 from engine.runtime import feeds as extras, rewrite
-from engine.runtime.session import create_session
+from engine.runtime.batch import batch_plan, in_chunks
+from engine.runtime.session import RUN_ERRORS, create_session
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,11 @@ class Model:
     """An ONNX image model on ONNX Runtime.
 
     ``provider``: "auto" (CUDA when available, else CPU), an ORT provider name or a list.
-    ``input_size``: (H, W) to run at; required for inputs with dynamic spatial dims when images
-    differ in size, and must equal the declared size of static inputs. ``preprocess``: a preset
+    ``input_size``: (H, W) to run at; must equal the declared size of static inputs. With
+    dynamic spatial dims and no ``input_size``, each call runs at the size of its first image
+    and resizes the other images of the call to it. Any batch size works: a static batch is made
+    symbolic when running the freed graph at batches 3 and 1 gives the original's outputs, else
+    the model runs in blocks of its batch (``-1`` and unnamed dims count as dynamic). ``preprocess``: a preset
     name (imagenet, unit, symmetric, raw) or a mapping ``{"preset": ..., "channel_order": "BGR"}``;
     fields given here override the model's metadata (``preprocess``, ``channel_order``), and the
     default is imagenet RGB. ``labels``: a labels file path or a list of names, else the
@@ -122,6 +126,8 @@ class Model:
                 f"input '{self.input.name}' of '{self.path}' has shape {self.input.shape}: "
                 "no channel dim of size 1 or 3 in position 1 or 3; onnxlens feeds RGB or gray images")
         self.input_size = self._choose_size(input_size)
+        self.proto, self._chunk, self._freed = self._batch_plan()
+        self.input = shapes.image_input(self.proto, source=self.path)  # a freed batch is symbolic
         raw_pixels = {"preprocess": "raw"} if self.input.dtype.kind in "iu" else {}  # uint8 input: no normalization
         self.preprocessing = presets.resolve(preprocess, {**raw_pixels, **self.metadata})
         self.labels = self._choose_labels(labels)
@@ -150,6 +156,11 @@ class Model:
                     "leave the input size out or pass the declared one"
                 )
         return (height, width)
+
+    def _batch_plan(self):
+        """(model to run, fixed batch to run in chunks of or None, whether the batch was freed)."""
+        plan = batch_plan(self.proto, self.input_size, provider=self.provider, threads=self.threads)
+        return plan.proto, plan.chunk, plan.freed
 
     def _choose_labels(self, labels):
         if labels is None and "labels" in self.metadata:
@@ -377,14 +388,17 @@ class Model:
     @cached_property
     def session(self):
         """The ONNX Runtime session, created on first use."""
-        # A float16 file takes float16 arrays: run its widened form, which takes float32 ones.
-        source = self.proto if self._float16_io else self.path
+        # A float16 file takes float16 arrays: run its widened form, which takes float32 ones; a freed
+        # static batch runs the freed graph.
+        source = self.proto if self._float16_io or self._freed else self.path
         return create_session(source, provider=self.provider, threads=self.threads)
 
-    def preprocess(self, images):
+    def preprocess(self, images, size=None):
         """Turn images (paths or uint8 H×W×3 RGB arrays) into one float batch in the model's layout.
 
-        Images are resized to the input size (INTER_AREA shrinking, INTER_LINEAR enlarging).
+        Images are resized (INTER_AREA shrinking, INTER_LINEAR enlarging) to the input size; with
+        dynamic spatial dims and no ``input_size``, to ``size`` (H, W) when given, else to the size
+        of the first image.
 
         >>> model.preprocess(["a.png", np.zeros((96, 96, 3), np.uint8)]).shape
         (2, 3, 64, 64)
@@ -393,14 +407,7 @@ class Model:
         if not items:
             raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
         rgbs = [as_rgb(item) for item in items]
-        size = self.input_size
-        if size is None:
-            sizes = {rgb.shape[:2] for rgb in rgbs}
-            if len(sizes) > 1:
-                raise InputShapeError(
-                    f"'{self.path.name}' has dynamic spatial dims and the images differ in size: pass input_size=(H, W)"
-                )
-            size = tuple(d if d is not None else s for d, s in zip(self.input.size, sizes.pop()))
+        size = self.input_size or tuple(d or int(s) for d, s in zip(self.input.size, size or rgbs[0].shape[:2]))
         batch = np.stack([resize(rgb, size) for rgb in rgbs])
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
         return _as_dtype(x, self.input.dtype)
@@ -414,6 +421,8 @@ class Model:
         repeated), or ``{tensor_name: array}`` to seed another output or any intermediate tensor
         (e.g. one channel of a layer, to maximize it). ``mode``: standard, guided or deconvnet backward.
         The rewritten model is built once per request and cached on disk (``$ONNXLENS_CACHE``).
+        Any batch size works: a model exported with a static batch that the graph does not let
+        go of runs in blocks of that batch (the last one padded), seeds and gradients included.
 
         >>> r = model.run(x, activations=["layer4"], gradients=["layer4", "input"], seed=np.eye(8)[[3]])
         >>> r.gradients["input"].shape == x.shape
@@ -422,34 +431,53 @@ class Model:
         x, given = self._check_input(x), x
         activations = self._names(activations, "activations")
         gradients = self._names(gradients, "gradients")
-        feeds = {self.input.name: x, **self.extra_feeds(len(x))}
-        if not activations and not gradients:
-            return RunResult(self.session.run(None, feeds))
-        output = None
+        output, seeds = None, np.zeros((len(x), 0), np.float32)
         if gradients:
             if mode not in MODES:
                 raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-            output, feeds[SEED] = self._seed(seed, x)
-        wrt = tuple(dict.fromkeys(self.input.name if g == "input" else g for g in gradients))
-        if self.input.name in wrt and self.input.dtype.kind in "iu":  # pixels differentiated as float32
-            feeds[self.input.name] = np.asarray(given, np.float32)
-        request = rewrite.Request(self._size_of(x), tuple(dict.fromkeys(activations)), wrt, output,
+            output, seeds = self._seed(seed, x)
+        activations, gradients = list(dict.fromkeys(activations)), list(dict.fromkeys(gradients))
+        pixels = "input" in gradients and self.input.dtype.kind in "iu"  # uint8 pixels differentiated as float32
+        feed = np.asarray(given, np.float32) if pixels else x
+        execute = self._executor(activations, gradients, output, mode, self._size_of(x))
+        try:
+            if self._chunk and len(x) != self._chunk:  # a static batch the graph holds on to
+                values = in_chunks(execute, self._chunk, feed, seeds, axes=[0, _batch_axis(seeds, len(x))])
+            else:
+                values = execute(feed, seeds)
+        except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise InputShapeError(f"ONNX Runtime cannot run '{self.path.name}' on a {_shown(x.shape)} batch "
+                                  f"({reason}): try another input size (--size HxW), e.g. a multiple of 32") from err
+        n, k = len(self.proto.graph.output), len(activations)
+        return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
+
+    def _executor(self, activations, gradients, output, mode, size):
+        """``execute(x, seeds)`` → [outputs..., activations..., gradients...] of one batch (extra
+        inputs fed for its rows); the session is looked up once per call of :meth:`run`, not once
+        per block."""
+        image = self.input.name
+        if not activations and not gradients:
+            session = self.session
+            return lambda x, seeds: session.run(None, {image: x, **self.extra_feeds(len(x))})
+        wrt = [image if g == "input" else g for g in gradients]
+        request = rewrite.Request(size, tuple(activations), tuple(dict.fromkeys(wrt)), output,
                                   mode if gradients else "standard")
         session = self._rewritten_session(request)
-        names = [o.name for o in self.proto.graph.output]
-        wanted = dict.fromkeys([*names, *activations, *(grad_name(t) for t in wrt)])
-        fetch = [name for name in wanted if name != self.input.name]  # the input is returned as given
-        values = dict(zip(fetch, session.run(fetch, feeds)))
-        values[self.input.name] = x
-        return RunResult(
-            [values[n] for n in names],
-            {n: values[n] for n in activations},
-            {g: values[grad_name(self.input.name if g == "input" else g)] for g in gradients},
-        )
+        wanted = [*(o.name for o in self.proto.graph.output), *activations, *(grad_name(t) for t in wrt)]
+        fetch = [name for name in dict.fromkeys(wanted) if name != self.input.name]  # the input is returned as given
+
+        def execute(x, seeds):
+            feeds = {image: x, **self.extra_feeds(len(x)), **({SEED: seeds} if gradients else {})}
+            values = dict(zip(fetch, session.run(fetch, feeds)))
+            values[self.input.name] = x
+            return [values[name] for name in wanted]
+
+        return execute
 
     def _check_input(self, x):
         x = np.asarray(x)
-        expected = self._expected_shape
+        expected = (None, *self._expected_shape[1:])  # any batch: a fixed one runs in chunks
         if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
             raise InputShapeError(
                 f"'{self.path.name}' takes {self.input.layout} arrays of shape {_shown(expected)}, got {_shown(x.shape)}: "
@@ -540,19 +568,21 @@ class Model:
         if int(top) < 1:
             raise UsageError(f"top must be at least 1, got {top}")
         items = image_list(images)
-        step = self.input.batch or max(1, int(batch_size))
+        step = max(1, int(batch_size))
         predictions = []
         for start in range(0, len(items), step):
             chunk = items[start:start + step]
-            x = self.preprocess(chunk)
-            if self.input.batch and len(chunk) < self.input.batch:
-                x = np.concatenate([x, np.zeros((self.input.batch - len(chunk), *x.shape[1:]), x.dtype)])
-            scores = probabilities(self.run(x).outputs[0][: len(chunk)])
+            scores = probabilities(self.run(self.preprocess(chunk)).outputs[0])
             for item, row in zip(chunk, scores):
                 order = np.argsort(-row, kind="stable")[: int(top)]
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]
                 predictions.append(Prediction(str(item) if isinstance(item, (str, Path)) else None, ranked))
         return predictions
+
+
+def _batch_axis(seeds, batch):
+    """The axis of ``seeds`` with one row per image: 0, else the first of that length (T×N×C)."""
+    return 0 if seeds.shape[0] == batch else next((a for a, d in enumerate(seeds.shape) if d == batch), 0)
 
 
 def _as_dtype(x, dtype):

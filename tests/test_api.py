@@ -67,13 +67,15 @@ def test_nhwc_dynamic_without_metadata(tmp_path):
     assert m.input_size is None and m.labels is None
     assert (m.preprocessing.preset, m.preprocessing.channel_order) == ("imagenet", "RGB")
     assert m.preprocess(IMAGES[1]).shape == (1, 20, 14, 3)
-    with pytest.raises(InputShapeError, match="input_size"):
-        m.preprocess(IMAGES[:2])
+    mixed = m.preprocess(IMAGES[1:3])  # images of several sizes: all at the first one's size
+    assert mixed.shape == (2, 20, 14, 3)
+    np.testing.assert_array_equal(mixed[1], m.preprocess(cv2.resize(IMAGES[2], (14, 20)))[0])
+    assert m.preprocess(IMAGES[:2], size=(6, 7)).shape == (2, 6, 7, 3)
 
 
 def test_static_batch_dynamic_channels_and_gray_inputs(tmp_path):
     static = model(tmp_path, "s.onnx", shape=(1, 3, 8, 8))
-    assert static.input.batch == 1 and static.input.dynamic == ()
+    assert static.input.batch is None and static.input.dynamic == ("N",)  # its batch of 1 was freed
     unknown_channels = model(tmp_path, "c.onnx", shape=("N", "C", "H", "W"))
     assert (unknown_channels.input.layout, unknown_channels.input.channels) == ("NCHW", 3)
     gray = model(tmp_path, "g.onnx", layout="NHWC", shape=("N", 8, 8, 1))

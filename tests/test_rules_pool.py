@@ -41,6 +41,11 @@ def test_global_pools(op):
     check(lambda dt: node_model(op, [X], dt))
 
 
+def test_global_average_pool_with_symbolic_spatial_dims():
+    """Dynamic H×W (the count of positions is computed at run time); the check runs at 2×2."""
+    check(lambda dt: node_model("GlobalAveragePool", [("N", 3, "H", "W")], dt))
+
+
 @pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceMax"])
 @pytest.mark.parametrize("axes", [[1], [-1, 2], [0, 3], None])
 @pytest.mark.parametrize("keepdims", [0, 1])

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from engine.analyze.accumulators import TopK
-from engine.analyze.stream import stream
+from engine.analyze.stream import run_size, stream
 from engine.data.files import write_image, write_json
 from engine.data.images import resize
 from engine.errors import InputShapeError, LayerError, UsageError
@@ -30,15 +30,17 @@ class Patches:
     size: tuple
 
 
-def layer_field(model, layer):
-    """The receptive field (``engine.graph.receptive.Field``) of ``layer`` at the model's input size.
+def layer_field(model, layer, size=None):
+    """The receptive field (``engine.graph.receptive.Field``) of ``layer`` at the model's input
+    size, or at ``size`` (H, W) for a model with dynamic spatial dims.
 
     >>> layer_field(model, "relu2").size
     (8, 8)
     """
-    if model.input_size is None:
+    size = model.input_size or size
+    if size is None:
         raise InputShapeError(f"'{model.path.name}' has dynamic spatial dims: give an input size (--size HxW)")
-    fields = receptive_fields(normalize(add_taps(model.proto, [layer]), input_size=model.input_size, inplace=True))
+    fields = receptive_fields(normalize(add_taps(model.proto, [layer]), input_size=size, inplace=True))
     if layer not in fields:
         raise LayerError(f"'{layer}' is not a 4-D feature map computed from the image: pick a conv layer")
     return fields[layer]
@@ -93,7 +95,8 @@ def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=No
     [10, 2, 18, 10]
     """
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
-    field = layer_field(model, layer)
+    size = run_size(model, source)  # dynamic H×W: the size every batch runs at
+    field = layer_field(model, layer, size)
     job, acc = PatchJob(source, layer, channels, int(top), int(batch_size)), None
     with runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
         for chosen, part in run.map("peaks", shards(len(source), run.shard_size), label="patches"):
@@ -105,8 +108,8 @@ def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=No
             index, y, x = (int(best[k][j, rank]) for k in ("image", "y", "x"))
             rows.append({"channel": channel, "rank": rank, "image": source.names[index], "index": index,
                          "y": y, "x": x, "value": float(best["value"][j, rank]),
-                         "box": list(box(field, y, x, model.input_size))})
-    return Patches(layer, rows, field, model.input_size)
+                         "box": list(box(field, y, x, size))})
+    return Patches(layer, rows, field, size)
 
 
 def crop(image, bounds, fill=0):

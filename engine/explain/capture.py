@@ -15,6 +15,7 @@ from engine.explain.outputs import OutputView, forward
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
 from engine.graph.shapes import constant_tensors
+from engine.runtime.batch import in_chunks
 from engine.runtime.session import create_session
 
 
@@ -183,8 +184,8 @@ def head_fn(model, layer, output=None):
     sub = _cut(model, layer, output)
     session = create_session(sub, provider=model.provider, threads=model.threads)
     extras = _extra_names(sub, layer)
-    return lambda acts: to_rows(session.run([output], {layer: np.asarray(acts, np.float32),
-                                                       **_extra_feeds(model, extras, len(acts))})[0])
+    return _any_batch(model, lambda acts: to_rows(session.run([output], {layer: np.asarray(acts, np.float32),
+                                                                          **_extra_feeds(model, extras, len(acts))})[0]))
 
 
 @_per_model
@@ -201,9 +202,16 @@ def head_gradient_fn(model, layer, output=None):
     sub = differentiate(normalize(_cut(model, layer, output)), output, [layer])
     session = create_session(sub, provider=model.provider, threads=model.threads)
     extras = _extra_names(sub, layer)
-    return lambda acts, seeds: session.run([grad_name(layer)], {layer: np.asarray(acts, np.float32),
-                                                                 SEED: np.asarray(to_model(seeds), np.float32),
-                                                                 **_extra_feeds(model, extras, len(acts))})[0]
+    return _any_batch(model, lambda acts, seeds: session.run([grad_name(layer)], {
+        layer: np.asarray(acts, np.float32), SEED: np.asarray(to_model(seeds), np.float32),
+        **_extra_feeds(model, extras, len(acts))})[0])
+
+
+def _any_batch(model, fn):
+    """``fn`` (arrays with one row per image → array) for any number of rows: in blocks of the
+    model's static batch when it has one that could not be freed (see engine.runtime.batch)."""
+    fixed = getattr(model.input, "batch", None)  # duck-typed models (tests) may leave it out
+    return fn if fixed is None else lambda *arrays: in_chunks(fn, fixed, *arrays)
 
 
 def _extra_names(sub, layer):

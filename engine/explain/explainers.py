@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from engine.data.images import as_rgb, image_list
-from engine.errors import LayerError, UsageError
+from engine.data.images import as_rgb, image_list, resize
+from engine.errors import LayerError, UnsupportedOpError, UsageError
 from engine.explain import attribution, methods
 from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
                                     output_names, scores_fn)
@@ -182,6 +182,9 @@ def _images(model, images):
     rgbs = [as_rgb(item) for item in items]
     sizes = {rgb.shape[:2] for rgb in rgbs}
     out_size = sizes.pop() if len(sizes) == 1 else model.input_size
+    if out_size is None:  # dynamic spatial dims, images of several sizes: all at the first one's size
+        out_size = rgbs[0].shape[:2]
+        rgbs = [resize(rgb, out_size) for rgb in rgbs]
     return rgbs, out_size
 
 
@@ -233,7 +236,7 @@ def _top_heads(model, layers, output):
     """Head gradients for the top-1 fast path, or None when a layer does not cut the network."""
     try:
         return {n: head_gradient_fn(model, n, output) for n in layers}
-    except LayerError:
+    except (LayerError, UnsupportedOpError):  # e.g. a head rule that needs the input size: full capture
         return None
 
 

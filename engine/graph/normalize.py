@@ -47,6 +47,7 @@ def normalize(model: onnx.ModelProto, input_size=None, inplace=False) -> onnx.Mo
     model = drop_initializer_inputs(model, inplace=inplace)
     model = dequantize_operators(model, inplace=True)
     model = widen_float16(model, inplace=True)
+    model = name_dynamic_dims(model, inplace=True)
     model = upgrade_opset(model, inplace=True)
     if input_size is not None:
         model = specialize_input(model, input_size, inplace=True)
@@ -78,10 +79,14 @@ def drop_initializer_inputs(model: onnx.ModelProto, inplace=False) -> onnx.Model
     return out
 
 
-def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET, inplace=False) -> onnx.ModelProto:
+def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET, inplace=False,
+                  strict=False) -> onnx.ModelProto:
     """Convert the default-domain opset to ``target`` when it is older (newer ones stay).
 
-    Raises ModelLoadError naming the first node the ONNX version converter cannot upgrade.
+    Custom domains (``com.microsoft``, ``Paddle``) are kept as they are. When the ONNX version
+    converter fails but every op still exists at ``target``, the model keeps its own opset (the
+    gradient rules read each op at the model's opset); otherwise (an op removed since, or
+    ``strict``) ModelLoadError names the first node the converter cannot upgrade.
 
     Example:
         >>> upgrade_opset(opset9_model).opset_import[0].version  # doctest: +SKIP
@@ -97,12 +102,37 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET, inplace=Fa
         except Exception as exc:  # the converter raises RuntimeError/ConvertError/IndexError ...
             error = exc
             continue
-        out.ir_version = max(out.ir_version, helper.find_min_ir_version_for(out.opset_import))
+        out.ir_version = max(out.ir_version, helper.find_min_ir_version_for(out.opset_import, ignore_unknown=True))
         return _with_weights(out, restore)
-    raise ModelLoadError(
-        f"Cannot upgrade the model from opset {_opset(model)} to {target}: "
-        f"{_blocking_node(skeleton, target, error)}. Re-export the model at opset {target} "
-        "or newer.")
+    removed = [n for n in model.graph.node if n.domain in _DEFAULT_DOMAINS and not onnx.defs.has(n.op_type, target)]
+    if strict or removed:
+        raise ModelLoadError(
+            f"Cannot upgrade the model from opset {_opset(model)} to {target}: "
+            f"{_blocking_node(skeleton, target, error)}. Re-export the model at opset {target} "
+            "or newer.")
+    return model if inplace else _copy(model)  # the rules read each op at its own opset
+
+
+def name_dynamic_dims(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
+    """Give a name to every dynamic dim of the graph inputs: legacy ``dim_value: -1`` (older
+    paddle2onnx / keras2onnx files) and unnamed dims become ``"batch"`` (dim 0) or
+    ``"<input>_<axis>"``, so that shape inference and the passes see one symbolic form.
+
+    Example:
+        >>> dims(name_dynamic_dims(paddle_model).graph.input[0])  # [-1, 3, -1, -1] ->  # doctest: +SKIP
+        ['batch', 3, 'x_2', 'x_3']
+    """
+    out = model if inplace else _copy(model)
+    weights = {t.name for t in out.graph.initializer}
+    for value_info in out.graph.input:
+        tensor_type = value_info.type.tensor_type
+        if value_info.name in weights or not tensor_type.HasField("shape"):
+            continue
+        for axis, dim in enumerate(tensor_type.shape.dim):
+            if (dim.HasField("dim_value") and dim.dim_value < 0) or not (dim.HasField("dim_value") or dim.dim_param):
+                dim.Clear()
+                dim.dim_param = "batch" if axis == 0 else f"{value_info.name}_{axis}"
+    return out
 
 
 def specialize_input(model: onnx.ModelProto, input_size, inplace=False) -> onnx.ModelProto:
@@ -120,13 +150,13 @@ def specialize_input(model: onnx.ModelProto, input_size, inplace=False) -> onnx.
     dims = image.type.tensor_type.shape.dim
     axes = (1, 2) if layout == "NHWC" else (2, 3)
     for axis, size in zip(axes, (height, width)):
-        if dims[axis].HasField("dim_value") and dims[axis].dim_value not in (0, size):
+        if dims[axis].HasField("dim_value") and dims[axis].dim_value > 0 and dims[axis].dim_value != size:
             raise InputShapeError(
                 f"Input {image.name!r} is fixed at {list(value_info_shape(image))}; it cannot take size "
                 f"{height}x{width}. Use the model's own input size.")
         dims[axis].Clear()
         dims[axis].dim_value = size
-    if not dims[0].dim_param and not dims[0].dim_value:
+    if not dims[0].dim_param and dims[0].dim_value <= 0:
         dims[0].Clear()
         dims[0].dim_param = "batch"
     for output in out.graph.output:
@@ -138,10 +168,12 @@ def specialize_input(model: onnx.ModelProto, input_size, inplace=False) -> onnx.
 def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """Make a fixed batch dim of the image input symbolic (``"batch"``).
 
-    Reshapes whose constant target starts with that batch size, applied to a tensor whose dim 0
-    is that size, get 0 (copy) there instead, so ``[1, -1]`` keeps working for batch 5. This
-    assumes dim 0 of such tensors is the batch, as in every CNN; other constants that bake the
-    batch in (Expand targets, ConstantOfShape) are left as they are.
+    Constants that bake the batch size in are rewritten: a Reshape target starting with it,
+    applied to a tensor whose dim 0 is that size, gets 0 (copy) there, so ``[1, -1]`` keeps
+    working for batch 5; an Expand target (rank >= 3) or Tile repeats starting with it take the
+    image's runtime batch instead (``Shape(image)[0]``). This assumes dim 0 of such tensors is
+    the batch, as in every CNN: callers check the result (engine.runtime.batch verifies it
+    against the original at two batch sizes and runs the model in chunks where it differs).
 
     Example:
         >>> dims(free_batch(caffe2_model).graph.input[0])  # [1, 3, 224, 224] ->  # doctest: +SKIP
@@ -153,29 +185,53 @@ def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     except ModelLoadError:
         return out
     batch = image.type.tensor_type.shape.dim[0]
-    if not batch.HasField("dim_value"):
+    if not batch.HasField("dim_value") or batch.dim_value < 1:
         return out
     size = batch.dim_value
-    shapes = declared_shapes(_inferred(out))
+    shapes = {t.name: list(t.dims) for t in out.graph.initializer} | declared_shapes(_inferred(out))
     graph = out.graph
     names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    for node in graph.node:
-        if node.op_type != "Reshape" or (shapes.get(node.input[0]) or [None])[0] != size:
+    runtime_batch = []  # the name of Shape(image)[0:1], emitted on first use
+
+    def new_constant(array, hint):
+        name = _unique(hint, names)
+        names.add(name)
+        graph.initializer.append(numpy_helper.from_array(np.asarray(array, np.int64), name))
+        return name
+
+    def with_runtime_batch(rest, hint):
+        if not runtime_batch:
+            shape, first = _unique("image_shape__batch", names), _unique("image_batch__batch", names)
+            names.update((shape, first))
+            graph.node.insert(0, helper.make_node("Shape", [image.name], [shape]))
+            graph.node.insert(1, helper.make_node("Gather", [shape, new_constant([0], "batch_index")], [first]))
+            runtime_batch.append(first)
+        joined = _unique(hint, names)
+        names.add(joined)
+        graph.node.insert(2, helper.make_node("Concat", [runtime_batch[0], new_constant(rest, hint + "_rest")],
+                                              [joined], axis=0))
+        return joined
+
+    for node in list(graph.node):
+        index = {"Reshape": 1, "Expand": 1, "Tile": 1}.get(node.op_type)
+        if index is None or len(node.input) <= index:
             continue
-        target = _constant(graph, node.input[1])
+        target = _constant(graph, node.input[index])
         if target is None or target.ndim != 1 or not len(target) or target[0] != size:
             continue
-        name = _unique(f"{node.input[1]}__batch", names)
-        names.add(name)
-        graph.initializer.append(numpy_helper.from_array(
-            np.concatenate([[0], target[1:]]).astype(np.int64), name))
-        node.input[1] = name
+        first = (shapes.get(node.input[0]) or [None])[0]
+        if node.op_type == "Reshape" and first == size:
+            node.input[1] = new_constant(np.concatenate([[0], target[1:]]), f"{node.input[1]}__batch")
+        elif node.op_type == "Expand" and len(target) >= 3 and first in (1, size):
+            node.input[1] = with_runtime_batch(target[1:], f"{node.input[1]}__batch")
+        elif node.op_type == "Tile" and size > 1 and first == 1:
+            node.input[1] = with_runtime_batch(target[1:], f"{node.input[1]}__batch")
     batch.Clear()
     batch.dim_param = "batch"
     for output in graph.output:
         output.type.tensor_type.ClearField("shape")
     del graph.value_info[:]
-    return out
+    return _prune(out)  # the batch constants replaced
 
 
 def drop_identities(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:

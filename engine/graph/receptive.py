@@ -72,7 +72,10 @@ def receptive_fields(model: onnx.ModelProto) -> dict:
         inputs = [states.get(name) for name in node.input]
         if not any(inputs):
             continue
-        state = _propagate(node, inputs, shapes, consts)
+        try:
+            state = _propagate(node, inputs, shapes, consts)
+        except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError):  # unknown → whole image
+            state = _any(inputs).whole_image()
         for name in node.output:
             if name:
                 states[name] = state

@@ -30,6 +30,8 @@ class TensorInfo:
 def value_info_shape(value_info):
     """Return a ``ValueInfoProto``'s dims as a tuple of int / str / None, or None if rank is unknown.
 
+    Unnamed dims and legacy negative sizes (``dim_value: -1``) are dynamic: None.
+
     >>> value_info_shape(onnx.helper.make_tensor_value_info("x", 1, ["N", 3, 8, 8]))
     ('N', 3, 8, 8)
     """
@@ -37,7 +39,8 @@ def value_info_shape(value_info):
     if not tensor_type.HasField("shape"):
         return None
     return tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+        (d.dim_value if d.dim_value >= 0 else None) if d.HasField("dim_value") else (d.dim_param or None)
+        for d in tensor_type.shape.dim
     )
 
 

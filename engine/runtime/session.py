@@ -16,6 +16,7 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 LOAD_ERRORS = (ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidProtobuf, ort_state.InvalidArgument,
                ort_state.NotImplemented, ort_state.NoSuchFile)
+RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException)
 
 
 def providers(provider="auto"):
@@ -38,14 +39,17 @@ def providers(provider="auto"):
     return [name for name in wanted if name != CPU] + [CPU]
 
 
-def create_session(model, provider="auto", threads=None):
+def create_session(model, provider="auto", threads=None, quiet=False):
     """Create an ``onnxruntime.InferenceSession`` from a model path or ``ModelProto``.
 
-    ``threads`` sets the intra-op thread count (None: ORT's default, one per core).
+    ``threads`` sets the intra-op thread count (None: ORT's default, one per core); ``quiet``
+    silences ORT's own log (for trial runs whose failure is an answer, not an error).
 
     >>> session = create_session("models/shapes-resnet.onnx", provider="auto", threads=1)
     """
     options = ort.SessionOptions()
+    if quiet:
+        options.log_severity_level = 4
     if threads is not None:
         if int(threads) < 1:
             raise UsageError(f"threads must be a positive integer, got {threads}: pass 1 or more")

@@ -58,11 +58,17 @@ def average_pool(ctx, node, grads):
 
 @rule("GlobalAveragePool")
 def global_average_pool(ctx, node, grads):
+    """Spread dy / (number of positions) over every position; the count is computed at run
+    time when the spatial dims are symbolic."""
     (dy,) = grads
-    shape = ctx.shape(node.input[0])
-    spatial = shape[2:]
-    scaled = ctx.op("Mul", dy, ctx.scalar(1.0 / np.prod(spatial), like=dy))
-    return [ctx.scale(ctx.op("Expand", scaled, ctx.ints([1, 1, *spatial])), 1.0, like=node.input[0])]
+    x = node.input[0]
+    spatial = ctx.shape(x)[2:]
+    if all(isinstance(d, int) for d in spatial):
+        scaled = ctx.op("Mul", dy, ctx.scalar(1.0 / np.prod(spatial), like=dy))
+        return [ctx.scale(ctx.op("Expand", scaled, ctx.ints([1, 1, *spatial])), 1.0, like=x)]
+    positions = ctx.op("Slice", ctx.shape_of(x), ctx.ints([2]), ctx.ints([len(spatial) + 2]))
+    count = ctx.op("Cast", ctx.op("ReduceProd", positions, keepdims=0), to=ctx.elem_type(x))
+    return [ctx.op("Expand", ctx.op("Div", dy, count), ctx.shape_of(x))]
 
 
 @rule("GlobalMaxPool")

@@ -12,14 +12,19 @@ COMPUTED = "computed"  # a scales/sizes input known only at run time
 
 
 def _resize_request(ctx, node, rank):
-    """Full-rank (roi, scales, sizes) of a Resize/Upsample node; unused ones are None. Sizes are
-    ``COMPUTED`` when scales or sizes are computed at run time (e.g. from a Shape)."""
+    """Full-rank (roi, scales, sizes) of a Resize/Upsample node; unused ones are None.
+
+    Sizes computed in the graph (e.g. from the input's shape, torchvision's LRASPP) are read
+    from the output's inferred shape when the input size is fixed, else they are ``COMPUTED``
+    (known only at run time)."""
     a = attrs(node)
 
     def given(index):
         if len(node.input) <= index or not node.input[index]:
             return None
         value = ctx.value(node.input[index])
+        if value is None and index == 3 and node.op_type == "Resize" and "axes" not in a:
+            value = _output_sizes(ctx, node)
         if value is None:
             return COMPUTED
         return value.tolist() if value.size else None
@@ -51,6 +56,19 @@ def _resize_request(ctx, node, rank):
         roi, scales, sizes = (full_roi if roi is not None else None, full_scales if scales is not None else None,
                               full_sizes if sizes is not None else None)
     return roi, scales, sizes
+
+
+def _output_sizes(ctx, node):
+    """The sizes a Resize produces, from its inferred output shape, or None when one is unknown.
+    A symbolic batch (axis 0, symbolic in the input too) is taken as left alone."""
+    x, y = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    if x is None or y is None or len(x) != len(y):
+        return None
+    sizes = [d if isinstance(d, int) else (i if axis == 0 and not isinstance(i, int) else None)
+             for axis, (d, i) in enumerate(zip(y, x))]
+    if any(s is None for s in sizes):
+        return None
+    return np.array(sizes, dtype=object)  # a symbol equals the input's dim: that axis is skipped
 
 
 def _axis_matrix(ctx, node, axis, dim, roi, scales, sizes):
