@@ -2,6 +2,7 @@
 inspect, the forward pass (predict for classifiers), Grad-CAM at the default layer and the input
 gradient against an independent reference (torch autograd for own exports, float64 central
 differences for files shipped in PyPI packages)."""
+import hashlib
 import json
 
 import cv2
@@ -101,18 +102,23 @@ def check_map(maps, shape):
 
 
 # --- the corpus itself ------------------------------------------------------------------------------
+def producer(entry):
+    """Who wrote the file: the exporter, the converting tool, or the PyPI package it ships in."""
+    if entry["origin"] == "pypi":
+        return entry["package"]
+    if "source" in entry:
+        return "onnxconverter-common" if "float16" in entry["conventions"][0] else "onnxruntime.quantization"
+    return entry["exporter"].split(" opset")[0]
+
+
 def test_the_corpus_is_what_the_issue_asks():
-    producers = {e.get("exporter", e["producer"]).split(" opset")[0] for e in INDEX.values()}
-    producers |= {"onnxruntime.quantization" for e in INDEX.values() if e.get("source") and "int8" in str(e)}
-    producers |= {"onnxconverter-common" for e in INDEX.values() if "onnxconverter-common" in str(e["conventions"])}
-    assert len(INDEX) >= 25 and len(producers) >= 5, (len(INDEX), producers)
-    vendored = [p for p in wild.DIR.iterdir() if p.suffix in (".onnx", ".npz")]
-    assert sum(p.stat().st_size for p in vendored) < 30e6
-    for name in PYPI:  # vendored bytes are the package's bytes
+    vendored = [n for n in ALL if wild.locate(n) is not None and wild.locate(n).parent == wild.DIR]
+    assert len(vendored) >= 25 and len({producer(INDEX[n]) for n in vendored}) >= 5
+    assert sum(p.stat().st_size for p in wild.DIR.iterdir()) < 30e6
+    for name in PYPI:
         e = INDEX[name]
-        assert {"package", "package_version", "sha256", "licence"} <= set(e)
-        if e["vendored"]:
-            import hashlib
+        assert {"package", "package_version", "package_file", "sha256", "licence"} <= set(e)
+        if e["vendored"]:  # the package's bytes, unchanged
             assert hashlib.sha256((wild.DIR / e["file"]).read_bytes()).hexdigest() == e["sha256"]
 
 
@@ -189,7 +195,7 @@ def test_input_and_layer_gradients_match_torch(name):
 
 
 # Converted copies against the float model's gradient (cosine similarity): float16 arithmetic
-# (0.993 measured for the onnxconverter-common copy), straight-through int8 (0.81 measured for the
+# (0.993 measured for the onnxconverter-common copy), straight-through int8 (0.79 measured for the
 # QDQ copy: int8 activations move the ReLU masks; tests/test_autodiff_qdq.py checks the rule exactly).
 CONVERTED = {n: 0.98 if "float16" in str(INDEX[n]) else 0.75 for n in OWN
              if "source" in INDEX[n] or "float16" in str(INDEX[n])}
