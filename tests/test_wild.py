@@ -189,9 +189,10 @@ def test_gradcam_at_the_default_layer(name, tmp_path):
 def test_input_and_layer_gradients_match_torch(name):
     ref = wild.reference(name)
     model = open_model(name, rows=len(ref.input))
-    got = model.run(ref.input, gradients=["input", ref.layer], seed=ref.seed).gradients
-    assert relative(got["input"], ref.grad_input) <= 1e-3
-    assert relative(got[ref.layer], ref.grad_layer) <= 1e-3
+    result = model.run(ref.input, activations=[ref.layer], gradients=["input", ref.layer], seed=ref.seed)
+    assert relative(result.activations[ref.layer], ref.act_layer) <= 1e-4
+    assert relative(result.gradients["input"], ref.grad_input) <= 1e-3
+    assert relative(result.gradients[ref.layer], ref.grad_layer) <= 1e-3
 
 
 # Converted copies against the float model's gradient (cosine similarity): float16 arithmetic
