@@ -228,6 +228,31 @@ class YoloV8Style(nn.Module):
         return torch.cat([(x1y1 + x2y2) / 2, x2y2 - x1y1, torch.sigmoid(raw[:, 4:])], 1)
 
 
+class BoxesScores(nn.Module):
+    """The YOLOv8-style head as two outputs, as SSD/RetinaNet-style exports give them: boxes N×A×4
+    (x1, y1, x2, y2 in pixels) and scores N×A×C (sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = YoloV8Style()
+
+    def forward(self, x):
+        y = self.net(x)
+        cxcy, wh = y[:, :2], y[:, 2:4]
+        return torch.cat([cxcy - wh / 2, cxcy + wh / 2], 1).transpose(1, 2), y[:, 4:].transpose(1, 2)
+
+
+class Pick(nn.Module):
+    """One output of a multi-output network (the explained one, for the references)."""
+
+    def __init__(self, net, index):
+        super().__init__()
+        self.net, self.index = net, index
+
+    def forward(self, *inputs):
+        return self.net(*inputs)[self.index]
+
+
 class YoloV5Style(nn.Module):
     """Anchor-based head; output N×A×(5+C): xywh (scaled back by the `scale_factor` input, N×2 as
     paddle detectors take it), objectness, class scores."""
@@ -373,6 +398,9 @@ SPECS = {
                          conventions=["detector N×A×(5+C) (YOLOv5)", "static batch 1",
                                       "extra input (scale_factor N×2)"],
                          outputs=["boxes N×A×(5+C): cx, cy, w, h, objectness, class scores"]),
+    "boxes_scores": spec(build=BoxesScores, layer="net.net.backbone.s16", output_names=["boxes", "scores"],
+                         explained_output=1, conventions=["detector with two outputs: boxes N×A×4, scores N×A×C"],
+                         outputs=["box class scores N×A×C (sigmoid); boxes N×A×4 x1, y1, x2, y2 in pixels"]),
     "crnn_lstm_ntc": spec(build=lambda: CRNN("lstm", "NTC"), shape=(2, 1, 32, 96), hw="width",
                           layer="cnn", conventions=["CTC recognizer N×T×C", "BiLSTM", "gray input, variable W"],
                           outputs=["CTC logits N×T×C (class 0 = blank)"]),
@@ -414,11 +442,12 @@ def dynamic_axes(s):
         image.update({1: "height", 2: "width"} if s["shape"][-1] == 3 else {2: "height", 3: "width"})
     elif s["hw"] == "width":
         image[3] = "width"
-    return {"input": image, "output": batch, **{name: batch for name in s.get("extra", {})}}
+    outputs = {name: batch for name in s.get("output_names", ["output"])}
+    return {"input": image, **outputs, **{name: batch for name in s.get("extra", {})}}
 
 
 def export(net, inputs, path, s):
-    names = dict(input_names=["input", *s.get("extra", {})], output_names=["output"])
+    names = dict(input_names=["input", *s.get("extra", {})], output_names=s.get("output_names", ["output"]))
     opset = {"ts11": 11, "ts13": 13, "dynamo18": 18}[s["export"]]
     if s["export"] == "dynamo18":
         batch = {} if s["batch"] == "static1" else {0: torch.export.Dim("batch", min=1, max=1024)}
@@ -525,7 +554,7 @@ def build_own(name, s):
     seed = SEEDS[s.get("seed_of", name)]
     torch.manual_seed(seed)
     net = s["build"]()
-    probe = net.net if isinstance(net, (NHWC, UInt8NHWC, Softmaxed, N1C, Temperature)) else net
+    probe = net.net if isinstance(net, (NHWC, UInt8NHWC, Softmaxed, N1C, Temperature, BoxesScores)) else net
     probe.shift_bn, probe.size = (lambda: []), SIZE
     if isinstance(probe, CRNN):  # gray text lines: BatchNorm statistics of 1×32×96 crops
         _calibrate(probe, (16, 1, 32, 96), seed)
@@ -537,13 +566,15 @@ def build_own(name, s):
     net.eval()
     if s.get("half"):  # float16 weights; the references run them in float32
         net = net.half().float()
+    explained = s.get("explained_output", 0)
+    view = Pick(net, explained) if "output_names" in s else net  # the references' network: one output
     rng = np.random.default_rng(seed)
     for _ in range(20):
         x, extras = make_inputs(s, rng)
         with torch.no_grad():
-            out_shape = net(torch.from_numpy(x), *(torch.from_numpy(e) for e in extras.values())).shape
+            out_shape = view(torch.from_numpy(x), *(torch.from_numpy(e) for e in extras.values())).shape
         seed_arr = rng.standard_normal(tuple(out_shape), dtype=np.float32)
-        if well_conditioned(net, x, extras, seed_arr):
+        if well_conditioned(view, x, extras, seed_arr):
             break
     else:
         raise AssertionError("no input batch away from the kinks in 20 draws")
@@ -552,14 +583,15 @@ def build_own(name, s):
     xin = torch.from_numpy(x).half() if s.get("half") else torch.from_numpy(x)
     path = HERE / f"{name}.onnx"
     export(net, [xin, *(torch.from_numpy(e) for e in extras.values())], path, s)
-    ref_net = net.float() if s.get("half") else net
-    out, g_x, act, g_act = references(ref_net, x, extras, seed_arr, s["layer"])
+    if s.get("half"):
+        net.float()
+    out, g_x, act, g_act = references(view, x, extras, seed_arr, s["layer"])
     feeds = {"input": xin.numpy(), **extras}
     tol = 2e-2 if s.get("half") else RTOL
     layer = find_tensor(path, feeds, act, tol)
     if s["batch"] in ("legacy", "unnamed"):  # as older exporters wrote the file
         onnx.save(set_batch_dims(onnx.load(str(path)), s["batch"]), str(path))
-    got = session(path).run(None, feeds)[0]
+    got = session(path).run(None, feeds)[explained]
     assert got.shape == out.shape and rel_err(got, out) <= tol, (name, got.shape, out.shape, rel_err(got, out))
     ref = dict(input=x, seed=seed_arr, output=out, grad_input=g_x, act_layer=act, grad_layer=g_act,
                **{f"extra_{k}": v for k, v in extras.items()})
@@ -712,6 +744,7 @@ def own_entry(name, s, layer, err=None):
         preprocessing="uint8 RGB 0-255, ImageNet normalization inside" if s.get("uint8") else
         "none: the references feed random normal arrays",
         test_size=list(s["shape"][1:3] if layout == "NHWC" else s["shape"][2:4]), gradcam_layer=layer,
+        explained_output=model.graph.output[s.get("explained_output", 0)].name,
         reference=f"{s.get('source', name)}.npz (torch autograd, float32, eval)")
     if "twin" in s:
         entry["twin"] = s["twin"]
