@@ -144,7 +144,7 @@ def bars(names, series, ylabel, size=(820, 320), limits=(0, 1)):
         ax.set_ylabel(ylabel)
         ax.set_ylim(*limits)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, frameon=False, loc="lower right")
+        ax.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series))
         fig.tight_layout()
 
     return _draw(*size, paint)
@@ -179,17 +179,17 @@ def heatmap(matrix, rows, columns, title, xlabel, ylabel, colour_label, size=Non
     return _draw(*size, paint)
 
 
-def colour_bar(label, low="0", high="1", cmap="jet", size=(420, 70)):
+def colour_bar(label, low="0", high="1", cmap="jet", size=(420, 76)):
     """A horizontal colour bar for the heatmaps of a section (jet: OpenCV's colormap of
     :func:`engine.viz.overlay.colorize`).
 
     >>> colour_bar("Grad-CAM (scaled per image)").shape
-    (70, 420, 3)
+    (76, 420, 3)
     """
     def paint(plt, fig):
         import matplotlib as mpl
 
-        ax = fig.add_axes((0.04, 0.55, 0.92, 0.3))
+        ax = fig.add_axes((0.04, 0.62, 0.92, 0.26))
         bar = fig.colorbar(mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap=cmap), cax=ax,
                            orientation="horizontal")
         bar.set_ticks([0, 1], labels=[low, high])
