@@ -84,7 +84,7 @@ def test_sections_hold_their_content(synth_report):
     page, _ = synth_report
     found = sections_of(page)
     assert "top-1 accuracy" in found["Predictions"][1] and "Confusion matrix" in found["Predictions"][1]
-    assert "colour bar: class activation, scaled to [0, 1] per image" in found["Class activation maps"][1]  # the colour bar
+    assert "colour bar: class activation, scaled to [0, 1] per image" in found["Class activation maps"][1]
     assert "t-SNE" in found["Embeddings and neighbours"][1] and "insertion AUC" in found["Faithfulness"][1]
     for method in ("cam", "gradcam", "scorecam"):
         assert f"<th>{method}</th>" in found["Class activation maps"][1]

@@ -305,7 +305,7 @@ def class_visualizations(ctx):
 def filters(ctx):
     """The filters of the first convolution."""
     picture = filters_picture(ctx.model, title=False)
-    return [image(picture, caption=filters_caption(ctx.model), width=2 * picture.shape[1])]
+    return [paragraph(filters_caption(ctx.model)), image(picture, width=2 * picture.shape[1], alt="filters")]
 
 
 def _source(data):

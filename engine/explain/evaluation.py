@@ -108,7 +108,8 @@ class EvaluateJob:
                                                          layout=layout, batch=self.steps + 1))
             hits = (np.zeros(0) if self.masks is None
                     else metrics.pointing_game(maps, self.masks[first:stop], tolerance=self.tolerance).astype(float))
-            part[name] = {"pointing": hits, "deletion": np.concatenate(deletion), "insertion": np.concatenate(insertion)}
+            part[name] = {"pointing": hits, "deletion": np.concatenate(deletion),
+                          "insertion": np.concatenate(insertion)}
         return exp.layers, part
 
 
