@@ -26,7 +26,7 @@ from engine.explain import saliency as explain_saliency
 from engine.explain.metrics import pointing_game
 from engine.viz.overlay import colorize, overlay
 from engine.viz import plots
-from engine.viz.report import gallery, heading, image, note, paragraph, rows_of_images, table
+from engine.viz.report import gallery, heading, image, note, number_format, paragraph, rows_of_images, table
 
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "scorecam",
                "ablationcam")
@@ -418,7 +418,8 @@ def patches(ctx):
                         f"top {o.patches} of {len(data)} images, each captioned with its activation")]
     for channel in chosen:
         tiles = patch_tiles(result, channel, lambda i: data.images[i], cell=96)
-        blocks += [heading(f"channel {channel}"), gallery([(tile, f"{value:.3g}") for tile, value in tiles])]
+        number = number_format([value for _, value in tiles])
+        blocks += [heading(f"channel {channel}"), gallery([(tile, number(value)) for tile, value in tiles])]
     return blocks
 
 
