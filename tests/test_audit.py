@@ -149,7 +149,7 @@ def test_sections_that_do_not_apply_say_why(tmp_path):
         assert 'class="note"' in found[title][1] and html.escape(status[title][1]) in found[title][1]
 
 
-def test_user_images_with_masks_get_the_pointing_game_and_no_labels_say_so(tmp_path):
+def test_user_images_with_masks_get_the_pointing_game_and_no_labels_say_so(tmp_path, capsys):
     """A folder of images with --masks (the generated images' object masks): the pointing game
     runs as on the generated set; without labels, no accuracy and the top-1 class is explained."""
     scene = from_synth(5, seed=1)
@@ -161,7 +161,9 @@ def test_user_images_with_masks_get_the_pointing_game_and_no_labels_say_so(tmp_p
     np.testing.assert_array_equal(data.masks, scene.masks)
     model = Model(MODELS / "shapes-resnet-random.onnx", provider="CPUExecutionProvider", threads=1)
     only = Options(**{**vars(SMALL), "gallery": 2})
-    path, timings = audit(model, data, tmp_path / "out", only)
+    path, timings = audit(model, data, tmp_path / "out", only, progress=True)
+    started = [line for line in capsys.readouterr().err.splitlines() if line.startswith("audit [")]
+    assert started == [f"audit [{k + 1}/{len(SECTIONS)}] {title} …" for k, (title, _) in enumerate(SECTIONS)]
     found = sections_of(path.read_text(encoding="utf-8"))
     assert "no labels" in found["Predictions"][1] and "predicted class" in found["Predictions"][1]
     assert "Pointing game" in found["Class activation maps"][1]

@@ -1,4 +1,5 @@
-"""Faithfulness of a CAM method on a labelled set with object masks, beside random and centre maps.
+"""Faithfulness of a CAM method beside random and centre maps: the pointing game where object masks
+exist, deletion and insertion with or without them.
 
 >>> report = evaluate(model, scene.images, scene.masks, labels=scene.labels, method="gradcam")
 >>> report["gradcam"]["pointing"], report["random"]["deletion"]

@@ -8,10 +8,10 @@ is a dollar sign.
 """
 import numpy as np
 
+from engine.viz.scatter import PALETTE as RGB_PALETTE
+
 DPI = 100
-# Tableau-10 then a second set of distinct hues; labels beyond these cycle.
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#000080", "#808000", "#008080", "#800000", "#ffd700", "#000000"]
+PALETTE = ["#%02x%02x%02x" % tuple(int(v) for v in rgb) for rgb in RGB_PALETTE]  # the CLI scatter's colours
 STYLE = {"text.parse_math": False, "font.size": 10, "axes.titlesize": 11, "axes.spines.top": False,
          "axes.spines.right": False, "figure.dpi": DPI, "savefig.dpi": DPI}
 
