@@ -755,6 +755,8 @@ _audit_data_options = _options(
 @click.argument("model")
 @_audit_data_options
 @click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
+@click.option("--masks", metavar="DIR", help="Object masks for --images (same relative paths, non-zero = object): "
+                                              "enables the pointing game.")
 @_provider_option
 @click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
 @click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
@@ -763,13 +765,13 @@ _audit_data_options = _options(
 @_input_size_option
 @_extra_input_option
 @_scale_options
-def audit(model, images, labels, synth, seed, out, provider, gallery, embed, dissect, classviz_steps, size, inputs,
-          scale):
+def audit(model, images, labels, synth, seed, out, masks, provider, gallery, embed, dissect, classviz_steps, size,
+          inputs, scale):
     """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
     from engine.audit import Options, audit as run_audit, choose
 
     loaded = _load(model, inputs, provider=provider, input_size=size)
-    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
+    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels, masks=masks)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
     path, _ = run_audit(loaded, data, out, options, log=_log_section, scale=scale)
     click.echo(path)
