@@ -362,15 +362,16 @@ def test_trim_removes_legacy_files_and_stale_staging_folders(tmp_path):
     (tmp_path / ("ab" * 16 + ".onnx")).write_bytes(b"old")
     (tmp_path / ("ab" * 16 + ".onnx.data")).write_bytes(b"old")
     (tmp_path / "notes.txt").write_text("mine")
-    stale = tmp_path / "tmp" / "0123.killed"
-    stale.mkdir(parents=True)
+    stale, fresh, other = (tmp_path / "tmp" / name for name in ("0123" * 8 + ".killed", "4567" * 8 + ".writing",
+                                                                  "photos"))
+    for folder in (stale, fresh, other):
+        folder.mkdir(parents=True)
     (stale / "model.onnx").write_bytes(b"half")
     os.utime(stale, (0, 0))
-    fresh = tmp_path / "tmp" / "4567.writing"
-    fresh.mkdir()
+    os.utime(other, (0, 0))
     rewrite.cached(model_of(15), REQUEST, folder=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs", "entries", "notes.txt", "tmp"]
-    assert [p.name for p in (tmp_path / "tmp").iterdir()] == ["4567.writing"]
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [fresh.name, "photos"]  # not ours: kept
 
 
 def test_cli_cache_info_and_clear(tmp_path, monkeypatch):
@@ -380,6 +381,7 @@ def test_cli_cache_info_and_clear(tmp_path, monkeypatch):
         for request in (REQUEST, rewrite.Request(None, activations=("y",))):
             rewrite.cached(model_of(seed), request)
     (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "blobs" / "mine.txt").write_text("mine")
     size = Store(tmp_path).info().size
     info = CliRunner().invoke(main, ["cache", "info"])
     assert info.exit_code == 0, info.output
@@ -387,8 +389,33 @@ def test_cli_cache_info_and_clear(tmp_path, monkeypatch):
     assert f"{size / 1e6:.1f} MB of 300.0 MB" in info.output
     cleared = CliRunner().invoke(main, ["cache", "clear"])
     assert cleared.exit_code == 0 and f"removed 4 rewritten models ({size / 1e6:.1f} MB)" in cleared.output
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # what onnxlens does not own stays
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "blobs", "blobs/mine.txt", "notes.txt"]  # what onnxlens does not own stays
     assert "0 rewritten models of 0 source models" in CliRunner().invoke(main, ["cache", "info"]).output
     monkeypatch.setenv("ONNXLENS_CACHE_MAX", "much")
     bad = CliRunner().invoke(main, ["cache", "info"])
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "ONNXLENS_CACHE_MAX" in bad.output
+
+
+MOUNTS = {"read-only": "mount -t tmpfs -o ro,size=1m tmpfs {dir}", "full": "mount -t tmpfs -o size=16k tmpfs {dir}"}
+
+
+@pytest.mark.parametrize("fault", MOUNTS)
+def test_a_really_read_only_or_full_cache_folder_falls_back_with_one_warning(fault, tmp_path):
+    """A tmpfs mounted read-only or too small for the weights, in a private mount namespace."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount namespaces (unshare -m) to mount a read-only or full tmpfs")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    script = ("import numpy as np; from tests.test_rewrite_cache import model_of, run, REQUEST, X;"
+              "from engine.runtime import rewrite; m = model_of(1); paths = [rewrite.cached(m, REQUEST) for _ in '12'];"
+              "np.testing.assert_array_equal(run(paths[0], X)[0], run(m, X)[0]); assert paths[0] == paths[1];"
+              f"from pathlib import Path; print(sorted(str(p) for p in Path('{folder}').rglob('*')))")
+    command = f"{MOUNTS[fault].format(dir=folder)} && exec {sys.executable} -c \"{script}\""
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "ONNXLENS_CACHE": str(folder)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("[]" if fault == "read-only" else f"['{folder}/blobs', '{folder}/entries', '{folder}/tmp']")
+    (line,) = done.stderr.strip().splitlines()
+    reason = "Read-only file system" if fault == "read-only" else "No space left on device"
+    assert "not usable" in line and reason in line and "temporary folder" in line

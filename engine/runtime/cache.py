@@ -39,6 +39,8 @@ STALE_SECONDS = 3600  # a tmp/ folder this old belongs to a killed run
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _LEGACY = re.compile(r"[0-9a-f]{32}\.onnx(\.data)?")  # one-file entries of earlier versions
+_ENTRY, _BLOB, _STAGED = (re.compile(r"[0-9a-f]{32}"), re.compile(r"[0-9a-f]{64}\.bin"),
+                          re.compile(r"([0-9a-f]{32}|old)\..+"))  # only names like these are ever removed
 _verified = {}  # (dev, inode, size, mtime_ns, ctime_ns) -> sha256 hex, for this process
 log = logging.getLogger("onnxlens.cache")
 
@@ -175,11 +177,11 @@ class Store:
         for path in self._legacy():
             _remove(path)
         now = time.time()
-        for folder in _listing(self.tmp):
+        for folder in _listing(self.tmp, _STAGED):
             with contextlib.suppress(OSError):
                 if now - folder.lstat().st_mtime > STALE_SECONDS:
                     _remove(folder)
-        entries = sorted(_listing(self.entries), key=_last_use)
+        entries = sorted(_listing(self.entries, _ENTRY), key=_last_use)
         size = self._size()
         for folder in entries:
             if size <= cap:
@@ -197,7 +199,7 @@ class Store:
         6
         """
         models = set()
-        entries = _listing(self.entries)
+        entries = _listing(self.entries, _ENTRY)
         for folder in entries:
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 models.add(json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("model"))
@@ -210,17 +212,22 @@ class Store:
         52428800
         """
         before = self.info()
-        for path in (*self._legacy(), self.entries, self.blobs, self.tmp):
+        for path in (*self._legacy(), *_listing(self.entries, _ENTRY), *_listing(self.blobs, _BLOB),
+                     *_listing(self.tmp, _STAGED)):
             _remove(path)
+        for folder in (self.entries, self.blobs, self.tmp):
+            with contextlib.suppress(OSError):  # kept if something not ours is inside
+                folder.rmdir()
         return before
 
     def _legacy(self):
-        return [p for p in _listing(self.root) if _LEGACY.fullmatch(p.name)]
+        return _listing(self.root, _LEGACY)
 
     def _size(self):
         seen, total = set(), 0
-        files = [*self._legacy(), *_listing(self.blobs), *_listing(self.tmp)]
-        files += [f for folder in _listing(self.entries) for f in _listing(folder)]
+        files = [*self._legacy(), *_listing(self.blobs, _BLOB)]
+        files += [f for kind, pattern in ((self.entries, _ENTRY), (self.tmp, _STAGED))
+                  for folder in _listing(kind, pattern) for f in _listing(folder)]
         for path in files:
             with contextlib.suppress(OSError):
                 stat = path.lstat()
@@ -230,7 +237,7 @@ class Store:
         return total
 
     def _drop_unused_blobs(self):
-        for blob in _listing(self.blobs):
+        for blob in _listing(self.blobs, _BLOB):
             with contextlib.suppress(OSError):
                 if blob.lstat().st_nlink <= 1:
                     blob.unlink()
@@ -273,9 +280,10 @@ def _reason(err):
     return "its manifest is unreadable"
 
 
-def _listing(folder):
+def _listing(folder, pattern=None):
+    """The children of ``folder`` (those whose name matches ``pattern``); none if it is unreadable."""
     try:
-        return list(folder.iterdir())
+        return [p for p in folder.iterdir() if pattern is None or pattern.fullmatch(p.name)]
     except OSError:
         return []
 
