@@ -115,7 +115,8 @@ def cached(model, request, model_hash=None, folder=None, rebuild=False):
             if path is not None:
                 return path
         except DamagedEntry as err:
-            log.warning("onnxlens: the cached rewritten model %s is damaged (%s): rebuilding it", store.entries / key, err)
+            log.warning("onnxlens: the cached rewritten model %s is damaged (%s): rebuilding it",
+                        store.entries / key, err)
     rewritten = build(model, request)
     graph, weights = externalize(rewritten)
     for candidate in (store, None):
