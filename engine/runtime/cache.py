@@ -115,6 +115,8 @@ class Store:
             manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
             if manifest.get("key") != key or manifest.get("model") != model_hash:
                 raise DamagedEntry("its manifest names another model or request")
+            if GRAPH not in manifest["files"]:
+                raise DamagedEntry(f"its manifest lists no {GRAPH}")
             for name, expected in manifest["files"].items():
                 _check(folder / name, expected, full=(name == GRAPH))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -144,7 +146,8 @@ class Store:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self.trim(cap, keep=key)
+        with contextlib.suppress(OSError):  # the entry is whole; trimming is retried after the next write
+            self.trim(cap, keep=key)
         return self.entries / key / GRAPH
 
     def _link(self, digest, data, target):
