@@ -822,5 +822,30 @@ def demo(out, n, provider):
     click.echo(f"report: {path.resolve()}")
 
 
+@main.group()
+def cache():
+    """The cache of rewritten models ($ONNXLENS_CACHE, capped by $ONNXLENS_CACHE_MAX)."""
+
+
+@cache.command("info")
+def cache_info():
+    """Show where the cache is, what it holds and its size cap."""
+    from engine.runtime.cache import Store, cache_dir
+
+    info = Store(cache_dir()).info()
+    click.echo(f"folder   {info.folder}\n"
+               f"entries  {info.entries} rewritten models of {info.models} source models\n"
+               f"size     {info.size / 1e6:.1f} MB of {info.cap / 1e6:.1f} MB (ONNXLENS_CACHE_MAX)")
+
+
+@cache.command("clear")
+def cache_clear():
+    """Remove every cached rewritten model (they are rebuilt when needed)."""
+    from engine.runtime.cache import Store, cache_dir
+
+    before = Store(cache_dir()).clear()
+    click.echo(f"removed {before.entries} rewritten models ({before.size / 1e6:.1f} MB) from {before.folder}")
+
+
 if __name__ == "__main__":
     sys.exit(main())
