@@ -321,6 +321,21 @@ def test_seeds_fit_the_real_output_when_the_declared_rank_is_wrong(tmp_path, mod
         model.run(x, gradients=["input"], seed=np.zeros((2, 16, 6), np.float32))
 
 
+def test_crnn_default_layer_is_before_the_frames_and_one_frame_is_read_time_major(tmp_path):
+    """A CRNN's W×N×C×H Transpose is 4-D but not an image map (ddddocr: Grad-CAM gave T maps per
+    image there); with one image and one frame (T = N = 1) the batch axis is the one that grows."""
+    model = Model(tm.crnn(tmp_path / "crnn.onnx"), provider="CPUExecutionProvider", threads=1)
+    assert model.default_layer == "feat"
+    lines = list(np.random.default_rng(1).integers(0, 256, size=(3, 8, 32, 3), dtype=np.uint8))
+    exp = cam(model, lines, targets="top")
+    assert exp.output["kind"] == "sequence" and exp.maps.shape == (3, 8, 32) and exp.image.tolist() == [0, 1, 2]
+    x = np.random.default_rng(2).standard_normal((3, 1, 8, 2)).astype(np.float32)
+    view = describe(model, x[:1])
+    out = model.run(x).outputs[0]
+    assert out.shape == (1, 3, 6) and view.perm == (1, 0, 2)
+    np.testing.assert_array_equal(view.rows(out), out.transpose(1, 0, 2))
+
+
 @pytest.mark.parametrize("name", ["yolov8", "yolov5", "pair"])
 def test_default_layer_is_the_neck_both_strides_come_from(models, name):
     """n4 = conv(n3) + c2: the stride-4 head comes from n3 too, the stride-2 head not from n4."""

@@ -14,14 +14,15 @@ def default_layer(nodes, layers, output, size, layout="NCHW"):
     ending in ``output`` comes from, or None.
 
     Considered: layers in ``output``'s cone, not ``output`` itself, before its last Conv/Gemm/MatMul
-    (not a head's score map), not after an LSTM/GRU/RNN, with spatial size > 1 and an image-like
+    (not a head's score map), not after an LSTM/GRU/RNN or a Transpose that moves the batch off
+    axis 0 (a CRNN's W×N×C×H frames), with spatial size > 1 and an image-like
     aspect for an input of ``size`` (H, W) (a DFL or reshaped head is not one). Each branch's
     nearest such layer is found walking back from ``output``; the answer is the last layer all of
     them come from (the neck a detector's strides share; the last conv stage of a classifier).
 
     >>> default_layer(nodes, layers, "out", (640, 640))        # YOLOv8: the stride-8 neck
     """
-    cone = (_feeds(nodes, output) - _after_recurrent(nodes)) & _before_linear(nodes, output)
+    cone = (_feeds(nodes, output) - _after_sequence(nodes)) & _before_linear(nodes, output)
     candidates = [name for name, shape in layers
                   if name in cone and name != output and image_like(shape, size, layout)]
     if not candidates:
@@ -77,10 +78,17 @@ def _before_linear(nodes, output):
     return before
 
 
-def _after_recurrent(nodes):
-    """Tensors computed from the output of an LSTM, GRU or RNN node (4-D, but not image maps)."""
+def _after_sequence(nodes):
+    """Tensors computed from the output of an LSTM, GRU or RNN node, or of a Transpose whose
+    ``perm`` moves axis 0 (the batch): sequence frames, 4-D maybe, but not image maps."""
     after = set()
     for node in nodes:
-        if node.op_type in RECURRENT or any(i in after for i in node.input):
+        if node.op_type in RECURRENT or _moves_batch(node) or any(i in after for i in node.input):
             after.update(node.output)
     return after
+
+
+def _moves_batch(node):
+    """True for a Transpose whose perm (reversed axes when absent) does not keep axis 0 first."""
+    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+    return node.op_type == "Transpose" and (perm is None or perm[0] != 0)
