@@ -305,6 +305,22 @@ def test_per_stride_scores_default_layer_feeds_the_explained_output(models):
         cam(model, IMAGES, targets="box:0,0,4,4")
 
 
+def test_per_stride_outputs_share_their_default_layer(models):
+    """Each stride's scores (and box distributions) of a PicoDet head get the neck map every stride
+    comes from (n4 = conv(n3) + c2), not the map before their own 1×1 head (layout_cdla: Grad-CAM
+    there was empty for stride 8's low scores; the gradient lives at the anchor's cell only)."""
+    from engine.graph.cone import strides_of
+
+    model = models["picodet"]
+    declared = [(t.name, t.shape) for t in model.outputs]
+    assert strides_of(declared, "cls_s4") == ["cls_s4", "cls_s2"] and strides_of(declared, "reg_s2") == ["reg_s2", "reg_s4"]
+    assert strides_of(declared, "n3") == ["n3"]
+    assert {model.default_layer_for(o) for o, _ in declared} == {"n3"} == {model.default_layer}
+    for output in ("cls_s2", "cls_s4"):
+        exp = cam(model, IMAGES, targets="box:3", output=output)
+        assert exp.layers == ["n3"] and not exp.empty.any()
+
+
 def test_seeds_fit_the_real_output_when_the_declared_rank_is_wrong(tmp_path, models):
     """A T×N×C output declared [1, seqlen] (as older exporters wrote it) takes T×N×C seeds."""
     from engine.errors import InputShapeError
