@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 from onnx.reference.op_run import OpRun
 
@@ -99,6 +100,52 @@ def float64_copy(model, input_name):
     for vi in graph.input:
         if vi.name == input_name:
             vi.name = "image"
+    return out
+
+
+def frozen_quantization(model, feeds):
+    """``model`` (a dequantized form, see engine.graph.quantized) with its quantization frozen at
+    ``feeds``: each DequantizeLinear(QuantizeLinear(a)) becomes a + r, r its rounding at ``feeds``,
+    and each DynamicQuantizeLinear's scale and zero point their values there. Its forward equals
+    the quantized one at ``feeds`` and its derivative is the straight-through one, so float64
+    central differences of it (forward passes only, run by ONNX Runtime here without graph
+    optimizations) check a straight-through gradient. A model without QuantizeLinear is returned as is."""
+    graph = model.graph
+    made = {o: n for n in graph.node for o in n.output}
+    pairs = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in made
+             and made[n.input[0]].op_type == "QuantizeLinear"]
+    dynamic = [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]
+    if not pairs and not dynamic:
+        return model
+    wanted = [t for n in pairs for t in (made[n.input[0]].input[0], n.output[0])] + [t for n in dynamic for t in n.output[1:]]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in dict.fromkeys(wanted))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = dict(zip(list(dict.fromkeys(wanted)), session.run(None, feeds)))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    frozen, nodes = [], []
+    replaced = {n.output[0] for n in pairs}
+    for node in out.graph.node:
+        if node.op_type == "DynamicQuantizeLinear":
+            frozen += [numpy_helper.from_array(values[t], t) for t in node.output[1:]]
+        elif node.output[0] in replaced:
+            a = made[node.input[0]].input[0]
+            residual = numpy_helper.from_array(values[node.output[0]] - values[a], node.output[0] + "_rounding")
+            frozen.append(residual)
+            nodes.append(onnx.helper.make_node("Add", [a, residual.name], [node.output[0]]))
+        else:
+            nodes.append(node)
+    used = {i for n in nodes for i in n.input} | {o.name for o in out.graph.output}
+    nodes = [n for n in nodes if n.op_type != "QuantizeLinear" or n.output[0] in used]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(frozen)
+    del out.graph.value_info[:]
     return out
 
 
