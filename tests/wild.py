@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 from onnx.reference.op_run import OpRun
 
@@ -103,38 +102,35 @@ def float64_copy(model, input_name):
     return out
 
 
-def frozen_quantization(model, feeds):
-    """``model`` (a dequantized form, see engine.graph.quantized) with its quantization frozen at
-    ``feeds``: each DequantizeLinear(QuantizeLinear(a)) becomes a + r, r its rounding at ``feeds``,
-    and each DynamicQuantizeLinear's scale and zero point their values there. Its forward equals
-    the quantized one at ``feeds`` and its derivative is the straight-through one, so float64
-    central differences of it (forward passes only, run by ONNX Runtime here without graph
-    optimizations) check a straight-through gradient. A model without QuantizeLinear is returned as is."""
-    graph = model.graph
-    made = {o: n for n in graph.node for o in n.output}
-    pairs = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in made
+def quantization_points(model):
+    """(DequantizeLinear(QuantizeLinear(a)) nodes, DynamicQuantizeLinear nodes, the tensors whose
+    values :func:`frozen_quantization` needs) of a dequantized form (see engine.graph.quantized)."""
+    made = {o: n for n in model.graph.node for o in n.output}
+    pairs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in made
              and made[n.input[0]].op_type == "QuantizeLinear"]
-    dynamic = [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]
-    if not pairs and not dynamic:
-        return model
-    wanted = [t for n in pairs for t in (made[n.input[0]].input[0], n.output[0])] + [t for n in dynamic for t in n.output[1:]]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in dict.fromkeys(wanted))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    values = dict(zip(list(dict.fromkeys(wanted)), session.run(None, feeds)))
+    dynamic = [n for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"]
+    names = [t for n in pairs for t in (made[n.input[0]].input[0], n.output[0])] + [t for n in dynamic for t in n.output[1:]]
+    return pairs, dynamic, list(dict.fromkeys(names))
+
+
+def frozen_quantization(model, values):
+    """``model`` (a dequantized form) with its quantization frozen at the forward ``values``
+    ({tensor: array} of :func:`quantization_points`' tensors, from the run whose gradient is checked):
+    each DequantizeLinear(QuantizeLinear(a)) becomes a + r, r its rounding there, and each
+    DynamicQuantizeLinear's scale and zero point their values there. Its forward is the quantized
+    one at that input and its derivative the straight-through one, so float64 central differences
+    of it (forward passes only) check a straight-through gradient."""
+    pairs, dynamic, _ = quantization_points(model)
+    made = {o: n for n in model.graph.node for o in n.output}
+    rounded = {n.output[0]: made[n.input[0]].input[0] for n in pairs}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     frozen, nodes = [], []
-    replaced = {n.output[0] for n in pairs}
     for node in out.graph.node:
         if node.op_type == "DynamicQuantizeLinear":
-            frozen += [numpy_helper.from_array(values[t], t) for t in node.output[1:]]
-        elif node.output[0] in replaced:
-            a = made[node.input[0]].input[0]
+            frozen += [numpy_helper.from_array(np.asarray(values[t]), t) for t in node.output[1:]]
+        elif node.op_type == "DequantizeLinear" and node.output[0] in rounded:
+            a = rounded[node.output[0]]
             residual = numpy_helper.from_array(values[node.output[0]] - values[a], node.output[0] + "_rounding")
             frozen.append(residual)
             nodes.append(onnx.helper.make_node("Add", [a, residual.name], [node.output[0]]))
