@@ -291,7 +291,8 @@ def _echo_summary(summary, as_json):
             click.echo(f"{item['image']}: explained box {t['rank']} {name(t)} score {t['score']:.3f} at "
                        f"{', '.join(f'{v:g}' for v in t['box'])} -> {item['overlay']}")
         elif "anchor" in t:
-            click.echo(f"{item['image']}: explained anchor {t['anchor']} (rank {t['rank']}) {name(t)} score "
+            click.echo(f"{item['image']}: explained anchor {t['anchor']} (rank {t['rank']}) of "
+                       f"{item['output']['name']} {name(t)} score "
                        f"{t['score']:.3f} -> {item['overlay']}")
         elif "text" in t:
             what = f"character {t['char']} ({name(t)})" if "char" in t else "the whole string"
