@@ -4,7 +4,10 @@
 96×96, label maps on disk) goes through
 - ``forward``: images read, preprocessed and run with the same tap and batch size (one pass);
 - ``forward+labels``: the same, plus decoding every image's label maps (dissection's I/O floor);
-- ``dissect``: network dissection (two passes + label maps + masks + IoU counts);
+- ``dissect``: network dissection (two passes + masks + IoU counts), label maps read from their
+  decoded store (built by a warm-up run before the rounds, as a first run over a dataset does);
+- ``dissect-decode``: the same, decoding every label-map PNG in pass 2 (``label_store=False``,
+  what dissection did before the store);
 - ``patches``: patch mining (one pass + top-k).
 It prints the median of the per-round ratios (images/s of each ÷ forward images/s) and each
 run's CPU seconds over all its threads (the figure that does not depend on the machine's load).
@@ -66,7 +69,8 @@ def _model(tmp):
     return Model(path, threads=THREADS)
 
 
-def test_throughput_paired(tmp_path):
+def test_throughput_paired(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXLENS_CACHE", str(tmp_path / "cache"))
     model = _model(tmp_path)
     layer = model.default_layer
     broden.write_concepts(tmp_path / "concepts", synth.batches(IMAGES, seed=11))
@@ -80,9 +84,12 @@ def test_throughput_paired(tmp_path):
         "forward": lambda: sum(len(i) for _, i, _, _ in stream(model, source, [layer], BATCH, progress=False)),
         "forward+labels": forward_and_labels,
         "dissect": lambda: dissect(model, dataset, layer=layer, batch_size=BATCH, progress=False),
+        "dissect-decode": lambda: dissect(model, dataset, layer=layer, batch_size=BATCH, progress=False,
+                                          label_store=False),
         "patches": lambda: mine(model, source, layer, top=9, batch_size=BATCH, progress=False),
     }
     runs["forward"]()  # warm-up: sessions, caches
+    runs["dissect"]()  # the first run over the dataset writes the label-map store
     cpu = {name: [] for name in runs}
 
     def cpu_counted(name):
@@ -95,10 +102,10 @@ def test_throughput_paired(tmp_path):
     one_round, seconds = rotating_rounds({name: cpu_counted(name) for name in runs})
     for _ in range(ROUNDS):
         one_round()
-    ratios = {name: round_ratios(seconds, "forward", name) for name in ("dissect", "patches", "forward+labels")}
+    ratios = {name: round_ratios(seconds, "forward", name) for name in ("dissect", "dissect-decode", "patches", "forward+labels")}
     print(f"\nmodel {model.path.name}, layer {layer}, {IMAGES} images 96x96, batch {BATCH}, {THREADS} thread(s)")
     for name in runs:
-        print(f"  {name:8s} {IMAGES / statistics.median(seconds[name]):7.1f} images/s, "
+        print(f"  {name:14s} {IMAGES / statistics.median(seconds[name]):7.1f} images/s, "
               f"{statistics.median(cpu[name]):.2f} CPU s (all threads)")
     for name, values in ratios.items():
         print(f"  {name} / forward: {statistics.median(values):.2f}x  rounds {['%.2f' % v for v in values]}")
