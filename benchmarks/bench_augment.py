@@ -76,5 +76,6 @@ def test_pipeline_threads(benchmark, threads):
 def test_bare_opencv_threads(benchmark, threads, split):
     benchmark.group = "Pipeline threads"
     params = bench.pipeline().sample_images(IMAGES, 0)
-    benchmark(bench.bare_opencv, IMAGES, params, threads, split)
+    out = benchmark(bench.bare_opencv, IMAGES, params, threads, split)
+    np.testing.assert_array_equal(out, bench.engine_run(bench.pipeline(), IMAGES))  # the same work, pixel for pixel
     BEST[("bare", threads) if threads == 1 else ("bare", threads, split)] = benchmark.stats.stats.min

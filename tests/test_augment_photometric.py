@@ -7,6 +7,7 @@ import pytest
 
 from engine import augment as A
 from engine.augment.bench import sample_images
+from engine.augment.pipeline import parse_ops
 from engine.errors import UsageError
 
 
@@ -51,6 +52,7 @@ def test_contrast_with_albumentations_semantics_scales_levels_truncated(images, 
         np.testing.assert_allclose(as_float[0], np.clip(f * images[i] / 255.0, 0, 1), atol=1e-6)
     with pytest.raises(UsageError, match="'torchvision' or 'albumentations'"):
         A.Contrast(1.2, semantics="pil")
+    assert parse_ops("contrast:1.3:semantics=albumentations")[0].semantics == "albumentations"
 
 
 def test_contrast_with_albumentations_semantics_equals_random_brightness_contrast():
