@@ -11,6 +11,7 @@ from engine.api import Model
 from engine.data import broden, synth
 from engine.data.broden import encode_label_map, read_concepts
 from engine.data.label_store import LabelStore, dataset_key
+from engine.errors import DatasetError
 from tests import tiny_models
 
 
@@ -46,7 +47,7 @@ def test_store_gives_the_decoded_maps_and_later_opens_decode_nothing(concepts, t
     for i in range(2, 9):
         for category, planes in expected[i].items():
             np.testing.assert_array_equal(reopened.label_maps(i)[category], planes)
-    assert reopened.label_maps(2)["shape"].dtype == np.uint16
+    assert reopened.label_maps(2)["shape"].dtype == np.uint8  # label.csv's numbers fit a byte
     assert not list(folder.rglob("*.part"))
 
 
@@ -64,11 +65,17 @@ def test_real_broden_cells_several_files_and_whole_image_numbers(tmp_path):
         "a.jpg,train,6,8,3,4,,,o.png\n")
     (tmp_path / "category.csv").write_text("name,first,last,count,frequency\npart,1,1300,1300,1\n"
                                            "scene,1,50,50,1\ntexture,1,20,20,1\n")
-    (tmp_path / "label.csv").write_text("number,name,category,frequency,coverage,syns\n0,-,,0,0.0,\n")
+    (tmp_path / "label.csv").write_text("number,name,category,frequency,coverage,syns\n0,-,,0,0.0,\n"
+                                        "12,brick,texture(1),1,0.1,brick\n")
+    with pytest.raises(DatasetError, match="label number 300 in p1.png exceeds label.csv"):
+        LabelStore.build(read_concepts(tmp_path), tmp_path / "cache", 0, 2)  # 13 numbers: a uint8 store
+    (tmp_path / "label.csv").write_text("number,name,category,frequency,coverage,syns\n0,-,,0,0.0,\n"
+                                        "65535,last,texture(1),1,0.1,last\n")
     ds = read_concepts(tmp_path)
     store = LabelStore.build(ds, tmp_path / "cache", 0, 2)
     _assert_same_maps(store, ds, range(2))
-    assert store.label_maps(0)["texture"].dtype == np.int32 and len(store.label_maps(1)["part"]) == 0
+    assert store.label_maps(0)["part"].dtype == np.uint16 and store.label_maps(0)["texture"].dtype == np.int32
+    assert len(store.label_maps(1)["part"]) == 0
 
 
 def test_a_changed_dataset_gets_a_new_key_and_its_old_store_goes(concepts, tmp_path):

@@ -2,9 +2,9 @@
 
 Decoding a label-map PNG costs about as much as the model's forward pass on its image, so a
 dissection reads each one once per dataset: the first run decodes the rows of a shard and writes
-them as a store, the later ones map it. A store is a folder holding, per category, one flat uint16
-``<index>.npy`` of every label-map plane of its rows in (row, cell) order; whole-image label
-numbers are not stored (they come from index.csv). Stores live in ``labels-<dataset key>/`` of the
+them as a store, the later ones map it. A store is a folder holding, per category, one flat
+``<index>.npy`` of every label-map plane of its rows in (row, cell) order, uint8 when label.csv's
+numbers fit (else uint16); whole-image label numbers are not stored (they come from index.csv). Stores live in ``labels-<dataset key>/`` of the
 given folder, keyed by the dataset's path and the names, sizes and modification times of its csv
 files and label maps, so a changed dataset gets a new key (and its old stores are removed).
 
@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from engine.errors import DatasetError
 
 CSV_FILES = ("index.csv", "label.csv", "category.csv")
 
@@ -49,7 +51,7 @@ class LabelStore:
     """The label maps of rows ``first .. stop-1`` of ``dataset``, decoded, as memory-mapped arrays.
 
     ``label_maps(i)`` gives what ``dataset.label_maps(i)`` gives (category → K×sh×sw label
-    numbers), as uint16 views of the store instead of int32 copies where the cells are all files.
+    numbers), as uint8/uint16 views of the store instead of int32 copies where the cells are all files.
     """
 
     def __init__(self, dataset, first, stop, arrays):
@@ -77,16 +79,22 @@ class LabelStore:
         _remove_stale(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         offsets = _offsets(dataset, first, stop)
+        dtype = np.uint8 if len(dataset.labels) <= 256 else np.uint16
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part"))
         try:
-            arrays = [np.lib.format.open_memmap(tmp / f"{g}.npy", "w+", np.uint16, (int(size),))
+            arrays = [np.lib.format.open_memmap(tmp / f"{g}.npy", "w+", dtype, (int(size),))
                       for g, size in enumerate(offsets[-1])]
 
             def write(i):
                 maps = dataset.label_maps(i)
                 for g, category in enumerate(dataset.categories):
-                    files = [plane for cell, plane in zip(dataset.rows[i].get(category, ()), maps[category])
+                    files = [(cell, plane) for cell, plane in zip(dataset.rows[i].get(category, ()), maps[category])
                              if isinstance(cell, str)]
+                    for cell, plane in files:
+                        if plane.max(initial=0) > np.iinfo(dtype).max:
+                            raise DatasetError(f"label number {plane.max()} in {cell} exceeds label.csv: "
+                                               "add it to label.csv or fix the label map")
+                    files = [plane for _, plane in files]
                     if files:
                         start = offsets[i - first, g]
                         arrays[g][start:start + sum(p.size for p in files)] = np.concatenate([p.ravel() for p in files])
