@@ -5,7 +5,8 @@
 
 64 random 256×256 crops of scikit-learn's two sample photos, the same fixed parameters on both
 sides, single thread (cv2.setNumThreads(1)); albumentations runs image by image as a Dataset
-would. Every case also checks that both libraries produce the same pixels where the op is
+would. The pipeline runs at 1 and 2 threads beside the same work as a bare OpenCV loop (its
+best 2-thread split), the floor for thread scaling on this machine. Every case also checks that both libraries produce the same pixels where the op is
 defined the same way. The ratio table (images/s from the best round) is printed at the end.
 """
 import cv2
@@ -32,9 +33,10 @@ def ratio_table(request):
         ours = N / BEST[(name, "engine")]
         theirs = N / BEST[(name, "albumentations")] if (name, "albumentations") in BEST else None
         rows.append((name, ours, theirs, None if theirs is None else ours / theirs))
-    if ("pipeline", 1) in BEST and ("pipeline", 2) in BEST:
-        one, two = N / BEST[("pipeline", 1)], N / BEST[("pipeline", 2)]
-        rows += [("Pipeline, 1 thread", one, None, None), ("Pipeline, 2 threads", two, None, two / one)]
+    keys = [("pipeline", 1), ("pipeline", 2), ("bare", 1), ("bare", 2, "halves"), ("bare", 2, "images")]
+    if all(k in BEST for k in keys):
+        one, two, bare_one, halves, images = (N / BEST[k] for k in keys)
+        rows += bench.thread_rows(one, two, bare_one, max(halves, images))
     capture = request.config.pluginmanager.getplugin("capturemanager")
     if rows:
         with capture.global_and_fixture_disabled():
@@ -68,3 +70,12 @@ def test_pipeline_threads(benchmark, threads):
     out = benchmark(bench.engine_run, pipe, IMAGES, threads)
     np.testing.assert_array_equal(out, bench.engine_run(pipe, IMAGES, 1))
     BEST[("pipeline", threads)] = benchmark.stats.stats.min
+
+
+@pytest.mark.parametrize("threads,split", [(1, "halves"), (2, "halves"), (2, "images")])
+def test_bare_opencv_threads(benchmark, threads, split):
+    benchmark.group = "Pipeline threads"
+    params = bench.pipeline().sample_images(IMAGES, 0)
+    out = benchmark(bench.bare_opencv, IMAGES, params, threads, split)
+    np.testing.assert_array_equal(out, bench.engine_run(bench.pipeline(), IMAGES))  # the same work, pixel for pixel
+    BEST[("bare", threads) if threads == 1 else ("bare", threads, split)] = benchmark.stats.stats.min

@@ -7,6 +7,8 @@ import pytest
 
 from engine import augment as A
 from engine.augment.bench import sample_images
+from engine.augment.pipeline import parse_ops
+from engine.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,29 @@ def test_contrast_blends_with_mean_gray(images):
     for i, f in enumerate(params["factor"]):
         mean = cv2.cvtColor(images[i], cv2.COLOR_RGB2GRAY).astype(float).mean()
         np.testing.assert_array_equal(out[i], rounded(f * images[i].astype(float) + (1 - f) * mean))
+
+
+@pytest.mark.parametrize("factor", [(0.3, 1.8), 1.3])  # per-image tables, then one shared table
+def test_contrast_with_albumentations_semantics_scales_levels_truncated(images, factor):
+    op = A.Contrast(factor, semantics="albumentations")
+    out, params = per_image(op, images)
+    for i, f in enumerate(params["factor"]):
+        scaled = np.float32(f) * images[i].astype(np.float32)  # float32, as albumentations computes
+        np.testing.assert_array_equal(out[i], np.clip(np.floor(scaled), 0, 255).astype(np.uint8))
+        as_float = op.apply(images[i:i + 1].astype(np.float32) / 255, {"factor": np.array([f]), "on": np.ones(1, bool)})
+        np.testing.assert_allclose(as_float[0], np.clip(f * images[i] / 255.0, 0, 1), atol=1e-6)
+    with pytest.raises(UsageError, match="'torchvision' or 'albumentations'"):
+        A.Contrast(1.2, semantics="pil")
+    assert parse_ops("contrast:1.3:semantics=albumentations")[0].semantics == "albumentations"
+
+
+def test_contrast_with_albumentations_semantics_equals_random_brightness_contrast():
+    alb = pytest.importorskip("albumentations")
+    images = sample_images(8, size=64, seed=2)
+    for factor in (0.55, 1.2, 1.7):
+        theirs = alb.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(factor - 1, factor - 1), p=1)
+        expected = np.stack([theirs(image=im)["image"] for im in images])
+        np.testing.assert_array_equal(A.Contrast(factor, semantics="albumentations")(images, seed=0), expected)
 
 
 @pytest.mark.parametrize("factor", [(0.0, 2.0), 1.4])
@@ -133,6 +158,11 @@ def test_grayscale_is_luma(images):
     err = out - (images.astype(float) @ [0.299, 0.587, 0.114])[..., None]
     assert np.abs(err).max() < 1.0 and abs(err.mean()) < 0.15
     assert (out[..., 0] == out[..., 2]).all()
+    some, params = per_image(A.Grayscale(p=0.5), images, seed=3)  # the drawn images only, one pass
+    on = np.array(params["on"], bool)
+    assert 0 < on.sum() < len(images)
+    np.testing.assert_array_equal(some[on], out[on])
+    np.testing.assert_array_equal(some[~on], images[~on])
 
 
 def test_gaussian_blur_matches_separable_reference(images):

@@ -13,8 +13,10 @@ summary says per category whether any of its concepts could have passed ``iou`` 
 Both passes run shard by shard (:class:`DissectJob`, in process or on Ray through
 ``engine.scale``) and merge on the driver, so any shard size gives the same result. Within a
 shard, pass 1's accumulators run on a thread beside the model; pass 2 spreads its batches
-(label-map decoding, masks, counts) over ``WORKERS`` threads, each into its own
-:class:`IoUCounts`, merged in order, so the result is the single-threaded one.
+(masks, counts) over ``WORKERS`` threads, each into its own :class:`IoUCounts`, merged in
+order, so the result is the single-threaded one. Pass 2 reads the label maps from a decoded
+:class:`~engine.data.label_store.LabelStore` in the cache folder: the first run over a dataset
+decodes each shard's PNGs once (on ``WORKERS`` threads) and writes it, later runs map it.
 """
 import csv
 import io
@@ -31,9 +33,11 @@ import numpy as np
 from engine.analyze.accumulators import IoUCounts, Quantile, TopK
 from engine.analyze.sources import from_concepts
 from engine.analyze.stream import stream
-from engine.data.broden import read_concepts
+from engine.data.broden import ConceptDataset, read_concepts
 from engine.data.files import write_image, write_json, write_text
+from engine.data.label_store import LabelStore, dataset_key
 from engine.errors import LayerError, UsageError
+from engine.runtime.rewrite import cache_dir
 from engine.scale import runner, shards
 from engine.viz.grid import grid
 from engine.viz.title import titled
@@ -128,12 +132,14 @@ def mask_pixels(maps, thresholds, size):
 
 
 def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batch_size=32, cache=True,
-            progress=None, scale=None):
+            progress=None, scale=None, label_store=True):
     """Dissect ``layer`` of ``model`` over the Broden-layout folder ``concepts`` (two passes).
 
     ``cache``: keep pass 1's activations in temporary files (read back, not memory-mapped, so
     memory stays flat) and let pass 2 read them instead of running the model again; False runs
-    the model twice and needs no disk. ``scale``: run in shards on Ray
+    the model twice and needs no disk. ``label_store``: read the label maps from their decoded
+    store in the cache folder (``$ONNXLENS_CACHE``), writing it on the first run over the
+    dataset; False decodes the PNGs every run. ``scale``: run in shards on Ray
     (:class:`engine.scale.Scale`; each worker caches the shards it ran); the result is the same.
 
     >>> result = dissect(Model("models/shapes-resnet.onnx"), "shapes-broden")
@@ -146,7 +152,7 @@ def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batc
     if len(dataset) == 0:
         raise UsageError(f"{dataset.root} lists no images in index.csv")
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
-    job = DissectJob(dataset, layer, quantile, int(top), int(batch_size), cache)
+    job = DissectJob(dataset, layer, quantile, int(top), int(batch_size), cache, label_store)
     with runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
         parts = shards(len(dataset), run.shard_size)
         thresholds = best = None
@@ -165,13 +171,17 @@ class DissectJob:
 
     With ``cache``, pass 1 keeps each shard's maps in a temporary file that pass 2 of that shard
     reads back (then deletes); a shard this copy of the job did not see (another Ray worker, a
-    restarted one) runs the model again.
+    restarted one) runs the model again. With ``label_store`` (and a dataset read from a
+    folder), pass 2 takes the label maps from the shard's decoded store in this node's cache
+    folder, building it when missing.
     """
 
-    def __init__(self, dataset, layer, quantile, top, batch_size, cache=True):
+    def __init__(self, dataset, layer, quantile, top, batch_size, cache=True, label_store=True):
         self.dataset, self.layer, self.quantile, self.top = dataset, layer, quantile, top
         self.batch_size, self.cache = batch_size, cache
+        self.label_store = label_store and isinstance(dataset, ConceptDataset)
         self._spools = {}  # (first, stop) → (file of pass 1's maps, map shape)
+        self._key = None  # the dataset's store key, computed where the job runs
 
     def __getstate__(self):
         return {**self.__dict__, "_spools": {}}  # open files stay where they were written
@@ -198,17 +208,33 @@ class DissectJob:
     def pass2(self, model, first, stop, t):
         """IoUCounts of images ``first .. stop-1`` with unit thresholds ``t``."""
         concept_category = primary_categories(self.dataset)
+        labels = self._labels(first, stop)
 
         def tally(start, maps):  # one batch, on a worker thread: its own mergeable counts
             part = IoUCounts(len(t), self.dataset.categories, concept_category)
             for size, members in _by_size(self.dataset, start, len(maps)).items():
-                part.update(mask_pixels(maps[members], t, size), [self.dataset.label_maps(start + i) for i in members])
+                part.update(mask_pixels(maps[members], t, size), [labels.label_maps(start + i) for i in members])
             return part
 
         counts = IoUCounts(len(t), self.dataset.categories, concept_category)
         for part in _in_threads(tally, self._second_pass(model, first, stop)):
             counts.merge(part)
         return counts
+
+    def _labels(self, first, stop):
+        """The label maps of rows ``first .. stop-1``: their store (built now if missing), or the
+        dataset itself without a store or where the cache folder cannot be written."""
+        if not self.label_store:
+            return self.dataset
+        self._key = self._key or dataset_key(self.dataset)
+        store = LabelStore.open(self.dataset, cache_dir(), first, stop, self._key)
+        if store is None:
+            try:
+                with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+                    store = LabelStore.build(self.dataset, cache_dir(), first, stop, self._key, decode=pool.map)
+            except OSError:
+                return self.dataset
+        return store or self.dataset
 
     def _maps(self, model, first, stop):
         source = from_concepts(self.dataset)

@@ -12,6 +12,7 @@ coordinates to output pixel coordinates (:meth:`Op.matrices`; identity for photo
 a map computed on an augmented image can be warped back onto the original.
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,6 +21,7 @@ from engine.errors import InputShapeError, UsageError
 
 _POOLS = {}
 _CPUS = os.cpu_count() or 1
+CHUNK_BYTES = 1 << 20  # images per work item of a threaded batch: about this many bytes
 
 
 def check_images(images):
@@ -205,21 +207,39 @@ class Streams:
 
 
 def parallel_apply(op, images, params, masks, threads):
-    """``op.apply`` on ``threads`` contiguous chunks of the batch at once (OpenCV and NumPy
-    release the GIL), joined in order: the same result as one thread."""
+    """``op.apply`` on contiguous chunks of the batch, ``threads`` at once (OpenCV and NumPy
+    release the GIL), joined in order: the same result as one thread.
+
+    Chunks hold about ``CHUNK_BYTES`` of images, several per thread, handed out as threads free
+    up: a thread slowed by other processes takes fewer, and each chunk's arrays stay small
+    (cache-resident, reused by the allocator instead of faulted in). Array outputs are copied
+    into the joined batch by the thread that made them, so the join runs in parallel too."""
     n = len(images)
     threads = max(1, min(int(threads), n, _CPUS))
-    bounds = np.linspace(0, n, threads + 1).astype(int)
+    per_image = max(1, np.asarray(images[0]).nbytes)
+    chunks = min(n, max(threads, -(-n * per_image // CHUNK_BYTES)))
+    bounds = np.linspace(0, n, chunks + 1).astype(int)
     pool = _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads))
+    joined, lock = [], threading.Lock()
 
     def chunk(k):
         sl = slice(bounds[k], bounds[k + 1])
         idx = np.arange(bounds[k], bounds[k + 1])
-        return op.apply(images[sl], take(params, idx), None if masks is None else masks[sl])
+        part = op.apply(images[sl], take(params, idx), None if masks is None else masks[sl])
+        if masks is None and isinstance(images, np.ndarray) and isinstance(part, np.ndarray):
+            with lock:  # the first part to finish allocates the batch
+                if not joined:
+                    joined.append(np.empty((n,) + part.shape[1:], part.dtype))
+            if joined[0].shape[1:] == part.shape[1:] and joined[0].dtype == part.dtype:
+                joined[0][sl] = part
+                return None
+        return part
 
-    parts = list(pool.map(chunk, range(threads)))
+    parts = list(pool.map(chunk, range(chunks)))
     if masks is None:
-        return _join(parts, images)
+        if all(p is None for p in parts):
+            return joined[0]
+        return _join([joined[0][bounds[k]:bounds[k + 1]] if p is None else p for k, p in enumerate(parts)], images)
     return _join([p[0] for p in parts], images), _join([p[1] for p in parts], masks)
 
 

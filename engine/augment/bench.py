@@ -6,6 +6,7 @@ image by image, as a Dataset would. Used by ``onnxlens augment --bench`` and
 ``benchmarks/bench_augment.py``.
 """
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 import cv2
@@ -48,6 +49,9 @@ CASES = [
     ("Brightness", lambda: A.Brightness(1.2), lambda alb: _jitter(alb, brightness=(1.2, 1.2)),
      "±1"),
     ("Contrast", lambda: A.Contrast(1.2), lambda alb: _jitter(alb, contrast=(1.2, 1.2)), "±1"),
+    ("Contrast (albumentations)", lambda: A.Contrast(1.2, semantics="albumentations"),
+     lambda alb: alb.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(0.2, 0.2), p=1),
+     "exact"),
     ("Saturation", lambda: A.Saturation(1.3), lambda alb: _jitter(alb, saturation=(1.3, 1.3)),
      "±1"),
     ("Hue", lambda: A.Hue(0.1), lambda alb: _jitter(alb, hue=(0.1, 0.1)), "exact"),
@@ -106,6 +110,48 @@ def pipeline():
                       A.Brightness((0.8, 1.2)), A.Saturation((0.8, 1.2))])
 
 
+def bare_opencv(images, params, threads=1, split="halves"):
+    """:func:`pipeline`'s work under its drawn ``params`` as a bare OpenCV loop (crop-resize,
+    flip, warpAffine, LUT, channel matrix per image, into one preallocated batch): the floor
+    the engine's thread scaling is measured against. ``split``: ``"halves"`` gives each thread
+    one contiguous half, ``"images"`` hands out single images.
+
+    >>> bare_opencv(images, pipeline().sample_images(images, 0), threads=2).shape
+    (64, 224, 224, 3)
+    """
+    crop, flip, rotate, bright, sat = (params[str(k)] for k in range(5))
+    out = np.empty((len(images), 224, 224, 3), np.uint8)
+    levels = np.arange(256.0)
+
+    def one(i):
+        x, y, w, h = (int(v) for v in crop["box"][i])
+        image = cv2.resize(images[i, y:y + h, x:x + w], (224, 224), interpolation=cv2.INTER_LINEAR)
+        if flip["on"][i]:
+            image = cv2.flip(image, 1)
+        turn = cv2.getRotationMatrix2D((111.5, 111.5), float(rotate["angle"][i]), 1.0)
+        image = cv2.warpAffine(image, turn, (224, 224), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        image = cv2.LUT(image, np.clip(np.rint(levels * bright["factor"][i]), 0, 255).astype(np.uint8))
+        f = sat["factor"][i]
+        cv2.transform(image, (f * np.eye(3) + (1 - f) * np.array([0.299, 0.587, 0.114])).astype(np.float32),
+                      dst=out[i])
+
+    def run(indices):
+        for i in indices:
+            one(i)
+
+    if threads == 1:
+        run(range(len(images)))
+        return out
+    pool = _BARE_POOLS.get(threads) or _BARE_POOLS.setdefault(threads, ThreadPoolExecutor(threads))
+    parts = (np.array_split(np.arange(len(images)), threads) if split == "halves"
+             else [[i] for i in range(len(images))])
+    list(pool.map(run, parts))
+    return out
+
+
+_BARE_POOLS = {}
+
+
 def albumentations():
     """The albumentations module, or None when it is not installed."""
     try:
@@ -159,11 +205,20 @@ def table(n=64, repeats=5, with_albumentations=True):
         theirs = rates[1] if len(rates) > 1 else None
         rows.append((name, rates[0], theirs, None if theirs is None else rates[0] / theirs))
     pipe = pipeline()
-    one, two = best_rates([lambda: engine_run(pipe, images, threads=1),
-                           lambda: engine_run(pipe, images, threads=2)], n, repeats)
-    rows.append(("Pipeline, 1 thread", one, None, None))
-    rows.append(("Pipeline, 2 threads", two, None, two / one))
-    return rows
+    params = pipe.sample_images(images, 0)
+    one, two, bare_one, *bare_two = best_rates(
+        [lambda: engine_run(pipe, images, threads=1), lambda: engine_run(pipe, images, threads=2),
+         lambda: bare_opencv(images, params, 1), lambda: bare_opencv(images, params, 2, "halves"),
+         lambda: bare_opencv(images, params, 2, "images")], n, repeats)
+    return rows + thread_rows(one, two, bare_one, max(bare_two))
+
+
+def thread_rows(one, two, bare_one, bare_two):
+    """Table rows of the pipeline's thread scaling beside the bare OpenCV loop's (images/s)."""
+    return [("Pipeline, 1 thread", one, None, None), ("Pipeline, 2 threads", two, None, two / one),
+            ("Bare OpenCV loop, 1 thread", bare_one, None, None),
+            ("Bare OpenCV loop, 2 threads (best split)", bare_two, None, bare_two / bare_one),
+            ("Pipeline 2 threads ÷ bare OpenCV 2 threads", two, None, two / bare_two)]
 
 
 def format_table(rows):

@@ -38,6 +38,16 @@ def brightness_lut(factor):
     return to_uint8(np.asarray(factor, np.float64)[:, None] * _LEVELS)
 
 
+def scale_lut_truncated(factor):
+    """Tables of ``⌊x · factor⌋`` saturated, in float32 as albumentations 2 computes them.
+
+    >>> int(scale_lut_truncated([1.2])[0, 100])
+    120
+    """
+    f = np.asarray(factor, np.float32)[:, None]
+    return np.clip(np.arange(256, dtype=np.float32) * f, 0, 255).astype(np.uint8)
+
+
 def contrast_lut(factor, mean):
     """Tables of ``factor · x + (1 − factor) · mean`` (blend with the mean grey level)."""
     f = np.asarray(factor, np.float64)[:, None]

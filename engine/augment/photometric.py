@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.augment import kernels as K
 from engine.augment.base import Op, as_range, uniform
+from engine.errors import UsageError
 
 
 def _shared(params, key):
@@ -136,16 +137,39 @@ class Posterize(LutOp):
         return K.apply_lut(levels, K.posterize_lut([bits])[0]).astype(np.float32) / 255.0
 
 
-class Contrast(Ranged):
-    """Blend with the image's mean grey level by ``factor`` (PIL/torchvision contrast).
+class Contrast(LutOp):
+    """Contrast by ``factor`` (1 = unchanged), under one of two definitions (``semantics``):
 
-    >>> aug = Contrast(factor=(0.8, 1.2))
+    - ``"torchvision"`` (PIL ``ImageEnhance.Contrast``, torchvision ``adjust_contrast``):
+      ``f · x + (1 − f) · m`` rounded, m the mean grey level of the image itself, so each image
+      needs a pass for m before its table.
+    - ``"albumentations"`` (albumentations 2's ``RandomBrightnessContrast`` with no brightness
+      change, ``contrast_limit`` a ↔ factor 1 + a): ``⌊f · x⌋`` saturated, levels scaled about 0
+      (what its code computes; its docstring's blend with the mean is not), one table for the
+      batch when the factor is shared. float32 images: ``clip(f · x, 0, 1)``.
+
+    >>> aug = Contrast(factor=(0.8, 1.2), semantics="albumentations")
     """
 
-    def __init__(self, factor=(0.8, 1.2), p=1.0):
+    SEMANTICS = ("torchvision", "albumentations")
+
+    def __init__(self, factor=(0.8, 1.2), p=1.0, semantics="torchvision"):
         super().__init__(factor, p)
+        if semantics not in self.SEMANTICS:
+            raise UsageError(f"Contrast semantics is 'torchvision' or 'albumentations', got '{semantics}'")
+        self.semantics = semantics
+
+    def apply_batch(self, images, params):
+        return super().apply_batch(images, params) if self.semantics == "albumentations" else None
+
+    table = staticmethod(K.scale_lut_truncated)
+
+    def formula(self, image, f):
+        return np.clip(image * np.float32(f), 0.0, 1.0)
 
     def kernel(self, image, prm, out=None):
+        if self.semantics == "albumentations":
+            return super().kernel(image, prm, out=out)
         f = prm["factor"]
         mean = cv2.mean(K.gray(image))[0]
         if image.dtype == np.uint8:
@@ -208,9 +232,9 @@ class Grayscale(Op):
     >>> aug = Grayscale(p=0.2)
     """
 
-    def apply_batch(self, images, params):
+    def apply_batch(self, images, params):  # one channel matrix over the batch as one tall image
         if not (isinstance(images, np.ndarray) and params["on"].all()):
-            return None
+            return None  # some images only: image by image beats gathering them (2 extra copies)
         return K.gray_like(images.reshape(-1, *images.shape[2:])).reshape(images.shape)
 
     def kernel(self, image, prm, out=None):
