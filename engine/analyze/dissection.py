@@ -37,7 +37,7 @@ from engine.data.broden import ConceptDataset, read_concepts
 from engine.data.files import write_image, write_json, write_text
 from engine.data.label_store import LabelStore, dataset_key
 from engine.errors import LayerError, UsageError
-from engine.runtime.rewrite import cache_dir
+from engine.runtime.cache import cache_dir
 from engine.scale import runner, shards
 from engine.viz.grid import grid
 from engine.viz.title import titled
