@@ -200,7 +200,7 @@ class Model:
         missing = [declared[name].describe() for name in wanted if name not in self.extra_inputs]
         if missing:
             raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(missing)}: pass "
-                             "extra_inputs={name: array} or --input NAME=VALUE|FILE.npy")
+                             "extra_inputs={name: array}")
         return {name: extras.feed(declared[name], self.extra_inputs[name], batch) for name in wanted}
 
     # --- graph facts ---------------------------------------------------------------------
@@ -353,7 +353,8 @@ class Model:
         return details
 
     def summary(self):
-        """A JSON-ready description: producer, opset, inputs, outputs, ops, layers.
+        """A JSON-ready description: producer, opset, inputs, outputs, preprocessing (with where each
+        setting came from: ``sources``, and the ``guessed`` ones), labels, ops, layers.
 
         >>> model.summary()["ops"]["Conv"]
         20
@@ -376,7 +377,8 @@ class Model:
                 "size": self.input_size,
                 "gradients": self.gradient_input,
             },
-            "preprocess": self.preprocessing.to_dict(),
+            "preprocess": {**self.preprocessing.to_dict(), "sources": dict(self.preprocessing.sources),
+                           "guessed": self.preprocessing.guessed()},
             "labels": self.labels,
             "ops": dict(Counter(node.op_type for node in graph.node).most_common()),
             "layers": [{"name": layer.name, "module": self.modules.get(layer.name), "op": layer.op,
@@ -451,7 +453,7 @@ class Model:
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise InputShapeError(f"ONNX Runtime cannot run '{self.path.name}' on a {_shown(x.shape)} batch "
-                                  f"({reason}): try another input size (--size HxW), e.g. a multiple of 32") from err
+                                  f"({reason}): try another input size, input_size=(H, W), e.g. a multiple of 32") from err
         n, k = len(self.proto.graph.output), len(activations)
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
 

@@ -39,7 +39,7 @@ def layer_field(model, layer, size=None):
     """
     size = model.input_size or size
     if size is None:
-        raise InputShapeError(f"'{model.path.name}' has dynamic spatial dims: give an input size (--size HxW)")
+        raise InputShapeError(f"'{model.path.name}' has dynamic spatial dims: give an input size, input_size=(H, W)")
     fields = receptive_fields(normalize(add_taps(model.proto, [layer]), input_size=size, inplace=True))
     if layer not in fields:
         raise LayerError(f"'{layer}' is not a 4-D feature map computed from the image: pick a conv layer")

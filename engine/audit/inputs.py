@@ -11,10 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.images import read_image
+from engine.data.images import image_files, read_image
 from engine.errors import DatasetError, UsageError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -80,9 +78,7 @@ def from_folder(folder, labels=None, class_names=None):
             raise DatasetError(f"'{labels}' lists {len(missing)} images missing from '{folder}', e.g. '{missing[0]}': "
                                "image paths are relative to the --images folder")
         return ImageSet([read_image(folder / n) for n in names], names, classes)
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise UsageError(f"no image files in '{folder}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    paths = image_files([folder], recursive=True)
     return ImageSet([read_image(p) for p in paths], [p.relative_to(folder).as_posix() for p in paths])
 
 

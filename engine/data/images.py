@@ -49,7 +49,7 @@ def image_files(specs, recursive=False):
             candidates = path.rglob("*") if recursive else path.iterdir()
             chosen = sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not chosen:
-                more = "" if recursive else " (add --recursive for its sub-folders)"
+                more = "" if recursive else " (recursive=True adds its sub-folders)"
                 raise UsageError(f"no image files in folder '{spec}'{more}: it needs {', '.join(IMAGE_SUFFIXES)} files")
         elif glob.has_magic(spec) and not path.exists():
             chosen = sorted(Path(p) for p in glob.glob(spec, recursive=True)
@@ -61,6 +61,28 @@ def image_files(specs, recursive=False):
             chosen = [path]  # a file (read_image says clearly if it is missing or not an image)
         found += chosen
     return list(dict.fromkeys(found))
+
+
+def mask_files(images, specs, recursive=False):
+    """One mask file per image, chosen from ``specs`` (as :func:`image_files`): the mask with the
+    image's file name (any image suffix, optionally ending ``_mask``), else the masks in order when
+    there are as many as images. Raises UsageError otherwise.
+
+    >>> mask_files(["img/cat.jpg", "img/dog.jpg"], ["masks/"])
+    [PosixPath('masks/cat.png'), PosixPath('masks/dog_mask.png')]
+    """
+    masks = image_files(specs, recursive)
+    by_stem = {}
+    for mask in masks:
+        by_stem.setdefault(mask.stem.removesuffix("_mask"), mask)
+    stems = [Path(image).stem for image in images]
+    if all(stem in by_stem for stem in stems):
+        return [by_stem[stem] for stem in stems]
+    if len(masks) == len(images):
+        return masks
+    missing = next(stem for stem in stems if stem not in by_stem)
+    raise UsageError(f"{len(images)} images but {len(masks)} masks, and none named like '{missing}': give one "
+                     "mask per image, named as the image (or NAME_mask.png)")
 
 
 def image_list(images, layout="HWC"):
