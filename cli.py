@@ -230,7 +230,8 @@ def synth(out, n, seed, size):
 
     with Progress(total=n, label="synth") as bar:
         broden.write_concepts(out, world.batches(n, seed=seed, size=size), progress=bar)
-    click.echo(f"wrote {n} images with shape/color/texture/background label maps to {out}")
+    click.echo(f"wrote {n} images to {Path(out) / 'images' / 'shapes'} and their shape/color/texture/background "
+               f"label maps to {Path(out) / 'images' / broden.LABEL_MAPS}")
 
 
 # --- model commands -----------------------------------------------------------------------
@@ -327,6 +328,20 @@ def predict(model, images, top, as_json, batch_size, load):
         click.echo(p.image)
         for t in p.top:
             click.echo(f"  {t.score:7.4f}  {t.label if t.label is not None else '#' + str(t.index)}  [{t.index}]")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@_preprocess_options
+@_labels_option
+@click.option("--out", metavar="FILE", help="Write a new tagged file instead (default: in place, the old file kept "
+                                            "as MODEL.bak).")
+def tag(model, preprocess, labels_file, out):
+    """Write preprocessing settings and class names into MODEL's metadata (read by every command)."""
+    from engine.data.tags import tag as write_tags
+
+    written, backup = write_tags(model, out=out, preprocess=preprocess, labels=labels_file)
+    click.echo(f"wrote {written}" + (f" (the previous file is kept as {backup})" if backup else ""))
 
 
 # --- gradient engine commands -------------------------------------------------------------
