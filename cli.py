@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from engine.data.files import write_image, write_json, write_npz, write_text
+from engine.data.files import write_image, write_json, write_text
 from engine.errors import OnnxlensError, UsageError
 from engine.progress import Progress
 
@@ -359,52 +359,6 @@ def _explain_target(value, model):
     return parse(value, model.labels)
 
 
-def _write_explanation(exp, model, images, out, name):
-    """Per-row overlay PNGs (with the explained box, if any), DIR/<name>.npz and
-    DIR/summary.json; returns the summary."""
-    from engine.data.labels import probabilities
-    from engine.data.images import as_rgb, visible_part
-    from engine.viz.overlay import draw_box, overlay
-
-    out = Path(out)
-    labels = model.labels
-    summary, counts = [], {}
-    for row, (i, target) in enumerate(zip(exp.image, exp.targets)):
-        rgb = visible_part(as_rgb(images[i]), model.input_size, model.preprocessing.resize)  # what the map covers
-        stem = Path(images[i]).stem
-        counts[stem] = counts.get(stem, 0) + 1
-        suffix = f"_{target}" if (exp.image == i).sum() > 1 else ""
-        png = out / f"{stem}{'' if counts[stem] == 1 else '_' + str(counts[stem])}_{exp.method}{suffix}.png"
-        detail = dict(exp.details[row]) if exp.details else {}
-        picture = overlay(rgb, exp.maps[row])
-        if "box" in detail:
-            size = model.input_size or rgb.shape[:2]
-            sy, sx = rgb.shape[0] / size[0], rgb.shape[1] / size[1]
-            c = detail["class"]
-            caption = f"{labels[c] if labels and c < len(labels) else '#' + str(c)} {detail['score']:.2f}"
-            picture = draw_box(picture, np.multiply(detail["box"], [sx, sy, sx, sy]), caption)
-        write_image(png, picture)
-        item = {"image": str(images[i]), "overlay": str(png), "method": exp.method, "layers": exp.layers,
-                "output": exp.output, "empty": bool(exp.empty[row]) if exp.empty is not None else False,
-                "predicted": None, "target": {"index": int(target), "mask": True}}
-        if exp.output.get("kind", "classifier") == "classifier" and "mask" not in detail:
-            scores = exp.scores[i]
-            probs = probabilities(scores[None])[0]
-            top = int(scores.argmax())
-            item["predicted"] = {"index": top, "label": labels[top] if labels else None,
-                                 "probability": float(probs[top])}
-            item["target"] = {"index": int(target), "label": labels[target] if labels and target >= 0 else None,
-                              "probability": float(probs[target]) if target >= 0 else None,
-                              "score": float(scores[target]) if target >= 0 else None}
-        elif "mask" not in detail:
-            label = labels[target] if labels and 0 <= target < len(labels) else None
-            item["target"] = {"index": int(target), "label": label, **detail}
-        summary.append(item)
-    write_npz(out / f"{name}.npz", **exp.arrays())
-    write_json(out / "summary.json", summary)
-    return summary
-
-
 def _echo_summary(summary, as_json):
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -471,12 +425,13 @@ def cam(model, images, target, output_kind, output_name, logits, blank, out, bat
         layer, tta, eigen_smooth):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
     from engine.explain import cam as explain_cam
+    from engine.explain.summary import write_explanation
 
     model = _load(model, **load)
     exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
                       batch=batch_size, tta=tta, eigen_smooth=eigen_smooth, output=output_name, output_kind=output_kind,
                       logits=logits, blank=blank)
-    _echo_summary(_write_explanation(exp, model, list(images), out, "cams"), as_json)
+    _echo_summary(write_explanation(exp, model, list(images), out, "cams"), as_json)
 
 
 @main.command()
@@ -493,12 +448,13 @@ def saliency(model, images, target, output_kind, output_name, logits, blank, out
              method, samples, noise, steps, baseline, layer):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
     from engine.explain import saliency as explain_saliency
+    from engine.explain.summary import write_explanation
 
     model = _load(model, **load)
     exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
                            batch=batch_size, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer,
                            output=output_name, output_kind=output_kind, logits=logits, blank=blank)
-    _echo_summary(_write_explanation(exp, model, list(images), out, "saliency"), as_json)
+    _echo_summary(write_explanation(exp, model, list(images), out, "saliency"), as_json)
 
 
 @main.command()
@@ -590,19 +546,10 @@ def evaluate(model, images, image_options, synth, seed, masks, method, layer, st
 
 
 def _source(images, synth_n, seed, concepts):
-    """The image set named by IMAGES..., --synth N or --concepts DIR (exactly one)."""
-    from engine.analyze import sources
+    """The image set named by IMAGES..., --synth N or --concepts DIR (engine.analyze.sources.choose)."""
+    from engine.analyze.sources import choose
 
-    given = [bool(images), synth_n is not None, concepts is not None]
-    if sum(given) != 1:
-        raise UsageError("give exactly one image set: IMAGES..., --synth N or --concepts DIR")
-    if synth_n is not None:
-        return sources.from_synth(synth_n, seed=seed)
-    if concepts is not None:
-        from engine.data.broden import read_concepts
-
-        return sources.from_concepts(read_concepts(concepts))
-    return sources.from_paths(images)
+    return choose(images=images, synth=synth_n, seed=seed, concepts=concepts)
 
 
 # MODEL, then one image set: IMAGES..., --synth N [--seed S] or --concepts DIR (see _source).
