@@ -282,9 +282,10 @@ def inspect(model, layer_name, as_json, load):
     click.echo(f"          labels: {len(labels) if labels else 'none'}  "
                f"gradients w.r.t. {image['gradients'] or 'none (the pixels are not only cast to float)'}\n")
     if info["preprocess"]["guessed"]:
-        click.echo(f"warning: '{model.path.name}' does not say its {', '.join(info['preprocess']['guessed'])}: "
-                   "onnxlens guessed; check them, then pass --preprocess/--channel-order/--resize or write them "
-                   "into the model with `onnxlens tag`", err=True)
+        guessed = " and ".join(key.replace("_", " ") for key in info["preprocess"]["guessed"])
+        click.echo(f"warning: '{model.path.name}' does not record its {guessed}: onnxlens guessed them; if they "
+                   "are wrong, pass --preprocess/--channel-order (or --mean/--std) or write them into the model "
+                   "with `onnxlens tag`", err=True)
     rows = [("input", t["name"], t["dtype"], _dims(t["shape"])) for t in info["inputs"]]
     rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
     click.echo(_table(rows, ("", "name", "dtype", "shape")) + "\n")

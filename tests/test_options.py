@@ -90,7 +90,7 @@ def test_each_setting_says_where_it_came_from():
     assert (chosen.preset, chosen.channel_order, chosen.mean) == ("unit", "BGR", (0.1, 0.2, 0.3))
     assert chosen.sources == {"preset": "metadata", "mean": "metadata", "channel_order": "option",
                               "resize": "default guess"}
-    assert resolve().guessed() == ["preset", "channel_order", "resize"]
+    assert resolve().guessed() == ["preset", "channel_order"]
     raw = resolve(None, {}, inferred=({"preset": "raw"}, "uint8 input"))
     assert raw.preset == "raw" and raw.sources["preset"] == "uint8 input" and "preset" not in raw.guessed()
     with pytest.raises(UsageError, match="model metadata"):
@@ -143,12 +143,11 @@ def test_inspect_says_where_preprocessing_came_from_and_warns_on_a_guess(nhwc_un
     guessed = invoke("inspect", nhwc_unit_model)
     assert guessed.exit_code == 0, guessed.output
     assert "preset imagenet (default guess)" in guessed.output and "warning:" in guessed.output
-    given = invoke("inspect", nhwc_unit_model, "--preprocess", "unit", "--channel-order", "RGB", "--resize", "squash")
+    given = invoke("inspect", nhwc_unit_model, "--preprocess", "unit", "--channel-order", "RGB")
     assert "preset unit (option)" in given.output and "channel order RGB (option)" in given.output
     assert "warning:" not in given.output
     info = json.loads(invoke("inspect", nhwc_unit_model, "--preprocess", "unit", "--json").output)
-    assert info["preprocess"]["sources"]["preset"] == "option" and info["preprocess"]["guessed"] == [
-        "channel_order", "resize"]
+    assert info["preprocess"]["sources"]["preset"] == "option" and info["preprocess"]["guessed"] == ["channel_order"]
 
 
 # --- onnxlens tag ----------------------------------------------------------------------------

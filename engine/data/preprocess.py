@@ -91,12 +91,14 @@ class Preprocess:
         return _statistics(self.preset, self.mean, self.std)
 
     def guessed(self):
-        """The fields no metadata or option set (their default was guessed).
+        """The settings that change pixel values (preset, channel order) that no metadata or option
+        set: their default was guessed. (A guessed resize, squash, is named in ``sources`` only:
+        it moves pixels but keeps their values.)
 
         >>> resolve().guessed()
-        ['preset', 'channel_order', 'resize']
+        ['preset', 'channel_order']
         """
-        return [name for name in FIELDS if self.sources.get(name) == DEFAULT_GUESS]
+        return [name for name in ("preset", "channel_order") if self.sources.get(name) == DEFAULT_GUESS]
 
     def to_dict(self):
         """JSON-ready fields (mean and std only where given).
