@@ -283,8 +283,9 @@ def inspect(model, layer_name, as_json, load):
                f"gradients w.r.t. {image['gradients'] or 'none (the pixels are not only cast to float)'}\n")
     if info["preprocess"]["guessed"]:
         guessed = " and ".join(key.replace("_", " ") for key in info["preprocess"]["guessed"])
-        click.echo(f"warning: '{model.path.name}' does not record its {guessed}: onnxlens guessed them; if they "
-                   "are wrong, pass --preprocess/--channel-order (or --mean/--std) or write them into the model "
+        pronoun = "them" if len(info["preprocess"]["guessed"]) > 1 else "it"
+        click.echo(f"warning: '{model.path.name}' does not record its {guessed}: onnxlens guessed {pronoun}; if wrong, "
+                   "pass --preprocess/--channel-order (or --mean/--std) or write them into the model "
                    "with `onnxlens tag`", err=True)
     rows = [("input", t["name"], t["dtype"], _dims(t["shape"])) for t in info["inputs"]]
     rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
@@ -722,7 +723,7 @@ def patches(model, images, synth_n, seed, concepts, layer, channels, top, batch_
 
 # --- augmentation commands ----------------------------------------------------------------
 @main.command()
-@click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
+@_images_argument(required=False)
 @click.option("--ops", "spec", default="rotate:-30..30,hflip",
               help='Comma-separated ops, e.g. "rotate:30,hflip,cutmix:1.0"; a number is fixed, '
                    "lo..hi a range, key=value names a parameter.")
