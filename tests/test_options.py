@@ -267,3 +267,20 @@ def test_synth_keeps_label_maps_out_of_the_image_folder(tmp_path):
     assert dataset.rows[0]["shape"] == ["shapes-labels/000000_shape.png"]
     maps = dataset.label_maps(0)
     assert set(maps) == {"shape", "color", "texture", "background"} and maps["shape"][0].shape == (32, 32)
+
+
+def test_center_crop_explains_the_part_the_model_sees(tmp_path):
+    from engine.explain import cam, evaluate
+
+    path = save(classifier(shape=("N", 3, 8, 8), seed=6), tmp_path / "m.onnx")
+    cropping = Model(path, preprocess={"resize": "shorter-side+center-crop"})
+    wide = np.random.default_rng(3).integers(0, 256, (16, 40, 3), dtype=np.uint8)
+    centre = wide[:, 12:28]
+    np.testing.assert_array_equal(cropping.preprocess(wide), Model(path).preprocess(centre))
+    exp = cam(cropping, [wide])
+    assert exp.maps.shape == (1, 16, 16)
+    np.testing.assert_allclose(exp.maps, cam(Model(path), [centre]).maps, atol=1e-6)
+    mask = np.zeros((16, 40), bool)
+    mask[4:12, 14:26] = True
+    report = evaluate(cropping, [wide], mask[None], steps=4)
+    assert report == evaluate(Model(path), [centre], mask[None, :, 12:28], steps=4)

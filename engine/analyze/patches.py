@@ -22,12 +22,14 @@ from engine.viz.title import titled
 @dataclass(frozen=True)
 class Patches:
     """Top activations per channel: ``rows`` (dicts channel, rank, image, index, y, x, value,
-    box) and the receptive field of the layer."""
+    box), the receptive field of the layer, the input size and the model's resize policy (how
+    an image became the input the boxes are drawn on)."""
 
     layer: str
     rows: list
     field: object
     size: tuple
+    resize: str = "squash"
 
 
 def layer_field(model, layer, size=None):
@@ -109,7 +111,7 @@ def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=No
             rows.append({"channel": channel, "rank": rank, "image": source.names[index], "index": index,
                          "y": y, "x": x, "value": float(best["value"][j, rank]),
                          "box": list(box(field, y, x, size))})
-    return Patches(layer, rows, field, size)
+    return Patches(layer, rows, field, size, model.preprocessing.resize)
 
 
 def crop(image, bounds, fill=0):
@@ -139,7 +141,7 @@ def patch_sheet(result, channel, source_images, cell=64, ncols=8, title=None):
     rows = [r for r in result.rows if r["channel"] == channel]
     cells = []
     for row in rows:
-        patch = crop(resize(source_images(row["index"]), result.size), row["box"])
+        patch = crop(resize(source_images(row["index"]), result.size, result.resize), row["box"])
         scale = max(1, cell // max(patch.shape[:2]))
         cells.append(cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
     sheet = grid(cells, ncols=min(len(cells), ncols), labels=[f"{r['value']:.2f}" for r in rows])

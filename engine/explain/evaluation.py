@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.data.labels import probabilities
-from engine.data.images import as_rgb, image_list
+from engine.data.images import as_rgb, image_list, visible_part
 from engine.errors import UsageError
 from engine.explain import metrics
 from engine.explain.explainers import cam, saliency
@@ -37,8 +37,9 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
                          "labels: give one mask and one label per image")
     job = EvaluateJob(images, masks, None if labels is None else [int(c) for c in labels], method, layer, steps,
                       int(batch), tolerance, rng)
+    seen = visible_part(masks[0], model.input_size, model.preprocessing.resize).shape if n else masks.shape[1:]
     report = {"images": n, "method": method, "layers": None, "steps": steps,
-              "tolerance": metrics.default_tolerance(masks.shape[1:]) if tolerance is None else tolerance}
+              "tolerance": metrics.default_tolerance(seen) if tolerance is None else tolerance}
     scores = {name: {"pointing": [], "deletion": [], "insertion": []} for name in (method, "random", "centre")}
     with runner(model, job, scale, job.batch, progress) as run:
         for layers, part in run.map("scores", shards(n, run.shard_size), label="evaluate"):
@@ -67,8 +68,10 @@ class EvaluateJob:
 
     def scores(self, model, first, stop):
         """(the explained layers, {map name: {metric: per-image values}}) for images ``first .. stop-1``."""
-        images = [as_rgb(image) for image in self.images[first:stop]]  # read once for maps and perturbed inputs
-        masks, n = self.masks[first:stop], stop - first
+        # read once for maps and perturbed inputs; images and masks cut to the part the model sees
+        seen = lambda a: visible_part(a, model.input_size, model.preprocessing.resize)  # noqa: E731
+        images = [seen(as_rgb(image)) for image in self.images[first:stop]]
+        masks, n = np.stack([seen(m) for m in self.masks[first:stop]]), stop - first
         targets = "top" if self.labels is None else self.labels[first:stop]
         if self.method in METHODS:
             exp = cam(model, images, method=self.method, layer=self.layer, targets=targets, batch=self.batch,
