@@ -806,7 +806,7 @@ def _log_section(timing):
 
 # The image set of audit and compare (engine.audit.choose): --images DIR [--labels FILE] or --synth N [--seed S].
 _audit_data_options = _options(
-    click.option("--images", metavar="DIR", help="A folder of images (searched recursively)."),
+    click.option("--images", metavar="DIR|GLOB", help="A folder of images (searched recursively), or a quoted glob."),
     click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images."),
     click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead."),
     click.option("--seed", default=0, show_default=True, help="Seed of the generated images."),

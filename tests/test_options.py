@@ -284,3 +284,11 @@ def test_center_crop_explains_the_part_the_model_sees(tmp_path):
     mask[4:12, 14:26] = True
     report = evaluate(cropping, [wide], mask[None], steps=4)
     assert report == evaluate(Model(path), [centre], mask[None, :, 12:28], steps=4)
+
+
+def test_audit_images_take_a_glob_too(folder):
+    from engine.audit import from_folder
+
+    data = from_folder(str(folder / "**" / "*.png"))
+    assert data.names == [(folder / "b.png").as_posix(), (folder / "sub" / "c.png").as_posix()]
+    assert data.images[1].shape == (12, 10, 3)

@@ -6,6 +6,7 @@ Shapes world (labels, object masks and concept maps included).
 (200, array([5, 2, 7]), True)
 """
 import csv
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def from_synth(n, seed=0):
 def from_folder(folder, labels=None, class_names=None):
     """The images under ``folder``, named by their paths relative to it.
 
-    Without ``labels``: every image file (sorted, recursive). With ``labels``: the images a CSV
+    Without ``labels``: every image file (sorted, recursive), or ``folder`` may be a glob pattern
+    (``"pics/*.jpg"``; images named by their paths). With ``labels``: the images a CSV
     file lists, columns ``image`` (path relative to ``folder``) and ``label`` (a class name of
     ``class_names`` or a class index), as ``onnxlens synth`` writes ``labels.csv``.
 
@@ -69,8 +71,12 @@ def from_folder(folder, labels=None, class_names=None):
     array([5, 2, 7])
     """
     folder = Path(folder)
+    if not folder.is_dir() and glob.has_magic(str(folder)) and labels is None:  # a pattern: names are the paths
+        paths = image_files([folder])
+        return ImageSet([read_image(p) for p in paths], [p.as_posix() for p in paths])
     if not folder.is_dir():
-        raise UsageError(f"'{folder}' is not a folder: --images takes a folder of image files")
+        raise UsageError(f"'{folder}' is not a folder: --images takes a folder of image files (or, without "
+                         "--labels, a quoted glob pattern)")
     if labels is not None:
         names, classes = _read_labels(labels, class_names)
         missing = [n for n in names if not (folder / n).is_file()]
