@@ -47,8 +47,8 @@ def test_image_files_take_files_folders_and_globs_alike(folder):
     assert image_files([folder], recursive=True) == [folder / "a.jpg", folder / "b.png", folder / "sub" / "c.png"]
     assert image_files([str(folder / "*.png")]) == [folder / "b.png"]
     assert image_files([str(folder / "**" / "*.png")]) == [folder / "b.png", folder / "sub" / "c.png"]
-    # order as given, duplicates dropped, a plain file kept as named
-    assert image_files([folder / "b.png", folder]) == [folder / "b.png", folder / "a.jpg"]
+    # order as given, a plain file kept as named (twice if named twice)
+    assert image_files([folder / "b.png", folder]) == [folder / "b.png", folder / "a.jpg", folder / "b.png"]
     with pytest.raises(UsageError, match="no image file matches"):
         image_files([str(folder / "*.gif")])
     (folder / "empty").mkdir()

@@ -35,7 +35,7 @@ def read_image(path):
 def image_files(specs, recursive=False):
     """The image files named by ``specs``: files, folders (their image files; with ``recursive``,
     those of every sub-folder too) and glob patterns (``**`` spans folders), in the order given,
-    each folder or pattern sorted, duplicates dropped. The one rule by which every command
+    each folder or pattern sorted (a file named twice is taken twice, as given). The one rule by which every command
     chooses its images; raises UsageError naming a spec that matches no image.
 
     >>> image_files(["cat.png", "pets/", "more/*.jpg"])
@@ -60,7 +60,7 @@ def image_files(specs, recursive=False):
         else:
             chosen = [path]  # a file (read_image says clearly if it is missing or not an image)
         found += chosen
-    return list(dict.fromkeys(found))
+    return found
 
 
 def mask_files(images, specs, recursive=False):
