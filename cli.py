@@ -817,18 +817,20 @@ _audit_data_options = _options(
 @click.argument("model")
 @_audit_data_options
 @click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
+@click.option("--masks", metavar="DIR", help="Object masks for --images (same relative paths, non-zero = object): "
+                                              "enables the pointing game.")
 @click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
 @click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
 @click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
 @click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
 @_model_options(labels=False)  # audit's --labels is the CSV of true labels
 @_scale_options
-def audit(model, images, labels, synth, seed, out, gallery, embed, dissect, classviz_steps, load, scale):
+def audit(model, images, labels, synth, seed, out, masks, gallery, embed, dissect, classviz_steps, load, scale):
     """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
     from engine.audit import Options, audit as run_audit, choose
 
     loaded = _load(model, **load)
-    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels)
+    data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels, masks=masks)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
     path, _ = run_audit(loaded, data, out, options, log=_log_section, scale=scale)
     click.echo(path)

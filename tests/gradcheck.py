@@ -140,15 +140,15 @@ def float64_slope(model, output, feeds, seed, moved, v, new_ops=None, h=1e-6):
     return (f(1) - f(-1)) / (2 * h)
 
 
-def assert_slopes_match(got, reference, output, x, seed, tap, rng, rounds, rtol, new_ops=None):
+def assert_slopes_match(got, reference, output, x, seed, tap, rng, rounds, rtol, new_ops=None, h=1e-6):
     """``got`` (the ORT gradient at ``tap``, or at "image") agrees with float64 central differences
-    of ``reference`` along ``rounds`` random directions, to ``rtol`` of each slope."""
+    (step ``h``) of ``reference`` along ``rounds`` random directions, to ``rtol`` of each slope."""
     feeds, moved = {"image": x}, "image"
     if tap != "image":
         reference, feeds, moved = with_delta(reference, tap), {"image": x, "delta": np.zeros(got.shape)}, "delta"
     for _ in range(rounds):
         v = rng.standard_normal(got.shape)
-        numeric = float64_slope(reference, output, feeds, seed, moved, v, new_ops=new_ops)
+        numeric = float64_slope(reference, output, feeds, seed, moved, v, new_ops=new_ops, h=h)
         assert abs(np.sum(got * v) - numeric) < rtol * abs(numeric), (np.sum(got * v), numeric)
 
 

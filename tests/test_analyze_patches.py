@@ -3,11 +3,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.analyze.patches import crop, layer_field, mine, parse_channels, patch_sheet, write_patches
+from engine.analyze.patches import crop, layer_field, mine, parse_channels, patch_sheet, patch_tiles, write_patches
 from engine.analyze.sources import from_synth
 from engine.api import Model
 from engine.errors import UsageError
-from engine.viz.grid import _CAPTION_H
 from tests import tiny_models
 
 
@@ -90,20 +89,24 @@ def test_fields_of_exported_vgg11_match_hand_arithmetic(variant):
     assert (got["tap_pool4"].size, got["tap_pool4"].stride, got["tap_pool4"].offset) == ((70, 70), (16, 16), (-27, -27))
 
 
-def test_patch_sheet_holds_the_scaled_crops_and_is_what_write_patches_writes(model, tmp_path):
+def test_patch_tiles_are_the_clipped_scaled_crops_and_the_sheet_is_what_write_patches_writes(model, tmp_path):
     source = from_synth(12, seed=4, size=(32, 32))
     images = source.load(0, 12)[0]
     result = mine(model, source, "relu3", channels="1,4", top=3, progress=False)
     sheet = patch_sheet(result, 4, lambda i: images[i], cell=24, ncols=2, title="t")
     assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[2] == 3
     rows = [r for r in result.rows if r["channel"] == 4]
-    for k, r in enumerate(rows):  # 12×12 boxes scaled ×2; title bar 22 px, grid padding 2 px
+    tiles = patch_tiles(result, 4, lambda i: images[i], cell=24)
+    assert [v for _, v in tiles] == [r["value"] for r in rows]
+    clipped = 0
+    for (tile, _), r in zip(tiles, rows):  # 12×12 receptive fields, clipped to the 32×32 image
         y0, x0, y1, x1 = r["box"]
-        padded = np.pad(images[r["index"]], ((12, 12), (12, 12), (0, 0)))
-        expected = padded[y0 + 12:y1 + 12, x0 + 12:x1 + 12].repeat(2, axis=0).repeat(2, axis=1)
-        y = 22 + 2 + (k // 2) * (24 + _CAPTION_H + 2) + _CAPTION_H
-        x = 2 + (k % 2) * (24 + 2)
-        np.testing.assert_array_equal(sheet[y:y + 24, x:x + 24], expected)
+        clipped += min(y0, x0) < 0 or max(y1, x1) > 32
+        expected = images[r["index"]][max(y0, 0):min(y1, 32), max(x0, 0):min(x1, 32)]
+        scale = max(1, 24 // max(expected.shape[:2]))
+        np.testing.assert_array_equal(tile, expected.repeat(scale, axis=0).repeat(scale, axis=1))
+        assert tile.shape[0] <= 32 * scale and tile.shape[1] <= 32 * scale
+    assert clipped  # some field reaches past the image's border: its tile is smaller, not padded
     write_patches(result, lambda i: images[i], tmp_path, cell=24)
     written = cv2.cvtColor(cv2.imread(str(tmp_path / "channel_0004.png")), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(written, patch_sheet(result, 4, lambda i: images[i], cell=24))

@@ -17,7 +17,8 @@ import zoo
 from cli import main
 from engine.api import Model
 from engine.audit import Options, audit, choose, from_folder, from_synth
-from engine.audit.sections import SECTIONS
+from engine.audit.sections import SECTIONS, shapes_mismatch
+from engine.data.synth import CLASSES as SHAPES_CLASSES
 from engine.data.files import write_image
 from engine.errors import DatasetError, UsageError
 from engine.viz import report
@@ -30,12 +31,16 @@ SMALL = Options(gallery=3, cam_methods=("cam", "gradcam", "scorecam"), saliency_
                 robustness=6, robustness_ops="hflip,brightness:0.8")
 
 
-def evil_model(tmp_path):
-    """shapes-resnet-random with hostile class names in its metadata."""
+HOSTILE = [EVIL, '"><img src=x onerror=alert(2)>', "a&b", "$x^{2$", *[f"class{i}" for i in range(4)]]
+
+
+def evil_model(tmp_path, names=None):
+    """shapes-resnet-random from a hostile producer; with hostile class ``names`` in its metadata
+    when given (then it is no longer a Shapes model: its classes are not the Shapes classes)."""
     proto = onnx.load(str(MODELS / "shapes-resnet-random.onnx"))
-    names = [EVIL, '"><img src=x onerror=alert(2)>', "a&b", *[f"class{i}" for i in range(5)]]
+    proto.producer_name = EVIL
     for prop in proto.metadata_props:
-        if prop.key == "labels":
+        if prop.key == "labels" and names is not None:
             prop.value = json.dumps(names)
     path = tmp_path / "evil<b>.onnx"
     onnx.save(proto, str(path))
@@ -79,6 +84,8 @@ def test_sections_hold_their_content(synth_report):
     page, _ = synth_report
     found = sections_of(page)
     assert "top-1 accuracy" in found["Predictions"][1] and "Confusion matrix" in found["Predictions"][1]
+    assert "colour bar: class activation, scaled to [0, 1] per image" in found["Class activation maps"][1]
+    assert "t-SNE" in found["Embeddings and neighbours"][1] and "insertion AUC" in found["Faithfulness"][1]
     for method in ("cam", "gradcam", "scorecam"):
         assert f"<th>{method}</th>" in found["Class activation maps"][1]
     assert "Pointing game" in found["Class activation maps"][1]
@@ -87,7 +94,8 @@ def test_sections_hold_their_content(synth_report):
     assert "deletion AUC" in found["Faithfulness"][1] and "<td>centre</td>" in found["Faithfulness"][1]
     assert "receptive field" in found["Model"][1] and "GlobalAveragePool" in found["Model"][1]
     robust = found["Augmentation robustness"][1]
-    assert "<td>hflip</td>" in robust and "<td>brightness:0.8</td>" in robust and "iou_mean" in robust
+    assert "<td>hflip</td>" in robust and "<td>brightness:0.8</td>" in robust and "<th>Grad-CAM IoU</th>" in robust
+    assert "_" not in "".join(re.findall(r"<th>([^<]*)</th>", page))  # snake_case headers became words
     images = pngs(page)
     assert len(images) >= 3 * 4 + 3 * 3 + 2 + 1 + 1 + 2
     assert all(im is not None and im.size > 0 for im in images)
@@ -95,9 +103,33 @@ def test_sections_hold_their_content(synth_report):
 
 def test_untrusted_names_are_escaped(synth_report):
     page, _ = synth_report
-    assert "<script" not in page.lower() and "onerror=alert(2)>" not in page
-    assert html.escape(EVIL) in page and "a&amp;b" in page
+    assert "<script" not in page.lower()
+    assert html.escape(EVIL) in page  # the producer
     assert "evil&lt;b&gt;.onnx" in page
+
+
+def test_a_model_of_other_classes_on_generated_images_gets_no_shapes_accuracy(tmp_path):
+    """Hostile class names: not the Shapes classes, so no accuracy or confusion matrix against
+    the generated images' shapes, the section says why; the names render as text (a `$` too)."""
+    model = Model(evil_model(tmp_path, HOSTILE), provider="CPUExecutionProvider", threads=1)
+    path, timings = audit(model, from_synth(12, seed=3), tmp_path / "out", SMALL)
+    page = path.read_text(encoding="utf-8")
+    found = sections_of(page)
+    assert {t.status for t in timings} == {"ok"}
+    predictions = found["Predictions"][1]
+    assert "accuracy" in predictions and "top-1 accuracy" not in predictions and "Confusion" not in predictions
+    assert "not a Shapes model" in predictions and "are not the Shapes classes" in predictions
+    assert "top-1 class explained" in found["Faithfulness"][1]
+    assert "coloured by the shape in the image" in found["Embeddings and neighbours"][1]
+    assert "<script" not in page.lower() and "onerror=alert(2)>" not in page
+    assert "a&amp;b" in page and "$x^{2$" in page
+
+
+def test_shapes_mismatch_reads_names_then_outputs():
+    assert shapes_mismatch(list(SHAPES_CLASSES), 8) is None
+    assert shapes_mismatch(None, 8) is None
+    assert "10 unnamed classes" in shapes_mismatch(None, 10)
+    assert "are not the Shapes classes" in shapes_mismatch(list(SHAPES_CLASSES[::-1]), 8)  # same names, other order
 
 
 def test_sections_that_do_not_apply_say_why(tmp_path):
@@ -117,15 +149,31 @@ def test_sections_that_do_not_apply_say_why(tmp_path):
         assert 'class="note"' in found[title][1] and html.escape(status[title][1]) in found[title][1]
 
 
-def test_predictions_without_labels_say_so(tmp_path):
-    folder = tmp_path / "images"
-    for i, img in enumerate(from_synth(5, seed=1).images):
-        write_image(folder / f"{i}.png", img)
+def test_user_images_with_masks_get_the_pointing_game_and_no_labels_say_so(tmp_path, capsys):
+    """A folder of images with --masks (the generated images' object masks): the pointing game
+    runs as on the generated set; without labels, no accuracy and the top-1 class is explained."""
+    scene = from_synth(5, seed=1)
+    for i, (img, mask) in enumerate(zip(scene.images, scene.masks)):
+        write_image(tmp_path / "images" / f"sub/{i}.png", img)
+        write_image(tmp_path / "masks" / f"sub/{i}.bmp" if i == 0 else tmp_path / "masks" / f"sub/{i}.png",
+                    np.repeat(mask[..., None] * np.uint8(255), 3, axis=2))
+    data = from_folder(tmp_path / "images", masks=tmp_path / "masks")
+    np.testing.assert_array_equal(data.masks, scene.masks)
     model = Model(MODELS / "shapes-resnet-random.onnx", provider="CPUExecutionProvider", threads=1)
     only = Options(**{**vars(SMALL), "gallery": 2})
-    path, _ = audit(model, from_folder(folder), tmp_path / "out", only)
-    body = sections_of(path.read_text(encoding="utf-8"))["Predictions"][1]
-    assert "no labels" in body and "predicted class" in body
+    path, timings = audit(model, data, tmp_path / "out", only, progress=True)
+    started = [line for line in capsys.readouterr().err.splitlines() if line.startswith("audit [")]
+    assert started == [f"audit [{k + 1}/{len(SECTIONS)}] {title} …" for k, (title, _) in enumerate(SECTIONS)]
+    found = sections_of(path.read_text(encoding="utf-8"))
+    assert "no labels" in found["Predictions"][1] and "predicted class" in found["Predictions"][1]
+    assert "Pointing game" in found["Class activation maps"][1]
+    faithful = found["Faithfulness"][1]
+    assert "top-1 class explained" in faithful and "no pointing game" not in faithful
+    hits = re.findall(r"<tr><td>gradcam</td><td class=\"num\">([\d.]+)</td>", faithful)
+    assert len(hits) == 1 and 0 <= float(hits[0]) <= 1
+    (tmp_path / "masks" / "sub" / "3.png").unlink()
+    with pytest.raises(DatasetError, match="no mask for 'sub/3.png'"):
+        from_folder(tmp_path / "images", masks=tmp_path / "masks")
 
 
 def test_labels_file_names_or_indices(tmp_path):
@@ -160,6 +208,41 @@ def test_cli_audit_on_a_synth_folder(tmp_path):
     found = sections_of((out / "index.html").read_text())
     assert "top-1 accuracy" in found["Predictions"][1] and "on 6 images" in found["Predictions"][1]
     assert "not applicable" in result.output  # dissection: no concept masks given
+    faithful = found["Faithfulness"][1]  # deletion/insertion without masks, no pointing game
+    assert "no pointing game" in faithful and "true class explained" in faithful and "deletion AUC" in faithful
+
+
+def test_labels_file_names_the_classes_of_an_unnamed_model(tmp_path):
+    folder = tmp_path / "images"
+    for name in ("a.png", "b.png"):
+        write_image(folder / name, np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "labels.csv").write_text("image,label,name\na.png,3,star\nb.png,0,circle\n")
+    data = from_folder(folder, tmp_path / "labels.csv")
+    assert data.labels.tolist() == [3, 0] and data.class_names == {3: "star", 0: "circle"}
+    model = Model(zoo.load("unet_ts13").path, provider="CPUExecutionProvider", threads=1)
+    from engine.audit.sections import Context
+    ctx = Context(model, data, SMALL)
+    assert (ctx.class_name(3), ctx.class_name(1)) == ("star", "class 1")
+
+
+def test_cli_audit_masks(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["synth", "--out", str(tmp_path / "s"), "--n", "4", "--seed", "2"]).exit_code == 0
+    with open(tmp_path / "s" / "labels.csv", newline="") as f:
+        names = [row["image"] for row in csv.DictReader(f)]
+    for name, mask in zip(names, from_synth(4, seed=2).masks):
+        write_image(tmp_path / "m" / name, np.repeat(mask[..., None] * np.uint8(255), 3, axis=2))
+    out = tmp_path / "out"
+    result = runner.invoke(main, ["audit", str(MODELS / "shapes-resnet-random.onnx"), "--images",
+                                  str(tmp_path / "s" / "images"), "--labels", str(tmp_path / "s" / "labels.csv"),
+                                  "--masks", str(tmp_path / "m"), "--out", str(out), "--gallery", "2", "--embed", "4",
+                                  "--classviz-steps", "2"])
+    assert result.exit_code == 0, result.output
+    faithful = sections_of((out / "index.html").read_text())["Faithfulness"][1]
+    assert "no pointing game" not in faithful and "pointing game" in faithful
+    result = runner.invoke(main, ["audit", str(MODELS / "shapes-resnet-random.onnx"), "--synth", "4", "--masks",
+                                  str(tmp_path / "m"), "--out", str(out)])
+    assert result.exit_code == 2 and "--masks goes with --images" in result.output
 
 
 def test_choose_needs_exactly_one_source(tmp_path):
@@ -181,7 +264,15 @@ def test_report_blocks_escape_and_embed():
     # title, h1, subtitle, nav, h2, 6 table cells, alt, caption, text, note
     assert "<script" not in page and page.count(html.escape(EVIL)) == 15
     assert '<span class="time">1.25 s</span>' in page
-    assert '<td class="num">1.5</td><td class="num">3</td><td></td><td>yes</td>' in page
+    assert '<td class="num">1.5000</td><td class="num">3</td><td></td><td>yes</td>' in page
+
+
+def test_table_formats_each_column_one_way_and_headers_in_words():
+    page = report.table([["a", 0.008065, 0.5, 3, "x"], ["b", 5.339e-05, 12.25, 40, float("nan")]],
+                        ["name", "p_value", "score", "images", "note"])
+    assert re.findall(r'<td class="num">([^<]*)</td>', page) == ["8.065e-03", "0.5000", "3",
+                                                                  "5.339e-05", "12.2500", "40", ""]
+    assert "<th>p value</th>" in page and "<th>name</th>" in page
 
 
 def test_cli_audit_writes_the_report(tmp_path):

@@ -123,6 +123,18 @@ def test_evaluate_reports_method_and_baselines():
         assert set(report[name]) == {"pointing", "deletion", "insertion"}
         assert 0 <= report[name]["pointing"] <= 1 and 0 <= report[name]["deletion"] <= 1
     assert report["centre"]["pointing"] == 1.0
+    bare = evaluate(model, list(IMAGES[:4]), None, labels=[0, 1, 2, 3], steps=4, batch=2, curves=True)
+    x = model.preprocess(list(IMAGES[:4]))
+    logits = model.forward(x)[1]["logits"].astype(np.float64)
+    intact = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True))[np.arange(4), [0, 1, 2, 3]].mean()
+    for name in ("gradcam", "random", "centre"):
+        assert bare[name]["pointing"] is None  # no masks, no pointing game
+        assert bare[name]["deletion"] == pytest.approx(report[name]["deletion"])
+        assert bare[name]["insertion"] == pytest.approx(report[name]["insertion"])
+        deletion, insertion = np.asarray(bare[name]["deletion_curve"]), np.asarray(bare[name]["insertion_curve"])
+        assert len(deletion) == len(insertion) == 5
+        assert deletion[0] == pytest.approx(intact, rel=1e-5) and insertion[-1] == pytest.approx(intact, rel=1e-5)
+        assert bare[name]["deletion"] == pytest.approx(((deletion[1:] + deletion[:-1]) / 2).mean())
 
 
 def test_class_visualization_raises_the_score():

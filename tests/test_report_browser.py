@@ -1,5 +1,6 @@
-"""The audit report in headless Chromium: every image loads, no console message, a non-blank
-screenshot, and a hostile class name renders as text (no script element in the page).
+"""The audit report in headless Chromium at 1400 px: every section visible, no element wider
+than the viewport, every image loads, no console message, a non-blank screenshot, and a hostile
+producer name renders as text (no script element in the page).
 
 Chromium is driven directly (no WebDriver): a test-only page frames the report and writes what
 it finds into its own DOM, which ``--dump-dom`` prints.
@@ -17,6 +18,7 @@ import pytest
 
 from engine.api import Model
 from engine.audit import Options, audit, from_synth
+from engine.audit.sections import SECTIONS
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 EVIL = "<script>alert(1)</script>"
@@ -29,12 +31,19 @@ PROBE = """<!DOCTYPE html><html><head><script>
 function probe(frame) {  // runs at the frame's load event, when every image has loaded or failed
   const doc = frame.contentDocument;
   const images = Array.from(doc.images);
+  const width = doc.documentElement.clientWidth;
+  const describe = e => e.tagName + (e.className ? "." + e.className : "") + (e.alt ? "[" + e.alt + "]" : "");
   document.getElementById("result").textContent = JSON.stringify({
     images: images.length, failed: images.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt),
-    scripts: doc.querySelectorAll("script").length, text: doc.body.innerText});
+    scripts: doc.querySelectorAll("script").length, text: doc.body.innerText,
+    width: width, scroll_width: doc.documentElement.scrollWidth,
+    wide: Array.from(doc.body.querySelectorAll("*")).filter(e => e.getBoundingClientRect().right > width + 0.5)
+      .map(describe),
+    sections: Array.from(doc.querySelectorAll("section")).map(s => [s.querySelector("h2").firstChild.textContent,
+      s.getBoundingClientRect().height, getComputedStyle(s).visibility])});
 }
 </script></head><body><pre id="result">pending</pre>
-<iframe src="index.html" width="1200" height="900" onload="probe(this)"></iframe>
+<iframe src="index.html" width="1400" height="900" style="border:0" onload="probe(this)"></iframe>
 </body></html>
 """
 
@@ -47,12 +56,10 @@ def chromium(*args, cwd=None):
 def page(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     proto = onnx.load(str(MODELS / "shapes-resnet-random.onnx"))
-    for prop in proto.metadata_props:
-        if prop.key == "labels":
-            prop.value = json.dumps([EVIL] + [f"class{i}" for i in range(7)])
+    proto.producer_name = EVIL
     onnx.save(proto, str(tmp / "evil.onnx"))
     model = Model(tmp / "evil.onnx", provider="CPUExecutionProvider", threads=1)
-    options = Options(gallery=2, cam_methods=("gradcam", "cam"), saliency_methods=("vanilla",), faithfulness=4,
+    options = Options(gallery=2, saliency_methods=("vanilla",), faithfulness=4,  # every CAM method: the widest grid
                       faithfulness_steps=2, classes=2,
                       classviz_steps=2, embed=16, queries=1, neighbours=3, dissect=16, channels=2, patches=3)
     path, _ = audit(model, from_synth(16, seed=4), tmp / "out", options)
@@ -76,6 +83,14 @@ def test_every_image_loads_and_names_render_as_text(page, probed):
     assert result["failed"] == []
     assert result["scripts"] == 0
     assert EVIL in result["text"]
+
+
+def test_every_section_is_visible_and_nothing_is_wider_than_the_viewport(probed):
+    _, result = probed
+    assert result["width"] == 1400
+    assert [title for title, _, _ in result["sections"]] == [title for title, _ in SECTIONS] + ["Timing"]
+    assert all(height > 40 and visibility == "visible" for _, height, visibility in result["sections"])
+    assert result["wide"] == [] and result["scroll_width"] <= result["width"]
 
 
 def test_no_console_messages(probed):

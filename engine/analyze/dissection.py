@@ -305,10 +305,29 @@ def write_dissection(result, out, model, concepts, images_per_unit=8):
 
 
 def unit_sheet(model, dataset, layer, unit, images):
-    """A grid of ``images`` (dataset rows) with the mask of ``unit`` outlined in yellow.
+    """A grid of ``images`` (dataset rows) with the mask of ``unit`` outlined in yellow, titled
+    with :func:`unit_caption`.
 
     >>> unit_sheet(model, dataset, result.layer, result.units[7], result.top["image"][7][:4]).dtype
     dtype('uint8')
+    """
+    return titled(grid(unit_images(model, dataset, layer, unit, images), ncols=len(images)), unit_caption(unit))
+
+
+def unit_caption(unit):
+    """What a unit detects, e.g. "unit 7: red (color) IoU 0.123".
+
+    >>> unit_caption({"unit": 7, "concept": "red", "category": "color", "iou": 0.1234})
+    'unit 7: red (color) IoU 0.123'
+    """
+    return f"unit {unit['unit']}: {unit['concept']} ({unit['category']}) IoU {unit['iou']:.3f}"
+
+
+def unit_images(model, dataset, layer, unit, images):
+    """The ``images`` (dataset rows) with the mask of ``unit`` outlined in yellow, uint8 RGB each.
+
+    >>> len(unit_images(model, dataset, result.layer, result.units[7], [0, 5]))
+    2
     """
     pictures = [dataset.image(int(i)) for i in images]
     maps = model.run(model.preprocess(pictures), activations=[layer]).activations[layer][:, unit["unit"]]
@@ -319,5 +338,4 @@ def unit_sheet(model, dataset, layer, unit, images):
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(outlined, contours, -1, (255, 255, 0), 1)
         cells.append(outlined)
-    caption = f"unit {unit['unit']}: {unit['concept']} ({unit['category']}) IoU {unit['iou']:.3f}"
-    return titled(grid(cells, ncols=len(cells)), caption)
+    return cells

@@ -54,16 +54,26 @@ def filter_tiles(weights, channel_order="RGB", cell=32):
     return tiles
 
 
-def filters_picture(model, layer=None, ncols=8):
-    """A grid of the filters of the first Conv (or of ``layer``).
+def filters_picture(model, layer=None, ncols=8, title=True):
+    """A grid of the filters of the first Conv (or of ``layer``), titled with :func:`filters_caption`
+    (``title=False``: no title bar, e.g. where the page captions it).
 
     >>> filters_picture(model).dtype
     dtype('uint8')
     """
     weights, name = conv_weights(model, layer)
-    tiles = filter_tiles(weights, model.preprocessing.channel_order)
-    return titled(grid(tiles, ncols=ncols), f"{name}: {weights.shape[0]} filters {weights.shape[2]}x{weights.shape[3]}"
-                                            f" over {weights.shape[1]} channels")
+    picture = grid(filter_tiles(weights, model.preprocessing.channel_order), ncols=ncols)
+    return titled(picture, filters_caption(model, layer)) if title else picture
+
+
+def filters_caption(model, layer=None):
+    """What :func:`filters_picture` shows, e.g. "conv1: 24 filters 3x3 over 3 channels".
+
+    >>> filters_caption(model)
+    '/stem/stem.0/Conv_output_0: 24 filters 3x3 over 3 channels'
+    """
+    weights, name = conv_weights(model, layer)
+    return f"{name}: {weights.shape[0]} filters {weights.shape[2]}x{weights.shape[3]} over {weights.shape[1]} channels"
 
 
 def activations_picture(model, image, layer, ncols=8, cell=64):

@@ -129,22 +129,36 @@ def crop(image, bounds, fill=0):
     return out
 
 
-def patch_sheet(result, channel, source_images, cell=64, ncols=8, title=None):
-    """The grid of ``channel``'s top patches (each labelled with its value, scaled up to about
-    ``cell`` px) as a uint8 RGB array, titled ``title`` (default: layer and channel).
+def patch_tiles(result, channel, source_images, cell=64):
+    """``channel``'s top patches as (uint8 RGB tile, activation value) pairs, best first: each
+    receptive field clipped to the image (a tile is never larger than the image, never padded),
+    scaled up by a whole factor to about ``cell`` px.
 
     ``source_images``: a function from image index to its uint8 RGB image.
+
+    >>> [value for _, value in patch_tiles(result, 3, lambda i: images[i])][:2]
+    [4.2, 3.9]
+    """
+    tiles = []
+    for row in (r for r in result.rows if r["channel"] == channel):
+        picture = resize(source_images(row["index"]), result.size, result.resize)
+        h, w = picture.shape[:2]
+        y0, x0, y1, x1 = row["box"]
+        patch = crop(picture, (max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)))
+        scale = max(1, cell // max(patch.shape[:2]))
+        tiles.append((cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST), row["value"]))
+    return tiles
+
+
+def patch_sheet(result, channel, source_images, cell=64, ncols=8, title=None):
+    """The grid of ``channel``'s top patches (:func:`patch_tiles`, each labelled with its value)
+    as a uint8 RGB array, titled ``title`` (default: layer and channel).
 
     >>> patch_sheet(result, 3, lambda i: images[i]).dtype
     dtype('uint8')
     """
-    rows = [r for r in result.rows if r["channel"] == channel]
-    cells = []
-    for row in rows:
-        patch = crop(resize(source_images(row["index"]), result.size, result.resize), row["box"])
-        scale = max(1, cell // max(patch.shape[:2]))
-        cells.append(cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
-    sheet = grid(cells, ncols=min(len(cells), ncols), labels=[f"{r['value']:.2f}" for r in rows])
+    tiles = patch_tiles(result, channel, source_images, cell)
+    sheet = grid([t for t, _ in tiles], ncols=min(len(tiles), ncols), labels=[f"{v:.2f}" for _, v in tiles])
     return titled(sheet, f"{result.layer} channel {channel}" if title is None else title)
 
 

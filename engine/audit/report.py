@@ -4,6 +4,7 @@
 >>> audit(Model("models/shapes-resnet.onnx"), from_synth(200), "audit-out")
 PosixPath('audit-out/index.html')
 """
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,19 +45,24 @@ def run_section(title, fn, ctx):
     return section(title, blocks, seconds), Timing(title, seconds, status, reason)
 
 
-def audit(model, data, out, options=None, extra=(), log=None, scale=None):
+def audit(model, data, out, options=None, extra=(), log=None, scale=None, progress=None):
     """Write ``out/index.html`` for ``model`` on the image set ``data`` (``engine.audit.inputs``).
 
     ``options``: section sizes (:class:`Options`); ``extra``: more (title, fn(ctx) → blocks)
     sections appended before the timing; ``log``: called with each finished :class:`Timing`;
-    ``scale``: run the dataset sections in shards on Ray (:class:`engine.scale.Scale`).
-    Returns the path of the page and the timings.
+    ``scale``: run the dataset sections in shards on Ray (:class:`engine.scale.Scale`);
+    ``progress``: write "audit [3/12] Saliency …" to stderr as each section starts (None: when
+    stderr is a terminal). Returns the path of the page and the timings.
 
     >>> path, timings = audit(model, from_synth(200), "audit-out", Options(gallery=4))
     """
     ctx = Context(model, data, options or Options(), scale=scale)
     sections, timings = [], []
-    for title, fn in (*SECTIONS, *extra):
+    todo = (*SECTIONS, *extra)
+    progress = sys.stderr.isatty() if progress is None else progress
+    for k, (title, fn) in enumerate(todo):
+        if progress:
+            print(f"audit [{k + 1}/{len(todo)}] {title} …", file=sys.stderr, flush=True)
         done, timing = run_section(title, fn, ctx)
         sections.append(done)
         timings.append(timing)

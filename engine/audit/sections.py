@@ -9,23 +9,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.analyze.dissection import dissect, unit_sheet
+from engine.analyze.dissection import dissect, unit_caption, unit_images
 from engine.analyze.embeddings import embed
-from engine.analyze.filters import filters_picture
+from engine.analyze.filters import filters_caption, filters_picture
 from engine.analyze.neighbors import nearest, purity
-from engine.analyze.patches import mine, patch_sheet
+from engine.analyze.patches import mine, patch_tiles
 from engine.analyze.projection import project
 from engine.analyze.robustness import robustness as check_robustness
 from engine.analyze.sources import Source
 from engine.api import Model
 from engine.data.broden import read_concepts, write_concepts
+from engine.data.synth import CLASSES as SHAPES_CLASSES
 from engine.errors import OnnxlensError
 from engine.explain import cam, class_visualization, evaluate
 from engine.explain import saliency as explain_saliency
 from engine.explain.metrics import pointing_game
 from engine.viz.overlay import colorize, overlay
-from engine.viz.report import gallery, heading, image, note, paragraph, rows_of_images, table
-from engine.viz.scatter import scatter
+from engine.viz import plots
+from engine.viz.report import gallery, heading, image, note, number_format, paragraph, rows_of_images, table
 
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "scorecam",
                "ablationcam")
@@ -84,9 +85,49 @@ class Context:
     scale: object = None
 
     def class_name(self, index):
-        """The model's name of class ``index``, or "class N" when it has none."""
+        """The model's name of class ``index``, else the name the images' labels give it (a labels
+        file's ``name`` column, the Shapes classes for a Shapes model), else "class N"."""
         labels = self.model.labels
-        return labels[index] if labels and 0 <= index < len(labels) else f"class {index}"
+        if labels and 0 <= index < len(labels):
+            return labels[index]
+        given = self.data.class_names if self.labels_mismatch() is None else None
+        return given[index] if given and index in given else f"class {index}"
+
+    def labels_mismatch(self):
+        """Why the images' labels are not this model's classes, or None when they are (or there
+        are none): generated images carry Shapes classes, which only a Shapes model predicts."""
+        if self.data.scene is None or self.data.labels is None:
+            return None
+        if "labels_mismatch" not in self.shared:
+            try:
+                self.shared["labels_mismatch"] = shapes_mismatch(self.model.labels, _predict(self).shape[1])
+            except NotApplicable as err:
+                self.shared["labels_mismatch"] = f"it is not a Shapes classifier ({err})"
+        return self.shared["labels_mismatch"]
+
+    def truth(self):
+        """The images' labels as this model's class indices, or None (no labels, or labels of
+        other classes: see :meth:`labels_mismatch`)."""
+        return self.data.labels if self.labels_mismatch() is None else None
+
+
+def shapes_mismatch(names, classes):
+    """Why a classifier with class ``names`` (None: unnamed) and ``classes`` outputs is not a
+    Shapes-world model, or None when it is: its names are the Shapes classes in order, or it has
+    no names and one output per Shapes class.
+
+    >>> shapes_mismatch(["red", "green"], 2)
+    'its classes (red, green) are not the Shapes classes (circle, square, …, heart)'
+    """
+    if names is not None:
+        if list(names) == list(SHAPES_CLASSES):
+            return None
+        shown = ", ".join(map(str, names[:4])) + (", …" if len(names) > 4 else "")
+        return f"its classes ({shown}) are not the Shapes classes ({SHAPES_CLASSES[0]}, {SHAPES_CLASSES[1]}, …, " \
+               f"{SHAPES_CLASSES[-1]})"
+    if classes != len(SHAPES_CLASSES):
+        return f"it has {classes} unnamed classes, the Shapes world {len(SHAPES_CLASSES)}"
+    return None
 
 
 # --- model and predictions ------------------------------------------------------------------
@@ -137,10 +178,11 @@ def _predict(ctx):
 
 
 def predictions(ctx):
-    """Top-1 predictions; accuracy, per-class accuracy and the confusion matrix when labels exist."""
+    """Top-1 predictions; accuracy, per-class accuracy and the confusion matrix when the images'
+    labels are the model's classes."""
     probs = _predict(ctx)
     top1 = probs.argmax(axis=1)
-    labels = ctx.data.labels
+    labels, mismatch = ctx.truth(), ctx.labels_mismatch()
     blocks = []
     shown = min(len(top1), ctx.options.gallery)
     items = []
@@ -149,17 +191,23 @@ def predictions(ctx):
         items.append((ctx.data.images[i], f"{ctx.class_name(int(top1[i]))} {probs[i, top1[i]]:.2f}{truth}"))
     counts = Counter(int(c) for c in top1)
     if labels is None:
-        blocks.append(note("no labels: accuracy needs --labels FILE with --images, or --synth N"))
+        if mismatch is not None:
+            blocks.append(note(f"No accuracy: these are generated Shapes-world images labelled with shapes, and this "
+                               f"model is not a Shapes model: {mismatch}. Its predictions are listed as they are."))
+        else:
+            blocks.append(note("no labels: accuracy needs --labels FILE with --images, or --synth N on a Shapes model"))
         blocks.append(table([[ctx.class_name(c), n] for c, n in counts.most_common()], ["predicted class", "images"]))
     else:
         classes = sorted(set(int(c) for c in labels) | set(counts))
+        names = [ctx.class_name(c) for c in classes]
         blocks.append(paragraph(f"top-1 accuracy {np.mean(top1 == labels):.4f} on {len(labels)} images"))
-        blocks.append(table([[ctx.class_name(c), int((labels == c).sum()),
+        blocks.append(table([[name, int((labels == c).sum()),
                               float(np.mean(top1[labels == c] == c)) if (labels == c).any() else None]
-                             for c in classes], ["class", "images", "accuracy"]))
-        blocks.append(heading("Confusion matrix (rows: true class, columns: predicted)"))
-        blocks.append(table([[ctx.class_name(t), *[int(((labels == t) & (top1 == p)).sum()) for p in classes]]
-                             for t in classes], ["", *[ctx.class_name(p) for p in classes]]))
+                             for name, c in zip(names, classes)], ["class", "images", "accuracy"]))
+        matrix = [[int(((labels == t) & (top1 == p)).sum()) for p in classes] for t in classes]
+        blocks.append(heading("Confusion matrix"))
+        blocks.append(image(plots.heatmap(matrix, names, names, f"{len(labels)} images", "predicted class",
+                                          "true class", "images"), alt="confusion matrix"))
     blocks += [heading(f"The first {shown} images"), gallery(items, width=ctx.options.width)]
     return blocks
 
@@ -167,8 +215,9 @@ def predictions(ctx):
 # --- explanations ---------------------------------------------------------------------------
 
 
-def _method_table(ctx, run, methods, show, metric=None):
-    """Rows of images × columns of methods; methods that fail for this model are listed with why."""
+def _method_table(ctx, run, methods, show, legend, metric=None):
+    """Rows of images × columns of methods under a colour bar (``legend``: what the colours
+    measure); methods that fail for this model are listed with why."""
     data = ctx.data.head(ctx.options.gallery)
     columns, failed, scores = [], [], []
     for method in methods:
@@ -178,16 +227,18 @@ def _method_table(ctx, run, methods, show, metric=None):
             failed.append(f"{method}: {err}")
             continue
         columns.append((method, [show(img, m) for img, m in zip(data.images, exp.maps)]))
-        if metric is not None and data.scene is not None:
-            scores.append([method, float(metric(exp.maps, data.scene.masks).mean())])
+        if metric is not None and data.masks is not None:
+            scores.append([method, float(metric(exp.maps, data.masks).mean())])
     if not columns:
         raise NotApplicable("no method ran on this model: " + "; ".join(failed))
     rows = [[data.images[i], *(cells[i] for _, cells in columns)] for i in range(len(data))]
-    blocks = [rows_of_images(rows, ["image", *(m for m, _ in columns)], width=ctx.options.width)]
+    bar = f"{legend}, scaled to [0, 1] per image"
+    blocks = [image(plots.colour_bar(bar, "low", "high"), alt=f"colour bar: {bar}"),
+              rows_of_images(rows, ["image", *(m for m, _ in columns)], width=ctx.options.width)]
     blocks += [note(f"not available — {reason}") for reason in failed]
     if scores:
         blocks += [heading(f"Pointing game on these {len(data)} images (peak inside the object mask)"),
-                   table(scores, ["method", "hits"])]
+                   table(scores, ["method", "hit rate"])]
     return blocks
 
 
@@ -196,7 +247,8 @@ def cams(ctx):
     _predict(ctx)
     blocks = [paragraph(f"layer {ctx.model.default_layer}; each map explains the image's top-1 class")]
     return blocks + _method_table(ctx, lambda images, m: cam(ctx.model, images, method=m, progress=False),
-                                  ctx.options.cam_methods, lambda img, m: overlay(img, m), pointing_game)
+                                  ctx.options.cam_methods, lambda img, m: overlay(img, m), "class activation",
+                                  pointing_game)
 
 
 def saliency(ctx):
@@ -206,21 +258,33 @@ def saliency(ctx):
     run = lambda images, m: explain_saliency(ctx.model, images, method=m, samples=o.smoothgrad_samples,  # noqa: E731
                                              steps=o.integrated_steps, progress=False)
     return [paragraph("channel-reduced |attribution| for the top-1 class")] + _method_table(
-        ctx, run, o.saliency_methods, lambda img, m: colorize(m), pointing_game)
+        ctx, run, o.saliency_methods, lambda img, m: colorize(m), "|attribution|", pointing_game)
 
 
 def faithfulness(ctx):
-    """Pointing game, deletion and insertion AUC of Grad-CAM beside random and centre maps."""
+    """Deletion and insertion curves and AUCs of Grad-CAM beside random and centre maps; the
+    pointing game too where object masks exist (generated images, ``--masks DIR``)."""
     data = ctx.data.head(ctx.options.faithfulness)
-    if data.scene is None or data.labels is None:
-        raise NotApplicable("the pointing game needs object masks and labels: run with --synth N")
-    report = evaluate(ctx.model, data.images, data.scene.masks, labels=data.labels, method="gradcam",
-                      steps=ctx.options.faithfulness_steps, progress=False, scale=ctx.scale)
-    rows = [[name, report[name]["pointing"], report[name]["deletion"], report[name]["insertion"]]
-            for name in ("gradcam", "random", "centre")]
-    return [paragraph(f"{report['images']} images, true class explained, {report['steps']} deletion/insertion steps; "
-                      "deletion: lower is better, insertion: higher is better"),
-            table(rows, ["maps", "pointing game", "deletion AUC", "insertion AUC"])]
+    _predict(ctx)
+    truth = ctx.truth()
+    labels = None if truth is None else truth[: len(data)]
+    report = evaluate(ctx.model, data.images, data.masks, labels=labels, method="gradcam",
+                      steps=ctx.options.faithfulness_steps, progress=False, scale=ctx.scale, curves=True)
+    names = ("gradcam", "random", "centre")
+    target = "true class" if labels is not None else "top-1 class"
+    blocks = [paragraph(f"{report['images']} images, {target} explained, {report['steps']} deletion/insertion steps; "
+                        "deletion: lower is better, insertion: higher is better")]
+    if data.masks is None:
+        blocks.append(note("no pointing game: it needs object masks (--masks DIR, one mask image per image at the "
+                           "same relative path, or --synth N)"))
+    blocks.append(table([[name, report[name]["pointing"], report[name]["deletion"], report[name]["insertion"]]
+                         for name in names], ["maps", "pointing game", "deletion AUC", "insertion AUC"]))
+    blocks.append(image(plots.curves([
+        ("deletion (AUC: lower is better)", f"probability of the {target}",
+         {name: report[name]["deletion_curve"] for name in names}),
+        ("insertion (AUC: higher is better)", f"probability of the {target}",
+         {name: report[name]["insertion_curve"] for name in names})]), alt="deletion and insertion curves"))
+    return blocks
 
 
 def class_visualizations(ctx):
@@ -240,8 +304,8 @@ def class_visualizations(ctx):
 
 def filters(ctx):
     """The filters of the first convolution."""
-    picture = filters_picture(ctx.model)
-    return [image(picture, width=2 * picture.shape[1])]
+    picture = filters_picture(ctx.model, title=False)
+    return [paragraph(filters_caption(ctx.model)), image(picture, width=2 * picture.shape[1], alt="filters")]
 
 
 def _source(data):
@@ -256,16 +320,15 @@ def embeddings(ctx):
         raise NotApplicable(f"a t-SNE plot needs at least 4 images, got {len(data)}")
     emb = embed(ctx.model, _source(data), progress=False, scale=ctx.scale)
     features = np.asarray(emb.features)
-    top1 = _predict(ctx)[: len(data)].argmax(axis=1) if ctx.model.labels else None
-    known = data.labels if data.labels is not None else top1
-    names = None if known is None else [ctx.class_name(int(c)) for c in known]
+    names, kind = _point_labels(ctx, data)
     points = project(features, method="tsne", threads=1)  # t-SNE's threads crawl on a busy machine
-    kind = "true class" if data.labels is not None else "predicted class"
-    blocks = [paragraph(f"{len(data)} images at {emb.layer} ({features.shape[1]} features), coloured by {kind}"),
-              image(scatter(points, names, size=560, thumbnails=data.images, thumb=28))]
+    blocks = [paragraph(f"{len(data)} images at {emb.layer} ({features.shape[1]} features), t-SNE, coloured by {kind}; "
+                        "the numbered images beside the plot are ringed in it"),
+              image(plots.scatter(points, names or ["all images"] * len(data), "t-SNE", thumbnails=data.images),
+                    alt=f"t-SNE projection coloured by {kind}")]
     k = min(o.neighbours, len(data) - 1)
     if data.labels is not None:
-        blocks.append(paragraph(f"kNN purity (k={k}, cosine): {purity(features, names, k=k):.3f}"))
+        blocks.append(paragraph(f"kNN purity by {kind} (k={k}, cosine): {purity(features, names, k=k):.3f}"))
     blocks.append(heading(f"Nearest neighbours (cosine) of {min(o.queries, len(data))} images"))
     _, idx = nearest(features, features[: o.queries], k=k + 1)
     caption = names or data.names
@@ -274,6 +337,18 @@ def embeddings(ctx):
         blocks.append(gallery([(data.images[q], f"query: {caption[q]}")]
                               + [(data.images[i], caption[i]) for i in others], width=o.width * 3 // 4))
     return blocks
+
+
+def _point_labels(ctx, data):
+    """The names that colour the embedding's points, and what they are: the true class, the
+    shape in a generated image (for a model of other classes), the predicted class, or none."""
+    if data.labels is not None and ctx.labels_mismatch() is None:
+        return [ctx.class_name(int(c)) for c in data.labels], "true class"
+    if data.labels is not None and data.class_names:
+        return [data.class_names.get(int(c), f"class {c}") for c in data.labels], "the shape in the image"
+    if ctx.model.labels:
+        return [ctx.class_name(int(c)) for c in _predict(ctx)[: len(data)].argmax(axis=1)], "predicted class"
+    return None, "nothing (no labels, no class names)"
 
 
 def dissection(ctx):
@@ -288,8 +363,10 @@ def dissection(ctx):
         result = dissect(ctx.model, dataset, progress=False, scale=ctx.scale)
         detectors = sorted((u for u in result.units if u["detector"]), key=lambda u: -u["iou"])
         ctx.shared["detectors"] = [u["unit"] for u in detectors]
-        sheets = [image(unit_sheet(ctx.model, dataset, result.layer, u, result.top["image"][u["unit"]][:6]))
-                  for u in detectors[:3]]
+        sheets = [block for u in detectors[:3] for block in (
+            heading(unit_caption(u)),
+            gallery([(picture, None) for picture in unit_images(ctx.model, dataset, result.layer, u,
+                                                                result.top["image"][u["unit"]][:6])]))]
     s = result.summary
     found = [f"{c} ({v['detectors']})" for c, v in s["categories"].items() if v["detectors"]]
     blocks = [paragraph(f"layer {s['layer']}: {s['detectors']} of {s['units']} units detect a concept "
@@ -336,11 +413,13 @@ def patches(ctx):
     chosen = [c for c in ctx.shared.get("detectors", []) if c in peak][: o.channels]
     why = "the best dissection detectors" if chosen else "the channels with the highest activations"
     chosen += [c for c in sorted(peak, key=lambda c: -peak[c]) if c not in chosen][: o.channels - len(chosen)]
-    blocks = [paragraph(f"layer {result.layer}, receptive field {result.field.size[0]}×{result.field.size[1]} px; "
-                        f"channels: {why}; top {o.patches} of {len(data)} images")]
+    blocks = [paragraph(f"layer {result.layer}, receptive field {result.field.size[0]}×{result.field.size[1]} px "
+                        f"(clipped to the {result.size[1]}×{result.size[0]} image); channels: {why}; "
+                        f"top {o.patches} of {len(data)} images, each captioned with its activation")]
     for channel in chosen:
-        blocks.append(image(patch_sheet(result, channel, lambda i: data.images[i], cell=48, ncols=o.patches,
-                                        title=f"channel {channel}")))
+        tiles = patch_tiles(result, channel, lambda i: data.images[i], cell=96)
+        number = number_format([value for _, value in tiles])
+        blocks += [heading(f"channel {channel}"), gallery([(tile, number(value)) for tile, value in tiles])]
     return blocks
 
 
@@ -349,8 +428,14 @@ def robustness(ctx):
     report = check_robustness(ctx.model, ctx.data.head(ctx.options.robustness).images, ctx.options.robustness_ops,
                               scale=ctx.scale)
     rows = report.summary()
-    keys = list(rows[0])
-    return [table([[r[k] for k in keys] for r in rows], keys)]
+    ops = [r["op"] for r in rows]
+    headers = {"op": "op", "images": "images", "agreement": "top-1 agreement", "agreement_std": "agreement std",
+               "iou_mean": "Grad-CAM IoU", "iou_std": "IoU std", "valid": "valid share"}
+    return [image(plots.bars(ops, {"top-1 agreement": [r["agreement"] for r in rows],
+                                   "Grad-CAM IoU (top region)": [np.nan if r["iou_mean"] is None else r["iou_mean"]
+                                                                 for r in rows]},
+                             "agreement with the original image"), alt="robustness: agreement per operation"),
+            table([[r[k] for k in headers] for r in rows], list(headers.values()))]
 
 
 SECTIONS = (

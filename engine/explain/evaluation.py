@@ -1,4 +1,5 @@
-"""Faithfulness of a CAM method on a labelled set with object masks, beside random and centre maps.
+"""Faithfulness of a CAM method beside random and centre maps: the pointing game where object masks
+exist, deletion and insertion with or without them.
 
 >>> report = evaluate(model, scene.images, scene.masks, labels=scene.labels, method="gradcam")
 >>> report["gradcam"]["pointing"], report["random"]["deletion"]
@@ -15,12 +16,16 @@ from engine.explain.explainers import cam, saliency
 from engine.explain.methods import METHODS
 from engine.scale import runner, shards
 
+METRICS = ("pointing", "deletion", "insertion")
+
 
 def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", steps=16, batch=32,
-             tolerance=None, rng=0, progress=None, scale=None):
+             tolerance=None, rng=0, progress=None, scale=None, curves=False):
     """Pointing game (hit rate), deletion AUC (lower is better) and insertion AUC (higher is
     better) of ``method``'s maps, and of a random and a centre map on the same images.
 
+    ``masks``: N×H×W object masks, or None (no pointing game: its value is None). ``curves``:
+    also give each map's mean ``deletion_curve`` and ``insertion_curve`` (``steps`` + 1 scores).
     ``labels``: the classes to explain (ground truth); the top-1 class when None. ``tolerance``
     of the pointing game: see :func:`metrics.pointing_game`. Deletion and
     insertion score the softmax probability of that class while ``steps`` equal shares of the
@@ -29,18 +34,21 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
 
     >>> evaluate(model, images, masks, labels, method="gradcam++", steps=16)["gradcam++"]
     """
-    masks = np.asarray(masks, bool)
-    n = len(masks)
     images = image_list(images)
+    masks = None if masks is None else np.asarray(masks, bool)
+    n = len(images) if masks is None else len(masks)
     if len(images) != n or (labels is not None and len(labels) != n):
         raise UsageError(f"got {len(images)} images, {n} masks and {len(labels) if labels is not None else n} "
                          "labels: give one mask and one label per image")
     job = EvaluateJob(images, masks, None if labels is None else [int(c) for c in labels], method, layer, steps,
                       int(batch), tolerance, rng)
-    seen = visible_part(masks[0], model.input_size, model.preprocessing.resize).shape if n else masks.shape[1:]
+    seen = None  # the masks as the model sees them (shorter-side+center-crop: their centre)
+    if masks is not None:
+        seen = visible_part(masks[0], model.input_size, model.preprocessing.resize).shape if n else masks.shape[1:]
     report = {"images": n, "method": method, "layers": None, "steps": steps,
-              "tolerance": metrics.default_tolerance(seen) if tolerance is None else tolerance}
-    scores = {name: {"pointing": [], "deletion": [], "insertion": []} for name in (method, "random", "centre")}
+              "tolerance": None if masks is None else metrics.default_tolerance(seen) if tolerance is None
+              else tolerance}
+    scores = {name: {metric: [] for metric in METRICS} for name in (method, "random", "centre")}
     with runner(model, job, scale, job.batch, progress) as run:
         for layers, part in run.map("scores", shards(n, run.shard_size), label="evaluate"):
             report["layers"] = layers
@@ -48,16 +56,21 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
                 for metric, v in values.items():
                     scores[name][metric].append(v)
     for name, values in scores.items():
-        report[name] = {metric: float(np.concatenate(v).mean()) for metric, v in values.items()}
+        report[name] = {"pointing": None if masks is None else float(np.concatenate(values["pointing"]).mean())}
+        for metric in ("deletion", "insertion"):
+            per_image = np.concatenate(values[metric])
+            report[name][metric] = float(metrics.auc(per_image).mean())
+            if curves:
+                report[name][f"{metric}_curve"] = per_image.mean(axis=0).tolist()
     return report
 
 
 @dataclass(frozen=True)
 class EvaluateJob:
-    """Per-image pointing hits and deletion/insertion AUCs of a shard (a step of :mod:`engine.scale`)."""
+    """Per-image pointing hits and deletion/insertion curves of a shard (a step of :mod:`engine.scale`)."""
 
     images: list
-    masks: np.ndarray
+    masks: np.ndarray | None
     labels: list | None
     method: str
     layer: str
@@ -71,7 +84,8 @@ class EvaluateJob:
         # read once for maps and perturbed inputs; images and masks cut to the part the model sees
         seen = lambda a: visible_part(a, model.input_size, model.preprocessing.resize)  # noqa: E731
         images = [seen(as_rgb(image)) for image in self.images[first:stop]]
-        masks, n = np.stack([seen(m) for m in self.masks[first:stop]]), stop - first
+        masks = None if self.masks is None else np.stack([seen(m) for m in self.masks[first:stop]])
+        n = stop - first
         targets = "top" if self.labels is None else self.labels[first:stop]
         if self.method in METHODS:
             exp = cam(model, images, method=self.method, layer=self.layer, targets=targets, batch=self.batch,
@@ -85,21 +99,24 @@ class EvaluateJob:
             return probabilities(model.run(xb).outputs[0])[np.arange(len(xb)), classes[rows]]
 
         layout = model.input.layout
+        size = exp.maps.shape[1:] if masks is None else masks.shape[1:]
         candidates = {self.method: exp.maps,
-                      "random": metrics.baseline_maps("random", n, masks.shape[1:], rng=self.rng, first=first),
-                      "centre": metrics.baseline_maps("centre", n, masks.shape[1:])}
+                      "random": metrics.baseline_maps("random", n, size, rng=self.rng, first=first),
+                      "centre": metrics.baseline_maps("centre", n, size)}
         part = {}
         for name, maps in candidates.items():
             deletion, insertion = [], []
             for start in range(0, n, self.batch):
                 rows = slice(start, start + self.batch)
                 rows_score = _offset(score, start)
-                deletion.append(metrics.deletion_auc(rows_score, x[rows], maps[rows], steps=self.steps,
-                                                     layout=layout, batch=self.steps + 1))
-                insertion.append(metrics.insertion_auc(rows_score, x[rows], maps[rows], steps=self.steps,
+                deletion.append(metrics.deletion_curve(rows_score, x[rows], maps[rows], steps=self.steps,
                                                        layout=layout, batch=self.steps + 1))
-            part[name] = {"pointing": metrics.pointing_game(maps, masks, tolerance=self.tolerance).astype(float),
-                          "deletion": np.concatenate(deletion), "insertion": np.concatenate(insertion)}
+                insertion.append(metrics.insertion_curve(rows_score, x[rows], maps[rows], steps=self.steps,
+                                                         layout=layout, batch=self.steps + 1))
+            hits = (np.zeros(0) if self.masks is None
+                    else metrics.pointing_game(maps, masks, tolerance=self.tolerance).astype(float))
+            part[name] = {"pointing": hits, "deletion": np.concatenate(deletion),
+                          "insertion": np.concatenate(insertion)}
         return exp.layers, part
 
 

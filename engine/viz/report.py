@@ -25,12 +25,16 @@ section{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:16px 0
 h2{font-size:18px;margin:4px 0 10px}h3{font-size:15px;margin:14px 0 6px}
 .time{float:right;font-size:12px;color:#6b7280;font-weight:normal}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;font-size:14px}
-table{border-collapse:collapse;font-size:13px;margin:6px 0}
-th,td{border:1px solid #dde1e7;padding:3px 8px;text-align:left}
-th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
-figure{display:inline-block;margin:4px 8px 8px 0;vertical-align:top}figure img{display:block;image-rendering:pixelated}
+table{border-collapse:collapse;font-size:13px;margin:6px 0;max-width:100%}
+th,td{border:1px solid #dde1e7;padding:3px 8px;text-align:left;overflow-wrap:anywhere}
+th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+figure{display:inline-block;margin:4px 8px 8px 0;vertical-align:top;max-width:100%}
+figure img{display:block;max-width:100%;height:auto}img.pixels{image-rendering:pixelated}
 figcaption{font-size:12px;color:#374151;max-width:260px;overflow-wrap:anywhere}
-.scroll{overflow-x:auto}code{font-size:12px}
+.scroll{overflow-x:auto;max-width:100%}.gallery{display:flex;flex-wrap:wrap}
+table.images{table-layout:fixed;width:100%}table.images td{padding:2px;text-align:center}
+table.images figure{margin:0;display:block}table.images img{width:100%}
+code{font-size:12px}
 """
 
 
@@ -80,29 +84,62 @@ def heading(text):
     return Html(f"<h3>{escape(text)}</h3>")
 
 
-def _cell(value):
-    if isinstance(value, (bool, np.bool_)):
-        return f"<td>{'yes' if value else 'no'}</td>"
-    if isinstance(value, (int, np.integer)):
-        return f'<td class="num">{int(value)}</td>'
-    if isinstance(value, (float, np.floating)):
-        return f'<td class="num">{float(value):.4g}</td>'
-    return f"<td>{escape('' if value is None else value)}</td>"
+def _is_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def number_format(values):
+    """One format for the fractional numbers of a column: 4 decimals (2 from 100 up) when every
+    non-zero value lies in [0.001, 10⁵), else scientific with 4 significant digits; integers
+    (counts) stay whole.
+
+    >>> number_format([0.008065, 5.339e-05])(0.008065), number_format([0.5, 12.25])(0.5)
+    ('8.065e-03', '0.5000')
+    """
+    sizes = [abs(float(v)) for v in values if isinstance(v, (float, np.floating)) and np.isfinite(v) and v != 0]
+    if sizes and (min(sizes) < 1e-3 or max(sizes) >= 1e5):
+        decimal = lambda v: f"{float(v):.3e}"  # noqa: E731
+    else:
+        decimal = lambda v: f"{float(v):.{4 if not sizes or max(sizes) < 100 else 2}f}"  # noqa: E731
+    return lambda v: f"{int(v)}" if isinstance(v, (int, np.integer)) else decimal(v)
+
+
+def words(header):
+    """A snake_case header as words ("iou_mean" → "iou mean"); other text unchanged.
+
+    >>> words("agreement_std"), words("top-1 IoU")
+    ('agreement std', 'top-1 IoU')
+    """
+    text = str(header)
+    return text.replace("_", " ") if "_" in text and " " not in text and not isinstance(header, Html) else header
 
 
 def table(rows, headers):
-    """A table; numbers are right-aligned (floats with 4 significant digits), None is blank.
+    """A table; numbers are right-aligned, with one format per column (:func:`number_format`),
+    None and NaN are blank, snake_case headers become words.
 
     >>> table([["circle", 0.97, 40]], ["class", "accuracy", "images"])
     """
-    return _grid(rows, headers, _cell)
+    rows = [list(row) for row in rows]
+    formats = [number_format([row[c] for row in rows if c < len(row)]) for c in range(len(headers))]
+
+    def cell(value, column):
+        if isinstance(value, (bool, np.bool_)):
+            return f"<td>{'yes' if value else 'no'}</td>"
+        if _is_number(value):
+            text = formats[column](value) if np.isfinite(float(value)) else ""
+            return f'<td class="num">{text}</td>'
+        return f"<td>{escape('' if value is None else value)}</td>"
+
+    return _grid(rows, [words(h) for h in headers], cell)
 
 
-def _grid(rows, headers, cell):
-    """A scrollable table; ``cell(value)`` renders one ``<td>``."""
+def _grid(rows, headers, cell, kind="", style=""):
+    """A table that fits its section; ``cell(value, column)`` renders one ``<td>``."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
-    return Html(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
+    body = "".join("<tr>" + "".join(cell(v, c) for c, v in enumerate(row)) + "</tr>" for row in rows)
+    attrs = (f' class="{kind}"' if kind else "") + (f' style="{style}"' if style else "")
+    return Html(f'<div class="scroll"><table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
 
 
 def data_uri(rgb):
@@ -118,39 +155,45 @@ def data_uri(rgb):
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
-def image(rgb, caption=None, width=None):
-    """An embedded image with an optional caption; ``width`` scales its display (CSS pixels).
+def image(rgb, caption=None, width=None, alt=None):
+    """An embedded image with an optional caption; ``width`` scales its display (CSS pixels), an
+    image scaled up shows its pixels sharp. Never wider than its container. ``alt``: its text
+    alternative (default: the caption).
 
     >>> image(overlay_rgb, caption="gradcam: star 0.98", width=128)
     """
     rgb = np.asarray(rgb, np.uint8)
-    alt = escape(caption if caption is not None else "image")
+    alt = escape(alt if alt is not None else caption if caption is not None else "image")
     style = f' width="{int(width)}"' if width else ""
+    pixels = ' class="pixels"' if width and width > rgb.shape[1] else ""
     caption_html = f"<figcaption>{escape(caption)}</figcaption>" if caption is not None else ""
-    return Html(f'<figure><img src="{data_uri(rgb)}" alt="{alt}"{style}>{caption_html}</figure>')
+    return Html(f'<figure><img src="{data_uri(rgb)}" alt="{alt}"{style}{pixels}>{caption_html}</figure>')
 
 
 def gallery(items, width=None):
-    """Images side by side: ``items`` are (rgb, caption) pairs.
+    """Images side by side, wrapping onto more lines as the page narrows: ``items`` are (rgb,
+    caption) pairs.
 
     >>> gallery([(a, "input"), (b, "gradcam")], width=128)
     """
-    return Html('<div class="scroll" style="white-space:nowrap">'
-                + "".join(image(rgb, caption, width) for rgb, caption in items) + "</div>")
+    return Html('<div class="gallery">' + "".join(image(rgb, caption, width) for rgb, caption in items) + "</div>")
 
 
 def rows_of_images(rows, headers, width=None):
     """A table whose cells are images: ``rows`` of (rgb or text) cells, e.g. one image per row and
-    one method per column.
+    one method per column. Its columns share the section's width: images shrink below ``width``
+    (CSS pixels) rather than overflow.
 
     >>> rows_of_images([[img, cam1, cam2]], ["image", "gradcam", "scorecam"], width=96)
     """
-    def cell(value):
+    def cell(value, column):
         if isinstance(value, np.ndarray):
             return f"<td>{image(value, width=width)}</td>"
         return f"<td>{escape('' if value is None else value)}</td>"
 
-    return _grid(rows, headers, cell)
+    # no wider than the images need: the columns shrink with the section, never grow past ``width``
+    return _grid(rows, headers, cell, kind="images", style=f"max-width:{len(headers) * (int(width) + 6)}px" if width
+                 else "")
 
 
 @dataclass(frozen=True)
