@@ -381,7 +381,8 @@ def _echo_summary(summary, as_json):
             click.echo(f"{item['image']}: explained box {t['rank']} {name(t)} score {t['score']:.3f} at "
                        f"{', '.join(f'{v:g}' for v in t['box'])} -> {item['overlay']}")
         elif "anchor" in t:
-            click.echo(f"{item['image']}: explained anchor {t['anchor']} (rank {t['rank']}) {name(t)} score "
+            click.echo(f"{item['image']}: explained anchor {t['anchor']} (rank {t['rank']}) of "
+                       f"{item['output']['name']} {name(t)} score "
                        f"{t['score']:.3f} -> {item['overlay']}")
         elif "text" in t:
             what = f"character {t['char']} ({name(t)})" if "char" in t else "the whole string"
@@ -876,6 +877,31 @@ def demo(out, n, provider):
     click.echo(f"auditing models/shapes-resnet.onnx on {n} generated images ...", err=True)
     path, _ = run_demo(out, n=n, provider=provider, log=_log_section)
     click.echo(f"report: {path.resolve()}")
+
+
+@main.group()
+def cache():
+    """The cache of rewritten models ($ONNXLENS_CACHE, capped by $ONNXLENS_CACHE_MAX)."""
+
+
+@cache.command("info")
+def cache_info():
+    """Show where the cache is, what it holds and its size cap."""
+    from engine.runtime.cache import Store, cache_dir
+
+    info = Store(cache_dir()).info()
+    click.echo(f"folder   {info.folder}\n"
+               f"entries  {info.entries} rewritten models of {info.models} source models\n"
+               f"size     {info.size / 1e6:.1f} MB of {info.cap / 1e6:.1f} MB (ONNXLENS_CACHE_MAX)")
+
+
+@cache.command("clear")
+def cache_clear():
+    """Remove every cached rewritten model (they are rebuilt when needed)."""
+    from engine.runtime.cache import Store, cache_dir
+
+    before = Store(cache_dir()).clear()
+    click.echo(f"removed {before.entries} rewritten models ({before.size / 1e6:.1f} MB) from {before.folder}")
 
 
 if __name__ == "__main__":

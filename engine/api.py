@@ -309,14 +309,17 @@ class Model:
         """The default layer for explaining tensor ``output`` (see
         :func:`engine.graph.cone.default_layer`): the last image-like 4-D activation before its
         last Conv/Gemm that every branch of ``output`` comes from (a YOLO neck's stride-8 map, a
-        classifier's last conv stage).
+        classifier's last conv stage). A per-stride detector output (N×A×C beside other strides'
+        N×A'×C outputs) gets the layer all its strides share: the map nearest a 1×1 head holds the
+        anchor's gradient at one position only, and its Grad-CAM is empty for a low score.
 
         >>> model.default_layer_for("logits")
         'layer4'
         """
         if output not in self._default_layers:
             layer = cone.default_layer(self.proto.graph.node, [(lay.name, lay.shape) for lay in self.layers],
-                                       output, self.input_size or self.input.size, self.input.layout)
+                                       cone.strides_of([(t.name, t.shape) for t in self.outputs], output),
+                                       self.input_size or self.input.size, self.input.layout)
             if layer is None:
                 raise LayerError(f"'{self.path.name}' has no 4-D activation with spatial size > 1 feeding "
                                  f"'{output}': name a layer")

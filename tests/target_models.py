@@ -4,6 +4,7 @@ activations, so that central differences have no ReLU kinks to cross).
 ``yolov8(path)``: N×(4+C)×A with a DFL box branch over two strides sharing a neck;
 ``yolov5(path)``: N×A×(5+C); ``pair(path)``: boxes N×A×4 (xyxy) + scores N×C×A;
 ``ctc(path, time_major)``: N×T×C (Softmax) or T×N×C (LogSoftmax); ``dense(path)``: N×C×H×W;
+``crnn(path)``: T×N×C frames cut from a W×N×C×H transpose, of a variable-width line;
 ``conv_head(path, layout)``: classifier output N×C×1×1 or N×1×C; ``picodet(path)``: per-stride
 class scores N×A×C beside box distributions N×A×4·bins (no decoding).
 """
@@ -93,6 +94,16 @@ def ctc(path, time_major=False, classes=6, declared=None):
         b.op("Softmax", [b.op("Transpose", [seq], perm=[0, 2, 1])], axis=2, name="out")
         shape = ["N", 16, classes]
     return _save(b, path, [("image", ["N", 3, 8, 32])], [("out", declared or shape)])
+
+
+def crnn(path, classes=6):
+    """Input N×1×8×W (W symbolic); feat N×8×4×W/2 → Transpose to T×N×8×4 (4-D, not an image map)
+    → T×N×32 → MatMul → LogSoftmax: T×N×C, declared [1, seqlen] as older exporters wrote it."""
+    b = Builder(seed=5)
+    feat = _conv(b, "image", 1, 8, stride=2, name="feat")
+    frames = b.op("Reshape", [b.op("Transpose", [feat], perm=[3, 0, 1, 2]), b.const(np.array([0, 0, 32], np.int64))])
+    b.op("LogSoftmax", [b.op("MatMul", [frames, b.weight(32, classes)])], axis=2, name="out")
+    return _save(b, path, [("image", ["N", 1, 8, "w"])], [("out", [1, "seqlen"])])
 
 
 def dense(path, classes=3):

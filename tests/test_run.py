@@ -74,7 +74,7 @@ def test_second_model_on_the_same_file_builds_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXLENS_CACHE", str(tmp_path / "cache"))
     request = dict(activations=["tap_layer3"], gradients=["tap_layer3", "input"], seed=FIXTURE.seed)
     first = Model(FIXTURE.path, threads=1).run(FIXTURE.input, **request)
-    (cached,) = (tmp_path / "cache").glob("*.onnx")
+    (cached,) = (tmp_path / "cache").glob("entries/*/model.onnx")
     stamp = cached.stat().st_mtime_ns
 
     def no_build(*args, **kwargs):
@@ -82,7 +82,7 @@ def test_second_model_on_the_same_file_builds_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rewrite, "build", no_build)
     again = Model(FIXTURE.path, threads=1).run(FIXTURE.input, **request)
-    assert cached.stat().st_mtime_ns == stamp and len(list((tmp_path / "cache").glob("*.onnx"))) == 1
+    assert cached.stat().st_mtime_ns == stamp and len(list((tmp_path / "cache").glob("entries/*/model.onnx"))) == 1
     np.testing.assert_array_equal(again.gradients["input"], first.gradients["input"])
     with pytest.raises(AssertionError, match="rebuilt"):  # another request is another model
         Model(FIXTURE.path, threads=1).run(FIXTURE.input, gradients=["tap_layer4"], seed=FIXTURE.seed)
@@ -91,7 +91,7 @@ def test_second_model_on_the_same_file_builds_nothing(tmp_path, monkeypatch):
 def test_a_broken_cached_file_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXLENS_CACHE", str(tmp_path))
     expected = Model(FIXTURE.path, threads=1).run(FIXTURE.input, gradients=["input"], seed=FIXTURE.seed)
-    (cached,) = tmp_path.glob("*.onnx")
+    (cached,) = tmp_path.glob("entries/*/model.onnx")
     cached.write_bytes(b"half a model")
     calls = []
     build = rewrite.build
@@ -99,7 +99,7 @@ def test_a_broken_cached_file_is_rebuilt(tmp_path, monkeypatch):
     result = Model(FIXTURE.path, threads=1).run(FIXTURE.input, gradients=["input"], seed=FIXTURE.seed)
     assert calls == [1] and cached.stat().st_size > 1000
     np.testing.assert_array_equal(result.gradients["input"], expected.gradients["input"])
-    assert not list(tmp_path.glob(".*.part"))
+    assert not list(tmp_path.rglob("*.part")) and not list((tmp_path / "tmp").iterdir())
 
 
 def test_cache_key_follows_the_weights(tmp_path, monkeypatch):
@@ -107,7 +107,7 @@ def test_cache_key_follows_the_weights(tmp_path, monkeypatch):
     paths = [save(classifier(seed=seed), tmp_path / f"m{seed}.onnx") for seed in (0, 1)]
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     grads = [Model(p, threads=1).run(x, gradients=["input"], seed=np.ones((1, 4))).gradients["input"] for p in paths]
-    assert len(list((tmp_path / "cache").glob("*.onnx"))) == 2 and not np.allclose(grads[0], grads[1])
+    assert len(list((tmp_path / "cache").glob("entries/*/model.onnx"))) == 2 and not np.allclose(grads[0], grads[1])
 
 
 # --- backward modes through run: numpy reference on a net of 1×1 convolutions ----------------

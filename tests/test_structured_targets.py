@@ -305,6 +305,22 @@ def test_per_stride_scores_default_layer_feeds_the_explained_output(models):
         cam(model, IMAGES, targets="box:0,0,4,4")
 
 
+def test_per_stride_outputs_share_their_default_layer(models):
+    """Each stride's scores (and box distributions) of a PicoDet head get the neck map every stride
+    comes from (n4 = conv(n3) + c2), not the map before their own 1×1 head (layout_cdla: Grad-CAM
+    there was empty for stride 8's low scores; the gradient lives at the anchor's cell only)."""
+    from engine.graph.cone import strides_of
+
+    model = models["picodet"]
+    declared = [(t.name, t.shape) for t in model.outputs]
+    assert strides_of(declared, "cls_s4") == ["cls_s4", "cls_s2"] and strides_of(declared, "reg_s2") == ["reg_s2", "reg_s4"]
+    assert strides_of(declared, "n3") == ["n3"]
+    assert {model.default_layer_for(o) for o, _ in declared} == {"n3"} == {model.default_layer}
+    for output in ("cls_s2", "cls_s4"):
+        exp = cam(model, IMAGES, targets="box:3", output=output)
+        assert exp.layers == ["n3"] and not exp.empty.any()
+
+
 def test_seeds_fit_the_real_output_when_the_declared_rank_is_wrong(tmp_path, models):
     """A T×N×C output declared [1, seqlen] (as older exporters wrote it) takes T×N×C seeds."""
     from engine.errors import InputShapeError
@@ -319,6 +335,21 @@ def test_seeds_fit_the_real_output_when_the_declared_rank_is_wrong(tmp_path, mod
     x = model.preprocess(LINES)
     with pytest.raises(InputShapeError, match="seed of shape 2×16×6 does not fit output 'out' \\(16×2×6\\)"):
         model.run(x, gradients=["input"], seed=np.zeros((2, 16, 6), np.float32))
+
+
+def test_crnn_default_layer_is_before_the_frames_and_one_frame_is_read_time_major(tmp_path):
+    """A CRNN's W×N×C×H Transpose is 4-D but not an image map (ddddocr: Grad-CAM gave T maps per
+    image there); with one image and one frame (T = N = 1) the batch axis is the one that grows."""
+    model = Model(tm.crnn(tmp_path / "crnn.onnx"), provider="CPUExecutionProvider", threads=1)
+    assert model.default_layer == "feat"
+    lines = list(np.random.default_rng(1).integers(0, 256, size=(3, 8, 32, 3), dtype=np.uint8))
+    exp = cam(model, lines, targets="top")
+    assert exp.output["kind"] == "sequence" and exp.maps.shape == (3, 8, 32) and exp.image.tolist() == [0, 1, 2]
+    x = np.random.default_rng(2).standard_normal((3, 1, 8, 2)).astype(np.float32)
+    view = describe(model, x[:1])
+    out = model.run(x).outputs[0]
+    assert out.shape == (1, 3, 6) and view.perm == (1, 0, 2)
+    np.testing.assert_array_equal(view.rows(out), out.transpose(1, 0, 2))
 
 
 @pytest.mark.parametrize("name", ["yolov8", "yolov5", "pair"])

@@ -102,6 +102,49 @@ def float64_copy(model, input_name):
     return out
 
 
+def quantization_points(model):
+    """(DequantizeLinear(QuantizeLinear(a)) nodes, DynamicQuantizeLinear nodes, the tensors whose
+    values :func:`frozen_quantization` needs) of a dequantized form (see engine.graph.quantized)."""
+    made = {o: n for n in model.graph.node for o in n.output}
+    pairs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in made
+             and made[n.input[0]].op_type == "QuantizeLinear"]
+    dynamic = [n for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"]
+    names = [t for n in pairs for t in (made[n.input[0]].input[0], n.output[0])] + [t for n in dynamic for t in n.output[1:]]
+    return pairs, dynamic, list(dict.fromkeys(names))
+
+
+def frozen_quantization(model, values):
+    """``model`` (a dequantized form) with its quantization frozen at the forward ``values``
+    ({tensor: array} of :func:`quantization_points`' tensors, from the run whose gradient is checked):
+    each DequantizeLinear(QuantizeLinear(a)) becomes a + r, r its rounding there, and each
+    DynamicQuantizeLinear's scale and zero point their values there. Its forward is the quantized
+    one at that input and its derivative the straight-through one, so float64 central differences
+    of it (forward passes only) check a straight-through gradient."""
+    pairs, dynamic, _ = quantization_points(model)
+    made = {o: n for n in model.graph.node for o in n.output}
+    rounded = {n.output[0]: made[n.input[0]].input[0] for n in pairs}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    frozen, nodes = [], []
+    for node in out.graph.node:
+        if node.op_type == "DynamicQuantizeLinear":
+            frozen += [numpy_helper.from_array(np.asarray(values[t]), t) for t in node.output[1:]]
+        elif node.op_type == "DequantizeLinear" and node.output[0] in rounded:
+            a = rounded[node.output[0]]
+            residual = numpy_helper.from_array(values[node.output[0]] - values[a], node.output[0] + "_rounding")
+            frozen.append(residual)
+            nodes.append(onnx.helper.make_node("Add", [a, residual.name], [node.output[0]]))
+        else:
+            nodes.append(node)
+    used = {i for n in nodes for i in n.input} | {o.name for o in out.graph.output}
+    nodes = [n for n in nodes if n.op_type != "QuantizeLinear" or n.output[0] in used]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(frozen)
+    del out.graph.value_info[:]
+    return out
+
+
 class BatchNormalization(OpRun):
     """Inference-mode BatchNormalization as the spec writes it (onnx 1.23's reference gives other
     values on the opset-12 nodes of PP-OCRv4 rec, where ONNX Runtime agrees with the formula)."""

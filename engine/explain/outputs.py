@@ -13,8 +13,9 @@ The kind of an output is inferred from its real shape (one forward pass) by this
 6. rank 3 otherwise: fewer rows than columns → ``yolov8`` (N×(4+C)×A), else ``yolov5`` (N×A×(5+C)).
 
 A graph output declared with static dims that make it a classifier is taken as declared (no
-forward pass). Batch axis: 0, unless the real output has the batch size on axis 1 and not on axis 0 (or the
-inferred shape puts the symbolic batch there): T×N×C recognizers. Sequences: the classes are on
+forward pass). Batch axis: the one of axes 0 and 1 that holds the batch size while the other does
+not (axis 1: T×N×C recognizers); when both or neither do (one image, T = 1), the one that doubles
+when the images are fed twice; else the declared symbolic batch's, else 0. Sequences: the classes are on
 the axis of the final (Log)Softmax, else the last axis; the remaining axis is time.
 
 >>> view = describe(model, x)
@@ -25,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import helper
 
-from engine.errors import UsageError
+from engine.errors import OnnxlensError, UsageError
 from engine.explain.targets import DETECTION, KINDS
+from engine.runtime.session import RUN_ERRORS
 
 RECURRENT = ("LSTM", "GRU", "RNN")
 SOFTMAX = ("Softmax", "LogSoftmax")
@@ -131,7 +133,7 @@ def describe(model, x, output=None, kind=None, logits=False):
                           softmax_input(model.proto, name))
     values = forward(model, x, list(dict.fromkeys([name, *outputs])))
     n = len(x)
-    batch_axis = _batch_axis(model, name, values[name].shape, n)
+    batch_axis = _batch_axis(model, x, name, values[name].shape)
     shape = np.delete(values[name].shape, batch_axis)
     others = {o: v.shape for o, v in values.items() if o != name and np.ndim(v) == 3 and v.shape[0] == n}
     pair = _pair(shape, others) if batch_axis == 0 and len(shape) == 2 else None
@@ -155,13 +157,29 @@ def describe(model, x, output=None, kind=None, logits=False):
                       pair if kind == "boxes" else None, softmax_input(model.proto, name))
 
 
-def _batch_axis(model, name, shape, n):
-    if len(shape) < 2 or shape[0] == n and shape[1] != n:
+def _batch_axis(model, x, name, shape):
+    n = len(x)
+    if len(shape) < 2:
         return 0
-    if shape[1] == n and shape[0] != n:
-        return 1
+    if (shape[0] == n) != (shape[1] == n):
+        return 0 if shape[0] == n else 1
+    grown = _grown_axis(model, x, name, shape)
+    if grown is not None:
+        return grown
     declared = next((t.shape for t in model.outputs if t.name == name), None)
     return 1 if declared and len(declared) > 1 and declared[1] == "batch" and declared[0] != "batch" else 0
+
+
+def _grown_axis(model, x, name, shape):
+    """Axis 0 or 1 of ``name`` when it alone doubles as ``x`` is fed twice, else None (the model
+    does not run at twice the batch, e.g. for lack of extra inputs of that batch)."""
+    try:
+        twice = forward(model, np.concatenate([x, x]), [name])[name].shape
+    except (OnnxlensError, *RUN_ERRORS):
+        return None
+    grown = [a for a in (0, 1) if len(twice) == len(shape) and twice[a] == 2 * shape[a]
+             and all(twice[b] == shape[b] for b in range(len(shape)) if b != a)]
+    return grown[0] if len(grown) == 1 else None
 
 
 def _pair(shape, others):

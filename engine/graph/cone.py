@@ -11,24 +11,44 @@ RECURRENT = ("LSTM", "GRU", "RNN")
 
 def default_layer(nodes, layers, output, size, layout="NCHW"):
     """Among ``layers`` ((name, shape) of 4-D tensors, in graph order), the last that every branch
-    ending in ``output`` comes from, or None.
+    ending in ``output`` (a name, or several: a detector's per-stride outputs, the explained one
+    first, alone when the strides share no layer) comes from, or None.
 
-    Considered: layers in ``output``'s cone, not ``output`` itself, before its last Conv/Gemm/MatMul
-    (not a head's score map), not after an LSTM/GRU/RNN, with spatial size > 1 and an image-like
+    Considered: layers in an output's cone, not an output itself, before its last
+    Conv/Gemm/MatMul (not a head's score map), not after an LSTM/GRU/RNN or a Transpose that moves
+    the batch off axis 0 (a CRNN's W×N×C×H frames), with spatial size > 1 and an image-like
     aspect for an input of ``size`` (H, W) (a DFL or reshaped head is not one). Each branch's
-    nearest such layer is found walking back from ``output``; the answer is the last layer all of
+    nearest such layer is found walking back from the outputs; the answer is the last layer all of
     them come from (the neck a detector's strides share; the last conv stage of a classifier).
 
     >>> default_layer(nodes, layers, "out", (640, 640))        # YOLOv8: the stride-8 neck
     """
-    cone = (_feeds(nodes, output) - _after_recurrent(nodes)) & _before_linear(nodes, output)
+    outputs = [output] if isinstance(output, str) else list(output)
+    cone = set.union(*(_feeds(nodes, o) & _before_linear(nodes, o) for o in outputs)) - _after_sequence(nodes)
     candidates = [name for name, shape in layers
-                  if name in cone and name != output and image_like(shape, size, layout)]
+                  if name in cone and name not in outputs and image_like(shape, size, layout)]
     if not candidates:
         return None
-    ends = _nearest(nodes, output, set(candidates))
+    ends = [end for o in outputs for end in _nearest(nodes, o, set(candidates))]
     shared = set.intersection(*(_feeds(nodes, e) for e in ends))
+    if len(outputs) > 1 and not any(c in shared for c in candidates):
+        return default_layer(nodes, layers, outputs[0], size, layout)
     return ([c for c in candidates if c in shared] or candidates)[-1]
+
+
+def strides_of(outputs, output):
+    """``output``, then the graph outputs that are its other strides: per-stride N×A×C heads
+    (PicoDet, undecoded YOLO heads) declared rank 3 with the same static C (not 4: boxes).
+    ``outputs``: (name, declared shape) of the graph outputs; any other ``output`` stands alone.
+
+    >>> strides_of([("s8", (1, 7600, 10)), ("s16", (1, 1900, 10)), ("d8", (1, 7600, 32))], "s8")
+    ['s8', 's16']
+    """
+    shapes = dict(outputs)
+    shape = shapes.get(output)
+    if shape is None or len(shape) != 3 or not isinstance(shape[2], int) or shape[2] == 4:
+        return [output]
+    return [output, *(name for name, other in outputs if name != output and len(other) == 3 and other[2] == shape[2])]
 
 
 def image_like(shape, size, layout="NCHW"):
@@ -77,10 +97,17 @@ def _before_linear(nodes, output):
     return before
 
 
-def _after_recurrent(nodes):
-    """Tensors computed from the output of an LSTM, GRU or RNN node (4-D, but not image maps)."""
+def _after_sequence(nodes):
+    """Tensors computed from the output of an LSTM, GRU or RNN node, or of a Transpose whose
+    ``perm`` moves axis 0 (the batch): sequence frames, 4-D maybe, but not image maps."""
     after = set()
     for node in nodes:
-        if node.op_type in RECURRENT or any(i in after for i in node.input):
+        if node.op_type in RECURRENT or _moves_batch(node) or any(i in after for i in node.input):
             after.update(node.output)
     return after
+
+
+def _moves_batch(node):
+    """True for a Transpose whose perm (reversed axes when absent) does not keep axis 0 first."""
+    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+    return node.op_type == "Transpose" and (perm is None or perm[0] != 0)

@@ -1,27 +1,30 @@
 """Rewritten models (taps, gradients) built once and cached on disk.
 
 A request names the tensors to expose and to differentiate; :func:`build` turns a model into
-the rewritten one (add_taps → normalize → differentiate) and :func:`cached` stores it under
-``$ONNXLENS_CACHE`` (default ``~/.cache/onnxlens``), keyed by the model's content hash, the
-request and a hash of the graph code, so a rule change never serves a stale file. Each cached
-model is two files: ``<key>.onnx`` and its large weights in ``<key>.onnx.data``.
+the rewritten one (add_taps → normalize → differentiate) and :func:`cached` stores it in the
+verified, size-capped cache of :mod:`engine.runtime.cache` (``$ONNXLENS_CACHE``, default
+``~/.cache/onnxlens``), keyed by the model's content hash, the request and a hash of the graph
+code, so a rule change never serves a stale file. A cached model is its small graph plus its
+large weights as external data files shared with every other entry that has the same bytes.
 """
+import atexit
 import hashlib
 import json
-import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import onnx
 
-from engine.data.files import atomic_path
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate
 from engine.graph.normalize import normalize, without_weights
 from engine.graph.pixels import float_image
 from engine.graph.shapes import INTEGER_PIXELS
 from engine.graph.taps import add_taps
+from engine.runtime.cache import DamagedEntry, Store, blob_name, cache_dir, log
 from engine.runtime.session import create_session
 
 
@@ -35,15 +38,6 @@ class Request:
     gradients: tuple = ()
     output: str | None = None
     mode: str = "standard"
-
-
-def cache_dir():
-    """The cache folder: ``$ONNXLENS_CACHE`` or ``~/.cache/onnxlens``.
-
-    >>> cache_dir()  # with ONNXLENS_CACHE unset  # doctest: +SKIP
-    PosixPath('/root/.cache/onnxlens')
-    """
-    return Path(os.environ.get("ONNXLENS_CACHE") or Path.home() / ".cache" / "onnxlens")
 
 
 @lru_cache(maxsize=1)
@@ -103,59 +97,94 @@ def build(model, request):
     return rewritten
 
 
-def cached(model, request, model_hash=None, folder=None):
-    """Path of the rewritten model for ``request``, built and written atomically on first use.
+def cached(model, request, model_hash=None, folder=None, rebuild=False):
+    """The verified rewritten model for ``request`` in the cache (``folder`` or ``$ONNXLENS_CACHE``),
+    built and stored on first use or when its entry is damaged (said once on stderr). When the
+    cache cannot be written (read-only, full, a file) a temporary folder is used for this process,
+    and when that fails too the rewritten ``ModelProto`` itself is returned (one warning).
 
     >>> path = cached(model, Request((64, 64), gradients=("image",), output="logits"))
     """
     model_hash = model_hash or content_hash(model)
-    key = json.dumps({"model": model_hash, "code": code_version(), "request": asdict(request)}, sort_keys=True)
-    path = Path(folder or cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
-    if not path.is_file():
-        write(build(model, request), path)
-    return path
+    meta = {"model": model_hash, "code": code_version(), "request": asdict(request)}
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
+    store = Store(folder or cache_dir())
+    if not rebuild:
+        try:
+            path = store.get(key, model_hash)
+            if path is not None:
+                return path
+        except DamagedEntry as err:
+            log.warning("onnxlens: the cached rewritten model %s is damaged (%s): rebuilding it",
+                        store.entries / key, err)
+    rewritten = build(model, request)
+    graph, weights = externalize(rewritten)
+    for candidate in (store, None):
+        try:
+            return (candidate or _fallback_store()).put(key, meta, graph, weights)
+        except OSError as err:
+            _warn_unusable(candidate.root if candidate else Path(tempfile.gettempdir()), err)
+    return rewritten
 
 
-def write(model, path, align=4096):
-    """Write ``model`` to ``path`` atomically, its large weights (the ones
-    :func:`~engine.graph.normalize.without_weights` sets apart) as ONNX external data in
-    ``<path>.data`` beside it, written first, at page-aligned offsets.
+def externalize(model):
+    """``(graph, weights)``: ``model`` serialized with its large weights (the ones
+    :func:`~engine.graph.normalize.without_weights` sets apart) as ONNX external data, each in
+    its own file named by its SHA-256, and those weights as ``{sha256 hex: bytes}``.
 
     Serializing a 200 MB rewritten model cost more than building it; the weights' bytes are
-    written as they are and only the small rest is serialized.
+    kept as they are and only the small rest is serialized.
 
-    >>> write(rewritten, "cache/model.onnx")  # also writes cache/model.onnx.data
+    >>> graph, weights = externalize(rewritten)
     """
-    path = Path(path)
-    data = path.with_name(path.name + ".data")
-    out, weights = without_weights(model)
-    inputs = [i for i in out.graph.input if i.name not in weights]
+    out, large = without_weights(model)
+    inputs = [i for i in out.graph.input if i.name not in large]
     del out.graph.input[:]
     out.graph.input.extend(inputs)
-    with atomic_path(data) as tmp, open(tmp, "wb") as file:
-        for tensor in weights.values():
-            if not tensor.HasField("raw_data"):
-                out.graph.initializer.append(tensor)
-                continue
-            raw = tensor.raw_data  # a copy each time it is read
-            file.seek(-file.tell() % align, os.SEEK_CUR)
-            ref = out.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                            data_location=onnx.TensorProto.EXTERNAL)
-            for key, value in (("location", data.name), ("offset", file.tell()), ("length", len(raw))):
-                ref.external_data.add(key=key, value=str(value))
-            file.write(raw)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(out.SerializeToString())
+    weights = {}
+    for tensor in large.values():
+        if not tensor.HasField("raw_data"):
+            out.graph.initializer.append(tensor)
+            continue
+        raw = tensor.raw_data  # a copy each time it is read
+        digest = hashlib.sha256(raw).hexdigest()
+        weights[digest] = raw
+        ref = out.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                        data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", blob_name(digest)), ("length", len(raw))):
+            ref.external_data.add(key=key, value=str(value))
+    return out.SerializeToString(), weights
+
+
+@lru_cache(maxsize=1)
+def _fallback_store():
+    """A cache in a temporary folder removed when the process ends."""
+    root = tempfile.mkdtemp(prefix="onnxlens-cache-")
+    atexit.register(shutil.rmtree, root, True)
+    return Store(root)
+
+
+_warned = set()
+
+
+def _warn_unusable(root, err):
+    if root not in _warned:
+        _warned.add(root)
+        where = "in a temporary folder" if root != Path(tempfile.gettempdir()) else "in memory"
+        log.warning("onnxlens: the cache folder %s is not usable (%s): rewritten models are kept %s for this "
+                    "run; set ONNXLENS_CACHE to a writable folder", root, err.strerror or err, where)
 
 
 def session(model, request, model_hash=None, folder=None, provider="auto", threads=None):
-    """An ORT session on the cached rewritten model; a cached file that fails to load is rebuilt.
+    """An ORT session on the cached rewritten model; an entry that fails to load is rebuilt.
 
     >>> sess = session(model, Request((64, 64), activations=("layer4",)), threads=1)
     """
-    path = cached(model, request, model_hash, folder)
+    source = cached(model, request, model_hash, folder)
     try:
-        return create_session(path, provider=provider, threads=threads)
+        return create_session(source, provider=provider, threads=threads)
     except ModelLoadError:
-        write(build(model, request), path)
-        return create_session(path, provider=provider, threads=threads)
+        if not isinstance(source, Path):
+            raise
+        return create_session(cached(model, request, model_hash, folder, rebuild=True), provider=provider,
+                              threads=threads)
