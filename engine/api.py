@@ -95,9 +95,11 @@ class Model:
     and resizes the other images of the call to it. Any batch size works: a static batch is made
     symbolic when running the freed graph at batches 3 and 1 gives the original's outputs, else
     the model runs in blocks of its batch (``-1`` and unnamed dims count as dynamic). ``preprocess``: a preset
-    name (imagenet, unit, symmetric, raw) or a mapping ``{"preset": ..., "channel_order": "BGR"}``;
-    fields given here override the model's metadata (``preprocess``, ``channel_order``), and the
-    default is imagenet RGB. ``labels``: a labels file path or a list of names, else the
+    name (imagenet, unit, symmetric, raw) or a mapping with keys ``preset``, ``channel_order``,
+    ``mean``, ``std`` (per channel, 0–1 scale) and ``resize`` (squash or shorter-side+center-crop);
+    fields given here override the model's metadata (keys ``preprocess``, ``channel_order``,
+    ``mean``, ``std``, ``resize``; ``onnxlens tag`` writes them), and the default guess is imagenet
+    RGB squash (``preprocessing.sources`` says which applied). ``labels``: a labels file path or a list of names, else the
     metadata's ``labels`` (JSON list). ``threads``: ORT intra-op threads. ``extra_inputs``:
     ``{name: array}`` for the graph inputs besides the image, fed on every run (one row of an
     input whose first dim is a dynamic batch is repeated for every image; see
