@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from engine.data.files import write_image, write_json, write_npz, write_text
+from engine.data.files import write_image, write_json, write_text
 from engine.errors import OnnxlensError, UsageError
 from engine.progress import Progress
 
@@ -25,8 +25,29 @@ class Group(click.Group):
         except OnnxlensError as err:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {_cli_words(str(err))}", err=True)
             ctx.exit(2)
+
+
+# The engine names Python arguments in its messages; a CLI user reads the options that set them.
+CLI_SPELLINGS = {
+    "input_size=(H, W)": "--size HxW",
+    "extra_inputs={name: array}": "--input NAME=VALUE|FILE.npy",
+    "recursive=True": "--recursive",
+    "preprocess=": "--preprocess",
+    'layout="CHW"': "channels-first images",
+}
+
+
+def _cli_words(message):
+    """An engine message with its Python argument names replaced by the CLI options that set them.
+
+    >>> _cli_words("give an input size: input_size=(H, W)")
+    'give an input size: --size HxW'
+    """
+    for api, option in CLI_SPELLINGS.items():
+        message = message.replace(api, option)
+    return message
 
 
 @click.group(cls=Group)
@@ -70,7 +91,7 @@ def _scale_options(command):
     )(run)
 
 
-# --- data commands ------------------------------------------------------------------------
+# --- the option vocabulary: one decorator per group, the same words in every command -------------
 
 
 def _parse_size(ctx, param, value):
@@ -101,12 +122,101 @@ _extra_input_option = click.option(
     "--input", "inputs", multiple=True, callback=_parse_inputs, metavar="NAME=VALUE|FILE.npy",
     help="A model input besides the image: a number, comma-separated numbers or a .npy file; repeatable.")
 
+_labels_option = click.option("--labels", "labels_file", metavar="FILE",
+                              help="Class names: one per line, or a JSON list (default: the model's metadata).")
+
+
+def _preprocess_options(command):
+    """--preprocess PRESET, --mean, --std, --channel-order, --resize, handed to the command as one
+    ``preprocess`` mapping for ``Model(preprocess=...)`` (None when no option is given: the
+    model's metadata, else the default guess)."""
+    from engine.data.preprocess import CHANNEL_ORDERS, PRESETS, RESIZE_POLICIES
+
+    @functools.wraps(command)
+    def run(*args, preset, mean, std, channel_order, resize, **kwargs):
+        given = {"preset": preset, "mean": mean, "std": std, "channel_order": channel_order, "resize": resize}
+        given = {key: value for key, value in given.items() if value is not None}
+        return command(*args, preprocess=given or None, **kwargs)
+
+    return _options(
+        click.option("--preprocess", "preset", type=click.Choice(list(PRESETS)),
+                     help="Pixel scaling: imagenet ((x/255 − mean)/std), unit (x/255), symmetric (x/127.5 − 1), "
+                          "raw (0–255). Default: the model's metadata, else imagenet (a guess)."),
+        click.option("--mean", metavar="R,G,B", help="Per-channel mean on the 0–1 scale (replaces the preset's)."),
+        click.option("--std", metavar="R,G,B", help="Per-channel std on the 0–1 scale (replaces the preset's)."),
+        click.option("--channel-order", type=click.Choice(list(CHANNEL_ORDERS), case_sensitive=False),
+                     help="Channel order the model takes (default: metadata, else RGB)."),
+        click.option("--resize", type=click.Choice(list(RESIZE_POLICIES)),
+                     help="How images reach the input size: squash (default) or shorter-side+center-crop."),
+    )(run)
+
+
+def _model_options(labels=True):
+    """The options of a command that runs a model: --size, --provider, --threads, the
+    preprocessing group, --labels FILE (unless the command's --labels means something else) and
+    --input, handed to the command as one ``load`` dict: ``_load(path, **load)``."""
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, size, provider, threads, preprocess, inputs, labels_file=None, **kwargs):
+            load = {"inputs": inputs, "input_size": size, "provider": provider, "threads": threads,
+                    "preprocess": preprocess}
+            if labels:
+                load["labels"] = labels_file
+            return command(*args, load=load, **kwargs)
+
+        return _options(
+            _input_size_option, _provider_option,
+            click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime threads (default: its own)."),
+            _preprocess_options, *([_labels_option] if labels else []), _extra_input_option,
+        )(run)
+    return decorate
+
+
+def _images_argument(required=True):
+    """IMAGES...: files, folders and glob patterns, with --recursive for the folders' sub-folders,
+    handed to the command as a list of files (engine.data.images.image_files; [] when none given)."""
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, images, recursive, **kwargs):
+            from engine.data.images import image_files
+
+            return command(*args, images=image_files(images, recursive) if images else [], **kwargs)
+
+        return _options(
+            click.argument("images", nargs=-1, required=required),
+            click.option("--recursive", is_flag=True, help="Also take the images in sub-folders of folder IMAGES."),
+        )(run)
+    return decorate
+
+
+def _batch_size_option(default):
+    """--batch-size N (Images per pass), with --batch as a hidden deprecated spelling."""
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, batch_size, old_batch, **kwargs):
+            return command(*args, batch_size=old_batch or batch_size, **kwargs)
+
+        return _options(
+            click.option("--batch-size", default=default, show_default=True, type=click.IntRange(min=1),
+                         help="Images per pass."),
+            click.option("--batch", "old_batch", type=click.IntRange(min=1), hidden=True,
+                         help="Deprecated spelling of --batch-size."),
+        )(run)
+    return decorate
+
+
+_masks_option = click.option("--masks", multiple=True, metavar="DIR|FILE|GLOB",
+                             help="Object masks (non-zero = object), one per image, named as the image; repeatable.")
+
 
 def _load(path, inputs=None, **options):
     """The Model of a command: MODEL with its --input values and the command's other options."""
     from engine.api import Model  # looked up at call time: tests swap engine.api.Model
 
     return Model(path, extra_inputs=inputs, **options)
+
+
+# --- data commands ------------------------------------------------------------------------
 
 
 @main.command()
@@ -120,7 +230,8 @@ def synth(out, n, seed, size):
 
     with Progress(total=n, label="synth") as bar:
         broden.write_concepts(out, world.batches(n, seed=seed, size=size), progress=bar)
-    click.echo(f"wrote {n} images with shape/color/texture/background label maps to {out}")
+    click.echo(f"wrote {n} images to {Path(out) / 'images' / 'shapes'} and their shape/color/texture/background "
+               f"label maps to {Path(out) / 'images' / broden.LABEL_MAPS}")
 
 
 # --- model commands -----------------------------------------------------------------------
@@ -137,20 +248,20 @@ def _table(rows, headers):
 
 @main.command()
 @click.argument("model")
-@click.option("--size", callback=_parse_size, metavar="HxW", help="Input size for the layer shapes (dynamic models).")
 @click.option("--layer", "layer_name", metavar="NAME", help="Show only this layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-@_extra_input_option
-def inspect(model, size, layer_name, as_json, inputs):
+@_model_options()
+def inspect(model, layer_name, as_json, load):
     """Show a model's inputs, outputs, opset, producer, op histogram and layer catalog.
 
     Outputs made by a Softmax are noted (gradients of probabilities; --logits explains the logits).
     Per layer: whether gradients reach it (every op from it to the output has a rule), its
     receptive field and stride in input pixels ("all" where it sees the whole image), and a *
-    on the default layer for gradient-based explanations."""
+    on the default layer for gradient-based explanations. The preprocessing line says where each
+    setting came from (metadata, option or default guess) and warns on a guess."""
     from engine.explain.outputs import softmax_input
 
-    model = _load(model, inputs, input_size=size)
+    model = _load(model, **load)
     info = model.summary()
     info["layers"] = model.layer_details()
     for output in info["outputs"]:
@@ -167,9 +278,15 @@ def inspect(model, size, layer_name, as_json, inputs):
                + ", ".join(f"{d} {v}" for d, v in info["opset"].items()) + ")")
     click.echo(f"image     {image['name']}  {image['layout']} {image['dtype']} {_dims(image['shape'])}  "
                f"dynamic: {''.join(image['dynamic']) or 'none'}  size: {_dims(image['size'])}")
-    click.echo(f"preproc   {info['preprocess']['preset']} {info['preprocess']['channel_order']}  "
-               f"labels: {len(labels) if labels else 'none'}  "
+    click.echo(f"preproc   {_provenance(info['preprocess'])}")
+    click.echo(f"          labels: {len(labels) if labels else 'none'}  "
                f"gradients w.r.t. {image['gradients'] or 'none (the pixels are not only cast to float)'}\n")
+    if info["preprocess"]["guessed"]:
+        guessed = " and ".join(key.replace("_", " ") for key in info["preprocess"]["guessed"])
+        pronoun = "them" if len(info["preprocess"]["guessed"]) > 1 else "it"
+        click.echo(f"warning: '{model.path.name}' does not record its {guessed}: onnxlens guessed {pronoun}; if wrong, "
+                   "pass --preprocess/--channel-order (or --mean/--std) or write them into the model "
+                   "with `onnxlens tag`", err=True)
     rows = [("input", t["name"], t["dtype"], _dims(t["shape"])) for t in info["inputs"]]
     rows += [("output", t["name"], t["dtype"], _dims(t["shape"])) for t in info["outputs"]]
     click.echo(_table(rows, ("", "name", "dtype", "shape")) + "\n")
@@ -188,19 +305,24 @@ def inspect(model, size, layer_name, as_json, inputs):
     click.echo(_table(rows, headers))
 
 
+def _provenance(preprocess):
+    """'imagenet (default guess)  RGB (metadata) ...': each setting with where it came from."""
+    shown = lambda v: ",".join(f"{x:g}" for x in v) if isinstance(v, list) else v  # noqa: E731
+    return "  ".join(f"{key.replace('_', ' ')} {shown(preprocess[key])} ({preprocess['sources'][key]})"
+                     for key in preprocess["sources"] if key in preprocess)
+
+
 @main.command()
 @click.argument("model")
-@click.argument("images", nargs=-1, required=True)
+@_images_argument()
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
-@click.option("--labels", "labels_file", metavar="FILE", help="Class names: one per line, or a JSON list.")
-@_input_size_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per image.")
-@_provider_option
-@_extra_input_option
-def predict(model, images, top, labels_file, size, as_json, provider, inputs):
+@_batch_size_option(32)
+@_model_options()
+def predict(model, images, top, as_json, batch_size, load):
     """Rank the classes of each image (scores are probabilities)."""
-    model = _load(model, inputs, input_size=size, labels=labels_file, provider=provider)
-    predictions = model.predict(list(images), top=top)
+    model = _load(model, **load)
+    predictions = model.predict([str(p) for p in images], top=top, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
         return
@@ -208,6 +330,20 @@ def predict(model, images, top, labels_file, size, as_json, provider, inputs):
         click.echo(p.image)
         for t in p.top:
             click.echo(f"  {t.score:7.4f}  {t.label if t.label is not None else '#' + str(t.index)}  [{t.index}]")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@_preprocess_options
+@_labels_option
+@click.option("--out", metavar="FILE", help="Write a new tagged file instead (default: in place, the old file kept "
+                                            "as MODEL.bak).")
+def tag(model, preprocess, labels_file, out):
+    """Write preprocessing settings and class names into MODEL's metadata (read by every command)."""
+    from engine.data.tags import tag as write_tags
+
+    written, backup = write_tags(model, out=out, preprocess=preprocess, labels=labels_file)
+    click.echo(f"wrote {written}" + (f" (the previous file is kept as {backup})" if backup else ""))
 
 
 # --- gradient engine commands -------------------------------------------------------------
@@ -223,52 +359,6 @@ def _explain_target(value, model):
     from engine.explain.targets import parse
 
     return parse(value, model.labels)
-
-
-def _write_explanation(exp, model, images, out, name):
-    """Per-row overlay PNGs (with the explained box, if any), DIR/<name>.npz and
-    DIR/summary.json; returns the summary."""
-    from engine.data.labels import probabilities
-    from engine.data.images import as_rgb
-    from engine.viz.overlay import draw_box, overlay
-
-    out = Path(out)
-    labels = model.labels
-    summary, counts = [], {}
-    for row, (i, target) in enumerate(zip(exp.image, exp.targets)):
-        rgb = as_rgb(images[i])
-        stem = Path(images[i]).stem
-        counts[stem] = counts.get(stem, 0) + 1
-        suffix = f"_{target}" if (exp.image == i).sum() > 1 else ""
-        png = out / f"{stem}{'' if counts[stem] == 1 else '_' + str(counts[stem])}_{exp.method}{suffix}.png"
-        detail = dict(exp.details[row]) if exp.details else {}
-        picture = overlay(rgb, exp.maps[row])
-        if "box" in detail:
-            size = model.input_size or rgb.shape[:2]
-            sy, sx = rgb.shape[0] / size[0], rgb.shape[1] / size[1]
-            c = detail["class"]
-            caption = f"{labels[c] if labels and c < len(labels) else '#' + str(c)} {detail['score']:.2f}"
-            picture = draw_box(picture, np.multiply(detail["box"], [sx, sy, sx, sy]), caption)
-        write_image(png, picture)
-        item = {"image": str(images[i]), "overlay": str(png), "method": exp.method, "layers": exp.layers,
-                "output": exp.output, "empty": bool(exp.empty[row]) if exp.empty is not None else False,
-                "predicted": None, "target": {"index": int(target), "mask": True}}
-        if exp.output.get("kind", "classifier") == "classifier" and "mask" not in detail:
-            scores = exp.scores[i]
-            probs = probabilities(scores[None])[0]
-            top = int(scores.argmax())
-            item["predicted"] = {"index": top, "label": labels[top] if labels else None,
-                                 "probability": float(probs[top])}
-            item["target"] = {"index": int(target), "label": labels[target] if labels and target >= 0 else None,
-                              "probability": float(probs[target]) if target >= 0 else None,
-                              "score": float(scores[target]) if target >= 0 else None}
-        elif "mask" not in detail:
-            label = labels[target] if labels and 0 <= target < len(labels) else None
-            item["target"] = {"index": int(target), "label": label, **detail}
-        summary.append(item)
-    write_npz(out / f"{name}.npz", **exp.arrays())
-    write_json(out / "summary.json", summary)
-    return summary
 
 
 def _echo_summary(summary, as_json):
@@ -306,7 +396,7 @@ def _echo_summary(summary, as_json):
 
 _explain_options = _options(
     click.argument("model"),
-    click.argument("images", nargs=-1, required=True),
+    _images_argument(),
     click.option("--target", default="top", show_default=True,
                  help="top, a class index or label (several: comma-separated, one per image), box:K, "
                       "box:x1,y1,x2,y2, char:K, text, region:x1,y1,x2,y2, mask:FILE, channel:K, "
@@ -320,9 +410,9 @@ _explain_options = _options(
     click.option("--blank", default=0, show_default=True, type=click.IntRange(min=0),
                  help="CTC blank class of sequence outputs."),
     click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
-    click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass."),
-    _provider_option,
+    _batch_size_option(16),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+    _model_options(),
 )
 
 
@@ -334,18 +424,17 @@ _explain_options = _options(
 @click.option("--layer", default="auto", show_default=True, help="Layer name(s), comma-separated, or auto.")
 @click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
-@_input_size_option
-@_extra_input_option
-def cam(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json, method,
-        layer, tta, eigen_smooth, size, inputs):
+def cam(model, images, target, output_kind, output_name, logits, blank, out, batch_size, as_json, load, method,
+        layer, tta, eigen_smooth):
     """Class activation maps: an overlay PNG per image, DIR/cams.npz and DIR/summary.json."""
     from engine.explain import cam as explain_cam
+    from engine.explain.summary import write_explanation
 
-    model = _load(model, inputs, provider=provider, input_size=size)
+    model = _load(model, **load)
     exp = explain_cam(model, list(images), method=method, layer=layer, targets=_explain_target(target, model),
-                      batch=batch, tta=tta, eigen_smooth=eigen_smooth, output=output_name, output_kind=output_kind,
+                      batch=batch_size, tta=tta, eigen_smooth=eigen_smooth, output=output_name, output_kind=output_kind,
                       logits=logits, blank=blank)
-    _echo_summary(_write_explanation(exp, model, list(images), out, "cams"), as_json)
+    _echo_summary(write_explanation(exp, model, list(images), out, "cams"), as_json)
 
 
 @main.command()
@@ -358,18 +447,17 @@ def cam(model, images, target, output_kind, output_name, logits, blank, out, bat
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
-@_input_size_option
-@_extra_input_option
-def saliency(model, images, target, output_kind, output_name, logits, blank, out, batch, provider, as_json,
-             method, samples, noise, steps, baseline, layer, size, inputs):
+def saliency(model, images, target, output_kind, output_name, logits, blank, out, batch_size, as_json, load,
+             method, samples, noise, steps, baseline, layer):
     """Saliency maps: an overlay PNG per image, DIR/saliency.npz and DIR/summary.json."""
     from engine.explain import saliency as explain_saliency
+    from engine.explain.summary import write_explanation
 
-    model = _load(model, inputs, provider=provider, input_size=size)
+    model = _load(model, **load)
     exp = explain_saliency(model, list(images), method=method, targets=_explain_target(target, model),
-                           batch=batch, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer,
+                           batch=batch_size, samples=samples, noise=noise, steps=steps, baseline=baseline, layer=layer,
                            output=output_name, output_kind=output_kind, logits=logits, blank=blank)
-    _echo_summary(_write_explanation(exp, model, list(images), out, "saliency"), as_json)
+    _echo_summary(write_explanation(exp, model, list(images), out, "saliency"), as_json)
 
 
 @main.command()
@@ -387,17 +475,15 @@ def saliency(model, images, target, output_kind, output_name, logits, blank, out
 @click.option("--fourier", is_flag=True, help="Decorrelated Fourier parameterization (1/f spectrum).")
 @click.option("--decorrelate", is_flag=True, help="Decorrelate colours (ImageNet colour correlation).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@_provider_option
 @click.option("--out", required=True, metavar="PNG", help="Result image; the strip of steps goes to <name>_steps.png.")
-@_input_size_option
-@_extra_input_option
+@_model_options()
 def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
-             provider, out, size, inputs):
+             out, load):
     """Class (or channel) visualization by gradient ascent on the input."""
     from engine.explain import class_visualization
     from engine.viz.overlay import strip
 
-    model = _load(model, inputs, provider=provider, input_size=size)
+    model = _load(model, **load)
     target = None if target is None else _explain_target(target, model)
     if target is not None and getattr(target, "kind", None) != "class":
         raise UsageError("--target: give one class (an index or a label)")
@@ -411,36 +497,29 @@ def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_e
     click.echo(f"score {viz.scores[0]:.3f} -> {viz.scores[-1]:.3f} after {steps} steps: {out}")
 
 
-def _image_files(paths):
-    files = []
-    for p in map(Path, paths):
-        files += sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) \
-            if p.is_dir() else [p]
-    return files
-
-
 @main.command()
 @click.argument("model")
+@_images_argument(required=False)
+@click.option("--images", "image_options", multiple=True, hidden=True, help="Older spelling of IMAGES.")
 @click.option("--synth", type=click.IntRange(min=1), help="Evaluate on N generated Shapes images.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated images.")
-@click.option("--images", multiple=True, help="Image files or folders (with --masks).")
-@click.option("--masks", multiple=True, help="Mask files or folders, one per image (non-zero = object).")
+@_masks_option
 @click.option("--method", default="gradcam", show_default=True, help="A CAM or saliency method.")
 @click.option("--layer", default="auto", show_default=True)
 @click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1), help="Deletion/insertion steps.")
-@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
-@_provider_option
+@_batch_size_option(32)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@_input_size_option
-@_extra_input_option
+@_model_options()
 @_scale_options
-def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, provider, as_json, size, inputs, scale):
+def evaluate(model, images, image_options, synth, seed, masks, method, layer, steps, batch_size, as_json, load,
+             scale):
     """Pointing game and deletion/insertion AUC of a method, beside random and centre maps."""
-    from engine.data.images import read_image
+    from engine.data.images import image_files, mask_files, read_image
     from engine.explain import evaluate as explain_evaluate
 
+    images = images + (image_files(image_options) if image_options else [])
     if bool(synth) == bool(images):
-        raise UsageError("give either --synth N or --images with --masks")
+        raise UsageError("give either --synth N or IMAGES with --masks")
     labels = None
     if synth:
         from engine.data.synth import generate
@@ -448,15 +527,14 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, pro
         scene = generate(synth, seed=seed)
         pictures, object_masks, labels = list(scene.images), scene.masks, scene.labels
     else:
-        files, mask_files = _image_files(images), _image_files(masks)
-        if len(files) != len(mask_files):
-            raise UsageError(f"{len(files)} images but {len(mask_files)} masks: give one mask per image")
-        pictures = files  # read by the job, shard by shard
-        object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files]
+        if not masks:
+            raise UsageError("the pointing game needs object masks: give --masks DIR (one mask per image)")
+        pictures = images  # read by the job, shard by shard
+        object_masks = [read_image(f).max(axis=2) > 0 for f in mask_files(images, masks)]
         if len({m.shape for m in object_masks}) > 1:
             raise UsageError("masks differ in size: evaluate images of one size at a time")
-    report = explain_evaluate(_load(model, inputs, provider=provider, input_size=size), pictures, object_masks,
-                              labels=labels, method=method, layer=layer, steps=steps, batch=batch, scale=scale)
+    report = explain_evaluate(_load(model, **load), pictures, object_masks,
+                              labels=labels, method=method, layer=layer, steps=steps, batch=batch_size, scale=scale)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -471,25 +549,16 @@ def evaluate(model, synth, seed, images, masks, method, layer, steps, batch, pro
 
 
 def _source(images, synth_n, seed, concepts):
-    """The image set named by IMAGES..., --synth N or --concepts DIR (exactly one)."""
-    from engine.analyze import sources
+    """The image set named by IMAGES..., --synth N or --concepts DIR (engine.analyze.sources.choose)."""
+    from engine.analyze.sources import choose
 
-    given = [bool(images), synth_n is not None, concepts is not None]
-    if sum(given) != 1:
-        raise UsageError("give exactly one image set: IMAGES..., --synth N or --concepts DIR")
-    if synth_n is not None:
-        return sources.from_synth(synth_n, seed=seed)
-    if concepts is not None:
-        from engine.data.broden import read_concepts
-
-        return sources.from_concepts(read_concepts(concepts))
-    return sources.from_paths(images)
+    return choose(images=images, synth=synth_n, seed=seed, concepts=concepts)
 
 
 # MODEL, then one image set: IMAGES..., --synth N [--seed S] or --concepts DIR (see _source).
 _image_set_options = _options(
     click.argument("model"),
-    click.argument("images", nargs=-1),
+    _images_argument(required=False),
     click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files."),
     click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth."),
     click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder."),
@@ -501,17 +570,16 @@ _image_set_options = _options(
 @click.option("--layer", default="auto", show_default=True, help="Tensor to embed (auto: the pooled penultimate).")
 @click.option("--out", required=True, metavar="DIR", help="Folder for features.npy, index.csv, embedding.json.")
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@_batch_size_option(32)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-@_input_size_option
-@_extra_input_option
+@_model_options()
 @_scale_options
-def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json, size, inputs, scale):
+def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_json, load, scale):
     """Extract one feature vector per image at a layer; report kNN label purity."""
     from engine.analyze.embeddings import embed as run_embed
     from engine.analyze.neighbors import purity
 
-    result = run_embed(_load(model, inputs, input_size=size), _source(images, synth_n, seed, concepts), layer=layer,
+    result = run_embed(_load(model, **load), _source(images, synth_n, seed, concepts), layer=layer,
                        out=out, batch_size=batch_size, scale=scale)
     info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
     if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
@@ -532,14 +600,14 @@ def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--metric", default="cosine", show_default=True, type=click.Choice(["cosine", "l2"]))
 @click.option("--out", required=True, metavar="PNG", help="Grid: one row per query, then its neighbours.")
-@_extra_input_option
-def neighbors(folder, query, k, metric, out, inputs):
+@_model_options()
+def neighbors(folder, query, k, metric, out, load):
     """Show the nearest images of an embedding folder to each query image."""
     from engine.analyze.embeddings import load_embedding
     from engine.analyze.neighbors import neighbor_sheet
 
     emb = load_embedding(folder)
-    write_image(out, neighbor_sheet(_load(emb.model, inputs), emb, list(query), k=k, metric=metric))
+    write_image(out, neighbor_sheet(_load(emb.model, **load), emb, list(query), k=k, metric=metric))
     click.echo(f"wrote {out}")
 
 
@@ -573,13 +641,12 @@ def project(folder, method, thumbnails, seed, out):
 @click.argument("model")
 @click.option("--layer", help="A Conv layer (default: the first Conv).")
 @click.option("--out", required=True, metavar="PNG")
-@_input_size_option
-@_extra_input_option
-def filters(model, layer, out, size, inputs):
+@_model_options()
+def filters(model, layer, out, load):
     """Draw a Conv layer's filters as a grid, each normalized on its own."""
     from engine.analyze.filters import filters_picture
 
-    write_image(out, filters_picture(_load(model, inputs, input_size=size), layer))
+    write_image(out, filters_picture(_load(model, **load), layer))
     click.echo(f"wrote {out}")
 
 
@@ -588,14 +655,13 @@ def filters(model, layer, out, size, inputs):
 @click.argument("image")
 @click.option("--layer", required=True, help="Layer whose channel maps to draw.")
 @click.option("--out", required=True, metavar="PNG")
-@_input_size_option
-@_extra_input_option
-def activations(model, image, layer, out, size, inputs):
+@_model_options()
+def activations(model, image, layer, out, load):
     """Draw every channel map of a layer for one image, the image beside them."""
     from engine.analyze.filters import activations_picture
     from engine.analyze.sources import read_named
 
-    write_image(out, activations_picture(_load(model, inputs, input_size=size), read_named(image), layer))
+    write_image(out, activations_picture(_load(model, **load), read_named(image), layer))
     click.echo(f"wrote {out}")
 
 
@@ -607,18 +673,17 @@ def activations(model, image, layer, out, size, inputs):
               help="Activation quantile of each unit's threshold.")
 @click.option("--iou", default=0.04, show_default=True, type=float, help="IoU above which a unit detects a concept.")
 @click.option("--top", default=8, show_default=True, type=click.IntRange(min=1), help="Images per unit sheet.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@_batch_size_option(32)
 @click.option("--out", required=True, metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
-@_input_size_option
-@_extra_input_option
+@_model_options()
 @_scale_options
-def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json, size, inputs, scale):
+def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json, load, scale):
     """Network Dissection: label each unit of a layer with the concept its top activations cover."""
     from engine.analyze.dissection import dissect as run_dissect, write_dissection
     from engine.data.broden import read_concepts
 
-    model, dataset = _load(model, inputs, input_size=size), read_concepts(concepts)
+    model, dataset = _load(model, **load), read_concepts(concepts)
     result = run_dissect(model, dataset, layer=layer, quantile=quantile, iou=iou, top=top, batch_size=batch_size,
                          scale=scale)
     write_dissection(result, out, model, dataset, images_per_unit=top)
@@ -638,18 +703,17 @@ def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json
 @click.option("--layer", default="auto", show_default=True)
 @click.option("--channels", default="all", show_default=True, help="'all' or a list such as 0,3,7.")
 @click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Patches per channel.")
-@_input_size_option
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@_batch_size_option(32)
 @click.option("--out", required=True, metavar="DIR")
-@_extra_input_option
+@_model_options()
 @_scale_options
-def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, batch_size, out, inputs, scale):
+def patches(model, images, synth_n, seed, concepts, layer, channels, top, batch_size, out, load, scale):
     """Maximally activating patches: each channel's top receptive-field crops over an image set."""
     from engine.analyze.patches import mine, write_patches
     from engine.analyze.sources import read_named
 
     source = _source(images, synth_n, seed, concepts)
-    result = mine(_load(model, inputs, input_size=size), source, layer, channels=channels, top=top,
+    result = mine(_load(model, **load), source, layer, channels=channels, top=top,
                   batch_size=batch_size, scale=scale)
     write_patches(result, lambda i: read_named(source.names[i]), out)
     field = result.field
@@ -660,7 +724,7 @@ def patches(model, images, synth_n, seed, concepts, layer, channels, top, size, 
 
 # --- augmentation commands ----------------------------------------------------------------
 @main.command()
-@click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
+@_images_argument(required=False)
 @click.option("--ops", "spec", default="rotate:-30..30,hflip",
               help='Comma-separated ops, e.g. "rotate:30,hflip,cutmix:1.0"; a number is fixed, '
                    "lo..hi a range, key=value names a parameter.")
@@ -690,7 +754,7 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 
 @main.command()
 @click.argument("model")
-@click.argument("images", nargs=-1)
+@_images_argument(required=False)
 @click.option("--synth", type=click.IntRange(min=1), help="Check N generated Shapes images instead of IMAGES.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seed of the generated images and of the augmentation parameters.")
@@ -698,15 +762,13 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
               help="Comma-separated ops, each checked on its own (as in `onnxlens augment`).")
 @click.option("--method", default="gradcam", show_default=True, help="CAM method.")
 @click.option("--layer", default="auto", show_default=True, help="CAM layer.")
-@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
-@_provider_option
+@_batch_size_option(32)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
-@_input_size_option
-@_extra_input_option
+@_model_options()
 @_scale_options
-def robustness(model, images, synth, seed, spec, method, layer, batch, provider, as_json, out_dir, size, inputs, scale):
+def robustness(model, images, synth, seed, spec, method, layer, batch_size, as_json, out_dir, load, scale):
     """Top-1 and Grad-CAM agreement (IoU of the top-20 % regions, map warped back) under each op."""
     from engine.analyze.robustness import named_ops, robustness as check
 
@@ -718,9 +780,9 @@ def robustness(model, images, synth, seed, spec, method, layer, batch, provider,
 
         pictures = generate(synth, seed=seed).images
     else:
-        pictures = _image_files(images)
-    report = check(_load(model, inputs, provider=provider, input_size=size), pictures, spec, seed=seed, method=method,
-                   layer=layer, batch=batch, scale=scale)
+        pictures = images
+    report = check(_load(model, **load), pictures, spec, seed=seed, method=method,
+                   layer=layer, batch=batch_size, scale=scale)
     info = {"model": model, "seed": seed, **report.to_dict()}
     if out_dir:
         write_json(Path(out_dir) / "robustness.json", info)
@@ -745,7 +807,7 @@ def _log_section(timing):
 
 # The image set of audit and compare (engine.audit.choose): --images DIR [--labels FILE] or --synth N [--seed S].
 _audit_data_options = _options(
-    click.option("--images", metavar="DIR", help="A folder of images (searched recursively)."),
+    click.option("--images", metavar="DIR|GLOB", help="A folder of images (searched recursively), or a quoted glob."),
     click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images."),
     click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead."),
     click.option("--seed", default=0, show_default=True, help="Seed of the generated images."),
@@ -758,20 +820,17 @@ _audit_data_options = _options(
 @click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
 @click.option("--masks", metavar="DIR", help="Object masks for --images (same relative paths, non-zero = object): "
                                               "enables the pointing game.")
-@_provider_option
 @click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
 @click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
 @click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
 @click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
-@_input_size_option
-@_extra_input_option
+@_model_options(labels=False)  # audit's --labels is the CSV of true labels
 @_scale_options
-def audit(model, images, labels, synth, seed, out, masks, provider, gallery, embed, dissect, classviz_steps, size,
-          inputs, scale):
+def audit(model, images, labels, synth, seed, out, masks, gallery, embed, dissect, classviz_steps, load, scale):
     """Write DIR/index.html: a self-contained report of everything onnxlens shows about MODEL."""
     from engine.audit import Options, audit as run_audit, choose
 
-    loaded = _load(model, inputs, provider=provider, input_size=size)
+    loaded = _load(model, **load)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels, masks=masks)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
     path, _ = run_audit(loaded, data, out, options, log=_log_section, scale=scale)
@@ -785,16 +844,13 @@ def audit(model, images, labels, synth, seed, out, masks, provider, gallery, emb
 @click.option("--out", metavar="DIR", help="Also write DIR/index.html and DIR/compare.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
-@_provider_option
-@_input_size_option
-@_extra_input_option
-def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, provider, size, inputs):
+@_model_options(labels=False)  # compare's --labels is the CSV of true labels
+def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, load):
     """Agreement of two variants of one network: outputs and Grad-CAM maps."""
     from engine.audit import choose, compare as run_compare
     from engine.audit.compare import write_comparison
 
-    a = _load(model_a, inputs, provider=provider, input_size=size)
-    b = _load(model_b, inputs, provider=provider, input_size=size)
+    a, b = _load(model_a, **load), _load(model_b, **load)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=a.labels)
     result = run_compare(a, b, data.images, names=data.names)
     summary = result.summary(worst)

@@ -95,9 +95,11 @@ class Model:
     and resizes the other images of the call to it. Any batch size works: a static batch is made
     symbolic when running the freed graph at batches 3 and 1 gives the original's outputs, else
     the model runs in blocks of its batch (``-1`` and unnamed dims count as dynamic). ``preprocess``: a preset
-    name (imagenet, unit, symmetric, raw) or a mapping ``{"preset": ..., "channel_order": "BGR"}``;
-    fields given here override the model's metadata (``preprocess``, ``channel_order``), and the
-    default is imagenet RGB. ``labels``: a labels file path or a list of names, else the
+    name (imagenet, unit, symmetric, raw) or a mapping with keys ``preset``, ``channel_order``,
+    ``mean``, ``std`` (per channel, 0–1 scale) and ``resize`` (squash or shorter-side+center-crop);
+    fields given here override the model's metadata (keys ``preprocess``, ``channel_order``,
+    ``mean``, ``std``, ``resize``; ``onnxlens tag`` writes them), and the default guess is imagenet
+    RGB squash (``preprocessing.sources`` says which applied). ``labels``: a labels file path or a list of names, else the
     metadata's ``labels`` (JSON list). ``threads``: ORT intra-op threads. ``extra_inputs``:
     ``{name: array}`` for the graph inputs besides the image, fed on every run (one row of an
     input whose first dim is a dynamic batch is repeated for every image; see
@@ -128,8 +130,8 @@ class Model:
         self.input_size = self._choose_size(input_size)
         self.proto, self._chunk, self._freed = self._batch_plan()
         self.input = shapes.image_input(self.proto, source=self.path)  # a freed batch is symbolic
-        raw_pixels = {"preprocess": "raw"} if self.input.dtype.kind in "iu" else {}  # uint8 input: no normalization
-        self.preprocessing = presets.resolve(preprocess, {**raw_pixels, **self.metadata})
+        raw_pixels = ({"preset": "raw"}, f"{self.input.dtype.name} input") if self.input.dtype.kind in "iu" else None
+        self.preprocessing = presets.resolve(preprocess, self.metadata, inferred=raw_pixels)
         self.labels = self._choose_labels(labels)
         self.extra_inputs = self._choose_extra_inputs(extra_inputs)
         self._sessions = {}  # rewritten-model sessions per run request
@@ -200,7 +202,7 @@ class Model:
         missing = [declared[name].describe() for name in wanted if name not in self.extra_inputs]
         if missing:
             raise UsageError(f"'{self.path.name}' also needs the inputs {', '.join(missing)}: pass "
-                             "extra_inputs={name: array} or --input NAME=VALUE|FILE.npy")
+                             "extra_inputs={name: array}")
         return {name: extras.feed(declared[name], self.extra_inputs[name], batch) for name in wanted}
 
     # --- graph facts ---------------------------------------------------------------------
@@ -356,7 +358,8 @@ class Model:
         return details
 
     def summary(self):
-        """A JSON-ready description: producer, opset, inputs, outputs, ops, layers.
+        """A JSON-ready description: producer, opset, inputs, outputs, preprocessing (with where each
+        setting came from: ``sources``, and the ``guessed`` ones), labels, ops, layers.
 
         >>> model.summary()["ops"]["Conv"]
         20
@@ -379,7 +382,8 @@ class Model:
                 "size": self.input_size,
                 "gradients": self.gradient_input,
             },
-            "preprocess": self.preprocessing.to_dict(),
+            "preprocess": {**self.preprocessing.to_dict(), "sources": dict(self.preprocessing.sources),
+                           "guessed": self.preprocessing.guessed()},
             "labels": self.labels,
             "ops": dict(Counter(node.op_type for node in graph.node).most_common()),
             "layers": [{"name": layer.name, "module": self.modules.get(layer.name), "op": layer.op,
@@ -396,22 +400,25 @@ class Model:
         source = self.proto if self._float16_io or self._freed else self.path
         return create_session(source, provider=self.provider, threads=self.threads)
 
-    def preprocess(self, images, size=None):
-        """Turn images (paths or uint8 H×W×3 RGB arrays) into one float batch in the model's layout.
+    def preprocess(self, images, size=None, layout="HWC"):
+        """Turn images into one float batch in the model's layout.
 
-        Images are resized (INTER_AREA shrinking, INTER_LINEAR enlarging) to the input size; with
-        dynamic spatial dims and no ``input_size``, to ``size`` (H, W) when given, else to the size
-        of the first image.
+        ``images``: paths, uint8 RGB arrays, torch tensors or PIL images (one or a list; ``layout``
+        "CHW" for channels-first arrays and tensors, see :func:`engine.data.images.image_list`).
+        Images are brought to the input size by the preprocessing's resize policy (squash, or
+        shorter-side+center-crop; INTER_AREA shrinking, INTER_LINEAR enlarging); with dynamic
+        spatial dims and no ``input_size``, to ``size`` (H, W) when given, else to the size of the
+        first image.
 
         >>> model.preprocess(["a.png", np.zeros((96, 96, 3), np.uint8)]).shape
         (2, 3, 64, 64)
         """
-        items = image_list(images)
+        items = image_list(images, layout)
         if not items:
             raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
         rgbs = [as_rgb(item) for item in items]
         size = self.input_size or tuple(d or int(s) for d, s in zip(self.input.size, size or rgbs[0].shape[:2]))
-        batch = np.stack([resize(rgb, size) for rgb in rgbs])
+        batch = np.stack([resize(rgb, size, self.preprocessing.resize) for rgb in rgbs])
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
         return _as_dtype(x, self.input.dtype)
 
@@ -451,7 +458,7 @@ class Model:
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise InputShapeError(f"ONNX Runtime cannot run '{self.path.name}' on a {_shown(x.shape)} batch "
-                                  f"({reason}): try another input size (--size HxW), e.g. a multiple of 32") from err
+                                  f"({reason}): try another input size, input_size=(H, W), e.g. a multiple of 32") from err
         n, k = len(self.proto.graph.output), len(activations)
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
 
@@ -558,11 +565,12 @@ class Model:
         n, c, (h, w) = self.input.batch, self.input.channels, self.input_size or self.input.size
         return (n, c, h, w) if self.input.layout == "NCHW" else (n, h, w, c)
 
-    def predict(self, images, top=5, batch_size=32):
+    def predict(self, images, top=5, batch_size=32, layout="HWC"):
         """Rank the classes of each image; returns one Prediction per image, in order.
 
         ``images``: a path, a uint8 H×W×3 RGB array, an N×H×W×3 array, or a list of paths and
-        arrays of any sizes. Scores are the model's first output when its rows are already
+        arrays of any sizes; torch tensors and PIL images too (``layout`` as in :meth:`preprocess`).
+        Scores are the model's first output when its rows are already
         probability vectors (non-negative, summing to 1), else the softmax of that output.
 
         >>> [(t.label, round(t.score, 2)) for t in model.predict("star.png", top=2)[0].top]
@@ -570,7 +578,7 @@ class Model:
         """
         if int(top) < 1:
             raise UsageError(f"top must be at least 1, got {top}")
-        items = image_list(images)
+        items = image_list(images, layout)
         step = max(1, int(batch_size))
         predictions = []
         for start in range(0, len(items), step):

@@ -223,7 +223,7 @@ def test_a_size_the_graph_cannot_take_is_a_user_error(tmp_path):
     b.op("Gemm", [flat, b.weight(CLASSES, 256)], transB=1, name="logits")
     model = Model(save(b.model([("image", ["N", 3, "H", "W"])], [("logits", None)], 17), tmp_path / "m.onnx"))
     assert model.run(model.preprocess(images(1))).outputs[0].shape == (1, CLASSES)
-    with pytest.raises(InputShapeError, match="--size"):
+    with pytest.raises(InputShapeError, match=r"input_size=\(H, W\)"):
         model.run(model.preprocess(images(1, shape=(12, 12, 3))))
 
 

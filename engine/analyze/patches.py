@@ -22,12 +22,14 @@ from engine.viz.title import titled
 @dataclass(frozen=True)
 class Patches:
     """Top activations per channel: ``rows`` (dicts channel, rank, image, index, y, x, value,
-    box) and the receptive field of the layer."""
+    box), the receptive field of the layer, the input size and the model's resize policy (how
+    an image became the input the boxes are drawn on)."""
 
     layer: str
     rows: list
     field: object
     size: tuple
+    resize: str = "squash"
 
 
 def layer_field(model, layer, size=None):
@@ -39,7 +41,7 @@ def layer_field(model, layer, size=None):
     """
     size = model.input_size or size
     if size is None:
-        raise InputShapeError(f"'{model.path.name}' has dynamic spatial dims: give an input size (--size HxW)")
+        raise InputShapeError(f"'{model.path.name}' has dynamic spatial dims: give an input size, input_size=(H, W)")
     fields = receptive_fields(normalize(add_taps(model.proto, [layer]), input_size=size, inplace=True))
     if layer not in fields:
         raise LayerError(f"'{layer}' is not a 4-D feature map computed from the image: pick a conv layer")
@@ -109,7 +111,7 @@ def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=No
             rows.append({"channel": channel, "rank": rank, "image": source.names[index], "index": index,
                          "y": y, "x": x, "value": float(best["value"][j, rank]),
                          "box": list(box(field, y, x, size))})
-    return Patches(layer, rows, field, size)
+    return Patches(layer, rows, field, size, model.preprocessing.resize)
 
 
 def crop(image, bounds, fill=0):
@@ -139,7 +141,7 @@ def patch_tiles(result, channel, source_images, cell=64):
     """
     tiles = []
     for row in (r for r in result.rows if r["channel"] == channel):
-        picture = resize(source_images(row["index"]), result.size)
+        picture = resize(source_images(row["index"]), result.size, result.resize)
         h, w = picture.shape[:2]
         y0, x0, y1, x1 = row["box"]
         patch = crop(picture, (max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)))

@@ -22,7 +22,7 @@ import numpy as np
 from engine.augment.base import Op
 from engine.augment.kernels import unwarp
 from engine.augment.pipeline import parse_ops
-from engine.data.images import as_rgb
+from engine.data.images import as_rgb, visible_part
 from engine.errors import UsageError
 from engine.explain import cam
 from engine.scale import runner, shards
@@ -208,7 +208,8 @@ class RobustnessJob:
         iou = np.full((len(pairs), n), np.nan)
         valid = np.zeros((len(pairs), n))
         for start in range(first, stop, self.batch):
-            chunk = [as_rgb(im) for im in self.images[start:min(start + self.batch, stop)]]
+            chunk = [visible_part(as_rgb(im), model.input_size, model.preprocessing.resize)  # what the model sees
+                     for im in self.images[start:min(start + self.batch, stop)]]
             shapes = [im.shape[:2] for im in chunk]
             sl = slice(start - first, start - first + len(chunk))
             images_in = np.stack(chunk) if len(set(shapes)) == 1 else chunk

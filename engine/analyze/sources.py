@@ -77,6 +77,25 @@ def from_concepts(dataset):
                   lambda start, stop: ([dataset.image(i) for i in range(start, stop)], classes[start:stop]))
 
 
+def choose(images=(), synth=None, seed=0, concepts=None):
+    """The one image set named: image files, ``synth`` Shapes-world images of ``seed``, or the
+    images of the Broden-layout folder ``concepts``; raises UsageError unless exactly one is given.
+
+    >>> len(choose(synth=10)), choose(images=["a.png"]).names
+    (10, ['a.png'])
+    """
+    given = [bool(images), synth is not None, concepts is not None]
+    if sum(given) != 1:
+        raise UsageError("give exactly one image set: IMAGES..., --synth N or --concepts DIR")
+    if synth is not None:
+        return from_synth(synth, seed=seed)
+    if concepts is not None:
+        from engine.data.broden import read_concepts
+
+        return from_concepts(read_concepts(concepts))
+    return from_paths(images)
+
+
 def read_named(name, size=(96, 96)):
     """Read an image by its ``index.csv`` name: a file path or ``synth:SEED:INDEX``.
 

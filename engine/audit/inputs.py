@@ -6,15 +6,14 @@ Shapes world (labels, object masks and concept maps included).
 (200, array([5, 2, 7]), True)
 """
 import csv
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.data.images import read_image
+from engine.data.images import IMAGE_SUFFIXES, image_files, read_image
 from engine.errors import DatasetError, UsageError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,8 @@ def from_synth(n, seed=0):
 def from_folder(folder, labels=None, class_names=None, masks=None):
     """The images under ``folder``, named by their paths relative to it.
 
-    Without ``labels``: every image file (sorted, recursive). With ``labels``: the images a CSV
+    Without ``labels``: every image file (sorted, recursive), or ``folder`` may be a glob pattern
+    (``"pics/*.jpg"``; images named by their paths). With ``labels``: the images a CSV
     file lists, columns ``image`` (path relative to ``folder``) and ``label`` (a class name of
     ``class_names`` or a class index), as ``onnxlens synth`` writes ``labels.csv``; an optional
     ``name`` column names the class of an index. ``masks``: a folder holding one object mask per
@@ -79,8 +79,12 @@ def from_folder(folder, labels=None, class_names=None, masks=None):
     array([5, 2, 7])
     """
     folder = Path(folder)
+    if not folder.is_dir() and glob.has_magic(str(folder)) and labels is None and masks is None:  # names: the paths
+        paths = image_files([folder])
+        return ImageSet([read_image(p) for p in paths], [p.as_posix() for p in paths])
     if not folder.is_dir():
-        raise UsageError(f"'{folder}' is not a folder: --images takes a folder of image files")
+        raise UsageError(f"'{folder}' is not a folder: --images takes a folder of image files (or, without "
+                         "--labels and --masks, a quoted glob pattern)")
     names, classes, named = None, None, None
     if labels is not None:
         names, classes, named = _read_labels(labels, class_names)
@@ -89,10 +93,7 @@ def from_folder(folder, labels=None, class_names=None, masks=None):
             raise DatasetError(f"'{labels}' lists {len(missing)} images missing from '{folder}', e.g. '{missing[0]}': "
                                "image paths are relative to the --images folder")
     else:
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not paths:
-            raise UsageError(f"no image files in '{folder}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        names = [p.relative_to(folder).as_posix() for p in paths]
+        names = [p.relative_to(folder).as_posix() for p in image_files([folder], recursive=True)]
     images = [read_image(folder / n) for n in names]
     return ImageSet(images, names, classes, masks=None if masks is None else read_masks(masks, names, images),
                     class_names=named)

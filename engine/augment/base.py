@@ -43,6 +43,26 @@ def check_images(images):
     return images
 
 
+def as_batch(images):
+    """``(batch, single)``: one image (H×W×C with C in 1, 3, 4, or a 2-D H×W grey image) becomes
+    a batch of one (``single`` True); batches (N×H×W×C, N×H×W grey, a list) pass through.
+    Raises InputShapeError on a 3-D array that may be a C×H×W image or a batch of grey images.
+
+    >>> as_batch(np.zeros((8, 8, 3), np.uint8))[0].shape
+    (1, 8, 8, 3)
+    """
+    if not isinstance(images, np.ndarray) or images.ndim not in (2, 3):
+        return images, False
+    if images.ndim == 2 or images.shape[2] in (1, 3, 4):
+        return images[None], True
+    if images.shape[0] in (1, 3, 4):
+        shown = "×".join(map(str, images.shape))
+        raise InputShapeError(f"an array of shape {shown} is ambiguous: a channels-first image or a batch of "
+                              f"{images.shape[0]} grey images; pass one image as H×W×C (a C×H×W one "
+                              "transposed: a.transpose(1, 2, 0)) or grey images as N×H×W×1")
+    return images, False
+
+
 def as_range(value, name, low=-np.inf, high=np.inf):
     """A number means fixed, ``(lo, hi)`` a uniform range; checks the bounds.
 
@@ -307,10 +327,17 @@ class Op:
 
     # --- pixels -----------------------------------------------------------------------------
     def __call__(self, images, seed=None, masks=None, threads=1, start=0):
-        """Augment a batch; returns the images, or (images, masks) when masks are given."""
+        """Augment a batch, or one H×W×C image (returned as one, with its H×W mask); returns the
+        images, or (images, masks) when masks are given."""
+        images, single = as_batch(images)
         check_images(images)
+        if single and masks is not None:
+            masks = np.asarray(masks)[None]
         params = self.sample_images(images, seed, start)
-        return self.apply(images, params, masks=masks, threads=threads)
+        out = self.apply(images, params, masks=masks, threads=threads)
+        if not single:
+            return out
+        return (out[0][0], out[1][0]) if masks is not None else out[0]
 
     def apply(self, images, params, masks=None, threads=1):
         """Apply drawn ``params`` to a batch (and its masks); pure and thread-safe."""

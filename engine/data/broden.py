@@ -9,6 +9,8 @@ A dataset folder holds::
     c_<cat>.csv    code,number,name,frequency,coverage   (per-category label codes, as NetDissect reads)
     labels.csv     image,label   (the class name of each image; onnxlens' addition)
     images/        the images and label maps; a label map stores the label number as R + 256·G
+                   (``write_concepts`` puts images in images/shapes/, label maps in images/shapes-labels/,
+                   so a folder or glob of the images never picks up a label map)
 
 ``write_concepts`` writes Shapes-world scenes in this layout; ``read_concepts`` reads it back
 (including real Broden's several files per cell and numeric whole-image labels).
@@ -28,6 +30,7 @@ from engine.data.images import read_image
 from engine.errors import DatasetError, ImageError
 
 INDEX_META = ("image", "split", "ih", "iw", "sh", "sw")
+LABEL_MAPS = "shapes-labels"  # folder (under images/) of the label maps write_concepts writes
 
 
 def _csv(rows, fields):
@@ -75,8 +78,9 @@ def write_concepts(out, scenes, split="train", progress=None):
             for family in families:
                 local = scene.concepts[family][k].astype(np.int64)
                 labels = np.where(local > 0, local + first[family] - 1, 0)
-                write_image(out / "images" / f"{name}_{family}.png", encode_label_map(labels))
-                row[family] = f"{name}_{family}.png"
+                label_map = f"{LABEL_MAPS}/{i:06d}_{family}.png"  # apart from the images: globs of those miss it
+                write_image(out / "images" / label_map, encode_label_map(labels))
+                row[family] = label_map
                 counts = np.bincount(labels.ravel(), minlength=number)
                 freq += counts > 0
                 cover += counts / labels.size

@@ -182,7 +182,7 @@ def to_image(model, x):
 def _start(model, start, rng):
     size = model.input_size
     if size is None:
-        raise UsageError("the model has dynamic spatial dims: give a size (--size HxW, or input_size=(H, W))")
+        raise UsageError("the model has dynamic spatial dims: give a size: input_size=(H, W)")
     if isinstance(start, str) and start in ("zeros", "noise"):
         shape = (1, model.input.channels, *size) if model.input.layout == "NCHW" else (1, *size, model.input.channels)
         if start == "zeros":

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.data.labels import probabilities
-from engine.data.images import as_rgb, image_list
+from engine.data.images import as_rgb, image_list, visible_part
 from engine.errors import UsageError
 from engine.explain import metrics
 from engine.explain.explainers import cam, saliency
@@ -42,8 +42,11 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
                          "labels: give one mask and one label per image")
     job = EvaluateJob(images, masks, None if labels is None else [int(c) for c in labels], method, layer, steps,
                       int(batch), tolerance, rng)
+    seen = None  # the masks as the model sees them (shorter-side+center-crop: their centre)
+    if masks is not None:
+        seen = visible_part(masks[0], model.input_size, model.preprocessing.resize).shape if n else masks.shape[1:]
     report = {"images": n, "method": method, "layers": None, "steps": steps,
-              "tolerance": None if masks is None else metrics.default_tolerance(masks.shape[1:]) if tolerance is None
+              "tolerance": None if masks is None else metrics.default_tolerance(seen) if tolerance is None
               else tolerance}
     scores = {name: {metric: [] for metric in METRICS} for name in (method, "random", "centre")}
     with runner(model, job, scale, job.batch, progress) as run:
@@ -78,7 +81,10 @@ class EvaluateJob:
 
     def scores(self, model, first, stop):
         """(the explained layers, {map name: {metric: per-image values}}) for images ``first .. stop-1``."""
-        images = [as_rgb(image) for image in self.images[first:stop]]  # read once for maps and perturbed inputs
+        # read once for maps and perturbed inputs; images and masks cut to the part the model sees
+        seen = lambda a: visible_part(a, model.input_size, model.preprocessing.resize)  # noqa: E731
+        images = [seen(as_rgb(image)) for image in self.images[first:stop]]
+        masks = None if self.masks is None else np.stack([seen(m) for m in self.masks[first:stop]])
         n = stop - first
         targets = "top" if self.labels is None else self.labels[first:stop]
         if self.method in METHODS:
@@ -93,7 +99,7 @@ class EvaluateJob:
             return probabilities(model.run(xb).outputs[0])[np.arange(len(xb)), classes[rows]]
 
         layout = model.input.layout
-        size = exp.maps.shape[1:] if self.masks is None else self.masks.shape[1:]
+        size = exp.maps.shape[1:] if masks is None else masks.shape[1:]
         candidates = {self.method: exp.maps,
                       "random": metrics.baseline_maps("random", n, size, rng=self.rng, first=first),
                       "centre": metrics.baseline_maps("centre", n, size)}
@@ -108,7 +114,7 @@ class EvaluateJob:
                 insertion.append(metrics.insertion_curve(rows_score, x[rows], maps[rows], steps=self.steps,
                                                          layout=layout, batch=self.steps + 1))
             hits = (np.zeros(0) if self.masks is None
-                    else metrics.pointing_game(maps, self.masks[first:stop], tolerance=self.tolerance).astype(float))
+                    else metrics.pointing_game(maps, masks, tolerance=self.tolerance).astype(float))
             part[name] = {"pointing": hits, "deletion": np.concatenate(deletion),
                           "insertion": np.concatenate(insertion)}
         return exp.layers, part

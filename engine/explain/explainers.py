@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from engine.data.images import as_rgb, image_list, resize
+from engine.data.images import as_rgb, image_list, resize, visible_part
 from engine.errors import LayerError, UnsupportedOpError, UsageError
 from engine.explain import attribution, methods
 from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
@@ -63,8 +63,9 @@ class Explanation:
 
 
 def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, tta=False,
-        eigen_smooth=False, output=None, progress=None, output_kind=None, logits=False, blank=0):
-    """Explain ``images`` (paths or uint8 RGB arrays) with a CAM-family method.
+        eigen_smooth=False, output=None, progress=None, output_kind=None, logits=False, blank=0, layout="HWC"):
+    """Explain ``images`` (paths, uint8 RGB arrays, torch tensors or PIL images; ``layout="CHW"``
+    for channels-first ones) with a CAM-family method.
 
     ``method``: cam, gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam,
     ablationcam. ``layer``: "auto" (the default layer for the explained output), a name or
@@ -83,7 +84,7 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     """
     if method not in methods.METHODS:
         raise UsageError(f"unknown CAM method '{method}': use one of {', '.join(methods.METHODS)}")
-    rgbs, out_size = _images(model, images)
+    rgbs, out_size = _images(model, images, layout)
     view = describe(model, model.preprocess(rgbs[:1]), output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
     output, extra = view.name, None
@@ -125,13 +126,13 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
 
 def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce="absmax",
              samples=25, noise=0.15, steps=32, baseline="zero", layer="auto", output=None, rng=0,
-             progress=None, output_kind=None, logits=False, blank=0):
+             progress=None, output_kind=None, logits=False, blank=0, layout="HWC"):
     """Input attributions for ``images``: vanilla, gradxinput, smoothgrad, integrated, guided,
     deconvnet, or guided-gradcam (guided backprop ⊙ the Grad-CAM map at ``layer``).
 
     ``samples``/``noise``: SmoothGrad; ``steps``/``baseline`` ("zero", "black" or a number in
     model space): Integrated Gradients; ``reduce``: channel reduction for the maps. ``targets``,
-    ``output``, ``output_kind``, ``logits`` and ``blank`` as for :func:`cam`.
+    ``output``, ``output_kind``, ``logits``, ``blank`` and ``layout`` as for :func:`cam`.
     The noise of SmoothGrad is seeded by ``rng`` and the batch's first image index.
 
     >>> exp = saliency(model, images, method="integrated", steps=64, baseline="black")
@@ -139,7 +140,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
     names = (*attribution.METHODS, "guided-gradcam")
     if method not in names:
         raise UsageError(f"unknown saliency method '{method}': use one of {', '.join(names)}")
-    rgbs, out_size = _images(model, images)
+    rgbs, out_size = _images(model, images, layout)
     view = describe(model, model.preprocess(rgbs[:1]), output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
     output = view.name
@@ -175,11 +176,12 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
                        [], attr, details=details, output=view.to_dict(), empty=(raw == 0).all(axis=(1, 2)))
 
 
-def _images(model, images):
-    items = image_list(images)
+def _images(model, images, layout="HWC"):
+    items = image_list(images, layout)
     if not items:
         raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
-    rgbs = [as_rgb(item) for item in items]
+    policy = model.preprocessing.resize  # maps cover the part of each image the model sees
+    rgbs = [visible_part(as_rgb(item), model.input_size, policy) for item in items]
     sizes = {rgb.shape[:2] for rgb in rgbs}
     out_size = sizes.pop() if len(sizes) == 1 else model.input_size
     if out_size is None:  # dynamic spatial dims, images of several sizes: all at the first one's size

@@ -187,7 +187,7 @@ def resolve(targets, n, output_shape, outputs=None, kind="classifier", boxes=Non
     if sum(d > 1 for d in output_shape) > 1:
         raise UsageError(f"class targets need a vector output, this one is shaped {output_shape}: "
                          "use an OutputMask or a structured target")
-    per_image = _per_image_classes(targets, n, outputs)
+    per_image = _per_image_classes(targets, n, outputs, labels)
     image = np.array([i for i, classes in enumerate(per_image) for _ in classes], int)
     classes = np.array([c for classes in per_image for c in classes], int)
     if classes.size and (classes.min() < -n_classes or classes.max() >= n_classes):
@@ -198,19 +198,23 @@ def resolve(targets, n, output_shape, outputs=None, kind="classifier", boxes=Non
                 [{} for _ in classes])
 
 
-def _per_image_classes(targets, n, outputs):
+def _per_image_classes(targets, n, outputs, labels=None):
+    """One list of class indices per image; classes may be given by label name."""
     if isinstance(targets, str):
-        raise UsageError(f"unknown target '{targets}': use {VOCABULARY}")
+        targets = parse(targets, labels)
     if targets is None or isinstance(targets, Target) and targets.kind == "top":
         if outputs is None:
             raise UsageError("target 'top' needs the model outputs")
         return [[int(c)] for c in np.asarray(outputs).reshape(n, -1).argmax(axis=1)]
+    if isinstance(targets, Target):
+        targets = targets.index
     if isinstance(targets, (int, np.integer)):
         return [[int(targets)]] * n
     targets = list(targets)
     if len(targets) != n:
         raise UsageError(f"got {len(targets)} targets for {n} images: give one per image")
-    return [[int(c) for c in t] if np.ndim(t) else [int(t)] for t in targets]
+    one = lambda c: _class(str(c), labels, str(c)) if isinstance(c, str) else int(c)  # noqa: E731
+    return [[one(c) for c in t] if isinstance(t, (list, tuple, np.ndarray)) else [one(t)] for t in targets]
 
 
 HINTS = {"classifier": "use top or a class", "sequence": "use char:K or text",

@@ -41,7 +41,7 @@ class _Steps:
         if "clip" in a or a.get("input_forget", 0):
             raise UnsupportedOpError(f"{what}: clip / input_forget have no gradient rule")
         if not isinstance(steps, int):
-            raise UnsupportedOpError(f"{what}: the sequence length is not static; normalize with an input size")
+            raise UnsupportedOpError(f"{what}: the sequence length is not static; give an input size: input_size=(H, W)")
         lens = node.input[4] if len(node.input) > 4 and node.input[4] else None
         if lens and (ctx.value(lens) is None or np.any(ctx.value(lens) != steps)):
             raise UnsupportedOpError(f"{what}: sequence_lens shorter than the sequence has no gradient rule")

@@ -138,7 +138,7 @@ def resize(ctx, node, grads):
             continue  # an identity in every mode (e.g. batch and channels)
         if not isinstance(dim, int):
             raise UnsupportedOpError(
-                f"{node.op_type} {node.name!r} resizes a symbolic axis: normalize with an input size")
+                f"{node.op_type} {node.name!r} resizes a symbolic axis: give an input size: input_size=(H, W)")
         matrix = _axis_matrix(ctx, node, axis, dim, roi, scales, sizes)
         if isinstance(out, int) and matrix.shape[0] != out:
             raise UnsupportedOpError(f"{node.op_type} {node.name!r}: axis {axis} map disagrees with the output size; pick a layer after it")

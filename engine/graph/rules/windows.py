@@ -40,7 +40,7 @@ def static_spatial(ctx, node, name):
     shape = ctx.shape(name)
     if shape is None or not all(isinstance(d, int) for d in shape[2:]):
         raise UnsupportedOpError(
-            f"{node.op_type} {node.name!r} has symbolic spatial dims: normalize the model with an input size")
+            f"{node.op_type} {node.name!r} has symbolic spatial dims: give an input size: input_size=(H, W)")
     return list(shape[2:])
 
 
