@@ -4,7 +4,6 @@ import pytest
 from onnx import helper
 
 from engine.graph.autodiff import differentiate
-from engine.graph.rules.linear import phase_taps
 from gradcheck import check, finish, node_model
 
 RNG = np.random.default_rng(7)
@@ -30,11 +29,6 @@ CONV_CASES = {
     "valid": (("N", 2, 6, 6), weight(3, 2, 3, 3), dict(auto_pad="VALID")),
     "1x1-pad-beyond-kernel": (("N", 2, 5, 5), weight(3, 2, 1, 1), dict(pads=[1, 1, 1, 1])),
     "1d": (("N", 2, 9), weight(3, 2, 3), dict(pads=[1, 1], strides=[2])),
-    "1x1-stride2": (("N", 3, 7, 8), weight(4, 3, 1, 1), dict(strides=[2, 2])),
-    "5x5-stride3-pad2": (("N", 2, 10, 11), weight(3, 2, 5, 5), dict(pads=[2, 1, 0, 2], strides=[3, 3])),
-    "2x2-stride4": (("N", 2, 9, 8), weight(3, 2, 2, 2), dict(strides=[4, 4])),
-    "groups-stride2": (("N", 4, 9, 8), weight(6, 2, 3, 3), dict(group=2, pads=[1, 1, 1, 1], strides=[2, 2])),
-    "pad-beyond-kernel-stride2": (("N", 2, 6, 6), weight(3, 2, 1, 1), dict(pads=[2, 2, 2, 2], strides=[2, 2])),
 }
 
 
@@ -50,24 +44,6 @@ def test_stride1_conv_backward_is_a_forward_conv():
     model = node_model("Conv", [("N", 3, 7, 7), weight(4, 3, 3, 3)], np.float32, pads=[1, 1, 1, 1])
     added = [n.op_type for n in differentiate(model, "out0", ["in0"]).graph.node[1:]]
     assert "Conv" in added and "ConvTranspose" not in added
-
-
-@pytest.mark.parametrize("kernel, stride", [(3, 2), (1, 2), (7, 2), (5, 3)])
-def test_strided_conv_backward_is_a_forward_conv(kernel, stride):
-    """Equal strides, constant weight: one Conv over the output phases, then DepthToSpace."""
-    model = node_model("Conv", [("N", 3, 12, 12), weight(4, 3, kernel, kernel)], np.float32,
-                       pads=[kernel // 2] * 4, strides=[stride] * 2)
-    added = [n.op_type for n in differentiate(model, "out0", ["in0"]).graph.node[1:]]
-    assert "DepthToSpace" in added and "ConvTranspose" not in added, added
-
-
-@pytest.mark.parametrize("kernel, stride, begin, inputs, outputs, expected", [
-    (3, 2, 1, 32, 16, ([[1, -1], [2, 0]], 0, 1)),   # dx[2q] = dy[q]·w1, dx[2q+1] = dy[q]·w2 + dy[q+1]·w0
-    (1, 2, 0, 32, 16, ([[0], [-1]], 0, 0)),          # odd positions get no gradient
-    (3, 2, 0, 33, 16, ([[2, 0], [-1, 1]], 1, 1)),
-])
-def test_phase_taps(kernel, stride, begin, inputs, outputs, expected):
-    assert phase_taps(kernel, stride, begin, inputs, outputs) == expected
 
 
 def test_conv_with_computed_weight():

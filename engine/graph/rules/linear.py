@@ -6,76 +6,15 @@ from engine.graph.rules import attrs, rule
 from engine.graph.rules.windows import same_pads, static_spatial, window
 
 
-def transposed(weight, group):
-    """Conv weight (M, C/g, *k) → (C, M/g, *k): channels transposed within each group.
-
-    Example: ``transposed(np.zeros((8, 2, 3, 3)), group=2).shape == (4, 4, 3, 3)``.
-    """
-    m, cg, *k = weight.shape
-    return weight.reshape(group, m // group, cg, *k).swapaxes(1, 2).reshape(group * cg, m // group, *k)
-
-
 def flipped_transposed(weight, group):
     """Conv weight (M, C/g, *k) → the weight (C, M/g, *k) of the forward Conv computing its
     stride-1 input gradient: channels transposed within each group, kernel flipped.
 
     Example: ``flipped_transposed(np.zeros((8, 2, 3, 3)), group=2).shape == (4, 4, 3, 3)``.
     """
-    w = transposed(weight, group)
+    m, cg, *k = weight.shape
+    w = weight.reshape(group, m // group, cg, *k).swapaxes(1, 2).reshape(group * cg, m // group, *k)
     return np.ascontiguousarray(np.flip(w, axis=tuple(range(2, w.ndim))))
-
-
-def phase_taps(kernel, stride, begin, inputs, outputs):
-    """One axis of a strided Conv's input gradient split into ``stride`` phases: dx[s·q + r] =
-    Σ_u dy[q + u − pad] · w[taps[r][u]] (taps −1: no tap), the same ``pad`` (begin) and kernel
-    length for every phase. Returns ``(taps, pad, end_pad)``; None when a pad would be negative.
-
-    Example: ``phase_taps(3, 2, 1, 32, 16) == ([[1, -1], [2, 0]], 0, 1)``.
-    """
-    spans = {}
-    for r in range(stride):
-        first, offset = (r + begin) % stride, (r + begin) // stride  # w[first + s·j] meets dy[q + offset − j]
-        count = max(0, -(-(kernel - first) // stride))
-        if count:
-            spans[r] = (first, offset, count)
-    low = min(offset - count + 1 for _, offset, count in spans.values())
-    high = max(offset for _, offset, _ in spans.values())
-    length = high - low + 1
-    taps = [[-1] * length for _ in range(stride)]
-    for r, (first, offset, count) in spans.items():
-        for j in range(count):
-            taps[r][offset - j - low] = first + stride * j
-    pad, end_pad = -low, -(-inputs // stride) - outputs + low + length - 1
-    return None if pad < 0 or end_pad < 0 else (taps, pad, end_pad)
-
-
-def _phase_conv(ctx, dy, weight, group, win):
-    """Input gradient of a 2-D Conv with equal strides s > 1 and no dilation as one forward Conv
-    producing the s² output phases as channels, then DepthToSpace (CRD) and a crop: ORT CPU runs
-    this several times faster than the ConvTranspose (col2im) it replaces. None when it does not
-    apply (the caller falls back to ConvTranspose)."""
-    s = win.strides[0]
-    if ctx.opset < 11 or len(win.kernel) != 2 or set(win.strides) != {s} or set(win.dilations) != {1}:
-        return None
-    axes = [phase_taps(*args) for args in zip(win.kernel, win.strides, win.begin, win.inputs, win.outputs)]
-    if None in axes:
-        return None
-    (rows, top, bottom), (cols, left, right) = axes
-    w = transposed(weight, group)  # (C, M/g, kh, kw)
-    phases = np.zeros((w.shape[0], s, s, w.shape[1], len(rows[0]), len(cols[0])), w.dtype)
-    for a, row in enumerate(rows):
-        for b, col in enumerate(cols):
-            for u, i in enumerate(row):
-                for v, j in enumerate(col):
-                    if i >= 0 and j >= 0:
-                        phases[:, a, b, :, u, v] = w[:, :, i, j]
-    phases = phases.reshape(-1, *phases.shape[3:])
-    dx = ctx.op("Conv", dy, ctx.const(phases, "phase_weight"), kernel_shape=list(phases.shape[2:]),
-                group=group, pads=[top, left, bottom, right])
-    dx = ctx.op("DepthToSpace", dx, blocksize=s, mode="CRD")
-    if any(-(-x // s) * s != x for x in win.inputs):
-        dx = ctx.op("Slice", dx, ctx.ints([0, 0]), ctx.ints(win.inputs), ctx.ints([2, 3]))
-    return dx
 
 
 @rule("Conv")
@@ -100,8 +39,6 @@ def conv(ctx, node, grads):
         pads = [f - b for f, b in zip(full, win.begin)] + [f - e for f, e in zip(full, win.end)]
         dx = ctx.op("Conv", dy, ctx.const(flipped_transposed(weight, group), "flipped_weight"),
                     kernel_shape=win.kernel, dilations=win.dilations, group=group, pads=pads)
-    elif weight is not None and (dx := _phase_conv(ctx, dy, weight, group, win)) is not None:
-        dx = ctx.scale(dx, 1.0, like=node.input[0])
     else:
         pads, output_padding = win.transpose_pads()
         w = w if scale is None else ctx.const(weight, "scaled_weight")
