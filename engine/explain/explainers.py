@@ -84,7 +84,8 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     if method not in methods.METHODS:
         raise UsageError(f"unknown CAM method '{method}': use one of {', '.join(methods.METHODS)}")
     rgbs, out_size = _images(model, images)
-    view = describe(model, model.preprocess(rgbs[:1]), output, output_kind, logits)
+    first = model.preprocess(rgbs[:batch])  # the first batch, also what describe runs on
+    view = describe(model, first[:1], output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
     output, extra = view.name, None
     if method == "cam":
@@ -103,7 +104,7 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
-            x = model.preprocess(rgbs[start:start + batch])
+            x = first if start == 0 else model.preprocess(rgbs[start:start + batch])
             if heads:
                 raw, rows, scores = _top_raw(model, x, method, layers, view, eigen_smooth, heads)
             else:
@@ -257,7 +258,11 @@ def _values(model, outputs, acts, name):
 
 
 def _tta_raw(model, x, rows, method, layers, view, eigen_smooth, extra, transforms):
-    xr, layout = x[rows.image], model.input.layout
+    xr, layout = (x if len(rows.image) == len(x) and (rows.image == np.arange(len(x))).all() else x[rows.image],
+                  model.input.layout)
+    if transforms == [(False, 1.0)]:  # no TTA: the maps as they come
+        explained, raw = _raw(model, xr, rows, method, layers, view, eigen_smooth, extra)
+        return {layer: np.asarray(raw[layer], np.float32) for layer in layers}, view.rows(explained)
     total = {layer: 0.0 for layer in layers}
     weight = {layer: 0.0 for layer in layers}
     row_outputs = None
