@@ -119,7 +119,8 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     raw = {layer_: np.concatenate([p[0][layer_] for p in parts]) for layer_ in layers}
     labels, image, scores, details = _joined(parts)
     empty = np.all([(raw[layer_] <= 0).all(axis=(1, 2)) for layer_ in layers], axis=0)
-    maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
+    resized = [resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers]
+    maps = to_unit(resized[0] if len(layers) == 1 else np.mean(resized, axis=0))
     return Explanation(raw[layers[0]] if len(layers) == 1 else raw, maps, labels, scores, image,
                        method, layers, details=details, output=view.to_dict(), empty=empty)
 
