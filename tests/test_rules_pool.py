@@ -1,10 +1,7 @@
 """Pooling and reduction rules against central finite differences through ORT."""
 import numpy as np
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
-from engine.graph.autodiff import SEED, differentiate
 from gradcheck import check, node_model
 
 POOLS = {
@@ -23,38 +20,6 @@ X = ("N", 3, 8, 7)
 @pytest.mark.parametrize("case", POOLS)
 def test_max_pool(case):
     check(lambda dt: node_model("MaxPool", [X], dt, **POOLS[case]))
-
-
-def _indices_gradient(x, seed, attributes):
-    """Reference: ORT's MaxPool Indices, the seed scatter-added at them (float32)."""
-    graph = helper.make_graph([helper.make_node("MaxPool", ["x"], ["y", "i"], **attributes)], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("i", TensorProto.INT64, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    _, indices = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    grad = np.zeros(x.size, np.float32)
-    np.add.at(grad, indices.ravel(), seed.ravel())
-    return grad.reshape(x.shape)
-
-
-@pytest.mark.parametrize("case", POOLS)
-@pytest.mark.parametrize("ties", [False, True])
-def test_max_pool_float32_matches_the_indices(case, ties):
-    """The float32 rule (windows as channels, no Indices output) sends each window's gradient to
-    its first maximum in row-major order, as the Indices do; ``ties``: values in {0, 1, 2}, so
-    most windows hold several maxima (a ReLU's zeros, saturated pixels)."""
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 8, 7)).astype(np.float32)
-    x = np.round(np.clip(x, 0, 2)).astype(np.float32) if ties else x
-    model = node_model("MaxPool", [X], np.float32, **POOLS[case])
-    rewritten = differentiate(model, "out0", ["in0"])
-    assert "ScatterElements" not in [n.op_type for n in rewritten.graph.node]
-    session = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
-    (y,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"in0": x})
-    seed = rng.standard_normal(y.shape).astype(np.float32)
-    (got,) = session.run(["in0__grad"], {"in0": x, SEED: seed})
-    np.testing.assert_allclose(got, _indices_gradient(x, seed, POOLS[case]), rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_with_its_own_indices_output():

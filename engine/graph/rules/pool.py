@@ -8,9 +8,8 @@ from engine.graph.rules.windows import window
 
 @rule("MaxPool")
 def max_pool(ctx, node, grads):
-    """2-D float32 with static channels and sizes: :func:`_max_pool_windows`. Otherwise scatter-add the
-    gradient to the arg-max positions given by MaxPool's Indices output (flat over the whole
-    tensor, so overlapping windows, pads and ceil_mode all work)."""
+    """Scatter-add the gradient to the arg-max positions given by MaxPool's Indices output
+    (flat over the whole tensor, so overlapping windows, pads and ceil_mode all work)."""
     dy = grads[0]
     if dy is None:
         return [None]
@@ -19,46 +18,12 @@ def max_pool(ctx, node, grads):
     if attrs(node).get("storage_order", 0):
         raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule; pick a layer after it")
     x = node.input[0]
-    shape = ctx.shape(x)
-    if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) \
-            and ctx.dtype(x) == np.float32:  # ORT CPU has no float64 Conv
-        return [_max_pool_windows(ctx, node, dy)]
     indices = ctx.extra_output(node, 1)
     flat = ctx.ints([-1])
     zeros = ctx.op("Reshape", ctx.zeros_like(x), flat)
     dx = ctx.op("ScatterElements", zeros, ctx.op("Reshape", indices, flat), ctx.op("Reshape", dy, flat),
                 axis=0, reduction="add")
     return [ctx.reshape_like(dx, x)]
-
-
-def _max_pool_windows(ctx, node, dy):
-    """MaxPool's input gradient from its windows, without the Indices output (ORT CPU computes
-    that one ~100x slower than the pooling itself, outside its blocked layout): each window's
-    k values as channels (a grouped Conv with one-hot weights over the input padded with the
-    lowest float), a match mask against the output keeping only each window's first maximum
-    (as the Indices would: row-major order), times dy, spread back by the transposed one-hot Conv.
-    """
-    x, y = node.input[0], node.output[0]
-    dtype = ctx.dtype(x)
-    win = window(ctx, node, attrs(node)["kernel_shape"])
-    channels, taps = ctx.shape(x)[1], int(np.prod(win.kernel))
-    ends = [s * (o - 1) + e - b - i for s, o, e, b, i in zip(win.strides, win.outputs, win.extent, win.begin, win.inputs)]
-    pads = [0, 0, *win.begin, 0, 0, *[max(e, 0) for e in ends]]
-    if any(pads):
-        lowest = ctx.const(np.array(np.finfo(dtype).min, dtype), "lowest")
-        x = ctx.op("Pad", x, ctx.ints(pads), lowest)
-    one_hot = ctx.const(np.tile(np.eye(taps, dtype=dtype).reshape(taps, 1, *win.kernel), (channels, 1, 1, 1)),
-                        "window_taps")
-    conv = dict(kernel_shape=win.kernel, strides=win.strides, dilations=win.dilations, group=channels)
-    windows = ctx.op("Reshape", ctx.op("Conv", x, one_hot, **conv), ctx.ints([0, channels, taps, *win.outputs]))
-    per_window = ctx.ints([0, channels, 1, *win.outputs])
-    match = ctx.op("Cast", ctx.op("Equal", windows, ctx.op("Reshape", y, per_window)), to=ctx.elem_type(y))
-    earlier = ctx.op("CumSum", match, ctx.const(np.array(2, np.int64), "axis"), exclusive=1)
-    first = ctx.op("Relu", ctx.op("Sub", match, earlier))  # 1 at the first match of each window only
-    spread = ctx.op("Mul", first, ctx.op("Reshape", dy, per_window))
-    spread = ctx.op("Reshape", spread, ctx.ints([0, channels * taps, *win.outputs]))
-    begin, output_padding = win.transpose_pads()
-    return ctx.op("ConvTranspose", spread, one_hot, pads=begin, output_padding=output_padding, **conv)
 
 
 def _divisors(win, include_pad):
