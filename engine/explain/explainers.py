@@ -116,7 +116,7 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
                     scores = row_outputs[np.unique(rows.image, return_index=True)[1]]
             parts.append((raw, rows, _flat(scores, view), start))
             bar.update(len(x))
-    raw = {layer_: np.concatenate([p[0][layer_] for p in parts]) for layer_ in layers}
+    raw = {layer_: _joined_arrays([p[0][layer_] for p in parts]) for layer_ in layers}
     labels, image, scores, details = _joined(parts)
     empty = np.all([(raw[layer_] <= 0).all(axis=(1, 2)) for layer_ in layers], axis=0)
     resized = [resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers]
@@ -170,7 +170,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
                 attr = attribution.METHODS[method](gradient, xr, seeds, batch=batch)
             parts.append((attr, rows, _flat(scores, view), start))
             bar.update(len(x))
-    attr = np.concatenate([p[0] for p in parts])
+    attr = _joined_arrays([p[0] for p in parts])
     raw = attribution.reduce(attr, reduce, layout)
     labels, image, scores, details = _joined(parts)
     return Explanation(raw, resize_maps(to_unit(raw), out_size), labels, scores, image, method,
@@ -193,11 +193,16 @@ def _images(model, images):
 def _joined(parts):
     """Labels, image indices (into all images), scores and row details of the batches'
     ``(maps, rows, scores, start)``."""
-    labels = np.concatenate([rows.labels for _, rows, _, _ in parts])
-    image = np.concatenate([rows.image + start for _, rows, _, start in parts])
-    scores = np.concatenate([scores for _, _, scores, _ in parts])
+    labels = _joined_arrays([rows.labels for _, rows, _, _ in parts])
+    image = _joined_arrays([rows.image + start for _, rows, _, start in parts])
+    scores = _joined_arrays([scores for _, _, scores, _ in parts])
     details = [detail for _, rows, _, _ in parts for detail in rows.details]
     return labels, image, scores, details
+
+
+def _joined_arrays(arrays):
+    """``np.concatenate(arrays)``, without a copy for a single batch's array."""
+    return np.asarray(arrays[0]) if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _flat(scores, view):
