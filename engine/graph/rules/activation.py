@@ -82,13 +82,13 @@ def hard_sigmoid(ctx, node, grads):
 
 @rule("HardSwish")
 def hard_swish(ctx, node, grads):
-    """y = x · clip(x/6 + 1/2, 0, 1): slope 0 below -3, 1 above 3, (2x + 3)/6 between."""
+    """y = x · h with h = clip(x/6 + 1/2, 0, 1): slope h + x/6 where 0 < h < 1 (i.e. (2x + 3)/6
+    for -3 < x < 3), else h (0 below -3, 1 above 3). Nine ops, three fewer than from x's bounds."""
     (dy,) = grads
     x = node.input[0]
-    mid = ctx.op("Add", ctx.op("Mul", x, ctx.scalar(1 / 3, like=x)), ctx.scalar(0.5, like=x))
-    inside = ctx.between(x, ctx.scalar(-3, like=x), ctx.scalar(3, like=x))
-    above = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(3, like=x)), to=ctx.elem_type(x))
-    slope = ctx.op("Add", ctx.mask(mid, inside, like=x), above)
+    h = ctx.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
+    inside = ctx.op("And", ctx.op("Greater", h, ctx.scalar(0, like=x)), ctx.op("Less", h, ctx.scalar(1, like=x)))
+    slope = ctx.op("Add", h, ctx.mask(ctx.op("Mul", x, ctx.scalar(1 / 6, like=x)), inside, like=x))
     return [ctx.op("Mul", dy, slope)]
 
 
