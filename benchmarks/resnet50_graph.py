@@ -56,8 +56,8 @@ def resnet50(size=224, classes=1000, seed=0, basic=False):
     inits.append(numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b"))
     nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
               helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1)]
-    graph = helper.make_graph(nodes, "resnet18" if basic else "resnet50", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
-                                                                                ["N", 3, size, size])],
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
+    graph = helper.make_graph(nodes, "resnet18" if basic else "resnet50", [image],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
