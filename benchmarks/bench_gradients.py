@@ -15,8 +15,8 @@ before the build-speed work (8148ca3): build, input gradient 0.34–0.42 s (was 
 default layer 0.05–0.07 s (was 0.30–0.31 s); first use, input gradient 0.81–0.85 s (was
 1.63–1.95 s), default layer 0.40–0.51 s (was 0.75–0.91 s). About 85 % of the
 input-gradient build is now ``differentiate``.
-Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``; skipped until it exists) and a
-ResNet-50 with random weights at 224×224 built with onnx.helper (``resnet50_graph.py``).
+Models: ``models/shapes-resnet.onnx`` (or ``$ONNXLENS_BENCH_SHAPES``; skipped until it exists), a
+ResNet-18 and a ResNet-50 with random weights at 224×224 built with onnx.helper (``resnet50_graph.py``).
 ORT threads: ``$ONNXLENS_BENCH_THREADS`` (default 2). Rewritten models go to a temporary cache.
 
     python -m pytest benchmarks/bench_gradients.py --benchmark-columns=median,rounds -s
@@ -36,12 +36,13 @@ from engine import Model
 from engine.graph.autodiff import SEED
 from engine.runtime import rewrite
 from paired import rotating_rounds, round_ratios
-from resnet50_graph import resnet50
+from resnet50_graph import resnet18, resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "2"))
 SHAPES_RESNET = Path(os.environ.get("ONNXLENS_BENCH_SHAPES", ROOT / "models" / "shapes-resnet.onnx"))
-ROUNDS = {("shapes-resnet", 1): 200, ("shapes-resnet", 16): 40, ("resnet50", 1): 12, ("resnet50", 16): 3}
+ROUNDS = {("shapes-resnet", 1): 200, ("shapes-resnet", 16): 40, ("resnet18", 1): 20, ("resnet18", 16): 4,
+          ("resnet50", 1): 12, ("resnet50", 16): 3}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,13 +59,20 @@ def resnet50_path(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module", params=["shapes-resnet", "resnet50"])
-def model(request, resnet50_path):
+@pytest.fixture(scope="module")
+def resnet18_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resnet18") / "resnet18.onnx"
+    onnx.save(resnet18(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module", params=["shapes-resnet", "resnet18", "resnet50"])
+def model(request, resnet18_path, resnet50_path):
     if request.param == "shapes-resnet":
         if not SHAPES_RESNET.is_file():
             pytest.skip(f"{SHAPES_RESNET} is not there yet (models/train.py makes it)")
         return request.param, Model(SHAPES_RESNET, threads=THREADS)
-    return request.param, Model(resnet50_path, threads=THREADS)
+    return request.param, Model(resnet18_path if request.param == "resnet18" else resnet50_path, threads=THREADS)
 
 
 def _inputs(model, batch):

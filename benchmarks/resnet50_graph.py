@@ -1,14 +1,19 @@
-"""A ResNet-50 (torchvision v1.5 layout, random weights) built with onnx.helper, no torch.
+"""ResNet-50 and ResNet-18 (torchvision v1.5 layout, random weights) built with onnx.helper, no torch.
 
 Block outputs are named ``layer1`` … ``layer4``; input ``image`` [N, 3, 224, 224], output ``logits``.
-Example: ``model = resnet50()``.
+Example: ``model = resnet50()``; ``model = resnet18()``.
 """
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def resnet50(size=224, classes=1000, seed=0):
+def resnet18(size=224, classes=1000, seed=0):
+    return resnet50(size, classes, seed, basic=True)
+
+
+def resnet50(size=224, classes=1000, seed=0, basic=False):
+    """ResNet-50 (bottleneck blocks 3-4-6-3), or ResNet-18 with ``basic`` (two 3×3 convs, 2-2-2-2)."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
 
@@ -30,23 +35,29 @@ def resnet50(size=224, classes=1000, seed=0):
     x = conv_bn("image", 3, 64, 7, 2, "stem")
     nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4))
     x, cin = "pool", 64
-    for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512)), start=1):
+    expansion = 1 if basic else 4
+    for stage, (blocks, width) in enumerate(zip((2, 2, 2, 2) if basic else (3, 4, 6, 3), (64, 128, 256, 512)), start=1):
         for b in range(blocks):
             name, stride = f"layer{stage}.{b}", (2 if b == 0 and stage > 1 else 1)
-            y = conv_bn(x, cin, width, 1, 1, name + ".a")
-            y = conv_bn(y, width, width, 3, stride, name + ".b")
-            y = conv_bn(y, width, width * 4, 1, 1, name + ".c", relu=False)
-            shortcut = conv_bn(x, cin, width * 4, 1, stride, name + ".down", relu=False) if b == 0 else x
+            if basic:
+                y = conv_bn(x, cin, width, 3, stride, name + ".a")
+                y = conv_bn(y, width, width, 3, 1, name + ".b", relu=False)
+            else:
+                y = conv_bn(x, cin, width, 1, 1, name + ".a")
+                y = conv_bn(y, width, width, 3, stride, name + ".b")
+                y = conv_bn(y, width, width * 4, 1, 1, name + ".c", relu=False)
+            needs_down = b == 0 and (stride > 1 or cin != width * expansion)
+            shortcut = conv_bn(x, cin, width * expansion, 1, stride, name + ".down", relu=False) if needs_down else x
             nodes.append(helper.make_node("Add", [y, shortcut], [name + ".sum"]))
             out = f"layer{stage}" if b == blocks - 1 else name + ".out"
             nodes.append(helper.make_node("Relu", [name + ".sum"], [out]))
-            x, cin = out, width * 4
-    inits.append(numpy_helper.from_array((rng.standard_normal((classes, 2048)) * 0.02).astype(np.float32), "fc.w"))
+            x, cin = out, width * expansion
+    inits.append(numpy_helper.from_array((rng.standard_normal((classes, cin)) * 0.02).astype(np.float32), "fc.w"))
     inits.append(numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b"))
     nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
               helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1)]
-    graph = helper.make_graph(nodes, "resnet50", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
-                                                                                ["N", 3, size, size])],
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
+    graph = helper.make_graph(nodes, "resnet18" if basic else "resnet50", [image],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -135,6 +135,7 @@ class Model:
         self.labels = self._choose_labels(labels)
         self.extra_inputs = self._choose_extra_inputs(extra_inputs)
         self._sessions = {}  # rewritten-model sessions per run request
+        self._executors = {}  # run's session callables per (activations, gradients, output, mode, size)
         self._default_layers = {}  # output name → default layer
 
     def __repr__(self):
@@ -221,13 +222,13 @@ class Model:
         info = self._infos.get(name)
         return Tensor(name, _dtype_name(info.elem_type), info.shape) if info else Tensor(name, "?", None)
 
-    @property
+    @cached_property
     def inputs(self):
         """Graph inputs that are not weights, with shapes at the chosen input size."""
         initializers = {init.name for init in self.proto.graph.initializer}
         return [self._tensor(vi.name) for vi in self.proto.graph.input if vi.name not in initializers]
 
-    @property
+    @cached_property
     def outputs(self):
         """Graph outputs with shapes at the chosen input size."""
         return [self._tensor(vi.name) for vi in self.proto.graph.output]
@@ -449,7 +450,8 @@ class Model:
         activations, gradients = list(dict.fromkeys(activations)), list(dict.fromkeys(gradients))
         pixels = "input" in gradients and self.input.dtype.kind in "iu"  # uint8 pixels differentiated as float32
         feed = np.asarray(given, np.float32) if pixels else x
-        execute = self._executor(activations, gradients, output, mode, self._size_of(x))
+        key = (tuple(activations), tuple(gradients), output, mode if gradients else "standard", self._size_of(x))
+        execute = self._executors.get(key) or self._executors.setdefault(key, self._executor(*key))
         try:
             if self._chunk and len(x) != self._chunk:  # a static batch the graph holds on to
                 values = in_chunks(execute, self._chunk, feed, seeds, axes=[0, _batch_axis(seeds, len(x))])
@@ -459,28 +461,33 @@ class Model:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise InputShapeError(f"ONNX Runtime cannot run '{self.path.name}' on a {_shown(x.shape)} batch "
                                   f"({reason}): try another input size, input_size=(H, W), e.g. a multiple of 32") from err
-        n, k = len(self.proto.graph.output), len(activations)
+        n, k = len(self._output_names), len(activations)
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
 
     def _executor(self, activations, gradients, output, mode, size):
         """``execute(x, seeds)`` → [outputs..., activations..., gradients...] of one batch (extra
-        inputs fed for its rows); the session is looked up once per call of :meth:`run`, not once
-        per block."""
+        inputs fed for its rows). :meth:`run` keeps one per request (names, output, mode, size),
+        so that a repeated call only checks its input and seed and runs the session."""
         image = self.input.name
+        extra = self._extra_specs
         if not activations and not gradients:
             session = self.session
+            if not extra:
+                return lambda x, seeds: session.run(None, {image: x})
             return lambda x, seeds: session.run(None, {image: x, **self.extra_feeds(len(x))})
         wrt = [image if g == "input" else g for g in gradients]
-        request = rewrite.Request(size, tuple(activations), tuple(dict.fromkeys(wrt)), output,
-                                  mode if gradients else "standard")
+        request = rewrite.Request(size, tuple(activations), tuple(dict.fromkeys(wrt)), output, mode)
         session = self._rewritten_session(request)
-        wanted = [*(o.name for o in self.proto.graph.output), *activations, *(grad_name(t) for t in wrt)]
-        fetch = [name for name in dict.fromkeys(wanted) if name != self.input.name]  # the input is returned as given
+        wanted = [*self._output_names, *activations, *(grad_name(t) for t in wrt)]
+        fetch = [name for name in dict.fromkeys(wanted) if name != image]  # the input is returned as given
+        if fetch == wanted:  # the usual case: the session's outputs are the answer as they come
+            if not extra:
+                return lambda x, seeds: session.run(fetch, {image: x, SEED: seeds} if gradients else {image: x})
 
         def execute(x, seeds):
             feeds = {image: x, **self.extra_feeds(len(x)), **({SEED: seeds} if gradients else {})}
             values = dict(zip(fetch, session.run(fetch, feeds)))
-            values[self.input.name] = x
+            values[image] = x
             return [values[name] for name in wanted]
 
         return execute
@@ -513,6 +520,10 @@ class Model:
         return LayerError(f"no {kind} named '{name}' in '{self.path.name}': {hint}`onnxlens inspect` lists the layers")
 
     @cached_property
+    def _output_names(self):
+        return tuple(o.name for o in self.proto.graph.output)
+
+    @cached_property
     def _tensor_names(self):
         graph = self.proto.graph
         return {self.input.name} | {o for node in graph.node if node.op_type != "Constant" for o in node.output if o}
@@ -520,7 +531,7 @@ class Model:
     def _seed(self, seed, x):
         """(seeded tensor, seed array) checked against the tensor's shape: the declared one, or the
         real one from a forward pass when the declared shape is unknown or does not fit."""
-        names = [o.name for o in self.proto.graph.output]
+        names = self._output_names
         if seed is None:
             raise UsageError("gradients need a seed: an array shaped like the output, e.g. the one-hot rows of "
                              "the classes to explain")

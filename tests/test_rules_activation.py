@@ -1,5 +1,6 @@
 """Each activation / softmax rule alone against central finite differences through ORT."""
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from engine.graph.autodiff import SEED, differentiate
@@ -56,3 +57,20 @@ def test_relu_mask_is_exact_at_zero_and_at_tiny_values(channels):
     seed = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
     (got,) = session(rewritten).run(["in0__grad"], {"in0": x, SEED: seed})
     np.testing.assert_array_equal(got, np.where(x > 0, seed, 0).astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [("N", 3, 5, 5), ("N", 7)])
+def test_float32_relu_mask_is_exact(shape):
+    """The float32 ReLU mask (one HardSigmoid step) is [y > 0] exactly: zeros, the smallest
+    normal float, large values and values of either sign."""
+    model = node_model("Relu", [shape], np.float32)
+    rewritten = differentiate(model, "out0", ["in0"])
+    assert "HardSigmoid" in [n.op_type for n in rewritten.graph.node]
+    rng = np.random.default_rng(0)
+    dims = [2 if d == "N" else d for d in shape]
+    x = rng.standard_normal(dims).astype(np.float32)
+    x.flat[:4] = [0.0, np.finfo(np.float32).tiny, -np.finfo(np.float32).tiny, 3e38]
+    seed = rng.standard_normal(dims).astype(np.float32)
+    session = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["in0__grad"], {"in0": x, SEED: seed})
+    np.testing.assert_array_equal(got, seed * (x > 0))

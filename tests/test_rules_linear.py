@@ -29,6 +29,10 @@ CONV_CASES = {
     "valid": (("N", 2, 6, 6), weight(3, 2, 3, 3), dict(auto_pad="VALID")),
     "1x1-pad-beyond-kernel": (("N", 2, 5, 5), weight(3, 2, 1, 1), dict(pads=[1, 1, 1, 1])),
     "1d": (("N", 2, 9), weight(3, 2, 3), dict(pads=[1, 1], strides=[2])),
+    "1x1-stride2": (("N", 3, 7, 8), weight(4, 3, 1, 1), dict(strides=[2, 2])),
+    "5x5-stride3-pad2": (("N", 2, 10, 11), weight(3, 2, 5, 5), dict(pads=[2, 1, 0, 2], strides=[3, 3])),
+    "2x2-stride4": (("N", 2, 9, 8), weight(3, 2, 2, 2), dict(strides=[4, 4])),
+    "groups-stride2": (("N", 4, 9, 8), weight(6, 2, 3, 3), dict(group=2, pads=[1, 1, 1, 1], strides=[2, 2])),
 }
 
 

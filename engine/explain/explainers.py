@@ -85,7 +85,8 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     if method not in methods.METHODS:
         raise UsageError(f"unknown CAM method '{method}': use one of {', '.join(methods.METHODS)}")
     rgbs, out_size = _images(model, images, layout)
-    view = describe(model, model.preprocess(rgbs[:1]), output, output_kind, logits)
+    first = model.preprocess(rgbs[:batch])  # the first batch, also what describe runs on
+    view = describe(model, first[:1], output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
     output, extra = view.name, None
     if method == "cam":
@@ -104,7 +105,7 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
-            x = model.preprocess(rgbs[start:start + batch])
+            x = first if start == 0 else model.preprocess(rgbs[start:start + batch])
             if heads:
                 raw, rows, scores = _top_raw(model, x, method, layers, view, eigen_smooth, heads)
             else:
@@ -116,10 +117,11 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
                     scores = row_outputs[np.unique(rows.image, return_index=True)[1]]
             parts.append((raw, rows, _flat(scores, view), start))
             bar.update(len(x))
-    raw = {layer_: np.concatenate([p[0][layer_] for p in parts]) for layer_ in layers}
+    raw = {layer_: _joined_arrays([p[0][layer_] for p in parts]) for layer_ in layers}
     labels, image, scores, details = _joined(parts)
     empty = np.all([(raw[layer_] <= 0).all(axis=(1, 2)) for layer_ in layers], axis=0)
-    maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
+    resized = [resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers]
+    maps = to_unit(resized[0] if len(layers) == 1 else np.mean(resized, axis=0))
     return Explanation(raw[layers[0]] if len(layers) == 1 else raw, maps, labels, scores, image,
                        method, layers, details=details, output=view.to_dict(), empty=empty)
 
@@ -169,7 +171,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
                 attr = attribution.METHODS[method](gradient, xr, seeds, batch=batch)
             parts.append((attr, rows, _flat(scores, view), start))
             bar.update(len(x))
-    attr = np.concatenate([p[0] for p in parts])
+    attr = _joined_arrays([p[0] for p in parts])
     raw = attribution.reduce(attr, reduce, layout)
     labels, image, scores, details = _joined(parts)
     return Explanation(raw, resize_maps(to_unit(raw), out_size), labels, scores, image, method,
@@ -193,11 +195,16 @@ def _images(model, images, layout="HWC"):
 def _joined(parts):
     """Labels, image indices (into all images), scores and row details of the batches'
     ``(maps, rows, scores, start)``."""
-    labels = np.concatenate([rows.labels for _, rows, _, _ in parts])
-    image = np.concatenate([rows.image + start for _, rows, _, start in parts])
-    scores = np.concatenate([scores for _, _, scores, _ in parts])
+    labels = _joined_arrays([rows.labels for _, rows, _, _ in parts])
+    image = _joined_arrays([rows.image + start for _, rows, _, start in parts])
+    scores = _joined_arrays([scores for _, _, scores, _ in parts])
     details = [detail for _, rows, _, _ in parts for detail in rows.details]
     return labels, image, scores, details
+
+
+def _joined_arrays(arrays):
+    """``np.concatenate(arrays)``, without a copy for a single batch's array."""
+    return np.asarray(arrays[0]) if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _flat(scores, view):
@@ -259,7 +266,11 @@ def _values(model, outputs, acts, name):
 
 
 def _tta_raw(model, x, rows, method, layers, view, eigen_smooth, extra, transforms):
-    xr, layout = x[rows.image], model.input.layout
+    xr, layout = (x if len(rows.image) == len(x) and (rows.image == np.arange(len(x))).all() else x[rows.image],
+                  model.input.layout)
+    if transforms == [(False, 1.0)]:  # no TTA: the maps as they come
+        explained, raw = _raw(model, xr, rows, method, layers, view, eigen_smooth, extra)
+        return {layer: np.asarray(raw[layer], np.float32) for layer in layers}, view.rows(explained)
     total = {layer: 0.0 for layer in layers}
     weight = {layer: 0.0 for layer in layers}
     row_outputs = None

@@ -21,6 +21,7 @@ the axis of the final (Log)Softmax, else the last axis; the remaining axis is ti
 >>> view = describe(model, x)
 >>> view.kind, view.rows(model.run(x).outputs[0]).shape      # ('sequence', (1, 40, 97))
 """
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +109,9 @@ def forward(model, x, names):
     return {n: values[n] for n in names}
 
 
+_CLASSIFIER_VIEWS = weakref.WeakKeyDictionary()  # model → {output name: OutputView of a static classifier}
+
+
 def describe(model, x, output=None, kind=None, logits=False):
     """The :class:`OutputView` of ``output`` (the first output by default) from a forward pass on ``x``.
 
@@ -129,8 +133,11 @@ def describe(model, x, output=None, kind=None, logits=False):
     declared = next((t.shape for t in model.outputs if t.name == name), None)
     if kind in (None, "classifier") and declared and all(isinstance(d, int) for d in declared[1:]) \
             and sum(d > 1 for d in declared[1:]) <= 1:  # a static classifier: no forward pass needed
-        return OutputView(name, "classifier", tuple(range(len(declared))), tuple(declared[1:]), None,
-                          softmax_input(model.proto, name))
+        views = _CLASSIFIER_VIEWS.setdefault(model, {})
+        if name not in views:  # once per model: finding the Softmax walks the whole graph
+            views[name] = OutputView(name, "classifier", tuple(range(len(declared))), tuple(declared[1:]), None,
+                                     softmax_input(model.proto, name))
+        return views[name]
     values = forward(model, x, list(dict.fromkeys([name, *outputs])))
     n = len(x)
     batch_axis = _batch_axis(model, x, name, values[name].shape)

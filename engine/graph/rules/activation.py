@@ -71,25 +71,24 @@ def tanh(ctx, node, grads):
 
 @rule("HardSigmoid")
 def hard_sigmoid(ctx, node, grads):
-    """y = max(0, min(1, alpha x + beta)): slope alpha where 0 < alpha x + beta < 1."""
+    """y = max(0, min(1, alpha x + beta)): slope alpha where 0 < alpha x + beta < 1, i.e. where
+    0 < y < 1 (read from the output: two ops fewer, which counts on small models)."""
     (dy,) = grads
-    x = node.input[0]
-    a = attrs(node)
-    alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
-    z = ctx.op("Add", ctx.op("Mul", x, ctx.scalar(alpha, like=x)), ctx.scalar(beta, like=x))
-    inside = ctx.op("And", ctx.op("Greater", z, ctx.scalar(0, like=x)), ctx.op("Less", z, ctx.scalar(1, like=x)))
-    return [ctx.mask(ctx.op("Mul", dy, ctx.scalar(alpha, like=x)), inside, like=x)]
+    y = node.output[0]
+    alpha = attrs(node).get("alpha", 0.2)
+    inside = ctx.op("And", ctx.op("Greater", y, ctx.scalar(0, like=y)), ctx.op("Less", y, ctx.scalar(1, like=y)))
+    return [ctx.mask(ctx.op("Mul", dy, ctx.scalar(alpha, like=y)), inside, like=y)]
 
 
 @rule("HardSwish")
 def hard_swish(ctx, node, grads):
-    """y = x · clip(x/6 + 1/2, 0, 1): slope 0 below -3, 1 above 3, (2x + 3)/6 between."""
+    """y = x · h with h = clip(x/6 + 1/2, 0, 1): slope h + x/6 where 0 < h < 1 (i.e. (2x + 3)/6
+    for -3 < x < 3), else h (0 below -3, 1 above 3). Nine ops, three fewer than from x's bounds."""
     (dy,) = grads
     x = node.input[0]
-    mid = ctx.op("Add", ctx.op("Mul", x, ctx.scalar(1 / 3, like=x)), ctx.scalar(0.5, like=x))
-    inside = ctx.between(x, ctx.scalar(-3, like=x), ctx.scalar(3, like=x))
-    above = ctx.op("Cast", ctx.op("Greater", x, ctx.scalar(3, like=x)), to=ctx.elem_type(x))
-    slope = ctx.op("Add", ctx.mask(mid, inside, like=x), above)
+    h = ctx.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
+    inside = ctx.op("And", ctx.op("Greater", h, ctx.scalar(0, like=x)), ctx.op("Less", h, ctx.scalar(1, like=x)))
+    slope = ctx.op("Add", h, ctx.mask(ctx.op("Mul", x, ctx.scalar(1 / 6, like=x)), inside, like=x))
     return [ctx.op("Mul", dy, slope)]
 
 

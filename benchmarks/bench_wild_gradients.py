@@ -1,0 +1,116 @@
+"""Input gradient / forward at batch 1 on every model of the models-from-the-wild corpus, per model.
+
+For each model of ``tests/fixtures/wild/index.json`` (or ``$ONNXLENS_WILD``'s index.json; files too
+big to vendor are looked up there too), at its ``test_size``: ``forward`` = ``Model.run(x)``,
+``input`` = ``Model.run(x, gradients=["input"], seed=...)`` seeding the first element of the
+explained output, timed back to back within each round (order rotating), and the median of the
+per-round ratios input / forward printed per model, then their median and worst (goals: median
+≤ 2.5, worst ≤ 3.5). Extra inputs (e.g. a temperature) are fed 1. Times are process CPU time
+(``time.process_time``): with the default of one ORT thread (``$ONNXLENS_BENCH_THREADS``) no
+thread pool spins between calls, and other processes on a shared machine barely move it.
+Rounds per model: until ``$ONNXLENS_BENCH_SECONDS`` (default 3) seconds or 200 rounds, at least 5.
+
+    python benchmarks/bench_wild_gradients.py [name ...]
+    python -m pytest benchmarks/bench_wild_gradients.py -s
+
+Measured 2026-12-06 on the shared 2-core machine (load 8–11), 33 models, base and branch run side
+by side: median 3.18 → 3.05, worst 5.85 → 5.92 (crnn_gru; LSTM/GRU heads), 11 of 33 ≤ 2.5.
+"""
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from engine import Model  # noqa: E402
+from engine.errors import OnnxlensError  # noqa: E402
+from paired import rotating_rounds, round_ratios  # noqa: E402
+
+THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
+SECONDS = float(os.environ.get("ONNXLENS_BENCH_SECONDS", "3"))
+FOLDERS = [ROOT / "tests" / "fixtures" / "wild", Path(os.environ.get("ONNXLENS_WILD", "/work/wild"))]
+
+
+def corpus():
+    """{name: (path, entry)} of the corpus models whose file is here."""
+    found = {}
+    for folder in reversed(FOLDERS):  # the vendored fixtures win
+        index = folder / "index.json"
+        if index.is_file():
+            for name, entry in json.loads(index.read_text()).items():
+                if "failed" not in entry and (folder / entry["file"]).is_file():
+                    found[name] = (folder / entry["file"], entry)
+    return dict(sorted(found.items()))
+
+
+def calls(path, entry):
+    """The paired jobs ``forward`` and ``input`` of one model at batch 1, built and warmed up."""
+    size = tuple(entry["test_size"])
+    extra = {i["name"]: np.ones([d if isinstance(d, int) else 1 for d in i["shape"]], i["dtype"])
+             for i in entry["inputs"][1:]}
+    model = Model(path, threads=THREADS, input_size=None if model_is_static(path, size) else size, extra_inputs=extra)
+    h, w = model.input_size or size
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), np.uint8)
+    x = model.preprocess([image], size=(h, w))
+    name = entry.get("explained_output") or model.outputs[0].name
+    forward = model.run(x, activations=[] if name in [o.name for o in model.outputs] else [name])
+    value = dict(zip([o.name for o in model.outputs], forward.outputs), **forward.activations)[name]
+    seed = np.zeros(value.shape, np.float32)
+    seed.flat[0] = 1
+    jobs = {"forward": lambda: model.run(x), "input": lambda: model.run(x, gradients=["input"], seed={name: seed})}
+    for job in jobs.values():
+        job()
+        job()
+    return jobs
+
+
+def model_is_static(path, size):
+    """Whether the file's image input already has spatial size ``size`` (then no input_size is given)."""
+    return Model(path, threads=1, extra_inputs=None).input_size == size
+
+
+def ratio(jobs):
+    """Median per-round input / forward and the forward median (ms)."""
+    one_round, times = rotating_rounds(jobs, clock=time.process_time)
+    start = time.perf_counter()
+    while len(times["forward"]) < 200 and (len(times["forward"]) < 5 or time.perf_counter() - start < SECONDS):
+        one_round()
+    return float(np.median(round_ratios(times, "input", "forward"))), float(np.median(times["forward"]) * 1e3)
+
+
+def main(names=()):
+    ort.set_default_logger_severity(3)  # the batch plan's trial runs warn about shapes
+    os.environ.setdefault("ONNXLENS_CACHE", tempfile.mkdtemp(prefix="onnxlens-wild-"))
+    ratios = {}
+    for name, (path, entry) in corpus().items():
+        if names and name not in names:
+            continue
+        try:
+            value, forward = ratio(calls(path, entry))
+        except OnnxlensError as err:
+            print(f"{name:24s} not measured: {err}", flush=True)
+            continue
+        ratios[name] = value
+        print(f"{name:24s} input / forward {value:5.2f}   (forward {forward:8.2f} ms CPU)", flush=True)
+    if ratios:
+        values = np.array(list(ratios.values()))
+        worst = max(ratios, key=ratios.get)
+        print(f"{len(values)} models, {THREADS} threads: median {np.median(values):.2f} (goal ≤ 2.5), "
+              f"worst {values.max():.2f} {worst} (goal ≤ 3.5)")
+    return ratios
+
+
+def test_wild_input_gradient_ratios(capsys):
+    with capsys.disabled():
+        assert main(), "no corpus models found (tests/fixtures/wild or $ONNXLENS_WILD)"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
