@@ -27,8 +27,9 @@ def dequantized_weights(qmodel):
     return out
 
 
-def quantized(float_model, images, folder):
-    """QDQ model (uint8 activations, int8 weights) by quantize_static, calibrated on ``images``."""
+def quantized(float_model, images, folder, fmt="QDQ", per_channel=False):
+    """``float_model`` quantized by quantize_static (uint8 activations, int8 weights), calibrated on
+    ``images``, in ``fmt`` QDQ (QuantizeLinear/DequantizeLinear pairs) or QOperator (QLinearConv ...)."""
     onnx.save(float_model, folder / "float.onnx")
 
     class Reader(quantization.CalibrationDataReader):
@@ -39,11 +40,16 @@ def quantized(float_model, images, folder):
             x = next(self.batches, None)
             return None if x is None else {"image": x}
 
-    quantization.quantize_static(str(folder / "float.onnx"), str(folder / "qdq.onnx"), Reader(),
-                                 quant_format=quantization.QuantFormat.QDQ,
+    quantization.quantize_static(str(folder / "float.onnx"), str(folder / f"{fmt}.onnx"), Reader(),
+                                 quant_format=getattr(quantization.QuantFormat, fmt), per_channel=per_channel,
                                  activation_type=quantization.QuantType.QUInt8,
                                  weight_type=quantization.QuantType.QInt8)
-    qmodel = onnx.shape_inference.infer_shapes(onnx.load(folder / "qdq.onnx"))
+    return onnx.load(folder / f"{fmt}.onnx")
+
+
+def qdq(float_model, images, folder):
+    """The QDQ model of :func:`quantized`, shape-inferred, checked to hold QuantizeLinear nodes."""
+    qmodel = onnx.shape_inference.infer_shapes(quantized(float_model, images, folder))
     assert sum(n.op_type == "QuantizeLinear" for n in qmodel.graph.node) >= 4
     return qmodel
 
@@ -89,7 +95,7 @@ def test_qdq_straight_through_equals_float_gradient_at_dequantized_weights(tmp_p
     rng = np.random.default_rng(0)
     images = rng.standard_normal((8, 3, 12, 12)).astype(np.float32)
     float_model = linear_cnn()
-    qmodel = quantized(float_model, images, tmp_path)
+    qmodel = qdq(float_model, images, tmp_path)
     seed = rng.standard_normal((8, 5)).astype(np.float32)
     got, want, plain = input_gradients(
         [qmodel, at_dequantized_weights(float_model, qmodel), float_model], images / 2, seed)
@@ -109,7 +115,7 @@ def test_qdq_relu_folded_into_quantization_range(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.standard_normal((8, 3, 12, 12)).astype(np.float32)
     float_model = small_cnn()
-    qmodel = quantized(float_model, images, tmp_path)
+    qmodel = qdq(float_model, images, tmp_path)
     assert not any(n.op_type == "Relu" for n in qmodel.graph.node)
     seed = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 8)]
     reference = at_dequantized_weights(float_model, qmodel)

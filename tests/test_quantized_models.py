@@ -10,7 +10,7 @@ from engine.graph.normalize import normalize
 from engine.graph.quantized import dequantize_operators
 from engine.graph.taps import add_taps
 from gradcheck import finish, session
-from test_autodiff_qdq import linear_cnn
+from test_autodiff_qdq import linear_cnn, quantized
 
 quantization = pytest.importorskip("onnxruntime.quantization")
 
@@ -57,21 +57,7 @@ def calibration_images(count=16, seed=0):
 
 
 def qoperator(float_model, folder, images, per_channel=False):
-    onnx.save(float_model, folder / "float.onnx")
-
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(images[:, None])
-
-        def get_next(self):
-            x = next(self.batches, None)
-            return None if x is None else {"image": x}
-
-    quantization.quantize_static(str(folder / "float.onnx"), str(folder / "qop.onnx"), Reader(),
-                                 quant_format=quantization.QuantFormat.QOperator, per_channel=per_channel,
-                                 activation_type=quantization.QuantType.QUInt8,
-                                 weight_type=quantization.QuantType.QInt8)
-    return onnx.load(folder / "qop.onnx")
+    return quantized(float_model, images, folder, "QOperator", per_channel)
 
 
 def dynamic(float_model, folder, per_channel=False, weight_type="QInt8"):
