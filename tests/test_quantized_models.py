@@ -270,14 +270,14 @@ def test_model_api_explains_a_qoperator_file(tmp_path):
     from engine.api import Model
 
     qoperator(mixed_cnn(), tmp_path, calibration_images())
-    model = Model(tmp_path / "qop.onnx", threads=1)
+    model = Model(tmp_path / "QOperator.onnx", threads=1)
     assert "block" in [layer.name for layer in model.layers]
     images = calibration_images(2, seed=5)
     result = model.run(images, activations=[model.default_layer], gradients=[model.default_layer, "input"],
                        seed=np.eye(5, dtype=np.float32)[[0, 3]])
     assert np.abs(result.gradients["input"]).max() > 0
     np.testing.assert_array_equal(model.run(images).outputs[0],
-                                  session(onnx.load(tmp_path / "qop.onnx")).run(["logits"], {"image": images})[0])
+                                  session(onnx.load(tmp_path / "QOperator.onnx")).run(["logits"], {"image": images})[0])
 
 
 def test_quantized_weights_count_as_constants(tmp_path):
