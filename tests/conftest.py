@@ -1,5 +1,10 @@
-"""Test-wide setup: rewritten models are cached in a temporary folder, never in ~/.cache."""
+"""Test-wide setup: rewritten models are cached in a temporary folder, never in ~/.cache;
+albumentations (a test reference) does not look for updates over the network."""
+import os
+
 import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
