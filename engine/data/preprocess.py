@@ -82,14 +82,6 @@ class Preprocess:
         x -= offset
         return x
 
-    def statistics(self):
-        """(mean, std) per RGB channel over 0–255 values: out = (value − mean) / std.
-
-        >>> Preprocess("unit", mean=0.5, std=0.5).statistics()[0].tolist()
-        [127.5, 127.5, 127.5]
-        """
-        return _statistics(self.preset, self.mean, self.std)
-
     def guessed(self):
         """The settings that change pixel values (preset, channel order) that no metadata or option
         set: their default was guessed. (A guessed resize, squash, is named in ``sources`` only:
