@@ -1,18 +1,42 @@
 """Output files written atomically: a temporary name in the same folder, then a rename.
 
 An interrupted run therefore never leaves a half-written file that looks complete, and an
-existing file is only replaced once its successor is whole.
+existing file is only replaced once its successor is whole. A command writing several files
+writes them through :func:`output_set`, which swaps the whole set in at the end.
 """
 import contextlib
+import errno
+import fnmatch
 import json
 import os
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from engine.errors import UsageError
+from engine.errors import OutputError, UsageError
+
+# Errors of the place written to, not of the program: said in one line.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                errno.EISDIR, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def disk_errors(path):
+    """Turn a full, read-only or forbidden disk while writing ``path`` into an :class:`OutputError`.
+
+    >>> with disk_errors("out"): Path("out/a.txt").write_text("a")
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _DISK_ERRORS:
+            raise
+        raise OutputError(f"cannot write {path}: {os.strerror(err.errno)}: free space or choose another "
+                          "--out") from None
 
 
 @contextlib.contextmanager
@@ -23,17 +47,18 @@ def atomic_path(path):
     ...     Path(tmp).write_text("<html></html>")
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def _umask():
@@ -84,3 +109,155 @@ def write_npz(path, **arrays):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
+
+
+def fault_point(name):
+    """Kill this process (SIGKILL) at the named point when ``ONNXLENS_FAULT`` names it: how the
+    tests interrupt a real run between the steps of an output set.
+
+    >>> fault_point("staged")  # no-op unless ONNXLENS_FAULT=staged
+    """
+    if os.environ.get("ONNXLENS_FAULT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def check_out_folder(folder):
+    """Refuse, before any work, an output folder that is empty, a file, or not writable.
+
+    >>> check_out_folder("cam-out")
+    """
+    if str(folder).strip() == "":
+        raise OutputError("--out is empty: give a folder name, e.g. --out out")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--out {folder} is a file, not a folder: remove it or choose another --out")
+    _check_writable(folder)
+
+
+def check_out_file(path, image=True):
+    """Refuse, before any work, an output file that is empty, a folder, not writable, or (``image``)
+    has a suffix OpenCV cannot encode.
+
+    >>> check_out_file("star.png")
+    """
+    if str(path).strip() == "":
+        raise OutputError("--out is empty: give a file name, e.g. --out out.png")
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a folder, not a file: give a file name inside it")
+    if image and not cv2.haveImageWriter(str(path.with_suffix(path.suffix or ".png"))):
+        raise OutputError(f"cannot encode an image as '{path.suffix}': use .png or .jpg")
+    _check_writable(path.parent)
+
+
+def _check_writable(folder):
+    """The nearest existing ancestor of ``folder`` (or itself) must be a writable folder."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create {folder}: {existing} is a file; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {existing}: permission denied; choose another --out")
+
+
+@contextlib.contextmanager
+def output_set(folder, owned):
+    """Write a command's set of files whole: yield an empty staging folder; at the end the files of
+    ``folder`` matching the glob patterns ``owned`` are replaced by the staged ones, other files kept.
+
+    A killed run leaves the previous set (or none), never a mix; its staging folder and ``.part``
+    files are removed by the next run. When ``folder`` cannot be renamed (it is the working
+    directory, a mount point, or its parent is read-only) the staged files move in one by one.
+
+    >>> with output_set("dissect-out", ["units.csv", "summary.json", "unit_*.png"]) as stage:
+    ...     (stage / "units.csv").write_text("unit\\n")
+    """
+    folder = Path(folder)
+    check_out_folder(folder)
+    with disk_errors(folder):
+        beside = _renamable(folder)
+        home = folder.parent if beside else folder
+        home.mkdir(parents=True, exist_ok=True)
+        _clean_stale(folder, home, owned)
+        stage = Path(tempfile.mkdtemp(dir=home, prefix=f".{folder.name}.set-" if beside else ".onnxlens-set-"))
+        os.chmod(stage, 0o777 & ~_umask())
+        try:
+            yield stage
+            fault_point("staged")
+            if beside:
+                _swap(stage, folder, owned)
+            else:
+                _move_in(stage, folder, owned)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _owned(name, owned):
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in owned)
+
+
+def _renamable(folder):
+    """Whether ``folder`` may be swapped by renames: not the working directory (or above it), not a
+    mount point, and its parent writable."""
+    absolute = Path(os.path.abspath(folder))
+    cwd = Path.cwd()
+    if absolute == cwd or absolute in cwd.parents or os.path.ismount(absolute):
+        return False
+    parent = absolute.parent
+    while not parent.exists():
+        parent = parent.parent
+    return os.access(parent, os.W_OK | os.X_OK)
+
+
+def _clean_stale(folder, home, owned):
+    """Remove what a killed earlier run left: staging folders, and ``.part`` files of owned names;
+    a previous set moved aside just before the kill is put back."""
+    for old in home.glob(f".{folder.name}.old-*"):
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, folder)
+    for stale in [*home.glob(f".{folder.name}.set-*"), *folder.glob(".onnxlens-set-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    for part in folder.glob(".*.part") if folder.is_dir() else ():
+        stem, _, rest = part.name[1:-len(".part")].partition(".")
+        suffix = rest[rest.find("."):] if "." in rest else ""
+        if _owned(stem + suffix, owned):
+            part.unlink(missing_ok=True)
+
+
+def _swap(stage, folder, owned):
+    """Complete ``stage`` with (hard links to) the files of ``folder`` it does not own, then swap."""
+    if not folder.exists():
+        os.rename(stage, folder)
+        return
+    for entry in folder.iterdir():
+        if _owned(entry.name, owned) or (stage / entry.name).exists() or entry.name.startswith(".onnxlens-set-"):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, stage / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, stage / entry.name, follow_symlinks=False)
+    aside = folder.with_name(f".{folder.name}.old-{stage.name.rpartition('-')[2]}")
+    os.rename(folder, aside)  # killed here: the next run puts ``aside`` back
+    fault_point("aside")
+    os.rename(stage, folder)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _link_or_copy(src, dst, follow_symlinks=True):
+    try:
+        os.link(src, dst, follow_symlinks=follow_symlinks)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=follow_symlinks)
+    return dst
+
+
+def _move_in(stage, folder, owned):
+    """Replace ``folder``'s owned files by the staged ones in place (one rename each)."""
+    for entry in folder.iterdir():
+        if _owned(entry.name, owned) and not (stage / entry.name).exists():
+            entry.unlink()
+    for entry in stage.iterdir():
+        os.replace(entry, folder / entry.name)
