@@ -258,6 +258,16 @@ def _move_in(stage, folder, owned):
     """Replace ``folder``'s owned files by the staged ones in place (one rename each)."""
     for entry in folder.iterdir():
         if _owned(entry.name, owned) and not (stage / entry.name).exists():
-            entry.unlink()
+            _remove(entry)
+    for entry in stage.iterdir():
+        if (folder / entry.name).is_dir() and not (folder / entry.name).is_symlink():
+            shutil.rmtree(folder / entry.name)  # a folder is replaced whole: os.replace needs it gone
     for entry in stage.iterdir():
         os.replace(entry, folder / entry.name)
+
+
+def _remove(entry):
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
