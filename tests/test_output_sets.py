@@ -94,20 +94,28 @@ def test_next_run_cleans_what_a_killed_run_left(tmp_path):
     out = tmp_path / "d"
     out.mkdir()
     (out / "units.csv").write_text("old")
-    (tmp_path / ".d.set-abc123").mkdir()  # a staging folder of a killed run
+    (tmp_path / ".d.set-999999999-abc123").mkdir()  # a staging folder of a killed run
     (out / ".units.k2j4.csv.part").write_text("half")  # a .part of the command's own file
     (out / ".report.k2j4.html.part").write_text("someone else's")
     with output_set(out, ["units.csv"]) as stage:
         write_text(stage / "units.csv", "new")
-    assert not (tmp_path / ".d.set-abc123").exists() and not (out / ".units.k2j4.csv.part").exists()
+    assert not (tmp_path / ".d.set-999999999-abc123").exists() and not (out / ".units.k2j4.csv.part").exists()
     assert (out / ".report.k2j4.html.part").exists() and (out / "units.csv").read_text() == "new"
+
+
+def test_a_live_run_s_staging_folder_is_left_alone(tmp_path):
+    busy = tmp_path / f".d.set-{os.getppid()}-abc123"  # a concurrent run, still writing
+    busy.mkdir()
+    with output_set(tmp_path / "d", ["units.csv"]) as stage:
+        write_text(stage / "units.csv", "new")
+    assert busy.is_dir() and (tmp_path / "d" / "units.csv").read_text() == "new"
 
 
 def test_set_moved_aside_by_a_kill_is_put_back(tmp_path):
     out = tmp_path / "d"
     out.mkdir()
     (out / "units.csv").write_text("old")
-    os.rename(out, tmp_path / ".d.old-xyz")  # killed between the two renames of the swap
+    os.rename(out, tmp_path / ".d.old-999999999-xyz")  # killed between the two renames of the swap
     with pytest.raises(RuntimeError), output_set(out, ["units.csv"]):
         raise RuntimeError
     assert (out / "units.csv").read_text() == "old" and hidden(out) == []

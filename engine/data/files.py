@@ -9,8 +9,10 @@ import errno
 import fnmatch
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import tempfile
 from pathlib import Path
 
@@ -180,7 +182,8 @@ def output_set(folder, owned):
         home = folder.parent if beside else folder
         home.mkdir(parents=True, exist_ok=True)
         _clean_stale(folder, home, owned)
-        stage = Path(tempfile.mkdtemp(dir=home, prefix=f".{folder.name}.set-" if beside else ".onnxlens-set-"))
+        prefix = f".{folder.name}.set-{os.getpid()}-" if beside else f".onnxlens-set-{os.getpid()}-"
+        stage = Path(tempfile.mkdtemp(dir=home, prefix=prefix))
         os.chmod(stage, 0o777 & ~_umask())
         try:
             yield stage
@@ -214,17 +217,35 @@ def _clean_stale(folder, home, owned):
     """Remove what a killed earlier run left: staging folders, and ``.part`` files of owned names;
     a previous set moved aside just before the kill is put back."""
     for old in home.glob(f".{folder.name}.old-*"):
+        if _running(old.name):
+            continue
         if folder.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(old, folder)
     for stale in [*home.glob(f".{folder.name}.set-*"), *folder.glob(".onnxlens-set-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _running(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     for part in folder.glob(".*.part") if folder.is_dir() else ():
         stem, _, rest = part.name[1:-len(".part")].partition(".")
         suffix = rest[rest.find("."):] if "." in rest else ""
         if _owned(stem + suffix, owned):
             part.unlink(missing_ok=True)
+
+
+def _running(name):
+    """Whether the process whose id follows ``set-``/``old-`` in a staging name is another live one."""
+    match = re.search(r"-set-(\d+)-[^-]*$|\.(?:set|old)-(\d+)-[^-]*$", name)
+    if match is None:
+        return False
+    pid = int(match.group(1) or match.group(2))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
 
 
 def _swap(stage, folder, owned):
@@ -239,7 +260,8 @@ def _swap(stage, folder, owned):
             shutil.copytree(entry, stage / entry.name, symlinks=True, copy_function=_link_or_copy)
         else:
             _link_or_copy(entry, stage / entry.name, follow_symlinks=False)
-    aside = folder.with_name(f".{folder.name}.old-{stage.name.rpartition('-')[2]}")
+    os.chmod(stage, stat.S_IMODE(folder.stat().st_mode))  # the folder keeps its permissions
+    aside = folder.with_name(f".{folder.name}.old-{stage.name.rpartition('set-')[2]}")
     os.rename(folder, aside)  # killed here: the next run puts ``aside`` back
     fault_point("aside")
     os.rename(stage, folder)
