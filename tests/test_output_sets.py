@@ -97,8 +97,10 @@ def test_next_run_cleans_what_a_killed_run_left(tmp_path):
     (tmp_path / ".d.set-999999999-abc123").mkdir()  # a staging folder of a killed run
     (out / ".units.k2j4.csv.part").write_text("half")  # a .part of the command's own file
     (out / ".report.k2j4.html.part").write_text("someone else's")
-    with output_set(out, ["units.csv"]) as stage:
+    (out / ".unit.s.7hq2.csv.part").write_text("half, a dotted name")
+    with output_set(out, ["units.csv", "unit.s.csv"]) as stage:
         write_text(stage / "units.csv", "new")
+    assert not (out / ".unit.s.7hq2.csv.part").exists()
     assert not (tmp_path / ".d.set-999999999-abc123").exists() and not (out / ".units.k2j4.csv.part").exists()
     assert (out / ".report.k2j4.html.part").exists() and (out / "units.csv").read_text() == "new"
 
@@ -131,6 +133,16 @@ def test_working_directory_is_written_in_place(tmp_path, monkeypatch):
 
 
 # --- real runs killed (SIGKILL) between the steps of a set --------------------------------------
+
+def test_a_linked_folder_stays_a_link(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "units.csv").write_text("old")
+    (tmp_path / "link").symlink_to(real)
+    with output_set(tmp_path / "link", ["units.csv"]) as stage:
+        write_text(stage / "units.csv", "new")
+    assert (tmp_path / "link").is_symlink() and (real / "units.csv").read_text() == "new"
+
 
 def test_embed_killed_keeps_previous_set_whole(model_path, tmp_path):
     out = tmp_path / "emb"

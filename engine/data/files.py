@@ -7,6 +7,7 @@ writes them through :func:`output_set`, which swaps the whole set in at the end.
 import contextlib
 import errno
 import fnmatch
+import glob
 import json
 import os
 import re
@@ -170,7 +171,7 @@ def output_set(folder, owned):
 
     A killed run leaves the previous set (or none), never a mix; its staging folder and ``.part``
     files are removed by the next run. When ``folder`` cannot be renamed (it is the working
-    directory, a mount point, or its parent is read-only) the staged files move in one by one.
+    directory, a mount point, a symbolic link, or its parent is read-only) the staged files move in one by one.
 
     >>> with output_set("dissect-out", ["units.csv", "summary.json", "unit_*.png"]) as stage:
     ...     (stage / "units.csv").write_text("unit\\n")
@@ -202,10 +203,10 @@ def _owned(name, owned):
 
 def _renamable(folder):
     """Whether ``folder`` may be swapped by renames: not the working directory (or above it), not a
-    mount point, and its parent writable."""
+    mount point or a symbolic link, and its parent writable."""
     absolute = Path(os.path.abspath(folder))
     cwd = Path.cwd()
-    if absolute == cwd or absolute in cwd.parents or os.path.ismount(absolute):
+    if absolute == cwd or absolute in cwd.parents or os.path.ismount(absolute) or absolute.is_symlink():
         return False
     parent = absolute.parent
     while not parent.exists():
@@ -216,20 +217,20 @@ def _renamable(folder):
 def _clean_stale(folder, home, owned):
     """Remove what a killed earlier run left: staging folders, and ``.part`` files of owned names;
     a previous set moved aside just before the kill is put back."""
-    for old in home.glob(f".{folder.name}.old-*"):
+    name = glob.escape(folder.name)
+    for old in home.glob(f".{name}.old-*"):
         if _running(old.name):
             continue
         if folder.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(old, folder)
-    for stale in [*home.glob(f".{folder.name}.set-*"), *folder.glob(".onnxlens-set-*")]:
+    for stale in [*home.glob(f".{name}.set-*"), *folder.glob(".onnxlens-set-*")]:
         if not _running(stale.name):
             shutil.rmtree(stale, ignore_errors=True)
     for part in folder.glob(".*.part") if folder.is_dir() else ():
-        stem, _, rest = part.name[1:-len(".part")].partition(".")
-        suffix = rest[rest.find("."):] if "." in rest else ""
-        if _owned(stem + suffix, owned):
+        words = part.name[1:-len(".part")].split(".")  # atomic_path's .<stem>.<random><suffix>.part
+        if any(_owned(".".join(words[:k] + words[k + 1:]), owned) for k in range(1, len(words))):
             part.unlink(missing_ok=True)
 
 
@@ -279,7 +280,7 @@ def _link_or_copy(src, dst, follow_symlinks=True):
 def _move_in(stage, folder, owned):
     """Replace ``folder``'s owned files by the staged ones in place (one rename each)."""
     for entry in folder.iterdir():
-        if _owned(entry.name, owned) and not (stage / entry.name).exists():
+        if _owned(entry.name, owned) and not (stage / entry.name).exists() and entry != stage:
             _remove(entry)
     for entry in stage.iterdir():
         if (folder / entry.name).is_dir() and not (folder / entry.name).is_symlink():
