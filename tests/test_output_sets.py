@@ -5,6 +5,8 @@ import csv
 import errno
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -254,8 +256,35 @@ def test_full_disk_for_the_feature_file_is_one_line_not_sigbus(model_path, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_disk_error_is_output_error():
+def test_disk_error_is_output_error_naming_the_final_path():
+    with pytest.raises(OutputError, match=r"cannot write out/d/units.csv: No space"), \
+            files.disk_errors("out/.d.set-12-ab_9x/units.csv"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OutputError, match=r"cannot write \./units.csv: No space"), \
+            files.disk_errors("./.onnxlens-set-12-ab_9x/units.csv"):
+        raise OSError(errno.ENOSPC, "No space left on device")
     with pytest.raises(OutputError, match="Read-only"), files.disk_errors("x"):
         raise OSError(errno.EROFS, "Read-only file system")
     with pytest.raises(KeyError), files.disk_errors("x"):
         raise KeyError("not a disk error")
+
+
+def test_real_full_disk_is_one_line_and_keeps_previous_set(model_path, tmp_path):
+    """A 32 KiB tmpfs mounted in a private mount namespace (needs unshare and the right to mount)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=32k tmpfs {mount}"],
+                           capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (no unshare or no right to mount): full disk only injected")
+    out = mount / "emb"
+    embed = f"{shlex.quote(sys.executable)} cli.py embed {shlex.quote(str(model_path))} --out {out} --synth"
+    script = (f"mount -t tmpfs -o size=32k tmpfs {mount} && {embed} 40 && {embed} 3000; echo rc=$?; "
+              f"{sys.executable} -c 'import sys; from tests.test_output_sets import assert_consistent_embedding as a; "
+              f"from pathlib import Path; a(Path(sys.argv[1]), 40); print(\"intact\")' {out}; ls -a {mount} {out}")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "rc=2" in result.stdout and "intact" in result.stdout, (result.stdout, result.stderr)
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {out}/features.npy: No space left"), errors
+    assert ".part" not in result.stdout and ".set-" not in result.stdout and ".old-" not in result.stdout

@@ -38,8 +38,14 @@ def disk_errors(path):
     except OSError as err:
         if err.errno not in _DISK_ERRORS:
             raise
-        raise OutputError(f"cannot write {path}: {os.strerror(err.errno)}: free space or choose another "
-                          "--out") from None
+        raise OutputError(f"cannot write {_final_name(path)}: {os.strerror(err.errno)}: free space or choose "
+                          "another --out") from None
+
+
+def _final_name(path):
+    """``path`` as the user will see it: a staging folder of :func:`output_set` named as its target."""
+    path = re.sub(r"(^|/)\.([^/]+)\.set-\d+-[^/.-]*(?=/|$)", r"\1\2", str(path))
+    return re.sub(r"/\.onnxlens-set-\d+-[^/.-]*(?=/|$)", "", path)
 
 
 @contextlib.contextmanager
