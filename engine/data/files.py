@@ -50,24 +50,24 @@ def _final_name(path):
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds
+    (OSError as raised: the ``write_*`` functions below say a disk error in one line).
 
     >>> with atomic_path("out/report.html") as tmp:
     ...     Path(tmp).write_text("<html></html>")
     """
     path = Path(path)
-    with disk_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        try:
-            yield Path(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _umask():
@@ -81,7 +81,7 @@ def write_text(path, text):
 
     >>> write_text("out/report.html", "<html></html>")
     """
-    with atomic_path(path) as tmp:
+    with disk_errors(path), atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
@@ -106,7 +106,7 @@ def write_image(path, rgb):
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr))
     if not ok:
         raise UsageError(f"cannot encode an image as '{ext}': use .png or .jpg")
-    with atomic_path(path) as tmp:
+    with disk_errors(path), atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
 
 
@@ -115,7 +115,7 @@ def write_npz(path, **arrays):
 
     >>> write_npz("out/cams.npz", raw=np.zeros((1, 3, 3), np.float32))
     """
-    with atomic_path(path) as tmp:
+    with disk_errors(path), atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
