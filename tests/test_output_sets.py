@@ -288,3 +288,13 @@ def test_real_full_disk_is_one_line_and_keeps_previous_set(model_path, tmp_path)
     assert "rc=2" in result.stdout and "intact" in result.stdout, (result.stdout, result.stderr)
     assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {out}/features.npy: No space left"), errors
     assert ".part" not in result.stdout and ".set-" not in result.stdout and ".old-" not in result.stdout
+
+
+def test_tag_on_a_full_disk_is_one_line(model_path, tmp_path, monkeypatch):
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "replace", full)
+    result = run("tag", model_path, "--mean", "0.5,0.5,0.5", "--out", tmp_path / "tagged.onnx")
+    assert one_line_error(result) and "No space left" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
