@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from engine.data.files import write_image, write_json, write_text
+from engine.data.files import (check_out_file, check_out_folder, output_set, write_image, write_json,
+                               write_text)
 from engine.errors import OnnxlensError, UsageError
 from engine.progress import Progress
 
@@ -105,6 +106,26 @@ def _parse_size(ctx, param, value):
     except ValueError:
         raise UsageError(f"--size '{value}' is not HxW: write it like 64x64") from None
     return height, width
+
+
+def _out_folder(ctx, param, value):
+    """Click callback: refuse an unusable --out folder before the work starts."""
+    if value is not None:
+        check_out_folder(value)
+    return value
+
+
+def _out_image(ctx, param, value):
+    """Click callback: refuse an unusable --out image file (or suffix) before the work starts."""
+    check_out_file(value)
+    return value
+
+
+def _out_model_file(ctx, param, value):
+    """Click callback: refuse an unusable --out model file before the work starts."""
+    if value is not None:
+        check_out_file(value, image=False)
+    return value
 
 
 _input_size_option = click.option("--size", callback=_parse_size, metavar="HxW",
@@ -220,7 +241,7 @@ def _load(path, inputs=None, **options):
 
 
 @main.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
+@click.option("--out", required=True, callback=_out_folder, help="Folder to write the dataset into.")
 @click.option("--n", "n", default=1000, show_default=True, type=click.IntRange(min=1), help="Number of images.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="World seed.")
 @click.option("--size", default="96x96", show_default=True, callback=_parse_size, help="Image size HxW.")
@@ -336,8 +357,8 @@ def predict(model, images, top, as_json, batch_size, load):
 @click.argument("model", type=click.Path(dir_okay=False))
 @_preprocess_options
 @_labels_option
-@click.option("--out", metavar="FILE", help="Write a new tagged file instead (default: in place, the old file kept "
-                                            "as MODEL.bak).")
+@click.option("--out", metavar="FILE", callback=_out_model_file,
+              help="Write a new tagged file instead (default: in place, the old file kept as MODEL.bak).")
 def tag(model, preprocess, labels_file, out):
     """Write preprocessing settings and class names into MODEL's metadata (read by every command)."""
     from engine.data.tags import tag as write_tags
@@ -409,7 +430,8 @@ _explain_options = _options(
     click.option("--logits", is_flag=True, help="Explain the logits before a final Softmax, not the probabilities."),
     click.option("--blank", default=0, show_default=True, type=click.IntRange(min=0),
                  help="CTC blank class of sequence outputs."),
-    click.option("--out", required=True, metavar="DIR", help="Folder for overlays, the .npz and summary.json."),
+    click.option("--out", required=True, metavar="DIR", callback=_out_folder,
+                 help="Folder for overlays, the .npz and summary.json."),
     _batch_size_option(16),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
     _model_options(),
@@ -475,7 +497,8 @@ def saliency(model, images, target, output_kind, output_name, logits, blank, out
 @click.option("--fourier", is_flag=True, help="Decorrelated Fourier parameterization (1/f spectrum).")
 @click.option("--decorrelate", is_flag=True, help="Decorrelate colours (ImageNet colour correlation).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", required=True, metavar="PNG", help="Result image; the strip of steps goes to <name>_steps.png.")
+@click.option("--out", required=True, metavar="PNG", callback=_out_image,
+              help="Result image; the strip of steps goes to <name>_steps.png.")
 @_model_options()
 def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_every, fourier, decorrelate, seed,
              out, load):
@@ -568,7 +591,8 @@ _image_set_options = _options(
 @main.command()
 @_image_set_options
 @click.option("--layer", default="auto", show_default=True, help="Tensor to embed (auto: the pooled penultimate).")
-@click.option("--out", required=True, metavar="DIR", help="Folder for features.npy, index.csv, embedding.json.")
+@click.option("--out", required=True, metavar="DIR", callback=_out_folder,
+              help="Folder for features.npy, index.csv, embedding.json.")
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1), help="Neighbours for kNN purity.")
 @_batch_size_option(32)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -599,7 +623,8 @@ def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_
               help="Query image (a file or a synth:SEED:INDEX name); repeatable.")
 @click.option("--k", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--metric", default="cosine", show_default=True, type=click.Choice(["cosine", "l2"]))
-@click.option("--out", required=True, metavar="PNG", help="Grid: one row per query, then its neighbours.")
+@click.option("--out", required=True, metavar="PNG", callback=_out_image,
+              help="Grid: one row per query, then its neighbours.")
 @_model_options()
 def neighbors(folder, query, k, metric, out, load):
     """Show the nearest images of an embedding folder to each query image."""
@@ -616,7 +641,7 @@ def neighbors(folder, query, k, metric, out, load):
 @click.option("--method", default="tsne", show_default=True, type=click.Choice(["tsne", "pca"]))
 @click.option("--thumbnails", is_flag=True, help="Draw image thumbnails at (non-overlapping) points.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--out", required=True, metavar="PNG")
+@click.option("--out", required=True, metavar="PNG", callback=_out_image)
 def project(folder, method, thumbnails, seed, out):
     """Scatter plot of an embedding folder in 2-D (t-SNE or PCA), coloured by label."""
     import numpy as np
@@ -640,7 +665,7 @@ def project(folder, method, thumbnails, seed, out):
 @main.command()
 @click.argument("model")
 @click.option("--layer", help="A Conv layer (default: the first Conv).")
-@click.option("--out", required=True, metavar="PNG")
+@click.option("--out", required=True, metavar="PNG", callback=_out_image)
 @_model_options()
 def filters(model, layer, out, load):
     """Draw a Conv layer's filters as a grid, each normalized on its own."""
@@ -654,7 +679,7 @@ def filters(model, layer, out, load):
 @click.argument("model")
 @click.argument("image")
 @click.option("--layer", required=True, help="Layer whose channel maps to draw.")
-@click.option("--out", required=True, metavar="PNG")
+@click.option("--out", required=True, metavar="PNG", callback=_out_image)
 @_model_options()
 def activations(model, image, layer, out, load):
     """Draw every channel map of a layer for one image, the image beside them."""
@@ -674,7 +699,7 @@ def activations(model, image, layer, out, load):
 @click.option("--iou", default=0.04, show_default=True, type=float, help="IoU above which a unit detects a concept.")
 @click.option("--top", default=8, show_default=True, type=click.IntRange(min=1), help="Images per unit sheet.")
 @_batch_size_option(32)
-@click.option("--out", required=True, metavar="DIR")
+@click.option("--out", required=True, metavar="DIR", callback=_out_folder)
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json.")
 @_model_options()
 @_scale_options
@@ -704,7 +729,7 @@ def dissect(model, concepts, layer, quantile, iou, top, batch_size, out, as_json
 @click.option("--channels", default="all", show_default=True, help="'all' or a list such as 0,3,7.")
 @click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Patches per channel.")
 @_batch_size_option(32)
-@click.option("--out", required=True, metavar="DIR")
+@click.option("--out", required=True, metavar="DIR", callback=_out_folder)
 @_model_options()
 @_scale_options
 def patches(model, images, synth_n, seed, concepts, layer, channels, top, batch_size, out, load, scale):
@@ -729,8 +754,7 @@ def patches(model, images, synth_n, seed, concepts, layer, channels, top, batch_
               help='Comma-separated ops, e.g. "rotate:30,hflip,cutmix:1.0"; a number is fixed, '
                    "lo..hi a range, key=value names a parameter.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
-@click.option("--out", "out_dir", default="out/augment", show_default=True,
-              type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", default="out/augment", show_default=True, callback=_out_folder, metavar="DIR")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--bench", is_flag=True, help="Print the throughput table instead (no IMAGES).")
 @click.option("--bench-images", default=64, show_default=True, type=click.IntRange(2, 4096),
@@ -764,7 +788,7 @@ def augment(images, spec, seed, out_dir, threads, bench, bench_images):
 @click.option("--layer", default="auto", show_default=True, help="CAM layer.")
 @_batch_size_option(32)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", metavar="DIR", callback=_out_folder,
               help="Also write DIR/robustness.json (summary) and DIR/robustness.csv (per image).")
 @_model_options()
 @_scale_options
@@ -785,8 +809,9 @@ def robustness(model, images, synth, seed, spec, method, layer, batch_size, as_j
                    layer=layer, batch=batch_size, scale=scale)
     info = {"model": model, "seed": seed, **report.to_dict()}
     if out_dir:
-        write_json(Path(out_dir) / "robustness.json", info)
-        write_text(Path(out_dir) / "robustness.csv", report.to_csv())
+        with output_set(out_dir, ["robustness.json", "robustness.csv"]) as stage:
+            write_json(stage / "robustness.json", info)
+            write_text(stage / "robustness.csv", report.to_csv())
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -817,7 +842,7 @@ _audit_data_options = _options(
 @main.command()
 @click.argument("model")
 @_audit_data_options
-@click.option("--out", required=True, metavar="DIR", help="Folder for index.html.")
+@click.option("--out", required=True, metavar="DIR", callback=_out_folder, help="Folder for index.html.")
 @click.option("--masks", metavar="DIR", help="Object masks for --images (same relative paths, non-zero = object): "
                                               "enables the pointing game.")
 @click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
@@ -841,7 +866,7 @@ def audit(model, images, labels, synth, seed, out, masks, gallery, embed, dissec
 @click.argument("model_a")
 @click.argument("model_b")
 @_audit_data_options
-@click.option("--out", metavar="DIR", help="Also write DIR/index.html and DIR/compare.json.")
+@click.option("--out", metavar="DIR", callback=_out_folder, help="Also write DIR/index.html and DIR/compare.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
 @_model_options(labels=False)  # compare's --labels is the CSV of true labels
@@ -867,7 +892,8 @@ def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, 
 
 
 @main.command()
-@click.option("--out", default="demo-out", show_default=True, metavar="DIR", help="Folder for the report.")
+@click.option("--out", default="demo-out", show_default=True, metavar="DIR", callback=_out_folder,
+              help="Folder for the report.")
 @click.option("--n", default=200, show_default=True, help="Generated images to audit.")
 @_provider_option
 def demo(out, n, provider):

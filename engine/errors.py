@@ -41,3 +41,7 @@ class UsageError(OnnxlensError):
 
 class ClusterError(OnnxlensError):
     """The Ray cluster is unreachable, or lost a worker more often than it retries."""
+
+
+class OutputError(OnnxlensError):
+    """An output path is unusable (wrong kind, unwritable, bad suffix) or the disk refused a write."""

@@ -8,8 +8,12 @@ parts apart (other processes, other machines) and merging gives exactly the sing
 - :class:`TopK` — the k images where each channel peaks, with the peak's position.
 - :class:`Embeddings` — feature rows by image index, in memory or in a memory-mapped ``.npy``.
 """
+import errno
+import os
+
 import numpy as np
 
+from engine.data.files import disk_errors
 from engine.errors import UsageError
 
 
@@ -293,7 +297,9 @@ class Embeddings:
         if path is None:
             self.features = np.zeros((self.n, self.dim), np.float32)
         else:
-            self.features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(self.n, self.dim))
+            with disk_errors(path):
+                self.features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(self.n, self.dim))
+                _reserve(path)
         self.filled = np.zeros(self.n, bool)
 
     def update(self, rows, start):
@@ -319,3 +325,14 @@ class Embeddings:
         if isinstance(self.features, np.memmap):
             self.features.flush()
         return self.features
+
+
+def _reserve(path):
+    """Allocate the blocks of a memory-mapped file now, so a full disk is an error here rather than
+    a SIGBUS when a page is first written."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise

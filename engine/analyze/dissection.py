@@ -34,7 +34,7 @@ from engine.analyze.accumulators import IoUCounts, Quantile, TopK
 from engine.analyze.sources import from_concepts
 from engine.analyze.stream import stream
 from engine.data.broden import ConceptDataset, read_concepts
-from engine.data.files import write_image, write_json, write_text
+from engine.data.files import output_set, write_image, write_json, write_text
 from engine.data.label_store import LabelStore, dataset_key
 from engine.errors import LayerError, UsageError
 from engine.runtime.cache import cache_dir
@@ -313,7 +313,7 @@ def _result(layer, dataset, counts, thresholds, best, quantile, iou_threshold):
 
 def write_dissection(result, out, model, concepts, images_per_unit=8):
     """Write ``units.csv``, ``summary.json`` and ``unit_NNNN.png`` (top images, mask outlined)
-    for each detector unit into ``out``.
+    for each detector unit into ``out`` (the previous run's files there replaced as a whole).
 
     >>> write_dissection(result, "dissect-out", model, "shapes-broden")
     """
@@ -323,11 +323,12 @@ def write_dissection(result, out, model, concepts, images_per_unit=8):
     writer = csv.DictWriter(buf, ["unit", "concept", "category", "iou", "threshold", "detector"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(result.units)
-    for unit in (u for u in result.units if u["detector"]):
-        images = result.top["image"][unit["unit"]][:images_per_unit]
-        write_image(out / f"unit_{unit['unit']:04d}.png", unit_sheet(model, dataset, result.layer, unit, images))
-    write_json(out / "summary.json", result.summary)
-    write_text(out / "units.csv", buf.getvalue())
+    with output_set(out, ["units.csv", "summary.json", "unit_*.png"]) as stage:
+        for unit in (u for u in result.units if u["detector"]):
+            images = result.top["image"][unit["unit"]][:images_per_unit]
+            write_image(stage / f"unit_{unit['unit']:04d}.png", unit_sheet(model, dataset, result.layer, unit, images))
+        write_json(stage / "summary.json", result.summary)
+        write_text(stage / "units.csv", buf.getvalue())
 
 
 def unit_sheet(model, dataset, layer, unit, images):

@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.analyze.accumulators import Embeddings
 from engine.analyze.stream import stream
-from engine.data.files import atomic_path, write_json, write_text
+from engine.data.files import output_set, write_json, write_text
 from engine.errors import DatasetError, LayerError
 from engine.scale import runner, shards
 
@@ -89,24 +89,28 @@ def embed(model, source, layer="auto", out=None, batch_size=32, progress=None, s
     layer = embedding_layer(model, layer)
     labels, acc = [], None
     job = EmbedJob(source, layer, int(batch_size))
-    target = atomic_path(Path(out) / "features.npy") if out is not None else contextlib.nullcontext()
-    with target as path, runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
-        for part, part_labels in run.map("rows", shards(len(source), run.shard_size), label="embed"):
-            if acc is None:
-                acc = Embeddings(len(source), part.dim, path=path)
-            acc.merge(part)
-            labels += part_labels
-        features = acc.result()
-        del acc
-    if out is not None:
-        features = np.load(Path(out) / "features.npy", mmap_mode="r")  # the renamed file, not the temp
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["image", "label"])
-        writer.writerows([name, "" if label is None else label] for name, label in zip(source.names, labels))
-        write_text(Path(out) / "index.csv", buf.getvalue())
-        write_json(Path(out) / "embedding.json", {"model": os.path.abspath(model.path), "layer": layer,
+    owned = ["features.npy", "index.csv", "embedding.json"]
+    with output_set(out, owned) if out is not None else contextlib.nullcontext() as stage:
+        path = stage / "features.npy" if stage is not None else None
+        with runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
+            for part, part_labels in run.map("rows", shards(len(source), run.shard_size), label="embed"):
+                if acc is None:
+                    acc = Embeddings(len(source), part.dim, path=path)
+                acc.merge(part)
+                labels += part_labels
+            features = acc.result()
+            del acc
+        if stage is not None:
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["image", "label"])
+            writer.writerows([name, "" if label is None else label] for name, label in zip(source.names, labels))
+            write_text(stage / "index.csv", buf.getvalue())
+            write_json(stage / "embedding.json", {"model": os.path.abspath(model.path), "layer": layer,
                                                   "n": len(source), "dim": int(features.shape[1])})
+            del features
+    if out is not None:
+        features = np.load(Path(out) / "features.npy", mmap_mode="r")  # the swapped-in file, not the staged one
     return Embedding(features, list(source.names), labels, str(model.path), layer)
 
 

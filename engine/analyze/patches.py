@@ -8,7 +8,7 @@ import numpy as np
 
 from engine.analyze.accumulators import TopK
 from engine.analyze.stream import run_size, stream
-from engine.data.files import write_image, write_json
+from engine.data.files import output_set, write_image, write_json
 from engine.data.images import resize
 from engine.errors import InputShapeError, LayerError, UsageError
 from engine.graph.normalize import normalize
@@ -170,7 +170,11 @@ def write_patches(result, source_images, out, cell=64):
 
     >>> write_patches(result, lambda i: images[i], "patches-out")
     """
-    out = Path(out)
+    with output_set(out, ["patches.json", "channel_*.png"]) as stage:
+        _write_patches(result, source_images, stage, cell)
+
+
+def _write_patches(result, source_images, out, cell):
     for channel in dict.fromkeys(row["channel"] for row in result.rows):
         write_image(out / f"channel_{channel:04d}.png", patch_sheet(result, channel, source_images, cell=cell))
     write_json(out / "patches.json", {"layer": result.layer, "input_size": list(result.size),

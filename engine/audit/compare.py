@@ -187,11 +187,13 @@ def write_comparison(result, images, out, class_names=None, worst=5):
 
     >>> write_comparison(compare(a, b, images), images, "cmp-out", a.labels)
     """
-    from engine.data.files import write_json
+    from engine.data.files import output_set, write_json
     from engine.viz.report import section, write_report
 
     out = Path(out)
-    write_json(out / "compare.json", result.summary(worst))
     title = f"onnxlens compare: {Path(result.model_a).name} vs {Path(result.model_b).name}"
-    return Path(write_report(out / "index.html", title,
-                             [section("Agreement", report_blocks(result, images, class_names, worst))]))
+    with output_set(out, ["compare.json", "index.html"]) as stage:
+        write_json(stage / "compare.json", result.summary(worst))
+        blocks = report_blocks(result, images, class_names, worst)
+        write_report(stage / "index.html", title, [section("Agreement", blocks)])
+    return out / "index.html"

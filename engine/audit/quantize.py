@@ -8,7 +8,7 @@ from pathlib import Path
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from engine.api import Model
-from engine.data.files import atomic_path
+from engine.data.files import atomic_path, disk_errors
 from engine.errors import UsageError
 
 
@@ -37,7 +37,7 @@ def quantize_int8(src, dst, images, batch=16):
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with atomic_path(Path(dst)) as path:
+        with disk_errors(dst), atomic_path(Path(dst)) as path:
             quantize_static(str(src), str(path), _Batches(model, images, batch), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:

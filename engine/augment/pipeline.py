@@ -11,7 +11,7 @@ import numpy as np
 
 from engine import augment as A
 from engine.augment.mixing import Mixing
-from engine.data.files import write_image
+from engine.data.files import output_set, write_image
 from engine.data.images import read_image
 from engine.errors import InputShapeError, UsageError
 from engine.viz.grid import grid
@@ -108,7 +108,8 @@ def augment(images, ops, seed=0, threads=1):
 
 
 def augment_files(paths, spec, out_dir, seed=0, threads=1):
-    """Augment image files; writes ``<stem>_aug.png`` per input and ``grid.png`` (before/after).
+    """Augment image files; writes ``<stem>_aug.png`` per input and ``grid.png`` (before/after),
+    replacing an earlier run's ``*_aug.png`` and ``grid.png`` in ``out_dir`` as a whole.
 
     Returns the written paths and the mixing table (row i: share of each input in output i).
 
@@ -124,15 +125,13 @@ def augment_files(paths, spec, out_dir, seed=0, threads=1):
     out_dir = Path(out_dir)
     stems = [Path(p).stem for p in paths]
     unique = len(set(stems)) == len(stems)
-    written = []
-    for i, (stem, image) in enumerate(zip(stems, out)):
-        target = out_dir / (f"{stem}_aug.png" if unique else f"{i}_{stem}_aug.png")
-        write_image(target, image)
-        written.append(target)
+    names = [f"{stem}_aug.png" if unique else f"{i}_{stem}_aug.png" for i, stem in enumerate(stems)]
     cells, labels = [], []
     for path, before, after in zip(paths, images, out):
         cells += [before, after]
         labels += [Path(path).name, "augmented"]
-    write_image(out_dir / "grid.png", grid(cells, ncols=2 * min(len(images), 4), labels=labels))
-    written.append(out_dir / "grid.png")
-    return written, mix
+    with output_set(out_dir, ["*_aug.png", "grid.png"]) as stage:
+        for name, image in zip(names, out):
+            write_image(stage / name, image)
+        write_image(stage / "grid.png", grid(cells, ncols=2 * min(len(images), 4), labels=labels))
+    return [out_dir / name for name in [*names, "grid.png"]], mix

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from engine.data import synth
-from engine.data.files import write_image, write_text
+from engine.data.files import output_set, write_image, write_text
 from engine.data.images import read_image
 from engine.errors import DatasetError, ImageError
 
@@ -57,11 +57,16 @@ def write_concepts(out, scenes, split="train", progress=None):
     """Write Shapes-world scenes (an iterable of ``synth.Scene`` batches) as a Broden dataset.
 
     Label numbers run over the families of ``synth.CONCEPTS`` in order (shape, color, texture,
-    background); index.csv is written last, so an interrupted run leaves no readable dataset.
+    background). The dataset is swapped in whole: an interrupted run leaves the previous one (or none).
 
     >>> write_concepts("shapes-broden", synth.batches(1000, seed=5))
     """
-    out = Path(out)
+    owned = ["images", "index.csv", "label.csv", "category.csv", "labels.csv", "c_*.csv"]
+    with output_set(out, owned) as stage:
+        _write_concepts(stage, scenes, split, progress)
+
+
+def _write_concepts(out, scenes, split, progress):
     families = list(synth.CONCEPTS)
     first, number = {}, 1
     for family in families:

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from engine.data.files import atomic_path
+from engine.data.files import atomic_path, disk_errors
 from engine.data.labels import read_labels
 from engine.data.preprocess import METADATA_KEYS, resolve
 from engine.errors import ModelLoadError, UsageError
@@ -71,7 +71,7 @@ def tag(path, out=None, preprocess=None, labels=None):
             raise UsageError(f"'{path.name}' keeps its weights in external files: write the tagged model into "
                              f"the same folder ('{path.parent}')")
     backup = None if out is not None else _backup(path)
-    with atomic_path(target) as tmp:
+    with disk_errors(target), atomic_path(target) as tmp:
         tmp.write_bytes(model.SerializeToString())
     return target, backup
 
