@@ -47,6 +47,11 @@ ARGUMENTS = [
     ("embed-seed-negative", ["embed", "{model}", "--synth", "4", "--seed", "-4", "--out", "{tmp}/e"], "--seed"),
     ("dissect-iou-nan", ["dissect", "{model}", "--concepts", "{tmp}", "--out", "{tmp}/d", "--iou", "nan"], "--iou"),
     ("demo-n-zero", ["demo", "--n", "0", "--out", "{tmp}/demo"], "--n"),
+    ("mixup-nan", ["augment", "{image}", "--ops", "mixup:nan", "--out", "{tmp}/aug"], "alpha"),
+    ("rotate-inf", ["augment", "{image}", "--ops", "rotate:inf", "--out", "{tmp}/aug"], "angle"),
+    ("rotate-fill-word", ["augment", "{image}", "--ops", "rotate:fill=abc", "--out", "{tmp}/aug"], "0 to 255"),
+    ("dropout-fill-negative", ["augment", "{image}", "--ops", "coarsedropout:fill=-1", "--out", "{tmp}/aug"], "fill"),
+    ("blur-huge", ["augment", "{image}", "--ops", "blur:1e6", "--out", "{tmp}/aug"], "sigma"),
     ("samples-zero", ["saliency", "{model}", "{image}", "--out", "{tmp}/s", "--samples", "0"], "--samples"),
 ]
 
