@@ -79,11 +79,17 @@ def _cli_words(message):
 
 @click.group(cls=Group)
 @click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
+@click.option("--max-pixels", type=click.IntRange(min=1), metavar="N",
+              help="Refuse images larger than N pixels before decoding them (default 50000000).")
 @click.version_option("0.1.0", prog_name="onnxlens")
 @click.pass_context
-def main(ctx, debug):
+def main(ctx, debug, max_pixels):
     """Explain and inspect CNNs exported to ONNX; augment images fast."""
     ctx.obj = {"debug": debug}
+    if max_pixels:
+        from engine.data import images
+
+        images.MAX_PIXELS = max_pixels
 
 
 _provider_option = click.option("--provider", default="auto", show_default=True,

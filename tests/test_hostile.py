@@ -1,5 +1,11 @@
 """Hostile inputs through the CLI: each one ends in exactly one line on stderr starting with
 "error:", exit status 2 and no traceback (issue 12)."""
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -69,3 +75,44 @@ def assert_one_line_error(result, *words):
 @pytest.mark.parametrize("args, words", [case[1:] for case in ARGUMENTS], ids=[case[0] for case in ARGUMENTS])
 def test_bad_argument_is_one_line_and_exit_2(files, args, words):
     assert_one_line_error(CliRunner().invoke(cli.main, _args(files, args)), words)
+
+
+def big_png(path, width, height):
+    """A valid grey PNG of width×height black pixels in a few MB: one deflate block of 100 zero
+    rows, repeated (each ends in a full flush, so the copies are alike), then the Adler-32 of all rows."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = bytes((width + 1) * 100)
+    packer = zlib.compressobj(1, zlib.DEFLATED, -15)
+    block = packer.compress(rows) + packer.flush(zlib.Z_FULL_FLUSH)
+    checksum = 1
+    for _ in range(height // 100):
+        checksum = zlib.adler32(rows, checksum)
+    body = b"\x78\x01" + block * (height // 100) + packer.flush() + struct.pack(">I", checksum)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_30000_square_png_is_refused_before_decoding(files):
+    big = big_png(files["tmp"] / "big.png", 30000, 30000)
+    assert big.stat().st_size < 5e6
+    assert zlib.decompressobj().decompress(big.read_bytes()[41:], 1 << 20) == bytes(1 << 20)  # zero rows
+    script = ("import re, sys; from click.testing import CliRunner; import cli; "
+              "r = CliRunner().invoke(cli.main, sys.argv[1:]); sys.stderr.write(r.stderr); "
+              "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]); sys.exit(r.exit_code)")
+    run = subprocess.run([sys.executable, "-c", script, "predict", files["model"], str(big)],
+                         capture_output=True, text=True, timeout=120, cwd=Path(cli.__file__).parent)
+    assert run.returncode == 2 and run.stderr.startswith("error:") and len(run.stderr.splitlines()) == 1, run.stderr
+    assert "30000×30000 (900 MP)" in run.stderr and "--max-pixels" in run.stderr
+    assert int(run.stdout.split()[-1]) < 1_000_000, "peak RSS (KiB): the image was decoded"  # 5.3 GB when it is
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".webp"])
+def test_max_pixels_reads_each_format_header(files, suffix):
+    path = files["tmp"] / f"wide{suffix}"
+    path.write_bytes(cv2.imencode(suffix, np.zeros((30, 40, 3), np.uint8))[1].tobytes())
+    refused = CliRunner().invoke(cli.main, ["--max-pixels", "1199", "predict", files["model"], str(path)])
+    assert_one_line_error(refused, "40×30", "--max-pixels")
+    assert CliRunner().invoke(cli.main, ["--max-pixels", "1200", "predict", files["model"], str(path)]).exit_code == 0
