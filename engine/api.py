@@ -23,7 +23,7 @@ from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
 from engine.runtime import feeds as extras, rewrite
 from engine.runtime.batch import batch_plan, in_chunks
-from engine.runtime.session import RUN_ERRORS, create_session
+from engine.runtime.session import RUN_ERRORS, create_session, run_error
 
 
 @dataclass(frozen=True)
@@ -458,9 +458,7 @@ class Model:
             else:
                 values = execute(feed, seeds)
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise InputShapeError(f"ONNX Runtime cannot run '{self.path.name}' on a {_shown(x.shape)} batch "
-                                  f"({reason}): try another input size, input_size=(H, W), e.g. a multiple of 32") from err
+            raise run_error(err, self.path.name, _shown(x.shape)) from err
         n, k = len(self._output_names), len(activations)
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
 
