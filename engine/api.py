@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
-from engine.data.labels import parse_labels, probabilities, read_labels
+from engine.data.labels import check_labels, parse_labels, probabilities, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UnsupportedOpError, UsageError
 from engine.graph import cone, modules as module_scopes, pixels, shapes
 from engine.graph.half import rounding_tensors, widen_float16
@@ -593,6 +593,7 @@ class Model:
         for start in range(0, len(items), step):
             chunk = items[start:start + step]
             scores = probabilities(self.run(self.preprocess(chunk)).outputs[0])
+            check_labels(self.labels, scores.shape[1])
             for item, row in zip(chunk, scores):
                 order = np.argsort(-row, kind="stable")[: int(top)]
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
 import cli
+from engine.errors import UnsupportedOpError
+from engine.graph.autodiff import differentiate
+from tests.onnx_build import Builder
 from tests.tiny_models import classifier, save
 
 LABELS = ["circle", "square", "star", "ring"]
@@ -116,3 +120,91 @@ def test_max_pixels_reads_each_format_header(files, suffix):
     refused = CliRunner().invoke(cli.main, ["--max-pixels", "1199", "predict", files["model"], str(path)])
     assert_one_line_error(refused, "40×30", "--max-pixels")
     assert CliRunner().invoke(cli.main, ["--max-pixels", "1200", "predict", files["model"], str(path)]).exit_code == 0
+
+
+# --- bad models ---------------------------------------------------------------------------------
+
+
+def _reshape_to_256():
+    """A dynamic-size model whose Reshape fits 8×8 inputs only."""
+    b = Builder()
+    features = b.op("Relu", [b.op("Conv", ["image", b.weight(4, 3, 3, 3)], pads=[1] * 4)])
+    flat = b.op("Reshape", [features, b.const(np.array([0, 256], np.int64))], name="flatten_fixed")
+    b.op("Gemm", [flat, b.weight(4, 256)], transB=1, name="logits")
+    return b.model([("image", ["N", 3, "H", "W"])], [("logits", None)], 17)
+
+
+def _with_tail(nodes, output, inits=(), elem_type=onnx.TensorProto.FLOAT):
+    """The tiny classifier with ``nodes`` after its logits and ``output`` as its only output."""
+    model = classifier(shape=("N", 3, 8, 8))
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(output, elem_type, ["N", 4]))
+    return model
+
+
+def _constant_of_shape_bomb():
+    """Adds the sum of a 10**6 × 10**6 × 10**3 ConstantOfShape (its shape computed at run time) to the logits."""
+    make = onnx.helper.make_node
+    shape = onnx.numpy_helper.from_array(np.array([10**6, 10**6, 10**3], np.int64), "bomb_shape")
+    return _with_tail([make("Shape", ["logits"], ["logit_shape"]),
+                       make("ReduceSum", ["logit_shape"], ["n"], keepdims=1),
+                       make("Mul", ["bomb_shape", "n"], ["huge"]),
+                       make("ConstantOfShape", ["huge"], ["big"], name="the_bomb"),
+                       make("ReduceSum", ["big"], ["big_sum"], keepdims=0),
+                       make("Add", ["logits", "big_sum"], ["out"])], "out", [shape])
+
+
+def _int64_output():
+    return _with_tail([onnx.helper.make_node("Cast", ["logits"], ["int_logits"], to=onnx.TensorProto.INT64)],
+                      "int_logits", elem_type=onnx.TensorProto.INT64)
+
+
+def _labels_shorter_than_dynamic_classes():
+    model = classifier(shape=("N", 3, 8, 8), metadata={"labels": ["a", "b"]})
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"
+    return model
+
+
+def _custom_op_on_the_path():
+    """relu2 made by an op nobody knows: no runtime runs it, no shape inference sees through it."""
+    model = classifier(shape=("N", 3, 8, 8))
+    node = next(n for n in model.graph.node if n.output[0] == "relu2")
+    node.op_type, node.domain = "Frobnicate", "com.example"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    return model
+
+
+def _cycle():
+    model = classifier(shape=("N", 3, 8, 8))
+    next(n for n in model.graph.node if n.output[0] == "conv2").input[0] = "relu2"
+    return model
+
+
+# (case id, model builder, CLI arguments after the command's model path, words the error line must contain)
+MODELS = [
+    ("reshape-fails-predict", _reshape_to_256, ["predict", "{image}", "--size", "12x12"],
+     ["Reshape", "cannot be reshaped", "12×12"]),
+    ("reshape-fails-cam", _reshape_to_256, ["cam", "{image}", "--size", "12x12", "--out", "{tmp}/c"], ["Reshape"]),
+    ("constant-of-shape-bomb", _constant_of_shape_bomb, ["predict", "{image}"], ["'the_bomb' (ConstantOfShape)"]),
+    ("int64-output-classviz", _int64_output, ["classviz", "--target", "0", "--steps", "2", "--out", "{tmp}/v.png"],
+     ["not a float tensor"]),
+    ("short-labels-predict", _labels_shorter_than_dynamic_classes, ["predict", "{image}"], ["2 labels", "4 classes"]),
+    ("short-labels-cam", _labels_shorter_than_dynamic_classes, ["cam", "{image}", "--out", "{tmp}/c"], ["2 labels"]),
+    ("custom-op-cam", _custom_op_on_the_path, ["cam", "{image}", "--layer", "pool1", "--out", "{tmp}/c"], []),
+    ("cycle-predict", _cycle, ["predict", "{image}"], ["acyclic"]),
+    ("cycle-cam", _cycle, ["cam", "{image}", "--out", "{tmp}/c"], []),
+]
+
+
+@pytest.mark.parametrize("build, args, words", [case[1:] for case in MODELS], ids=[case[0] for case in MODELS])
+def test_bad_model_is_one_line_and_exit_2(files, build, args, words):
+    path = save(build(), files["tmp"] / f"{build.__name__}.onnx")
+    command, *rest = args
+    assert_one_line_error(CliRunner().invoke(cli.main, [command, str(path), *_args(files, rest)]), *words)
+
+
+def test_a_rule_that_needs_an_unknown_shape_names_it():
+    with pytest.raises(UnsupportedOpError, match="GlobalAveragePool node 'gap' needs the shape of 'relu2'"):
+        differentiate(_custom_op_on_the_path(), "logits", ["pool1"])

@@ -18,7 +18,9 @@ CUDA = "CUDAExecutionProvider"
 LOAD_ERRORS = (ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidProtobuf, ort_state.InvalidArgument,
                ort_state.NotImplemented, ort_state.NoSuchFile)
 RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException)
-_FAILED_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)' Status Message: (?:\S+:\d+ .*? (?:was false|failed)\. )?(.*)")
+# "... running Reshape node. Name:'x' Status Message: /src/file.cc:91 Type::Method(args) check was false. Reason"
+_FAILED_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)' Status Message: (?:\S+:\d+ [^()]*\([^()]*\) )?"
+                          r"(?:[^.]* was false\. )?(.*)")
 
 
 def providers(provider="auto"):
