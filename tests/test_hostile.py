@@ -62,6 +62,10 @@ ARGUMENTS = [
     ("rotate-fill-word", ["augment", "{image}", "--ops", "rotate:fill=abc", "--out", "{tmp}/aug"], "0 to 255"),
     ("dropout-fill-negative", ["augment", "{image}", "--ops", "coarsedropout:fill=-1", "--out", "{tmp}/aug"], "fill"),
     ("blur-huge", ["augment", "{image}", "--ops", "blur:1e6", "--out", "{tmp}/aug"], "sigma"),
+    ("samples-huge", ["saliency", "{model}", "{image}", "--out", "{tmp}/s", "--samples", str(10**12)], "--samples"),
+    ("evaluate-synth-huge", ["evaluate", "{model}", "--synth", str(10**12)], "--synth N"),
+    ("robustness-synth-huge", ["robustness", "{model}", "--synth", str(10**12)], "--synth N"),
+    ("synth-size-huge", ["synth", "--size", "100000x100000", "--n", "1", "--out", "{tmp}/syn"], "--size HxW"),
     ("samples-zero", ["saliency", "{model}", "{image}", "--out", "{tmp}/s", "--samples", "0"], "--samples"),
 ]
 
