@@ -86,10 +86,9 @@ def _cli_words(message):
 def main(ctx, debug, max_pixels):
     """Explain and inspect CNNs exported to ONNX; augment images fast."""
     ctx.obj = {"debug": debug}
-    if max_pixels:
-        from engine.data import images
+    from engine.data import images
 
-        images.MAX_PIXELS = max_pixels
+    images.MAX_PIXELS = max_pixels or images.DEFAULT_MAX_PIXELS
 
 
 _provider_option = click.option("--provider", default="auto", show_default=True,
@@ -854,7 +853,7 @@ _audit_data_options = _options(
 @click.option("--masks", metavar="DIR", help="Object masks for --images (same relative paths, non-zero = object): "
                                               "enables the pointing game.")
 @click.option("--gallery", default=8, show_default=True, type=click.IntRange(min=0), help="Images in the CAM and saliency galleries.")
-@click.option("--embed", default=200, show_default=True, type=click.IntRange(min=0), help="Images in the t-SNE plot, neighbours and patches.")
+@click.option("--embed", default=200, show_default=True, type=click.IntRange(min=1), help="Images in the t-SNE plot, neighbours and patches.")
 @click.option("--dissect", default=200, show_default=True, type=click.IntRange(min=0), help="Generated images to dissect.")
 @click.option("--classviz-steps", default=64, show_default=True, type=click.IntRange(min=1), help="Gradient-ascent steps per class visualization.")
 @_model_options(labels=False)  # audit's --labels is the CSV of true labels

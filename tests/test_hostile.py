@@ -27,6 +27,7 @@ def files(tmp_path_factory):
     image = tmp / "img.png"
     image.write_bytes(cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8))[1].tobytes())
     model = save(classifier(shape=("N", 3, 8, 8), metadata={"labels": LABELS}), tmp / "model.onnx")
+    (tmp / "labels.csv").write_text("image,label\nimg.png,999\n")
     return {"model": str(model), "image": str(image), "tmp": tmp}
 
 
@@ -66,6 +67,11 @@ ARGUMENTS = [
     ("evaluate-synth-huge", ["evaluate", "{model}", "--synth", str(10**12)], "--synth N"),
     ("robustness-synth-huge", ["robustness", "{model}", "--synth", str(10**12)], "--synth N"),
     ("synth-size-huge", ["synth", "--size", "100000x100000", "--n", "1", "--out", "{tmp}/syn"], "--size HxW"),
+    ("labels-beyond-classes-audit", ["audit", "{model}", "--images", "{tmp}", "--labels", "{tmp}/labels.csv",
+                                     "--out", "{tmp}/a"], "beyond the model's 4 classes"),
+    ("labels-beyond-classes-compare", ["compare", "{model}", "{model}", "--images", "{tmp}", "--labels",
+                                       "{tmp}/labels.csv"], "beyond the model's 4 classes"),
+    ("audit-embed-zero", ["audit", "{model}", "--synth", "4", "--out", "{tmp}/a", "--embed", "0"], "--embed"),
     ("samples-zero", ["saliency", "{model}", "{image}", "--out", "{tmp}/s", "--samples", "0"], "--samples"),
 ]
 

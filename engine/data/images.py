@@ -10,7 +10,8 @@ import numpy as np
 from engine.errors import ImageError, InputShapeError, UsageError
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-MAX_PIXELS = 50_000_000  # largest image decoded (width × height); `onnxlens --max-pixels N` sets it
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # largest image decoded (width × height); `onnxlens --max-pixels N` sets it
 LAYOUTS = ("HWC", "CHW")
 RESIZE_POLICIES = ("squash", "shorter-side+center-crop")
 
