@@ -218,3 +218,14 @@ def test_bad_model_is_one_line_and_exit_2(files, build, args, words):
 def test_a_rule_that_needs_an_unknown_shape_names_it():
     with pytest.raises(UnsupportedOpError, match="GlobalAveragePool node 'gap' needs the shape of 'relu2'"):
         differentiate(_custom_op_on_the_path(), "logits", ["pool1"])
+
+
+@pytest.mark.parametrize("number, accepted", [("-3", "0..65535"), (str(10**10), "0..65535")])
+def test_broden_label_numbers_out_of_range(files, number, accepted):
+    concepts = files["tmp"] / f"broden{number}"
+    assert CliRunner().invoke(cli.main, ["synth", "--n", "2", "--out", str(concepts)]).exit_code == 0
+    with open(concepts / "label.csv", "a") as f:
+        f.write(f"{number},odd,shape(0),0,0.0,odd\n")
+    result = CliRunner().invoke(cli.main, ["dissect", files["model"], "--concepts", str(concepts), "--out",
+                                           str(files["tmp"] / "d")])
+    assert_one_line_error(result, "label.csv", number, accepted)
