@@ -21,6 +21,7 @@ from engine.graph.quantized import dequantize_operators
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
+from engine.memory import check_fits
 from engine.runtime import feeds as extras, rewrite
 from engine.runtime.batch import batch_plan, in_chunks
 from engine.runtime.session import RUN_ERRORS, create_session, run_error
@@ -419,6 +420,9 @@ class Model:
             raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
         rgbs = [as_rgb(item) for item in items]
         size = self.input_size or tuple(d or int(s) for d, s in zip(self.input.size, size or rgbs[0].shape[:2]))
+        check_fits(len(rgbs) * size[0] * size[1] * self.input.channels * 9,  # uint8 resized + float32 twice
+                   f"{len(rgbs)} inputs of {size[0]}×{size[1]}", "use a smaller input size, input_size=(H, W), or "
+                   "fewer images per batch")
         batch = np.stack([resize(rgb, size, self.preprocessing.resize) for rgb in rgbs])
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
         return _as_dtype(x, self.input.dtype)

@@ -203,6 +203,8 @@ MODELS = [
     ("short-labels-predict", _labels_shorter_than_dynamic_classes, ["predict", "{image}"], ["2 labels", "4 classes"]),
     ("short-labels-cam", _labels_shorter_than_dynamic_classes, ["cam", "{image}", "--out", "{tmp}/c"], ["2 labels"]),
     ("custom-op-cam", _custom_op_on_the_path, ["cam", "{image}", "--layer", "pool1", "--out", "{tmp}/c"], []),
+    ("input-100000-square", lambda: classifier(shape=("N", 3, 100000, 100000)), ["predict", "{image}"],
+     ["100000×100000", "--size HxW"]),
     ("cycle-predict", _cycle, ["predict", "{image}"], ["acyclic"]),
     ("cycle-cam", _cycle, ["cam", "{image}", "--out", "{tmp}/c"], []),
 ]
@@ -210,7 +212,7 @@ MODELS = [
 
 @pytest.mark.parametrize("build, args, words", [case[1:] for case in MODELS], ids=[case[0] for case in MODELS])
 def test_bad_model_is_one_line_and_exit_2(files, build, args, words):
-    path = save(build(), files["tmp"] / f"{build.__name__}.onnx")
+    path = save(build(), files["tmp"] / f"{build.__name__.strip('<>')}.onnx")
     command, *rest = args
     assert_one_line_error(CliRunner().invoke(cli.main, [command, str(path), *_args(files, rest)]), *words)
 
