@@ -192,6 +192,25 @@ def _cycle():
     return model
 
 
+def _loop(trips):
+    """The logits plus 1 added ``trips`` times by a Loop."""
+    make, info = onnx.helper.make_node, onnx.helper.make_tensor_value_info
+    body = onnx.helper.make_graph(
+        [make("Identity", ["cond_in"], ["cond_out"]), make("Add", ["acc_in", "one"], ["acc_out"])], "body",
+        [info("i", onnx.TensorProto.INT64, []), info("cond_in", onnx.TensorProto.BOOL, []),
+         info("acc_in", onnx.TensorProto.FLOAT, None)],
+        [info("cond_out", onnx.TensorProto.BOOL, []), info("acc_out", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    constants = [onnx.numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+                 onnx.numpy_helper.from_array(np.array(True), "cond")]
+    return _with_tail([make("Loop", ["trips", "cond", "logits"], ["looped"], body=body, name="the_loop")],
+                      "looped", constants)
+
+
+def _loop_of_10_to_the_15():
+    return _loop(10**15)
+
+
 # (case id, model builder, CLI arguments after the command's model path, words the error line must contain)
 MODELS = [
     ("reshape-fails-predict", _reshape_to_256, ["predict", "{image}", "--size", "12x12"],
@@ -205,6 +224,7 @@ MODELS = [
     ("custom-op-cam", _custom_op_on_the_path, ["cam", "{image}", "--layer", "pool1", "--out", "{tmp}/c"], []),
     ("input-100000-square", lambda: classifier(shape=("N", 3, 100000, 100000)), ["predict", "{image}"],
      ["100000×100000", "--size HxW"]),
+    ("loop-10-to-the-15", _loop_of_10_to_the_15, ["predict", "{image}"], ["the_loop", "1000000000000000 iterations"]),
     ("cycle-predict", _cycle, ["predict", "{image}"], ["acyclic"]),
     ("cycle-cam", _cycle, ["cam", "{image}", "--out", "{tmp}/c"], []),
 ]
@@ -231,3 +251,19 @@ def test_broden_label_numbers_out_of_range(files, number, accepted):
     result = CliRunner().invoke(cli.main, ["dissect", files["model"], "--concepts", str(concepts), "--out",
                                            str(files["tmp"] / "d")])
     assert_one_line_error(result, "label.csv", number, accepted)
+
+
+def test_a_small_loop_still_runs(files):
+    path = save(_loop(3), files["tmp"] / "loop3.onnx")
+    assert CliRunner().invoke(cli.main, ["predict", str(path), files["image"]]).exit_code == 0
+
+
+def test_external_data_with_a_negative_length(files):
+    folder = files["tmp"] / "external"
+    folder.mkdir()
+    path = save(classifier(shape=("N", 3, 8, 8)), folder / "m.onnx", external="m.data")
+    model = onnx.load(str(path), load_external_data=False)
+    entry = next(e for e in model.graph.initializer[0].external_data if e.key == "length")
+    entry.value = "-5"
+    onnx.save(model, str(path))
+    assert_one_line_error(CliRunner().invoke(cli.main, ["predict", str(path), files["image"]]), "negative")
