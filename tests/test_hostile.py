@@ -72,6 +72,9 @@ ARGUMENTS = [
     ("labels-beyond-classes-compare", ["compare", "{model}", "{model}", "--images", "{tmp}", "--labels",
                                        "{tmp}/labels.csv"], "beyond the model's 4 classes"),
     ("audit-embed-zero", ["audit", "{model}", "--synth", "4", "--out", "{tmp}/a", "--embed", "0"], "--embed"),
+    ("embed-synth-huge", ["embed", "{model}", "--synth", str(10**12), "--out", "{tmp}/e"], "--synth N"),
+    ("compare-synth-huge", ["compare", "{model}", "{model}", "--synth", str(10**12)], "--synth N"),
+    ("audit-synth-huge", ["audit", "{model}", "--synth", str(10**12), "--out", "{tmp}/a"], "--synth N"),
     ("samples-zero", ["saliency", "{model}", "{image}", "--out", "{tmp}/s", "--samples", "0"], "--samples"),
 ]
 
