@@ -228,6 +228,7 @@ MODELS = [
     ("input-100000-square", lambda: classifier(shape=("N", 3, 100000, 100000)), ["predict", "{image}"],
      ["100000×100000", "--size HxW"]),
     ("loop-10-to-the-15", _loop_of_10_to_the_15, ["predict", "{image}"], ["the_loop", "1000000000000000 iterations"]),
+    ("loop-cam", lambda: _loop(3), ["cam", "{image}", "--out", "{tmp}/c"], ["'looped'", "Loop"]),
     ("cycle-predict", _cycle, ["predict", "{image}"], ["acyclic"]),
     ("cycle-cam", _cycle, ["cam", "{image}", "--out", "{tmp}/c"], []),
 ]

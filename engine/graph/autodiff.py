@@ -145,7 +145,8 @@ def _check_request(graph, shapes, types, constants, output, wrt):
     if taken:
         raise LayerError(f"the model already has a tensor named {taken[0]!r}: rename it before differentiating")
     if output not in shapes:
-        raise LayerError(f"no shape known for output {output!r}: normalize the model first")
+        raise LayerError(f"no shape known for output {output!r} (shape inference cannot see through a Loop or a "
+                         "custom op before it): explain a layer before that op, or export the model with static shapes")
 
 
 def _cone(nodes, output, wrt, types):
