@@ -28,6 +28,33 @@ class Group(click.Group):
                 raise
             click.echo(f"error: {_cli_words(str(err))}", err=True)
             ctx.exit(2)
+        except click.UsageError as err:  # a bad option value: one line too, not click's usage block
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+            ctx.exit(2)
+
+
+class FiniteFloat(click.FloatRange):
+    """A click float type that also refuses NaN and ±inf, saying the accepted range.
+
+    >>> FiniteFloat(min=0).convert("0.5", None, None)
+    0.5
+    """
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not np.isfinite(number):
+            self.fail(f"{value!r} is not a finite number (accepted: {self._describe_range()})", param, ctx)
+        return number
+
+    def _describe_range(self):
+        return "any finite number" if self.min is None and self.max is None else super()._describe_range()
+
+
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 # The engine names Python arguments in its messages; a CLI user reads the options that set them.
@@ -53,11 +80,16 @@ def _cli_words(message):
 
 @click.group(cls=Group)
 @click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
+@click.option("--max-pixels", type=click.IntRange(min=1), metavar="N",
+              help="Refuse images larger than N pixels before decoding them (default 50000000).")
 @click.version_option("0.1.0", prog_name="onnxlens")
 @click.pass_context
-def main(ctx, debug):
+def main(ctx, debug, max_pixels):
     """Explain and inspect CNNs exported to ONNX; augment images fast."""
     ctx.obj = {"debug": debug}
+    from engine.data import images
+
+    images.MAX_PIXELS = max_pixels or images.DEFAULT_MAX_PIXELS
 
 
 _provider_option = click.option("--provider", default="auto", show_default=True,
@@ -465,7 +497,7 @@ def cam(model, images, target, output_kind, output_name, logits, blank, out, bat
               type=click.Choice(["vanilla", "gradxinput", "smoothgrad", "integrated", "guided", "deconvnet",
                                  "guided-gradcam"]))
 @click.option("--samples", default=25, show_default=True, type=click.IntRange(min=1), help="SmoothGrad samples.")
-@click.option("--noise", default=0.15, show_default=True, type=float, help="SmoothGrad noise level.")
+@click.option("--noise", default=0.15, show_default=True, type=FiniteFloat(min=0), help="SmoothGrad noise level.")
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")
@@ -488,15 +520,15 @@ def saliency(model, images, target, output_kind, output_name, logits, blank, out
 @click.option("--layer", help="Layer of the channel to maximize (with --channel).")
 @click.option("--channel", type=click.IntRange(min=0), help="Channel whose mean activation is maximized.")
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=0.1, show_default=True, type=float, help="Step size (gradient scaled to unit RMS).")
-@click.option("--l2", default=1e-4, show_default=True, type=float, help="Weight decay λ in x ← x + α·g − 2λx.")
+@click.option("--lr", default=0.1, show_default=True, type=FiniteFloat(min=0, min_open=True), help="Step size (gradient scaled to unit RMS).")
+@click.option("--l2", default=1e-4, show_default=True, type=FiniteFloat(min=0), help="Weight decay λ in x ← x + α·g − 2λx.")
 @click.option("--start", default="zeros", show_default=True, help="zeros, noise or an image file.")
 @click.option("--jitter", default=2, show_default=True, type=click.IntRange(min=0), help="Random shift in pixels.")
 @click.option("--blur-every", default=4, show_default=True, type=click.IntRange(min=0),
               help="Blur every k steps (0: never).")
 @click.option("--fourier", is_flag=True, help="Decorrelated Fourier parameterization (1/f spectrum).")
 @click.option("--decorrelate", is_flag=True, help="Decorrelate colours (ImageNet colour correlation).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", required=True, metavar="PNG", callback=_out_image,
               help="Result image; the strip of steps goes to <name>_steps.png.")
 @_model_options()
@@ -525,7 +557,7 @@ def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_e
 @_images_argument(required=False)
 @click.option("--images", "image_options", multiple=True, hidden=True, help="Older spelling of IMAGES.")
 @click.option("--synth", type=click.IntRange(min=1), help="Evaluate on N generated Shapes images.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated images.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the generated images.")
 @_masks_option
 @click.option("--method", default="gradcam", show_default=True, help="A CAM or saliency method.")
 @click.option("--layer", default="auto", show_default=True)
@@ -582,8 +614,8 @@ def _source(images, synth_n, seed, concepts):
 _image_set_options = _options(
     click.argument("model"),
     _images_argument(required=False),
-    click.option("--synth", "synth_n", type=int, metavar="N", help="Use N Shapes-world images instead of files."),
-    click.option("--seed", default=0, show_default=True, help="Shapes-world seed for --synth."),
+    click.option("--synth", "synth_n", type=click.IntRange(min=1), metavar="N", help="Use N Shapes-world images instead of files."),
+    click.option("--seed", default=0, show_default=True, type=SEED, help="Shapes-world seed for --synth."),
     click.option("--concepts", metavar="DIR", help="Use the images of a Broden-layout folder."),
 )
 
@@ -640,7 +672,7 @@ def neighbors(folder, query, k, metric, out, load):
 @click.argument("folder")
 @click.option("--method", default="tsne", show_default=True, type=click.Choice(["tsne", "pca"]))
 @click.option("--thumbnails", is_flag=True, help="Draw image thumbnails at (non-overlapping) points.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", required=True, metavar="PNG", callback=_out_image)
 def project(folder, method, thumbnails, seed, out):
     """Scatter plot of an embedding folder in 2-D (t-SNE or PCA), coloured by label."""
@@ -696,7 +728,7 @@ def activations(model, image, layer, out, load):
 @click.option("--layer", default="auto", show_default=True, help="Layer to dissect (auto: the last spatial map).")
 @click.option("--quantile", default=0.995, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Activation quantile of each unit's threshold.")
-@click.option("--iou", default=0.04, show_default=True, type=float, help="IoU above which a unit detects a concept.")
+@click.option("--iou", default=0.04, show_default=True, type=FiniteFloat(0, 1), help="IoU above which a unit detects a concept.")
 @click.option("--top", default=8, show_default=True, type=click.IntRange(min=1), help="Images per unit sheet.")
 @_batch_size_option(32)
 @click.option("--out", required=True, metavar="DIR", callback=_out_folder)
@@ -834,8 +866,8 @@ def _log_section(timing):
 _audit_data_options = _options(
     click.option("--images", metavar="DIR|GLOB", help="A folder of images (searched recursively), or a quoted glob."),
     click.option("--labels", metavar="FILE", help="CSV image,label (class name or index) for --images."),
-    click.option("--synth", type=int, metavar="N", help="Use N generated Shapes-world images instead."),
-    click.option("--seed", default=0, show_default=True, help="Seed of the generated images."),
+    click.option("--synth", type=click.IntRange(min=1), metavar="N", help="Use N generated Shapes-world images instead."),
+    click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the generated images."),
 )
 
 
@@ -845,10 +877,10 @@ _audit_data_options = _options(
 @click.option("--out", required=True, metavar="DIR", callback=_out_folder, help="Folder for index.html.")
 @click.option("--masks", metavar="DIR", help="Object masks for --images (same relative paths, non-zero = object): "
                                               "enables the pointing game.")
-@click.option("--gallery", default=8, show_default=True, help="Images in the CAM and saliency galleries.")
-@click.option("--embed", default=200, show_default=True, help="Images in the t-SNE plot, neighbours and patches.")
-@click.option("--dissect", default=200, show_default=True, help="Generated images to dissect.")
-@click.option("--classviz-steps", default=64, show_default=True, help="Gradient-ascent steps per class visualization.")
+@click.option("--gallery", default=8, show_default=True, type=click.IntRange(min=0), help="Images in the CAM and saliency galleries.")
+@click.option("--embed", default=200, show_default=True, type=click.IntRange(min=1), help="Images in the t-SNE plot, neighbours and patches.")
+@click.option("--dissect", default=200, show_default=True, type=click.IntRange(min=0), help="Generated images to dissect.")
+@click.option("--classviz-steps", default=64, show_default=True, type=click.IntRange(min=1), help="Gradient-ascent steps per class visualization.")
 @_model_options(labels=False)  # audit's --labels is the CSV of true labels
 @_scale_options
 def audit(model, images, labels, synth, seed, out, masks, gallery, embed, dissect, classviz_steps, load, scale):
@@ -868,7 +900,7 @@ def audit(model, images, labels, synth, seed, out, masks, gallery, embed, dissec
 @_audit_data_options
 @click.option("--out", metavar="DIR", callback=_out_folder, help="Also write DIR/index.html and DIR/compare.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--worst", default=5, show_default=True, help="Images listed as least agreeing.")
+@click.option("--worst", default=5, show_default=True, type=click.IntRange(min=0), help="Images listed as least agreeing.")
 @_model_options(labels=False)  # compare's --labels is the CSV of true labels
 def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, load):
     """Agreement of two variants of one network: outputs and Grad-CAM maps."""
@@ -894,7 +926,7 @@ def compare(model_a, model_b, images, labels, synth, seed, out, as_json, worst, 
 @main.command()
 @click.option("--out", default="demo-out", show_default=True, metavar="DIR", callback=_out_folder,
               help="Folder for the report.")
-@click.option("--n", default=200, show_default=True, help="Generated images to audit.")
+@click.option("--n", default=200, show_default=True, type=click.IntRange(min=1), help="Generated images to audit.")
 @_provider_option
 def demo(out, n, provider):
     """Audit the shipped Shapes ResNet on generated images and compare it with its int8 version."""

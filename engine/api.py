@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from engine.data import preprocess as presets
 from engine.data.images import as_rgb, image_list, resize
-from engine.data.labels import parse_labels, probabilities, read_labels
+from engine.data.labels import check_labels, parse_labels, probabilities, read_labels
 from engine.errors import InputShapeError, LayerError, ModelLoadError, UnsupportedOpError, UsageError
 from engine.graph import cone, modules as module_scopes, pixels, shapes
 from engine.graph.half import rounding_tensors, widen_float16
@@ -21,9 +21,10 @@ from engine.graph.quantized import dequantize_operators
 from engine.graph.receptive import receptive_fields
 from engine.graph.taps import add_taps
 from engine.graph.autodiff import MODES, SEED, grad_name
+from engine.memory import check_fits
 from engine.runtime import feeds as extras, rewrite
 from engine.runtime.batch import batch_plan, in_chunks
-from engine.runtime.session import RUN_ERRORS, create_session
+from engine.runtime.session import RUN_ERRORS, create_session, run_error
 
 
 @dataclass(frozen=True)
@@ -419,6 +420,9 @@ class Model:
             raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
         rgbs = [as_rgb(item) for item in items]
         size = self.input_size or tuple(d or int(s) for d, s in zip(self.input.size, size or rgbs[0].shape[:2]))
+        check_fits(len(rgbs) * size[0] * size[1] * self.input.channels * 9,  # uint8 resized + float32 twice
+                   f"{len(rgbs)} inputs of {size[0]}×{size[1]}", "use a smaller input size, input_size=(H, W), or "
+                   "fewer images per batch")
         batch = np.stack([resize(rgb, size, self.preprocessing.resize) for rgb in rgbs])
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
         return _as_dtype(x, self.input.dtype)
@@ -458,9 +462,7 @@ class Model:
             else:
                 values = execute(feed, seeds)
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise InputShapeError(f"ONNX Runtime cannot run '{self.path.name}' on a {_shown(x.shape)} batch "
-                                  f"({reason}): try another input size, input_size=(H, W), e.g. a multiple of 32") from err
+            raise run_error(err, self.path.name, _shown(x.shape)) from err
         n, k = len(self._output_names), len(activations)
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
 
@@ -595,6 +597,7 @@ class Model:
         for start in range(0, len(items), step):
             chunk = items[start:start + step]
             scores = probabilities(self.run(self.preprocess(chunk)).outputs[0])
+            check_labels(self.labels, scores.shape[1])
             for item, row in zip(chunk, scores):
                 order = np.argsort(-row, kind="stable")[: int(top)]
                 ranked = [Top(int(i), self.labels[i] if self.labels else None, float(row[i])) for i in order]

@@ -23,6 +23,11 @@ class InputShapeError(OnnxlensError):
     """An input array or image size does not fit the model."""
 
 
+class ModelRunError(InputShapeError):
+    """ONNX Runtime failed while running the model; the message names the failing node (an input
+    size the graph cannot take is the usual cause, hence an InputShapeError)."""
+
+
 class LayerError(OnnxlensError):
     """A layer (tensor) name is unknown or cannot be used for the request."""
 

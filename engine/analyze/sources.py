@@ -4,11 +4,13 @@ A source has ``names`` (how ``index.csv`` refers to each image, re-readable by
 :func:`read_named`) and ``batches(batch_size)`` yielding ``(start, images, labels)``: uint8 RGB
 arrays and a class name (or None) per image.
 """
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.data.images import read_image
 from engine.errors import DatasetError, UsageError
+from engine.memory import check_fits
 
 SYNTH_PREFIX = "synth:"
 
@@ -57,6 +59,8 @@ def from_synth(n, seed=0, size=(96, 96)):
     n, seed = int(n), int(seed)
     if n < 1:
         raise UsageError(f"--synth needs at least one image, got {n}")
+    check_fits(n * (sys.getsizeof(f"{SYNTH_PREFIX}{seed}:{n}") + 8), f"the names of {n} generated images",
+               "generate fewer (--synth N)")  # the names list below, before any image
 
     def load(start, stop):
         scene = synth.generate(stop - start, seed=seed, size=size, start=start)

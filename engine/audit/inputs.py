@@ -142,6 +142,9 @@ def _read_labels(path, class_names):
         if label in index:
             classes.append(index[label])
         elif label.isdigit():
+            if class_names and int(label) >= len(class_names):
+                raise DatasetError(f"label {label} of '{row['image']}' in '{path}' is beyond the model's "
+                                   f"{len(class_names)} classes: use indices 0..{len(class_names) - 1} or class names")
             classes.append(int(label))
         else:
             raise DatasetError(f"label '{label}' of '{row['image']}' in '{path}' is neither a class name of the "

@@ -20,7 +20,7 @@ from engine.analyze.sources import Source
 from engine.api import Model
 from engine.data.broden import read_concepts, write_concepts
 from engine.data.synth import CLASSES as SHAPES_CLASSES
-from engine.errors import OnnxlensError
+from engine.errors import DatasetError, OnnxlensError
 from engine.explain import cam, class_visualization, evaluate
 from engine.explain import saliency as explain_saliency
 from engine.explain.metrics import pointing_game
@@ -108,7 +108,13 @@ class Context:
     def truth(self):
         """The images' labels as this model's class indices, or None (no labels, or labels of
         other classes: see :meth:`labels_mismatch`)."""
-        return self.data.labels if self.labels_mismatch() is None else None
+        if self.labels_mismatch() is not None or self.data.labels is None:
+            return None
+        classes = _predict(self).shape[1]
+        if len(self.data.labels) and self.data.labels.max() >= classes:
+            raise DatasetError(f"the labels name class {self.data.labels.max()} but the model has {classes} classes: "
+                               f"use indices 0..{classes - 1}")
+        return self.data.labels
 
 
 def shapes_mismatch(names, classes):

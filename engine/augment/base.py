@@ -73,9 +73,24 @@ def as_range(value, name, low=-np.inf, high=np.inf):
         lo, hi = (float(value),) * 2 if np.isscalar(value) else (float(v) for v in value)
     except (TypeError, ValueError):
         raise UsageError(f"{name} must be a number or a (lo, hi) pair, got {value!r}") from None
-    if not (low <= lo <= hi <= high):
-        raise UsageError(f"{name} must lie within [{low}, {high}] with lo ≤ hi, got {value!r}")
+    if not (low <= lo <= hi <= high) or not np.isfinite([lo, hi]).all():
+        raise UsageError(f"{name} must be finite and lie within [{low}, {high}] with lo ≤ hi, got {value!r}")
     return float(lo), float(hi)
+
+
+def fill_level(value, name="fill"):
+    """A constant fill colour as a 0–255 level; raises UsageError for anything else.
+
+    >>> fill_level(128)
+    128
+    """
+    try:
+        level = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a number from 0 to 255, got {value!r}") from None
+    if not 0 <= level <= 255:
+        raise UsageError(f"{name} must be a number from 0 to 255, got {value!r}")
+    return int(level) if level.is_integer() else level
 
 
 def uniform(rng, bounds, n):

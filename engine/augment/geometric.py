@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from engine.augment import kernels as K
-from engine.augment.base import Op, as_range, uniform
+from engine.augment.base import Op, as_range, fill_level, uniform
 from engine.errors import InputShapeError, UsageError
 
 
@@ -127,7 +127,7 @@ class Affine(Geometric):
         self.shear_y = as_range(shear_y, "shear_y", -89.0, 89.0)
         self.interpolation = _choice(interpolation, K.INTERPOLATIONS, "interpolation")
         self.border = _choice(border, K.BORDERS, "border")
-        self.fill = fill
+        self.fill = fill_level(fill)
 
     def draw(self, rng, n, shape):
         return {k: uniform(rng, getattr(self, k), n) for k in
@@ -186,7 +186,7 @@ class Perspective(Geometric):
         self.scale = as_range(scale, "scale", 0.0, 0.5)
         self.interpolation = _choice(interpolation, K.INTERPOLATIONS, "interpolation")
         self.border = _choice(border, K.BORDERS, "border")
-        self.fill = fill
+        self.fill = fill_level(fill)
 
     def draw(self, rng, n, shape):
         return {"offsets": uniform(rng, self.scale, (n, 4, 2))}

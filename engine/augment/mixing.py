@@ -36,8 +36,8 @@ class Mixing(Op):
 
     def __init__(self, alpha=1.0, p=1.0):
         super().__init__(p)
-        if not np.isscalar(alpha) or alpha <= 0:
-            raise UsageError(f"alpha must be a positive number, got {alpha!r}")
+        if not np.isscalar(alpha) or not np.isfinite(alpha) or alpha <= 0:
+            raise UsageError(f"alpha must be a positive finite number, got {alpha!r}")
         self.alpha = float(alpha)
 
     def draw(self, rng, n, shape):

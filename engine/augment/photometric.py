@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from engine.augment import kernels as K
-from engine.augment.base import Op, as_range, uniform
+from engine.augment.base import Op, as_range, fill_level, uniform
 from engine.errors import UsageError
 
 
@@ -292,7 +292,7 @@ class GaussianBlur(Ranged):
     """
 
     key = "sigma"
-    bounds = (1e-3, np.inf)
+    bounds = (1e-3, 100.0)  # a 701-pixel kernel; beyond that every image is one flat colour anyway
 
     def __init__(self, sigma=(0.5, 2.0), p=1.0):
         super().__init__(sigma, p)
@@ -335,7 +335,7 @@ class CoarseDropout(Op):
         super().__init__(p)
         self.holes = tuple(int(v) for v in as_range(holes, "holes", 0))
         self.size = as_range(size, "size", 0.0, 1.0)
-        self.fill = fill
+        self.fill = fill_level(fill)
 
     def draw(self, rng, n, shape):
         h, w = shape[:2]
@@ -371,7 +371,7 @@ class Erasing(CoarseDropout):
         Op.__init__(self, p)
         self.scale = as_range(scale, "scale", 0.0, 1.0)
         self.ratio = as_range(ratio, "ratio", 1e-3)
-        self.fill = fill
+        self.fill = fill_level(fill)
 
     def draw(self, rng, n, shape):
         h, w = shape[:2]

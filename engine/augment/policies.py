@@ -13,7 +13,7 @@ import numpy as np
 
 from engine.augment import geometric as G
 from engine.augment import photometric as P
-from engine.augment.base import (Choice, _per_image, as_range, count, parallel_apply, row,
+from engine.augment.base import (Choice, _per_image, as_range, count, fill_level, parallel_apply, row,
                                  select, shape_of)
 from engine.errors import UsageError
 
@@ -68,7 +68,7 @@ class Policy(Choice):
 
     def __init__(self, steps, fill=128, p=1.0):
         super().__init__(p)
-        self.fill = fill
+        self.fill = fill_level(fill)
         affine = G.Affine(fill=fill)
         self._ops = {"Identity": None, "AutoContrast": P.AutoContrast(), "Equalize": P.Equalize(),
                      "Rotate": affine, "Solarize": P.Solarize(), "Color": P.Saturation(),

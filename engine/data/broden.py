@@ -203,11 +203,19 @@ def _cell(text):
     return [int(v) if v.isdigit() else v for v in text.split(";") if v]
 
 
-def _int(path, value):
+MAX_LABEL = 2**16 - 1  # masks hold a label number in their red and green bytes
+
+
+def _int(path, value, high=None):
+    """``value`` as an integer from 0 to ``high`` (no upper limit when None), else DatasetError."""
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         raise DatasetError(f"{path} holds '{value}' where a number belongs: fix or regenerate the file") from None
+    if number < 0 or (high is not None and number > high):
+        accepted = f"0..{high}" if high is not None else "0 or more"
+        raise DatasetError(f"{path} holds {number} where a number {accepted} belongs: fix or regenerate the file")
+    return number
 
 
 def read_concepts(root):
@@ -230,7 +238,7 @@ def read_concepts(root):
         rows.append(row)
     labels = []
     for r in _read_csv(root / "label.csv", ["number", "name", "category"]):
-        number = _int(root / "label.csv", r["number"])
+        number = _int(root / "label.csv", r["number"], MAX_LABEL)
         labels += [None] * (number + 1 - len(labels))
         labels[number] = {
             "number": number, "name": r["name"],

@@ -1,6 +1,7 @@
 """Reading images into uint8 H×W×3 RGB arrays, choosing image sets, and resizing them as every part
 of onnxlens does."""
 import glob
+import struct
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,8 @@ import numpy as np
 from engine.errors import ImageError, InputShapeError, UsageError
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # largest image decoded (width × height); `onnxlens --max-pixels N` sets it
 LAYOUTS = ("HWC", "CHW")
 RESIZE_POLICIES = ("squash", "shorter-side+center-crop")
 
@@ -26,10 +29,67 @@ def read_image(path):
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise ImageError(f"cannot read image '{path}': {err.strerror or err}; check the path") from err
+    size = header_size(data[:65536].tobytes())
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(f"image '{path}' is {size[1]}×{size[0]} ({size[0] * size[1] / 1e6:.0f} MP), above the limit of "
+                         f"{MAX_PIXELS / 1e6:g} MP: shrink it, or raise the limit with onnxlens --max-pixels N")
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         raise ImageError(f"'{path}' is not an image OpenCV can decode: pass PNG, JPEG, BMP, TIFF or WebP files")
     return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def header_size(head):
+    """(height, width) that a PNG, JPEG, BMP or WebP file declares in its first bytes ``head``,
+    read without decoding it; None for other formats or a header too short or malformed.
+
+    >>> header_size(open("cat.png", "rb").read(64))
+    (224, 224)
+    """
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        width, height = struct.unpack(">II", head[16:24])
+        return height, width
+    if head[:2] == b"BM" and len(head) >= 26:
+        width, height = struct.unpack("<ii", head[18:26])
+        return abs(height), abs(width)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        return _webp_size(head)
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(head)
+    return None
+
+
+def _webp_size(head):
+    chunk = head[12:16]
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(head[27:30], "little"), 1 + int.from_bytes(head[24:27], "little")
+    if chunk == b"VP8L":
+        bits = int.from_bytes(head[21:25], "little")
+        return 1 + ((bits >> 14) & 0x3FFF), 1 + (bits & 0x3FFF)
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", head[26:30])
+        return height & 0x3FFF, width & 0x3FFF
+    return None
+
+
+def _jpeg_size(head):
+    """The size in a JPEG's first start-of-frame segment (markers C0–CF but C4, C8, CC)."""
+    at = 2
+    while at + 9 <= len(head):
+        if head[at] != 0xFF:
+            return None
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", head[at + 5:at + 9])
+            return height, width
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD9:  # markers without a length
+            at += 2
+            continue
+        at += 2 + struct.unpack(">H", head[at + 2:at + 4])[0]
+    return None
 
 
 def image_files(specs, recursive=False):

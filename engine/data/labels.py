@@ -41,6 +41,17 @@ def read_labels(path):
     return parse_labels(text, f"labels file '{path}'")
 
 
+def check_labels(labels, classes):
+    """Raise UsageError when there are labels but not ``classes`` of them (a dynamic class
+    dimension is only known once the model has run).
+
+    >>> check_labels(["cat", "dog"], 2)
+    """
+    if labels is not None and len(labels) != classes:
+        raise UsageError(f"{len(labels)} labels given but the model outputs {classes} classes: fix the labels "
+                         "(onnxlens tag MODEL --labels FILE retags the model)")
+
+
 def probabilities(output):
     """Rows of ``output`` (flattened per image) as probability vectors: kept if they already are
     (non-negative, each summing to 1 within 1e-3), else passed through a softmax.

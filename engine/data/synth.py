@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.data.preprocess import LUMA
 from engine.errors import UsageError
+from engine.memory import check_fits
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart")
 COLORS = {
@@ -228,6 +229,8 @@ def generate(n, seed=0, size=(96, 96), start=0):
         raise UsageError(f"image size {h}x{w} is too small: use at least 16x16")
     if n < 0 or seed < 0 or start < 0:
         raise UsageError("n, seed and start must be non-negative integers")
+    check_fits(n * h * w * (3 + 1 + len(CONCEPTS)), f"{n} generated {h}x{w} images with their masks",
+               "generate fewer (--synth N, --n N) or smaller (--size HxW) images")
     images = np.empty((n, h, w, 3), np.uint8)
     labels = np.empty(n, np.int64)
     masks = np.zeros((n, h, w), bool)

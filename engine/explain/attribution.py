@@ -10,6 +10,7 @@ an attribution shaped like ``x``; :func:`reduce` turns it into an N×H×W map.
 import numpy as np
 
 from engine.errors import UsageError
+from engine.memory import check_fits
 
 
 def vanilla(gradient, x, seeds, batch=64):
@@ -57,6 +58,8 @@ def smoothgrad(gradient, x, seeds, samples=25, noise=0.15, rng=0, batch=64):
     n = len(x)
     flat = x.reshape(n, -1)
     sigma = noise * (flat.max(axis=1) - flat.min(axis=1))
+    check_fits(20 * n * samples * int(np.prod(x.shape[1:])), f"SmoothGrad's {samples} noisy copies of {n} images",
+               "lower samples (--samples)")  # float64 draws, float32 copies and gradients
     eps = rng.standard_normal((n, samples, *x.shape[1:])).astype(np.float32)
     noisy = x[:, None] + sigma.reshape(n, 1, *[1] * (x.ndim - 1)) * eps
     grads = _batched(gradient, noisy.reshape(n * samples, *x.shape[1:]),

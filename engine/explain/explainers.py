@@ -346,6 +346,9 @@ def _baseline(model, baseline, image_shape):
     if baseline == "black":
         return model.preprocess([np.zeros(image_shape, np.uint8)])
     try:
-        return float(baseline)
+        value = float(baseline)
     except (TypeError, ValueError):
         raise UsageError(f"unknown baseline '{baseline}': use zero, black or a number") from None
+    if not np.isfinite(value):
+        raise UsageError(f"baseline {baseline} is not a finite number: use zero, black or a finite number")
+    return value

@@ -7,7 +7,7 @@ import numpy as np
 
 from engine.data.files import output_set, write_image, write_json, write_npz
 from engine.data.images import as_rgb, visible_part
-from engine.data.labels import probabilities
+from engine.data.labels import check_labels, probabilities
 from engine.viz.overlay import draw_box, overlay
 
 
@@ -59,6 +59,7 @@ def _write_explanation(exp, model, images, out, name, stage):
                 "predicted": None, "target": {"index": int(target), "mask": True}}
         if exp.output.get("kind", "classifier") == "classifier" and "mask" not in detail:
             scores = exp.scores[i]
+            check_labels(labels, scores.size)
             probs = probabilities(scores[None])[0]
             top = int(scores.argmax())
             item["predicted"] = {"index": top, "label": labels[top] if labels else None,

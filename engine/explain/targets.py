@@ -115,9 +115,12 @@ def parse(text, labels=None):
     return Target("class", index=_class(text, labels, text))
 
 
+MAX_INDEX = 2**31 - 1  # beyond any tensor's size; larger numbers would overflow numpy's int64
+
+
 def _class(value, labels, text):
     if value.lstrip("-").isdigit():
-        return int(value)
+        return _bounded(int(value), text)
     if labels and value in labels:
         return list(labels).index(value)
     raise UsageError(f"target '{text}': '{value}' is neither a class index nor one of the model's labels; "
@@ -134,7 +137,14 @@ def _numbers(value, text):
 def _count(value, text):
     if not value.strip().isdigit():
         raise UsageError(f"target '{text}' needs a non-negative integer after the colon; targets are {VOCABULARY}")
-    return int(value)
+    return _bounded(int(value), text)
+
+
+def _bounded(index, text):
+    if abs(index) > MAX_INDEX:
+        raise UsageError(f"target '{text}': index {index} is out of range (accepted: -{MAX_INDEX}..{MAX_INDEX}, "
+                         "within the model's classes)")
+    return index
 
 
 def _xyxy(numbers, text):

@@ -78,7 +78,16 @@ def differentiate(model, output, wrt, mode="standard"):
                 f"no gradient rule for op {node.op_type} (node {node.name or node.output[0]!r}) on the "
                 f"path from {', '.join(wrt)} to {output}: pick a layer after it or request a rule")
         ctx.node_name = node.name or node.output[0]
-        in_grads = fn(ctx, node, out_grads)
+        try:
+            in_grads = fn(ctx, node, out_grads)
+        except (TypeError, ValueError) as err:  # a rule that needs a shape nothing could infer
+            unknown = [t for t in (*node.input, *node.output) if t and ctx.shape(t) is None and ctx.value(t) is None]
+            if not unknown:
+                raise
+            raise UnsupportedOpError(
+                f"the gradient of {node.op_type} node {ctx.node_name!r} needs the shape of {unknown[0]!r}, which "
+                "shape inference cannot find (a custom op, a Loop or a symbolic shape before it): pick a layer "
+                "after it, or export the model with static shapes") from err
         for name, g in zip(node.input, in_grads):
             if g is not None and name in active:
                 grads[name].append(g)
@@ -136,7 +145,8 @@ def _check_request(graph, shapes, types, constants, output, wrt):
     if taken:
         raise LayerError(f"the model already has a tensor named {taken[0]!r}: rename it before differentiating")
     if output not in shapes:
-        raise LayerError(f"no shape known for output {output!r}: normalize the model first")
+        raise LayerError(f"no shape known for output {output!r} (shape inference cannot see through a Loop or a "
+                         "custom op before it): explain a layer before that op, or export the model with static shapes")
 
 
 def _cone(nodes, output, wrt, types):

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
 
@@ -25,6 +26,24 @@ def _tensors(graph):
                 yield from _tensors(subgraph)
 
 
+MAX_LOOP_TRIPS = 10**6  # a Loop with a constant trip count above this is refused before it runs
+
+
+def _check_loops(model, path):
+    """Refuse Loop nodes whose trip count is a constant above MAX_LOOP_TRIPS (they would run
+    until killed)."""
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value"})
+    for node in model.graph.node:
+        if node.op_type != "Loop" or not node.input or node.input[0] not in constants:
+            continue
+        trips = numpy_helper.to_array(constants[node.input[0]])
+        if trips.size == 1 and int(trips.reshape(())) > MAX_LOOP_TRIPS:
+            raise ModelLoadError(f"Loop node '{node.name or node.output[0]}' of '{path}' runs {int(trips.reshape(()))} "
+                                 f"iterations, more than onnxlens runs ({MAX_LOOP_TRIPS}): export it with fewer")
+
+
 def load(path):
     """Load an ONNX model with its external data, refusing data files outside the model's folder.
 
@@ -44,7 +63,15 @@ def load(path):
     for tensor in _tensors(model.graph):
         if not uses_external_data(tensor):
             continue
-        location = ExternalDataInfo(tensor).location
+        try:
+            info = ExternalDataInfo(tensor)
+        except (ValueError, TypeError) as err:
+            raise ModelLoadError(f"'{path}' describes the external data of '{tensor.name}' wrongly ({err}): "
+                                 "export it to ONNX again") from err
+        if min(info.offset or 0, info.length or 0) < 0:
+            raise ModelLoadError(f"'{path}' gives tensor '{tensor.name}' a negative external data offset or length: "
+                                 "export it to ONNX again")
+        location = info.location
         target = (folder / location).resolve()
         if not target.is_relative_to(folder):
             raise ModelLoadError(
@@ -57,4 +84,5 @@ def load(path):
         load_external_data_for_model(model, str(folder))
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot read the external data of '{path}': {err}") from err
+    _check_loops(model, path)
     return model

@@ -110,8 +110,8 @@ def _random_batch(image, size, batch):
 
 
 def _agrees(original, freed, image, size, provider, threads):
-    fixed = create_session(original, provider=provider, threads=threads, quiet=True)
-    free = create_session(freed, provider=provider, threads=threads, quiet=True)
+    fixed = create_session(original, provider=provider, threads=threads)
+    free = create_session(freed, provider=provider, threads=threads)
     x = _random_batch(image, size, max(CHECK_BATCHES))
     expected = in_chunks(lambda block: fixed.run(None, {image.name: block}), image.batch, x)
     for batch in CHECK_BATCHES:

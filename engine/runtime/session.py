@@ -4,19 +4,23 @@
 CPUExecutionProvider; any ORT provider name, or a list of them in order of preference, is accepted.
 CPU is always appended as the fallback for ops a provider lacks.
 """
+import re
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from engine.errors import ModelLoadError, UsageError
+from engine.errors import ModelLoadError, ModelRunError, UsageError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 LOAD_ERRORS = (ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidProtobuf, ort_state.InvalidArgument,
                ort_state.NotImplemented, ort_state.NoSuchFile)
 RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException)
+# "... running Reshape node. Name:'x' Status Message: /src/file.cc:91 Type::Method(args) check was false. Reason"
+_FAILED_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)' Status Message: (?:\S+:\d+ [^()]*\([^()]*\) )?"
+                          r"(?:[^.]* was false\. )?(.*)")
 
 
 def providers(provider="auto"):
@@ -39,17 +43,17 @@ def providers(provider="auto"):
     return [name for name in wanted if name != CPU] + [CPU]
 
 
-def create_session(model, provider="auto", threads=None, quiet=False):
+def create_session(model, provider="auto", threads=None):
     """Create an ``onnxruntime.InferenceSession`` from a model path or ``ModelProto``.
 
-    ``threads`` sets the intra-op thread count (None: ORT's default, one per core); ``quiet``
-    silences ORT's own log (for trial runs whose failure is an answer, not an error).
+    ``threads`` sets the intra-op thread count (None: ORT's default, one per core). ORT's own log
+    is silenced: its errors come back as exceptions, which onnxlens turns into one-line messages
+    (:func:`run_error`), so a failing run prints that line only.
 
     >>> session = create_session("models/shapes-resnet.onnx", provider="auto", threads=1)
     """
     options = ort.SessionOptions()
-    if quiet:
-        options.log_severity_level = 4
+    options.log_severity_level = 4
     if threads is not None:
         if int(threads) < 1:
             raise UsageError(f"threads must be a positive integer, got {threads}: pass 1 or more")
@@ -60,3 +64,18 @@ def create_session(model, provider="auto", threads=None, quiet=False):
     except LOAD_ERRORS as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"ONNX Runtime cannot load the model: {first_line}") from err
+
+
+def run_error(err, model_name, shape, hint="try another input size, input_size=(H, W), e.g. a multiple of 32"):
+    """A ModelRunError for an ORT failure ``err`` while running ``model_name`` on a batch of
+    ``shape`` (a string such as "1×3×8×8"): one line naming the failing node, its op and ORT's reason.
+
+    >>> raise run_error(err, "m.onnx", "1×3×12×12")
+    """
+    text = " ".join(str(err).split()) or type(err).__name__
+    found = _FAILED_NODE.search(text)
+    if found:
+        op, node, reason = found.groups()
+        where = f"node '{node}' ({op})" if node else f"an unnamed {op} node"
+        text = f"{where} failed: {reason}"
+    return ModelRunError(f"ONNX Runtime cannot run '{model_name}' on a {shape} batch: {text[:300]}: {hint}")
