@@ -153,7 +153,7 @@ def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batc
         raise UsageError(f"{dataset.root} lists no images in index.csv")
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
     job = DissectJob(dataset, layer, quantile, int(top), int(batch_size), cache, label_store)
-    with runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
+    with runner(model, job, scale, job.batch_size, progress) as run:
         parts = shards(len(dataset), run.shard_size)
         thresholds = best = None
         for part_thresholds, part_best in run.map("pass1", parts, label="dissect 1/2"):

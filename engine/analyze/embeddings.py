@@ -92,7 +92,7 @@ def embed(model, source, layer="auto", out=None, batch_size=32, progress=None, s
     owned = ["features.npy", "index.csv", "embedding.json"]
     with output_set(out, owned) if out is not None else contextlib.nullcontext() as stage:
         path = stage / "features.npy" if stage is not None else None
-        with runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
+        with runner(model, job, scale, job.batch_size, progress) as run:
             for part, part_labels in run.map("rows", shards(len(source), run.shard_size), label="embed"):
                 if acc is None:
                     acc = Embeddings(len(source), part.dim, path=path)

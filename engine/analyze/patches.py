@@ -100,7 +100,7 @@ def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=No
     size = run_size(model, source)  # dynamic H×W: the size every batch runs at
     field = layer_field(model, layer, size)
     job, acc = PatchJob(source, layer, channels, int(top), int(batch_size)), None
-    with runner(model, job, scale, model.input.batch or job.batch_size, progress) as run:
+    with runner(model, job, scale, job.batch_size, progress) as run:
         for chosen, part in run.map("peaks", shards(len(source), run.shard_size), label="patches"):
             acc = part if acc is None else acc.merge(part)
     best = acc.result()
