@@ -12,7 +12,8 @@ from onnx import helper
 
 from engine.errors import LayerError, UnsupportedOpError
 from engine.graph.quantized import dequantized_constants
-from engine.graph.rules import RULES, Context
+from engine.graph.nodes import upstream
+from engine.graph.rules import Context, first_opset, input_gradients, rules_for
 from engine.graph.shapes import FLOAT_TYPES, constant_tensors, value_info_shape
 
 SEED = "onnxlens_seed"
@@ -45,13 +46,12 @@ def differentiate(model, output, wrt, mode="standard"):
     shapes, types = _tensor_info(graph, constants)
     _check_request(graph, shapes, types, constants, output, wrt)
 
-    active = _cone(graph.node, output, wrt, types)
+    active = gradient_cone(graph.node, output, wrt, types)
     used = set(shapes) | set(types) | set(constants) | {n.name for n in graph.node}
     used.update(t for n in graph.node for t in list(n.input) + list(n.output))
     used.add(SEED)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    ctx = Context(opset=opset, mode=mode, shapes=shapes, types=types, constants=constants,
-                  used_names=used, needed=active)
+    ctx = Context(opset=opset, mode=mode, shapes=shapes, types=types, constants=constants, used_names=used)
 
     grads = defaultdict(list)
     grads[output].append(SEED)
@@ -67,19 +67,22 @@ def differentiate(model, output, wrt, mode="standard"):
         return totals[name]
 
     for node in reversed(graph.node):
-        if not (any(o in active for o in node.output) and any(i in active for i in node.input)):
+        wanted = [i for i, name in enumerate(node.input) if name in active]
+        if not (wanted and any(o in active for o in node.output)):
             continue
         out_grads = [total(o) if grads.get(o) else None for o in node.output]
         if all(g is None for g in out_grads):
             continue
-        fn = _rule(node)
-        if fn is None:
+        rules = rules_for(node, opset)
+        if not rules:
+            since = first_opset(node)
             raise UnsupportedOpError(
                 f"no gradient rule for op {node.op_type} (node {node.name or node.output[0]!r}) on the "
-                f"path from {', '.join(wrt)} to {output}: pick a layer after it or request a rule")
+                f"path from {', '.join(wrt)} to {output}" + (f" at opset {opset} (from opset {since} on): normalize "
+                "the model, pick a layer after it" if since else ": pick a layer after it or request a rule"))
         ctx.node_name = node.name or node.output[0]
         try:
-            in_grads = fn(ctx, node, out_grads)
+            in_grads = input_gradients(ctx, node, out_grads, wanted, rules)
         except (TypeError, ValueError) as err:  # a rule that needs a shape nothing could infer
             unknown = [t for t in (*node.input, *node.output) if t and ctx.shape(t) is None and ctx.value(t) is None]
             if not unknown:
@@ -88,9 +91,8 @@ def differentiate(model, output, wrt, mode="standard"):
                 f"the gradient of {node.op_type} node {ctx.node_name!r} needs the shape of {unknown[0]!r}, which "
                 "shape inference cannot find (a custom op, a Loop or a symbolic shape before it): pick a layer "
                 "after it, or export the model with static shapes") from err
-        for name, g in zip(node.input, in_grads):
-            if g is not None and name in active:
-                grads[name].append(g)
+        for i, g in in_grads.items():
+            grads[node.input[i]].append(g)
 
     for t in wrt:
         ctx.node_name = t
@@ -103,11 +105,6 @@ def differentiate(model, output, wrt, mode="standard"):
     graph.input.append(_value_info(SEED, types[output], shapes.get(output)))
     graph.output.extend(_value_info(grad_name(t), types.get(t, onnx.TensorProto.FLOAT), shapes.get(t)) for t in wrt)
     return model
-
-
-def _rule(node):
-    """The differentiation rule of ``node``; None for an op without one or outside the default domain."""
-    return RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
 
 
 def _copy(model):
@@ -149,9 +146,14 @@ def _check_request(graph, shapes, types, constants, output, wrt):
                          "custom op before it): explain a layer before that op, or export the model with static shapes")
 
 
-def _cone(nodes, output, wrt, types):
-    """Tensors that depend on some ``wrt`` tensor and feed ``output`` (gradients flow there)."""
-    return _depends(nodes, wrt, types) & _feeds(nodes, output)
+def gradient_cone(nodes, output, wrt, types):
+    """Tensors that depend on some ``wrt`` tensor and feed ``output``: where gradients flow.
+    ``types``: element type by tensor name (integer tensors carry no gradient).
+
+    >>> sorted(gradient_cone(model.graph.node, "logits", ["layer4"], {}))[:2]
+    ['layer4', 'logits']
+    """
+    return _depends(nodes, wrt, types) & upstream(nodes, output)
 
 
 def _depends(nodes, wrt, types):
@@ -164,15 +166,6 @@ def _depends(nodes, wrt, types):
                 if types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES or node.op_type == "QuantizeLinear":
                     depends.add(o)
     return depends
-
-
-def _feeds(nodes, output):
-    """Tensors ``output`` is computed from (and ``output`` itself)."""
-    feeds = {output}
-    for node in reversed(nodes):
-        if any(o in feeds for o in node.output):
-            feeds.update(node.input)
-    return feeds
 
 
 def _prune(nodes, initializers, outputs):

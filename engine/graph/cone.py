@@ -3,7 +3,7 @@
 >>> default_layer(model.graph.node, [("layer4", ("N", 64, 7, 7))], "logits", (224, 224))
 'layer4'
 """
-from engine.graph.autodiff import _feeds
+from engine.graph.nodes import attrs, upstream
 
 LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 RECURRENT = ("LSTM", "GRU", "RNN")
@@ -24,13 +24,13 @@ def default_layer(nodes, layers, output, size, layout="NCHW"):
     >>> default_layer(nodes, layers, "out", (640, 640))        # YOLOv8: the stride-8 neck
     """
     outputs = [output] if isinstance(output, str) else list(output)
-    cone = set.union(*(_feeds(nodes, o) & _before_linear(nodes, o) for o in outputs)) - _after_sequence(nodes)
+    cone = set.union(*(upstream(nodes, o) & _before_linear(nodes, o) for o in outputs)) - _after_sequence(nodes)
     candidates = [name for name, shape in layers
                   if name in cone and name not in outputs and image_like(shape, size, layout)]
     if not candidates:
         return None
     ends = [end for o in outputs for end in _nearest(nodes, o, set(candidates))]
-    shared = set.intersection(*(_feeds(nodes, e) for e in ends))
+    shared = set.intersection(*(upstream(nodes, e) for e in ends))
     if len(outputs) > 1 and not any(c in shared for c in candidates):
         return default_layer(nodes, layers, outputs[0], size, layout)
     return ([c for c in candidates if c in shared] or candidates)[-1]
@@ -109,5 +109,7 @@ def _after_sequence(nodes):
 
 def _moves_batch(node):
     """True for a Transpose whose perm (reversed axes when absent) does not keep axis 0 first."""
-    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-    return node.op_type == "Transpose" and (perm is None or perm[0] != 0)
+    if node.op_type != "Transpose":
+        return False
+    perm = attrs(node).get("perm")
+    return perm is None or perm[0] != 0

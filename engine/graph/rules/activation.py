@@ -1,20 +1,18 @@
 """Rules for pointwise activations and softmax. The ReLU family (Relu, LeakyRelu, PRelu)
 follows ``ctx.mode`` (guided backprop, deconvnet); the others are the same in every mode."""
-from engine.graph.rules import attrs, rule
+from engine.graph.rules import attrs, derivative, rule
 
 
 @rule("Relu")
-def relu(ctx, node, grads):
+def relu(ctx, node, dy):
     """The mask reads the Relu's output (y > 0 iff x > 0) so that ORT can still fuse the
     producer of x with the Relu in the forward pass."""
-    (dy,) = grads
     y = node.output[0]
-    return [ctx.relu_family(y, dy, lambda: ctx.where_positive(y, dy))]
+    return ctx.relu_family(y, dy, lambda: ctx.where_positive(y, dy))
 
 
 @rule("LeakyRelu")
-def leaky_relu(ctx, node, grads):
-    (dy,) = grads
+def leaky_relu(ctx, node, dy):
     x = node.input[0]
     alpha = attrs(node).get("alpha", 0.01)
 
@@ -24,12 +22,11 @@ def leaky_relu(ctx, node, grads):
         slope = ctx.op("Add", ctx.op("Mul", positive, ctx.scalar(1 - alpha, like=x)), ctx.scalar(alpha, like=x))
         return ctx.op("Mul", dy, slope)
 
-    return [ctx.relu_family(x, dy, standard)]
+    return ctx.relu_family(x, dy, standard)
 
 
 @rule("PRelu")
-def prelu(ctx, node, grads):
-    (dy,) = grads
+def prelu(ctx, node, dy):
     x, slope = node.input
 
     def standard():
@@ -38,81 +35,82 @@ def prelu(ctx, node, grads):
         one_minus = ctx.op("Sub", ctx.scalar(1, like=x), slope)
         return ctx.op("Mul", dy, ctx.op("Add", ctx.op("Mul", positive, one_minus), slope))
 
-    return [ctx.relu_family(x, dy, standard), None]
+    return ctx.relu_family(x, dy, standard)
 
 
-@rule("Clip")
-def clip(ctx, node, grads):
-    """Gradient passes where min <= x <= max (optional inputs; attributes before opset 11)."""
-    (dy,) = grads
+@rule("Clip", since=11)
+def clip(ctx, node, dy, bounds=None):
+    """Gradient passes where min <= x <= max (optional inputs ``bounds``: names, "" when absent)."""
     x = node.input[0]
-    a = attrs(node)
-    bounds = [ctx.scalar(a[k], like=x) if k in a else "" for k in ("min", "max")] if a else node.input[1:3]
+    bounds = node.input[1:3] if bounds is None else bounds
     if not any(bounds):
-        return [dy] + [None] * (len(node.input) - 1)
-    return [ctx.mask(dy, ctx.between(x, *bounds), like=x)] + [None] * (len(node.input) - 1)
+        return dy
+    return ctx.mask(dy, ctx.between(x, *bounds), like=x)
 
 
-@rule("Sigmoid")
-def sigmoid(ctx, node, grads):
-    (dy,) = grads
-    y = node.output[0]
-    slope = ctx.op("Mul", y, ctx.op("Sub", ctx.scalar(1, like=y), y))
-    return [ctx.op("Mul", dy, slope)]
+@rule("Clip", since=1)
+def clip_1(ctx, node, dy):
+    """Before opset 11 the bounds are attributes (default: none)."""
+    a = attrs(node)
+    return clip(ctx, node, dy, [ctx.scalar(a[k], like=node.input[0]) if k in a else "" for k in ("min", "max")])
 
 
-@rule("Tanh")
-def tanh(ctx, node, grads):
-    (dy,) = grads
-    y = node.output[0]
-    slope = ctx.op("Sub", ctx.scalar(1, like=y), ctx.op("Mul", y, y))
-    return [ctx.op("Mul", dy, slope)]
+@derivative("Sigmoid")
+def sigmoid(x, y):
+    return y * (1 - y)
 
 
-@rule("HardSigmoid")
-def hard_sigmoid(ctx, node, grads):
+@derivative("Tanh")
+def tanh(x, y):
+    return 1 - y * y
+
+
+@derivative("HardSigmoid")
+def hard_sigmoid(x, y, alpha=0.2):
     """y = max(0, min(1, alpha x + beta)): slope alpha where 0 < alpha x + beta < 1, i.e. where
     0 < y < 1 (read from the output: two ops fewer, which counts on small models)."""
-    (dy,) = grads
-    y = node.output[0]
-    alpha = attrs(node).get("alpha", 0.2)
-    inside = ctx.op("And", ctx.op("Greater", y, ctx.scalar(0, like=y)), ctx.op("Less", y, ctx.scalar(1, like=y)))
-    return [ctx.mask(ctx.op("Mul", dy, ctx.scalar(alpha, like=y)), inside, like=y)]
+    return ((y > 0) & (y < 1)) * alpha
 
 
-@rule("HardSwish")
-def hard_swish(ctx, node, grads):
+@derivative("HardSwish")
+def hard_swish(x, y):
     """y = x · h with h = clip(x/6 + 1/2, 0, 1): slope h + x/6 where 0 < h < 1 (i.e. (2x + 3)/6
     for -3 < x < 3), else h (0 below -3, 1 above 3). Nine ops, three fewer than from x's bounds."""
-    (dy,) = grads
-    x = node.input[0]
-    h = ctx.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
-    inside = ctx.op("And", ctx.op("Greater", h, ctx.scalar(0, like=x)), ctx.op("Less", h, ctx.scalar(1, like=x)))
-    slope = ctx.op("Add", h, ctx.mask(ctx.op("Mul", x, ctx.scalar(1 / 6, like=x)), inside, like=x))
-    return [ctx.op("Mul", dy, slope)]
+    h = x.apply("HardSigmoid", alpha=1 / 6, beta=0.5)
+    return h + (x * (1 / 6)) * ((h > 0) & (h < 1))
 
 
-def _softmax_axes(ctx, node):
-    """Axes the (log-)softmax normalizes over: one axis from opset 13, all trailing ones before."""
+@rule("Softmax", since=13)
+def softmax(ctx, node, dy, axes=None):
+    """dx = y · (dy − Σ dy·y) over ``axis`` (``axes`` when given: the older semantics)."""
+    y = node.output[0]
+    axes = axes or [attrs(node).get("axis", -1) % ctx.rank(y)]
+    dot = ctx.reduce_sum(ctx.op("Mul", dy, y), axes)
+    return ctx.op("Mul", y, ctx.op("Sub", dy, dot))
+
+
+@rule("LogSoftmax", since=13)
+def log_softmax(ctx, node, dy, axes=None):
+    """dx = dy − exp(y) · Σ dy over ``axis`` (``axes`` when given: the older semantics)."""
+    y = node.output[0]
+    axes = axes or [attrs(node).get("axis", -1) % ctx.rank(y)]
+    total = ctx.reduce_sum(dy, axes)
+    return ctx.op("Sub", dy, ctx.op("Mul", ctx.op("Exp", y), total))
+
+
+def _trailing_axes(ctx, node):
+    """Axes a softmax before opset 13 normalizes over: all from ``axis`` (default 1) on."""
     rank = ctx.rank(node.input[0])
-    default = -1 if ctx.opset >= 13 else 1
-    axis = attrs(node).get("axis", default) % rank
-    return [axis] if ctx.opset >= 13 else list(range(axis, rank))
+    return list(range(attrs(node).get("axis", 1) % rank, rank))
 
 
-@rule("Softmax")
-def softmax(ctx, node, grads):
-    """dx = y · (dy − Σ dy·y)."""
-    (dy,) = grads
-    y = node.output[0]
-    dot = ctx.reduce_sum(ctx.op("Mul", dy, y), _softmax_axes(ctx, node))
-    return [ctx.op("Mul", y, ctx.op("Sub", dy, dot))]
+@rule("Softmax", since=1)
+def softmax_1(ctx, node, dy):
+    """Before opset 13: over the input flattened to 2-D at ``axis``."""
+    return softmax(ctx, node, dy, _trailing_axes(ctx, node))
 
 
-@rule("LogSoftmax")
-def log_softmax(ctx, node, grads):
-    """dx = dy − exp(y) · Σ dy."""
-    (dy,) = grads
-    y = node.output[0]
-    total = ctx.reduce_sum(dy, _softmax_axes(ctx, node))
-    return [ctx.op("Sub", dy, ctx.op("Mul", ctx.op("Exp", y), total))]
+@rule("LogSoftmax", since=1)
+def log_softmax_1(ctx, node, dy):
+    """Before opset 13: over the input flattened to 2-D at ``axis``."""
+    return log_softmax(ctx, node, dy, _trailing_axes(ctx, node))

@@ -4,22 +4,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 
-def attrs(node):
-    """Attributes of ``node`` as a dict of plain Python values (strings decoded).
-
-    Example: ``attrs(node).get("strides", [1, 1])``.
-    """
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, list) and v and isinstance(v[0], bytes):
-            v = [s.decode() for s in v]
-        out[a.name] = v
-    return out
-
-
 class Context:
     """Backward-graph builder handed to every rule (see the package docstring for the contract).
 
@@ -27,7 +11,7 @@ class Context:
     ``types`` maps it to an ONNX element type; ``constants`` maps a name to a TensorProto.
     """
 
-    def __init__(self, *, opset, mode, shapes, types, constants, used_names, needed):
+    def __init__(self, *, opset, mode, shapes, types, constants, used_names):
         self.opset = opset
         self.mode = mode
         self.nodes = []
@@ -37,7 +21,6 @@ class Context:
         self._constants = constants
         self._values = {}
         self._used = used_names
-        self._needed = needed
         self._counter = 0
         self._scalars = {}
         self._shape_nodes = {}
@@ -90,10 +73,6 @@ class Context:
         return self.const(np.asarray(list(values), dtype=np.int64), "ints")
 
     # -- static facts about forward tensors ---------------------------------------------------
-    def needs(self, name):
-        """Whether a gradient for forward tensor ``name`` is wanted (it lies on the cone)."""
-        return name in self._needed
-
     def value(self, name):
         """The numpy value of a constant tensor (initializer, Constant output, or a constant
         emitted with ``ctx.const``), else None."""

@@ -1,91 +1,78 @@
 """Rules for arithmetic with broadcasting, variadic ops, and gradient pass-through ops."""
 import numpy as np
 
-from engine.graph.rules import attrs, rule
+from engine.graph.rules import ALL, EACH, attrs, rule
 
 
-@rule("Add")
-def add(ctx, node, grads):
-    (dy,) = grads
-    y = node.output[0]
-    return [ctx.unbroadcast(dy, x, y) if ctx.needs(x) else None for x in node.input]
+@rule("Add", wrt=EACH)
+def add(ctx, node, dy, i):
+    return ctx.unbroadcast(dy, node.input[i], node.output[0])
 
 
 @rule("Sub")
-def sub(ctx, node, grads):
-    (dy,) = grads
-    a, b = node.input
-    y = node.output[0]
-    return [ctx.unbroadcast(dy, a, y) if ctx.needs(a) else None,
-            ctx.unbroadcast(ctx.op("Neg", dy), b, y) if ctx.needs(b) else None]
+def sub_a(ctx, node, dy):
+    return ctx.unbroadcast(dy, node.input[0], node.output[0])
 
 
-@rule("Mul")
-def mul(ctx, node, grads):
-    (dy,) = grads
-    a, b = node.input
-    y = node.output[0]
-    return [ctx.unbroadcast(ctx.op("Mul", dy, b), a, y) if ctx.needs(a) else None,
-            ctx.unbroadcast(ctx.op("Mul", dy, a), b, y) if ctx.needs(b) else None]
+@rule("Sub", wrt=1)
+def sub_b(ctx, node, dy):
+    return ctx.unbroadcast(ctx.op("Neg", dy), node.input[1], node.output[0])
+
+
+@rule("Mul", wrt=EACH)
+def mul(ctx, node, dy, i):
+    """d(a·b)/da = b and the other way round."""
+    return ctx.unbroadcast(ctx.op("Mul", dy, node.input[1 - i]), node.input[i], node.output[0])
 
 
 @rule("Div")
-def div(ctx, node, grads):
-    (dy,) = grads
+def div_a(ctx, node, dy):
     a, b = node.input
-    y = node.output[0]
-    da = ctx.unbroadcast(ctx.op("Div", dy, b), a, y) if ctx.needs(a) else None
-    db = None
-    if ctx.needs(b):
-        db = ctx.unbroadcast(ctx.op("Neg", ctx.op("Div", ctx.op("Mul", dy, y), b)), b, y)
-    return [da, db]
+    return ctx.unbroadcast(ctx.op("Div", dy, b), a, node.output[0])
 
 
-@rule("Sum", "Mean")
-def sum_mean(ctx, node, grads):
-    (dy,) = grads
+@rule("Div", wrt=1)
+def div_b(ctx, node, dy):
+    """d(a/b)/db = −y/b."""
+    b, y = node.input[1], node.output[0]
+    return ctx.unbroadcast(ctx.op("Neg", ctx.op("Div", ctx.op("Mul", dy, y), b)), b, y)
+
+
+@rule("Sum", "Mean", wrt=ALL)
+def sum_mean(ctx, node, dy):
+    """Every input gets dy (divided by the count for Mean, once for all of them)."""
     y = node.output[0]
     if node.op_type == "Mean":
         dy = ctx.op("Mul", dy, ctx.scalar(1.0 / len(node.input), like=y))
-    return [ctx.unbroadcast(dy, x, y) if ctx.needs(x) else None for x in node.input]
+    return [ctx.unbroadcast(dy, x, y) for x in node.input]
 
 
-@rule("Max", "Min")
-def max_min(ctx, node, grads):
+@rule("Max", "Min", wrt=EACH)
+def max_min(ctx, node, dy, i):
     """The gradient goes to every input equal to the result (ties are measure-zero)."""
-    (dy,) = grads
-    y = node.output[0]
-    out = []
-    for x in node.input:
-        if not ctx.needs(x):
-            out.append(None)
-            continue
-        picked = ctx.mask(dy, ctx.op("Equal", x, y), like=y)
-        out.append(ctx.unbroadcast(picked, x, y))
-    return out
+    x, y = node.input[i], node.output[0]
+    return ctx.unbroadcast(ctx.mask(dy, ctx.op("Equal", x, y), like=y), x, y)
 
 
 @rule("Identity", "Dropout", "DequantizeLinear")
-def passthrough(ctx, node, grads):
+def passthrough(ctx, node, dy):
     """Identity, inference Dropout, and DequantizeLinear (the second half of a straight-through
     QuantizeLinear → DequantizeLinear pair: the gradient stays in float units)."""
-    return [grads[0]] + [None] * (len(node.input) - 1)
+    return dy
 
 
 @rule("QuantizeLinear")
-def quantize(ctx, node, grads):
+def quantize(ctx, node, dy):
     """Straight-through estimator: the gradient passes where x ≥ (qmin − zp)·scale, the low end of
     the representable range, and is 0 below it. The low end is where quantizers fuse a Relu (so
     its mask survives); the high end is only the calibration range, and clipping there (as
     torch's FakeQuantize does) would zero whole explanations whenever a score exceeds it."""
-    (dy,) = grads
     x, scale = node.input[:2]
     zp_name = node.input[2] if len(node.input) > 2 else ""
     s = ctx.value(scale)
     zp = ctx.value(zp_name) if zp_name else np.zeros((), np.uint8)
-    rest = [None] * (len(node.input) - 1)
     if s is None or zp is None or zp.dtype.kind not in "iu":
-        return [dy] + rest
+        return dy
     info = np.iinfo(zp.dtype)
     low = (info.min - zp.astype(np.float64)) * s
     if s.ndim == 1:  # per-axis quantization
@@ -93,38 +80,40 @@ def quantize(ctx, node, grads):
         axis = attrs(node).get("axis", 1) % rank
         low = low.reshape([-1 if i == axis else 1 for i in range(rank)])
     inside = ctx.between(x, low=ctx.const(low.astype(ctx.dtype(x)), "q_low"))
-    return [ctx.mask(dy, inside, like=x)] + rest
+    return ctx.mask(dy, inside, like=x)
 
 
-@rule("DynamicQuantizeLinear")
+@rule("Cast", "CastLike")
+def cast(ctx, node, dy):
+    """The gradient cast back to the input's type; through a round trip (float32 → float16 →
+    float32: a rounding point, engine.graph.half) it passes unrounded, in the wider type."""
+    to = ctx.elem_type(node.input[0])
+    return ctx.uncast(dy, to) or ctx.cast(dy, to, source_type=ctx.elem_type(node.output[0]))
+
+
+@rule("Where", wrt=1)
+def where_a(ctx, node, dy):
+    condition, a, _ = node.input
+    y = node.output[0]
+    return ctx.unbroadcast(ctx.mask(dy, condition, like=y), a, y)
+
+
+@rule("Where", wrt=2)
+def where_b(ctx, node, dy):
+    condition, _, b = node.input
+    y = node.output[0]
+    return ctx.unbroadcast(ctx.mask(dy, ctx.op("Not", condition), like=y), b, y)
+
+
+@rule("Floor", "Ceil", "Round", "Sign")
+def piecewise_constant(ctx, node, dy):
+    """Zero almost everywhere: no gradient flows back."""
+    return None
+
+
+@rule("DynamicQuantizeLinear", all_outputs=True)
 def dynamic_quantize(ctx, node, grads):
     """Straight-through: the run-time scale and zero point count as constants (no gradient flows
     into the statistics of x). Its quantized output is recomputed by a QuantizeLinear with
     them (engine.graph.quantized), whose rule carries the gradient of x."""
-    return [None]
-
-
-@rule("Cast", "CastLike")
-def cast(ctx, node, grads):
-    """The gradient cast back to the input's type; through a round trip (float32 → float16 →
-    float32: a rounding point, engine.graph.half) it passes unrounded, in the wider type."""
-    (dy,) = grads
-    to = ctx.elem_type(node.input[0])
-    dx = ctx.uncast(dy, to) or ctx.cast(dy, to, source_type=ctx.elem_type(node.output[0]))
-    return [dx] + [None] * (len(node.input) - 1)
-
-
-@rule("Where")
-def where(ctx, node, grads):
-    (dy,) = grads
-    condition, a, b = node.input
-    y = node.output[0]
-    da = ctx.unbroadcast(ctx.mask(dy, condition, like=y), a, y) if ctx.needs(a) else None
-    db = ctx.unbroadcast(ctx.mask(dy, ctx.op("Not", condition), like=y), b, y) if ctx.needs(b) else None
-    return [None, da, db]
-
-
-@rule("Floor", "Ceil", "Round", "Sign")
-def piecewise_constant(ctx, node, grads):
-    """Zero almost everywhere: no gradient flows back."""
-    return [None]
+    return None

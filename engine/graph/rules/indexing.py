@@ -60,13 +60,12 @@ def _constant_input(ctx, node, index, what):
     return value
 
 
-@rule("Split")
+@rule("Split", all_outputs=True)
 def split(ctx, node, grads):
     """Concatenate the pieces' gradients (zeros for pieces nobody uses)."""
     axis = attrs(node).get("axis", 0)
     pieces = [g if g is not None else ctx.zeros_like(o) for g, o in zip(grads, node.output)]
-    dx = pieces[0] if len(pieces) == 1 else ctx.op("Concat", *pieces, axis=axis)
-    return [dx] + [None] * (len(node.input) - 1)
+    return pieces[0] if len(pieces) == 1 else ctx.op("Concat", *pieces, axis=axis)
 
 
 def slice_positions(start, end, step, dim):
@@ -81,20 +80,19 @@ def slice_positions(start, end, step, dim):
     return range(min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step)
 
 
-@rule("Slice")
-def slice_(ctx, node, grads):
+@rule("Slice", since=10)
+def slice_(ctx, node, dy, request=None):
     """Unit-step axes: Pad the gradient with zeros back to full size; other steps (negative too):
-    the transposed pick matrix along the axis."""
-    (dy,) = grads
+    the transposed pick matrix along the axis. ``request``: (starts, ends, axes, steps) when
+    they are not the node's inputs (the older attribute form)."""
     x = node.input[0]
     rank = ctx.rank(x)
-    if len(node.input) > 1:  # opset >= 10
+    if request is None:
         starts, ends = (_constant_input(ctx, node, i, "starts/ends").tolist() for i in (1, 2))
         axes = _constant_input(ctx, node, 3, "axes").tolist() if len(node.input) > 3 and node.input[3] else None
         steps = _constant_input(ctx, node, 4, "steps").tolist() if len(node.input) > 4 and node.input[4] else None
     else:
-        a = attrs(node)
-        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+        starts, ends, axes, steps = request
     axes = range(len(starts)) if axes is None else axes
     steps = steps or [1] * len(starts)
     pads, strided = [0] * (2 * rank), []
@@ -113,7 +111,14 @@ def slice_(ctx, node, grads):
     dx = _zero_pad(ctx, dy, pads) if any(pads) else dy
     for axis, matrix in strided:
         dx = along_axis(ctx, dx, matrix.T, axis, like=x)
-    return [dx] + [None] * (len(node.input) - 1)
+    return dx
+
+
+@rule("Slice", since=1)
+def slice_1(ctx, node, dy):
+    """Before opset 10: starts, ends, axes are attributes (unit steps)."""
+    a = attrs(node)
+    return slice_(ctx, node, dy, (a["starts"], a["ends"], a.get("axes"), None))
 
 
 def _pad_positions(dim, begin, end, mode):
@@ -123,25 +128,22 @@ def _pad_positions(dim, begin, end, mode):
     return np.pad(kept, (max(begin, 0), max(end, 0)), mode=mode)
 
 
-@rule("Pad")
-def pad(ctx, node, grads):
+@rule("Pad", since=11)
+def pad(ctx, node, dy, given=None):
     """constant: crop the gradient back (Slice), zero-padding where the forward cropped;
-    reflect/edge/wrap: transposed pick matrices along the padded axes (sums the mirrored parts)."""
-    (dy,) = grads
+    reflect/edge/wrap: transposed pick matrices along the padded axes (sums the mirrored parts).
+    ``given``: the pads when they are not the node's input (the older attribute form)."""
     x = node.input[0]
     rank = ctx.rank(x)
-    a = attrs(node)
-    mode = a.get("mode", "constant")
-    if len(node.input) > 1:  # opset >= 11
+    mode = attrs(node).get("mode", "constant")
+    axes = None
+    if given is None:
         given = _constant_input(ctx, node, 1, "pads").tolist()
         axes = _constant_input(ctx, node, 3, "axes").tolist() if len(node.input) > 3 and node.input[3] else None
-    else:
-        given, axes = list(a["pads"]), None
     axes = [ax % rank for ax in (range(rank) if axes is None else axes)]
     begins, ends = [0] * rank, [0] * rank
     for i, ax in enumerate(axes):
         begins[ax], ends[ax] = given[i], given[len(axes) + i]
-    rest = [None] * (len(node.input) - 1)
     if mode == "constant":
         padded = [ax for ax in range(rank) if begins[ax] > 0 or ends[ax] > 0]
         dx = dy
@@ -149,7 +151,7 @@ def pad(ctx, node, grads):
             dx = ctx.op("Slice", dy, ctx.ints([max(begins[ax], 0) for ax in padded]),
                         ctx.ints([-ends[ax] if ends[ax] > 0 else _INT_MAX for ax in padded]), ctx.ints(padded))
         cropped = [max(-p, 0) for p in begins + ends]
-        return [_zero_pad(ctx, dx, cropped) if any(cropped) else dx] + rest
+        return _zero_pad(ctx, dx, cropped) if any(cropped) else dx
     if mode not in ("reflect", "edge", "wrap"):
         raise UnsupportedOpError(f"Pad {node.name!r} with mode {mode!r} has no gradient rule; pick a layer after it")
     dx = dy
@@ -157,20 +159,24 @@ def pad(ctx, node, grads):
         if begins[ax] or ends[ax]:
             dim = _static_dim(ctx, node, x, ax)
             dx = along_axis(ctx, dx, _one_hot(_pad_positions(dim, begins[ax], ends[ax], mode), dim).T, ax, like=x)
-    return [dx] + rest
+    return dx
+
+
+@rule("Pad", since=2)
+def pad_2(ctx, node, dy):
+    """Before opset 11 the pads are an attribute."""
+    return pad(ctx, node, dy, list(attrs(node)["pads"]))
 
 
 @rule("Expand")
-def expand(ctx, node, grads):
-    (dy,) = grads
-    return [ctx.unbroadcast(dy, node.input[0], node.output[0]), None]
+def expand(ctx, node, dy):
+    return ctx.unbroadcast(dy, node.input[0], node.output[0])
 
 
 @rule("Gather")
-def gather(ctx, node, grads):
+def gather(ctx, node, dy):
     """Constant indices (any shape, negative, repeated): the transposed pick matrix along the
     axis, after flattening the index dims of the gradient into one."""
-    (dy,) = grads
     x = node.input[0]
     indices = _constant_input(ctx, node, 1, "indices")
     rank = ctx.rank(x)
@@ -185,4 +191,4 @@ def gather(ctx, node, grads):
             raise UnsupportedOpError(f"Gather {node.name!r}: more than one symbolic dim after its axis; pick a layer after it")
         trailing = [d if isinstance(d, int) else -1 for d in trailing]
         dy = ctx.op("Reshape", dy, ctx.ints([0] * axis + [positions.size] + trailing))
-    return [along_axis(ctx, dy, _one_hot(positions, dim).T, axis, like=x), None]
+    return along_axis(ctx, dy, _one_hot(positions, dim).T, axis, like=x)

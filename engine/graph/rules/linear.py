@@ -3,7 +3,8 @@ import numpy as np
 
 from engine.errors import UnsupportedOpError
 from engine.graph.rules import attrs, rule
-from engine.graph.rules.windows import same_pads, static_spatial, window
+from engine.graph.nodes import split_pads
+from engine.graph.rules.windows import static_spatial, window
 
 
 def flipped_transposed(weight, group):
@@ -18,12 +19,11 @@ def flipped_transposed(weight, group):
 
 
 @rule("Conv")
-def conv(ctx, node, grads):
+def conv(ctx, node, dy):
     """Stride-1 with a constant weight: a forward Conv with the pre-flipped, transposed weight
     (faster than ConvTranspose on ORT CPU). Otherwise: ConvTranspose with the same weight.
     A constant per-channel scale on the incoming gradient (a following BatchNormalization) is
     folded into the constant weight."""
-    (dy,) = grads
     w = node.input[1]
     group = attrs(node).get("group", 1)
     win = window(ctx, node, ctx.shape(w)[2:])
@@ -48,13 +48,12 @@ def conv(ctx, node, grads):
         # gradient back into its NCHWc layout at once, so the Sum and ReLU masks downstream
         # stay blocked (otherwise the whole skip path of the stage is converted back and forth).
         dx = ctx.scale(dx, 1.0, like=node.input[0])
-    return [dx] + [None] * (len(node.input) - 1)
+    return dx
 
 
 @rule("ConvTranspose")
-def conv_transpose(ctx, node, grads):
+def conv_transpose(ctx, node, dy):
     """The input gradient of a ConvTranspose is a Conv with the same weight, strides and pads."""
-    (dy,) = grads
     x, w = node.input[:2]
     a = attrs(node)
     kernel = list(ctx.shape(w)[2:])
@@ -73,33 +72,41 @@ def conv_transpose(ctx, node, grads):
                   for s, i, p, k, d, o in zip(strides, xs, extra, kernel, dilations, ys)]
         if min(totals) < 0:
             raise UnsupportedOpError(f"ConvTranspose {node.name!r}: output larger than its input covers; pick a layer after it")
-        begin, end = same_pads(totals, auto_pad)
+        begin, end = split_pads(totals, auto_pad)
         pads = begin + end
     else:
         pads = a.get("pads") or [0] * (2 * n)
-    dx = ctx.op("Conv", dy, w, kernel_shape=kernel, strides=strides, dilations=dilations,
-                group=a.get("group", 1), pads=pads)
-    return [dx] + [None] * (len(node.input) - 1)
+    return ctx.op("Conv", dy, w, kernel_shape=kernel, strides=strides, dilations=dilations,
+                  group=a.get("group", 1), pads=pads)
+
+
+def _gemm_attributes(node):
+    """alpha, beta, transA, transB of a Gemm (ONNX defaults)."""
+    a = attrs(node)
+    return a.get("alpha", 1.0), a.get("beta", 1.0), a.get("transA", 0), a.get("transB", 0)
 
 
 @rule("Gemm")
-def gemm(ctx, node, grads):
-    """Y = alpha·A'·B' + beta·C with A' = A or Aᵀ, B' = B or Bᵀ."""
-    (dy,) = grads
-    a_, b_ = node.input[:2]
-    at = attrs(node)
-    alpha, beta = at.get("alpha", 1.0), at.get("beta", 1.0)
-    ta, tb = at.get("transA", 0), at.get("transB", 0)
-    da = db = dc = None
-    if ctx.needs(a_):
-        da = (ctx.op("Gemm", b_, dy, alpha=alpha, transA=tb, transB=1) if ta
-              else ctx.op("Gemm", dy, b_, alpha=alpha, transB=1 - tb))
-    if ctx.needs(b_):
-        db = (ctx.op("Gemm", dy, a_, alpha=alpha, transA=1, transB=ta) if tb
-              else ctx.op("Gemm", a_, dy, alpha=alpha, transA=1 - ta))
-    if len(node.input) > 2 and node.input[2] and ctx.needs(node.input[2]):
-        dc = ctx.unbroadcast(ctx.op("Mul", dy, ctx.scalar(beta, like=dy)), node.input[2], node.output[0])
-    return [da, db, dc][:len(node.input)]
+def gemm_a(ctx, node, dy):
+    """Y = alpha·A'·B' + beta·C with A' = A or Aᵀ, B' = B or Bᵀ: dA = alpha·dY·B'ᵀ (transposed when A is)."""
+    alpha, _, ta, tb = _gemm_attributes(node)
+    b = node.input[1]
+    return ctx.op("Gemm", b, dy, alpha=alpha, transA=tb, transB=1) if ta else ctx.op("Gemm", dy, b, alpha=alpha, transB=1 - tb)
+
+
+@rule("Gemm", wrt=1)
+def gemm_b(ctx, node, dy):
+    """dB = alpha·A'ᵀ·dY (transposed when B is)."""
+    alpha, _, ta, tb = _gemm_attributes(node)
+    a = node.input[0]
+    return ctx.op("Gemm", dy, a, alpha=alpha, transA=1, transB=ta) if tb else ctx.op("Gemm", a, dy, alpha=alpha, transA=1 - ta)
+
+
+@rule("Gemm", wrt=2)
+def gemm_c(ctx, node, dy):
+    """dC = beta·dY, summed back to C's broadcast shape."""
+    beta = _gemm_attributes(node)[1]
+    return ctx.unbroadcast(ctx.op("Mul", dy, ctx.scalar(beta, like=dy)), node.input[2], node.output[0])
 
 
 def _swap_last(ctx, name):
@@ -110,28 +117,33 @@ def _swap_last(ctx, name):
     return ctx.op("Transpose", name, perm=list(range(rank - 2)) + [rank - 1, rank - 2])
 
 
-@rule("MatMul")
-def matmul(ctx, node, grads):
-    """dA = dY·Bᵀ, dB = Aᵀ·dY, summed over broadcast batch dims (operands of rank >= 2)."""
-    (dy,) = grads
+def _matmul_operands(ctx, node):
+    """(A, B, Y's shape) of a MatMul with operands of rank >= 2."""
     a, b = node.input
     if ctx.rank(a) < 2 or ctx.rank(b) < 2:
         raise UnsupportedOpError(f"MatMul {node.name!r} with a 1-D operand: gradients need rank >= 2; pick a layer after it")
-    y = ctx.shape(node.output[0])
-    da = db = None
-    if ctx.needs(a):
-        da = ctx.unbroadcast(ctx.op("MatMul", dy, _swap_last(ctx, b)), a, y[:-1] + ctx.shape(a)[-1:])
-    if ctx.needs(b):
-        db = ctx.unbroadcast(ctx.op("MatMul", _swap_last(ctx, a), dy), b, y[:-2] + ctx.shape(b)[-2:])
-    return [da, db]
+    return a, b, ctx.shape(node.output[0])
+
+
+@rule("MatMul")
+def matmul_a(ctx, node, dy):
+    """dA = dY·Bᵀ, summed over broadcast batch dims."""
+    a, b, y = _matmul_operands(ctx, node)
+    return ctx.unbroadcast(ctx.op("MatMul", dy, _swap_last(ctx, b)), a, y[:-1] + ctx.shape(a)[-1:])
+
+
+@rule("MatMul", wrt=1)
+def matmul_b(ctx, node, dy):
+    """dB = Aᵀ·dY, summed over broadcast batch dims."""
+    a, b, y = _matmul_operands(ctx, node)
+    return ctx.unbroadcast(ctx.op("MatMul", _swap_last(ctx, a), dy), b, y[:-2] + ctx.shape(b)[-2:])
 
 
 @rule("BatchNormalization")
-def batch_norm(ctx, node, grads):
+def batch_norm(ctx, node, dy):
     """Inference mode: dx = dy · scale / sqrt(var + eps), per channel (axis 1)."""
     if attrs(node).get("training_mode", 0):
         raise UnsupportedOpError(f"BatchNormalization {node.name!r} in training mode: export in eval mode")
-    dy = grads[0]
     x, scale, _, _, var = node.input
     eps = attrs(node).get("epsilon", 1e-5)
     trailing = ctx.rank(x) - 2
@@ -142,4 +154,4 @@ def batch_norm(ctx, node, grads):
     else:
         factor = ctx.op("Div", scale, ctx.op("Sqrt", ctx.op("Add", var, ctx.scalar(eps, like=var))))
         factor = ctx.unsqueeze(factor, list(range(1, 1 + trailing))) if trailing else factor
-    return [ctx.op("Mul", dy, factor), None, None, None, None]
+    return ctx.op("Mul", dy, factor)

@@ -42,34 +42,30 @@ def _per_channel(ctx, scale, x, channels=None):
 
 
 @rule("InstanceNormalization")
-def instance_norm(ctx, node, grads):
+def instance_norm(ctx, node, dy):
     """Standardized over the spatial axes of each (image, channel), times scale."""
-    (dy,) = grads
     x, scale = node.input[:2]
     g = ctx.op("Mul", dy, _per_channel(ctx, scale, x))
     axes = list(range(2, ctx.rank(x)))
-    return [standardized_backward(ctx, x, g, axes, attrs(node).get("epsilon", 1e-5), like=x), None, None]
+    return standardized_backward(ctx, x, g, axes, attrs(node).get("epsilon", 1e-5), like=x)
 
 
 @rule("LayerNormalization")
-def layer_norm(ctx, node, grads):
-    """Standardized over the axes from ``axis`` on, times scale (broadcast from the right)."""
-    dy = grads[0]
-    if any(g is not None for g in grads[1:]):
-        raise UnsupportedOpError(f"LayerNormalization {node.name!r}: its Mean/InvStdDev outputs have no gradient rule; pick a layer after it")
+def layer_norm(ctx, node, dy):
+    """Standardized over the axes from ``axis`` on, times scale (broadcast from the right). Its
+    Mean/InvStdDev outputs have no rule."""
     x, scale = node.input[:2]
     a = attrs(node)
     rank = ctx.rank(x)
     axes = list(range(a.get("axis", -1) % rank, rank))
     g = ctx.op("Mul", dy, scale)
-    return [standardized_backward(ctx, x, g, axes, a.get("epsilon", 1e-5), like=x)] + [None] * (len(node.input) - 1)
+    return standardized_backward(ctx, x, g, axes, a.get("epsilon", 1e-5), like=x)
 
 
 @rule("GroupNormalization")
-def group_norm(ctx, node, grads):
+def group_norm(ctx, node, dy):
     """Standardized over each group of C/G channels and the spatial axes, times scale: per
     channel (C,) from opset 21, per group (G,) at opset 18 (told apart by the scale's length)."""
-    (dy,) = grads
     x, scale = node.input[:2]
     a = attrs(node)
     groups = a["num_groups"]
@@ -81,7 +77,7 @@ def group_norm(ctx, node, grads):
     grouped = ctx.ints([0, groups, -1])
     dx = standardized_backward(ctx, ctx.op("Reshape", x, grouped), ctx.op("Reshape", g, grouped), [2],
                                a.get("epsilon", 1e-5), like=x)
-    return [ctx.reshape_like(dx, x), None, None]
+    return ctx.reshape_like(dx, x)
 
 
 def _channel_window_sum(ctx, t, x, before, after, weight):
@@ -95,10 +91,9 @@ def _channel_window_sum(ctx, t, x, before, after, weight):
 
 
 @rule("LRN")
-def lrn(ctx, node, grads):
+def lrn(ctx, node, dy):
     """y = x·s^−β with s = bias + α/size·Σ_window x²: dx = dy·s^−β − 2β·x·Σ_window'(α/size·dy·y/s),
     where window' is the window mirrored (the transposed channel sum)."""
-    (dy,) = grads
     x, y = node.input[0], node.output[0]
     a = attrs(node)
     size = a["size"]
@@ -111,4 +106,4 @@ def lrn(ctx, node, grads):
     direct = ctx.op("Mul", dy, ctx.op("Pow", s, ctx.scalar(-beta, like=x)))
     spread = _channel_window_sum(ctx, ctx.op("Div", ctx.op("Mul", dy, y), s), x, after, before, alpha / size)
     through_s = ctx.op("Mul", ctx.op("Mul", x, spread), ctx.scalar(2 * beta, like=x))
-    return [ctx.op("Sub", direct, through_s)]
+    return ctx.op("Sub", direct, through_s)

@@ -6,15 +6,11 @@ from engine.graph.rules import attrs, rule
 from engine.graph.rules.windows import window
 
 
-@rule("MaxPool")
-def max_pool(ctx, node, grads):
+@rule("MaxPool", since=16)
+def max_pool(ctx, node, dy):
     """Scatter-add the gradient to the arg-max positions given by MaxPool's Indices output
-    (flat over the whole tensor, so overlapping windows, pads and ceil_mode all work)."""
-    dy = grads[0]
-    if dy is None:
-        return [None]
-    if ctx.opset < 16:
-        raise UnsupportedOpError(f"MaxPool {node.name!r}: its gradient needs opset >= 16; normalize the model")
+    (flat over the whole tensor, so overlapping windows, pads and ceil_mode all work). From
+    opset 16 (ScatterElements with reduction)."""
     if attrs(node).get("storage_order", 0):
         raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule; pick a layer after it")
     x = node.input[0]
@@ -23,7 +19,7 @@ def max_pool(ctx, node, grads):
     zeros = ctx.op("Reshape", ctx.zeros_like(x), flat)
     dx = ctx.op("ScatterElements", zeros, ctx.op("Reshape", indices, flat), ctx.op("Reshape", dy, flat),
                 axis=0, reduction="add")
-    return [ctx.reshape_like(dx, x)]
+    return ctx.reshape_like(dx, x)
 
 
 def _divisors(win, include_pad):
@@ -38,9 +34,8 @@ def _divisors(win, include_pad):
 
 
 @rule("AveragePool")
-def average_pool(ctx, node, grads):
+def average_pool(ctx, node, dy):
     """Divide by each window's count, then spread with a depthwise ConvTranspose of ones."""
-    (dy,) = grads
     x = node.input[0]
     a = attrs(node)
     win = window(ctx, node, a["kernel_shape"])
@@ -52,30 +47,28 @@ def average_pool(ctx, node, grads):
     scaled = ctx.op("Mul", dy, ctx.const(scale.astype(ctx.dtype(x)), "pool_divisor"))
     ones = ctx.const(np.ones((channels, 1, *win.kernel), dtype=ctx.dtype(x)), "pool_ones")
     pads, output_padding = win.transpose_pads()
-    return [ctx.op("ConvTranspose", scaled, ones, kernel_shape=win.kernel, strides=win.strides,
-                   dilations=win.dilations, group=channels, pads=pads, output_padding=output_padding)]
+    return ctx.op("ConvTranspose", scaled, ones, kernel_shape=win.kernel, strides=win.strides,
+                  dilations=win.dilations, group=channels, pads=pads, output_padding=output_padding)
 
 
 @rule("GlobalAveragePool")
-def global_average_pool(ctx, node, grads):
+def global_average_pool(ctx, node, dy):
     """Spread dy / (number of positions) over every position; the count is computed at run
     time when the spatial dims are symbolic."""
-    (dy,) = grads
     x = node.input[0]
     spatial = ctx.shape(x)[2:]
     if all(isinstance(d, int) for d in spatial):
         scaled = ctx.op("Mul", dy, ctx.scalar(1.0 / np.prod(spatial), like=dy))
-        return [ctx.scale(ctx.op("Expand", scaled, ctx.ints([1, 1, *spatial])), 1.0, like=x)]
+        return ctx.scale(ctx.op("Expand", scaled, ctx.ints([1, 1, *spatial])), 1.0, like=x)
     positions = ctx.op("Slice", ctx.shape_of(x), ctx.ints([2]), ctx.ints([len(spatial) + 2]))
     count = ctx.op("Cast", ctx.op("ReduceProd", positions, keepdims=0), to=ctx.elem_type(x))
-    return [ctx.op("Expand", ctx.op("Div", dy, count), ctx.shape_of(x))]
+    return ctx.op("Expand", ctx.op("Div", dy, count), ctx.shape_of(x))
 
 
 @rule("GlobalMaxPool")
-def global_max_pool(ctx, node, grads):
-    (dy,) = grads
+def global_max_pool(ctx, node, dy):
     x = node.input[0]
-    return [ctx.mask(dy, ctx.op("Equal", x, node.output[0]), like=x)]
+    return ctx.mask(dy, ctx.op("Equal", x, node.output[0]), like=x)
 
 
 def _reduced_axes(ctx, node):
@@ -95,18 +88,16 @@ def _reduced_axes(ctx, node):
 
 
 @rule("ReduceSum", "ReduceMean", "ReduceMax")
-def reduce(ctx, node, grads):
-    (dy,) = grads
+def reduce(ctx, node, dy):
     x, y = node.input[0], node.output[0]
     axes = _reduced_axes(ctx, node)
-    rest = [None] * (len(node.input) - 1)
     if axes is None:
-        return [dy] + rest
+        return dy
     keep = attrs(node).get("keepdims", 1)
     dyk = dy if keep else ctx.unsqueeze(dy, axes)
     if node.op_type == "ReduceMax":
         yk = y if keep else ctx.unsqueeze(y, axes)
-        return [ctx.mask(dyk, ctx.op("Equal", x, yk), like=x)] + rest
+        return ctx.mask(dyk, ctx.op("Equal", x, yk), like=x)
     if node.op_type == "ReduceMean":
         dims = [ctx.shape(x)[ax] for ax in axes]
         if all(isinstance(d, int) for d in dims):
@@ -115,4 +106,4 @@ def reduce(ctx, node, grads):
             count = ctx.op("Cast", ctx.op("ReduceProd", ctx.op("Gather", ctx.shape_of(x), ctx.ints(axes)),
                                           keepdims=0), to=ctx.elem_type(x))
         dyk = ctx.op("Div", dyk, count)
-    return [ctx.expand_like(dyk, x, axes)] + rest
+    return ctx.expand_like(dyk, x, axes)

@@ -16,7 +16,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from engine.errors import UnsupportedOpError
-from engine.graph.rules import attrs, rule
+from engine.graph.rules import ALL, attrs, rule
 
 _DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
 
@@ -130,12 +130,12 @@ class _Steps:
         result = [None] * len(node.input)
         result[0] = self.add(*dx_parts)
         for index, parts in ((5, dh0), (6, dc0)):
-            if parts and len(node.input) > index and node.input[index] and ctx.needs(node.input[index]):
+            if parts and len(node.input) > index and node.input[index]:
                 result[index] = parts[0] if len(parts) == 1 else self.op("Concat", *parts, axis=0)
         return result
 
 
-@rule("LSTM")
+@rule("LSTM", wrt=ALL, all_outputs=True)
 def lstm(ctx, node, grads):
     """Gates i, o, f, c (ONNX order); C_t = f·C_{t−1} + i·g, H_t = o·tanh(C_t). No peepholes."""
     if len(node.input) > 7 and node.input[7]:
@@ -183,7 +183,7 @@ def lstm(ctx, node, grads):
     return s.finish(node, dx_parts, dh0, dc0)
 
 
-@rule("GRU")
+@rule("GRU", wrt=ALL, all_outputs=True)
 def gru(ctx, node, grads):
     """Gates z, r, h (ONNX order); H_t = (1 − z)·h̃ + z·H_{t−1}, with h̃ = tanh(Xh + r·(H Rhᵀ + Rbh) + Wbh)
     (linear_before_reset=1, as torch exports) or tanh(Xh + (r·H) Rhᵀ + Rbh + Wbh)."""

@@ -2,30 +2,27 @@
 import numpy as np
 
 from engine.errors import UnsupportedOpError
-from engine.graph.rules import attrs, rule
+from engine.graph.rules import ALL, attrs, rule
 
 
 @rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
-def reshape(ctx, node, grads):
-    (dy,) = grads
-    return [ctx.reshape_like(dy, node.input[0], node.output[0])] + [None] * (len(node.input) - 1)
+def reshape(ctx, node, dy):
+    return ctx.reshape_like(dy, node.input[0], node.output[0])
 
 
 @rule("Transpose")
-def transpose(ctx, node, grads):
-    (dy,) = grads
+def transpose(ctx, node, dy):
     perm = attrs(node).get("perm") or list(range(ctx.rank(node.input[0])))[::-1]
-    return [ctx.op("Transpose", dy, perm=[int(p) for p in np.argsort(perm)])]
+    return ctx.op("Transpose", dy, perm=[int(p) for p in np.argsort(perm)])
 
 
-@rule("Concat")
-def concat(ctx, node, grads):
-    """Split the gradient back into the pieces (their sizes along the axis must be static)."""
-    (dy,) = grads
+@rule("Concat", wrt=ALL)
+def concat(ctx, node, dy):
+    """Split the gradient back into the pieces (their sizes along the axis must be static); one
+    Split for all of them."""
     axis = attrs(node)["axis"] % ctx.rank(node.output[0])
     sizes = [ctx.shape(x)[axis] for x in node.input]
     if not all(isinstance(s, int) for s in sizes):
         raise UnsupportedOpError(f"Concat {node.name!r} joins along a symbolic axis: gradients need static sizes; pick a layer after it")
     pieces = ctx.op_with_ints("Split", dy, "split", sizes, 13, axis=axis, outputs=len(sizes))
-    pieces = [pieces] if len(sizes) == 1 else pieces
-    return [p if ctx.needs(x) else None for p, x in zip(pieces, node.input)]
+    return [pieces] if len(sizes) == 1 else pieces

@@ -11,8 +11,9 @@ from engine.graph.rules.indexing import along_axis
 COMPUTED = "computed"  # a scales/sizes input known only at run time
 
 
-def _resize_request(ctx, node, rank):
-    """Full-rank (roi, scales, sizes) of a Resize/Upsample node; unused ones are None.
+def _resize_request(ctx, node, rank, legacy):
+    """Full-rank (roi, scales, sizes) of a Resize/Upsample node (``legacy``: Upsample or
+    Resize-10, scales only); unused ones are None.
 
     Sizes computed in the graph (e.g. from the input's shape, torchvision's LRASPP) are read
     from the output's inferred shape when the input size is fixed, else they are ``COMPUTED``
@@ -23,13 +24,13 @@ def _resize_request(ctx, node, rank):
         if len(node.input) <= index or not node.input[index]:
             return None
         value = ctx.value(node.input[index])
-        if value is None and index == 3 and node.op_type == "Resize" and "axes" not in a:
+        if value is None and index == 3 and "axes" not in a:
             value = _output_sizes(ctx, node)
         if value is None:
             return COMPUTED
         return value.tolist() if value.size else None
 
-    if node.op_type == "Upsample" or ctx.opset < 11:
+    if legacy:
         scales = list(a["scales"]) if "scales" in a else given(1)
         if scales is COMPUTED:
             raise UnsupportedOpError(f"{node.op_type} {node.name!r} has computed scales: fold constants first")
@@ -71,7 +72,7 @@ def _output_sizes(ctx, node):
     return np.array(sizes, dtype=object)  # a symbol equals the input's dim: that axis is skipped
 
 
-def _axis_matrix(ctx, node, axis, dim, roi, scales, sizes):
+def _axis_matrix(ctx, node, axis, dim, roi, scales, sizes, legacy=False):
     """The matrix M (output size × ``dim``) of the node's 1-D map along ``axis``: the same op
     run by onnx's reference evaluator on each basis vector of a rank-1 input, minus its value
     at 0 (the extrapolation value of tf_crop_and_resize). Upsample and Resize-10 run as their
@@ -88,15 +89,15 @@ def _axis_matrix(ctx, node, axis, dim, roi, scales, sizes):
         out = sizes[axis] if sizes is not None else int(np.floor(dim * scales[axis]))
         return _tf_half_pixel_nearest(dim, out, out / dim if sizes is not None else scales[axis],
                                       keep.get("nearest_mode", "round_prefer_floor"))
-    op_type, opset = node.op_type, ctx.opset
-    if op_type == "Upsample" or opset < 11:  # as the Resize-11 equivalent (asymmetric coordinates)
-        op_type, opset = "Resize", 13
+    opset = ctx.opset
+    if legacy:  # as the Resize-11 equivalent (asymmetric coordinates)
+        opset = 13
         keep = {"mode": keep.get("mode", "nearest"), "coordinate_transformation_mode": "asymmetric",
                 "nearest_mode": "floor"}
     inputs = ["x", add("roi", np.array([roi[axis], roi[rank + axis]], np.float32)) if roi is not None else "",
               add("scales", np.array([scales[axis]], np.float32)) if scales is not None else "",
               add("sizes", np.array([sizes[axis]], np.int64)) if sizes is not None else ""]
-    graph = helper.make_graph([helper.make_node(op_type, inputs, ["y"], **keep)], "axis_map",
+    graph = helper.make_graph([helper.make_node("Resize", inputs, ["y"], **keep)], "axis_map",
                               [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [dim])],
                               [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)], initializer=inits)
     try:
@@ -119,16 +120,15 @@ def _tf_half_pixel_nearest(dim, out, scale, nearest_mode):
     return matrix
 
 
-@rule("Resize", "Upsample")
-def resize(ctx, node, grads):
+@rule("Resize", since=11)
+def resize(ctx, node, dy, legacy=False):
     """Resizing is separable: per resized axis, the transposed interpolation matrix (built at
     rewrite time from the reference implementation, any mode) applied with one MatMul."""
-    (dy,) = grads
     x, y = node.input[0], node.output[0]
     rank = ctx.rank(x)
-    roi, scales, sizes = _resize_request(ctx, node, rank)
+    roi, scales, sizes = _resize_request(ctx, node, rank, legacy)
     if sizes is COMPUTED:
-        return [_resize_by_shapes(ctx, node, dy)] + [None] * (len(node.input) - 1)
+        return _resize_by_shapes(ctx, node, dy)
     if scales is None and sizes is None:
         raise UnsupportedOpError(f"{node.op_type} {node.name!r} has neither scales nor sizes; pick a layer after it")
     dx = dy
@@ -139,11 +139,18 @@ def resize(ctx, node, grads):
         if not isinstance(dim, int):
             raise UnsupportedOpError(
                 f"{node.op_type} {node.name!r} resizes a symbolic axis: give an input size: input_size=(H, W)")
-        matrix = _axis_matrix(ctx, node, axis, dim, roi, scales, sizes)
+        matrix = _axis_matrix(ctx, node, axis, dim, roi, scales, sizes, legacy)
         if isinstance(out, int) and matrix.shape[0] != out:
             raise UnsupportedOpError(f"{node.op_type} {node.name!r}: axis {axis} map disagrees with the output size; pick a layer after it")
         dx = along_axis(ctx, dx, matrix.T, axis, like=x)
-    return [dx] + [None] * (len(node.input) - 1)
+    return dx
+
+
+@rule("Upsample")
+@rule("Resize", since=10)
+def upsample(ctx, node, dy):
+    """Upsample and Resize-10: scales only, asymmetric coordinates (Resize-11's with them)."""
+    return resize(ctx, node, dy, legacy=True)
 
 
 def _resize_by_shapes(ctx, node, dy):
@@ -182,22 +189,21 @@ def _runtime_axis_matrix(ctx, node, axis):
 
 
 @rule("SpaceToDepth")
-def space_to_depth(ctx, node, grads):
+def space_to_depth(ctx, node, dy):
     """A permutation whose inverse is DepthToSpace in DCR mode."""
-    return [ctx.op("DepthToSpace", grads[0], blocksize=attrs(node)["blocksize"])]  # DCR: the default
+    return ctx.op("DepthToSpace", dy, blocksize=attrs(node)["blocksize"])  # DCR: the default
 
 
 @rule("DepthToSpace")
-def depth_to_space(ctx, node, grads):
+def depth_to_space(ctx, node, dy):
     """DCR is undone by SpaceToDepth; CRD by the inverse reshape–transpose–reshape."""
-    (dy,) = grads
     x = node.input[0]
     a = attrs(node)
     block = a["blocksize"]
     if a.get("mode", "DCR") == "DCR":
-        return [ctx.op("SpaceToDepth", dy, blocksize=block)]
+        return ctx.op("SpaceToDepth", dy, blocksize=block)
     _, channels, height, width = ctx.shape(x)
     if not all(isinstance(d, int) for d in (channels, height, width)):
         raise UnsupportedOpError(f"DepthToSpace {node.name!r} has symbolic channel/spatial dims; pick a layer after it")
     blocks = ctx.op("Reshape", dy, ctx.ints([-1, channels // block**2, height, block, width, block]))
-    return [ctx.reshape_like(ctx.op("Transpose", blocks, perm=[0, 1, 3, 5, 2, 4]), x)]
+    return ctx.reshape_like(ctx.op("Transpose", blocks, perm=[0, 1, 3, 5, 2, 4]), x)

@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 from engine.errors import UnsupportedOpError
-from engine.graph.rules import attrs
+from engine.graph.nodes import attrs, same_pads
 
 
 @dataclass
@@ -44,17 +44,6 @@ def static_spatial(ctx, node, name):
     return list(shape[2:])
 
 
-def same_pads(totals, auto_pad):
-    """Split each axis' total padding into (begin, end) pads as ``auto_pad`` SAME_UPPER (the extra
-    one at the end) or SAME_LOWER (at the begin) does.
-
-    Example: ``same_pads([3, 2], "SAME_UPPER") == ([1, 1], [2, 1])``.
-    """
-    small = [t // 2 for t in totals]
-    big = [t - h for t, h in zip(totals, small)]
-    return (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-
-
 def window(ctx, node, kernel):
     """Window of a Conv or pooling ``node`` (input 0 → output 0) with ``kernel`` sizes.
 
@@ -68,9 +57,7 @@ def window(ctx, node, kernel):
     dilations = a.get("dilations") or [1] * n
     auto_pad = a.get("auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        totals = [max(0, (-(-x // s) - 1) * s + (k - 1) * d + 1 - x)
-                  for x, s, k, d in zip(inputs, strides, kernel, dilations)]
-        begin, end = same_pads(totals, auto_pad)
+        begin, end = same_pads(inputs, strides, [(k - 1) * d + 1 for k, d in zip(kernel, dilations)], auto_pad)
     elif auto_pad == "VALID":
         begin, end = [0] * n, [0] * n
     else:
