@@ -11,9 +11,10 @@ the new float input is the gradient of the first float tensor, moved back to the
 '/Cast_output_0'
 """
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from engine.errors import UnsupportedOpError
+from engine.graph.nodes import attrs
 from engine.graph.shapes import FLOAT_TYPES
 # Ops that move or select pixels whatever their type (each has a gradient rule).
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Identity", "Flatten", "Gather",
@@ -67,8 +68,7 @@ def _float_casts(model, image):
     for node in model.graph.node:
         if not on_path.intersection(node.input) or node.op_type in SIZE_OPS:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Cast" and attrs.get("to") in FLOAT_TYPES:
+        if node.op_type == "Cast" and attrs(node).get("to") in FLOAT_TYPES:
             casts.append(node)
         elif node.op_type in LAYOUT_OPS and (node.op_type != "Gather" or node.input[0] in on_path):
             on_path.update(name for name in node.output if name)

@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from engine.graph.nodes import attrs
 from engine.graph.shapes import constant_tensors
 
 _MS = "com.microsoft"
@@ -92,7 +93,7 @@ def dequantized_constants(graph, constants):
         inputs = [i for i in node.input if i]
         if node.op_type != "DequantizeLinear" or node.domain not in _DEFAULT or not all(i in constants for i in inputs):
             continue
-        a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+        a = attrs(node)
         q, scale, *zp = (numpy_helper.to_array(constants[i]) for i in inputs)
         if "block_size" in a or q.dtype.kind not in "iu":
             continue
@@ -205,10 +206,6 @@ class _Rewriter:
         return [node]
 
 
-def _attrs(node, drop=()):
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name not in drop}
-
-
 def _optional(node, index):
     return node.input[index] if len(node.input) > index and node.input[index] else ""
 
@@ -220,7 +217,7 @@ def _keep_scale(rw, node):
         return False
     scale, zp = rw.qparams[x]
     rest = list(node.input[1:])
-    if node.op_type == "Pad" and _attrs(node).get("mode", b"constant") in (b"constant", "constant"):
+    if node.op_type == "Pad" and attrs(node).get("mode", "constant") == "constant":
         # The pad value is an integer (0 when absent): in float it is (value − zero point) · scale.
         s, z = rw.value(scale), rw.value(zp) if zp else np.zeros((), np.uint8)
         value = rw.value(rest[1]) if len(rest) > 1 and rest[1] else np.zeros((), np.int32)
@@ -230,7 +227,7 @@ def _keep_scale(rw, node):
         rest[1] = rw.const(((value.astype(np.int32) - z.astype(np.int32)) * s).astype(np.float32).reshape(()), x + "_pad")
     outputs = [rw.float_name(o) for o in node.output]
     rw.nodes.append(helper.make_node(node.op_type, [rw.dq(x, scale, zp), *rest], outputs,
-                                     name=node.name, **_attrs(node)))
+                                     name=node.name, **attrs(node)))
     for f, o in zip(outputs, node.output):
         rw.quantize(f, scale, zp, o)
 
@@ -252,7 +249,7 @@ def _qlinear_conv(rw, node):
     if bias:  # int32 with scale x_scale · w_scale, zero point 0
         inputs.append(rw.emit("DequantizeLinear", [bias, rw.const((sx * sw).astype(np.float32), bias + "_scale")],
                               hint=bias + "_dequantized", **({"axis": 0} if sw.size > 1 else {})))
-    _requantized(rw, node, "Conv", inputs, ys, yz, **_attrs(node))
+    _requantized(rw, node, "Conv", inputs, ys, yz, **attrs(node))
 
 
 def _qlinear_matmul(rw, node):
@@ -263,7 +260,7 @@ def _qlinear_matmul(rw, node):
 
 def _qgemm(rw, node):
     a, as_, az, b, bs, bz = node.input[:6]
-    a_ = _attrs(node)
+    a_ = attrs(node)
     c = _optional(node, 6)
     sa, sb = rw.value(as_), rw.value(bs)
     if c and (sa is None or sb is None):
@@ -292,7 +289,7 @@ def _integer_product(op_type):
             return False
         scale = rw.qparams[a][0]
         product = rw.emit(op_type, [rw.dq(a, scale, az), weight], hint=node.output[0] + "_float",
-                          **_attrs(node))
+                          **attrs(node))
         rw.emit("Div", [product, scale], node.output[0])
         rw.integer_units.add(node.output[0])
 
@@ -326,7 +323,7 @@ def _binary(op_type):
 def _unary(op_type, attributes=()):
     def rewrite(rw, node):
         x, xs, xz, ys, yz = node.input[:5]
-        keep = {k: v for k, v in _attrs(node).items() if k in attributes}
+        keep = {k: v for k, v in attrs(node).items() if k in attributes}
         _requantized(rw, node, op_type, [rw.dq(x, xs, xz)], ys, yz, **keep)
 
     return rewrite
@@ -334,7 +331,7 @@ def _unary(op_type, attributes=()):
 
 def _softmax(rw, node):
     """QLinearSoftmax; its ``opset`` attribute says which Softmax semantics it follows (13+: one axis)."""
-    a = _attrs(node)
+    a = attrs(node)
     if a.get("opset", 13) < 13:
         return False
     x, xs, xz, ys, yz = node.input[:5]
@@ -344,7 +341,7 @@ def _softmax(rw, node):
 def _pool(op_type):
     def rewrite(rw, node):
         x, xs, xz, ys, yz = node.input[:5]
-        a = _attrs(node)
+        a = attrs(node)
         if a.pop("channels_last", 0):
             return False
         _requantized(rw, node, op_type, [rw.dq(x, xs, xz)], ys, yz, **a)
@@ -355,7 +352,7 @@ def _pool(op_type):
 def _qlinear_concat(rw, node):
     ys, yz, *triples = node.input
     parts = [rw.dq(*triples[i:i + 3]) for i in range(0, len(triples), 3)]
-    _requantized(rw, node, "Concat", parts, ys, yz, axis=_attrs(node)["axis"])
+    _requantized(rw, node, "Concat", parts, ys, yz, axis=attrs(node)["axis"])
 
 
 def _dynamic_quantize_lstm(rw, node):
@@ -372,14 +369,14 @@ def _dynamic_quantize_lstm(rw, node):
         shape = (-1, 1, value.shape[2]) if s.ndim == 2 else (-1, 1, 1)
         dequantized = (value.astype(np.int32) - z.reshape(shape).astype(np.int32)) * s.reshape(shape).astype(np.float32)
         weights.append(rw.const(dequantized.astype(np.float32).transpose(0, 2, 1), q + "_float"))
-    rw.nodes.append(helper.make_node("LSTM", [x, *weights, *rest], node.output, name=node.name, **_attrs(node)))
+    rw.nodes.append(helper.make_node("LSTM", [x, *weights, *rest], node.output, name=node.name, **attrs(node)))
 
 
 def _to_default_domain(rw, node):
     """com.microsoft Quantize/DequantizeLinear: the standard op (same inputs and meaning)."""
     if node.domain in _DEFAULT:
         return False
-    rw.nodes.append(helper.make_node(node.op_type, node.input, node.output, name=node.name, **_attrs(node)))
+    rw.nodes.append(helper.make_node(node.op_type, node.input, node.output, name=node.name, **attrs(node)))
     if node.op_type == "QuantizeLinear":
         rw.qparams[node.output[0]] = (node.input[1], _optional(node, 2))
 

@@ -30,7 +30,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from engine.graph.shapes import declared_shapes, image_input
+from engine.graph.nodes import attrs as node_attrs, same_pads
+from engine.graph.shapes import constant_tensors, declared_shapes, image_input
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,7 @@ def receptive_fields(model: onnx.ModelProto) -> dict:
     if not model.graph.value_info:
         model = onnx.shape_inference.infer_shapes(model)
     shapes = declared_shapes(model)
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-                   if n.op_type == "Constant" and n.attribute[0].name == "value"})
+    consts = {name: numpy_helper.to_array(t) for name, t in constant_tensors(graph).items()}
     image = image_input(model)
     dims = shapes.get(image.name, [None] * 4)
     axes = image.spatial_axes
@@ -135,7 +134,7 @@ _AXIS_OPS = {"Softmax", "LogSoftmax", "Hardmax", "LayerNormalization"}
 
 def _propagate(node, inputs, shapes, consts):
     op = node.op_type
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attrs(node)
     data = inputs[0]
     if op in _WINDOW and data and not any(inputs[1:]):
         return _window(node, data, attrs, shapes, consts)
@@ -221,18 +220,15 @@ def _window(node, data, attrs, shapes, consts):
     dilations = attrs.get("dilations", [1, 1])
     pads = attrs.get("pads", [0, 0, 0, 0])
     in_hw = _spatial(shapes.get(node.input[0]), data.axes) or (None, None)
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    extents = [dilations[k] * (kernel[k] - 1) + 1 for k in range(2)]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begins = same_pads(in_hw, strides, extents, auto_pad)[0]
+    else:
+        begins = [0, 0] if auto_pad == "VALID" else pads[:2]
     size, stride, offset = [], [], []
     for k in range(2):
-        extent = dilations[k] * (kernel[k] - 1) + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            n = in_hw[k]
-            total = (max((-(-n // strides[k]) - 1) * strides[k] + extent - n, 0)
-                     if isinstance(n, int) else max(extent - strides[k], 0))
-            begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-        else:
-            begin = 0 if auto_pad == "VALID" else pads[k]
+        extent, begin = extents[k], begins[k]
         if data.whole:
             size.append(data.size[k])
         else:

@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.errors import ModelLoadError
+from engine.graph.nodes import attrs
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 INTEGER_PIXELS = frozenset({TensorProto.UINT8, TensorProto.INT8, TensorProto.UINT16})  # images fed as raw pixels
@@ -174,11 +175,10 @@ def constant_tensors(graph):
     constants = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":
-            attr = node.attribute[0]
-            value = helper.get_attribute_value(attr)
-            if attr.name in ("value_float", "value_floats"):
+            ((kind, value),) = attrs(node).items()
+            if kind in ("value_float", "value_floats"):
                 value = numpy_helper.from_array(np.array(value, np.float32))
-            elif attr.name in ("value_int", "value_ints"):
+            elif kind in ("value_int", "value_ints"):
                 value = numpy_helper.from_array(np.array(value, np.int64))
             if isinstance(value, onnx.TensorProto):
                 constants[node.output[0]] = value
