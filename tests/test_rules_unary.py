@@ -39,6 +39,7 @@ def away_from_zero(rng, dt):
     ("Selu", 17, {}, spread),
     ("Selu", 17, {"alpha": 1.2, "gamma": 0.8}, spread),
     ("Softplus", 17, {}, spread),
+    ("Softsign", 17, {}, spread),
     ("Mish", 18, {}, spread),
     ("Erf", 17, {}, spread),
     ("Gelu", 20, {}, spread),

@@ -1,5 +1,5 @@
-"""Rules for smooth pointwise functions: Elu, Selu, Softplus, Mish, Erf, Gelu, Exp, Log, Sqrt,
-Pow, Reciprocal, Abs, Neg. They are the same in every backward mode."""
+"""Rules for smooth pointwise functions: Elu, Selu, Softplus, Softsign, Mish, Erf, Gelu, Exp,
+Log, Sqrt, Pow, Reciprocal, Abs, Neg. They are the same in every backward mode."""
 import math
 
 import numpy as np
@@ -23,6 +23,13 @@ def selu(x, y, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875)
 def softplus(x, y):
     """d log(1 + eˣ) = sigmoid(x)."""
     return x.apply("Sigmoid")
+
+
+@derivative("Softsign")
+def softsign(x, y):
+    """d x/(1 + |x|) = 1/(1 + |x|)² = (1 − |y|)²."""
+    s = 1 - y.apply("Abs")
+    return s * s
 
 
 @derivative("Mish")
