@@ -150,8 +150,8 @@ def gradient_cone(nodes, output, wrt, types):
     """Tensors that depend on some ``wrt`` tensor and feed ``output``: where gradients flow.
     ``types``: element type by tensor name (integer tensors carry no gradient).
 
-    >>> sorted(gradient_cone(model.graph.node, "logits", ["layer4"], {}))[:2]
-    ['layer4', 'logits']
+    >>> sorted(gradient_cone(model.proto.graph.node, "logits", ["/Flatten_output_0"], {}))
+    ['/Flatten_output_0', 'logits']
     """
     return _depends(nodes, wrt, types) & upstream(nodes, output)
 

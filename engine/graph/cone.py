@@ -1,7 +1,7 @@
 """Which layer explains an output: the default Grad-CAM layer chosen from the output's cone.
 
->>> default_layer(model.graph.node, [("layer4", ("N", 64, 7, 7))], "logits", (224, 224))
-'layer4'
+>>> default_layer(model.proto.graph.node, [("/layer3/relu_1/Relu_output_0", ("N", 96, 8, 8))], "logits", (64, 64))
+'/layer3/relu_1/Relu_output_0'
 """
 from engine.graph.nodes import attrs, upstream
 
@@ -19,9 +19,8 @@ def default_layer(nodes, layers, output, size, layout="NCHW"):
     the batch off axis 0 (a CRNN's W×N×C×H frames), with spatial size > 1 and an image-like
     aspect for an input of ``size`` (H, W) (a DFL or reshaped head is not one). Each branch's
     nearest such layer is found walking back from the outputs; the answer is the last layer all of
-    them come from (the neck a detector's strides share; the last conv stage of a classifier).
-
-    >>> default_layer(nodes, layers, "out", (640, 640))        # YOLOv8: the stride-8 neck
+    them come from (the neck a detector's strides share, e.g. YOLOv8's stride-8 neck; the last
+    conv stage of a classifier).
     """
     outputs = [output] if isinstance(output, str) else list(output)
     cone = set.union(*(upstream(nodes, o) & _before_linear(nodes, o) for o in outputs)) - _after_sequence(nodes)

@@ -8,7 +8,9 @@ def gradient_blockers(model, output, names):
     """For each tensor in ``names``: None when d(output)/d(tensor) can be built, else the first op
     without a rule on its way to ``output`` as ``"Op (node name)"``. Takes a normalized model.
     The path is the one :func:`~engine.graph.autodiff.differentiate` walks (its cone).
-PLACEHOLDER
+
+    >>> gradient_blockers(model.proto, "logits", ["/Flatten_output_0"])
+    {'/Flatten_output_0': None}
     """
     graph = model.graph
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}

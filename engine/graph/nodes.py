@@ -8,8 +8,8 @@ from onnx import helper
 def attrs(node):
     """Attributes of ``node`` as a dict of plain Python values (strings decoded).
 
-    >>> attrs(onnx.helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], auto_pad="SAME_UPPER"))
-    {'strides': [2, 2], 'auto_pad': 'SAME_UPPER'}
+    >>> attrs(onnx.helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", strides=[2, 2]))
+    {'auto_pad': 'SAME_UPPER', 'strides': [2, 2]}
     """
     out = {}
     for a in node.attribute:

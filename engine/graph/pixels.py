@@ -6,9 +6,6 @@ its own Sub/Div normalization). Gradients are taken with respect to that first f
 return them per input pixel, :func:`float_image` feeds the image as float32 instead: the layout
 ops before the Cast carry floats unchanged and the Cast becomes float → float, so the gradient of
 the new float input is the gradient of the first float tensor, moved back to the input's layout.
-
->>> first_float(model, "image")
-'/Cast_output_0'
 """
 import onnx
 from onnx import TensorProto
@@ -27,8 +24,11 @@ def first_float(model, image):
     Cast that ends its chain of layout ops. Raises UnsupportedOpError when the pixels reach the
     float arithmetic any other way (e.g. integer arithmetic first) or never do.
 
-    >>> first_float(model, "image")
-    '/Cast_output_0'
+    >>> nhwc = onnx.helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, [1, 8, 8, 3])
+    >>> g = onnx.helper.make_graph([onnx.helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
+    ...                             onnx.helper.make_node("Cast", ["t"], ["pixels"], to=1)], "g", [nhwc], [])
+    >>> first_float(onnx.helper.make_model(g), "image")
+    'pixels'
     """
     casts, _ = _float_casts(model, image)
     if not casts:
@@ -41,7 +41,9 @@ def float_image(model, image, inplace=False):
     """``model`` with its integer input ``image`` as float32 (its Casts to float stay, float → float;
     the declared types of the tensors before them are dropped). ``inplace=True`` edits ``model``.
 
-    >>> float_image(model, "image").graph.input[0].type.tensor_type.elem_type
+    >>> nhwc = onnx.helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, [1, 8, 8, 3])
+    >>> g = onnx.helper.make_graph([onnx.helper.make_node("Cast", ["image"], ["pixels"], to=1)], "g", [nhwc], [])
+    >>> float_image(onnx.helper.make_model(g), "image").graph.input[0].type.tensor_type.elem_type
     1
     """
     _, on_path = _float_casts(model, image)  # raises where the pixels do anything but move before their Cast

@@ -26,10 +26,8 @@ quantized output is recomputed by a QuantizeLinear with those, which is the same
 ConvInteger/MatMulInteger compute in integer units, so the float op reads the dequantized input
 and divides by its scale: ``Conv(DQ(x_q), W − w_zp) / x_scale``. A node whose weights are not
 constant, whose scales cannot be traced, or whose variant is not listed, stays as it is (then
-:func:`engine.graph.coverage.gradient_blockers` names it).
-
-Example:
-    >>> clean = dequantize_operators(onnx.load("resnet18-int8.onnx"))  # doctest: +SKIP
+:func:`engine.graph.coverage.gradient_blockers` names it). Example:
+``dequantize_operators(onnx.load("resnet18-int8.onnx"))``.
 """
 from __future__ import annotations
 
@@ -51,11 +49,12 @@ _KEEP_SCALE = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPo
 
 def dequantize_operators(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """Rewrite QOperator and dynamic int8 nodes of ``model`` into DequantizeLinear → float op →
-    QuantizeLinear (see the module docstring); a model without them is returned as it is.
+    QuantizeLinear (see the module docstring); a model without them is returned as it is: a
+    QLinearConv becomes DequantizeLinear (of x) → Conv (dequantized constant weight) →
+    QuantizeLinear → DequantizeLinear.
 
-    Example:
-        >>> [n.op_type for n in dequantize_operators(qlinear_conv_model).graph.node]  # doctest: +SKIP
-        ['QuantizeLinear', 'DequantizeLinear', 'Conv', 'QuantizeLinear', 'DequantizeLinear']
+    >>> dequantize_operators(model.proto).graph.node == model.proto.graph.node
+    True
     """
     out = model if inplace else copy.deepcopy(model)
     graph = out.graph
@@ -84,9 +83,10 @@ def dequantized_constants(graph, constants):
     the constants they are (e.g. the Conv rule's constant-weight backward). ``constants``: the
     graph's constant tensors (:func:`engine.graph.shapes.constant_tensors`).
 
-    Example:
-        >>> sorted(dequantized_constants(qdq_model.graph, constant_tensors(qdq_model.graph)))  # doctest: +SKIP
-        ['conv1.weight_DequantizeLinear_Output']
+    >>> q, s = onnx.numpy_helper.from_array(np.int8([2, -4]), "q"), onnx.numpy_helper.from_array(np.float32(0.5), "s")
+    >>> g = onnx.helper.make_graph([onnx.helper.make_node("DequantizeLinear", ["q", "s"], ["w"])], "g", [], [])
+    >>> onnx.numpy_helper.to_array(dequantized_constants(g, {"q": q, "s": s})["w"])
+    array([ 1., -2.], dtype=float32)
     """
     out = {}
     for node in graph.node:

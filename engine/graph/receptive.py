@@ -52,10 +52,8 @@ class Field:
 def receptive_fields(model: onnx.ModelProto) -> dict:
     """Field of every 4-D tensor computed from the image input of a normalized model.
 
-    Example:
-        >>> fields = receptive_fields(normalize(model, input_size=(224, 224)))  # doctest: +SKIP
-        >>> fields["conv5_3"]                                                   # doctest: +SKIP
-        Field(size=(196, 196), stride=(16, 16), offset=(-90, -90), whole_image=False)
+    >>> receptive_fields(model.proto)["/layer3/relu_1/Relu_output_0"]
+    Field(size=(71, 71), stride=(8, 8), offset=(-35, -35), whole_image=False)
     """
     graph = model.graph
     if not model.graph.value_info:
