@@ -1,4 +1,4 @@
-"""Differentiation rules: one small function per ONNX op type, in one table.
+"""Differentiation rules: small functions per ONNX op type (one per differentiable input), in one table.
 
 How to add a rule (the contract)
 --------------------------------

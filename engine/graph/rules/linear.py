@@ -91,7 +91,9 @@ def gemm_a(ctx, node, dy):
     """Y = alpha·A'·B' + beta·C with A' = A or Aᵀ, B' = B or Bᵀ: dA = alpha·dY·B'ᵀ (transposed when A is)."""
     alpha, _, ta, tb = _gemm_attributes(node)
     b = node.input[1]
-    return ctx.op("Gemm", b, dy, alpha=alpha, transA=tb, transB=1) if ta else ctx.op("Gemm", dy, b, alpha=alpha, transB=1 - tb)
+    if ta:
+        return ctx.op("Gemm", b, dy, alpha=alpha, transA=tb, transB=1)
+    return ctx.op("Gemm", dy, b, alpha=alpha, transB=1 - tb)
 
 
 @rule("Gemm", wrt=1)
@@ -99,7 +101,9 @@ def gemm_b(ctx, node, dy):
     """dB = alpha·A'ᵀ·dY (transposed when B is)."""
     alpha, _, ta, tb = _gemm_attributes(node)
     a = node.input[0]
-    return ctx.op("Gemm", dy, a, alpha=alpha, transA=1, transB=ta) if tb else ctx.op("Gemm", a, dy, alpha=alpha, transA=1 - ta)
+    if tb:
+        return ctx.op("Gemm", dy, a, alpha=alpha, transA=1, transB=ta)
+    return ctx.op("Gemm", a, dy, alpha=alpha, transA=1 - ta)
 
 
 @rule("Gemm", wrt=2)
