@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.errors import ModelLoadError
+from engine.graph.weightless import without_weights
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 INTEGER_PIXELS = frozenset({TensorProto.UINT8, TensorProto.INT8, TensorProto.UINT16})  # images fed as raw pixels
@@ -65,8 +66,6 @@ def infer(model, input_dims=None):
     >>> infer(model, {"image": ["batch", 3, 64, 64]})["conv1"].shape
     ('batch', 16, 32, 32)
     """
-    from engine.graph.normalize import without_weights  # normalize imports this module
-
     work, _ = without_weights(model)
     for value_info in work.graph.input:
         if input_dims and value_info.name in input_dims:

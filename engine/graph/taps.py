@@ -7,7 +7,7 @@ import difflib
 import onnx
 
 from engine.errors import LayerError
-from engine.graph.normalize import without_weights
+from engine.graph.weightless import without_weights
 
 
 def add_taps(model: onnx.ModelProto, names) -> onnx.ModelProto:

@@ -20,7 +20,8 @@ import onnx
 
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate
-from engine.graph.normalize import normalize, without_weights
+from engine.graph.normalize import normalize
+from engine.graph.weightless import without_weights
 from engine.graph.pixels import float_image
 from engine.graph.shapes import INTEGER_PIXELS
 from engine.graph.taps import add_taps
@@ -129,7 +130,7 @@ def cached(model, request, model_hash=None, folder=None, rebuild=False):
 
 def externalize(model):
     """``(graph, weights)``: ``model`` serialized with its large weights (the ones
-    :func:`~engine.graph.normalize.without_weights` sets apart) as ONNX external data, each in
+    :func:`~engine.graph.weightless.without_weights` sets apart) as ONNX external data, each in
     its own file named by its SHA-256, and those weights as ``{sha256 hex: bytes}``.
 
     Serializing a 200 MB rewritten model cost more than building it; the weights' bytes are
