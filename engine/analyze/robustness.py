@@ -14,11 +14,11 @@ For every op each image is augmented and compared with its original on two count
 """
 import csv
 import io
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from engine.analyze.regions import TOP_FRACTION, region_iou
 from engine.augment.base import Op
 from engine.augment.kernels import unwarp
 from engine.augment.pipeline import parse_ops
@@ -112,34 +112,6 @@ def named_ops(ops):
     return pairs
 
 
-def top_region(values, valid, fraction=0.2):
-    """Boolean mask of the top ``fraction`` of ``values`` among the ``valid`` pixels: those at
-    or above the k-th largest valid value, k = ceil(fraction · valid pixels) (ties included).
-
-    >>> top_region(np.array([[3., 1.], [2., 0.]]), np.ones((2, 2), bool), 0.5)
-    array([[ True, False],
-           [ True, False]])
-    """
-    inside = values[valid]
-    if not len(inside):
-        return np.zeros(values.shape, bool)
-    k = max(1, math.ceil(fraction * len(inside)))
-    threshold = np.partition(inside, len(inside) - k)[len(inside) - k]
-    return valid & (values >= threshold)
-
-
-def region_iou(a, b, valid, fraction=0.2):
-    """IoU of the top-``fraction`` regions of maps ``a`` and ``b`` over the ``valid`` pixels;
-    NaN when no pixel is valid.
-
-    >>> region_iou(m, m, np.ones(m.shape, bool))
-    1.0
-    """
-    ra, rb = top_region(a, valid, fraction), top_region(b, valid, fraction)
-    union = np.count_nonzero(ra | rb)
-    return float(np.count_nonzero(ra & rb) / union) if union else math.nan
-
-
 def warp_back(values, matrix, shape):
     """Carry a map of an augmented image back onto the original frame of ``shape`` (H, W).
 
@@ -161,7 +133,7 @@ def warp_back(values, matrix, shape):
     return back, valid.reshape(h, w)
 
 
-def robustness(model, images, ops, seed=0, method="gradcam", layer="auto", fraction=0.2, batch=32,
+def robustness(model, images, ops, seed=0, method="gradcam", layer="auto", fraction=TOP_FRACTION, batch=32,
                progress=None, scale=None):
     """Top-1 and CAM agreement between ``images`` (paths or uint8 RGB arrays) and their
     augmentations by each of ``ops`` (a spec string or a list of ops).

@@ -60,7 +60,7 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    usual_permissions(tmp)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -70,10 +70,17 @@ def atomic_path(path):
         raise
 
 
-def _umask():
+def usual_permissions(path):
+    """Give a file 0666, a folder 0777, less the umask: what ``open`` and ``mkdir`` give, where
+    ``mkstemp`` / ``mkdtemp`` give 0600 / 0700.
+
+    >>> usual_permissions(folder := tempfile.mkdtemp(dir="."))
+    >>> os.stat(folder).st_mode & 0o777 == 0o777 & ~os.umask(os.umask(0))
+    True
+    """
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
 
 
 def write_text(path, text):
@@ -191,7 +198,7 @@ def output_set(folder, owned):
         _clean_stale(folder, home, owned)
         prefix = f".{folder.name}.set-{os.getpid()}-" if beside else f".onnxlens-set-{os.getpid()}-"
         stage = Path(tempfile.mkdtemp(dir=home, prefix=prefix))
-        os.chmod(stage, 0o777 & ~_umask())
+        usual_permissions(stage)
         try:
             yield stage
             fault_point("staged")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from engine.data.files import _umask, atomic_path
+from engine.data.files import atomic_path, usual_permissions
 from engine.errors import UsageError
 
 DEFAULT_MAX = "1GB"
@@ -135,7 +135,7 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.tmp))
         try:
-            staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a cache gets the usual permissions
+            usual_permissions(staging)  # mkdtemp makes 0700
             files = {GRAPH: {"size": len(graph), "sha256": hashlib.sha256(graph).hexdigest()}}
             (staging / GRAPH).write_bytes(graph)
             for digest, data in weights.items():
