@@ -31,7 +31,8 @@ _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 def disk_errors(path):
     """Turn a full, read-only or forbidden disk while writing ``path`` into an :class:`OutputError`.
 
-    >>> with disk_errors("out"): Path("out/a.txt").write_text("a")
+    >>> with disk_errors("a.txt"):
+    ...     _ = Path("a.txt").write_text("a")
     """
     try:
         yield
@@ -54,7 +55,9 @@ def atomic_path(path):
     (OSError as raised: the ``write_*`` functions below say a disk error in one line).
 
     >>> with atomic_path("out/report.html") as tmp:
-    ...     Path(tmp).write_text("<html></html>")
+    ...     _ = Path(tmp).write_text("<html></html>")
+    >>> Path("out/report.html").read_text()
+    '<html></html>'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,8 +77,10 @@ def usual_permissions(path):
     """Give a file 0666, a folder 0777, less the umask: what ``open`` and ``mkdir`` give, where
     ``mkstemp`` / ``mkdtemp`` give 0600 / 0700.
 
-    >>> usual_permissions(folder := tempfile.mkdtemp(dir="."))
-    >>> os.stat(folder).st_mode & 0o777 == 0o777 & ~os.umask(os.umask(0))
+    >>> folder = tempfile.mkdtemp(dir=".")  # 0700
+    >>> usual_permissions(folder)
+    >>> mask = os.umask(0); _ = os.umask(mask)
+    >>> os.stat(folder).st_mode & 0o777 == 0o777 & ~mask
     True
     """
     mask = os.umask(0)
@@ -187,7 +192,9 @@ def output_set(folder, owned):
     directory, a mount point, a symbolic link, or its parent is read-only) the staged files move in one by one.
 
     >>> with output_set("dissect-out", ["units.csv", "summary.json", "unit_*.png"]) as stage:
-    ...     (stage / "units.csv").write_text("unit\\n")
+    ...     _ = (stage / "units.csv").write_text("unit\\n")
+    >>> sorted(p.name for p in Path("dissect-out").iterdir())
+    ['units.csv']
     """
     folder = Path(folder)
     check_out_folder(folder)
