@@ -6,9 +6,6 @@ its own Sub/Div normalization). Gradients are taken with respect to that first f
 return them per input pixel, :func:`float_image` feeds the image as float32 instead: the layout
 ops before the Cast carry floats unchanged and the Cast becomes float → float, so the gradient of
 the new float input is the gradient of the first float tensor, moved back to the input's layout.
-
->>> first_float(model, "image")
-'/Cast_output_0'
 """
 import onnx
 from onnx import TensorProto, helper
@@ -26,8 +23,10 @@ def first_float(model, image):
     Cast that ends its chain of layout ops. Raises UnsupportedOpError when the pixels reach the
     float arithmetic any other way (e.g. integer arithmetic first) or never do.
 
-    >>> first_float(model, "image")
-    '/Cast_output_0'
+    >>> pixels = onnx.parser.parse_model('<ir_version: 8, opset_import: ["" : 17]> g (uint8[N, 8, 8, 3] image)'
+    ...     ' => (float[N, 3, 8, 8] y) {chw = Transpose<perm = [0, 3, 1, 2]>(image) y = Cast<to = 1>(chw)}')
+    >>> first_float(pixels, "image")
+    'y'
     """
     casts, _ = _float_casts(model, image)
     if not casts:
@@ -40,8 +39,10 @@ def float_image(model, image, inplace=False):
     """``model`` with its integer input ``image`` as float32 (its Casts to float stay, float → float;
     the declared types of the tensors before them are dropped). ``inplace=True`` edits ``model``.
 
-    >>> float_image(model, "image").graph.input[0].type.tensor_type.elem_type
-    1
+    >>> pixels = onnx.parser.parse_model('<ir_version: 8, opset_import: ["" : 17]> g (uint8[N, 8, 8, 3] image)'
+    ...     ' => (float[N, 3, 8, 8] y) {chw = Transpose<perm = [0, 3, 1, 2]>(image) y = Cast<to = 1>(chw)}')
+    >>> float_image(pixels, "image").graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    True
     """
     _, on_path = _float_casts(model, image)  # raises where the pixels do anything but move before their Cast
     out = model if inplace else _copy(model)

@@ -51,10 +51,9 @@ class Field:
 def receptive_fields(model: onnx.ModelProto) -> dict:
     """Field of every 4-D tensor computed from the image input of a normalized model.
 
-    Example:
-        >>> fields = receptive_fields(normalize(model, input_size=(224, 224)))  # doctest: +SKIP
-        >>> fields["conv5_3"]                                                   # doctest: +SKIP
-        Field(size=(196, 196), stride=(16, 16), offset=(-90, -90), whole_image=False)
+    >>> from engine.graph.normalize import normalize
+    >>> receptive_fields(normalize(model.proto, input_size=(64, 64)))["/layer1/relu_1/Relu_output_0"]
+    Field(size=(15, 15), stride=(4, 4), offset=(-7, -7), whole_image=False)
     """
     graph = model.graph
     if not model.graph.value_info:

@@ -63,8 +63,8 @@ def infer(model, input_dims=None):
     the model passed in is not modified. Large weights are left out of the inference (they
     only count as typed graph inputs), so a 100 MB model is never copied or serialized whole.
 
-    >>> infer(model, {"image": ["batch", 3, 64, 64]})["conv1"].shape
-    ('batch', 16, 32, 32)
+    >>> infer(model.proto, {"image": ["batch", 3, 96, 96]})["/stem/stem.2/Relu_output_0"].shape
+    ('batch', 24, 48, 48)
     """
     work, _ = without_weights(model)
     for value_info in work.graph.input:
@@ -125,7 +125,7 @@ def image_input(model, source="the model"):
     The layout is where a channel dim of 1 or 3 sits (NCHW wins when both fit); with a dynamic
     channel dim, RGB is assumed; with neither (e.g. 4 channels), NCHW.
 
-    >>> image_input(onnx.load("models/shapes-resnet.onnx")).layout
+    >>> image_input(onnx.load("model.onnx")).layout
     'NCHW'
     """
     initializers = {init.name for init in model.graph.initializer}
@@ -156,7 +156,7 @@ def declared_shapes(model):
     """``{tensor: [int | symbolic name | None, ...]}`` from the graph's inputs, value_info and
     outputs (run shape inference first for the intermediate tensors).
 
-    >>> declared_shapes(model)["image"]
+    >>> declared_shapes(model.proto)["image"]
     ['batch', 3, 64, 64]
     """
     graph = model.graph
@@ -167,7 +167,7 @@ def declared_shapes(model):
 def constant_tensors(graph):
     """name → TensorProto of every initializer and Constant output (any Constant attribute form).
 
-    >>> numpy_helper.to_array(constant_tensors(model.graph)["fc.weight"]).shape
+    >>> numpy_helper.to_array(constant_tensors(model.proto.graph)["fc.weight"]).shape
     (8, 96)
     """
     constants = {t.name: t for t in graph.initializer}
