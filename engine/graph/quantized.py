@@ -27,9 +27,6 @@ ConvInteger/MatMulInteger compute in integer units, so the float op reads the de
 and divides by its scale: ``Conv(DQ(x_q), W − w_zp) / x_scale``. A node whose weights are not
 constant, whose scales cannot be traced, or whose variant is not listed, stays as it is (then
 :func:`engine.graph.coverage.gradient_blockers` names it).
-
-Example:
-    >>> clean = dequantize_operators(onnx.load("resnet18-int8.onnx"))  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -52,9 +49,11 @@ def dequantize_operators(model: onnx.ModelProto, inplace=False) -> onnx.ModelPro
     """Rewrite QOperator and dynamic int8 nodes of ``model`` into DequantizeLinear → float op →
     QuantizeLinear (see the module docstring); a model without them is returned as it is.
 
-    Example:
-        >>> [n.op_type for n in dequantize_operators(qlinear_conv_model).graph.node]  # doctest: +SKIP
-        ['QuantizeLinear', 'DequantizeLinear', 'Conv', 'QuantizeLinear', 'DequantizeLinear']
+    >>> q = onnx.parser.parse_model('<ir_version: 8, opset_import: ["" : 17]> g (uint8[N, 4] x) => (uint8[N, 2] y)'
+    ...     ' <float s = {0.1}, uint8 z = {128}, uint8[4, 2] w = {1, 2, 3, 4, 5, 6, 7, 8}>'
+    ...     ' {y = QLinearMatMul(x, s, z, w, s, z, s, z)}')
+    >>> [n.op_type for n in dequantize_operators(q).graph.node]
+    ['DequantizeLinear', 'DequantizeLinear', 'MatMul', 'QuantizeLinear']
     """
     out = model if inplace else copy.deepcopy(model)
     graph = out.graph
@@ -83,9 +82,12 @@ def dequantized_constants(graph, constants):
     the constants they are (e.g. the Conv rule's constant-weight backward). ``constants``: the
     graph's constant tensors (:func:`engine.graph.shapes.constant_tensors`).
 
-    Example:
-        >>> sorted(dequantized_constants(qdq_model.graph, constant_tensors(qdq_model.graph)))  # doctest: +SKIP
-        ['conv1.weight_DequantizeLinear_Output']
+    >>> q = onnx.parser.parse_model('<ir_version: 8, opset_import: ["" : 17]> g (uint8[N, 4] x) => (uint8[N, 2] y)'
+    ...     ' <float s = {0.1}, uint8 z = {128}, uint8[4, 2] w = {1, 2, 3, 4, 5, 6, 7, 8}>'
+    ...     ' {y = QLinearMatMul(x, s, z, w, s, z, s, z)}')
+    >>> graph = dequantize_operators(q).graph
+    >>> list(dequantized_constants(graph, constant_tensors(graph)))
+    ['w_dequantized']
     """
     out = {}
     for node in graph.node:
