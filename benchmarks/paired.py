@@ -1,10 +1,10 @@
 """Paired timing: the jobs of one comparison run back to back within each round, order rotating,
 so that a shared machine's changing load falls on all of them alike; ratios are taken per round.
 
->>> one_round, times = rotating_rounds({"forward": forward, "gradcam": gradcam})
->>> for _ in range(20): one_round()
->>> float(np.median(round_ratios(times, "gradcam", "forward")))
-1.13
+>>> one_round, times = rotating_rounds({"short": lambda: time.sleep(0.001), "long": lambda: time.sleep(0.003)})
+>>> for _ in range(5): one_round()
+>>> float(np.median(round_ratios(times, "long", "short"))) > 1
+True
 """
 import time
 
@@ -15,7 +15,10 @@ def rotating_rounds(calls, clock=time.perf_counter):
     """``(one_round, times)``: ``one_round()`` runs each of ``calls`` (name → callable) once, each
     round starting one job later, and appends its duration by ``clock`` to ``times[name]``.
 
-    >>> one_round, times = rotating_rounds({"a": f, "b": g}, clock=time.process_time)
+    >>> one_round, times = rotating_rounds({"a": list, "b": dict}, clock=time.process_time)
+    >>> for _ in range(3): one_round()
+    >>> [len(t) for t in times.values()]
+    [3, 3]
     """
     times = {name: [] for name in calls}
     order = list(calls)

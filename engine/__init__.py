@@ -3,4 +3,4 @@ from engine.api import Model
 from engine.errors import OnnxlensError
 
 __all__ = ["Model", "OnnxlensError"]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # read by pyproject.toml and `onnxlens --version`

@@ -1,8 +1,8 @@
 """Memory estimates before big allocations: refuse with a clear message instead of dying in numpy.
 
->>> check_fits(10**15, "SmoothGrad's noisy copies", "lower samples (--samples)")
+>>> check_fits(10**15, "SmoothGrad's noisy copies", "lower samples (--samples)")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-UsageError: SmoothGrad's noisy copies need about 1 PB of memory, more than the 12 GB available: lower samples (--samples)
+engine.errors.UsageError: SmoothGrad's noisy copies need about 1 PB of memory, more than the ... available: lower samples (--samples)
 """
 import os
 

@@ -9,9 +9,12 @@ import time
 class Progress:
     """Count work items and show ``label  37/200  18.5 it/s  ETA 9s``.
 
-    >>> with Progress(total=200, label="dissect") as bar:
-    ...     for batch in batches:
-    ...         bar.update(len(batch))
+    >>> import io
+    >>> with Progress(total=200, label="dissect", stream=io.StringIO(), enabled=True) as bar:
+    ...     for batch in range(4):
+    ...         bar.update(50)
+    >>> bar.stream.getvalue().split("  ")[:2]
+    ['\\rdissect', '200/200']
     """
 
     def __init__(self, total=None, label="", unit="img", stream=None, enabled=None, min_interval=0.2):

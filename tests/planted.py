@@ -120,7 +120,8 @@ def _conv(g, x, name, weight, bias, **attrs):
 def planted_model(classifier_scale=100.0, seed=0):
     """The planted ONNX model (see the module docstring); ``units`` is the layer to dissect.
 
-    >>> onnx.save(planted_model(), "planted.onnx")
+    >>> [i.name for i in planted_model().graph.input], [o.name for o in planted_model().graph.output]
+    (['image'], ['logits'])
     """
     g = Builder()
     x = "image"

@@ -16,7 +16,8 @@ from onnx import numpy_helper
 import zoo
 from cli import main
 from engine.api import Model
-from engine.audit.compare import compare, pearson, top_iou, top_mask
+from engine.analyze.regions import region_iou, top_region
+from engine.audit.compare import compare, pearson
 from engine.data.synth import generate
 from engine.explain import cam
 
@@ -93,9 +94,24 @@ def test_top_iou_matches_sets():
     for i in range(6):
         ta = set(np.argsort(-a[i].ravel())[:20])
         tb = set(np.argsort(-b[i].ravel())[:20])
-        assert top_iou(a, b)[i] == pytest.approx(len(ta & tb) / len(ta | tb))
-    assert top_iou(a, b)[0] == 1
-    assert top_mask(a).sum(axis=(1, 2)).tolist() == [20] * 6
+        assert region_iou(a, b)[i] == pytest.approx(len(ta & tb) / len(ta | tb))
+    assert region_iou(a, b)[0] == 1
+    assert top_region(a).sum(axis=(1, 2)).tolist() == [20] * 6
+
+
+def test_top_regions_of_a_stack_count_ties_as_the_robustness_check_does():
+    # one tie rule for the comparison and the robustness check: ties join the region, per map
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 4, (5, 6, 7)).astype(float), rng.integers(0, 4, (5, 6, 7)).astype(float)
+    valid = rng.random((5, 6, 7)) > 0.3
+    for i in range(5):
+        inside = np.sort(a[i][valid[i]])[::-1]
+        reference = valid[i] & (a[i] >= inside[int(np.ceil(0.2 * len(inside))) - 1])
+        np.testing.assert_array_equal(top_region(a, valid)[i], reference)
+        assert region_iou(a, b, valid)[i] == pytest.approx(region_iou(a[i], b[i], valid[i]))
+    flat, ramp = np.zeros((1, 4, 5)), np.arange(20.0).reshape(1, 4, 5)
+    assert region_iou(flat, flat)[0] == 1.0
+    assert region_iou(flat, ramp)[0] == pytest.approx(4 / 20)  # the flat map's region is the whole frame
 
 
 def test_identical_models_agree_perfectly(scene):

@@ -22,6 +22,7 @@ from engine.data.synth import batches as synth_batches
 from engine.errors import InputShapeError, ModelLoadError
 from engine.explain import cam, saliency
 from engine.graph import normalize as nz
+from engine.graph.editing import default_opset
 from engine.graph.receptive import receptive_fields
 from engine.runtime.batch import batch_plan, in_chunks
 from tests.gradcheck import assert_slopes_match
@@ -247,7 +248,7 @@ def test_an_opset_the_converter_refuses_is_kept_when_its_ops_still_exist(monkeyp
 
     monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
     kept = nz.upgrade_opset(original)
-    assert nz._opset(kept) == 11
+    assert default_opset(kept) == 11
     with pytest.raises(ModelLoadError, match="Re-export"):
         nz.upgrade_opset(original, strict=True)
 

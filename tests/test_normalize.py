@@ -5,6 +5,7 @@ from onnx import helper
 
 from engine.errors import InputShapeError, ModelLoadError
 from engine.graph import normalize as nz
+from engine.graph.editing import default_opset
 from engine.graph.shapes import image_input, infer
 from tests.onnx_build import Builder, run
 
@@ -25,7 +26,7 @@ def _ops(model):
 
 def _check_clean(model, opset=nz.TARGET_OPSET):
     onnx.checker.check_model(model, full_check=True)
-    assert nz._opset(model) == opset
+    assert default_opset(model) == opset
     assert not {"Identity", "Dropout", "Constant", "ConstantOfShape", "Shape"} & set(_ops(model))
     typed = {v.name for v in list(model.graph.value_info) + list(model.graph.output)}
     assert all(o in typed for n in model.graph.node for o in n.output)
@@ -208,10 +209,10 @@ def test_caffe2_opset9_upgraded_with_old_semantics_and_free_batch():
 
 def test_opset_upgrade_range():
     model = torchscript_model(11)
-    assert nz._opset(nz.upgrade_opset(model)) == 17
+    assert default_opset(nz.upgrade_opset(model)) == 17
     newer = helper.make_model(torchscript_model(13).graph,
                               opset_imports=[helper.make_opsetid("", 18)])
-    assert nz._opset(nz.normalize(newer)) == 18
+    assert default_opset(nz.normalize(newer)) == 18
 
 
 def test_unupgradable_model_names_the_blocking_op():

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from cli import main
-from engine.analyze.robustness import region_iou, robustness, top_region, warp_back
+from engine.analyze.regions import region_iou, top_region
+from engine.analyze.robustness import robustness, warp_back
 from engine.api import Model
 from engine.augment import CenterCrop, Rotate, Rotate90, Translate
 from engine.explain import cam

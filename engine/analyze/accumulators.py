@@ -166,10 +166,12 @@ class IoUCounts:
     Masks come as the coordinates of their pixels, e.g. ``np.nonzero(masks.reshape(n, units, -1))``
     for dense N×units×H×W bool masks.
 
+    >>> masks = np.array([[[[1, 0], [1, 0]], [[1, 1], [0, 0]]]], bool)  # 1 image, 2 units, 2×2
     >>> acc = IoUCounts(units=2, categories=["color"], concept_category=[-1, 0, 0])
-    >>> acc.update(np.nonzero(masks.reshape(1, 2, -1)), [{"color": maps}])  # maps: planes×H×W
-    >>> acc.result().shape                                                   # units × label numbers
-    (2, 3)
+    >>> acc.update(np.nonzero(masks.reshape(1, 2, -1)), [{"color": [[[1, 2], [1, 2]]]}])  # 1 plane
+    >>> acc.result()  # units × label numbers
+    array([[0.        , 1.        , 0.        ],
+           [0.        , 0.33333333, 0.33333333]])
     """
 
     def __init__(self, units, categories, concept_category):
@@ -288,7 +290,7 @@ class Embeddings:
 
     >>> acc = Embeddings(n=100, dim=96)
     >>> acc.update(np.zeros((10, 96)), start=0)
-    >>> acc.merge(Embeddings(n=10, dim=96, first=90)).filled.sum()
+    >>> int(acc.merge(Embeddings(n=10, dim=96, first=90)).filled.sum())
     10
     """
 

@@ -82,7 +82,7 @@ def activations_picture(model, image, layer, ncols=8, cell=64):
     Maps share one colour scale (the layer's min to max for this image, viridis) so channels
     compare; each map is enlarged to ``cell`` pixels.
 
-    >>> activations_picture(model, "star.png", "relu2").shape[2]
+    >>> activations_picture(model, "cat.png", "layer1").shape[2]
     3
     """
     name = model.layer(layer).name

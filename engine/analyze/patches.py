@@ -36,8 +36,8 @@ def layer_field(model, layer, size=None):
     """The receptive field (``engine.graph.receptive.Field``) of ``layer`` at the model's input
     size, or at ``size`` (H, W) for a model with dynamic spatial dims.
 
-    >>> layer_field(model, "relu2").size
-    (8, 8)
+    >>> layer_field(model, "/layer1/relu_1/Relu_output_0").size
+    (15, 15)
     """
     size = model.input_size or size
     if size is None:
@@ -92,9 +92,10 @@ def mine(model, source, layer, channels="all", top=9, batch_size=32, progress=No
     """Stream ``source`` and keep, per channel, the ``top`` images with the highest peak.
     ``scale``: run in shards on Ray (:class:`engine.scale.Scale`); the result is the same.
 
-    >>> result = mine(model, from_synth(1000), "relu2", channels="0,3", top=9)
+    >>> from engine.analyze.sources import from_synth
+    >>> result = mine(model, from_synth(4), "layer1", channels="0,3", top=2)
     >>> result.rows[0]["box"]
-    [10, 2, 18, 10]
+    [29, 9, 44, 24]
     """
     layer = model.default_layer if layer == "auto" else model.layer(layer).name
     size = run_size(model, source)  # dynamic H×W: the size every batch runs at
@@ -136,8 +137,11 @@ def patch_tiles(result, channel, source_images, cell=64):
 
     ``source_images``: a function from image index to its uint8 RGB image.
 
-    >>> [value for _, value in patch_tiles(result, 3, lambda i: images[i])][:2]
-    [4.2, 3.9]
+    >>> from engine.analyze.sources import from_synth  # the same scenes as ``images``
+    >>> result = mine(model, from_synth(4), "layer1", channels="3", top=2)
+    >>> values = [value for _, value in patch_tiles(result, 3, lambda i: images[i])]
+    >>> len(values), values == sorted(values, reverse=True)
+    (2, True)
     """
     tiles = []
     for row in (r for r in result.rows if r["channel"] == channel):
@@ -154,6 +158,8 @@ def patch_sheet(result, channel, source_images, cell=64, ncols=8, title=None):
     """The grid of ``channel``'s top patches (:func:`patch_tiles`, each labelled with its value)
     as a uint8 RGB array, titled ``title`` (default: layer and channel).
 
+    >>> from engine.analyze.sources import from_synth
+    >>> result = mine(model, from_synth(4), "layer1", channels="3", top=2)
     >>> patch_sheet(result, 3, lambda i: images[i]).dtype
     dtype('uint8')
     """
@@ -168,7 +174,10 @@ def write_patches(result, source_images, out, cell=64):
 
     ``source_images``: a function from image index to its uint8 RGB image.
 
-    >>> write_patches(result, lambda i: images[i], "patches-out")
+    >>> from engine.analyze.sources import from_synth
+    >>> write_patches(mine(model, from_synth(4), "layer1", channels="3", top=2), lambda i: images[i], "out")
+    >>> sorted(p.name for p in Path("out").iterdir())
+    ['channel_0003.png', 'patches.json']
     """
     with output_set(out, ["patches.json", "channel_*.png"]) as stage:
         _write_patches(result, source_images, stage, cell)

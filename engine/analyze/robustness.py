@@ -8,17 +8,17 @@ For every op each image is augmented and compared with its original on two count
   input→output matrix), counted only over pixels valid in both frames: original pixels that the
   op keeps inside the augmented image. Both maps explain the original's top-1 class.
 
->>> from engine import Model
->>> report = robustness(Model("models/shapes-resnet.onnx"), images, "rotate:15,hflip")
->>> report.summary()[0]["iou_mean"]
+>>> report = robustness(Model("model.onnx"), images, "rotate:15,hflip")
+>>> [(row["op"], 0 <= row["iou_mean"] <= 1) for row in report.summary()]
+[('rotate:15', True), ('hflip', True)]
 """
 import csv
 import io
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from engine.analyze.regions import TOP_FRACTION, region_iou
 from engine.augment.base import Op
 from engine.augment.kernels import unwarp
 from engine.augment.pipeline import parse_ops
@@ -54,8 +54,8 @@ class Report:
         """One dict per op: images, agreement (mean, std over images), IoU (mean, std over the
         images with a valid region), mean valid share.
 
-        >>> report.summary()[0]
-        {'op': 'rotate:15', 'images': 200, 'agreement': 0.985, 'agreement_std': 0.12, ...}
+        >>> list(robustness(model, images, "hflip").summary()[0])
+        ['op', 'images', 'agreement', 'agreement_std', 'iou_mean', 'iou_std', 'valid']
         """
         rows = []
         for k, name in enumerate(self.ops):
@@ -112,34 +112,6 @@ def named_ops(ops):
     return pairs
 
 
-def top_region(values, valid, fraction=0.2):
-    """Boolean mask of the top ``fraction`` of ``values`` among the ``valid`` pixels: those at
-    or above the k-th largest valid value, k = ceil(fraction · valid pixels) (ties included).
-
-    >>> top_region(np.array([[3., 1.], [2., 0.]]), np.ones((2, 2), bool), 0.5)
-    array([[ True, False],
-           [ True, False]])
-    """
-    inside = values[valid]
-    if not len(inside):
-        return np.zeros(values.shape, bool)
-    k = max(1, math.ceil(fraction * len(inside)))
-    threshold = np.partition(inside, len(inside) - k)[len(inside) - k]
-    return valid & (values >= threshold)
-
-
-def region_iou(a, b, valid, fraction=0.2):
-    """IoU of the top-``fraction`` regions of maps ``a`` and ``b`` over the ``valid`` pixels;
-    NaN when no pixel is valid.
-
-    >>> region_iou(m, m, np.ones(m.shape, bool))
-    1.0
-    """
-    ra, rb = top_region(a, valid, fraction), top_region(b, valid, fraction)
-    union = np.count_nonzero(ra | rb)
-    return float(np.count_nonzero(ra & rb) / union) if union else math.nan
-
-
 def warp_back(values, matrix, shape):
     """Carry a map of an augmented image back onto the original frame of ``shape`` (H, W).
 
@@ -147,7 +119,10 @@ def warp_back(values, matrix, shape):
     → output pixel coordinates) lies inside the augmented map, so that bilinear sampling reads
     only the augmented frame; the rest left the frame (rotated-out corners, cropped-away parts).
 
-    >>> back, valid = warp_back(aug_map, op.matrices(params, (96, 96))[0], (96, 96))
+    >>> shift = np.array([[1., 0, 2], [0, 1, 0], [0, 0, 1]])  # 2 px to the right
+    >>> back, valid = warp_back(np.tile(np.arange(8.), (8, 1)), shift, (8, 8))
+    >>> back[0], valid[0]
+    (array([2., 3., 4., 5., 6., 7., 0., 0.], dtype=float32), array([ True,  True,  True,  True,  True,  True, False, False]))
     """
     h, w = shape[:2]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -161,7 +136,7 @@ def warp_back(values, matrix, shape):
     return back, valid.reshape(h, w)
 
 
-def robustness(model, images, ops, seed=0, method="gradcam", layer="auto", fraction=0.2, batch=32,
+def robustness(model, images, ops, seed=0, method="gradcam", layer="auto", fraction=TOP_FRACTION, batch=32,
                progress=None, scale=None):
     """Top-1 and CAM agreement between ``images`` (paths or uint8 RGB arrays) and their
     augmentations by each of ``ops`` (a spec string or a list of ops).
@@ -170,8 +145,9 @@ def robustness(model, images, ops, seed=0, method="gradcam", layer="auto", fract
     depend on ``batch``. ``method``/``layer``: the CAM method and layer (see ``explain.cam``).
     ``scale``: run in shards on Ray (:class:`engine.scale.Scale`); the report is the same.
 
-    >>> report = robustness(model, scene.images, "rotate:15,hflip,brightness:0.3", seed=0)
-    >>> [(r["op"], r["agreement"], r["iou_mean"]) for r in report.summary()]
+    >>> report = robustness(model, images, "rotate:15,hflip,brightness:0.3", seed=0)
+    >>> [(r["op"], r["images"]) for r in report.summary()]
+    [('rotate:15', 4), ('hflip', 4), ('brightness:0.3', 4)]
     """
     pairs = named_ops(ops)
     if not 0 < fraction <= 1:

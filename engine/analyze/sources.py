@@ -28,7 +28,8 @@ class Source:
     def batches(self, batch_size, first=0, stop=None):
         """Yield ``(start, images, labels)`` over images ``first .. stop-1`` (default: all).
 
-        >>> for start, images, labels in from_synth(100, seed=1).batches(32): ...
+        >>> [(start, len(images)) for start, images, labels in from_synth(100, seed=1).batches(32)]
+        [(0, 32), (32, 32), (64, 32), (96, 4)]
         """
         stop = len(self) if stop is None else min(stop, len(self))
         for start in range(first, stop, batch_size):
@@ -72,8 +73,10 @@ def from_synth(n, seed=0, size=(96, 96)):
 def from_concepts(dataset):
     """The images of a Broden-layout dataset (``engine.data.broden.read_concepts``), in index order.
 
-    >>> len(from_concepts(read_concepts("shapes-broden"))) == len(read_concepts("shapes-broden"))
-    True
+    >>> from engine.data import broden, synth
+    >>> broden.write_concepts("concepts", [synth.generate(3, seed=0)])
+    >>> from_concepts(broden.read_concepts("concepts")).names[:2]
+    ['concepts/images/shapes/000000.png', 'concepts/images/shapes/000001.png']
     """
     root = dataset.root / "images"
     classes = dataset.classes or [None] * len(dataset)

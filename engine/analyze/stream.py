@@ -8,7 +8,10 @@ def stream(model, source, layers, batch_size=32, label="", progress=None, first=
     ``progress``: None shows a bar on a terminal only. A model with dynamic spatial dims runs
     every batch at :func:`run_size` (the whole source's, so any shard gives the same result).
 
-    >>> for start, images, labels, acts in stream(model, from_synth(64), ["layer3"]): ...
+    >>> from engine.analyze.sources import from_synth
+    >>> [(start, acts["/layer3/relu_1/Relu_output_0"].shape) for start, _, _, acts in
+    ...  stream(model, from_synth(6), ["/layer3/relu_1/Relu_output_0"], batch_size=4)]
+    [(0, (4, 96, 8, 8)), (4, (2, 96, 8, 8))]
     """
     size = run_size(model, source)
     stop = len(source) if stop is None else min(stop, len(source))
@@ -23,6 +26,7 @@ def stream(model, source, layers, batch_size=32, label="", progress=None, first=
 def run_size(model, source):
     """(H, W) a model runs ``source`` at: its input size, else (dynamic H×W) the first image's.
 
+    >>> from engine.analyze.sources import from_synth
     >>> run_size(model, from_synth(4))
     (64, 64)
     """

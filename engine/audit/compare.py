@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.analyze.regions import TOP_FRACTION, region_iou
 from engine.errors import UsageError
 from engine.explain import cam
-
-TOP_FRACTION = 0.2
-
 
 def pearson(a, b):
     """Pearson correlation of each pair of maps (N×H×W each); 1 where both maps are constant,
@@ -34,33 +32,6 @@ def pearson(a, b):
     flat_a, flat_b = na <= 1e-12 * np.sqrt(a.shape[1]), nb <= 1e-12 * np.sqrt(b.shape[1])
     r = (a * b).sum(axis=1) / np.where(flat_a | flat_b, 1.0, na * nb)
     return np.where(flat_a & flat_b, 1.0, np.where(flat_a | flat_b, 0.0, np.clip(r, -1.0, 1.0)))
-
-
-def top_mask(maps, fraction=TOP_FRACTION):
-    """Per map, the ``fraction`` of pixels with the highest values (ties by pixel order), N×H×W bool.
-
-    >>> top_mask(np.arange(10.0).reshape(1, 2, 5), 0.2)[0].nonzero()
-    (array([1, 1]), array([3, 4]))
-    """
-    maps = np.asarray(maps)
-    flat = maps.reshape(len(maps), -1)
-    k = max(1, int(np.ceil(fraction * flat.shape[1])))
-    order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
-    mask = np.zeros(flat.shape, bool)
-    np.put_along_axis(mask, order, True, axis=1)
-    return mask.reshape(maps.shape)
-
-
-def top_iou(a, b, fraction=TOP_FRACTION):
-    """IoU of the top-``fraction`` regions of each pair of maps.
-
-    >>> top_iou(maps, maps)
-    array([1., 1.])
-    """
-    ma, mb = top_mask(a, fraction), top_mask(b, fraction)
-    inter = (ma & mb).reshape(len(ma), -1).sum(axis=1)
-    union = (ma | mb).reshape(len(ma), -1).sum(axis=1)
-    return inter / union
 
 
 def _stats(values):
@@ -143,7 +114,7 @@ def compare(model_a, model_b, images, names=None, layer_a="auto", layer_b="auto"
         str(model_a.path), str(model_b.path), names, (exp_a.layers[0], exp_b.layers[0]),
         flat_a.argmax(axis=1), flat_b.argmax(axis=1),
         np.abs(flat_a.astype(np.float64) - flat_b).max(axis=1),
-        pearson(exp_a.maps, exp_b.maps), top_iou(exp_a.maps, exp_b.maps, fraction),
+        pearson(exp_a.maps, exp_b.maps), region_iou(exp_a.maps, exp_b.maps, fraction=fraction),
         exp_a.maps, exp_b.maps, fraction,
     )
 

@@ -31,7 +31,8 @@ _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 def disk_errors(path):
     """Turn a full, read-only or forbidden disk while writing ``path`` into an :class:`OutputError`.
 
-    >>> with disk_errors("out"): Path("out/a.txt").write_text("a")
+    >>> with disk_errors("a.txt"):
+    ...     _ = Path("a.txt").write_text("a")
     """
     try:
         yield
@@ -54,13 +55,15 @@ def atomic_path(path):
     (OSError as raised: the ``write_*`` functions below say a disk error in one line).
 
     >>> with atomic_path("out/report.html") as tmp:
-    ...     Path(tmp).write_text("<html></html>")
+    ...     _ = Path(tmp).write_text("<html></html>")
+    >>> Path("out/report.html").read_text()
+    '<html></html>'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    usual_permissions(tmp)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -70,10 +73,19 @@ def atomic_path(path):
         raise
 
 
-def _umask():
+def usual_permissions(path):
+    """Give a file 0666, a folder 0777, less the umask: what ``open`` and ``mkdir`` give, where
+    ``mkstemp`` / ``mkdtemp`` give 0600 / 0700.
+
+    >>> folder = tempfile.mkdtemp(dir=".")  # 0700
+    >>> usual_permissions(folder)
+    >>> mask = os.umask(0); _ = os.umask(mask)
+    >>> os.stat(folder).st_mode & 0o777 == 0o777 & ~mask
+    True
+    """
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
 
 
 def write_text(path, text):
@@ -180,7 +192,9 @@ def output_set(folder, owned):
     directory, a mount point, a symbolic link, or its parent is read-only) the staged files move in one by one.
 
     >>> with output_set("dissect-out", ["units.csv", "summary.json", "unit_*.png"]) as stage:
-    ...     (stage / "units.csv").write_text("unit\\n")
+    ...     _ = (stage / "units.csv").write_text("unit\\n")
+    >>> sorted(p.name for p in Path("dissect-out").iterdir())
+    ['units.csv']
     """
     folder = Path(folder)
     check_out_folder(folder)
@@ -191,7 +205,7 @@ def output_set(folder, owned):
         _clean_stale(folder, home, owned)
         prefix = f".{folder.name}.set-{os.getpid()}-" if beside else f".onnxlens-set-{os.getpid()}-"
         stage = Path(tempfile.mkdtemp(dir=home, prefix=prefix))
-        os.chmod(stage, 0o777 & ~_umask())
+        usual_permissions(stage)
         try:
             yield stage
             fault_point("staged")

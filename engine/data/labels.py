@@ -30,6 +30,7 @@ def parse_labels(text, origin):
 def read_labels(path):
     """Read class names from a file: one name per line, or a JSON list.
 
+    >>> _ = Path("labels.txt").write_text("circle\\nsquare\\ntriangle\\n")
     >>> read_labels("labels.txt")
     ['circle', 'square', 'triangle']
     """

@@ -47,7 +47,7 @@ def tag(path, out=None, preprocess=None, labels=None):
     ... when that exists): nothing the user had is lost. Both writes are atomic. Returns
     ``(written path, backup path or None)``.
 
-    >>> tag("model.onnx", preprocess={"preset": "unit"}, labels="classes.txt")
+    >>> tag("model.onnx", preprocess={"preset": "unit"}, labels=list("abcdefgh"))  # 8 classes
     (PosixPath('model.onnx'), PosixPath('model.onnx.bak'))
     """
     path = Path(path)

@@ -47,7 +47,8 @@ def _check_loops(model, path):
 def load(path):
     """Load an ONNX model with its external data, refusing data files outside the model's folder.
 
-    >>> model = load("models/shapes-resnet.onnx")
+    >>> load("model.onnx").graph.input[0].name
+    'image'
     """
     path = Path(path)
     if not path.is_file():

@@ -6,8 +6,8 @@
 - TorchScript: node names such as ``/layer1/layer1.0/relu_1/Relu``: the scopes (qualified like
   ``layer1.0`` or relative like ``relu``), then the op; ``relu_1`` is the second call of ``relu``.
 
->>> module_paths(onnx.load("resnet18.onnx"))["/layer4/layer4.1/relu_1/Relu_output_0"]
-'layer4.1.relu'
+>>> module_paths(onnx.load("model.onnx"))["/layer1/relu_1/Relu_output_0"]
+'layer1.relu'
 """
 import ast
 import re
@@ -20,8 +20,8 @@ def module_paths(model):
     """``{tensor: module path}`` for the outputs of every node whose module the file records
     (ops of the root module are left out).
 
-    >>> module_paths(model)["relu_4"]
-    'layer1.1.relu'
+    >>> module_paths(model.proto)["/layer1/conv1/Conv_output_0"]
+    'layer1.conv1'
     """
     scoped = {}
     for node in model.graph.node:
@@ -54,8 +54,9 @@ def resolve(name, paths):
     components (``1.relu`` when only ``layer4.1.relu`` ends so). Returns ``(module, [])``, or
     ``(None, candidates)``: several modules end so (ambiguous) or, when none does, none.
 
-    >>> resolve("layer4", paths)
-    ('layer4', [])
+    >>> paths = {"a": "layer4.0.relu", "b": "layer4.1.relu"}
+    >>> resolve("layer4", paths), resolve("relu", paths)
+    (('layer4', []), (None, ['layer4.0.relu', 'layer4.1.relu']))
     """
     modules = modules_of(paths)
     if name in modules:

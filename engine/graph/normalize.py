@@ -1,17 +1,17 @@
-"""Normalization passes: bring any exported ONNX CNN into one clean form.
+"""The normalization pipeline: bring any exported ONNX CNN into one clean form.
 
 Each pass is a function ``ModelProto -> ModelProto`` that returns a new model and leaves its
 argument untouched (onnx-ir's pass style); :func:`normalize` composes them on one private copy,
 passing ``inplace=True`` (the pass may then edit its argument and return it, or return a new
-model: always use the result), so a 100 MB model is copied once, not once per pass. The output of every
-pass computes the same outputs as its input. Constant sub-graphs are evaluated with
-``onnx.reference`` (never an ONNX Runtime session).
+model: always use the result), so a 100 MB model is copied once, not once per pass. The output
+of every pass computes the same outputs as its input. The passes that need modules of their own
+live beside this one: :func:`~engine.graph.constant_folding.fold_constants` (partial evaluation)
+and :func:`~engine.graph.weightless.infer_shapes` (on the weightless skeleton).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import onnx
@@ -19,18 +19,14 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from engine.errors import InputShapeError, ModelLoadError
+from engine.graph.constant_folding import fold_constants
+from engine.graph.editing import DEFAULT_DOMAINS, copy_model, default_opset, prune, subgraph_reads, unique_name
 from engine.graph.half import widen_float16
 from engine.graph.quantized import dequantize_operators
 from engine.graph.shapes import declared_shapes, image_input, value_info_shape
+from engine.graph.weightless import infer_shapes, inferred_skeleton, with_weights, without_weights
 
 TARGET_OPSET = 17
-MAX_FOLD_ELEMENTS = 1 << 22  # larger constant results stay computed at run time
-
-_DEFAULT_DOMAINS = ("", "ai.onnx")
-_NEVER_FOLD = {
-    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-    "Bernoulli", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-}
 
 
 def normalize(model: onnx.ModelProto, input_size=None, inplace=False) -> onnx.ModelProto:
@@ -39,10 +35,9 @@ def normalize(model: onnx.ModelProto, input_size=None, inplace=False) -> onnx.Mo
     ``input_size=(H, W)`` fixes the spatial dims of the image input (batch stays symbolic).
     ``inplace=True`` edits ``model`` itself instead of a copy (for a caller that owns it).
 
-    Example:
-        >>> clean = normalize(onnx.load("resnet.onnx"), input_size=(64, 64))  # doctest: +SKIP
-        >>> clean.opset_import[0].version                                     # doctest: +SKIP
-        17
+    >>> clean = normalize(onnx.load("model.onnx"), input_size=(64, 64))
+    >>> value_info_shape(clean.graph.input[0]), default_opset(clean)
+    (('batch', 3, 64, 64), 17)
     """
     model = drop_initializer_inputs(model, inplace=inplace)
     model = dequantize_operators(model, inplace=True)
@@ -65,11 +60,13 @@ def normalize(model: onnx.ModelProto, input_size=None, inplace=False) -> onnx.Mo
 def drop_initializer_inputs(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """Remove initializers from the graph inputs (old exporters list every weight as an input).
 
-    Example:
-        >>> [i.name for i in drop_initializer_inputs(old).graph.input]  # doctest: +SKIP
-        ['data']
+    >>> old = onnx.load("model.onnx")
+    >>> old.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+    ...                        for t in old.graph.initializer)
+    >>> [i.name for i in drop_initializer_inputs(old).graph.input]
+    ['image']
     """
-    out = model if inplace else _copy(model)
+    out = model if inplace else copy_model(model)
     weights = {t.name for t in out.graph.initializer}
     keep = [i for i in out.graph.input if i.name not in weights]
     del out.graph.input[:]
@@ -88,12 +85,14 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET, inplace=Fa
     gradient rules read each op at the model's opset); otherwise (an op removed since, or
     ``strict``) ModelLoadError names the first node the converter cannot upgrade.
 
-    Example:
-        >>> upgrade_opset(opset9_model).opset_import[0].version  # doctest: +SKIP
-        17
+    >>> x, y = (helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in "xy")
+    >>> old = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y]),
+    ...                         opset_imports=[helper.make_opsetid("", 9)])
+    >>> default_opset(upgrade_opset(old))
+    17
     """
-    if _opset(model) >= target:
-        return model if inplace else _copy(model)
+    if default_opset(model) >= target:
+        return model if inplace else copy_model(model)
     skeleton, weights = without_weights(model)
     error = None
     for candidate, restore in ((skeleton, weights), (model, {})):  # weights rarely matter
@@ -103,14 +102,14 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET, inplace=Fa
             error = exc
             continue
         out.ir_version = max(out.ir_version, helper.find_min_ir_version_for(out.opset_import, ignore_unknown=True))
-        return _with_weights(out, restore)
-    removed = [n for n in model.graph.node if n.domain in _DEFAULT_DOMAINS and not onnx.defs.has(n.op_type, target)]
+        return with_weights(out, restore)
+    removed = [n for n in model.graph.node if n.domain in DEFAULT_DOMAINS and not onnx.defs.has(n.op_type, target)]
     if strict or removed:
         raise ModelLoadError(
-            f"Cannot upgrade the model from opset {_opset(model)} to {target}: "
+            f"Cannot upgrade the model from opset {default_opset(model)} to {target}: "
             f"{_blocking_node(skeleton, target, error)}. Re-export the model at opset {target} "
             "or newer.")
-    return model if inplace else _copy(model)  # the rules read each op at its own opset
+    return model if inplace else copy_model(model)  # the rules read each op at its own opset
 
 
 def name_dynamic_dims(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
@@ -118,11 +117,12 @@ def name_dynamic_dims(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     paddle2onnx / keras2onnx files) and unnamed dims become ``"batch"`` (dim 0) or
     ``"<input>_<axis>"``, so that shape inference and the passes see one symbolic form.
 
-    Example:
-        >>> dims(name_dynamic_dims(paddle_model).graph.input[0])  # [-1, 3, -1, -1] ->  # doctest: +SKIP
-        ['batch', 3, 'x_2', 'x_3']
+    >>> m = onnx.load("model.onnx")
+    >>> m.graph.input[0].type.tensor_type.shape.dim[3].dim_value = -1
+    >>> value_info_shape(m.graph.input[0]), value_info_shape(name_dynamic_dims(m).graph.input[0])
+    (('batch', 3, 64, None), ('batch', 3, 64, 'image_3'))
     """
-    out = model if inplace else _copy(model)
+    out = model if inplace else copy_model(model)
     weights = {t.name for t in out.graph.initializer}
     for value_info in out.graph.input:
         tensor_type = value_info.type.tensor_type
@@ -141,11 +141,13 @@ def specialize_input(model: onnx.ModelProto, input_size, inplace=False) -> onnx.
     The layout is NHWC when the last dim is a channel count of 1 or 3 and dim 1 is not, else
     NCHW. Declared output shapes and value_info are dropped (run :func:`infer_shapes` after).
 
-    Example:
-        >>> m = specialize_input(model, (64, 64))  # [N,3,H,W] -> [N,3,64,64]  # doctest: +SKIP
+    >>> m = onnx.load("model.onnx")
+    >>> for dim in m.graph.input[0].type.tensor_type.shape.dim[2:]: dim.dim_param = "size"
+    >>> value_info_shape(specialize_input(m, (32, 48)).graph.input[0])
+    ('batch', 3, 32, 48)
     """
     height, width = (int(v) for v in input_size)
-    out = model if inplace else _copy(model)
+    out = model if inplace else copy_model(model)
     image, layout = image_value_info(out)
     dims = image.type.tensor_type.shape.dim
     axes = (1, 2) if layout == "NHWC" else (2, 3)
@@ -175,11 +177,12 @@ def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     the batch, as in every CNN: callers check the result (engine.runtime.batch verifies it
     against the original at two batch sizes and runs the model in chunks where it differs).
 
-    Example:
-        >>> dims(free_batch(caffe2_model).graph.input[0])  # [1, 3, 224, 224] ->  # doctest: +SKIP
-        ['batch', 3, 224, 224]
+    >>> m = onnx.load("model.onnx")
+    >>> m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    >>> value_info_shape(free_batch(m).graph.input[0])
+    ('batch', 3, 64, 64)
     """
-    out = model if inplace else _copy(model)
+    out = model if inplace else copy_model(model)
     try:
         image, _ = image_value_info(out)
     except ModelLoadError:
@@ -188,25 +191,25 @@ def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     if not batch.HasField("dim_value") or batch.dim_value < 1:
         return out
     size = batch.dim_value
-    shapes = {t.name: list(t.dims) for t in out.graph.initializer} | declared_shapes(_inferred(out))
+    shapes = {t.name: list(t.dims) for t in out.graph.initializer} | declared_shapes(inferred_skeleton(out))
     graph = out.graph
     names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     runtime_batch = []  # the name of Shape(image)[0:1], emitted on first use
 
     def new_constant(array, hint):
-        name = _unique(hint, names)
+        name = unique_name(hint, names)
         names.add(name)
         graph.initializer.append(numpy_helper.from_array(np.asarray(array, np.int64), name))
         return name
 
     def with_runtime_batch(rest, hint):
         if not runtime_batch:
-            shape, first = _unique("image_shape__batch", names), _unique("image_batch__batch", names)
+            shape, first = unique_name("image_shape__batch", names), unique_name("image_batch__batch", names)
             names.update((shape, first))
             graph.node.insert(0, helper.make_node("Shape", [image.name], [shape]))
             graph.node.insert(1, helper.make_node("Gather", [shape, new_constant([0], "batch_index")], [first]))
             runtime_batch.append(first)
-        joined = _unique(hint, names)
+        joined = unique_name(hint, names)
         names.add(joined)
         graph.node.insert(2, helper.make_node("Concat", [runtime_batch[0], new_constant(rest, hint + "_rest")],
                                               [joined], axis=0))
@@ -231,7 +234,7 @@ def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     for output in graph.output:
         output.type.tensor_type.ClearField("shape")
     del graph.value_info[:]
-    return _prune(out)  # the batch constants replaced
+    return prune(out)  # the batch constants replaced
 
 
 def drop_identities(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
@@ -244,15 +247,14 @@ def drop_identities(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     Graph output names stay: when such a node produces a graph output, the tensor feeding it is
     renamed instead (or the node is kept when that tensor is a graph input or another output).
 
-    Example:
-        >>> [n.op_type for n in drop_identities(m).graph.node]  # doctest: +SKIP
-        ['Conv', 'Relu']
+    >>> [n.op_type for n in drop_identities(onnx.load("model.onnx")).graph.node][:3]
+    ['Conv', 'BatchNormalization', 'Relu']
     """
-    out = model if inplace else _copy(model)
+    out = model if inplace else copy_model(model)
     graph = out.graph
-    shapes = declared_shapes(_inferred(out))
+    shapes = declared_shapes(inferred_skeleton(out))
     outputs = {o.name for o in graph.output}
-    outer = set().union(*(_subgraph_uses(n) for n in graph.node))
+    outer = set().union(*(subgraph_reads(n) for n in graph.node))
     producers = {name: node for node in graph.node for name in node.output}
     keep = []
     for node in graph.node:
@@ -271,76 +273,7 @@ def drop_identities(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
             keep.append(node)
     del graph.node[:]
     graph.node.extend(keep)
-    return _prune(out)
-
-
-def fold_constants(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
-    """Evaluate constant sub-graphs into initializers; resolve Reshape shape sub-graphs.
-
-    Nodes whose inputs are all constant (Constant, ConstantOfShape, arithmetic on weights) become
-    initializers. Shape values are tracked element by element from inferred shapes, so
-    ``Shape -> Gather/Slice -> Concat -> Reshape`` folds even with a symbolic batch: an element
-    equal to the Reshape input's dim at the same position becomes 0 (copy) and one remaining
-    unknown element becomes -1, so the Reshape still works for every batch size.
-
-    Example:
-        >>> [n.op_type for n in fold_constants(torchscript_flatten).graph.node]  # doctest: +SKIP
-        ['Conv', 'Reshape', 'Gemm']
-    """
-    out = infer_shapes(model, inplace=inplace)
-    graph = out.graph
-    opsets = {o.domain or "": o.version for o in out.opset_import}
-    inputs = {i.name for i in graph.input}
-    consts = _Constants({t.name: t for t in graph.initializer if t.name not in inputs})
-    shapes = declared_shapes(out)
-    symbols = _Symbols()
-    partial: dict[str, np.ndarray] = {}
-    outputs = {o.name for o in graph.output}
-    folded = set()
-    for index, node in enumerate(graph.node):
-        if not _foldable(node) or any(o in outputs for o in node.output):
-            continue
-        if all(not i or i in consts for i in node.input):
-            values = _evaluate(node, consts, opsets)
-            if values is not None:
-                consts.update(zip(node.output, values))
-                folded.add(index)
-            continue
-        value = _partial_value(node, consts, partial, shapes, symbols)
-        if value is None:
-            continue
-        array, dtype = np.asarray(value[0], dtype=object), value[1]
-        if any(isinstance(v, str) for v in array.flat):
-            partial[node.output[0]] = array
-        else:
-            consts[node.output[0]] = np.array(array.tolist(), dtype=dtype)
-            folded.add(index)
-    extra = _resolve_reshapes(graph, consts, partial, shapes, folded)
-    kept = [n for i, n in enumerate(graph.node) if i not in folded]
-    del graph.node[:]
-    graph.node.extend(kept)
-    existing = {t.name for t in graph.initializer}
-    needed = {i for n in graph.node for i in n.input}
-    for name in sorted(needed - existing - inputs):
-        if name in consts:
-            graph.initializer.append(numpy_helper.from_array(np.asarray(consts[name]), name))
-    graph.initializer.extend(extra)
-    return _prune(out)
-
-
-def infer_shapes(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
-    """Recompute value_info (and missing output shapes) with ONNX shape inference.
-
-    Example:
-        >>> len(infer_shapes(model).graph.value_info) > 0  # doctest: +SKIP
-        True
-    """
-    inferred = _inferred(model)
-    out = model if inplace else _copy(model)
-    for field in ("value_info", "output"):
-        del getattr(out.graph, field)[:]
-        getattr(out.graph, field).extend(getattr(inferred.graph, field))
-    return out
+    return prune(out)
 
 
 # ---------------------------------------------------------------------------------- public help
@@ -348,86 +281,15 @@ def image_value_info(model: onnx.ModelProto):
     """The image input's ``ValueInfoProto`` (editable in place) and its layout, via
     :func:`engine.graph.shapes.image_input`.
 
-    Example:
-        >>> info, layout = image_value_info(onnx.load("models/shapes-resnet.onnx"))  # doctest: +SKIP
-        >>> info.name, layout                                                          # doctest: +SKIP
-        ('image', 'NCHW')
+    >>> info, layout = image_value_info(onnx.load("model.onnx"))
+    >>> info.name, layout
+    ('image', 'NCHW')
     """
     image = image_input(model)
     return next(vi for vi in model.graph.input if vi.name == image.name), image.layout
 
 
-def without_weights(model: onnx.ModelProto, min_elements=4096):
-    """A copy whose large initializers are graph inputs of the same type and shape instead.
-
-    Shape inference, the version converter and hashing serialize the model; leaving the weights
-    out makes them fast on 100 MB models. Returns ``(skeleton, {name: TensorProto})``, the
-    weights in initializer order (the model's own messages, not copies).
-
-    Example:
-        >>> skeleton, weights = without_weights(model)  # doctest: +SKIP
-        >>> skeleton.ByteSize() < 100_000               # doctest: +SKIP
-        True
-    """
-    out = onnx.ModelProto()
-    for field, value in model.ListFields():
-        if field.name != "graph":
-            _set_field(out, field, value)
-    for field, value in model.graph.ListFields():
-        if field.name != "initializer":
-            _set_field(out.graph, field, value)
-    graph = out.graph
-    inputs = {i.name for i in graph.input}
-    weights = {t.name: t for t in model.graph.initializer
-               if math.prod(t.dims) >= min_elements and t.name not in inputs}
-    graph.initializer.extend(t for t in model.graph.initializer if t.name not in weights)
-    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
-                       for t in weights.values())
-    return out, weights
-
-
 # ------------------------------------------------------------------------------------ internals
-def _copy(model):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
-def _inferred(model):
-    """The weightless skeleton of ``model`` with shapes inferred into its value_info."""
-    skeleton, _ = without_weights(model)
-    del skeleton.graph.value_info[:]
-    try:
-        return onnx.shape_inference.infer_shapes(skeleton, check_type=True, data_prop=True)
-    except onnx.shape_inference.InferenceError as exc:
-        reason = str(exc).splitlines()[0][:200].rstrip(".")
-        raise ModelLoadError(f"The model is inconsistent: {reason}. "
-                             "Check that it loads and runs in ONNX Runtime.") from None
-
-
-def _set_field(message, field, value):
-    if field.is_repeated:
-        getattr(message, field.name).extend(value)
-    elif field.type == field.TYPE_MESSAGE:
-        getattr(message, field.name).CopyFrom(value)
-    else:
-        setattr(message, field.name, value)
-
-
-def _with_weights(skeleton, weights):
-    """Undo :func:`without_weights` on a (transformed) skeleton."""
-    graph = skeleton.graph
-    inputs = [i for i in graph.input if i.name not in weights]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    graph.initializer.extend(weights.values())
-    return skeleton
-
-
-def _opset(model):
-    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
-
-
 def _blocking_node(model, target, exc):
     """Name the first node that the version converter cannot upgrade on its own."""
     try:
@@ -454,7 +316,7 @@ def _blocking_node(model, target, exc):
 
 
 def _is_passthrough(node, graph, shapes):
-    if node.domain not in _DEFAULT_DOMAINS:
+    if node.domain not in DEFAULT_DOMAINS:
         return False
     if node.op_type == "Identity":
         return True
@@ -482,202 +344,8 @@ def _constant(graph, name):
     return None
 
 
-def _subgraph_uses(node):
-    """Names a node's sub-graphs (If/Loop/Scan bodies) read, outer-scope ones included."""
-    names = set()
-    for attr in node.attribute:
-        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-            for inner in sub.node:
-                names.update(inner.input)
-                names |= _subgraph_uses(inner)
-    return names
-
-
 def _rename_uses(graph, old, new):
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name == old:
                 node.input[i] = new
-
-
-def _prune(model):
-    """Drop nodes and initializers that no graph output depends on."""
-    graph = model.graph
-    needed = {o.name for o in graph.output}
-    for index in reversed(range(len(graph.node))):
-        node = graph.node[index]
-        if any(o in needed for o in node.output):
-            needed.update(i for i in node.input if i)
-            needed |= _subgraph_uses(node)
-        else:
-            del graph.node[index]
-    for index in reversed(range(len(graph.initializer))):
-        if graph.initializer[index].name not in needed:
-            del graph.initializer[index]
-    return model
-
-
-def _foldable(node):
-    return (node.domain in _DEFAULT_DOMAINS and node.op_type not in _NEVER_FOLD
-            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                        for a in node.attribute))
-
-
-def _evaluate(node, consts, opsets):
-    feeds = {i: consts[i] for i in node.input if i}
-    if any(np.asarray(v).size > MAX_FOLD_ELEMENTS for v in feeds.values()):
-        return None
-    try:
-        values = ReferenceEvaluator(node, opsets=opsets).run(None, feeds)
-    except Exception:  # an op the reference runtime lacks stays in the graph
-        return None
-    if any(np.asarray(v).size > MAX_FOLD_ELEMENTS for v in values):
-        return None
-    return [np.asarray(v) for v in values]
-
-
-class _Constants(dict):
-    """Known constant values; initializers are converted to arrays only when read."""
-
-    def __init__(self, protos):
-        super().__init__()
-        self.protos = protos
-
-    def __contains__(self, name):
-        return dict.__contains__(self, name) or name in self.protos
-
-    def __missing__(self, name):
-        value = self[name] = numpy_helper.to_array(self.protos[name])
-        return value
-
-
-class _Symbols:
-    """Fresh names for shape elements that are unknown and equal to nothing else."""
-
-    def __init__(self):
-        self.count = 0
-
-    def fresh(self):
-        self.count += 1
-        return f"?{self.count}"
-
-
-_TRACKED = {"Shape", "Size", "Identity", "Cast", "Gather", "Slice", "Concat", "Unsqueeze",
-            "Squeeze", "Mul", "Add", "Sub", "Div"}
-
-
-def _partial_value(node, consts, partial, shapes, symbols):
-    """Element-wise value of a shape computation with some unknown (symbolic) elements.
-
-    Returns ``(object array of int | str, dtype)`` or None when the node is not tracked.
-    """
-    op = node.op_type
-    if op not in _TRACKED:
-        return None
-
-    def value(name):
-        if name in partial:
-            return partial[name]
-        if name in consts and np.asarray(consts[name]).dtype.kind in "iu":
-            return np.asarray(consts[name]).astype(object)
-        return None
-
-    if op == "Shape":
-        dims = shapes.get(node.input[0])
-        if dims is None:
-            return None
-        attrs = {a.name: a.i for a in node.attribute}
-        dims = [d if d is not None else symbols.fresh() for d in dims]
-        dims = dims[slice(attrs.get("start", 0), attrs.get("end"))]
-        return np.array(dims, dtype=object), np.int64
-    if op == "Size":
-        dims = shapes.get(node.input[0])
-        if dims is None or any(not isinstance(d, int) for d in dims):
-            return None
-        return np.array(int(np.prod(dims)), dtype=object), np.int64
-    args = [value(i) if i else None for i in node.input]
-    if not args or args[0] is None:
-        return None
-    data = args[0]
-    if op in ("Identity", "Cast"):
-        to = next((a.i for a in node.attribute if a.name == "to"), None)
-        dtype = np.int64 if to is None else helper.tensor_dtype_to_np_dtype(to)
-        return (data, dtype) if np.dtype(dtype).kind in "iu" else None
-    if op == "Gather":
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if args[1] is None or any(isinstance(v, str) for v in args[1].flat):
-            return None
-        return np.take(data, args[1].astype(np.int64), axis=axis), np.int64
-    if op == "Slice" and data.ndim == 1:
-        if any(a is None for a in args[1:3]) or any(
-                isinstance(v, str) for a in args[1:] if a is not None for v in a.flat):
-            return None
-        steps = args[4] if len(args) > 4 and args[4] is not None else [1]
-        return data[slice(int(args[1][0]), int(args[2][0]), int(steps[0]))], np.int64
-    if op == "Concat":
-        if any(a is None for a in args):
-            return None
-        axis = next(a.i for a in node.attribute if a.name == "axis")
-        return np.concatenate([np.atleast_1d(a) for a in args], axis=axis), np.int64
-    if op in ("Unsqueeze", "Squeeze"):
-        axes = args[1] if len(args) > 1 and args[1] is not None else \
-            next((np.array(a.ints) for a in node.attribute if a.name == "axes"), None)
-        if op == "Unsqueeze":
-            result = data
-            for axis in sorted(int(a) % (data.ndim + len(axes)) for a in axes):
-                result = np.expand_dims(result, axis)
-            return result, np.int64
-        return (np.squeeze(data, axis=None if axes is None else tuple(int(a) for a in axes)),
-                np.int64)
-    if op in ("Mul", "Add", "Sub", "Div") and len(args) == 2 and args[1] is not None:
-        return _elementwise(op, data, args[1], symbols), np.int64
-    return None
-
-
-def _elementwise(op, a, b, symbols):
-    a, b = np.broadcast_arrays(a, b)
-    result = np.empty(a.shape, dtype=object)
-    neutral = {"Mul": 1, "Div": 1, "Add": 0, "Sub": 0}[op]
-    for idx in np.ndindex(a.shape):
-        x, y = a[idx], b[idx]
-        if isinstance(x, str) or isinstance(y, str):
-            result[idx] = x if y == neutral else (y if op in ("Mul", "Add") and x == neutral
-                                                  else symbols.fresh())
-        else:
-            result[idx] = {"Mul": x * y, "Add": x + y, "Sub": x - y,
-                           "Div": int(np.trunc(x / y)) if y else symbols.fresh()}[op]
-    return result
-
-
-def _resolve_reshapes(graph, consts, partial, shapes, folded):
-    """Point each Reshape fed by a partly known shape at a constant 0/-1 form of it."""
-    new = []
-    names = {t.name for t in graph.initializer} | set(consts)
-    for index, node in enumerate(graph.node):
-        if index in folded or node.op_type != "Reshape" or node.input[1] not in partial:
-            continue
-        if any(a.name == "allowzero" and a.i for a in node.attribute):
-            continue
-        target = partial[node.input[1]]
-        source = shapes.get(node.input[0]) or []
-        resolved, unknown = [], 0
-        for i, v in enumerate(target.flat):
-            if not isinstance(v, str):
-                resolved.append(int(v))
-            elif i < len(source) and source[i] == v:
-                resolved.append(0)
-            else:
-                resolved.append(-1)
-                unknown += 1
-        if unknown > 1 or (unknown == 1 and resolved.count(-1) > 1):
-            continue
-        name = _unique(f"{node.input[1]}__folded", names)
-        names.add(name)
-        new.append(numpy_helper.from_array(np.array(resolved, dtype=np.int64), name))
-        node.input[1] = name
-    return new
-
-
-def _unique(name, taken):
-    candidates = itertools.chain([name], (f"{name}_{i}" for i in itertools.count(1)))
-    return next(c for c in candidates if c not in taken)

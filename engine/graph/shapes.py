@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.errors import ModelLoadError
 from engine.graph.nodes import attrs
+from engine.graph.weightless import without_weights
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 INTEGER_PIXELS = frozenset({TensorProto.UINT8, TensorProto.INT8, TensorProto.UINT16})  # images fed as raw pixels
@@ -66,8 +67,6 @@ def infer(model, input_dims=None):
     >>> infer(model.proto, {"image": ["batch", 3, 64, 64]})["/stem/stem.0/Conv_output_0"].shape
     ('batch', 24, 32, 32)
     """
-    from engine.graph.normalize import without_weights  # normalize imports this module
-
     work, _ = without_weights(model)
     for value_info in work.graph.input:
         if input_dims and value_info.name in input_dims:

@@ -7,7 +7,7 @@ import difflib
 import onnx
 
 from engine.errors import LayerError
-from engine.graph.normalize import without_weights
+from engine.graph.weightless import without_weights
 
 
 def add_taps(model: onnx.ModelProto, names) -> onnx.ModelProto:
@@ -18,10 +18,8 @@ def add_taps(model: onnx.ModelProto, names) -> onnx.ModelProto:
     Type and shape come from the model's value_info (shape inference fills gaps).
     A name that no node produces and no graph input carries raises LayerError with close names.
 
-    Example:
-        >>> tapped = add_taps(model, ["layer4.relu_out"])  # doctest: +SKIP
-        >>> [o.name for o in tapped.graph.output]          # doctest: +SKIP
-        ['logits', 'layer4.relu_out']
+    >>> [o.name for o in add_taps(model.proto, ["/layer1/relu_1/Relu_output_0"]).graph.output]
+    ['logits', '/layer1/relu_1/Relu_output_0']
     """
     names = list(dict.fromkeys([names] if isinstance(names, str) else names))
     graph = model.graph

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from engine.data.files import _umask, atomic_path
+from engine.data.files import atomic_path, usual_permissions
 from engine.errors import UsageError
 
 DEFAULT_MAX = "1GB"
@@ -52,8 +52,9 @@ class DamagedEntry(Exception):
 def cache_dir():
     """The cache folder: ``$ONNXLENS_CACHE`` or ``~/.cache/onnxlens``.
 
-    >>> cache_dir()  # with ONNXLENS_CACHE unset  # doctest: +SKIP
-    PosixPath('/root/.cache/onnxlens')
+    >>> getfixture("monkeypatch").delenv("ONNXLENS_CACHE")
+    >>> cache_dir() == Path.home() / ".cache" / "onnxlens"
+    True
     """
     return Path(os.environ.get("ONNXLENS_CACHE") or Path.home() / ".cache" / "onnxlens")
 
@@ -61,8 +62,9 @@ def cache_dir():
 def max_bytes():
     """The size cap in bytes from ``$ONNXLENS_CACHE_MAX`` (e.g. ``500MB``, ``2GiB``; default 1GB).
 
-    >>> max_bytes()  # with ONNXLENS_CACHE_MAX=500MB  # doctest: +SKIP
-    500000000
+    >>> getfixture("monkeypatch").setenv("ONNXLENS_CACHE_MAX", "2GiB")
+    >>> max_bytes()
+    2147483648
     """
     text = os.environ.get("ONNXLENS_CACHE_MAX") or DEFAULT_MAX
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
@@ -95,7 +97,14 @@ class Info:
 class Store:
     """The cache folder ``root`` (see the module docstring).
 
-    >>> path = Store(cache_dir()).get(key, model_hash) or Store(cache_dir()).put(key, meta, graph, weights)
+    >>> store, key = Store("cache"), "0123456789abcdef" * 2
+    >>> store.get(key, "model-sha") is None
+    True
+    >>> weights = {hashlib.sha256(b"weights").hexdigest(): b"weights"}  # graphs name them as external data
+    >>> store.put(key, {"model": "model-sha"}, b"graph", weights).name
+    'model.onnx'
+    >>> store.get(key, "model-sha").read_bytes()
+    b'graph'
     """
 
     def __init__(self, root):
@@ -135,7 +144,7 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.tmp))
         try:
-            staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a cache gets the usual permissions
+            usual_permissions(staging)  # mkdtemp makes 0700
             files = {GRAPH: {"size": len(graph), "sha256": hashlib.sha256(graph).hexdigest()}}
             (staging / GRAPH).write_bytes(graph)
             for digest, data in weights.items():
@@ -198,8 +207,9 @@ class Store:
     def info(self):
         """An :class:`Info` on this cache.
 
-        >>> Store(cache_dir()).info().entries
-        6
+        >>> _ = Store("cache").put("0123456789abcdef" * 2, {"model": "model-sha"}, b"graph", {})
+        >>> Store("cache").info().entries
+        1
         """
         models = set()
         entries = _listing(self.entries, _ENTRY)
@@ -211,8 +221,9 @@ class Store:
     def clear(self):
         """Remove every entry, shared weights file and leftover; returns the :class:`Info` before.
 
-        >>> Store(cache_dir()).clear().size  # bytes freed  # doctest: +SKIP
-        52428800
+        >>> _ = Store("cache").put("0123456789abcdef" * 2, {"model": "model-sha"}, b"graph", {})
+        >>> Store("cache").clear().entries, Store("cache").info().entries
+        (1, 0)
         """
         before = self.info()
         for path in (*self._legacy(), *_listing(self.entries, _ENTRY), *_listing(self.blobs, _BLOB),

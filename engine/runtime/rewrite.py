@@ -20,7 +20,8 @@ import onnx
 
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate
-from engine.graph.normalize import normalize, without_weights
+from engine.graph.normalize import normalize
+from engine.graph.weightless import without_weights
 from engine.graph.pixels import float_image
 from engine.graph.shapes import INTEGER_PIXELS
 from engine.graph.taps import add_taps
@@ -59,7 +60,7 @@ def content_hash(model):
     """SHA-256 of a ``ModelProto``'s content: the serialized model without its large weights,
     then each large weight's bytes (never re-serializing the whole 100 MB model).
 
-    >>> len(content_hash(model))
+    >>> len(content_hash(model.proto))
     64
     """
     skeleton, weights = without_weights(model)
@@ -76,7 +77,8 @@ def build(model, request):
     needed for gradients are dropped from the outputs again. An integer (uint8) input whose
     gradient is requested becomes a float32 input (:func:`engine.graph.pixels.float_image`).
 
-    >>> tapped = build(model, Request((64, 64), activations=("layer4",)))
+    >>> [o.name for o in build(model.proto, Request((64, 64), activations=("/layer3/relu_1/Relu_output_0",))).graph.output]
+    ['logits', '/layer3/relu_1/Relu_output_0']
     """
     originals = [o.name for o in model.graph.output]
     output = request.output or originals[0]
@@ -103,7 +105,8 @@ def cached(model, request, model_hash=None, folder=None, rebuild=False):
     cache cannot be written (read-only, full, a file) a temporary folder is used for this process,
     and when that fails too the rewritten ``ModelProto`` itself is returned (one warning).
 
-    >>> path = cached(model, Request((64, 64), gradients=("image",), output="logits"))
+    >>> cached(model.proto, Request((64, 64), gradients=("image",), output="logits")).name
+    'model.onnx'
     """
     model_hash = model_hash or content_hash(model)
     meta = {"model": model_hash, "code": code_version(), "request": asdict(request)}
@@ -129,13 +132,15 @@ def cached(model, request, model_hash=None, folder=None, rebuild=False):
 
 def externalize(model):
     """``(graph, weights)``: ``model`` serialized with its large weights (the ones
-    :func:`~engine.graph.normalize.without_weights` sets apart) as ONNX external data, each in
+    :func:`~engine.graph.weightless.without_weights` sets apart) as ONNX external data, each in
     its own file named by its SHA-256, and those weights as ``{sha256 hex: bytes}``.
 
     Serializing a 200 MB rewritten model cost more than building it; the weights' bytes are
     kept as they are and only the small rest is serialized.
 
-    >>> graph, weights = externalize(rewritten)
+    >>> graph, weights = externalize(model.proto)
+    >>> len(graph) < 100_000 < sum(map(len, weights.values()))
+    True
     """
     out, large = without_weights(model)
     inputs = [i for i in out.graph.input if i.name not in large]
@@ -178,7 +183,9 @@ def _warn_unusable(root, err):
 def session(model, request, model_hash=None, folder=None, provider="auto", threads=None):
     """An ORT session on the cached rewritten model; an entry that fails to load is rebuilt.
 
-    >>> sess = session(model, Request((64, 64), activations=("layer4",)), threads=1)
+    >>> sess = session(model.proto, Request((64, 64), activations=("/layer3/relu_1/Relu_output_0",)), threads=1)
+    >>> [o.name for o in sess.get_outputs()]
+    ['logits', '/layer3/relu_1/Relu_output_0']
     """
     source = cached(model, request, model_hash, folder)
     try:

@@ -5,6 +5,7 @@ functions here (names and labels come from untrusted model files).
 
 >>> body = [paragraph("8 images"), table([["circle", 0.97]], ["class", "accuracy"])]
 >>> write_report("out/index.html", "audit", [section("Predictions", body, seconds=0.4)])
+'out/index.html'
 """
 import base64
 import html
@@ -55,6 +56,7 @@ def join(parts):
     """Concatenate blocks and texts (texts escaped).
 
     >>> join([heading("CAM"), "a < b"])
+    '<h3>CAM</h3>a &lt; b'
     """
     return Html("".join(escape(p) for p in parts))
 
@@ -63,6 +65,7 @@ def paragraph(text):
     """A paragraph of text (or of Html).
 
     >>> paragraph("200 images, 8 classes")
+    '<p>200 images, 8 classes</p>'
     """
     return Html(f"<p>{escape(text)}</p>")
 
@@ -71,6 +74,7 @@ def note(text):
     """A highlighted remark, e.g. why a section does not apply to this model.
 
     >>> note("no labels: accuracy needs --labels or --synth")
+    '<p class="note">no labels: accuracy needs --labels or --synth</p>'
     """
     return Html(f'<p class="note">{escape(text)}</p>')
 
@@ -118,7 +122,8 @@ def table(rows, headers):
     """A table; numbers are right-aligned, with one format per column (:func:`number_format`),
     None and NaN are blank, snake_case headers become words.
 
-    >>> table([["circle", 0.97, 40]], ["class", "accuracy", "images"])
+    >>> print(table([["circle", 0.97, 40]], ["class", "accuracy", "images"]))  # doctest: +ELLIPSIS
+    <div class="scroll"><table><thead><tr><th>class</th>...<td class="num">0.9700</td><td class="num">40</td></tr></tbody></table></div>
     """
     rows = [list(row) for row in rows]
     formats = [number_format([row[c] for row in rows if c < len(row)]) for c in range(len(headers))]
@@ -160,7 +165,8 @@ def image(rgb, caption=None, width=None, alt=None):
     image scaled up shows its pixels sharp. Never wider than its container. ``alt``: its text
     alternative (default: the caption).
 
-    >>> image(overlay_rgb, caption="gradcam: star 0.98", width=128)
+    >>> print(image(images[0], caption="gradcam: star 0.98", width=128))  # doctest: +ELLIPSIS
+    <figure><img src="data:image/png;base64,...
     """
     rgb = np.asarray(rgb, np.uint8)
     alt = escape(alt if alt is not None else caption if caption is not None else "image")
@@ -174,7 +180,8 @@ def gallery(items, width=None):
     """Images side by side, wrapping onto more lines as the page narrows: ``items`` are (rgb,
     caption) pairs.
 
-    >>> gallery([(a, "input"), (b, "gradcam")], width=128)
+    >>> gallery([(images[0], "input"), (images[1], "gradcam")], width=128).count("<img")
+    2
     """
     return Html('<div class="gallery">' + "".join(image(rgb, caption, width) for rgb, caption in items) + "</div>")
 
@@ -184,7 +191,8 @@ def rows_of_images(rows, headers, width=None):
     one method per column. Its columns share the section's width: images shrink below ``width``
     (CSS pixels) rather than overflow.
 
-    >>> rows_of_images([[img, cam1, cam2]], ["image", "gradcam", "scorecam"], width=96)
+    >>> rows_of_images([list(images[:3])], ["image", "gradcam", "scorecam"], width=96).count("<img")
+    3
     """
     def cell(value, column):
         if isinstance(value, np.ndarray):
@@ -219,6 +227,7 @@ def section(title, body, seconds=None, anchor=None):
     """A :class:`Section` from a title and a list of blocks (texts are escaped).
 
     >>> section("Saliency", [note("no gradients reach the input")], seconds=0.0)
+    Section(title='Saliency', body='<p class="note">no gradients reach the input</p>', seconds=0.0, anchor='saliency')
     """
     return Section(str(title), join(body), seconds, anchor or _anchor(title))
 
@@ -240,7 +249,8 @@ def render(title, sections, subtitle=None):
 def write_report(path, title, sections, subtitle=None):
     """Render and write the page atomically; returns the path.
 
-    >>> write_report("audit/index.html", "onnxlens audit", sections)
+    >>> write_report("audit/index.html", "onnxlens audit", [section("Model", [paragraph("resnet")])])
+    'audit/index.html'
     """
     write_text(path, render(title, sections, subtitle))
     return path

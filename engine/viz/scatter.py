@@ -19,7 +19,7 @@ def scatter(points, labels=None, size=800, thumbnails=None, thumb=40, radius=4, 
     one already drawn, in order.
 
     >>> scatter(np.random.rand(100, 2), ["a", "b"] * 50).shape
-    (800, 960, 3)
+    (800, 859, 3)
     """
     points = np.asarray(points, np.float64)
     labels = ["" if label is None else str(label) for label in (labels if labels is not None else [""] * len(points))]
