@@ -11,6 +11,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from engine.graph.editing import DEFAULT_DOMAINS, prune, unique_name
+from engine.graph.nodes import attrs
 from engine.graph.shapes import declared_shapes
 from engine.graph.weightless import infer_shapes
 
@@ -145,9 +146,9 @@ def _partial_value(node, consts, partial, shapes, symbols):
         dims = shapes.get(node.input[0])
         if dims is None:
             return None
-        attrs = {a.name: a.i for a in node.attribute}
+        bounds = attrs(node)
         dims = [d if d is not None else symbols.fresh() for d in dims]
-        dims = dims[slice(attrs.get("start", 0), attrs.get("end"))]
+        dims = dims[slice(bounds.get("start", 0), bounds.get("end"))]
         return np.array(dims, dtype=object), np.int64
     if op == "Size":
         dims = shapes.get(node.input[0])
@@ -159,11 +160,11 @@ def _partial_value(node, consts, partial, shapes, symbols):
         return None
     data = args[0]
     if op in ("Identity", "Cast"):
-        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        to = attrs(node).get("to")
         dtype = np.int64 if to is None else helper.tensor_dtype_to_np_dtype(to)
         return (data, dtype) if np.dtype(dtype).kind in "iu" else None
     if op == "Gather":
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        axis = attrs(node).get("axis", 0)
         if args[1] is None or any(isinstance(v, str) for v in args[1].flat):
             return None
         return np.take(data, args[1].astype(np.int64), axis=axis), np.int64
@@ -176,11 +177,11 @@ def _partial_value(node, consts, partial, shapes, symbols):
     if op == "Concat":
         if any(a is None for a in args):
             return None
-        axis = next(a.i for a in node.attribute if a.name == "axis")
+        axis = attrs(node)["axis"]
         return np.concatenate([np.atleast_1d(a) for a in args], axis=axis), np.int64
     if op in ("Unsqueeze", "Squeeze"):
         axes = args[1] if len(args) > 1 and args[1] is not None else \
-            next((np.array(a.ints) for a in node.attribute if a.name == "axes"), None)
+            attrs(node).get("axes")
         if op == "Unsqueeze":
             result = data
             for axis in sorted(int(a) % (data.ndim + len(axes)) for a in axes):
@@ -215,7 +216,7 @@ def _resolve_reshapes(graph, consts, partial, shapes, folded):
     for index, node in enumerate(graph.node):
         if index in folded or node.op_type != "Reshape" or node.input[1] not in partial:
             continue
-        if any(a.name == "allowzero" and a.i for a in node.attribute):
+        if attrs(node).get("allowzero"):
             continue
         target = partial[node.input[1]]
         source = shapes.get(node.input[0]) or []

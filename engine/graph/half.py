@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.graph.shapes import infer
+from engine.graph.nodes import attrs
 
 HALF, SINGLE = TensorProto.FLOAT16, TensorProto.FLOAT
 
@@ -127,7 +128,7 @@ def _rounding_points(graph):
 
 
 def _cast_target(node):
-    return next((a.i for a in node.attribute if a.name == "to"), None)
+    return attrs(node).get("to")
 
 
 def _widen_attributes(node):

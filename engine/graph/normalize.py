@@ -22,6 +22,7 @@ from engine.errors import InputShapeError, ModelLoadError
 from engine.graph.constant_folding import fold_constants
 from engine.graph.editing import DEFAULT_DOMAINS, copy_model, default_opset, prune, subgraph_reads, unique_name
 from engine.graph.half import widen_float16
+from engine.graph.nodes import attrs
 from engine.graph.quantized import dequantize_operators
 from engine.graph.shapes import declared_shapes, image_input, value_info_shape
 from engine.graph.weightless import infer_shapes, inferred_skeleton, with_weights, without_weights
@@ -331,7 +332,7 @@ def _is_passthrough(node, graph, shapes):
     if len(node.input) > 2 and node.input[2]:
         training = _constant(graph, node.input[2])
         return training is not None and not bool(training)
-    return not any(a.name == "is_test" and a.i == 0 for a in node.attribute)
+    return attrs(node).get("is_test", 1) != 0
 
 
 def _constant(graph, name):
