@@ -114,6 +114,26 @@ def test_saliency_methods():
     assert sg.attributions.shape == x.shape and not np.allclose(sg.attributions, g)
 
 
+
+def test_smoothed_integrated_gradients_through_the_model():
+    model = NumpyModel()
+    x = model.preprocess(IMAGES[:2])
+    seeds = np.eye(4, dtype=np.float32)[model.forward(x)[1]["logits"].argmax(axis=1)]
+    exp = saliency(model, list(IMAGES[:2]), method="smoothgrad:integrated", samples=3, noise=0.1, steps=4, rng=5)
+    eps = np.random.default_rng([5, 0]).standard_normal((2, 3, *x.shape[1:]))  # rng and the batch's first image
+    sigma = 0.1 * (x.reshape(2, -1).max(axis=1) - x.reshape(2, -1).min(axis=1))
+    want = np.zeros(x.shape)
+    for n in range(2):
+        for s in range(3):
+            xs = x[n:n + 1] + sigma[n] * eps[n, s]
+            grads = [model.run((k / 4 * xs).astype(np.float32), gradients=["input"],
+                               seed={"logits": seeds[n:n + 1]}).gradients["input"] for k in range(1, 5)]
+            want[n] += (xs * np.mean(grads, axis=0))[0] / 3
+    np.testing.assert_allclose(exp.attributions, want, rtol=1e-3, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(exp.raw[model.input.name], np.abs(exp.attributions).max(axis=1))
+    guided = saliency(model, list(IMAGES[:2]), method="smoothgrad:guided-gradcam", samples=2)
+    assert guided.attributions.shape == x.shape and np.isfinite(guided.maps).all()
+
 def test_evaluate_reports_method_and_baselines():
     model = NumpyModel()
     masks = np.zeros((4, 12, 12), bool)
