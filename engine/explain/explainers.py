@@ -1,9 +1,8 @@
 """Model-level explanations: CAM family and saliency maps for images, as the CLI runs them.
 
->>> from engine import Model
->>> from engine.explain import cam
->>> exp = cam(Model("models/shapes-resnet.onnx"), ["star.png"], method="gradcam")
->>> exp.raw.shape, exp.maps.shape        # (1, 4, 4) at the layer, (1, 96, 96) in [0, 1]
+>>> exp = cam(model, ["cat.png"], method="gradcam")
+>>> exp.layers, exp.raw[exp.layers[0]].shape, exp.maps.shape     # at the layer; in [0, 1] at the image's size
+(['/layer3/relu_1/Relu_output_0'], (1, 8, 8), (1, 96, 96))
 """
 import functools
 from dataclasses import dataclass, field
@@ -80,8 +79,9 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     the weighted activations instead of their sum. For "top" class targets the gradient methods
     need one forward pass: the gradient comes from differentiating only the network after the layer.
 
-    >>> exp = cam(model, images, method="gradcam++", targets=[3, 5])
-    >>> exp = cam(detector, images, targets="box:0"); exp.details[0]["box"]
+    >>> exp = cam(model, images[:2], method="gradcam++", targets=[3, "star"], layer="layer2,layer3")
+    >>> exp.targets.tolist(), [raw.shape for raw in exp.raw.values()]     # a map per layer
+    ([3, 3], [(2, 8, 8), (2, 8, 8)])
     """
     entry = _entry(methods.METHODS, method, "CAM")
     rgbs, out_size = _images(model, images, layout)
