@@ -71,8 +71,8 @@ def test_output_mask_target_equals_class_sum():
     a = cam(model, list(IMAGES[:2]), method="hirescam", targets=OutputMask(mask))
     model_run = model.run(model.preprocess(IMAGES[:2]), activations=["pool"], gradients=["pool"],
                           seed={"logits": np.tile(mask, (2, 1))})
-    np.testing.assert_allclose(a.raw["pool"], methods.hirescam(model_run.activations["pool"], model_run.gradients["pool"]),
-                               rtol=1e-5, atol=1e-7)
+    want = methods.hirescam(model_run.activations["pool"], model_run.gradients["pool"])
+    np.testing.assert_allclose(a.raw["pool"], want, rtol=1e-5, atol=1e-7)
     assert a.targets.tolist() == [-1, -1]
 
 

@@ -133,6 +133,7 @@ def test_cli_channel_target_explains_a_dense_output(tmp_path):
     mask = np.zeros((3, 32, 32), np.float32)
     mask[1] = 1
     want = cam(Model(fx.path), [str(image)], targets=OutputMask(mask))
-    np.testing.assert_allclose(np.load(tmp_path / "o" / "cams.npz")["raw"], want.raw[want.layers[0]], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "cams.npz")["raw"], want.raw[want.layers[0]],
+                               rtol=1e-5, atol=1e-7)
     bad = CliRunner().invoke(cli.main, ["cam", str(fx.path), str(image), "--target", "channel:3", "--out", str(tmp_path / "p")])
     assert bad.exit_code == 2 and bad.output.startswith("error: target channel 3 out of range") and not (tmp_path / "p").exists()

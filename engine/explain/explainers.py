@@ -4,8 +4,9 @@
 >>> exp.layers, exp.raw[exp.layers[0]].shape, exp.maps.shape     # at the layer; in [0, 1] at the image's size
 (['/layer3/relu_1/Relu_output_0'], (1, 8, 8), (1, 96, 96))
 """
-import functools
 from dataclasses import dataclass, field
+from functools import partial
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -83,7 +84,9 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     >>> exp.targets.tolist(), [raw.shape for raw in exp.raw.values()]     # a map per layer
     ([3, 3], [(2, 8, 8), (2, 8, 8)])
     """
-    entry = _entry(methods.METHODS, method, "CAM")
+    if method not in methods.METHODS:
+        raise UsageError(f"unknown CAM method '{method}': use one of {', '.join(methods.METHODS)}")
+    entry = methods.METHODS[method]
     rgbs, out_size = _images(model, images, layout)
     first = model.preprocess(rgbs[:batch])  # the first batch, also what describe runs on
     view = describe(model, first[:1], output, output_kind, logits)
@@ -116,15 +119,9 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
                        empty=empty)
 
 
-def _entry(table, name, family):
-    """The table's entry for ``name``, or a UsageError listing the table's names."""
-    if name not in table:
-        raise UsageError(f"unknown {family} method '{name}': use one of {', '.join(table)}")
-    return table[name]
-
-
 def _cam_sources(model, entry, layer, view):
-    """(the layers, {input: make(layer, x, rows, acts, grads)}) for a CAM method: each input of
+    """(the layers, {input: make(at)}) for a CAM method, ``at`` naming the ``layer``, inputs ``x``,
+    ``rows`` and gradients ``grads`` of one capture: each input of
     :data:`methods.INPUTS` the method may name; the FC head (which fixes the layer) and the heads
     after each layer are found here, once per call, only for a method that names them."""
     if "fc_weights" in entry.needs:
@@ -139,13 +136,13 @@ def _cam_sources(model, entry, layer, view):
     scores = scores_fn(model, view)
     layout = model.input.layout
     return layers, {
-        "gradients": lambda n, x, rows, acts, grads: grads[n],
-        "fc_weights": lambda n, x, rows, acts, grads: fc[rows.labels],
-        "x": lambda n, x, rows, acts, grads: x,
-        "seeds": lambda n, x, rows, acts, grads: rows.seeds,
-        "scores": lambda n, x, rows, acts, grads: scores,
-        "head": lambda n, x, rows, acts, grads: heads[n],
-        "layout": lambda n, x, rows, acts, grads: layout,
+        "gradients": lambda at: at.grads[at.layer],
+        "fc_weights": lambda at: fc[at.rows.labels],
+        "x": lambda at: at.x,
+        "seeds": lambda at: at.rows.seeds,
+        "scores": lambda at: scores,
+        "head": lambda at: heads[at.layer],
+        "layout": lambda at: layout,
     }
 
 
@@ -177,9 +174,9 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
         for start in range(0, len(rgbs), batch):
             x = model.preprocess(rgbs[start:start + batch])
             rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank, need_scores=True)
-            given = entry.given({name: functools.partial(make, x[rows.image], rows, start, rgbs[start].shape)
-                                 for name, make in sources.items()})
-            parts.append((entry(**given), rows, _flat(scores, view), start))
+            at = SimpleNamespace(x=x[rows.image], rows=rows, start=start, shape=rgbs[start].shape)
+            parts.append((entry(**entry.given({k: partial(make, at) for k, make in sources.items()})), rows,
+                          _flat(scores, view), start))
             bar.update(len(x))
     attr = _joined_arrays([p[0] for p in parts])
     raw = attribution.reduce(attr, reduce, model.input.layout)
@@ -189,7 +186,8 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
 
 
 def _saliency_sources(model, view, layer, batch, samples, noise, steps, baseline, rng):
-    """{input: make(x, rows, start, image_shape)} for each input of
+    """{input: make(at)} (``at`` naming a batch's rows' inputs ``x``, the ``rows``, the batch's first
+    image index ``start`` and its image ``shape``) for each input of
     :data:`attribution.INPUTS` (and the smoothing options) an attribution may name; the Grad-CAM
     layer and the baseline are read only for a method that names them."""
     gradient = gradient_fn(model, view)
@@ -202,17 +200,17 @@ def _saliency_sources(model, view, layer, batch, samples, noise, steps, baseline
         return resize_maps(to_unit(methods.gradcam(acts[layers[0]], grads[layers[0]])), size)
 
     return {
-        "gradient": lambda x, rows, start, shape: gradient,
-        "x": lambda x, rows, start, shape: x,
-        "seeds": lambda x, rows, start, shape: rows.seeds,
-        "cam": lambda x, rows, start, shape: cam_maps,
-        "batch": lambda x, rows, start, shape: batch,
-        "steps": lambda x, rows, start, shape: steps,
-        "baseline": lambda x, rows, start, shape: _baseline(model, baseline, shape),
-        "layout": lambda x, rows, start, shape: layout,
-        "samples": lambda x, rows, start, shape: samples,
-        "noise": lambda x, rows, start, shape: noise,
-        "rng": lambda x, rows, start, shape: [rng, start],
+        "gradient": lambda at: gradient,
+        "x": lambda at: at.x,
+        "seeds": lambda at: at.rows.seeds,
+        "cam": lambda at: cam_maps,
+        "batch": lambda at: batch,
+        "steps": lambda at: steps,
+        "baseline": lambda at: _baseline(model, baseline, at.shape),
+        "layout": lambda at: layout,
+        "samples": lambda at: samples,
+        "noise": lambda at: noise,
+        "rng": lambda at: [rng, at.start],
     }
 
 
@@ -332,7 +330,8 @@ def _raw(model, x, rows, entry, layers, view, eigen_smooth, sources):
     outputs, acts, grads = capture(model, x, layers, seeds, view)
     raw = {}
     for n in layers:
-        given = entry.given({name: functools.partial(make, n, x, rows, acts, grads) for name, make in sources.items()})
+        at = SimpleNamespace(layer=n, x=x, rows=rows, grads=grads)
+        given = entry.given({name: partial(make, at) for name, make in sources.items()})
         raw[n] = entry(acts[n], eigen_smooth=eigen_smooth, **given)
     return _values(model, outputs, acts, view.name), raw
 

@@ -5,8 +5,8 @@ fixtures do; the caller hands each method the inputs it names and nothing else.
 ...     "Twice the input."
 ...     return scale * x
 >>> entry = Method("doubled", doubled)
->>> entry.needs, entry.options, entry.summary
-(('x',), ('scale',), 'Twice the input.')
+>>> entry.needs, list(entry.parameters), entry.summary
+(('x',), ['x', 'scale'], 'Twice the input.')
 >>> entry.given({"x": lambda: 3, "unused": lambda: 1 / 0})
 {'x': 3}
 """
@@ -40,14 +40,9 @@ class Method:
         return tuple(n for n, p in self.parameters.items() if p.default is inspect.Parameter.empty)
 
     @property
-    def options(self):
-        """Names of the parameters with a default."""
-        return tuple(n for n, p in self.parameters.items() if p.default is not inspect.Parameter.empty)
-
-    @property
     def summary(self):
-        """The first line of ``fn``'s docstring (the CLI's and the docs' one-line description)."""
-        return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
+        """The first line of ``fn``'s docstring: what the method is, in one line."""
+        return (self.fn.__doc__ or "").strip().split("\n")[0]
 
     def given(self, inputs):
         """Keyword arguments for ``fn``: each input it names, from ``inputs`` {name: zero-argument
