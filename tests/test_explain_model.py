@@ -10,6 +10,7 @@ import cli
 from engine.data.files import write_image
 from engine.errors import LayerError, UsageError
 from engine.explain import OutputMask, cam, class_visualization, evaluate, methods, saliency
+from tests import explain_references as refs
 from tests.explain_numpy_model import NumpyModel
 
 RNG = np.random.default_rng(1)
@@ -289,3 +290,22 @@ def test_model_run_seeds_an_intermediate_tensor_like_the_hand_derived_gradient(t
     np.testing.assert_allclose(got.activations["feat"], want.activations["feat"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.gradients["input"], want.gradients["input"], rtol=1e-4, atol=1e-5)
     assert len(got.outputs) == 1 and got.outputs[0].shape == (2, 4)
+
+
+def test_a_new_cam_method_is_one_table_entry(monkeypatch):
+    def negative_gradcam(activations, gradients):
+        """Grad-CAM of the opposite score."""
+        return -gradients.mean(axis=(2, 3))
+
+    monkeypatch.setitem(methods.METHODS, "negcam", methods.CamMethod("negcam", negative_gradcam))
+    model = NumpyModel()
+    exp = cam(model, list(IMAGES[:2]), method="negcam", targets=[0, 3])
+    run = model.run(model.preprocess(IMAGES[:2]), activations=["pool"], gradients=["pool"],
+                    seed={"logits": np.eye(4, dtype=np.float32)[[0, 3]]})
+    a, g = run.activations["pool"], run.gradients["pool"]
+    want = refs.relu_sum(-g.astype(np.float64).mean(axis=(2, 3)), a)
+    assert want.max() > 0
+    np.testing.assert_allclose(exp.raw["pool"], want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(TypeError, match="needs"):
+        methods.cam_method("odd")(lambda activations, logits: logits)
+    assert "odd" not in methods.METHODS
