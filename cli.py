@@ -15,6 +15,8 @@ from engine.data.files import (check_out_file, check_out_folder, output_set, wri
                                write_text)
 from engine import __version__
 from engine.errors import OnnxlensError, UsageError
+from engine.explain import attribution
+from engine.explain import methods as cam_methods
 from engine.progress import Progress
 
 
@@ -471,11 +473,18 @@ _explain_options = _options(
 )
 
 
+def _saliency_method(ctx, param, value):
+    """Check a saliency method name (a table entry, or one smoothed) before the model loads."""
+    try:
+        attribution.method(value)
+    except UsageError as err:
+        raise click.BadParameter(str(err)) from None
+    return value
+
+
 @main.command()
 @_explain_options
-@click.option("--method", default="gradcam", show_default=True,
-              type=click.Choice(["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam",
-                                 "scorecam", "ablationcam"]))
+@click.option("--method", default="gradcam", show_default=True, type=click.Choice(list(cam_methods.METHODS)))
 @click.option("--layer", default="auto", show_default=True, help="Layer name(s), comma-separated, or auto.")
 @click.option("--tta", is_flag=True, help="Average over flips and zooms (test-time augmentation).")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component instead of the channel sum.")
@@ -494,11 +503,13 @@ def cam(model, images, target, output_kind, output_name, logits, blank, out, bat
 
 @main.command()
 @_explain_options
-@click.option("--method", default="smoothgrad", show_default=True,
-              type=click.Choice(["vanilla", "gradxinput", "smoothgrad", "integrated", "guided", "deconvnet",
-                                 "guided-gradcam"]))
-@click.option("--samples", default=25, show_default=True, type=click.IntRange(min=1), help="SmoothGrad samples.")
-@click.option("--noise", default=0.15, show_default=True, type=FiniteFloat(min=0), help="SmoothGrad noise level.")
+@click.option("--method", default="smoothgrad", show_default=True, callback=_saliency_method,
+              help=f"One of {', '.join(attribution.NAMES)}; smooth any as {'|'.join(attribution.TUNNELS)}:NAME "
+                   "(e.g. smoothgrad:integrated).")
+@click.option("--samples", default=25, show_default=True, type=click.IntRange(min=1),
+              help="Noisy copies per image of smoothed methods.")
+@click.option("--noise", default=0.15, show_default=True, type=FiniteFloat(min=0),
+              help="Smoothing noise, a fraction of each image's value range.")
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Integrated Gradients steps.")
 @click.option("--baseline", default="zero", show_default=True, help="IG baseline: zero, black or a number.")
 @click.option("--layer", default="auto", show_default=True, help="Grad-CAM layer of guided-gradcam.")

@@ -208,9 +208,9 @@ def test_dynamic_size_runs_at_the_size_given_or_the_first_image(tmp_path):
     mixed = images(1, shape=(12, 10, 3)) + images(1, shape=(8, 8, 3))
     free = Model(path, threads=1)
     exp = cam(free, mixed)
-    assert exp.raw.shape == (2, 6, 5) and exp.maps.shape == (2, 12, 10)
+    assert exp.raw[exp.layers[0]].shape == (2, 6, 5) and exp.maps.shape == (2, 12, 10)
     sized = Model(path, input_size=(16, 16), threads=1)
-    assert cam(sized, mixed, method="gradcam++").raw.shape == (2, 8, 8)
+    assert cam(sized, mixed, method="gradcam++").raw[sized.default_layer].shape == (2, 8, 8)
     details = sized.layer_details()
     assert [d["shape"] for d in details if d["name"] == "features"] == [("N", 6, 8, 8)]
     check_input_gradients(free, float64(network(1, size=(12, 10), head="gap")), free.preprocess(mixed),

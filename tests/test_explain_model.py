@@ -10,6 +10,7 @@ import cli
 from engine.data.files import write_image
 from engine.errors import LayerError, UsageError
 from engine.explain import OutputMask, cam, class_visualization, evaluate, methods, saliency
+from tests import explain_references as refs
 from tests.explain_numpy_model import NumpyModel
 
 RNG = np.random.default_rng(1)
@@ -38,7 +39,7 @@ def test_gradcam_rows_batches_and_sizes():
     top = logits.argmax(axis=1)
     seeds = np.eye(4, dtype=np.float32)[top]
     res = model.run(x, activations=["pool"], gradients=["pool"], seed={"logits": seeds})
-    np.testing.assert_allclose(exp.raw, methods.gradcam(res.activations["pool"], res.gradients["pool"]),
+    np.testing.assert_allclose(exp.raw["pool"], methods.gradcam(res.activations["pool"], res.gradients["pool"]),
                                rtol=1e-5, atol=1e-6)
     assert exp.targets.tolist() == top.tolist() and exp.image.tolist() == list(range(5))
     np.testing.assert_allclose(exp.scores, logits, rtol=1e-5)
@@ -56,7 +57,7 @@ def test_several_targets_per_image_and_layers():
     assert exp.image.tolist() == [0, 0, 1] and exp.targets.tolist() == [0, 3, 2]
     assert set(exp.raw) == {"feat", "pool"} and exp.raw["feat"].shape == (3, 8, 8)
     single = cam(model, list(IMAGES[:1]), targets=3, layer="feat")
-    np.testing.assert_allclose(exp.raw["feat"][1], single.raw[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(exp.raw["feat"][1], single.raw["feat"][0], rtol=1e-5, atol=1e-7)
     with pytest.raises(LayerError):
         cam(model, list(IMAGES[:1]), layer="nope")
     with pytest.raises(UsageError):
@@ -71,8 +72,8 @@ def test_output_mask_target_equals_class_sum():
     a = cam(model, list(IMAGES[:2]), method="hirescam", targets=OutputMask(mask))
     model_run = model.run(model.preprocess(IMAGES[:2]), activations=["pool"], gradients=["pool"],
                           seed={"logits": np.tile(mask, (2, 1))})
-    np.testing.assert_allclose(a.raw, methods.hirescam(model_run.activations["pool"], model_run.gradients["pool"]),
-                               rtol=1e-5, atol=1e-7)
+    want = methods.hirescam(model_run.activations["pool"], model_run.gradients["pool"])
+    np.testing.assert_allclose(a.raw["pool"], want, rtol=1e-5, atol=1e-7)
     assert a.targets.tolist() == [-1, -1]
 
 
@@ -81,17 +82,17 @@ def test_tta_average_is_flip_equivariant():
     img = IMAGES[0]
     a = cam(model, [img], tta=True, layer="feat")   # logits are flip-invariant: same top class
     b = cam(model, [img[:, ::-1].copy()], tta=True, layer="feat")
-    assert a.raw.max() > 0.005
-    np.testing.assert_allclose(b.raw[0], a.raw[0][:, ::-1], rtol=1e-4, atol=1e-7)
+    assert a.raw["feat"].max() > 0.005
+    np.testing.assert_allclose(b.raw["feat"][0], a.raw["feat"][0][:, ::-1], rtol=1e-4, atol=1e-7)
     plain = cam(model, [img], layer="feat")
-    assert not np.allclose(plain.raw, a.raw)
+    assert not np.allclose(plain.raw["feat"], a.raw["feat"])
 
 
 @pytest.mark.parametrize("method", ["gradcam++", "xgradcam", "layercam", "eigencam", "scorecam"])
 def test_other_methods_run_through_the_capture(method):
     model = NumpyModel()
     exp = cam(model, list(IMAGES[:3]), method=method, eigen_smooth=method == "gradcam++")
-    assert exp.raw.shape == (3, 4, 4) and np.isfinite(exp.maps).all() and (exp.raw >= 0).all()
+    assert exp.raw["pool"].shape == (3, 4, 4) and np.isfinite(exp.maps).all() and (exp.raw["pool"] >= 0).all()
 
 
 def test_saliency_methods():
@@ -102,7 +103,7 @@ def test_saliency_methods():
     g = model.run(x, gradients=["input"], seed={"logits": seeds}).gradients["input"]
     exp = saliency(model, list(IMAGES[:3]), method="vanilla")
     np.testing.assert_allclose(exp.attributions, g, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(exp.raw, np.abs(g).max(axis=1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(exp.raw[model.input.name], np.abs(g).max(axis=1), rtol=1e-5, atol=1e-7)
     assert exp.maps.shape == (3, 12, 12)
     ig = saliency(model, list(IMAGES[:3]), method="integrated", steps=64, baseline="black")
     base = model.preprocess(np.zeros((1, 12, 12, 3), np.uint8))
@@ -113,6 +114,26 @@ def test_saliency_methods():
     sg = saliency(model, list(IMAGES[:3]), method="smoothgrad", samples=4, batch=2)
     assert sg.attributions.shape == x.shape and not np.allclose(sg.attributions, g)
 
+
+
+def test_smoothed_integrated_gradients_through_the_model():
+    model = NumpyModel()
+    x = model.preprocess(IMAGES[:2])
+    seeds = np.eye(4, dtype=np.float32)[model.forward(x)[1]["logits"].argmax(axis=1)]
+    exp = saliency(model, list(IMAGES[:2]), method="smoothgrad:integrated", samples=3, noise=0.1, steps=4, rng=5)
+    eps = np.random.default_rng([5, 0]).standard_normal((2, 3, *x.shape[1:]))  # rng and the batch's first image
+    sigma = 0.1 * (x.reshape(2, -1).max(axis=1) - x.reshape(2, -1).min(axis=1))
+    want = np.zeros(x.shape)
+    for n in range(2):
+        for s in range(3):
+            xs = x[n:n + 1] + sigma[n] * eps[n, s]
+            grads = [model.run((k / 4 * xs).astype(np.float32), gradients=["input"],
+                               seed={"logits": seeds[n:n + 1]}).gradients["input"] for k in range(1, 5)]
+            want[n] += (xs * np.mean(grads, axis=0))[0] / 3
+    np.testing.assert_allclose(exp.attributions, want, rtol=1e-3, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(exp.raw[model.input.name], np.abs(exp.attributions).max(axis=1))
+    guided = saliency(model, list(IMAGES[:2]), method="smoothgrad:guided-gradcam", samples=2)
+    assert guided.attributions.shape == x.shape and np.isfinite(guided.maps).all()
 
 def test_evaluate_reports_method_and_baselines():
     model = NumpyModel()
@@ -238,7 +259,7 @@ def test_top1_fast_path_equals_explicit_targets_in_one_pass():
     fast = cam(model, list(IMAGES), method="gradcam++", batch=5)
     assert model.calls == 1  # one forward with taps; the head's gradient runs on its own small graph
     slow = cam(model, list(IMAGES), method="gradcam++", targets=top, batch=5)
-    np.testing.assert_allclose(fast.raw, slow.raw, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fast.raw["pool"], slow.raw["pool"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(fast.scores, slow.scores, rtol=1e-5)
     assert fast.targets.tolist() == top
 
@@ -247,11 +268,11 @@ def test_cam_and_ablationcam_on_the_onnx_twin():
     model = NumpyModel()
     exp = cam(model, list(IMAGES[:3]), method="cam", targets=[0, 1, 2])
     grad = cam(model, list(IMAGES[:3]), method="gradcam", targets=[0, 1, 2])
-    np.testing.assert_allclose(exp.raw, 16 * grad.raw, rtol=1e-4, atol=1e-6)   # pool is 4x4
+    np.testing.assert_allclose(exp.raw["pool"], 16 * grad.raw["pool"], rtol=1e-4, atol=1e-6)   # pool is 4x4
     with pytest.raises(LayerError, match="pooled layer"):
         cam(model, list(IMAGES[:1]), method="cam", layer="feat")
     abl = cam(model, list(IMAGES[:3]), method="ablationcam", targets=[0, 1, 2])
-    assert abl.raw.shape == (3, 4, 4) and np.isfinite(abl.raw).all()
+    assert abl.raw["pool"].shape == (3, 4, 4) and np.isfinite(abl.raw["pool"]).all()
 
 
 def test_model_run_seeds_an_intermediate_tensor_like_the_hand_derived_gradient(tmp_path):
@@ -269,3 +290,22 @@ def test_model_run_seeds_an_intermediate_tensor_like_the_hand_derived_gradient(t
     np.testing.assert_allclose(got.activations["feat"], want.activations["feat"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.gradients["input"], want.gradients["input"], rtol=1e-4, atol=1e-5)
     assert len(got.outputs) == 1 and got.outputs[0].shape == (2, 4)
+
+
+def test_a_new_cam_method_is_one_table_entry(monkeypatch):
+    def negative_gradcam(activations, gradients):
+        """Grad-CAM of the opposite score."""
+        return -gradients.mean(axis=(2, 3))
+
+    monkeypatch.setitem(methods.METHODS, "negcam", methods.CamMethod("negcam", negative_gradcam))
+    model = NumpyModel()
+    exp = cam(model, list(IMAGES[:2]), method="negcam", targets=[0, 3])
+    run = model.run(model.preprocess(IMAGES[:2]), activations=["pool"], gradients=["pool"],
+                    seed={"logits": np.eye(4, dtype=np.float32)[[0, 3]]})
+    a, g = run.activations["pool"], run.gradients["pool"]
+    want = refs.relu_sum(-g.astype(np.float64).mean(axis=(2, 3)), a)
+    assert want.max() > 0
+    np.testing.assert_allclose(exp.raw["pool"], want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(TypeError, match="needs"):
+        methods.cam_method("odd")(lambda activations, logits: logits)
+    assert "odd" not in methods.METHODS

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from engine.errors import UsageError
 from engine.explain import attribution
 
 RNG = np.random.default_rng(3)
@@ -78,3 +79,52 @@ def test_reduce():
     np.testing.assert_allclose(attribution.reduce(a), np.abs(a).max(axis=1))
     np.testing.assert_allclose(attribution.reduce(a, "abssum"), np.abs(a).sum(axis=1))
     np.testing.assert_allclose(attribution.reduce(a.transpose(0, 2, 3, 1), "sum", layout="NHWC"), a.sum(axis=1))
+
+
+def noise_draws(samples, noise, rng):
+    """The noisy copies' offsets as the smoothing wrapper documents them: σ per image times N(0, 1) draws."""
+    eps = np.random.default_rng(rng).standard_normal((len(X), samples, *X.shape[1:]))
+    sigma = noise * (X.reshape(len(X), -1).max(axis=1) - X.reshape(len(X), -1).min(axis=1))
+    return sigma.reshape(-1, 1, 1, 1, 1) * eps
+
+
+def ig_reference(x, seeds, steps):
+    # Sundararajan et al. with a zero baseline, right Riemann sum, straight from the hand gradient
+    return x * sum(gradient(k / steps * x, seeds) for k in range(1, steps + 1)) / steps
+
+
+TUNNEL_REFERENCES = {"smoothgrad": lambda a: a.mean(axis=1), "smoothgrad_sq": lambda a: (a ** 2).mean(axis=1),
+                     "vargrad": lambda a: ((a - a.mean(axis=1, keepdims=True)) ** 2).mean(axis=1)}
+
+
+@pytest.mark.parametrize("tunnel", list(TUNNEL_REFERENCES))
+def test_smoothed_integrated_gradients_over_the_same_noise_draws(tunnel):
+    got = attribution.method(f"{tunnel}:integrated")(gradient, X, SEEDS, steps=4, samples=5, noise=0.3, rng=2,
+                                                      batch=7)
+    offsets = noise_draws(5, 0.3, 2)
+    per_copy = np.stack([[ig_reference(X[n:n + 1] + offsets[n, s], SEEDS[n:n + 1], 4)[0] for s in range(5)]
+                         for n in range(len(X))])
+    want = TUNNEL_REFERENCES[tunnel](per_copy)
+    assert got.shape == X.shape and np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    plain = attribution.method("integrated")(gradient, X, SEEDS, steps=4)
+    assert not np.allclose(got, TUNNEL_REFERENCES[tunnel](plain[:, None]))   # the noise matters
+
+
+def test_smoothed_guided_backprop_and_the_smoothgrad_name():
+    got = attribution.method("smoothgrad:guided")(gradient, X, SEEDS, samples=6, noise=0.2, rng=4)
+    offsets = noise_draws(6, 0.2, 4)
+    want = np.mean([[gradient(X[n:n + 1] + offsets[n, s], SEEDS[n:n + 1], "guided")[0] for s in range(6)]
+                    for n in range(len(X))], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    options = dict(samples=6, noise=0.2, rng=4)
+    np.testing.assert_allclose(attribution.method("smoothgrad")(gradient, X, SEEDS, **options),
+                               attribution.method("smoothgrad:vanilla")(gradient, X, SEEDS, **options))
+
+
+def test_method_names():
+    assert attribution.method("vargrad").name == "vargrad:vanilla"
+    assert attribution.method("smoothgrad_sq:guided-gradcam").needs == ("gradient", "x", "seeds", "cam")
+    for bad in ("fancy", "smooth:vanilla", "smoothgrad:fancy", "smoothgrad:smoothgrad:vanilla"):
+        with pytest.raises(UsageError, match="unknown saliency method"):
+            attribution.method(bad)

@@ -197,7 +197,7 @@ def test_class_targets_on_nc11_and_n1c_outputs(models, name):
     layer = model.default_layer
     run = model.run(x, activations=[layer], gradients=[layer], seed=seeds.reshape(out.shape))
     want = methods.gradcam(run.activations[layer], run.gradients[layer])
-    np.testing.assert_allclose(exp.raw, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(exp.raw[layer], want, rtol=1e-5, atol=1e-7)
     top = cam(model, IMAGES)
     assert top.targets.tolist() == out.reshape(2, -1).argmax(axis=1).tolist()
 
@@ -212,7 +212,7 @@ def test_logits_of_a_softmax_head(models):
     np.testing.assert_allclose(exp.scores, logits.reshape(2, -1), rtol=1e-5)
     probs = cam(model, IMAGES, targets=2)
     assert probs.output["probabilities"] and probs.output["logits"] == view.name
-    assert not np.allclose(exp.raw, probs.raw)
+    assert not np.allclose(exp.raw[exp.layers[0]], probs.raw[probs.layers[0]])
     sal = saliency(model, IMAGES, method="vanilla", logits=True, targets=2)
     seed = np.zeros_like(logits)
     seed[..., 2] = 1
@@ -272,7 +272,7 @@ def test_default_layer_feeds_every_stride_and_empty_maps_are_flagged(models):
     model = models["yolov8"]
     assert model.default_layer == "n3" and model.default_layer_for("out") == "n3"
     exp = cam(model, IMAGES, targets="box:0")
-    assert exp.layers == ["n3"] and not exp.empty.any() and exp.raw.max() > 0
+    assert exp.layers == ["n3"] and not exp.empty.any() and exp.raw["n3"].max() > 0
     # each stride's class head feeds only its own anchors (64 of stride 2, then 16 of stride 4)
     heads = [layer.name for layer in model.layers if layer.op == "Sigmoid"]
     anchor = exp.details[0]["anchor"]
@@ -387,4 +387,4 @@ def test_ablation_cam_of_the_logits_under_a_softmax(models):
     mean = acts.astype(np.float64).mean(axis=(2, 3))
     y = mean @ w[2] + b[2]
     want = np.maximum(np.einsum("nk,nkhw->nhw", w[2] * mean / y[:, None], acts), 0)
-    np.testing.assert_allclose(exp.raw, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_allclose(exp.raw[exp.layers[0]], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())

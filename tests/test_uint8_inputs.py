@@ -76,7 +76,7 @@ def test_cam_and_saliency_on_uint8_images_of_another_size():
     x = model.preprocess(images)
     top = model.run(x).outputs[0].argmax(axis=1)
     g = model.run(x, gradients=["input"], seed=np.eye(5)[top]).gradients["input"]
-    raw = saliency(model, images, method="vanilla").raw
+    raw = saliency(model, images, method="vanilla").raw[model.input.name]
     np.testing.assert_allclose(raw, np.abs(g).max(axis=-1), rtol=1e-5, atol=1e-9)
 
 

@@ -22,15 +22,16 @@ from engine.data.broden import read_concepts, write_concepts
 from engine.data.synth import CLASSES as SHAPES_CLASSES
 from engine.errors import DatasetError, OnnxlensError
 from engine.explain import cam, class_visualization, evaluate
+from engine.explain import attribution
+from engine.explain import methods as cam_methods
 from engine.explain import saliency as explain_saliency
 from engine.explain.metrics import pointing_game
 from engine.viz.overlay import colorize, overlay
 from engine.viz import plots
 from engine.viz.report import gallery, heading, image, note, number_format, paragraph, rows_of_images, table
 
-CAM_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "scorecam",
-               "ablationcam")
-SALIENCY_METHODS = ("vanilla", "gradxinput", "smoothgrad", "integrated", "guided")
+CAM_METHODS = tuple(cam_methods.METHODS)
+SALIENCY_METHODS = (*attribution.METHODS, "smoothgrad")
 
 
 class NotApplicable(Exception):

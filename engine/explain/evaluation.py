@@ -1,8 +1,11 @@
 """Faithfulness of a CAM method beside random and centre maps: the pointing game where object masks
 exist, deletion and insertion with or without them.
 
->>> report = evaluate(model, scene.images, scene.masks, labels=scene.labels, method="gradcam")
->>> report["gradcam"]["pointing"], report["random"]["deletion"]
+>>> from engine.data.synth import generate
+>>> scene = generate(4, seed=0)
+>>> report = evaluate(model, scene.images, scene.masks, labels=scene.labels, method="gradcam", steps=4)
+>>> report["images"], sorted(report["gradcam"]), sorted(report["random"])
+(4, ['deletion', 'insertion', 'pointing'], ['deletion', 'insertion', 'pointing'])
 """
 from dataclasses import dataclass
 
@@ -32,7 +35,8 @@ def evaluate(model, images, masks, labels=None, method="gradcam", layer="auto", 
     pixels are removed (zeros in model space) or inserted (into a blurred copy). ``scale``: run
     in shards on Ray (:class:`engine.scale.Scale`); the report is the same.
 
-    >>> evaluate(model, images, masks, labels, method="gradcam++", steps=16)["gradcam++"]
+    >>> evaluate(model, images[:2], None, method="gradcam++", steps=4)["gradcam++"]["pointing"] is None   # no masks
+    True
     """
     images = image_list(images)
     masks = None if masks is None else np.asarray(masks, bool)

@@ -1,11 +1,12 @@
 """Model-level explanations: CAM family and saliency maps for images, as the CLI runs them.
 
->>> from engine import Model
->>> from engine.explain import cam
->>> exp = cam(Model("models/shapes-resnet.onnx"), ["star.png"], method="gradcam")
->>> exp.raw.shape, exp.maps.shape        # (1, 4, 4) at the layer, (1, 96, 96) in [0, 1]
+>>> exp = cam(model, ["cat.png"], method="gradcam")
+>>> exp.layers, exp.raw[exp.layers[0]].shape, exp.maps.shape     # at the layer; in [0, 1] at the image's size
+(['/layer3/relu_1/Relu_output_0'], (1, 8, 8), (1, 96, 96))
 """
 from dataclasses import dataclass, field
+from functools import partial
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -28,8 +29,9 @@ TTA_SCALES = (0.9, 1.0, 1.1)
 class Explanation:
     """One map per row (an image and a target; ``image`` maps rows to images).
 
-    ``raw``: R×h×w maps after the ReLU, before normalization or resize (for several layers a dict
-    layer → array); for saliency, the channel-reduced attribution at the input's resolution.
+    ``raw``: a dict tensor → R×h×w maps, whatever the number of layers: for CAM, each layer's
+    maps after the ReLU, before normalization or resize; for saliency, {the model's input: the
+    channel-reduced attribution at the input's resolution}.
     ``maps``: R×H×W in [0, 1] at the images' size (the model's input size when images differ).
     ``targets``: R class indices (−1 for output masks and whole strings); ``scores``: the explained
     output, one row per image, batch first (classifiers: N×C); ``attributions``: saliency only,
@@ -52,10 +54,9 @@ class Explanation:
     empty: np.ndarray = None
 
     def arrays(self):
-        """The arrays written to ``cams.npz``: raw (or raw/<layer>), maps, targets, scores, image
-        and, when known, empty."""
-        raw = self.raw if isinstance(self.raw, dict) else {"": self.raw}
-        out = {("raw/" + k if k else "raw"): np.asarray(v, np.float32) for k, v in raw.items()}
+        """The arrays written to ``cams.npz``: raw (raw/<layer> for each of several layers), maps,
+        targets, scores, image and, when known, empty."""
+        out = {("raw" if len(self.raw) == 1 else "raw/" + k): np.asarray(v, np.float32) for k, v in self.raw.items()}
         out.update(maps=self.maps.astype(np.float32), targets=self.targets, scores=self.scores, image=self.image)
         if self.empty is not None:
             out["empty"] = np.asarray(self.empty, bool)
@@ -67,8 +68,8 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     """Explain ``images`` (paths, uint8 RGB arrays, torch tensors or PIL images; ``layout="CHW"``
     for channels-first ones) with a CAM-family method.
 
-    ``method``: cam, gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam,
-    ablationcam. ``layer``: "auto" (the default layer for the explained output), a name or
+    ``method``: a name of :data:`engine.explain.methods.METHODS` (cam, gradcam, gradcam++, ...).
+    ``layer``: "auto" (the default layer for the explained output), a name or
     several (comma-separated or a list; maps are averaged as pytorch-grad-cam does).
     ``targets``: "top", a class, one per image, several per image, an :class:`OutputMask`, or a
     target of :mod:`engine.explain.targets`' vocabulary (``"box:0"``, ``"char:2"``, ``"text"``,
@@ -79,39 +80,31 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     the weighted activations instead of their sum. For "top" class targets the gradient methods
     need one forward pass: the gradient comes from differentiating only the network after the layer.
 
-    >>> exp = cam(model, images, method="gradcam++", targets=[3, 5])
-    >>> exp = cam(detector, images, targets="box:0"); exp.details[0]["box"]
+    >>> exp = cam(model, images[:2], method="gradcam++", targets=[3, "star"], layer="layer2,layer3")
+    >>> exp.targets.tolist(), [raw.shape for raw in exp.raw.values()]     # a map per layer
+    ([3, 3], [(2, 8, 8), (2, 8, 8)])
     """
     if method not in methods.METHODS:
         raise UsageError(f"unknown CAM method '{method}': use one of {', '.join(methods.METHODS)}")
+    entry = methods.METHODS[method]
     rgbs, out_size = _images(model, images, layout)
     first = model.preprocess(rgbs[:batch])  # the first batch, also what describe runs on
     view = describe(model, first[:1], output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
-    output, extra = view.name, None
-    if method == "cam":
-        fc_layer, extra = fc_head(model, output)
-        if layer not in (None, "auto") and layers_of(model, layer) != [fc_layer]:
-            raise LayerError(f"CAM reads the FC weights and needs the pooled layer '{fc_layer}': "
-                             "leave --layer at auto or use --method gradcam")
-        layers = [fc_layer]
-    else:
-        layers = layers_of(model, layer, output)
-    if method == "ablationcam":
-        extra = {n: head_fn(model, n, view) for n in layers}
+    layers, sources = _cam_sources(model, entry, layer, view)
     top_fast = (getattr(targets, "kind", targets) == "top" and view.kind == "classifier"
-                and method in methods.GRADIENT_METHODS and not tta)
+                and entry.needs_gradients_only and not tta)
     heads = _top_heads(model, layers, view) if top_fast else None
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
             x = first if start == 0 else model.preprocess(rgbs[start:start + batch])
             if heads:
-                raw, rows, scores = _top_raw(model, x, method, layers, view, eigen_smooth, heads)
+                raw, rows, scores = _top_raw(model, x, entry, layers, view, eigen_smooth, heads)
             else:
                 rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank)
                 transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
-                raw, row_outputs = _tta_raw(model, x, rows, method, layers, view, eigen_smooth, extra,
+                raw, row_outputs = _tta_raw(model, x, rows, entry, layers, view, eigen_smooth, sources,
                                             transforms)
                 if scores is None:
                     scores = row_outputs[np.unique(rows.image, return_index=True)[1]]
@@ -122,60 +115,103 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     empty = np.all([(raw[layer_] <= 0).all(axis=(1, 2)) for layer_ in layers], axis=0)
     resized = [resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers]
     maps = to_unit(resized[0] if len(layers) == 1 else np.mean(resized, axis=0))
-    return Explanation(raw[layers[0]] if len(layers) == 1 else raw, maps, labels, scores, image,
-                       method, layers, details=details, output=view.to_dict(), empty=empty)
+    return Explanation(raw, maps, labels, scores, image, method, layers, details=details, output=view.to_dict(),
+                       empty=empty)
+
+
+def _cam_sources(model, entry, layer, view):
+    """(the layers, {input: make(at)}) for a CAM method, ``at`` naming the ``layer``, inputs ``x``,
+    ``rows`` and gradients ``grads`` of one capture: each input of
+    :data:`methods.INPUTS` the method may name; the FC head (which fixes the layer) and the heads
+    after each layer are found here, once per call, only for a method that names them."""
+    if "fc_weights" in entry.needs:
+        fc_layer, fc = fc_head(model, view.name)
+        if layer not in (None, "auto") and layers_of(model, layer) != [fc_layer]:
+            raise LayerError(f"CAM reads the FC weights and needs the pooled layer '{fc_layer}': "
+                             "leave --layer at auto or use --method gradcam")
+        layers = [fc_layer]
+    else:
+        fc, layers = None, layers_of(model, layer, view.name)
+    heads = {n: head_fn(model, n, view) for n in layers} if "head" in entry.needs else None
+    scores = scores_fn(model, view)
+    layout = model.input.layout
+    return layers, {
+        "gradients": lambda at: at.grads[at.layer],
+        "fc_weights": lambda at: fc[at.rows.labels],
+        "x": lambda at: at.x,
+        "seeds": lambda at: at.rows.seeds,
+        "scores": lambda at: scores,
+        "head": lambda at: heads[at.layer],
+        "layout": lambda at: layout,
+    }
 
 
 def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce="absmax",
              samples=25, noise=0.15, steps=32, baseline="zero", layer="auto", output=None, rng=0,
              progress=None, output_kind=None, logits=False, blank=0, layout="HWC"):
-    """Input attributions for ``images``: vanilla, gradxinput, smoothgrad, integrated, guided,
-    deconvnet, or guided-gradcam (guided backprop ⊙ the Grad-CAM map at ``layer``).
+    """Input attributions for ``images`` by ``method``: a name of
+    :data:`engine.explain.attribution.METHODS` (vanilla, gradxinput, integrated, guided, deconvnet,
+    guided-gradcam: guided backprop ⊙ the Grad-CAM map at ``layer``), or any of them smoothed:
+    ``smoothgrad:integrated``, ``smoothgrad_sq:guided``, ``vargrad:NAME`` (``smoothgrad`` alone is
+    smoothed vanilla; see :func:`engine.explain.attribution.method`).
 
-    ``samples``/``noise``: SmoothGrad; ``steps``/``baseline`` ("zero", "black" or a number in
+    ``samples``/``noise``: smoothing; ``steps``/``baseline`` ("zero", "black" or a number in
     model space): Integrated Gradients; ``reduce``: channel reduction for the maps. ``targets``,
     ``output``, ``output_kind``, ``logits``, ``blank`` and ``layout`` as for :func:`cam`.
-    The noise of SmoothGrad is seeded by ``rng`` and the batch's first image index.
+    The smoothing noise is seeded by ``rng`` and the batch's first image index.
 
-    >>> exp = saliency(model, images, method="integrated", steps=64, baseline="black")
+    >>> exp = saliency(model, images[:1], method="smoothgrad:integrated", samples=2, steps=4)
+    >>> exp.raw["image"].shape, exp.attributions.shape
+    ((1, 64, 64), (1, 3, 64, 64))
     """
-    names = (*attribution.METHODS, "guided-gradcam")
-    if method not in names:
-        raise UsageError(f"unknown saliency method '{method}': use one of {', '.join(names)}")
+    entry = attribution.method(method)
     rgbs, out_size = _images(model, images, layout)
     view = describe(model, model.preprocess(rgbs[:1]), output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
-    output = view.name
-    gradient = gradient_fn(model, view)
-    layout = model.input.layout
-    layers = layers_of(model, layer, output) if method == "guided-gradcam" else None
+    sources = _saliency_sources(model, view, layer, batch, samples, noise, steps, baseline, rng)
     parts = []
     with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
         for start in range(0, len(rgbs), batch):
             x = model.preprocess(rgbs[start:start + batch])
             rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank, need_scores=True)
-            xr, seeds = x[rows.image], rows.seeds
-            if method == "smoothgrad":
-                attr = attribution.smoothgrad(gradient, xr, seeds, samples=samples, noise=noise,
-                                              rng=[rng, start], batch=batch)
-            elif method == "integrated":
-                base = _baseline(model, baseline, rgbs[start].shape)
-                attr = attribution.integrated_gradients(gradient, xr, seeds, base, steps=steps, batch=batch)
-            elif method == "guided-gradcam":
-                guided = attribution.guided_backprop(gradient, xr, seeds, batch=batch)
-                _, acts, grads = capture(model, xr, layers, seeds, view)
-                cams = to_unit(methods.gradcam(acts[layers[0]], grads[layers[0]]))
-                size = xr.shape[2:] if layout == "NCHW" else xr.shape[1:3]
-                attr = methods.guided_gradcam(resize_maps(cams, size), guided, layout)
-            else:
-                attr = attribution.METHODS[method](gradient, xr, seeds, batch=batch)
-            parts.append((attr, rows, _flat(scores, view), start))
+            at = SimpleNamespace(x=x[rows.image], rows=rows, start=start, shape=rgbs[start].shape)
+            parts.append((entry(**entry.given({k: partial(make, at) for k, make in sources.items()})), rows,
+                          _flat(scores, view), start))
             bar.update(len(x))
     attr = _joined_arrays([p[0] for p in parts])
-    raw = attribution.reduce(attr, reduce, layout)
+    raw = attribution.reduce(attr, reduce, model.input.layout)
     labels, image, scores, details = _joined(parts)
-    return Explanation(raw, resize_maps(to_unit(raw), out_size), labels, scores, image, method,
+    return Explanation({model.input.name: raw}, resize_maps(to_unit(raw), out_size), labels, scores, image, method,
                        [], attr, details=details, output=view.to_dict(), empty=(raw == 0).all(axis=(1, 2)))
+
+
+def _saliency_sources(model, view, layer, batch, samples, noise, steps, baseline, rng):
+    """{input: make(at)} (``at`` naming a batch's rows' inputs ``x``, the ``rows``, the batch's first
+    image index ``start`` and its image ``shape``) for each input of
+    :data:`attribution.INPUTS` (and the smoothing options) an attribution may name; the Grad-CAM
+    layer and the baseline are read only for a method that names them."""
+    gradient = gradient_fn(model, view)
+    layout = model.input.layout
+
+    def cam_maps(x, seeds):  # Grad-CAM maps in [0, 1] at the input's size (Guided Grad-CAM)
+        layers = layers_of(model, layer, view.name)
+        _, acts, grads = capture(model, x, layers, seeds, view)
+        size = x.shape[2:] if layout == "NCHW" else x.shape[1:3]
+        return resize_maps(to_unit(methods.gradcam(acts[layers[0]], grads[layers[0]])), size)
+
+    return {
+        "gradient": lambda at: gradient,
+        "x": lambda at: at.x,
+        "seeds": lambda at: at.rows.seeds,
+        "cam": lambda at: cam_maps,
+        "batch": lambda at: batch,
+        "steps": lambda at: steps,
+        "baseline": lambda at: _baseline(model, baseline, at.shape),
+        "layout": lambda at: layout,
+        "samples": lambda at: samples,
+        "noise": lambda at: noise,
+        "rng": lambda at: [rng, at.start],
+    }
 
 
 def _images(model, images, layout="HWC"):
@@ -249,13 +285,12 @@ def _top_heads(model, layers, output):
         return None
 
 
-def _top_raw(model, x, method, layers, view, eigen_smooth, heads):
+def _top_raw(model, x, entry, layers, view, eigen_smooth, heads):
     """Top-1 maps from one forward pass with taps plus the gradient of the head after each layer."""
     outputs, acts, _ = capture(model, x, layers, output=view.name)
     scores = _values(model, outputs, acts, view.name)
     rows = resolve("top", len(x), scores.shape[1:], outputs=scores)
-    fn = methods.GRADIENT_METHODS[method]
-    raw = {n: fn(acts[n], heads[n](acts[n], rows.seeds), eigen_smooth) for n in layers}
+    raw = {n: entry(acts[n], heads[n](acts[n], rows.seeds), eigen_smooth=eigen_smooth) for n in layers}
     return raw, rows, scores
 
 
@@ -265,18 +300,18 @@ def _values(model, outputs, acts, name):
     return np.asarray(outputs[names.index(name)] if name in names else acts[name])
 
 
-def _tta_raw(model, x, rows, method, layers, view, eigen_smooth, extra, transforms):
+def _tta_raw(model, x, rows, entry, layers, view, eigen_smooth, sources, transforms):
     xr, layout = (x if len(rows.image) == len(x) and (rows.image == np.arange(len(x))).all() else x[rows.image],
                   model.input.layout)
     if transforms == [(False, 1.0)]:  # no TTA: the maps as they come
-        explained, raw = _raw(model, xr, rows, method, layers, view, eigen_smooth, extra)
+        explained, raw = _raw(model, xr, rows, entry, layers, view, eigen_smooth, sources)
         return {layer: np.asarray(raw[layer], np.float32) for layer in layers}, view.rows(explained)
     total = {layer: 0.0 for layer in layers}
     weight = {layer: 0.0 for layer in layers}
     row_outputs = None
     for flip, scale in transforms:
-        explained, raw = _raw(model, _warp_inputs(xr, flip, scale, layout), rows, method, layers, view,
-                              eigen_smooth, extra)
+        explained, raw = _raw(model, _warp_inputs(xr, flip, scale, layout), rows, entry, layers, view,
+                              eigen_smooth, sources)
         for layer in layers:
             back, valid = _unwarp_maps(raw[layer], flip, scale)
             total[layer] = total[layer] + back * valid
@@ -287,26 +322,18 @@ def _tta_raw(model, x, rows, method, layers, view, eigen_smooth, extra, transfor
     return raw, row_outputs
 
 
-def _raw(model, x, rows, method, layers, view, eigen_smooth, extra):
-    """(explained tensor's values, {layer: raw map}) of one method on the rows' inputs ``x`` for
-    the output ``view``;
-    ``extra`` holds the FC weights (CAM) or {layer: head} (Ablation-CAM)."""
-    if method in methods.GRADIENT_METHODS:
-        outputs, acts, grads = capture(model, x, layers, rows.seeds, view)
-        return _values(model, outputs, acts, view.name), {
-            n: methods.GRADIENT_METHODS[method](acts[n], grads[n], eigen_smooth) for n in layers}
-    outputs, acts, _ = capture(model, x, layers, output=view.name)
-    explained = _values(model, outputs, acts, view.name)
-    if method == "eigencam":
-        return explained, {n: methods.eigencam(acts[n]) for n in layers}
-    if method == "cam":
-        return explained, {n: methods.fc_cam(acts[n], extra[rows.labels], eigen_smooth) for n in layers}
-    if method == "scorecam":
-        return explained, {n: methods.scorecam(acts[n], x, scores_fn(model, view), rows.seeds,
-                                               layout=model.input.layout, eigen_smooth=eigen_smooth)
-                           for n in layers}
-    return explained, {n: methods.ablationcam(acts[n], extra[n], rows.seeds,
-                                              eigen_smooth=eigen_smooth) for n in layers}
+def _raw(model, x, rows, entry, layers, view, eigen_smooth, sources):
+    """(explained tensor's values, {layer: raw map}) of one CAM method on the rows' inputs ``x``
+    for the output ``view``: one capture (with gradients when the method names them), then the
+    method at each layer with the inputs it names (``sources``, see :func:`_cam_sources`)."""
+    seeds = rows.seeds if "gradients" in entry.needs else None
+    outputs, acts, grads = capture(model, x, layers, seeds, view)
+    raw = {}
+    for n in layers:
+        at = SimpleNamespace(layer=n, x=x, rows=rows, grads=grads)
+        given = entry.given({name: partial(make, at) for name, make in sources.items()})
+        raw[n] = entry(acts[n], eigen_smooth=eigen_smooth, **given)
+    return _values(model, outputs, acts, view.name), raw
 
 
 def _affine(flip, scale, h, w):

@@ -1,22 +1,78 @@
-"""The CAM family as small functions over one capture of activations ``A`` and gradients ``G``.
+"""The CAM family as one table over one capture of activations ``A`` and gradients ``G``.
 
-``A`` and ``G`` are N×K×h×w arrays taken at one layer (``G`` = ∂(Σ seed·output)/∂A, one seed row
-per image). Every method returns the raw map N×h×w *after* the final ReLU, before any
-normalization or resize, exactly as pytorch-grad-cam's ``BaseCAM`` builds it: channel weights ×
-activations, summed over channels (or, with ``eigen_smooth``, projected on their first principal
-component).
+A method is a weight function registered with :func:`cam_method`, as pytorch-grad-cam's
+``BaseCAM.get_cam_weights``: its parameter names say what it needs (``activations`` A, N×K×h×w,
+always; any of :data:`INPUTS`), it returns channel weights N×K or element-wise weights N×K×h×w,
+and the shared :meth:`CamMethod.__call__` builds the raw map N×h×w *after* the final ReLU, before
+any normalization or resize: ReLU(Σ_k w_k A_k), or with ``eigen_smooth`` ReLU of the first
+principal component of the weighted activations. A ``projects=True`` method returns the map
+itself (Eigen-CAM). ``G`` = ∂(Σ seed·output)/∂A, one seed row per image; activations and
+gradients reach the weight functions in float64 (sums of products cancel) and maps are float32.
 
->>> maps = METHODS["gradcam"](A, G)
+>>> A, G = np.ones((1, 2, 3, 3)), np.full((1, 2, 3, 3), 0.5)
+>>> float(METHODS["gradcam"](A, G)[0, 0, 0]), METHODS["gradcam"].needs
+(1.0, ('activations', 'gradients'))
 """
+import inspect
+from dataclasses import dataclass
+
 import numpy as np
 
+from engine.explain.table import Method, register
+
 EPS = 1e-7
+
+INPUTS = {
+    "gradients": "G = ∂(Σ seed·output)/∂A, N×K×h×w",
+    "fc_weights": "the FC row of each image's class, N×K (the layer is then the pooled one)",
+    "x": "the model inputs, N×… in the model's layout",
+    "seeds": "the seed rows, N×… batch first",
+    "scores": "scores(inputs) → the explained output, batch first (forward only)",
+    "head": "head(A) → the explained output: the network after the layer",
+    "layout": "the inputs' layout, NCHW or NHWC",
+}
+"""What a weight function may name besides ``activations``; the explainers make each on demand."""
+
+
+@dataclass(frozen=True)
+class CamMethod(Method):
+    """A CAM method: ``fn`` gives weights (or, ``projects=True``, the map); calling the entry
+    with activations and the inputs ``fn`` names gives the raw maps.
+
+    >>> float(METHODS["hirescam"](np.ones((1, 2, 3, 3)), -np.ones((1, 2, 3, 3))).max())   # ReLU
+    0.0
+    """
+
+    projects: bool = False
+
+    def __call__(self, activations, *args, eigen_smooth=False, **inputs):
+        a = np.asarray(activations, np.float64)
+        bound = inspect.signature(self.fn).bind(a, *args, **inputs)
+        if "gradients" in bound.arguments:
+            bound.arguments["gradients"] = np.asarray(bound.arguments["gradients"], np.float64)
+        out = self.fn(*bound.args, **bound.kwargs)
+        if self.projects:
+            return np.maximum(out, 0).astype(np.float32)
+        return combine((out[:, :, None, None] if out.ndim == 2 else out) * a, eigen_smooth)
+
+    @property
+    def needs_gradients_only(self):
+        """True when activations and gradients are all it needs (the top-1 fast path applies)."""
+        return set(self.needs) == {"activations", "gradients"}
+
+
+METHODS = {}
+"""Every CAM method by its CLI name."""
+
+cam_method = register(METHODS, tuple(INPUTS), CamMethod, skip=("activations",))
+"""``@cam_method(name)`` (``projects=True`` for a map function) adds a weight function to :data:`METHODS`."""
 
 
 def combine(weighted, eigen_smooth=False):
     """ReLU of the channel sum of weighted activations N×K×h×w, or of their first principal component.
 
-    >>> combine(w[:, :, None, None] * A)
+    >>> float(combine(np.full((1, 2, 3, 3), -1.0)).max())
+    0.0
     """
     cam = projection(weighted) if eigen_smooth else weighted.sum(axis=1)
     return np.maximum(cam, 0).astype(np.float32)
@@ -30,7 +86,8 @@ def projection(activations):
     ``activations`` (so Eigen-CAM highlights where the layer fires, and eigen-smoothing keeps the
     plain CAM's sign) instead of inheriting LAPACK's choice.
 
-    >>> projection(A).shape   # N×h×w
+    >>> projection(np.random.default_rng(0).random((2, 4, 3, 5))).shape   # N×h×w
+    (2, 3, 5)
     """
     a = np.nan_to_num(np.asarray(activations, np.float64))
     n, k, h, w = a.shape
@@ -43,84 +100,56 @@ def projection(activations):
     return p.reshape(n, h, w).astype(np.float32)
 
 
-def gradcam(A, G, eigen_smooth=False):
-    """Grad-CAM (Selvaraju et al. 2017): α_k = spatial mean of G_k; ReLU(Σ_k α_k A_k).
+@cam_method("cam")
+def fc_cam(activations, fc_weights):
+    """CAM (Zhou et al. 2016): w_k = the FC weight of the class (a GAP → FC head; = h·w × Grad-CAM)."""
+    return np.asarray(fc_weights, np.float64)
 
-    >>> gradcam(A, G).shape      # N×h×w
+
+@cam_method("gradcam")
+def gradcam(activations, gradients):
+    """Grad-CAM (Selvaraju et al. 2017): w_k = spatial mean of G_k."""
+    return gradients.mean(axis=(2, 3))
+
+
+@cam_method("gradcam++")
+def gradcam_plus_plus(activations, gradients):
+    """Grad-CAM++ (Chattopadhyay et al. 2018): w_k = Σ_ij α_ij ReLU(g_ij), α from eq. 19.
+
+    The closed form for an exponential score: α_ij = g² / (2g² + Σ_ab A_ab · g³), zero where g = 0.
+    The per-image factor exp(S_c) of the paper's ∂Y/∂A is left out, as in pytorch-grad-cam (it
+    cancels in the normalized map); unlike pytorch-grad-cam no ε is added to the denominator,
+    which would dominate it for the small gradients of real networks (g² ≪ 1e-6).
     """
-    A, G = _f64(A, G)
-    return combine(G.mean(axis=(2, 3))[:, :, None, None] * A, eigen_smooth)
+    g2 = gradients ** 2
+    denom = 2 * g2 + activations.sum(axis=(2, 3), keepdims=True) * g2 * gradients
+    alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=(gradients != 0) & (denom != 0))
+    return (np.maximum(gradients, 0) * alpha).sum(axis=(2, 3))
 
 
-def gradcam_plus_plus(A, G, eigen_smooth=False):
-    """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19, the closed form for an exponential score).
-
-    α_ij = g² / (2g² + Σ_ab A_ab · g³), zero where g = 0; w_k = Σ_ij α_ij ReLU(g_ij). The per-image
-    factor exp(S_c) of the paper's ∂Y/∂A is left out, as in pytorch-grad-cam (it cancels in the
-    normalized map); unlike pytorch-grad-cam no ε is added to the denominator, which would
-    dominate it for the small gradients of real networks (g² ≪ 1e-6).
-
-    >>> gradcam_plus_plus(A, G, eigen_smooth=True)
-    """
-    A, G = _f64(A, G)
-    g2 = G ** 2
-    denom = 2 * g2 + A.sum(axis=(2, 3), keepdims=True) * g2 * G
-    alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=(G != 0) & (denom != 0))
-    weights = (np.maximum(G, 0) * alpha).sum(axis=(2, 3))
-    return combine(weights[:, :, None, None] * A, eigen_smooth)
+@cam_method("xgradcam")
+def xgradcam(activations, gradients):
+    """XGrad-CAM (Fu et al. 2020): w_k = Σ_ij (A_ij / Σ_ab A_ab) · g_ij."""
+    total = activations.sum(axis=(2, 3), keepdims=True)
+    return (gradients * activations / (total + EPS)).sum(axis=(2, 3))
 
 
-def xgradcam(A, G, eigen_smooth=False):
-    """XGrad-CAM (Fu et al. 2020): w_k = Σ_ij (A_ij / Σ_ab A_ab) · g_ij.
-
-    >>> xgradcam(A, G)
-    """
-    A, G = _f64(A, G)
-    total = A.sum(axis=(2, 3), keepdims=True)
-    weights = (G * A / (total + EPS)).sum(axis=(2, 3))
-    return combine(weights[:, :, None, None] * A, eigen_smooth)
+@cam_method("layercam")
+def layercam(activations, gradients):
+    """LayerCAM (Jiang et al. 2021): element-wise weights ReLU(g)."""
+    return np.maximum(gradients, 0)
 
 
-def layercam(A, G, eigen_smooth=False):
-    """LayerCAM (Jiang et al. 2021): ReLU(Σ_k ReLU(g_k) ⊙ A_k), element-wise weights.
-
-    >>> layercam(A, G)
-    """
-    A, G = _f64(A, G)
-    return combine(np.maximum(G, 0) * A, eigen_smooth)
+@cam_method("hirescam")
+def hirescam(activations, gradients):
+    """HiResCAM (Draelos & Carin 2020): element-wise weights g."""
+    return gradients
 
 
-def hirescam(A, G, eigen_smooth=False):
-    """HiResCAM (Draelos & Carin 2020): ReLU(Σ_k g_k ⊙ A_k), element-wise weights.
-
-    >>> hirescam(A, G)
-    """
-    A, G = _f64(A, G)
-    return combine(G * A, eigen_smooth)
-
-
-def eigencam(A):
-    """Eigen-CAM (Muhammad & Yeasin 2020): ReLU of the first principal component of A; no gradient.
-
-    >>> eigencam(A)
-    """
-    return np.maximum(projection(A), 0)
-
-
-def fc_cam(A, fc_weights, eigen_smooth=False):
-    """CAM (Zhou et al. 2016): ReLU(Σ_k w_k^c A_k), ``fc_weights`` N×K = the FC row of each image's class.
-
-    With a GAP → FC head this is h·w × Grad-CAM at the last layer.
-
-    >>> layer, weights = fc_head(model); fc_cam(A, weights[labels])
-    """
-    A, fc_weights = _f64(A, fc_weights)
-    return combine(fc_weights[:, :, None, None] * A, eigen_smooth)
-
-
-def _f64(*arrays):
-    """Sums of products cancel: every method accumulates in float64 and returns float32."""
-    return [np.asarray(a, np.float64) for a in arrays]
+@cam_method("eigencam", projects=True)
+def eigencam(activations):
+    """Eigen-CAM (Muhammad & Yeasin 2020): the first principal component of A; no gradient."""
+    return projection(activations)
 
 
 def upsample(A, size):
@@ -155,21 +184,19 @@ def target_score(outputs, seeds):
     return prod.reshape(len(prod), -1).sum(axis=1)
 
 
-def scorecam(A, x, scores, seeds, batch=32, layout="NCHW", eigen_smooth=False):
-    """Score-CAM (Wang et al. 2020), forward-only and batched.
+@cam_method("scorecam")
+def scorecam(activations, x, scores, seeds, batch=32, layout="NCHW"):
+    """Score-CAM (Wang et al. 2020): w = softmax over channels of the scores of inputs masked by each channel.
 
-    Each channel, upsampled to the input and min-max scaled to [0,1], masks the input;
-    w = softmax over channels of the masked inputs' target scores; map = ReLU(Σ w_k A_k).
-    The paper's baseline score f(X_b) is a constant per image and cancels in the softmax.
-    ``scores(x_batch)`` returns the seeded output for a batch of inputs.
-
-    >>> scorecam(A, x, lambda xb: model.predict(xb)[0], seeds)
+    Forward only and batched. Each channel, upsampled to the input and min-max scaled to [0,1],
+    masks the input; the paper's baseline score f(X_b) is a constant per image and cancels in the
+    softmax. ``scores(x_batch)`` returns the seeded output for a batch of inputs.
     """
-    n, k = A.shape[:2]
+    n, k = activations.shape[:2]
     spatial = x.shape[2:] if layout == "NCHW" else x.shape[1:3]
     weights = np.empty((n, k))
     for i in range(n):
-        up = upsample(A[i:i + 1], spatial)[0]
+        up = upsample(activations[i:i + 1], spatial)[0]
         flat = up.reshape(k, -1)
         lo, hi = flat.min(axis=1), flat.max(axis=1)
         masks = (up - lo[:, None, None]) / (hi - lo + 1e-8)[:, None, None]
@@ -179,28 +206,25 @@ def scorecam(A, x, scores, seeds, batch=32, layout="NCHW", eigen_smooth=False):
             out = scores(chunk.astype(np.float32))
             weights[i, start:start + batch] = target_score(out, seeds[i:i + 1])
     weights = np.exp(weights - weights.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    return combine(weights[:, :, None, None] * A, eigen_smooth)
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
-def ablationcam(A, head, seeds, batch=32, eigen_smooth=False):
-    """Ablation-CAM (Desai & Ramaswamy 2020), forward-only and batched.
+@cam_method("ablationcam")
+def ablationcam(activations, head, seeds, batch=32):
+    """Ablation-CAM (Desai & Ramaswamy 2020): w_k = (y_c − y_c^k) / y_c, channel k of A set to zero.
 
-    w_k = (y_c − y_c^k) / y_c where y_c^k is the target score with channel k of A set to zero;
-    ``head(A_batch)`` runs the network from the layer to the seeded output.
-
-    >>> ablationcam(A, head, seeds)
+    Forward only and batched; ``head(A_batch)`` runs the network from the layer to the seeded output.
     """
-    n, k = A.shape[:2]
+    n, k = activations.shape[:2]
     weights = np.empty((n, k))
     for i in range(n):
-        y = target_score(head(A[i:i + 1]), seeds[i:i + 1])[0]
+        y = target_score(head(activations[i:i + 1]), seeds[i:i + 1])[0]
         for start in range(0, k, batch):
             idx = np.arange(start, min(start + batch, k))
-            ablated = np.repeat(A[i:i + 1], len(idx), axis=0)
+            ablated = np.repeat(activations[i:i + 1], len(idx), axis=0)
             ablated[np.arange(len(idx)), idx] = 0
             weights[i, idx] = (y - target_score(head(ablated), seeds[i:i + 1])) / (y + EPS)
-    return combine(weights[:, :, None, None] * A, eigen_smooth)
+    return weights
 
 
 def guided_gradcam(cam_maps, guided_gradients, layout="NCHW"):
@@ -208,21 +232,12 @@ def guided_gradcam(cam_maps, guided_gradients, layout="NCHW"):
 
     ``cam_maps`` N×H×W at the input's resolution; returns N×C×H×W (or N×H×W×C for NHWC).
 
-    >>> guided_gradcam(resize_maps(to_unit(gradcam(A, G)), (64, 64)), guided)
+    >>> float(guided_gradcam(np.ones((1, 4, 4)), np.full((1, 3, 4, 4), 2.0)).sum())
+    96.0
     """
     m = cam_maps[:, None] if layout == "NCHW" else cam_maps[..., None]
     return (guided_gradients * m).astype(np.float32)
 
 
-GRADIENT_METHODS = {
-    "gradcam": gradcam,
-    "gradcam++": gradcam_plus_plus,
-    "xgradcam": xgradcam,
-    "layercam": layercam,
-    "hirescam": hirescam,
-}
-"""Methods computed from one capture of activations and gradients, each ``fn(A, G, eigen_smooth)``."""
-
-METHODS = {**GRADIENT_METHODS, "eigencam": eigencam, "cam": fc_cam, "scorecam": scorecam,
-           "ablationcam": ablationcam}
-"""Every CAM method by its CLI name."""
+GRADIENT_METHODS = {name: m for name, m in METHODS.items() if m.needs_gradients_only}
+"""The methods computed from activations and gradients alone (the top-1 fast path's)."""

@@ -4,8 +4,13 @@ pointing game (Zhang et al. 2016), each comparable with a random-map and a centr
 ``score(x_batch, image_index)`` returns the explained score (e.g. the target class probability)
 for a batch of perturbed inputs, ``image_index`` saying which image each row came from.
 
->>> deletion_auc(score, x, maps)           # lower is more faithful
->>> pointing_game(maps, masks)             # fraction of hits
+>>> x = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
+>>> score = lambda xb, rows: xb[:, :, :4].sum(axis=(1, 2, 3))     # only the top half matters
+>>> maps = np.zeros((2, 8, 8)); maps[:, :4] = 1
+>>> bool((deletion_auc(score, x, maps) < deletion_auc(score, x, 1 - maps)).all())   # lower is more faithful
+True
+>>> pointing_game(maps, maps > 0).tolist()                        # hits
+[True, True]
 """
 import cv2
 import numpy as np
@@ -18,7 +23,8 @@ def baseline_maps(kind, n, size, rng=0, first=0):
     """N×H×W reference maps: "random" (uniform noise) or "centre" (a Gaussian centred on the image).
     ``first``: the maps of images ``first .. first+n-1`` of the seed's stream (a shard's share).
 
-    >>> baseline_maps("centre", 4, (64, 64))
+    >>> baseline_maps("centre", 4, (64, 64)).shape
+    (4, 64, 64)
     """
     h, w = size
     if kind == "random":
@@ -48,7 +54,8 @@ def pointing_game(maps, masks, tolerance=None):
     (6 px at 96 px). ``maps`` are resized to the masks' size (bilinear) when they differ.
     Returns a bool array N.
 
-    >>> pointing_game(maps, masks).mean()
+    >>> pointing_game(np.eye(4)[None], np.eye(4, dtype=bool)[None]).tolist()
+    [True]
     """
     masks = np.asarray(masks, bool)
     n, h, w = masks.shape
@@ -70,7 +77,8 @@ def deletion_curve(score, x, maps, steps=32, substrate="zero", layout="NCHW", ba
     Returns N×(steps+1) scores, from the intact image to the fully deleted one.
     ``substrate``: "zero" (zeros in model space, RISE's deletion) or "blur".
 
-    >>> deletion_curve(score, x, maps, steps=16).shape     # N×17
+    >>> deletion_curve(lambda xb, rows: xb.sum(axis=(1, 2, 3)), np.ones((1, 1, 4, 4)), np.eye(4)[None], steps=4)
+    array([[16., 12.,  8.,  4.,  0.]])
     """
     return _curve(score, x, maps, steps, _substrate(x, substrate, layout), layout, batch, insert=False)
 
@@ -80,7 +88,9 @@ def insertion_curve(score, x, maps, steps=32, substrate="blur", layout="NCHW", b
 
     Returns N×(steps+1) scores, from the substrate to the intact image.
 
-    >>> insertion_curve(score, x, maps, steps=16, substrate="blur")[:, -1]   # the intact images' scores
+    >>> insertion_curve(lambda xb, rows: xb.sum(axis=(1, 2, 3)), np.ones((1, 1, 4, 4)), np.eye(4)[None], steps=4,
+    ...                 substrate="zero")
+    array([[ 0.,  4.,  8., 12., 16.]])
     """
     return _curve(score, x, maps, steps, _substrate(x, substrate, layout), layout, batch, insert=True)
 
@@ -98,7 +108,8 @@ def auc(curves):
 def deletion_auc(score, x, maps, **options):
     """Deletion AUC per image (lower = the map finds the pixels the score depends on).
 
-    >>> deletion_auc(score, x, maps, steps=32).mean()
+    >>> deletion_auc(lambda xb, rows: xb.mean(axis=(1, 2, 3)), np.ones((1, 1, 4, 4)), np.eye(4)[None], steps=4)
+    array([0.5])
     """
     return auc(deletion_curve(score, x, maps, **options))
 
@@ -106,7 +117,9 @@ def deletion_auc(score, x, maps, **options):
 def insertion_auc(score, x, maps, **options):
     """Insertion AUC per image (higher = better).
 
-    >>> insertion_auc(score, x, maps, steps=32).mean()
+    >>> insertion_auc(lambda xb, rows: xb.mean(axis=(1, 2, 3)), np.ones((1, 1, 4, 4)), np.eye(4)[None], steps=4,
+    ...               substrate="zero")
+    array([0.5])
     """
     return auc(insertion_curve(score, x, maps, **options))
 

@@ -18,8 +18,10 @@ not (axis 1: T×N×C recognizers); when both or neither do (one image, T = 1), t
 when the images are fed twice; else the declared symbolic batch's, else 0. Sequences: the classes are on
 the axis of the final (Log)Softmax, else the last axis; the remaining axis is time.
 
+>>> x = model.preprocess(images[:1])
 >>> view = describe(model, x)
->>> view.kind, view.rows(model.run(x).outputs[0]).shape      # ('sequence', (1, 40, 97))
+>>> view.kind, view.rows(model.run(x).outputs[0]).shape
+('classifier', (1, 8))
 """
 import weakref
 from dataclasses import dataclass
@@ -52,22 +54,24 @@ class OutputView:
     def rows(self, values):
         """The tensor's values, batch first (sequences: N×T×C).
 
-        >>> view.rows(np.zeros((26, 1, 37))).shape      # (1, 26, 37) for a T×N×C output
+        >>> OutputView("out", "sequence", (1, 0, 2), (26, 37)).rows(np.zeros((26, 1, 37))).shape   # T×N×C
+        (1, 26, 37)
         """
         return np.transpose(values, self.perm)
 
     def seeds(self, rows):
         """Seed rows (batch first) back in the tensor's own layout, for ``Model.run``.
 
-        >>> view.seeds(rows.seeds).shape                 # (26, 1, 37)
+        >>> OutputView("out", "sequence", (1, 0, 2), (26, 37)).seeds(np.zeros((1, 26, 37))).shape
+        (26, 1, 37)
         """
         return np.ascontiguousarray(np.transpose(rows, np.argsort(self.perm)))
 
     def to_dict(self):
         """JSON-ready: name, kind, and the logits when the output is probabilities.
 
-        >>> view.to_dict()
-        {'name': 'probs', 'kind': 'classifier', 'probabilities': True, 'logits': 'logits'}
+        >>> describe(model, model.preprocess(images[:1])).to_dict()
+        {'name': 'logits', 'kind': 'classifier', 'probabilities': False, 'logits': None}
         """
         return {"name": self.name, "kind": self.kind, "probabilities": self.logits is not None,
                 "logits": self.logits}
@@ -76,8 +80,8 @@ class OutputView:
 def producers(proto):
     """Map tensor name → the node that makes it.
 
-    >>> producers(model.proto)["probs"].op_type
-    'Softmax'
+    >>> producers(model.proto)["logits"].op_type
+    'Gemm'
     """
     return {name: node for node in proto.graph.node for name in node.output}
 
@@ -85,8 +89,8 @@ def producers(proto):
 def softmax_input(proto, name):
     """The input of the (Log)Softmax that makes ``name`` (through Identity nodes), or None.
 
-    >>> softmax_input(model.proto, "probs")
-    'logits'
+    >>> softmax_input(model.proto, "logits") is None    # a Gemm makes the logits
+    True
     """
     made = producers(proto)
     node = made.get(name)
@@ -98,7 +102,7 @@ def softmax_input(proto, name):
 def forward(model, x, names):
     """Values of tensors ``names`` (graph outputs or intermediate tensors) for a batch ``x``.
 
-    >>> forward(model, x, ["logits"])["logits"].shape
+    >>> forward(model, model.preprocess(images[:1]), ["logits"])["logits"].shape
     (1, 8)
     """
     outputs = [t.name for t in model.outputs]
@@ -118,8 +122,9 @@ def describe(model, x, output=None, kind=None, logits=False):
     ``kind``: one of classifier, dense, yolov8, yolov5, boxes, sequence (None: the module's rule).
     ``logits``: explain the input of the final Softmax instead of the probabilities.
 
-    >>> describe(model, x, logits=True).name
-    'logits'
+    >>> describe(model, model.preprocess(images[:1]), kind="dense").kind
+    Traceback (most recent call last):
+    engine.errors.UsageError: output 'logits' shaped 1×8 cannot be read as dense: use --output-kind classifier
     """
     outputs = [t.name for t in model.outputs]
     name = output or outputs[0]

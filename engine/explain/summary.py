@@ -18,6 +18,7 @@ def write_explanation(exp, model, images, out, name):
     returns the summary, one dict per row (image, overlay, method, layers, output, empty, predicted,
     target).
 
+    >>> from engine.explain import cam
     >>> write_explanation(cam(model, ["cat.png"]), model, ["cat.png"], "out", "cams")[0]["overlay"]
     'out/cat_gradcam.png'
     """
