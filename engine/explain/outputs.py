@@ -27,10 +27,11 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
 
 from engine.errors import OnnxlensError, UsageError
 from engine.explain.targets import DETECTION, KINDS
+from engine.graph.editing import default_opset
+from engine.graph.nodes import attrs
 from engine.runtime.session import RUN_ERRORS
 
 RECURRENT = ("LSTM", "GRU", "RNN")
@@ -228,7 +229,5 @@ def _classes_axis(proto, name, rank):
         node = made.get(node.input[0])
     if node is None or node.op_type not in SOFTMAX:
         return rank - 1
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
-    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"),
-                -1 if opset >= 13 else 1)
+    axis = attrs(node).get("axis", -1 if default_opset(proto) >= 13 else 1)
     return int(axis) % rank
