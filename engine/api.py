@@ -27,6 +27,9 @@ from engine.runtime.batch import batch_plan, in_chunks
 from engine.runtime.session import RUN_ERRORS, create_session, run_error
 
 
+MEMORY_CHECKED_FROM = 64 << 20  # smaller batches are not checked against the free memory (a file read per call)
+
+
 @dataclass(frozen=True)
 class Tensor:
     """A graph input or output: name, numpy dtype name and shape (int, symbolic name or None)."""
@@ -138,6 +141,8 @@ class Model:
         self._sessions = {}  # rewritten-model sessions per run request
         self._executors = {}  # run's session callables per (activations, gradients, output, mode, size)
         self._default_layers = {}  # output name → default layer
+        self._requests = {}  # run's checked (activations, gradients, seeded tensor) per request
+        self._seed_specs = {}  # seeded tensor → (dims, dtype)
 
     def __repr__(self):
         return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
@@ -420,9 +425,10 @@ class Model:
             raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
         rgbs = [as_rgb(item) for item in items]
         size = self.input_size or tuple(d or int(s) for d, s in zip(self.input.size, size or rgbs[0].shape[:2]))
-        check_fits(len(rgbs) * size[0] * size[1] * self.input.channels * 9,  # uint8 resized + float32 twice
-                   f"{len(rgbs)} inputs of {size[0]}×{size[1]}", "use a smaller input size, input_size=(H, W), or "
-                   "fewer images per batch")
+        nbytes = len(rgbs) * size[0] * size[1] * self.input.channels * 9  # uint8 resized + float32 twice
+        if nbytes > MEMORY_CHECKED_FROM:
+            check_fits(nbytes, f"{len(rgbs)} inputs of {size[0]}×{size[1]}", "use a smaller input size, "
+                       "input_size=(H, W), or fewer images per batch")
         batch = np.stack([resize(rgb, size, self.preprocessing.resize) for rgb in rgbs])
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
         return _as_dtype(x, self.input.dtype)
@@ -444,17 +450,11 @@ class Model:
         True
         """
         x, given = self._check_input(x), x
-        activations = self._names(activations, "activations")
-        gradients = self._names(gradients, "gradients")
-        output, seeds = None, np.zeros((len(x), 0), np.float32)
-        if gradients:
-            if mode not in MODES:
-                raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-            output, seeds = self._seed(seed, x)
-        activations, gradients = list(dict.fromkeys(activations)), list(dict.fromkeys(gradients))
+        activations, gradients, output = self._request(activations, gradients, seed, mode)
+        seeds = self._seed(seed, output, x) if gradients else np.zeros((len(x), 0), np.float32)
         pixels = "input" in gradients and self.input.dtype.kind in "iu"  # uint8 pixels differentiated as float32
         feed = np.asarray(given, np.float32) if pixels else x
-        key = (tuple(activations), tuple(gradients), output, mode if gradients else "standard", self._size_of(x))
+        key = (activations, gradients, output, mode if gradients else "standard", self._size_of(x))
         execute = self._executors.get(key) or self._executors.setdefault(key, self._executor(*key))
         try:
             if self._chunk and len(x) != self._chunk:  # a static batch the graph holds on to
@@ -465,6 +465,31 @@ class Model:
             raise run_error(err, self.path.name, _shown(x.shape)) from err
         n, k = len(self._output_names), len(activations)
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
+
+    def _request(self, activations, gradients, seed, mode):
+        """(activations, gradients, seeded tensor or None) of a run request, names checked and
+        duplicates dropped; kept per request, so that a repeated call skips the checks."""
+        activations = (activations,) if isinstance(activations, str) else tuple(activations or ())
+        gradients = (gradients,) if isinstance(gradients, str) else tuple(gradients or ())
+        seeded = (tuple(seed) if isinstance(seed, dict) else seed is None) if gradients else None
+        key = (activations, gradients, seeded, mode if gradients else None)
+        try:
+            return self._requests[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable names: checked below, which says what is wrong
+            key = None
+        self._names(activations, "activations")
+        self._names(gradients, "gradients")
+        output = None
+        if gradients:
+            if mode not in MODES:
+                raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+            output = self._seeded(seed)
+        request = (tuple(dict.fromkeys(activations)), tuple(dict.fromkeys(gradients)), output)
+        if key is not None:
+            self._requests[key] = request
+        return request
 
     def _executor(self, activations, gradients, output, mode, size):
         """``execute(x, seeds)`` → [outputs..., activations..., gradients...] of one batch (extra
@@ -530,24 +555,24 @@ class Model:
         graph = self.proto.graph
         return {self.input.name} | {o for node in graph.node if node.op_type != "Constant" for o in node.output if o}
 
-    def _seed(self, seed, x):
-        """(seeded tensor, seed array) checked against the tensor's shape: the declared one, or the
-        real one from a forward pass when the declared shape is unknown or does not fit."""
+    def _seeded(self, seed):
+        """The tensor ``seed`` seeds: the first output, or the one name of a ``{name: array}`` seed."""
         names = self._output_names
         if seed is None:
             raise UsageError("gradients need a seed: an array shaped like the output, e.g. the one-hot rows of "
                              "the classes to explain")
-        if isinstance(seed, dict):
-            if len(seed) != 1:
-                raise UsageError(f"seed as a mapping takes one tensor name (e.g. {names[0]}), got {list(seed)}")
-            (output,) = self._names(list(seed), "seed")
-            seed = seed[output]
-        else:
-            output = names[0]
-        info = self._infos.get(output)
-        dims = info.shape if info and info.shape else None
-        dtype = helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
-        seed = np.asarray(seed, dtype=dtype)
+        if not isinstance(seed, dict):
+            return names[0]
+        if len(seed) != 1:
+            raise UsageError(f"seed as a mapping takes one tensor name (e.g. {names[0]}), got {list(seed)}")
+        return self._names(list(seed), "seed")[0]
+
+    def _seed(self, seed, output, x):
+        """The seed array for tensor ``output``, checked against its shape: the declared one, or the
+        real one from a forward pass when the declared shape is unknown or does not fit."""
+        names = self._output_names
+        dims, dtype = self._seed_specs.get(output) or self._seed_specs.setdefault(output, self._seed_spec(output))
+        seed = np.asarray(seed[output] if isinstance(seed, dict) else seed, dtype=dtype)
         batch = len(x)
         fitted = _fitted(seed, dims, batch)
         if fitted is not None:
@@ -561,7 +586,13 @@ class Model:
             if seed.shape != dims:
                 raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
                                       f"({_shown(dims)}) for a batch of {batch}: give one row per image")
-        return output, np.ascontiguousarray(seed)
+        return np.ascontiguousarray(seed)
+
+    def _seed_spec(self, output):
+        """(declared dims or None, numpy dtype) of a seed for tensor ``output``."""
+        info = self._infos.get(output)
+        dims = info.shape if info and info.shape else None
+        return dims, helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
 
     @cached_property
     def _content_hash(self):

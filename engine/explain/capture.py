@@ -70,18 +70,27 @@ def capture(model, x, layers, seeds=None, output=None):
     >>> outputs, acts, grads = capture(model, x, ["layer4"], seeds=np.eye(8)[[3]])
     """
     output, to_model, _ = _explained(model, output)
-    wanted = list(dict.fromkeys([*layers, *([] if output in output_names(model) else [output])]))
+    layers = tuple(layers)
+    wanted = _wanted(model, layers, output)
     if seeds is None:
         result = model.run(x, activations=wanted)
         return result.outputs, result.activations, None
-    result = model.run(x, activations=wanted, gradients=list(layers), seed={output: to_model(seeds)})
+    result = model.run(x, activations=wanted, gradients=layers, seed={output: to_model(seeds)})
     return result.outputs, result.activations, {n: result.gradients[n] for n in layers}
+
+
+@_per_model
+def _wanted(model, layers, output):
+    """The activations a capture asks for: ``layers``, and ``output`` unless it is a graph output."""
+    return tuple(dict.fromkeys([*layers, *([] if output in output_names(model) else [output])]))
 
 
 def _explained(model, output):
     """(tensor name, seeds → the tensor's layout, values → batch first) of ``output``: a name
     (None: the first output), taken as is, or an :class:`OutputView`."""
     if isinstance(output, OutputView):
+        if output.perm == tuple(range(len(output.perm))):  # batch first already: nothing to move
+            return output.name, np.ascontiguousarray, np.asarray
         return output.name, output.seeds, output.rows
     return output or output_names(model)[0], np.asarray, np.asarray
 

@@ -28,6 +28,7 @@ objectness).
 >>> rows.image, rows.labels        # (array([0, 1, 1]), array([3, 1, 2]))
 >>> resolve(parse("box:0"), 1, (84, 8400), outputs=out, kind="yolov8").details[0]["box"]
 """
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,19 +194,20 @@ def resolve(targets, n, output_shape, outputs=None, kind="classifier", boxes=Non
         return Rows(np.arange(n), np.array([c for _, c, _ in found], int), seeds, [d for _, _, d in found])
     if isinstance(targets, Target):
         targets = targets.index
-    n_classes = int(np.prod(output_shape)) if output_shape else 0
+    n_classes = math.prod(int(d) for d in output_shape) if output_shape else 0
     if sum(d > 1 for d in output_shape) > 1:
         raise UsageError(f"class targets need a vector output, this one is shaped {output_shape}: "
                          "use an OutputMask or a structured target")
     per_image = _per_image_classes(targets, n, outputs, labels)
-    image = np.array([i for i, classes in enumerate(per_image) for _ in classes], int)
-    classes = np.array([c for classes in per_image for c in classes], int)
-    if classes.size and (classes.min() < -n_classes or classes.max() >= n_classes):
+    flat = [c for classes in per_image for c in classes]
+    if flat and (min(flat) < -n_classes or max(flat) >= n_classes):
         raise UsageError(f"target class out of range: the model has {n_classes} classes")
-    seeds = np.zeros((len(classes), n_classes), np.float32)
-    seeds[np.arange(len(classes)), classes] = 1
-    return Rows(image, classes % max(n_classes, 1), seeds.reshape(len(classes), *output_shape),
-                [{} for _ in classes])
+    image = np.array([i for i, classes in enumerate(per_image) for _ in classes], int)
+    classes = np.array(flat, int)
+    seeds = np.zeros((len(flat), n_classes), np.float32)
+    seeds[np.arange(len(flat)), classes] = 1
+    return Rows(image, classes % max(n_classes, 1), seeds.reshape(len(flat), *output_shape),
+                [{} for _ in flat])
 
 
 def _per_image_classes(targets, n, outputs, labels=None):
