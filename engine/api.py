@@ -521,6 +521,8 @@ class Model:
 
     def _check_input(self, x):
         x = np.asarray(x)
+        if x.shape[1:] == self._expected_shape[1:] and x.ndim == 4:  # a static size, as made by preprocess
+            return _as_dtype(x, self.input.dtype)
         expected = (None, *self._expected_shape[1:])  # any batch: a fixed one runs in chunks
         if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
             raise InputShapeError(
@@ -571,10 +573,10 @@ class Model:
         """The seed array for tensor ``output``, checked against its shape: the declared one, or the
         real one from a forward pass when the declared shape is unknown or does not fit."""
         names = self._output_names
-        dims, dtype = self._seed_specs.get(output) or self._seed_specs.setdefault(output, self._seed_spec(output))
+        dims, dtype, rows = self._seed_specs.get(output) or self._seed_specs.setdefault(output, self._seed_spec(output))
         seed = np.asarray(seed[output] if isinstance(seed, dict) else seed, dtype=dtype)
         batch = len(x)
-        fitted = _fitted(seed, dims, batch)
+        fitted = seed if seed.shape[:1] == (batch,) and seed.shape[1:] == rows else _fitted(seed, dims, batch)
         if fitted is not None:
             seed = fitted
         else:
@@ -589,10 +591,13 @@ class Model:
         return np.ascontiguousarray(seed)
 
     def _seed_spec(self, output):
-        """(declared dims or None, numpy dtype) of a seed for tensor ``output``."""
+        """(declared dims or None, numpy dtype, the static dims of one row when the batch comes
+        first, else None) of a seed for tensor ``output``."""
         info = self._infos.get(output)
         dims = info.shape if info and info.shape else None
-        return dims, helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
+        rows = tuple(dims[1:]) if dims and ("batch" not in dims or dims[0] == "batch") and \
+            all(isinstance(d, int) for d in dims[1:]) else None
+        return dims, helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32, rows
 
     @cached_property
     def _content_hash(self):
