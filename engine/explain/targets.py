@@ -202,12 +202,12 @@ def resolve(targets, n, output_shape, outputs=None, kind="classifier", boxes=Non
     flat = [c for classes in per_image for c in classes]
     if flat and (min(flat) < -n_classes or max(flat) >= n_classes):
         raise UsageError(f"target class out of range: the model has {n_classes} classes")
-    image = np.array([i for i, classes in enumerate(per_image) for _ in classes], int)
-    classes = np.array(flat, int)
+    image = [i for i, classes in enumerate(per_image) for _ in classes]
     seeds = np.zeros((len(flat), n_classes), np.float32)
-    seeds[np.arange(len(flat)), classes] = 1
-    return Rows(image, classes % max(n_classes, 1), seeds.reshape(len(flat), *output_shape),
-                [{} for _ in flat])
+    for row, c in enumerate(flat):  # per item: numpy's fancy indexing costs more for the few rows of a call
+        seeds[row, c] = 1
+    return Rows(np.array(image, int), np.array([c % max(n_classes, 1) for c in flat], int),
+                seeds.reshape(len(flat), *output_shape), [{} for _ in flat])
 
 
 def _per_image_classes(targets, n, outputs, labels=None):
