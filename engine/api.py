@@ -67,8 +67,8 @@ class Prediction:
     def to_dict(self):
         """JSON-ready: ``{"image": ..., "top": [{"index", "label", "score"}, ...]}``.
 
-        >>> model.predict("star.png", top=1)[0].to_dict()["top"][0]["label"]
-        'star'
+        >>> model.predict("cat.png", top=1)[0].to_dict()["top"][0]["label"]
+        'hexagon'
         """
         return {"image": self.image, "top": [vars(t) for t in self.top]}
 
@@ -109,9 +109,9 @@ class Model:
     input whose first dim is a dynamic batch is repeated for every image; see
     :mod:`engine.runtime.feeds`).
 
-    >>> model = Model("models/shapes-resnet.onnx")
-    >>> model.predict(["circle.png"], top=3)[0].top[0].label
-    'circle'
+    >>> model = Model("model.onnx")
+    >>> model.predict(["cat.png"], top=3)[0].top[0].label
+    'hexagon'
     """
 
     def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None,
@@ -199,10 +199,12 @@ class Model:
 
     def extra_feeds(self, batch, names=None):
         """``{name: array}`` for the extra inputs of a run over ``batch`` images (only ``names``
-        when given); raises UsageError naming the inputs still missing.
+        when given); raises UsageError naming the inputs still missing. For a detector with an
+        extra input ``scale`` (N×1), ``Model(path, extra_inputs={"scale": 0.5}).extra_feeds(2)["scale"]``
+        is a 2×1 array; a model without extra inputs gives none:
 
-        >>> Model("detector.onnx", extra_inputs={"scale": 0.5}).extra_feeds(2)["scale"].shape
-        (2, 1)
+        >>> model.extra_feeds(2)
+        {}
         """
         declared = self._extra_specs
         wanted = [name for name in declared if names is None or name in names]
@@ -255,11 +257,12 @@ class Model:
     def gradient_input(self):
         """The tensor that input gradients are taken with respect to: the image input, or for
         integer (uint8) pixels the first float tensor computed from them (their Cast), in which
-        case ``run`` returns them per input pixel. None where the pixels go through other ops than
-        layout ones before their Cast (an input-gradient request then raises UnsupportedOpError).
+        case ``run`` returns them per input pixel (for a uint8 NHWC export, e.g. ``'/Cast_output_0'``).
+        None where the pixels go through other ops than layout ones before their Cast (an
+        input-gradient request then raises UnsupportedOpError).
 
-        >>> Model("uint8-nhwc.onnx").gradient_input
-        '/Cast_output_0'
+        >>> model.gradient_input
+        'image'
         """
         if self.input.dtype.kind not in "iu":
             return self.input.name
@@ -273,8 +276,8 @@ class Model:
         """``{tensor: module path}`` where the exporter recorded the torch module that produced a
         tensor (dynamo name scopes, TorchScript node names); empty for other files.
 
-        >>> model.modules["/layer4/layer4.1/relu_1/Relu_output_0"]
-        'layer4.1.relu'
+        >>> model.modules["/layer3/relu_1/Relu_output_0"]
+        'layer3.relu'
         """
         return module_scopes.module_paths(self.proto)
 
@@ -283,10 +286,10 @@ class Model:
         unique ending ``1.relu``): the last 4-D tensor produced inside that module. An unknown or
         ambiguous name raises LayerError with close matches.
 
-        >>> model.layer("conv1").shape
-        ('batch', 16, 32, 32)
-        >>> model.layer("layer4").name
-        '/layer4/layer4.1/relu_1/Relu_output_0'
+        >>> model.layer("layer1.conv1").shape
+        ('batch', 32, 16, 16)
+        >>> model.layer("layer3").name
+        '/layer3/relu_1/Relu_output_0'
         """
         for layer in self.layers:
             if layer.name == name:
@@ -310,7 +313,7 @@ class Model:
         :meth:`default_layer_for`.
 
         >>> model.default_layer
-        'layer4'
+        '/layer3/relu_1/Relu_output_0'
         """
         return self.default_layer_for(self.proto.graph.output[0].name)
 
@@ -323,7 +326,7 @@ class Model:
         anchor's gradient at one position only, and its Grad-CAM is empty for a low score.
 
         >>> model.default_layer_for("logits")
-        'layer4'
+        '/layer3/relu_1/Relu_output_0'
         """
         if output not in self._default_layers:
             layer = cone.default_layer(self.proto.graph.node, [(lay.name, lay.shape) for lay in self.layers],
@@ -341,8 +344,9 @@ class Model:
         and ``stride`` in input pixels (None where it sees the whole image) and whether it is the
         ``default`` layer.
 
-        >>> model.layer_details()[-1]
-        {'name': 'layer4', 'op': 'Relu', 'shape': ('batch', 64, 8, 8), 'gradients': True, 'field': [35, 35], ...}
+        >>> details = model.layer_details()[-1]
+        >>> details["name"], details["op"], details["shape"], details["gradients"], details["field"]
+        ('/pool/GlobalAveragePool_output_0', 'GlobalAveragePool', ('batch', 96, 1, 1), True, None)
         """
         names = [layer.name for layer in self.layers]
         clean = normalize(add_taps(self.proto, names), input_size=self.input_size, inplace=True)
@@ -369,7 +373,7 @@ class Model:
         setting came from: ``sources``, and the ``guessed`` ones), labels, ops, layers.
 
         >>> model.summary()["ops"]["Conv"]
-        20
+        10
         """
         graph = self.proto.graph
         as_dict = lambda tensor: {"name": tensor.name, "dtype": tensor.dtype, "shape": tensor.shape}  # noqa: E731
@@ -417,7 +421,7 @@ class Model:
         spatial dims and no ``input_size``, to ``size`` (H, W) when given, else to the size of the
         first image.
 
-        >>> model.preprocess(["a.png", np.zeros((96, 96, 3), np.uint8)]).shape
+        >>> model.preprocess(["cat.png", np.zeros((96, 96, 3), np.uint8)]).shape
         (2, 3, 64, 64)
         """
         items = image_list(images, layout)
@@ -445,9 +449,11 @@ class Model:
         Any batch size works: a model exported with a static batch that the graph does not let
         go of runs in blocks of that batch (the last one padded), seeds and gradients included.
 
-        >>> r = model.run(x, activations=["layer4"], gradients=["layer4", "input"], seed=np.eye(8)[[3]])
-        >>> r.gradients["input"].shape == x.shape
-        True
+        >>> x = model.preprocess(images[:1])
+        >>> layer = model.default_layer
+        >>> r = model.run(x, activations=[layer], gradients=[layer, "input"], seed=np.eye(8)[[3]])
+        >>> r.gradients["input"].shape == x.shape, r.gradients[layer].shape
+        (True, (1, 96, 8, 8))
         """
         x, given = self._check_input(x), x
         activations, gradients, output = self._request(activations, gradients, seed, mode)
@@ -622,8 +628,8 @@ class Model:
         Scores are the model's first output when its rows are already
         probability vectors (non-negative, summing to 1), else the softmax of that output.
 
-        >>> [(t.label, round(t.score, 2)) for t in model.predict("star.png", top=2)[0].top]
-        [('star', 0.98), ('heart', 0.01)]
+        >>> [(t.label, round(t.score, 2)) for t in model.predict("cat.png", top=2)[0].top]
+        [('hexagon', 0.92), ('square', 0.02)]
         """
         if int(top) < 1:
             raise UsageError(f"top must be at least 1, got {top}")
