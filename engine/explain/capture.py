@@ -2,7 +2,10 @@
 activations and gradients, gradient and score callables, the FC head for CAM, and the network
 from a layer to an output for Ablation-CAM.
 
->>> outputs, acts, grads = capture(model, x, ["layer4"], seeds)
+>>> layer, x = model.default_layer, model.preprocess(images[:1])
+>>> outputs, acts, grads = capture(model, x, [layer], seeds=np.eye(8)[[3]])
+>>> grads[layer].shape
+(1, 96, 8, 8)
 """
 import functools
 import weakref
@@ -50,8 +53,8 @@ def layers_of(model, layer, output=None):
 
     Unknown names raise LayerError (through ``model.layer``).
 
-    >>> layers_of(model, "layer3, layer4")
-    ['layer3', 'layer4']
+    >>> layers_of(model, "layer2, layer3")
+    ['/layer2/relu_1/Relu_output_0', '/layer3/relu_1/Relu_output_0']
     """
     if layer in (None, "auto"):
         return [model.default_layer_for(output) if output else model.default_layer]
@@ -67,7 +70,9 @@ def capture(model, x, layers, seeds=None, output=None):
     :class:`OutputView`, whose seeds are batch first whatever the tensor's layout).
     Returns (outputs, {layer: A}, {layer: G} or None).
 
-    >>> outputs, acts, grads = capture(model, x, ["layer4"], seeds=np.eye(8)[[3]])
+    >>> outputs, acts, grads = capture(model, model.preprocess(images[:1]), [model.default_layer], np.eye(8)[[3]])
+    >>> outputs[0].shape, acts[model.default_layer].shape
+    ((1, 8), (1, 96, 8, 8))
     """
     output, to_model, _ = _explained(model, output)
     layers = tuple(layers)
@@ -98,7 +103,8 @@ def _explained(model, output):
 def gradient_fn(model, output=None):
     """``gradient(x, seeds, mode)`` = ∂(Σ seed·output)/∂x through ``model.run``.
 
-    >>> gradient_fn(model)(x, seeds, "guided").shape == x.shape
+    >>> x = model.preprocess(images[:1])
+    >>> gradient_fn(model)(x, np.eye(8)[[3]], "guided").shape == x.shape
     True
     """
     output, to_model, _ = _explained(model, output)
@@ -112,7 +118,7 @@ def gradient_fn(model, output=None):
 def scores_fn(model, output=None):
     """``scores(x)`` = the model's ``output`` (first by default; any tensor) for a batch ``x``; forward only.
 
-    >>> scores_fn(model)(x).shape
+    >>> scores_fn(model)(model.preprocess(images[:1])).shape
     (1, 8)
     """
     output, _, to_rows = _explained(model, output)
@@ -127,6 +133,8 @@ def fc_head(model, output=None):
     Raises LayerError, suggesting Grad-CAM, when the model has no such head.
 
     >>> layer, weights = fc_head(model)
+    >>> layer, weights.shape
+    ('/layer3/relu_1/Relu_output_0', (8, 96))
     """
     proto = model.proto
     output = output or output_names(model)[0]
@@ -187,7 +195,9 @@ def head_fn(model, layer, output=None):
     The layer must cut the graph: everything ``output`` depends on has to pass through it.
     Raises LayerError otherwise (Ablation-CAM needs such a layer).
 
-    >>> head = head_fn(model, "layer4"); logits = head(acts)
+    >>> head = head_fn(model, model.default_layer)
+    >>> head(np.ones((2, 96, 8, 8), np.float32)).shape
+    (2, 8)
     """
     output, _, to_rows = _explained(model, output)
     sub = _cut(model, layer, output)
@@ -205,7 +215,9 @@ def head_gradient_fn(model, layer, output=None):
     With activations from one forward pass this gives Grad-CAM for the top-1 class without a
     second pass over the whole network.
 
-    >>> grads = head_gradient_fn(model, "layer4")(acts, seeds)
+    >>> head_gradient = head_gradient_fn(model, model.default_layer)
+    >>> head_gradient(np.ones((1, 96, 8, 8), np.float32), np.eye(8)[[3]]).shape
+    (1, 96, 8, 8)
     """
     output, to_model, _ = _explained(model, output)
     sub = differentiate(normalize(_cut(model, layer, output)), output, [layer])
