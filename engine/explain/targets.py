@@ -25,8 +25,11 @@ has the score's gradient (for YOLOv5 the score obj·cls gives obj at the class a
 objectness).
 
 >>> rows = resolve([3, [1, 2]], n=2, output_shape=(10,))
->>> rows.image, rows.labels        # (array([0, 1, 1]), array([3, 1, 2]))
->>> resolve(parse("box:0"), 1, (84, 8400), outputs=out, kind="yolov8").details[0]["box"]
+>>> rows.image.tolist(), rows.labels.tolist()
+([0, 1, 1], [3, 1, 2])
+>>> out = np.zeros((1, 6, 5)); out[0, :4, 2] = [10, 10, 4, 4]; out[0, 4, 2] = 0.9   # YOLOv8: 2 classes, 5 anchors
+>>> resolve(parse("box:0"), 1, (6, 5), outputs=out, kind="yolov8").details[0]["box"]
+[8.0, 8.0, 12.0, 12.0]
 """
 import math
 from dataclasses import dataclass, field
@@ -46,7 +49,9 @@ VOCABULARY = "top, N, class:N, box:K, box:x1,y1,x2,y2, char:K, text, region:x1,y
 class OutputMask:
     """Explain Σ output·mask; ``mask`` is shaped like one output row, or N rows (one per image).
 
-    >>> OutputMask(seg_logits.argmax(1, keepdims=True) == 12)
+    >>> seg_logits = np.zeros((1, 21, 4, 4)); seg_logits[0, 12, :2] = 1
+    >>> int(OutputMask(seg_logits.argmax(1, keepdims=True) == 12).mask.sum())
+    8
     """
 
     mask: np.ndarray
@@ -85,8 +90,8 @@ def parse(text, labels=None):
     A comma list of classes (``3,5``) gives one class per image. Raises UsageError naming the
     vocabulary otherwise.
 
-    >>> parse("box:2"), parse("char:0"), parse("3,5")
-    (Target(kind='box', index=2, box=None, mask=None), Target(kind='char', index=0, ...), [3, 5])
+    >>> parse("box:2"), parse("3,5")
+    (Target(kind='box', index=2, box=None, mask=None), [3, 5])
     """
     text = str(text).strip()
     if text in ("top", "text"):
@@ -164,7 +169,8 @@ def resolve(targets, n, output_shape, outputs=None, kind="classifier", boxes=Non
     input pixels to the output grid. Sequences: ``blank`` is the CTC blank class; ``labels`` spell
     the decoded text.
 
-    >>> resolve("top", 2, (10,), outputs=logits).labels
+    >>> resolve("top", 2, (3,), outputs=np.array([[0.1, 2.0, 0.3], [5.0, 0.0, 0.0]])).labels.tolist()
+    [1, 0]
     """
     output_shape = tuple(output_shape)
     if isinstance(targets, str):
@@ -253,7 +259,10 @@ def detection_table(row, kind, boxes=None):
     C×A when the other axis matches the boxes' A) with ``boxes`` A×4 xyxy; scores: A×C class
     scores whose boxes are not decoded in the graph (xyxy is None).
 
+    >>> out = np.zeros((1, 6, 5)); out[0, :4, 2] = [10, 10, 4, 4]; out[0, 4, 2] = 0.9
     >>> xyxy, scores = detection_table(out[0], "yolov8")
+    >>> xyxy[2].tolist(), scores.shape
+    ([8.0, 8.0, 12.0, 12.0], (5, 2))
     """
     row = np.asarray(row, np.float64)
     if kind == "scores":
@@ -272,7 +281,8 @@ def detection_table(row, kind, boxes=None):
 def iou(box, boxes):
     """Intersection over union of one xyxy ``box`` with each of ``boxes`` (A×4).
 
-    >>> iou((0, 0, 2, 2), np.array([[1, 1, 3, 3]]))    # array([0.14285714])
+    >>> iou((0, 0, 2, 2), np.array([[1, 1, 3, 3]])).round(4).tolist()
+    [0.1429]
     """
     x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
     x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
@@ -328,7 +338,8 @@ def ctc_greedy(row, blank=0):
 
     Returns [(class, [frames])] — each decoded character with the frames that spell it.
 
-    >>> ctc_greedy(np.eye(3)[[1, 1, 0, 2, 2, 1]])      # [(1, [0, 1]), (2, [3, 4]), (1, [5])]
+    >>> [(int(c), frames) for c, frames in ctc_greedy(np.eye(3)[[1, 1, 0, 2, 2, 1]])]
+    [(1, [0, 1]), (2, [3, 4]), (1, [5])]
     """
     best = np.asarray(row).argmax(axis=1)
     chars = []
