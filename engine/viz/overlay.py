@@ -1,6 +1,8 @@
 """Heatmap colouring (OpenCV's JET colormap) and blending over the image.
 
->>> rgb = overlay(image, cam_map, alpha=0.5)      # image H×W×3 uint8, map h×w in [0, 1]
+>>> rgb = overlay(images[0], np.random.default_rng(0).random((8, 8)), alpha=0.5)   # map h×w in [0, 1]
+>>> rgb.shape, rgb.dtype
+((96, 96, 3), dtype('uint8'))
 """
 import cv2
 import numpy as np
@@ -10,6 +12,7 @@ def colorize(heat, colormap=cv2.COLORMAP_JET):
     """Colour an H×W map in [0, 1] as an H×W×3 RGB uint8 image (blue = 0, red = 1).
 
     >>> colorize(np.linspace(0, 1, 64).reshape(8, 8)).shape
+    (8, 8, 3)
     """
     u8 = np.uint8(np.round(255 * np.clip(heat, 0, 1)))
     return cv2.applyColorMap(u8, colormap)[..., ::-1].copy()
@@ -20,7 +23,8 @@ def overlay(image, heat, alpha=0.5, colormap=cv2.COLORMAP_JET):
 
     The map is resized (bilinear) to the image's size when they differ.
 
-    >>> overlay(image, cam_map, alpha=0.4)
+    >>> overlay(images[0], np.ones((8, 8)), alpha=0.4).shape
+    (96, 96, 3)
     """
     image = np.asarray(image)
     if image.ndim == 2:
@@ -33,7 +37,8 @@ def overlay(image, heat, alpha=0.5, colormap=cv2.COLORMAP_JET):
 def to_unit(maps):
     """Scale each map of N×H×W to [0, 1] (min-max per map, as pytorch-grad-cam's scale_cam_image).
 
-    >>> to_unit(raw).max(axis=(1, 2))
+    >>> to_unit(np.array([[[1.0, 3.0], [2.0, 5.0]]])).round(2).tolist()
+    [[[0.0, 0.5], [0.25, 1.0]]]
     """
     maps = np.asarray(maps, np.float32)
     lo = maps.min(axis=(1, 2), keepdims=True)
@@ -44,7 +49,8 @@ def to_unit(maps):
 def resize_maps(maps, size):
     """Resize N×h×w maps to N×H×W with ``size=(H, W)`` (bilinear, cv2.resize).
 
-    >>> resize_maps(raw, (96, 96))
+    >>> resize_maps(np.zeros((2, 8, 8)), (96, 96)).shape
+    (2, 96, 96)
     """
     h, w = size
     maps = np.asarray(maps, np.float32)
@@ -58,7 +64,8 @@ def resize_maps(maps, size):
 def strip(images, gap=2):
     """Lay RGB uint8 images of one size side by side with a white gap: a strip of steps.
 
-    >>> strip([step0, step50, step100])
+    >>> strip(list(images[:3])).shape
+    (96, 292, 3)
     """
     h = images[0].shape[0]
     parts = []
@@ -70,7 +77,8 @@ def strip(images, gap=2):
 def draw_box(image, box, text=None, color=(255, 255, 255)):
     """Draw an xyxy ``box`` (image pixels) with an optional caption on a copy of an RGB uint8 image.
 
-    >>> draw_box(overlay(image, cam_map), (12, 8, 40, 30), "dog 0.91")
+    >>> draw_box(images[0], (12, 8, 40, 30), "dog 0.91").shape
+    (96, 96, 3)
     """
     out = np.ascontiguousarray(image).copy()
     h, w = out.shape[:2]
