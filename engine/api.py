@@ -433,7 +433,8 @@ class Model:
         if nbytes > MEMORY_CHECKED_FROM:
             check_fits(nbytes, f"{len(rgbs)} inputs of {size[0]}×{size[1]}", "use a smaller input size, "
                        "input_size=(H, W), or fewer images per batch")
-        batch = np.stack([resize(rgb, size, self.preprocessing.resize) for rgb in rgbs])
+        resized = [resize(rgb, size, self.preprocessing.resize) for rgb in rgbs]
+        batch = resized[0][None] if len(resized) == 1 else np.stack(resized)  # (preprocessing copies)
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
         return _as_dtype(x, self.input.dtype)
 

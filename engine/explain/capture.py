@@ -223,7 +223,8 @@ def head_gradient_fn(model, layer, output=None):
     sub = differentiate(normalize(_cut(model, layer, output)), output, [layer])
     session = create_session(sub, provider=model.provider, threads=model.threads)
     extras = _extra_names(sub, layer)
-    return _any_batch(model, lambda acts, seeds: session.run([grad_name(layer)], {
+    fetch = [grad_name(layer)]
+    return _any_batch(model, lambda acts, seeds: session.run(fetch, {
         layer: np.asarray(acts, np.float32), SEED: np.asarray(to_model(seeds), np.float32),
         **_extra_feeds(model, extras, len(acts))})[0])
 
