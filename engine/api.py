@@ -27,6 +27,9 @@ from engine.runtime.batch import batch_plan, in_chunks
 from engine.runtime.session import RUN_ERRORS, create_session, run_error
 
 
+MEMORY_CHECKED_FROM = 64 << 20  # smaller batches are not checked against the free memory (a file read per call)
+
+
 @dataclass(frozen=True)
 class Tensor:
     """A graph input or output: name, numpy dtype name and shape (int, symbolic name or None)."""
@@ -64,8 +67,8 @@ class Prediction:
     def to_dict(self):
         """JSON-ready: ``{"image": ..., "top": [{"index", "label", "score"}, ...]}``.
 
-        >>> model.predict("star.png", top=1)[0].to_dict()["top"][0]["label"]
-        'star'
+        >>> model.predict("cat.png", top=1)[0].to_dict()["top"][0]["label"]
+        'hexagon'
         """
         return {"image": self.image, "top": [vars(t) for t in self.top]}
 
@@ -106,9 +109,9 @@ class Model:
     input whose first dim is a dynamic batch is repeated for every image; see
     :mod:`engine.runtime.feeds`).
 
-    >>> model = Model("models/shapes-resnet.onnx")
-    >>> model.predict(["circle.png"], top=3)[0].top[0].label
-    'circle'
+    >>> model = Model("model.onnx")
+    >>> model.predict(["cat.png"], top=3)[0].top[0].label
+    'hexagon'
     """
 
     def __init__(self, path, provider="auto", input_size=None, preprocess=None, labels=None, threads=None,
@@ -138,6 +141,8 @@ class Model:
         self._sessions = {}  # rewritten-model sessions per run request
         self._executors = {}  # run's session callables per (activations, gradients, output, mode, size)
         self._default_layers = {}  # output name → default layer
+        self._requests = {}  # run's checked (activations, gradients, seeded tensor) per request
+        self._seed_specs = {}  # seeded tensor → (dims, dtype)
 
     def __repr__(self):
         return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
@@ -194,10 +199,12 @@ class Model:
 
     def extra_feeds(self, batch, names=None):
         """``{name: array}`` for the extra inputs of a run over ``batch`` images (only ``names``
-        when given); raises UsageError naming the inputs still missing.
+        when given); raises UsageError naming the inputs still missing. For a detector with an
+        extra input ``scale`` (N×1), ``Model(path, extra_inputs={"scale": 0.5}).extra_feeds(2)["scale"]``
+        is a 2×1 array; a model without extra inputs gives none:
 
-        >>> Model("detector.onnx", extra_inputs={"scale": 0.5}).extra_feeds(2)["scale"].shape
-        (2, 1)
+        >>> model.extra_feeds(2)
+        {}
         """
         declared = self._extra_specs
         wanted = [name for name in declared if names is None or name in names]
@@ -250,11 +257,12 @@ class Model:
     def gradient_input(self):
         """The tensor that input gradients are taken with respect to: the image input, or for
         integer (uint8) pixels the first float tensor computed from them (their Cast), in which
-        case ``run`` returns them per input pixel. None where the pixels go through other ops than
-        layout ones before their Cast (an input-gradient request then raises UnsupportedOpError).
+        case ``run`` returns them per input pixel (for a uint8 NHWC export, e.g. ``'/Cast_output_0'``).
+        None where the pixels go through other ops than layout ones before their Cast (an
+        input-gradient request then raises UnsupportedOpError).
 
-        >>> Model("uint8-nhwc.onnx").gradient_input
-        '/Cast_output_0'
+        >>> model.gradient_input
+        'image'
         """
         if self.input.dtype.kind not in "iu":
             return self.input.name
@@ -268,8 +276,8 @@ class Model:
         """``{tensor: module path}`` where the exporter recorded the torch module that produced a
         tensor (dynamo name scopes, TorchScript node names); empty for other files.
 
-        >>> model.modules["/layer4/layer4.1/relu_1/Relu_output_0"]
-        'layer4.1.relu'
+        >>> model.modules["/layer3/relu_1/Relu_output_0"]
+        'layer3.relu'
         """
         return module_scopes.module_paths(self.proto)
 
@@ -278,10 +286,10 @@ class Model:
         unique ending ``1.relu``): the last 4-D tensor produced inside that module. An unknown or
         ambiguous name raises LayerError with close matches.
 
-        >>> model.layer("conv1").shape
-        ('batch', 16, 32, 32)
-        >>> model.layer("layer4").name
-        '/layer4/layer4.1/relu_1/Relu_output_0'
+        >>> model.layer("layer1.conv1").shape
+        ('batch', 32, 16, 16)
+        >>> model.layer("layer3").name
+        '/layer3/relu_1/Relu_output_0'
         """
         for layer in self.layers:
             if layer.name == name:
@@ -305,7 +313,7 @@ class Model:
         :meth:`default_layer_for`.
 
         >>> model.default_layer
-        'layer4'
+        '/layer3/relu_1/Relu_output_0'
         """
         return self.default_layer_for(self.proto.graph.output[0].name)
 
@@ -318,7 +326,7 @@ class Model:
         anchor's gradient at one position only, and its Grad-CAM is empty for a low score.
 
         >>> model.default_layer_for("logits")
-        'layer4'
+        '/layer3/relu_1/Relu_output_0'
         """
         if output not in self._default_layers:
             layer = cone.default_layer(self.proto.graph.node, [(lay.name, lay.shape) for lay in self.layers],
@@ -336,8 +344,9 @@ class Model:
         and ``stride`` in input pixels (None where it sees the whole image) and whether it is the
         ``default`` layer.
 
-        >>> model.layer_details()[-1]
-        {'name': 'layer4', 'op': 'Relu', 'shape': ('batch', 64, 8, 8), 'gradients': True, 'field': [35, 35], ...}
+        >>> details = model.layer_details()[-1]
+        >>> details["name"], details["op"], details["shape"], details["gradients"], details["field"]
+        ('/pool/GlobalAveragePool_output_0', 'GlobalAveragePool', ('batch', 96, 1, 1), True, None)
         """
         names = [layer.name for layer in self.layers]
         clean = normalize(add_taps(self.proto, names), input_size=self.input_size, inplace=True)
@@ -364,7 +373,7 @@ class Model:
         setting came from: ``sources``, and the ``guessed`` ones), labels, ops, layers.
 
         >>> model.summary()["ops"]["Conv"]
-        20
+        10
         """
         graph = self.proto.graph
         as_dict = lambda tensor: {"name": tensor.name, "dtype": tensor.dtype, "shape": tensor.shape}  # noqa: E731
@@ -412,7 +421,7 @@ class Model:
         spatial dims and no ``input_size``, to ``size`` (H, W) when given, else to the size of the
         first image.
 
-        >>> model.preprocess(["a.png", np.zeros((96, 96, 3), np.uint8)]).shape
+        >>> model.preprocess(["cat.png", np.zeros((96, 96, 3), np.uint8)]).shape
         (2, 3, 64, 64)
         """
         items = image_list(images, layout)
@@ -420,10 +429,12 @@ class Model:
             raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
         rgbs = [as_rgb(item) for item in items]
         size = self.input_size or tuple(d or int(s) for d, s in zip(self.input.size, size or rgbs[0].shape[:2]))
-        check_fits(len(rgbs) * size[0] * size[1] * self.input.channels * 9,  # uint8 resized + float32 twice
-                   f"{len(rgbs)} inputs of {size[0]}×{size[1]}", "use a smaller input size, input_size=(H, W), or "
-                   "fewer images per batch")
-        batch = np.stack([resize(rgb, size, self.preprocessing.resize) for rgb in rgbs])
+        nbytes = len(rgbs) * size[0] * size[1] * self.input.channels * 9  # uint8 resized + float32 twice
+        if nbytes > MEMORY_CHECKED_FROM:
+            check_fits(nbytes, f"{len(rgbs)} inputs of {size[0]}×{size[1]}", "use a smaller input size, "
+                       "input_size=(H, W), or fewer images per batch")
+        resized = [resize(rgb, size, self.preprocessing.resize) for rgb in rgbs]
+        batch = resized[0][None] if len(resized) == 1 else np.stack(resized)  # (preprocessing copies)
         x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
         return _as_dtype(x, self.input.dtype)
 
@@ -439,22 +450,18 @@ class Model:
         Any batch size works: a model exported with a static batch that the graph does not let
         go of runs in blocks of that batch (the last one padded), seeds and gradients included.
 
-        >>> r = model.run(x, activations=["layer4"], gradients=["layer4", "input"], seed=np.eye(8)[[3]])
-        >>> r.gradients["input"].shape == x.shape
-        True
+        >>> x = model.preprocess(images[:1])
+        >>> layer = model.default_layer
+        >>> r = model.run(x, activations=[layer], gradients=[layer, "input"], seed=np.eye(8)[[3]])
+        >>> r.gradients["input"].shape == x.shape, r.gradients[layer].shape
+        (True, (1, 96, 8, 8))
         """
         x, given = self._check_input(x), x
-        activations = self._names(activations, "activations")
-        gradients = self._names(gradients, "gradients")
-        output, seeds = None, np.zeros((len(x), 0), np.float32)
-        if gradients:
-            if mode not in MODES:
-                raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-            output, seeds = self._seed(seed, x)
-        activations, gradients = list(dict.fromkeys(activations)), list(dict.fromkeys(gradients))
+        activations, gradients, output = self._request(activations, gradients, seed, mode)
+        seeds = self._seed(seed, output, x) if gradients else np.zeros((len(x), 0), np.float32)
         pixels = "input" in gradients and self.input.dtype.kind in "iu"  # uint8 pixels differentiated as float32
         feed = np.asarray(given, np.float32) if pixels else x
-        key = (tuple(activations), tuple(gradients), output, mode if gradients else "standard", self._size_of(x))
+        key = (activations, gradients, output, mode if gradients else "standard", self._size_of(x))
         execute = self._executors.get(key) or self._executors.setdefault(key, self._executor(*key))
         try:
             if self._chunk and len(x) != self._chunk:  # a static batch the graph holds on to
@@ -465,6 +472,31 @@ class Model:
             raise run_error(err, self.path.name, _shown(x.shape)) from err
         n, k = len(self._output_names), len(activations)
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
+
+    def _request(self, activations, gradients, seed, mode):
+        """(activations, gradients, seeded tensor or None) of a run request, names checked and
+        duplicates dropped; kept per request, so that a repeated call skips the checks."""
+        activations = (activations,) if isinstance(activations, str) else tuple(activations or ())
+        gradients = (gradients,) if isinstance(gradients, str) else tuple(gradients or ())
+        seeded = (tuple(seed) if isinstance(seed, dict) else seed is None) if gradients else None
+        key = (activations, gradients, seeded, mode if gradients else None)
+        try:
+            return self._requests[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable names: checked below, which says what is wrong
+            key = None
+        self._names(activations, "activations")
+        self._names(gradients, "gradients")
+        output = None
+        if gradients:
+            if mode not in MODES:
+                raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+            output = self._seeded(seed)
+        request = (tuple(dict.fromkeys(activations)), tuple(dict.fromkeys(gradients)), output)
+        if key is not None:
+            self._requests[key] = request
+        return request
 
     def _executor(self, activations, gradients, output, mode, size):
         """``execute(x, seeds)`` → [outputs..., activations..., gradients...] of one batch (extra
@@ -496,6 +528,8 @@ class Model:
 
     def _check_input(self, x):
         x = np.asarray(x)
+        if x.shape[1:] == self._expected_shape[1:] and x.ndim == 4:  # a static size, as made by preprocess
+            return _as_dtype(x, self.input.dtype)
         expected = (None, *self._expected_shape[1:])  # any batch: a fixed one runs in chunks
         if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
             raise InputShapeError(
@@ -530,26 +564,26 @@ class Model:
         graph = self.proto.graph
         return {self.input.name} | {o for node in graph.node if node.op_type != "Constant" for o in node.output if o}
 
-    def _seed(self, seed, x):
-        """(seeded tensor, seed array) checked against the tensor's shape: the declared one, or the
-        real one from a forward pass when the declared shape is unknown or does not fit."""
+    def _seeded(self, seed):
+        """The tensor ``seed`` seeds: the first output, or the one name of a ``{name: array}`` seed."""
         names = self._output_names
         if seed is None:
             raise UsageError("gradients need a seed: an array shaped like the output, e.g. the one-hot rows of "
                              "the classes to explain")
-        if isinstance(seed, dict):
-            if len(seed) != 1:
-                raise UsageError(f"seed as a mapping takes one tensor name (e.g. {names[0]}), got {list(seed)}")
-            (output,) = self._names(list(seed), "seed")
-            seed = seed[output]
-        else:
-            output = names[0]
-        info = self._infos.get(output)
-        dims = info.shape if info and info.shape else None
-        dtype = helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
-        seed = np.asarray(seed, dtype=dtype)
+        if not isinstance(seed, dict):
+            return names[0]
+        if len(seed) != 1:
+            raise UsageError(f"seed as a mapping takes one tensor name (e.g. {names[0]}), got {list(seed)}")
+        return self._names(list(seed), "seed")[0]
+
+    def _seed(self, seed, output, x):
+        """The seed array for tensor ``output``, checked against its shape: the declared one, or the
+        real one from a forward pass when the declared shape is unknown or does not fit."""
+        names = self._output_names
+        dims, dtype, rows = self._seed_specs.get(output) or self._seed_specs.setdefault(output, self._seed_spec(output))
+        seed = np.asarray(seed[output] if isinstance(seed, dict) else seed, dtype=dtype)
         batch = len(x)
-        fitted = _fitted(seed, dims, batch)
+        fitted = seed if seed.shape[:1] == (batch,) and seed.shape[1:] == rows else _fitted(seed, dims, batch)
         if fitted is not None:
             seed = fitted
         else:
@@ -561,7 +595,16 @@ class Model:
             if seed.shape != dims:
                 raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
                                       f"({_shown(dims)}) for a batch of {batch}: give one row per image")
-        return output, np.ascontiguousarray(seed)
+        return np.ascontiguousarray(seed)
+
+    def _seed_spec(self, output):
+        """(declared dims or None, numpy dtype, the static dims of one row when the batch comes
+        first, else None) of a seed for tensor ``output``."""
+        info = self._infos.get(output)
+        dims = info.shape if info and info.shape else None
+        rows = tuple(dims[1:]) if dims and ("batch" not in dims or dims[0] == "batch") and \
+            all(isinstance(d, int) for d in dims[1:]) else None
+        return dims, helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32, rows
 
     @cached_property
     def _content_hash(self):
@@ -586,8 +629,8 @@ class Model:
         Scores are the model's first output when its rows are already
         probability vectors (non-negative, summing to 1), else the softmax of that output.
 
-        >>> [(t.label, round(t.score, 2)) for t in model.predict("star.png", top=2)[0].top]
-        [('star', 0.98), ('heart', 0.01)]
+        >>> [(t.label, round(t.score, 2)) for t in model.predict("cat.png", top=2)[0].top]
+        [('hexagon', 0.92), ('square', 0.02)]
         """
         if int(top) < 1:
             raise UsageError(f"top must be at least 1, got {top}")

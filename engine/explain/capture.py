@@ -2,7 +2,10 @@
 activations and gradients, gradient and score callables, the FC head for CAM, and the network
 from a layer to an output for Ablation-CAM.
 
->>> outputs, acts, grads = capture(model, x, ["layer4"], seeds)
+>>> layer, x = model.default_layer, model.preprocess(images[:1])
+>>> outputs, acts, grads = capture(model, x, [layer], seeds=np.eye(8)[[3]])
+>>> grads[layer].shape
+(1, 96, 8, 8)
 """
 import functools
 import weakref
@@ -50,8 +53,8 @@ def layers_of(model, layer, output=None):
 
     Unknown names raise LayerError (through ``model.layer``).
 
-    >>> layers_of(model, "layer3, layer4")
-    ['layer3', 'layer4']
+    >>> layers_of(model, "layer2, layer3")
+    ['/layer2/relu_1/Relu_output_0', '/layer3/relu_1/Relu_output_0']
     """
     if layer in (None, "auto"):
         return [model.default_layer_for(output) if output else model.default_layer]
@@ -67,21 +70,32 @@ def capture(model, x, layers, seeds=None, output=None):
     :class:`OutputView`, whose seeds are batch first whatever the tensor's layout).
     Returns (outputs, {layer: A}, {layer: G} or None).
 
-    >>> outputs, acts, grads = capture(model, x, ["layer4"], seeds=np.eye(8)[[3]])
+    >>> outputs, acts, grads = capture(model, model.preprocess(images[:1]), [model.default_layer], np.eye(8)[[3]])
+    >>> outputs[0].shape, acts[model.default_layer].shape
+    ((1, 8), (1, 96, 8, 8))
     """
     output, to_model, _ = _explained(model, output)
-    wanted = list(dict.fromkeys([*layers, *([] if output in output_names(model) else [output])]))
+    layers = tuple(layers)
+    wanted = _wanted(model, layers, output)
     if seeds is None:
         result = model.run(x, activations=wanted)
         return result.outputs, result.activations, None
-    result = model.run(x, activations=wanted, gradients=list(layers), seed={output: to_model(seeds)})
+    result = model.run(x, activations=wanted, gradients=layers, seed={output: to_model(seeds)})
     return result.outputs, result.activations, {n: result.gradients[n] for n in layers}
+
+
+@_per_model
+def _wanted(model, layers, output):
+    """The activations a capture asks for: ``layers``, and ``output`` unless it is a graph output."""
+    return tuple(dict.fromkeys([*layers, *([] if output in output_names(model) else [output])]))
 
 
 def _explained(model, output):
     """(tensor name, seeds → the tensor's layout, values → batch first) of ``output``: a name
     (None: the first output), taken as is, or an :class:`OutputView`."""
     if isinstance(output, OutputView):
+        if output.perm == tuple(range(len(output.perm))):  # batch first already: nothing to move
+            return output.name, np.ascontiguousarray, np.asarray
         return output.name, output.seeds, output.rows
     return output or output_names(model)[0], np.asarray, np.asarray
 
@@ -89,7 +103,8 @@ def _explained(model, output):
 def gradient_fn(model, output=None):
     """``gradient(x, seeds, mode)`` = ∂(Σ seed·output)/∂x through ``model.run``.
 
-    >>> gradient_fn(model)(x, seeds, "guided").shape == x.shape
+    >>> x = model.preprocess(images[:1])
+    >>> gradient_fn(model)(x, np.eye(8)[[3]], "guided").shape == x.shape
     True
     """
     output, to_model, _ = _explained(model, output)
@@ -103,7 +118,7 @@ def gradient_fn(model, output=None):
 def scores_fn(model, output=None):
     """``scores(x)`` = the model's ``output`` (first by default; any tensor) for a batch ``x``; forward only.
 
-    >>> scores_fn(model)(x).shape
+    >>> scores_fn(model)(model.preprocess(images[:1])).shape
     (1, 8)
     """
     output, _, to_rows = _explained(model, output)
@@ -118,6 +133,8 @@ def fc_head(model, output=None):
     Raises LayerError, suggesting Grad-CAM, when the model has no such head.
 
     >>> layer, weights = fc_head(model)
+    >>> layer, weights.shape
+    ('/layer3/relu_1/Relu_output_0', (8, 96))
     """
     proto = model.proto
     output = output or output_names(model)[0]
@@ -178,7 +195,9 @@ def head_fn(model, layer, output=None):
     The layer must cut the graph: everything ``output`` depends on has to pass through it.
     Raises LayerError otherwise (Ablation-CAM needs such a layer).
 
-    >>> head = head_fn(model, "layer4"); logits = head(acts)
+    >>> head = head_fn(model, model.default_layer)
+    >>> head(np.ones((2, 96, 8, 8), np.float32)).shape
+    (2, 8)
     """
     output, _, to_rows = _explained(model, output)
     sub = _cut(model, layer, output)
@@ -196,13 +215,16 @@ def head_gradient_fn(model, layer, output=None):
     With activations from one forward pass this gives Grad-CAM for the top-1 class without a
     second pass over the whole network.
 
-    >>> grads = head_gradient_fn(model, "layer4")(acts, seeds)
+    >>> head_gradient = head_gradient_fn(model, model.default_layer)
+    >>> head_gradient(np.ones((1, 96, 8, 8), np.float32), np.eye(8)[[3]]).shape
+    (1, 96, 8, 8)
     """
     output, to_model, _ = _explained(model, output)
     sub = differentiate(normalize(_cut(model, layer, output)), output, [layer])
     session = create_session(sub, provider=model.provider, threads=model.threads)
     extras = _extra_names(sub, layer)
-    return _any_batch(model, lambda acts, seeds: session.run([grad_name(layer)], {
+    fetch = [grad_name(layer)]
+    return _any_batch(model, lambda acts, seeds: session.run(fetch, {
         layer: np.asarray(acts, np.float32), SEED: np.asarray(to_model(seeds), np.float32),
         **_extra_feeds(model, extras, len(acts))})[0])
 

@@ -106,8 +106,9 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
                 transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
                 raw, row_outputs = _tta_raw(model, x, rows, entry, layers, view, eigen_smooth, sources,
                                             transforms)
-                if scores is None:
-                    scores = row_outputs[np.unique(rows.image, return_index=True)[1]]
+                if scores is None:  # each image's first row: all rows when they are one per image
+                    scores = row_outputs if rows.image.tolist() == list(range(len(x))) else \
+                        row_outputs[np.unique(rows.image, return_index=True)[1]]
             parts.append((raw, rows, _flat(scores, view), start))
             bar.update(len(x))
     raw = {layer_: _joined_arrays([p[0][layer_] for p in parts]) for layer_ in layers}

@@ -25,9 +25,13 @@ has the score's gradient (for YOLOv5 the score obj·cls gives obj at the class a
 objectness).
 
 >>> rows = resolve([3, [1, 2]], n=2, output_shape=(10,))
->>> rows.image, rows.labels        # (array([0, 1, 1]), array([3, 1, 2]))
->>> resolve(parse("box:0"), 1, (84, 8400), outputs=out, kind="yolov8").details[0]["box"]
+>>> rows.image.tolist(), rows.labels.tolist()
+([0, 1, 1], [3, 1, 2])
+>>> out = np.zeros((1, 6, 5)); out[0, :4, 2] = [10, 10, 4, 4]; out[0, 4, 2] = 0.9   # YOLOv8: 2 classes, 5 anchors
+>>> resolve(parse("box:0"), 1, (6, 5), outputs=out, kind="yolov8").details[0]["box"]
+[8.0, 8.0, 12.0, 12.0]
 """
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +49,9 @@ VOCABULARY = "top, N, class:N, box:K, box:x1,y1,x2,y2, char:K, text, region:x1,y
 class OutputMask:
     """Explain Σ output·mask; ``mask`` is shaped like one output row, or N rows (one per image).
 
-    >>> OutputMask(seg_logits.argmax(1, keepdims=True) == 12)
+    >>> seg_logits = np.zeros((1, 21, 4, 4)); seg_logits[0, 12, :2] = 1
+    >>> int(OutputMask(seg_logits.argmax(1, keepdims=True) == 12).mask.sum())
+    8
     """
 
     mask: np.ndarray
@@ -84,8 +90,8 @@ def parse(text, labels=None):
     A comma list of classes (``3,5``) gives one class per image. Raises UsageError naming the
     vocabulary otherwise.
 
-    >>> parse("box:2"), parse("char:0"), parse("3,5")
-    (Target(kind='box', index=2, box=None, mask=None), Target(kind='char', index=0, ...), [3, 5])
+    >>> parse("box:2"), parse("3,5")
+    (Target(kind='box', index=2, box=None, mask=None), [3, 5])
     """
     text = str(text).strip()
     if text in ("top", "text"):
@@ -163,7 +169,8 @@ def resolve(targets, n, output_shape, outputs=None, kind="classifier", boxes=Non
     input pixels to the output grid. Sequences: ``blank`` is the CTC blank class; ``labels`` spell
     the decoded text.
 
-    >>> resolve("top", 2, (10,), outputs=logits).labels
+    >>> resolve("top", 2, (3,), outputs=np.array([[0.1, 2.0, 0.3], [5.0, 0.0, 0.0]])).labels.tolist()
+    [1, 0]
     """
     output_shape = tuple(output_shape)
     if isinstance(targets, str):
@@ -193,19 +200,20 @@ def resolve(targets, n, output_shape, outputs=None, kind="classifier", boxes=Non
         return Rows(np.arange(n), np.array([c for _, c, _ in found], int), seeds, [d for _, _, d in found])
     if isinstance(targets, Target):
         targets = targets.index
-    n_classes = int(np.prod(output_shape)) if output_shape else 0
+    n_classes = math.prod(int(d) for d in output_shape) if output_shape else 0
     if sum(d > 1 for d in output_shape) > 1:
         raise UsageError(f"class targets need a vector output, this one is shaped {output_shape}: "
                          "use an OutputMask or a structured target")
     per_image = _per_image_classes(targets, n, outputs, labels)
-    image = np.array([i for i, classes in enumerate(per_image) for _ in classes], int)
-    classes = np.array([c for classes in per_image for c in classes], int)
-    if classes.size and (classes.min() < -n_classes or classes.max() >= n_classes):
+    flat = [c for classes in per_image for c in classes]
+    if flat and (min(flat) < -n_classes or max(flat) >= n_classes):
         raise UsageError(f"target class out of range: the model has {n_classes} classes")
-    seeds = np.zeros((len(classes), n_classes), np.float32)
-    seeds[np.arange(len(classes)), classes] = 1
-    return Rows(image, classes % max(n_classes, 1), seeds.reshape(len(classes), *output_shape),
-                [{} for _ in classes])
+    image = [i for i, classes in enumerate(per_image) for _ in classes]
+    seeds = np.zeros((len(flat), n_classes), np.float32)
+    for row, c in enumerate(flat):  # per item: numpy's fancy indexing costs more for the few rows of a call
+        seeds[row, c] = 1
+    return Rows(np.array(image, int), np.array([c % max(n_classes, 1) for c in flat], int),
+                seeds.reshape(len(flat), *output_shape), [{} for _ in flat])
 
 
 def _per_image_classes(targets, n, outputs, labels=None):
@@ -251,7 +259,10 @@ def detection_table(row, kind, boxes=None):
     C×A when the other axis matches the boxes' A) with ``boxes`` A×4 xyxy; scores: A×C class
     scores whose boxes are not decoded in the graph (xyxy is None).
 
+    >>> out = np.zeros((1, 6, 5)); out[0, :4, 2] = [10, 10, 4, 4]; out[0, 4, 2] = 0.9
     >>> xyxy, scores = detection_table(out[0], "yolov8")
+    >>> xyxy[2].tolist(), scores.shape
+    ([8.0, 8.0, 12.0, 12.0], (5, 2))
     """
     row = np.asarray(row, np.float64)
     if kind == "scores":
@@ -270,7 +281,8 @@ def detection_table(row, kind, boxes=None):
 def iou(box, boxes):
     """Intersection over union of one xyxy ``box`` with each of ``boxes`` (A×4).
 
-    >>> iou((0, 0, 2, 2), np.array([[1, 1, 3, 3]]))    # array([0.14285714])
+    >>> iou((0, 0, 2, 2), np.array([[1, 1, 3, 3]])).round(4).tolist()
+    [0.1429]
     """
     x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
     x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
@@ -326,7 +338,8 @@ def ctc_greedy(row, blank=0):
 
     Returns [(class, [frames])] — each decoded character with the frames that spell it.
 
-    >>> ctc_greedy(np.eye(3)[[1, 1, 0, 2, 2, 1]])      # [(1, [0, 1]), (2, [3, 4]), (1, [5])]
+    >>> [(int(c), frames) for c, frames in ctc_greedy(np.eye(3)[[1, 1, 0, 2, 2, 1]])]
+    [(1, [0, 1]), (2, [3, 4]), (1, [5])]
     """
     best = np.asarray(row).argmax(axis=1)
     chars = []

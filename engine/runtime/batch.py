@@ -2,7 +2,8 @@
 symbolic by :func:`engine.graph.normalize.free_batch` and checked here by running it), or only its
 own (a static batch the graph does not let go of: run in chunks of that size, see :func:`in_chunks`).
 
->>> plan = batch_plan(onnx.load("resnet18-static.onnx"), size=(224, 224))
+>>> static = onnx.load("model.onnx"); static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+>>> plan = batch_plan(static)
 >>> plan.chunk is None, plan.freed      # the static batch 1 was freed and verified
 (True, True)
 """
@@ -35,8 +36,9 @@ def batch_plan(proto, size=None, provider="auto", threads=None):
     original's outputs (run in chunks of its batch) at batches 3 and 1 on random inputs at
     ``size`` (H, W; the declared size, else 224); otherwise the plan runs it in chunks.
 
-    >>> batch_plan(dynamic_model).chunk is None
-    True
+    >>> plan = batch_plan(onnx.load("model.onnx"))     # a symbolic batch already
+    >>> plan.chunk is None, plan.freed
+    (True, False)
     """
     image = image_input(proto)
     if image.batch is None or image.batch < 1:

@@ -57,6 +57,8 @@ def resize_maps(maps, size):
     maps = np.asarray(maps, np.float32)
     if maps.shape[1:] == (h, w):
         return maps
+    if len(maps) == 1:  # one map (batch 1): no stack
+        return cv2.resize(maps[0], (w, h), interpolation=cv2.INTER_LINEAR)[None]
     return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
 
 
