@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 from engine.errors import LayerError
 from engine.explain.outputs import OutputView, forward
 from engine.graph.autodiff import SEED, differentiate, grad_name
+from engine.graph.nodes import attrs
 from engine.graph.normalize import normalize
 from engine.graph.shapes import constant_tensors
 from engine.runtime.batch import in_chunks
@@ -159,10 +160,10 @@ def fc_head(model, output=None):
             continue
         w = consts[node.input[1]].astype(np.float64)
         if node.op_type == "Gemm":
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            if attrs.get("transA", 0):
+            gemm = attrs(node)
+            if gemm.get("transA", 0):
                 continue
-            w = (w if attrs.get("transB", 0) else w.T) * attrs.get("alpha", 1.0)
+            w = (w if gemm.get("transB", 0) else w.T) * gemm.get("alpha", 1.0)
         else:
             w = w.T
         end = node.output[0]
@@ -181,8 +182,7 @@ def _is_global_average(node, consts):
         return True
     if node.op_type != "ReduceMean":
         return False
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    axes = attrs.get("axes")
+    axes = attrs(node).get("axes")
     if axes is None and len(node.input) > 1:
         axes = consts.get(node.input[1])
     return axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
