@@ -4,6 +4,7 @@ Installed as the console script ``onnxlens``; also runnable from a checkout as
 ``python cli.py ...`` on machines where nothing is installed.
 """
 import functools
+import glob
 import json
 import sys
 from pathlib import Path
@@ -547,8 +548,10 @@ def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_e
                               start=start, jitter=jitter, blur_every=blur_every, fourier=fourier,
                               decorrelate=decorrelate, rng=seed)
     out = Path(out)
-    write_image(out, viz.image)
-    write_image(out.with_name(out.stem + "_steps" + (out.suffix or ".png")), strip(viz.steps))
+    steps_file = out.with_name(out.stem + "_steps" + (out.suffix or ".png"))
+    with output_set(out.parent, [glob.escape(out.name), glob.escape(steps_file.name)]) as stage:  # one set
+        write_image(stage / out.name, viz.image)
+        write_image(stage / steps_file.name, strip(viz.steps))
     click.echo(f"score {viz.scores[0]:.3f} -> {viz.scores[-1]:.3f} after {steps} steps: {out}")
 
 
@@ -862,6 +865,15 @@ def _log_section(timing):
     click.echo(f"  {timing.title:<28} {timing.seconds:6.1f} s  {timing.status}{reason}", err=True)
 
 
+def _audit_outcome(path, timings):
+    """Say on stderr, in one line, which sections failed; exit 2 when none ran (engine.audit.report.outcome)."""
+    from engine.audit.report import outcome
+
+    line = outcome(timings, path)
+    if line is not None:
+        click.echo(line, err=True)
+
+
 # The image set of audit and compare (engine.audit.choose): --images DIR [--labels FILE] or --synth N [--seed S].
 _audit_data_options = _options(
     click.option("--images", metavar="DIR|GLOB", help="A folder of images (searched recursively), or a quoted glob."),
@@ -890,7 +902,8 @@ def audit(model, images, labels, synth, seed, out, masks, gallery, embed, dissec
     loaded = _load(model, **load)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels, masks=masks)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
-    path, _ = run_audit(loaded, data, out, options, log=_log_section, scale=scale)
+    path, timings = run_audit(loaded, data, out, options, log=_log_section, scale=scale)
+    _audit_outcome(path, timings)
     click.echo(path)
 
 
@@ -933,7 +946,8 @@ def demo(out, n, provider):
     from engine.audit.demo import demo as run_demo
 
     click.echo(f"auditing models/shapes-resnet.onnx on {n} generated images ...", err=True)
-    path, _ = run_demo(out, n=n, provider=provider, log=_log_section)
+    path, timings = run_demo(out, n=n, provider=provider, log=_log_section)
+    _audit_outcome(path, timings)
     click.echo(f"report: {path.resolve()}")
 
 

@@ -1,5 +1,7 @@
 """Hostile inputs through the CLI: each one ends in exactly one line on stderr starting with
 "error:", exit status 2 and no traceback (issue 12)."""
+import html
+import shutil
 import struct
 import subprocess
 import sys
@@ -13,9 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from engine.errors import UnsupportedOpError
+from engine.errors import OutputError, UnsupportedOpError
 from engine.graph.autodiff import differentiate
 from tests.onnx_build import Builder
+from tests.test_audit import sections_of
 from tests.tiny_models import classifier, save
 
 LABELS = ["circle", "square", "star", "ring"]
@@ -271,3 +274,111 @@ def test_external_data_with_a_negative_length(files):
     entry.value = "-5"
     onnx.save(model, str(path))
     assert_one_line_error(CliRunner().invoke(cli.main, ["predict", str(path), files["image"]]), "negative")
+
+
+# --- failing audit sections, non-finite features, mixed embedding folders, classviz's set ----------
+
+
+def _nan_weights():
+    """The tiny classifier (32×32 inputs) whose second convolution's weights are all NaN."""
+    model = classifier(shape=("N", 3, 32, 32))
+    w2 = next(init for init in model.graph.initializer if init.name == "w2")
+    w2.CopyFrom(onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(w2).shape, np.nan, np.float32), "w2"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def nan_model(files):
+    return str(save(_nan_weights(), files["tmp"] / "nan_weights.onnx"))
+
+
+def test_audit_reports_failed_sections_in_place_and_goes_on(files, nan_model):
+    out = files["tmp"] / "nan_audit"
+    result = CliRunner().invoke(cli.main, ["audit", nan_model, "--synth", "8", "--embed", "8", "--dissect", "8",
+                                           "--gallery", "2", "--classviz-steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = [line for line in result.stderr.splitlines() if line.startswith("audit:")]
+    assert len(summary) == 1 and "Embeddings and neighbours" in summary[0] and "Saliency" in summary[0], summary
+    assert "Traceback" not in result.output
+    sections = {title: body for title, (_, body) in sections_of((out / "index.html").read_text()).items()}
+    assert "NaN or infinite values, and a t-SNE projection needs finite numbers" in sections["Embeddings and neighbours"]
+    assert "its maps hold NaN" in sections["Saliency"]
+    assert "Not available" not in sections["Model"] and "<table" in sections["Model"]
+
+
+def test_audit_exits_2_when_no_section_runs(files, monkeypatch):
+    from engine.audit import report
+    from engine.errors import ModelRunError
+
+    def broken(ctx):
+        raise ModelRunError("ONNX Runtime cannot run 'm.onnx': node 'x' (Loop) failed")
+
+    monkeypatch.setattr(report, "SECTIONS", (("Broken", broken), ("Also broken", broken)))
+    out = files["tmp"] / "all_failed"
+    result = CliRunner().invoke(cli.main, ["audit", files["model"], "--synth", "4", "--out", str(out)])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "no section of the audit ran" in errors[0], result.output
+    assert html.escape("node 'x' (Loop) failed") in (out / "index.html").read_text()
+
+
+def test_nan_features_are_refused_by_project_and_neighbors(files, nan_model):
+    out = files["tmp"] / "nan_embedding"
+    assert CliRunner().invoke(cli.main, ["embed", nan_model, "--synth", "6", "--out", str(out)]).exit_code == 0
+    for args in (["project", str(out), "--out", str(files["tmp"] / "p.png"), "--method", "pca"],
+                 ["neighbors", str(out), "--query", "synth:0:1", "--k", "2", "--out", str(files["tmp"] / "n.png")]):
+        assert_one_line_error(CliRunner().invoke(cli.main, args), "6 of 6 feature rows hold NaN")
+    assert not (files["tmp"] / "p.png").exists() and not (files["tmp"] / "n.png").exists()
+
+
+def _mix(folder, other):
+    """Corrupt the embedding ``folder`` with a file of the embedding ``other`` (a different run)."""
+    return {"features-of-another-run": lambda: shutil.copy(other / "features.npy", folder),
+            "index-of-another-run": lambda: shutil.copy(other / "index.csv", folder),
+            "binary-index": lambda: (folder / "index.csv").write_bytes(bytes(range(256))),
+            "json-without-model": lambda: (folder / "embedding.json").write_text('{"layer": "gap", "n": 6, "dim": 4}'),
+            "features-not-2d": lambda: np.save(folder / "features.npy", np.zeros(6, np.float32))}
+
+
+MIXES = ["features-of-another-run", "index-of-another-run", "binary-index", "json-without-model", "features-not-2d"]
+MIX_WORDS = {"features-of-another-run": "mixes runs", "index-of-another-run": "mixes runs",
+             "binary-index": "not an embedding folder", "json-without-model": "'model'", "features-not-2d": "N×D"}
+
+
+@pytest.mark.parametrize("command", ["project", "neighbors"])
+@pytest.mark.parametrize("mix", MIXES)
+def test_a_mixed_embedding_folder_is_one_line(files, tmp_path, mix, command):
+    folder, other = tmp_path / "e", tmp_path / "other"
+    for out, n, seed in ((folder, 6, 0), (other, 5 if mix == "features-of-another-run" else 6, 1)):
+        assert CliRunner().invoke(cli.main, ["embed", files["model"], "--synth", str(n), "--seed", str(seed),
+                                             "--size", "8x8", "--out", str(out)]).exit_code == 0
+    _mix(folder, other)[mix]()
+    args = {"project": ["project", str(folder), "--method", "pca", "--out", str(tmp_path / "p.png")],
+            "neighbors": ["neighbors", str(folder), "--query", "synth:0:1", "--k", "2", "--out",
+                          str(tmp_path / "n.png")]}[command]
+    assert_one_line_error(CliRunner().invoke(cli.main, args), MIX_WORDS[mix], "embed")
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "n.png").exists()
+
+
+def test_classviz_writes_image_and_steps_as_one_set(files, tmp_path, monkeypatch):
+    out = tmp_path / "viz.png"
+    args = ["classviz", files["model"], "--target", "1", "--steps", "2", "--out", str(out)]
+    assert CliRunner().invoke(cli.main, args).exit_code == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("viz.png", "viz_steps.png")}
+    real = cli.write_image
+
+    def fails_on_the_strip(path, image):
+        if Path(path).name == "viz_steps.png":
+            raise OutputError("cannot write viz_steps.png: No space left on device: free space or choose another --out")
+        return real(path, image)
+
+    monkeypatch.setattr(cli, "write_image", fails_on_the_strip)
+    assert_one_line_error(CliRunner().invoke(cli.main, [*args[:3], "2", *args[4:]]), "No space left")
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["viz.png", "viz_steps.png"]
+
+
+def test_classviz_on_nan_weights_is_one_line(files, nan_model):
+    out = files["tmp"] / "nan_viz.png"
+    result = CliRunner().invoke(cli.main, ["classviz", nan_model, "--target", "1", "--steps", "2", "--out", str(out)])
+    assert_one_line_error(result, "NaN or infinite", "check its weights")
+    assert not out.exists()

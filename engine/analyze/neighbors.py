@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from engine.analyze.embeddings import pooled
+from engine.analyze.embeddings import finite, pooled
 from engine.analyze.sources import read_named
 from engine.errors import UsageError
 from engine.viz.grid import grid
@@ -17,7 +17,7 @@ def _index(features, k, metric):
     if not 1 <= k < len(features) + 1:
         raise UsageError(f"k must lie between 1 and the number of images ({len(features)}), got {k}")
     name = "euclidean" if metric == "l2" else "cosine"
-    return NearestNeighbors(n_neighbors=k, metric=name, algorithm="brute").fit(np.asarray(features, np.float32))
+    return NearestNeighbors(n_neighbors=k, metric=name, algorithm="brute").fit(finite(features, "a neighbour search"))
 
 
 def nearest(features, queries, k=8, metric="cosine"):
@@ -25,7 +25,8 @@ def nearest(features, queries, k=8, metric="cosine"):
 
     >>> dist, idx = nearest(embedding.features, query_rows, k=8)
     """
-    return _index(features, k, metric).kneighbors(np.asarray(queries, np.float32).reshape(-1, features.shape[1]))
+    index = _index(features, k, metric)
+    return index.kneighbors(finite(np.asarray(queries, np.float32).reshape(-1, features.shape[1]), "a neighbour search"))
 
 
 def purity(features, labels, k=8, metric="cosine"):

@@ -45,6 +45,22 @@ def run_section(title, fn, ctx):
     return section(title, blocks, seconds), Timing(title, seconds, status, reason)
 
 
+def outcome(timings, path):
+    """One line for stderr naming the sections that failed ("not available"), or None when none
+    did; an OnnxlensError (exit 2) when no section ran at all, though the page is written.
+
+    >>> outcome([Timing("Model", 0.1, "ok"), Timing("Saliency", 0.2, "not available", "NaN")], "a/index.html")
+    'audit: 1 of 2 sections failed (Saliency): each says why in a/index.html'
+    """
+    failed = [t.title for t in timings if t.status == "not available"]
+    if not any(t.status == "ok" for t in timings):
+        raise OnnxlensError(f"no section of the audit ran ({len(failed)} failed, {len(timings) - len(failed)} not "
+                            f"applicable): each says why in {path}")
+    if failed:
+        return f"audit: {len(failed)} of {len(timings)} sections failed ({', '.join(failed)}): each says why in {path}"
+    return None
+
+
 def audit(model, data, out, options=None, extra=(), log=None, scale=None, progress=None):
     """Write ``out/index.html`` for ``model`` on the image set ``data`` (``engine.audit.inputs``).
 

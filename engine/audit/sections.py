@@ -37,6 +37,10 @@ class NotApplicable(Exception):
     """Raised by a section that does not apply to this model or these images; says why."""
 
 
+class SectionFailed(OnnxlensError):
+    """Raised by a section whose every part failed on this model; says why (shown as "not available")."""
+
+
 @dataclass(frozen=True)
 class Options:
     """Sizes of the audit's sections (kept small so that the whole audit takes minutes on a CPU).
@@ -232,11 +236,15 @@ def _method_table(ctx, run, methods, show, legend, metric=None):
         except OnnxlensError as err:
             failed.append(f"{method}: {err}")
             continue
+        if not np.isfinite(exp.maps).all():
+            failed.append(f"{method}: its maps hold NaN or infinite values (the model computes non-finite numbers: "
+                          "check its weights)")
+            continue
         columns.append((method, [show(img, m) for img, m in zip(data.images, exp.maps)]))
         if metric is not None and data.masks is not None:
             scores.append([method, float(metric(exp.maps, data.masks).mean())])
     if not columns:
-        raise NotApplicable("no method ran on this model: " + "; ".join(failed))
+        raise SectionFailed("no method ran on this model: " + "; ".join(failed))
     rows = [[data.images[i], *(cells[i] for _, cells in columns)] for i in range(len(data))]
     bar = f"{legend}, scaled to [0, 1] per image"
     blocks = [image(plots.colour_bar(bar, "low", "high"), alt=f"colour bar: {bar}"),

@@ -159,6 +159,9 @@ def class_visualization(model, target=None, layer=None, channel=None, steps=200,
                         blur_sigma=blur_sigma, fourier=fourier, decorrelate=decorrelate,
                         channel_order=model.preprocessing.channel_order, layout=model.input.layout,
                         snapshots=snapshots, rng=rng, callback=lambda step: bar.update())
+    if not (np.isfinite(result.x).all() and np.isfinite(result.scores).all()):
+        raise UsageError("gradient ascent reached NaN or infinite values: the model's score or gradient is not finite "
+                         "(check its weights), or lower --lr")
     to_rgb = lambda x: to_image(model, x)[0]  # noqa: E731
     return Visualization(to_rgb(result.x), [to_rgb(h) for h in result.history], result.scores[:, 0], result.x)
 
