@@ -206,12 +206,15 @@ def _preprocess_options(command):
 
 
 def _model_options(labels=True):
-    """The options of a command that runs a model: --size, --provider, --threads, the
-    preprocessing group, --labels FILE (unless the command's --labels means something else) and
+    """The options of a command that runs a model: --size, --provider, --threads, --timeout (sets
+    engine.runtime.session.RUN_TIMEOUT), the preprocessing group, --labels FILE (unless the command's --labels means something else) and
     --input, handed to the command as one ``load`` dict: ``_load(path, **load)``."""
     def decorate(command):
         @functools.wraps(command)
-        def run(*args, size, provider, threads, preprocess, inputs, labels_file=None, **kwargs):
+        def run(*args, size, provider, threads, preprocess, inputs, timeout, labels_file=None, **kwargs):
+            from engine.runtime import session
+
+            session.RUN_TIMEOUT = timeout or None
             load = {"inputs": inputs, "input_size": size, "provider": provider, "threads": threads,
                     "preprocess": preprocess}
             if labels:
@@ -221,6 +224,8 @@ def _model_options(labels=True):
         return _options(
             _input_size_option, _provider_option,
             click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime threads (default: its own)."),
+            click.option("--timeout", default=600, show_default=True, type=FiniteFloat(min=0), metavar="SECONDS",
+                         help="Stop a model run (one batch) that takes longer than this (0: no limit)."),
             _preprocess_options, *([_labels_option] if labels else []), _extra_input_option,
         )(run)
     return decorate

@@ -78,6 +78,8 @@ ARGUMENTS = [
     ("embed-synth-huge", ["embed", "{model}", "--synth", str(10**12), "--out", "{tmp}/e"], "--synth N"),
     ("compare-synth-huge", ["compare", "{model}", "{model}", "--synth", str(10**12)], "--synth N"),
     ("audit-synth-huge", ["audit", "{model}", "--synth", str(10**12), "--out", "{tmp}/a"], "--synth N"),
+    ("timeout-negative", ["predict", "{model}", "{image}", "--timeout", "-1"], "--timeout"),
+    ("timeout-nan", ["predict", "{model}", "{image}", "--timeout", "nan"], "--timeout"),
     ("samples-zero", ["saliency", "{model}", "{image}", "--out", "{tmp}/s", "--samples", "0"], "--samples"),
 ]
 
@@ -198,8 +200,9 @@ def _cycle():
     return model
 
 
-def _loop(trips):
-    """The logits plus 1 added ``trips`` times by a Loop."""
+def _loop(trips, computed=False):
+    """The logits plus 1 added ``trips`` times by a Loop; ``computed``: the trip count is
+    ``trips`` times the largest logits dimension, computed at run time (no constant to cap)."""
     make, info = onnx.helper.make_node, onnx.helper.make_tensor_value_info
     body = onnx.helper.make_graph(
         [make("Identity", ["cond_in"], ["cond_out"]), make("Add", ["acc_in", "one"], ["acc_out"])], "body",
@@ -209,8 +212,15 @@ def _loop(trips):
         [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one")])
     constants = [onnx.numpy_helper.from_array(np.array(trips, np.int64), "trips"),
                  onnx.numpy_helper.from_array(np.array(True), "cond")]
-    return _with_tail([make("Loop", ["trips", "cond", "logits"], ["looped"], body=body, name="the_loop")],
-                      "looped", constants)
+    count = [make("Shape", ["logits"], ["logit_shape"]), make("ReduceMax", ["logit_shape"], ["widest"], keepdims=0),
+             make("Mul", ["widest", "trips"], ["computed_trips"])] if computed else []
+    return _with_tail([*count, make("Loop", ["computed_trips" if computed else "trips", "cond", "logits"], ["looped"],
+                                    body=body, name="the_loop")], "looped", constants)
+
+
+def computed_loop():
+    """A Loop of 4 × 10**14 iterations, its count computed at run time."""
+    return _loop(10**14, computed=True)
 
 
 def _loop_of_10_to_the_15():
@@ -232,6 +242,11 @@ MODELS = [
      ["100000×100000", "--size HxW"]),
     ("loop-10-to-the-15", _loop_of_10_to_the_15, ["predict", "{image}"], ["the_loop", "1000000000000000 iterations"]),
     ("loop-cam", lambda: _loop(3), ["cam", "{image}", "--out", "{tmp}/c"], ["'looped'", "Loop"]),
+    ("loop-computed-predict", computed_loop, ["predict", "{image}", "--timeout", "0.5"], ["0.5 s", "--timeout"]),
+    ("loop-computed-activations", computed_loop, ["activations", "{image}", "--layer", "relu1", "--timeout", "0.5",
+                                                  "--out", "{tmp}/a.png"], ["--timeout"]),
+    ("loop-computed-saliency", computed_loop, ["saliency", "{image}", "--timeout", "0.5", "--out", "{tmp}/s"],
+     ["--timeout"]),
     ("cycle-predict", _cycle, ["predict", "{image}"], ["acyclic"]),
     ("cycle-cam", _cycle, ["cam", "{image}", "--out", "{tmp}/c"], []),
 ]
