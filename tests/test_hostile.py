@@ -397,3 +397,42 @@ def test_classviz_on_nan_weights_is_one_line(files, nan_model):
     result = CliRunner().invoke(cli.main, ["classviz", nan_model, "--target", "1", "--steps", "2", "--out", str(out)])
     assert_one_line_error(result, "NaN or infinite", "check its weights")
     assert not out.exists()
+
+
+# --- opset 7 and 8 CNNs ----------------------------------------------------------------------------
+
+
+def _old_opset(opset, how):
+    """The tiny classifier (32×32, the weights of seed 0) at ``opset``: built there with onnx.helper,
+    converted down by onnx's version converter, or as an old exporter wrote it (IR 3, every weight
+    also listed as a graph input)."""
+    if how == "converted":
+        return onnx.version_converter.convert_version(classifier(shape=("N", 3, 32, 32), opset=9), opset)
+    model = classifier(shape=("N", 3, 32, 32), opset=opset)
+    if how == "ir3":
+        model.ir_version = 3
+        model.graph.input.extend(onnx.helper.make_tensor_value_info(w.name, w.data_type, list(w.dims))
+                                 for w in model.graph.initializer)
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("how", ["helper", "converted", "ir3"])
+@pytest.mark.parametrize("opset", [7, 8])
+def test_opset_7_and_8_cnns_explain_like_their_opset_17_twin(files, opset, how):
+    """cam and activations work on old opsets (normalize upgrades them) and give the maps of the
+    same network at opset 17."""
+    from engine.api import Model
+    from engine.explain import cam
+
+    old = save(_old_opset(opset, how), files["tmp"] / f"opset{opset}_{how}.onnx")
+    assert onnx.load(str(old)).opset_import[0].version == opset
+    new = save(classifier(shape=("N", 3, 32, 32)), files["tmp"] / "opset17.onnx")
+    for args in (["cam", "{model}", "{image}", "--out", "{tmp}/o{opset}{how}"],
+                 ["activations", "{model}", "{image}", "--layer", "relu1", "--out", "{tmp}/a{opset}{how}.png"]):
+        result = CliRunner().invoke(cli.main, _args({**files, "model": old, "opset": opset, "how": how}, args))
+        assert result.exit_code == 0, result.output
+    pictures = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    maps = [cam(Model(path), pictures, layer="relu1", progress=False).maps for path in (old, new)]
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
+    assert np.ptp(maps[1]) > 0
