@@ -36,7 +36,7 @@ def embedding_layer(model, layer="auto"):
     """``auto``: the last 4-D layer of the catalog (the pooled penultimate feature of a CNN with
     global pooling; a spatial map is averaged); else the given tensor name.
 
-    >>> embedding_layer(Model("models/shapes-resnet.onnx"))
+    >>> embedding_layer(model)
     '/pool/GlobalAveragePool_output_0'
     """
     if layer != "auto":
@@ -99,9 +99,9 @@ def embed(model, source, layer="auto", out=None, batch_size=32, progress=None, s
     """Features of every image of ``source`` at ``layer``; written to ``out`` when given.
     ``scale``: run in shards on Ray (:class:`engine.scale.Scale`); the features are the same.
 
-    >>> e = embed(model, from_synth(500, seed=3), out="emb")
-    >>> e.features.shape
-    (500, 96)
+    >>> from engine.analyze.sources import from_synth
+    >>> embed(model, from_synth(8, seed=3), out="emb", progress=False).features.shape
+    (8, 96)
     """
     layer = embedding_layer(model, layer)
     labels, acc = [], None
@@ -136,8 +136,10 @@ def load_embedding(folder):
     """Read a folder written by :func:`embed` (features memory-mapped), checking that its three
     files belong to one run: rows, dims and the digest of ``index.csv`` agree with ``embedding.json``.
 
+    >>> from engine.analyze.sources import from_synth
+    >>> _ = embed(model, from_synth(8, seed=3), out="emb", progress=False)
     >>> load_embedding("emb").labels[:2]
-    ['hexagon', 'ring']
+    ['hexagon', 'heart']
     """
     folder = Path(folder)
     redo = "re-run `onnxlens embed` into it"

@@ -18,8 +18,8 @@ def project(features, method="tsne", seed=0, perplexity=30.0, threads=None):
     caps the OpenMP/BLAS threads (None: the libraries' default). Rows with NaN or infinite values
     are refused (DatasetError), not dropped.
 
-    >>> project(embedding.features, method="pca").shape
-    (500, 2)
+    >>> project(np.random.default_rng(0).normal(size=(10, 5)), method="pca").shape
+    (10, 2)
     """
     with threadpool_limits(threads):
         return _project(finite(features, f"a {NAMES.get(method, method)} projection"), method, seed, perplexity)

@@ -74,7 +74,8 @@ def create_session(model, provider="auto", threads=None):
     is silenced: its errors come back as exceptions, which onnxlens turns into one-line messages
     (:func:`run_error`), so a failing run prints that line only.
 
-    >>> session = create_session("models/shapes-resnet.onnx", provider="auto", threads=1)
+    >>> create_session("model.onnx", provider="auto", threads=1).get_inputs()[0].name
+    'image'
     """
     options = ort.SessionOptions()
     options.log_severity_level = 4
@@ -94,7 +95,9 @@ def run_error(err, model_name, shape, hint="try another input size, input_size=(
     """A ModelRunError for an ORT failure ``err`` while running ``model_name`` on a batch of
     ``shape`` (a string such as "1×3×8×8"): one line naming the failing node, its op and ORT's reason.
 
-    >>> raise run_error(err, "m.onnx", "1×3×12×12")
+    >>> err = RuntimeError("... running Reshape node. Name:'flat' Status Message: cannot reshape 288 to 256")
+    >>> print(run_error(err, "m.onnx", "1×3×12×12", hint="try 8x8"))
+    ONNX Runtime cannot run 'm.onnx' on a 1×3×12×12 batch: node 'flat' (Reshape) failed: cannot reshape 288 to 256: try 8x8
     """
     text = " ".join(str(err).split()) or type(err).__name__
     found = _FAILED_NODE.search(text)

@@ -39,10 +39,8 @@ def _ray():
 
 
 def connect(address):
-    """Join the Ray cluster at ``address`` ("" starts a local one), unless already connected.
-
-    >>> connect("auto")
-    """
+    """Join the Ray cluster at ``address`` ("" starts a local one), unless already connected;
+    returns the ``ray`` module. E.g. ``connect("auto")`` joins the cluster of ``ray start --head``."""
     ray = _ray()
     if ray.is_initialized():
         return ray
@@ -117,7 +115,9 @@ def model_recipe(model, threads):
     ``threads`` ORT threads: every argument of the class's constructor, read back from the
     attribute that holds its resolved value (``preprocess`` → ``preprocessing``).
 
-    >>> cls, path, options = model_recipe(model, threads=1); cls(path, **options)
+    >>> cls, path, options = model_recipe(model, threads=1)
+    >>> cls(path, **options).layers == model.layers
+    True
     """
     names = list(inspect.signature(type(model).__init__).parameters)[2:]  # after self and path
     options = {name: getattr(model, ATTRIBUTE.get(name, name)) for name in names}
@@ -148,10 +148,9 @@ def _pool(ray, model, scale):
 
 class RayRunner:
     """Runs a job's steps on a pool of Ray actors (a context manager; a job that fails takes
-    its pool down with it, so no shard of it keeps running).
-
-    >>> with RayRunner(model, job, Scale(ray=""), 256) as run:
-    ...     parts = list(run.map("rows", shards(1000, 256), label="embed"))
+    its pool down with it, so no shard of it keeps running). Used as :func:`engine.scale.runner`
+    does: ``with RayRunner(model, job, Scale(ray=""), 256) as run: parts = list(run.map("rows",
+    shards(1000, 256)))``.
     """
 
     def __init__(self, model, job, scale, shard_size, progress=None):
