@@ -53,7 +53,8 @@ class Options:
     ``smoothgrad_samples``/``integrated_steps``: saliency costs; ``robustness``/``robustness_ops``:
     images and augmentation ops of the robustness table; ``width``: thumbnail width.
 
-    >>> Options(gallery=4, embed=100)
+    >>> Options(gallery=4, embed=100).embed
+    100
     """
 
     gallery: int = 8
