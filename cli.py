@@ -646,7 +646,12 @@ def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_
     result = run_embed(_load(model, **load), _source(images, synth_n, seed, concepts), layer=layer,
                        out=out, batch_size=batch_size, scale=scale)
     info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
-    if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
+    finite = bool(np.isfinite(result.features).all())  # NaN features are written as they are, not ranked
+    if not finite:
+        click.echo("warning: the features hold NaN or infinite values (check the model's weights): no kNN purity",
+                   err=True)
+    if finite and all(label is not None for label in result.labels) and len(set(result.labels)) > 1 \
+            and len(result.names) > k:
         info["knn_purity"] = round(purity(result.features, result.labels, k=k), 4)
         info["k"] = k
     if as_json:

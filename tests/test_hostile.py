@@ -338,10 +338,11 @@ def test_audit_exits_2_when_no_section_runs(files, monkeypatch):
 
 def test_nan_features_are_refused_by_project_and_neighbors(files, nan_model):
     out = files["tmp"] / "nan_embedding"
-    assert CliRunner().invoke(cli.main, ["embed", nan_model, "--synth", "6", "--out", str(out)]).exit_code == 0
+    made = CliRunner().invoke(cli.main, ["embed", nan_model, "--synth", "12", "--k", "2", "--out", str(out)])
+    assert made.exit_code == 0 and "no kNN purity" in made.stderr, made.output
     for args in (["project", str(out), "--out", str(files["tmp"] / "p.png"), "--method", "pca"],
                  ["neighbors", str(out), "--query", "synth:0:1", "--k", "2", "--out", str(files["tmp"] / "n.png")]):
-        assert_one_line_error(CliRunner().invoke(cli.main, args), "6 of 6 feature rows hold NaN")
+        assert_one_line_error(CliRunner().invoke(cli.main, args), "12 of 12 feature rows hold NaN")
     assert not (files["tmp"] / "p.png").exists() and not (files["tmp"] / "n.png").exists()
 
 
