@@ -321,6 +321,20 @@ def test_audit_reports_failed_sections_in_place_and_goes_on(files, nan_model):
     assert "Not available" not in sections["Model"] and "<table" in sections["Model"]
 
 
+def test_audit_of_a_runaway_loop_stops_each_run_and_says_so_in_each_section(files):
+    path = save(computed_loop(), files["tmp"] / "runaway.onnx")
+    out = files["tmp"] / "runaway_audit"
+    result = CliRunner().invoke(cli.main, ["audit", str(path), "--synth", "4", "--embed", "4", "--dissect", "4",
+                                           "--gallery", "1", "--classviz-steps", "1", "--timeout", "0.3",
+                                           "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = [line for line in result.stderr.splitlines() if line.startswith("audit:")]
+    assert len(summary) == 1 and summary[0].startswith("audit: 9 of 11 sections failed (Predictions, "), summary
+    sections = {title: body for title, (_, body) in sections_of((out / "index.html").read_text()).items()}
+    assert "took more than 0.3 s and was stopped" in sections["Predictions"]
+    assert "--timeout SECONDS" in sections["Augmentation robustness"]
+
+
 def test_audit_exits_2_when_no_section_runs(files, monkeypatch):
     from engine.audit import report
     from engine.errors import ModelRunError
