@@ -106,7 +106,7 @@ class Context:
         if "labels_mismatch" not in self.shared:
             try:
                 self.shared["labels_mismatch"] = shapes_mismatch(self.model.labels, _predict(self).shape[1])
-            except NotApplicable as err:
+            except (NotApplicable, SectionFailed) as err:
                 self.shared["labels_mismatch"] = f"it is not a Shapes classifier ({err})"
         return self.shared["labels_mismatch"]
 
@@ -184,6 +184,10 @@ def _predict(ctx):
         for i, prediction in enumerate(model.predict(ctx.data.images, top=first.shape[1])):
             for t in prediction.top:
                 probs[i, t.index] = t.score
+        bad = int((~np.isfinite(probs)).any(axis=1).sum())
+        if bad:
+            raise SectionFailed(f"the model's outputs hold NaN or infinite values for {bad} of {len(probs)} images: "
+                                "check its weights (nothing that rests on its predictions can be shown)")
         ctx.shared["probabilities"] = probs
     return ctx.shared["probabilities"]
 
@@ -422,6 +426,9 @@ def patches(ctx):
     o = ctx.options
     data = ctx.data.head(o.embed)
     result = mine(ctx.model, _source(data), "auto", channels="all", top=o.patches, progress=False, scale=ctx.scale)
+    if not all(np.isfinite(row["value"]) for row in result.rows):
+        raise SectionFailed(f"the activations of layer {result.layer} hold NaN or infinite values: check the model's "
+                            "weights")
     peak = {}
     for row in result.rows:
         peak[row["channel"]] = max(peak.get(row["channel"], -np.inf), row["value"])
@@ -440,6 +447,7 @@ def patches(ctx):
 
 def robustness(ctx):
     """Top-1 and Grad-CAM agreement under each of ``options.robustness_ops``."""
+    _predict(ctx)  # a model whose outputs are not finite agrees with anything
     report = check_robustness(ctx.model, ctx.data.head(ctx.options.robustness).images, ctx.options.robustness_ops,
                               scale=ctx.scale)
     rows = report.summary()
