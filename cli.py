@@ -207,8 +207,9 @@ def _preprocess_options(command):
 
 def _model_options(labels=True):
     """The options of a command that runs a model: --size, --provider, --threads, --timeout (sets
-    engine.runtime.session.RUN_TIMEOUT), the preprocessing group, --labels FILE (unless the command's --labels means something else) and
-    --input, handed to the command as one ``load`` dict: ``_load(path, **load)``."""
+    engine.runtime.session.RUN_TIMEOUT), the preprocessing group, --labels FILE (unless the
+    command's --labels means something else) and --input, handed to the command as one ``load``
+    dict: ``_load(path, **load)``."""
     def decorate(command):
         @functools.wraps(command)
         def run(*args, size, provider, threads, preprocess, inputs, timeout, labels_file=None, **kwargs):

@@ -227,7 +227,8 @@ def test_per_run_limits_reach_the_ray_workers(tmp_path, ray_cluster):
     looping = save(computed_loop(), tmp_path / "loop.onnx")
     runner = CliRunner()
     cases = [(["--max-pixels", "1199", "embed", MODEL, *map(str, paths)], ["40×30", "--max-pixels"]),
-             (["embed", str(looping), *map(str, paths), "--layer", "relu1", "--timeout", "0.5"], ["0.5 s", "--timeout"])]
+             (["embed", str(looping), *map(str, paths), "--layer", "relu1", "--timeout", "0.5"],
+              ["0.5 s", "--timeout"])]
     for args, words in cases:
         lines = []
         for k, extra in enumerate([[], ["--workers", "1", "--shard-size", "2", "--ray"]]):

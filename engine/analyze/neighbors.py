@@ -28,7 +28,8 @@ def nearest(features, queries, k=8, metric="cosine"):
     [[0, 1]]
     """
     index = _index(features, k, metric)
-    return index.kneighbors(finite(np.asarray(queries, np.float32).reshape(-1, features.shape[1]), "a neighbour search"))
+    rows = np.asarray(queries, np.float32).reshape(-1, features.shape[1])
+    return index.kneighbors(finite(rows, "a neighbour search"))
 
 
 def purity(features, labels, k=8, metric="cosine"):

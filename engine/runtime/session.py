@@ -95,9 +95,9 @@ def run_error(err, model_name, shape, hint="try another input size, input_size=(
     """A ModelRunError for an ORT failure ``err`` while running ``model_name`` on a batch of
     ``shape`` (a string such as "1×3×8×8"): one line naming the failing node, its op and ORT's reason.
 
-    >>> err = RuntimeError("... running Reshape node. Name:'flat' Status Message: cannot reshape 288 to 256")
-    >>> print(run_error(err, "m.onnx", "1×3×12×12", hint="try 8x8"))
-    ONNX Runtime cannot run 'm.onnx' on a 1×3×12×12 batch: node 'flat' (Reshape) failed: cannot reshape 288 to 256: try 8x8
+    >>> err = RuntimeError("... running Reshape node. Name:'flat' Status Message: 288 is not 256")
+    >>> print(run_error(err, "m.onnx", "1×3×4×4", hint="try 8x8"))
+    ONNX Runtime cannot run 'm.onnx' on a 1×3×4×4 batch: node 'flat' (Reshape) failed: 288 is not 256: try 8x8
     """
     text = " ".join(str(err).split()) or type(err).__name__
     found = _FAILED_NODE.search(text)

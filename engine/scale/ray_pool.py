@@ -6,8 +6,8 @@ between (dissection thresholds), and a second pass goes back to the actor that k
 pass's activations (``sticky``). Actors give exactly that; tasks would rebuild the model and its
 rewritten sessions per shard. Only shard bounds travel to the workers (the job, with its image
 names, travels once per worker and job, and the driver's per-run limits, :data:`LIMITS`, with
-each shard) and only accumulators travel back. A worker that dies is
-restarted and its shards retried by Ray (``RETRIES`` times).
+each shard) and only accumulators travel back. A worker that dies is restarted and its shards
+retried by Ray (``RETRIES`` times).
 
 Ray is imported only here, when a job asks for it.
 """
