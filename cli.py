@@ -4,6 +4,7 @@ Installed as the console script ``onnxlens``; also runnable from a checkout as
 ``python cli.py ...`` on machines where nothing is installed.
 """
 import functools
+import glob
 import json
 import sys
 from pathlib import Path
@@ -208,12 +209,16 @@ def _preprocess_options(command):
 
 
 def _model_options(labels=True):
-    """The options of a command that runs a model: --size, --provider, --threads, the
-    preprocessing group, --labels FILE (unless the command's --labels means something else) and
-    --input, handed to the command as one ``load`` dict: ``_load(path, **load)``."""
+    """The options of a command that runs a model: --size, --provider, --threads, --timeout (sets
+    engine.runtime.session.RUN_TIMEOUT), the preprocessing group, --labels FILE (unless the
+    command's --labels means something else) and --input, handed to the command as one ``load``
+    dict: ``_load(path, **load)``."""
     def decorate(command):
         @functools.wraps(command)
-        def run(*args, size, provider, threads, preprocess, inputs, labels_file=None, **kwargs):
+        def run(*args, size, provider, threads, preprocess, inputs, timeout, labels_file=None, **kwargs):
+            from engine.runtime import session
+
+            session.RUN_TIMEOUT = timeout or None
             load = {"inputs": inputs, "input_size": size, "provider": provider, "threads": threads,
                     "preprocess": preprocess}
             if labels:
@@ -223,6 +228,8 @@ def _model_options(labels=True):
         return _options(
             _input_size_option, _provider_option,
             click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime threads (default: its own)."),
+            click.option("--timeout", default=600, show_default=True, type=FiniteFloat(min=0), metavar="SECONDS",
+                         help="Stop a model run (one batch) that takes longer than this (0: no limit)."),
             _preprocess_options, *([_labels_option] if labels else []), _extra_input_option,
         )(run)
     return decorate
@@ -559,8 +566,10 @@ def classviz(model, target, layer, channel, steps, lr, l2, start, jitter, blur_e
                               start=start, jitter=jitter, blur_every=blur_every, fourier=fourier,
                               decorrelate=decorrelate, rng=seed)
     out = Path(out)
-    write_image(out, viz.image)
-    write_image(out.with_name(out.stem + "_steps" + (out.suffix or ".png")), strip(viz.steps))
+    steps_file = out.with_name(out.stem + "_steps" + (out.suffix or ".png"))
+    with output_set(out.parent, [glob.escape(out.name), glob.escape(steps_file.name)]) as stage:  # one set
+        write_image(stage / out.name, viz.image)
+        write_image(stage / steps_file.name, strip(viz.steps))
     click.echo(f"score {viz.scores[0]:.3f} -> {viz.scores[-1]:.3f} after {steps} steps: {out}")
 
 
@@ -650,7 +659,12 @@ def embed(model, images, synth_n, seed, concepts, layer, out, k, batch_size, as_
     result = run_embed(_load(model, **load), _source(images, synth_n, seed, concepts), layer=layer,
                        out=out, batch_size=batch_size, scale=scale)
     info = {"out": out, "layer": result.layer, "images": len(result.names), "dim": int(result.features.shape[1])}
-    if all(label is not None for label in result.labels) and len(set(result.labels)) > 1 and len(result.names) > k:
+    finite = bool(np.isfinite(result.features).all())  # NaN features are written as they are, not ranked
+    if not finite:
+        click.echo("warning: the features hold NaN or infinite values (check the model's weights): no kNN purity",
+                   err=True)
+    if finite and all(label is not None for label in result.labels) and len(set(result.labels)) > 1 \
+            and len(result.names) > k:
         info["knn_purity"] = round(purity(result.features, result.labels, k=k), 4)
         info["k"] = k
     if as_json:
@@ -874,6 +888,15 @@ def _log_section(timing):
     click.echo(f"  {timing.title:<28} {timing.seconds:6.1f} s  {timing.status}{reason}", err=True)
 
 
+def _audit_outcome(path, timings):
+    """Say on stderr, in one line, which sections failed; exit 2 when none ran (engine.audit.report.outcome)."""
+    from engine.audit.report import outcome
+
+    line = outcome(timings, path)
+    if line is not None:
+        click.echo(line, err=True)
+
+
 # The image set of audit and compare (engine.audit.choose): --images DIR [--labels FILE] or --synth N [--seed S].
 _audit_data_options = _options(
     click.option("--images", metavar="DIR|GLOB", help="A folder of images (searched recursively), or a quoted glob."),
@@ -902,7 +925,8 @@ def audit(model, images, labels, synth, seed, out, masks, gallery, embed, dissec
     loaded = _load(model, **load)
     data = choose(images=images, labels=labels, synth=synth, seed=seed, class_names=loaded.labels, masks=masks)
     options = Options(gallery=gallery, embed=embed, dissect=dissect, classviz_steps=classviz_steps)
-    path, _ = run_audit(loaded, data, out, options, log=_log_section, scale=scale)
+    path, timings = run_audit(loaded, data, out, options, log=_log_section, scale=scale)
+    _audit_outcome(path, timings)
     click.echo(path)
 
 
@@ -945,7 +969,8 @@ def demo(out, n, provider):
     from engine.audit.demo import demo as run_demo
 
     click.echo(f"auditing models/shapes-resnet.onnx on {n} generated images ...", err=True)
-    path, _ = run_demo(out, n=n, provider=provider, log=_log_section)
+    path, timings = run_demo(out, n=n, provider=provider, log=_log_section)
+    _audit_outcome(path, timings)
     click.echo(f"report: {path.resolve()}")
 
 

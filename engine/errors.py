@@ -50,3 +50,7 @@ class ClusterError(OnnxlensError):
 
 class OutputError(OnnxlensError):
     """An output path is unusable (wrong kind, unwritable, bad suffix) or the disk refused a write."""
+
+
+class RunTimeout(OnnxlensError):
+    """A model run took longer than the run time limit (``--timeout``)."""

@@ -293,3 +293,18 @@ def test_cli_audit_user_errors(tmp_path):
     result = CliRunner().invoke(main, ["audit", model, "--images", missing, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "not a folder" in result.output
     assert not (tmp_path / "o" / "index.html").exists()
+
+
+def test_a_method_whose_maps_are_not_finite_is_listed_as_failed():
+    from types import SimpleNamespace
+
+    from engine.audit.sections import Context, SectionFailed, _method_table
+
+    ctx = Context(None, from_synth(2), Options(gallery=2))
+    nan_maps = lambda images, method: SimpleNamespace(maps=np.full((len(images), 4, 4), np.nan))  # noqa: E731
+    with pytest.raises(SectionFailed, match="no method ran on this model: gradcam: its maps hold NaN"):
+        _method_table(ctx, nan_maps, ["gradcam"], lambda image, heat: image, "class activation")
+    some = lambda images, method: SimpleNamespace(  # noqa: E731
+        maps=np.full((len(images), 4, 4), np.nan if method == "a" else 1.0))
+    blocks = _method_table(ctx, some, ["a", "b"], lambda image, heat: image, "class activation")
+    assert any("a: its maps hold NaN" in str(block) for block in blocks)

@@ -1,5 +1,7 @@
 """Hostile inputs through the CLI: each one ends in exactly one line on stderr starting with
 "error:", exit status 2 and no traceback (issue 12)."""
+import html
+import shutil
 import struct
 import subprocess
 import sys
@@ -13,9 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from engine.errors import UnsupportedOpError
+from engine.errors import OutputError, UnsupportedOpError
 from engine.graph.autodiff import differentiate
 from tests.onnx_build import Builder
+from tests.test_audit import sections_of
 from tests.tiny_models import classifier, save
 
 LABELS = ["circle", "square", "star", "ring"]
@@ -75,6 +78,8 @@ ARGUMENTS = [
     ("embed-synth-huge", ["embed", "{model}", "--synth", str(10**12), "--out", "{tmp}/e"], "--synth N"),
     ("compare-synth-huge", ["compare", "{model}", "{model}", "--synth", str(10**12)], "--synth N"),
     ("audit-synth-huge", ["audit", "{model}", "--synth", str(10**12), "--out", "{tmp}/a"], "--synth N"),
+    ("timeout-negative", ["predict", "{model}", "{image}", "--timeout", "-1"], "--timeout"),
+    ("timeout-nan", ["predict", "{model}", "{image}", "--timeout", "nan"], "--timeout"),
     ("samples-zero", ["saliency", "{model}", "{image}", "--out", "{tmp}/s", "--samples", "0"], "--samples"),
 ]
 
@@ -195,8 +200,9 @@ def _cycle():
     return model
 
 
-def _loop(trips):
-    """The logits plus 1 added ``trips`` times by a Loop."""
+def _loop(trips, computed=False):
+    """The logits plus 1 added ``trips`` times by a Loop; ``computed``: the trip count is
+    ``trips`` times the largest logits dimension, computed at run time (no constant to cap)."""
     make, info = onnx.helper.make_node, onnx.helper.make_tensor_value_info
     body = onnx.helper.make_graph(
         [make("Identity", ["cond_in"], ["cond_out"]), make("Add", ["acc_in", "one"], ["acc_out"])], "body",
@@ -206,8 +212,15 @@ def _loop(trips):
         [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one")])
     constants = [onnx.numpy_helper.from_array(np.array(trips, np.int64), "trips"),
                  onnx.numpy_helper.from_array(np.array(True), "cond")]
-    return _with_tail([make("Loop", ["trips", "cond", "logits"], ["looped"], body=body, name="the_loop")],
-                      "looped", constants)
+    count = [make("Shape", ["logits"], ["logit_shape"]), make("ReduceMax", ["logit_shape"], ["widest"], keepdims=0),
+             make("Mul", ["widest", "trips"], ["computed_trips"])] if computed else []
+    return _with_tail([*count, make("Loop", ["computed_trips" if computed else "trips", "cond", "logits"], ["looped"],
+                                    body=body, name="the_loop")], "looped", constants)
+
+
+def computed_loop():
+    """A Loop of 4 × 10**14 iterations, its count computed at run time."""
+    return _loop(10**14, computed=True)
 
 
 def _loop_of_10_to_the_15():
@@ -229,6 +242,11 @@ MODELS = [
      ["100000×100000", "--size HxW"]),
     ("loop-10-to-the-15", _loop_of_10_to_the_15, ["predict", "{image}"], ["the_loop", "1000000000000000 iterations"]),
     ("loop-cam", lambda: _loop(3), ["cam", "{image}", "--out", "{tmp}/c"], ["'looped'", "Loop"]),
+    ("loop-computed-predict", computed_loop, ["predict", "{image}", "--timeout", "0.5"], ["0.5 s", "--timeout"]),
+    ("loop-computed-activations", computed_loop, ["activations", "{image}", "--layer", "relu1", "--timeout", "0.5",
+                                                  "--out", "{tmp}/a.png"], ["--timeout"]),
+    ("loop-computed-saliency", computed_loop, ["saliency", "{image}", "--timeout", "0.5", "--out", "{tmp}/s"],
+     ["--timeout"]),
     ("cycle-predict", _cycle, ["predict", "{image}"], ["acyclic"]),
     ("cycle-cam", _cycle, ["cam", "{image}", "--out", "{tmp}/c"], []),
 ]
@@ -271,3 +289,166 @@ def test_external_data_with_a_negative_length(files):
     entry.value = "-5"
     onnx.save(model, str(path))
     assert_one_line_error(CliRunner().invoke(cli.main, ["predict", str(path), files["image"]]), "negative")
+
+
+# --- failing audit sections, non-finite features, mixed embedding folders, classviz's set ----------
+
+
+def _nan_weights():
+    """The tiny classifier (32×32 inputs) whose second convolution's weights are all NaN."""
+    model = classifier(shape=("N", 3, 32, 32))
+    w2 = next(init for init in model.graph.initializer if init.name == "w2")
+    w2.CopyFrom(onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(w2).shape, np.nan, np.float32), "w2"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def nan_model(files):
+    return str(save(_nan_weights(), files["tmp"] / "nan_weights.onnx"))
+
+
+def test_audit_reports_failed_sections_in_place_and_goes_on(files, nan_model):
+    out = files["tmp"] / "nan_audit"
+    result = CliRunner().invoke(cli.main, ["audit", nan_model, "--synth", "8", "--embed", "8", "--dissect", "8",
+                                           "--gallery", "2", "--classviz-steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = [line for line in result.stderr.splitlines() if line.startswith("audit:")]
+    assert len(summary) == 1 and summary[0].startswith("audit: 9 of 11 sections failed (Predictions, "), summary
+    assert "Traceback" not in result.output
+    sections = {title: body for title, (_, body) in sections_of((out / "index.html").read_text()).items()}
+    assert "a t-SNE projection needs finite numbers" in sections["Embeddings and neighbours"]
+    assert "outputs hold NaN or infinite values for 8 of 8 images" in sections["Saliency"]
+    assert "hold NaN or infinite values" in sections["Top patches"]
+    assert "Not available" not in sections["Model"] and "<table" in sections["Model"]
+
+
+def test_audit_of_a_runaway_loop_stops_each_run_and_says_so_in_each_section(files):
+    path = save(computed_loop(), files["tmp"] / "runaway.onnx")
+    out = files["tmp"] / "runaway_audit"
+    result = CliRunner().invoke(cli.main, ["audit", str(path), "--synth", "4", "--embed", "4", "--dissect", "4",
+                                           "--gallery", "1", "--classviz-steps", "1", "--timeout", "0.3",
+                                           "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = [line for line in result.stderr.splitlines() if line.startswith("audit:")]
+    assert len(summary) == 1 and summary[0].startswith("audit: 9 of 11 sections failed (Predictions, "), summary
+    sections = {title: body for title, (_, body) in sections_of((out / "index.html").read_text()).items()}
+    assert "took more than 0.3 s and was stopped" in sections["Predictions"]
+    assert "--timeout SECONDS" in sections["Augmentation robustness"]
+
+
+def test_audit_exits_2_when_no_section_runs(files, monkeypatch):
+    from engine.audit import report
+    from engine.errors import ModelRunError
+
+    def broken(ctx):
+        raise ModelRunError("ONNX Runtime cannot run 'm.onnx': node 'x' (Loop) failed")
+
+    monkeypatch.setattr(report, "SECTIONS", (("Broken", broken), ("Also broken", broken)))
+    out = files["tmp"] / "all_failed"
+    result = CliRunner().invoke(cli.main, ["audit", files["model"], "--synth", "4", "--out", str(out)])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "no section of the audit ran" in errors[0], result.output
+    assert html.escape("node 'x' (Loop) failed") in (out / "index.html").read_text()
+
+
+def test_nan_features_are_refused_by_project_and_neighbors(files, nan_model):
+    out = files["tmp"] / "nan_embedding"
+    made = CliRunner().invoke(cli.main, ["embed", nan_model, "--synth", "12", "--k", "2", "--out", str(out)])
+    assert made.exit_code == 0 and "no kNN purity" in made.stderr, made.output
+    for args in (["project", str(out), "--out", str(files["tmp"] / "p.png"), "--method", "pca"],
+                 ["neighbors", str(out), "--query", "synth:0:1", "--k", "2", "--out", str(files["tmp"] / "n.png")]):
+        assert_one_line_error(CliRunner().invoke(cli.main, args), "12 of 12 feature rows hold NaN")
+    assert not (files["tmp"] / "p.png").exists() and not (files["tmp"] / "n.png").exists()
+
+
+def _mix(folder, other):
+    """Corrupt the embedding ``folder`` with a file of the embedding ``other`` (a different run)."""
+    return {"features-of-another-run": lambda: shutil.copy(other / "features.npy", folder),
+            "index-of-another-run": lambda: shutil.copy(other / "index.csv", folder),
+            "binary-index": lambda: (folder / "index.csv").write_bytes(bytes(range(256))),
+            "json-without-model": lambda: (folder / "embedding.json").write_text('{"layer": "gap", "n": 6, "dim": 4}'),
+            "features-not-2d": lambda: np.save(folder / "features.npy", np.zeros(6, np.float32))}
+
+
+MIXES = ["features-of-another-run", "index-of-another-run", "binary-index", "json-without-model", "features-not-2d"]
+MIX_WORDS = {"features-of-another-run": "mixes runs", "index-of-another-run": "mixes runs",
+             "binary-index": "not an embedding folder", "json-without-model": "'model'", "features-not-2d": "N×D"}
+
+
+@pytest.mark.parametrize("command", ["project", "neighbors"])
+@pytest.mark.parametrize("mix", MIXES)
+def test_a_mixed_embedding_folder_is_one_line(files, tmp_path, mix, command):
+    folder, other = tmp_path / "e", tmp_path / "other"
+    for out, n, seed in ((folder, 6, 0), (other, 5 if mix == "features-of-another-run" else 6, 1)):
+        assert CliRunner().invoke(cli.main, ["embed", files["model"], "--synth", str(n), "--seed", str(seed),
+                                             "--size", "8x8", "--out", str(out)]).exit_code == 0
+    _mix(folder, other)[mix]()
+    args = {"project": ["project", str(folder), "--method", "pca", "--out", str(tmp_path / "p.png")],
+            "neighbors": ["neighbors", str(folder), "--query", "synth:0:1", "--k", "2", "--out",
+                          str(tmp_path / "n.png")]}[command]
+    assert_one_line_error(CliRunner().invoke(cli.main, args), MIX_WORDS[mix], "embed")
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "n.png").exists()
+
+
+def test_classviz_writes_image_and_steps_as_one_set(files, tmp_path, monkeypatch):
+    out = tmp_path / "viz.png"
+    args = ["classviz", files["model"], "--target", "1", "--steps", "2", "--out", str(out)]
+    assert CliRunner().invoke(cli.main, args).exit_code == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("viz.png", "viz_steps.png")}
+    real = cli.write_image
+
+    def fails_on_the_strip(path, image):
+        if Path(path).name == "viz_steps.png":
+            raise OutputError("cannot write viz_steps.png: No space left on device: free space or choose another --out")
+        return real(path, image)
+
+    monkeypatch.setattr(cli, "write_image", fails_on_the_strip)
+    assert_one_line_error(CliRunner().invoke(cli.main, [*args[:3], "2", *args[4:]]), "No space left")
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["viz.png", "viz_steps.png"]
+
+
+def test_classviz_on_nan_weights_is_one_line(files, nan_model):
+    out = files["tmp"] / "nan_viz.png"
+    result = CliRunner().invoke(cli.main, ["classviz", nan_model, "--target", "1", "--steps", "2", "--out", str(out)])
+    assert_one_line_error(result, "NaN or infinite", "check its weights")
+    assert not out.exists()
+
+
+# --- opset 7 and 8 CNNs ----------------------------------------------------------------------------
+
+
+def _old_opset(opset, how):
+    """The tiny classifier (32×32, the weights of seed 0) at ``opset``: built there with onnx.helper,
+    converted down by onnx's version converter, or as an old exporter wrote it (IR 3, every weight
+    also listed as a graph input)."""
+    if how == "converted":
+        return onnx.version_converter.convert_version(classifier(shape=("N", 3, 32, 32), opset=9), opset)
+    model = classifier(shape=("N", 3, 32, 32), opset=opset)
+    if how == "ir3":
+        model.ir_version = 3
+        model.graph.input.extend(onnx.helper.make_tensor_value_info(w.name, w.data_type, list(w.dims))
+                                 for w in model.graph.initializer)
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("how", ["helper", "converted", "ir3"])
+@pytest.mark.parametrize("opset", [7, 8])
+def test_opset_7_and_8_cnns_explain_like_their_opset_17_twin(files, opset, how):
+    """cam and activations work on old opsets (normalize upgrades them) and give the maps of the
+    same network at opset 17."""
+    from engine.api import Model
+    from engine.explain import cam
+
+    old = save(_old_opset(opset, how), files["tmp"] / f"opset{opset}_{how}.onnx")
+    assert onnx.load(str(old)).opset_import[0].version == opset
+    new = save(classifier(shape=("N", 3, 32, 32)), files["tmp"] / "opset17.onnx")
+    for args in (["cam", "{model}", "{image}", "--out", "{tmp}/o{opset}{how}"],
+                 ["activations", "{model}", "{image}", "--layer", "relu1", "--out", "{tmp}/a{opset}{how}.png"]):
+        result = CliRunner().invoke(cli.main, _args({**files, "model": old, "opset": opset, "how": how}, args))
+        assert result.exit_code == 0, result.output
+    pictures = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    maps = [cam(Model(path), pictures, layer="relu1", progress=False).maps for path in (old, new)]
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
+    assert np.ptp(maps[1]) > 0

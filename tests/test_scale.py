@@ -212,3 +212,27 @@ def test_a_bad_image_in_one_shard_fails_as_in_process_and_writes_nothing(tmp_pat
     assert outputs[1] == outputs[0]  # Ray's own log lines (e.g. a retried task) may come beside it
     assert outputs[0] == [f"error: '{paths[13]}' is not an image OpenCV can decode: pass PNG, JPEG, BMP, " \
                                  "TIFF or WebP files"]
+
+
+def test_per_run_limits_reach_the_ray_workers(tmp_path, ray_cluster):
+    """--max-pixels and --timeout hold on the workers as in process (the workers read the images
+    and run the model; they are other processes with their own module globals)."""
+    from tests.test_hostile import computed_loop
+    from tests.tiny_models import save
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        write_image(paths[-1], np.zeros((30, 40, 3), np.uint8))
+    looping = save(computed_loop(), tmp_path / "loop.onnx")
+    runner = CliRunner()
+    cases = [(["--max-pixels", "1199", "embed", MODEL, *map(str, paths)], ["40×30", "--max-pixels"]),
+             (["embed", str(looping), *map(str, paths), "--layer", "relu1", "--timeout", "0.5"],
+              ["0.5 s", "--timeout"])]
+    for args, words in cases:
+        lines = []
+        for k, extra in enumerate([[], ["--workers", "1", "--shard-size", "2", "--ray"]]):
+            result = runner.invoke(main, [*args, "--out", str(tmp_path / f"out{k}"), *extra])
+            assert result.exit_code == 2, result.output
+            lines.append([line for line in result.output.splitlines() if line.startswith("error:")])
+        assert lines[1] == lines[0] and len(lines[0]) == 1 and all(w in lines[0][0] for w in words), lines

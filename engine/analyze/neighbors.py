@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from engine.analyze.embeddings import pooled
+from engine.analyze.embeddings import finite, pooled
 from engine.analyze.sources import read_named
 from engine.errors import UsageError
 from engine.viz.grid import grid
@@ -17,22 +17,26 @@ def _index(features, k, metric):
     if not 1 <= k < len(features) + 1:
         raise UsageError(f"k must lie between 1 and the number of images ({len(features)}), got {k}")
     name = "euclidean" if metric == "l2" else "cosine"
-    return NearestNeighbors(n_neighbors=k, metric=name, algorithm="brute").fit(np.asarray(features, np.float32))
+    return NearestNeighbors(n_neighbors=k, metric=name, algorithm="brute").fit(finite(features, "a neighbour search"))
 
 
 def nearest(features, queries, k=8, metric="cosine"):
     """Distances and indices (Q×k each, nearest first) of the ``k`` neighbours of each query row.
 
-    >>> dist, idx = nearest(embedding.features, query_rows, k=8)
+    >>> dist, idx = nearest(np.array([[1, 0], [0.9, 0.1], [0, 1]]), [[1, 0.05]], k=2)
+    >>> idx.tolist()
+    [[0, 1]]
     """
-    return _index(features, k, metric).kneighbors(np.asarray(queries, np.float32).reshape(-1, features.shape[1]))
+    index = _index(features, k, metric)
+    rows = np.asarray(queries, np.float32).reshape(-1, features.shape[1])
+    return index.kneighbors(finite(rows, "a neighbour search"))
 
 
 def purity(features, labels, k=8, metric="cosine"):
     """Mean fraction of each image's ``k`` nearest other images that share its label.
 
-    >>> purity(embedding.features, embedding.labels, k=8)
-    0.97
+    >>> purity(np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]]), ["a", "a", "b", "b"], k=1)
+    1.0
     """
     labels = np.asarray(labels, object)
     if any(label is None for label in labels):
@@ -48,8 +52,10 @@ def neighbor_sheet(model, emb, queries, k=8, metric="cosine", thumb=72):
     and its ``k`` nearest images of the embedding ``emb`` (from :func:`load_embedding`; ``model``
     is the Model that made it), captioned with label and distance.
 
-    >>> emb = load_embedding("emb")
-    >>> neighbor_sheet(Model(emb.model), emb, ["synth:9:0"], k=8).shape[2]
+    >>> from engine.analyze.embeddings import embed, load_embedding
+    >>> from engine.analyze.sources import from_synth
+    >>> _ = embed(model, from_synth(8), out="emb", progress=False)
+    >>> neighbor_sheet(model, load_embedding("emb"), ["synth:9:0"], k=2).shape[2]
     3
     """
     pictures = [read_named(q) for q in queries]

@@ -4,22 +4,25 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
+from engine.analyze.embeddings import finite
 from engine.errors import UsageError
 
 METHODS = ("tsne", "pca")
+NAMES = {"tsne": "t-SNE", "pca": "PCA"}
 
 
 def project(features, method="tsne", seed=0, perplexity=30.0, threads=None):
     """N×2 float32 coordinates of the rows of ``features``.
 
     t-SNE uses a PCA initialisation and ``perplexity`` (lowered to fit small sets). ``threads``
-    caps the OpenMP/BLAS threads (None: the libraries' default).
+    caps the OpenMP/BLAS threads (None: the libraries' default). Rows with NaN or infinite values
+    are refused (DatasetError), not dropped.
 
-    >>> project(embedding.features, method="pca").shape
-    (500, 2)
+    >>> project(np.random.default_rng(0).normal(size=(10, 5)), method="pca").shape
+    (10, 2)
     """
     with threadpool_limits(threads):
-        return _project(np.asarray(features, np.float32), method, seed, perplexity)
+        return _project(finite(features, f"a {NAMES.get(method, method)} projection"), method, seed, perplexity)
 
 
 def _project(x, method, seed, perplexity):

@@ -4,9 +4,9 @@ outputs and their Grad-CAM explanations on the same images.
 Both models explain the class model A ranks first, so a difference in the maps is a difference
 of explanation, not of target.
 
->>> result = compare(Model("a.onnx"), Model("b.onnx"), images)
+>>> result = compare(model, Model("model.onnx"), images)   # a model against itself agrees fully
 >>> result.summary()["cam_agreement"]
-0.97
+1.0
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ def pearson(a, b):
     """Pearson correlation of each pair of maps (N×H×W each); 1 where both maps are constant,
     0 where only one is (a flat map says nothing about where the evidence lies).
 
+    >>> maps = np.random.default_rng(0).random((2, 4, 4))
     >>> pearson(maps, 2 * maps + 1)
     array([1., 1.])
     """
@@ -60,8 +61,9 @@ class Comparison:
     def worst(self, k=5):
         """Indices of the ``k`` images whose maps agree least (lowest Pearson, then IoU).
 
-        >>> [comparison.names[i] for i in comparison.worst(2)]
-        ['synth:0:7', 'synth:0:3']
+        >>> comparison = compare(model, Model("model.onnx"), images, names=["a", "b", "c", "d"])
+        >>> len(comparison.worst(2))
+        2
         """
         return np.lexsort((self.iou, self.pearson))[:k]
 
@@ -69,7 +71,7 @@ class Comparison:
         """JSON-ready figures: top1_agreement, max_abs_difference, cam_agreement (mean Pearson
         of the Grad-CAM maps), Pearson and top-20 % IoU statistics, the worst images.
 
-        >>> comparison.summary()["top1_agreement"]
+        >>> compare(model, Model("model.onnx"), images).summary()["top1_agreement"]
         1.0
         """
         return {
@@ -94,7 +96,8 @@ def compare(model_a, model_b, images, names=None, layer_a="auto", layer_b="auto"
     ``layer_a``/``layer_b``: the Grad-CAM layer of each ("auto": the model's default layer).
     ``fraction``: the share of pixels in the top region for the IoU.
 
-    >>> compare(Model("resnet_fp32.onnx"), Model("resnet_int8.onnx"), images).summary()
+    >>> compare(model, Model("model.onnx"), images).summary()["images"]
+    4
     """
     images = list(images)
     if not images:
@@ -123,7 +126,10 @@ def report_blocks(result, images, class_names=None, worst=5, width=128):
     """HTML blocks (``engine.viz.report``) for a comparison: the figures, then the ``worst`` images
     whose two Grad-CAM maps agree least, each shown beside both models' maps over it.
 
-    >>> write_report("cmp/index.html", "compare", [section("Agreement", report_blocks(result, images))])
+    >>> from engine.viz.report import section, write_report
+    >>> blocks = report_blocks(compare(model, Model("model.onnx"), images), images)
+    >>> write_report("cmp/index.html", "compare", [section("Agreement", blocks)])
+    'cmp/index.html'
     """
     from engine.viz.overlay import overlay
     from engine.viz.report import gallery, heading, paragraph, table
@@ -156,7 +162,8 @@ def report_blocks(result, images, class_names=None, worst=5, width=128):
 def write_comparison(result, images, out, class_names=None, worst=5):
     """Write ``out/compare.json`` (the summary) and ``out/index.html``; returns the page's path.
 
-    >>> write_comparison(compare(a, b, images), images, "cmp-out", a.labels)
+    >>> write_comparison(compare(model, Model("model.onnx"), images), images, "cmp-out", model.labels)
+    PosixPath('cmp-out/index.html')
     """
     from engine.data.files import output_set, write_json
     from engine.viz.report import section, write_report

@@ -1,9 +1,9 @@
 """The images an audit or a comparison runs on: a folder (with an optional labels file) or the
 Shapes world (labels, object masks and concept maps included).
 
->>> data = from_synth(200, seed=0)
+>>> data = from_synth(8, seed=0)
 >>> len(data), data.labels[:3], data.scene is not None
-(200, array([5, 2, 7]), True)
+(8, array([6, 4, 7]), True)
 """
 import csv
 import glob
@@ -75,8 +75,10 @@ def from_folder(folder, labels=None, class_names=None, masks=None):
     ``name`` column names the class of an index. ``masks``: a folder holding one object mask per
     image at the same relative path (any image suffix; non-zero = object).
 
-    >>> from_folder("shapes/images", labels="shapes/labels.csv", class_names=model.labels).labels[:3]
-    array([5, 2, 7])
+    >>> import shutil; Path("shapes").mkdir(); _ = [shutil.copy(f, "shapes") for f in ("cat.png", "dog.png")]
+    >>> _ = Path("labels.csv").write_text("image,label\\ncat.png,star\\ndog.png,2\\n")
+    >>> from_folder("shapes", labels="labels.csv", class_names=model.labels).labels
+    array([3, 2])
     """
     folder = Path(folder)
     if not folder.is_dir() and glob.has_magic(str(folder)) and labels is None and masks is None:  # names: the paths
@@ -103,7 +105,9 @@ def read_masks(folder, names, images):
     """The object mask of each image ``names[i]`` from ``folder`` (same relative path, any image
     suffix), as N×H×W bool at each image's size.
 
-    >>> read_masks("masks", ["a.png"], [image]).shape
+    >>> Path("masks").mkdir(); cv2.imwrite("masks/cat.png", np.full((96, 96), 255, np.uint8))
+    True
+    >>> read_masks("masks", ["cat.png"], images[:1]).shape
     (1, 96, 96)
     """
     folder = Path(folder)
@@ -157,7 +161,7 @@ def _read_labels(path, class_names):
 def choose(images=None, labels=None, synth=None, seed=0, class_names=None, masks=None):
     """The image set of the command line: a folder (``images``, ``labels``, ``masks``) or ``synth`` images.
 
-    >>> choose(synth=200).names[0]
+    >>> choose(synth=4).names[0]
     'synth:0:0'
     """
     if (images is None) == (synth is None):

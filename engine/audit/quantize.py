@@ -1,6 +1,7 @@
 """Static int8 quantization (QDQ) of a float model with ONNX Runtime, calibrated on images.
 
->>> quantize_int8("models/shapes-resnet.onnx", "shapes-resnet-int8.onnx", from_synth(64, seed=9).images)
+>>> quantize_int8("model.onnx", "model-int8.onnx", images)
+PosixPath('model-int8.onnx')
 """
 import logging
 from pathlib import Path
@@ -26,8 +27,9 @@ def quantize_int8(src, dst, images, batch=16):
     DequantizeLinear pairs, activation ranges calibrated (min-max) on ``images`` (uint8 RGB).
     Metadata (labels, preprocessing) is kept. Returns ``dst``.
 
-    >>> quantize_int8("resnet.onnx", "resnet-int8.onnx", from_synth(64).images)
-    PosixPath('resnet-int8.onnx')
+    >>> int8 = Model(quantize_int8("model.onnx", "model-int8.onnx", images))
+    >>> [p.top[0].label for p in int8.predict(images)] == [p.top[0].label for p in model.predict(images)]
+    True
     """
     images = list(images)
     if not images:

@@ -1,8 +1,9 @@
 """The audit: every section computed in turn, timed, and written as one self-contained HTML page.
 
->>> from engine.audit import audit, from_synth
->>> audit(Model("models/shapes-resnet.onnx"), from_synth(200), "audit-out")
-PosixPath('audit-out/index.html')
+>>> from engine.audit.inputs import from_synth
+>>> [timing.status for _, timing in (run_section(title, fn, Context(model, from_synth(4), Options()))
+...                                  for title, fn in SECTIONS[:2])]
+['ok', 'ok']
 """
 import sys
 import time
@@ -28,9 +29,10 @@ def run_section(title, fn, ctx):
     """Compute one section; returns (report Section, Timing). A section that does not apply, or
     that the model cannot support (an engine user error), shows the reason instead of content.
 
-    >>> done, timing = run_section("Model", model_summary, Context(model, from_synth(8), Options()))
-    >>> timing.status
-    'ok'
+    >>> def nothing(ctx): raise NotApplicable("no concept masks")
+    >>> done, timing = run_section("Dissection", nothing, None)
+    >>> timing.status, timing.reason
+    ('not applicable', 'no concept masks')
     """
     start = time.perf_counter()
     try:
@@ -45,6 +47,22 @@ def run_section(title, fn, ctx):
     return section(title, blocks, seconds), Timing(title, seconds, status, reason)
 
 
+def outcome(timings, path):
+    """One line for stderr naming the sections that failed ("not available"), or None when none
+    did; an OnnxlensError (exit 2) when no section ran at all, though the page is written.
+
+    >>> outcome([Timing("Model", 0.1, "ok"), Timing("Saliency", 0.2, "not available", "NaN")], "a/index.html")
+    'audit: 1 of 2 sections failed (Saliency): each says why in a/index.html'
+    """
+    failed = [t.title for t in timings if t.status == "not available"]
+    if not any(t.status == "ok" for t in timings):
+        raise OnnxlensError(f"no section of the audit ran ({len(failed)} failed, {len(timings) - len(failed)} not "
+                            f"applicable): each says why in {path}")
+    if failed:
+        return f"audit: {len(failed)} of {len(timings)} sections failed ({', '.join(failed)}): each says why in {path}"
+    return None
+
+
 def audit(model, data, out, options=None, extra=(), log=None, scale=None, progress=None):
     """Write ``out/index.html`` for ``model`` on the image set ``data`` (``engine.audit.inputs``).
 
@@ -54,7 +72,12 @@ def audit(model, data, out, options=None, extra=(), log=None, scale=None, progre
     ``progress``: write "audit [3/12] Saliency …" to stderr as each section starts (None: when
     stderr is a terminal). Returns the path of the page and the timings.
 
-    >>> path, timings = audit(model, from_synth(200), "audit-out", Options(gallery=4))
+    >>> from engine.audit.inputs import from_synth
+    >>> small = Options(gallery=2, embed=8, dissect=8, classviz_steps=2, faithfulness=4, robustness=4, classes=1,
+    ...                 cam_methods=("gradcam",), saliency_methods=("vanilla",))
+    >>> path, timings = audit(model, from_synth(8), "audit-out", small)
+    >>> path, {t.status for t in timings}
+    (PosixPath('audit-out/index.html'), {'ok'})
     """
     ctx = Context(model, data, options or Options(), scale=scale)
     sections, timings = [], []

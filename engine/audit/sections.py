@@ -38,6 +38,10 @@ class NotApplicable(Exception):
     """Raised by a section that does not apply to this model or these images; says why."""
 
 
+class SectionFailed(OnnxlensError):
+    """Raised by a section whose every part failed on this model; says why (shown as "not available")."""
+
+
 @dataclass(frozen=True)
 class Options:
     """Sizes of the audit's sections (kept small so that the whole audit takes minutes on a CPU).
@@ -50,7 +54,8 @@ class Options:
     ``smoothgrad_samples``/``integrated_steps``: saliency costs; ``robustness``/``robustness_ops``:
     images and augmentation ops of the robustness table; ``width``: thumbnail width.
 
-    >>> Options(gallery=4, embed=100)
+    >>> Options(gallery=4, embed=100).embed
+    100
     """
 
     gallery: int = 8
@@ -102,7 +107,7 @@ class Context:
         if "labels_mismatch" not in self.shared:
             try:
                 self.shared["labels_mismatch"] = shapes_mismatch(self.model.labels, _predict(self).shape[1])
-            except NotApplicable as err:
+            except (NotApplicable, SectionFailed) as err:
                 self.shared["labels_mismatch"] = f"it is not a Shapes classifier ({err})"
         return self.shared["labels_mismatch"]
 
@@ -180,6 +185,10 @@ def _predict(ctx):
         for i, prediction in enumerate(model.predict(ctx.data.images, top=first.shape[1])):
             for t in prediction.top:
                 probs[i, t.index] = t.score
+        bad = int((~np.isfinite(probs)).any(axis=1).sum())
+        if bad:
+            raise SectionFailed(f"the model's outputs hold NaN or infinite values for {bad} of {len(probs)} images: "
+                                "check its weights (nothing that rests on its predictions can be shown)")
         ctx.shared["probabilities"] = probs
     return ctx.shared["probabilities"]
 
@@ -233,11 +242,15 @@ def _method_table(ctx, run, methods, show, legend, metric=None):
         except OnnxlensError as err:
             failed.append(f"{method}: {err}")
             continue
+        if not np.isfinite(exp.maps).all():
+            failed.append(f"{method}: its maps hold NaN or infinite values (the model computes non-finite numbers: "
+                          "check its weights)")
+            continue
         columns.append((method, [show(img, m) for img, m in zip(data.images, exp.maps)]))
         if metric is not None and data.masks is not None:
             scores.append([method, float(metric(exp.maps, data.masks).mean())])
     if not columns:
-        raise NotApplicable("no method ran on this model: " + "; ".join(failed))
+        raise SectionFailed("no method ran on this model: " + "; ".join(failed))
     rows = [[data.images[i], *(cells[i] for _, cells in columns)] for i in range(len(data))]
     bar = f"{legend}, scaled to [0, 1] per image"
     blocks = [image(plots.colour_bar(bar, "low", "high"), alt=f"colour bar: {bar}"),
@@ -414,6 +427,9 @@ def patches(ctx):
     o = ctx.options
     data = ctx.data.head(o.embed)
     result = mine(ctx.model, _source(data), "auto", channels="all", top=o.patches, progress=False, scale=ctx.scale)
+    if not all(np.isfinite(row["value"]) for row in result.rows):
+        raise SectionFailed(f"the activations of layer {result.layer} hold NaN or infinite values: check the model's "
+                            "weights")
     peak = {}
     for row in result.rows:
         peak[row["channel"]] = max(peak.get(row["channel"], -np.inf), row["value"])
@@ -432,6 +448,7 @@ def patches(ctx):
 
 def robustness(ctx):
     """Top-1 and Grad-CAM agreement under each of ``options.robustness_ops``."""
+    _predict(ctx)  # a model whose outputs are not finite agrees with anything
     report = check_robustness(ctx.model, ctx.data.head(ctx.options.robustness).images, ctx.options.robustness_ops,
                               scale=ctx.scale)
     rows = report.summary()

@@ -5,8 +5,10 @@ regularizers: jitter and blur (Yosinski et al. 2015) and a decorrelated Fourier 
 ``objective(x) -> (scores N, ∂scores/∂x)`` is any differentiable score of the input: a class
 logit, or the mean activation of one channel.
 
->>> result = ascend(objective, np.zeros((1, 3, 64, 64), np.float32), steps=200)
->>> result.x, result.history          # final input, and snapshots for a strip
+>>> brighter = lambda x: (x.mean(axis=(1, 2, 3)), np.ones_like(x))  # the mean pixel and its gradient
+>>> result = ascend(brighter, np.zeros((1, 3, 8, 8), np.float32), steps=4)
+>>> result.x.shape, len(result.history), result.scores[-1, 0] > 0   # final input, snapshots, scores
+((1, 3, 8, 8), 5, np.True_)
 """
 from dataclasses import dataclass, field
 
@@ -46,7 +48,9 @@ def ascend(objective, x0, steps=200, lr=0.1, l2=1e-4, jitter=0, blur_every=0, bl
     many pixels before each gradient; ``blur_every`` k blurs x every k steps. ``callback(step)``
     is called after each step (progress bars).
 
-    >>> ascend(objective, x0, steps=100, jitter=4, blur_every=4, fourier=True)
+    >>> brighter = lambda x: (x.mean(axis=(1, 2, 3)), np.ones_like(x))
+    >>> ascend(brighter, np.zeros((1, 3, 8, 8), np.float32), steps=4, jitter=2, blur_every=2, fourier=True).x.shape
+    (1, 3, 8, 8)
     """
     rng = np.random.default_rng(rng)
     x = np.array(x0, np.float32)
@@ -121,8 +125,9 @@ def class_visualization(model, target=None, layer=None, channel=None, steps=200,
     ``start``: "zeros" (zeros in model space: the mean image for centred presets), "noise", or
     an image (path or uint8 RGB array) that shapes the result.
 
-    >>> viz = class_visualization(model, target=3, steps=200, fourier=True)
-    >>> write_image("star.png", viz.image)
+    >>> viz = class_visualization(model, target=3, steps=2, fourier=True, progress=False)
+    >>> viz.image.shape, len(viz.scores)
+    ((64, 64, 3), 3)
     """
     if (target is None) == (channel is None):
         raise UsageError("give either a target class or a layer and a channel to maximize")
@@ -159,6 +164,9 @@ def class_visualization(model, target=None, layer=None, channel=None, steps=200,
                         blur_sigma=blur_sigma, fourier=fourier, decorrelate=decorrelate,
                         channel_order=model.preprocessing.channel_order, layout=model.input.layout,
                         snapshots=snapshots, rng=rng, callback=lambda step: bar.update())
+    if not (np.isfinite(result.x).all() and np.isfinite(result.scores).all()):
+        raise UsageError("gradient ascent reached NaN or infinite values: the model's score or gradient is not finite "
+                         "(check its weights), or lower --lr")
     to_rgb = lambda x: to_image(model, x)[0]  # noqa: E731
     return Visualization(to_rgb(result.x), [to_rgb(h) for h in result.history], result.scores[:, 0], result.x)
 
@@ -166,7 +174,8 @@ def class_visualization(model, target=None, layer=None, channel=None, steps=200,
 def to_image(model, x):
     """Model-space inputs back to uint8 RGB images (inverse of the model's preprocessing, clipped).
 
-    >>> to_image(model, model.preprocess(images))    # ≈ the resized images
+    >>> to_image(model, model.preprocess(images)).shape   # the images at the model's input size
+    (4, 64, 64, 3)
     """
     mean, std = PRESETS[model.preprocessing.preset]
     hwc = x.transpose(0, 2, 3, 1) if model.input.layout == "NCHW" else x

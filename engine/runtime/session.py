@@ -11,13 +11,15 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from engine.errors import ModelLoadError, ModelRunError, UsageError
+from engine.errors import ModelLoadError, ModelRunError, RunTimeout, UsageError
+from engine.runtime import timeout
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 LOAD_ERRORS = (ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidProtobuf, ort_state.InvalidArgument,
                ort_state.NotImplemented, ort_state.NoSuchFile)
 RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException)
+RUN_TIMEOUT = None  # seconds one session.run may take (None: no limit); `onnxlens --timeout S` sets it
 # "... running Reshape node. Name:'x' Status Message: /src/file.cc:91 Type::Method(args) check was false. Reason"
 _FAILED_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)' Status Message: (?:\S+:\d+ [^()]*\([^()]*\) )?"
                           r"(?:[^.]* was false\. )?(.*)")
@@ -43,6 +45,28 @@ def providers(provider="auto"):
     return [name for name in wanted if name != CPU] + [CPU]
 
 
+class Session(ort.InferenceSession):
+    """An InferenceSession whose runs stop after :data:`RUN_TIMEOUT` seconds with a
+    :class:`RunTimeout` (``engine.runtime.timeout``), e.g. a Loop whose trip count is computed."""
+
+    def run(self, output_names, input_feed, run_options=None):
+        limit = RUN_TIMEOUT
+        if not limit or run_options is not None:
+            return super().run(output_names, input_feed, run_options)
+        options = ort.RunOptions()
+        options.log_severity_level = 4
+        ticket = timeout.watch(options, limit)
+        try:
+            return super().run(output_names, input_feed, options)
+        except RUN_ERRORS:
+            if options.terminate:
+                raise RunTimeout(f"a run of the model took more than {limit:g} s and was stopped: raise the limit "
+                                 "with --timeout SECONDS (0: none)") from None
+            raise
+        finally:
+            timeout.release(ticket)
+
+
 def create_session(model, provider="auto", threads=None):
     """Create an ``onnxruntime.InferenceSession`` from a model path or ``ModelProto``.
 
@@ -61,7 +85,7 @@ def create_session(model, provider="auto", threads=None):
         options.intra_op_num_threads = int(threads)
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(Path(model))
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=providers(provider))
+        return Session(source, sess_options=options, providers=providers(provider))
     except LOAD_ERRORS as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"ONNX Runtime cannot load the model: {first_line}") from err

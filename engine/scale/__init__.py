@@ -7,8 +7,13 @@ over the shards and yields the parts in shard order; the job's driver code merge
 process (``scale=None``) the shards run here, one after another; with ``Scale(ray=...)`` they
 run in a pool of Ray actors, each holding one :class:`~engine.api.Model` built once.
 
->>> with runner(model, job, Scale(ray="", workers=2), step=32) as run:
+>>> from engine.analyze.embeddings import EmbedJob
+>>> from engine.analyze.sources import from_synth
+>>> job = EmbedJob(from_synth(8), "/pool/GlobalAveragePool_output_0", batch_size=4)
+>>> with runner(model, job, Scale(shard_size=4), step=4) as run:   # Scale(ray="", workers=2): on Ray
 ...     parts = list(run.map("rows", shards(len(job.source), run.shard_size)))
+>>> [len(labels) for _, labels in parts]
+[4, 4]
 """
 from engine.scale.runner import Scale, LocalRunner, runner, shards
 

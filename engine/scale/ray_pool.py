@@ -5,12 +5,14 @@ shard, not a batch of rows to write out, some jobs take two passes with a merge 
 between (dissection thresholds), and a second pass goes back to the actor that kept the first
 pass's activations (``sticky``). Actors give exactly that; tasks would rebuild the model and its
 rewritten sessions per shard. Only shard bounds travel to the workers (the job, with its image
-names, travels once per worker and job) and only accumulators travel back. A worker that dies is
-restarted and its shards retried by Ray (``RETRIES`` times).
+names, travels once per worker and job, and the driver's per-run limits, :data:`LIMITS`, with
+each shard) and only accumulators travel back. A worker that dies is restarted and its shards
+retried by Ray (``RETRIES`` times).
 
 Ray is imported only here, when a job asks for it.
 """
 import copy
+import importlib
 import inspect
 import logging
 import os
@@ -21,6 +23,9 @@ from pathlib import Path
 from engine.errors import ClusterError, OnnxlensError, UsageError
 from engine.progress import Progress
 
+# Per-run limits held in module globals (set by `onnxlens --max-pixels N` and `--timeout S`):
+# a worker takes the driver's values before each shard.
+LIMITS = (("engine.data.images", "MAX_PIXELS"), ("engine.runtime.session", "RUN_TIMEOUT"))
 RETRIES = 4  # restarts of a dead worker, and retries of the shard it was running
 IN_FLIGHT = 2  # shards queued per worker: one running, one waiting (hides the round trip)
 
@@ -34,10 +39,8 @@ def _ray():
 
 
 def connect(address):
-    """Join the Ray cluster at ``address`` ("" starts a local one), unless already connected.
-
-    >>> connect("auto")
-    """
+    """Join the Ray cluster at ``address`` ("" starts a local one), unless already connected;
+    returns the ``ray`` module. E.g. ``connect("auto")`` joins the cluster of ``ray start --head``."""
     ray = _ray()
     if ray.is_initialized():
         return ray
@@ -58,9 +61,28 @@ def _reachable(address, timeout=5):
         socket.create_connection((host, int(port)), timeout=timeout).close()
 
 
+def limits():
+    """This process's values of :data:`LIMITS`, as ``{(module, name): value}``.
+
+    >>> limits()[("engine.data.images", "MAX_PIXELS")]
+    50000000
+    """
+    return {(module, name): getattr(importlib.import_module(module), name) for module, name in LIMITS}
+
+
+def apply_limits(values):
+    """Set the module globals of ``values`` (from :func:`limits`) in this process.
+
+    >>> apply_limits(limits())
+    """
+    for (module, name), value in values.items():
+        setattr(importlib.import_module(module), name, value)
+
+
 class Worker:
     """One Ray actor: the model built once (on the first shard, so that a model this node cannot
-    load is the user's one-line error), then ``call(step, start, stop, args, job)`` per shard.
+    load is the user's one-line error), then ``call(step, start, stop, args, job, limits)`` per
+    shard, under the driver's per-run ``limits`` (:func:`limits`).
 
     ``job`` comes as ``[ObjectRef]`` (nested, so Ray does not resolve it per call): the worker
     fetches a job on its first shard of it, and again after a restart.
@@ -70,7 +92,8 @@ class Worker:
         self.recipe, self.model = (model_class, path, options), None
         self.job_id, self.job = None, None
 
-    def call(self, step, start, stop, args, job):
+    def call(self, step, start, stop, args, job, limits):
+        apply_limits(limits)
         if self.model is None:
             model_class, path, options = self.recipe
             self.model = model_class(path, **options)
@@ -92,7 +115,9 @@ def model_recipe(model, threads):
     ``threads`` ORT threads: every argument of the class's constructor, read back from the
     attribute that holds its resolved value (``preprocess`` → ``preprocessing``).
 
-    >>> cls, path, options = model_recipe(model, threads=1); cls(path, **options)
+    >>> cls, path, options = model_recipe(model, threads=1)
+    >>> cls(path, **options).layers == model.layers
+    True
     """
     names = list(inspect.signature(type(model).__init__).parameters)[2:]  # after self and path
     options = {name: getattr(model, ATTRIBUTE.get(name, name)) for name in names}
@@ -123,10 +148,9 @@ def _pool(ray, model, scale):
 
 class RayRunner:
     """Runs a job's steps on a pool of Ray actors (a context manager; a job that fails takes
-    its pool down with it, so no shard of it keeps running).
-
-    >>> with RayRunner(model, job, Scale(ray=""), 256) as run:
-    ...     parts = list(run.map("rows", shards(1000, 256), label="embed"))
+    its pool down with it, so no shard of it keeps running). Used as :func:`engine.scale.runner`
+    does: ``with RayRunner(model, job, Scale(ray=""), 256) as run: parts = list(run.map("rows",
+    shards(1000, 256)))``.
     """
 
     def __init__(self, model, job, scale, shard_size, progress=None):
@@ -135,6 +159,7 @@ class RayRunner:
         self.key = _pool(self.ray, model, scale)
         self.workers = _POOLS[self.key]
         self.job = [self.ray.put(job)]  # held here while the actors may need it
+        self.limits = limits()
         self.owner = {}  # (start, stop) → the worker that ran it last
 
     def __enter__(self):
@@ -155,7 +180,7 @@ class RayRunner:
             k = self.owner[bounds] if sticky and bounds in self.owner else load.index(min(load))
             load[k] += 1
             self.owner[bounds] = k
-            pending.append((bounds, k, self.workers[k].call.remote(step, *bounds, args, self.job)))
+            pending.append((bounds, k, self.workers[k].call.remote(step, *bounds, args, self.job, self.limits)))
 
         todo = iter(ranges)
         with Progress(total=sum(b - a for a, b in ranges), label=label, enabled=self.progress) as bar:

@@ -21,6 +21,7 @@ class Scale:
     ``threads``: ONNX Runtime threads per worker.
 
     >>> Scale(ray="auto", workers=16, shard_size=256)
+    Scale(ray='auto', workers=16, shard_size=256, threads=1)
     """
 
     ray: str | None = None
@@ -70,8 +71,12 @@ def runner(model, job, scale=None, step=32, progress=None):
     batch size (shards are whole batches). ``progress``: the bar over shards (None: on a
     terminal only).
 
-    >>> with runner(model, job, Scale(ray=""), step=32) as run:
-    ...     parts = list(run.map("rows", shards(n, run.shard_size)))
+    >>> from engine.analyze.embeddings import EmbedJob
+    >>> from engine.analyze.sources import from_synth
+    >>> job = EmbedJob(from_synth(8), "/pool/GlobalAveragePool_output_0", batch_size=4)
+    >>> with runner(model, job, step=4) as run:   # one shard of 8 batches here; Scale(ray=""): on Ray
+    ...     len(list(run.map("rows", shards(8, run.shard_size))))
+    1
     """
     scale = scale or Scale()
     if scale.ray is None:
@@ -86,7 +91,11 @@ def runner(model, job, scale=None, step=32, progress=None):
 class LocalRunner:
     """Runs a job's steps here, shard after shard, on ``model`` itself.
 
-    >>> parts = list(LocalRunner(model, job, 256).map("rows", shards(1000, 256), label="embed"))
+    >>> from engine.analyze.embeddings import EmbedJob
+    >>> from engine.analyze.sources import from_synth
+    >>> job = EmbedJob(from_synth(8), "/pool/GlobalAveragePool_output_0", batch_size=4)
+    >>> [part.dim for part, _ in LocalRunner(model, job, 4).map("rows", shards(8, 4), label="embed")]
+    [96, 96]
     """
 
     def __init__(self, model, job, shard_size, progress=None):
