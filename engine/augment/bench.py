@@ -117,7 +117,7 @@ def bare_opencv(images, params, threads=1, split="halves"):
     one contiguous half, ``"images"`` hands out single images.
 
     >>> bare_opencv(images, pipeline().sample_images(images, 0), threads=2).shape
-    (64, 224, 224, 3)
+    (4, 224, 224, 3)
     """
     crop, flip, rotate, bright, sat = (params[str(k)] for k in range(5))
     out = np.empty((len(images), 224, 224, 3), np.uint8)
