@@ -34,6 +34,7 @@ class Quantile:
 
     >>> acc = Quantile(channels=2, q=0.995)
     >>> acc.update(np.random.rand(1000, 2))      # rows of values, one column per channel
+    >>> acc.update_maps(np.random.rand(4, 2, 8, 8))  # or N×channels×H×W maps
     >>> acc.result().shape
     (2,)
     """
@@ -45,7 +46,8 @@ class Quantile:
             raise UsageError(f"the quantile must lie strictly between 0 and 1, got {q}")
         self.channels, self.q, self.bins, self.tail = int(channels), float(q), int(bins), int(tail)
         self.count = 0
-        self.top = np.zeros((self.channels, 0), np.float32)  # the largest values, unordered
+        self.top = np.zeros((self.channels, 0), np.float32)  # the largest values, unordered (-inf: padding)
+        self.floor = np.full(self.channels, -np.inf, np.float32)  # values at or below it never enter ``top``
         self.lo = np.full(self.channels, np.inf)
         self.hi = np.full(self.channels, -np.inf)
         self.exponent = np.full(self.channels, self.FINEST, np.int64)  # bin width 2**exponent
@@ -54,7 +56,15 @@ class Quantile:
 
     def update(self, values):
         """Add values: an array N×channels, one column per channel (finite numbers)."""
-        values = np.ascontiguousarray(np.asarray(values, np.float32).reshape(-1, self.channels).T)
+        self._add(np.ascontiguousarray(np.asarray(values, np.float32).reshape(-1, self.channels).T))
+
+    def update_maps(self, maps):
+        """Add every value of N×channels×H×W ``maps`` (one transposing copy instead of two)."""
+        maps = np.asarray(maps, np.float32)
+        self._add(np.ascontiguousarray(maps.transpose(1, 0, 2, 3)).reshape(self.channels, -1))
+
+    def _add(self, values):
+        """Add a channels×n array of values."""
         if values.shape[1] == 0:
             return
         if not np.isfinite(values).all():
@@ -103,7 +113,7 @@ class Quantile:
         only, and the histogram as int32 while its counts fit."""
         state = dict(self.__dict__)
         if state["top"].shape[1] > self.tail:
-            state["top"] = np.partition(state["top"], state["top"].shape[1] - self.tail, axis=1)[:, -self.tail:]
+            state["top"] = _largest(state["top"], self.tail)
         if self.count < 2**31:
             state["hist"] = state["hist"].astype(np.int32)
         return state
@@ -117,9 +127,10 @@ class Quantile:
         if self.count - 1 - int(np.floor(self.q * (self.count - 1))) >= self.tail:
             self.top = self.top[:, :0]  # too many values for the exact path: it is never read again
             return
-        both = np.concatenate([self.top, values.astype(np.float32)], axis=1)
+        both = np.concatenate([self.top, _above(values.astype(np.float32), self.floor)], axis=1)
         if both.shape[1] > 2 * self.tail:  # trim to the top ``tail`` only now and then (amortized)
-            both = np.partition(both, both.shape[1] - self.tail, axis=1)[:, -self.tail:]
+            both = _largest(both, self.tail)
+            self.floor = both[:, 0]  # each channel's tail-th largest: values up to it change no top value
         self.top = both
 
     def _fit(self, lo, hi, exponent):
@@ -153,6 +164,35 @@ class Quantile:
         return np.bincount(flat, minlength=self.hist.size).reshape(self.hist.shape)
 
 
+def _largest(values, k):
+    """The ``k`` largest of each row, ascending. A sort: np.partition slows down tenfold on the
+    many equal values of ReLU maps (zeros), where sorting does not.
+
+    >>> _largest(np.array([[3, 0, 0, 5]], np.float32), 2)
+    array([[3., 5.]], dtype=float32)
+    """
+    return np.sort(values, axis=1)[:, -k:]
+
+
+def _above(values, floor):
+    """The values of each row (channels×n) above the row's ``floor``, left-aligned in a
+    channels×(most kept) array padded with -inf.
+
+    >>> _above(np.array([[3, 1, 2], [0, 5, 0]], np.float32), np.array([1, 0], np.float32))
+    array([[  3.,   2.],
+           [  5., -inf]], dtype=float32)
+    """
+    keep = values > floor[:, None]
+    kept = keep.sum(axis=1)
+    if kept.min() == values.shape[1]:
+        return values
+    flat = np.flatnonzero(keep)
+    row = flat // values.shape[1]
+    out = np.full((len(values), kept.max()), -np.inf, np.float32)
+    out[row, np.arange(len(row)) - np.repeat(np.cumsum(kept) - kept, kept)] = values.ravel()[flat]
+    return out
+
+
 class IoUCounts:
     """Intersection and area counts between unit masks and concept labels (Network Dissection).
 
@@ -166,10 +206,13 @@ class IoUCounts:
     Masks come as the coordinates of their pixels, e.g. ``np.nonzero(masks.reshape(n, units, -1))``
     for dense N×units×H×W bool masks.
 
+    >>> masks = np.zeros((1, 2, 2, 2), bool); masks[0, 0, 0] = True        # unit 0: the top row
+    >>> labels = np.array([[[1, 1], [2, 2]]])                               # planes×H×W numbers
     >>> acc = IoUCounts(units=2, categories=["color"], concept_category=[-1, 0, 0])
-    >>> acc.update(np.nonzero(masks.reshape(1, 2, -1)), [{"color": maps}])  # maps: planes×H×W
-    >>> acc.result().shape                                                   # units × label numbers
-    (2, 3)
+    >>> acc.update(np.nonzero(masks.reshape(1, 2, -1)), [{"color": labels}])
+    >>> acc.result()                                                        # units × label numbers
+    array([[0., 1., 0.],
+           [0., 0., 0.]])
     """
 
     def __init__(self, units, categories, concept_category):
@@ -288,7 +331,7 @@ class Embeddings:
 
     >>> acc = Embeddings(n=100, dim=96)
     >>> acc.update(np.zeros((10, 96)), start=0)
-    >>> acc.merge(Embeddings(n=10, dim=96, first=90)).filled.sum()
+    >>> int(acc.merge(Embeddings(n=10, dim=96, first=90)).filled.sum())
     10
     """
 

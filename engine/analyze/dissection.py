@@ -240,7 +240,7 @@ class DissectJob:
         spool = tempfile.TemporaryFile(prefix="onnxlens-dissect-") if self.cache else None
 
         def absorb(start, maps):  # pass 1's accumulators, on a thread while the model runs the next batch
-            thresholds.update(maps.transpose(0, 2, 3, 1).reshape(-1, maps.shape[1]))
+            thresholds.update_maps(maps)
             best.update(maps, start)
             if spool:
                 spool.write(maps.tobytes())
