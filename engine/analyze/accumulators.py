@@ -164,6 +164,24 @@ class Quantile:
         return np.bincount(flat, minlength=self.hist.size).reshape(self.hist.shape)
 
 
+def _stacked(stacks):
+    """Label planes of several images (each K×H×W) as one images×depth×H·W array, images with
+    fewer planes padded with number 0.
+
+    >>> _stacked([np.ones((1, 2, 2), np.uint8), np.full((2, 2, 2), 3, np.uint8)])[:, :, 0]
+    array([[1, 0],
+           [3, 3]], dtype=uint8)
+    """
+    stacks = [np.asarray(s) for s in stacks]
+    depth, size = max(len(s) for s in stacks), stacks[0][0].size
+    if all(len(s) == depth for s in stacks):
+        return np.stack(stacks).reshape(len(stacks), depth, size)
+    out = np.zeros((len(stacks), depth, size), np.result_type(*stacks))
+    for i, s in enumerate(stacks):
+        out[i, :len(s)] = s.reshape(len(s), size)
+    return out
+
+
 def _largest(values, k):
     """The ``k`` largest of each row, ascending. A sort: np.partition slows down tenfold on the
     many equal values of ReLU maps (zeros), where sorting does not.
@@ -223,38 +241,56 @@ class IoUCounts:
         self.unit_area = np.zeros((self.units, len(self.categories)), np.int64)
         self.label_area = np.zeros(self.concepts, np.int64)
 
-    def update(self, pixels, label_maps):
+    def update(self, pixels, label_maps, count_labels=True):
         """Add a batch of N images: ``pixels`` = (image, unit, pixel) index arrays of every mask
         pixel (pixel = flat index into the H×W label map); ``label_maps`` a list of N dicts,
         category → planes×H×W label numbers (0 = unlabelled; a category absent or with no planes
-        is not labelled in that image)."""
+        is not labelled in that image). ``count_labels=False`` leaves the label areas to
+        :meth:`add_label_area` (a label-map store keeps them).
+
+        Per category, the labelling images' planes are stacked in their own dtype (uint8 from a
+        store) and every mask pixel's (unit, label number) code is read in one gather; one
+        bincount over all codes gives the intersections."""
         image, unit, pixel = (np.asarray(v, np.int64) for v in pixels)
         n = len(label_maps)
         area = np.bincount(image * self.units + unit, minlength=n * self.units).reshape(n, self.units)
         unit_key = unit * self.concepts
-        keys, where = [], None  # keys: unit · concepts + the label number under each mask pixel
+        keys = []
         for g, category in enumerate(self.categories):
             labelled = [i for i in range(n) if len(label_maps[i].get(category, ())) > 0]
             if not labelled:
                 continue
             self.unit_area[:, g] += area[labelled].sum(axis=0)
-            depth = max(len(label_maps[i][category]) for i in labelled)
-            size = np.asarray(label_maps[labelled[0]][category][0]).size
-            planes = np.zeros((depth, n, size), np.int32)
-            for i in labelled:
-                stack = np.asarray(label_maps[i][category]).reshape(len(label_maps[i][category]), -1)
-                planes[: len(stack), i] = stack
-            label_area = np.bincount(planes.ravel(), minlength=self.concepts)
-            if len(label_area) > self.concepts:
-                raise UsageError(f"label number {len(label_area) - 1} in category '{category}' exceeds label.csv")
-            self.label_area += label_area
-            where = image * size + pixel if where is None else where
-            keys += [unit_key + plane[where] for plane in planes.reshape(depth, -1)]  # number 0 lands in column 0
-        if keys:
+            planes = _stacked([label_maps[i][category] for i in labelled])  # labelled × depth × H·W
+            if count_labels:
+                self._count_labels(planes, category)
+            depth, size = planes.shape[1:]
+            if len(labelled) == n:  # every image labels the category (the usual case): no selection
+                where, owners = image * (depth * size) + pixel, unit_key
+            else:
+                row = np.full(n, -1)
+                row[labelled] = np.arange(len(labelled))
+                inside = row[image] >= 0  # mask pixels of images that label the category
+                where, owners = row[image[inside]] * (depth * size) + pixel[inside], unit_key[inside]
+            flat = planes.reshape(-1)
+            keys += [owners + flat[where + k * size] for k in range(depth)]
+        if keys:  # number 0 (unlabelled, padding) lands in column 0
             self.intersection += np.bincount(np.concatenate(keys), minlength=self.units * self.concepts
                                              ).reshape(self.units, self.concepts)
         self.intersection[:, 0] = 0
         self.label_area[0] = 0
+
+    def add_label_area(self, area):
+        """Add label areas counted elsewhere: pixels per label number over the labelled planes."""
+        area = np.asarray(area, np.int64)
+        self.label_area[:len(area)] += area
+        self.label_area[0] = 0
+
+    def _count_labels(self, planes, category):
+        counts = np.bincount(planes.reshape(-1))
+        if len(counts) > self.concepts:
+            raise UsageError(f"label number {len(counts) - 1} in category '{category}' exceeds label.csv")
+        self.label_area[:len(counts)] += counts
 
     def merge(self, other):
         """Add another IoUCounts over the same units, categories and concepts; returns self."""

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from engine.analyze.accumulators import IoUCounts, Quantile, TopK
-from engine.analyze.sources import from_concepts
+from engine.analyze.sources import Source, from_concepts
 from engine.analyze.stream import stream
 from engine.data.broden import ConceptDataset, read_concepts
 from engine.data.files import output_set, write_image, write_json, write_text
@@ -43,6 +43,7 @@ from engine.viz.grid import grid
 from engine.viz.title import titled
 
 WORKERS = 3  # pass-2 threads: label-map decoding, masks and IoU counts of a batch each
+_BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxlens-labels")  # label stores, beside pass 1
 CV_MAX_CHANNELS = 128  # cv2.resize takes at most this many channels at once (OpenCV 5: under 256)
 MASK_CHUNK = 1 << 16  # interpolated mask values held at once (cache-resident)
 
@@ -230,14 +231,16 @@ class DissectJob:
         self.batch_size, self.cache = batch_size, cache
         self.label_store = label_store and isinstance(dataset, ConceptDataset)
         self._spools = {}  # (first, stop) → (file of pass 1's maps, map shape)
+        self._labels_ready = {}  # (first, stop) → future of _labels, started beside pass 1
         self._key = None  # the dataset's store key, computed where the job runs
 
-    def __getstate__(self):
-        return {**self.__dict__, "_spools": {}}  # open files stay where they were written
+    def __getstate__(self):  # open files and running work stay where they are
+        return {**self.__dict__, "_spools": {}, "_labels_ready": {}}
 
     def pass1(self, model, first, stop):
         """(Quantile, TopK) of images ``first .. stop-1``: thresholds and top images per unit."""
         spool = tempfile.TemporaryFile(prefix="onnxlens-dissect-") if self.cache else None
+        self._labels_ready[first, stop] = _BACKGROUND.submit(self._labels, first, stop)  # key, store: beside the model
 
         def absorb(start, maps):  # pass 1's accumulators, on a thread while the model runs the next batch
             thresholds.update_maps(maps)
@@ -257,15 +260,20 @@ class DissectJob:
     def pass2(self, model, first, stop, t):
         """IoUCounts of images ``first .. stop-1`` with unit thresholds ``t``."""
         concept_category = primary_categories(self.dataset)
-        labels = self._labels(first, stop)
+        ready = self._labels_ready.pop((first, stop), None)
+        labels = ready.result() if ready else self._labels(first, stop)
+        stored = labels.label_area if isinstance(labels, LabelStore) else None  # counted once, when stored
 
         def tally(start, maps):  # one batch, on a worker thread: its own mergeable counts
             part = IoUCounts(len(t), self.dataset.categories, concept_category)
             for size, members in _by_size(self.dataset, start, len(maps)).items():
-                part.update(mask_pixels(maps[members], t, size), [labels.label_maps(start + i) for i in members])
+                part.update(mask_pixels(maps[members], t, size), [labels.label_maps(start + i) for i in members],
+                            count_labels=stored is None)
             return part
 
         counts = IoUCounts(len(t), self.dataset.categories, concept_category)
+        if stored is not None:
+            counts.add_label_area(stored)
         for part in _in_threads(tally, self._second_pass(model, first, stop)):
             counts.merge(part)
         return counts
@@ -286,10 +294,11 @@ class DissectJob:
         return store or self.dataset
 
     def _maps(self, model, first, stop):
-        source = from_concepts(self.dataset)
-        for start, _, _, acts in stream(model, source, [self.layer], self.batch_size, progress=False,
-                                        first=first, stop=stop):
-            yield start, np.ascontiguousarray(_maps(acts[self.layer], self.layer), np.float32)
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            source = _read_ahead(from_concepts(self.dataset), reader, stop)
+            for start, _, _, acts in stream(model, source, [self.layer], self.batch_size, progress=False,
+                                            first=first, stop=stop):
+                yield start, np.ascontiguousarray(_maps(acts[self.layer], self.layer), np.float32)
 
     def _second_pass(self, model, first, stop):
         """Yield ``(start, maps)`` again: read back from pass 1's file, else by running the model."""
@@ -303,6 +312,21 @@ class DissectJob:
             for start in range(first, stop, self.batch_size):
                 n = min(self.batch_size, stop - start)
                 yield start, np.frombuffer(spool.read(n * per_image), np.float32).reshape(n, *shape)
+
+
+def _read_ahead(source, pool, stop):
+    """``source`` whose next batch (up to image ``stop``) is read on ``pool`` while the model runs
+    the current one: image decoding overlaps the forward pass."""
+    pending = {}
+
+    def load(start, end):
+        future = pending.pop((start, end), None) or pool.submit(source.load, start, end)
+        following = (end, min(2 * end - start, stop))
+        if following[0] < following[1]:
+            pending[following] = pool.submit(source.load, *following)
+        return future.result()
+
+    return Source(source.names, load)
 
 
 def _in_threads(work, items, workers=WORKERS):
