@@ -28,6 +28,7 @@ class Op:
 
     geometric = False
     mixes = False  # batch-mixing ops (CutMix, MixUp) take labels and run outside Compose
+    shape_from_params = False  # out_shape reads its parameters (Rotate90's quarter turns)
 
     def __init__(self, p=1.0):
         self.p = as_range(p, "p", 0.0, 1.0)[0]
@@ -139,10 +140,13 @@ class Op:
                          for i in range(n)])
 
     def out_shapes(self, params, shapes):
-        """Output (H, W) per image."""
+        """Output (H, W) per image (without a row of parameters per image unless
+        ``shape_from_params``: Compose asks for them at every sampling)."""
         n = count(params)
         shapes = per_image_shapes(shapes, n)
-        on = params["on"]
+        on = params["on"].tolist()
+        if not self.shape_from_params:
+            return [self.out_shape(None, s) if o else tuple(s[:2]) for s, o in zip(shapes, on)]
         return [self.out_shape(row(params, i), shapes[i]) if on[i] else tuple(shapes[i][:2])
                 for i in range(n)]
 
