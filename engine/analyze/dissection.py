@@ -64,6 +64,9 @@ def primary_categories(dataset):
     """Category index of each label number (the category naming it most often, as NetDissect's
     ``primary_categories_per_index``); -1 for number 0 and numbers without a category.
 
+    >>> from engine.data import synth
+    >>> from engine.data.broden import write_concepts
+    >>> write_concepts("shapes-broden", synth.batches(16, seed=5))
     >>> int(primary_categories(read_concepts("shapes-broden"))[0])  # number 0: unlabelled
     -1
     """
@@ -85,7 +88,12 @@ def reachable_iou(dataset, label_area, quantile):
     A concept covering 30 % of the pixels is out of reach at the default quantile 0.995
     (bound 0.005 / 0.3 ≈ 0.017 < 0.04) however well a unit detects it.
 
-    >>> reachable_iou(dataset, counts.label_area, 0.995)   # one bound per label number
+    >>> from engine.data import synth
+    >>> from engine.data.broden import write_concepts
+    >>> write_concepts("shapes-broden", synth.batches(16, seed=5))
+    >>> dataset = read_concepts("shapes-broden")
+    >>> reachable_iou(dataset, np.full(len(dataset.labels), 1000), 0.995).shape  # one bound per label number
+    (28,)
     """
     category_of = primary_categories(dataset)
     pixels = np.array([sum(row["sh"] * row["sw"] for row in dataset.rows if row.get(category))
@@ -192,9 +200,12 @@ def dissect(model, concepts, layer="auto", quantile=0.995, iou=0.04, top=8, batc
     dataset; False decodes the PNGs every run. ``scale``: run in shards on Ray
     (:class:`engine.scale.Scale`; each worker caches the shards it ran); the result is the same.
 
-    >>> result = dissect(Model("models/shapes-resnet.onnx"), "shapes-broden")
-    >>> sum(u["detector"] for u in result.units)
-    41
+    >>> from engine.data import synth
+    >>> from engine.data.broden import write_concepts
+    >>> write_concepts("shapes-broden", synth.batches(16, seed=5))
+    >>> result = dissect(Model("model.onnx"), "shapes-broden", progress=False)
+    >>> len(result.units), result.summary["images"]
+    (96, 16)
     """
     if not 0 < quantile < 1:
         raise UsageError(f"--quantile is the fraction of activations below the threshold, in (0, 1); got {quantile}")
@@ -388,6 +399,10 @@ def write_dissection(result, out, model, concepts, images_per_unit=8):
     """Write ``units.csv``, ``summary.json`` and ``unit_NNNN.png`` (top images, mask outlined)
     for each detector unit into ``out`` (the previous run's files there replaced as a whole).
 
+    >>> from engine.data import synth
+    >>> from engine.data.broden import write_concepts
+    >>> write_concepts("shapes-broden", synth.batches(16, seed=5))
+    >>> result = dissect(model, "shapes-broden", progress=False)
     >>> write_dissection(result, "dissect-out", model, "shapes-broden")
     """
     out = Path(out)
@@ -408,6 +423,11 @@ def unit_sheet(model, dataset, layer, unit, images):
     """A grid of ``images`` (dataset rows) with the mask of ``unit`` outlined in yellow, titled
     with :func:`unit_caption`.
 
+    >>> from engine.data import synth
+    >>> from engine.data.broden import write_concepts
+    >>> write_concepts("shapes-broden", synth.batches(16, seed=5))
+    >>> dataset = read_concepts("shapes-broden")
+    >>> result = dissect(model, dataset, progress=False)
     >>> unit_sheet(model, dataset, result.layer, result.units[7], result.top["image"][7][:4]).dtype
     dtype('uint8')
     """
@@ -426,7 +446,12 @@ def unit_caption(unit):
 def unit_images(model, dataset, layer, unit, images):
     """The ``images`` (dataset rows) with the mask of ``unit`` outlined in yellow, uint8 RGB each.
 
-    >>> len(unit_images(model, dataset, result.layer, result.units[7], [0, 5]))
+    >>> from engine.data import synth
+    >>> from engine.data.broden import write_concepts
+    >>> write_concepts("shapes-broden", synth.batches(16, seed=5))
+    >>> dataset = read_concepts("shapes-broden")
+    >>> unit = {"unit": 7, "threshold": 1.0}
+    >>> len(unit_images(model, dataset, model.default_layer, unit, [0, 5]))
     2
     """
     pictures = [dataset.image(int(i)) for i in images]

@@ -10,8 +10,12 @@ index.csv). Stores live in ``labels-<dataset key>/`` of the
 given folder, keyed by the dataset's path and the names, sizes and modification times of its csv
 files and label maps, so a changed dataset gets a new key (and its old stores are removed).
 
->>> store = LabelStore.build(dataset, "cache", 0, 256)   # decodes rows 0..255 once, writes the store
->>> store = LabelStore.open(dataset, "cache", 0, 256)    # later runs: None when not stored yet
+>>> from engine.data.broden import read_concepts, write_concepts
+>>> from engine.data import synth
+>>> write_concepts("shapes-broden", synth.batches(16, seed=5))
+>>> dataset = read_concepts("shapes-broden")
+>>> store = LabelStore.build(dataset, "cache", 0, 16)   # decodes rows 0..15 once, writes the store
+>>> store = LabelStore.open(dataset, "cache", 0, 16)    # later runs: None when not stored yet
 >>> store.label_maps(3)["color"].shape
 (1, 96, 96)
 """
@@ -33,8 +37,11 @@ def dataset_key(dataset):
     """``<path hash>-<content hash>`` of a dataset: the content hash covers the names, sizes and
     modification times of its csv files and every label map it lists.
 
-    >>> dataset_key(read_concepts("shapes-broden"))
-    '3f2a9c41d0be-8e0c1f7a2b9d44e1a0c3'
+    >>> from engine.data.broden import read_concepts, write_concepts
+    >>> from engine.data import synth
+    >>> write_concepts("shapes-broden", synth.batches(4, seed=5))
+    >>> [len(part) for part in dataset_key(read_concepts("shapes-broden")).split("-")]
+    [12, 20]
     """
     root = Path(dataset.root).resolve()
     content = hashlib.sha256()
