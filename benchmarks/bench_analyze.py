@@ -91,13 +91,14 @@ def test_throughput_paired(tmp_path, monkeypatch):
     }
     runs["forward"]()  # warm-up: sessions, caches
     runs["dissect"]()  # the first run over the dataset writes the label-map store
-    cpu = {name: [] for name in runs}
+    cpu, busy = {name: [] for name in runs}, {name: [] for name in runs}
 
     def cpu_counted(name):
         def run():
-            used = _cpu_seconds()
+            used, start = _cpu_seconds(), time.perf_counter()
             runs[name]()
             cpu[name].append(_cpu_seconds() - used)
+            busy[name].append(cpu[name][-1] / (time.perf_counter() - start))
         return run
 
     one_round, seconds = rotating_rounds({name: cpu_counted(name) for name in runs})
@@ -107,7 +108,9 @@ def test_throughput_paired(tmp_path, monkeypatch):
     print(f"\nmodel {model.path.name}, layer {layer}, {IMAGES} images 96x96, batch {BATCH}, {THREADS} thread(s)")
     for name in runs:
         print(f"  {name:14s} {IMAGES / statistics.median(seconds[name]):7.1f} images/s, "
-              f"{statistics.median(cpu[name]):.2f} CPU s (all threads)")
+              f"{statistics.median(cpu[name]):.2f} CPU s (all threads), {statistics.median(busy[name]):.2f} cores busy")
+    print(f"  forward CPU / dissect CPU: {statistics.median(cpu['forward']) / statistics.median(cpu['dissect']):.2f}x"
+          "  (the one-core ceiling of dissect / forward)")
     for name, values in ratios.items():
         print(f"  {name} / forward: {statistics.median(values):.2f}x  rounds {['%.2f' % v for v in values]}")
     floor = [f / d for f, d in zip(ratios["dissect"], ratios["forward+labels"])]

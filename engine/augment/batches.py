@@ -95,7 +95,27 @@ def restack(items, like):
 
 def parallel_apply(op, images, params, masks, threads):
     """``op.apply`` on contiguous chunks of the batch, ``threads`` at once (OpenCV and NumPy
-    release the GIL), joined in order: the same result as one thread.
+    release the GIL), joined in order: the same result as one thread (see :func:`in_chunks`)."""
+    def work(part, masks_part):
+        return op.apply(images[part], take(params, np.arange(part.start, part.stop)), masks_part)
+
+    return in_chunks(work, images, masks, threads)
+
+
+def parallel_call(op, images, seed, start, masks, threads):
+    """``op(images, seed=seed, start=start)`` with each chunk's parameters drawn on the thread
+    that applies them, so sampling (Python, GIL-held) overlaps other chunks' pixel work instead
+    of running alone first. Image ``i``'s stream is keyed by ``(seed, start + i)`` whatever the
+    chunk, so the result is the same; ``seed`` must be fixed (not None) for that."""
+    def work(part, masks_part):
+        return op.apply(images[part], op.sample_images(images[part], seed, start + part.start), masks_part)
+
+    return in_chunks(work, images, masks, threads)
+
+
+def in_chunks(work, images, masks, threads):
+    """``work(slice, masks of the slice)`` on contiguous chunks of the batch, ``threads`` at once,
+    joined in order.
 
     Chunks hold about ``CHUNK_BYTES`` of images, several per thread, handed out as threads free
     up: a thread slowed by other processes takes fewer, and each chunk's arrays stay small
@@ -110,9 +130,8 @@ def parallel_apply(op, images, params, masks, threads):
     joined, lock = [], threading.Lock()
 
     def chunk(k):
-        sl = slice(bounds[k], bounds[k + 1])
-        idx = np.arange(bounds[k], bounds[k + 1])
-        part = op.apply(images[sl], take(params, idx), None if masks is None else masks[sl])
+        sl = slice(int(bounds[k]), int(bounds[k + 1]))
+        part = work(sl, None if masks is None else masks[sl])
         if masks is None and isinstance(images, np.ndarray) and isinstance(part, np.ndarray):
             with lock:  # the first part to finish allocates the batch
                 if not joined:

@@ -185,6 +185,30 @@ def best_rates(fns, n_images, repeats=5):
     return [n_images / b for b in best]
 
 
+def cpu_use(fn, n_images, repeats=3):
+    """``(CPU µs per image, busy cores)`` of ``fn()`` over ``repeats`` passes: process CPU time
+    (all threads) per image, and CPU time ÷ wall time (2.0 = two threads never idle). Unlike
+    images/s, the CPU figure does not depend on other processes' load.
+
+    >>> us, cores = cpu_use(lambda: sample_images(4), 4, repeats=1)
+    """
+    fn()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu / repeats / n_images * 1e6, cpu / wall
+
+
+def format_cpu(uses):
+    """Lines ``name: CPU µs/image, busy cores`` of ``{name: cpu_use(...)}``.
+
+    >>> format_cpu({"Pipeline, 2 threads": (700.0, 1.9)})
+    '  Pipeline, 2 threads: 700 CPU µs/image, 1.90 cores busy'
+    """
+    return "\n".join(f"  {name}: {us:.0f} CPU µs/image, {cores:.2f} cores busy" for name, (us, cores) in uses.items())
+
+
 def table(n=64, repeats=5, with_albumentations=True):
     """Rows (op, engine img/s, albumentations img/s or None, ratio or None), single thread,
     plus the pipeline at 1 and 2 threads.
