@@ -102,17 +102,6 @@ def parallel_apply(op, images, params, masks, threads):
     return in_chunks(work, images, masks, threads)
 
 
-def parallel_call(op, images, seed, start, masks, threads):
-    """``op(images, seed=seed, start=start)`` with each chunk's parameters drawn on the thread
-    that applies them, so sampling (Python, GIL-held) overlaps other chunks' pixel work instead
-    of running alone first. Image ``i``'s stream is keyed by ``(seed, start + i)`` whatever the
-    chunk, so the result is the same; ``seed`` must be fixed (not None) for that."""
-    def work(part, masks_part):
-        return op.apply(images[part], op.sample_images(images[part], seed, start + part.start), masks_part)
-
-    return in_chunks(work, images, masks, threads)
-
-
 def in_chunks(work, images, masks, threads):
     """``work(slice, masks of the slice)`` on contiguous chunks of the batch, ``threads`` at once,
     joined in order.

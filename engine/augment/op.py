@@ -11,7 +11,7 @@ photometric ops), so a map computed on an augmented image can be warped back ont
 """
 import numpy as np
 
-from engine.augment.batches import as_batch, assemble, check_images, parallel_apply, parallel_call, restack, store
+from engine.augment.batches import as_batch, assemble, check_images, parallel_apply, restack, store
 from engine.augment.parameters import as_range, concat, count, per_image_shapes, row, rows, shape_of
 from engine.augment.streams import Streams
 
@@ -65,10 +65,8 @@ class Op:
         check_images(images)
         if single and masks is not None:
             masks = np.asarray(masks)[None]
-        if threads > 1:  # each chunk samples its own images, on its thread
-            out = parallel_call(self, images, Streams(seed).seed, start, masks, threads)
-        else:
-            out = self.apply(images, self.sample_images(images, seed, start), masks=masks)
+        params = self.sample_images(images, seed, start)
+        out = self.apply(images, params, masks=masks, threads=threads)
         if not single:
             return out
         return (out[0][0], out[1][0]) if masks is not None else out[0]
