@@ -65,9 +65,8 @@ class LabelStore:
     numbers included (what counting the planes of ``label_maps`` would give).
     """
 
-    def __init__(self, dataset, first, stop, arrays, stored_area):
-        self.dataset, self.first, self.stop, self.arrays = dataset, first, stop, arrays
-        self.offsets = _offsets(dataset, first, stop)
+    def __init__(self, dataset, first, stop, arrays, stored_area, offsets):
+        self.dataset, self.first, self.stop, self.arrays, self.offsets = dataset, first, stop, arrays, offsets
         self.label_area = np.array(stored_area, np.int64)
         for row in dataset.rows[first:stop]:
             for category in dataset.categories:
@@ -88,10 +87,10 @@ class LabelStore:
             area = np.load(path / "area.npy")
         except (FileNotFoundError, ValueError):
             return None
-        sizes = _offsets(dataset, first, stop)[-1]
-        if [len(a) for a in arrays] != list(sizes) or area.shape != (len(dataset.labels),):
+        offsets = _offsets(dataset, first, stop)
+        if [len(a) for a in arrays] != list(offsets[-1]) or area.shape != (len(dataset.labels),):
             return None
-        return cls(dataset, first, stop, arrays, area)
+        return cls(dataset, first, stop, arrays, area, offsets)
 
     @classmethod
     def build(cls, dataset, folder, first, stop, key=None, decode=map):
