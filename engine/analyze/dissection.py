@@ -12,11 +12,13 @@ summary says per category whether any of its concepts could have passed ``iou`` 
 
 Both passes run shard by shard (:class:`DissectJob`, in process or on Ray through
 ``engine.scale``) and merge on the driver, so any shard size gives the same result. Within a
-shard, pass 1's accumulators run on a thread beside the model; pass 2 spreads its batches
-(masks, counts) over ``WORKERS`` threads, each into its own :class:`IoUCounts`, merged in
-order, so the result is the single-threaded one. Pass 2 reads the label maps from a decoded
-:class:`~engine.data.label_store.LabelStore` in the cache folder: the first run over a dataset
-decodes each shard's PNGs once (on ``WORKERS`` threads) and writes it, later runs map it.
+shard, pass 1 reads the next batch's images on a thread while the model runs and its
+accumulators run on another; pass 2 spreads its batches (masks, counts) over ``WORKERS``
+threads, each into its own :class:`IoUCounts`, merged in order, so the result is the
+single-threaded one. Pass 2 reads the label maps, and their areas, from a decoded
+:class:`~engine.data.label_store.LabelStore` in the cache folder, opened (or, on the first run
+over a dataset, built from the PNGs on ``WORKERS`` threads) beside pass 1. Masks are worked out
+at the map's resolution (:func:`mask_pixels`): only where a unit's cells exceed its threshold.
 """
 import csv
 import io
