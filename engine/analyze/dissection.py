@@ -263,7 +263,8 @@ class DissectJob:
 
         batches = self._maps(model, first, stop)
         start, maps = next(batches)
-        thresholds, best = Quantile(maps.shape[1], q=self.quantile), TopK(maps.shape[1], self.top)
+        total = len(self.dataset) * int(np.prod(maps.shape[2:]))  # values per unit over every shard
+        thresholds, best = Quantile(maps.shape[1], q=self.quantile, total=total), TopK(maps.shape[1], self.top)
         for _ in _in_threads(absorb, itertools.chain([(start, maps)], batches), workers=1):
             pass
         if spool:
