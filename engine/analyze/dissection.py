@@ -139,11 +139,11 @@ def mask_pixels(maps, thresholds, size):
     thresholds = np.asarray(thresholds)
     cell_y, rows, fy = _blocks(size[0], maps.shape[2])
     cell_x, cols, fx = _blocks(size[1], maps.shape[3])
-    rows_max = maps.copy()  # the larger of cells y and y + 1 (clamped), then of that at x and x + 1
-    np.maximum(rows_max[:, :, :-1], maps[:, :, 1:], out=rows_max[:, :, :-1])
-    peak = rows_max.copy()
-    np.maximum(peak[..., :-1], rows_max[..., 1:], out=peak[..., :-1])
-    image, unit, y0, x0 = np.unravel_index(np.flatnonzero(peak > thresholds[:, None, None]), peak.shape)
+    n, units, h, w = maps.shape
+    image, unit, y, x = np.unravel_index(np.flatnonzero(maps > thresholds[:, None, None]), maps.shape)
+    hot = [((image * units + unit) * h + np.maximum(y - dy, 0)) * w + np.maximum(x - dx, 0)
+           for dy in (0, 1) for dx in (0, 1)]  # the blocks (y0, x0) that have a cell above it as a corner
+    image, unit, y0, x0 = np.unravel_index(np.unique(np.concatenate(hot)), maps.shape)
     by, bx = _runs_of(cell_y, y0), _runs_of(cell_x, x0)  # every run of those cells: hot × runs × runs
     keep = (by[:, :, None] >= 0) & (bx[:, None, :] >= 0)
     hot, by, bx = np.nonzero(keep)[0], np.broadcast_to(by[:, :, None], keep.shape)[keep], \
