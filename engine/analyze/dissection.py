@@ -128,7 +128,9 @@ def mask_pixels(maps, thresholds, size):
     Worked at the map's resolution: the output pixels between the same 2×2 map cells form a block
     whose values lie within those four cells' range, so only the blocks where one of the four
     exceeds the threshold are interpolated (in float64, the formula above): a few per cent of
-    the pixels at a high quantile.
+    the pixels at a high quantile. Tie rule: a pixel decides by its float64 value (OpenCV's
+    float32 resize, used before, could put a pixel within float32 rounding of the threshold on
+    the other side; on 512 Shapes images 21 of 2,688 IoUs moved by < 1e-5, no unit's concept did).
 
     >>> maps = np.zeros((1, 2, 4, 4), np.float32); maps[0, 1, 2, 2] = 1
     >>> image, unit, pixel = mask_pixels(maps, np.array([0.5, 0.5], np.float32), (8, 8))
