@@ -128,6 +128,8 @@ class LabelStore:
                 area += np.bincount(array, minlength=len(area))[:len(area)]  # numbers were checked above
             np.save(tmp / "area.npy", area)
             del arrays
+            if path.is_dir() and cls.open(dataset, folder, first, stop, key) is None:
+                shutil.rmtree(path, ignore_errors=True)  # a store of an older layout (no area.npy): replace it
             with contextlib.suppress(OSError):  # another run stored the same rows first: keep theirs
                 os.rename(tmp, path)
         finally:
