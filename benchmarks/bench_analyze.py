@@ -12,16 +12,22 @@
 It prints the median of the per-round ratios (images/s of each ÷ forward images/s) and each
 run's CPU seconds over all its threads (the figure that does not depend on the machine's load).
 
-Measured (shapes-resnet layer3, 8×8×96 maps, 1 ORT thread, a 2-core box shared by several
-sessions at load average 10–13, so rounds range 0.3–1.1×): dissect / forward median 0.38× and
-0.83× in two runs, dissect-decode / forward 0.27× and 0.40× in the same runs; patches / forward
-0.92–0.93×. CPU seconds per 512 images (the stable figure): forward 0.45–0.47, forward+labels
-0.82–0.98, dissect 0.99–1.10, dissect-decode 1.24–1.52; a first run over a dataset (decoding
-and writing the store) costs ≈0.15 CPU s more than dissect-decode. What dissection adds to the
-forward pass with the store: Quantile ≈0.14, masks (upsampling 14 % of the maps) ≈0.17, IoU
-counts ≈0.13, TopK/spool/threads the rest. Pass 1's accumulators and pass 2 run on threads, so
-≥0.8× needs ~2 idle cores beside ORT's one; on one core the ceiling is forward CPU ÷ dissect
-CPU ≈ 0.45×.
+It also prints each run's busy cores (CPU ÷ wall: below 1 means the process waited for a core)
+and forward CPU ÷ dissect CPU, the ratio one core allows.
+
+Measured (shapes-resnet layer3, 8×8×96 maps, 1 ORT thread, a 2-core box shared by ~8 sessions,
+so each run got 0.2–0.7 of a core): dissect / forward median 0.53× and 0.66× in two runs
+(rounds 0.34–0.94), against 0.41× for the code before this round in a run beside them
+(dissect-decode 0.40–0.59× against 0.29×). CPU seconds per 512 images: forward 0.51–0.54,
+dissect 0.95–1.05 (before: 0.39 and 0.92 in its run), so one core's ceiling went from 0.42× to
+0.51–0.53×. Dissection's share beyond the forward pass: unit masks worked at the map's
+resolution (only blocks whose four cells exceed the threshold, ≈0.13 s), the quantile (rows
+sorted, values under each channel's floor never copied, ≈0.10 s), IoU counts (label areas read
+from the store, codes gathered per category, ≈0.08 s), the store's key and offsets (on a thread
+beside pass 1). Pass 1 reads the next batch's images on a thread while the model runs, pass 1's
+accumulators run on another and pass 2 on three, so on two idle cores dissection should run at
+about the forward pass's rate (CPU ≈ 2 × forward spread over 2 cores); the figure to take is a
+run on an idle machine.
 
 ``test_dissection_memory_is_flat``: peak RSS of a subprocess dissecting 2,000 vs 20,000 Shapes
 images (32×32, generated on the fly, tiny 32×32 CNN).
@@ -91,13 +97,14 @@ def test_throughput_paired(tmp_path, monkeypatch):
     }
     runs["forward"]()  # warm-up: sessions, caches
     runs["dissect"]()  # the first run over the dataset writes the label-map store
-    cpu = {name: [] for name in runs}
+    cpu, busy = {name: [] for name in runs}, {name: [] for name in runs}
 
     def cpu_counted(name):
         def run():
-            used = _cpu_seconds()
+            used, start = _cpu_seconds(), time.perf_counter()
             runs[name]()
             cpu[name].append(_cpu_seconds() - used)
+            busy[name].append(cpu[name][-1] / (time.perf_counter() - start))
         return run
 
     one_round, seconds = rotating_rounds({name: cpu_counted(name) for name in runs})
@@ -107,7 +114,9 @@ def test_throughput_paired(tmp_path, monkeypatch):
     print(f"\nmodel {model.path.name}, layer {layer}, {IMAGES} images 96x96, batch {BATCH}, {THREADS} thread(s)")
     for name in runs:
         print(f"  {name:14s} {IMAGES / statistics.median(seconds[name]):7.1f} images/s, "
-              f"{statistics.median(cpu[name]):.2f} CPU s (all threads)")
+              f"{statistics.median(cpu[name]):.2f} CPU s (all threads), {statistics.median(busy[name]):.2f} cores busy")
+    print(f"  forward CPU / dissect CPU: {statistics.median(cpu['forward']) / statistics.median(cpu['dissect']):.2f}x"
+          "  (the one-core ceiling of dissect / forward)")
     for name, values in ratios.items():
         print(f"  {name} / forward: {statistics.median(values):.2f}x  rounds {['%.2f' % v for v in values]}")
     floor = [f / d for f, d in zip(ratios["dissect"], ratios["forward+labels"])]

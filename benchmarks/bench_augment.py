@@ -7,7 +7,11 @@
 sides, single thread (cv2.setNumThreads(1)); albumentations runs image by image as a Dataset
 would. The pipeline runs at 1 and 2 threads beside the same work as a bare OpenCV loop (its
 best 2-thread split), the floor for thread scaling on this machine. Every case also checks that both libraries produce the same pixels where the op is
-defined the same way. The ratio table (images/s from the best round) is printed at the end.
+defined the same way. The ratio table (images/s from the best round) is printed at the end,
+then the pipeline's and the bare loop's CPU time per image and busy cores (CPU ÷ wall) at 1 and
+2 threads: on a shared machine the images/s ratios move with other processes' load, the CPU
+figures do not, and busy cores below 2 at 2 threads show where threads wait (the GIL, a chunk's
+tail).
 """
 import cv2
 import numpy as np
@@ -20,6 +24,7 @@ cv2.setNumThreads(1)
 N = 64
 IMAGES = bench.sample_images(N)
 BEST = {}  # (case, side) -> best seconds per batch
+CPU = {}  # thread-scaling row -> (CPU µs per image, busy cores)
 TOLERANCE = {"exact": 0, "±1": 1, "±2": 2}
 
 
@@ -41,6 +46,8 @@ def ratio_table(request):
     if rows:
         with capture.global_and_fixture_disabled():
             print("\n" + bench.format_table(rows))
+            if CPU:
+                print(bench.format_cpu(CPU))
 
 
 @pytest.mark.parametrize("side", ["engine", "albumentations"])
@@ -70,6 +77,7 @@ def test_pipeline_threads(benchmark, threads):
     out = benchmark(bench.engine_run, pipe, IMAGES, threads)
     np.testing.assert_array_equal(out, bench.engine_run(pipe, IMAGES, 1))
     BEST[("pipeline", threads)] = benchmark.stats.stats.min
+    CPU[f"Pipeline, {threads} thread(s)"] = bench.cpu_use(lambda: bench.engine_run(pipe, IMAGES, threads), N)
 
 
 @pytest.mark.parametrize("threads,split", [(1, "halves"), (2, "halves"), (2, "images")])
@@ -79,3 +87,5 @@ def test_bare_opencv_threads(benchmark, threads, split):
     out = benchmark(bench.bare_opencv, IMAGES, params, threads, split)
     np.testing.assert_array_equal(out, bench.engine_run(bench.pipeline(), IMAGES))  # the same work, pixel for pixel
     BEST[("bare", threads) if threads == 1 else ("bare", threads, split)] = benchmark.stats.stats.min
+    CPU[f"Bare OpenCV loop, {threads} thread(s), {split}"] = bench.cpu_use(
+        lambda: bench.bare_opencv(IMAGES, params, threads, split), N)

@@ -173,3 +173,19 @@ def test_embeddings_shards_merge_into_the_single_pass_array(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), rows)
     with pytest.raises(UsageError, match="never filled"):
         shards[0].result()
+
+
+def test_quantile_told_its_total_keeps_no_histogram_and_gives_the_same_result():
+    rng = np.random.default_rng(4)
+    values = np.maximum(rng.standard_normal((3000, 5)), 0).astype(np.float32)  # ReLU-like: many zeros
+    whole = Quantile(5, q=0.99, tail=64)
+    whole.update(values)
+    parts = [Quantile(5, q=0.99, tail=64, total=3000) for _ in range(3)]
+    for part, rows in zip(parts, np.array_split(values, 3)):
+        part.update(rows)
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert merged.hist.size == 0
+    np.testing.assert_array_equal(merged.result(), whole.result())
+    np.testing.assert_allclose(merged.result(), np.quantile(values, 0.99, axis=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="total=3000"):
+        merged.update(values[:1])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from engine import augment as A
-from engine.augment import base
-from engine.augment.base import Streams
+from engine.augment import batches
+from engine.augment.streams import Streams
 from engine.augment.bench import sample_images
 from engine.errors import InputShapeError, UsageError
 
@@ -43,7 +43,7 @@ def test_one_seed_same_output_for_any_batch_size_chunking_and_threads(images, op
 
 @pytest.mark.parametrize("op", OPS, ids=IDS)
 def test_threads_over_many_small_chunks_give_the_one_thread_output(images, op, monkeypatch):
-    monkeypatch.setattr(base, "CHUNK_BYTES", 1)  # one image per work item, handed out to 2 threads
+    monkeypatch.setattr(batches, "CHUNK_BYTES", 1)  # one image per work item, handed out to 2 threads
     masks = (images[..., 0] > 128).astype(np.uint8)
     assert same(op(images, seed=42), op(images, seed=42, threads=2))
     for one, two in zip(op(images, seed=5, masks=masks), op(images, seed=5, masks=masks, threads=2)):

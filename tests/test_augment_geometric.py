@@ -7,6 +7,7 @@ import pytest
 from engine import augment as A
 from engine.augment import kernels as K
 from engine.augment.bench import sample_images
+from engine.augment.parameters import rows
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +227,17 @@ def test_masks_stay_aligned_for_lists_of_differently_sized_images(op):
     assert isinstance(mout, list) and [m.shape for m in mout] == [m.shape for m in masks]
     for img, m in zip(out, mout):
         np.testing.assert_array_equal(img[..., 0], m.astype(np.uint8) * 60)
+
+
+@pytest.mark.parametrize("op", [A.Rotate((-30, 30)), A.Affine(angle=(-10, 10), scale=(0.9, 1.1), shear_x=(-5, 5)),
+                                A.Rotate(20, border="reflect", fill=7), A.RandomResizedCrop(24), A.Resize(20),
+                                A.CenterCrop(16)], ids=repr)
+@pytest.mark.parametrize("form", ["rgb", "grey N×H×W×1", "grey N×H×W", "float32"])
+def test_batch_paths_give_the_per_image_pixels(images, op, form):
+    batch = images[:6, :32, :40]
+    batch = {"rgb": batch, "grey N×H×W×1": batch[..., :1], "grey N×H×W": batch[..., 0],
+             "float32": batch.astype(np.float32) / 255}[form]
+    batch = np.ascontiguousarray(batch)
+    params = op.sample_images(batch, seed=3)
+    per_image = [op.kernel(im, prm) for im, prm in zip(batch, rows(params))]
+    np.testing.assert_array_equal(op.apply_batch(batch, params), np.stack(per_image).reshape(-1, *per_image[0].shape))

@@ -124,3 +124,20 @@ def test_dissection_with_the_store_equals_decoding_and_reruns_decode_nothing(con
     for result in (first, again):
         np.testing.assert_array_equal(result.iou, decoded.iou)
         assert result.units == decoded.units and result.summary == decoded.summary
+
+
+def test_a_store_of_the_older_layout_is_rebuilt_in_place(concepts, tmp_path):
+    folder = tmp_path / "cache"
+    built = LabelStore.build(concepts, folder, 0, 10)
+    expected = built.label_area.copy()
+    (next(folder.rglob("area.npy"))).unlink()  # what stores written before label areas look like
+    assert LabelStore.open(concepts, folder, 0, 10) is None
+    rebuilt = LabelStore.build(concepts, folder, 0, 10)
+    assert rebuilt is not None and LabelStore.open(concepts, folder, 0, 10) is not None
+    np.testing.assert_array_equal(rebuilt.label_area, expected)
+    counted = np.zeros_like(expected)
+    for i in range(10):
+        for planes in concepts.label_maps(i).values():
+            counts = np.bincount(np.asarray(planes).ravel())
+            counted[:len(counts)] += counts
+    np.testing.assert_array_equal(expected[1:], counted[1:])  # number 0 (unlabelled) aside

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.analyze.regions import TOP_FRACTION, region_iou
-from engine.augment.base import Op
+from engine.augment.op import Op
 from engine.augment.kernels import unwarp
 from engine.augment.pipeline import parse_ops
 from engine.data.images import as_rgb, visible_part

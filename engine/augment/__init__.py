@@ -5,7 +5,9 @@
 >>> out = Compose([HorizontalFlip(p=0.5), Rotate(angle=(-30, 30))])(
 ...     np.zeros((4, 32, 32, 3), np.uint8), seed=0)
 """
-from engine.augment.base import Compose, OneOf, Op, Streams
+from engine.augment.composition import Compose, OneOf
+from engine.augment.op import Op
+from engine.augment.streams import Streams
 from engine.augment.geometric import (Affine, CenterCrop, HorizontalFlip, Perspective,
                                       RandomCrop, RandomResizedCrop, Resize, Rotate, Rotate90,
                                       Shear, Translate, VerticalFlip)

@@ -117,7 +117,7 @@ def bare_opencv(images, params, threads=1, split="halves"):
     one contiguous half, ``"images"`` hands out single images.
 
     >>> bare_opencv(images, pipeline().sample_images(images, 0), threads=2).shape
-    (64, 224, 224, 3)
+    (4, 224, 224, 3)
     """
     crop, flip, rotate, bright, sat = (params[str(k)] for k in range(5))
     out = np.empty((len(images), 224, 224, 3), np.uint8)
@@ -183,6 +183,30 @@ def best_rates(fns, n_images, repeats=5):
             fn()
             best[k] = min(best[k], time.perf_counter() - t)
     return [n_images / b for b in best]
+
+
+def cpu_use(fn, n_images, repeats=3):
+    """``(CPU µs per image, busy cores)`` of ``fn()`` over ``repeats`` passes: process CPU time
+    (all threads) per image, and CPU time ÷ wall time (2.0 = two threads never idle). Unlike
+    images/s, the CPU figure does not depend on other processes' load.
+
+    >>> us, cores = cpu_use(lambda: sample_images(4), 4, repeats=1)
+    """
+    fn()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu / repeats / n_images * 1e6, cpu / wall
+
+
+def format_cpu(uses):
+    """Lines ``name: CPU µs/image, busy cores`` of ``{name: cpu_use(...)}``.
+
+    >>> format_cpu({"Pipeline, 2 threads": (700.0, 1.9)})
+    '  Pipeline, 2 threads: 700 CPU µs/image, 1.90 cores busy'
+    """
+    return "\n".join(f"  {name}: {us:.0f} CPU µs/image, {cores:.2f} cores busy" for name, (us, cores) in uses.items())
 
 
 def table(n=64, repeats=5, with_albumentations=True):

@@ -278,6 +278,29 @@ def warp(image, matrix, size, interpolation="linear", border="constant", fill=0,
     return res.reshape((h, w) + image.shape[2:])
 
 
+def affine_warper(interpolation="linear", border="constant", fill=0, dtype=np.uint8):
+    """``warp(image, matrix, out)`` for affine 3×3 matrices into ``out`` of the image's size: what
+    :func:`warp` does, with the flags worked out once for a batch.
+
+    >>> warper = affine_warper()
+    >>> out = np.empty((4, 4, 3), np.uint8)
+    >>> warper(np.full((4, 4, 3), 9, np.uint8), np.eye(3), out)[0, 0]
+    array([9, 9, 9], dtype=uint8)
+    """
+    flags, mode = INTERPOLATIONS[interpolation], BORDERS[border]
+    fill = level(fill, dtype)
+    value = (fill,) * 4 if np.isscalar(fill) else tuple(fill)
+
+    def warp_one(image, matrix, out):
+        res = cv2.warpAffine(image, np.ascontiguousarray(matrix[:2]), image.shape[1::-1], dst=out, flags=flags,
+                             borderMode=mode, borderValue=value)
+        if res is not out:  # OpenCV could not write into ``out`` (e.g. an H×W×1 slot)
+            out[...] = res.reshape(out.shape)
+        return out
+
+    return warp_one
+
+
 def unwarp(values, matrix, shape, interpolation="linear"):
     """Carry a map computed on an augmented image (e.g. a CAM) back onto the original image of
     ``shape`` (H, W), through the inverse of the op's input→output ``matrix``; regions that
@@ -327,4 +350,7 @@ def crop_resize(image, box, size, interpolation="linear", out=None):
         return out
     res = cv2.resize(roi, (int(size[1]), int(size[0])), dst=out,
                      interpolation=INTERPOLATIONS[interpolation])
+    if out is not None and res is not out:  # OpenCV could not write into ``out`` (e.g. an H×W×1 slot)
+        out[...] = res.reshape(out.shape)
+        return out
     return res.reshape(tuple(size) + image.shape[2:])

@@ -7,7 +7,9 @@ the exact pasted area (CutMix) or the blend weight (MixUp).
 import numpy as np
 
 from engine.augment import kernels as K
-from engine.augment.base import Op, check_images, take
+from engine.augment.batches import check_images
+from engine.augment.op import Op
+from engine.augment.parameters import take
 from engine.errors import InputShapeError, UsageError
 
 

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from engine.augment import kernels as K
-from engine.augment.base import Op, as_range, fill_level, uniform
+from engine.augment.op import Op
+from engine.augment.parameters import as_range, fill_level, uniform
 from engine.errors import UsageError
 
 

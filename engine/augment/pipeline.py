@@ -113,7 +113,9 @@ def augment_files(paths, spec, out_dir, seed=0, threads=1):
 
     Returns the written paths and the mixing table (row i: share of each input in output i).
 
-    >>> written, mix = augment_files(["a.png"], "rotate:30", "out/aug")  # doctest: +SKIP
+    >>> written, mix = augment_files(["cat.png", "dog.png"], "rotate:30", "out/aug")
+    >>> [p.name for p in written], mix.shape
+    (['cat_aug.png', 'dog_aug.png', 'grid.png'], (2, 2))
     """
     ops = parse_ops(spec)
     images = [read_image(p) for p in paths]

@@ -13,8 +13,9 @@ import numpy as np
 
 from engine.augment import geometric as G
 from engine.augment import photometric as P
-from engine.augment.base import (Choice, _per_image, as_range, count, fill_level, parallel_apply, row,
-                                 select, shape_of)
+from engine.augment.batches import parallel_apply, select
+from engine.augment.composition import Choice
+from engine.augment.parameters import as_range, count, fill_level, per_image_shapes, row, shape_of
 from engine.errors import UsageError
 
 NAMES = ("Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize",
@@ -140,7 +141,7 @@ class Policy(Choice):
 
     def matrices(self, params, shapes):
         n = count(params)
-        shapes = _per_image(shapes, n)
+        shapes = per_image_shapes(shapes, n)
         total = np.tile(np.eye(3), (n, 1, 1))
         for s in range(params["ops"].shape[1]):
             for k, name in enumerate(NAMES):

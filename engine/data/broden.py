@@ -59,7 +59,7 @@ def write_concepts(out, scenes, split="train", progress=None):
     Label numbers run over the families of ``synth.CONCEPTS`` in order (shape, color, texture,
     background). The dataset is swapped in whole: an interrupted run leaves the previous one (or none).
 
-    >>> write_concepts("shapes-broden", synth.batches(1000, seed=5))
+    >>> write_concepts("shapes-broden", synth.batches(16, seed=5))
     """
     owned = ["images", "index.csv", "label.csv", "category.csv", "labels.csv", "c_*.csv"]
     with output_set(out, owned) as stage:
@@ -136,6 +136,7 @@ class ConceptDataset:
     def image(self, i):
         """The RGB uint8 image of row ``i``.
 
+        >>> write_concepts("shapes-broden", synth.batches(16, seed=5))  # a small Broden-layout set
         >>> read_concepts("shapes-broden").image(0).shape
         (96, 96, 3)
         """
@@ -144,6 +145,7 @@ class ConceptDataset:
     def label_maps(self, i):
         """Category → int32 K×sh×sw label numbers of row ``i`` (a whole-image label fills a plane).
 
+        >>> write_concepts("shapes-broden", synth.batches(16, seed=5))  # a small Broden-layout set
         >>> maps = read_concepts("shapes-broden").label_maps(0)
         >>> maps["color"].shape
         (1, 96, 96)
@@ -221,6 +223,7 @@ def _int(path, value, high=None):
 def read_concepts(root):
     """Read a Broden-layout dataset folder (ours or the real Broden).
 
+    >>> write_concepts("shapes-broden", synth.batches(16, seed=5))  # a small Broden-layout set
     >>> ds = read_concepts("shapes-broden")
     >>> ds.categories, ds.labels[1]["name"]
     (['shape', 'color', 'texture', 'background'], 'circle')

@@ -4,12 +4,18 @@ Decoding a label-map PNG costs about as much as the model's forward pass on its 
 dissection reads each one once per dataset: the first run decodes the rows of a shard and writes
 them as a store, the later ones map it. A store is a folder holding, per category, one flat
 ``<index>.npy`` of every label-map plane of its rows in (row, cell) order, uint8 when label.csv's
-numbers fit (else uint16); whole-image label numbers are not stored (they come from index.csv). Stores live in ``labels-<dataset key>/`` of the
+numbers fit (else uint16), and ``area.npy``, the pixels of each label number over those planes
+(IoU's label areas, counted once); whole-image label numbers are not stored (they come from
+index.csv). Stores live in ``labels-<dataset key>/`` of the
 given folder, keyed by the dataset's path and the names, sizes and modification times of its csv
 files and label maps, so a changed dataset gets a new key (and its old stores are removed).
 
->>> store = LabelStore.build(dataset, "cache", 0, 256)   # decodes rows 0..255 once, writes the store
->>> store = LabelStore.open(dataset, "cache", 0, 256)    # later runs: None when not stored yet
+>>> from engine.data.broden import read_concepts, write_concepts
+>>> from engine.data import synth
+>>> write_concepts("shapes-broden", synth.batches(16, seed=5))
+>>> dataset = read_concepts("shapes-broden")
+>>> store = LabelStore.build(dataset, "cache", 0, 16)   # decodes rows 0..15 once, writes the store
+>>> store = LabelStore.open(dataset, "cache", 0, 16)    # later runs: None when not stored yet
 >>> store.label_maps(3)["color"].shape
 (1, 96, 96)
 """
@@ -31,8 +37,11 @@ def dataset_key(dataset):
     """``<path hash>-<content hash>`` of a dataset: the content hash covers the names, sizes and
     modification times of its csv files and every label map it lists.
 
-    >>> dataset_key(read_concepts("shapes-broden"))
-    '3f2a9c41d0be-8e0c1f7a2b9d44e1a0c3'
+    >>> from engine.data.broden import read_concepts, write_concepts
+    >>> from engine.data import synth
+    >>> write_concepts("shapes-broden", synth.batches(4, seed=5))
+    >>> [len(part) for part in dataset_key(read_concepts("shapes-broden")).split("-")]
+    [12, 20]
     """
     root = Path(dataset.root).resolve()
     content = hashlib.sha256()
@@ -40,7 +49,7 @@ def dataset_key(dataset):
                            for cell in row.get(c, ()) if isinstance(cell, str))]
     for name in names:
         try:
-            stat = os.stat(root / name)
+            stat = os.stat(os.path.join(root, name))
             content.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except FileNotFoundError:
             content.update(f"{name}\0missing\n".encode())
@@ -51,25 +60,37 @@ class LabelStore:
     """The label maps of rows ``first .. stop-1`` of ``dataset``, decoded, as memory-mapped arrays.
 
     ``label_maps(i)`` gives what ``dataset.label_maps(i)`` gives (category → K×sh×sw label
-    numbers), as uint8/uint16 views of the store instead of int32 copies where the cells are all files.
+    numbers), as uint8/uint16 views of the store instead of int32 copies where the cells are all
+    files. ``label_area``: pixels per label number over every plane of the rows, whole-image
+    numbers included (what counting the planes of ``label_maps`` would give).
     """
 
-    def __init__(self, dataset, first, stop, arrays):
-        self.dataset, self.first, self.stop, self.arrays = dataset, first, stop, arrays
-        self.offsets = _offsets(dataset, first, stop)
+    def __init__(self, dataset, first, stop, arrays, stored_area, offsets):
+        self.dataset, self.first, self.stop, self.arrays, self.offsets = dataset, first, stop, arrays, offsets
+        self.label_area = np.array(stored_area, np.int64)
+        for row in dataset.rows[first:stop]:
+            for category in dataset.categories:
+                for cell in row.get(category, ()):
+                    if not isinstance(cell, str):
+                        if cell >= len(self.label_area):
+                            raise DatasetError(f"label number {cell} in index.csv exceeds label.csv: "
+                                               "add it to label.csv or fix index.csv")
+                        self.label_area[cell] += row["sh"] * row["sw"]
 
     @classmethod
     def open(cls, dataset, folder, first, stop, key=None):
         """The stored rows ``first .. stop-1``, or None when they are not stored (yet)."""
         path = _store_path(dataset, folder, first, stop, key)
         try:
-            arrays = [np.load(path / f"{g}.npy", mmap_mode="r") for g in range(len(dataset.categories))]
+            arrays = [np.asarray(np.load(path / f"{g}.npy", mmap_mode="r"))  # plain views: cheaper slices
+                      for g in range(len(dataset.categories))]
+            area = np.load(path / "area.npy")
         except (FileNotFoundError, ValueError):
             return None
-        sizes = _offsets(dataset, first, stop)[-1]
-        if [len(a) for a in arrays] != list(sizes):
+        offsets = _offsets(dataset, first, stop)
+        if [len(a) for a in arrays] != list(offsets[-1]) or area.shape != (len(dataset.labels),):
             return None
-        return cls(dataset, first, stop, arrays)
+        return cls(dataset, first, stop, arrays, area, offsets)
 
     @classmethod
     def build(cls, dataset, folder, first, stop, key=None, decode=map):
@@ -101,9 +122,14 @@ class LabelStore:
 
             for _ in decode(write, range(first, stop)):
                 pass
+            area = np.zeros(len(dataset.labels), np.int64)
             for array in arrays:
                 array.flush()
+                area += np.bincount(array, minlength=len(area))[:len(area)]  # numbers were checked above
+            np.save(tmp / "area.npy", area)
             del arrays
+            if path.is_dir() and cls.open(dataset, folder, first, stop, key) is None:
+                shutil.rmtree(path, ignore_errors=True)  # a store of an older layout (no area.npy): replace it
             with contextlib.suppress(OSError):  # another run stored the same rows first: keep theirs
                 os.rename(tmp, path)
         finally:
