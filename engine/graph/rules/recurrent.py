@@ -6,12 +6,14 @@ layout optimizer) sees as opaque, and T is static in every recognizer once the i
 fixed. Per direction the rule first recomputes the gates for all T steps at once from the
 forward input X and the forward output Y (the hidden state before step t is Y at the previous
 step, or initial_h), so only the truly sequential parts are per-step nodes: the LSTM cell state
-(2 nodes a step) and the backward recurrence. That recurrence is linear in the state gradient
-(dH, and dC for LSTM): for small states (≤ ``JACOBIAN_MAX`` values, e.g. the 2 × 24 of an OCR
-recognizer's LSTM) the per-step Jacobians are built for all steps at once, and each step is then one
-MatMul and one Add, for every direction together (on a small model the per-node cost of ONNX
-Runtime is what counts: 2 nodes a step instead of ~11 per direction). Larger states keep the
-step-by-step form through R (about 7 nodes a step and direction).
+(2 nodes a step, all directions together) and the backward recurrence. That recurrence is linear
+in the state gradient s (dH, and dC for LSTM): s_{t−1} = s_t · J_t + e_{t−1} with the step's
+Jacobian J_t = Σ_j diag(v_j) · B_j, the v_j gate slopes computed for all steps at once and the B_j
+constant blocks of R. For small states (≤ ``JACOBIAN_MAX`` values, e.g. the 2 × 24 of an OCR
+recognizer's LSTM) each step is then Mul, Reshape, MatMul and Add for every direction together
+(on a small model ONNX Runtime's per-node cost is what counts: 4 nodes a step instead of ~11 per
+direction; building each J_t outright cost more than it saved). GRU with linear_before_reset=0 and
+larger states keep the step-by-step form through R (about 7 nodes a step and direction).
 
 Supported: layout 0 (X is T×N×I), directions forward / reverse / bidirectional, the default
 activations, optional initial states (they get gradients), sequence_lens absent (or constant
@@ -105,8 +107,8 @@ class _Steps:
 
     def order(self, d):
         """Time steps in processing order for direction ``d``."""
-        backwards = self.reverse or d == 1
-        return list(range(self.steps))[::-1] if backwards else list(range(self.steps))
+        steps = list(range(self.steps))
+        return steps if self.forward_in_time(d) else steps[::-1]
 
     def hidden_before(self, d, y_d):
         """T×N×H: the hidden state each step of direction ``d`` starts from (Y of the previous
