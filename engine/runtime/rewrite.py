@@ -59,7 +59,7 @@ def content_hash(model):
     """SHA-256 of a ``ModelProto``'s content: the serialized model without its large weights,
     then each large weight's bytes (never re-serializing the whole 100 MB model).
 
-    >>> len(content_hash(model))
+    >>> len(content_hash(model.proto))
     64
     """
     skeleton, weights = without_weights(model)
@@ -76,7 +76,7 @@ def build(model, request):
     needed for gradients are dropped from the outputs again. An integer (uint8) input whose
     gradient is requested becomes a float32 input (:func:`engine.graph.pixels.float_image`).
 
-    >>> tapped = build(model, Request((64, 64), activations=("layer4",)))
+    >>> tapped = build(model.proto, Request((64, 64), activations=(model.default_layer,)))
     """
     originals = [o.name for o in model.graph.output]
     output = request.output or originals[0]
@@ -103,7 +103,7 @@ def cached(model, request, model_hash=None, folder=None, rebuild=False):
     cache cannot be written (read-only, full, a file) a temporary folder is used for this process,
     and when that fails too the rewritten ``ModelProto`` itself is returned (one warning).
 
-    >>> path = cached(model, Request((64, 64), gradients=("image",), output="logits"))
+    >>> path = cached(model.proto, Request((64, 64), gradients=("image",), output="logits"))
     """
     model_hash = model_hash or content_hash(model)
     meta = {"model": model_hash, "code": code_version(), "request": asdict(request)}
@@ -135,7 +135,7 @@ def externalize(model):
     Serializing a 200 MB rewritten model cost more than building it; the weights' bytes are
     kept as they are and only the small rest is serialized.
 
-    >>> graph, weights = externalize(rewritten)
+    >>> graph, weights = externalize(model.proto)
     """
     out, large = without_weights(model)
     inputs = [i for i in out.graph.input if i.name not in large]
@@ -178,7 +178,7 @@ def _warn_unusable(root, err):
 def session(model, request, model_hash=None, folder=None, provider="auto", threads=None):
     """An ORT session on the cached rewritten model; an entry that fails to load is rebuilt.
 
-    >>> sess = session(model, Request((64, 64), activations=("layer4",)), threads=1)
+    >>> sess = session(model.proto, Request((64, 64), activations=(model.default_layer,)), threads=1)
     """
     source = cached(model, request, model_hash, folder)
     try:
