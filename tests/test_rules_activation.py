@@ -74,3 +74,39 @@ def test_float32_relu_mask_is_exact(shape):
     session = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
     (got,) = session.run(["in0__grad"], {"in0": x, SEED: seed})
     np.testing.assert_array_equal(got, seed * (x > 0))
+
+
+@pytest.mark.parametrize("op,attrs", [("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
+                                      ("HardSigmoid", {"alpha": 2.5, "beta": 0.5}), ("HardSwish", {})])
+def test_hard_activations_on_image_tensors(op, attrs):
+    """16 channels: the slopes come from clipped depthwise Convs (ORT's NCHWc layout)."""
+    assert "Conv" in [n.op_type for n in differentiate(node_model(op, [("N", 16, 3, 3)], np.float32, **attrs),
+                                                       "out0", ["in0"]).graph.node]
+    check(lambda dt: node_model(op, [("N", 16, 3, 3)], dt, **attrs),
+          feeds=lambda rng, dt: {"in0": (rng.standard_normal((2, 16, 3, 3)) * 3).astype(dt)})
+
+
+def test_hard_swish_slope_at_the_kinks():
+    """Image tensors: torch's slope, 0 below -3, x/3 + 1/2 on [-3, 3], 1 above, exactly at and next
+    to ±3 (the elementwise form of 3 channels rounds h to 1 one float below 3)."""
+    channels = 16
+    rewritten = differentiate(node_model("HardSwish", [("N", channels, 2, 2)], np.float32), "out0", ["in0"])
+    kinks = [np.nextafter(np.float32(k), np.float32(k + d)) for k in (-3, 3) for d in (-1, 1)]
+    values = np.array([*kinks, -3.0, 3.0, 1e30, -1e30], np.float32)
+    x = np.resize(values, (2, channels, 2, 2)).astype(np.float32)
+    seed = np.ones_like(x)
+    (got,) = session(rewritten).run(["in0__grad"], {"in0": x, SEED: seed})
+    expected = np.where(x < -3, 0, np.where(x > 3, 1, x / 3 + 0.5))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("channels", [3, 16])
+def test_hard_sigmoid_slope_where_saturated(channels):
+    """alpha where 0 < y < 1; 0 where y is 0 or 1 (saturated) and next to those."""
+    alpha, beta = 0.2, 0.5
+    rewritten = differentiate(node_model("HardSigmoid", [("N", channels, 2, 2)], np.float32, alpha=alpha, beta=beta),
+                              "out0", ["in0"])
+    values = np.array([-2.5, 2.5, -10.0, 10.0, -2.4999, 2.4999, 0.0, 1.0], np.float32)
+    x = np.resize(values, (2, channels, 2, 2)).astype(np.float32)
+    y, got = session(rewritten).run(["out0", "in0__grad"], {"in0": x, SEED: np.ones_like(x)})
+    np.testing.assert_allclose(got, np.where((y > 0) & (y < 1), alpha, 0), rtol=1e-6)

@@ -1,12 +1,14 @@
 """LSTM and GRU rules against central finite differences, for every direction, with and without
 initial states, per output: in float64 with onnx's reference evaluator (ONNX Runtime has no
-float64 LSTM/GRU) and in float32 on ONNX Runtime (the runtime the engine uses)."""
+float64 LSTM/GRU) and in float32 on ONNX Runtime (the runtime the engine uses). Each test runs
+twice: with the per-step Jacobians of small states, and step by step as for large states."""
 import numpy as np
 import pytest
 from onnx import helper
 
 from engine.errors import UnsupportedOpError
 from engine.graph.autodiff import differentiate
+from engine.graph.rules import recurrent
 from onnx.reference import ReferenceEvaluator
 
 from gradcheck import check, finish, node_model
@@ -14,6 +16,12 @@ from gradcheck import check, finish, node_model
 RNG = np.random.default_rng(17)
 T, I, H = 5, 3, 4
 DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+
+
+@pytest.fixture(autouse=True, params=["jacobians", "step by step"])
+def backward_form(request, monkeypatch):
+    if request.param == "step by step":
+        monkeypatch.setattr(recurrent, "JACOBIAN_MAX", 0)
 
 
 def recurrent_model(op_type, direction, initial, dtype, **attributes):

@@ -1,5 +1,7 @@
 """Rules for pointwise activations and softmax. The ReLU family (Relu, LeakyRelu, PRelu)
 follows ``ctx.mode`` (guided backprop, deconvnet); the others are the same in every mode."""
+import numpy as np
+
 from engine.graph.rules import attrs, derivative, rule
 
 
@@ -65,19 +67,39 @@ def tanh(x, y):
     return 1 - y * y
 
 
-@derivative("HardSigmoid")
-def hard_sigmoid(x, y, alpha=0.2):
+@rule("HardSigmoid")
+def hard_sigmoid(ctx, node, dy):
     """y = max(0, min(1, alpha x + beta)): slope alpha where 0 < alpha x + beta < 1, i.e. where
-    0 < y < 1 (read from the output: two ops fewer, which counts on small models)."""
-    return ((y > 0) & (y < 1)) * alpha
+    0 < y < 1 (read from the output: two ops fewer, which counts on small models). For image
+    tensors the slope is alpha·[y > 0] − alpha·[y = 1] from two clipped depthwise Convs
+    (exact steps: 2¹²⁶·y, and 2^k·(2²⁴·(1 − y) − 1), which is −2^k at y = 1 and >= 0 below it)."""
+    y = node.output[0]
+    alpha = attrs(node).get("alpha", 0.2)
+    k = 2.0 ** max(0, int(np.ceil(np.log2(alpha)))) if alpha > 0 else 1.0
+    above = ctx.clipped_affine(y, 2.0 ** 126, 0.0, min(0.0, alpha), max(0.0, alpha))
+    if above is not None:
+        top = ctx.clipped_affine(y, -k * 2.0 ** 24, k * (2.0 ** 24 - 1), min(0.0, -alpha), max(0.0, -alpha))
+        return ctx.op("Mul", dy, ctx.op("Sum", above, top))
+    inside = ctx.op("And", ctx.op("Greater", y, ctx.scalar(0, like=y)), ctx.op("Less", y, ctx.scalar(1, like=y)))
+    return ctx.mask(ctx.op("Mul", dy, ctx.scalar(alpha, like=y)), inside, like=y)
 
 
-@derivative("HardSwish")
-def hard_swish(x, y):
+@rule("HardSwish")
+def hard_swish(ctx, node, dy):
     """y = x · h with h = clip(x/6 + 1/2, 0, 1): slope h + x/6 where 0 < h < 1 (i.e. (2x + 3)/6
-    for -3 < x < 3), else h (0 below -3, 1 above 3). Nine ops, three fewer than from x's bounds."""
-    h = x.apply("HardSigmoid", alpha=1 / 6, beta=0.5)
-    return h + (x * (1 / 6)) * ((h > 0) & (h < 1))
+    for -3 < x < 3), else h (0 below -3, 1 above 3). Nine ops, three fewer than from x's bounds.
+    For image tensors: clip(x/3 + 1/2, −1/2, 3/2) + [x < −3]/2 − [x > 3]/2, three clipped
+    depthwise Convs (exact steps from 2²⁴·(x ± 3)) that ORT keeps in its NCHWc layout."""
+    x = node.input[0]
+    ramp = ctx.clipped_affine(x, 1 / 3, 0.5, -0.5, 1.5)
+    if ramp is not None:
+        below = ctx.clipped_affine(x, -2.0 ** 24, -3 * 2.0 ** 24, 0.0, 0.5)
+        above = ctx.clipped_affine(x, -2.0 ** 24, 3 * 2.0 ** 24, -0.5, 0.0)
+        return ctx.op("Mul", dy, ctx.op("Sum", ramp, below, above))
+    h = ctx.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
+    inside = ctx.op("And", ctx.op("Greater", h, ctx.scalar(0, like=x)), ctx.op("Less", h, ctx.scalar(1, like=x)))
+    slope = ctx.op("Add", h, ctx.mask(ctx.op("Mul", x, ctx.scalar(1 / 6, like=x)), inside, like=x))
+    return ctx.op("Mul", dy, slope)
 
 
 @rule("Softmax", since=13)

@@ -247,6 +247,19 @@ class Context:
             return self._depthwise(grad, factor, like)
         return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
 
+    def clipped_affine(self, x, weight, bias, low, high):
+        """clip(weight · x + bias, low, high) (Python floats) as a depthwise 1×1 Conv with the Clip
+        fused in, so that ORT CPU keeps it in its NCHWc layout; None unless ``x`` passes
+        ``_blocked`` (rules then build the same from elementwise ops). With a power-of-two
+        ``weight`` the product is exact, so steps such as [x > 3] come out exact too."""
+        if not self._blocked(x):
+            return None
+        channels = self.shape(x)[1]
+        w = self.const(np.full((channels, 1, 1, 1), weight, np.float32), "affine_weight")
+        b = self.const(np.full(channels, bias, np.float32), "affine_bias")
+        conv = self.op("Conv", x, w, b, group=channels, kernel_shape=[1, 1])
+        return self.op("Clip", conv, self.scalar(low, like=x), self.scalar(high, like=x))
+
     def where_positive(self, x, grad):
         """``grad`` where ``x`` > 0, else 0 (the ReLU mask). For image tensors the mask is
         clip(x · 2¹²⁶, 0, 1) from a depthwise 1×1 Conv with the Clip fused in: ORT CPU then keeps

@@ -6,7 +6,14 @@ layout optimizer) sees as opaque, and T is static in every recognizer once the i
 fixed. Per direction the rule first recomputes the gates for all T steps at once from the
 forward input X and the forward output Y (the hidden state before step t is Y at the previous
 step, or initial_h), so only the truly sequential parts are per-step nodes: the LSTM cell state
-(2 nodes a step) and the backward recurrence through R (about 7 nodes a step).
+(2 nodes a step, all directions together) and the backward recurrence. That recurrence is linear
+in the state gradient s (dH, and dC for LSTM): s_{t−1} = s_t · J_t + e_{t−1} with the step's
+Jacobian J_t = Σ_j diag(v_j) · B_j, the v_j gate slopes computed for all steps at once and the B_j
+constant blocks of R. For small states (≤ ``JACOBIAN_MAX`` values, e.g. the 2 × 24 of an OCR
+recognizer's LSTM) each step is then Mul, Reshape, MatMul and Add for every direction together
+(on a small model ONNX Runtime's per-node cost is what counts: 4 nodes a step instead of ~11 per
+direction; building each J_t outright cost more than it saved). GRU with linear_before_reset=0 and
+larger states keep the step-by-step form through R (about 7 nodes a step and direction).
 
 Supported: layout 0 (X is T×N×I), directions forward / reverse / bidirectional, the default
 activations, optional initial states (they get gradients), sequence_lens absent (or constant
@@ -19,6 +26,7 @@ from engine.errors import UnsupportedOpError
 from engine.graph.rules import ALL, attrs, rule
 
 _DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
+JACOBIAN_MAX = 128  # largest state (H for GRU, 2H for LSTM) whose per-step Jacobians are built
 
 
 class _Steps:
@@ -99,8 +107,8 @@ class _Steps:
 
     def order(self, d):
         """Time steps in processing order for direction ``d``."""
-        backwards = self.reverse or d == 1
-        return list(range(self.steps))[::-1] if backwards else list(range(self.steps))
+        steps = list(range(self.steps))
+        return steps if self.forward_in_time(d) else steps[::-1]
 
     def hidden_before(self, d, y_d):
         """T×N×H: the hidden state each step of direction ``d`` starts from (Y of the previous
@@ -124,6 +132,87 @@ class _Steps:
         terms = [t for t in terms if t]
         return (terms[0] if len(terms) == 1 else self.op("Sum", *terms)) if terms else None
 
+    def forward_in_time(self, d):
+        """Whether direction ``d`` runs from the first time step to the last."""
+        return not (self.reverse or d == 1)
+
+    def flip(self, t):
+        """``t`` with its time axis (0, of static length T) reversed."""
+        ints = self.ctx.ints
+        return self.op("Slice", t, ints([-1]), ints([-self.steps - 1]), ints([0]), ints([-1]))
+
+    def padded(self, t, before, after):
+        """``t`` (rank 4) with ``before`` / ``after`` zeros added on its last axis."""
+        return self.op("Pad", t, self.ctx.ints([0, 0, 0, before, 0, 0, 0, after]))
+
+    def stacked(self, per_direction, processing):
+        """T×D×… from one T×… tensor per direction (time order), each in processing order when
+        ``processing`` (else in the backward's order, its reverse)."""
+        ordered = [self.ctx.unsqueeze(self.flip(t) if self.forward_in_time(d) != processing else t, [1])
+                   for d, t in enumerate(per_direction)]
+        return ordered[0] if len(ordered) == 1 else self.op("Concat", *ordered, axis=1)
+
+    def unstacked(self, t, processing):
+        """Per direction, the T×… time-order slice of ``t`` (T×D×…, as :meth:`stacked` made it)."""
+        out = []
+        for d in range(self.directions):
+            mine = self.ctx.squeeze(self.slab(t, d, 1), [1])
+            out.append(self.flip(mine) if self.forward_in_time(d) != processing else mine)
+        return out
+
+    def cell_states(self, forget, update, initial):
+        """C_t = f_t·C_{t−1} + u_t of every direction at once (2 nodes a step): per direction
+        the cells and the cells each step starts from (T×N×H, time order). ``forget``, ``update``:
+        T×N×H per direction; ``initial``: D×N×H or None (zeros)."""
+        f_steps = self.split(self.stacked(forget, True), 0, self.steps)
+        u_steps = self.split(self.stacked(update, True), 0, self.steps)
+        c = self.ctx.unsqueeze(initial, [0]) if initial else self.zeros(f_steps[0])
+        before, cells = [], []
+        for f, u in zip(f_steps, u_steps):
+            before.append(c)
+            c = self.op("Add", self.op("Mul", f, c), u)
+            cells.append(c)
+        return [self.unstacked(self.op("Concat", *t, axis=0) if len(t) > 1 else t[0], True) for t in (cells, before)]
+
+    def solve(self, values, blocks, inputs, finals, need_initial):
+        """The backward recurrence s_{t−1} = s_t · J_t + e_{t−1} of every direction at once, with
+        J_t = Σ_j diag(values[t, :, j]) · blocks[j] applied as [s·v_1, …, s·v_J] · [B_1; …; B_J]:
+        Mul, Reshape, MatMul and Add a step. Per direction (time order): ``values`` T×N×J×S,
+        ``blocks`` J×S×S (constants), the ``inputs`` e (T×N×1×S, or None everywhere) and
+        ``finals`` (1×N×1×S: the gradient of the last state, or None everywhere). Returns the
+        states s per direction (T×N×S, time order) and, when ``need_initial``, the gradients of
+        the initial states (1×N×S each)."""
+        ctx, steps = self.ctx, self.steps
+        count, size = blocks[0].shape[:2]
+        scales = self.split(self.stacked(values, False), 0, steps)  # T × (1×D×N×J×S), backward order
+        stack = self.const(np.stack(blocks).reshape(self.directions, 1, count * size, size))
+        flat = ctx.ints([1, self.directions, -1, 1, count * size])
+
+        def step(state, j):
+            return self.op("MatMul", self.op("Reshape", self.op("Mul", state, scales[j]), flat), stack)
+
+        e = self.split(self.stacked(inputs, False), 0, steps) if inputs[0] else [None] * steps
+        last = None
+        if finals[0]:
+            last = [ctx.unsqueeze(t, [1]) for t in finals]
+            last = last[0] if len(last) == 1 else self.op("Concat", *last, axis=1)
+        state = self.add(e[0], last)
+        states = [state]
+        for j in range(1, steps):
+            state = self.add(step(state, j - 1), e[j])
+            states.append(state)
+        every = states[0] if steps == 1 else self.op("Concat", *states, axis=0)
+        out = [ctx.squeeze(t, [2]) for t in self.unstacked(every, False)]
+        initial = []
+        if need_initial:
+            first = step(state, steps - 1)
+            initial = [ctx.squeeze(self.slab(first, d, 1), [1, 3]) for d in range(self.directions)]
+        return out, initial
+
+    def per_step_input(self, grads, d):
+        """The gradient arriving from Y for direction ``d`` as T×N×1×H, or None."""
+        return self.ctx.unsqueeze(self.pick(grads[0], d, 1), [2]) if grads[0] else None
+
     def finish(self, node, dx_parts, dh0, dc0=None):
         """Input gradients: X summed over directions; initial states stacked over directions."""
         ctx = self.ctx
@@ -141,26 +230,13 @@ def lstm(ctx, node, grads):
     if len(node.input) > 7 and node.input[7]:
         raise UnsupportedOpError(f"LSTM {node.name!r}: peephole weights have no gradient rule")
     s = _Steps(ctx, node, gates=4)
+    if 2 * s.hidden <= JACOBIAN_MAX:
+        return _lstm_by_jacobians(s, node, grads + [None] * (3 - len(grads)))
     y = ctx.extra_output(node, 0)  # Y: the hidden states
-    hid = s.hidden
     dx_parts, dh0, dc0 = [], [], []
-    for d in range(s.directions):
-        w, r, b = s.weights[0][d], s.weights[1][d], s.bias[d]
-        y_d = s.pick(y, d, 1)
-        h_before = s.hidden_before(d, y_d)
-        gates = s.op("Add", s.op("Add", s.op("MatMul", s.x, s.const(w.T)), s.op("MatMul", h_before, s.const(r.T))),
-                     s.const(b[:4 * hid] + b[4 * hid:]))
-        pre_i, pre_o, pre_f, pre_c = s.split(gates, 2, 4)
-        i, o, f, g = (s.op("Sigmoid", pre_i), s.op("Sigmoid", pre_o), s.op("Sigmoid", pre_f), s.op("Tanh", pre_c))
-        f_steps, ig_steps = s.split(f, 0, s.steps), s.split(s.op("Mul", i, g), 0, s.steps)
-        order = s.order(d)
-        c_prev = s.initial(6, d, f_steps[0])
-        cells, cells_before = {}, {}
-        for t in order:
-            cells_before[t] = c_prev
-            c_prev = cells[t] = s.op("Add", s.op("Mul", f_steps[t], c_prev), ig_steps[t])
-        cell = s.op("Concat", *[cells[t] for t in range(s.steps)], axis=0)
-        cell_before = s.op("Concat", *[cells_before[t] for t in range(s.steps)], axis=0)
+    for d, (i, o, f, g, cell, cell_before) in enumerate(_lstm_forward(s, node, y)):
+        w, r = s.weights[0][d], s.weights[1][d]
+        f_steps, order = s.split(f, 0, s.steps), s.order(d)
         tanh_c = s.op("Tanh", cell)
         # dC += dH · a; dgates = [dC·ki, dH·ko, dC·kf, dC·kc]
         a = s.split(s.op("Mul", o, s.one_minus(s.op("Mul", tanh_c, tanh_c))), 0, s.steps)
@@ -189,6 +265,8 @@ def gru(ctx, node, grads):
     (linear_before_reset=1, as torch exports) or tanh(Xh + (r·H) Rhᵀ + Rbh + Wbh)."""
     s = _Steps(ctx, node, gates=3)
     linear_before_reset = attrs(node).get("linear_before_reset", 0)
+    if linear_before_reset and s.hidden <= JACOBIAN_MAX:
+        return _gru_by_jacobians(s, node, grads + [None] * (2 - len(grads)))
     y = ctx.extra_output(node, 0)  # Y: the hidden states
     hid = s.hidden
     dx_parts, dh0 = [], []
@@ -233,4 +311,91 @@ def gru(ctx, node, grads):
         dgate_all = s.op("Concat", *[dgates[t] for t in range(s.steps)], axis=0)
         dx_parts.append(s.op("MatMul", dgate_all, s.const(w)))
         dh0.append(dh)
+    return s.finish(node, dx_parts, dh0)
+
+
+def _lstm_forward(s, node, y):
+    """Per direction, the gates i, o, f, g and the cell states C and C_{t−1} (T×N×H each),
+    recomputed from X and Y."""
+    hid, gates = s.hidden, []
+    for d in range(s.directions):
+        w, r, b = s.weights[0][d], s.weights[1][d], s.bias[d]
+        h_before = s.hidden_before(d, s.pick(y, d, 1))
+        pre = s.op("Add", s.op("Add", s.op("MatMul", s.x, s.const(w.T)), s.op("MatMul", h_before, s.const(r.T))),
+                   s.const(b[:4 * hid] + b[4 * hid:]))
+        pre_i, pre_o, pre_f, pre_c = s.split(pre, 2, 4)
+        gates.append((s.op("Sigmoid", pre_i), s.op("Sigmoid", pre_o), s.op("Sigmoid", pre_f), s.op("Tanh", pre_c)))
+    initial = node.input[6] if len(node.input) > 6 and node.input[6] else None
+    cells, before = s.cell_states([f for _, _, f, _ in gates], [s.op("Mul", i, g) for i, _, _, g in gates], initial)
+    return [(*gate, c, cb) for gate, c, cb in zip(gates, cells, before)]
+
+
+def _lstm_by_jacobians(s, node, grads):
+    """LSTM backward with the state s = (dH, dC from later steps): dC_t = s_C + s_H·a with
+    a = o·(1 − tanh²C); the step's Jacobian is Σ_j diag(v_j)·B_j over the five (v_j, B_j):
+    (a·ki, ki) and (a·kf, kf), (a·kc, kc) with [[R_g, 0], [R_g, 0]], (ko, 0) with [[R_o, 0], [0, 0]],
+    (a·f, f) with [[0, I], [0, I]]; k* are the gate slopes (dgates = [dC·ki, dH·ko, dC·kf, dC·kc])."""
+    ctx, hid = s.ctx, s.hidden
+    y = ctx.extra_output(node, 0)  # Y: the hidden states
+    _, dy_h, dy_c = grads
+    eye, zero = np.eye(hid), np.zeros((hid, hid))
+    values, blocks, inputs, finals, slopes = [], [], [], [], []
+    for d, (i, o, f, g, cell, cell_before) in enumerate(_lstm_forward(s, node, y)):
+        r = s.weights[1][d]
+        r_i, r_o, r_f, r_c = (r[k * hid:(k + 1) * hid] for k in range(4))
+        tanh_c = s.op("Tanh", cell)
+        a = s.op("Mul", o, s.one_minus(s.op("Mul", tanh_c, tanh_c)))
+        k = [s.op("Mul", g, s.slope(i)), s.op("Mul", tanh_c, s.slope(o)), s.op("Mul", cell_before, s.slope(f)),
+             s.op("Mul", i, s.one_minus(s.op("Mul", g, g)))]
+        u = s.op("Reshape", s.op("Concat", k[0], k[2], k[3], f, axis=2), ctx.ints([0, 0, 4, hid]))
+        values.append(s.op("Concat", s.op("Concat", s.op("Mul", u, ctx.unsqueeze(a, [2])), u, axis=3),
+                           s.padded(ctx.unsqueeze(k[1], [2]), 0, hid), axis=2))
+        blocks.append(np.stack([np.block([[m, zero], [m, zero]]) for m in (r_i, r_f, r_c)]
+                               + [np.block([[zero, eye], [zero, eye]]), np.block([[r_o, zero], [zero, zero]])]))
+        e = s.per_step_input(grads, d)
+        inputs.append(s.padded(e, 0, hid) if e else None)
+        last_h, last_c = (ctx.unsqueeze(s.slab(t, d, 0), [2]) if t else None for t in (dy_h, dy_c))
+        finals.append(s.op("Concat", last_h, last_c, axis=3) if last_h and last_c else
+                      s.padded(last_h, 0, hid) if last_h else s.padded(last_c, hid, 0) if last_c else None)
+        slopes.append((a, s.op("Concat", *k, axis=2)))
+    need = any(len(node.input) > n and node.input[n] and ctx.needs(node.input[n]) for n in (5, 6))
+    states, initial = s.solve(values, blocks, inputs, finals, need)
+    dx_parts = []
+    for d, (a, k) in enumerate(slopes):
+        dh, later_dc = s.split(states[d], 2, 2)
+        dc = s.op("Add", later_dc, s.op("Mul", dh, a))
+        dgates = s.op("Mul", s.op("Concat", dc, dh, dc, dc, axis=2), k)
+        dx_parts.append(s.op("MatMul", dgates, s.const(s.weights[0][d])))
+    dh0, dc0 = zip(*[s.split(t, 2, 2) for t in initial]) if initial else ([], [])
+    return s.finish(node, dx_parts, list(dh0), list(dc0))
+
+
+def _gru_by_jacobians(s, node, grads):
+    """GRU backward (linear_before_reset=1) with the state s = dH: the step's Jacobian is
+    diag(z) + diag(kz)·R_z + diag(kr)·R_r + diag(kh·r)·R_h, and dgates = [dH·kz, dH·kr, dH·kh]."""
+    ctx, hid = s.ctx, s.hidden
+    y = ctx.extra_output(node, 0)  # Y: the hidden states
+    dy_h = grads[1]
+    values, blocks, inputs, finals, slopes = [], [], [], [], []
+    for d in range(s.directions):
+        w, r, b = s.weights[0][d], s.weights[1][d], s.bias[d]
+        wb, rb = b[:3 * hid], b[3 * hid:]
+        h_before = s.hidden_before(d, s.pick(y, d, 1))
+        x_z, x_r, x_h = s.split(s.op("Add", s.op("MatMul", s.x, s.const(w.T)), s.const(wb)), 2, 3)
+        h_all = s.op("Add", s.op("MatMul", h_before, s.const(r.T)), s.const(rb))
+        h_z, h_r, h_h = s.split(h_all, 2, 3)
+        z, rg = s.op("Sigmoid", s.op("Add", x_z, h_z)), s.op("Sigmoid", s.op("Add", x_r, h_r))
+        cand = s.op("Tanh", s.op("Add", x_h, s.op("Mul", rg, h_h)))
+        kz = s.op("Mul", s.op("Sub", h_before, cand), s.slope(z))
+        kh = s.op("Mul", s.one_minus(z), s.one_minus(s.op("Mul", cand, cand)))
+        kr = s.op("Mul", s.op("Mul", kh, h_h), s.slope(rg))
+        values.append(s.op("Reshape", s.op("Concat", z, kz, kr, s.op("Mul", kh, rg), axis=2), ctx.ints([0, 0, 4, hid])))
+        blocks.append(np.stack([np.eye(hid), r[:hid], r[hid:2 * hid], r[2 * hid:]]))
+        inputs.append(s.per_step_input(grads, d))
+        finals.append(ctx.unsqueeze(s.slab(dy_h, d, 0), [2]) if dy_h else None)
+        slopes.append(s.op("Concat", kz, kr, kh, axis=2))
+    need = len(node.input) > 5 and node.input[5] and ctx.needs(node.input[5])
+    states, dh0 = s.solve(values, blocks, inputs, finals, need)
+    dx_parts = [s.op("MatMul", s.op("Mul", s.op("Concat", dh, dh, dh, axis=2), k), s.const(s.weights[0][d]))
+                for d, (dh, k) in enumerate(zip(states, slopes))]
     return s.finish(node, dx_parts, dh0)
