@@ -358,7 +358,7 @@ def _lstm_by_jacobians(s, node, grads):
         finals.append(s.op("Concat", last_h, last_c, axis=3) if last_h and last_c else
                       s.padded(last_h, 0, hid) if last_h else s.padded(last_c, hid, 0) if last_c else None)
         slopes.append((a, s.op("Concat", *k, axis=2)))
-    need = any(len(node.input) > n and node.input[n] and ctx.needs(node.input[n]) for n in (5, 6))
+    need = any(len(node.input) > n and node.input[n] for n in (5, 6))
     states, initial = s.solve(values, blocks, inputs, finals, need)
     dx_parts = []
     for d, (a, k) in enumerate(slopes):
@@ -394,7 +394,7 @@ def _gru_by_jacobians(s, node, grads):
         inputs.append(s.per_step_input(grads, d))
         finals.append(ctx.unsqueeze(s.slab(dy_h, d, 0), [2]) if dy_h else None)
         slopes.append(s.op("Concat", kz, kr, kh, axis=2))
-    need = len(node.input) > 5 and node.input[5] and ctx.needs(node.input[5])
+    need = len(node.input) > 5 and bool(node.input[5])
     states, dh0 = s.solve(values, blocks, inputs, finals, need)
     dx_parts = [s.op("MatMul", s.op("Mul", s.op("Concat", dh, dh, dh, axis=2), k), s.const(s.weights[0][d]))
                 for d, (dh, k) in enumerate(zip(states, slopes))]
