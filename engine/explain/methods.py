@@ -13,7 +13,6 @@ gradients reach the weight functions in float64 (sums of products cancel) and ma
 >>> float(METHODS["gradcam"](A, G)[0, 0, 0]), METHODS["gradcam"].needs
 (1.0, ('activations', 'gradients'))
 """
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,10 +46,11 @@ class CamMethod(Method):
 
     def __call__(self, activations, *args, eigen_smooth=False, **inputs):
         a = np.asarray(activations, np.float64)
-        bound = inspect.signature(self.fn).bind(a, *args, **inputs)
-        if "gradients" in bound.arguments:
-            bound.arguments["gradients"] = np.asarray(bound.arguments["gradients"], np.float64)
-        out = self.fn(*bound.args, **bound.kwargs)
+        if args:  # inputs given by position: by name from here on
+            inputs = dict(list(self.signature.bind(a, *args, **inputs).arguments.items())[1:])
+        if "gradients" in inputs:
+            inputs["gradients"] = np.asarray(inputs["gradients"], np.float64)
+        out = self.fn(a, **inputs)
         if self.projects:
             return np.maximum(out, 0).astype(np.float32)
         return combine((out[:, :, None, None] if out.ndim == 2 else out) * a, eigen_smooth)

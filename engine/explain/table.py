@@ -12,6 +12,7 @@ fixtures do; the caller hands each method the inputs it names and nothing else.
 """
 import inspect
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 
@@ -29,12 +30,17 @@ class Method:
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
 
+    @cached_property
+    def signature(self):
+        """``fn``'s signature, read once (a call that binds arguments reuses it)."""
+        return inspect.signature(self.fn)
+
     @property
     def parameters(self):
         """``fn``'s parameters by name (its signature)."""
-        return inspect.signature(self.fn).parameters
+        return self.signature.parameters
 
-    @property
+    @cached_property
     def needs(self):
         """Names of the inputs ``fn`` cannot do without (parameters without a default), in order."""
         return tuple(n for n, p in self.parameters.items() if p.default is inspect.Parameter.empty)
@@ -47,7 +53,7 @@ class Method:
     def given(self, inputs):
         """Keyword arguments for ``fn``: each input it names, from ``inputs`` {name: zero-argument
         function making the value} (only those named are made: some cost a session or a pass)."""
-        return {name: make() for name, make in inputs.items() if name in self.parameters}
+        return {name: inputs[name]() for name in self.parameters if name in inputs}
 
 
 def register(table, vocabulary, kind=Method, skip=()):
