@@ -53,7 +53,7 @@ class CamMethod(Method):
         out = self.fn(a, **inputs)
         if self.projects:
             return np.maximum(out, 0).astype(np.float32)
-        return combine((out[:, :, None, None] if out.ndim == 2 else out) * a, eigen_smooth)
+        return combine(out, a, eigen_smooth)
 
     @property
     def needs_gradients_only(self):
@@ -68,14 +68,20 @@ cam_method = register(METHODS, tuple(INPUTS), CamMethod, skip=("activations",))
 """``@cam_method(name)`` (``projects=True`` for a map function) adds a weight function to :data:`METHODS`."""
 
 
-def combine(weighted, eigen_smooth=False):
-    """ReLU of the channel sum of weighted activations N×K×h×w, or of their first principal component.
+def combine(weights, activations, eigen_smooth=False):
+    """ReLU of Σ_k w_k A_k over activations N×K×h×w (channel weights N×K, or element-wise ones
+    N×K×h×w), or of the first principal component of the weighted activations w·A.
 
-    >>> float(combine(np.full((1, 2, 3, 3), -1.0)).max())
+    >>> float(combine(np.ones((1, 2)), np.full((1, 2, 3, 3), -1.0)).max())
     0.0
     """
-    cam = projection(weighted) if eigen_smooth else weighted.sum(axis=1)
-    return np.maximum(cam, 0).astype(np.float32)
+    if weights.ndim == 2 and not eigen_smooth:  # channel weights: a matrix product, no N×K×h×w temporary
+        n, k, h, w = activations.shape
+        cam = np.matmul(weights[:, None, :], activations.reshape(n, k, h * w)).reshape(n, h, w)
+    else:
+        weighted = (weights[:, :, None, None] if weights.ndim == 2 else weights) * activations
+        cam = projection(weighted) if eigen_smooth else weighted.sum(axis=1)
+    return np.maximum(cam, 0, out=cam).astype(np.float32)
 
 
 def projection(activations):
@@ -109,7 +115,8 @@ def fc_cam(activations, fc_weights):
 @cam_method("gradcam")
 def gradcam(activations, gradients):
     """Grad-CAM (Selvaraju et al. 2017): w_k = spatial mean of G_k."""
-    return gradients.mean(axis=(2, 3))
+    n, k, h, w = gradients.shape
+    return gradients.reshape(n, k, h * w).sum(axis=2) / (h * w)  # = mean(axis=(2, 3)), without its Python overhead
 
 
 @cam_method("gradcam++")
