@@ -14,9 +14,9 @@ import numpy as np
 from engine.data.images import as_rgb, image_list, resize, visible_part
 from engine.errors import LayerError, UnsupportedOpError, UsageError
 from engine.explain import attribution, methods
-from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
+from engine.explain.capture import (_per_model, capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
                                     output_names, scores_fn)
-from engine.explain.outputs import describe, forward
+from engine.explain.outputs import describe, forward, softmax_input
 from engine.explain.targets import OutputMask, parse, resolve
 from engine.progress import Progress
 from engine.viz.overlay import resize_maps, to_unit, unit_resized
@@ -295,11 +295,35 @@ def _rows(model, x, targets, start, total, view, blank=0, need_scores=False):
 
 
 def _top_heads(model, layers, output):
-    """Head gradients for the top-1 fast path, or None when a layer does not cut the network."""
+    """Head gradients for the top-1 fast path, or None when a layer does not cut the network.
+
+    A layer whose global average feeds a linear map to the output (a GAP → FC head) has the
+    gradient in closed form; any other layer's comes from the differentiated head (a session)."""
+    fc = _linear_head(model, output.name)
     try:
-        return {n: head_gradient_fn(model, n, output) for n in layers}
+        return {n: partial(_linear_head_gradient, fc[1]) if fc and n == fc[0] else head_gradient_fn(model, n, output)
+                for n in layers}
     except (LayerError, UnsupportedOpError):  # e.g. a head rule that needs the input size: full capture
         return None
+
+
+@_per_model
+def _linear_head(model, output):
+    """(layer, FC weights classes×K) when ``output`` is W·GAP(layer) (+ b), with no Softmax after
+    the FC (see :func:`fc_head`), else None."""
+    if softmax_input(model.proto, output) is not None:
+        return None
+    try:
+        return fc_head(model, output)
+    except LayerError:
+        return None
+
+
+def _linear_head_gradient(weights, acts, seeds):
+    """∂(Σ seed·(W·GAP(A) + b))/∂A: each row's seed·W spread evenly over the h×w positions."""
+    n, k, h, w = acts.shape
+    rows = np.asarray(seeds, np.float32).reshape(n, -1) @ weights / np.float32(h * w)
+    return np.broadcast_to(rows[:, :, None, None], acts.shape)
 
 
 def _top_raw(model, x, entry, layers, view, eigen_smooth, heads):
