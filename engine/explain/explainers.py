@@ -192,7 +192,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
             x = model.preprocess(rgbs[start:start + batch])
             rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank, need_scores=True)
             at = SimpleNamespace(x=x[rows.image], rows=rows, start=start, shape=rgbs[start].shape)
-            parts.append((entry(**entry.given({k: partial(make, at) for k, make in sources.items()})), rows,
+            parts.append((entry(**entry.given(sources, at)), rows,
                           _flat(scores, view), start))
             bar.update(len(x))
     attr = _joined_arrays([p[0] for p in parts])
@@ -372,9 +372,8 @@ def _raw(model, x, rows, entry, layers, view, eigen_smooth, sources):
     outputs, acts, grads = capture(model, x, layers, seeds, view)
     raw = {}
     for n in layers:
-        at = SimpleNamespace(layer=n, x=x, rows=rows, grads=grads)
-        given = entry.given({name: partial(make, at) for name, make in sources.items()})
-        raw[n] = entry(acts[n], eigen_smooth=eigen_smooth, **given)
+        raw[n] = entry(acts[n], eigen_smooth=eigen_smooth,
+                       **entry.given(sources, SimpleNamespace(layer=n, x=x, rows=rows, grads=grads)))
     return _values(model, outputs, acts, view.name), raw
 
 

@@ -7,7 +7,7 @@ fixtures do; the caller hands each method the inputs it names and nothing else.
 >>> entry = Method("doubled", doubled)
 >>> entry.needs, list(entry.parameters), entry.summary
 (('x',), ['x', 'scale'], 'Twice the input.')
->>> entry.given({"x": lambda: 3, "unused": lambda: 1 / 0})
+>>> entry.given({"x": lambda at: at + 1, "unused": lambda at: 1 / 0}, 2)
 {'x': 3}
 """
 import inspect
@@ -50,10 +50,10 @@ class Method:
         """The first line of ``fn``'s docstring: what the method is, in one line."""
         return (self.fn.__doc__ or "").strip().split("\n")[0]
 
-    def given(self, inputs):
-        """Keyword arguments for ``fn``: each input it names, from ``inputs`` {name: zero-argument
-        function making the value} (only those named are made: some cost a session or a pass)."""
-        return {name: inputs[name]() for name in self.parameters if name in inputs}
+    def given(self, inputs, *args):
+        """Keyword arguments for ``fn``: each input it names, from ``inputs`` {name: function making
+        the value from ``args``} (only those named are made: some cost a session or a pass)."""
+        return {name: inputs[name](*args) for name in self.parameters if name in inputs}
 
 
 def register(table, vocabulary, kind=Method, skip=()):
