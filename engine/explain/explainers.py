@@ -17,10 +17,11 @@ from engine.explain import attribution, methods
 from engine.explain.capture import (_per_model, capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
                                     output_names, scores_fn)
 from engine.explain.outputs import describe, forward, softmax_input
-from engine.explain.targets import OutputMask, parse, resolve
+from engine.explain.targets import OutputMask, Target, parse, resolve
 from engine.progress import Progress
 from engine.viz.overlay import resize_maps, to_unit, unit_resized
 
+TOP = Target("top")
 TTA_FLIPS = (False, True)
 TTA_SCALES = (0.9, 1.0, 1.1)
 
@@ -320,17 +321,19 @@ def _linear_head(model, output):
 
 
 def _linear_head_gradient(weights, acts, seeds):
-    """∂(Σ seed·(W·GAP(A) + b))/∂A: each row's seed·W spread evenly over the h×w positions."""
+    """∂(Σ seed·(W·GAP(A) + b))/∂A: each row's seed·W spread evenly over the h×w positions
+    (float32 arithmetic, as the differentiated head's; float64 values, as the methods take them)."""
     n, k, h, w = acts.shape
-    rows = np.asarray(seeds, np.float32).reshape(n, -1) @ weights / np.float32(h * w)
-    return np.broadcast_to(rows[:, :, None, None], acts.shape)
+    grads = np.empty(acts.shape)
+    grads[...] = (np.asarray(seeds, np.float32).reshape(n, -1) @ weights / np.float32(h * w))[:, :, None, None]
+    return grads
 
 
 def _top_raw(model, x, entry, layers, view, eigen_smooth, heads):
     """Top-1 maps from one forward pass with taps plus the gradient of the head after each layer."""
     outputs, acts, _ = capture(model, x, layers, output=view.name)
     scores = _values(model, outputs, acts, view.name)
-    rows = resolve("top", len(x), scores.shape[1:], outputs=scores)
+    rows = resolve(TOP, len(x), scores.shape[1:], outputs=scores)
     raw = {n: entry(acts[n], heads[n](acts[n], rows.seeds), eigen_smooth=eigen_smooth) for n in layers}
     return raw, rows, scores
 
