@@ -75,9 +75,8 @@ def combine(weights, activations, eigen_smooth=False):
     >>> float(combine(np.ones((1, 2)), np.full((1, 2, 3, 3), -1.0)).max())
     0.0
     """
-    if weights.ndim == 2 and not eigen_smooth:  # channel weights: a matrix product, no N×K×h×w temporary
-        n, k, h, w = activations.shape
-        cam = np.matmul(weights[:, None, :], activations.reshape(n, k, h * w)).reshape(n, h, w)
+    if weights.ndim == 2 and not eigen_smooth:  # channel weights: no N×K×h×w temporary; einsum, not
+        cam = np.einsum("nk,nkhw->nhw", weights, activations)  # matmul, whose BLAS threads spin on after it
     else:
         weighted = (weights[:, :, None, None] if weights.ndim == 2 else weights) * activations
         cam = projection(weighted) if eigen_smooth else weighted.sum(axis=1)
