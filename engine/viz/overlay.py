@@ -65,7 +65,8 @@ def resize_maps(maps, size):
 def unit_resized(maps, size):
     """``to_unit(resize_maps(to_unit(maps), size))`` in one pass per map: each map of N×h×w scaled
     to [0, 1], resized to ``size=(H, W)`` (bilinear) and stretched to [0, 1] again, as bilinear
-    samples miss the peaks (the stretch by cv2.normalize: no ε, so a map differs by < 1e-6).
+    samples miss the peaks. The stretch is cv2.normalize's, without to_unit's ε: the same to ~1e-6
+    for maps whose range exceeds ~1e-8; flatter ones reach 1 here (to_unit's ε kept them lower).
 
     >>> unit_resized(np.array([[[2., 4.], [6., 10.]]]), (3, 3))[0, [0, -1], [0, -1]]
     array([0., 1.], dtype=float32)
