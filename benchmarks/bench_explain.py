@@ -10,13 +10,15 @@ median per-round ratios, which a shared machine keeps far steadier than separate
 Score-CAM and SmoothGrad (25 samples) images/s on shapes-resnet, batch 16.
 
 Threads: ``$ONNXLENS_BENCH_THREADS`` (default 1). ``$ONNXLENS_BENCH_SHAPES`` overrides the
-shapes-resnet path.
+shapes-resnet path. ``ONNXLENS_BENCH_CLOCK=cpu`` times the paired rounds in process CPU time
+(steadier than wall time on a loaded machine).
 
     python -m pytest benchmarks/bench_explain.py -s --benchmark-columns=median,ops --benchmark-group-by=group
 """
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from engine.explain import cam, saliency
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
+CLOCK = time.process_time if os.environ.get("ONNXLENS_BENCH_CLOCK") == "cpu" else time.perf_counter
 
 
 def _resnet50_path():
@@ -90,7 +93,7 @@ def test_ratios_paired(model, batch):
     jobs = _jobs(model, batch)
     for run in jobs.values():
         run()
-    one_round, times = rotating_rounds(jobs)
+    one_round, times = rotating_rounds(jobs, clock=CLOCK)
     for _ in range(7 if batch == 16 else 21):
         one_round()
     line = ", ".join(f"{name}/forward {np.median(round_ratios(times, name, 'forward')):.2f}×"

@@ -23,7 +23,7 @@ from engine.runtime.batch import in_chunks
 from engine.runtime.session import create_session
 
 
-def _per_model(build):
+def per_model(build):
     """Cache what ``build(model, *args)`` returns for as long as ``model`` lives (sessions on
     rewritten sub-graphs are built once per model, not once per call)."""
     cache = weakref.WeakKeyDictionary()
@@ -85,7 +85,7 @@ def capture(model, x, layers, seeds=None, output=None):
     return result.outputs, result.activations, {n: result.gradients[n] for n in layers}
 
 
-@_per_model
+@per_model
 def _wanted(model, layers, output):
     """The activations a capture asks for: ``layers``, and ``output`` unless it is a graph output."""
     return tuple(dict.fromkeys([*layers, *([] if output in output_names(model) else [output])]))
@@ -188,7 +188,7 @@ def _is_global_average(node, consts):
     return axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
 
 
-@_per_model
+@per_model
 def head_fn(model, layer, output=None):
     """``head(A)`` runs the network from tensor ``layer`` to ``output`` (first by default).
 
@@ -207,7 +207,7 @@ def head_fn(model, layer, output=None):
                                                                           **_extra_feeds(model, extras, len(acts))})[0]))
 
 
-@_per_model
+@per_model
 def head_gradient_fn(model, layer, output=None):
     """``head_gradient(A, seeds)`` = ∂(Σ seed·output)/∂A, differentiating only the network after
     ``layer`` (which must cut the graph, else LayerError).

@@ -14,13 +14,14 @@ import numpy as np
 from engine.data.images import as_rgb, image_list, resize, visible_part
 from engine.errors import LayerError, UnsupportedOpError, UsageError
 from engine.explain import attribution, methods
-from engine.explain.capture import (capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
+from engine.explain.capture import (per_model, capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
                                     output_names, scores_fn)
-from engine.explain.outputs import describe, forward
-from engine.explain.targets import OutputMask, parse, resolve
+from engine.explain.outputs import describe, forward, softmax_input
+from engine.explain.targets import OutputMask, Target, parse, resolve
 from engine.progress import Progress
-from engine.viz.overlay import resize_maps, to_unit
+from engine.viz.overlay import resize_maps, to_unit, unit_resized
 
+TOP = Target("top")
 TTA_FLIPS = (False, True)
 TTA_SCALES = (0.9, 1.0, 1.1)
 
@@ -95,29 +96,45 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     top_fast = (getattr(targets, "kind", targets) == "top" and view.kind == "classifier"
                 and entry.needs_gradients_only and not tta)
     heads = _top_heads(model, layers, view) if top_fast else None
-    parts = []
-    with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
-        for start in range(0, len(rgbs), batch):
-            x = first if start == 0 else model.preprocess(rgbs[start:start + batch])
-            if heads:
-                raw, rows, scores = _top_raw(model, x, entry, layers, view, eigen_smooth, heads)
-            else:
-                rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank)
-                transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
-                raw, row_outputs = _tta_raw(model, x, rows, entry, layers, view, eigen_smooth, sources,
-                                            transforms)
-                if scores is None:  # each image's first row: all rows when they are one per image
-                    scores = row_outputs if rows.image.tolist() == list(range(len(x))) else \
-                        row_outputs[np.unique(rows.image, return_index=True)[1]]
-            parts.append((raw, rows, _flat(scores, view), start))
-            bar.update(len(x))
-    raw = {layer_: _joined_arrays([p[0][layer_] for p in parts]) for layer_ in layers}
-    labels, image, scores, details = _joined(parts)
-    empty = np.all([(raw[layer_] <= 0).all(axis=(1, 2)) for layer_ in layers], axis=0)
-    resized = [resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers]
-    maps = to_unit(resized[0] if len(layers) == 1 else np.mean(resized, axis=0))
+    transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
+
+    def explain(x, start):  # (raw maps by layer, rows, scores batch first) of the batch at image ``start``
+        if heads:
+            raw, rows, scores = _top_raw(model, x, entry, layers, view, eigen_smooth, heads)
+            return raw, rows, _flat(scores, view)
+        rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank)
+        one_each = rows.image.tolist() == list(range(len(x)))  # one row per image, in order
+        raw, row_outputs = _tta_raw(model, x if one_each else x[rows.image], rows, entry, layers, view,
+                                    eigen_smooth, sources, transforms)
+        if scores is None:  # each image's first row: all rows when they are one per image
+            scores = row_outputs if one_each else row_outputs[np.unique(rows.image, return_index=True)[1]]
+        return raw, rows, _flat(scores, view)
+
+    if len(rgbs) <= batch and not progress:  # one batch: no progress bar, nothing to join
+        raw, rows, scores = explain(first, 0)
+        labels, image, details = rows.labels, rows.image, rows.details
+    else:
+        parts = []
+        with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
+            for start in range(0, len(rgbs), batch):
+                x = first if start == 0 else model.preprocess(rgbs[start:start + batch])
+                parts.append((*explain(x, start), start))
+                bar.update(len(x))
+        raw = {layer_: _joined_arrays([p[0][layer_] for p in parts]) for layer_ in layers}
+        labels, image, scores, details = _joined(parts)
+    empty = _empty(raw, layers)
+    if len(layers) == 1:
+        maps = unit_resized(raw[layers[0]], out_size)
+    else:
+        maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
     return Explanation(raw, maps, labels, scores, image, method, layers, details=details, output=view.to_dict(),
                        empty=empty)
+
+
+def _empty(raw, layers):
+    """R flags: True where the map is zero everywhere, at every layer."""
+    flags = [(raw[layer_] <= 0).all(axis=(1, 2)) for layer_ in layers]
+    return flags[0] if len(flags) == 1 else np.all(flags, axis=0)
 
 
 def _cam_sources(model, entry, layer, view):
@@ -176,7 +193,7 @@ def saliency(model, images, method="smoothgrad", targets="top", batch=16, reduce
             x = model.preprocess(rgbs[start:start + batch])
             rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank, need_scores=True)
             at = SimpleNamespace(x=x[rows.image], rows=rows, start=start, shape=rgbs[start].shape)
-            parts.append((entry(**entry.given({k: partial(make, at) for k, make in sources.items()})), rows,
+            parts.append((entry(**entry.given(sources, at)), rows,
                           _flat(scores, view), start))
             bar.update(len(x))
     attr = _joined_arrays([p[0] for p in parts])
@@ -279,18 +296,45 @@ def _rows(model, x, targets, start, total, view, blank=0, need_scores=False):
 
 
 def _top_heads(model, layers, output):
-    """Head gradients for the top-1 fast path, or None when a layer does not cut the network."""
+    """Head gradients for the top-1 fast path, or None when a layer does not cut the network.
+
+    A layer whose global average feeds a linear map to the output (a GAP → FC head) has the
+    gradient in closed form; any other layer's comes from the differentiated head (a session)."""
+    fc = _linear_head(model, output.name)
     try:
-        return {n: head_gradient_fn(model, n, output) for n in layers}
+        return {n: partial(_linear_head_gradient, fc[1]) if fc and n == fc[0] else head_gradient_fn(model, n, output)
+                for n in layers}
     except (LayerError, UnsupportedOpError):  # e.g. a head rule that needs the input size: full capture
         return None
+
+
+@per_model
+def _linear_head(model, output):
+    """(layer, FC weights classes×K) when ``output`` is W·GAP(layer) (+ b), with no Softmax after
+    the FC (see :func:`fc_head`), else None."""
+    if softmax_input(model.proto, output) is not None:
+        return None
+    try:
+        return fc_head(model, output)
+    except LayerError:
+        return None
+
+
+def _linear_head_gradient(weights, acts, seeds):
+    """∂(Σ seed·(W·GAP(A) + b))/∂A: each row's seed·W spread evenly over the h×w positions
+    (float32 arithmetic, as the differentiated head's; float64 values, as the methods take them)."""
+    n, k, h, w = acts.shape
+    grads = np.empty(acts.shape)
+    rows = np.einsum("nc,ck->nk", np.asarray(seeds, np.float32).reshape(n, -1), weights)  # einsum: no BLAS threads
+    grads[...] = (rows / np.float32(h * w))[:, :, None, None]
+    return grads
 
 
 def _top_raw(model, x, entry, layers, view, eigen_smooth, heads):
     """Top-1 maps from one forward pass with taps plus the gradient of the head after each layer."""
     outputs, acts, _ = capture(model, x, layers, output=view.name)
     scores = _values(model, outputs, acts, view.name)
-    rows = resolve("top", len(x), scores.shape[1:], outputs=scores)
+    rows = resolve(TOP, len(x), scores.shape[1:], outputs=scores)
     raw = {n: entry(acts[n], heads[n](acts[n], rows.seeds), eigen_smooth=eigen_smooth) for n in layers}
     return raw, rows, scores
 
@@ -301,9 +345,10 @@ def _values(model, outputs, acts, name):
     return np.asarray(outputs[names.index(name)] if name in names else acts[name])
 
 
-def _tta_raw(model, x, rows, entry, layers, view, eigen_smooth, sources, transforms):
-    xr, layout = (x if len(rows.image) == len(x) and (rows.image == np.arange(len(x))).all() else x[rows.image],
-                  model.input.layout)
+def _tta_raw(model, xr, rows, entry, layers, view, eigen_smooth, sources, transforms):
+    """({layer: raw maps}, the explained output's rows) of the rows' inputs ``xr``, averaged over
+    the TTA ``transforms`` (flip, scale), each map warped back; the output of the unchanged inputs."""
+    layout = model.input.layout
     if transforms == [(False, 1.0)]:  # no TTA: the maps as they come
         explained, raw = _raw(model, xr, rows, entry, layers, view, eigen_smooth, sources)
         return {layer: np.asarray(raw[layer], np.float32) for layer in layers}, view.rows(explained)
@@ -331,9 +376,8 @@ def _raw(model, x, rows, entry, layers, view, eigen_smooth, sources):
     outputs, acts, grads = capture(model, x, layers, seeds, view)
     raw = {}
     for n in layers:
-        at = SimpleNamespace(layer=n, x=x, rows=rows, grads=grads)
-        given = entry.given({name: partial(make, at) for name, make in sources.items()})
-        raw[n] = entry(acts[n], eigen_smooth=eigen_smooth, **given)
+        raw[n] = entry(acts[n], eigen_smooth=eigen_smooth,
+                       **entry.given(sources, SimpleNamespace(layer=n, x=x, rows=rows, grads=grads)))
     return _values(model, outputs, acts, view.name), raw
 
 

@@ -7,11 +7,12 @@ fixtures do; the caller hands each method the inputs it names and nothing else.
 >>> entry = Method("doubled", doubled)
 >>> entry.needs, list(entry.parameters), entry.summary
 (('x',), ['x', 'scale'], 'Twice the input.')
->>> entry.given({"x": lambda: 3, "unused": lambda: 1 / 0})
+>>> entry.given({"x": lambda at: at + 1, "unused": lambda at: 1 / 0}, 2)
 {'x': 3}
 """
 import inspect
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 
@@ -29,12 +30,17 @@ class Method:
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
 
+    @cached_property
+    def signature(self):
+        """``fn``'s signature, read once (a call that binds arguments reuses it)."""
+        return inspect.signature(self.fn)
+
     @property
     def parameters(self):
         """``fn``'s parameters by name (its signature)."""
-        return inspect.signature(self.fn).parameters
+        return self.signature.parameters
 
-    @property
+    @cached_property
     def needs(self):
         """Names of the inputs ``fn`` cannot do without (parameters without a default), in order."""
         return tuple(n for n, p in self.parameters.items() if p.default is inspect.Parameter.empty)
@@ -44,10 +50,10 @@ class Method:
         """The first line of ``fn``'s docstring: what the method is, in one line."""
         return (self.fn.__doc__ or "").strip().split("\n")[0]
 
-    def given(self, inputs):
-        """Keyword arguments for ``fn``: each input it names, from ``inputs`` {name: zero-argument
-        function making the value} (only those named are made: some cost a session or a pass)."""
-        return {name: make() for name, make in inputs.items() if name in self.parameters}
+    def given(self, inputs, *args):
+        """Keyword arguments for ``fn``: each input it names, from ``inputs`` {name: function making
+        the value from ``args``} (only those named are made: some cost a session or a pass)."""
+        return {name: inputs[name](*args) for name in self.parameters if name in inputs}
 
 
 def register(table, vocabulary, kind=Method, skip=()):

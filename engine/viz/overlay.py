@@ -62,6 +62,24 @@ def resize_maps(maps, size):
     return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
 
 
+def unit_resized(maps, size):
+    """``to_unit(resize_maps(to_unit(maps), size))`` in one pass per map: each map of N×h×w scaled
+    to [0, 1], resized to ``size=(H, W)`` (bilinear) and stretched to [0, 1] again, as bilinear
+    samples miss the peaks. The stretch is cv2.normalize's, without to_unit's ε: the same to ~1e-6
+    for maps whose range exceeds ~1e-8; flatter ones reach 1 here (to_unit's ε kept them lower).
+
+    >>> unit_resized(np.array([[[2., 4.], [6., 10.]]]), (3, 3))[0, [0, -1], [0, -1]]
+    array([0., 1.], dtype=float32)
+    """
+    units = to_unit(maps)
+    h, w = size
+    out = np.empty((len(units), h, w), np.float32)
+    for unit, resized in zip(units, out):
+        cv2.resize(unit, (w, h), dst=resized, interpolation=cv2.INTER_LINEAR)
+        cv2.normalize(resized, resized, 0, 1, cv2.NORM_MINMAX)
+    return out
+
+
 def strip(images, gap=2):
     """Lay RGB uint8 images of one size side by side with a white gap: a strip of steps.
 
