@@ -226,6 +226,30 @@ class Context:
         outside = [self.op(op, x, bound) for op, bound in (("Less", low), ("Greater", high)) if bound]
         return self.op("Not", outside[0] if len(outside) == 1 else self.op("Or", *outside))
 
+    def at_least(self, x, low, blocked=True):
+        """The float 0/1 step [x >= low] (``low``: a numpy bound shaped to broadcast against x,
+        one value or one per channel of axis 1) in one op: clip(2^k·x + b, 0, 1), a clipped
+        depthwise Conv for image tensors (ORT keeps it in NCHWc), else a HardSigmoid (one bound);
+        None where that form is not exact, or for a non-float32 x. A zero bound gets b = 1 (exact
+        outside the negative subnormals, as :meth:`where_positive`); another gets
+        b = −2^k·p with p the float below it, so x > p (i.e. x >= low) iff 2^k(x − p) >= 1, which
+        the products (exact powers of two) and one rounding keep."""
+        bound = np.asarray(low, np.float32).reshape(-1)
+        per_channel = bound.size > 1
+        if self.elem_type(x) != onnx.TensorProto.FLOAT or (per_channel and not self._blocked(x)):
+            return None
+        below = np.nextafter(bound, np.float32(-np.inf))
+        top = float(np.abs(below).max())
+        k = 126 - max(0, int(np.ceil(np.log2(top)))) if top > 0 else 126
+        if k < 126 and (bound == 0).any():  # a zero bound needs 2^126 to step at the smallest normal
+            return None
+        weight = np.float32(2.0 ** k)
+        bias = np.where(bound == 0, np.float32(1), -below * weight).astype(np.float32)
+        if per_channel or (blocked and self._blocked(x)):
+            channels = self.shape(x)[1]
+            return self.clipped_affine(x, weight, np.broadcast_to(bias, (channels,)), 0.0, 1.0)
+        return self.op("HardSigmoid", x, alpha=float(weight), beta=float(bias[0]))
+
     def _blocked(self, x):
         """Whether ``x`` is a float32 image tensor (N, C, H, W) with C a multiple of 16, the kind
         ORT CPU keeps in its blocked NCHWc layout when only Conv-like ops touch it."""
@@ -256,7 +280,7 @@ class Context:
             return None
         channels = self.shape(x)[1]
         w = self.const(np.full((channels, 1, 1, 1), weight, np.float32), "affine_weight")
-        b = self.const(np.full(channels, bias, np.float32), "affine_bias")
+        b = self.const(np.broadcast_to(np.float32(bias), (channels,)).copy(), "affine_bias")
         conv = self.op("Conv", x, w, b, group=channels, kernel_shape=[1, 1])
         return self.op("Clip", conv, self.scalar(low, like=x), self.scalar(high, like=x))
 

@@ -75,10 +75,14 @@ def quantize(ctx, node, dy):
         return dy
     info = np.iinfo(zp.dtype)
     low = (info.min - zp.astype(np.float64)) * s
+    axis = None
     if s.ndim == 1:  # per-axis quantization
         rank = ctx.rank(x)
         axis = attrs(node).get("axis", 1) % rank
         low = low.reshape([-1 if i == axis else 1 for i in range(rank)])
+    step = ctx.at_least(x, low, blocked=False) if s.ndim == 0 or axis == 1 else None
+    if step is not None:
+        return ctx.op("Mul", dy, step)
     inside = ctx.between(x, low=ctx.const(low.astype(ctx.dtype(x)), "q_low"))
     return ctx.mask(dy, inside, like=x)
 
