@@ -42,11 +42,13 @@ def differentiate(model, output, wrt, mode="standard"):
     model = _copy(model)
     graph = model.graph
     constants = constant_tensors(graph)
-    constants.update(dequantized_constants(graph, constants))  # quantized weights are weights too
+    dequantized = dequantized_constants(graph, constants)
+    constants.update(dequantized)  # quantized weights are weights too
     shapes, types = _tensor_info(graph, constants)
     _check_request(graph, shapes, types, constants, output, wrt)
 
     active = gradient_cone(graph.node, output, wrt, types)
+    _fold_dequantized(graph, dequantized, active)
     used = set(shapes) | set(types) | set(constants) | {n.name for n in graph.node}
     used.update(t for n in graph.node for t in list(n.input) + list(n.output))
     used.add(SEED)
@@ -166,6 +168,19 @@ def _depends(nodes, wrt, types):
                 if types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES or node.op_type == "QuantizeLinear":
                     depends.add(o)
     return depends
+
+
+def _fold_dequantized(graph, dequantized, active):
+    """Replace each DequantizeLinear of constants that feeds a node on the gradient cone by its
+    float value (``dequantized``: from :func:`dequantized_constants`, the same float32 arithmetic).
+    The backward reads the tensors those nodes feed (e.g. a Conv output's quantizer mask), so ORT
+    cannot fuse them into integer kernels anyway, and would dequantize every weight on every run."""
+    feeds_cone = {i for n in graph.node if any(t in active for t in n.input) for i in n.input}
+    folded = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in dequantized
+              and n.output[0] in feeds_cone]
+    for node in folded:
+        graph.node.remove(node)
+        graph.initializer.append(dequantized[node.output[0]])
 
 
 def _prune(nodes, initializers, outputs):
