@@ -53,7 +53,8 @@ def differentiate(model, output, wrt, mode="standard"):
     used.update(t for n in graph.node for t in list(n.input) + list(n.output))
     used.add(SEED)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    ctx = Context(opset=opset, mode=mode, shapes=shapes, types=types, constants=constants, used_names=used)
+    ctx = Context(opset=opset, mode=mode, shapes=shapes, types=types, constants=constants, used_names=used,
+                  forward=graph.node, requested=[*wrt, output, *(o.name for o in graph.output)])
 
     grads = defaultdict(list)
     grads[output].append(SEED)

@@ -11,7 +11,7 @@ class Context:
     ``types`` maps it to an ONNX element type; ``constants`` maps a name to a TensorProto.
     """
 
-    def __init__(self, *, opset, mode, shapes, types, constants, used_names):
+    def __init__(self, *, opset, mode, shapes, types, constants, used_names, forward=(), requested=()):
         self.opset = opset
         self.mode = mode
         self.nodes = []
@@ -27,6 +27,11 @@ class Context:
         self._producers = {}
         self._casts = {}  # emitted Cast output → (its input, that input's element type)
         self.node_name = "grad"  # the forward node being differentiated: prefix of emitted names
+        self._forward_producers = {o: n for n in forward for o in n.output}
+        self._uses = {}
+        for name in (i for n in forward for i in n.input):
+            self._uses[name] = self._uses.get(name, 0) + 1
+        self._requested = set(requested)
 
     # -- names and emission -------------------------------------------------------------------
     def fresh(self, hint):
@@ -99,6 +104,13 @@ class Context:
     def elem_type(self, name):
         """ONNX element type (``TensorProto.FLOAT``, ...) of a forward tensor, e.g. for ``Cast``."""
         return self._types.get(name, onnx.TensorProto.FLOAT)
+
+    def private_producer(self, name):
+        """The forward node computing ``name`` when one forward node alone reads it and no
+        gradient of it is requested (so a rule may differentiate through both at once), else None."""
+        if self._uses.get(name) != 1 or name in self._requested:
+            return None
+        return self._forward_producers.get(name)
 
     # -- helpers for common chores ------------------------------------------------------------
     def shape_of(self, name):

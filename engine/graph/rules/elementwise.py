@@ -2,6 +2,7 @@
 import numpy as np
 
 from engine.graph.rules import ALL, EACH, attrs, rule
+from engine.graph.rules.activation import self_gated
 
 
 @rule("Add", wrt=EACH)
@@ -21,7 +22,11 @@ def sub_b(ctx, node, dy):
 
 @rule("Mul", wrt=EACH)
 def mul(ctx, node, dy, i):
-    """d(a·b)/da = b and the other way round."""
+    """d(a·b)/da = b and the other way round; x · f(x) (Swish, HardSwish) in one go."""
+    gated = self_gated(ctx, node)
+    if gated is not None:
+        x_index, backward = gated
+        return backward(dy) if i == x_index else None
     return ctx.unbroadcast(ctx.op("Mul", dy, node.input[1 - i]), node.input[i], node.output[0])
 
 
