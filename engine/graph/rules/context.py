@@ -248,7 +248,7 @@ class Context:
         the products (exact powers of two) and one rounding keep."""
         bound = np.asarray(low, np.float32).reshape(-1)
         per_channel = bound.size > 1
-        if self.elem_type(x) != onnx.TensorProto.FLOAT or (per_channel and not self._blocked(x)):
+        if self.elem_type(x) != onnx.TensorProto.FLOAT or (per_channel and not self.blocked_layout(x)):
             return None
         below = np.nextafter(bound, np.float32(-np.inf))
         top = float(np.abs(below).max())
@@ -257,12 +257,12 @@ class Context:
             return None
         weight = np.float32(2.0 ** k)
         bias = np.where(bound == 0, np.float32(1), -below * weight).astype(np.float32)
-        if per_channel or (blocked and self._blocked(x)):
+        if per_channel or (blocked and self.blocked_layout(x)):
             channels = self.shape(x)[1]
             return self.clipped_affine(x, weight, np.broadcast_to(bias, (channels,)), 0.0, 1.0)
         return self.op("HardSigmoid", x, alpha=float(weight), beta=float(bias[0]))
 
-    def _blocked(self, x):
+    def blocked_layout(self, x):
         """Whether ``x`` is a float32 image tensor (N, C, H, W) with C a multiple of 16, the kind
         ORT CPU keeps in its blocked NCHWc layout when only Conv-like ops touch it."""
         shape = self.shape(x)
@@ -270,7 +270,7 @@ class Context:
                 and isinstance(shape[1], int) and shape[1] % 16 == 0)
 
     def _depthwise(self, x, factor, like):
-        """x · factor as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``_blocked``."""
+        """x · factor as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``blocked_layout``."""
         channels = self.shape(like)[1]
         weight = self.const(np.full((channels, 1, 1, 1), factor, np.float32), "depthwise_weight")
         return self.op("Conv", x, weight, group=channels, kernel_shape=[1, 1])
@@ -279,16 +279,16 @@ class Context:
         """``grad`` · ``factor`` (a Python float); ``like`` is its forward tensor. A depthwise
         1×1 Conv for image tensors, so that ORT CPU keeps the backward in its NCHWc layout
         (with ``factor`` 1 it only moves the gradient into that layout)."""
-        if self._blocked(like):
+        if self.blocked_layout(like):
             return self._depthwise(grad, factor, like)
         return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
 
     def clipped_affine(self, x, weight, bias, low, high):
         """clip(weight · x + bias, low, high) (Python floats) as a depthwise 1×1 Conv with the Clip
         fused in, so that ORT CPU keeps it in its NCHWc layout; None unless ``x`` passes
-        ``_blocked`` (rules then build the same from elementwise ops). With a power-of-two
+        ``blocked_layout`` (rules then build the same from elementwise ops). With a power-of-two
         ``weight`` the product is exact, so steps such as [x > 3] come out exact too."""
-        if not self._blocked(x):
+        if not self.blocked_layout(x):
             return None
         channels = self.shape(x)[1]
         w = self.const(np.full((channels, 1, 1, 1), weight, np.float32), "affine_weight")
@@ -303,7 +303,7 @@ class Context:
         each Greater/Cast/Mul; other float32 tensors get the same step from one HardSigmoid
         (one op fewer than Greater/Cast/Mul per ReLU, which counts on small models). Equal to
         [x > 0] for every x outside the float32 subnormals."""
-        if self._blocked(x):
+        if self.blocked_layout(x):
             step = self.op("Clip", self._depthwise(x, 1 / np.finfo(np.float32).tiny, x),
                            self.scalar(0, like=x), self.scalar(1, like=x))
             return self.op("Mul", grad, step)
