@@ -182,6 +182,11 @@ def _fold_dequantized(graph, dequantized, active):
     for node in folded:
         graph.node.remove(node)
         graph.initializer.append(dequantized[node.output[0]])
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    unread = {i for n in folded for i in n.input} - read  # the quantized weights, scales, zero points
+    kept = [t for t in graph.initializer if t.name not in unread]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _prune(nodes, initializers, outputs):
