@@ -238,12 +238,12 @@ class Context:
         outside = [self.op(op, x, bound) for op, bound in (("Less", low), ("Greater", high)) if bound]
         return self.op("Not", outside[0] if len(outside) == 1 else self.op("Or", *outside))
 
-    def at_least(self, x, low, blocked=True):
-        """The float 0/1 step [x >= low] (``low``: a numpy bound shaped to broadcast against x,
-        one value or one per channel of axis 1) in one op: clip(2^k·x + b, 0, 1), a clipped
-        depthwise Conv for image tensors (ORT keeps it in NCHWc), else a HardSigmoid (one bound);
-        None where that form is not exact, or for a non-float32 x. A zero bound gets b = 1 (exact
-        outside the negative subnormals, as :meth:`where_positive`); another gets
+    def at_least(self, x, low):
+        """The float 0/1 step [x >= low] in one op, clip(2^k·x + b, 0, 1): a HardSigmoid for one
+        bound (faster than a clipped depthwise Conv on the quantizer inputs measured), a clipped
+        depthwise Conv for one bound per channel of an image tensor (``low``: a numpy array of one
+        or C values); None where that form is not exact, or for a non-float32 x. A zero bound gets
+        b = 1 (exact outside the negative subnormals, as :meth:`where_positive`); another gets
         b = −2^k·p with p the float below it, so x > p (i.e. x >= low) iff 2^k(x − p) >= 1, which
         the products (exact powers of two) and one rounding keep."""
         bound = np.asarray(low, np.float32).reshape(-1)
@@ -257,9 +257,8 @@ class Context:
             return None
         weight = np.float32(2.0 ** k)
         bias = np.where(bound == 0, np.float32(1), -below * weight).astype(np.float32)
-        if per_channel or (blocked and self.blocked_layout(x)):
-            channels = self.shape(x)[1]
-            return self.clipped_affine(x, weight, np.broadcast_to(bias, (channels,)), 0.0, 1.0)
+        if per_channel:
+            return self.clipped_affine(x, weight, bias, 0.0, 1.0)
         return self.op("HardSigmoid", x, alpha=float(weight), beta=float(bias[0]))
 
     def blocked_layout(self, x):

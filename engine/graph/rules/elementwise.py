@@ -85,7 +85,7 @@ def quantize(ctx, node, dy):
         rank = ctx.rank(x)
         axis = attrs(node).get("axis", 1) % rank
         low = low.reshape([-1 if i == axis else 1 for i in range(rank)])
-    step = ctx.at_least(x, low, blocked=False) if s.ndim == 0 or axis == 1 else None
+    step = ctx.at_least(x, low) if s.ndim == 0 or axis == 1 else None
     if step is not None:
         return ctx.op("Mul", dy, step)
     inside = ctx.between(x, low=ctx.const(low.astype(ctx.dtype(x)), "q_low"))
