@@ -140,3 +140,20 @@ def test_self_gated_mul_swish_and_hardswish(gate, attrs, channels):
 
 def test_self_gated_mul_keeps_the_gate_path_when_the_gate_is_also_read_elsewhere():
     check(lambda dt: gated_model("Sigmoid", 3, dt, gate_is_output=True), output="y")
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 6.0), (-0.5, None), (None, 0.3)])
+def test_clip_passes_the_gradient_at_its_bounds_and_inside_only(bounds):
+    from engine.graph.autodiff import grad_name
+    from gradcheck import session
+    inputs = [("N", 3, 2, 2)] + [np.array(b, np.float32) if b is not None else "" for b in bounds]
+    while inputs[-1] == "":
+        inputs.pop()
+    edges = [b for b in bounds if b is not None]
+    values = [v for e in edges for v in (e, np.nextafter(np.float32(e), np.float32(-9)), np.nextafter(np.float32(e), np.float32(9)))]
+    x = np.resize(np.array(values + [0.1, -7.0, 7.0], np.float32), (1, 3, 2, 2)).astype(np.float32)
+    dy = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    rewritten = differentiate(node_model("Clip", inputs, np.float32), "out0", ["in0"])
+    (got,) = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: dy})
+    low, high = (np.float32(b) if b is not None else np.float32(side * np.inf) for b, side in zip(bounds, (-1, 1)))
+    np.testing.assert_array_equal(got, np.where((x >= low) & (x <= high), dy, 0))

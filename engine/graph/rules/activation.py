@@ -42,12 +42,15 @@ def prelu(ctx, node, dy):
 
 @rule("Clip", since=11)
 def clip(ctx, node, dy, bounds=None):
-    """Gradient passes where min <= x <= max (optional inputs ``bounds``: names, "" when absent)."""
+    """Gradient passes where min <= x <= max (optional inputs ``bounds``: names, "" when absent):
+    from opset 11 on, where the output equals the input (Equal compares floats from then on;
+    three ops instead of six)."""
     x = node.input[0]
     bounds = node.input[1:3] if bounds is None else bounds
     if not any(bounds):
         return dy
-    return ctx.mask(dy, ctx.between(x, *bounds), like=x)
+    inside = ctx.op("Equal", x, node.output[0]) if ctx.opset >= 11 else ctx.between(x, *bounds)
+    return ctx.mask(dy, inside, like=x)
 
 
 @rule("Clip", since=1)
