@@ -145,3 +145,40 @@ def test_quantize_linear_passes_gradient_above_its_low_end_only(zero_point, axis
     saturated_high = x > (info.max - z) * s
     assert 0 < above_low.mean() < 1 and saturated_high.any()  # both ends are exercised
     np.testing.assert_array_equal(got, np.where(above_low, dy, 0))
+
+
+@pytest.mark.parametrize("channels,zero_point", [(3, np.uint8(0)), (3, np.uint8(137)), (16, np.uint8(0)),
+                                                 (16, np.arange(16, dtype=np.uint8) * 9)])
+def test_quantize_linear_mask_is_exact_at_its_low_end(channels, zero_point):
+    """The mask is one step op (HardSigmoid; for 16 channels per axis a clipped depthwise Conv):
+    it must equal [x >= low] at low itself, at the floats on either side of it, at 0 and at
+    tiny normal and huge values (negative subnormals are the one documented exception)."""
+    scale = np.float32(0.0371) if zero_point.ndim == 0 else np.linspace(0.001, 0.007, 16).astype(np.float32)
+    extra = {} if zero_point.ndim == 0 else {"axis": 1}
+    pair = node_model("QuantizeLinear", [("N", channels, 3, 4), scale, zero_point], np.float32, **extra)
+    pair.graph.node.append(onnx.helper.make_node("DequantizeLinear", ["out0", "in1", "in2"], ["y"], **extra))
+    pair.graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info("y", onnx.TensorProto.UNDEFINED, None))
+    rewritten = differentiate(finish(pair.graph), "y", ["in0"])
+    assert not {"Less", "Not"} & {n.op_type for n in rewritten.graph.node}
+    low = (-np.broadcast_to(zero_point, (channels,)).astype(np.float64) * scale).astype(np.float32)[:, None]
+    below = np.where(low == 0, -np.finfo(np.float32).tiny, np.nextafter(low, np.float32(-9)))  # not subnormal
+    values = [low, below, np.nextafter(low, np.float32(9))]
+    values += [np.full_like(low, v) for v in (0.0, 1.2e-38, -1.2e-38, 1e30, -1e30, 7.0, -7.0, 0.02, -0.02)]
+    x = np.concatenate(values, axis=1).reshape(1, channels, 3, 4)
+    dy = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    (got,) = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: dy})
+    np.testing.assert_array_equal(got, np.where(x >= low.reshape(1, channels, 1, 1), dy, 0))
+
+
+def test_dequantized_weights_on_the_cone_become_float_initializers(tmp_path):
+    """No DequantizeLinear of a weight is left to run on every gradient call; the forward output
+    of the rewritten model still matches the QDQ model's."""
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((8, 3, 12, 12)).astype(np.float32)
+    qmodel = qdq(linear_cnn(), images, tmp_path)
+    rewritten = differentiate(qmodel, "logits", ["image"])
+    weights = {t.name for t in rewritten.graph.initializer}
+    assert not [n for n in rewritten.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+    seed = np.zeros((8, 5), np.float32)
+    got = session(rewritten).run(["logits"], {"image": images, SEED: seed})[0]
+    np.testing.assert_allclose(got, session(qmodel).run(["logits"], {"image": images})[0], rtol=1e-5, atol=1e-5)

@@ -110,3 +110,50 @@ def test_hard_sigmoid_slope_where_saturated(channels):
     x = np.resize(values, (2, channels, 2, 2)).astype(np.float32)
     y, got = session(rewritten).run(["out0", "in0__grad"], {"in0": x, SEED: np.ones_like(x)})
     np.testing.assert_allclose(got, np.where((y > 0) & (y < 1), alpha, 0), rtol=1e-6)
+
+
+def gated_model(gate, channels, dt, gate_is_output=False, **attrs):
+    """x · gate(x) (Swish with Sigmoid, HardSwish with HardSigmoid(1/6, 1/2)); ``gate_is_output``:
+    the gate's output is a model output too, so it must keep its own gradient path."""
+    from onnx import TensorProto, helper
+    from gradcheck import finish
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+    nodes = [helper.make_node(gate, ["x"], ["g"], **attrs), helper.make_node("Mul", ["x", "g"], ["y"])]
+    outputs = [helper.make_tensor_value_info(n, elem, None) for n in ["y", "g"][:1 + gate_is_output]]
+    return finish(helper.make_graph(nodes, "gated", [helper.make_tensor_value_info("x", elem, ["N", channels, 4, 4])],
+                                   outputs))
+
+
+@pytest.mark.parametrize("gate,attrs", [("Sigmoid", {}), ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5})])
+@pytest.mark.parametrize("channels", [3, 16])
+def test_self_gated_mul_swish_and_hardswish(gate, attrs, channels):
+    """x · f(x) differentiated in one go: against central differences, away from HardSwish's kinks."""
+    def feeds(rng, dt):
+        x = rng.uniform(-5, 5, (2, channels, 4, 4))
+        return {"x": np.where(np.abs(np.abs(x) - 3) < 0.1, x + 0.3, x).astype(dt)}
+
+    check(lambda dt: gated_model(gate, channels, dt, **attrs), feeds=feeds)
+    sizes = [len(differentiate(gated_model(gate, channels, np.float32, both, **attrs), "y", ["x"]).graph.node)
+             for both in (False, True)]
+    assert sizes[0] < sizes[1]  # fewer ops than through the Mul and the gate apart
+
+
+def test_self_gated_mul_keeps_the_gate_path_when_the_gate_is_also_read_elsewhere():
+    check(lambda dt: gated_model("Sigmoid", 3, dt, gate_is_output=True), output="y")
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 6.0), (-0.5, None), (None, 0.3)])
+def test_clip_passes_the_gradient_at_its_bounds_and_inside_only(bounds):
+    from engine.graph.autodiff import grad_name
+    from gradcheck import session
+    inputs = [("N", 3, 2, 2)] + [np.array(b, np.float32) if b is not None else "" for b in bounds]
+    while inputs[-1] == "":
+        inputs.pop()
+    edges = [b for b in bounds if b is not None]
+    values = [v for e in edges for v in (e, np.nextafter(np.float32(e), np.float32(-9)), np.nextafter(np.float32(e), np.float32(9)))]
+    x = np.resize(np.array(values + [0.1, -7.0, 7.0], np.float32), (1, 3, 2, 2)).astype(np.float32)
+    dy = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    rewritten = differentiate(node_model("Clip", inputs, np.float32), "out0", ["in0"])
+    (got,) = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: dy})
+    low, high = (np.float32(b) if b is not None else np.float32(side * np.inf) for b, side in zip(bounds, (-1, 1)))
+    np.testing.assert_array_equal(got, np.where((x >= low) & (x <= high), dy, 0))

@@ -42,16 +42,19 @@ def differentiate(model, output, wrt, mode="standard"):
     model = _copy(model)
     graph = model.graph
     constants = constant_tensors(graph)
-    constants.update(dequantized_constants(graph, constants))  # quantized weights are weights too
+    dequantized = dequantized_constants(graph, constants)
+    constants.update(dequantized)  # quantized weights are weights too
     shapes, types = _tensor_info(graph, constants)
     _check_request(graph, shapes, types, constants, output, wrt)
 
     active = gradient_cone(graph.node, output, wrt, types)
+    _fold_dequantized(graph, dequantized, active)
     used = set(shapes) | set(types) | set(constants) | {n.name for n in graph.node}
     used.update(t for n in graph.node for t in list(n.input) + list(n.output))
     used.add(SEED)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    ctx = Context(opset=opset, mode=mode, shapes=shapes, types=types, constants=constants, used_names=used)
+    ctx = Context(opset=opset, mode=mode, shapes=shapes, types=types, constants=constants, used_names=used,
+                  forward=graph.node, requested=[*wrt, output, *(o.name for o in graph.output)])
 
     grads = defaultdict(list)
     grads[output].append(SEED)
@@ -166,6 +169,24 @@ def _depends(nodes, wrt, types):
                 if types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES or node.op_type == "QuantizeLinear":
                     depends.add(o)
     return depends
+
+
+def _fold_dequantized(graph, dequantized, active):
+    """Replace each DequantizeLinear of constants that feeds a node on the gradient cone by its
+    float value (``dequantized``: from :func:`dequantized_constants`, the same float32 arithmetic).
+    The backward reads the tensors those nodes feed (e.g. a Conv output's quantizer mask), so ORT
+    cannot fuse them into integer kernels anyway, and would dequantize every weight on every run."""
+    feeds_cone = {i for n in graph.node if any(t in active for t in n.input) for i in n.input}
+    folded = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in dequantized
+              and n.output[0] in feeds_cone]
+    for node in folded:
+        graph.node.remove(node)
+        graph.initializer.append(dequantized[node.output[0]])
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    unread = {i for n in folded for i in n.input} - read  # the quantized weights, scales, zero points
+    kept = [t for t in graph.initializer if t.name not in unread]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _prune(nodes, initializers, outputs):

@@ -27,7 +27,10 @@ Any other op registers one function per differentiable input (:func:`~.registry.
   ``wrt=EACH`` registers one function ``fn(ctx, node, dy, i)`` for every input (variadic ops);
   ``wrt=ALL`` one that returns a list with a gradient (or None) per input, for ops whose input
   gradients share their work (Concat's one Split, the LSTM recurrence).
-* ``node`` is the forward ``onnx.NodeProto`` (read its attributes with ``attrs(node)``).
+* ``node`` is the forward ``onnx.NodeProto`` (read its attributes with ``attrs(node)``);
+  ``ctx.private_producer(name)`` gives the forward node computing an input that only ``node``
+  reads (and whose gradient nobody asked for), so that a rule may differentiate both at once
+  (the Mul rule does for x · sigmoid(x)).
 * ``dy`` names the tensor carrying d(loss)/d(output 0), shaped like that output. A rule
   registered with ``all_outputs=True`` gets ``grads`` instead: one entry per node output,
   ``None`` where no gradient arrives (at least one is not). For other rules, a gradient arriving

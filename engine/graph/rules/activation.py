@@ -42,12 +42,15 @@ def prelu(ctx, node, dy):
 
 @rule("Clip", since=11)
 def clip(ctx, node, dy, bounds=None):
-    """Gradient passes where min <= x <= max (optional inputs ``bounds``: names, "" when absent)."""
+    """Gradient passes where min <= x <= max (optional inputs ``bounds``: names, "" when absent):
+    from opset 11 on, where the output equals the input (Equal compares floats from then on;
+    three ops instead of six)."""
     x = node.input[0]
     bounds = node.input[1:3] if bounds is None else bounds
     if not any(bounds):
         return dy
-    return ctx.mask(dy, ctx.between(x, *bounds), like=x)
+    inside = ctx.op("Equal", x, node.output[0]) if ctx.opset >= 11 else ctx.between(x, *bounds)
+    return ctx.mask(dy, inside, like=x)
 
 
 @rule("Clip", since=1)
@@ -90,16 +93,47 @@ def hard_swish(ctx, node, dy):
     for -3 < x < 3), else h (0 below -3, 1 above 3). Nine ops, three fewer than from x's bounds.
     For image tensors: clip(x/3 + 1/2, −1/2, 3/2) + [x < −3]/2 − [x > 3]/2, three clipped
     depthwise Convs (exact steps from 2²⁴·(x ± 3)) that ORT keeps in its NCHWc layout."""
-    x = node.input[0]
+    return _hard_swish_dx(ctx, node.input[0], dy)
+
+
+def _hard_swish_dx(ctx, x, dy, h=None):
+    """The HardSwish rule's gradient for input ``x``; ``h``: a forward HardSigmoid(x) if any."""
     ramp = ctx.clipped_affine(x, 1 / 3, 0.5, -0.5, 1.5)
     if ramp is not None:
         below = ctx.clipped_affine(x, -2.0 ** 24, -3 * 2.0 ** 24, 0.0, 0.5)
         above = ctx.clipped_affine(x, -2.0 ** 24, 3 * 2.0 ** 24, -0.5, 0.0)
         return ctx.op("Mul", dy, ctx.op("Sum", ramp, below, above))
-    h = ctx.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
+    h = h or ctx.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
     inside = ctx.op("And", ctx.op("Greater", h, ctx.scalar(0, like=x)), ctx.op("Less", h, ctx.scalar(1, like=x)))
     slope = ctx.op("Add", h, ctx.mask(ctx.op("Mul", x, ctx.scalar(1 / 6, like=x)), inside, like=x))
     return ctx.op("Mul", dy, slope)
+
+
+def self_gated(ctx, node):
+    """``(i, backward)`` when the Mul ``node`` is x · f(x), with f a Sigmoid (Swish/SiLU) or a
+    HardSigmoid(x/6 + 1/2) (HardSwish) whose output only this Mul reads: input ``i`` is x and
+    ``backward(dy)`` its whole gradient, in fewer ops than through the Mul and f apart; else None.
+    Swish: dx = dy · (s + y·(1 − s)) with s = sigmoid(x), y = x·s.
+
+    >>> from engine.graph.rules import Context
+    >>> mul = onnx.helper.make_node("Mul", ["x", "s"], ["y"])
+    >>> gate = onnx.helper.make_node("Sigmoid", ["x"], ["s"])
+    >>> ctx = Context(opset=17, mode="standard", shapes={}, types={}, constants={}, used_names=set(), forward=[gate, mul])
+    >>> self_gated(ctx, mul)[0]
+    0
+    """
+    for i, gate_name in ((0, node.input[1]), (1, node.input[0])):
+        gate = ctx.private_producer(gate_name)
+        if gate is None or gate.domain not in ("", "ai.onnx") or list(gate.input) != [node.input[i]]:
+            continue
+        x, y = node.input[i], node.output[0]
+        if gate.op_type == "Sigmoid":
+            return i, lambda dy: ctx.op("Mul", dy, ctx.op("Add", gate_name, ctx.op(
+                "Mul", y, ctx.op("Sub", ctx.scalar(1, like=x), gate_name))))
+        a = attrs(gate)
+        if gate.op_type == "HardSigmoid" and np.isclose(a.get("alpha", 0.2), 1 / 6) and a.get("beta", 0.5) == 0.5:
+            return i, lambda dy: _hard_swish_dx(ctx, x, dy, gate_name)
+    return None
 
 
 @rule("Softmax", since=13)

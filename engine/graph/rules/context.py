@@ -11,7 +11,7 @@ class Context:
     ``types`` maps it to an ONNX element type; ``constants`` maps a name to a TensorProto.
     """
 
-    def __init__(self, *, opset, mode, shapes, types, constants, used_names):
+    def __init__(self, *, opset, mode, shapes, types, constants, used_names, forward=(), requested=()):
         self.opset = opset
         self.mode = mode
         self.nodes = []
@@ -27,6 +27,11 @@ class Context:
         self._producers = {}
         self._casts = {}  # emitted Cast output → (its input, that input's element type)
         self.node_name = "grad"  # the forward node being differentiated: prefix of emitted names
+        self._forward_producers = {o: n for n in forward for o in n.output}
+        self._uses = {}
+        for name in (i for n in forward for i in n.input):
+            self._uses[name] = self._uses.get(name, 0) + 1
+        self._requested = set(requested)
 
     # -- names and emission -------------------------------------------------------------------
     def fresh(self, hint):
@@ -99,6 +104,13 @@ class Context:
     def elem_type(self, name):
         """ONNX element type (``TensorProto.FLOAT``, ...) of a forward tensor, e.g. for ``Cast``."""
         return self._types.get(name, onnx.TensorProto.FLOAT)
+
+    def private_producer(self, name):
+        """The forward node computing ``name`` when one forward node alone reads it and no
+        gradient of it is requested (so a rule may differentiate through both at once), else None."""
+        if self._uses.get(name) != 1 or name in self._requested:
+            return None
+        return self._forward_producers.get(name)
 
     # -- helpers for common chores ------------------------------------------------------------
     def shape_of(self, name):
@@ -226,7 +238,30 @@ class Context:
         outside = [self.op(op, x, bound) for op, bound in (("Less", low), ("Greater", high)) if bound]
         return self.op("Not", outside[0] if len(outside) == 1 else self.op("Or", *outside))
 
-    def _blocked(self, x):
+    def at_least(self, x, low):
+        """The float 0/1 step [x >= low] in one op, clip(2^k·x + b, 0, 1): a HardSigmoid for one
+        bound (faster than a clipped depthwise Conv on the quantizer inputs measured), a clipped
+        depthwise Conv for one bound per channel of an image tensor (``low``: a numpy array of one
+        or C values); None where that form is not exact, or for a non-float32 x. A zero bound gets
+        b = 1 (exact outside the negative subnormals, as :meth:`where_positive`); another gets
+        b = −2^k·p with p the float below it, so x > p (i.e. x >= low) iff 2^k(x − p) >= 1, which
+        the products (exact powers of two) and one rounding keep."""
+        bound = np.asarray(low, np.float32).reshape(-1)
+        per_channel = bound.size > 1
+        if self.elem_type(x) != onnx.TensorProto.FLOAT or (per_channel and not self.blocked_layout(x)):
+            return None
+        below = np.nextafter(bound, np.float32(-np.inf))
+        top = float(np.abs(below).max())
+        k = 126 - max(0, int(np.ceil(np.log2(top)))) if top > 0 else 126
+        if k < 126 and (bound == 0).any():  # a zero bound needs 2^126 to step at the smallest normal
+            return None
+        weight = np.float32(2.0 ** k)
+        bias = np.where(bound == 0, np.float32(1), -below * weight).astype(np.float32)
+        if per_channel:
+            return self.clipped_affine(x, weight, bias, 0.0, 1.0)
+        return self.op("HardSigmoid", x, alpha=float(weight), beta=float(bias[0]))
+
+    def blocked_layout(self, x):
         """Whether ``x`` is a float32 image tensor (N, C, H, W) with C a multiple of 16, the kind
         ORT CPU keeps in its blocked NCHWc layout when only Conv-like ops touch it."""
         shape = self.shape(x)
@@ -234,7 +269,7 @@ class Context:
                 and isinstance(shape[1], int) and shape[1] % 16 == 0)
 
     def _depthwise(self, x, factor, like):
-        """x · factor as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``_blocked``."""
+        """x · factor as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``blocked_layout``."""
         channels = self.shape(like)[1]
         weight = self.const(np.full((channels, 1, 1, 1), factor, np.float32), "depthwise_weight")
         return self.op("Conv", x, weight, group=channels, kernel_shape=[1, 1])
@@ -243,20 +278,20 @@ class Context:
         """``grad`` · ``factor`` (a Python float); ``like`` is its forward tensor. A depthwise
         1×1 Conv for image tensors, so that ORT CPU keeps the backward in its NCHWc layout
         (with ``factor`` 1 it only moves the gradient into that layout)."""
-        if self._blocked(like):
+        if self.blocked_layout(like):
             return self._depthwise(grad, factor, like)
         return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
 
     def clipped_affine(self, x, weight, bias, low, high):
         """clip(weight · x + bias, low, high) (Python floats) as a depthwise 1×1 Conv with the Clip
         fused in, so that ORT CPU keeps it in its NCHWc layout; None unless ``x`` passes
-        ``_blocked`` (rules then build the same from elementwise ops). With a power-of-two
+        ``blocked_layout`` (rules then build the same from elementwise ops). With a power-of-two
         ``weight`` the product is exact, so steps such as [x > 3] come out exact too."""
-        if not self._blocked(x):
+        if not self.blocked_layout(x):
             return None
         channels = self.shape(x)[1]
         w = self.const(np.full((channels, 1, 1, 1), weight, np.float32), "affine_weight")
-        b = self.const(np.full(channels, bias, np.float32), "affine_bias")
+        b = self.const(np.broadcast_to(np.float32(bias), (channels,)).copy(), "affine_bias")
         conv = self.op("Conv", x, w, b, group=channels, kernel_shape=[1, 1])
         return self.op("Clip", conv, self.scalar(low, like=x), self.scalar(high, like=x))
 
@@ -267,7 +302,7 @@ class Context:
         each Greater/Cast/Mul; other float32 tensors get the same step from one HardSigmoid
         (one op fewer than Greater/Cast/Mul per ReLU, which counts on small models). Equal to
         [x > 0] for every x outside the float32 subnormals."""
-        if self._blocked(x):
+        if self.blocked_layout(x):
             step = self.op("Clip", self._depthwise(x, 1 / np.finfo(np.float32).tiny, x),
                            self.scalar(0, like=x), self.scalar(1, like=x))
             return self.op("Mul", grad, step)

@@ -2,6 +2,7 @@
 import numpy as np
 
 from engine.graph.rules import ALL, EACH, attrs, rule
+from engine.graph.rules.activation import self_gated
 
 
 @rule("Add", wrt=EACH)
@@ -21,7 +22,11 @@ def sub_b(ctx, node, dy):
 
 @rule("Mul", wrt=EACH)
 def mul(ctx, node, dy, i):
-    """d(a·b)/da = b and the other way round."""
+    """d(a·b)/da = b and the other way round; x · f(x) (Swish, HardSwish) in one go."""
+    gated = self_gated(ctx, node)
+    if gated is not None:
+        x_index, backward = gated
+        return backward(dy) if i == x_index else None
     return ctx.unbroadcast(ctx.op("Mul", dy, node.input[1 - i]), node.input[i], node.output[0])
 
 
@@ -75,10 +80,14 @@ def quantize(ctx, node, dy):
         return dy
     info = np.iinfo(zp.dtype)
     low = (info.min - zp.astype(np.float64)) * s
+    axis = None
     if s.ndim == 1:  # per-axis quantization
         rank = ctx.rank(x)
         axis = attrs(node).get("axis", 1) % rank
         low = low.reshape([-1 if i == axis else 1 for i in range(rank)])
+    step = ctx.at_least(x, low) if s.ndim == 0 or axis == 1 else None
+    if step is not None:
+        return ctx.op("Mul", dy, step)
     inside = ctx.between(x, low=ctx.const(low.astype(ctx.dtype(x)), "q_low"))
     return ctx.mask(dy, inside, like=x)
 

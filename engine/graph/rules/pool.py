@@ -67,8 +67,10 @@ def global_average_pool(ctx, node, dy):
     x = node.input[0]
     spatial = ctx.shape(x)[2:]
     if all(isinstance(d, int) for d in spatial):
-        scaled = ctx.op("Mul", dy, ctx.scalar(1.0 / np.prod(spatial), like=dy))
-        return ctx.scale(ctx.op("Expand", scaled, ctx.ints([1, 1, *spatial])), 1.0, like=x)
+        factor, shape = 1.0 / np.prod(spatial), ctx.ints([1, 1, *spatial])
+        if ctx.blocked_layout(x):  # the depthwise Conv that moves it into NCHWc scales it too
+            return ctx.scale(ctx.op("Expand", dy, shape), factor, like=x)
+        return ctx.op("Expand", ctx.op("Mul", dy, ctx.scalar(factor, like=dy)), shape)
     positions = ctx.op("Slice", ctx.shape_of(x), ctx.ints([2]), ctx.ints([len(spatial) + 2]))
     count = ctx.op("Cast", ctx.op("ReduceProd", positions, keepdims=0), to=ctx.elem_type(x))
     return ctx.op("Expand", ctx.op("Div", dy, count), ctx.shape_of(x))
