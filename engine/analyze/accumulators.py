@@ -31,8 +31,9 @@ class Quantile:
     powers of two, the smallest whose bins span the channel's range, so the histogram after any
     split and merge equals the single-pass one. Memory is ``channels × (bins + 2·tail)`` numbers
     whatever the dataset size. ``total``: the values per channel of the whole stream (all parts
-    merged) when known in advance; if the exact path covers that many, no histogram is kept
-    (the same result, less work per update).
+    merged) when known in advance; if the exact path covers that many, no histogram is kept and
+    only the values the quantile of ``total`` values can read are kept (the same result, less
+    work per update).
 
     >>> acc = Quantile(channels=2, q=0.995)
     >>> acc.update(np.random.rand(1000, 2))      # rows of values, one column per channel
@@ -49,6 +50,7 @@ class Quantile:
         self.channels, self.q, self.bins, self.tail = int(channels), float(q), int(bins), int(tail)
         self.total = None if total is None else int(total)
         self.exact = self.total is not None and self._from_top(self.total) < self.tail  # top values suffice
+        self.keep = self._from_top(self.total) + 1 if self.exact else self.tail  # top values the result may read
         self.count = 0
         self.top = np.zeros((self.channels, 0), np.float32)  # the largest values, unordered (-inf: padding)
         self.floor = np.full(self.channels, -np.inf, np.float32)  # values at or below it never enter ``top``
@@ -146,9 +148,9 @@ class Quantile:
             self.top = self.top[:, :0]  # too many values for the exact path: it is never read again
             return
         both = np.concatenate([self.top, _above(values.astype(np.float32), self.floor)], axis=1)
-        if both.shape[1] > 2 * self.tail:  # trim to the top ``tail`` only now and then (amortized)
-            both = _largest(both, self.tail)
-            self.floor = both[:, 0]  # each channel's tail-th largest: values up to it change no top value
+        if both.shape[1] > 2 * self.keep:  # trim to the top ``keep`` only now and then (amortized)
+            both = _largest(both, self.keep)
+            self.floor = both[:, 0]  # each channel's keep-th largest: values up to it change no top value
         self.top = both
 
     def _fit(self, lo, hi, exponent):
@@ -267,13 +269,14 @@ class IoUCounts:
         :meth:`add_label_area` (a label-map store keeps them).
 
         Per category, the labelling images' planes are stacked in their own dtype (uint8 from a
-        store) and every mask pixel's (unit, label number) code is read in one gather; one
-        bincount over all codes gives the intersections."""
+        store) and every mask pixel's (unit, label number) code is read in one gather and counted
+        by one bincount (the pixels' places in the stack shared by categories of one shape)."""
         image, unit, pixel = (np.asarray(v, np.int64) for v in pixels)
         n = len(label_maps)
         area = np.bincount(image * self.units + unit, minlength=n * self.units).reshape(n, self.units)
         unit_key = unit * self.concepts
-        keys = []
+        places = {}  # plane size → each mask pixel's place in a stack of every image's planes
+        intersection = np.zeros(self.units * self.concepts, np.int64)
         for g, category in enumerate(self.categories):
             labelled = [i for i in range(n) if len(label_maps[i].get(category, ())) > 0]
             if not labelled:
@@ -284,17 +287,19 @@ class IoUCounts:
                 self._count_labels(planes, category)
             depth, size = planes.shape[1:]
             if len(labelled) == n:  # every image labels the category (the usual case): no selection
-                where, owners = image * (depth * size) + pixel, unit_key
+                if depth * size not in places:
+                    places[depth * size] = image * (depth * size) + pixel
+                where, owners = places[depth * size], unit_key
             else:
                 row = np.full(n, -1)
                 row[labelled] = np.arange(len(labelled))
                 inside = row[image] >= 0  # mask pixels of images that label the category
                 where, owners = row[image[inside]] * (depth * size) + pixel[inside], unit_key[inside]
             flat = planes.reshape(-1)
-            keys += [owners + flat[where + k * size] for k in range(depth)]
-        if keys:  # number 0 (unlabelled, padding) lands in column 0
-            self.intersection += np.bincount(np.concatenate(keys), minlength=self.units * self.concepts
-                                             ).reshape(self.units, self.concepts)
+            for k in range(depth):  # number 0 (unlabelled, padding) lands in column 0
+                codes = owners + (flat[where + k * size] if k else flat[where])
+                intersection += np.bincount(codes, minlength=len(intersection))
+        self.intersection += intersection.reshape(self.units, self.concepts)
         self.intersection[:, 0] = 0
         self.label_area[0] = 0
 

@@ -142,31 +142,41 @@ def mask_pixels(maps, thresholds, size):
     cell_y, rows, fy = _blocks(size[0], maps.shape[2])
     cell_x, cols, fx = _blocks(size[1], maps.shape[3])
     n, units, h, w = maps.shape
-    image, unit, y, x = np.unravel_index(np.flatnonzero(maps > thresholds[:, None, None]), maps.shape)
-    hot = [((image * units + unit) * h + np.maximum(y - dy, 0)) * w + np.maximum(x - dx, 0)
-           for dy in (0, 1) for dx in (0, 1)]  # the blocks (y0, x0) that have a cell above it as a corner
-    image, unit, y0, x0 = np.unravel_index(np.unique(np.concatenate(hot)), maps.shape)
+    hot = maps > thresholds[:, None, None]
+    hot[:, :, :-1] |= hot[:, :, 1:]  # the blocks (y0, x0) that have a cell above it as a corner
+    hot[:, :, :, :-1] |= hot[:, :, :, 1:]
+    image, unit, y0, x0 = np.unravel_index(np.flatnonzero(hot), maps.shape)
     by, bx = _runs_of(cell_y, y0), _runs_of(cell_x, x0)  # every run of those cells: hot × runs × runs
     keep = (by[:, :, None] >= 0) & (bx[:, None, :] >= 0)
     hot, by, bx = np.nonzero(keep)[0], np.broadcast_to(by[:, :, None], keep.shape)[keep], \
         np.broadcast_to(bx[:, None, :], keep.shape)[keep]
     image, unit, y0, x0 = image[hot], unit[hot], y0[hot], x0[hot]
-    y1, x1 = np.minimum(y0 + 1, maps.shape[2] - 1), np.minimum(x0 + 1, maps.shape[3] - 1)
-    corners = [maps[image, unit, y, x].astype(np.float64)[:, None] for y, x in ((y0, x0), (y0, x1), (y1, x0), (y1, x1))]
-    found = [(np.zeros(0, np.int64),) * 3]
-    step = max(1, MASK_CHUNK // (rows.shape[1] * cols.shape[1]))  # a cache-sized number of values at once
+    cell = ((image * units + unit) * h + y0) * w + x0
+    down, right = np.where(y0 + 1 < h, w, 0), np.where(x0 + 1 < w, 1, 0)  # the next cell, edges clamped
+    flat = maps.reshape(-1)
+    corners = [flat[cell + d].astype(np.float64)[:, None] for d in (0, right, down, down + right)]
+    base = rows[by, 0] * size[1] + cols[bx, 0]  # each block's first pixel: runs are consecutive coordinates
+    offset = (np.arange(rows.shape[1])[:, None] * size[1] + np.arange(cols.shape[1])).reshape(-1)
+    per_block = len(offset)
+    step = max(1, MASK_CHUNK // per_block)  # a cache-sized number of values at once, in reused buffers
+    values, other = np.empty((2, min(step, len(image)), rows.shape[1], cols.shape[1]))
+    inside = np.empty(values.shape, bool)
+    found = [(np.zeros(0, np.int64),) * 2]
     for s in range(0, len(image), step):
         b = slice(s, s + step)
+        m = len(image[b])
         a, ax, ay, axy = (c[b] for c in corners)
         wx, wy = fx[bx[b]], fy[by[b]][:, :, None]
         top, bottom = a * (1 - wx) + ax * wx, ay * (1 - wx) + axy * wx
-        values = top[:, None] * (1 - wy)
-        values += bottom[:, None] * wy
-        k, r, c = np.unravel_index(np.flatnonzero(values > thresholds[unit[b], None, None]), values.shape)
-        k += s  # padding is NaN: never inside
-        found.append((k, rows[by[k], r], cols[bx[k], c]))
-    which, y, x = (np.concatenate(v) for v in zip(*found))
-    return image[which], unit[which], y * size[1] + x
+        np.multiply(top[:, None], 1 - wy, out=values[:m])
+        np.multiply(bottom[:, None], wy, out=other[:m])
+        values[:m] += other[:m]
+        hits = np.flatnonzero(np.greater(values[:m], thresholds[unit[b], None, None], out=inside[:m]))
+        k, j = np.divmod(hits, per_block)  # padding is NaN: never inside
+        k += s
+        found.append((k, base[k] + offset[j]))
+    which, pixel = (np.concatenate(v) for v in zip(*found))
+    return image[which], unit[which], pixel
 
 
 def _runs_of(run_cell, cells):
