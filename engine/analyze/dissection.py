@@ -143,8 +143,10 @@ def mask_pixels(maps, thresholds, size):
     cell_x, cols, fx = _blocks(size[1], maps.shape[3])
     n, units, h, w = maps.shape
     hot = maps > thresholds[:, None, None]
-    hot[:, :, :-1] |= hot[:, :, 1:]  # the blocks (y0, x0) that have a cell above it as a corner
-    hot[:, :, :, :-1] |= hot[:, :, :, 1:]
+    last = hot[:, :, :, -1].copy()  # the blocks (y0, x0) that have a cell above it as a corner:
+    hot.reshape(-1)[:-1] |= hot.reshape(-1)[1:]  # x0 or x0 + 1 (flat: fast; the last column kept)
+    hot[:, :, :, -1] = last
+    hot.reshape(n * units, h * w)[:, :-w] |= hot.reshape(n * units, h * w)[:, w:]  # y0 or y0 + 1
     image, unit, y0, x0 = np.unravel_index(np.flatnonzero(hot), maps.shape)
     by, bx = _runs_of(cell_y, y0), _runs_of(cell_x, x0)  # every run of those cells: hot × runs × runs
     keep = (by[:, :, None] >= 0) & (bx[:, None, :] >= 0)
@@ -154,25 +156,26 @@ def mask_pixels(maps, thresholds, size):
     cell = ((image * units + unit) * h + y0) * w + x0
     down, right = np.where(y0 + 1 < h, w, 0), np.where(x0 + 1 < w, 1, 0)  # the next cell, edges clamped
     flat = maps.reshape(-1)
-    corners = [flat[cell + d].astype(np.float64)[:, None] for d in (0, right, down, down + right)]
+    a, ax, ay, axy = (flat[cell + d].astype(np.float64) for d in (0, right, down, down + right))
     base = rows[by, 0] * size[1] + cols[bx, 0]  # each block's first pixel: runs are consecutive coordinates
     offset = (np.arange(rows.shape[1])[:, None] * size[1] + np.arange(cols.shape[1])).reshape(-1)
-    per_block = len(offset)
-    step = max(1, MASK_CHUNK // per_block)  # a cache-sized number of values at once, in reused buffers
-    values, other = np.empty((2, min(step, len(image)), rows.shape[1], cols.shape[1]))
+    fy, fx = np.ascontiguousarray(fy.T), np.ascontiguousarray(fx.T)  # blocks last: long inner loops
+    step = max(1, MASK_CHUNK // len(offset))  # a cache-sized number of values at once, in reused buffers
+    values, other = np.empty((2, len(offset) * min(step, len(image))))
     inside = np.empty(values.shape, bool)
     found = [(np.zeros(0, np.int64),) * 2]
     for s in range(0, len(image), step):
         b = slice(s, s + step)
         m = len(image[b])
-        a, ax, ay, axy = (c[b] for c in corners)
-        wx, wy = fx[bx[b]], fy[by[b]][:, :, None]
-        top, bottom = a * (1 - wx) + ax * wx, ay * (1 - wx) + axy * wx
-        np.multiply(top[:, None], 1 - wy, out=values[:m])
-        np.multiply(bottom[:, None], wy, out=other[:m])
-        values[:m] += other[:m]
-        hits = np.flatnonzero(np.greater(values[:m], thresholds[unit[b], None, None], out=inside[:m]))
-        k, j = np.divmod(hits, per_block)  # padding is NaN: never inside
+        wx, wy = fx[:, bx[b]], fy[:, by[b]][:, None]  # cols × blocks, rows × 1 × blocks
+        top, bottom = a[b] * (1 - wx) + ax[b] * wx, ay[b] * (1 - wx) + axy[b] * wx
+        shape = (rows.shape[1], cols.shape[1], m)
+        v, o = values[:len(offset) * m].reshape(shape), other[:len(offset) * m].reshape(shape)
+        np.multiply(top, 1 - wy, out=v)
+        np.multiply(bottom, wy, out=o)
+        v += o
+        hits = np.flatnonzero(np.greater(v, thresholds[unit[b]], out=inside[:v.size].reshape(shape)))
+        j, k = np.divmod(hits, m)  # padding is NaN: never inside
         k += s
         found.append((k, base[k] + offset[j]))
     which, pixel = (np.concatenate(v) for v in zip(*found))
@@ -271,7 +274,7 @@ class DissectJob:
             thresholds.update_maps(maps)
             best.update(maps, start)
             if spool:
-                spool.write(maps.tobytes())
+                spool.write(maps)  # a contiguous array: written from its buffer, no copy
 
         batches = self._maps(model, first, stop)
         start, maps = next(batches)
