@@ -15,19 +15,21 @@ run's CPU seconds over all its threads (the figure that does not depend on the m
 It also prints each run's busy cores (CPU ÷ wall: below 1 means the process waited for a core)
 and forward CPU ÷ dissect CPU, the ratio one core allows.
 
-Measured (shapes-resnet layer3, 8×8×96 maps, 1 ORT thread, a 2-core box shared by ~8 sessions,
-so each run got 0.2–0.7 of a core): dissect / forward median 0.53× and 0.66× in two runs
-(rounds 0.34–0.94), against 0.41× for the code before this round in a run beside them
-(dissect-decode 0.40–0.59× against 0.29×). CPU seconds per 512 images: forward 0.51–0.54,
-dissect 0.95–1.05 (before: 0.39 and 0.92 in its run), so one core's ceiling went from 0.42× to
-0.51–0.53×. Dissection's share beyond the forward pass: unit masks worked at the map's
-resolution (only blocks whose four cells exceed the threshold, ≈0.13 s), the quantile (rows
-sorted, values under each channel's floor never copied, ≈0.10 s), IoU counts (label areas read
-from the store, codes gathered per category, ≈0.08 s), the store's key and offsets (on a thread
-beside pass 1). Pass 1 reads the next batch's images on a thread while the model runs, pass 1's
-accumulators run on another and pass 2 on three, so on two idle cores dissection should run at
-about the forward pass's rate (CPU ≈ 2 × forward spread over 2 cores); the figure to take is a
-run on an idle machine.
+Measured (shapes-resnet layer3, 8×8×96 maps, 1 ORT thread, a 2-core box shared by other
+sessions; runs alternating with main's code, base → branch): at load 0.7–1.6, dissect / forward
+median 0.75× and 0.78× → 0.87× and 0.85× (rounds 0.75–1.04×), dissect CPU 0.69 and 0.67 s →
+0.59 and 0.57 s per 512 images (forward 0.33–0.35 s, 1.5 cores busy); at load 2–3, 0.74× and
+0.56× → 0.64× and 0.65×. Dissection's CPU beyond the forward pass (≈ 0.2 s, was ≈ 0.33 s; thread
+CPU of each part on the bench set): unit masks ≈ 0.085 s (was 0.13–0.19: hot blocks found by
+dilating the above-threshold cells, chunks laid out blocks-last so numpy's inner loops are long,
+reused buffers, pixels as a block's first pixel + an offset), IoU counts ≈ 0.035 s (was 0.06:
+the pixels' places shared by the categories, a bincount per category), the quantile ≈ 0.01 s
+(was 0.035: with the value count known it keeps only the top values its result reads), the
+top-k ≈ 0.006 s, the store's key, offsets and label maps ≈ 0.02 s. What remains is mostly the
+masks' float64 interpolation (≈ 7 M values per 512 images, about a fifth of them inside).
+Pass 1 reads the next batch's images on a thread while the model runs, pass 1's accumulators
+run on another and pass 2 on three, so on two idle cores dissection runs at about the forward
+pass's rate; the figure to take is a run on a quiet machine.
 
 ``test_dissection_memory_is_flat``: peak RSS of a subprocess dissecting 2,000 vs 20,000 Shapes
 images (32×32, generated on the fly, tiny 32×32 CNN).
