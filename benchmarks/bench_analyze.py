@@ -16,10 +16,11 @@ It also prints each run's busy cores (CPU ÷ wall: below 1 means the process wai
 and forward CPU ÷ dissect CPU, the ratio one core allows.
 
 Measured (shapes-resnet layer3, 8×8×96 maps, 1 ORT thread, a 2-core box shared by other
-sessions; runs alternating with main's code, base → branch): at load 0.7–1.6, dissect / forward
-median 0.75× and 0.78× → 0.87× and 0.85× (rounds 0.75–1.04×), dissect CPU 0.69 and 0.67 s →
-0.59 and 0.57 s per 512 images (forward 0.33–0.35 s, 1.5 cores busy); at load 2–3, 0.74× and
-0.56× → 0.64× and 0.65×. Dissection's CPU beyond the forward pass (≈ 0.2 s, was ≈ 0.33 s; thread
+sessions; four runs alternating with main's code, base → this): at load 0.7–1.6, dissect /
+forward median 0.74–0.78× → 0.85–0.98× (rounds 0.71–1.04×), dissect CPU 0.67–0.99 s → 0.57–0.81
+s per 512 images (forward 0.33–0.52 s in the same runs, the machine's speed varying; forward CPU
+÷ dissect CPU 0.48–0.53 → 0.57–0.62), 1.5 cores busy; at load 2–3, 0.74× and 0.56× → 0.64× and
+0.65×. Dissection's CPU beyond the forward pass (≈ 0.2 s, was ≈ 0.33 s; thread
 CPU of each part on the bench set): unit masks ≈ 0.085 s (was 0.13–0.19: hot blocks found by
 dilating the above-threshold cells, chunks laid out blocks-last so numpy's inner loops are long,
 reused buffers, pixels as a block's first pixel + an offset), IoU counts ≈ 0.035 s (was 0.06:
