@@ -7,9 +7,9 @@ of ops that choose other ops per image (Choice; the policies build on it).
 """
 import numpy as np
 
-from engine.augment.batches import parallel_apply, restack, select
+from engine.augment.batches import for_each, parallel_apply, restack, select, store
 from engine.augment.op import Op
-from engine.augment.parameters import concat, count, per_image_shapes, take
+from engine.augment.parameters import concat, count, per_image_shapes, rows, take
 from engine.augment.streams import Streams
 from engine.errors import UsageError
 
@@ -64,12 +64,43 @@ class Compose(Op):
             yield op, child
 
     def apply(self, images, params, masks=None, threads=1):
+        chained = None if masks is not None else self.apply_chained(images, params, threads)
+        if chained is not None:
+            return chained
         if threads > 1:
             return parallel_apply(self, images, params, masks, threads)
         for op, child in self._children(params):
             res = op.apply(images, child, masks=masks)
             images, masks = res if masks is not None else (res, None)
         return images if masks is None else (images, masks)
+
+    def apply_chained(self, images, params, threads=1):
+        """Each image through every op in turn while it sits in cache (op after op, the batch
+        would stream from memory once per op), the last op writing into the output batch, images
+        handed out ``threads`` at once; None unless the batch is an array of one output shape
+        and every op has a per-image kernel (whose pixels the batch fast paths match)."""
+        if not (isinstance(images, np.ndarray) and len(images) and
+                all(type(op).kernel is not Op.kernel for op in self.ops)):
+            return None
+        shapes = set(self.out_shapes(params, images.shape[1:]))
+        if len(shapes) != 1:
+            return None
+        out = np.empty((len(images),) + shapes.pop() + images.shape[3:], images.dtype)
+        steps = [(op.kernel, rows(child)) for op, child in self._children(params)]
+        channels, dtype = images.shape[3:], images.dtype
+
+        def one(i):
+            chain = [(kernel, prms[i]) for kernel, prms in steps if prms[i]["on"]]
+            image = images[i]
+            for kernel, prm in chain[:-1]:  # each result as the op-by-op batch would hold it
+                image = kernel(image, prm)
+                image = image.reshape(image.shape[:2] + channels).astype(dtype, copy=False)
+            if chain:
+                image = chain[-1][0](image, chain[-1][1], out[i])
+            store(out, i, image)
+
+        for_each(one, len(images), threads)
+        return out
 
     def apply_images(self, images, params):
         return self.apply(images, params)
