@@ -94,25 +94,24 @@ def restack(items, like):
 
 
 def for_each(fn, n, threads):
-    """``fn(i)`` for ``i`` in ``range(n)``, ``threads`` at once: runs of a few indices handed
-    out as threads free up (a thread slowed by other processes takes fewer).
+    """``fn(i)`` for ``i`` in ``range(n)``, ``threads`` at once: each thread takes the next index
+    as it frees up (a thread slowed by other processes takes fewer; no thread idles while
+    another still has a queue).
 
     >>> seen = []; for_each(seen.append, 5, 2); sorted(seen)
     [0, 1, 2, 3, 4]
     """
     threads = max(1, min(int(threads), n, _CPUS))
+    indices = iter(range(n))  # shared: taking the next index is atomic under the GIL
+
+    def run(_):
+        for i in indices:
+            fn(i)
+
     if threads == 1:
-        for i in range(n):
-            fn(i)
-        return
-    runs = np.array_split(np.arange(n), min(n, 4 * threads))
-    pool = _pool(threads)
-
-    def run(indices):
-        for i in indices.tolist():
-            fn(i)
-
-    list(pool.map(run, runs))
+        run(0)
+    else:
+        list(_pool(threads).map(run, range(threads)))
 
 
 def _pool(threads):
