@@ -1,5 +1,5 @@
 """Batch plumbing: checking and shaping input batches, output slots, and running an op's
-``apply`` over chunks of a batch on a thread pool.
+``apply`` over chunks of a batch (or a function over its images) on a thread pool.
 
 >>> from engine.augment import HorizontalFlip
 >>> parallel_apply(HorizontalFlip(), images, HorizontalFlip().sample_images(images, seed=0), None, 2).shape

@@ -22,7 +22,9 @@ def _per_image_ops(ops, owner):
 
 
 class Compose(Op):
-    """Apply ``ops`` in order (each with its own probability), as one op.
+    """Apply ``ops`` in order (each with its own probability), as one op. An array batch whose
+    ops all have per-image kernels runs image by image through the whole chain
+    (:meth:`apply_chained`), otherwise op by op over the batch.
 
     >>> from engine.augment import HorizontalFlip, Rotate
     >>> aug = Compose([HorizontalFlip(p=0.5), Rotate(angle=(-30, 30))])
