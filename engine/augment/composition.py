@@ -9,7 +9,7 @@ import numpy as np
 
 from engine.augment.batches import for_each, parallel_apply, restack, select, store
 from engine.augment.op import Op
-from engine.augment.parameters import concat, count, per_image_shapes, rows, take
+from engine.augment.parameters import concat, count, per_image_shapes, row, take
 from engine.augment.streams import Streams
 from engine.errors import UsageError
 
@@ -88,11 +88,11 @@ class Compose(Op):
         if len(shapes) != 1:
             return None
         out = np.empty((len(images),) + shapes.pop() + images.shape[3:], images.dtype)
-        steps = [(op.kernel, rows(child)) for op, child in self._children(params)]
+        steps = [(op.kernel, child, child["on"].tolist()) for op, child in self._children(params)]
         channels, dtype = images.shape[3:], images.dtype
 
-        def one(i):
-            chain = [(kernel, prms[i]) for kernel, prms in steps if prms[i]["on"]]
+        def one(i):  # parameter rows made here, by the threads, not up front
+            chain = [(kernel, row(child, i)) for kernel, child, on in steps if on[i]]
             image = images[i]
             for kernel, prm in chain[:-1]:  # each result as the op-by-op batch would hold it
                 image = kernel(image, prm)

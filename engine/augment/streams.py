@@ -3,16 +3,25 @@
 >>> Streams(seed=3, indices=[0, 1]).integers(0, 10, (2, 1)).shape
 (2, 1)
 """
+import math
+
 import numpy as np
 
 from engine.errors import UsageError
 
+_GAMMA = np.uint64(0x632BE59BD9B4E019)
+_SHIFTS = np.uint64(30), np.uint64(27), np.uint64(31)
+_MULTIPLIERS = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
 
 def _mix(x):
     """SplitMix64's finalizer on uint64 arrays (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    x = x ^ (x >> _SHIFTS[0])  # a new array, then in place (arrays wrap without warnings)
+    x *= _MULTIPLIERS[0]
+    x ^= x >> _SHIFTS[1]
+    x *= _MULTIPLIERS[1]
+    x ^= x >> _SHIFTS[2]
+    return x
 
 
 class Streams:
@@ -35,9 +44,8 @@ class Streams:
         self.seed = int(seed)
         self.indices = np.asarray(indices, np.uint64)
         self._draw = 0
-        with np.errstate(over="ignore"):
-            self._keys = _mix(_mix(np.uint64(self.seed) ^ np.uint64(0x9E3779B97F4A7C15))
-                              ^ self.indices)
+        self._keys = _mix(_mix(np.full(1, self.seed, np.uint64) ^ np.uint64(0x9E3779B97F4A7C15))
+                          ^ self.indices)
 
     def split(self):
         """One single-image stream per image, each continuing from this stream's position."""
@@ -49,14 +57,12 @@ class Streams:
         return parts
 
     def _bits(self, size):
-        size = (len(self.indices),) if size is None else tuple(np.atleast_1d(size))
+        size = (len(self.indices),) if size is None else (size,) if np.isscalar(size) else tuple(size)
         if size[0] != len(self.indices):
             raise ValueError(f"draws must have one row per image ({len(self.indices)}), got {size}")
-        per = int(np.prod(size[1:], dtype=np.int64))
         self._draw += 1
-        with np.errstate(over="ignore"):
-            ctr = (np.uint64(self._draw) << np.uint64(32)) + np.arange(per, dtype=np.uint64)
-            bits = _mix(_mix(self._keys[:, None] ^ ctr[None, :]) + np.uint64(0x632BE59BD9B4E019))
+        ctr = np.arange(self._draw << 32, (self._draw << 32) + math.prod(size[1:]), dtype=np.uint64)
+        bits = _mix(_mix(self._keys[:, None] ^ ctr) + _GAMMA)
         return bits.reshape(size)
 
     def random(self, size=None):
