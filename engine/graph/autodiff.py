@@ -11,6 +11,7 @@ import onnx
 from onnx import helper
 
 from engine.errors import LayerError, UnsupportedOpError
+from engine.graph.editing import copy_model, default_opset
 from engine.graph.quantized import dequantized_constants
 from engine.graph.nodes import upstream
 from engine.graph.rules import Context, first_opset, input_gradients, rules_for
@@ -39,7 +40,7 @@ def differentiate(model, output, wrt, mode="standard"):
     if mode not in MODES:
         raise LayerError(f"unknown backward mode {mode!r}: use one of {', '.join(MODES)}")
     wrt = list(dict.fromkeys([wrt] if isinstance(wrt, str) else wrt))
-    model = _copy(model)
+    model = copy_model(model)
     graph = model.graph
     constants = constant_tensors(graph)
     dequantized = dequantized_constants(graph, constants)
@@ -52,7 +53,7 @@ def differentiate(model, output, wrt, mode="standard"):
     used = set(shapes) | set(types) | set(constants) | {n.name for n in graph.node}
     used.update(t for n in graph.node for t in list(n.input) + list(n.output))
     used.add(SEED)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = default_opset(model)
     ctx = Context(opset=opset, mode=mode, shapes=shapes, types=types, constants=constants, used_names=used,
                   forward=graph.node, requested=[*wrt, output, *(o.name for o in graph.output)])
 
@@ -109,11 +110,6 @@ def differentiate(model, output, wrt, mode="standard"):
     graph.output.extend(_value_info(grad_name(t), types.get(t, onnx.TensorProto.FLOAT), shapes.get(t)) for t in wrt)
     return model
 
-
-def _copy(model):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def _tensor_info(graph, constants):

@@ -1,5 +1,6 @@
 """Which tensors gradients can reach: every op between a tensor and the output needs a rule."""
 from engine.graph.autodiff import gradient_cone
+from engine.graph.editing import default_opset
 from engine.graph.nodes import upstream
 from engine.graph.rules import rules_for
 
@@ -14,7 +15,7 @@ def gradient_blockers(model, output, names):
     """
     graph = model.graph
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = default_opset(model)
     feeds = upstream(graph.node, output)
     unruled = [node for node in graph.node if not rules_for(node, opset)]
     result = {}

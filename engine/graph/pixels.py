@@ -7,10 +7,10 @@ return them per input pixel, :func:`float_image` feeds the image as float32 inst
 ops before the Cast carry floats unchanged and the Cast becomes float → float, so the gradient of
 the new float input is the gradient of the first float tensor, moved back to the input's layout.
 """
-import onnx
 from onnx import TensorProto
 
 from engine.errors import UnsupportedOpError
+from engine.graph.editing import copy_model
 from engine.graph.nodes import attrs
 from engine.graph.shapes import FLOAT_TYPES
 # Ops that move or select pixels whatever their type (each has a gradient rule).
@@ -47,7 +47,7 @@ def float_image(model, image, inplace=False):
     1
     """
     _, on_path = _float_casts(model, image)  # raises where the pixels do anything but move before their Cast
-    out = model if inplace else _copy(model)
+    out = model if inplace else copy_model(model)
     for vi in out.graph.input:
         if vi.name == image:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
@@ -56,11 +56,6 @@ def float_image(model, image, inplace=False):
     out.graph.value_info.extend(kept)
     return out
 
-
-def _copy(model):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def _float_casts(model, image):

@@ -37,11 +37,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from engine.graph.editing import DEFAULT_DOMAINS
 from engine.graph.nodes import attrs
 from engine.graph.shapes import constant_tensors
 
 _MS = "com.microsoft"
-_DEFAULT = ("", "ai.onnx")
 # Ops that move or select elements; run on a quantized tensor they keep its scale and zero point.
 _KEEP_SCALE = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "GlobalMaxPool",
                "Identity", "Slice", "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Pad"}
@@ -71,7 +71,7 @@ def dequantize_operators(model: onnx.ModelProto, inplace=False) -> onnx.ModelPro
     graph.initializer.extend(rewriter.initializers)
     del graph.value_info[:]  # integer outputs became float: shapes and types are inferred again
     used = {n.domain for n in graph.node}
-    kept = [o for o in out.opset_import if o.domain in _DEFAULT or o.domain in used]
+    kept = [o for o in out.opset_import if o.domain in DEFAULT_DOMAINS or o.domain in used]
     del out.opset_import[:]
     out.opset_import.extend(kept)
     return out
@@ -91,7 +91,8 @@ def dequantized_constants(graph, constants):
     out = {}
     for node in graph.node:
         inputs = [i for i in node.input if i]
-        if node.op_type != "DequantizeLinear" or node.domain not in _DEFAULT or not all(i in constants for i in inputs):
+        if node.op_type != "DequantizeLinear" or node.domain not in DEFAULT_DOMAINS or \
+                not all(i in constants for i in inputs):
             continue
         a = attrs(node)
         q, scale, *zp = (numpy_helper.to_array(constants[i]) for i in inputs)
@@ -107,7 +108,7 @@ def dequantized_constants(graph, constants):
 
 
 def _rewriter_of(node):
-    return _REWRITES.get(node.op_type) if node.domain in (*_DEFAULT, _MS) else None
+    return _REWRITES.get(node.op_type) if node.domain in (*DEFAULT_DOMAINS, _MS) else None
 
 
 class _Rewriter:
@@ -194,14 +195,14 @@ class _Rewriter:
     def rewrite(self, node):
         self.nodes = []
         fn = _rewriter_of(node)
-        if fn is None and node.domain in _DEFAULT and node.op_type in _KEEP_SCALE:
+        if fn is None and node.domain in DEFAULT_DOMAINS and node.op_type in _KEEP_SCALE:
             fn = _keep_scale
-        if node.op_type == "Add" and node.domain in _DEFAULT and self.integer_units.intersection(node.input):
+        if node.op_type == "Add" and node.domain in DEFAULT_DOMAINS and self.integer_units.intersection(node.input):
             fn = _integer_bias
         if fn is not None and fn(self, node) is not False:
             self.changed = True
             return self.nodes
-        if node.op_type == "QuantizeLinear" and node.domain in _DEFAULT:
+        if node.op_type == "QuantizeLinear" and node.domain in DEFAULT_DOMAINS:
             self.qparams[node.output[0]] = (node.input[1], node.input[2] if len(node.input) > 2 else "")
         return [node]
 
@@ -374,7 +375,7 @@ def _dynamic_quantize_lstm(rw, node):
 
 def _to_default_domain(rw, node):
     """com.microsoft Quantize/DequantizeLinear: the standard op (same inputs and meaning)."""
-    if node.domain in _DEFAULT:
+    if node.domain in DEFAULT_DOMAINS:
         return False
     rw.nodes.append(helper.make_node(node.op_type, node.input, node.output, name=node.name, **attrs(node)))
     if node.op_type == "QuantizeLinear":

@@ -2,6 +2,7 @@
 follows ``ctx.mode`` (guided backprop, deconvnet); the others are the same in every mode."""
 import numpy as np
 
+from engine.graph.editing import DEFAULT_DOMAINS
 from engine.graph.rules import attrs, derivative, rule
 
 
@@ -124,7 +125,7 @@ def self_gated(ctx, node):
     """
     for i, gate_name in ((0, node.input[1]), (1, node.input[0])):
         gate = ctx.private_producer(gate_name)
-        if gate is None or gate.domain not in ("", "ai.onnx") or list(gate.input) != [node.input[i]]:
+        if gate is None or gate.domain not in DEFAULT_DOMAINS or list(gate.input) != [node.input[i]]:
             continue
         x, y = node.input[i], node.output[0]
         if gate.op_type == "Sigmoid":

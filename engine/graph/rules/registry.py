@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from engine.errors import UnsupportedOpError
+from engine.graph.editing import DEFAULT_DOMAINS
 
 EACH, ALL = "each", "all"
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 class RuleContractError(RuntimeError):
@@ -60,14 +60,14 @@ def rule(*op_types, wrt=0, since=1, all_outputs=False):
 def rules_for(node, opset):
     """The rules of ``node`` in a model of ``opset``: those of the newest version not after it;
     [] for an op without one or outside the default domain."""
-    registered = RULES.get(node.op_type, []) if node.domain in _DEFAULT_DOMAINS else []
+    registered = RULES.get(node.op_type, []) if node.domain in DEFAULT_DOMAINS else []
     versions = [r.since for r in registered if r.since <= opset]
     return [r for r in registered if r.since == max(versions)] if versions else []
 
 
 def first_opset(node):
     """The first opset any rule of ``node``'s op type applies to, or None without rules."""
-    registered = RULES.get(node.op_type, []) if node.domain in _DEFAULT_DOMAINS else []
+    registered = RULES.get(node.op_type, []) if node.domain in DEFAULT_DOMAINS else []
     return min((r.since for r in registered), default=None)
 
 
