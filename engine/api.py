@@ -141,8 +141,7 @@ class Model:
         self._sessions = {}  # rewritten-model sessions per run request
         self._executors = {}  # run's session callables per (activations, gradients, output, mode, size)
         self._default_layers = {}  # output name → default layer
-        self._requests = {}  # run's checked (activations, gradients, seeded tensor) per request
-        self._seed_specs = {}  # seeded tensor → (dims, dtype)
+        self._seed_specs = {}  # seeded tensor → (declared dims, dtype)
 
     def __repr__(self):
         return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
@@ -474,29 +473,16 @@ class Model:
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
 
     def _request(self, activations, gradients, seed, mode):
-        """(activations, gradients, seeded tensor or None) of a run request, names checked and
-        duplicates dropped; kept per request, so that a repeated call skips the checks."""
-        activations = (activations,) if isinstance(activations, str) else tuple(activations or ())
-        gradients = (gradients,) if isinstance(gradients, str) else tuple(gradients or ())
-        seeded = (tuple(seed) if isinstance(seed, dict) else seed is None) if gradients else None
-        key = (activations, gradients, seeded, mode if gradients else None)
-        try:
-            return self._requests[key]
-        except KeyError:
-            pass
-        except TypeError:  # unhashable names: checked below, which says what is wrong
-            key = None
-        self._names(activations, "activations")
-        self._names(gradients, "gradients")
+        """(activations, gradients, seeded tensor or None) of a run request: names checked,
+        duplicates dropped."""
+        activations = tuple(dict.fromkeys(self._names(activations, "activations")))
+        gradients = tuple(dict.fromkeys(self._names(gradients, "gradients")))
         output = None
         if gradients:
             if mode not in MODES:
                 raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
             output = self._seeded(seed)
-        request = (tuple(dict.fromkeys(activations)), tuple(dict.fromkeys(gradients)), output)
-        if key is not None:
-            self._requests[key] = request
-        return request
+        return activations, gradients, output
 
     def _executor(self, activations, gradients, output, mode, size):
         """``execute(x, seeds)`` → [outputs..., activations..., gradients...] of one batch (extra
@@ -528,8 +514,6 @@ class Model:
 
     def _check_input(self, x):
         x = np.asarray(x)
-        if x.shape[1:] == self._expected_shape[1:] and x.ndim == 4:  # a static size, as made by preprocess
-            return _as_dtype(x, self.input.dtype)
         expected = (None, *self._expected_shape[1:])  # any batch: a fixed one runs in chunks
         if x.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, x.shape)):
             raise InputShapeError(
@@ -580,10 +564,10 @@ class Model:
         """The seed array for tensor ``output``, checked against its shape: the declared one, or the
         real one from a forward pass when the declared shape is unknown or does not fit."""
         names = self._output_names
-        dims, dtype, rows = self._seed_specs.get(output) or self._seed_specs.setdefault(output, self._seed_spec(output))
+        dims, dtype = self._seed_specs.get(output) or self._seed_specs.setdefault(output, self._seed_spec(output))
         seed = np.asarray(seed[output] if isinstance(seed, dict) else seed, dtype=dtype)
         batch = len(x)
-        fitted = seed if seed.shape[:1] == (batch,) and seed.shape[1:] == rows else _fitted(seed, dims, batch)
+        fitted = _fitted(seed, dims, batch)
         if fitted is not None:
             seed = fitted
         else:
@@ -598,13 +582,10 @@ class Model:
         return np.ascontiguousarray(seed)
 
     def _seed_spec(self, output):
-        """(declared dims or None, numpy dtype, the static dims of one row when the batch comes
-        first, else None) of a seed for tensor ``output``."""
+        """(declared dims or None, numpy dtype) of a seed for tensor ``output``."""
         info = self._infos.get(output)
         dims = info.shape if info and info.shape else None
-        rows = tuple(dims[1:]) if dims and ("batch" not in dims or dims[0] == "batch") and \
-            all(isinstance(d, int) for d in dims[1:]) else None
-        return dims, helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32, rows
+        return dims, helper.tensor_dtype_to_np_dtype(info.elem_type) if info and info.is_float else np.float32
 
     @cached_property
     def _content_hash(self):
