@@ -1,7 +1,8 @@
 """A wall-clock limit on ONNX Runtime runs: one watchdog thread sets ``RunOptions.terminate`` on
 the runs past their deadline, so a runaway graph (a Loop with a computed trip count) stops.
 
->>> options = ort.RunOptions()
+>>> import onnxruntime
+>>> options = onnxruntime.RunOptions()
 >>> ticket = watch(options, 0.01); time.sleep(0.1); release(ticket)
 >>> options.terminate
 True
@@ -9,8 +10,6 @@ True
 import itertools
 import threading
 import time
-
-import onnxruntime as ort  # noqa: F401 (the examples' RunOptions)
 
 _runs = {}  # ticket → (deadline, RunOptions)
 _tickets = itertools.count()
@@ -23,7 +22,8 @@ def watch(options, seconds):
     the ticket to release (cost: a lock and a dictionary entry; the watchdog wakes only at the
     earliest deadline).
 
-    >>> release(watch(ort.RunOptions(), 600))
+    >>> import onnxruntime
+    >>> release(watch(onnxruntime.RunOptions(), 600))
     """
     due = time.monotonic() + seconds
     with _wake:
