@@ -268,11 +268,12 @@ class Context:
         return (self.elem_type(x) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
                 and isinstance(shape[1], int) and shape[1] % 16 == 0)
 
-    def _depthwise(self, x, factor, like):
-        """x · factor as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``blocked_layout``."""
+    def _depthwise(self, x, factor, like, bias=None):
+        """x · factor (+ bias) as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``blocked_layout``."""
         channels = self.shape(like)[1]
         weight = self.const(np.full((channels, 1, 1, 1), factor, np.float32), "depthwise_weight")
-        return self.op("Conv", x, weight, group=channels, kernel_shape=[1, 1])
+        biases = [] if bias is None else [self.const(np.full(channels, bias, np.float32), "depthwise_bias")]
+        return self.op("Conv", x, weight, *biases, group=channels, kernel_shape=[1, 1])
 
     def scale(self, grad, factor, like):
         """``grad`` · ``factor`` (a Python float); ``like`` is its forward tensor. A depthwise
@@ -289,10 +290,7 @@ class Context:
         ``weight`` the product is exact, so steps such as [x > 3] come out exact too."""
         if not self.blocked_layout(x):
             return None
-        channels = self.shape(x)[1]
-        w = self.const(np.full((channels, 1, 1, 1), weight, np.float32), "affine_weight")
-        b = self.const(np.broadcast_to(np.float32(bias), (channels,)).copy(), "affine_bias")
-        conv = self.op("Conv", x, w, b, group=channels, kernel_shape=[1, 1])
+        conv = self._depthwise(x, weight, x, bias)
         return self.op("Clip", conv, self.scalar(low, like=x), self.scalar(high, like=x))
 
     def where_positive(self, x, grad):
