@@ -324,10 +324,8 @@ def _linear_head_gradient(weights, acts, seeds):
     """∂(Σ seed·(W·GAP(A) + b))/∂A: each row's seed·W spread evenly over the h×w positions
     (float32 arithmetic, as the differentiated head's; float64 values, as the methods take them)."""
     n, k, h, w = acts.shape
-    grads = np.empty(acts.shape)
     rows = np.einsum("nc,ck->nk", np.asarray(seeds, np.float32).reshape(n, -1), weights)  # einsum: no BLAS threads
-    grads[...] = (rows / np.float32(h * w))[:, :, None, None]
-    return grads
+    return np.broadcast_to((rows / np.float32(h * w)).astype(np.float64)[:, :, None, None], acts.shape)
 
 
 def _top_raw(model, x, entry, layers, view, eigen_smooth, heads):
