@@ -119,7 +119,7 @@ def smoothed(entry, tunnel="smoothgrad"):
     """
     if tunnel not in TUNNELS:
         raise UsageError(f"unknown smoothing '{tunnel}': use one of {', '.join(TUNNELS)}")
-    signature = inspect.signature(entry.fn)
+    signature = entry.signature
 
     def run(*args, samples=25, noise=0.15, rng=0, **inputs):
         bound = signature.bind(*args, **inputs)
