@@ -6,7 +6,11 @@ the default layer for given targets; ``gradcam`` = the whole ``engine.explain.ca
 images with given targets (preprocess, capture, maps, resize); ``gradcam-top`` the same for the
 top-1 class (one forward with taps + the head's gradient). Goal: Grad-CAM ≤ 1.2 × forward.
 ``test_ratios_paired`` times them back to back within each round (order rotating) and prints the
-median per-round ratios, which a shared machine keeps far steadier than separate rows.
+median per-round ratios, which a shared machine keeps far steadier than separate rows. It adds
+``floor``: the least any Python caller can do for the same maps — a lookup-table preprocessing
+into a bound input buffer, the same rewritten graph on a bare ORT session writing into bound
+output buffers, ten numpy/cv2 calls for weights, map and resize — to show how much of the
+``gradcam`` ratio the engine's own Python accounts for.
 Score-CAM and SmoothGrad (25 samples) images/s on shapes-resnet, batch 16.
 
 Threads: ``$ONNXLENS_BENCH_THREADS`` (default 1). ``$ONNXLENS_BENCH_SHAPES`` overrides the
@@ -21,13 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from paired import rotating_rounds, round_ratios
 
 from engine import Model
 from engine.explain import cam, saliency
+from engine.graph.autodiff import SEED, grad_name
+from engine.runtime import rewrite
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
@@ -88,9 +96,52 @@ def test_gradcam_vs_forward(benchmark, model, batch, job):
     benchmark.pedantic(run, rounds=5 if batch == 16 else 15, warmup_rounds=1)
 
 
+def _floor(model, batch):
+    """Grad-CAM maps of ``batch`` images at the default layer with the least Python: see the module
+    docstring (NCHW ImageNet-normalized models)."""
+    images, x, _, seeds = _inputs(model, batch)
+    layer, out = model.default_layer, model.outputs[0].name
+    request = rewrite.Request(model.input_size, (layer,), (layer,), out)
+    session = rewrite.session(model.proto, request, provider="CPUExecutionProvider", threads=THREADS)
+    x_buffer = np.empty_like(x)
+    binding = session.io_binding()
+    binding.bind_cpu_input(model.input.name, x_buffer)
+    binding.bind_cpu_input(SEED, seeds)  # (the buffers stay referenced by ``run``)
+    values = session.run([out, layer, grad_name(layer)], {model.input.name: x, SEED: seeds})
+    logits, acts, grads = (np.empty_like(v) for v in values)
+    for name, buffer in zip([out, layer, grad_name(layer)], (logits, acts, grads)):
+        binding.bind_output(name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
+    mean, std = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
+    tables = [((np.arange(256) - mean[c]) / std[c]).astype(np.float32) for c in range(3)]
+    weights, small = np.empty(acts.shape[:2], np.float32), np.empty((batch, *acts.shape[2:]), np.float32)
+    h, w = images.shape[1:3]
+    maps = np.empty((batch, h, w), np.float32)
+    options = ort.RunOptions()
+
+    def run(buffers=(x_buffer, seeds, logits, acts, grads)):
+        for i, image in enumerate(images):
+            for c in range(3):
+                np.take(tables[c], image[..., c], out=x_buffer[i, c])
+        session.run_with_iobinding(binding, options)
+        np.mean(grads, axis=(2, 3), out=weights)
+        np.einsum("nk,nkhw->nhw", weights, acts, out=small)
+        np.maximum(small, 0, out=small)
+        for i in range(batch):
+            cv2.normalize(small[i], small[i], 0, 1, cv2.NORM_MINMAX)
+            cv2.resize(small[i], (w, h), dst=maps[i], interpolation=cv2.INTER_LINEAR)
+            cv2.normalize(maps[i], maps[i], 0, 1, cv2.NORM_MINMAX)
+        return maps
+
+    return run
+
+
 @pytest.mark.parametrize("batch", [1, 16])
 def test_ratios_paired(model, batch):
     jobs = _jobs(model, batch)
+    jobs["floor"] = _floor(model, batch)
+    images, _, targets, _ = _inputs(model, batch)
+    expected = cam(model, list(images), method="gradcam", targets=targets, batch=batch).maps
+    np.testing.assert_allclose(jobs["floor"](), expected, atol=1e-4)  # the same maps
     for run in jobs.values():
         run()
     one_round, times = rotating_rounds(jobs, clock=CLOCK)
