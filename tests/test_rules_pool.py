@@ -1,9 +1,10 @@
-"""Pooling and reduction rules against central finite differences through ORT."""
+"""Pooling and reduction rules against central finite differences through ORT, and MaxPool at
+ties against a float64 reference of torch's rule."""
 import numpy as np
 import pytest
 
-from engine.graph.autodiff import differentiate
-from gradcheck import check, node_model
+from engine.graph.autodiff import SEED, differentiate, grad_name
+from gradcheck import check, node_model, session
 
 POOLS = {
     "k2s2": dict(kernel_shape=[2, 2], strides=[2, 2]),
@@ -15,7 +16,10 @@ POOLS = {
     "k21s21-pad": dict(kernel_shape=[2, 1], strides=[2, 1], pads=[1, 0, 1, 0]),
     "same-upper": dict(kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER"),
     "dilated": dict(kernel_shape=[2, 2], dilations=[2, 2], strides=[1, 2]),
+    "k5s1-spp": dict(kernel_shape=[5, 5], pads=[2, 2, 2, 2]),
 }
+SPP = {"k9s1-spp": dict(kernel_shape=[9, 9], pads=[4, 4, 4, 4]), "k13s1-spp": dict(kernel_shape=[13, 13], pads=[6, 6, 6, 6]),
+       "k5s2-ceil-pad": dict(kernel_shape=[5, 4], strides=[2, 1], pads=[2, 1, 1, 2], ceil_mode=1)}
 X = ("N", 3, 8, 7)
 
 
@@ -29,6 +33,61 @@ def test_max_pool_backward_op(case, unpool):
     """Windows that do not overlap: MaxUnpool (float32); overlapping ones: ScatterElements."""
     rewritten = differentiate(node_model("MaxPool", [X], np.float32, **POOLS[case]), "out0", ["in0"])
     assert ("MaxUnpool" in [n.op_type for n in rewritten.graph.node]) == unpool
+
+
+@pytest.mark.parametrize("case", SPP)
+def test_max_pool_large_windows(case):
+    check(lambda dt: node_model("MaxPool", [X], dt, **SPP[case]))
+
+
+@pytest.mark.parametrize("case,separable", [("k5s1-spp", True), ("k3s2-overlap-pad", False), ("k3s1-overlap", False)])
+def test_max_pool_separable_indices(case, separable):
+    """Large stride-1 windows: one 1-D pool per axis (the forward pool keeps no Indices output)."""
+    rewritten = differentiate(node_model("MaxPool", [X], np.float32, **POOLS[case]), "out0", ["in0"])
+    pools = [n for n in rewritten.graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == (3 if separable else 1)
+    assert (len(pools[0].output) == 1) == separable
+
+
+def first_max_gradient(x, dy, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), **_):
+    """float64 dx of a 2-D MaxPool by torch's rule: each window's gradient goes to its first
+    maximum in row-major order, padding excluded (windows placed by ``dy``'s size)."""
+    dx = np.zeros(x.shape)
+    for n, c, oh, ow in np.ndindex(*dy.shape):
+        rows = oh * strides[0] - pads[0] + np.arange(kernel_shape[0]) * dilations[0]
+        cols = ow * strides[1] - pads[1] + np.arange(kernel_shape[1]) * dilations[1]
+        rows, cols = rows[(rows >= 0) & (rows < x.shape[2])], cols[(cols >= 0) & (cols < x.shape[3])]
+        window = x[n, c][np.ix_(rows, cols)]
+        r, q = np.unravel_index(np.argmax(window), window.shape)  # argmax: the first maximum
+        dx[n, c, rows[r], cols[q]] += dy[n, c, oh, ow]
+    return dx
+
+
+def tied(kind, shape, rng):
+    """Inputs full of ties: ReLU outputs (all-zero windows), integers, constant blocks."""
+    if kind == "relu":
+        return np.maximum(rng.standard_normal(shape) - 0.5, 0)
+    if kind == "integers":
+        return np.round(rng.standard_normal(shape))
+    x = rng.standard_normal(shape)
+    x[:, :, 1:6, 2:7] = 1.5
+    x[:, 1:, :, -4:] = -2.0
+    return x
+
+
+@pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
+@pytest.mark.parametrize("case", [c for c in [*POOLS, *SPP] if c != "same-upper"])
+def test_max_pool_ties_go_to_the_first_maximum(case, kind):
+    """Exact at ties, batch 3, odd sizes: against torch's first-maximum rule in float64."""
+    attributes = {**POOLS, **SPP}[case]
+    model = node_model("MaxPool", [("N", 3, 11, 9)], np.float32, **attributes)
+    rng = np.random.default_rng(1)
+    x = tied(kind, (3, 3, 11, 9), rng).astype(np.float32)
+    y = session(model).run(None, {"in0": x})[0]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    rewritten = differentiate(model, "out0", ["in0"])
+    got = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: dy})[0]
+    np.testing.assert_allclose(got, first_max_gradient(x, dy, **attributes), rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_with_its_own_indices_output():

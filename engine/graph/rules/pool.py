@@ -24,12 +24,32 @@ def max_pool(ctx, node, dy):
     if ctx.elem_type(x) == TensorProto.FLOAT and all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, strides, dilations)):
         # Windows that do not overlap send each input at most one gradient: MaxUnpool puts them
         # in place in one op (a third of the ScatterElements path's time on ORT CPU).
-        return ctx.op("MaxUnpool", dy, indices, ctx.shape_of(x), kernel_shape=kernel, strides=strides)
+        return ctx.op("MaxUnpool", dy, indices, ctx.shape_of(x), kernel_shape=kernel, strides=strides,
+                      pads=_unpool_pads(ctx, node, kernel, strides))
     flat = ctx.ints([-1])
     zeros = ctx.op("Reshape", ctx.zeros_like(x), flat)
     dx = ctx.op("ScatterElements", zeros, ctx.op("Reshape", indices, flat), ctx.op("Reshape", dy, flat),
                 axis=0, reduction="add")
     return ctx.reshape_like(dx, x)
+
+
+def _unpool_pads(ctx, node, kernel, strides):
+    """End pads for MaxUnpool so that the size it infers, (Y − 1)·s + k − pads, is not more than
+    the input's (ORT refuses a smaller output_shape: pads or ceil_mode windows reach past the
+    input); None when the sizes are symbolic."""
+    sizes = _static_sizes(ctx, node)
+    if sizes is None:
+        return None
+    ends = [max(0, (y - 1) * s + k - x) for k, s, x, y in zip(kernel, strides, *sizes)]
+    return [0] * len(ends) + ends
+
+
+def _static_sizes(ctx, node):
+    """(input, output) spatial sizes of a pooling ``node``, or None when one is symbolic."""
+    shape, out = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    if shape is None or out is None or not all(isinstance(d, int) for d in [*shape[2:], *out[2:]]):
+        return None
+    return list(shape[2:]), list(out[2:])
 
 
 def _separable_indices(ctx, node):
@@ -47,8 +67,8 @@ def _separable_indices(ctx, node):
     Example: for a 13×13 stride-1 pool, two MaxPools (kernels [1, 13] then [13, 1]) and a Gather.
     """
     x = node.input[0]
-    shape, out = ctx.shape(x), ctx.shape(node.output[0])
-    if shape is None or out is None or not all(isinstance(d, int) for d in [*shape[2:], *out[2:]]) or len(shape) < 4:
+    sizes = _static_sizes(ctx, node)
+    if sizes is None or len(sizes[0]) < 2:
         return None
     a = attrs(node)
     win = window(ctx, node, a["kernel_shape"])
