@@ -13,6 +13,7 @@ POOLS = {
     "k3s2-ceil": dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
     "k3s2-ceil-pad": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 0], ceil_mode=1),
     "k2s3-gaps": dict(kernel_shape=[2, 2], strides=[3, 3]),
+    "k2s2-ceil-odd": dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
     "k21s21-pad": dict(kernel_shape=[2, 1], strides=[2, 1], pads=[1, 0, 1, 0]),
     "same-upper": dict(kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER"),
     "dilated": dict(kernel_shape=[2, 2], dilations=[2, 2], strides=[1, 2]),
@@ -28,7 +29,7 @@ def test_max_pool(case):
     check(lambda dt: node_model("MaxPool", [X], dt, **POOLS[case]))
 
 
-@pytest.mark.parametrize("case,unpool", [("k2s2", True), ("k2s3-gaps", True), ("k3s2-overlap-pad", False)])
+@pytest.mark.parametrize("case,unpool", [("k2s2", True), ("k2s3-gaps", True), ("k2s2-ceil-odd", True), ("k3s2-overlap-pad", False)])
 def test_max_pool_backward_op(case, unpool):
     """Windows that do not overlap: MaxUnpool (float32); overlapping ones: ScatterElements."""
     rewritten = differentiate(node_model("MaxPool", [X], np.float32, **POOLS[case]), "out0", ["in0"])
