@@ -101,6 +101,15 @@ def test_average_pool(case, include_pad):
     check(lambda dt: node_model("AveragePool", [X], dt, count_include_pad=include_pad, **POOLS[case]))
 
 
+@pytest.mark.parametrize("case,include_pad,folded", [("k2s2", 0, True), ("k3s2-overlap-pad", 1, True),
+                                                     ("k3s2-overlap-pad", 0, False), ("k3s2-ceil", 1, False)])
+def test_average_pool_divisor_in_the_weights(case, include_pad, folded):
+    """One count for every window: 1/count sits in the ConvTranspose weights (no Mul over dy)."""
+    model = node_model("AveragePool", [X], np.float32, count_include_pad=include_pad, **POOLS[case])
+    ops = [n.op_type for n in differentiate(model, "out0", ["in0"]).graph.node]
+    assert "ConvTranspose" in ops and ("Mul" not in ops) == folded
+
+
 def test_average_pool_dilated_opset19():
     check(lambda dt: node_model("AveragePool", [X], dt, opset=19, **POOLS["dilated"]))
 
