@@ -50,17 +50,19 @@ def test_max_pool_separable_indices(case, separable):
     assert (len(pools[0].output) == 1) == separable
 
 
-def first_max_gradient(x, dy, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), **_):
-    """float64 dx of a 2-D MaxPool by torch's rule: each window's gradient goes to its first
-    maximum in row-major order, padding excluded (windows placed by ``dy``'s size)."""
+def first_max_gradient(x, dy, kernel_shape, strides=None, pads=None, dilations=None, **_):
+    """float64 dx of a MaxPool (any number of spatial axes) by torch's rule: each window's
+    gradient goes to its first maximum in row-major order, padding excluded (windows placed by
+    ``dy``'s size)."""
+    rank = len(kernel_shape)
+    strides, dilations, pads = strides or [1] * rank, dilations or [1] * rank, pads or [0] * rank
     dx = np.zeros(x.shape)
-    for n, c, oh, ow in np.ndindex(*dy.shape):
-        rows = oh * strides[0] - pads[0] + np.arange(kernel_shape[0]) * dilations[0]
-        cols = ow * strides[1] - pads[1] + np.arange(kernel_shape[1]) * dilations[1]
-        rows, cols = rows[(rows >= 0) & (rows < x.shape[2])], cols[(cols >= 0) & (cols < x.shape[3])]
-        window = x[n, c][np.ix_(rows, cols)]
-        r, q = np.unravel_index(np.argmax(window), window.shape)  # argmax: the first maximum
-        dx[n, c, rows[r], cols[q]] += dy[n, c, oh, ow]
+    for n, c, *at in np.ndindex(*dy.shape):
+        taps = [o * s - p + np.arange(k) * d for o, s, p, k, d in zip(at, strides, pads, kernel_shape, dilations)]
+        taps = [t[(t >= 0) & (t < size)] for t, size in zip(taps, x.shape[2:])]
+        window = x[n, c][np.ix_(*taps)]
+        first = np.unravel_index(np.argmax(window), window.shape)  # argmax: the first maximum
+        dx[(n, c, *(t[i] for t, i in zip(taps, first)))] += dy[(n, c, *at)]
     return dx
 
 
@@ -71,24 +73,35 @@ def tied(kind, shape, rng):
     if kind == "integers":
         return np.round(rng.standard_normal(shape))
     x = rng.standard_normal(shape)
-    x[:, :, 1:6, 2:7] = 1.5
-    x[:, 1:, :, -4:] = -2.0
+    x[(..., *[slice(1, 6)] * (len(shape) - 2))] = 1.5
+    x[:, 1:, ..., -4:] = -2.0
     return x
+
+
+def tie_check(attributes, shape, kind):
+    """The input gradient of a float32 MaxPool on tied inputs against :func:`first_max_gradient`."""
+    model = node_model("MaxPool", [("N", *shape[1:])], np.float32, **attributes)
+    rng = np.random.default_rng(1)
+    x = tied(kind, shape, rng).astype(np.float32)
+    y = session(model).run(None, {"in0": x})[0]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    rewritten = differentiate(model, "out0", ["in0"])
+    got = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: dy})[0]
+    np.testing.assert_allclose(got, first_max_gradient(x, dy, **attributes), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
 @pytest.mark.parametrize("case", [c for c in [*POOLS, *SPP] if c != "same-upper"])
 def test_max_pool_ties_go_to_the_first_maximum(case, kind):
     """Exact at ties, batch 3, odd sizes: against torch's first-maximum rule in float64."""
-    attributes = {**POOLS, **SPP}[case]
-    model = node_model("MaxPool", [("N", 3, 11, 9)], np.float32, **attributes)
-    rng = np.random.default_rng(1)
-    x = tied(kind, (3, 3, 11, 9), rng).astype(np.float32)
-    y = session(model).run(None, {"in0": x})[0]
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    rewritten = differentiate(model, "out0", ["in0"])
-    got = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: dy})[0]
-    np.testing.assert_allclose(got, first_max_gradient(x, dy, **attributes), rtol=1e-6, atol=1e-6)
+    tie_check({**POOLS, **SPP}[case], (3, 3, 11, 9), kind)
+
+
+@pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
+@pytest.mark.parametrize("attributes", [dict(kernel_shape=[5, 5, 5], pads=[2] * 6), dict(kernel_shape=[3, 3, 3], strides=[2] * 3),
+                                        dict(kernel_shape=[5], pads=[2, 2])])
+def test_max_pool_ties_3d_and_1d(attributes, kind):
+    tie_check(attributes, (2, 2, 7, 6, 5)[:2 + len(attributes["kernel_shape"])], kind)
 
 
 def test_max_pool_with_its_own_indices_output():
