@@ -78,9 +78,11 @@ def tied(kind, shape, rng):
     return x
 
 
-def tie_check(attributes, shape, kind):
-    """The input gradient of a float32 MaxPool on tied inputs against :func:`first_max_gradient`."""
-    model = node_model("MaxPool", [("N", *shape[1:])], np.float32, **attributes)
+def tie_check(attributes, shape, kind, declared=None):
+    """Check the input gradient of a float32 MaxPool on tied inputs against
+    :func:`first_max_gradient`; returns the rewritten model. ``declared``: the model's input
+    shape (default: ``shape`` with a symbolic batch)."""
+    model = node_model("MaxPool", [declared or ("N", *shape[1:])], np.float32, **attributes)
     rng = np.random.default_rng(1)
     x = tied(kind, shape, rng).astype(np.float32)
     y = session(model).run(None, {"in0": x})[0]
@@ -88,6 +90,7 @@ def tie_check(attributes, shape, kind):
     rewritten = differentiate(model, "out0", ["in0"])
     got = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: dy})[0]
     np.testing.assert_allclose(got, first_max_gradient(x, dy, **attributes), rtol=1e-6, atol=1e-6)
+    return rewritten
 
 
 @pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
@@ -102,6 +105,13 @@ def test_max_pool_ties_go_to_the_first_maximum(case, kind):
                                         dict(kernel_shape=[5], pads=[2, 2])])
 def test_max_pool_ties_3d_and_1d(attributes, kind):
     tie_check(attributes, (2, 2, 7, 6, 5)[:2 + len(attributes["kernel_shape"])], kind)
+
+
+@pytest.mark.parametrize("case,unpool", [("k2s2", True), ("k2s2-ceil-odd", False), ("k21s21-pad", False), ("k3s2-ceil", False)])
+def test_max_pool_with_symbolic_spatial_dims(case, unpool):
+    """H×W unknown when the rule is built: MaxUnpool only where no window reaches past the input."""
+    rewritten = tie_check(POOLS[case], (2, 3, 7, 5), "integers", declared=("N", 3, "H", "W"))
+    assert ("MaxUnpool" in [n.op_type for n in rewritten.graph.node]) == unpool
 
 
 def test_max_pool_with_its_own_indices_output():

@@ -21,11 +21,13 @@ def max_pool(ctx, node, dy):
     kernel = a["kernel_shape"]
     strides, dilations = a.get("strides") or [1] * len(kernel), a.get("dilations") or [1] * len(kernel)
     indices = _separable_indices(ctx, node) or ctx.extra_output(node, 1)
-    if ctx.elem_type(x) == TensorProto.FLOAT and all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, strides, dilations)):
+    unpool_pads = _unpool_pads(ctx, node, kernel, strides)
+    if (ctx.elem_type(x) == TensorProto.FLOAT and unpool_pads is not None
+            and all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, strides, dilations))):
         # Windows that do not overlap send each input at most one gradient: MaxUnpool puts them
         # in place in one op (a third of the ScatterElements path's time on ORT CPU).
         return ctx.op("MaxUnpool", dy, indices, ctx.shape_of(x), kernel_shape=kernel, strides=strides,
-                      pads=_unpool_pads(ctx, node, kernel, strides))
+                      pads=unpool_pads)
     flat = ctx.ints([-1])
     zeros = ctx.op("Reshape", ctx.zeros_like(x), flat)
     dx = ctx.op("ScatterElements", zeros, ctx.op("Reshape", indices, flat), ctx.op("Reshape", dy, flat),
@@ -36,10 +38,12 @@ def max_pool(ctx, node, dy):
 def _unpool_pads(ctx, node, kernel, strides):
     """End pads for MaxUnpool so that the size it infers, (Y − 1)·s + k − pads, is not more than
     the input's (ORT refuses a smaller output_shape: pads or ceil_mode windows reach past the
-    input); None when the sizes are symbolic."""
+    input); zeros for symbolic sizes when no window can reach past the input, else None."""
     sizes = _static_sizes(ctx, node)
     if sizes is None:
-        return None
+        a = attrs(node)
+        inside = not any(a.get("pads") or []) and not a.get("ceil_mode", 0) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+        return [0] * 2 * len(kernel) if inside else None
     ends = [max(0, (y - 1) * s + k - x) for k, s, x, y in zip(kernel, strides, *sizes)]
     return [0] * len(ends) + ends
 
