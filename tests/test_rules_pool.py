@@ -1,9 +1,10 @@
-"""Pooling and reduction rules against central finite differences through ORT."""
+"""Pooling and reduction rules against central finite differences through ORT, and MaxPool at
+ties against a float64 reference of torch's rule."""
 import numpy as np
 import pytest
 
-from engine.graph.autodiff import differentiate
-from gradcheck import check, node_model
+from engine.graph.autodiff import SEED, differentiate, grad_name
+from gradcheck import check, node_model, session
 
 POOLS = {
     "k2s2": dict(kernel_shape=[2, 2], strides=[2, 2]),
@@ -12,10 +13,14 @@ POOLS = {
     "k3s2-ceil": dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
     "k3s2-ceil-pad": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 0], ceil_mode=1),
     "k2s3-gaps": dict(kernel_shape=[2, 2], strides=[3, 3]),
+    "k2s2-ceil-odd": dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
     "k21s21-pad": dict(kernel_shape=[2, 1], strides=[2, 1], pads=[1, 0, 1, 0]),
     "same-upper": dict(kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER"),
     "dilated": dict(kernel_shape=[2, 2], dilations=[2, 2], strides=[1, 2]),
+    "k5s1-spp": dict(kernel_shape=[5, 5], pads=[2, 2, 2, 2]),
 }
+SPP = {"k9s1-spp": dict(kernel_shape=[9, 9], pads=[4, 4, 4, 4]), "k13s1-spp": dict(kernel_shape=[13, 13], pads=[6, 6, 6, 6]),
+       "k5s2-ceil-pad": dict(kernel_shape=[5, 4], strides=[2, 1], pads=[2, 1, 1, 2], ceil_mode=1)}
 X = ("N", 3, 8, 7)
 
 
@@ -24,10 +29,88 @@ def test_max_pool(case):
     check(lambda dt: node_model("MaxPool", [X], dt, **POOLS[case]))
 
 
-@pytest.mark.parametrize("case,unpool", [("k2s2", True), ("k2s3-gaps", True), ("k3s2-overlap-pad", False)])
+@pytest.mark.parametrize("case,unpool", [("k2s2", True), ("k2s3-gaps", True), ("k2s2-ceil-odd", True), ("k3s2-overlap-pad", False)])
 def test_max_pool_backward_op(case, unpool):
     """Windows that do not overlap: MaxUnpool (float32); overlapping ones: ScatterElements."""
     rewritten = differentiate(node_model("MaxPool", [X], np.float32, **POOLS[case]), "out0", ["in0"])
+    assert ("MaxUnpool" in [n.op_type for n in rewritten.graph.node]) == unpool
+
+
+@pytest.mark.parametrize("case", SPP)
+def test_max_pool_large_windows(case):
+    check(lambda dt: node_model("MaxPool", [X], dt, **SPP[case]))
+
+
+@pytest.mark.parametrize("case,separable", [("k5s1-spp", True), ("k3s2-overlap-pad", False), ("k3s1-overlap", False)])
+def test_max_pool_separable_indices(case, separable):
+    """Large stride-1 windows: one 1-D pool per axis (the forward pool keeps no Indices output)."""
+    rewritten = differentiate(node_model("MaxPool", [X], np.float32, **POOLS[case]), "out0", ["in0"])
+    pools = [n for n in rewritten.graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == (3 if separable else 1)
+    assert (len(pools[0].output) == 1) == separable
+
+
+def first_max_gradient(x, dy, kernel_shape, strides=None, pads=None, dilations=None, **_):
+    """float64 dx of a MaxPool (any number of spatial axes) by torch's rule: each window's
+    gradient goes to its first maximum in row-major order, padding excluded (windows placed by
+    ``dy``'s size)."""
+    rank = len(kernel_shape)
+    strides, dilations, pads = strides or [1] * rank, dilations or [1] * rank, pads or [0] * rank
+    dx = np.zeros(x.shape)
+    for n, c, *at in np.ndindex(*dy.shape):
+        taps = [o * s - p + np.arange(k) * d for o, s, p, k, d in zip(at, strides, pads, kernel_shape, dilations)]
+        taps = [t[(t >= 0) & (t < size)] for t, size in zip(taps, x.shape[2:])]
+        window = x[n, c][np.ix_(*taps)]
+        first = np.unravel_index(np.argmax(window), window.shape)  # argmax: the first maximum
+        dx[(n, c, *(t[i] for t, i in zip(taps, first)))] += dy[(n, c, *at)]
+    return dx
+
+
+def tied(kind, shape, rng):
+    """Inputs full of ties: ReLU outputs (all-zero windows), integers, constant blocks."""
+    if kind == "relu":
+        return np.maximum(rng.standard_normal(shape) - 0.5, 0)
+    if kind == "integers":
+        return np.round(rng.standard_normal(shape))
+    x = rng.standard_normal(shape)
+    x[(..., *[slice(1, 6)] * (len(shape) - 2))] = 1.5
+    x[:, 1:, ..., -4:] = -2.0
+    return x
+
+
+def tie_check(attributes, shape, kind, declared=None):
+    """Check the input gradient of a float32 MaxPool on tied inputs against
+    :func:`first_max_gradient`; returns the rewritten model. ``declared``: the model's input
+    shape (default: ``shape`` with a symbolic batch)."""
+    model = node_model("MaxPool", [declared or ("N", *shape[1:])], np.float32, **attributes)
+    rng = np.random.default_rng(1)
+    x = tied(kind, shape, rng).astype(np.float32)
+    y = session(model).run(None, {"in0": x})[0]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    rewritten = differentiate(model, "out0", ["in0"])
+    got = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: dy})[0]
+    np.testing.assert_allclose(got, first_max_gradient(x, dy, **attributes), rtol=1e-6, atol=1e-6)
+    return rewritten
+
+
+@pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
+@pytest.mark.parametrize("case", [c for c in [*POOLS, *SPP] if c != "same-upper"])
+def test_max_pool_ties_go_to_the_first_maximum(case, kind):
+    """Exact at ties, batch 3, odd sizes: against torch's first-maximum rule in float64."""
+    tie_check({**POOLS, **SPP}[case], (3, 3, 11, 9), kind)
+
+
+@pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
+@pytest.mark.parametrize("attributes", [dict(kernel_shape=[5, 5, 5], pads=[2] * 6), dict(kernel_shape=[3, 3, 3], strides=[2] * 3),
+                                        dict(kernel_shape=[5], pads=[2, 2])])
+def test_max_pool_ties_3d_and_1d(attributes, kind):
+    tie_check(attributes, (2, 2, 7, 6, 5)[:2 + len(attributes["kernel_shape"])], kind)
+
+
+@pytest.mark.parametrize("case,unpool", [("k2s2", True), ("k2s2-ceil-odd", False), ("k21s21-pad", False), ("k3s2-ceil", False)])
+def test_max_pool_with_symbolic_spatial_dims(case, unpool):
+    """H×W unknown when the rule is built: MaxUnpool only where no window reaches past the input."""
+    rewritten = tie_check(POOLS[case], (2, 3, 7, 5), "integers", declared=("N", 3, "H", "W"))
     assert ("MaxUnpool" in [n.op_type for n in rewritten.graph.node]) == unpool
 
 
@@ -39,6 +122,15 @@ def test_max_pool_with_its_own_indices_output():
 @pytest.mark.parametrize("include_pad", [0, 1])
 def test_average_pool(case, include_pad):
     check(lambda dt: node_model("AveragePool", [X], dt, count_include_pad=include_pad, **POOLS[case]))
+
+
+@pytest.mark.parametrize("case,include_pad,folded", [("k2s2", 0, True), ("k3s2-overlap-pad", 1, True),
+                                                     ("k3s2-overlap-pad", 0, False), ("k3s2-ceil", 1, False)])
+def test_average_pool_divisor_in_the_weights(case, include_pad, folded):
+    """One count for every window: 1/count sits in the ConvTranspose weights (no Mul over dy)."""
+    model = node_model("AveragePool", [X], np.float32, count_include_pad=include_pad, **POOLS[case])
+    ops = [n.op_type for n in differentiate(model, "out0", ["in0"]).graph.node]
+    assert "ConvTranspose" in ops and ("Mul" not in ops) == folded
 
 
 def test_average_pool_dilated_opset19():
