@@ -1,4 +1,6 @@
 """Rules for the linear layers: Conv, ConvTranspose, Gemm, MatMul, BatchNormalization (inference)."""
+import itertools
+
 import numpy as np
 
 from engine.errors import UnsupportedOpError
@@ -21,9 +23,10 @@ def flipped_transposed(weight, group):
 @rule("Conv")
 def conv(ctx, node, dy):
     """Stride-1 with a constant weight: a forward Conv with the pre-flipped, transposed weight
-    (faster than ConvTranspose on ORT CPU). Otherwise: ConvTranspose with the same weight.
-    A constant per-channel scale on the incoming gradient (a following BatchNormalization) is
-    folded into the constant weight."""
+    (faster than ConvTranspose on ORT CPU). Strided with a constant weight and an input in ORT's
+    blocked layout: one stride-1 Conv per phase of the input (:func:`_phase_backward`).
+    Otherwise: ConvTranspose with the same weight. A constant per-channel scale on the incoming
+    gradient (a following BatchNormalization) is folded into the constant weight."""
     w = node.input[1]
     group = attrs(node).get("group", 1)
     win = window(ctx, node, ctx.shape(w)[2:])
@@ -40,15 +43,56 @@ def conv(ctx, node, dy):
         dx = ctx.op("Conv", dy, ctx.const(flipped_transposed(weight, group), "flipped_weight"),
                     kernel_shape=win.kernel, dilations=win.dilations, group=group, pads=pads)
     else:
-        pads, output_padding = win.transpose_pads()
-        w = w if scale is None else ctx.const(weight, "scaled_weight")
-        dx = ctx.op("ConvTranspose", dy, w, kernel_shape=win.kernel, strides=win.strides,
-                    dilations=win.dilations, group=group, pads=pads, output_padding=output_padding)
+        dx = _phase_backward(ctx, dy, weight, win, group) if weight is not None and ctx.blocked_layout(
+            node.input[0]) else None
+        if dx is None:
+            pads, output_padding = win.transpose_pads()
+            w = w if scale is None else ctx.const(weight, "scaled_weight")
+            dx = ctx.op("ConvTranspose", dy, w, kernel_shape=win.kernel, strides=win.strides,
+                        dilations=win.dilations, group=group, pads=pads, output_padding=output_padding)
         # ORT CPU runs ConvTranspose in plain NCHW; an identity depthwise Conv brings the
         # gradient back into its NCHWc layout at once, so the Sum and ReLU masks downstream
         # stay blocked (otherwise the whole skip path of the stage is converted back and forth).
         dx = ctx.scale(dx, 1.0, like=node.input[0])
     return dx
+
+
+def _phase_backward(ctx, dy, weight, win, group):
+    """Input gradient of a strided Conv as one stride-1 Conv of dy per phase of the input (index
+    ≡ r mod stride along each axis; :meth:`Window.phases`) with the flipped taps that reach it,
+    stacked and interleaved by a one-hot ConvTranspose (kernel = stride, one group per channel).
+    The phase Convs stay in ORT CPU's NCHWc layout and skip col2im: 10–25 % faster than one
+    ConvTranspose at ResNet shapes (3×3 and 1×1, stride 2, 64–1024 channels, batch 1 and 16).
+    None for a dilated or depthwise Conv (measured slower there)."""
+    if set(win.dilations) != {1} or (group > 1 and weight.shape[1] == 1):
+        return None
+    lengths = [-(-x // s) for x, s in zip(win.inputs, win.strides)]  # phase length, the longest
+    phases, positions = [], []
+    for position, axes in zip(itertools.product(*map(range, win.strides)), itertools.product(*win.phases())):
+        if any(taps == 0 for _, taps, _ in axes):
+            continue  # no tap reaches this phase: its gradient is 0
+        kernel = weight[(slice(None), slice(None)) + tuple(slice(a[0], None, s) for a, s in zip(axes, win.strides))]
+        # taps j (reading dy[q + shift − j]) from `low` to `high`, zero outside [0, taps): padding
+        # wider than the kernel reaches would otherwise ask for negative pads
+        low = [min(0, q + shift - y) for q, (_, _, shift), y in zip(lengths, axes, win.outputs)]
+        high = [max(taps, shift + 1) for _, taps, shift in axes]
+        kernel = np.pad(kernel, [(0, 0), (0, 0)] + [(-lo, hi - taps) for lo, hi, (_, taps, _) in zip(low, high, axes)])
+        pads = [hi - 1 - shift for hi, (_, _, shift) in zip(high, axes)] + [
+            q + shift - lo - y for q, (_, _, shift), lo, y in zip(lengths, axes, low, win.outputs)]
+        phases.append(ctx.op("Conv", dy, ctx.const(flipped_transposed(kernel, group), "phase_weight"),
+                             kernel_shape=list(kernel.shape[2:]), group=group, pads=pads))
+        positions.append(position)
+    channels = weight.shape[1] * group
+    stacked = phases[0]
+    if len(phases) > 1:
+        stacked = ctx.op("Concat", *(ctx.unsqueeze(p, [2]) for p in phases), axis=2)
+        stacked = ctx.op("Reshape", stacked, ctx.ints([0, channels * len(phases), *lengths]))
+    onehot = np.zeros((channels, len(phases), *win.strides), weight.dtype)
+    for i, position in enumerate(positions):
+        onehot[(slice(None), i) + position] = 1
+    crop = [s * q - x for s, q, x in zip(win.strides, lengths, win.inputs)]
+    return ctx.op("ConvTranspose", stacked, ctx.const(onehot.reshape(-1, 1, *win.strides), "interleave"),
+                  kernel_shape=win.strides, strides=win.strides, group=channels, pads=[0] * len(crop) + crop)
 
 
 @rule("ConvTranspose")
