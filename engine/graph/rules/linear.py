@@ -57,17 +57,22 @@ def conv(ctx, node, dy):
     return dx
 
 
+PHASE_MIN_WORK = 2 ** 22  # multiply-adds per image and phase Conv: below, ORT's per-node cost outweighs the gain
+
+
 def _phase_backward(ctx, dy, weight, win, group):
     """Input gradient of a strided Conv as one stride-1 Conv of dy per phase of the input (index
     ≡ r mod stride along each axis; :meth:`Window.phases`) with the flipped taps that reach it,
     stacked and interleaved by a one-hot ConvTranspose (kernel = stride, one group per channel).
-    The phase Convs stay in ORT CPU's NCHWc layout and skip col2im: 10–25 % faster than one
-    ConvTranspose at ResNet shapes (3×3 and 1×1, stride 2, 64–1024 channels, batch 1 and 16).
-    None for a dilated or depthwise Conv (measured slower there)."""
-    if set(win.dilations) != {1} or (group > 1 and weight.shape[1] == 1):
+    The phase Convs stay in ORT CPU's NCHWc layout and skip the overlapping col2im: 4–17 % less
+    CPU time than one ConvTranspose (ResNet shapes, 3×3 and 1×1, stride 2, batch 1 and 16).
+    None where that was not measured faster: grouped or dilated Convs, windows that do not
+    overlap (kernel = stride: ConvTranspose is one GEMM and a plain scatter there), or less
+    than ``PHASE_MIN_WORK`` per phase (e.g. the small detectors of the wild corpus)."""
+    if group != 1 or set(win.dilations) != {1} or win.kernel == win.strides:
         return None
     lengths = [-(-x // s) for x, s in zip(win.inputs, win.strides)]  # phase length, the longest
-    phases, positions = [], []
+    kernels, pads, positions = [], [], []
     for position, axes in zip(itertools.product(*map(range, win.strides)), itertools.product(*win.phases())):
         if any(taps == 0 for _, taps, _ in axes):
             continue  # no tap reaches this phase: its gradient is 0
@@ -76,13 +81,15 @@ def _phase_backward(ctx, dy, weight, win, group):
         # wider than the kernel reaches would otherwise ask for negative pads
         low = [min(0, q + shift - y) for q, (_, _, shift), y in zip(lengths, axes, win.outputs)]
         high = [max(taps, shift + 1) for _, taps, shift in axes]
-        kernel = np.pad(kernel, [(0, 0), (0, 0)] + [(-lo, hi - taps) for lo, hi, (_, taps, _) in zip(low, high, axes)])
-        pads = [hi - 1 - shift for hi, (_, _, shift) in zip(high, axes)] + [
-            q + shift - lo - y for q, (_, _, shift), lo, y in zip(lengths, axes, low, win.outputs)]
-        phases.append(ctx.op("Conv", dy, ctx.const(flipped_transposed(kernel, group), "phase_weight"),
-                             kernel_shape=list(kernel.shape[2:]), group=group, pads=pads))
+        kernels.append(np.pad(kernel, [(0, 0), (0, 0)] + [(-lo, hi - taps) for lo, hi, (_, taps, _) in zip(low, high, axes)]))
+        pads.append([hi - 1 - shift for hi, (_, _, shift) in zip(high, axes)] + [
+            q + shift - lo - y for q, (_, _, shift), lo, y in zip(lengths, axes, low, win.outputs)])
         positions.append(position)
-    channels = weight.shape[1] * group
+    if weight.size * np.prod(win.outputs) < PHASE_MIN_WORK * len(kernels):
+        return None
+    phases = [ctx.op("Conv", dy, ctx.const(flipped_transposed(k, 1), "phase_weight"), kernel_shape=list(k.shape[2:]),
+                     pads=p) for k, p in zip(kernels, pads)]
+    channels = weight.shape[1]
     stacked = phases[0]
     if len(phases) > 1:
         stacked = ctx.op("Concat", *(ctx.unsqueeze(p, [2]) for p in phases), axis=2)
