@@ -91,9 +91,8 @@ def _phase_backward(ctx, dy, weight, win, group):
                      pads=p) for k, p in zip(kernels, pads)]
     channels = weight.shape[1]
     stacked = phases[0]
-    if len(phases) > 1:
-        stacked = ctx.op("Concat", *(ctx.unsqueeze(p, [2]) for p in phases), axis=2)
-        stacked = ctx.op("Reshape", stacked, ctx.ints([0, channels * len(phases), *lengths]))
+    if len(phases) > 1:  # (N, C, P·L1, L2) holds (N, C, P, L1, L2): one phase per channel group of P
+        stacked = ctx.op("Reshape", ctx.op("Concat", *phases, axis=2), ctx.ints([0, channels * len(phases), *lengths]))
     onehot = np.zeros((channels, len(phases), *win.strides), weight.dtype)
     for i, position in enumerate(positions):
         onehot[(slice(None), i) + position] = 1
