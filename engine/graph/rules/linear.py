@@ -57,18 +57,19 @@ def conv(ctx, node, dy):
     return dx
 
 
-PHASE_MIN_WORK = 2 ** 22  # multiply-adds per image and phase Conv: below, ORT's per-node cost outweighs the gain
+PHASE_MIN_WORK = 2 ** 23  # multiply-adds per image and phase Conv: below, no gain was measured in whole models
 
 
 def _phase_backward(ctx, dy, weight, win, group):
     """Input gradient of a strided Conv as one stride-1 Conv of dy per phase of the input (index
     ≡ r mod stride along each axis; :meth:`Window.phases`) with the flipped taps that reach it,
     stacked and interleaved by a one-hot ConvTranspose (kernel = stride, one group per channel).
-    The phase Convs stay in ORT CPU's NCHWc layout and skip the overlapping col2im: 4–17 % less
-    CPU time than one ConvTranspose (ResNet shapes, 3×3 and 1×1, stride 2, batch 1 and 16).
-    None where that was not measured faster: grouped or dilated Convs, windows that do not
-    overlap (kernel = stride: ConvTranspose is one GEMM and a plain scatter there), or less
-    than ``PHASE_MIN_WORK`` per phase (e.g. the small detectors of the wild corpus)."""
+    The phase Convs stay in ORT CPU's NCHWc layout and skip the overlapping col2im: about 20 %
+    less kernel time than one ConvTranspose for the 3×3 stride-2 Convs of ResNet-18/50 and the
+    1×1 stride-2 ones of ResNet-50 (batch 1 and 16). None where that was not measured faster:
+    grouped or dilated Convs, windows that do not overlap (kernel = stride: ConvTranspose is one
+    GEMM and a plain scatter there), less than ``PHASE_MIN_WORK`` per phase (ResNet-18's 1×1
+    downsamples, the small detectors of the wild corpus)."""
     if group != 1 or set(win.dilations) != {1} or win.kernel == win.strides:
         return None
     lengths = [-(-x // s) for x, s in zip(win.inputs, win.strides)]  # phase length, the longest
