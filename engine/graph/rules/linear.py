@@ -24,7 +24,8 @@ def flipped_transposed(weight, group):
 def conv(ctx, node, dy):
     """Stride-1 with a constant weight: a forward Conv with the pre-flipped, transposed weight
     (faster than ConvTranspose on ORT CPU). Strided with a constant weight and an input in ORT's
-    blocked layout: one stride-1 Conv per phase of the input (:func:`_phase_backward`).
+    blocked layout: one stride-1 Conv per phase of the input where measured faster
+    (:func:`_phase_backward`).
     Otherwise: ConvTranspose with the same weight. A constant per-channel scale on the incoming
     gradient (a following BatchNormalization) is folded into the constant weight."""
     w = node.input[1]
@@ -82,7 +83,8 @@ def _phase_backward(ctx, dy, weight, win, group):
         # wider than the kernel reaches would otherwise ask for negative pads
         low = [min(0, q + shift - y) for q, (_, _, shift), y in zip(lengths, axes, win.outputs)]
         high = [max(taps, shift + 1) for _, taps, shift in axes]
-        kernels.append(np.pad(kernel, [(0, 0), (0, 0)] + [(-lo, hi - taps) for lo, hi, (_, taps, _) in zip(low, high, axes)]))
+        widths = [(-lo, hi - taps) for lo, hi, (_, taps, _) in zip(low, high, axes)]
+        kernels.append(np.pad(kernel, [(0, 0), (0, 0)] + widths))
         pads.append([hi - 1 - shift for hi, (_, _, shift) in zip(high, axes)] + [
             q + shift - lo - y for q, (_, _, shift), lo, y in zip(lengths, axes, low, win.outputs)])
         positions.append(position)
