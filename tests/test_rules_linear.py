@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from engine.graph.autodiff import differentiate
-from gradcheck import check, finish, node_model
+from engine.graph.autodiff import SEED, differentiate, grad_name
+from engine.graph.rules import linear
+from gradcheck import check, finish, float64_copy, float64_slope, node_model, session
 
 RNG = np.random.default_rng(7)
 
@@ -125,3 +126,81 @@ def test_batch_norm_scale_folds_into_the_conv_backward(stride):
     check(make)
     added = [n.op_type for n in differentiate(make(np.float32), "y", ["x"]).graph.node[2:]]
     assert "Mul" not in added, added
+
+
+# Strided Convs on inputs with a multiple of 16 channels (ORT's blocked layout) take the phase
+# form (here whatever their size); the others above keep ConvTranspose.
+# (x spatial dims, weight, attributes, phase form?)
+PHASE_CASES = {
+    "3x3-stride2-pad1-odd": ((9, 9), weight(8, 16, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), True),
+    "3x3-stride2-pad1-even": ((8, 10), weight(8, 16, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), True),
+    "1x1-stride2": ((7, 8), weight(8, 16, 1, 1), dict(strides=[2, 2]), True),
+    "2x2-stride2": ((8, 7), weight(8, 16, 2, 2), dict(strides=[2, 2]), False),
+    "2x2-stride3": ((8, 7), weight(8, 16, 2, 2), dict(strides=[3, 3]), True),
+    "4x4-stride2-asymmetric": ((9, 8), weight(8, 16, 4, 4), dict(pads=[1, 2, 0, 1], strides=[2, 2]), True),
+    "7x7-stride2-pad3": ((11, 12), weight(8, 16, 7, 7), dict(pads=[3, 3, 3, 3], strides=[2, 2]), True),
+    "3x3-stride3": ((10, 11), weight(8, 16, 3, 3), dict(pads=[1, 1, 1, 1], strides=[3, 3]), False),
+    "4x4-stride3-pad1": ((10, 11), weight(8, 16, 4, 4), dict(pads=[1, 1, 1, 1], strides=[3, 3]), True),
+    "5x5-stride3-pad2-1": ((10, 11), weight(8, 16, 5, 5), dict(pads=[2, 1, 0, 2], strides=[3, 3]), True),
+    "3x2-strides-2-1": ((9, 7), weight(8, 16, 3, 2), dict(pads=[1, 0, 1, 1], strides=[2, 1]), True),
+    "same-upper-4x4": ((7, 8), weight(8, 16, 4, 4), dict(auto_pad="SAME_UPPER", strides=[2, 2]), True),
+    "same-lower-3x3": ((7, 7), weight(8, 16, 3, 3), dict(auto_pad="SAME_LOWER", strides=[2, 2]), True),
+    "groups-stride2": ((9, 8), weight(8, 8, 3, 3), dict(group=2, pads=[1, 1, 1, 1], strides=[2, 2]), False),
+    "dilation-stride2": ((9, 9), weight(8, 16, 3, 3), dict(dilations=[2, 2], strides=[2, 2]), False),
+    "depthwise-stride2": ((8, 8), weight(16, 1, 3, 3), dict(group=16, pads=[1, 1, 1, 1], strides=[2, 2]), False),
+    "pads-beyond-kernel": ((7, 7), weight(8, 16, 1, 1), dict(pads=[1, 1, 1, 1], strides=[2, 2]), True),
+    "end-pad-beyond-kernel": ((8, 8), weight(8, 16, 3, 3), dict(pads=[0, 0, 3, 4], strides=[2, 2]), True),
+}
+
+
+@pytest.mark.parametrize("case", PHASE_CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_strided_conv_backward_phases(case, batch, monkeypatch):
+    """The gradient equals float64 central differences of the forward Conv (onnx's reference
+    evaluator: exact for a linear map, so the tolerance is float32 rounding)."""
+    monkeypatch.setattr(linear, "PHASE_MIN_WORK", 0)
+    spatial, w, attributes, phased = PHASE_CASES[case]
+    model = node_model("Conv", [("N", 16, *spatial), w, weight(w.shape[0])], np.float32, **attributes)
+    rewritten = differentiate(model, "out0", ["in0"])
+    interleaves = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose" and "interleave" in n.input[1]]
+    assert bool(interleaves) == phased
+    assert sum(n.op_type == "ConvTranspose" for n in rewritten.graph.node) == 1
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 16, *spatial)).astype(np.float32)
+    out = session(model).run(None, {"in0": x})[0]
+    seed = rng.standard_normal(out.shape).astype(np.float32)
+    got = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: seed})[0]
+    reference = float64_copy(model)
+    for _ in range(3):
+        v = rng.standard_normal(x.shape)
+        numeric = float64_slope(reference, "out0", {"in0": x.astype(np.float64)}, seed.astype(np.float64), "in0", v)
+        analytic = float(np.sum(got.astype(np.float64) * v))
+        assert abs(analytic - numeric) < 1e-5 * float(np.sum(np.abs(got * v))), (analytic, numeric)
+
+
+@pytest.mark.parametrize("channels, size, phased", [(64, 56, True), (64, 12, False), (48, 56, True), (40, 56, False)])
+def test_strided_conv_phase_form_needs_work_and_blocked_channels(channels, size, phased):
+    """ResNet's 3×3 stride-2 Conv takes the phase form; too little work per phase, or input
+    channels outside ORT's blocked layout (not a multiple of 16), keep ConvTranspose."""
+    model = node_model("Conv", [("N", channels, size, size), weight(128, channels, 3, 3)], np.float32,
+                       pads=[1, 1, 1, 1], strides=[2, 2])
+    added = [n for n in differentiate(model, "out0", ["in0"]).graph.node[1:]]
+    assert any("interleave" in n.input[1] for n in added if n.op_type == "ConvTranspose") == phased
+
+
+def test_strided_conv_phases_fold_a_batch_norm_scale(monkeypatch):
+    monkeypatch.setattr(linear, "PHASE_MIN_WORK", 0)
+    stats = [weight(16), weight(16), weight(16), np.abs(weight(16)) + 0.5]
+
+    def make(dt):
+        inits = [helper.make_tensor(n, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), a.shape, a.astype(dt).ravel())
+                 for n, a in zip(["w", "s", "b", "m", "v"], [weight(16, 16, 3, 3), *stats])]
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, strides=[2, 2]),
+                 helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"])]
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+        return finish(helper.make_graph(nodes, "conv_bn", [helper.make_tensor_value_info("x", elem, ["N", 16, 7, 7])],
+                                        [helper.make_tensor_value_info("y", elem, None)], initializer=inits))
+
+    check(make, dtypes=(np.float32,))
+    added = [n.op_type for n in differentiate(make(np.float32), "y", ["x"]).graph.node[2:]]
+    assert "Mul" not in added and "Concat" in added, added

@@ -30,6 +30,16 @@ class Window:
                 zip(self.strides, self.outputs, self.extent, self.begin, self.inputs)]
         return self.begin + [max(e, 0) for e in ends], [max(-e, 0) for e in ends]
 
+    def phases(self):
+        """Per spatial axis, per residue r < s of an input index i = s·q + r: (first, taps,
+        shift) with dx[s·q + r] = Σ_{j < taps} w[s·j + first] · dy[q + shift − j] (dilation 1),
+        the input gradient split into stride-1 correlations, one per output phase.
+
+        Example: ``Window([3], [2], [1], [1], [1], [8], [4]).phases() == [[(1, 1, 0), (0, 2, 1)]]``.
+        """
+        return [[((r + b) % s, len(range((r + b) % s, k, s)), (r + b) // s) for r in range(s)]
+                for k, s, b in zip(self.kernel, self.strides, self.begin)]
+
 
 def static_spatial(ctx, node, name):
     """Spatial dims (all after N, C) of tensor ``name``; UnsupportedOpError naming ``node`` when
