@@ -7,7 +7,7 @@ from onnx import helper, numpy_helper
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
-from engine.graph.quantized import dequantize_operators
+from engine.graph.quantized import dequantize_operators, integer_products
 from engine.graph.taps import add_taps
 from gradcheck import finish, session
 from test_autodiff_qdq import linear_cnn, quantized
@@ -174,6 +174,26 @@ def test_dynamic_model_outputs_and_exact_gradient(tmp_path, per_channel, weight_
     got = gradients(qmodel, "image", images, seed)[1]
     want = gradients(integer_weights(float_model, qmodel), "image", images, seed)[1]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("per_channel,weight_type", [(False, "QInt8"), (True, "QInt8"), (False, "QUInt8")])
+def test_dynamic_products_run_in_integers_after_differentiation(tmp_path, per_channel, weight_type):
+    """integer_products turns the differentiated graph's forward ConvInteger/MatMulInteger back into
+    integer ops (the backward keeps its float weights): the logits equal the integer model's and
+    the input gradient the all-float graph's, up to float32 rounding."""
+    qmodel = dynamic(mixed_cnn(), tmp_path, per_channel, weight_type)
+    counts = {op: sum(n.op_type == op for n in qmodel.graph.node) for op in ("ConvInteger", "MatMulInteger")}
+    float_graph = differentiate(normalize(qmodel), "logits", ["image"])
+    integer_graph = integer_products(onnx.load_from_string(float_graph.SerializeToString()))
+    assert {op: sum(n.op_type == op for n in integer_graph.graph.node) for op in counts} == counts
+    images = calibration_images(4, seed=3)
+    seed = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
+    deployed = session(qmodel).run(["logits"], {"image": images})[0]
+    (f_logits, f_grad), (i_logits, i_grad) = (session(m).run(["logits", grad_name("image")], {"image": images, SEED: seed})
+                                              for m in (float_graph, integer_graph))
+    np.testing.assert_allclose(i_logits, deployed, rtol=0, atol=1e-5 * np.abs(deployed).max())
+    np.testing.assert_allclose(i_logits, f_logits, rtol=0, atol=1e-5 * np.abs(deployed).max())
+    np.testing.assert_allclose(i_grad, f_grad, rtol=1e-4, atol=1e-5 * np.abs(f_grad).max())
 
 
 def test_dynamic_mixed_model_agrees_with_the_float_model(tmp_path):

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from engine.graph.editing import DEFAULT_DOMAINS
+from engine.graph.editing import DEFAULT_DOMAINS, prune, subgraph_reads, unique_name
 from engine.graph.nodes import attrs
 from engine.graph.shapes import constant_tensors
 
@@ -392,3 +392,78 @@ _REWRITES = {
     "QLinearConcat": _qlinear_concat, "DynamicQuantizeLSTM": _dynamic_quantize_lstm,
     "QuantizeLinear": _to_default_domain, "DequantizeLinear": _to_default_domain,
 }
+
+
+def integer_products(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run, in place, each rewritten ConvInteger/MatMulInteger whose float product only its
+    ``Div`` by the input scale reads as the integer op again: ``Conv(DQ(x_q), W) / x_scale`` →
+    ``Cast(ConvInteger(x_q, W + w_zp, x_zp, w_zp))`` (uint8 weights, one zero point). After
+    differentiation nothing else reads the product (the backward of a product by constant weights
+    reads only the weights), so the forward pass runs in 8-bit integers as deployed and the
+    backward in float. A float weight that is not integer-valued or spans more than 255 steps
+    stays float. Returns ``model``.
+
+    >>> integer_products(model.proto).graph.node == model.proto.graph.node
+    True
+    """
+    graph = model.graph
+    constants = constant_tensors(graph)
+    readers, producer = {}, {}
+    for node in graph.node:
+        for name in {*node.input, *subgraph_reads(node)}:
+            readers.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node
+    outputs = {o.name for o in graph.output}
+    taken = {*constants, *readers, *producer, *(i.name for i in graph.input)}
+    replaced, weights = {}, []
+    for node in graph.node:
+        fused = _integer_product_of(node, constants, readers, producer, outputs)
+        if fused is None:
+            continue
+        dq, div, weight, zero_point = fused
+        w_name, z_name, integer = (unique_name(f"{name}_{kind}", taken) for name, kind in (
+            (node.input[1], "uint8"), (node.input[1], "zero_point"), (node.output[0], "int32")))
+        taken.update((w_name, z_name, integer))
+        weights += [numpy_helper.from_array(weight, w_name), numpy_helper.from_array(zero_point, z_name)]
+        op_type = node.op_type + "Integer"
+        replaced[id(node)] = [
+            helper.make_node(op_type, [dq.input[0], w_name, dq.input[2], z_name], [integer], name=node.name,
+                             **attrs(node)),
+            helper.make_node("Cast", [integer], [div.output[0]], name=div.name, to=onnx.TensorProto.FLOAT)]
+        replaced[id(div)] = []
+    if not replaced:
+        return model
+    nodes = [new for node in graph.node for new in replaced.get(id(node), [node])]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(weights)
+    return prune(model)
+
+
+def _integer_product_of(node, constants, readers, producer, outputs):
+    """``(dequantize, div, uint8 weight, its zero point)`` when ``node`` is a rewritten integer
+    product that :func:`integer_products` can run in integers; else None."""
+    if node.op_type not in ("Conv", "MatMul") or node.domain not in DEFAULT_DOMAINS or len(node.input) != 2 or \
+            node.input[1] not in constants or node.output[0] in outputs:
+        return None
+    dq = producer.get(node.input[0])
+    div = readers.get(node.output[0], [])
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in DEFAULT_DOMAINS or len(dq.input) != 3 or \
+            attrs(dq) or len(div) != 1 or div[0].op_type != "Div" or list(div[0].input) != [node.output[0], dq.input[1]]:
+        return None
+    zero_point, quantizer = constants.get(dq.input[2]), producer.get(dq.input[2])
+    dynamic = quantizer is not None and quantizer.op_type == "DynamicQuantizeLinear" and \
+        list(quantizer.output[1:]) == list(dq.input[1:])  # a uint8 scalar
+    if not dynamic and (zero_point is None or zero_point.data_type != onnx.TensorProto.UINT8 or zero_point.dims):
+        return None
+    weight = numpy_helper.to_array(constants[node.input[1]])
+    if weight.dtype != np.float32 or weight.size == 0 or not np.array_equal(weight, np.round(weight)):
+        return None
+    low, high = weight.min(), weight.max()
+    if high - low > 255 or (weight.ndim < 3 if node.op_type == "Conv" else weight.ndim != 2):
+        return None
+    shift = np.uint8(-low if low < 0 else 0)
+    if high + shift > 255:
+        return None
+    return dq, div[0], (weight + shift).astype(np.uint8), np.array(shift, np.uint8)
