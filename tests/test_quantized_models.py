@@ -7,7 +7,7 @@ from onnx import helper, numpy_helper
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
-from engine.graph.quantized import dequantize_operators, integer_products
+from engine.graph.quantized import dequantize_operators, integer_forward
 from engine.graph.taps import add_taps
 from gradcheck import finish, session
 from test_autodiff_qdq import linear_cnn, quantized
@@ -178,13 +178,13 @@ def test_dynamic_model_outputs_and_exact_gradient(tmp_path, per_channel, weight_
 
 @pytest.mark.parametrize("per_channel,weight_type", [(False, "QInt8"), (True, "QInt8"), (False, "QUInt8")])
 def test_dynamic_products_run_in_integers_after_differentiation(tmp_path, per_channel, weight_type):
-    """integer_products turns the differentiated graph's forward ConvInteger/MatMulInteger back into
+    """integer_forward turns the differentiated graph's forward ConvInteger/MatMulInteger back into
     integer ops (the backward keeps its float weights): the logits equal the integer model's and
     the input gradient the all-float graph's, up to float32 rounding."""
     qmodel = dynamic(mixed_cnn(), tmp_path, per_channel, weight_type)
     counts = {op: sum(n.op_type == op for n in qmodel.graph.node) for op in ("ConvInteger", "MatMulInteger")}
     float_graph = differentiate(normalize(qmodel), "logits", ["image"])
-    integer_graph = integer_products(onnx.load_from_string(float_graph.SerializeToString()))
+    integer_graph = integer_forward(onnx.load_from_string(float_graph.SerializeToString()))
     assert {op: sum(n.op_type == op for n in integer_graph.graph.node) for op in counts} == counts
     images = calibration_images(4, seed=3)
     seed = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
@@ -247,6 +247,26 @@ def test_dynamic_quantize_lstm_becomes_a_float_lstm(tmp_path):
     got, plain = (session(differentiate(m, "y_h", ["x"])).run([grad_name("x")], {"x": x, SEED: seed})[0]
                   for m in (clean, float_model))
     assert cosine(got, plain) > 0.99
+
+
+def test_dynamic_quantize_lstm_runs_as_deployed_after_differentiation(tmp_path):
+    """integer_forward puts the DynamicQuantizeLSTM back into the differentiated graph (its
+    backward keeps the float weights and reads the deployed Y): outputs equal the integer model's,
+    the gradient stays within 1 % of the all-float graph's (measured 0.06 %)."""
+    onnx.save(lstm_model(), tmp_path / "lstm.onnx")
+    quantization.quantize_dynamic(str(tmp_path / "lstm.onnx"), str(tmp_path / "q.onnx"), op_types_to_quantize=["LSTM"],
+                                  weight_type=quantization.QuantType.QInt8)
+    qmodel = onnx.load(tmp_path / "q.onnx")
+    float_graph = differentiate(normalize(qmodel), "y_h", ["x"])
+    integer_graph = integer_forward(onnx.load_from_string(float_graph.SerializeToString()))
+    assert "DynamicQuantizeLSTM" in ops(integer_graph) and "LSTM" not in ops(integer_graph)
+    x = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
+    seed = np.random.default_rng(2).standard_normal((2, 3, 6)).astype(np.float32)
+    deployed = session(qmodel).run(["y_h"], {"x": x})[0]
+    (_, f_grad), (i_out, i_grad) = (session(m).run(["y_h", grad_name("x")], {"x": x, SEED: seed})
+                                    for m in (float_graph, integer_graph))
+    np.testing.assert_allclose(i_out, deployed, rtol=0, atol=1e-6)
+    assert np.abs(i_grad - f_grad).max() < 0.01 * np.abs(f_grad).max()
 
 
 def test_runtime_quantized_bias_of_old_dynamic_models():

@@ -79,7 +79,7 @@ def dequantize_operators(model: onnx.ModelProto, inplace=False) -> onnx.ModelPro
 
 def dequantized_constants(graph, constants):
     """name → TensorProto holding the float value of each DequantizeLinear output computed from
-    constants only (quantized weights and biases), so that differentiation rules can use them as
+    constants only (quantized weights and biases; and of a Concat of those), so that differentiation rules can use them as
     the constants they are (e.g. the Conv rule's constant-weight backward). ``constants``: the
     graph's constant tensors (:func:`engine.graph.shapes.constant_tensors`).
 
@@ -104,6 +104,10 @@ def dequantized_constants(graph, constants):
             scale, zp = scale.reshape(shape), zp.reshape(shape)
         value = (q.astype(np.int32) - zp.astype(np.int32)).astype(np.float32) * scale
         out[node.output[0]] = numpy_helper.from_array(value.astype(scale.dtype), node.output[0])
+    for node in graph.node:  # the per-direction weights of a rewritten DynamicQuantizeLSTM
+        if node.op_type == "Concat" and node.domain in DEFAULT_DOMAINS and node.input and all(i in out for i in node.input):
+            value = np.concatenate([numpy_helper.to_array(out[i]) for i in node.input], axis=attrs(node)["axis"])
+            out[node.output[0]] = numpy_helper.from_array(value, node.output[0])
     return out
 
 
@@ -144,7 +148,7 @@ class _Rewriter:
 
     def const(self, array, hint):
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array).reshape(np.shape(array)), name))
         self.constants[name] = self.initializers[-1]
         return name
 
@@ -360,14 +364,22 @@ def _dynamic_quantize_lstm(rw, node):
     """com.microsoft DynamicQuantizeLSTM → the standard LSTM with the dequantized weights. Its
     weights are stored transposed (directions × input × 4·hidden) with a scale and zero point per
     direction (or per direction and column). The deployed op also quantizes X and H at each
-    step; the float LSTM does not, so its outputs differ from the deployed ones by that rounding."""
+    step; the float LSTM does not, so its outputs differ from the deployed ones by that rounding.
+    With one scale per direction each direction's weights stay integers read through a
+    DequantizeLinear (then Concat), so that :func:`integer_forward` can restore the node."""
     x, w, r, *rest = node.input[:8]
     weights = []
     for q, scale, zp in ((w, node.input[8], node.input[9]), (r, node.input[10], node.input[11])):
         value, s, z = rw.value(q), rw.value(scale), rw.value(zp)
         if value is None or s is None or z is None:
             return False
-        shape = (-1, 1, value.shape[2]) if s.ndim == 2 else (-1, 1, 1)
+        if s.ndim == 1:
+            parts = [rw.emit("DequantizeLinear", [rw.const(value[d].T[None], f"{q}_{d}"), rw.const(s[d], f"{scale}_{d}"),
+                                                  rw.const(z[d], f"{zp}_{d}")], hint=f"{q}_{d}_dequantized")
+                     for d in range(len(s))]
+            weights.append(parts[0] if len(parts) == 1 else rw.emit("Concat", parts, hint=q + "_float", axis=0))
+            continue
+        shape = (-1, 1, value.shape[2])
         dequantized = (value.astype(np.int32) - z.reshape(shape).astype(np.int32)) * s.reshape(shape).astype(np.float32)
         weights.append(rw.const(dequantized.astype(np.float32).transpose(0, 2, 1), q + "_float"))
     rw.nodes.append(helper.make_node("LSTM", [x, *weights, *rest], node.output, name=node.name, **attrs(node)))
@@ -394,16 +406,21 @@ _REWRITES = {
 }
 
 
-def integer_products(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run, in place, each rewritten ConvInteger/MatMulInteger whose float product only its
-    ``Div`` by the input scale reads as the integer op again: ``Conv(DQ(x_q), W) / x_scale`` →
-    ``Cast(ConvInteger(x_q, W + w_zp, x_zp, w_zp))`` (uint8 weights, one zero point). After
-    differentiation nothing else reads the product (the backward of a product by constant weights
-    reads only the weights), so the forward pass runs in 8-bit integers as deployed and the
-    backward in float. A float weight that is not integer-valued or spans more than 255 steps
-    stays float. Returns ``model``.
+def integer_forward(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run, in place, the forward pass of a rewritten and differentiated dynamic int8 model in
+    integers again where its backward does not read the float form, so that it costs what the
+    deployed model costs (the backward keeps the float weights). Returns ``model``.
 
-    >>> integer_products(model.proto).graph.node == model.proto.graph.node
+    * ``Conv(DQ(x_q), W) / x_scale`` (a rewritten ConvInteger, likewise MatMulInteger) whose
+      product only that ``Div`` reads (the backward of a product by constant weights reads only
+      the weights) → ``Cast(ConvInteger(x_q, W + w_zp, x_zp, w_zp))``, uint8 weights with one zero
+      point; a weight that is not integer-valued or spans more than 255 steps stays float.
+    * A float LSTM rewritten from a com.microsoft DynamicQuantizeLSTM (weights read through one
+      DequantizeLinear per direction) → that node again: its outputs are then the deployed ones
+      (X and H quantized at each step), which the LSTM rule's backward reads (it recomputes the
+      gates from X and Y with the float weights).
+
+    >>> integer_forward(model.proto).graph.node == model.proto.graph.node
     True
     """
     graph = model.graph
@@ -417,19 +434,32 @@ def integer_products(model: onnx.ModelProto) -> onnx.ModelProto:
     outputs = {o.name for o in graph.output}
     taken = {*constants, *readers, *producer, *(i.name for i in graph.input)}
     replaced, weights = {}, []
+
+    def add_constant(tensor, hint):
+        name = unique_name(hint, taken)
+        taken.add(name)
+        weights.append(onnx.TensorProto())
+        weights[-1].CopyFrom(tensor)
+        weights[-1].name = name
+        return name
+
     for node in graph.node:
+        if node.op_type == "LSTM" and node.domain in DEFAULT_DOMAINS:
+            lstm = _integer_lstm(node, constants, producer, add_constant)
+            if lstm is not None:
+                replaced[id(node)] = [lstm]
+            continue
         fused = _integer_product_of(node, constants, readers, producer, outputs)
         if fused is None:
             continue
         dq, div, weight, zero_point = fused
-        w_name, z_name, integer = (unique_name(f"{name}_{kind}", taken) for name, kind in (
-            (node.input[1], "uint8"), (node.input[1], "zero_point"), (node.output[0], "int32")))
-        taken.update((w_name, z_name, integer))
-        weights += [numpy_helper.from_array(weight, w_name), numpy_helper.from_array(zero_point, z_name)]
-        op_type = node.op_type + "Integer"
+        w_name = add_constant(numpy_helper.from_array(weight), f"{node.input[1]}_uint8")
+        z_name = add_constant(numpy_helper.from_array(zero_point), f"{node.input[1]}_zero_point")
+        integer = unique_name(f"{node.output[0]}_int32", taken)
+        taken.add(integer)
         replaced[id(node)] = [
-            helper.make_node(op_type, [dq.input[0], w_name, dq.input[2], z_name], [integer], name=node.name,
-                             **attrs(node)),
+            helper.make_node(node.op_type + "Integer", [dq.input[0], w_name, dq.input[2], z_name], [integer],
+                             name=node.name, **attrs(node)),
             helper.make_node("Cast", [integer], [div.output[0]], name=div.name, to=onnx.TensorProto.FLOAT)]
         replaced[id(div)] = []
     if not replaced:
@@ -438,12 +468,50 @@ def integer_products(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(weights)
+    if any(n.domain == _MS for n in nodes) and not any(o.domain == _MS for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(_MS, 1))
     return prune(model)
+
+
+def _integer_lstm(node, constants, producer, add_constant):
+    """The DynamicQuantizeLSTM that :func:`dequantize_operators` rewrote into the float LSTM
+    ``node`` (inputs and outputs of ``node``; its integer weights, scales and zero points added by
+    ``add_constant(tensor, hint)``), or None when ``node`` is not such an LSTM."""
+    weights = [_per_direction_weights(node.input[i], constants, producer) for i in (1, 2)]
+    if None in weights or attrs(node).get("layout", 0):
+        return None
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    names = [[add_constant(numpy_helper.from_array(v), f"{node.input[i]}_{kind}")
+              for v, kind in zip(weights[k], ("quantized", "scale", "zero_point"))] for k, i in enumerate((1, 2))]
+    inputs[1], inputs[2] = names[0][0], names[1][0]
+    kept = {k: v for k, v in attrs(node).items() if k != "layout"}  # 0 (checked): not an attribute there
+    return helper.make_node("DynamicQuantizeLSTM", [*inputs, *names[0][1:], *names[1][1:]], node.output,
+                            name=node.name, domain=_MS, **kept)
+
+
+def _per_direction_weights(name, constants, producer):
+    """(weights D × input × gates, scales D, zero points D) of a DynamicQuantizeLSTM when float
+    weight ``name`` is its per-direction DequantizeLinear (then Concat) form; else None."""
+    concat = producer.get(name)
+    parts = list(concat.input) if concat is not None and concat.op_type == "Concat" and attrs(concat)["axis"] == 0 \
+        else [name]
+    found = []
+    for part in parts:
+        dq = producer.get(part)
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) != 3 or attrs(dq) or \
+                not all(i in constants for i in dq.input):
+            return None
+        q, s, z = (numpy_helper.to_array(constants[i]) for i in dq.input)
+        if q.ndim != 3 or q.shape[0] != 1 or s.ndim or z.ndim:
+            return None
+        found.append((q[0].T, s, z))
+    q, s, z = zip(*found)
+    return np.ascontiguousarray(np.stack(q)), np.array(s), np.array(z)
 
 
 def _integer_product_of(node, constants, readers, producer, outputs):
     """``(dequantize, div, uint8 weight, its zero point)`` when ``node`` is a rewritten integer
-    product that :func:`integer_products` can run in integers; else None."""
+    product that :func:`integer_forward` can run in integers; else None."""
     if node.op_type not in ("Conv", "MatMul") or node.domain not in DEFAULT_DOMAINS or len(node.input) != 2 or \
             node.input[1] not in constants or node.output[0] in outputs:
         return None
