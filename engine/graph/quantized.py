@@ -79,7 +79,7 @@ def dequantize_operators(model: onnx.ModelProto, inplace=False) -> onnx.ModelPro
 
 def dequantized_constants(graph, constants):
     """name → TensorProto holding the float value of each DequantizeLinear output computed from
-    constants only (quantized weights and biases; and of a Concat of those), so that differentiation rules can use them as
+    constants only (quantized weights and biases), so that differentiation rules can use them as
     the constants they are (e.g. the Conv rule's constant-weight backward). ``constants``: the
     graph's constant tensors (:func:`engine.graph.shapes.constant_tensors`).
 
@@ -104,10 +104,6 @@ def dequantized_constants(graph, constants):
             scale, zp = scale.reshape(shape), zp.reshape(shape)
         value = (q.astype(np.int32) - zp.astype(np.int32)).astype(np.float32) * scale
         out[node.output[0]] = numpy_helper.from_array(value.astype(scale.dtype), node.output[0])
-    for node in graph.node:  # the per-direction weights of a rewritten DynamicQuantizeLSTM
-        if node.op_type == "Concat" and node.domain in DEFAULT_DOMAINS and node.input and all(i in out for i in node.input):
-            value = np.concatenate([numpy_helper.to_array(out[i]) for i in node.input], axis=attrs(node)["axis"])
-            out[node.output[0]] = numpy_helper.from_array(value, node.output[0])
     return out
 
 
@@ -148,7 +144,7 @@ class _Rewriter:
 
     def const(self, array, hint):
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array).reshape(np.shape(array)), name))
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         self.constants[name] = self.initializers[-1]
         return name
 
@@ -364,22 +360,14 @@ def _dynamic_quantize_lstm(rw, node):
     """com.microsoft DynamicQuantizeLSTM → the standard LSTM with the dequantized weights. Its
     weights are stored transposed (directions × input × 4·hidden) with a scale and zero point per
     direction (or per direction and column). The deployed op also quantizes X and H at each
-    step; the float LSTM does not, so its outputs differ from the deployed ones by that rounding.
-    With one scale per direction each direction's weights stay integers read through a
-    DequantizeLinear (then Concat), so that :func:`integer_forward` can restore the node."""
+    step; the float LSTM does not, so its outputs differ from the deployed ones by that rounding."""
     x, w, r, *rest = node.input[:8]
     weights = []
     for q, scale, zp in ((w, node.input[8], node.input[9]), (r, node.input[10], node.input[11])):
         value, s, z = rw.value(q), rw.value(scale), rw.value(zp)
         if value is None or s is None or z is None:
             return False
-        if s.ndim == 1:
-            parts = [rw.emit("DequantizeLinear", [rw.const(value[d].T[None], f"{q}_{d}"), rw.const(s[d], f"{scale}_{d}"),
-                                                  rw.const(z[d], f"{zp}_{d}")], hint=f"{q}_{d}_dequantized")
-                     for d in range(len(s))]
-            weights.append(parts[0] if len(parts) == 1 else rw.emit("Concat", parts, hint=q + "_float", axis=0))
-            continue
-        shape = (-1, 1, value.shape[2])
+        shape = (-1, 1, value.shape[2]) if s.ndim == 2 else (-1, 1, 1)
         dequantized = (value.astype(np.int32) - z.reshape(shape).astype(np.int32)) * s.reshape(shape).astype(np.float32)
         weights.append(rw.const(dequantized.astype(np.float32).transpose(0, 2, 1), q + "_float"))
     rw.nodes.append(helper.make_node("LSTM", [x, *weights, *rest], node.output, name=node.name, **attrs(node)))
@@ -415,10 +403,10 @@ def integer_forward(model: onnx.ModelProto) -> onnx.ModelProto:
       product only that ``Div`` reads (the backward of a product by constant weights reads only
       the weights) → ``Cast(ConvInteger(x_q, W + w_zp, x_zp, w_zp))``, uint8 weights with one zero
       point; a weight that is not integer-valued or spans more than 255 steps stays float.
-    * A float LSTM rewritten from a com.microsoft DynamicQuantizeLSTM (weights read through one
-      DequantizeLinear per direction) → that node again: its outputs are then the deployed ones
-      (X and H quantized at each step), which the LSTM rule's backward reads (it recomputes the
-      gates from X and Y with the float weights).
+    * A float LSTM rewritten from a com.microsoft DynamicQuantizeLSTM (constant weights on an
+      integer grid with one scale per direction) → that node again: its outputs are then the
+      deployed ones (X and H quantized at each step), which the LSTM rule's backward reads (it
+      recomputes the gates from X and Y with the float weights).
 
     >>> integer_forward(model.proto).graph.node == model.proto.graph.node
     True
@@ -445,7 +433,7 @@ def integer_forward(model: onnx.ModelProto) -> onnx.ModelProto:
 
     for node in graph.node:
         if node.op_type == "LSTM" and node.domain in DEFAULT_DOMAINS:
-            lstm = _integer_lstm(node, constants, producer, add_constant)
+            lstm = _integer_lstm(node, constants, add_constant)
             if lstm is not None:
                 replaced[id(node)] = [lstm]
             continue
@@ -473,12 +461,15 @@ def integer_forward(model: onnx.ModelProto) -> onnx.ModelProto:
     return prune(model)
 
 
-def _integer_lstm(node, constants, producer, add_constant):
+def _integer_lstm(node, constants, add_constant):
     """The DynamicQuantizeLSTM that :func:`dequantize_operators` rewrote into the float LSTM
-    ``node`` (inputs and outputs of ``node``; its integer weights, scales and zero points added by
-    ``add_constant(tensor, hint)``), or None when ``node`` is not such an LSTM."""
-    weights = [_per_direction_weights(node.input[i], constants, producer) for i in (1, 2)]
-    if None in weights or attrs(node).get("layout", 0):
+    ``node``, with the inputs and outputs of ``node`` (its integer weights, scales and zero points
+    added by ``add_constant(tensor, hint)``); None when ``node`` is not such an LSTM."""
+    values = [numpy_helper.to_array(constants[node.input[i]]) if node.input[i] in constants else None for i in (1, 2)]
+    if any(v is None or v.dtype != np.float32 or v.ndim != 3 for v in values) or attrs(node).get("layout", 0):
+        return None
+    weights = [_integer_grid(v) for v in values]
+    if None in weights:
         return None
     inputs = list(node.input) + [""] * (8 - len(node.input))
     names = [[add_constant(numpy_helper.from_array(v), f"{node.input[i]}_{kind}")
@@ -489,22 +480,30 @@ def _integer_lstm(node, constants, producer, add_constant):
                             name=node.name, domain=_MS, **kept)
 
 
-def _per_direction_weights(name, constants, producer):
-    """(weights D × input × gates, scales D, zero points D) of a DynamicQuantizeLSTM when float
-    weight ``name`` is its per-direction DequantizeLinear (then Concat) form; else None."""
-    concat = producer.get(name)
-    parts = list(concat.input) if concat is not None and concat.op_type == "Concat" and attrs(concat)["axis"] == 0 \
-        else [name]
+def _integer_grid(weights):
+    """(integer weights D × input × gates, scales D, zero points D) whose DynamicQuantizeLSTM
+    dequantization gives float ``weights`` (D × gates × input, as :func:`dequantize_operators`
+    wrote them) to float32 rounding, with one scale per direction: symmetric int8 (scale
+    max|w| / 127, or / 63 with a reduced range) or uint8 over [min, max]; None when no such
+    grid holds every weight (a float model's weights)."""
     found = []
-    for part in parts:
-        dq = producer.get(part)
-        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) != 3 or attrs(dq) or \
-                not all(i in constants for i in dq.input):
+    for w in weights.astype(np.float64):
+        low, high, top = w.min(), w.max(), np.abs(w).max()
+        candidates = [(top / k, 0, np.int8) for k in (127, 63)] + [((high - low) / k, None, np.uint8) for k in (255, 127)]
+        for scale, zero, dtype in candidates:
+            if scale <= 0:
+                continue
+            zero = int(np.round(-low / scale)) if zero is None else zero
+            steps = np.round(w / scale)
+            q = steps + zero
+            info = np.iinfo(dtype)
+            if q.min() >= info.min and q.max() <= info.max and np.abs(steps * scale - w).max() <= 2.0 ** -20 * top:
+                found.append((q.astype(dtype).T, np.float32(scale), dtype(zero)))
+                break
+        else:
             return None
-        q, s, z = (numpy_helper.to_array(constants[i]) for i in dq.input)
-        if q.ndim != 3 or q.shape[0] != 1 or s.ndim or z.ndim:
-            return None
-        found.append((q[0].T, s, z))
+    if len({q.dtype for q, _, _ in found}) != 1:
+        return None
     q, s, z = zip(*found)
     return np.ascontiguousarray(np.stack(q)), np.array(s), np.array(z)
 
