@@ -249,26 +249,6 @@ def test_dynamic_quantize_lstm_becomes_a_float_lstm(tmp_path):
     assert cosine(got, plain) > 0.99
 
 
-def test_dynamic_quantize_lstm_runs_as_deployed_after_differentiation(tmp_path):
-    """integer_forward puts the DynamicQuantizeLSTM back into the differentiated graph (its
-    backward keeps the float weights and reads the deployed Y): outputs equal the integer model's,
-    the gradient stays within 1 % of the all-float graph's (measured 0.06 %)."""
-    onnx.save(lstm_model(), tmp_path / "lstm.onnx")
-    quantization.quantize_dynamic(str(tmp_path / "lstm.onnx"), str(tmp_path / "q.onnx"), op_types_to_quantize=["LSTM"],
-                                  weight_type=quantization.QuantType.QInt8)
-    qmodel = onnx.load(tmp_path / "q.onnx")
-    float_graph = differentiate(normalize(qmodel), "y_h", ["x"])
-    integer_graph = integer_forward(onnx.load_from_string(float_graph.SerializeToString()))
-    assert "DynamicQuantizeLSTM" in ops(integer_graph) and "LSTM" not in ops(integer_graph)
-    x = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
-    seed = np.random.default_rng(2).standard_normal((2, 3, 6)).astype(np.float32)
-    deployed = session(qmodel).run(["y_h"], {"x": x})[0]
-    (_, f_grad), (i_out, i_grad) = (session(m).run(["y_h", grad_name("x")], {"x": x, SEED: seed})
-                                    for m in (float_graph, integer_graph))
-    np.testing.assert_allclose(i_out, deployed, rtol=0, atol=1e-6)
-    assert np.abs(i_grad - f_grad).max() < 0.01 * np.abs(f_grad).max()
-
-
 def test_runtime_quantized_bias_of_old_dynamic_models():
     """onnx.quantize 0.1.0 (e.g. ddddocr's old captcha model) adds a bias quantized at run time,
     Cast(Floor(b / (x_scale · w_scale))) in int32, to ConvInteger's output before scaling it:
