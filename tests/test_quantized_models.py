@@ -249,10 +249,9 @@ def test_dynamic_quantize_lstm_becomes_a_float_lstm(tmp_path):
     assert cosine(got, plain) > 0.99
 
 
-def test_runtime_quantized_bias_of_old_dynamic_models():
-    """onnx.quantize 0.1.0 (e.g. ddddocr's old captcha model) adds a bias quantized at run time,
-    Cast(Floor(b / (x_scale · w_scale))) in int32, to ConvInteger's output before scaling it:
-    the rewrite adds it in float; outputs equal the integer model's up to float32 rounding."""
+def old_dynamic_model():
+    """(model, its int8 weight): DynamicQuantizeLinear → ConvInteger → Add(int32 bias quantized at
+    run time) → Cast → Mul, as onnx.quantize 0.1.0 wrote them."""
     rng = np.random.default_rng(6)
     wq = rng.integers(-60, 60, (4, 3, 3, 3)).astype(np.int8)
     inits = [numpy_helper.from_array(wq, "w_q"), numpy_helper.from_array(np.int8(3), "w_zp"),
@@ -272,6 +271,14 @@ def test_runtime_quantized_bias_of_old_dynamic_models():
     graph = helper.make_graph(nodes, "old_dynamic", [helper.make_tensor_value_info("image", 1, ["N", 3, 6, 6])],
                               [helper.make_tensor_value_info("y", 1, None)], initializer=inits)
     model = finish(graph)
+    return model, wq
+
+
+def test_runtime_quantized_bias_of_old_dynamic_models():
+    """onnx.quantize 0.1.0 (e.g. ddddocr's old captcha model) adds a bias quantized at run time,
+    Cast(Floor(b / (x_scale · w_scale))) in int32, to ConvInteger's output before scaling it:
+    the rewrite adds it in float; outputs equal the integer model's up to float32 rounding."""
+    model, wq = old_dynamic_model()
     clean = normalize(model)
     assert "ConvInteger" not in ops(clean)
     x = calibration_images(2)[:, :, :6, :6]
@@ -282,6 +289,23 @@ def test_runtime_quantized_bias_of_old_dynamic_models():
     weight = (wq.astype(np.float32) - 3) * 0.01  # straight through: the gradient of a conv by the dequantized weight
     want = np.broadcast_to(weight.sum(axis=(0, 2, 3))[:, None, None], (2, 3, 2, 2))  # interior pixels
     np.testing.assert_allclose(gradient[:, :, 2:4, 2:4], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_runtime_quantized_bias_is_added_in_int32_after_differentiation():
+    """integer_forward restores ConvInteger → Add(int32 bias) → Cast of an old dynamic model in the
+    differentiated graph: outputs equal the integer model's, the gradient the all-float graph's."""
+    model, _ = old_dynamic_model()
+    float_graph = differentiate(normalize(model), "y", ["image"])
+    integer_graph = integer_forward(onnx.load_from_string(float_graph.SerializeToString()))
+    made = {o: n for n in integer_graph.graph.node for o in n.output}
+    add = next(n for n in integer_graph.graph.node if n.op_type == "Add" and made[n.input[0]].op_type == "ConvInteger")
+    assert made[add.input[1]].op_type == "Reshape"  # the int32 bias itself, no float Cast of it
+    x = calibration_images(2)[:, :, :6, :6]
+    deployed = session(model).run(["y"], {"image": x})[0]
+    feeds = {"image": x, SEED: np.ones_like(deployed)}
+    (_, f_grad), (i_y, i_grad) = (session(m).run(["y", grad_name("image")], feeds) for m in (float_graph, integer_graph))
+    np.testing.assert_allclose(i_y, deployed, rtol=0, atol=1e-6 * np.abs(deployed).max())
+    np.testing.assert_allclose(i_grad, f_grad, rtol=1e-5, atol=1e-6 * np.abs(f_grad).max())
 
 
 def test_model_api_explains_a_qoperator_file(tmp_path):

@@ -402,7 +402,8 @@ def integer_forward(model: onnx.ModelProto) -> onnx.ModelProto:
     * ``Conv(DQ(x_q), W) / x_scale`` (a rewritten ConvInteger, likewise MatMulInteger) whose
       product only that ``Div`` reads (the backward of a product by constant weights reads only
       the weights) → ``Cast(ConvInteger(x_q, W + w_zp, x_zp, w_zp))``, uint8 weights with one zero
-      point; a weight that is not integer-valued or spans more than 255 steps stays float.
+      point; a weight that is not integer-valued or spans more than 255 steps stays float. A
+      run-time int32 bias added next (onnx.quantize 0.1.0) is added in int32 again.
     * A DynamicQuantizeLSTM stays a float LSTM (measured on ddddocr: 7.1 ms against 1.4 ms): its
       backward recomputes the gates from X and Y, and with the deployed Y (X and H quantized at
       each step) they are not the float LSTM's (input-gradient slopes 2.6 % off).
@@ -420,6 +421,7 @@ def integer_forward(model: onnx.ModelProto) -> onnx.ModelProto:
             producer[name] = node
     outputs = {o.name for o in graph.output}
     taken = {*constants, *readers, *producer, *(i.name for i in graph.input)}
+    int32 = {v.name for v in (*graph.value_info, *graph.input) if v.type.tensor_type.elem_type == onnx.TensorProto.INT32}
     replaced, weights = {}, []
 
     def add_constant(value, hint):
@@ -437,10 +439,20 @@ def integer_forward(model: onnx.ModelProto) -> onnx.ModelProto:
         z_name = add_constant(zero_point, f"{node.input[1]}_zero_point")
         integer = unique_name(f"{node.output[0]}_int32", taken)
         taken.add(integer)
-        replaced[id(node)] = [
-            helper.make_node(node.op_type + "Integer", [dq.input[0], w_name, dq.input[2], z_name], [integer],
-                             name=node.name, **attrs(node)),
-            helper.make_node("Cast", [integer], [div.output[0]], name=div.name, to=onnx.TensorProto.FLOAT)]
+        product = helper.make_node(node.op_type + "Integer", [dq.input[0], w_name, dq.input[2], z_name], [integer],
+                                   name=node.name, **attrs(node))
+        bias = _integer_bias_of(div, int32, readers, producer, outputs)
+        if bias is None:
+            replaced[id(node)] = [product, helper.make_node("Cast", [integer], [div.output[0]], name=div.name,
+                                                            to=onnx.TensorProto.FLOAT)]
+        else:  # ConvInteger → Add(int32 bias) → Cast, as deployed (two float passes fewer)
+            add, bias_int32, cast = bias
+            total = unique_name(f"{add.output[0]}_int32", taken)
+            taken.add(total)
+            replaced[id(node)] = [product]
+            replaced[id(add)] = [helper.make_node("Add", [integer, bias_int32], [total], name=add.name)]
+            replaced[id(cast)] = [helper.make_node("Cast", [total], [cast.output[0]], name=cast.name,
+                                                   to=onnx.TensorProto.FLOAT)]
         replaced[id(div)] = []
     if not replaced:
         return model
@@ -449,6 +461,23 @@ def integer_forward(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(nodes)
     graph.initializer.extend(weights)
     return prune(model)
+
+
+def _integer_bias_of(div, int32, readers, producer, outputs):
+    """``(add, int32 bias, cast)`` when the integer-unit product ``div`` computes only feeds
+    ``Add(·, Cast(int32 bias))`` (:func:`_integer_bias`) whose sum only a float32 ``Cast`` reads,
+    so that the bias can be added in int32 again (``int32``: the names of int32 tensors); else None."""
+    add = readers.get(div.output[0], [])
+    if len(add) != 1 or add[0].op_type != "Add" or add[0].domain not in DEFAULT_DOMAINS or \
+            div.output[0] in outputs or add[0].output[0] in outputs:
+        return None
+    add = add[0]
+    other = add.input[1] if add.input[0] == div.output[0] else add.input[0]
+    widen, cast = producer.get(other), readers.get(add.output[0], [])
+    if other == div.output[0] or widen is None or widen.op_type != "Cast" or widen.input[0] not in int32 or \
+            len(cast) != 1 or cast[0].op_type != "Cast" or attrs(cast[0]).get("to") != onnx.TensorProto.FLOAT:
+        return None
+    return add, widen.input[0], cast[0]
 
 
 def _integer_product_of(node, constants, readers, producer, outputs):
