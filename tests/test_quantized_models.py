@@ -179,13 +179,15 @@ def test_dynamic_model_outputs_and_exact_gradient(tmp_path, per_channel, weight_
 @pytest.mark.parametrize("per_channel,weight_type", [(False, "QInt8"), (True, "QInt8"), (False, "QUInt8")])
 def test_dynamic_products_run_in_integers_after_differentiation(tmp_path, per_channel, weight_type):
     """integer_forward turns the differentiated graph's forward ConvInteger/MatMulInteger back into
-    integer ops (the backward keeps its float weights): the logits equal the integer model's and
-    the input gradient the all-float graph's, up to float32 rounding."""
+    integer ops (the backward keeps its float weights) and reads DynamicQuantizeLinear's own
+    quantized output: the logits equal the integer model's and the input gradient the all-float
+    graph's, up to float32 rounding."""
     qmodel = dynamic(mixed_cnn(), tmp_path, per_channel, weight_type)
     counts = {op: sum(n.op_type == op for n in qmodel.graph.node) for op in ("ConvInteger", "MatMulInteger")}
     float_graph = differentiate(normalize(qmodel), "logits", ["image"])
     integer_graph = integer_forward(onnx.load_from_string(float_graph.SerializeToString()))
     assert {op: sum(n.op_type == op for n in integer_graph.graph.node) for op in counts} == counts
+    assert "QuantizeLinear" in ops(float_graph) and "QuantizeLinear" not in ops(integer_graph)  # DynamicQuantizeLinear's
     images = calibration_images(4, seed=3)
     seed = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
     deployed = session(qmodel).run(["logits"], {"image": images})[0]
