@@ -434,7 +434,7 @@ def integer_forward(model: onnx.ModelProto) -> onnx.ModelProto:
 
     for node in graph.node:
         quantizer = _dynamic_quantizer_of(node, readers, producer)
-        if quantizer is not None and id(quantizer) not in replaced:  # its own quantized output again: one pass over x fewer
+        if quantizer is not None and id(quantizer) not in replaced:  # its own output again: one pass fewer
             replaced[id(quantizer)] = [helper.make_node(quantizer.op_type, quantizer.input,
                                                         [node.output[0], *quantizer.output[1:]], name=quantizer.name)]
             replaced[id(node)] = []
