@@ -7,7 +7,7 @@ from onnx import helper, numpy_helper
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.normalize import normalize
-from engine.graph.quantized import dequantize_operators
+from engine.graph.quantized import dequantize_operators, integer_forward
 from engine.graph.taps import add_taps
 from gradcheck import finish, session
 from test_autodiff_qdq import linear_cnn, quantized
@@ -176,6 +176,28 @@ def test_dynamic_model_outputs_and_exact_gradient(tmp_path, per_channel, weight_
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("per_channel,weight_type", [(False, "QInt8"), (True, "QInt8"), (False, "QUInt8")])
+def test_dynamic_products_run_in_integers_after_differentiation(tmp_path, per_channel, weight_type):
+    """integer_forward turns the differentiated graph's forward ConvInteger/MatMulInteger back into
+    integer ops (the backward keeps its float weights) and reads DynamicQuantizeLinear's own
+    quantized output: the logits equal the integer model's and the input gradient the all-float
+    graph's, up to float32 rounding."""
+    qmodel = dynamic(mixed_cnn(), tmp_path, per_channel, weight_type)
+    counts = {op: sum(n.op_type == op for n in qmodel.graph.node) for op in ("ConvInteger", "MatMulInteger")}
+    float_graph = differentiate(normalize(qmodel), "logits", ["image"])
+    integer_graph = integer_forward(onnx.load_from_string(float_graph.SerializeToString()))
+    assert {op: sum(n.op_type == op for n in integer_graph.graph.node) for op in counts} == counts
+    assert "QuantizeLinear" in ops(float_graph) and "QuantizeLinear" not in ops(integer_graph)  # DynamicQuantizeLinear's
+    images = calibration_images(4, seed=3)
+    seed = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
+    deployed = session(qmodel).run(["logits"], {"image": images})[0]
+    (f_logits, f_grad), (i_logits, i_grad) = (session(m).run(["logits", grad_name("image")], {"image": images, SEED: seed})
+                                              for m in (float_graph, integer_graph))
+    np.testing.assert_allclose(i_logits, deployed, rtol=0, atol=1e-5 * np.abs(deployed).max())
+    np.testing.assert_allclose(i_logits, f_logits, rtol=0, atol=1e-5 * np.abs(deployed).max())
+    np.testing.assert_allclose(i_grad, f_grad, rtol=1e-4, atol=1e-5 * np.abs(f_grad).max())
+
+
 def test_dynamic_mixed_model_agrees_with_the_float_model(tmp_path):
     """The mixed CNN through quantize_dynamic: Grad-CAM at the block correlates > 0.9 with the
     float model's and the input gradients have cosine > 0.9 (measured on 16 images: 0.9999 and 0.99)."""
@@ -229,10 +251,9 @@ def test_dynamic_quantize_lstm_becomes_a_float_lstm(tmp_path):
     assert cosine(got, plain) > 0.99
 
 
-def test_runtime_quantized_bias_of_old_dynamic_models():
-    """onnx.quantize 0.1.0 (e.g. ddddocr's old captcha model) adds a bias quantized at run time,
-    Cast(Floor(b / (x_scale · w_scale))) in int32, to ConvInteger's output before scaling it:
-    the rewrite adds it in float; outputs equal the integer model's up to float32 rounding."""
+def old_dynamic_model():
+    """(model, its int8 weight): DynamicQuantizeLinear → ConvInteger → Add(int32 bias quantized at
+    run time) → Cast → Mul, as onnx.quantize 0.1.0 wrote them."""
     rng = np.random.default_rng(6)
     wq = rng.integers(-60, 60, (4, 3, 3, 3)).astype(np.int8)
     inits = [numpy_helper.from_array(wq, "w_q"), numpy_helper.from_array(np.int8(3), "w_zp"),
@@ -252,6 +273,14 @@ def test_runtime_quantized_bias_of_old_dynamic_models():
     graph = helper.make_graph(nodes, "old_dynamic", [helper.make_tensor_value_info("image", 1, ["N", 3, 6, 6])],
                               [helper.make_tensor_value_info("y", 1, None)], initializer=inits)
     model = finish(graph)
+    return model, wq
+
+
+def test_runtime_quantized_bias_of_old_dynamic_models():
+    """onnx.quantize 0.1.0 (e.g. ddddocr's old captcha model) adds a bias quantized at run time,
+    Cast(Floor(b / (x_scale · w_scale))) in int32, to ConvInteger's output before scaling it:
+    the rewrite adds it in float; outputs equal the integer model's up to float32 rounding."""
+    model, wq = old_dynamic_model()
     clean = normalize(model)
     assert "ConvInteger" not in ops(clean)
     x = calibration_images(2)[:, :, :6, :6]
@@ -262,6 +291,23 @@ def test_runtime_quantized_bias_of_old_dynamic_models():
     weight = (wq.astype(np.float32) - 3) * 0.01  # straight through: the gradient of a conv by the dequantized weight
     want = np.broadcast_to(weight.sum(axis=(0, 2, 3))[:, None, None], (2, 3, 2, 2))  # interior pixels
     np.testing.assert_allclose(gradient[:, :, 2:4, 2:4], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_runtime_quantized_bias_is_added_in_int32_after_differentiation():
+    """integer_forward restores ConvInteger → Add(int32 bias) → Cast of an old dynamic model in the
+    differentiated graph: outputs equal the integer model's, the gradient the all-float graph's."""
+    model, _ = old_dynamic_model()
+    float_graph = differentiate(normalize(model), "y", ["image"])
+    integer_graph = integer_forward(onnx.load_from_string(float_graph.SerializeToString()))
+    made = {o: n for n in integer_graph.graph.node for o in n.output}
+    add = next(n for n in integer_graph.graph.node if n.op_type == "Add" and made[n.input[0]].op_type == "ConvInteger")
+    assert made[add.input[1]].op_type == "Reshape"  # the int32 bias itself, no float Cast of it
+    x = calibration_images(2)[:, :, :6, :6]
+    deployed = session(model).run(["y"], {"image": x})[0]
+    feeds = {"image": x, SEED: np.ones_like(deployed)}
+    (_, f_grad), (i_y, i_grad) = (session(m).run(["y", grad_name("image")], feeds) for m in (float_graph, integer_graph))
+    np.testing.assert_allclose(i_y, deployed, rtol=0, atol=1e-6 * np.abs(deployed).max())
+    np.testing.assert_allclose(i_grad, f_grad, rtol=1e-5, atol=1e-6 * np.abs(f_grad).max())
 
 
 def test_model_api_explains_a_qoperator_file(tmp_path):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from engine.graph.autodiff import SEED, differentiate
 from gradcheck import check, finish, node_model
 
 B = np.random.default_rng(1).standard_normal((3, 1, 1)) + 2.5  # a broadcast weight away from 0
@@ -44,6 +45,29 @@ def test_cast_roundtrip():
                                         [helper.make_tensor_value_info("y", elem, None)]))
 
     check(make, dtypes=(np.float32,))  # float32 input, float64 inside
+
+
+def test_runtime_scalar_chain_is_one_pass():
+    """A dynamic int8 layer's (x / s + bias) → no-op Cast → · k, with s and k run-time scalars:
+    the gradient of x is right and only one backward node reads the seed-sized gradient (the two
+    scalars are combined first; the float → float Cast adds nothing)."""
+    def make(dtype):
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        nodes = [helper.make_node("Div", ["x", "s"], ["u"]), helper.make_node("Add", ["u", "bias"], ["b"]),
+                 helper.make_node("Cast", ["b"], ["c"], to=elem), helper.make_node("Mul", ["c", "k"], ["y"])]
+        inputs = [helper.make_tensor_value_info("x", elem, ["N", 3, 4]), helper.make_tensor_value_info("s", elem, []),
+                  helper.make_tensor_value_info("k", elem, [1])]
+        return finish(helper.make_graph(nodes, "scales", inputs, [helper.make_tensor_value_info("y", elem, None)],
+                                        initializer=[numpy_helper.from_array(B[:, :, 0].astype(dtype), "bias")]))
+
+    def feeds(rng, dtype):
+        return {"x": rng.standard_normal((2, 3, 4)).astype(dtype), "s": np.array(0.7, dtype),
+                "k": np.array([1.3], dtype)}
+
+    check(make, wrt=["x"], feeds=feeds)
+    backward = [n for n in differentiate(make(np.float32), "y", ["x"]).graph.node[4:] if n.op_type != "Identity"]
+    assert [n.op_type for n in backward] == ["Div", "Mul"]  # k / s, then seed · (k / s)
+    assert set(backward[0].input) == {"k", "s"} and SEED in backward[1].input
 
 
 def test_cast_like():

@@ -23,6 +23,7 @@ from engine.graph.autodiff import differentiate
 from engine.graph.normalize import normalize
 from engine.graph.weightless import without_weights
 from engine.graph.pixels import float_image
+from engine.graph.quantized import integer_forward
 from engine.graph.shapes import INTEGER_PIXELS
 from engine.graph.taps import add_taps
 from engine.runtime.cache import DamagedEntry, Store, blob_name, cache_dir, log
@@ -91,6 +92,7 @@ def build(model, request):
     rewritten = normalize(tapped, input_size=request.input_size, inplace=True)
     if request.gradients:
         rewritten = differentiate(rewritten, output, list(request.gradients), mode=request.mode)
+    rewritten = integer_forward(rewritten)  # the dynamic int8 forward back in integers
     keep = set(originals) | set(request.activations)
     extra = {n for n in wanted if n not in keep}
     outputs = [o for o in rewritten.graph.output if o.name not in extra]

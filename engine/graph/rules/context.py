@@ -214,6 +214,23 @@ class Context:
         source, source_type = self._casts.get(grad, (None, None))
         return source if source_type == to else None
 
+    def one_element(self, name):
+        """Whether forward tensor ``name`` has a static shape of one element (a scalar or 1×…×1)."""
+        shape = self.shape(name)
+        return shape is not None and all(d == 1 for d in shape)
+
+    def scalar_factor(self, grad):
+        """``(g, k)`` when ``grad`` was emitted as ``Mul(g, k)`` with ``k`` a one-element forward
+        tensor (e.g. a run-time quantization scale), so that a rule scaling ``grad`` by another
+        one-element tensor multiplies the two scalars first: one pass over the gradient instead of
+        two (broadcasting is associative, so the result has the same shape); else ``(grad, None)``."""
+        node = self._producers.get(grad)
+        if node is not None and node.op_type == "Mul":
+            for g, k in (node.input, node.input[::-1]):
+                if self.one_element(k):
+                    return g, k
+        return grad, None
+
     def channel_scale(self, grad, like):
         """``(g, scale)`` when ``grad`` (the gradient of forward tensor ``like``, rank >= 2) was
         emitted as ``Mul(g, c)`` with ``c`` a constant shaped (C, 1, …, 1) that scales axis 1

@@ -27,13 +27,23 @@ def mul(ctx, node, dy, i):
     if gated is not None:
         x_index, backward = gated
         return backward(dy) if i == x_index else None
-    return ctx.unbroadcast(ctx.op("Mul", dy, node.input[1 - i]), node.input[i], node.output[0])
+    return ctx.unbroadcast(_scaled(ctx, dy, "Mul", node.input[1 - i]), node.input[i], node.output[0])
 
 
 @rule("Div")
 def div_a(ctx, node, dy):
     a, b = node.input
-    return ctx.unbroadcast(ctx.op("Div", dy, b), a, node.output[0])
+    return ctx.unbroadcast(_scaled(ctx, dy, "Div", b), a, node.output[0])
+
+
+def _scaled(ctx, dy, op_type, factor):
+    """``dy`` · ``factor`` (``op_type`` Mul) or ``dy`` / ``factor`` (Div); when both ``factor`` and
+    a scalar ``dy`` was already multiplied by are one-element tensors (a dynamic int8 layer's
+    run-time scales: Mul then Div), the two scalars are combined first, one pass over ``dy``."""
+    g, k = ctx.scalar_factor(dy) if ctx.one_element(factor) else (dy, None)
+    if k is None:
+        return ctx.op(op_type, dy, factor)
+    return ctx.op("Mul", g, ctx.op(op_type, k, factor))
 
 
 @rule("Div", wrt=1)
@@ -97,6 +107,8 @@ def cast(ctx, node, dy):
     """The gradient cast back to the input's type; through a round trip (float32 → float16 →
     float32: a rounding point, engine.graph.half) it passes unrounded, in the wider type."""
     to = ctx.elem_type(node.input[0])
+    if to == ctx.elem_type(node.output[0]):  # a no-op Cast (e.g. float32 → float32)
+        return dy
     return ctx.uncast(dy, to) or ctx.cast(dy, to, source_type=ctx.elem_type(node.output[0]))
 
 
