@@ -142,6 +142,7 @@ class Model:
         self._executors = {}  # run's session callables per (activations, gradients, output, mode, size)
         self._default_layers = {}  # output name → default layer
         self._seed_specs = {}  # seeded tensor → (declared dims, dtype)
+        self._seen_dims = {}  # (seeded graph output, input shape) → its real dims where the declared ones do not fit
 
     def __repr__(self):
         return (f"Model('{self.path}', {self.input.layout} {self.input.shape}, input_size={self.input_size}, "
@@ -457,7 +458,7 @@ class Model:
         """
         x, given = self._check_input(x), x
         activations, gradients, output = self._request(activations, gradients, seed, mode)
-        seeds = self._seed(seed, output, x) if gradients else np.zeros((len(x), 0), np.float32)
+        seeds, seen = self._seed(seed, output, x) if gradients else (np.zeros((len(x), 0), np.float32), None)
         pixels = "input" in gradients and self.input.dtype.kind in "iu"  # uint8 pixels differentiated as float32
         feed = np.asarray(given, np.float32) if pixels else x
         key = (activations, gradients, output, mode if gradients else "standard", self._size_of(x))
@@ -468,8 +469,13 @@ class Model:
             else:
                 values = execute(feed, seeds)
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
-            raise run_error(err, self.path.name, _shown(x.shape)) from err
+            if not seen:
+                raise run_error(err, self.path.name, _shown(x.shape)) from err
+            values = None
         n, k = len(self._output_names), len(activations)
+        if seen and (values is None or values[self._output_names.index(output)].shape != seeds.shape):
+            self._seen_dims.pop(seen, None)  # this input's output is not shaped as the one seen before
+            return self.run(given, activations, gradients, seed, mode)  # (data-dependent): measure it
         return RunResult(values[:n], dict(zip(activations, values[n:n + k])), dict(zip(gradients, values[n + k:])))
 
     def _request(self, activations, gradients, seed, mode):
@@ -561,25 +567,31 @@ class Model:
         return self._names(list(seed), "seed")[0]
 
     def _seed(self, seed, output, x):
-        """The seed array for tensor ``output``, checked against its shape: the declared one, or the
-        real one from a forward pass when the declared shape is unknown or does not fit."""
+        """``(seed array, key)`` for tensor ``output``, the array checked against its shape: the
+        declared one, or else the real one from a forward pass. A graph output's real dims are kept
+        per input shape, so later runs skip that pass; ``key`` (else None) then says that :meth:`run`
+        must check them against the output it gets."""
         names = self._output_names
         dims, dtype = self._seed_specs.get(output) or self._seed_specs.setdefault(output, self._seed_spec(output))
         seed = np.asarray(seed[output] if isinstance(seed, dict) else seed, dtype=dtype)
         batch = len(x)
         fitted = _fitted(seed, dims, batch)
         if fitted is not None:
-            seed = fitted
-        else:
-            real = self.run(x).outputs[names.index(output)] if output in names else \
-                self.run(x, activations=[output]).activations[output]
-            dims = real.shape
-            if seed.ndim == len(dims) - 1 and dims[0] == batch:
-                seed = np.broadcast_to(seed, (batch, *seed.shape))
-            if seed.shape != dims:
-                raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
-                                      f"({_shown(dims)}) for a batch of {batch}: give one row per image")
-        return np.ascontiguousarray(seed)
+            return np.ascontiguousarray(fitted), None
+        key = (output, x.shape) if output in names else None
+        seen = self._seen_dims.get(key)
+        fitted = _shaped(seed, seen, batch) if seen else None
+        if fitted is not None:
+            return np.ascontiguousarray(fitted), key
+        real = self.run(x).outputs[names.index(output)] if output in names else \
+            self.run(x, activations=[output]).activations[output]
+        if key:
+            self._seen_dims[key] = real.shape
+        fitted = _shaped(seed, real.shape, batch)
+        if fitted is None:
+            raise InputShapeError(f"seed of shape {_shown(seed.shape)} does not fit output '{output}' "
+                                  f"({_shown(real.shape)}) for a batch of {batch}: give one row per image")
+        return np.ascontiguousarray(fitted), None
 
     def _seed_spec(self, output):
         """(declared dims or None, numpy dtype) of a seed for tensor ``output``."""
@@ -651,6 +663,13 @@ def _as_dtype(x, dtype):
 def _shown(dims):
     """A shape as ``3×?×64``: "?" for unknown or symbolic dims."""
     return "×".join(str(d) if isinstance(d, (int, np.integer)) else "?" for d in dims)
+
+
+def _shaped(seed, dims, batch):
+    """``seed`` when shaped as the real ``dims``, broadcast over a leading batch when one rank short; else None."""
+    if seed.ndim == len(dims) - 1 and dims[0] == batch:
+        seed = np.broadcast_to(seed, (batch, *seed.shape))
+    return seed if seed.shape == tuple(dims) else None
 
 
 def _fitted(seed, dims, batch):

@@ -337,6 +337,31 @@ def test_seeds_fit_the_real_output_when_the_declared_rank_is_wrong(tmp_path, mod
         model.run(x, gradients=["input"], seed=np.zeros((2, 16, 6), np.float32))
 
 
+def test_real_output_dims_are_measured_once_per_input_shape(tmp_path):
+    """Seeds for an output whose declared dims do not fit take its real dims from one forward pass;
+    later runs on inputs of that shape reuse them (no forward pass). Dims that a later input does
+    not give (a data-dependent output) are measured again: a seed shaped for the old dims is then
+    refused instead of seeding the wrong positions."""
+    from engine.errors import InputShapeError
+
+    model = Model(tm.ctc(tmp_path / "wrong.onnx", time_major=True, declared=[1, "seqlen"]),
+                  provider="CPUExecutionProvider", threads=1)
+    x = model.preprocess(LINES)
+    seed = np.zeros((16, 2, 6), np.float32)
+    seed[:, :, 1] = 1
+    want = model.run(x, gradients=["input"], seed=seed).gradients["input"]
+    forward_runs = []
+    real_run = model.session.run
+    model.session.run = lambda *args: forward_runs.append(1) or real_run(*args)
+    np.testing.assert_array_equal(model.run(x, gradients=["input"], seed=seed).gradients["input"], want)
+    assert forward_runs == []
+    key = ("out", x.shape)
+    model._seen_dims[key] = (8, 2, 6)  # as if an earlier input of this shape had given 8 frames
+    with pytest.raises(InputShapeError, match="seed of shape 8×2×6 does not fit output 'out' \\(16×2×6\\)"):
+        model.run(x, gradients=["input"], seed=seed[:8])
+    assert forward_runs == [1] and model._seen_dims[key] == (16, 2, 6)
+
+
 def test_crnn_default_layer_is_before_the_frames_and_one_frame_is_read_time_major(tmp_path):
     """A CRNN's W×N×C×H Transpose is 4-D but not an image map (ddddocr: Grad-CAM gave T maps per
     image there); with one image and one frame (T = N = 1) the batch axis is the one that grows."""
