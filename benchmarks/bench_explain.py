@@ -182,7 +182,7 @@ def test_python_per_call(model):
             run()
         seconds.append((time.process_time() - start) / 200)
     print(f"\n{model.path.stem} batch 1: Python per Grad-CAM call (sessions answering from a recording) "
-          f"{statistics.median(seconds) * 1e3:.3f} ms CPU (goal < 0.2 ms)")
+          f"{statistics.median(seconds) * 1e3:.3f} ms CPU, best round {min(seconds) * 1e3:.3f} ms (goal < 0.2 ms)")
 
 
 @pytest.mark.parametrize("method", ["scorecam", "smoothgrad"])
