@@ -156,8 +156,6 @@ PHASE_CASES = {
 @pytest.mark.parametrize("case", PHASE_CASES)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_strided_conv_backward_phases(case, batch, monkeypatch):
-    """The gradient equals float64 central differences of the forward Conv (onnx's reference
-    evaluator: exact for a linear map, so the tolerance is float32 rounding)."""
     monkeypatch.setattr(linear, "PHASE_MIN_WORK", 0)
     spatial, w, attributes, phased = PHASE_CASES[case]
     model = node_model("Conv", [("N", 16, *spatial), w, weight(w.shape[0])], np.float32, **attributes)
@@ -165,8 +163,14 @@ def test_strided_conv_backward_phases(case, batch, monkeypatch):
     interleaves = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose" and "interleave" in n.input[1]]
     assert bool(interleaves) == phased
     assert sum(n.op_type == "ConvTranspose" for n in rewritten.graph.node) == 1
-    rng = np.random.default_rng(batch)
-    x = rng.standard_normal((batch, 16, *spatial)).astype(np.float32)
+    _check_slopes(model, rewritten, (batch, 16, *spatial), seed=batch)
+
+
+def _check_slopes(model, rewritten, shape, seed):
+    """The rewritten input gradient against float64 central differences of ``model`` (onnx's reference
+    evaluator: exact for a linear map, so the tolerance is float32 rounding) along random directions."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
     out = session(model).run(None, {"in0": x})[0]
     seed = rng.standard_normal(out.shape).astype(np.float32)
     got = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: seed})[0]
@@ -176,6 +180,31 @@ def test_strided_conv_backward_phases(case, batch, monkeypatch):
         numeric = float64_slope(reference, "out0", {"in0": x.astype(np.float64)}, seed.astype(np.float64), "in0", v)
         analytic = float(np.sum(got.astype(np.float64) * v))
         assert abs(analytic - numeric) < 1e-5 * float(np.sum(np.abs(got * v))), (analytic, numeric)
+
+
+# Strided depthwise Convs on blocked-layout inputs: zeros inserted into dy, then a stride-1
+# depthwise Conv (x spatial dims, kernel, attributes, that form?).
+DEPTHWISE_CASES = {
+    "3x3-stride2-pad1-even": ((8, 10), (3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), True),
+    "3x3-stride2-pad1-odd": ((9, 7), (3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), True),
+    "5x5-stride2-pad2": ((11, 12), (5, 5), dict(pads=[2, 2, 2, 2], strides=[2, 2]), True),
+    "3x3-strides-2-1-asymmetric": ((9, 8), (3, 3), dict(pads=[1, 0, 2, 1], strides=[2, 1]), True),
+    "same-upper-3x3": ((7, 8), (3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2]), True),
+    "3x3-stride3-valid": ((10, 11), (3, 3), dict(strides=[3, 3]), True),
+    "pads-beyond-kernel": ((7, 7), (3, 3), dict(pads=[3, 3, 3, 3], strides=[2, 2]), False),
+    "dilation-stride2": ((9, 9), (3, 3), dict(dilations=[2, 2], strides=[2, 2]), False),
+}
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_strided_depthwise_conv_backward(case, batch):
+    spatial, kernel, attributes, zero_inserted = DEPTHWISE_CASES[case]
+    model = node_model("Conv", [("N", 16, *spatial), weight(16, 1, *kernel), weight(16)], np.float32, group=16,
+                       **attributes)
+    rewritten = differentiate(model, "out0", ["in0"])
+    assert any("zero_insert" in n.input[1] for n in rewritten.graph.node if n.op_type == "ConvTranspose") == zero_inserted
+    _check_slopes(model, rewritten, (batch, 16, *spatial), seed=batch)
 
 
 @pytest.mark.parametrize("channels, size, phased", [(64, 56, True), (64, 12, False), (48, 56, True), (40, 56, False)])
