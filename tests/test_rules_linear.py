@@ -1,7 +1,7 @@
 """Conv, ConvTranspose, Gemm, MatMul, BatchNormalization rules against central finite differences."""
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.rules import linear
@@ -190,7 +190,8 @@ DEPTHWISE_CASES = {
     "5x5-stride2-pad2": ((11, 12), (5, 5), dict(pads=[2, 2, 2, 2], strides=[2, 2]), True),
     "3x3-strides-2-1-asymmetric": ((9, 8), (3, 3), dict(pads=[1, 0, 2, 1], strides=[2, 1]), True),
     "same-upper-3x3": ((7, 8), (3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2]), True),
-    "3x3-stride3-valid": ((10, 11), (3, 3), dict(strides=[3, 3]), True),
+    "4x4-stride3-valid": ((10, 11), (4, 4), dict(strides=[3, 3]), True),
+    "2x2-stride2-no-overlap": ((8, 9), (2, 2), dict(strides=[2, 2]), False),
     "pads-beyond-kernel": ((7, 7), (3, 3), dict(pads=[3, 3, 3, 3], strides=[2, 2]), False),
     "dilation-stride2": ((9, 9), (3, 3), dict(dilations=[2, 2], strides=[2, 2]), False),
 }
@@ -200,10 +201,12 @@ DEPTHWISE_CASES = {
 @pytest.mark.parametrize("batch", [1, 3])
 def test_strided_depthwise_conv_backward(case, batch):
     spatial, kernel, attributes, zero_inserted = DEPTHWISE_CASES[case]
-    model = node_model("Conv", [("N", 16, *spatial), weight(16, 1, *kernel), weight(16)], np.float32, group=16,
-                       **attributes)
+    rng = np.random.default_rng(len(spatial) + sum(kernel))  # (the module's RNG stays as the other tests draw it)
+    model = node_model("Conv", [("N", 16, *spatial), rng.standard_normal((16, 1, *kernel)), rng.standard_normal(16)],
+                       np.float32, group=16, **attributes)
     rewritten = differentiate(model, "out0", ["in0"])
-    assert any("zero_insert" in n.input[1] for n in rewritten.graph.node if n.op_type == "ConvTranspose") == zero_inserted
+    spreads = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose" and "zero_insert" in n.input[1]]
+    assert bool(spreads) == zero_inserted
     _check_slopes(model, rewritten, (batch, 16, *spatial), seed=batch)
 
 
@@ -219,17 +222,16 @@ def test_strided_conv_phase_form_needs_work_and_blocked_channels(channels, size,
 
 def test_strided_conv_phases_fold_a_batch_norm_scale(monkeypatch):
     monkeypatch.setattr(linear, "PHASE_MIN_WORK", 0)
-    stats = [weight(16), weight(16), weight(16), np.abs(weight(16)) + 0.5]
-
-    def make(dt):
-        inits = [helper.make_tensor(n, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), a.shape, a.astype(dt).ravel())
-                 for n, a in zip(["w", "s", "b", "m", "v"], [weight(16, 16, 3, 3), *stats])]
-        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, strides=[2, 2]),
-                 helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"])]
-        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
-        return finish(helper.make_graph(nodes, "conv_bn", [helper.make_tensor_value_info("x", elem, ["N", 16, 7, 7])],
-                                        [helper.make_tensor_value_info("y", elem, None)], initializer=inits))
-
-    check(make, dtypes=(np.float32,))
-    added = [n.op_type for n in differentiate(make(np.float32), "y", ["x"]).graph.node[2:]]
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal((16, 16, 3, 3)), *rng.standard_normal((3, 16)), np.abs(rng.standard_normal(16)) + 0.5]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.astype(np.float32).ravel())
+             for n, a in zip(["w", "s", "b", "m", "v"], arrays)]
+    nodes = [helper.make_node("Conv", ["in0", "w"], ["c"], pads=[1] * 4, strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["out0"])]
+    x = helper.make_tensor_value_info("in0", TensorProto.FLOAT, ["N", 16, 7, 7])
+    y = helper.make_tensor_value_info("out0", TensorProto.FLOAT, None)
+    model = finish(helper.make_graph(nodes, "conv_bn", [x], [y], initializer=inits))
+    rewritten = differentiate(model, "out0", ["in0"])
+    added = [n.op_type for n in rewritten.graph.node[2:]]
     assert "Mul" not in added and "Concat" in added, added
+    _check_slopes(model, rewritten, (2, 16, 7, 7), seed=0)
