@@ -34,6 +34,11 @@ CONV_CASES = {
     "5x5-stride3-pad2": (("N", 2, 10, 11), weight(3, 2, 5, 5), dict(pads=[2, 1, 0, 2], strides=[3, 3])),
     "2x2-stride4": (("N", 2, 9, 8), weight(3, 2, 2, 2), dict(strides=[4, 4])),
     "groups-stride2": (("N", 4, 9, 8), weight(6, 2, 3, 3), dict(group=2, pads=[1, 1, 1, 1], strides=[2, 2])),
+    # stride 1 from 16 input channels on: the forward Conv with flipped weights (fewer: ConvTranspose)
+    "16ch-3x3-pad1": (("N", 16, 6, 6), weight(4, 16, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "16ch-asymmetric-pads": (("N", 16, 6, 6), weight(3, 16, 3, 3), dict(pads=[0, 2, 1, 0])),
+    "16ch-same-lower-even-kernel": (("N", 16, 6, 6), weight(3, 16, 2, 4), dict(auto_pad="SAME_LOWER")),
+    "16ch-1x1-pad-beyond-kernel": (("N", 16, 5, 5), weight(3, 16, 1, 1), dict(pads=[1, 1, 1, 1])),
 }
 
 
@@ -45,10 +50,13 @@ def test_conv(case, bias):
     check(lambda dt: node_model("Conv", inputs, dt, **attributes))
 
 
-def test_stride1_conv_backward_is_a_forward_conv():
-    model = node_model("Conv", [("N", 3, 7, 7), weight(4, 3, 3, 3)], np.float32, pads=[1, 1, 1, 1])
+@pytest.mark.parametrize("channels, group, forward_conv", [(16, 1, True), (15, 1, False), (3, 1, False), (4, 2, True)])
+def test_stride1_conv_backward_form(channels, group, forward_conv):
+    """A forward Conv with flipped weights, except for dense Convs on fewer than 16 channels."""
+    w = weight(4, channels // group, 3, 3)
+    model = node_model("Conv", [("N", channels, 7, 7), w], np.float32, pads=[1, 1, 1, 1], group=group)
     added = [n.op_type for n in differentiate(model, "out0", ["in0"]).graph.node[1:]]
-    assert "Conv" in added and "ConvTranspose" not in added
+    assert ("Conv" in added, "ConvTranspose" in added) == (forward_conv, not forward_conv), added
 
 
 def test_conv_with_computed_weight():
