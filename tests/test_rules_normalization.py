@@ -122,3 +122,53 @@ def test_lrn(size):
     # ORT runs LRN only for odd sizes on 4-D inputs. A large alpha makes the window term count.
     check(lambda dt: node_model("LRN", [("N", 6, 3, 4)], dt, size=size, alpha=0.5, beta=0.75, bias=1.5))
     check(lambda dt: node_model("LRN", [("N", 7, 2, 3)], dt, size=size))  # defaults
+
+
+def primitive_norm(dtype, opset=13, square="Pow", eps_first=False, axes=(-1,), centered=True, extra_reader=None):
+    """A LayerNorm (or an RMSNorm: ``centered`` False) written with primitives, as exporters
+    before opset 17 do: [x − ReduceMean(x)] / √(ReduceMean(c²) + ε) · γ + β. ``extra_reader``:
+    "centered" or "divisor" adds a Mul reading that tensor into the output, so the pattern must
+    leave that path's gradient to the ordinary rules."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = [numpy_helper.from_array(np.array(2.0, dtype), "two"), numpy_helper.from_array(np.array(1e-2, dtype), "eps"),
+             numpy_helper.from_array(RNG.uniform(0.5, 1.5, 5).astype(dtype), "gamma"),
+             numpy_helper.from_array(RNG.standard_normal(5).astype(dtype), "beta")]
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+
+    def mean(x, y):
+        return (helper.make_node("ReduceMean", [x, "axes"], [y]) if opset >= 18 else
+                helper.make_node("ReduceMean", [x], [y], axes=list(axes)))
+
+    nodes = [mean("x", "m"), helper.make_node("Sub", ["x", "m"], ["c"])] if centered else [
+        helper.make_node("Identity", ["x"], ["c"])]
+    nodes += [helper.make_node("Pow", ["c", "two"], ["sq"]) if square == "Pow" else helper.make_node("Mul", ["c", "c"], ["sq"]),
+              mean("sq", "var"),
+              helper.make_node("Add", ["eps", "var"] if eps_first else ["var", "eps"], ["ve"]),
+              helper.make_node("Sqrt", ["ve"], ["sd"]),
+              helper.make_node("Div", ["c", "sd"], ["n"]),
+              helper.make_node("Mul", ["n", "gamma"], ["ng"]),
+              helper.make_node("Add", ["ng", "beta"], ["y0" if extra_reader else "y"])]
+    if extra_reader:
+        nodes += [helper.make_node("Mul", ["y0", {"centered": "c", "divisor": "sd"}[extra_reader]], ["y"])]
+    graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", elem, ["N", 3, 4, 5])],
+                              [helper.make_tensor_value_info("y", elem, None)], initializer=inits)
+    return finish(graph, opset)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"square": "Mul", "eps_first": True}, {"opset": 18, "axes": (2, 3)}, {"centered": False},
+    {"extra_reader": "centered"}, {"extra_reader": "divisor"}])
+def test_primitive_layer_norm(options):
+    """The primitive LayerNorm/RMSNorm patterns (centering, then scaling by the RMS) against
+    central differences, also where another node reads a tensor inside the pattern."""
+    check(lambda dt: primitive_norm(dt, **options))
+
+
+@pytest.mark.parametrize("extra_reader, patterns", [(None, True), ("divisor", False)])
+def test_primitive_layer_norm_backward_skips_the_variance_chain(extra_reader, patterns):
+    """With the pattern, no gradient goes through Pow, Sqrt or the divisor (no Neg, no Pow);
+    a divisor read elsewhere turns the scaling pattern off."""
+    model = primitive_norm(np.float32, extra_reader=extra_reader)
+    ops = [n.op_type for n in differentiate(model, "y", ["x"]).graph.node[len(model.graph.node):]]
+    assert ("Neg" not in ops and "Pow" not in ops) == patterns, ops

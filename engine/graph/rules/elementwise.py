@@ -3,6 +3,7 @@ import numpy as np
 
 from engine.graph.rules import ALL, EACH, attrs, rule
 from engine.graph.rules.activation import self_gated
+from engine.graph.rules.normalization import centered_axes, centered_backward, rms_scaled_axes, rms_scaled_backward
 
 
 @rule("Add", wrt=EACH)
@@ -12,11 +13,17 @@ def add(ctx, node, dy, i):
 
 @rule("Sub")
 def sub_a(ctx, node, dy):
+    """x − mean(x) (a LayerNorm's centering) in one go: dy − mean(dy)."""
+    axes = centered_axes(ctx, node)
+    if axes is not None:
+        return centered_backward(ctx, dy, axes)
     return ctx.unbroadcast(dy, node.input[0], node.output[0])
 
 
 @rule("Sub", wrt=1)
 def sub_b(ctx, node, dy):
+    if centered_axes(ctx, node) is not None:
+        return None  # the mean's share is in sub_a's gradient
     return ctx.unbroadcast(ctx.op("Neg", dy), node.input[1], node.output[0])
 
 
@@ -32,7 +39,11 @@ def mul(ctx, node, dy, i):
 
 @rule("Div")
 def div_a(ctx, node, dy):
+    """d(a/b)/da = 1/b; c / √(mean(c²) + ε) (a LayerNorm's scaling, an RMSNorm) in one go."""
     a, b = node.input
+    axes = rms_scaled_axes(ctx, node)
+    if axes is not None:
+        return rms_scaled_backward(ctx, node, dy, axes)
     return ctx.unbroadcast(_scaled(ctx, dy, "Div", b), a, node.output[0])
 
 
@@ -49,6 +60,8 @@ def _scaled(ctx, dy, op_type, factor):
 @rule("Div", wrt=1)
 def div_b(ctx, node, dy):
     """d(a/b)/db = −y/b."""
+    if rms_scaled_axes(ctx, node) is not None:
+        return None  # the divisor's share is in div_a's gradient
     b, y = node.input[1], node.output[0]
     return ctx.unbroadcast(ctx.op("Neg", ctx.op("Div", ctx.op("Mul", dy, y), b)), b, y)
 

@@ -4,6 +4,7 @@ import numpy as np
 
 from engine.errors import UnsupportedOpError
 from engine.graph.rules import attrs, rule
+from engine.graph.rules.pool import reduced_axes
 
 
 def _mean(ctx, x, axes):
@@ -24,6 +25,61 @@ def standardized_backward(ctx, x, g, axes, epsilon, like):
     projection = ctx.op("Mul", xhat, _mean(ctx, ctx.op("Mul", g, xhat), axes))
     inner = ctx.op("Sub", ctx.op("Sub", g, _mean(ctx, g, axes)), projection)
     return ctx.op("Mul", inner, inv_std)
+
+
+def centered_axes(ctx, node):
+    """The axes when the Sub ``node`` is x − ReduceMean(x, axes, keepdims=1) and only this Sub
+    reads the mean (a LayerNorm exported as primitives), else None. Its gradient is then
+    dx = g − mean(g) over those axes, in two ops.
+
+    >>> from engine.graph.rules import Context
+    >>> mean = onnx.helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1])
+    >>> sub = onnx.helper.make_node("Sub", ["x", "m"], ["c"])
+    >>> ctx = Context(opset=13, mode="standard", shapes={"x": (2, 5)}, types={}, constants={},
+    ...               used_names=set(), forward=[mean, sub])
+    >>> centered_axes(ctx, sub)
+    [1]
+    """
+    mean = ctx.private_producer(node.input[1])
+    if mean is None or mean.op_type != "ReduceMean" or mean.input[0] != node.input[0] or not attrs(mean).get("keepdims", 1):
+        return None
+    return reduced_axes(ctx, mean)
+
+
+def centered_backward(ctx, dy, axes):
+    """Gradient for x of x − mean(x) over ``axes`` (see :func:`centered_axes`): dy − mean(dy)."""
+    return ctx.op("Sub", dy, _mean(ctx, dy, axes))
+
+
+def rms_scaled_axes(ctx, node):
+    """The axes when the Div ``node`` is c / √(ReduceMean(c², axes, keepdims=1) + ε) (c² a Pow by 2
+    or c·c, ε a constant) and each step of the divisor is read only by the next (the variance
+    half of a LayerNorm, or an RMSNorm), else None. Its gradient for c is then
+    (g − y·mean(g·y)) / divisor, whatever computed c, and the divisor's chain gets none."""
+    c, divisor = node.input
+    sqrt = ctx.private_producer(divisor)
+    add = ctx.private_producer(sqrt.input[0]) if sqrt is not None and sqrt.op_type == "Sqrt" else None
+    if add is None or add.op_type != "Add":
+        return None
+    constant = [ctx.value(t) is not None and ctx.value(t).size == 1 for t in add.input]
+    if constant.count(True) != 1:
+        return None
+    mean = ctx.private_producer(add.input[constant.index(False)])
+    if mean is None or mean.op_type != "ReduceMean" or not attrs(mean).get("keepdims", 1):
+        return None
+    square = ctx.private_producer(mean.input[0])
+    if square is None or not (square.op_type == "Mul" and list(square.input) == [c, c] or square.op_type == "Pow" and (
+            square.input[0] == c and ctx.value(square.input[1]) is not None and ctx.value(square.input[1]).size == 1
+            and float(ctx.value(square.input[1])) == 2.0)):
+        return None
+    return reduced_axes(ctx, mean)
+
+
+def rms_scaled_backward(ctx, node, dy, axes):
+    """Gradient for c of y = c / divisor (see :func:`rms_scaled_axes`): (g − y·mean(g·y)) / divisor."""
+    y = node.output[0]
+    projection = ctx.op("Mul", y, _mean(ctx, ctx.op("Mul", dy, y), axes))
+    return ctx.op("Div", ctx.op("Sub", dy, projection), node.input[1])
 
 
 def _per_channel(ctx, scale, x, channels=None):

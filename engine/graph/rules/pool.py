@@ -155,7 +155,7 @@ def global_max_pool(ctx, node, dy):
     return ctx.mask(dy, ctx.op("Equal", x, node.output[0]), like=x)
 
 
-def _reduced_axes(ctx, node):
+def reduced_axes(ctx, node):
     """Reduced axes (non-negative, sorted), or None for a no-op reduction."""
     rank = ctx.rank(node.input[0])
     a = attrs(node)
@@ -174,7 +174,7 @@ def _reduced_axes(ctx, node):
 @rule("ReduceSum", "ReduceMean", "ReduceMax")
 def reduce(ctx, node, dy):
     x, y = node.input[0], node.output[0]
-    axes = _reduced_axes(ctx, node)
+    axes = reduced_axes(ctx, node)
     if axes is None:
         return dy
     keep = attrs(node).get("keepdims", 1)
