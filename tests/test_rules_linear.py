@@ -190,8 +190,8 @@ def _check_slopes(model, rewritten, shape, seed):
         assert abs(analytic - numeric) < 1e-5 * float(np.sum(np.abs(got * v))), (analytic, numeric)
 
 
-# Strided depthwise Convs on blocked-layout inputs: zeros inserted into dy, then a stride-1
-# depthwise Conv (x spatial dims, kernel, attributes, that form?).
+# Strided depthwise Convs: zeros inserted into dy, then a stride-1 depthwise Conv
+# (x spatial dims, kernel, attributes, that form?).
 DEPTHWISE_CASES = {
     "3x3-stride2-pad1-even": ((8, 10), (3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), True),
     "3x3-stride2-pad1-odd": ((9, 7), (3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), True),
@@ -206,16 +206,17 @@ DEPTHWISE_CASES = {
 
 
 @pytest.mark.parametrize("case", DEPTHWISE_CASES)
-@pytest.mark.parametrize("batch", [1, 3])
-def test_strided_depthwise_conv_backward(case, batch):
+@pytest.mark.parametrize("batch, channels", [(1, 16), (3, 16), (2, 24)])
+def test_strided_depthwise_conv_backward(case, batch, channels):
+    """In and out of ORT's blocked layout (16 channels, 24)."""
     spatial, kernel, attributes, zero_inserted = DEPTHWISE_CASES[case]
     rng = np.random.default_rng(len(spatial) + sum(kernel))  # (the module's RNG stays as the other tests draw it)
-    model = node_model("Conv", [("N", 16, *spatial), rng.standard_normal((16, 1, *kernel)), rng.standard_normal(16)],
-                       np.float32, group=16, **attributes)
+    model = node_model("Conv", [("N", channels, *spatial), rng.standard_normal((channels, 1, *kernel)),
+                                rng.standard_normal(channels)], np.float32, group=channels, **attributes)
     rewritten = differentiate(model, "out0", ["in0"])
     spreads = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose" and "zero_insert" in n.input[1]]
     assert bool(spreads) == zero_inserted
-    _check_slopes(model, rewritten, (batch, 16, *spatial), seed=batch)
+    _check_slopes(model, rewritten, (batch, channels, *spatial), seed=batch)
 
 
 @pytest.mark.parametrize("channels, size, phased", [(64, 56, True), (64, 12, False), (48, 56, True), (40, 56, False)])

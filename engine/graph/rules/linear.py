@@ -24,10 +24,9 @@ def flipped_transposed(weight, group):
 def conv(ctx, node, dy):
     """Stride-1 with a constant weight: a forward Conv with the pre-flipped, transposed weight
     (faster than ConvTranspose on ORT CPU), unless a dense Conv has few input channels
-    (:func:`_few_channels`). Strided with a constant weight and an input in ORT's
-    blocked layout: depthwise, a stride-1 Conv over dy with zeros inserted
-    (:func:`_depthwise_backward`); dense, one stride-1 Conv per phase of the input where measured
-    faster (:func:`_phase_backward`).
+    (:func:`_few_channels`). Strided with a constant weight: depthwise, a stride-1 Conv over dy
+    with zeros inserted (:func:`_depthwise_backward`); dense, with an input in ORT's blocked
+    layout, one stride-1 Conv per phase of the input where measured faster (:func:`_phase_backward`).
     Otherwise: ConvTranspose with the same weight. A constant per-channel scale on the incoming
     gradient (a following BatchNormalization) is folded into the constant weight."""
     w = node.input[1]
@@ -45,11 +44,10 @@ def conv(ctx, node, dy):
         pads = [f - b for f, b in zip(full, win.begin)] + [f - e for f, e in zip(full, win.end)]
         return ctx.op("Conv", dy, ctx.const(flipped_transposed(weight, group), "flipped_weight"),
                       kernel_shape=win.kernel, dilations=win.dilations, group=group, pads=pads)
-    blocked = weight is not None and ctx.blocked_layout(node.input[0])
-    dx = _depthwise_backward(ctx, dy, weight, win, group) if blocked else None
+    dx = _depthwise_backward(ctx, dy, weight, win, group) if weight is not None else None
     if dx is not None:
         return dx
-    dx = _phase_backward(ctx, dy, weight, win, group) if blocked else None
+    dx = _phase_backward(ctx, dy, weight, win, group) if weight is not None and ctx.blocked_layout(node.input[0]) else None
     if dx is None:
         pads, output_padding = win.transpose_pads()
         w = w if scale is None else ctx.const(weight, "scaled_weight")
@@ -75,8 +73,9 @@ def _few_channels(weight, group):
 def _depthwise_backward(ctx, dy, weight, win, group):
     """Input gradient of a strided depthwise Conv (one filter per channel, dilation 1) as dy with
     zeros inserted between its values (a 1×1 ConvTranspose of ones) correlated with the flipped
-    filters by a stride-1 depthwise Conv, which ORT CPU runs in its NCHWc layout: 1.2–2.9× faster
-    than the grouped ConvTranspose (3×3 and 5×5 stride 2, 16–256 channels, measured). None for
+    filters by a stride-1 depthwise Conv: 1.2–2.9× faster than the grouped ConvTranspose in ORT
+    CPU's NCHWc layout (3×3 and 5×5 stride 2, 16–256 channels), 1.2–3.3× outside it (24 and 40
+    channels; measured). None for
     other Convs, pads wider than the kernel, or windows that do not overlap along a strided axis
     (2×2 stride 2: the ConvTranspose, a plain scatter there, ran 1.7–3× faster)."""
     channels = weight.shape[0]
