@@ -6,7 +6,8 @@ layout optimizer) sees as opaque, and T is static in every recognizer once the i
 fixed. Per direction the rule first recomputes the gates for all T steps at once from the
 forward input X and the forward output Y (the hidden state before step t is Y at the previous
 step, or initial_h), so only the truly sequential parts are per-step nodes: the LSTM cell state
-(2 nodes a step, all directions together) and the backward recurrence. That recurrence is linear
+(2 nodes a step, all directions together; for small states one more LSTM node that reruns the
+cell recurrence) and the backward recurrence. That recurrence is linear
 in the state gradient s (dH, and dC for LSTM): s_{t−1} = s_t · J_t + e_{t−1} with the step's
 Jacobian J_t = Σ_j diag(v_j) · B_j, the v_j gate slopes computed for all steps at once and the B_j
 constant blocks of R. For small states (≤ ``JACOBIAN_MAX`` values, e.g. the 2 × 24 of an OCR
@@ -27,6 +28,7 @@ from engine.graph.rules import ALL, attrs, rule
 
 _DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
 JACOBIAN_MAX = 128  # largest state (H for GRU, 2H for LSTM) whose per-step Jacobians are built
+SATURATED = 100.0  # a gate pre-activation whose sigmoid is 1 in float32
 
 
 class _Steps:
@@ -110,14 +112,15 @@ class _Steps:
         steps = list(range(self.steps))
         return steps if self.forward_in_time(d) else steps[::-1]
 
-    def hidden_before(self, d, y_d):
-        """T×N×H: the hidden state each step of direction ``d`` starts from (Y of the previous
-        step, the initial state first)."""
-        pieces = self.split(y_d, 0, self.steps)
-        h0 = self.initial(5, d, pieces[0])
-        order = self.order(d)
-        before = {order[0]: h0, **{t: pieces[p] for p, t in zip(order, order[1:])}}
-        return self.op("Concat", *[before[t] for t in range(self.steps)], axis=0)
+    def state_before(self, d, states, index):
+        """T×N×H: the state each step of direction ``d`` starts from: ``states`` (T×N×H, time
+        order) of the step before, and first the initial state (node input ``index``, or zeros)."""
+        ints, steps = self.ctx.ints, self.steps
+        forward = self.forward_in_time(d)
+        first = self.op("Slice", states, ints([0 if forward else steps - 1]), ints([1 if forward else steps]), ints([0]))
+        rest = self.op("Slice", states, ints([0 if forward else 1]), ints([steps - 1 if forward else steps]), ints([0]))
+        first = self.initial(index, d, first)
+        return self.op("Concat", *([first, rest] if forward else [rest, first]), axis=0)
 
     def incoming(self, grads, d):
         """Per time step, the gradient arriving from Y (1×N×H each, or None) and, as 1×N×H,
@@ -160,10 +163,11 @@ class _Steps:
             out.append(self.flip(mine) if self.forward_in_time(d) != processing else mine)
         return out
 
-    def cell_states(self, forget, update, initial):
+    def cell_states(self, forget, update):
         """C_t = f_t·C_{t−1} + u_t of every direction at once (2 nodes a step): per direction
         the cells and the cells each step starts from (T×N×H, time order). ``forget``, ``update``:
-        T×N×H per direction; ``initial``: D×N×H or None (zeros)."""
+        T×N×H per direction."""
+        initial = self.node.input[6] if len(self.node.input) > 6 and self.node.input[6] else None
         f_steps = self.split(self.stacked(forget, True), 0, self.steps)
         u_steps = self.split(self.stacked(update, True), 0, self.steps)
         c = self.ctx.unsqueeze(initial, [0]) if initial else self.zeros(f_steps[0])
@@ -173,6 +177,34 @@ class _Steps:
             c = self.op("Add", self.op("Mul", f, c), u)
             cells.append(c)
         return [self.unstacked(self.op("Concat", *t, axis=0) if len(t) > 1 else t[0], True) for t in (cells, before)]
+
+    def cell_states_rerun(self, h_before):
+        """What :meth:`cell_states` computes, from one more LSTM node rerunning the forward's cell
+        recurrence (for small states: one fused op instead of 2 nodes a step; for large ones its
+        matrix products cost more): it reads X beside each direction's ``h_before`` (T×N×H) with
+        weights [W, R] and has no recurrence weight of its own, so its gates are the forward's;
+        its output gate is saturated to 1 and its output activation is the identity (Affine), so
+        its Y is C_t."""
+        hid, dirs = self.hidden, self.directions
+        w, r = self.weights
+        width = w.shape[2]
+        weight = np.zeros((dirs, 4 * hid, width + dirs * hid), w.dtype)
+        bias = np.zeros((dirs, 8 * hid), w.dtype)
+        for d in range(dirs):
+            weight[d, :, :width] = w[d]
+            weight[d, :, width + d * hid:width + (d + 1) * hid] = r[d]
+            bias[d, :4 * hid] = self.bias[d, :4 * hid] + self.bias[d, 4 * hid:]
+        weight[:, hid:2 * hid] = 0  # the output gate (ONNX order i, o, f, c): σ(SATURATED) = 1
+        bias[:, hid:2 * hid] = SATURATED
+        initial = self.node.input[6] if len(self.node.input) > 6 else ""
+        a = attrs(self.node)
+        cells = self.op("LSTM", self.op("Concat", self.x, *h_before, axis=2), self.const(weight),
+                        self.const(np.zeros((dirs, 4 * hid, hid))), self.const(bias), "", "", initial,
+                        hidden_size=hid, direction=a.get("direction", "forward"),
+                        activations=["Sigmoid", "Tanh", "Affine"] * dirs, activation_alpha=[1.0] * dirs,
+                        activation_beta=[0.0] * dirs)
+        per_direction = [self.pick(cells, d, 1) for d in range(dirs)]
+        return per_direction, [self.state_before(d, c, 6) for d, c in enumerate(per_direction)]
 
     def solve(self, values, blocks, inputs, finals, need_initial):
         """The backward recurrence s_{t−1} = s_t · J_t + e_{t−1} of every direction at once, with
@@ -234,7 +266,7 @@ def lstm(ctx, node, grads):
         return _lstm_by_jacobians(s, node, grads + [None] * (3 - len(grads)))
     y = ctx.extra_output(node, 0)  # Y: the hidden states
     dx_parts, dh0, dc0 = [], [], []
-    for d, (i, o, f, g, cell, cell_before) in enumerate(_lstm_forward(s, node, y)):
+    for d, (i, o, f, g, cell, cell_before) in enumerate(_lstm_forward(s, node, y, rerun_cells=False)):
         w, r = s.weights[0][d], s.weights[1][d]
         f_steps, order = s.split(f, 0, s.steps), s.order(d)
         tanh_c = s.op("Tanh", cell)
@@ -273,7 +305,7 @@ def gru(ctx, node, grads):
     for d in range(s.directions):
         w, r, b = s.weights[0][d], s.weights[1][d], s.bias[d]
         wb, rb = b[:3 * hid], b[3 * hid:]
-        h_before = s.hidden_before(d, s.pick(y, d, 1))
+        h_before = s.state_before(d, s.pick(y, d, 1), 5)
         x_z, x_r, x_h = s.split(s.op("Add", s.op("MatMul", s.x, s.const(w.T)), s.const(wb)), 2, 3)
         h_zr = s.op("Add", s.op("MatMul", h_before, s.const(r[:2 * hid].T)), s.const(rb[:2 * hid]))
         h_z, h_r = s.split(h_zr, 2, 2)
@@ -314,19 +346,19 @@ def gru(ctx, node, grads):
     return s.finish(node, dx_parts, dh0)
 
 
-def _lstm_forward(s, node, y):
+def _lstm_forward(s, node, y, rerun_cells):
     """Per direction, the gates i, o, f, g and the cell states C and C_{t−1} (T×N×H each),
-    recomputed from X and Y."""
-    hid, gates = s.hidden, []
+    recomputed from X and Y; the cells by :meth:`_Steps.cell_states_rerun` if ``rerun_cells``."""
+    hid, gates, h_before = s.hidden, [], []
     for d in range(s.directions):
         w, r, b = s.weights[0][d], s.weights[1][d], s.bias[d]
-        h_before = s.hidden_before(d, s.pick(y, d, 1))
-        pre = s.op("Add", s.op("Add", s.op("MatMul", s.x, s.const(w.T)), s.op("MatMul", h_before, s.const(r.T))),
+        h_before.append(s.state_before(d, s.pick(y, d, 1), 5))
+        pre = s.op("Add", s.op("Add", s.op("MatMul", s.x, s.const(w.T)), s.op("MatMul", h_before[d], s.const(r.T))),
                    s.const(b[:4 * hid] + b[4 * hid:]))
         pre_i, pre_o, pre_f, pre_c = s.split(pre, 2, 4)
         gates.append((s.op("Sigmoid", pre_i), s.op("Sigmoid", pre_o), s.op("Sigmoid", pre_f), s.op("Tanh", pre_c)))
-    initial = node.input[6] if len(node.input) > 6 and node.input[6] else None
-    cells, before = s.cell_states([f for _, _, f, _ in gates], [s.op("Mul", i, g) for i, _, _, g in gates], initial)
+    cells, before = s.cell_states_rerun(h_before) if rerun_cells else s.cell_states(
+        [f for _, _, f, _ in gates], [s.op("Mul", i, g) for i, _, _, g in gates])
     return [(*gate, c, cb) for gate, c, cb in zip(gates, cells, before)]
 
 
@@ -340,7 +372,7 @@ def _lstm_by_jacobians(s, node, grads):
     _, dy_h, dy_c = grads
     eye, zero = np.eye(hid), np.zeros((hid, hid))
     values, blocks, inputs, finals, slopes = [], [], [], [], []
-    for d, (i, o, f, g, cell, cell_before) in enumerate(_lstm_forward(s, node, y)):
+    for d, (i, o, f, g, cell, cell_before) in enumerate(_lstm_forward(s, node, y, rerun_cells=True)):
         r = s.weights[1][d]
         r_i, r_o, r_f, r_c = (r[k * hid:(k + 1) * hid] for k in range(4))
         tanh_c = s.op("Tanh", cell)
@@ -380,7 +412,7 @@ def _gru_by_jacobians(s, node, grads):
     for d in range(s.directions):
         w, r, b = s.weights[0][d], s.weights[1][d], s.bias[d]
         wb, rb = b[:3 * hid], b[3 * hid:]
-        h_before = s.hidden_before(d, s.pick(y, d, 1))
+        h_before = s.state_before(d, s.pick(y, d, 1), 5)
         x_z, x_r, x_h = s.split(s.op("Add", s.op("MatMul", s.x, s.const(w.T)), s.const(wb)), 2, 3)
         h_all = s.op("Add", s.op("MatMul", h_before, s.const(r.T)), s.const(rb))
         h_z, h_r, h_h = s.split(h_all, 2, 3)
