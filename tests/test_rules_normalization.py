@@ -142,7 +142,8 @@ def primitive_norm(dtype, opset=13, square="Pow", eps_first=False, axes=(-1,), c
 
     nodes = [mean("x", "m"), helper.make_node("Sub", ["x", "m"], ["c"])] if centered else [
         helper.make_node("Identity", ["x"], ["c"])]
-    nodes += [helper.make_node("Pow", ["c", "two"], ["sq"]) if square == "Pow" else helper.make_node("Mul", ["c", "c"], ["sq"]),
+    squared = helper.make_node("Pow", ["c", "two"], ["sq"]) if square == "Pow" else helper.make_node("Mul", ["c", "c"], ["sq"])
+    nodes += [squared,
               mean("sq", "var"),
               helper.make_node("Add", ["eps", "var"] if eps_first else ["var", "eps"], ["ve"]),
               helper.make_node("Sqrt", ["ve"], ["sd"]),

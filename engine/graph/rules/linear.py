@@ -47,7 +47,8 @@ def conv(ctx, node, dy):
     dx = _depthwise_backward(ctx, dy, weight, win, group) if weight is not None else None
     if dx is not None:
         return dx
-    dx = _phase_backward(ctx, dy, weight, win, group) if weight is not None and ctx.blocked_layout(node.input[0]) else None
+    blocked = weight is not None and ctx.blocked_layout(node.input[0])
+    dx = _phase_backward(ctx, dy, weight, win, group) if blocked else None
     if dx is None:
         pads, output_padding = win.transpose_pads()
         w = w if scale is None else ctx.const(weight, "scaled_weight")
@@ -75,9 +76,9 @@ def _depthwise_backward(ctx, dy, weight, win, group):
     zeros inserted between its values (a 1×1 ConvTranspose of ones) correlated with the flipped
     filters by a stride-1 depthwise Conv: 1.2–2.9× faster than the grouped ConvTranspose in ORT
     CPU's NCHWc layout (3×3 and 5×5 stride 2, 16–256 channels), 1.2–3.3× outside it (24 and 40
-    channels; measured). None for
-    other Convs, pads wider than the kernel, or windows that do not overlap along a strided axis
-    (2×2 stride 2: the ConvTranspose, a plain scatter there, ran 1.7–3× faster)."""
+    channels; measured). None for other Convs, pads wider than the kernel, or windows that do not
+    overlap along a strided axis (2×2 stride 2: the ConvTranspose, a plain scatter there, ran
+    1.7–3× faster)."""
     channels = weight.shape[0]
     if group != channels or weight.shape[1] != 1 or set(win.dilations) != {1} or set(win.strides) == {1} or any(
             k <= s for k, s in zip(win.kernel, win.strides) if s > 1):

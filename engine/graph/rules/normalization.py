@@ -41,7 +41,8 @@ def centered_axes(ctx, node):
     [1]
     """
     mean = ctx.private_producer(node.input[1])
-    if mean is None or mean.op_type != "ReduceMean" or mean.input[0] != node.input[0] or not attrs(mean).get("keepdims", 1):
+    if (mean is None or mean.op_type != "ReduceMean" or mean.input[0] != node.input[0]
+            or not attrs(mean).get("keepdims", 1)):
         return None
     return reduced_axes(ctx, mean)
 

@@ -117,9 +117,9 @@ class _Steps:
         order) of the step before, and first the initial state (node input ``index``, or zeros)."""
         ints, steps = self.ctx.ints, self.steps
         forward = self.forward_in_time(d)
-        first = self.op("Slice", states, ints([0 if forward else steps - 1]), ints([1 if forward else steps]), ints([0]))
-        rest = self.op("Slice", states, ints([0 if forward else 1]), ints([steps - 1 if forward else steps]), ints([0]))
-        first = self.initial(index, d, first)
+        one, rest = ((0, 1), (0, steps - 1)) if forward else ((steps - 1, steps), (1, steps))
+        first = self.initial(index, d, self.op("Slice", states, ints([one[0]]), ints([one[1]]), ints([0])))
+        rest = self.op("Slice", states, ints([rest[0]]), ints([rest[1]]), ints([0]))
         return self.op("Concat", *([first, rest] if forward else [rest, first]), axis=0)
 
     def incoming(self, grads, d):
