@@ -49,11 +49,13 @@ class LSTM(op_lstm.LSTM):
 
     def _run(self, *inputs, activations=None, activation_alpha=None, activation_beta=None, **attributes):
         names = self.activations or ["Sigmoid", "Tanh", "Tanh"]
-        assert len(set(map(tuple, np.reshape(names, (-1, 3))))) == 1, names
+        assert len(set(map(tuple, np.reshape(names, (-1, 3))))) == 1, names  # one set for every direction
         alphas, betas = iter(self.activation_alpha or []), iter(self.activation_beta or [])
-        f, g, h = [(self.FUNCTIONS[n], *((next(alphas, 1.0), next(betas, 0.0)) if n == "Affine" else (None, None)))
-                   for n in names[:3]]
-        self.f, self.g, self.h = [lambda x, fn=fn, a=a, b=b: fn(x, a, b) for fn, a, b in (f, g, h)]
+        functions = []
+        for name in names[:3]:
+            a, b = (next(alphas, 1.0), next(betas, 0.0)) if name == "Affine" else (None, None)
+            functions.append(lambda x, fn=self.FUNCTIONS[name], a=a, b=b: fn(x, a, b))
+        self.f, self.g, self.h = functions
         return super()._run(*inputs, **attributes)
 
 
