@@ -3,8 +3,10 @@ ties against a float64 reference of torch's rule."""
 import numpy as np
 import pytest
 
+from onnx import TensorProto, helper
+
 from engine.graph.autodiff import SEED, differentiate, grad_name
-from gradcheck import check, node_model, session
+from gradcheck import check, finish, node_model, session
 
 POOLS = {
     "k2s2": dict(kernel_shape=[2, 2], strides=[2, 2]),
@@ -163,3 +165,36 @@ def test_reduce_axes_as_attribute(op, keepdims):
 
 def test_reduce_noop_with_empty_axes():
     check(lambda dt: node_model("ReduceSum", [X], dt, opset=18, noop_with_empty_axes=1))
+
+
+def relu_pool_model(channels, attributes):
+    """Relu → MaxPool, the ReLU's output read by the pool alone (a ResNet stem, a CRNN block)."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MaxPool", ["r"], ["y"], **attributes)],
+                              "relu_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 11, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return finish(graph)
+
+
+@pytest.mark.parametrize("mode", ["standard", "guided"])
+@pytest.mark.parametrize("channels", [3, 16])
+@pytest.mark.parametrize("case", ["k2s2", "k3s2-overlap-pad", "k3s2-ceil", "k5s1-spp"])
+def test_relu_mask_applied_at_the_pool(case, channels, mode):
+    """In standard mode the ReLU's mask is [y > 0] on the pooled output, before the scatter (no
+    mask reads the ReLU's output, only shapes and index pools do); exact against [x > 0] ·
+    torch's first-maximum rule, with all-zero windows and positive ties. Guided backprop keeps
+    its own mask."""
+    attributes = POOLS[case]
+    model = relu_pool_model(channels, attributes)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, channels, 11, 9)).astype(np.float32) - 0.3
+    x[:, :, 2:7, 3:8] = 0.75  # a flat positive block: ties among positive maxima
+    r = np.maximum(x, 0)
+    y = session(model).run(None, {"x": x})[0]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    rewritten = differentiate(model, "y", ["x"], mode=mode)
+    got = session(rewritten).run([grad_name("x")], {"x": x, SEED: dy})[0]
+    pooled = first_max_gradient(r, dy, **attributes)
+    want = pooled * (x > 0) * ((pooled > 0) if mode == "guided" else 1)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    reading_r = {n.op_type for n in rewritten.graph.node[len(model.graph.node):] if "r" in n.input} - {"Shape", "MaxPool"}
+    assert bool(reading_r) == (mode == "guided"), reading_r

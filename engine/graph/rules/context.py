@@ -28,9 +28,11 @@ class Context:
         self._casts = {}  # emitted Cast output → (its input, that input's element type)
         self.node_name = "grad"  # the forward node being differentiated: prefix of emitted names
         self._forward_producers = {o: n for n in forward for o in n.output}
-        self._uses = {}
-        for name in (i for n in forward for i in n.input):
-            self._uses[name] = self._uses.get(name, 0) + 1
+        self._uses, self._readers = {}, {}
+        for n in forward:
+            for name in n.input:
+                self._uses[name] = self._uses.get(name, 0) + 1
+                self._readers[name] = n
         self._requested = set(requested)
 
     # -- names and emission -------------------------------------------------------------------
@@ -111,6 +113,13 @@ class Context:
         if self._uses.get(name) != 1 or name in self._requested:
             return None
         return self._forward_producers.get(name)
+
+    def private_reader(self, name):
+        """The forward node reading ``name`` when it alone reads it and no gradient of it is
+        requested (the other side of :meth:`private_producer`), else None."""
+        if self._uses.get(name) != 1 or name in self._requested:
+            return None
+        return self._readers.get(name)
 
     # -- helpers for common chores ------------------------------------------------------------
     def shape_of(self, name):

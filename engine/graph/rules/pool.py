@@ -16,6 +16,8 @@ def max_pool(ctx, node, dy):
     Indices output."""
     if attrs(node).get("storage_order", 0):
         raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule; pick a layer after it")
+    if pools_a_relu(ctx, node):
+        dy = ctx.where_positive(node.output[0], dy)
     x = node.input[0]
     a = attrs(node)
     kernel = a["kernel_shape"]
@@ -33,6 +35,16 @@ def max_pool(ctx, node, dy):
     dx = ctx.op("ScatterElements", zeros, ctx.op("Reshape", indices, flat), ctx.op("Reshape", dy, flat),
                 axis=0, reduction="add")
     return ctx.reshape_like(dx, x)
+
+
+def pools_a_relu(ctx, node):
+    """Whether the MaxPool ``node`` pools the output of a Relu that only it reads, in standard
+    mode. That Relu's mask is then applied here, as [y > 0] on the pooled output y before the
+    scatter (a quarter of the elements for a stride-2 pool), and the Relu rule passes its
+    gradient through: every input that gets a gradient is the maximum of its window, so it is
+    positive exactly when that window's y is."""
+    producer = ctx.private_producer(node.input[0])
+    return ctx.mode == "standard" and producer is not None and producer.op_type == "Relu"
 
 
 def _unpool_pads(ctx, node, kernel, strides):
