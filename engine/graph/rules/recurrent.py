@@ -62,11 +62,15 @@ class _Steps:
         self.bias = (np.zeros((self.directions, 2 * size)) if bias is None else bias).astype(ctx.dtype(x))
 
     def _constant(self, index, what, optional=False):
-        name = self.node.input[index] if len(self.node.input) > index else ""
+        name = self.optional_input(index)
         value = self.ctx.value(name) if name else None
         if value is None and (name or not optional):
             raise UnsupportedOpError(f"{what}: computed weights have no gradient rule")
         return value
+
+    def optional_input(self, index):
+        """The node's input ``index``, or "" when it is absent."""
+        return self.node.input[index] if len(self.node.input) > index else ""
 
     # -- small emitters --------------------------------------------------------------------
     def op(self, op_type, *inputs, **attributes):
@@ -99,7 +103,7 @@ class _Steps:
 
     def initial(self, index, d, like):
         """Initial state of direction ``d`` as 1×N×H: the node's input ``index`` or zeros."""
-        name = self.node.input[index] if len(self.node.input) > index else ""
+        name = self.optional_input(index)
         return self.slab(name, d, 0) if name else self.zeros(like)
 
     def zeros(self, like):
@@ -167,7 +171,7 @@ class _Steps:
         """C_t = f_t·C_{t−1} + u_t of every direction at once (2 nodes a step): per direction
         the cells and the cells each step starts from (T×N×H, time order). ``forget``, ``update``:
         T×N×H per direction."""
-        initial = self.node.input[6] if len(self.node.input) > 6 and self.node.input[6] else None
+        initial = self.optional_input(6)
         f_steps = self.split(self.stacked(forget, True), 0, self.steps)
         u_steps = self.split(self.stacked(update, True), 0, self.steps)
         c = self.ctx.unsqueeze(initial, [0]) if initial else self.zeros(f_steps[0])
@@ -196,10 +200,9 @@ class _Steps:
             bias[d, :4 * hid] = self.bias[d, :4 * hid] + self.bias[d, 4 * hid:]
         weight[:, hid:2 * hid] = 0  # the output gate (ONNX order i, o, f, c): σ(SATURATED) = 1
         bias[:, hid:2 * hid] = SATURATED
-        initial = self.node.input[6] if len(self.node.input) > 6 else ""
         a = attrs(self.node)
         cells = self.op("LSTM", self.op("Concat", self.x, *h_before, axis=2), self.const(weight),
-                        self.const(np.zeros((dirs, 4 * hid, hid))), self.const(bias), "", "", initial,
+                        self.const(np.zeros((dirs, 4 * hid, hid))), self.const(bias), "", "", self.optional_input(6),
                         hidden_size=hid, direction=a.get("direction", "forward"),
                         activations=["Sigmoid", "Tanh", "Affine"] * dirs, activation_alpha=[1.0] * dirs,
                         activation_beta=[0.0] * dirs)
