@@ -157,3 +157,59 @@ def test_clip_passes_the_gradient_at_its_bounds_and_inside_only(bounds):
     (got,) = session(rewritten).run([grad_name("in0")], {"in0": x, SEED: dy})
     low, high = (np.float32(b) if b is not None else np.float32(side * np.inf) for b, side in zip(bounds, (-1, 1)))
     np.testing.assert_array_equal(got, np.where((x >= low) & (x <= high), dy, 0))
+
+
+def primitive_hard_swish(channels, dt, tail="Div", x_first=True, opset=17, gate_is_output=False):
+    """x · Clip(x + 3, 0, 6) then ``tail``: "Div" (by 6, as paddle2onnx writes a HardSwish), "Mul"
+    (by 1/6) or None; the Clip's bounds as inputs, or as attributes before opset 11."""
+    from onnx import TensorProto, helper, numpy_helper
+    from gradcheck import finish
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+    consts = [numpy_helper.from_array(np.array(v, dt), name) for name, v in
+              (("three", 3.0), ("zero", 0.0), ("six", 6.0), ("sixth", 1 / 6))]
+    clip = (helper.make_node("Clip", ["t", "zero", "six"], ["c"]) if opset >= 11 else
+            helper.make_node("Clip", ["t"], ["c"], min=0.0, max=6.0))
+    nodes = [helper.make_node("Add", ["x", "three"], ["t"]), clip,
+             helper.make_node("Mul", ["x", "c"] if x_first else ["c", "x"], ["m"])]
+    if tail:
+        nodes.append(helper.make_node(tail, ["m", "six" if tail == "Div" else "sixth"], ["y"]))
+    outputs = [helper.make_tensor_value_info("y" if tail else "m", elem, None)]
+    if gate_is_output:
+        outputs.append(helper.make_tensor_value_info("c", elem, None))
+    graph = helper.make_graph(nodes, "hardswish", [helper.make_tensor_value_info("x", elem, ["N", channels, 4, 4])],
+                              outputs, initializer=consts)
+    return finish(graph, opset=opset)
+
+
+@pytest.mark.parametrize("channels", [3, 16])
+@pytest.mark.parametrize("tail,x_first,opset", [("Div", True, 17), ("Div", False, 17), ("Mul", True, 17),
+                                                (None, True, 17), ("Div", True, 10)])
+def test_primitive_hard_swish(channels, tail, x_first, opset):
+    """x · relu6(x + 3) / 6 differentiated as one HardSwish (6 · HardSwish without the Div): against
+    central differences away from the kinks, in fewer ops than through the Add, Clip, Mul and Div apart."""
+    def feeds(rng, dt):
+        x = rng.uniform(-5, 5, (2, channels, 4, 4))
+        return {"x": np.where(np.abs(np.abs(x) - 3) < 0.1, x + 0.3, x).astype(dt)}
+
+    check(lambda dt: primitive_hard_swish(channels, dt, tail, x_first, opset), feeds=feeds)
+    output = "y" if tail else "m"
+    sizes = [len(differentiate(primitive_hard_swish(channels, np.float32, tail, x_first, opset, both), output,
+                               ["x"]).graph.node) for both in (False, True)]
+    assert sizes[0] < sizes[1]
+
+
+def test_primitive_hard_swish_slope_at_the_kinks():
+    """The one-go gradient of x · relu6(x + 3) / 6 at and next to ±3 is what torch's autograd gives
+    for the same ops in float32 (-1/2 at -3, 3/2 at 3), and the Div by 6 passes its gradient on
+    unscaled to the Mul's rule."""
+    channels = 16
+    rewritten = differentiate(primitive_hard_swish(channels, np.float32), "y", ["x"])
+    backward = [n.op_type for n in rewritten.graph.node[4:]]
+    assert "Div" not in backward and "Sum" not in backward  # neither the Div's nor the Mul's own rule ran
+    kinks = [np.nextafter(np.float32(k), np.float32(k + d)) for k in (-3, 3) for d in (-1, 1)]
+    x = np.resize(np.array([*kinks, -3.0, 3.0, 1e30, -1e30], np.float32), (2, channels, 4, 4)).astype(np.float32)
+    (got,) = session(rewritten).run(["x__grad"], {"x": x, SEED: np.ones_like(x)})
+    t = x + np.float32(3)  # (3 + 2⁻²² rounds to 6 here, where the Clip passes its gradient, as torch's clamp does)
+    expected = (np.clip(t, 0, 6) + x * ((t >= 0) & (t <= 6))) / 6
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert set(np.round(got[x == -3], 6)) == {-0.5} and set(np.round(got[x == 3], 6)) == {1.5}

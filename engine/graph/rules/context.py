@@ -88,6 +88,11 @@ class Context:
             self._values[name] = None if proto is None else numpy_helper.to_array(proto)
         return self._values[name]
 
+    def is_scalar(self, name, equal_to=None):
+        """Whether ``name`` is a one-element constant (equal to ``equal_to`` when given)."""
+        value = self.value(name) if name else None
+        return value is not None and value.size == 1 and (equal_to is None or float(value.reshape(())) == equal_to)
+
     def shape(self, name):
         """Static shape of a forward tensor: ints, str (or None) for symbolic dims; None if unknown."""
         return self._shapes.get(name)

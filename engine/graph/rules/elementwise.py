@@ -2,7 +2,7 @@
 import numpy as np
 
 from engine.graph.rules import ALL, EACH, attrs, rule
-from engine.graph.rules.activation import self_gated
+from engine.graph.rules.activation import divides_a_hard_swish, self_gated
 from engine.graph.rules.normalization import centered_axes, centered_backward, rms_scaled_axes, rms_scaled_backward
 
 
@@ -39,11 +39,14 @@ def mul(ctx, node, dy, i):
 
 @rule("Div")
 def div_a(ctx, node, dy):
-    """d(a/b)/da = 1/b; c / √(mean(c²) + ε) (a LayerNorm's scaling, an RMSNorm) in one go."""
+    """d(a/b)/da = 1/b; c / √(mean(c²) + ε) (a LayerNorm's scaling, an RMSNorm) and
+    x · relu6(x + 3) / 6 (a HardSwish) in one go."""
     a, b = node.input
     axes = rms_scaled_axes(ctx, node)
     if axes is not None:
         return rms_scaled_backward(ctx, node, dy, axes)
+    if divides_a_hard_swish(ctx, node):
+        return dy  # the Mul before it differentiates the whole HardSwish
     return ctx.unbroadcast(_scaled(ctx, dy, "Div", b), a, node.output[0])
 
 

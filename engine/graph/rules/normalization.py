@@ -62,21 +62,15 @@ def rms_scaled_axes(ctx, node):
     add = ctx.private_producer(sqrt.input[0]) if sqrt is not None and sqrt.op_type == "Sqrt" else None
     if add is None or add.op_type != "Add":
         return None
-    variables = [t for t in add.input if not _is_scalar(ctx, t)]
+    variables = [t for t in add.input if not ctx.is_scalar(t)]
     mean = ctx.private_producer(variables[0]) if len(variables) == 1 else None
     if mean is None or mean.op_type != "ReduceMean" or not attrs(mean).get("keepdims", 1):
         return None
     square = ctx.private_producer(mean.input[0])
     squares_c = square is not None and (
         square.op_type == "Mul" and list(square.input) == [c, c]
-        or square.op_type == "Pow" and square.input[0] == c and _is_scalar(ctx, square.input[1], equal_to=2.0))
+        or square.op_type == "Pow" and square.input[0] == c and ctx.is_scalar(square.input[1], equal_to=2.0))
     return reduced_axes(ctx, mean) if squares_c else None
-
-
-def _is_scalar(ctx, name, equal_to=None):
-    """Whether ``name`` is a one-element constant (equal to ``equal_to`` when given)."""
-    value = ctx.value(name)
-    return value is not None and value.size == 1 and (equal_to is None or float(value) == equal_to)
 
 
 def rms_scaled_backward(ctx, node, dy, axes):
