@@ -346,3 +346,51 @@ def test_tensors_read_inside_subgraphs_are_kept():
     clean = nz.normalize(model)
     assert "Identity" in _ops(clean) and "Relu" in _ops(clean)
     _assert_same(model, clean, _x(2, 3))
+
+
+def nhwc_normalization(kept=None):
+    """A uint8 NHWC image cast, normalized by 1×1×1×3 constants and transposed to NCHW for a Conv
+    (a channels-last export with its preprocessing inside). ``kept``: "tap" makes the normalized
+    tensor a graph output too, "shared" gives the centred one a second reader."""
+    from onnx import TensorProto, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([120.0, 110.0, 100.0], np.float32).reshape(1, 1, 1, 3), "mean"),
+             numpy_helper.from_array(np.array([58.0, 57.0, 59.0], np.float32).reshape(1, 1, 1, 3), "std"),
+             numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Sub", ["f", "mean"], ["c"]), helper.make_node("Div", ["c", "std"], ["n"]),
+             helper.make_node("Transpose", ["n"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"], pads=[1, 1, 1, 1])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if kept == "tap":
+        outputs.append(helper.make_tensor_value_info("n", TensorProto.FLOAT, None))
+    if kept == "shared":
+        nodes.append(helper.make_node("ReduceMean", ["c"], ["m"], keepdims=0))
+        outputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 8, 8, 3])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_nhwc_normalization_moves_after_its_transpose():
+    """The Transpose goes first and the constants become 1×3×1×1 (fast broadcasts on ORT CPU):
+    the same outputs, bit for bit."""
+    model = nhwc_normalization()
+    moved = nz.normalize(model)
+    assert [n.op_type for n in moved.graph.node] == ["Transpose", "Cast", "Sub", "Div", "Conv"]
+    assert sorted(tuple(t.dims) for t in moved.graph.initializer if t.name != "w") == [(1, 3, 1, 1)] * 2
+    x = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(run(model, x)[0], run(moved, x)[0])
+
+
+@pytest.mark.parametrize("kept,order", [("tap", ["Cast", "Sub", "Div", "Transpose"]),
+                                        ("shared", ["Cast", "Sub", "Transpose", "Div"])])
+def test_nhwc_normalization_moves_no_tensor_read_elsewhere(kept, order):
+    """A tapped normalized tensor keeps its layout (nothing moves); a centred one read twice stays
+    before the Transpose, the Div after it moves."""
+    model = nhwc_normalization(kept)
+    moved = nz.normalize(model)
+    assert [n.op_type for n in moved.graph.node][:4] == order
+    x = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    for a, b in zip(run(model, x), run(moved, x)):
+        np.testing.assert_array_equal(a, b)

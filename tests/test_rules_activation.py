@@ -162,7 +162,7 @@ def test_clip_passes_the_gradient_at_its_bounds_and_inside_only(bounds):
 def primitive_hard_swish(channels, dt, tail="Div", x_first=True, opset=17, gate_is_output=False):
     """x · Clip(x + 3, 0, 6) then ``tail``: "Div" (by 6, as paddle2onnx writes a HardSwish), "Mul"
     (by 1/6) or None; the Clip's bounds as inputs, or as attributes before opset 11."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
     from gradcheck import finish
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
     consts = [numpy_helper.from_array(np.array(v, dt), name) for name, v in

@@ -5,8 +5,9 @@ argument untouched (onnx-ir's pass style); :func:`normalize` composes them on on
 passing ``inplace=True`` (the pass may then edit its argument and return it, or return a new
 model: always use the result), so a 100 MB model is copied once, not once per pass. The output
 of every pass computes the same outputs as its input. The passes that need modules of their own
-live beside this one: :func:`~engine.graph.constant_folding.fold_constants` (partial evaluation)
-and :func:`~engine.graph.weightless.infer_shapes` (on the weightless skeleton).
+live beside this one: :func:`~engine.graph.constant_folding.fold_constants` (partial evaluation),
+:func:`~engine.graph.transposes.transpose_first` (an NHWC normalization after its Transpose) and
+:func:`~engine.graph.weightless.infer_shapes` (on the weightless skeleton).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from engine.graph.half import widen_float16
 from engine.graph.nodes import attrs
 from engine.graph.quantized import dequantize_operators
 from engine.graph.shapes import declared_shapes, image_input, value_info_shape
+from engine.graph.transposes import transpose_first
 from engine.graph.weightless import infer_shapes, inferred_skeleton, with_weights, without_weights
 
 TARGET_OPSET = 17
@@ -54,7 +56,8 @@ def normalize(model: onnx.ModelProto, input_size=None, inplace=False) -> onnx.Mo
         model = fold_constants(model, inplace=True)
         if len(model.graph.node) == before:
             break
-    return infer_shapes(drop_identities(model, inplace=True), inplace=True)
+    model = transpose_first(drop_identities(model, inplace=True), inplace=True)
+    return infer_shapes(model, inplace=True)
 
 
 # --------------------------------------------------------------------------------------- passes
