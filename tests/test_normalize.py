@@ -367,8 +367,8 @@ def nhwc_normalization(kept=None):
     if kept == "shared":
         nodes.append(helper.make_node("ReduceMean", ["c"], ["m"], keepdims=0))
         outputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 8, 8, 3])],
-                              outputs, inits)
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 8, 8, 3])
+    graph = helper.make_graph(nodes, "nhwc", [image], outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -29,7 +29,8 @@ def transpose_first(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
 
     >>> x, y = helper.make_tensor_value_info("x", 1, [1, 8, 8, 3]), helper.make_tensor_value_info("y", 1, None)
     >>> mean = numpy_helper.from_array(np.full((1, 1, 1, 3), 0.5, np.float32), "mean")
-    >>> nodes = [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Transpose", ["c"], ["y"], perm=[0, 3, 1, 2])]
+    >>> nodes = [helper.make_node("Sub", ["x", "mean"], ["c"]),
+    ...          helper.make_node("Transpose", ["c"], ["y"], perm=[0, 3, 1, 2])]
     >>> moved = transpose_first(helper.make_model(helper.make_graph(nodes, "g", [x], [y], [mean])))
     >>> [(n.op_type, n.output[0]) for n in moved.graph.node], [tuple(t.dims) for t in moved.graph.initializer]
     ([('Transpose', 'y_early'), ('Sub', 'y')], [(1, 3, 1, 1)])
@@ -58,14 +59,13 @@ def transpose_first(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    read = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    present = read | {o for n in graph.node for o in n.output}
-    infos = [v for v in graph.value_info if v.name in present]  # the moved chain's old tensors are gone
-    del graph.value_info[:]
-    graph.value_info.extend(infos)
+    read = {i for n in graph.node for i in [*n.input, *subgraph_reads(n)]}
+    gone = {t for _, chain in moves.values() for node, index, constant in chain
+            for t in [node.output[0], constant.name if constant is not None else ""]} - read
+    for field in (graph.initializer, graph.value_info):  # the old constants, the old chain's tensors
+        kept = [t for t in field if t.name not in gone]
+        del field[:]
+        field.extend(kept)
     return out
 
 
@@ -82,7 +82,7 @@ def _chain(transpose, producers, constants, reads):
             chain.append((node, 0, None))
         elif node.op_type in BINARY and len(node.input) == 2:
             step = next(((node, i, constants[node.input[1 - i]]) for i in (0, 1)
-                         if node.input[1 - i] in constants and _channels_last(constants[node.input[1 - i]], rank)), None)
+                         if _channels_last(constants.get(node.input[1 - i]), rank)), None)
             if step is None:
                 break
             chain.append(step)
@@ -94,7 +94,10 @@ def _chain(transpose, producers, constants, reads):
 
 
 def _channels_last(tensor, rank):
-    """Whether a constant broadcasts against a rank-``rank`` tensor varying along the last axis at most."""
+    """Whether ``tensor`` is a constant (stored in the model) that broadcasts against a rank-``rank``
+    tensor, varying along the last axis at most."""
+    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return False
     dims = list(tensor.dims)
     return len(dims) <= rank and all(d == 1 for d in dims[:-1])
 
