@@ -100,14 +100,15 @@ def test_hard_swish_slope_at_the_kinks():
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("channels", [3, 16])
-def test_hard_sigmoid_slope_where_saturated(channels):
-    """alpha where 0 < y < 1; 0 where y is 0 or 1 (saturated) and next to those."""
+@pytest.mark.parametrize("channels,size", [(3, 2), (16, 2), (16, 1)])
+def test_hard_sigmoid_slope_where_saturated(channels, size):
+    """alpha where 0 < y < 1; 0 where y is 0 or 1 (saturated) and next to those: elementwise (3
+    channels), from clipped Convs (16), for a per-channel gate (16×1×1, elementwise again)."""
     alpha, beta = 0.2, 0.5
-    rewritten = differentiate(node_model("HardSigmoid", [("N", channels, 2, 2)], np.float32, alpha=alpha, beta=beta),
-                              "out0", ["in0"])
-    values = np.array([-2.5, 2.5, -10.0, 10.0, -2.4999, 2.4999, 0.0, 1.0], np.float32)
-    x = np.resize(values, (2, channels, 2, 2)).astype(np.float32)
+    rewritten = differentiate(node_model("HardSigmoid", [("N", channels, size, size)], np.float32, alpha=alpha,
+                                         beta=beta), "out0", ["in0"])
+    values = np.array([-2.5, 2.5, -10.0, 10.0, -2.4999, 2.4999, 0.0, 1.0, 2.5 - 2e-7, 1e-30], np.float32)
+    x = np.resize(values, (2, channels, size, size)).astype(np.float32)
     y, got = session(rewritten).run(["out0", "in0__grad"], {"in0": x, SEED: np.ones_like(x)})
     np.testing.assert_allclose(got, np.where((y > 0) & (y < 1), alpha, 0), rtol=1e-6)
 
@@ -213,3 +214,25 @@ def test_primitive_hard_swish_slope_at_the_kinks():
     expected = (np.clip(t, 0, 6) + x * ((t >= 0) & (t <= 6))) / 6
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert set(np.round(got[x == -3], 6)) == {-0.5} and set(np.round(got[x == 3], 6)) == {1.5}
+
+
+def test_hard_sigmoid_gate_alpha_folded_into_the_conv_before():
+    """A squeeze-excitation gate, HardSigmoid(Conv(s)) on (N, 16, 1, 1): its alpha ends up in the
+    Conv rule's weight (no Mul by alpha is left), and the gradient matches central differences."""
+    from onnx import helper, numpy_helper
+    from gradcheck import finish
+    weight = np.random.default_rng(1).standard_normal((16, 8, 1, 1))
+
+    def make(dt):
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+        nodes = [helper.make_node("Conv", ["s", "w"], ["z"]),
+                 helper.make_node("HardSigmoid", ["z"], ["y"], alpha=0.2, beta=0.5)]
+        graph = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("s", elem, ["N", 8, 1, 1])],
+                                  [helper.make_tensor_value_info("y", elem, None)],
+                                  initializer=[numpy_helper.from_array(weight.astype(dt), "w")])
+        return finish(graph)
+
+    check(make, dtypes=(np.float32,))
+    rewritten = differentiate(make(np.float32), "y", ["s"])
+    scalars = {t.name for t in rewritten.graph.initializer if np.prod(t.dims) == 1}
+    assert not [n for n in rewritten.graph.node if n.op_type == "Mul" and set(n.input) & scalars]

@@ -1,6 +1,7 @@
 """Rules for pointwise activations and softmax. The ReLU family (Relu, LeakyRelu, PRelu)
 follows ``ctx.mode`` (guided backprop, deconvnet); the others are the same in every mode."""
 import numpy as np
+import onnx
 
 from engine.graph.editing import DEFAULT_DOMAINS
 from engine.graph.rules import attrs, derivative, rule
@@ -81,22 +82,35 @@ def hard_sigmoid(ctx, node, dy):
     """y = max(0, min(1, alpha x + beta)): slope alpha where 0 < alpha x + beta < 1, i.e. where
     0 < y < 1 (read from the output: two ops fewer, which counts on small models). For image
     tensors the slope is alpha·[y > 0] − alpha·[y = 1] from two clipped depthwise Convs
-    (exact steps: 2¹²⁶·y, and 2^k·(2²⁴·(1 − y) − 1), which is −2^k at y = 1 and >= 0 below it)."""
+    (exact steps: 2¹²⁶·y, and 2^k·(2²⁴·(1 − y) − 1), which is −2^k at y = 1 and >= 0 below it).
+    Elsewhere, and for per-channel gates (N, C, 1, 1) such as a squeeze-excitation's, alpha comes
+    last, where a Conv rule folds it into its weight."""
     y = node.output[0]
     alpha = attrs(node).get("alpha", 0.2)
     k = 2.0 ** max(0, int(np.ceil(np.log2(alpha)))) if alpha > 0 else 1.0
-    above = ctx.clipped_affine(y, 2.0 ** 126, 0.0, min(0.0, alpha), max(0.0, alpha))
+    gate = all(d == 1 for d in ctx.shape(y)[2:])
+    above = None if gate else ctx.clipped_affine(y, 2.0 ** 126, 0.0, min(0.0, alpha), max(0.0, alpha))
     if above is not None:
         top = ctx.clipped_affine(y, -k * 2.0 ** 24, k * (2.0 ** 24 - 1), min(0.0, -alpha), max(0.0, -alpha))
         return ctx.op("Mul", dy, ctx.op("Sum", above, top))
-    inside = ctx.op("And", ctx.op("Greater", y, ctx.scalar(0, like=y)), ctx.op("Less", y, ctx.scalar(1, like=y)))
-    return ctx.mask(ctx.op("Mul", dy, ctx.scalar(alpha, like=y)), inside, like=y)
+    return ctx.op("Mul", ctx.op("Mul", dy, _inside_unit_interval(ctx, y, y)), ctx.scalar(alpha, like=y))
+
+
+def _inside_unit_interval(ctx, y, like):
+    """[0 < y < 1] for y in [0, 1] (a HardSigmoid's output), in the float type of forward tensor
+    ``like``: for float32 one HardSigmoid step of y·(1 − y) (the ReLU mask's step, exact outside
+    the float32 subnormals), three ops instead of four."""
+    if ctx.elem_type(like) != onnx.TensorProto.FLOAT:
+        zero, one = ctx.scalar(0, like=like), ctx.scalar(1, like=like)
+        return ctx.op("Cast", ctx.op("And", ctx.op("Greater", y, zero), ctx.op("Less", y, one)), to=ctx.elem_type(like))
+    spread = ctx.op("Mul", y, ctx.op("Sub", ctx.scalar(1, like=like), y))
+    return ctx.op("HardSigmoid", spread, alpha=1 / float(np.finfo(np.float32).tiny), beta=0.0)
 
 
 @rule("HardSwish")
 def hard_swish(ctx, node, dy):
     """y = x · h with h = clip(x/6 + 1/2, 0, 1): slope h + x/6 where 0 < h < 1 (i.e. (2x + 3)/6
-    for -3 < x < 3), else h (0 below -3, 1 above 3). Nine ops, three fewer than from x's bounds.
+    for -3 < x < 3), else h (0 below -3, 1 above 3). Eight ops, four fewer than from x's bounds.
     For image tensors: clip(x/3 + 1/2, −1/2, 3/2) + [x < −3]/2 − [x > 3]/2, three clipped
     depthwise Convs (exact steps from 2²⁴·(x ± 3)) that ORT keeps in its NCHWc layout."""
     return _hard_swish_dx(ctx, node.input[0], dy)
@@ -110,8 +124,8 @@ def _hard_swish_dx(ctx, x, dy, h=None):
         above = ctx.clipped_affine(x, -2.0 ** 24, 3 * 2.0 ** 24, -0.5, 0.0)
         return ctx.op("Mul", dy, ctx.op("Sum", ramp, below, above))
     h = h or ctx.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
-    inside = ctx.op("And", ctx.op("Greater", h, ctx.scalar(0, like=x)), ctx.op("Less", h, ctx.scalar(1, like=x)))
-    slope = ctx.op("Add", h, ctx.mask(ctx.op("Mul", x, ctx.scalar(1 / 6, like=x)), inside, like=x))
+    inside = _inside_unit_interval(ctx, h, x)
+    slope = ctx.op("Add", h, ctx.op("Mul", ctx.op("Mul", x, inside), ctx.scalar(1 / 6, like=x)))
     return ctx.op("Mul", dy, slope)
 
 

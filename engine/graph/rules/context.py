@@ -248,13 +248,13 @@ class Context:
     def channel_scale(self, grad, like):
         """``(g, scale)`` when ``grad`` (the gradient of forward tensor ``like``, rank >= 2) was
         emitted as ``Mul(g, c)`` with ``c`` a constant shaped (C, 1, …, 1) that scales axis 1
-        (e.g. by BatchNormalization), so that a Conv rule can fold the per-channel ``scale``
-        (1-D) into its weight; ``(grad, None)`` otherwise."""
+        (e.g. by BatchNormalization) or a one-element constant (a HardSigmoid's alpha), so that a
+        Conv rule can fold the per-channel ``scale`` (1-D) into its weight; ``(grad, None)`` otherwise."""
         node = self._producers.get(grad)
         if node is None or node.op_type != "Mul":
             return grad, None
         c = self.value(node.input[1])
-        if c is None or c.ndim != self.rank(like) - 1 or any(d != 1 for d in c.shape[1:]):
+        if c is None or c.size != 1 and (c.ndim != self.rank(like) - 1 or any(d != 1 for d in c.shape[1:])):
             return grad, None
         return node.input[0], c.reshape(-1)
 
