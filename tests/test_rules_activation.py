@@ -217,8 +217,9 @@ def test_primitive_hard_swish_slope_at_the_kinks():
 
 
 def test_hard_sigmoid_gate_alpha_folded_into_the_conv_before():
-    """A squeeze-excitation gate, HardSigmoid(Conv(s)) on (N, 16, 1, 1): its alpha ends up in the
-    Conv rule's weight (no Mul by alpha is left), and the gradient matches central differences."""
+    """A squeeze-excitation gate, HardSigmoid(Conv(s)) on (N, 16, 1, 1): its mask is elementwise,
+    its alpha ends up in the Conv rule's weight (no Mul by alpha is left), and the gradient matches
+    central differences."""
     from onnx import helper, numpy_helper
     from gradcheck import finish
     weight = np.random.default_rng(1).standard_normal((16, 8, 1, 1))
@@ -235,4 +236,6 @@ def test_hard_sigmoid_gate_alpha_folded_into_the_conv_before():
     check(make, dtypes=(np.float32,))
     rewritten = differentiate(make(np.float32), "y", ["s"])
     scalars = {t.name for t in rewritten.graph.initializer if np.prod(t.dims) == 1}
-    assert not [n for n in rewritten.graph.node if n.op_type == "Mul" and set(n.input) & scalars]
+    backward = rewritten.graph.node[2:]
+    assert not [n for n in backward if n.op_type == "Mul" and set(n.input) & scalars]
+    assert "Clip" not in [n.op_type for n in backward]  # no clipped depthwise Convs on a 1×1 gate
