@@ -206,16 +206,22 @@ DEPTHWISE_CASES = {
 
 
 @pytest.mark.parametrize("case", DEPTHWISE_CASES)
-@pytest.mark.parametrize("batch, channels", [(1, 16), (3, 16), (2, 24)])
-def test_strided_depthwise_conv_backward(case, batch, channels):
-    """In and out of ORT's blocked layout (16 channels, 24)."""
+@pytest.mark.parametrize("batch, channels, scale", [(1, 16, 1), (3, 16, 1), (2, 24, 1), (1, 24, 4)])
+def test_strided_depthwise_conv_backward(case, batch, channels, scale):
+    """In and out of ORT's blocked layout (16 channels, 24); zeros inserted by a dense identity
+    (small dy) or one group per channel (``scale`` 4: 16× the values)."""
     spatial, kernel, attributes, zero_inserted = DEPTHWISE_CASES[case]
+    spatial = tuple(d * scale for d in spatial)
     rng = np.random.default_rng(len(spatial) + sum(kernel))  # (the module's RNG stays as the other tests draw it)
     model = node_model("Conv", [("N", channels, *spatial), rng.standard_normal((channels, 1, *kernel)),
                                 rng.standard_normal(channels)], np.float32, group=channels, **attributes)
     rewritten = differentiate(model, "out0", ["in0"])
     spreads = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose" and "zero_insert" in n.input[1]]
     assert bool(spreads) == zero_inserted
+    if spreads:
+        (spread,) = spreads
+        group = next(a.i for a in spread.attribute if a.name == "group")
+        assert group == (channels if scale == 4 else 1)
     _check_slopes(model, rewritten, (batch, channels, *spatial), seed=batch)
 
 
