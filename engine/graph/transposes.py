@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from engine.graph.editing import DEFAULT_DOMAINS, copy_model, subgraph_reads, unique_name
+from engine.graph.editing import DEFAULT_DOMAINS, copy_model, prune, subgraph_reads, unique_name
 from engine.graph.nodes import attrs
 
 BINARY = ("Add", "Sub", "Mul", "Div")
@@ -59,14 +59,7 @@ def transpose_first(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    read = {i for n in graph.node for i in [*n.input, *subgraph_reads(n)]}
-    gone = {t for _, chain in moves.values() for node, index, constant in chain
-            for t in [node.output[0], constant.name if constant is not None else ""]} - read
-    for field in (graph.initializer, graph.value_info):  # the old constants, the old chain's tensors
-        kept = [t for t in field if t.name not in gone]
-        del field[:]
-        field.extend(kept)
-    return out
+    return prune(out)  # the constants only the old chain read
 
 
 def _chain(transpose, producers, constants, reads):

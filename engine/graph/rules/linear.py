@@ -95,10 +95,10 @@ def _depthwise_backward(ctx, dy, weight, win, group):
     if min(begin + end) < 0:
         return None
     if channels * int(np.prod(win.outputs)) <= DENSE_SPREAD_MAX:  # one GEMM instead of one per channel
-        ones, groups = np.eye(channels, dtype=weight.dtype).reshape(channels, channels, *[1] * rank), 1
+        identity, groups = np.eye(channels, dtype=weight.dtype).reshape(channels, channels, *[1] * rank), 1
     else:
-        ones, groups = np.ones((channels, 1, *[1] * rank), weight.dtype), channels
-    spread = ctx.op("ConvTranspose", dy, ctx.const(ones, "zero_insert"), kernel_shape=[1] * rank,
+        identity, groups = np.ones((channels, 1, *[1] * rank), weight.dtype), channels
+    spread = ctx.op("ConvTranspose", dy, ctx.const(identity, "zero_insert"), kernel_shape=[1] * rank,
                     strides=win.strides, group=groups)
     return ctx.op("Conv", spread, ctx.const(flipped_transposed(weight, group), "flipped_weight"),
                   kernel_shape=win.kernel, group=channels, pads=begin + end)
