@@ -86,6 +86,65 @@ def test_hard_activations_on_image_tensors(op, attrs):
           feeds=lambda rng, dt: {"in0": (rng.standard_normal((2, 16, 3, 3)) * 3).astype(dt)})
 
 
+def conv_then_hard_swish(dt, producer, gated):
+    """A 16-channel 1×1 Conv (then a BatchNormalization, or an Add of the input) feeding a
+    HardSwish: the op, or x · HardSigmoid(x; 1/6, 1/2) (``gated``)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from gradcheck import finish
+    rng = np.random.default_rng(3)
+    weights = {"w": rng.standard_normal((16, 16, 1, 1)) * 0.4, "scale": rng.uniform(0.5, 2, 16),
+               "bias": rng.standard_normal(16), "mean": rng.standard_normal(16), "var": rng.uniform(0.5, 2, 16)}
+    nodes = [helper.make_node("Conv", ["in", "w"], ["c"])]
+    if producer == "BatchNormalization":
+        nodes.append(helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["x"]))
+    else:
+        nodes.append(helper.make_node(producer, ["c", "in"], ["x"]))
+    if gated:
+        nodes += [helper.make_node("HardSigmoid", ["x"], ["h"], alpha=1 / 6, beta=0.5),
+                  helper.make_node("Mul", ["x", "h"], ["y"])]
+    else:
+        nodes.append(helper.make_node("HardSwish", ["x"], ["y"]))
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+    return finish(helper.make_graph(
+        nodes, "conv_hard_swish", [helper.make_tensor_value_info("in", elem, ["N", 16, 4, 4])],
+        [helper.make_tensor_value_info("y", elem, None)],
+        [numpy_helper.from_array(v.astype(dt), k) for k, v in weights.items()]))
+
+
+@pytest.mark.parametrize("producer,folded", [("BatchNormalization", True), ("Conv", True), ("Add", False)])
+@pytest.mark.parametrize("gated", [False, True])
+def test_hard_swish_backward_reuses_the_forward_gate(producer, folded, gated):
+    """The backward reads the forward's HardSigmoid (the op becomes x · HardSigmoid(x)) and adds
+    two clipped steps; its factor 2 is folded into the Conv's weight where a Conv or a
+    BatchNormalization computes x, else one depthwise Conv applies it."""
+    if producer == "Conv":  # no BatchNormalization: x is the Conv's output
+        make = lambda dt: _without_second_node(conv_then_hard_swish(dt, "BatchNormalization", gated))
+    else:
+        make = lambda dt: conv_then_hard_swish(dt, producer, gated)
+
+    def feeds(rng, dt):
+        return {"in": rng.uniform(-1, 1, (2, 16, 4, 4)).astype(dt)}
+
+    check(make, feeds=feeds)
+    ops = [n.op_type for n in differentiate(make(np.float32), "y", ["in"]).graph.node]
+    assert "HardSwish" not in ops and ops.count("HardSigmoid") == 1
+    extra_convs = {"BatchNormalization": 0, "Conv": 0, "Add": 1}[producer]
+    assert ops.count("Conv") == 1 + 2 + 1 + extra_convs  # forward, the two steps, backward (+ the factor 2)
+    assert ops.count("Mul") == 2  # forward x · h, backward dy · slope / 2
+
+
+def _without_second_node(model):
+    """``model`` with its second node (the BatchNormalization) dropped: the Conv computes x."""
+    import onnx
+    from gradcheck import finish
+    graph = model.graph
+    nodes = [n for k, n in enumerate(graph.node) if k != 1]
+    nodes[0].output[0] = "x"
+    keep = {i for n in nodes for i in n.input}
+    kept = [t for t in graph.initializer if t.name in keep]
+    return finish(onnx.helper.make_graph(nodes, graph.name, graph.input, graph.output, kept))
+
+
 def test_hard_swish_slope_at_the_kinks():
     """Image tensors: torch's slope, 0 below -3, x/3 + 1/2 on [-3, 3], 1 above, exactly at and next
     to ±3 (the elementwise form of 3 channels rounds h to 1 one float below 3)."""

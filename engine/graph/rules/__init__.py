@@ -59,8 +59,10 @@ Any other op registers one function per differentiable input (:func:`~.registry.
     ``ctx.scale`` (grad · a constant factor, as a Conv that ORT CPU keeps in its NCHWc layout),
     ``ctx.between``, ``ctx.where_positive``, ``ctx.relu_family`` (ReLU-like backward that
     follows the guided / deconvnet modes), ``ctx.extra_output`` (ask a forward node for an
-    optional output, e.g. MaxPool's Indices), ``ctx.channel_scale`` (see through a constant
-    per-channel Mul on an incoming gradient, to fold it into a weight).
+    optional output, e.g. MaxPool's Indices), ``ctx.replace_forward`` (split a forward node so
+    that the backward reads an intermediate, e.g. a HardSwish's gate), ``ctx.channel_scale`` (see
+    through a constant per-channel Mul on an incoming gradient, to fold it into a weight) and
+    ``ctx.folded_scale`` (emit such a Mul where the rule before will fold it).
 * The result must work for every batch size: never bake a symbolic dim into a constant.
 * Add a finite-difference test for the rule in ``tests/test_rules_<module>.py`` using
   ``tests/gradcheck.py`` (for an elementwise op, one entry in a parametrized list).

@@ -110,21 +110,28 @@ def _inside_unit_interval(ctx, y, like):
 
 @rule("HardSwish")
 def hard_swish(ctx, node, dy):
-    """y = x · h with h = clip(x/6 + 1/2, 0, 1): slope h + x/6 where 0 < h < 1 (i.e. (2x + 3)/6
-    for -3 < x < 3), else h (0 below -3, 1 above 3). Eight ops, four fewer than from x's bounds.
-    For image tensors: clip(x/3 + 1/2, −1/2, 3/2) + [x < −3]/2 − [x > 3]/2, three clipped
-    depthwise Convs (exact steps from 2²⁴·(x ± 3)) that ORT keeps in its NCHWc layout."""
-    return _hard_swish_dx(ctx, node.input[0], dy)
+    """y = x · h with h = HardSigmoid(x; 1/6, 1/2). The forward node becomes those two ops (as ORT
+    CPU runs it anyway once the backward reads x) so that the backward reuses h."""
+    x, y = node.input[0], node.output[0]
+    h = ctx.fresh(ctx.node_name + "_gate")
+    ctx.replace_forward(node, [
+        onnx.helper.make_node("HardSigmoid", [x], [h], name=ctx.fresh(ctx.node_name), alpha=1 / 6, beta=0.5),
+        onnx.helper.make_node("Mul", [x, h], [y], name=node.name or ctx.fresh(ctx.node_name))])
+    return _hard_swish_dx(ctx, x, dy, h, readers=1)
 
 
-def _hard_swish_dx(ctx, x, dy, h=None):
-    """The HardSwish rule's gradient for input ``x``; ``h``: a forward HardSigmoid(x) if any."""
-    ramp = ctx.clipped_affine(x, 1 / 3, 0.5, -0.5, 1.5)
-    if ramp is not None:
-        below = ctx.clipped_affine(x, -2.0 ** 24, -3 * 2.0 ** 24, 0.0, 0.5)
-        above = ctx.clipped_affine(x, -2.0 ** 24, 3 * 2.0 ** 24, -0.5, 0.0)
-        return ctx.op("Mul", dy, ctx.op("Sum", ramp, below, above))
-    h = h or ctx.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
+def _hard_swish_dx(ctx, x, dy, h, readers):
+    """The gradient of x · h for input ``x``, ``h`` = HardSigmoid(x; 1/6, 1/2) (a forward tensor;
+    ``readers``: the forward nodes reading x, the gate's included):
+    slope h + x/6 where 0 < h < 1 (i.e. (2x + 3)/6 for -3 <= x <= 3), else h (0 below -3, 1
+    above 3). For image tensors: 2·(h − [x >= −3]/4 − [x > 3]/4), the steps from two clipped
+    depthwise Convs (exact: from 2²⁰·(x ± 3), with x's float spacing 2⁻²² next to ±3) that ORT
+    keeps in its NCHWc layout, and the factor 2 folded into the weight before where there is one.
+    At ±3 the slope is torch's: −1/2 and 3/2."""
+    if ctx.blocked_layout(x):
+        from_minus_3 = ctx.clipped_affine(x, -2.0 ** 20, -3 * 2.0 ** 20 - 0.25, -0.25, 0.0)
+        above_3 = ctx.clipped_affine(x, -2.0 ** 20, 3 * 2.0 ** 20, -0.25, 0.0)
+        return ctx.folded_scale(ctx.op("Mul", dy, ctx.op("Sum", h, from_minus_3, above_3)), 2.0, x, readers)
     inside = _inside_unit_interval(ctx, h, x)
     slope = ctx.op("Add", h, ctx.op("Mul", ctx.op("Mul", x, inside), ctx.scalar(1 / 6, like=x)))
     return ctx.op("Mul", dy, slope)
@@ -201,7 +208,7 @@ def self_gated(ctx, node):
                 "Mul", y, ctx.op("Sub", ctx.scalar(1, like=x), gate_name))))
         a = attrs(gate)
         if gate.op_type == "HardSigmoid" and np.isclose(a.get("alpha", 0.2), 1 / 6) and a.get("beta", 0.5) == 0.5:
-            return i, lambda dy: _hard_swish_dx(ctx, x, dy, gate_name)
+            return i, lambda dy: _hard_swish_dx(ctx, x, dy, gate_name, readers=2)
     i = _primitive_hard_swish_input(ctx, node)
     if i is None:
         return None

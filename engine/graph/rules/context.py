@@ -34,6 +34,7 @@ class Context:
                 self._uses[name] = self._uses.get(name, 0) + 1
                 self._readers[name] = n
         self._requested = set(requested)
+        self.forward_rewrites = {}  # forward node's first output → the nodes that replace it
 
     # -- names and emission -------------------------------------------------------------------
     def fresh(self, hint):
@@ -215,6 +216,12 @@ class Context:
             node.output[index] = self.fresh(self.node_name + "_out")
         return node.output[index]
 
+    def replace_forward(self, node, nodes):
+        """Replace forward ``node`` by ``nodes`` (``onnx.NodeProto``s computing the same outputs) once
+        the backward is built: rules keep seeing the model as it was, and the backward may read the
+        new intermediate tensors (a HardSwish's gate)."""
+        self.forward_rewrites[node.output[0]] = list(nodes)
+
     def cast(self, grad, to, source_type):
         """Cast ``grad`` (of element type ``source_type``) to ``to``, remembering the source so
         that :meth:`uncast` can undo it."""
@@ -313,6 +320,18 @@ class Context:
         if self.blocked_layout(like):
             return self._depthwise(grad, factor, like)
         return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
+
+    def folded_scale(self, grad, factor, like, readers=1):
+        """``grad`` · ``factor`` (a Python float), ``grad`` being the whole gradient of forward
+        tensor ``like``, which ``readers`` forward nodes read: a Mul by a scalar where the rule of
+        ``like``'s producer folds it into its constant weight (a Conv or a BatchNormalization:
+        :meth:`channel_scale`), so that the factor costs no pass; else :meth:`scale`."""
+        producer = self._forward_producers.get(like)
+        if (self._uses.get(like) == readers and like not in self._requested and producer is not None
+                and producer.op_type in ("Conv", "BatchNormalization")
+                and all(self.value(w) is not None for w in producer.input[1:] if w)):
+            return self.op("Mul", grad, self.scalar(factor, like=like))
+        return self.scale(grad, factor, like)
 
     def clipped_affine(self, x, weight, bias, low, high):
         """clip(weight · x + bias, low, high) (Python floats) as a depthwise 1×1 Conv with the Clip

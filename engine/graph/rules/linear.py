@@ -244,7 +244,8 @@ def matmul_b(ctx, node, dy):
 
 @rule("BatchNormalization")
 def batch_norm(ctx, node, dy):
-    """Inference mode: dx = dy · scale / sqrt(var + eps), per channel (axis 1)."""
+    """Inference mode: dx = dy · scale / sqrt(var + eps), per channel (axis 1). A constant factor
+    on dy (:meth:`~Context.channel_scale`) joins the constant per-channel one."""
     if attrs(node).get("training_mode", 0):
         raise UnsupportedOpError(f"BatchNormalization {node.name!r} in training mode: export in eval mode")
     x, scale, _, _, var = node.input
@@ -252,8 +253,9 @@ def batch_norm(ctx, node, dy):
     trailing = ctx.rank(x) - 2
     s, v = ctx.value(scale), ctx.value(var)
     if s is not None and v is not None:
-        factor = (s / np.sqrt(v + eps)).astype(ctx.dtype(x)).reshape(-1, *[1] * trailing)
-        factor = ctx.const(factor, "bn_factor")
+        dy, extra = ctx.channel_scale(dy, node.output[0])
+        factor = (s / np.sqrt(v + eps) * (1 if extra is None else extra)).astype(ctx.dtype(x))
+        factor = ctx.const(factor.reshape(-1, *[1] * trailing), "bn_factor")
     else:
         factor = ctx.op("Div", scale, ctx.op("Sqrt", ctx.op("Add", var, ctx.scalar(eps, like=var))))
         factor = ctx.unsqueeze(factor, list(range(1, 1 + trailing))) if trailing else factor
