@@ -11,9 +11,10 @@ median per-round ratios, which a shared machine keeps far steadier than separate
 ``floor``: the least any Python caller can do for the same maps — the engine's preprocessing,
 the same rewritten graph on a bare ORT session writing into bound output buffers, a few
 numpy/cv2 calls for weights, map and resize — to show how much of the ``gradcam`` ratio the
-engine's own Python accounts for. ``test_python_per_call`` times the ``gradcam`` call with
-every ORT session answering from a recording of its first run: the Python work per call alone
-(goal < 0.2 ms).
+engine's own Python accounts for; and ``in-graph``: the same maps from a head added to the
+rewritten graph, the engine's preprocessing and one session run (what a leaner ``cam`` could
+reach). ``test_python_per_call`` times the ``gradcam`` call with every ORT session answering
+from a recording of its first run: the Python work per call alone (goal < 0.2 ms).
 Score-CAM and SmoothGrad (25 samples) images/s on shapes-resnet, batch 16.
 
 Threads: ``$ONNXLENS_BENCH_THREADS`` (default 1). ``$ONNXLENS_BENCH_SHAPES`` overrides the
@@ -33,11 +34,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper, numpy_helper
 from paired import rotating_rounds, round_ratios
 
 from engine import Model
 from engine.explain import cam, saliency
 from engine.graph.autodiff import SEED, grad_name
+from engine.graph.editing import default_opset
 from engine.runtime import rewrite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,13 +136,66 @@ def _floor(model, batch):
     return run
 
 
+def _in_graph(model, batch):
+    """The same maps computed inside the rewritten graph: a head after the capture (channel
+    weights = spatial mean of G, ReLU of Σ w·A, resize to the images' size, min-max per map) and
+    one session run fetching the maps and the logits; Python does the preprocessing only. Not
+    an engine path (yet): it shows what the engine could reach if its ``cam`` did no more."""
+    images, _, _, seeds = _inputs(model, batch)
+    layer, out = model.default_layer, model.outputs[0].name
+    proto = rewrite.build(model.proto, rewrite.Request(model.input_size, (layer,), (layer,), out))
+    graph, h, w = proto.graph, *images.shape[1:3]
+    axes_as_input = default_opset(proto) >= 18
+
+    def reduce(op, x, axes, y):
+        if axes_as_input:
+            graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), y + "_axes"))
+            return helper.make_node(op, [x, y + "_axes"], [y], keepdims=1)
+        return helper.make_node(op, [x], [y], axes=axes, keepdims=1)
+
+    graph.initializer.extend([numpy_helper.from_array(np.array([h, w], np.int64), "map_hw"),
+                              numpy_helper.from_array(np.array([1], np.int64), "channel_axis"),
+                              numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                              numpy_helper.from_array(np.array([2], np.int64), "two"),
+                              numpy_helper.from_array(np.array(1e-7, np.float32), "eps"),
+                              numpy_helper.from_array(np.array(1e-30, np.float32), "tiny")])
+    graph.node.extend([
+        reduce("ReduceMean", grad_name(layer), [2, 3], "weights"),
+        helper.make_node("Mul", ["weights", layer], ["weighted"]),
+        helper.make_node("ReduceSum", ["weighted", "channel_axis"], ["summed"], keepdims=1),
+        helper.make_node("Relu", ["summed"], ["raw"]),
+        reduce("ReduceMin", "raw", [2, 3], "raw_min"), helper.make_node("Sub", ["raw", "raw_min"], ["shifted"]),
+        reduce("ReduceMax", "shifted", [2, 3], "shifted_max"), helper.make_node("Add", ["shifted_max", "eps"], ["span"]),
+        helper.make_node("Div", ["shifted", "span"], ["unit"]),
+        helper.make_node("Shape", ["unit"], ["unit_shape"]), helper.make_node("Slice", ["unit_shape", "zero", "two"], ["nc"]),
+        helper.make_node("Concat", ["nc", "map_hw"], ["map_size"], axis=0),
+        helper.make_node("Resize", ["unit", "", "", "map_size"], ["resized"], mode="linear"),
+        reduce("ReduceMin", "resized", [2, 3], "low"), reduce("ReduceMax", "resized", [2, 3], "high"),
+        helper.make_node("Sub", ["resized", "low"], ["above"]), helper.make_node("Sub", ["high", "low"], ["range"]),
+        helper.make_node("Max", ["range", "tiny"], ["range_"]), helper.make_node("Div", ["above", "range_"], ["maps"])])
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info("maps", onnx.TensorProto.FLOAT, None),
+                         helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run():
+        x = model.preprocessing(images, layout=model.input.layout)
+        return session.run(["maps", out], {model.input.name: x, SEED: seeds})[0][:, 0]
+
+    return run
+
+
 @pytest.mark.parametrize("batch", [1, 16])
 def test_ratios_paired(model, batch):
     jobs = _jobs(model, batch)
     jobs["floor"] = _floor(model, batch)
+    jobs["in-graph"] = _in_graph(model, batch)
     images, _, targets, _ = _inputs(model, batch)
     expected = cam(model, list(images), method="gradcam", targets=targets, batch=batch).maps
     np.testing.assert_allclose(jobs["floor"](), expected, atol=1e-4)  # the same maps
+    np.testing.assert_allclose(jobs["in-graph"](), expected, atol=1e-4)
     for run in jobs.values():
         run()
     one_round, times = rotating_rounds(jobs, clock=CLOCK)
