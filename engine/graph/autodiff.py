@@ -104,9 +104,11 @@ def differentiate(model, output, wrt, mode="standard"):
         ctx.nodes.append(helper.make_node("Identity", [g], [grad_name(t)], name=ctx.fresh(grad_name(t))))
 
     nodes, initializers = _prune(ctx.nodes, ctx.initializers, [grad_name(t) for t in wrt])
-    forward = [m for n in graph.node for m in ctx.forward_rewrites.get(n.output[0], [n])]
-    del graph.node[:]
-    graph.node.extend(forward + nodes)
+    if ctx.forward_rewrites:  # forward nodes a rule split (a HardSwish into its gate and a Mul)
+        forward = [m for n in graph.node for m in ctx.forward_rewrites.get(n.output[0], [n])]
+        del graph.node[:]
+        graph.node.extend(forward)
+    graph.node.extend(nodes)
     graph.initializer.extend(initializers)
     graph.input.append(_value_info(SEED, types[output], shapes.get(output)))
     graph.output.extend(_value_info(grad_name(t), types.get(t, onnx.TensorProto.FLOAT), shapes.get(t)) for t in wrt)
