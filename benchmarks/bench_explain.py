@@ -3,18 +3,19 @@
 Per model (shapes-resnet, and a 224×224 ResNet-50 with random weights) and batch size (1, 16):
 ``forward`` = ``Model.run(x)``; ``gradcam-capture`` = ``Model.run`` with activation + gradient at
 the default layer for given targets; ``gradcam`` = the whole ``engine.explain.cam`` call on uint8
-images with given targets (preprocess, capture, maps, resize); ``gradcam-top`` the same for the
-top-1 class (one forward with taps + the head's gradient). Goals at batch 1: Grad-CAM ≤ 1.3 × forward
-on shapes-resnet, ≤ 1.1 × on ResNet-50.
+images with given targets (preprocess, one run of the rewritten graph that makes the raw maps,
+resize); ``gradcam-top`` the same for the top-1 class (the seed computed in the graph too). Goals
+at batch 1: Grad-CAM ≤ 1.3 × forward on shapes-resnet, ≤ 1.1 × on ResNet-50.
 ``test_ratios_paired`` times them back to back within each round (order rotating) and prints the
 median per-round ratios, which a shared machine keeps far steadier than separate rows. It adds
-``floor``: the least any Python caller can do for the same maps — the engine's preprocessing,
-the same rewritten graph on a bare ORT session writing into bound output buffers, a few
-numpy/cv2 calls for weights, map and resize — to show how much of the ``gradcam`` ratio the
-engine's own Python accounts for; and ``in-graph``: the same maps from a head added to the
-rewritten graph, the engine's preprocessing and one session run (what a leaner ``cam`` could
-reach). ``test_python_per_call`` times the ``gradcam`` call with every ORT session answering
-from a recording of its first run: the Python work per call alone (goal < 0.2 ms).
+``floor``: the least any Python caller can do for the same maps from the capture of A and G —
+the engine's preprocessing, the capture graph on a bare ORT session writing into bound output
+buffers, a few numpy/cv2 calls for weights, map and resize; and ``in-graph``: the engine's graph
+with the resize and stretch appended, the engine's preprocessing and one session run (what a
+``cam`` with no other Python would reach). ``test_python_per_call`` times the ``gradcam`` call
+with every ORT session answering from a recording of its first run: the Python work per call
+alone (goal < 0.2 ms); ``test_ratios_in_blocks`` times 100 calls of each job in turn, the way a
+loop over images runs them (in the rotating rounds every Python line starts from cold caches).
 Score-CAM and SmoothGrad (25 samples) images/s on shapes-resnet, batch 16.
 
 Threads: ``$ONNXLENS_BENCH_THREADS`` (default 1). ``$ONNXLENS_BENCH_SHAPES`` overrides the
@@ -40,6 +41,7 @@ from paired import rotating_rounds, round_ratios
 from engine import Model
 from engine.explain import cam, saliency
 from engine.graph.autodiff import SEED, grad_name
+from engine.graph.gradcam import CAM_RAW
 from engine.graph.editing import default_opset
 from engine.runtime import rewrite
 
@@ -137,40 +139,34 @@ def _floor(model, batch):
 
 
 def _in_graph(model, batch):
-    """The same maps computed inside the rewritten graph: a head after the capture (channel
-    weights = spatial mean of G, ReLU of Σ w·A, resize to the images' size, min-max per map) and
-    one session run fetching the maps and the logits; Python does the preprocessing only. Not
-    an engine path (yet): it shows what the engine could reach if its ``cam`` did no more."""
+    """The same maps with the resize and stretch inside the graph too: the engine's rewritten
+    graph with its raw Grad-CAM maps (``CAM_RAW``, see engine.graph.gradcam), then ONNX Resize to
+    the images' size and a min-max per map, one session run fetching the maps and the logits;
+    Python does the preprocessing only. Not an engine path: it shows where a ``cam`` that did no
+    more in Python would stand."""
     images, _, _, seeds = _inputs(model, batch)
     layer, out = model.default_layer, model.outputs[0].name
-    proto = rewrite.build(model.proto, rewrite.Request(model.input_size, (layer,), (layer,), out))
+    proto = rewrite.build(model.proto, rewrite.Request(model.input_size, (), (), out, cam=layer))
     graph, h, w = proto.graph, *images.shape[1:3]
     axes_as_input = default_opset(proto) >= 18
 
-    def reduce(op, x, axes, y):
+    def reduce(op, x, y):
         if axes_as_input:
-            graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), y + "_axes"))
-            return helper.make_node(op, [x, y + "_axes"], [y], keepdims=1)
-        return helper.make_node(op, [x], [y], axes=axes, keepdims=1)
+            return helper.make_node(op, [x, "hw"], [y], keepdims=1)
+        return helper.make_node(op, [x], [y], axes=[2, 3], keepdims=1)
 
-    graph.initializer.extend([numpy_helper.from_array(np.array([h, w], np.int64), "map_hw"),
+    graph.initializer.extend([numpy_helper.from_array(np.array([batch, 1, h, w], np.int64), "map_size"),
                               numpy_helper.from_array(np.array([1], np.int64), "channel_axis"),
-                              numpy_helper.from_array(np.array([0], np.int64), "zero"),
-                              numpy_helper.from_array(np.array([2], np.int64), "two"),
+                              numpy_helper.from_array(np.array([2, 3], np.int64), "hw"),
                               numpy_helper.from_array(np.array(1e-7, np.float32), "eps"),
                               numpy_helper.from_array(np.array(1e-30, np.float32), "tiny")])
     graph.node.extend([
-        reduce("ReduceMean", grad_name(layer), [2, 3], "weights"),
-        helper.make_node("Mul", ["weights", layer], ["weighted"]),
-        helper.make_node("ReduceSum", ["weighted", "channel_axis"], ["summed"], keepdims=1),
-        helper.make_node("Relu", ["summed"], ["raw"]),
-        reduce("ReduceMin", "raw", [2, 3], "raw_min"), helper.make_node("Sub", ["raw", "raw_min"], ["shifted"]),
-        reduce("ReduceMax", "shifted", [2, 3], "shifted_max"), helper.make_node("Add", ["shifted_max", "eps"], ["span"]),
+        helper.make_node("Unsqueeze", [CAM_RAW, "channel_axis"], ["raw"]),
+        reduce("ReduceMin", "raw", "raw_min"), helper.make_node("Sub", ["raw", "raw_min"], ["shifted"]),
+        reduce("ReduceMax", "shifted", "shifted_max"), helper.make_node("Add", ["shifted_max", "eps"], ["span"]),
         helper.make_node("Div", ["shifted", "span"], ["unit"]),
-        helper.make_node("Shape", ["unit"], ["unit_shape"]), helper.make_node("Slice", ["unit_shape", "zero", "two"], ["nc"]),
-        helper.make_node("Concat", ["nc", "map_hw"], ["map_size"], axis=0),
         helper.make_node("Resize", ["unit", "", "", "map_size"], ["resized"], mode="linear"),
-        reduce("ReduceMin", "resized", [2, 3], "low"), reduce("ReduceMax", "resized", [2, 3], "high"),
+        reduce("ReduceMin", "resized", "low"), reduce("ReduceMax", "resized", "high"),
         helper.make_node("Sub", ["resized", "low"], ["above"]), helper.make_node("Sub", ["high", "low"], ["range"]),
         helper.make_node("Max", ["range", "tiny"], ["range_"]), helper.make_node("Div", ["above", "range_"], ["maps"])])
     del graph.output[:]
@@ -206,6 +202,23 @@ def test_ratios_paired(model, batch):
     forward = statistics.median(times["forward"])
     print(f"\n{model.path.stem} batch {batch}: forward {batch / forward:.1f} img/s; {line}; "
           f"gradcam {batch / statistics.median(times['gradcam']):.1f} img/s")
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_ratios_in_blocks(model, batch):
+    jobs = {name: run for name, run in _jobs(model, batch).items() if name in ("forward", "gradcam", "gradcam-top")}
+    calls = 100 if batch == 1 else 10
+    times = {name: [] for name in jobs}
+    for run in jobs.values():
+        run()
+    for _ in range(11):
+        for name, run in jobs.items():
+            start = CLOCK()
+            for _ in range(calls):
+                run()
+            times[name].append((CLOCK() - start) / calls)
+    line = ", ".join(f"{name}/forward {np.median(round_ratios(times, name, 'forward')):.2f}×" for name in list(jobs)[1:])
+    print(f"\n{model.path.stem} batch {batch}, blocks of {calls} calls: {line}")
 
 
 def _recorded(session):

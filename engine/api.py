@@ -503,7 +503,7 @@ class Model:
             return lambda x, seeds: session.run(None, {image: x, **self.extra_feeds(len(x))})
         wrt = [image if g == "input" else g for g in gradients]
         request = rewrite.Request(size, tuple(activations), tuple(dict.fromkeys(wrt)), output, mode)
-        session = self._rewritten_session(request)
+        session = self.rewritten_session(request)
         wanted = [*self._output_names, *activations, *(grad_name(t) for t in wrt)]
         fetch = [name for name in dict.fromkeys(wanted) if name != image]  # the input is returned as given
         if fetch == wanted:  # the usual case: the session's outputs are the answer as they come
@@ -603,7 +603,14 @@ class Model:
     def _content_hash(self):
         return rewrite.content_hash(self.proto)
 
-    def _rewritten_session(self, request):
+    def rewritten_session(self, request):
+        """The ORT session on this model rewritten for an :class:`engine.runtime.rewrite.Request`,
+        built (or read from the cache) once per request.
+
+        >>> request = rewrite.Request(model.input_size, activations=(model.default_layer,))
+        >>> [o.name for o in model.rewritten_session(request).get_outputs()][1] == model.default_layer
+        True
+        """
         if request not in self._sessions:
             self._sessions[request] = rewrite.session(self.proto, request, self._content_hash,
                                                 provider=self.provider, threads=self.threads)

@@ -16,11 +16,13 @@ from onnx import helper, numpy_helper
 from engine.errors import LayerError
 from engine.explain.outputs import OutputView, forward
 from engine.graph.autodiff import SEED, differentiate, grad_name
+from engine.graph.gradcam import CAM_RAW, TOP_CLASS
 from engine.graph.nodes import attrs
 from engine.graph.normalize import normalize
 from engine.graph.shapes import constant_tensors
+from engine.runtime import rewrite
 from engine.runtime.batch import in_chunks
-from engine.runtime.session import create_session
+from engine.runtime.session import RUN_ERRORS, create_session, run_error
 
 
 def per_model(build):
@@ -99,6 +101,40 @@ def _explained(model, output):
             return output.name, np.ascontiguousarray, np.asarray
         return output.name, output.seeds, output.rows
     return output or output_names(model)[0], np.asarray, np.asarray
+
+
+@per_model
+def gradcam_fn(model, layer, output, top):
+    """``gradcam(x, *seeds)`` → [``output`` N×C, the raw Grad-CAM maps N×h×w at ``layer`` (see
+    :mod:`engine.graph.gradcam`), and with ``top`` the classes N] in one session run; seeded by
+    each image's top class of graph output ``output`` (``top``, computed in the graph) or by the
+    ``seeds`` given.
+
+    >>> scores, raw, classes = gradcam_fn(model, model.default_layer, "logits", True)(model.preprocess(images[:2]))
+    >>> raw.shape, classes.tolist() == scores.argmax(axis=1).tolist()
+    ((2, 8, 8), True)
+    """
+    image = model.input.name
+    sessions = {}  # input size → (session, the model's extra inputs it reads)
+    fetch = [output, CAM_RAW, *([TOP_CLASS] if top else [])]
+
+    def run(x, *seeds):
+        size = x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3]
+        if size not in sessions:  # one rewritten model per input size (a dynamic-size model's too)
+            request = rewrite.Request(model.input_size or tuple(size), (), (), output,
+                                      seed="top" if top else "given", cam=layer)
+            session = model.rewritten_session(request)
+            sessions[size] = session, [i.name for i in session.get_inputs() if i.name not in (image, SEED)]
+        session, extras = sessions[size]
+        feeds = {image: x, **_extra_feeds(model, extras, len(x))}
+        if seeds:
+            feeds[SEED] = seeds[0]
+        try:
+            return session.run(fetch, feeds)
+        except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
+            raise run_error(err, model.path.name, "×".join(map(str, x.shape))) from err
+
+    return _any_batch(model, run)
 
 
 def gradient_fn(model, output=None):

@@ -14,10 +14,10 @@ import numpy as np
 from engine.data.images import as_rgb, image_list, resize, visible_part
 from engine.errors import LayerError, UnsupportedOpError, UsageError
 from engine.explain import attribution, methods
-from engine.explain.capture import (per_model, capture, fc_head, gradient_fn, head_fn, head_gradient_fn, layers_of,
-                                    output_names, scores_fn)
+from engine.explain.capture import (per_model, capture, fc_head, gradcam_fn, gradient_fn, head_fn, head_gradient_fn,
+                                    layers_of, output_names, scores_fn)
 from engine.explain.outputs import describe, forward, softmax_input
-from engine.explain.targets import OutputMask, Target, parse, resolve
+from engine.explain.targets import OutputMask, Rows, Target, parse, resolve
 from engine.progress import Progress
 from engine.viz.overlay import resize_maps, to_unit, unit_resized
 
@@ -92,13 +92,19 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     first = model.preprocess(rgbs[:batch])  # the first batch, also what describe runs on
     view = describe(model, first[:1], output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
-    layers, sources = _cam_sources(model, entry, layer, view)
-    top_fast = (getattr(targets, "kind", targets) == "top" and view.kind == "classifier"
-                and entry.needs_gradients_only and not tta)
-    heads = _top_heads(model, layers, view) if top_fast else None
-    transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
+    in_graph = _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth)
+    if in_graph:
+        layers, in_graph_raw = in_graph
+    else:
+        layers, sources = _cam_sources(model, entry, layer, view)
+        top_fast = (getattr(targets, "kind", targets) == "top" and view.kind == "classifier"
+                    and entry.needs_gradients_only and not tta)
+        heads = _top_heads(model, layers, view) if top_fast else None
+        transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
 
     def explain(x, start):  # (raw maps by layer, rows, scores batch first) of the batch at image ``start``
+        if in_graph:
+            return in_graph_raw(x, start, len(rgbs))
         if heads:
             raw, rows, scores = _top_raw(model, x, entry, layers, view, eigen_smooth, heads)
             return raw, rows, _flat(scores, view)
@@ -129,6 +135,49 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
         maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
     return Explanation(raw, maps, labels, scores, image, method, layers, details=details, output=view.to_dict(),
                        empty=empty)
+
+
+def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
+    """(the layer, ``explain(x, start, total)`` → (raw maps by layer, rows, scores) of the batch
+    ``x`` at image ``start`` of ``total``) for Grad-CAM made in the graph, one session run per
+    batch (:func:`~engine.explain.capture.gradcam_fn`); None where that does not apply. It applies to
+    Grad-CAM at one layer without TTA or eigen-smoothing, explaining a classifier's float32 graph
+    output (N×C, or N×C×1×1 for given classes) for the top class or one given class per image."""
+    kind = getattr(targets, "kind", None)
+    if kind == "class":
+        targets = targets.index
+    indices = isinstance(targets, (int, np.integer)) or (  # one class (index or label) per image
+        isinstance(targets, (list, tuple, np.ndarray)) and all(isinstance(t, (int, np.integer, str)) for t in targets))
+    if method != "gradcam" or tta or eigen_smooth or not isinstance(layer, str) or not (kind == "top" or indices):
+        return None
+    plan = _in_graph_plan(model, layer, view, kind == "top")
+    if plan is None:
+        return None
+    layers, gradcam = plan
+    if kind == "top":
+        def explain(x, start, total):
+            scores, raw, classes = gradcam(x)
+            return {layers[0]: raw}, Rows(np.arange(len(x)), classes, None, [{} for _ in classes]), _flat(scores, view)
+    else:
+        def explain(x, start, total):
+            rows, _ = _rows(model, x, targets, start, total, view)
+            scores, raw = gradcam(x, rows.seeds)
+            return {layers[0]: raw}, rows, _flat(scores, view)
+    return layers, explain
+
+
+@per_model
+def _in_graph_plan(model, layer, view, top):
+    """([the layer], :func:`~engine.explain.capture.gradcam_fn`) for :func:`_in_graph_gradcam`,
+    or None where the ``layer`` (one name, or auto) or the output ``view`` does not fit."""
+    output = next((t for t in model.outputs if t.name == view.name), None)
+    if view.kind != "classifier" or getattr(output, "dtype", None) != "float32" \
+            or view.perm != tuple(range(len(view.perm))) or not hasattr(model, "rewritten_session"):
+        return None  # (a duck-typed model without rewritten sessions: the numpy path)
+    if top and not (len(output.shape) == 2 and isinstance(output.shape[1], int)):
+        return None
+    layers = layers_of(model, layer, view.name)
+    return (layers, gradcam_fn(model, layers[0], view.name, top)) if len(layers) == 1 else None
 
 
 def _empty(raw, layers):

@@ -20,6 +20,7 @@ import onnx
 
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate
+from engine.graph.gradcam import add_gradcam, seed_top_class, weights_source
 from engine.graph.normalize import normalize
 from engine.graph.weightless import without_weights
 from engine.graph.pixels import float_image
@@ -33,13 +34,18 @@ from engine.runtime.session import create_session
 @dataclass(frozen=True)
 class Request:
     """What to expose: ``activations`` and ``gradients`` (tensor names, the graph input's name
-    for the input gradient) of Σ seed · ``output`` in backward ``mode``, at ``input_size`` (H, W)."""
+    for the input gradient) of Σ seed · ``output`` in backward ``mode``, at ``input_size`` (H, W).
+    ``seed``: "given" (fed as ``SEED``) or "top" (each image's top class of an N×C ``output``,
+    in the graph); ``cam``: a layer whose raw Grad-CAM maps the graph computes (see
+    :mod:`engine.graph.gradcam`; its gradient need not be among ``gradients``)."""
 
     input_size: tuple | None
     activations: tuple = ()
     gradients: tuple = ()
     output: str | None = None
     mode: str = "standard"
+    seed: str = "given"
+    cam: str | None = None
 
 
 @lru_cache(maxsize=1)
@@ -83,16 +89,22 @@ def build(model, request):
     """
     originals = [o.name for o in model.graph.output]
     output = request.output or originals[0]
-    wanted = list(dict.fromkeys([*request.activations, *request.gradients, output]))
+    wanted = list(dict.fromkeys([*request.activations, *request.gradients, *filter(None, [request.cam]), output]))
     inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     tapped = add_taps(model, [n for n in wanted if n not in inputs])  # the pipeline's one private copy
     for name in request.gradients:
         if inputs.get(name) in INTEGER_PIXELS:  # uint8 pixels: differentiated as float32 (fed as such)
             float_image(tapped, name, inplace=True)
     rewritten = normalize(tapped, input_size=request.input_size, inplace=True)
-    if request.gradients:
-        rewritten = differentiate(rewritten, output, list(request.gradients), mode=request.mode)
+    cam_weights = weights_source(rewritten, request.cam) if request.cam else None
+    wrt = [*request.gradients, *([cam_weights[0]] if cam_weights else [])]
+    if wrt:
+        rewritten = differentiate(rewritten, output, list(dict.fromkeys(wrt)), mode=request.mode)
+        if request.seed == "top":
+            seed_top_class(rewritten, output)
     rewritten = integer_forward(rewritten)  # the dynamic int8 forward back in integers
+    if request.cam:
+        add_gradcam(rewritten, request.cam, *cam_weights)
     keep = set(originals) | set(request.activations)
     extra = {n for n in wanted if n not in keep}
     outputs = [o for o in rewritten.graph.output if o.name not in extra]

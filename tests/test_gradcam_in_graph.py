@@ -1,0 +1,145 @@
+"""Grad-CAM computed inside the rewritten graph (engine.graph.gradcam, capture.gradcam_fn) and the
+``cam`` path that uses it, against independent references: pytorch-grad-cam's maps and torch
+autograd on the zoo and wild exports, and the general capture → numpy → resize path."""
+import numpy as np
+import pytest
+
+from engine.api import Model
+from engine.explain import cam, explainers, methods
+from engine.explain.capture import capture, gradcam_fn
+from engine.explain.outputs import describe
+from engine.graph.gradcam import weights_source
+from engine.graph.normalize import normalize
+from engine.viz.overlay import unit_resized
+from tests import wild, zoo
+from tests.test_explain_zoo import CLASSIFIERS, scale
+
+SHAPES = "models/shapes-resnet.onnx"
+
+
+def _model(path, **kwargs):
+    return Model(path, provider="CPUExecutionProvider", threads=1, **kwargs)
+
+
+@pytest.mark.parametrize("variant", CLASSIFIERS)
+def test_top_class_maps_match_pytorch_grad_cam(variant):
+    fx = zoo.load(variant)
+    model = _model(fx.path)
+    for tap in fx.taps:
+        scores, raw, classes = gradcam_fn(model, tap, fx.output_name, True)(fx.input)
+        assert classes.tolist() == fx.seed_top1.argmax(axis=1).tolist()
+        np.testing.assert_allclose(scores, fx.outputs[fx.output_name], rtol=1e-4, atol=1e-4)
+        want = fx.gradcam[tap]
+        np.testing.assert_allclose(raw, want, rtol=1e-4, atol=1e-5 * scale(want), err_msg=tap)
+        given = gradcam_fn(model, tap, fx.output_name, False)(fx.input, fx.seed_top1)[1]
+        np.testing.assert_allclose(given, raw, rtol=1e-5, atol=1e-6 * scale(want), err_msg=tap)
+
+
+WILD = [n for n in wild.names("own export") if wild.index()[n]["explained"] == "a class score (class:K)"
+        and "source" not in wild.index()[n] and "float16" not in str(wild.index()[n])]  # as test_wild's torch checks
+
+
+@pytest.mark.parametrize("name", WILD)
+def test_maps_for_given_seeds_match_torch_on_the_wild_exports(name):
+    entry, ref = wild.index()[name], wild.reference(name)
+    model = _model(wild.DIR / entry["file"], input_size=tuple(entry["test_size"]),
+                   **({"extra_inputs": ref.extras} if ref.extras else {}))
+    scores, raw = gradcam_fn(model, ref.layer, entry["explained_output"], False)(ref.input, ref.seed)
+    weights = ref.grad_layer.astype(np.float64).mean(axis=(2, 3))
+    want = np.maximum(np.einsum("nk,nkhw->nhw", weights, ref.act_layer.astype(np.float64)), 0)
+    assert np.abs(raw - want).max() <= 1e-3 * scale(want)
+    np.testing.assert_allclose(scores, ref.output, rtol=1e-3, atol=1e-4 * scale(ref.output))
+
+
+def test_the_weights_come_from_the_pooled_gradient_only_where_a_global_average_reads_the_layer():
+    model = _model(SHAPES)
+    proto = normalize(model.proto, input_size=model.input_size)
+    h, w = model.layer(model.default_layer).shape[2:]
+    assert weights_source(proto, model.default_layer) == ("/pool/GlobalAveragePool_output_0", 1 / (h * w))
+    assert weights_source(proto, "/layer2/relu_1/Relu_output_0") == ("/layer2/relu_1/Relu_output_0", None)
+
+
+def _images(model, n):
+    h, w = model.input_size
+    return list(np.random.default_rng(5).integers(0, 256, size=(n, h, w, 3), dtype=np.uint8))
+
+
+def _reference(model, images, classes, layer):
+    """Grad-CAM the general way: the capture's A and G, the numpy method, the resize."""
+    x = model.preprocess(images)
+    seeds = np.eye(model.outputs[0].shape[-1], dtype=np.float32)[classes].reshape(len(x), *model.outputs[0].shape[1:])
+    outputs, acts, grads = capture(model, x, [layer], seeds)
+    raw = methods.gradcam(acts[layer], grads[layer])
+    return raw, unit_resized(raw, images[0].shape[:2]), outputs[0].reshape(len(x), -1)
+
+
+def _no_capture(monkeypatch):
+    """Make the general path fail, so that a cam call that passes took the in-graph one."""
+    def general(*args, **kwargs):
+        raise AssertionError("the general capture ran")
+    monkeypatch.setattr(explainers, "capture", general)
+
+
+@pytest.mark.parametrize("targets", ["top", [3, 1, 4, 1, 5], 2, "3"])
+def test_cam_makes_gradcam_in_the_graph_in_batches(targets, monkeypatch):
+    model = _model(SHAPES)
+    images = _images(model, 5)
+    _no_capture(monkeypatch)
+    exp = cam(model, images, targets=targets, batch=2)
+    monkeypatch.undo()
+    layer = model.default_layer
+    raw, maps, scores = _reference(model, images, exp.targets, layer)
+    if targets == "top":
+        assert exp.targets.tolist() == scores.argmax(axis=1).tolist()
+    else:
+        assert exp.targets.tolist() == np.broadcast_to(np.ravel(np.asarray(targets, int)), 5).tolist()
+    assert exp.layers == [layer] and exp.image.tolist() == list(range(5))
+    np.testing.assert_allclose(exp.raw[layer], raw, rtol=1e-4, atol=1e-6 * scale(raw))
+    np.testing.assert_allclose(exp.maps, maps, atol=1e-4)
+    np.testing.assert_allclose(exp.scores, scores, rtol=1e-5, atol=1e-5)
+    assert exp.empty.tolist() == [False] * 5 and exp.details == [{}] * 5
+
+
+def test_the_general_path_keeps_what_the_graph_does_not_make(monkeypatch):
+    model = _model(SHAPES)
+    view = describe(model, model.preprocess(_images(model, 1)))
+    for method, layer, targets, tta in [("gradcam++", "auto", "top", False), ("gradcam", "layer2,layer3", "top", False),
+                                        ("gradcam", "auto", [[1, 2]], False), ("gradcam", "auto", "top", True)]:
+        assert explainers._in_graph_gradcam(model, method, layer, view, targets, tta, False) is None
+
+
+def test_a_static_batch_model_runs_the_graph_in_blocks_like_its_dynamic_twin(monkeypatch):
+    static, dynamic = (_model(wild.DIR / f"{n}.onnx") for n in ("regnet_static1", "regnet_dynbatch"))
+    images = _images(static, 3)
+    _no_capture(monkeypatch)
+    a, b = cam(static, images, targets=[1, 4, 7]), cam(dynamic, images, targets=[1, 4, 7])
+    ta, tb = cam(static, images), cam(dynamic, images)
+    layer = static.default_layer
+    np.testing.assert_allclose(a.raw[layer], b.raw[layer], rtol=1e-4, atol=1e-5 * scale(b.raw[layer]))
+    np.testing.assert_allclose(a.maps, b.maps, atol=1e-3)
+    assert ta.targets.tolist() == tb.targets.tolist() == b.scores.argmax(axis=1).tolist()
+    np.testing.assert_allclose(ta.maps, tb.maps, atol=1e-3)
+
+
+def test_an_n1c_head_takes_the_graph_for_given_classes_and_the_general_path_for_top(monkeypatch):
+    model = _model(wild.DIR / "mobilenetv3_n1c.onnx")
+    images = _images(model, 2)
+    top = cam(model, images)  # N×1×C: the top class comes from the general path
+    _no_capture(monkeypatch)
+    given = cam(model, images, targets=top.targets.tolist())
+    layer = model.default_layer
+    np.testing.assert_allclose(given.raw[layer], top.raw[layer], rtol=1e-4, atol=1e-5 * scale(top.raw[layer]))
+    np.testing.assert_allclose(given.maps, top.maps, atol=1e-3)
+
+
+def test_a_dynamic_size_model_gets_a_graph_per_size(monkeypatch):
+    model = _model(wild.DIR / "densenet_varhw.onnx")
+    rng = np.random.default_rng(1)
+    small, large = (rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in ((64, 80), (96, 64)))
+    _no_capture(monkeypatch)
+    maps = [cam(model, [image], targets=[2]) for image in (small, large)]
+    monkeypatch.undo()
+    assert [m.maps.shape for m in maps] == [(1, 64, 80), (1, 96, 64)]
+    for image, exp in zip((small, large), maps):
+        raw, want, _ = _reference(model, [image], exp.targets, model.default_layer)
+        np.testing.assert_allclose(exp.maps, want, atol=1e-4)
