@@ -41,7 +41,7 @@ from paired import rotating_rounds, round_ratios
 from engine import Model
 from engine.explain import cam, saliency
 from engine.graph.autodiff import SEED, grad_name
-from engine.graph.gradcam import CAM_RAW
+from engine.graph.gradcam import CAM_MAPS, CAM_SIZE
 from engine.graph.editing import default_opset
 from engine.runtime import rewrite
 
@@ -139,46 +139,17 @@ def _floor(model, batch):
 
 
 def _in_graph(model, batch):
-    """The same maps with the resize and stretch inside the graph too: the engine's rewritten
-    graph with its raw Grad-CAM maps (``CAM_RAW``, see engine.graph.gradcam), then ONNX Resize to
-    the images' size and a min-max per map, one session run fetching the maps and the logits;
-    Python does the preprocessing only. Not an engine path: it shows where a ``cam`` that did no
-    more in Python would stand."""
+    """The engine's graph for these maps (engine.graph.gradcam) on a bare session: the engine's
+    preprocessing, then one session run fetching the maps and the logits. Not an engine path: it
+    shows where a ``cam`` call with no other Python would stand."""
     images, _, _, seeds = _inputs(model, batch)
     layer, out = model.default_layer, model.outputs[0].name
-    proto = rewrite.build(model.proto, rewrite.Request(model.input_size, (), (), out, cam=layer))
-    graph, h, w = proto.graph, *images.shape[1:3]
-    axes_as_input = default_opset(proto) >= 18
-
-    def reduce(op, x, y):
-        if axes_as_input:
-            return helper.make_node(op, [x, "hw"], [y], keepdims=1)
-        return helper.make_node(op, [x], [y], axes=[2, 3], keepdims=1)
-
-    graph.initializer.extend([numpy_helper.from_array(np.array([batch, 1, h, w], np.int64), "map_size"),
-                              numpy_helper.from_array(np.array([1], np.int64), "channel_axis"),
-                              numpy_helper.from_array(np.array([2, 3], np.int64), "hw"),
-                              numpy_helper.from_array(np.array(1e-7, np.float32), "eps"),
-                              numpy_helper.from_array(np.array(1e-30, np.float32), "tiny")])
-    graph.node.extend([
-        helper.make_node("Unsqueeze", [CAM_RAW, "channel_axis"], ["raw"]),
-        reduce("ReduceMin", "raw", "raw_min"), helper.make_node("Sub", ["raw", "raw_min"], ["shifted"]),
-        reduce("ReduceMax", "shifted", "shifted_max"), helper.make_node("Add", ["shifted_max", "eps"], ["span"]),
-        helper.make_node("Div", ["shifted", "span"], ["unit"]),
-        helper.make_node("Resize", ["unit", "", "", "map_size"], ["resized"], mode="linear"),
-        reduce("ReduceMin", "resized", "low"), reduce("ReduceMax", "resized", "high"),
-        helper.make_node("Sub", ["resized", "low"], ["above"]), helper.make_node("Sub", ["high", "low"], ["range"]),
-        helper.make_node("Max", ["range", "tiny"], ["range_"]), helper.make_node("Div", ["above", "range_"], ["maps"])])
-    del graph.output[:]
-    graph.output.extend([helper.make_tensor_value_info("maps", onnx.TensorProto.FLOAT, None),
-                         helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = model.rewritten_session(rewrite.Request(model.input_size, (), (), out, cam=layer))
+    size = np.array([batch, 1, *images.shape[1:3]], np.int64)
 
     def run():
         x = model.preprocessing(images, layout=model.input.layout)
-        return session.run(["maps", out], {model.input.name: x, SEED: seeds})[0][:, 0]
+        return session.run([CAM_MAPS, out], {model.input.name: x, SEED: seeds, CAM_SIZE: size})[0][:, 0]
 
     return run
 

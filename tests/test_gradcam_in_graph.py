@@ -25,13 +25,15 @@ def _model(path, **kwargs):
 def test_top_class_maps_match_pytorch_grad_cam(variant):
     fx = zoo.load(variant)
     model = _model(fx.path)
+    size = (40, 24)  # the maps' size: any
     for tap in fx.taps:
-        scores, raw, classes = gradcam_fn(model, tap, fx.output_name, True)(fx.input)
+        scores, raw, maps, classes = gradcam_fn(model, tap, fx.output_name, True)(fx.input, size)
         assert classes.tolist() == fx.seed_top1.argmax(axis=1).tolist()
         np.testing.assert_allclose(scores, fx.outputs[fx.output_name], rtol=1e-4, atol=1e-4)
         want = fx.gradcam[tap]
         np.testing.assert_allclose(raw, want, rtol=1e-4, atol=1e-5 * scale(want), err_msg=tap)
-        given = gradcam_fn(model, tap, fx.output_name, False)(fx.input, fx.seed_top1)[1]
+        np.testing.assert_allclose(maps, unit_resized(want, size), atol=1e-4, err_msg=tap)
+        given = gradcam_fn(model, tap, fx.output_name, False)(fx.input, size, fx.seed_top1)[1]
         np.testing.assert_allclose(given, raw, rtol=1e-5, atol=1e-6 * scale(want), err_msg=tap)
 
 
@@ -44,7 +46,7 @@ def test_maps_for_given_seeds_match_torch_on_the_wild_exports(name):
     entry, ref = wild.index()[name], wild.reference(name)
     model = _model(wild.DIR / entry["file"], input_size=tuple(entry["test_size"]),
                    **({"extra_inputs": ref.extras} if ref.extras else {}))
-    scores, raw = gradcam_fn(model, ref.layer, entry["explained_output"], False)(ref.input, ref.seed)
+    scores, raw, _ = gradcam_fn(model, ref.layer, entry["explained_output"], False)(ref.input, (8, 8), ref.seed)
     weights = ref.grad_layer.astype(np.float64).mean(axis=(2, 3))
     want = np.maximum(np.einsum("nk,nkhw->nhw", weights, ref.act_layer.astype(np.float64)), 0)
     assert np.abs(raw - want).max() <= 1e-3 * scale(want)

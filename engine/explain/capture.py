@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from engine.errors import LayerError
 from engine.explain.outputs import OutputView, forward
 from engine.graph.autodiff import SEED, differentiate, grad_name
-from engine.graph.gradcam import CAM_RAW, TOP_CLASS
+from engine.graph.gradcam import CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS
 from engine.graph.nodes import attrs
 from engine.graph.normalize import normalize
 from engine.graph.shapes import constant_tensors
@@ -105,36 +105,40 @@ def _explained(model, output):
 
 @per_model
 def gradcam_fn(model, layer, output, top):
-    """``gradcam(x, *seeds)`` → [``output`` N×C, the raw Grad-CAM maps N×h×w at ``layer`` (see
-    :mod:`engine.graph.gradcam`), and with ``top`` the classes N] in one session run; seeded by
-    each image's top class of graph output ``output`` (``top``, computed in the graph) or by the
-    ``seeds`` given.
+    """``gradcam(x, size, *seeds)`` → [``output`` N×C, the raw Grad-CAM maps N×h×w at ``layer``,
+    the maps N×H×W at ``size`` (H, W) in [0, 1] (see :mod:`engine.graph.gradcam`), and with
+    ``top`` the classes N] in one session run; seeded by each image's top class of graph output
+    ``output`` (``top``, computed in the graph) or by the ``seeds`` given.
 
-    >>> scores, raw, classes = gradcam_fn(model, model.default_layer, "logits", True)(model.preprocess(images[:2]))
-    >>> raw.shape, classes.tolist() == scores.argmax(axis=1).tolist()
-    ((2, 8, 8), True)
+    >>> scores, raw, maps, classes = gradcam_fn(model, model.default_layer, "logits", True)(model.preprocess(images[:2]), (96, 96))
+    >>> raw.shape, maps.shape, classes.tolist() == scores.argmax(axis=1).tolist()
+    ((2, 8, 8), (2, 96, 96), True)
     """
     image = model.input.name
     sessions = {}  # input size → (session, the model's extra inputs it reads)
-    fetch = [output, CAM_RAW, *([TOP_CLASS] if top else [])]
+    fetch = [output, CAM_RAW, CAM_MAPS, *([TOP_CLASS] if top else [])]
 
-    def run(x, *seeds):
-        size = x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3]
-        if size not in sessions:  # one rewritten model per input size (a dynamic-size model's too)
-            request = rewrite.Request(model.input_size or tuple(size), (), (), output,
+    def run(size, x, *seeds):
+        spatial = x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3]
+        if spatial not in sessions:  # one rewritten model per input size (a dynamic-size model's too)
+            request = rewrite.Request(model.input_size or tuple(spatial), (), (), output,
                                       seed="top" if top else "given", cam=layer)
             session = model.rewritten_session(request)
-            sessions[size] = session, [i.name for i in session.get_inputs() if i.name not in (image, SEED)]
-        session, extras = sessions[size]
-        feeds = {image: x, **_extra_feeds(model, extras, len(x))}
+            sessions[spatial] = session, [i.name for i in session.get_inputs() if i.name not in (image, SEED, CAM_SIZE)]
+        session, extras = sessions[spatial]
+        feeds = {image: x, CAM_SIZE: np.array([len(x), 1, *size], np.int64), **_extra_feeds(model, extras, len(x))}
         if seeds:
             feeds[SEED] = seeds[0]
         try:
-            return session.run(fetch, feeds)
+            values = session.run(fetch, feeds)
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
             raise run_error(err, model.path.name, "×".join(map(str, x.shape))) from err
+        values[1], values[2] = values[1][:, 0], values[2][:, 0]
+        return values
 
-    return _any_batch(model, run)
+    fixed = getattr(model.input, "batch", None)
+    return lambda x, size, *seeds: run(size, x, *seeds) if fixed is None else in_chunks(
+        functools.partial(run, size), fixed, x, *seeds)
 
 
 def gradient_fn(model, output=None):

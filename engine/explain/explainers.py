@@ -102,45 +102,49 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
         heads = _top_heads(model, layers, view) if top_fast else None
         transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
 
-    def explain(x, start):  # (raw maps by layer, rows, scores batch first) of the batch at image ``start``
+    def explain(x, start):  # (raw maps by layer, rows, scores batch first, maps or None) of the batch at ``start``
         if in_graph:
-            return in_graph_raw(x, start, len(rgbs))
+            return in_graph_raw(x, start, len(rgbs), out_size)
         if heads:
             raw, rows, scores = _top_raw(model, x, entry, layers, view, eigen_smooth, heads)
-            return raw, rows, _flat(scores, view)
+            return raw, rows, _flat(scores, view), None
         rows, scores = _rows(model, x, targets, start, len(rgbs), view, blank)
         one_each = rows.image.tolist() == list(range(len(x)))  # one row per image, in order
         raw, row_outputs = _tta_raw(model, x if one_each else x[rows.image], rows, entry, layers, view,
                                     eigen_smooth, sources, transforms)
         if scores is None:  # each image's first row: all rows when they are one per image
             scores = row_outputs if one_each else row_outputs[np.unique(rows.image, return_index=True)[1]]
-        return raw, rows, _flat(scores, view)
+        return raw, rows, _flat(scores, view), None
 
     if len(rgbs) <= batch and not progress:  # one batch: no progress bar, nothing to join
-        raw, rows, scores = explain(first, 0)
+        raw, rows, scores, maps = explain(first, 0)
         labels, image, details = rows.labels, rows.image, rows.details
     else:
-        parts = []
+        parts, batch_maps = [], []
         with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
             for start in range(0, len(rgbs), batch):
                 x = first if start == 0 else model.preprocess(rgbs[start:start + batch])
-                parts.append((*explain(x, start), start))
+                *part, maps = explain(x, start)
+                parts.append((*part, start))
+                batch_maps.append(maps)
                 bar.update(len(x))
         raw = {layer_: _joined_arrays([p[0][layer_] for p in parts]) for layer_ in layers}
         labels, image, scores, details = _joined(parts)
+        maps = _joined_arrays(batch_maps) if in_graph else None
     empty = _empty(raw, layers)
-    if len(layers) == 1:
+    if maps is None and len(layers) == 1:
         maps = unit_resized(raw[layers[0]], out_size)
-    else:
+    elif maps is None:
         maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
     return Explanation(raw, maps, labels, scores, image, method, layers, details=details, output=view.to_dict(),
                        empty=empty)
 
 
 def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
-    """(the layer, ``explain(x, start, total)`` → (raw maps by layer, rows, scores) of the batch
-    ``x`` at image ``start`` of ``total``) for Grad-CAM made in the graph, one session run per
-    batch (:func:`~engine.explain.capture.gradcam_fn`); None where that does not apply. It applies to
+    """(the layer, ``explain(x, start, total, size)`` → (raw maps by layer, rows, scores, maps at
+    ``size``) of the batch ``x`` at image ``start`` of ``total``) for Grad-CAM made in the graph,
+    one session run per batch (:func:`~engine.explain.capture.gradcam_fn`); None where that does
+    not apply. It applies to
     Grad-CAM at one layer without TTA or eigen-smoothing, explaining a classifier's float32 graph
     output (N×C, or N×C×1×1 for given classes) for the top class or one given class per image."""
     kind = getattr(targets, "kind", None)
@@ -155,14 +159,15 @@ def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
         return None
     layers, gradcam = plan
     if kind == "top":
-        def explain(x, start, total):
-            scores, raw, classes = gradcam(x)
-            return {layers[0]: raw}, Rows(np.arange(len(x)), classes, None, [{} for _ in classes]), _flat(scores, view)
+        def explain(x, start, total, size):
+            scores, raw, maps, classes = gradcam(x, size)
+            rows = Rows(np.arange(len(x)), classes, None, [{} for _ in classes])
+            return {layers[0]: raw}, rows, _flat(scores, view), maps
     else:
-        def explain(x, start, total):
+        def explain(x, start, total, size):
             rows, _ = _rows(model, x, targets, start, total, view)
-            scores, raw = gradcam(x, rows.seeds)
-            return {layers[0]: raw}, rows, _flat(scores, view)
+            scores, raw, maps = gradcam(x, size, rows.seeds)
+            return {layers[0]: raw}, rows, _flat(scores, view), maps
     return layers, explain
 
 
@@ -181,8 +186,8 @@ def _in_graph_plan(model, layer, view, top):
 
 
 def _empty(raw, layers):
-    """R flags: True where the map is zero everywhere, at every layer."""
-    flags = [(raw[layer_] <= 0).all(axis=(1, 2)) for layer_ in layers]
+    """R flags: True where the map (≥ 0: after a ReLU) is zero everywhere, at every layer."""
+    flags = [~np.logical_or.reduce(raw[layer_].reshape(len(raw[layer_]), -1), axis=1) for layer_ in layers]
     return flags[0] if len(flags) == 1 else np.all(flags, axis=0)
 
 

@@ -1,10 +1,14 @@
-"""Grad-CAM inside a differentiated model, so that one session run returns the raw maps.
+"""Grad-CAM inside a differentiated model, so that one session run returns the maps.
 
-:func:`add_gradcam` appends, after a layer's activations A (N×K×h×w) and their gradient G, the
-output ``CAM_RAW`` = ReLU(Σ_k mean_hw(G_k)·A_k), N×h×w: the layer's Grad-CAM maps before any
-normalization or resize (which cv2 does faster than ONNX Runtime's Resize on small maps).
-:func:`seed_top_class` replaces the fed seed by the one-hot row of each image's top class,
-computed from the output in the graph, and outputs that class as ``TOP_CLASS``.
+:func:`add_gradcam` appends, after a layer's activations A (N×K×h×w) and their gradient G:
+``CAM_RAW`` = ReLU(Σ_k mean_hw(G_k)·A_k) (N×1×h×w), the maps before any normalization or
+resize; ``CAM_MAPS``: those resized (bilinear, half-pixel: cv2.resize's INTER_LINEAR) to the
+size fed as ``CAM_SIZE`` (N, 1, H, W) and stretched to [0, 1] per map (cv2.normalize's
+NORM_MINMAX; a flat map gives zeros). A stretch before the resize, as
+:func:`engine.viz.overlay.unit_resized` does, would change nothing: bilinear samples are convex
+combinations, so the resize commutes with any a·x + b. :func:`seed_top_class` replaces the fed
+seed by the one-hot row of each image's top class, computed from the output in the graph, and
+outputs that class as ``TOP_CLASS``.
 
 >>> from engine.graph.autodiff import differentiate
 >>> from engine.graph.normalize import normalize
@@ -12,8 +16,8 @@ computed from the output in the graph, and outputs that class as ``TOP_CLASS``.
 >>> source, factor = weights_source(m, model.default_layer)   # the pooled layer: see weights_source
 >>> m = seed_top_class(differentiate(m, "logits", [source]), "logits")
 >>> m = add_gradcam(m, model.default_layer, source, factor)
->>> [o.name for o in m.graph.output][-2:], SEED in [i.name for i in m.graph.input]
-(['onnxlens_top_class', 'onnxlens_cam_raw'], False)
+>>> [o.name for o in m.graph.output][-3:], [i.name for i in m.graph.input]
+(['onnxlens_top_class', 'onnxlens_cam_raw', 'onnxlens_cam_maps'], ['image', 'onnxlens_cam_size'])
 """
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -22,7 +26,7 @@ from engine.graph.autodiff import SEED, grad_name
 from engine.graph.editing import default_opset
 from engine.graph.shapes import value_info_shape
 
-CAM_RAW, TOP_CLASS = "onnxlens_cam_raw", "onnxlens_top_class"
+CAM_SIZE, CAM_RAW, CAM_MAPS, TOP_CLASS = "onnxlens_cam_size", "onnxlens_cam_raw", "onnxlens_cam_maps", "onnxlens_top_class"
 
 
 def weights_source(model, layer):
@@ -46,26 +50,41 @@ def weights_source(model, layer):
 
 def add_gradcam(model, layer, source, factor=None):
     """Append Grad-CAM at ``layer`` (N×K×h×w float32) to a model that outputs the gradient of
-    ``source`` (see :func:`weights_source`), in place, as the output ``CAM_RAW`` (see the module
-    docstring); returns ``model``."""
+    ``source`` (see :func:`weights_source`), in place: the input ``CAM_SIZE`` and the outputs
+    ``CAM_RAW`` and ``CAM_MAPS`` (see the module docstring); returns ``model``."""
     graph, opset = model.graph, default_opset(model)
-    weights, weighted, summed = "onnxlens_cam_weights", "onnxlens_cam_weighted", "onnxlens_cam_sum"
+    graph.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), "onnxlens_cam_channels"),
+                              numpy_helper.from_array(np.array([2, 3], np.int64), "onnxlens_cam_hw"),
+                              numpy_helper.from_array(np.array(1e-30, np.float32), "onnxlens_cam_tiny")])
+
+    def reduce(op, x, y, axes, since):  # axes: an input from opset ``since`` on
+        if opset >= since:
+            return helper.make_node(op, [x, {1: "onnxlens_cam_channels", 2: "onnxlens_cam_hw"}[len(axes)]], [y],
+                                    keepdims=1)
+        return helper.make_node(op, [x], [y], axes=axes, keepdims=1)
+
+    def name(suffix):
+        return "onnxlens_cam_" + suffix
+
     if factor is not None:  # the pooled gradient, scaled
-        graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "onnxlens_cam_factor"))
-        mean = helper.make_node("Mul", [grad_name(source), "onnxlens_cam_factor"], [weights])
-    elif opset >= 18:  # ReduceMean's axes: an input from opset 18 on
-        graph.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), "onnxlens_cam_hw"))
-        mean = helper.make_node("ReduceMean", [grad_name(source), "onnxlens_cam_hw"], [weights], keepdims=1)
+        graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), name("factor")))
+        weights = helper.make_node("Mul", [grad_name(source), name("factor")], [name("weights")])
     else:
-        mean = helper.make_node("ReduceMean", [grad_name(source)], [weights], axes=[2, 3], keepdims=1)
-    if opset >= 13:  # ReduceSum's: from 13 on
-        graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "onnxlens_cam_channels"))
-        total = helper.make_node("ReduceSum", [weighted, "onnxlens_cam_channels"], [summed], keepdims=0)
-    else:
-        total = helper.make_node("ReduceSum", [weighted], [summed], axes=[1], keepdims=0)
-    graph.node.extend([mean, helper.make_node("Mul", [weights, layer], [weighted]), total,
-                       helper.make_node("Relu", [summed], [CAM_RAW])])
-    graph.output.append(helper.make_tensor_value_info(CAM_RAW, TensorProto.FLOAT, ["N", None, None]))
+        weights = reduce("ReduceMean", grad_name(source), name("weights"), [2, 3], 18)
+    graph.node.extend([
+        weights, helper.make_node("Mul", [name("weights"), layer], [name("weighted")]),
+        reduce("ReduceSum", name("weighted"), name("sum"), [1], 13),
+        helper.make_node("Relu", [name("sum")], [CAM_RAW]),
+        helper.make_node("Resize", [CAM_RAW, "", "", CAM_SIZE], [name("resized")], mode="linear"),
+        reduce("ReduceMin", name("resized"), name("low"), [2, 3], 18),
+        reduce("ReduceMax", name("resized"), name("high"), [2, 3], 18),
+        helper.make_node("Sub", [name("resized"), name("low")], [name("above")]),
+        helper.make_node("Sub", [name("high"), name("low")], [name("span")]),
+        helper.make_node("Max", [name("span"), name("tiny")], [name("divisor")]),
+        helper.make_node("Div", [name("above"), name("divisor")], [CAM_MAPS])])
+    graph.input.append(helper.make_tensor_value_info(CAM_SIZE, TensorProto.INT64, [4]))
+    graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1, None, None])
+                        for n in (CAM_RAW, CAM_MAPS))
     return model
 
 
