@@ -1,6 +1,7 @@
 """Grad-CAM computed inside the rewritten graph (engine.graph.gradcam, capture.gradcam_fn) and the
 ``cam`` path that uses it, against independent references: pytorch-grad-cam's maps and torch
-autograd on the zoo and wild exports, and the general capture → numpy → resize path."""
+autograd on the zoo and wild exports, and the general capture → numpy → cv2 resize path (hand-made
+nets at opsets 11, 13 and 18, where the reductions take their axes differently)."""
 import numpy as np
 import pytest
 
@@ -8,10 +9,13 @@ from engine.api import Model
 from engine.explain import cam, explainers, methods
 from engine.explain.capture import capture, gradcam_fn
 from engine.explain.outputs import describe
-from engine.graph.gradcam import weights_source
+from engine.graph.autodiff import SEED, differentiate
+from engine.graph.gradcam import CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS, seed_top_class, weights_source
 from engine.graph.normalize import normalize
+from engine.runtime import rewrite
 from engine.viz.overlay import unit_resized
 from tests import wild, zoo
+from tests.onnx_build import Builder, session
 from tests.test_explain_zoo import CLASSIFIERS, scale
 
 SHAPES = "models/shapes-resnet.onnx"
@@ -145,3 +149,43 @@ def test_a_dynamic_size_model_gets_a_graph_per_size(monkeypatch):
     for image, exp in zip((small, large), maps):
         raw, want, _ = _reference(model, [image], exp.targets, model.default_layer)
         np.testing.assert_allclose(exp.maps, want, atol=1e-4)
+
+
+def _small_net(opset, pooled):
+    """x N×2×6×5 → Conv → ReLU ``act`` → (GlobalAveragePool | MaxPool) → Flatten → Gemm → ``y`` N×4."""
+    b = Builder(seed=opset)
+    act = b.op("Relu", [b.op("Conv", ["x", b.weight(3, 2, 3, 3), b.weight(3)], pads=[1, 1, 1, 1])], name="act")
+    pool = b.op("GlobalAveragePool", [act]) if pooled else b.op("MaxPool", [act], kernel_shape=[2, 2], strides=[2, 2])
+    b.op("Gemm", [b.op("Flatten", [pool]), b.weight(4, 3 if pooled else 18), b.weight(4)], name="y", transB=1)
+    return b.model([("x", ["N", 2, 6, 5])], [("y", ["N", 4])], opset)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("pooled", [True, False])
+def test_the_graph_maps_equal_numpy_on_the_capture_at_each_opset(opset, pooled):
+    net = _small_net(opset, pooled)
+    x = np.random.default_rng(opset).standard_normal((3, 2, 6, 5)).astype(np.float32)
+    seeds = np.eye(4, dtype=np.float32)[[0, 3, 1]]
+    capture_ = session(rewrite.build(net, rewrite.Request(None, ("act",), ("act",), "y")))
+    y, a, g = capture_.run(["y", "act", "act__grad"], {"x": x, SEED: seeds})
+    raw = methods.gradcam(a, g)
+    for top in (False, True):
+        proto = rewrite.build(net, rewrite.Request(None, (), (), "y", seed="top" if top else "given", cam="act"))
+        feeds = {"x": x, CAM_SIZE: np.array([3, 1, 9, 7], np.int64), **({} if top else {SEED: seeds})}
+        got_raw, maps, *classes = session(proto).run([CAM_RAW, CAM_MAPS, *([TOP_CLASS] if top else [])], feeds)
+        if top:  # the same maps for the top classes: given as seeds to the capture
+            assert classes[0].tolist() == y.argmax(axis=1).tolist()
+            g = capture_.run(["act__grad"], {"x": x, SEED: np.eye(4, dtype=np.float32)[classes[0]]})[0]
+            raw = methods.gradcam(a, g)
+        np.testing.assert_allclose(got_raw[:, 0], raw, rtol=1e-5, atol=1e-6 * scale(raw))
+        np.testing.assert_allclose(maps[:, 0], unit_resized(raw, (9, 7)), atol=1e-5)
+
+
+def test_the_top_class_is_the_first_of_tied_maxima():
+    b = Builder()
+    b.op("Mul", ["x", b.const(np.float32(2.0))], name="y")
+    proto = seed_top_class(differentiate(b.model([("x", ["N", 3])], [("y", ["N", 3])], 13), "y", ["x"]), "y")
+    x = np.array([[1, 3, 3], [2, 2, 0], [0, 0, 0]], np.float32)
+    classes, grad = session(proto).run([TOP_CLASS, "x__grad"], {"x": x})
+    assert classes.tolist() == np.argmax(x, axis=1).tolist() == [1, 0, 0]
+    np.testing.assert_array_equal(grad, 2 * np.eye(3, dtype=np.float32)[[1, 0, 0]])

@@ -133,8 +133,7 @@ def gradcam_fn(model, layer, output, top):
             values = session.run(fetch, feeds)
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
             raise run_error(err, model.path.name, "×".join(map(str, x.shape))) from err
-        values[1], values[2] = values[1][:, 0], values[2][:, 0]
-        return values
+        return [values[0], values[1][:, 0], values[2][:, 0], *values[3:]]  # maps N×1×… as N×…
 
     fixed = getattr(model.input, "batch", None)
     return lambda x, size, *seeds: run(size, x, *seeds) if fixed is None else in_chunks(

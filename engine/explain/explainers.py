@@ -144,9 +144,9 @@ def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
     """(the layer, ``explain(x, start, total, size)`` → (raw maps by layer, rows, scores, maps at
     ``size``) of the batch ``x`` at image ``start`` of ``total``) for Grad-CAM made in the graph,
     one session run per batch (:func:`~engine.explain.capture.gradcam_fn`); None where that does
-    not apply. It applies to
-    Grad-CAM at one layer without TTA or eigen-smoothing, explaining a classifier's float32 graph
-    output (N×C, or N×C×1×1 for given classes) for the top class or one given class per image."""
+    not apply. It applies to Grad-CAM at one layer without TTA or eigen-smoothing, explaining a
+    classifier's float32 graph output (N×C, or N×C×1×1 for given classes) for the top class or
+    one given class per image."""
     kind = getattr(targets, "kind", None)
     if kind == "class":
         targets = targets.index

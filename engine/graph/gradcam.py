@@ -53,21 +53,23 @@ def add_gradcam(model, layer, source, factor=None):
     ``source`` (see :func:`weights_source`), in place: the input ``CAM_SIZE`` and the outputs
     ``CAM_RAW`` and ``CAM_MAPS`` (see the module docstring); returns ``model``."""
     graph, opset = model.graph, default_opset(model)
-    graph.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), "onnxlens_cam_channels"),
-                              numpy_helper.from_array(np.array([2, 3], np.int64), "onnxlens_cam_hw"),
-                              numpy_helper.from_array(np.array(1e-30, np.float32), "onnxlens_cam_tiny")])
-
-    def reduce(op, x, y, axes, since):  # axes: an input from opset ``since`` on
-        if opset >= since:
-            return helper.make_node(op, [x, {1: "onnxlens_cam_channels", 2: "onnxlens_cam_hw"}[len(axes)]], [y],
-                                    keepdims=1)
-        return helper.make_node(op, [x], [y], axes=axes, keepdims=1)
 
     def name(suffix):
         return "onnxlens_cam_" + suffix
 
+    def constant(suffix, value, dtype):
+        if name(suffix) not in {t.name for t in graph.initializer}:
+            graph.initializer.append(numpy_helper.from_array(np.array(value, dtype), name(suffix)))
+        return name(suffix)
+
+    def reduce(op, x, y, axes, since):  # axes: an input from opset ``since`` on
+        if opset >= since:
+            return helper.make_node(op, [x, constant("axes" + "".join(map(str, axes)), axes, np.int64)], [y],
+                                    keepdims=1)
+        return helper.make_node(op, [x], [y], axes=axes, keepdims=1)
+
     if factor is not None:  # the pooled gradient, scaled
-        graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), name("factor")))
+        constant("factor", factor, np.float32)
         weights = helper.make_node("Mul", [grad_name(source), name("factor")], [name("weights")])
     else:
         weights = reduce("ReduceMean", grad_name(source), name("weights"), [2, 3], 18)
@@ -80,7 +82,7 @@ def add_gradcam(model, layer, source, factor=None):
         reduce("ReduceMax", name("resized"), name("high"), [2, 3], 18),
         helper.make_node("Sub", [name("resized"), name("low")], [name("above")]),
         helper.make_node("Sub", [name("high"), name("low")], [name("span")]),
-        helper.make_node("Max", [name("span"), name("tiny")], [name("divisor")]),
+        helper.make_node("Max", [name("span"), constant("tiny", 1e-30, np.float32)], [name("divisor")]),
         helper.make_node("Div", [name("above"), name("divisor")], [CAM_MAPS])])
     graph.input.append(helper.make_tensor_value_info(CAM_SIZE, TensorProto.INT64, [4]))
     graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1, None, None])
