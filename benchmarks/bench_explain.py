@@ -3,16 +3,16 @@
 Per model (shapes-resnet, and a 224×224 ResNet-50 with random weights) and batch size (1, 16):
 ``forward`` = ``Model.run(x)``; ``gradcam-capture`` = ``Model.run`` with activation + gradient at
 the default layer for given targets; ``gradcam`` = the whole ``engine.explain.cam`` call on uint8
-images with given targets (preprocess, one run of the rewritten graph that makes the raw maps,
-resize); ``gradcam-top`` the same for the top-1 class (the seed computed in the graph too). Goals
+images with given targets (preprocess, one run of the rewritten graph that also makes the maps);
+``gradcam-top`` the same for the top-1 class (the seed computed in the graph too). Goals
 at batch 1: Grad-CAM ≤ 1.3 × forward on shapes-resnet, ≤ 1.1 × on ResNet-50.
 ``test_ratios_paired`` times them back to back within each round (order rotating) and prints the
 median per-round ratios, which a shared machine keeps far steadier than separate rows. It adds
 ``floor``: the least any Python caller can do for the same maps from the capture of A and G —
 the engine's preprocessing, the capture graph on a bare ORT session writing into bound output
-buffers, a few numpy/cv2 calls for weights, map and resize; and ``in-graph``: the engine's graph
-with the resize and stretch appended, the engine's preprocessing and one session run (what a
-``cam`` with no other Python would reach). ``test_python_per_call`` times the ``gradcam`` call
+buffers, a few numpy/cv2 calls for weights, map and resize; and ``in-graph``: the engine's
+graph on a bare session, the engine's preprocessing and that one session run (what a ``cam``
+with no other Python would reach). ``test_python_per_call`` times the ``gradcam`` call
 with every ORT session answering from a recording of its first run: the Python work per call
 alone (goal < 0.2 ms); ``test_ratios_in_blocks`` times blocks of calls (about 0.1 s each) of
 each job in turn, the way a loop over images runs them (in the rotating rounds every Python line
@@ -36,14 +36,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
 from paired import rotating_rounds, round_ratios
 
 from engine import Model
 from engine.explain import cam, saliency
 from engine.graph.autodiff import SEED, grad_name
 from engine.graph.gradcam import CAM_MAPS, CAM_SIZE
-from engine.graph.editing import default_opset
 from engine.runtime import rewrite
 
 ROOT = Path(__file__).resolve().parents[1]

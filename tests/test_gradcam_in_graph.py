@@ -106,7 +106,7 @@ def test_cam_makes_gradcam_in_the_graph_in_batches(targets, monkeypatch):
     assert exp.empty.tolist() == [False] * 5 and exp.details == [{}] * 5
 
 
-def test_the_general_path_keeps_what_the_graph_does_not_make(monkeypatch):
+def test_the_general_path_keeps_what_the_graph_does_not_make():
     model = _model(SHAPES)
     view = describe(model, model.preprocess(_images(model, 1)))
     for method, layer, targets, tta in [("gradcam++", "auto", "top", False), ("gradcam", "layer2,layer3", "top", False),
