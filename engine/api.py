@@ -424,6 +424,17 @@ class Model:
         >>> model.preprocess(["cat.png", np.zeros((96, 96, 3), np.uint8)]).shape
         (2, 3, 64, 64)
         """
+        x = self.preprocessing(self.pixels(images, size, layout), channels=self.input.channels,
+                               layout=self.input.layout)
+        return _as_dtype(x, self.input.dtype)
+
+    def pixels(self, images, size=None, layout="HWC"):
+        """The images :meth:`preprocess` normalizes: one uint8 N×H×W×3 RGB batch at the input size
+        (arguments as for :meth:`preprocess`).
+
+        >>> model.pixels(["cat.png", np.zeros((96, 96, 3), np.uint8)]).shape
+        (2, 64, 64, 3)
+        """
         items = image_list(images, layout)
         if not items:
             raise UsageError("no images given: pass image paths or uint8 H×W×3 RGB arrays")
@@ -434,9 +445,7 @@ class Model:
             check_fits(nbytes, f"{len(rgbs)} inputs of {size[0]}×{size[1]}", "use a smaller input size, "
                        "input_size=(H, W), or fewer images per batch")
         resized = [resize(rgb, size, self.preprocessing.resize) for rgb in rgbs]
-        batch = resized[0][None] if len(resized) == 1 else np.stack(resized)  # (preprocessing copies)
-        x = self.preprocessing(batch, channels=self.input.channels, layout=self.input.layout)
-        return _as_dtype(x, self.input.dtype)
+        return resized[0][None] if len(resized) == 1 else np.stack(resized)  # (preprocessing copies)
 
     def run(self, x, activations=None, gradients=None, seed=None, mode="standard"):
         """Run the model on a preprocessed batch ``x`` in its own layout; returns a RunResult.

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from engine.api import Model
+from engine.data import preprocess as presets
 from engine.explain import cam, explainers, methods
 from engine.explain.capture import capture, gradcam_fn
 from engine.explain.outputs import describe
 from engine.graph.autodiff import SEED, differentiate
 from engine.graph.gradcam import CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS, seed_top_class, weights_source
 from engine.graph.normalize import normalize
+from engine.graph.pixels import PIXELS, normalized_pixels
 from engine.runtime import rewrite
 from engine.viz.overlay import unit_resized
 from tests import wild, zoo
@@ -189,3 +191,34 @@ def test_the_top_class_is_the_first_of_tied_maxima():
     classes, grad = session(proto).run([TOP_CLASS, "x__grad"], {"x": x})
     assert classes.tolist() == np.argmax(x, axis=1).tolist() == [1, 0, 0]
     np.testing.assert_array_equal(grad, 2 * np.eye(3, dtype=np.float32)[[1, 0, 0]])
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("preprocess", [{"preset": "imagenet"}, {"preset": "unit", "channel_order": "BGR"},
+                                        {"preset": "symmetric", "mean": "0.2,0.5,0.7", "std": "0.3,0.25,0.2"}])
+def test_pixels_normalized_in_the_graph_equal_the_preprocessing_bit_for_bit(layout, preprocess):
+    shape = ["N", 3, None, None] if layout == "NCHW" else ["N", None, None, 3]
+    b = Builder()
+    b.op("Identity", ["image"], name="out")
+    proto = b.model([("image", shape)], [("out", None)], 13)
+    pre = presets.resolve(preprocess)
+    scale, offset = pre.affine()
+    normalized_pixels(proto, "image", scale, offset, pre.channel_order == "BGR", layout)
+    images = np.random.default_rng(3).integers(0, 256, size=(2, 5, 7, 3), dtype=np.uint8)
+    got = session(proto).run(["out"], {PIXELS: images})[0]
+    np.testing.assert_array_equal(got, pre(images, layout=layout))
+
+
+@pytest.mark.parametrize("preprocess", [None, {"preset": "unit", "channel_order": "BGR"}])
+def test_cam_feeds_uint8_pixels_to_the_graph_for_nchw_and_nhwc_inputs(preprocess, monkeypatch):
+    for path in [SHAPES, wild.DIR / "convnext_nhwc.onnx"]:
+        model = _model(path, preprocess=preprocess)
+        images = _images(model, 3)
+        _no_capture(monkeypatch)
+        exp = cam(model, images, targets=[1, 0, 2])
+        monkeypatch.undo()
+        assert explainers._in_graph_plan(model, "auto", describe(model, model.preprocess(images)), False)[2]
+        raw, maps, scores = _reference(model, images, exp.targets, model.default_layer)
+        np.testing.assert_allclose(exp.raw[model.default_layer], raw, rtol=1e-4, atol=1e-6 * scale(raw))
+        np.testing.assert_allclose(exp.maps, maps, atol=1e-4)
+        np.testing.assert_allclose(exp.scores, scores, rtol=1e-5, atol=1e-5)

@@ -19,6 +19,7 @@ from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.gradcam import CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS
 from engine.graph.nodes import attrs
 from engine.graph.normalize import normalize
+from engine.graph.pixels import PIXELS
 from engine.graph.shapes import constant_tensors
 from engine.runtime import rewrite
 from engine.runtime.batch import in_chunks
@@ -104,25 +105,30 @@ def _explained(model, output):
 
 
 @per_model
-def gradcam_fn(model, layer, output, top):
+def gradcam_fn(model, layer, output, top, pixels=False):
     """``gradcam(x, size, *seeds)`` → [``output`` N×C, the raw Grad-CAM maps N×h×w at ``layer``,
     the maps N×H×W at ``size`` (H, W) in [0, 1] (see :mod:`engine.graph.gradcam`), and with
     ``top`` the classes N] in one session run; seeded by each image's top class of graph output
-    ``output`` (``top``, computed in the graph) or by the ``seeds`` given.
+    ``output`` (``top``, computed in the graph) or by the ``seeds`` given. ``x``: a preprocessed
+    batch, or with ``pixels`` the uint8 batch of ``model.pixels``, normalized in the graph
+    (:func:`engine.graph.pixels.normalized_pixels`; float32 3-channel inputs).
 
     >>> scores, raw, maps, classes = gradcam_fn(model, model.default_layer, "logits", True)(model.preprocess(images[:2]), (96, 96))
     >>> raw.shape, maps.shape, classes.tolist() == scores.argmax(axis=1).tolist()
     ((2, 8, 8), (2, 96, 96), True)
     """
-    image = model.input.name
+    image = PIXELS if pixels else model.input.name
+    nhwc = pixels or model.input.layout == "NHWC"
+    normalization = (model.input.name, *(tuple(v.tolist()) for v in model.preprocessing.affine()),
+                     model.preprocessing.channel_order == "BGR", model.input.layout) if pixels else ()
     sessions = {}  # input size → (session, the model's extra inputs it reads)
     fetch = [output, CAM_RAW, CAM_MAPS, *([TOP_CLASS] if top else [])]
 
     def run(size, x, *seeds):
-        spatial = x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3]
+        spatial = x.shape[1:3] if nhwc else x.shape[2:4]
         if spatial not in sessions:  # one rewritten model per input size (a dynamic-size model's too)
             request = rewrite.Request(model.input_size or tuple(spatial), (), (), output,
-                                      seed="top" if top else "given", cam=layer)
+                                      seed="top" if top else "given", cam=layer, pixels=normalization)
             session = model.rewritten_session(request)
             sessions[spatial] = session, [i.name for i in session.get_inputs() if i.name not in (image, SEED, CAM_SIZE)]
         session, extras = sessions[spatial]

@@ -89,12 +89,19 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
         raise UsageError(f"unknown CAM method '{method}': use one of {', '.join(methods.METHODS)}")
     entry = methods.METHODS[method]
     rgbs, out_size = _images(model, images, layout)
-    first = model.preprocess(rgbs[:batch])  # the first batch, also what describe runs on
-    view = describe(model, first[:1], output, output_kind, logits)
+    first = []  # the first batch, made once where describe needs a forward pass
+
+    def batch_at(start):  # the inputs of images start:start + batch for the path taken
+        if start == 0 and first and not pixels:
+            return first[0]
+        return (model.pixels if pixels else model.preprocess)(rgbs[start:start + batch])
+
+    pixels = False
+    view = describe(model, lambda: first.append(batch_at(0)) or first[0][:1], output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
     in_graph = _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth)
     if in_graph:
-        layers, in_graph_raw = in_graph
+        layers, in_graph_raw, pixels = in_graph
     else:
         layers, sources = _cam_sources(model, entry, layer, view)
         top_fast = (getattr(targets, "kind", targets) == "top" and view.kind == "classifier"
@@ -117,13 +124,13 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
         return raw, rows, _flat(scores, view), None
 
     if len(rgbs) <= batch and not progress:  # one batch: no progress bar, nothing to join
-        raw, rows, scores, maps = explain(first, 0)
+        raw, rows, scores, maps = explain(batch_at(0), 0)
         labels, image, details = rows.labels, rows.image, rows.details
     else:
         parts, batch_maps = [], []
         with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
             for start in range(0, len(rgbs), batch):
-                x = first if start == 0 else model.preprocess(rgbs[start:start + batch])
+                x = batch_at(start)
                 *part, maps = explain(x, start)
                 parts.append((*part, start))
                 batch_maps.append(maps)
@@ -142,7 +149,8 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
 
 def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
     """(the layer, ``explain(x, start, total, size)`` → (raw maps by layer, rows, scores, maps at
-    ``size``) of the batch ``x`` at image ``start`` of ``total``) for Grad-CAM made in the graph,
+    ``size``) of the batch ``x`` at image ``start`` of ``total``, whether ``x`` is ``model.pixels``
+    rather than ``model.preprocess``) for Grad-CAM made in the graph,
     one session run per batch (:func:`~engine.explain.capture.gradcam_fn`); None where that does
     not apply. It applies to Grad-CAM at one layer without TTA or eigen-smoothing, explaining a
     classifier's float32 graph output (N×C, or N×C×1×1 for given classes) for the top class or
@@ -157,7 +165,7 @@ def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
     plan = _in_graph_plan(model, layer, view, kind == "top")
     if plan is None:
         return None
-    layers, gradcam = plan
+    layers, gradcam, pixels = plan
     if kind == "top":
         def explain(x, start, total, size):
             scores, raw, maps, classes = gradcam(x, size)
@@ -168,13 +176,15 @@ def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
             rows, _ = _rows(model, x, targets, start, total, view)
             scores, raw, maps = gradcam(x, size, rows.seeds)
             return {layers[0]: raw}, rows, _flat(scores, view), maps
-    return layers, explain
+    return layers, explain, pixels
 
 
 @per_model
 def _in_graph_plan(model, layer, view, top):
-    """([the layer], :func:`~engine.explain.capture.gradcam_fn`) for :func:`_in_graph_gradcam`,
-    or None where the ``layer`` (one name, or auto) or the output ``view`` does not fit."""
+    """([the layer], :func:`~engine.explain.capture.gradcam_fn`, whether it takes uint8 pixels) for
+    :func:`_in_graph_gradcam`, or None where the ``layer`` (one name, or auto) or the output
+    ``view`` does not fit. A float32 3-channel input takes the images' pixels (``model.pixels``),
+    normalized in the graph."""
     output = next((t for t in model.outputs if t.name == view.name), None)
     if view.kind != "classifier" or getattr(output, "dtype", None) != "float32" \
             or view.perm != tuple(range(len(view.perm))) or not hasattr(model, "rewritten_session"):
@@ -182,7 +192,10 @@ def _in_graph_plan(model, layer, view, top):
     if top and not (len(output.shape) == 2 and isinstance(output.shape[1], int)):
         return None
     layers = layers_of(model, layer, view.name)
-    return (layers, gradcam_fn(model, layers[0], view.name, top)) if len(layers) == 1 else None
+    if len(layers) != 1:
+        return None
+    pixels = hasattr(model, "pixels") and model.input.dtype == np.float32 and model.input.channels == 3
+    return layers, gradcam_fn(model, layers[0], view.name, top, pixels), pixels
 
 
 def _empty(raw, layers):

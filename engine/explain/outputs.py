@@ -118,7 +118,8 @@ _CLASSIFIER_VIEWS = weakref.WeakKeyDictionary()  # model → {output name: Outpu
 
 
 def describe(model, x, output=None, kind=None, logits=False):
-    """The :class:`OutputView` of ``output`` (the first output by default) from a forward pass on ``x``.
+    """The :class:`OutputView` of ``output`` (the first output by default) from a forward pass on ``x``
+    (a batch, or a function that makes one: called only where the view needs that pass).
 
     ``kind``: one of classifier, dense, yolov8, yolov5, boxes, sequence (None: the module's rule).
     ``logits``: explain the input of the final Softmax instead of the probabilities.
@@ -144,6 +145,7 @@ def describe(model, x, output=None, kind=None, logits=False):
             views[name] = OutputView(name, "classifier", tuple(range(len(declared))), tuple(declared[1:]), None,
                                      softmax_input(model.proto, name))
         return views[name]
+    x = x() if callable(x) else x
     values = forward(model, x, list(dict.fromkeys([name, *outputs])))
     n = len(x)
     batch_axis = _batch_axis(model, x, name, values[name].shape)

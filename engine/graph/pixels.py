@@ -1,5 +1,6 @@
-"""Integer (uint8) image inputs: where the float arithmetic starts, and a float-input copy to
-differentiate (onnx only).
+"""Integer (uint8) image inputs: where the float arithmetic starts, a float-input copy to
+differentiate, and a uint8 input for a float model (its normalization moved into the graph)
+(onnx only).
 
 A model that takes uint8 pixels casts them to float in the graph (often after a Transpose, before
 its own Sub/Div normalization). Gradients are taken with respect to that first float tensor; to
@@ -7,7 +8,8 @@ return them per input pixel, :func:`float_image` feeds the image as float32 inst
 ops before the Cast carry floats unchanged and the Cast becomes float → float, so the gradient of
 the new float input is the gradient of the first float tensor, moved back to the input's layout.
 """
-from onnx import TensorProto
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.errors import UnsupportedOpError
 from engine.graph.editing import copy_model
@@ -56,6 +58,45 @@ def float_image(model, image, inplace=False):
     out.graph.value_info.extend(kept)
     return out
 
+
+
+PIXELS = "onnxlens_pixels"
+
+
+def normalized_pixels(model, image, scale, offset, bgr=False, layout="NCHW"):
+    """Replace, in place, the float32 image input ``image`` (3 channels, ``layout``) of ``model``
+    by the uint8 N×H×W×3 RGB input ``PIXELS``, normalized in the graph as
+    :class:`engine.data.preprocess.Preprocess` does it: channels reversed for ``bgr``, moved to
+    NCHW while still uint8, then float(value)·scale − offset per channel (the same float32 ops in
+    the same order, so the same values). Returns ``model``.
+
+    >>> g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["image"], ["out"])], "g",
+    ...     [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 3, 2, 2])], [])
+    >>> [i.name for i in normalized_pixels(onnx.helper.make_model(g), "image", [1, 1, 1], [0, 0, 0]).graph.input]
+    ['onnxlens_pixels']
+    """
+    graph = model.graph
+    shape = (-1, 1, 1) if layout == "NCHW" else (-1,)
+    graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32).reshape(shape), PIXELS + "_scale"),
+                              numpy_helper.from_array(np.asarray(offset, np.float32).reshape(shape), PIXELS + "_offset")])
+    values, nodes = PIXELS, []
+    if bgr:
+        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), PIXELS + "_bgr"))
+        nodes.append(helper.make_node("Gather", [values, PIXELS + "_bgr"], [PIXELS + "_reversed"], axis=3))
+        values = PIXELS + "_reversed"
+    if layout == "NCHW":
+        nodes.append(helper.make_node("Transpose", [values], [PIXELS + "_nchw"], perm=[0, 3, 1, 2]))
+        values = PIXELS + "_nchw"
+    nodes += [helper.make_node("Cast", [values], [PIXELS + "_float"], to=TensorProto.FLOAT),
+              helper.make_node("Mul", [PIXELS + "_float", PIXELS + "_scale"], [PIXELS + "_scaled"]),
+              helper.make_node("Sub", [PIXELS + "_scaled", PIXELS + "_offset"], [image])]
+    forward = [*nodes, *graph.node]
+    del graph.node[:]
+    graph.node.extend(forward)
+    index = next(i for i, vi in enumerate(graph.input) if vi.name == image)
+    graph.input.remove(graph.input[index])
+    graph.input.insert(index, helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["N", None, None, 3]))
+    return model
 
 
 def _float_casts(model, image):

@@ -23,7 +23,7 @@ from engine.graph.autodiff import differentiate
 from engine.graph.gradcam import add_gradcam, seed_top_class, weights_source
 from engine.graph.normalize import normalize
 from engine.graph.weightless import without_weights
-from engine.graph.pixels import float_image
+from engine.graph.pixels import float_image, normalized_pixels
 from engine.graph.quantized import integer_forward
 from engine.graph.shapes import INTEGER_PIXELS
 from engine.graph.taps import add_taps
@@ -37,7 +37,9 @@ class Request:
     for the input gradient) of Σ seed · ``output`` in backward ``mode``, at ``input_size`` (H, W).
     ``seed``: "given" (fed as ``SEED``) or "top" (each image's top class of an N×C ``output``,
     in the graph); ``cam``: a layer whose raw Grad-CAM maps the graph computes (see
-    :mod:`engine.graph.gradcam`; its gradient need not be among ``gradients``)."""
+    :mod:`engine.graph.gradcam`; its gradient need not be among ``gradients``); ``pixels``:
+    (image input, scale, offset, bgr, layout) to take uint8 RGB images instead of that float
+    input, normalized in the graph (:func:`engine.graph.pixels.normalized_pixels`)."""
 
     input_size: tuple | None
     activations: tuple = ()
@@ -46,6 +48,7 @@ class Request:
     mode: str = "standard"
     seed: str = "given"
     cam: str | None = None
+    pixels: tuple = ()
 
 
 @lru_cache(maxsize=1)
@@ -105,6 +108,9 @@ def build(model, request):
     rewritten = integer_forward(rewritten)  # the dynamic int8 forward back in integers
     if request.cam:
         add_gradcam(rewritten, request.cam, *cam_weights)
+    if request.pixels:
+        image, scale, offset, bgr, layout = request.pixels
+        normalized_pixels(rewritten, image, scale, offset, bgr, layout)
     keep = set(originals) | set(request.activations)
     extra = {n for n in wanted if n not in keep}
     outputs = [o for o in rewritten.graph.output if o.name not in extra]
