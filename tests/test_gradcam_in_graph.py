@@ -11,7 +11,7 @@ from engine.explain import cam, explainers, methods
 from engine.explain.capture import capture, gradcam_fn
 from engine.explain.outputs import describe
 from engine.graph.autodiff import SEED, differentiate
-from engine.graph.gradcam import CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS, seed_top_class, weights_source
+from engine.graph.gradcam import CAM_EMPTY, CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS, seed_top_class, weights_source
 from engine.graph.normalize import normalize
 from engine.graph.pixels import PIXELS, normalized_pixels
 from engine.runtime import rewrite
@@ -33,10 +33,11 @@ def test_top_class_maps_match_pytorch_grad_cam(variant):
     model = _model(fx.path)
     size = (40, 24)  # the maps' size: any
     for tap in fx.taps:
-        scores, raw, maps, classes = gradcam_fn(model, tap, fx.output_name, True)(fx.input, size)
+        scores, raw, maps, empty, classes = gradcam_fn(model, tap, fx.output_name, True)(fx.input, size)
+        want = fx.gradcam[tap]
+        assert empty.tolist() == (want <= 0).all(axis=(1, 2)).tolist()
         assert classes.tolist() == fx.seed_top1.argmax(axis=1).tolist()
         np.testing.assert_allclose(scores, fx.outputs[fx.output_name], rtol=1e-4, atol=1e-4)
-        want = fx.gradcam[tap]
         np.testing.assert_allclose(raw, want, rtol=1e-4, atol=1e-5 * scale(want), err_msg=tap)
         np.testing.assert_allclose(maps, unit_resized(want, size), atol=1e-4, err_msg=tap)
         given = gradcam_fn(model, tap, fx.output_name, False)(fx.input, size, fx.seed_top1)[1]
@@ -52,7 +53,7 @@ def test_maps_for_given_seeds_match_torch_on_the_wild_exports(name):
     entry, ref = wild.index()[name], wild.reference(name)
     model = _model(wild.DIR / entry["file"], input_size=tuple(entry["test_size"]),
                    **({"extra_inputs": ref.extras} if ref.extras else {}))
-    scores, raw, _ = gradcam_fn(model, ref.layer, entry["explained_output"], False)(ref.input, (8, 8), ref.seed)
+    scores, raw, _, _ = gradcam_fn(model, ref.layer, entry["explained_output"], False)(ref.input, (8, 8), ref.seed)
     weights = ref.grad_layer.astype(np.float64).mean(axis=(2, 3))
     want = np.maximum(np.einsum("nk,nkhw->nhw", weights, ref.act_layer.astype(np.float64)), 0)
     assert np.abs(raw - want).max() <= 1e-3 * scale(want)
@@ -167,20 +168,22 @@ def _small_net(opset, pooled):
 def test_the_graph_maps_equal_numpy_on_the_capture_at_each_opset(opset, pooled):
     net = _small_net(opset, pooled)
     x = np.random.default_rng(opset).standard_normal((3, 2, 6, 5)).astype(np.float32)
-    seeds = np.eye(4, dtype=np.float32)[[0, 3, 1]]
+    seeds = np.eye(4, dtype=np.float32)[[0, 3, 1]] * np.float32([[1], [1], [0]])  # the last: no gradient, an empty map
     capture_ = session(rewrite.build(net, rewrite.Request(None, ("act",), ("act",), "y")))
     y, a, g = capture_.run(["y", "act", "act__grad"], {"x": x, SEED: seeds})
     raw = methods.gradcam(a, g)
     for top in (False, True):
         proto = rewrite.build(net, rewrite.Request(None, (), (), "y", seed="top" if top else "given", cam="act"))
         feeds = {"x": x, CAM_SIZE: np.array([3, 1, 9, 7], np.int64), **({} if top else {SEED: seeds})}
-        got_raw, maps, *classes = session(proto).run([CAM_RAW, CAM_MAPS, *([TOP_CLASS] if top else [])], feeds)
+        got_raw, maps, empty, *classes = session(proto).run([CAM_RAW, CAM_MAPS, CAM_EMPTY, *([TOP_CLASS] if top else [])],
+                                                            feeds)
         if top:  # the same maps for the top classes: given as seeds to the capture
             assert classes[0].tolist() == y.argmax(axis=1).tolist()
             g = capture_.run(["act__grad"], {"x": x, SEED: np.eye(4, dtype=np.float32)[classes[0]]})[0]
             raw = methods.gradcam(a, g)
         np.testing.assert_allclose(got_raw[:, 0], raw, rtol=1e-5, atol=1e-6 * scale(raw))
         np.testing.assert_allclose(maps[:, 0], unit_resized(raw, (9, 7)), atol=1e-5)
+        assert empty.tolist() == (raw <= 0).all(axis=(1, 2)).tolist() and (top or empty[2])
 
 
 def test_the_top_class_is_the_first_of_tied_maxima():

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from engine.errors import LayerError
 from engine.explain.outputs import OutputView, forward
 from engine.graph.autodiff import SEED, differentiate, grad_name
-from engine.graph.gradcam import CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS
+from engine.graph.gradcam import CAM_EMPTY, CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS
 from engine.graph.nodes import attrs
 from engine.graph.normalize import normalize
 from engine.graph.pixels import PIXELS
@@ -107,13 +107,13 @@ def _explained(model, output):
 @per_model
 def gradcam_fn(model, layer, output, top, pixels=False):
     """``gradcam(x, size, *seeds)`` → [``output`` N×C, the raw Grad-CAM maps N×h×w at ``layer``,
-    the maps N×H×W at ``size`` (H, W) in [0, 1] (see :mod:`engine.graph.gradcam`), and with
-    ``top`` the classes N] in one session run; seeded by each image's top class of graph output
+    the maps N×H×W at ``size`` (H, W) in [0, 1], N flags for the maps zero everywhere (see
+    :mod:`engine.graph.gradcam`), and with ``top`` the classes N] in one session run; seeded by each image's top class of graph output
     ``output`` (``top``, computed in the graph) or by the ``seeds`` given. ``x``: a preprocessed
     batch, or with ``pixels`` the uint8 batch of ``model.pixels``, normalized in the graph
     (:func:`engine.graph.pixels.normalized_pixels`; float32 3-channel inputs).
 
-    >>> scores, raw, maps, classes = gradcam_fn(model, model.default_layer, "logits", True)(model.preprocess(images[:2]), (96, 96))
+    >>> scores, raw, maps, empty, classes = gradcam_fn(model, model.default_layer, "logits", True)(model.preprocess(images[:2]), (96, 96))
     >>> raw.shape, maps.shape, classes.tolist() == scores.argmax(axis=1).tolist()
     ((2, 8, 8), (2, 96, 96), True)
     """
@@ -122,7 +122,7 @@ def gradcam_fn(model, layer, output, top, pixels=False):
     normalization = (model.input.name, *(tuple(v.tolist()) for v in model.preprocessing.affine()),
                      model.preprocessing.channel_order == "BGR", model.input.layout) if pixels else ()
     sessions = {}  # input size → (session, the model's extra inputs it reads)
-    fetch = [output, CAM_RAW, CAM_MAPS, *([TOP_CLASS] if top else [])]
+    fetch = [output, CAM_RAW, CAM_MAPS, CAM_EMPTY, *([TOP_CLASS] if top else [])]
 
     def run(size, x, *seeds):
         spatial = x.shape[1:3] if nhwc else x.shape[2:4]

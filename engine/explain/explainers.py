@@ -109,7 +109,7 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
         heads = _top_heads(model, layers, view) if top_fast else None
         transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
 
-    def explain(x, start):  # (raw maps by layer, rows, scores batch first, maps or None) of the batch at ``start``
+    def explain(x, start):  # (raw maps by layer, rows, scores batch first, the graph's (maps, empty) or None)
         if in_graph:
             return in_graph_raw(x, start, len(rgbs), out_size)
         if heads:
@@ -124,32 +124,35 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
         return raw, rows, _flat(scores, view), None
 
     if len(rgbs) <= batch and not progress:  # one batch: no progress bar, nothing to join
-        raw, rows, scores, maps = explain(batch_at(0), 0)
+        raw, rows, scores, made = explain(batch_at(0), 0)
         labels, image, details = rows.labels, rows.image, rows.details
     else:
-        parts, batch_maps = [], []
+        parts, made_parts = [], []
         with Progress(total=len(rgbs), label=method, enabled=progress) as bar:
             for start in range(0, len(rgbs), batch):
                 x = batch_at(start)
-                *part, maps = explain(x, start)
+                *part, made = explain(x, start)
                 parts.append((*part, start))
-                batch_maps.append(maps)
+                made_parts.append(made)
                 bar.update(len(x))
         raw = {layer_: _joined_arrays([p[0][layer_] for p in parts]) for layer_ in layers}
         labels, image, scores, details = _joined(parts)
-        maps = _joined_arrays(batch_maps) if in_graph else None
-    empty = _empty(raw, layers)
-    if maps is None and len(layers) == 1:
-        maps = unit_resized(raw[layers[0]], out_size)
-    elif maps is None:
-        maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
+        made = [_joined_arrays(arrays) for arrays in zip(*made_parts)] if in_graph else None
+    if made is not None:
+        maps, empty = made
+    else:
+        empty = _empty(raw, layers)
+        if len(layers) == 1:
+            maps = unit_resized(raw[layers[0]], out_size)
+        else:
+            maps = to_unit(np.mean([resize_maps(to_unit(raw[layer_]), out_size) for layer_ in layers], axis=0))
     return Explanation(raw, maps, labels, scores, image, method, layers, details=details, output=view.to_dict(),
                        empty=empty)
 
 
 def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
-    """(the layer, ``explain(x, start, total, size)`` → (raw maps by layer, rows, scores, maps at
-    ``size``) of the batch ``x`` at image ``start`` of ``total``, whether ``x`` is ``model.pixels``
+    """(the layer, ``explain(x, start, total, size)`` → (raw maps by layer, rows, scores, (maps at
+    ``size``, empty flags)) of the batch ``x`` at image ``start`` of ``total``, whether ``x`` is ``model.pixels``
     rather than ``model.preprocess``) for Grad-CAM made in the graph,
     one session run per batch (:func:`~engine.explain.capture.gradcam_fn`); None where that does
     not apply. It applies to Grad-CAM at one layer without TTA or eigen-smoothing, explaining a
@@ -168,14 +171,14 @@ def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
     layers, gradcam, pixels = plan
     if kind == "top":
         def explain(x, start, total, size):
-            scores, raw, maps, classes = gradcam(x, size)
+            scores, raw, maps, empty, classes = gradcam(x, size)
             rows = Rows(np.arange(len(x)), classes, None, [{} for _ in classes])
-            return {layers[0]: raw}, rows, _flat(scores, view), maps
+            return {layers[0]: raw}, rows, _flat(scores, view), (maps, empty)
     else:
         def explain(x, start, total, size):
-            rows, _ = _rows(model, x, targets, start, total, view)
-            scores, raw, maps = gradcam(x, size, rows.seeds)
-            return {layers[0]: raw}, rows, _flat(scores, view), maps
+            rows = resolve(_batch_targets(targets, start, len(x), total), len(x), view.row_shape, labels=model.labels)
+            scores, raw, maps, empty = gradcam(x, size, rows.seeds)
+            return {layers[0]: raw}, rows, _flat(scores, view), (maps, empty)
     return layers, explain, pixels
 
 
@@ -199,8 +202,8 @@ def _in_graph_plan(model, layer, view, top):
 
 
 def _empty(raw, layers):
-    """R flags: True where the map (≥ 0: after a ReLU) is zero everywhere, at every layer."""
-    flags = [~np.logical_or.reduce(raw[layer_].reshape(len(raw[layer_]), -1), axis=1) for layer_ in layers]
+    """R flags: True where the map is zero everywhere, at every layer."""
+    flags = [(raw[layer_] <= 0).all(axis=(1, 2)) for layer_ in layers]
     return flags[0] if len(flags) == 1 else np.all(flags, axis=0)
 
 
@@ -351,15 +354,23 @@ def _rows(model, x, targets, start, total, view, blank=0, need_scores=False):
     if isinstance(targets, OutputMask):
         if np.shape(targets.mask) == (total, *shape):
             targets = OutputMask(np.asarray(targets.mask)[start:start + n])
-    elif isinstance(targets, (list, tuple, np.ndarray)):
-        targets = list(targets)
-        if len(targets) != total:
-            raise UsageError(f"got {len(targets)} targets for {total} images: give one per image")
-        targets = targets[start:start + n]
+    else:
+        targets = _batch_targets(targets, start, n, total)
     size = tuple(x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3])
     rows = resolve(targets, n, shape, outputs=scores, kind=view.kind, boxes=boxes, input_size=size, blank=blank,
                    labels=model.labels)
     return rows, scores
+
+
+def _batch_targets(targets, start, n, total):
+    """The targets of images ``start:start+n``: a sequence (one per image of ``total``) sliced, any
+    other target as it is."""
+    if not isinstance(targets, (list, tuple, np.ndarray)):
+        return targets
+    targets = list(targets)
+    if len(targets) != total:
+        raise UsageError(f"got {len(targets)} targets for {total} images: give one per image")
+    return targets[start:start + n]
 
 
 def _top_heads(model, layers, output):

@@ -4,7 +4,8 @@
 ``CAM_RAW`` = ReLU(Σ_k mean_hw(G_k)·A_k) (N×1×h×w), the maps before any normalization or
 resize; ``CAM_MAPS``: those resized (bilinear, half-pixel: cv2.resize's INTER_LINEAR) to the
 size fed as ``CAM_SIZE`` (N, 1, H, W) and stretched to [0, 1] per map (cv2.normalize's
-NORM_MINMAX; a flat map gives zeros). A stretch before the resize, as
+NORM_MINMAX; a flat map gives zeros); ``CAM_EMPTY``: N flags, True where the raw map is zero
+everywhere (the class does not reach the layer). A stretch before the resize, as
 :func:`engine.viz.overlay.unit_resized` does, would change nothing: bilinear samples are convex
 combinations, so the resize commutes with any a·x + b. :func:`seed_top_class` replaces the fed
 seed by the one-hot row of each image's top class, computed from the output in the graph, and
@@ -16,8 +17,8 @@ outputs that class as ``TOP_CLASS``.
 >>> source, factor = weights_source(m, model.default_layer)   # the pooled layer: see weights_source
 >>> m = seed_top_class(differentiate(m, "logits", [source]), "logits")
 >>> m = add_gradcam(m, model.default_layer, source, factor)
->>> [o.name for o in m.graph.output][-3:], [i.name for i in m.graph.input]
-(['onnxlens_top_class', 'onnxlens_cam_raw', 'onnxlens_cam_maps'], ['image', 'onnxlens_cam_size'])
+>>> [o.name for o in m.graph.output][-4:], [i.name for i in m.graph.input]
+(['onnxlens_top_class', 'onnxlens_cam_raw', 'onnxlens_cam_maps', 'onnxlens_cam_empty'], ['image', 'onnxlens_cam_size'])
 """
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -26,7 +27,8 @@ from engine.graph.autodiff import SEED, grad_name
 from engine.graph.editing import default_opset
 from engine.graph.shapes import value_info_shape
 
-CAM_SIZE, CAM_RAW, CAM_MAPS, TOP_CLASS = "onnxlens_cam_size", "onnxlens_cam_raw", "onnxlens_cam_maps", "onnxlens_top_class"
+CAM_SIZE, CAM_RAW, CAM_MAPS, CAM_EMPTY = "onnxlens_cam_size", "onnxlens_cam_raw", "onnxlens_cam_maps", "onnxlens_cam_empty"
+TOP_CLASS = "onnxlens_top_class"
 
 
 def weights_source(model, layer):
@@ -51,7 +53,7 @@ def weights_source(model, layer):
 def add_gradcam(model, layer, source, factor=None):
     """Append Grad-CAM at ``layer`` (N×K×h×w float32) to a model that outputs the gradient of
     ``source`` (see :func:`weights_source`), in place: the input ``CAM_SIZE`` and the outputs
-    ``CAM_RAW`` and ``CAM_MAPS`` (see the module docstring); returns ``model``."""
+    ``CAM_RAW``, ``CAM_MAPS`` and ``CAM_EMPTY`` (see the module docstring); returns ``model``."""
     graph, opset = model.graph, default_opset(model)
 
     def name(suffix):
@@ -62,11 +64,11 @@ def add_gradcam(model, layer, source, factor=None):
             graph.initializer.append(numpy_helper.from_array(np.array(value, dtype), name(suffix)))
         return name(suffix)
 
-    def reduce(op, x, y, axes, since):  # axes: an input from opset ``since`` on
+    def reduce(op, x, y, axes, since, keepdims=1):  # axes: an input from opset ``since`` on
         if opset >= since:
             return helper.make_node(op, [x, constant("axes" + "".join(map(str, axes)), axes, np.int64)], [y],
-                                    keepdims=1)
-        return helper.make_node(op, [x], [y], axes=axes, keepdims=1)
+                                    keepdims=keepdims)
+        return helper.make_node(op, [x], [y], axes=axes, keepdims=keepdims)
 
     if factor is not None:  # the pooled gradient, scaled
         constant("factor", factor, np.float32)
@@ -83,10 +85,12 @@ def add_gradcam(model, layer, source, factor=None):
         helper.make_node("Sub", [name("resized"), name("low")], [name("above")]),
         helper.make_node("Sub", [name("high"), name("low")], [name("span")]),
         helper.make_node("Max", [name("span"), constant("tiny", 1e-30, np.float32)], [name("divisor")]),
-        helper.make_node("Div", [name("above"), name("divisor")], [CAM_MAPS])])
+        helper.make_node("Div", [name("above"), name("divisor")], [CAM_MAPS]),
+        reduce("ReduceMax", CAM_RAW, name("peak"), [1, 2, 3], 18, keepdims=0),
+        helper.make_node("Equal", [name("peak"), constant("zero", 0.0, np.float32)], [CAM_EMPTY])])
     graph.input.append(helper.make_tensor_value_info(CAM_SIZE, TensorProto.INT64, [4]))
-    graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1, None, None])
-                        for n in (CAM_RAW, CAM_MAPS))
+    graph.output.extend([*(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1, None, None])
+                           for n in (CAM_RAW, CAM_MAPS)), helper.make_tensor_value_info(CAM_EMPTY, TensorProto.BOOL, ["N"])])
     return model
 
 
