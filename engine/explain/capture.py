@@ -108,12 +108,14 @@ def _explained(model, output):
 def gradcam_fn(model, layer, output, top, pixels=False):
     """``gradcam(x, size, *seeds)`` → [``output`` N×C, the raw Grad-CAM maps N×h×w at ``layer``,
     the maps N×H×W at ``size`` (H, W) in [0, 1], N flags for the maps zero everywhere (see
-    :mod:`engine.graph.gradcam`), and with ``top`` the classes N] in one session run; seeded by each image's top class of graph output
-    ``output`` (``top``, computed in the graph) or by the ``seeds`` given. ``x``: a preprocessed
-    batch, or with ``pixels`` the uint8 batch of ``model.pixels``, normalized in the graph
-    (:func:`engine.graph.pixels.normalized_pixels`; float32 3-channel inputs).
+    :mod:`engine.graph.gradcam`), and with ``top`` the classes N] in one session run; seeded by
+    each image's top class of graph output ``output`` (``top``, computed in the graph) or by the
+    ``seeds`` given. ``x``: a preprocessed batch, or with ``pixels`` the uint8 batch of
+    ``model.pixels``, normalized in the graph (:func:`engine.graph.pixels.normalized_pixels`;
+    float32 3-channel inputs).
 
-    >>> scores, raw, maps, empty, classes = gradcam_fn(model, model.default_layer, "logits", True)(model.preprocess(images[:2]), (96, 96))
+    >>> gradcam = gradcam_fn(model, model.default_layer, "logits", True)
+    >>> scores, raw, maps, empty, classes = gradcam(model.preprocess(images[:2]), (96, 96))
     >>> raw.shape, maps.shape, classes.tolist() == scores.argmax(axis=1).tolist()
     ((2, 8, 8), (2, 96, 96), True)
     """

@@ -89,19 +89,25 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
         raise UsageError(f"unknown CAM method '{method}': use one of {', '.join(methods.METHODS)}")
     entry = methods.METHODS[method]
     rgbs, out_size = _images(model, images, layout)
-    first = []  # the first batch, made once where describe needs a forward pass
+    first = []  # the first batch preprocessed, made once (describe may need it for a forward pass)
 
-    def batch_at(start):  # the inputs of images start:start + batch for the path taken
-        if start == 0 and first and not pixels:
-            return first[0]
-        return (model.pixels if pixels else model.preprocess)(rgbs[start:start + batch])
+    def first_batch():
+        if not first:
+            first.append(model.preprocess(rgbs[:batch]))
+        return first[0]
 
-    pixels = False
-    view = describe(model, lambda: first.append(batch_at(0)) or first[0][:1], output, output_kind, logits)
+    view = describe(model, lambda: first_batch()[:1], output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
     in_graph = _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth)
+    pixels = in_graph is not None and in_graph[2]  # the graph takes the uint8 pixels
+
+    def batch_at(start):  # the inputs of images start:start + batch for the path taken
+        if pixels:
+            return model.pixels(rgbs[start:start + batch])
+        return first_batch() if start == 0 else model.preprocess(rgbs[start:start + batch])
+
     if in_graph:
-        layers, in_graph_raw, pixels = in_graph
+        layers, in_graph_raw, _ = in_graph
     else:
         layers, sources = _cam_sources(model, entry, layer, view)
         top_fast = (getattr(targets, "kind", targets) == "top" and view.kind == "classifier"
@@ -151,13 +157,13 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
 
 
 def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
-    """(the layer, ``explain(x, start, total, size)`` → (raw maps by layer, rows, scores, (maps at
-    ``size``, empty flags)) of the batch ``x`` at image ``start`` of ``total``, whether ``x`` is ``model.pixels``
-    rather than ``model.preprocess``) for Grad-CAM made in the graph,
-    one session run per batch (:func:`~engine.explain.capture.gradcam_fn`); None where that does
-    not apply. It applies to Grad-CAM at one layer without TTA or eigen-smoothing, explaining a
-    classifier's float32 graph output (N×C, or N×C×1×1 for given classes) for the top class or
-    one given class per image."""
+    """(the layer, ``explain(x, start, total, size)``, whether ``x`` is ``model.pixels`` rather than
+    ``model.preprocess``) for Grad-CAM made in the graph, one session run per batch
+    (:func:`~engine.explain.capture.gradcam_fn`); ``explain`` gives (raw maps by layer, rows,
+    scores, (maps at ``size``, empty flags)) of the batch ``x`` at image ``start`` of ``total``.
+    None where that does not apply. It applies to Grad-CAM at one layer without TTA or
+    eigen-smoothing, explaining a classifier's float32 graph output (N×C, or N×C×1×1 for given
+    classes) for the top class or one given class per image."""
     kind = getattr(targets, "kind", None)
     if kind == "class":
         targets = targets.index
@@ -176,7 +182,8 @@ def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
             return {layers[0]: raw}, rows, _flat(scores, view), (maps, empty)
     else:
         def explain(x, start, total, size):
-            rows = resolve(_batch_targets(targets, start, len(x), total), len(x), view.row_shape, labels=model.labels)
+            rows = resolve(_batch_targets(targets, start, len(x), total), len(x), view.row_shape,
+                           labels=model.labels)
             scores, raw, maps, empty = gradcam(x, size, rows.seeds)
             return {layers[0]: raw}, rows, _flat(scores, view), (maps, empty)
     return layers, explain, pixels

@@ -27,8 +27,8 @@ from engine.graph.autodiff import SEED, grad_name
 from engine.graph.editing import default_opset
 from engine.graph.shapes import value_info_shape
 
-CAM_SIZE, CAM_RAW, CAM_MAPS, CAM_EMPTY = "onnxlens_cam_size", "onnxlens_cam_raw", "onnxlens_cam_maps", "onnxlens_cam_empty"
-TOP_CLASS = "onnxlens_top_class"
+CAM_SIZE, CAM_RAW, CAM_MAPS = "onnxlens_cam_size", "onnxlens_cam_raw", "onnxlens_cam_maps"
+CAM_EMPTY, TOP_CLASS = "onnxlens_cam_empty", "onnxlens_top_class"
 
 
 def weights_source(model, layer):
@@ -89,8 +89,9 @@ def add_gradcam(model, layer, source, factor=None):
         reduce("ReduceMax", CAM_RAW, name("peak"), [1, 2, 3], 18, keepdims=0),
         helper.make_node("Equal", [name("peak"), constant("zero", 0.0, np.float32)], [CAM_EMPTY])])
     graph.input.append(helper.make_tensor_value_info(CAM_SIZE, TensorProto.INT64, [4]))
-    graph.output.extend([*(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1, None, None])
-                           for n in (CAM_RAW, CAM_MAPS)), helper.make_tensor_value_info(CAM_EMPTY, TensorProto.BOOL, ["N"])])
+    graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1, None, None])
+                         for n in (CAM_RAW, CAM_MAPS)])
+    graph.output.append(helper.make_tensor_value_info(CAM_EMPTY, TensorProto.BOOL, ["N"]))
     return model
 
 

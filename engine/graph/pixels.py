@@ -77,8 +77,8 @@ def normalized_pixels(model, image, scale, offset, bgr=False, layout="NCHW"):
     """
     graph = model.graph
     shape = (-1, 1, 1) if layout == "NCHW" else (-1,)
-    graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32).reshape(shape), PIXELS + "_scale"),
-                              numpy_helper.from_array(np.asarray(offset, np.float32).reshape(shape), PIXELS + "_offset")])
+    graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32).reshape(shape), PIXELS + suffix)
+                             for v, suffix in ((scale, "_scale"), (offset, "_offset")))
     values, nodes = PIXELS, []
     if bgr:
         graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), PIXELS + "_bgr"))
