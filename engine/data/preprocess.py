@@ -90,15 +90,15 @@ class Preprocess:
         x -= offset
         return x
 
-    def affine(self, channels=3):
-        """float32 (scale, offset), one value per channel in the model's channel order: the 3-channel
-        normalization is value·scale − offset (after the channels are reversed for BGR).
+    def affine(self):
+        """float32 (scale, offset) of the 3-channel normalization value·scale − offset, one value per
+        channel in the model's channel order (after the channels are reversed for BGR).
 
         >>> scale, offset = Preprocess("symmetric").affine()
         >>> bool(scale[0] == np.float32(1 / 127.5)), offset.tolist()
         (True, [1.0, 1.0, 1.0])
         """
-        return _affine(self.preset, self.channel_order, channels, "NHWC", self.mean, self.std)
+        return _affine(self.preset, self.channel_order, 3, "NHWC", self.mean, self.std)
 
     def guessed(self):
         """The settings that change pixel values (preset, channel order) that no metadata or option

@@ -59,7 +59,6 @@ def float_image(model, image, inplace=False):
     return out
 
 
-
 PIXELS = "onnxlens_pixels"
 
 
