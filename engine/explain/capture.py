@@ -143,9 +143,7 @@ def gradcam_fn(model, layer, output, top, pixels=False):
             raise run_error(err, model.path.name, "×".join(map(str, x.shape))) from err
         return [values[0], values[1][:, 0], values[2][:, 0], *values[3:]]  # maps N×1×… as N×…
 
-    fixed = getattr(model.input, "batch", None)
-    return lambda x, size, *seeds: run(size, x, *seeds) if fixed is None else in_chunks(
-        functools.partial(run, size), fixed, x, *seeds)
+    return lambda x, size, *seeds: _any_batch(model, functools.partial(run, size))(x, *seeds)
 
 
 def gradient_fn(model, output=None):

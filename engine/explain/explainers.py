@@ -99,25 +99,24 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
     view = describe(model, lambda: first_batch()[:1], output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
     in_graph = _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth)
-    pixels = in_graph is not None and in_graph[2]  # the graph takes the uint8 pixels
-
-    def batch_at(start):  # the inputs of images start:start + batch for the path taken
-        if pixels:
-            return model.pixels(rgbs[start:start + batch])
-        return first_batch() if start == 0 else model.preprocess(rgbs[start:start + batch])
-
     if in_graph:
-        layers, in_graph_raw, _ = in_graph
+        layers, in_graph_explain, pixels = in_graph
     else:
+        pixels = False  # the graph takes preprocessed inputs
         layers, sources = _cam_sources(model, entry, layer, view)
         top_fast = (getattr(targets, "kind", targets) == "top" and view.kind == "classifier"
                     and entry.needs_gradients_only and not tta)
         heads = _top_heads(model, layers, view) if top_fast else None
         transforms = [(f, s) for s in TTA_SCALES for f in TTA_FLIPS] if tta else [(False, 1.0)]
 
+    def batch_at(start):  # the inputs of images start:start + batch for the path taken
+        if pixels:
+            return model.pixels(rgbs[start:start + batch])
+        return first_batch() if start == 0 else model.preprocess(rgbs[start:start + batch])
+
     def explain(x, start):  # (raw maps by layer, rows, scores batch first, the graph's (maps, empty) or None)
         if in_graph:
-            return in_graph_raw(x, start, len(rgbs), out_size)
+            return in_graph_explain(x, start, len(rgbs), out_size)
         if heads:
             raw, rows, scores = _top_raw(model, x, entry, layers, view, eigen_smooth, heads)
             return raw, rows, _flat(scores, view), None

@@ -54,13 +54,14 @@ def add_gradcam(model, layer, source, factor=None):
     """Append Grad-CAM at ``layer`` (N×K×h×w float32) to a model that outputs the gradient of
     ``source`` (see :func:`weights_source`), in place: the input ``CAM_SIZE`` and the outputs
     ``CAM_RAW``, ``CAM_MAPS`` and ``CAM_EMPTY`` (see the module docstring); returns ``model``."""
-    graph, opset = model.graph, default_opset(model)
+    graph, opset, added = model.graph, default_opset(model), set()
 
     def name(suffix):
         return "onnxlens_cam_" + suffix
 
-    def constant(suffix, value, dtype):
-        if name(suffix) not in {t.name for t in graph.initializer}:
+    def constant(suffix, value, dtype):  # an initializer, added once
+        if suffix not in added:
+            added.add(suffix)
             graph.initializer.append(numpy_helper.from_array(np.array(value, dtype), name(suffix)))
         return name(suffix)
 

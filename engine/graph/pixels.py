@@ -92,9 +92,8 @@ def normalized_pixels(model, image, scale, offset, bgr=False, layout="NCHW"):
     forward = [*nodes, *graph.node]
     del graph.node[:]
     graph.node.extend(forward)
-    index = next(i for i, vi in enumerate(graph.input) if vi.name == image)
-    graph.input.remove(graph.input[index])
-    graph.input.insert(index, helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["N", None, None, 3]))
+    next(vi for vi in graph.input if vi.name == image).CopyFrom(
+        helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["N", None, None, 3]))
     return model
 
 

@@ -92,7 +92,8 @@ def build(model, request):
     """
     originals = [o.name for o in model.graph.output]
     output = request.output or originals[0]
-    wanted = list(dict.fromkeys([*request.activations, *request.gradients, *filter(None, [request.cam]), output]))
+    cam = [request.cam] if request.cam else []
+    wanted = list(dict.fromkeys([*request.activations, *request.gradients, *cam, output]))
     inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     tapped = add_taps(model, [n for n in wanted if n not in inputs])  # the pipeline's one private copy
     for name in request.gradients:
