@@ -47,6 +47,7 @@ from engine.runtime import rewrite
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
 CLOCK = time.process_time if os.environ.get("ONNXLENS_BENCH_CLOCK") == "cpu" else time.perf_counter
+SHUFFLED = os.environ.get("ONNXLENS_BENCH_ORDER", "shuffled") == "shuffled"
 
 
 def _resnet50_path():
@@ -164,7 +165,7 @@ def test_ratios_paired(model, batch):
     np.testing.assert_allclose(jobs["in-graph"](), expected, atol=1e-4)
     for run in jobs.values():
         run()
-    one_round, times = rotating_rounds(jobs, clock=CLOCK)
+    one_round, times = rotating_rounds(jobs, clock=CLOCK, shuffled=SHUFFLED)
     for _ in range(7 if batch == 16 else 21):
         one_round()
     line = ", ".join(f"{name}/forward {np.median(round_ratios(times, name, 'forward')):.2f}×"

@@ -11,9 +11,13 @@ import time
 import numpy as np
 
 
-def rotating_rounds(calls, clock=time.perf_counter):
+def rotating_rounds(calls, clock=time.perf_counter, shuffled=False):
     """``(one_round, times)``: ``one_round()`` runs each of ``calls`` (name → callable) once, each
     round starting one job later, and appends its duration by ``clock`` to ``times[name]``.
+    ``shuffled``: each round in a random order (seeded) instead. With more than two jobs a rotation
+    keeps their cyclic order, so a job always follows the same one, and that one's leftovers in the
+    caches (the Python and library code a similar job has just run) favour it; shuffling spreads
+    each job's predecessors over all the jobs.
 
     >>> one_round, times = rotating_rounds({"a": list, "b": dict}, clock=time.process_time)
     >>> for _ in range(3): one_round()
@@ -21,14 +25,17 @@ def rotating_rounds(calls, clock=time.perf_counter):
     [3, 3]
     """
     times = {name: [] for name in calls}
-    order = list(calls)
+    order, rng = list(calls), np.random.default_rng(0)
 
     def one_round():
+        if shuffled:
+            rng.shuffle(order)
         for name in order:
             start = clock()
             calls[name]()
             times[name].append(clock() - start)
-        order.append(order.pop(0))
+        if not shuffled:
+            order.append(order.pop(0))
 
     return one_round, times
 

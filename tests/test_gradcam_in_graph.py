@@ -11,7 +11,7 @@ from engine.explain import cam, explainers, methods
 from engine.explain.capture import capture, gradcam_fn
 from engine.explain.outputs import describe
 from engine.graph.autodiff import SEED, differentiate
-from engine.graph.gradcam import CAM_EMPTY, CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS, seed_top_class, weights_source
+from engine.graph.gradcam import CAM_EMPTY, CAM_MAPS, CAM_RAW, CAM_SIZE, CLASSES, TOP_CLASS, seed_classes, weights_source
 from engine.graph.normalize import normalize
 from engine.graph.pixels import PIXELS, normalized_pixels
 from engine.runtime import rewrite
@@ -33,15 +33,16 @@ def test_top_class_maps_match_pytorch_grad_cam(variant):
     model = _model(fx.path)
     size = (40, 24)  # the maps' size: any
     for tap in fx.taps:
-        scores, raw, maps, empty, classes = gradcam_fn(model, tap, fx.output_name, True)(fx.input, size)
+        scores, raw, maps, empty, classes = gradcam_fn(model, tap, fx.output_name, "top")(fx.input, size)
         want = fx.gradcam[tap]
         assert empty.tolist() == (want <= 0).all(axis=(1, 2)).tolist()
         assert classes.tolist() == fx.seed_top1.argmax(axis=1).tolist()
         np.testing.assert_allclose(scores, fx.outputs[fx.output_name], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(raw, want, rtol=1e-4, atol=1e-5 * scale(want), err_msg=tap)
         np.testing.assert_allclose(maps, unit_resized(want, size), atol=1e-4, err_msg=tap)
-        given = gradcam_fn(model, tap, fx.output_name, False)(fx.input, size, fx.seed_top1)[1]
-        np.testing.assert_allclose(given, raw, rtol=1e-5, atol=1e-6 * scale(want), err_msg=tap)
+        for seed, fed in (("class", classes), ("given", fx.seed_top1)):  # the same classes fed
+            given = gradcam_fn(model, tap, fx.output_name, seed)(fx.input, size, fed)[1]
+            np.testing.assert_allclose(given, raw, rtol=1e-5, atol=1e-6 * scale(want), err_msg=tap)
 
 
 WILD = [n for n in wild.names("own export") if wild.index()[n]["explained"] == "a class score (class:K)"
@@ -53,7 +54,7 @@ def test_maps_for_given_seeds_match_torch_on_the_wild_exports(name):
     entry, ref = wild.index()[name], wild.reference(name)
     model = _model(wild.DIR / entry["file"], input_size=tuple(entry["test_size"]),
                    **({"extra_inputs": ref.extras} if ref.extras else {}))
-    scores, raw, _, _ = gradcam_fn(model, ref.layer, entry["explained_output"], False)(ref.input, (8, 8), ref.seed)
+    scores, raw, _, _ = gradcam_fn(model, ref.layer, entry["explained_output"], "given")(ref.input, (8, 8), ref.seed)
     weights = ref.grad_layer.astype(np.float64).mean(axis=(2, 3))
     want = np.maximum(np.einsum("nk,nkhw->nhw", weights, ref.act_layer.astype(np.float64)), 0)
     assert np.abs(raw - want).max() <= 1e-3 * scale(want)
@@ -76,7 +77,8 @@ def _images(model, n):
 def _reference(model, images, classes, layer):
     """Grad-CAM the general way: the capture's A and G, the numpy method, the resize."""
     x = model.preprocess(images)
-    seeds = np.eye(model.outputs[0].shape[-1], dtype=np.float32)[classes].reshape(len(x), *model.outputs[0].shape[1:])
+    row = model.outputs[0].shape[1:]
+    seeds = np.eye(np.prod(row), dtype=np.float32)[classes].reshape(len(x), *row)
     outputs, acts, grads = capture(model, x, [layer], seeds)
     raw = methods.gradcam(acts[layer], grads[layer])
     return raw, unit_resized(raw, images[0].shape[:2]), outputs[0].reshape(len(x), -1)
@@ -114,7 +116,7 @@ def test_the_general_path_keeps_what_the_graph_does_not_make():
     view = describe(model, model.preprocess(_images(model, 1)))
     for method, layer, targets, tta in [("gradcam++", "auto", "top", False), ("gradcam", "layer2,layer3", "top", False),
                                         ("gradcam", "auto", [[1, 2]], False), ("gradcam", "auto", "top", True)]:
-        assert explainers._in_graph_gradcam(model, method, layer, view, targets, tta, False) is None
+        assert explainers._in_graph_gradcam(model, method, layer, view, targets, tta, False, 1) is None
 
 
 def test_a_static_batch_model_runs_the_graph_in_blocks_like_its_dynamic_twin(monkeypatch):
@@ -130,15 +132,21 @@ def test_a_static_batch_model_runs_the_graph_in_blocks_like_its_dynamic_twin(mon
     np.testing.assert_allclose(ta.maps, tb.maps, atol=1e-3)
 
 
-def test_an_n1c_head_takes_the_graph_for_given_classes_and_the_general_path_for_top(monkeypatch):
-    model = _model(wild.DIR / "mobilenetv3_n1c.onnx")
+@pytest.mark.parametrize("name", ["mobilenetv3_n1c", "squeezenet_nc11"])
+def test_n1c_and_nc11_heads_take_the_graph_for_top_and_given_classes(name, monkeypatch):
+    model = _model(wild.DIR / f"{name}.onnx")
     images = _images(model, 2)
-    top = cam(model, images)  # N×1×C: the top class comes from the general path
     _no_capture(monkeypatch)
-    given = cam(model, images, targets=top.targets.tolist())
+    top, given = cam(model, images), cam(model, images, targets=[1, -2])
+    monkeypatch.undo()
     layer = model.default_layer
-    np.testing.assert_allclose(given.raw[layer], top.raw[layer], rtol=1e-4, atol=1e-5 * scale(top.raw[layer]))
-    np.testing.assert_allclose(given.maps, top.maps, atol=1e-3)
+    for exp in (top, given):
+        raw, maps, scores = _reference(model, images, exp.targets, layer)
+        np.testing.assert_allclose(exp.raw[layer], raw, rtol=1e-4, atol=1e-5 * scale(raw))
+        np.testing.assert_allclose(exp.maps, maps, atol=1e-3)
+        np.testing.assert_allclose(exp.scores, scores, rtol=1e-4, atol=1e-4 * scale(scores))
+    assert top.targets.tolist() == scores.argmax(axis=1).tolist()
+    assert given.targets.tolist() == [1, scores.shape[1] - 2]
 
 
 def test_a_dynamic_size_model_gets_a_graph_per_size(monkeypatch):
@@ -171,25 +179,27 @@ def test_the_graph_maps_equal_numpy_on_the_capture_at_each_opset(opset, pooled):
     seeds = np.eye(4, dtype=np.float32)[[0, 3, 1]] * np.float32([[1], [1], [0]])  # the last: no gradient, an empty map
     capture_ = session(rewrite.build(net, rewrite.Request(None, ("act",), ("act",), "y")))
     y, a, g = capture_.run(["y", "act", "act__grad"], {"x": x, SEED: seeds})
-    raw = methods.gradcam(a, g)
-    for top in (False, True):
-        proto = rewrite.build(net, rewrite.Request(None, (), (), "y", seed="top" if top else "given", cam="act"))
-        feeds = {"x": x, CAM_SIZE: np.array([3, 1, 9, 7], np.int64), **({} if top else {SEED: seeds})}
-        got_raw, maps, empty, *classes = session(proto).run([CAM_RAW, CAM_MAPS, CAM_EMPTY, *([TOP_CLASS] if top else [])],
+    fed = {"given": {SEED: seeds}, "class": {CLASSES: np.array([0, -1, 1])}, "top": {}}
+    for seed, feeds in fed.items():
+        proto = rewrite.build(net, rewrite.Request(None, (), (), "y", seed=seed, cam="act"))
+        feeds = {"x": x, CAM_SIZE: np.array([3, 1, 9, 7], np.int64), **feeds}
+        got_raw, maps, empty, *classes = session(proto).run([CAM_RAW, CAM_MAPS, CAM_EMPTY, *([TOP_CLASS] * (seed == "top"))],
                                                             feeds)
-        if top:  # the same maps for the top classes: given as seeds to the capture
-            assert classes[0].tolist() == y.argmax(axis=1).tolist()
-            g = capture_.run(["act__grad"], {"x": x, SEED: np.eye(4, dtype=np.float32)[classes[0]]})[0]
-            raw = methods.gradcam(a, g)
+        if seed != "given":  # the same maps for these classes: given as seeds to the capture
+            classes = classes[0] if classes else [0, 3, 1]  # found in the graph, or those fed (−1: the last)
+            if seed == "top":
+                assert classes.tolist() == y.argmax(axis=1).tolist()
+            g = capture_.run(["act__grad"], {"x": x, SEED: np.eye(4, dtype=np.float32)[classes]})[0]
+        raw = methods.gradcam(a, g)
         np.testing.assert_allclose(got_raw[:, 0], raw, rtol=1e-5, atol=1e-6 * scale(raw))
         np.testing.assert_allclose(maps[:, 0], unit_resized(raw, (9, 7)), atol=1e-5)
-        assert empty.tolist() == (raw <= 0).all(axis=(1, 2)).tolist() and (top or empty[2])
+        assert empty.tolist() == (raw <= 0).all(axis=(1, 2)).tolist() and (seed != "given" or empty[2])
 
 
 def test_the_top_class_is_the_first_of_tied_maxima():
     b = Builder()
     b.op("Mul", ["x", b.const(np.float32(2.0))], name="y")
-    proto = seed_top_class(differentiate(b.model([("x", ["N", 3])], [("y", ["N", 3])], 13), "y", ["x"]), "y")
+    proto = seed_classes(differentiate(b.model([("x", ["N", 3])], [("y", ["N", 3])], 13), "y", ["x"]), "y", top=True)
     x = np.array([[1, 3, 3], [2, 2, 0], [0, 0, 0]], np.float32)
     classes, grad = session(proto).run([TOP_CLASS, "x__grad"], {"x": x})
     assert classes.tolist() == np.argmax(x, axis=1).tolist() == [1, 0, 0]
@@ -220,7 +230,7 @@ def test_cam_feeds_uint8_pixels_to_the_graph_for_nchw_and_nhwc_inputs(preprocess
         _no_capture(monkeypatch)
         exp = cam(model, images, targets=[1, 0, 2])
         monkeypatch.undo()
-        assert explainers._in_graph_plan(model, "auto", describe(model, model.preprocess(images)), False)[2]
+        assert explainers._in_graph_plan(model, "auto", describe(model, model.preprocess(images)), "class")[2]
         raw, maps, scores = _reference(model, images, exp.targets, model.default_layer)
         np.testing.assert_allclose(exp.raw[model.default_layer], raw, rtol=1e-4, atol=1e-6 * scale(raw))
         np.testing.assert_allclose(exp.maps, maps, atol=1e-4)

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from engine.errors import LayerError
 from engine.explain.outputs import OutputView, forward
 from engine.graph.autodiff import SEED, differentiate, grad_name
-from engine.graph.gradcam import CAM_EMPTY, CAM_MAPS, CAM_RAW, CAM_SIZE, TOP_CLASS
+from engine.graph.gradcam import CAM_EMPTY, CAM_MAPS, CAM_RAW, CAM_SIZE, CLASSES, TOP_CLASS
 from engine.graph.nodes import attrs
 from engine.graph.normalize import normalize
 from engine.graph.pixels import PIXELS
@@ -105,16 +105,17 @@ def _explained(model, output):
 
 
 @per_model
-def gradcam_fn(model, layer, output, top, pixels=False):
-    """``gradcam(x, size, *seeds)`` → [``output`` N×C, the raw Grad-CAM maps N×h×w at ``layer``,
+def gradcam_fn(model, layer, output, seed, pixels=False):
+    """``gradcam(x, size, *fed)`` → [``output`` N×…, the raw Grad-CAM maps N×h×w at ``layer``,
     the maps N×H×W at ``size`` (H, W) in [0, 1], N flags for the maps zero everywhere (see
-    :mod:`engine.graph.gradcam`), and with ``top`` the classes N] in one session run; seeded by
-    each image's top class of graph output ``output`` (``top``, computed in the graph) or by the
-    ``seeds`` given. ``x``: a preprocessed batch, or with ``pixels`` the uint8 batch of
-    ``model.pixels``, normalized in the graph (:func:`engine.graph.pixels.normalized_pixels`;
-    float32 3-channel inputs).
+    :mod:`engine.graph.gradcam`), and for the top class the classes N] in one session run. ``seed``
+    (as :class:`engine.runtime.rewrite.Request`'s): "top", each image's top class of graph output
+    ``output``, found in the graph; "class", one class index per image fed (N int64); "given",
+    seed rows fed (shaped like ``output``). ``x``: a preprocessed batch, or with ``pixels`` the
+    uint8 batch of ``model.pixels``, normalized in the graph
+    (:func:`engine.graph.pixels.normalized_pixels`; float32 3-channel inputs).
 
-    >>> gradcam = gradcam_fn(model, model.default_layer, "logits", True)
+    >>> gradcam = gradcam_fn(model, model.default_layer, "logits", "top")
     >>> scores, raw, maps, empty, classes = gradcam(model.preprocess(images[:2]), (96, 96))
     >>> raw.shape, maps.shape, classes.tolist() == scores.argmax(axis=1).tolist()
     ((2, 8, 8), (2, 96, 96), True)
@@ -124,26 +125,26 @@ def gradcam_fn(model, layer, output, top, pixels=False):
     normalization = (model.input.name, *(tuple(v.tolist()) for v in model.preprocessing.affine()),
                      model.preprocessing.channel_order == "BGR", model.input.layout) if pixels else ()
     sessions = {}  # input size → (session, the model's extra inputs it reads)
-    fetch = [output, CAM_RAW, CAM_MAPS, CAM_EMPTY, *([TOP_CLASS] if top else [])]
+    fetch = [output, CAM_RAW, CAM_MAPS, CAM_EMPTY, *([TOP_CLASS] if seed == "top" else [])]
+    fed = {"given": [SEED], "class": [CLASSES], "top": []}[seed]
 
-    def run(size, x, *seeds):
+    def run(size, x, *fed_values):
         spatial = x.shape[1:3] if nhwc else x.shape[2:4]
         if spatial not in sessions:  # one rewritten model per input size (a dynamic-size model's too)
-            request = rewrite.Request(model.input_size or tuple(spatial), (), (), output,
-                                      seed="top" if top else "given", cam=layer, pixels=normalization)
+            request = rewrite.Request(model.input_size or tuple(spatial), (), (), output, seed=seed, cam=layer,
+                                      pixels=normalization)
             session = model.rewritten_session(request)
-            sessions[spatial] = session, [i.name for i in session.get_inputs() if i.name not in (image, SEED, CAM_SIZE)]
+            sessions[spatial] = session, [i.name for i in session.get_inputs() if i.name not in (image, *fed, CAM_SIZE)]
         session, extras = sessions[spatial]
-        feeds = {image: x, CAM_SIZE: np.array([len(x), 1, *size], np.int64), **_extra_feeds(model, extras, len(x))}
-        if seeds:
-            feeds[SEED] = seeds[0]
+        feeds = {image: x, CAM_SIZE: np.array([len(x), 1, *size], np.int64), **dict(zip(fed, fed_values)),
+                 **_extra_feeds(model, extras, len(x))}
         try:
             values = session.run(fetch, feeds)
         except RUN_ERRORS as err:  # e.g. a dynamic-size model given a size its graph cannot take
             raise run_error(err, model.path.name, "×".join(map(str, x.shape))) from err
         return [values[0], values[1][:, 0], values[2][:, 0], *values[3:]]  # maps N×1×… as N×…
 
-    return lambda x, size, *seeds: _any_batch(model, functools.partial(run, size))(x, *seeds)
+    return lambda x, size, *fed_values: _any_batch(model, functools.partial(run, size))(x, *fed_values)
 
 
 def gradient_fn(model, output=None):

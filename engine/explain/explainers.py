@@ -17,7 +17,7 @@ from engine.explain import attribution, methods
 from engine.explain.capture import (per_model, capture, fc_head, gradcam_fn, gradient_fn, head_fn, head_gradient_fn,
                                     layers_of, output_names, scores_fn)
 from engine.explain.outputs import describe, forward, softmax_input
-from engine.explain.targets import OutputMask, Rows, Target, parse, resolve
+from engine.explain.targets import OutputMask, Rows, Target, class_rows, parse, resolve
 from engine.progress import Progress
 from engine.viz.overlay import resize_maps, to_unit, unit_resized
 
@@ -98,7 +98,7 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
 
     view = describe(model, lambda: first_batch()[:1], output, output_kind, logits)
     targets = parse(targets, model.labels) if isinstance(targets, str) else targets
-    in_graph = _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth)
+    in_graph = _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth, len(rgbs))
     if in_graph:
         layers, in_graph_explain, pixels = in_graph
     else:
@@ -116,7 +116,7 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
 
     def explain(x, start):  # (raw maps by layer, rows, scores batch first, the graph's (maps, empty) or None)
         if in_graph:
-            return in_graph_explain(x, start, len(rgbs), out_size)
+            return in_graph_explain(x, start, out_size)
         if heads:
             raw, rows, scores = _top_raw(model, x, entry, layers, view, eigen_smooth, heads)
             return raw, rows, _flat(scores, view), None
@@ -155,14 +155,14 @@ def cam(model, images, method="gradcam", layer="auto", targets="top", batch=16, 
                        empty=empty)
 
 
-def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
-    """(the layer, ``explain(x, start, total, size)``, whether ``x`` is ``model.pixels`` rather than
+def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth, total):
+    """(the layer, ``explain(x, start, size)``, whether ``x`` is ``model.pixels`` rather than
     ``model.preprocess``) for Grad-CAM made in the graph, one session run per batch
     (:func:`~engine.explain.capture.gradcam_fn`); ``explain`` gives (raw maps by layer, rows,
     scores, (maps at ``size``, empty flags)) of the batch ``x`` at image ``start`` of ``total``.
     None where that does not apply. It applies to Grad-CAM at one layer without TTA or
-    eigen-smoothing, explaining a classifier's float32 graph output (N×C, or N×C×1×1 for given
-    classes) for the top class or one given class per image."""
+    eigen-smoothing, explaining a classifier's float32 graph output for the top class or one
+    given class per image (fed to the graph as its index)."""
     kind = getattr(targets, "kind", None)
     if kind == "class":
         targets = targets.index
@@ -170,41 +170,46 @@ def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth):
         isinstance(targets, (list, tuple, np.ndarray)) and all(isinstance(t, (int, np.integer, str)) for t in targets))
     if method != "gradcam" or tta or eigen_smooth or not isinstance(layer, str) or not (kind == "top" or indices):
         return None
-    plan = _in_graph_plan(model, layer, view, kind == "top")
+    plan = _in_graph_plan(model, layer, view, "top" if kind == "top" else "class")
     if plan is None:
         return None
     layers, gradcam, pixels = plan
     if kind == "top":
-        def explain(x, start, total, size):
+        def explain(x, start, size):
             scores, raw, maps, empty, classes = gradcam(x, size)
-            rows = Rows(np.arange(len(x)), classes, None, [{} for _ in classes])
-            return {layers[0]: raw}, rows, _flat(scores, view), (maps, empty)
+            return {layers[0]: raw}, _class_rows(classes), _flat(scores, view), (maps, empty)
     else:
-        def explain(x, start, total, size):
-            rows = resolve(_batch_targets(targets, start, len(x), total), len(x), view.row_shape,
-                           labels=model.labels)
-            scores, raw, maps, empty = gradcam(x, size, rows.seeds)
-            return {layers[0]: raw}, rows, _flat(scores, view), (maps, empty)
+        classes = np.array(class_rows(targets, total, view.row_shape, labels=model.labels)[1], np.int64)
+
+        def explain(x, start, size):
+            scores, raw, maps, empty = gradcam(x, size, classes[start:start + len(x)])
+            return {layers[0]: raw}, _class_rows(classes[start:start + len(x)]), _flat(scores, view), (maps, empty)
     return layers, explain, pixels
 
 
+def _class_rows(classes):
+    """The rows of one class per image, in order."""
+    return Rows(np.arange(len(classes)), classes, None, [{} for _ in classes])
+
+
 @per_model
-def _in_graph_plan(model, layer, view, top):
-    """([the layer], :func:`~engine.explain.capture.gradcam_fn`, whether it takes uint8 pixels) for
-    :func:`_in_graph_gradcam`, or None where the ``layer`` (one name, or auto) or the output
-    ``view`` does not fit. A float32 3-channel input takes the images' pixels (``model.pixels``),
+def _in_graph_plan(model, layer, view, seed):
+    """([the layer], :func:`~engine.explain.capture.gradcam_fn` seeded by ``seed`` ("top" or
+    "class"), whether it takes uint8 pixels) for :func:`_in_graph_gradcam`, or None where the
+    ``layer`` (one name, or auto) or the output ``view`` does not fit. A float32 3-channel input takes the images' pixels (``model.pixels``),
     normalized in the graph."""
     output = next((t for t in model.outputs if t.name == view.name), None)
     if view.kind != "classifier" or getattr(output, "dtype", None) != "float32" \
             or view.perm != tuple(range(len(view.perm))) or not hasattr(model, "rewritten_session"):
         return None  # (a duck-typed model without rewritten sessions: the numpy path)
-    if top and not (len(output.shape) == 2 and isinstance(output.shape[1], int)):
-        return None
+    row = output.shape[1:]
+    if not row or not all(isinstance(d, int) for d in row) or sum(d > 1 for d in row) > 1:
+        return None  # one-hot seeds in the graph: a vector of known length (N×C, N×C×1×1, N×1×C)
     layers = layers_of(model, layer, view.name)
     if len(layers) != 1:
         return None
     pixels = hasattr(model, "pixels") and model.input.dtype == np.float32 and model.input.channels == 3
-    return layers, gradcam_fn(model, layers[0], view.name, top, pixels), pixels
+    return layers, gradcam_fn(model, layers[0], view.name, seed, pixels), pixels
 
 
 def _empty(raw, layers):

@@ -7,19 +7,21 @@ size fed as ``CAM_SIZE`` (N, 1, H, W) and stretched to [0, 1] per map (cv2.norma
 NORM_MINMAX; a flat map gives zeros); ``CAM_EMPTY``: N flags, True where the raw map is zero
 everywhere (the class does not reach the layer). A stretch before the resize, as
 :func:`engine.viz.overlay.unit_resized` does, would change nothing: bilinear samples are convex
-combinations, so the resize commutes with any a·x + b. :func:`seed_top_class` replaces the fed
-seed by the one-hot row of each image's top class, computed from the output in the graph, and
-outputs that class as ``TOP_CLASS``.
+combinations, so the resize commutes with any a·x + b. :func:`seed_classes` replaces the fed
+seed by one-hot rows made in the graph: of each image's top class (output as ``TOP_CLASS``), or of
+class indices fed as ``CLASSES``.
 
 >>> from engine.graph.autodiff import differentiate
 >>> from engine.graph.normalize import normalize
 >>> m = normalize(model.proto, input_size=model.input_size)
 >>> source, factor = weights_source(m, model.default_layer)   # the pooled layer: see weights_source
->>> m = seed_top_class(differentiate(m, "logits", [source]), "logits")
+>>> m = seed_classes(differentiate(m, "logits", [source]), "logits", top=True)
 >>> m = add_gradcam(m, model.default_layer, source, factor)
 >>> [o.name for o in m.graph.output][-4:], [i.name for i in m.graph.input]
 (['onnxlens_top_class', 'onnxlens_cam_raw', 'onnxlens_cam_maps', 'onnxlens_cam_empty'], ['image', 'onnxlens_cam_size'])
 """
+import math
+
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
@@ -28,7 +30,7 @@ from engine.graph.editing import default_opset
 from engine.graph.shapes import value_info_shape
 
 CAM_SIZE, CAM_RAW, CAM_MAPS = "onnxlens_cam_size", "onnxlens_cam_raw", "onnxlens_cam_maps"
-CAM_EMPTY, TOP_CLASS = "onnxlens_cam_empty", "onnxlens_top_class"
+CAM_EMPTY, TOP_CLASS, CLASSES = "onnxlens_cam_empty", "onnxlens_top_class", "onnxlens_classes"
 
 
 def weights_source(model, layer):
@@ -96,24 +98,40 @@ def add_gradcam(model, layer, source, factor=None):
     return model
 
 
-def seed_top_class(model, output):
-    """Seed a differentiated ``model`` (its input ``SEED``) in place with the one-hot row of each
-    image's top class of ``output`` (N×C float32; the first of tied maxima, as numpy's argmax),
-    computed in the graph: ``SEED`` is no longer an input and ``TOP_CLASS`` (N int64) is an
-    output. Returns ``model``."""
+def seed_classes(model, output, top):
+    """Seed a differentiated ``model`` in place with one-hot rows shaped like ``output``'s (N×…
+    float32, every dim after the batch known; its classes are the flattened row's indices): of
+    each image's top class (``top``: the first of tied maxima, as numpy's argmax; output as
+    ``TOP_CLASS``, N int64), else of the classes fed as the input ``CLASSES`` (N int64, in
+    −C..C−1). ``SEED`` is no longer an input. Returns ``model``."""
     graph = model.graph
     seed = next(i for i in graph.input if i.name == SEED)
-    dims = seed.type.tensor_type.shape.dim
-    if len(dims) != 2 or not dims[1].dim_value or seed.type.tensor_type.elem_type != TensorProto.FLOAT:
-        raise ValueError(f"the top class needs an N×C float32 output with a known C, '{output}' is not one")
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in seed.type.tensor_type.shape.dim[1:]]
+    if not dims or not all(dims) or seed.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise ValueError(f"one-hot seeds need a float32 output with known dims after the batch, '{output}' is not one")
     graph.input.remove(seed)
-    graph.initializer.extend([numpy_helper.from_array(np.array([dims[1].dim_value], np.int64), "onnxlens_top_depth"),
-                              numpy_helper.from_array(np.array([0, 1], np.float32), "onnxlens_top_values")])
-    top = [helper.make_node("ArgMax", [output], [TOP_CLASS], axis=1, keepdims=0),
-           helper.make_node("OneHot", [TOP_CLASS, "onnxlens_top_depth", "onnxlens_top_values"], [SEED], axis=1)]
-    at = 1 + next(i for i, node in enumerate(graph.node) if output in node.output)
-    nodes = [*graph.node[:at], *top, *graph.node[at:]]
+    flat = len(dims) > 1  # the seed made flat (N×C), then shaped like the row
+    graph.initializer.extend([numpy_helper.from_array(np.array([math.prod(dims)], np.int64), "onnxlens_seed_depth"),
+                              numpy_helper.from_array(np.array([0, 1], np.float32), "onnxlens_seed_values")])
+    if flat:
+        graph.initializer.append(numpy_helper.from_array(np.array([0, *dims], np.int64), "onnxlens_seed_shape"))
+    classes, nodes = CLASSES, []
+    if top:
+        scores = output
+        if flat:
+            nodes.append(helper.make_node("Flatten", [output], ["onnxlens_seed_scores"], axis=1))
+            scores = "onnxlens_seed_scores"
+        classes = TOP_CLASS
+        nodes.append(helper.make_node("ArgMax", [scores], [classes], axis=1, keepdims=0))
+        graph.output.append(helper.make_tensor_value_info(classes, TensorProto.INT64, ["N"]))
+    else:
+        graph.input.append(helper.make_tensor_value_info(classes, TensorProto.INT64, ["N"]))
+    nodes.append(helper.make_node("OneHot", [classes, "onnxlens_seed_depth", "onnxlens_seed_values"],
+                                  ["onnxlens_seed_flat" if flat else SEED], axis=1))
+    if flat:
+        nodes.append(helper.make_node("Reshape", ["onnxlens_seed_flat", "onnxlens_seed_shape"], [SEED]))
+    at = 1 + next(i for i, node in enumerate(graph.node) if output in node.output) if top else 0
+    nodes = [*graph.node[:at], *nodes, *graph.node[at:]]
     del graph.node[:]
     graph.node.extend(nodes)
-    graph.output.append(helper.make_tensor_value_info(TOP_CLASS, TensorProto.INT64, ["N"]))
     return model

@@ -20,7 +20,7 @@ import onnx
 
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate
-from engine.graph.gradcam import add_gradcam, seed_top_class, weights_source
+from engine.graph.gradcam import add_gradcam, seed_classes, weights_source
 from engine.graph.normalize import normalize
 from engine.graph.weightless import without_weights
 from engine.graph.pixels import float_image, normalized_pixels
@@ -35,9 +35,10 @@ from engine.runtime.session import create_session
 class Request:
     """What to expose: ``activations`` and ``gradients`` (tensor names, the graph input's name
     for the input gradient) of Σ seed · ``output`` in backward ``mode``, at ``input_size`` (H, W).
-    ``seed``: "given" (fed as ``SEED``) or "top" (each image's top class of an N×C ``output``,
-    in the graph); ``cam``: a layer whose raw Grad-CAM maps the graph computes (see
-    :mod:`engine.graph.gradcam`; its gradient need not be among ``gradients``); ``pixels``:
+    ``seed``: "given" (fed as ``SEED``), or one-hot rows made in the graph
+    (:func:`engine.graph.gradcam.seed_classes`): "top" (each image's top class of ``output``) or
+    "class" (class indices fed as ``CLASSES``); ``cam``: a layer whose raw Grad-CAM maps the graph
+    computes (see :mod:`engine.graph.gradcam`; its gradient need not be among ``gradients``); ``pixels``:
     (image input, scale, offset, bgr, layout) to take uint8 RGB images instead of that float
     input, normalized in the graph (:func:`engine.graph.pixels.normalized_pixels`)."""
 
@@ -104,8 +105,8 @@ def build(model, request):
     wrt = [*request.gradients, *([cam_weights[0]] if cam_weights else [])]
     if wrt:
         rewritten = differentiate(rewritten, output, list(dict.fromkeys(wrt)), mode=request.mode)
-        if request.seed == "top":
-            seed_top_class(rewritten, output)
+        if request.seed != "given":
+            seed_classes(rewritten, output, top=request.seed == "top")
     rewritten = integer_forward(rewritten)  # the dynamic int8 forward back in integers
     if request.cam:
         add_gradcam(rewritten, request.cam, *cam_weights)
