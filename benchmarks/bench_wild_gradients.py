@@ -1,7 +1,8 @@
 """Input gradient / forward at batch 1 on every model of the models-from-the-wild corpus, per model.
 
-For each model of ``tests/fixtures/wild/index.json`` (or ``$ONNXLENS_WILD``'s index.json; files too
-big to vendor are looked up there too), at its ``test_size``: ``forward`` = ``Model.run(x)``,
+For each model of ``tests/fixtures/wild/index.json`` whose file is vendored or inside its installed
+PyPI package (``make test`` installs them; ``$ONNXLENS_WILD``'s index.json and files are read
+too), at its ``test_size``: ``forward`` = ``Model.run(x)``,
 ``input`` = ``Model.run(x, gradients=["input"], seed=...)`` seeding the first element of the
 explained output, timed back to back within each round (order rotating), and the median of the
 per-round ratios input / forward printed per model, then their median and worst (goals: median
@@ -81,21 +82,25 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from engine import Model  # noqa: E402
 from engine.errors import OnnxlensError  # noqa: E402
 from paired import rotating_rounds, round_ratios  # noqa: E402
+from tests import wild  # noqa: E402
 
 THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
 SECONDS = float(os.environ.get("ONNXLENS_BENCH_SECONDS", "3"))
-FOLDERS = [ROOT / "tests" / "fixtures" / "wild", Path(os.environ.get("ONNXLENS_WILD", "/work/wild"))]
+OTHERS = Path(os.environ.get("ONNXLENS_WILD", "/work/wild"))  # a folder of more corpus files, with its index.json
 
 
 def corpus():
-    """{name: (path, entry)} of the corpus models whose file is here."""
+    """{name: (path, entry)} of the corpus models whose file is here: vendored, inside its installed
+    PyPI package (``tests.wild.locate``; ``make test`` installs them), else in ``$ONNXLENS_WILD``."""
     found = {}
-    for folder in reversed(FOLDERS):  # the vendored fixtures win
-        index = folder / "index.json"
-        if index.is_file():
-            for name, entry in json.loads(index.read_text()).items():
-                if "failed" not in entry and (folder / entry["file"]).is_file():
-                    found[name] = (folder / entry["file"], entry)
+    if (OTHERS / "index.json").is_file():
+        for name, entry in json.loads((OTHERS / "index.json").read_text()).items():
+            if "failed" not in entry and (OTHERS / entry["file"]).is_file():
+                found[name] = (OTHERS / entry["file"], entry)
+    for name, entry in wild.index().items():
+        path = wild.locate(name)
+        if path is not None:
+            found[name] = (path, entry)
     return dict(sorted(found.items()))
 
 

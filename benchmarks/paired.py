@@ -11,13 +11,12 @@ import time
 import numpy as np
 
 
-def rotating_rounds(calls, clock=time.perf_counter, shuffled=False):
+def rotating_rounds(calls, clock=time.perf_counter, between=None):
     """``(one_round, times)``: ``one_round()`` runs each of ``calls`` (name → callable) once, each
     round starting one job later, and appends its duration by ``clock`` to ``times[name]``.
-    ``shuffled``: each round in a random order (seeded) instead. With more than two jobs a rotation
-    keeps their cyclic order, so a job always follows the same one, and that one's leftovers in the
-    caches (the Python and library code a similar job has just run) favour it; shuffling spreads
-    each job's predecessors over all the jobs.
+    ``between``: run (untimed) before each job, e.g. :func:`cache_pass`. Without it, a job finds in
+    the caches what the job before it left there, and with more than two jobs a rotation keeps
+    them in one cyclic order: a job that always follows one sharing its code is favoured.
 
     >>> one_round, times = rotating_rounds({"a": list, "b": dict}, clock=time.process_time)
     >>> for _ in range(3): one_round()
@@ -25,19 +24,30 @@ def rotating_rounds(calls, clock=time.perf_counter, shuffled=False):
     [3, 3]
     """
     times = {name: [] for name in calls}
-    order, rng = list(calls), np.random.default_rng(0)
+    order = list(calls)
 
     def one_round():
-        if shuffled:
-            rng.shuffle(order)
         for name in order:
+            if between:
+                between()
             start = clock()
             calls[name]()
             times[name].append(clock() - start)
-        if not shuffled:
-            order.append(order.pop(0))
+        order.append(order.pop(0))
 
     return one_round, times
+
+
+def cache_pass(megabytes):
+    """A function that reads ``megabytes`` of memory, evicting what the caches held, so that before
+    each job of :func:`rotating_rounds` the jobs start alike, whatever ran before: a few MB empty
+    the L1 and L2 caches, more than the last level holds empties every cache.
+
+    >>> cache_pass(1)() > 0
+    True
+    """
+    block = np.ones(megabytes * 2**20 // 8)
+    return lambda: float(block.sum())
 
 
 def round_ratios(times, name, base):

@@ -7,11 +7,13 @@ import pytest
 
 from engine.api import Model
 from engine.data import preprocess as presets
+from engine.errors import UsageError
 from engine.explain import cam, explainers, methods
 from engine.explain.capture import capture, gradcam_fn
 from engine.explain.outputs import describe
 from engine.graph.autodiff import SEED, differentiate
-from engine.graph.gradcam import CAM_EMPTY, CAM_MAPS, CAM_RAW, CAM_SIZE, CLASSES, TOP_CLASS, seed_classes, weights_source
+from engine.graph.gradcam import (CAM_EMPTY, CAM_MAPS, CAM_RAW, CAM_SIZE, CLASSES, TOP_CLASS, seed_classes,
+                                  weights_source)
 from engine.graph.normalize import normalize
 from engine.graph.pixels import PIXELS, normalized_pixels
 from engine.runtime import rewrite
@@ -111,6 +113,21 @@ def test_cam_makes_gradcam_in_the_graph_in_batches(targets, monkeypatch):
     assert exp.empty.tolist() == [False] * 5 and exp.details == [{}] * 5
 
 
+def test_given_classes_are_checked_and_read_as_the_general_path_reads_them(monkeypatch):
+    model = _model(SHAPES)
+    images = _images(model, 2)
+    _no_capture(monkeypatch)
+    for targets, words in [([1], "got 1 targets for 2 images"), ([1, 8], "out of range: the model has 8 classes"),
+                           ([-9, 1], "out of range"), ([1, "owl"], "neither a class index nor one of the model's labels")]:
+        with pytest.raises(UsageError, match=words):
+            cam(model, images, targets=targets)
+    exp = cam(model, images, targets=[-1, "star"])
+    monkeypatch.undo()
+    assert exp.targets.tolist() == [7, model.labels.index("star")]
+    np.testing.assert_allclose(exp.maps, _reference(model, images, [7, model.labels.index("star")], exp.layers[0])[1],
+                               atol=1e-4)
+
+
 def test_the_general_path_keeps_what_the_graph_does_not_make():
     model = _model(SHAPES)
     view = describe(model, model.preprocess(_images(model, 1)))
@@ -183,8 +200,8 @@ def test_the_graph_maps_equal_numpy_on_the_capture_at_each_opset(opset, pooled):
     for seed, feeds in fed.items():
         proto = rewrite.build(net, rewrite.Request(None, (), (), "y", seed=seed, cam="act"))
         feeds = {"x": x, CAM_SIZE: np.array([3, 1, 9, 7], np.int64), **feeds}
-        got_raw, maps, empty, *classes = session(proto).run([CAM_RAW, CAM_MAPS, CAM_EMPTY, *([TOP_CLASS] * (seed == "top"))],
-                                                            feeds)
+        fetch = [CAM_RAW, CAM_MAPS, CAM_EMPTY, *([TOP_CLASS] if seed == "top" else [])]
+        got_raw, maps, empty, *classes = session(proto).run(fetch, feeds)
         if seed != "given":  # the same maps for these classes: given as seeds to the capture
             classes = classes[0] if classes else [0, 3, 1]  # found in the graph, or those fed (−1: the last)
             if seed == "top":

@@ -4,6 +4,7 @@
 >>> exp.layers, exp.raw[exp.layers[0]].shape, exp.maps.shape     # at the layer; in [0, 1] at the image's size
 (['/layer3/relu_1/Relu_output_0'], (1, 8, 8), (1, 96, 96))
 """
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from engine.explain import attribution, methods
 from engine.explain.capture import (per_model, capture, fc_head, gradcam_fn, gradient_fn, head_fn, head_gradient_fn,
                                     layers_of, output_names, scores_fn)
 from engine.explain.outputs import describe, forward, softmax_input
-from engine.explain.targets import OutputMask, Rows, Target, class_rows, parse, resolve
+from engine.explain.targets import OutputMask, Rows, Target, one_class_each, parse, resolve
 from engine.progress import Progress
 from engine.viz.overlay import resize_maps, to_unit, unit_resized
 
@@ -179,11 +180,12 @@ def _in_graph_gradcam(model, method, layer, view, targets, tta, eigen_smooth, to
             scores, raw, maps, empty, classes = gradcam(x, size)
             return {layers[0]: raw}, _class_rows(classes), _flat(scores, view), (maps, empty)
     else:
-        classes = np.array(class_rows(targets, total, view.row_shape, labels=model.labels)[1], np.int64)
+        classes = one_class_each(targets, total, math.prod(view.row_shape), model.labels)
 
         def explain(x, start, size):
-            scores, raw, maps, empty = gradcam(x, size, classes[start:start + len(x)])
-            return {layers[0]: raw}, _class_rows(classes[start:start + len(x)]), _flat(scores, view), (maps, empty)
+            batch = classes[start:start + len(x)]
+            scores, raw, maps, empty = gradcam(x, size, batch)
+            return {layers[0]: raw}, _class_rows(batch), _flat(scores, view), (maps, empty)
     return layers, explain, pixels
 
 
@@ -196,8 +198,8 @@ def _class_rows(classes):
 def _in_graph_plan(model, layer, view, seed):
     """([the layer], :func:`~engine.explain.capture.gradcam_fn` seeded by ``seed`` ("top" or
     "class"), whether it takes uint8 pixels) for :func:`_in_graph_gradcam`, or None where the
-    ``layer`` (one name, or auto) or the output ``view`` does not fit. A float32 3-channel input takes the images' pixels (``model.pixels``),
-    normalized in the graph."""
+    ``layer`` (one name, or auto) or the output ``view`` does not fit. A float32 3-channel input
+    takes the images' pixels (``model.pixels``), normalized in the graph."""
     output = next((t for t in model.outputs if t.name == view.name), None)
     if view.kind != "classifier" or getattr(output, "dtype", None) != "float32" \
             or view.perm != tuple(range(len(view.perm))) or not hasattr(model, "rewritten_session"):

@@ -198,34 +198,54 @@ def resolve(targets, n, output_shape, outputs=None, kind="classifier", boxes=Non
                                   input_size=input_size, blank=blank, labels=labels) for i in range(n)]
         seeds = np.stack([seed for seed, _, _ in found]).astype(np.float32)
         return Rows(np.arange(n), np.array([c for _, c, _ in found], int), seeds, [d for _, _, d in found])
-    image, classes = class_rows(targets, n, output_shape, outputs, labels)
-    seeds = np.zeros((len(classes), math.prod(output_shape)), np.float32)
-    for row, c in enumerate(classes):  # per item: numpy's fancy indexing costs more for the few rows of a call
-        seeds[row, c] = 1
-    return Rows(np.array(image, int), np.array(classes, int), seeds.reshape(len(classes), *output_shape),
-                [{} for _ in classes])
-
-
-def class_rows(targets, n, output_shape, outputs=None, labels=None):
-    """(image index per row, class index per row in 0..C−1), two lists, for plain class targets
-    (top, a class, one or several per image; see :func:`resolve`) of ``n`` images and a classifier
-    output row shaped ``output_shape`` (C classes: a vector, possibly with unit dims).
-
-    >>> class_rows([2, [-1, "b"]], 2, (3, 1), labels=["a", "b", "c"])
-    ([0, 1, 1], [2, 2, 1])
-    """
     if isinstance(targets, Target):
         targets = targets.index
-    output_shape = tuple(output_shape)
     n_classes = math.prod(int(d) for d in output_shape) if output_shape else 0
     if sum(d > 1 for d in output_shape) > 1:
         raise UsageError(f"class targets need a vector output, this one is shaped {output_shape}: "
                          "use an OutputMask or a structured target")
     per_image = _per_image_classes(targets, n, outputs, labels)
     flat = [c for classes in per_image for c in classes]
-    if flat and (min(flat) < -n_classes or max(flat) >= n_classes):
+    if flat:
+        _check_range(flat, n_classes)
+    image = [i for i, classes in enumerate(per_image) for _ in classes]
+    seeds = np.zeros((len(flat), n_classes), np.float32)
+    for row, c in enumerate(flat):  # per item: numpy's fancy indexing costs more for the few rows of a call
+        seeds[row, c] = 1
+    return Rows(np.array(image, int), np.array([c % max(n_classes, 1) for c in flat], int),
+                seeds.reshape(len(flat), *output_shape), [{} for _ in flat])
+
+
+def one_class_each(targets, n, n_classes, labels=None):
+    """The class (0..n_classes−1, int64) of each of ``n`` images for a class (an index, or a
+    label) or a sequence of one per image: what :func:`resolve` finds for these targets, without
+    the seeds.
+
+    >>> one_class_each([2, -1, "b"], 3, 3, labels=["a", "b", "c"]).tolist()
+    [2, 2, 1]
+    """
+    if isinstance(targets, (int, np.integer, str)):
+        classes = [_class_index(targets, labels)] * n
+    else:
+        _check_count(targets, n)
+        classes = [_class_index(c, labels) for c in targets]
+    _check_range(classes, n_classes)
+    return np.array([c % n_classes for c in classes], np.int64)  # (a numpy % costs more, cold)
+
+
+def _class_index(c, labels):
+    """A class given as an int, or as a str (an index or one of ``labels``)."""
+    return _class(c, labels, c) if isinstance(c, str) else int(c)
+
+
+def _check_count(targets, n):
+    if len(targets) != n:
+        raise UsageError(f"got {len(targets)} targets for {n} images: give one per image")
+
+
+def _check_range(classes, n_classes):
+    if min(classes) < -n_classes or max(classes) >= n_classes:
         raise UsageError(f"target class out of range: the model has {n_classes} classes")
-    return [i for i, classes in enumerate(per_image) for _ in classes], [c % max(n_classes, 1) for c in flat]
 
 
 def _per_image_classes(targets, n, outputs, labels=None):
@@ -241,10 +261,9 @@ def _per_image_classes(targets, n, outputs, labels=None):
     if isinstance(targets, (int, np.integer)):
         return [[int(targets)]] * n
     targets = list(targets)
-    if len(targets) != n:
-        raise UsageError(f"got {len(targets)} targets for {n} images: give one per image")
-    one = lambda c: _class(str(c), labels, str(c)) if isinstance(c, str) else int(c)  # noqa: E731
-    return [[one(c) for c in t] if isinstance(t, (list, tuple, np.ndarray)) else [one(t)] for t in targets]
+    _check_count(targets, n)
+    return [[_class_index(c, labels) for c in t] if isinstance(t, (list, tuple, np.ndarray)) else
+            [_class_index(t, labels)] for t in targets]
 
 
 HINTS = {"classifier": "use top or a class", "sequence": "use char:K or text",
