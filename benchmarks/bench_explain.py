@@ -6,16 +6,19 @@ the default layer for given targets; ``gradcam`` = the whole ``engine.explain.ca
 images with given targets (preprocess, one run of the rewritten graph that also makes the maps);
 ``gradcam-top`` the same for the top-1 class (the seed computed in the graph too). Goals
 at batch 1: Grad-CAM ≤ 1.3 × forward on shapes-resnet, ≤ 1.1 × on ResNet-50.
-``test_ratios_paired`` times them back to back within each round (order rotating), each job
-after a pass over 4 MB and then, in a second run, over 64 MB of memory (``paired.cache_pass``),
-and prints the median per-round ratios, which a shared machine keeps far steadier than separate
-rows. The pass makes every job start alike: without it a job finds what the job before it left in
-the caches, and a rotation keeps the jobs in one cyclic order, so ``gradcam-top`` always ran right
-after ``gradcam`` and found their shared code warm (in a rotation of ``cam`` calls for each of the
-8 classes and the top class, the calls right after another such call measured 0.94–0.99×
-forward, the top-class call 1.19×). 4 MB empties the L1 and L2 caches, as other work between
-two calls would; 64 MB empties the 32 MB L3 too: a call made now and then, every line of its
-Python and every ORT kernel read from memory again. It adds
+``test_ratios_paired`` times them back to back within each round, each round in a new random
+order, each job after a pass over 4 MB and then, in a second run, over 64 MB of memory
+(``paired.cache_pass``), and prints the median per-round ratios, which a shared machine keeps far
+steadier than separate rows. Without the pass and the shuffle a job finds what the job before it
+left in the caches, and a rotation keeps the jobs in one cyclic order: ``gradcam-top`` always ran
+right after ``gradcam`` and found their shared code warm (in a rotation of ``cam`` calls for each
+of the 8 classes and the top class, the calls right after another such call measured 0.94–0.99×
+forward, the top-class call 1.19×; with the passes in a rotation, ``gradcam`` still measured
+0.08–0.14× above ``gradcam-top``, shuffled 0.00–0.05×: a pass over data leaves the instruction
+cache and the branch predictors as the job before left them).
+4 MB empties the L1 and L2 caches, as other work between two calls would; 64 MB empties the
+32 MB L3 too: a call made now and then, every line of its Python and every ORT kernel's data
+read from memory again. It adds
 ``floor``: the least any Python caller can do for the same maps from the capture of A and G —
 the engine's preprocessing, the capture graph on a bare ORT session writing into bound output
 buffers, a few numpy/cv2 calls for weights, map and resize; and ``in-graph``: the engine's
@@ -173,8 +176,8 @@ def test_ratios_paired(model, batch):
     for run in jobs.values():
         run()
     for megabytes in CACHE_PASSES:
-        one_round, times = rotating_rounds(jobs, clock=CLOCK, between=cache_pass(megabytes))
-        for _ in range(7 if batch == 16 else 21):
+        one_round, times = rotating_rounds(jobs, clock=CLOCK, between=cache_pass(megabytes), shuffled=True)
+        for _ in range(7 if batch == 16 else 41):
             one_round()
         line = ", ".join(f"{name}/forward {np.median(round_ratios(times, name, 'forward')):.2f}×"
                          for name in list(jobs)[1:])
