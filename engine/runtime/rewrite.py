@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from engine.errors import ModelLoadError
-from engine.graph.autodiff import differentiate
+from engine.graph.autodiff import differentiate, grad_name
 from engine.graph.gradcam import add_gradcam, seed_classes, weights_source
 from engine.graph.normalize import normalize
 from engine.graph.weightless import without_weights
@@ -85,7 +85,8 @@ def build(model, request):
     """The rewritten model for ``request`` (not cached).
 
     Requested tensors are tapped before normalization so their names survive it; taps only
-    needed for gradients are dropped from the outputs again. An integer (uint8) input whose
+    needed for gradients are dropped from the outputs again, and so is the gradient that only
+    Grad-CAM's maps read. An integer (uint8) input whose
     gradient is requested becomes a float32 input (:func:`engine.graph.pixels.float_image`).
 
     >>> [o.name for o in build(model.proto, Request((64, 64), activations=("/layer3/relu_1/Relu_output_0",))).graph.output]
@@ -115,6 +116,8 @@ def build(model, request):
         normalized_pixels(rewritten, image, scale, offset, bgr, layout)
     keep = set(originals) | set(request.activations)
     extra = {n for n in wanted if n not in keep}
+    if cam_weights and cam_weights[0] not in request.gradients:  # read by the maps only
+        extra.add(grad_name(cam_weights[0]))
     outputs = [o for o in rewritten.graph.output if o.name not in extra]
     del rewritten.graph.output[:]
     rewritten.graph.output.extend(outputs)
