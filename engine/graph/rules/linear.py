@@ -6,7 +6,7 @@ import numpy as np
 from engine.errors import UnsupportedOpError
 from engine.graph.rules import attrs, rule
 from engine.graph.nodes import split_pads
-from engine.graph.rules.windows import static_spatial, window
+from engine.graph.rules.windows import interleave, static_spatial, window
 
 
 def flipped_transposed(weight, group):
@@ -138,16 +138,7 @@ def _phase_backward(ctx, dy, weight, win, group):
         return None
     phases = [ctx.op("Conv", dy, ctx.const(flipped_transposed(k, 1), "phase_weight"), kernel_shape=list(k.shape[2:]),
                      pads=p) for k, p in zip(kernels, pads)]
-    channels = weight.shape[1]
-    stacked = phases[0]
-    if len(phases) > 1:  # (N, C, P·L1, L2) holds (N, C, P, L1, L2): one phase per channel group of P
-        stacked = ctx.op("Reshape", ctx.op("Concat", *phases, axis=2), ctx.ints([0, channels * len(phases), *lengths]))
-    onehot = np.zeros((channels, len(phases), *win.strides), weight.dtype)
-    for i, position in enumerate(positions):
-        onehot[(slice(None), i) + position] = 1
-    crop = [s * q - x for s, q, x in zip(win.strides, lengths, win.inputs)]
-    return ctx.op("ConvTranspose", stacked, ctx.const(onehot.reshape(-1, 1, *win.strides), "interleave"),
-                  kernel_shape=win.strides, strides=win.strides, group=channels, pads=[0] * len(crop) + crop)
+    return interleave(ctx, phases, positions, weight.shape[1], win.strides, win.inputs)
 
 
 @rule("ConvTranspose")
