@@ -13,7 +13,7 @@ def max_pool(ctx, node, dy):
     overlapping windows, pads and ceil_mode all work; from opset 16: ScatterElements with
     reduction); float32 windows that do not overlap use MaxUnpool with the same indices. The
     indices come from :func:`_separable_indices` where that is cheaper, else from the node's own
-    Indices output."""
+    Indices output; a ResNet stem's pool needs none (:func:`_first_max_by_taps`)."""
     if attrs(node).get("storage_order", 0):
         raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule; pick a layer after it")
     if pools_a_relu(ctx, node):
