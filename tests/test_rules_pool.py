@@ -7,6 +7,7 @@ from onnx import TensorProto, helper
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.nodes import attrs
+from engine.graph.rules import pool as pool_rules
 from gradcheck import check, finish, node_model, session
 
 POOLS = {
@@ -202,16 +203,16 @@ def test_relu_mask_applied_at_the_pool(case, channels, mode):
     assert bool(masks) == (mode == "guided"), [n.op_type for n in masks]
 
 
-@pytest.mark.parametrize("size", [(8, 10), (11, 9), (1, 2)])
-def test_first_maximum_by_taps_at_a_resnet_stem_pool(size):
-    """A 3×3 stride-2 pool with pads 1 over a Relu, 32 channels (ORT's blocked layout): the first
-    maximum found tap by tap from x's phases, with no Indices output and no scatter; exact against
-    torch's rule with all-zero windows and positive ties, at even and odd sizes."""
-    attributes = POOLS["k3s2-overlap-pad"]
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MaxPool", ["r"], ["y"], **attributes)],
-                              "stem_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 32, *size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    model = finish(graph)
+@pytest.mark.parametrize("pool", ["k3s2-overlap-pad", "k3s2-ceil", "k3s2-ceil-pad", "k3s2"])
+@pytest.mark.parametrize("size", [(8, 10), (11, 9), (3, 4)])
+def test_first_maximum_by_taps_at_stem_pools(pool, size, monkeypatch):
+    """A 3×3 stride-2 pool over a Relu (ResNet stems: pads 1; SqueezeNet: none, ceil_mode), 32
+    channels (ORT's blocked layout): the first maximum found tap by tap from x's phases, with no
+    Indices output and no scatter; exact against torch's rule with all-zero windows and positive
+    ties, at even and odd sizes (small ones: the size threshold lowered)."""
+    monkeypatch.setattr(pool_rules, "TAPS_MIN_OUTPUTS", 0)
+    attributes = {**POOLS, "k3s2": dict(kernel_shape=[3, 3], strides=[2, 2])}[pool]
+    model = stem_pool_model((3, 32, *size), attributes)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 32, *size)).astype(np.float32) - 0.3
     x[:, :8, 1:6, 2:7] = 0.75  # a flat positive block: ties among positive maxima
@@ -220,5 +221,24 @@ def test_first_maximum_by_taps_at_a_resnet_stem_pool(size):
     rewritten = differentiate(model, "y", ["x"])
     got = session(rewritten).run([grad_name("x")], {"x": x, SEED: dy})[0]
     np.testing.assert_allclose(got, first_max_gradient(np.maximum(x, 0), dy, **attributes) * (x > 0), rtol=1e-6, atol=1e-6)
-    ops = [n.op_type for n in rewritten.graph.node]
-    assert "ScatterElements" not in ops and all(len(n.output) == 1 for n in rewritten.graph.node if n.op_type == "MaxPool")
+    assert uses_taps(rewritten)
+
+
+def stem_pool_model(shape, attributes):
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MaxPool", ["r"], ["y"], **attributes)],
+                              "stem_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return finish(graph)
+
+
+def uses_taps(rewritten):
+    """Whether a differentiated pool found its maxima tap by tap: no Indices output, no scatter."""
+    return "ScatterElements" not in [n.op_type for n in rewritten.graph.node] and all(
+        len(n.output) == 1 for n in rewritten.graph.node if n.op_type == "MaxPool")
+
+
+def test_taps_only_from_the_size_where_they_were_faster():
+    pool = POOLS["k3s2-overlap-pad"]
+    assert uses_taps(differentiate(stem_pool_model((1, 32, 32, 32), pool), "y", ["x"]))  # 32 × 16 × 16 outputs
+    assert not uses_taps(differentiate(stem_pool_model((1, 16, 32, 32), pool), "y", ["x"]))  # 16 × 16 × 16
+    assert not uses_taps(differentiate(stem_pool_model((1, 24, 64, 64), pool), "y", ["x"]))  # 24 channels: not blocked

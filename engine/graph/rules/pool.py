@@ -50,53 +50,60 @@ def pools_a_relu(ctx, node):
     return ctx.mode == "standard" and producer is not None and producer.op_type == "Relu"
 
 
-TAP_PHASES = {0: (1, 1), 1: (0, 0), 2: (1, 0)}  # tap j of a 3×3/2 window, pad 1: (input phase, shift) per axis
+TAPS_MIN_OUTPUTS = 2 ** 13  # outputs per image: from 8,192 on the taps ran 0.6–0.8× the time, at 4,096 1.4×
 
 
 def _first_max_by_taps(ctx, node, dy):
-    """dx of a 3×3 stride-2 MaxPool with pads 1 over a Relu's output (:func:`pools_a_relu`: x ≥ 0,
-    and ``dy`` already 0 where the window's maximum y is 0), with no Indices output: ORT CPU
-    computes those at 30–40 ns per output, 2.5–5× the time of all this at ResNet stems. All of it
-    stays in ORT's NCHWc layout; None for other pools, channels ORT does not block, or symbolic
-    sizes.
+    """dx of a 3×3 stride-2 MaxPool with pads 0 or 1 (ceil_mode too) over a Relu's output
+    (:func:`pools_a_relu`: x ≥ 0, and ``dy`` already 0 where the window's maximum y is 0), with no
+    Indices output: ORT CPU computes those at 30–40 ns per output, 2.5–5× the time of all this at
+    ResNet stems. All of it stays in ORT's NCHWc layout; None for other pools, channels ORT does
+    not block, symbolic sizes, or fewer than ``TAPS_MIN_OUTPUTS`` outputs per image (the ~40 ops
+    cost more than the Indices there).
 
     x's four phases (rows and columns even or odd) hold the nine taps t_k of every window, some
     shifted by one; E_k = [t_k = y] is a Conv picking t_k with −y added and a HardSigmoid step
     fused (2¹²⁶·(t_k − y) + 1 clipped to [0, 1]: exact unless t_k < y < 2⁻¹⁰⁰, a subnormal
     difference). In row-major order the first tap with E_k = 1 takes what is left of dy:
     c_k = G·E_k, then G −= c_k (G starts as dy). Each c_k goes back to its phase, shifted back,
-    and :func:`~engine.graph.rules.windows.interleave` puts the phases together. A padding tap is
-    0, never the maximum of a window whose y > 0."""
+    and :func:`~engine.graph.rules.windows.interleave` puts the phases together. A tap in the
+    padding or past the input is 0, never the maximum of a window whose y > 0."""
     x, y = node.input[0], node.output[0]
     a = attrs(node)
     shape = ctx.shape(x)
     if not (ctx.blocked_layout(x) and all(isinstance(d, int) for d in shape[2:]) and a.get("auto_pad", "NOTSET") == "NOTSET"):
         return None
     win = window(ctx, node, a["kernel_shape"])
-    if (win.kernel, win.strides, win.dilations, win.begin, win.end) != ([3, 3], [2, 2], [1, 1], [1, 1], [1, 1]) \
-            or win.outputs != [-(-i // 2) for i in win.inputs]:  # (ceil_mode can add a window)
+    if (win.kernel, win.strides, win.dilations) != ([3, 3], [2, 2], [1, 1]) or not set(win.begin) <= {0, 1} \
+            or shape[1] * np.prod(win.outputs) < TAPS_MIN_OUTPUTS:
         return None
-    channels = shape[1]
+    channels, lengths = shape[1], [-(-i // 2) for i in win.inputs]  # a phase's length, the longer
 
-    def picked(source, kernel, at, strides=(1, 1), pads=(0, 0, 0, 0)):  # a depthwise Conv copying one tap
+    def shifted(source, inputs, by, sizes, strides=(1, 1)):  # out[o] = source[s·o + by] per axis, zero outside
+        begin = [max(0, -d) for d in by]
+        at = [d + b for d, b in zip(by, begin)]
+        kernel = [t + 1 for t in at]
+        end = [(o - 1) * s + k - n - b for o, s, k, n, b in zip(sizes, strides, kernel, inputs, begin)]
+        kernel = [k + max(0, -e - s + 1) for k, e, s in zip(kernel, end, strides)]  # cut short by more zero taps
         weight = np.zeros((channels, 1, *kernel), np.float32)
         weight[(slice(None), 0, *at)] = 1
-        return ctx.op("Conv", source, ctx.const(weight, "tap"), group=channels, kernel_shape=list(kernel),
-                      strides=list(strides), pads=list(pads))
+        return ctx.op("Conv", source, ctx.const(weight, "tap"), group=channels, kernel_shape=kernel,
+                      strides=list(strides), pads=begin + [max(e, 0) for e in end])
 
-    phases = {(r, c): picked(x, (1 + r, 1 + c), (r, c), (2, 2), (0, 0, r, c)) for r in (0, 1) for c in (0, 1)}
+    phases = {(r, c): shifted(x, win.inputs, (r, c), lengths, (2, 2)) for r in (0, 1) for c in (0, 1)}
     below = ctx.scale(y, -1.0, like=y)
     left, sums = dy, {}  # what no earlier tap took; the shares summed by phase
-    for k in range(9):
-        (row, down), (col, right) = TAP_PHASES[k // 3], TAP_PHASES[k % 3]
-        tap = picked(phases[row, col], (1 + down, 1 + right), (0, 0), pads=(down, right, 0, 0))
+    for k in range(9):  # row-major: tap (i, j) reads x[2·o + (i, j) − begin], phase (i, j) − begin mod 2
+        offsets = [t - b for t, b in zip(divmod(k, 3), win.begin)]
+        phase, by = tuple(o % 2 for o in offsets), [o // 2 for o in offsets]
+        tap = shifted(phases[phase], lengths, by, win.outputs)
         first = ctx.op("HardSigmoid", ctx.op("Add", tap, below), alpha=2.0 ** 126, beta=1.0)
         share = ctx.op("Mul", left, first)
         if k < 8:
             left = ctx.op("Add", ctx.scale(share, -1.0, like=y), left)
-        if down or right:  # back to the phase: element q of the share belongs at q − shift
-            share = picked(share, (1 + down, 1 + right), (down, right), pads=(0, 0, down, right))
-        sums[row, col] = ctx.op("Add", share, sums[row, col]) if (row, col) in sums else share
+        if any(by) or win.outputs != lengths:  # back to the phase: output o's share belongs at o + by
+            share = shifted(share, win.outputs, [-d for d in by], lengths)
+        sums[phase] = ctx.op("Add", share, sums[phase]) if phase in sums else share
     return interleave(ctx, list(sums.values()), list(sums), channels, [2, 2], win.inputs)
 
 
