@@ -138,7 +138,7 @@ def _phase_backward(ctx, dy, weight, win, group):
         return None
     phases = [ctx.op("Conv", dy, ctx.const(flipped_transposed(k, 1), "phase_weight"), kernel_shape=list(k.shape[2:]),
                      pads=p) for k, p in zip(kernels, pads)]
-    return interleave(ctx, phases, positions, weight.shape[1], win.strides, win.inputs)
+    return interleave(ctx, phases, positions, weight.shape[1], win.strides, win.inputs, weight.dtype)
 
 
 @rule("ConvTranspose")

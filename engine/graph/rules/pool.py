@@ -104,7 +104,7 @@ def _first_max_by_taps(ctx, node, dy):
         if any(by) or win.outputs != lengths:  # back to the phase: output o's share belongs at o + by
             share = shifted(share, win.outputs, [-d for d in by], lengths)
         sums[phase] = ctx.op("Add", share, sums[phase]) if phase in sums else share
-    return interleave(ctx, list(sums.values()), list(sums), channels, [2, 2], win.inputs)
+    return interleave(ctx, list(sums.values()), list(sums), channels, [2, 2], win.inputs, np.float32)
 
 
 def _unpool_pads(ctx, node, kernel, strides):

@@ -78,11 +78,11 @@ def window(ctx, node, kernel):
     return Window(list(kernel), list(strides), list(dilations), begin, end, inputs, outputs)
 
 
-def interleave(ctx, phases, positions, channels, strides, inputs):
+def interleave(ctx, phases, positions, channels, strides, inputs, dtype):
     """The (N, C, *inputs) tensor whose element at index s·q + r (per spatial axis) is element q of
-    the phase at ``positions`` r, from ``phases`` (N, C, L1, L2 each, L = ⌈input / s⌉, float32;
-    a phase left out is zero): stacked and interleaved by one one-hot ConvTranspose (kernel =
-    stride, one group per channel), cropped to ``inputs``.
+    the phase at ``positions`` r, from ``phases`` (N, C, L1, L2 each, L = ⌈input / s⌉, of numpy
+    ``dtype``; a phase left out is zero): stacked and interleaved by one one-hot ConvTranspose
+    (kernel = stride, one group per channel), cropped to ``inputs``.
 
     Example: four 28×28 phases of 64 channels and ``strides`` [2, 2] make one 56×56 tensor.
     """
@@ -90,7 +90,7 @@ def interleave(ctx, phases, positions, channels, strides, inputs):
     stacked = phases[0]
     if len(phases) > 1:  # (N, C, P·L1, L2) holds (N, C, P, L1, L2): one phase per channel group of P
         stacked = ctx.op("Reshape", ctx.op("Concat", *phases, axis=2), ctx.ints([0, channels * len(phases), *lengths]))
-    onehot = np.zeros((channels, len(phases), *strides), ctx.dtype(phases[0]))
+    onehot = np.zeros((channels, len(phases), *strides), dtype)
     for i, position in enumerate(positions):
         onehot[(slice(None), i) + tuple(position)] = 1
     crop = [s * q - x for s, q, x in zip(strides, lengths, inputs)]
