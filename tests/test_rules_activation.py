@@ -202,6 +202,22 @@ def test_self_gated_mul_swish_and_hardswish(gate, attrs, channels):
     assert sizes[0] < sizes[1]  # fewer ops than through the Mul and the gate apart
 
 
+def test_swish_backward_stays_in_the_blocked_layout():
+    """For image tensors of 16 channels the 1 − s of Swish's slope is a depthwise Conv, not a Sub
+    (ORT CPU would convert s, y and dy out of its NCHWc layout and back for it); against the
+    slope s + x·s·(1 − s) in float64."""
+    from engine.graph.autodiff import SEED, grad_name
+    from gradcheck import session
+    rewritten = differentiate(gated_model("Sigmoid", 16, np.float32), "y", ["x"])
+    assert "Sub" not in [n.op_type for n in rewritten.graph.node]
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-8, 8, (2, 16, 4, 4)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    got = session(rewritten).run([grad_name("x")], {"x": x, SEED: dy})[0]
+    s = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(got, dy * (s + x * s * (1 - s)), rtol=1e-5, atol=1e-6)
+
+
 def test_self_gated_mul_keeps_the_gate_path_when_the_gate_is_also_read_elsewhere():
     check(lambda dt: gated_model("Sigmoid", 3, dt, gate_is_output=True), output="y")
 

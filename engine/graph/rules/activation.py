@@ -205,7 +205,7 @@ def self_gated(ctx, node):
         x, y = node.input[i], node.output[0]
         if gate.op_type == "Sigmoid":
             return i, lambda dy: ctx.op("Mul", dy, ctx.op("Add", gate_name, ctx.op(
-                "Mul", y, ctx.op("Sub", ctx.scalar(1, like=x), gate_name))))
+                "Mul", y, ctx.one_minus(gate_name, like=x))))
         a = attrs(gate)
         if gate.op_type == "HardSigmoid" and np.isclose(a.get("alpha", 0.2), 1 / 6) and a.get("beta", 0.5) == 0.5:
             return i, lambda dy: _hard_swish_dx(ctx, x, dy, gate_name, readers=2)

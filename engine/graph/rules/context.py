@@ -321,6 +321,14 @@ class Context:
             return self._depthwise(grad, factor, like)
         return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
 
+    def one_minus(self, x, like):
+        """1 − ``x`` (shaped as forward tensor ``like``): a depthwise 1×1 Conv (weight −1, bias 1)
+        for image tensors, so that ORT CPU keeps it in its NCHWc layout (one rounding, as a Sub's);
+        else a Sub."""
+        if self.blocked_layout(like):
+            return self._depthwise(x, -1.0, like, bias=1.0)
+        return self.op("Sub", self.scalar(1, like=like), x)
+
     def folded_scale(self, grad, factor, like, readers=1):
         """``grad`` · ``factor`` (a Python float), ``grad`` being the whole gradient of forward
         tensor ``like``, which ``readers`` forward nodes read: a Mul by a scalar where the rule of
