@@ -56,6 +56,9 @@ def test_slice_positions_follow_onnx_runtime(start, end, step):
     ([4, 2], [0, -BIG], [2, 1], [-2, -1]),  # negative steps with gaps, reversed channels
     ([0, 1, 2], [BIG, 4, 6], [0, -2, -1], [1, 1, 3]),  # the whole symbolic batch axis, negative axes
     ([1], [3], None, None),  # no axes: leading axes
+    ([0, 1], [BIG, BIG], [2, 3], [2, 2]),  # a YOLOv5 Focus slice: odd H cut, even W
+    ([1, 0], [BIG, 5], [-2, -1], [2, 3]),  # odd H topped up, a step of 3 stopping early
+    ([3, 0], [BIG, BIG], [2, 3], [2, 2]),  # a start past the step (the pick matrices)
 ])
 def test_slice(starts, ends, axes, steps):
     inputs = [X, np.array(starts), np.array(ends), np.array(axes) if axes is not None else ""]
@@ -65,6 +68,14 @@ def test_slice(starts, ends, axes, steps):
     if axes is None:  # slicing the batch axis needs a static batch
         inputs[0] = (3, 3, 5, 6)
     check(lambda dt: node_model("Slice", inputs, dt))
+
+
+@pytest.mark.parametrize("starts,spread", [([0, 1], True), ([1, 1], True), ([3, 0], False)])
+def test_strided_spatial_slices_are_spread_back_by_one_conv_transpose(starts, spread):
+    from engine.graph.autodiff import differentiate
+    model = node_model("Slice", [X, np.array(starts), np.array([BIG, BIG]), np.array([2, 3]), np.array([2, 2])], np.float32)
+    ops = [n.op_type for n in differentiate(model, "out0", ["in0"]).graph.node]
+    assert ("ConvTranspose" in ops, "MatMul" in ops) == (spread, not spread)
 
 
 def test_slice_attributes_opset9():
