@@ -54,6 +54,15 @@ def test_resize(case):
     check(lambda dt: resize_model(dt, **CASES[case]))
 
 
+@pytest.mark.parametrize("case,summed", [("nearest-x2", True), ("nearest-asym-floor", False), ("linear-x2", False)])
+def test_integer_nearest_upsampling_sums_blocks_by_one_conv(case, summed):
+    """Nearest ×2 (a YOLO neck's): the gradient is the sum over each 2×2 block, one depthwise Conv;
+    other maps keep their MatMuls (the values are checked above)."""
+    from engine.graph.autodiff import differentiate
+    ops = [n.op_type for n in differentiate(resize_model(np.float32, **CASES[case]), "y", ["x"]).graph.node]
+    assert ("Conv" in ops, "MatMul" in ops) == (summed, not summed)
+
+
 def test_resize_axes_opset18():
     check(lambda dt: resize_model(dt, scales=[2, 3], opset=18, axes=[3, 2], mode="linear"))
     check(lambda dt: resize_model(dt, sizes=[9], opset=19, axes=[-2], mode="nearest",

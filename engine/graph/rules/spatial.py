@@ -131,7 +131,7 @@ def resize(ctx, node, dy, legacy=False):
         return _resize_by_shapes(ctx, node, dy)
     if scales is None and sizes is None:
         raise UnsupportedOpError(f"{node.op_type} {node.name!r} has neither scales nor sizes; pick a layer after it")
-    dx = dy
+    matrices = {}
     for axis, (dim, out) in enumerate(zip(ctx.shape(x), ctx.shape(y))):
         same = scales[axis] == 1 if scales is not None else sizes[axis] == dim
         if same and (roi is None or roi[axis::rank] == [0, 1]):
@@ -139,11 +139,34 @@ def resize(ctx, node, dy, legacy=False):
         if not isinstance(dim, int):
             raise UnsupportedOpError(
                 f"{node.op_type} {node.name!r} resizes a symbolic axis: give an input size: input_size=(H, W)")
-        matrix = _axis_matrix(ctx, node, axis, dim, roi, scales, sizes, legacy)
-        if isinstance(out, int) and matrix.shape[0] != out:
+        matrices[axis] = _axis_matrix(ctx, node, axis, dim, roi, scales, sizes, legacy)
+        if isinstance(out, int) and matrices[axis].shape[0] != out:
             raise UnsupportedOpError(f"{node.op_type} {node.name!r}: axis {axis} map disagrees with the output size; pick a layer after it")
+    summed = _block_sums(ctx, dy, matrices, x)
+    if summed is not None:
+        return summed
+    dx = dy
+    for axis, matrix in matrices.items():
         dx = along_axis(ctx, dx, matrix.T, axis, like=x)
     return dx
+
+
+def _block_sums(ctx, dy, matrices, like):
+    """The gradient of an integer-factor nearest upsampling of an N×C×H×W tensor ``like`` (every
+    map in ``matrices``, by axis, repeats each input f times): the sum over each f_h×f_w block,
+    one depthwise Conv of ones with stride f that ORT CPU runs in its NCHWc layout, instead of a
+    MatMul with the transposed map per axis. None for other resizes."""
+    shape = ctx.shape(like)
+    if not matrices or len(shape) != 4 or not isinstance(shape[1], int) or min(matrices) < 2:
+        return None
+    factors = [1, 1]
+    for axis, matrix in matrices.items():
+        factor, rest = divmod(matrix.shape[0], matrix.shape[1])
+        if rest or not np.array_equal(matrix, np.repeat(np.eye(matrix.shape[1]), factor, axis=0)):
+            return None
+        factors[axis - 2] = factor
+    ones = np.ones((shape[1], 1, *factors), ctx.dtype(like))
+    return ctx.op("Conv", dy, ctx.const(ones, "block_sum"), kernel_shape=factors, strides=factors, group=shape[1])
 
 
 @rule("Upsample")
