@@ -157,7 +157,7 @@ def _block_sums(ctx, dy, matrices, like):
     one depthwise Conv of ones with stride f that ORT CPU runs in its NCHWc layout, instead of a
     MatMul with the transposed map per axis. None for other resizes."""
     shape = ctx.shape(like)
-    if not matrices or len(shape) != 4 or not isinstance(shape[1], int) or min(matrices) < 2:
+    if not matrices or shape is None or len(shape) != 4 or not isinstance(shape[1], int) or min(matrices) < 2:
         return None
     factors = [1, 1]
     for axis, matrix in matrices.items():
