@@ -242,3 +242,27 @@ def test_taps_only_from_the_size_where_they_were_faster():
     assert uses_taps(differentiate(stem_pool_model((1, 32, 32, 32), pool), "y", ["x"]))  # 32 × 16 × 16 outputs
     assert not uses_taps(differentiate(stem_pool_model((1, 16, 32, 32), pool), "y", ["x"]))  # 16 × 16 × 16
     assert not uses_taps(differentiate(stem_pool_model((1, 24, 64, 64), pool), "y", ["x"]))  # 24 channels: not blocked
+
+
+def test_taps_in_an_exported_densenet_match_the_indices_path(monkeypatch):
+    """densenet_varhw (a torch export) at 128×128, where its stem pool has 16 384 outputs: the
+    input gradient through the tap-by-tap backward equals the one through MaxPool's Indices."""
+    from engine import Model
+    from engine.runtime import rewrite
+    from tests import wild
+
+    model = Model(wild.DIR / "densenet_varhw.onnx", provider="CPUExecutionProvider", threads=1, input_size=(128, 128))
+    rng = np.random.default_rng(2)
+    x = model.preprocess(list(rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)))
+    seed = rng.standard_normal(model.run(x).outputs[0].shape).astype(np.float32)
+    request = rewrite.Request((128, 128), (), (model.input.name,), model.outputs[0].name)
+
+    def gradient(min_outputs):
+        monkeypatch.setattr(pool_rules, "TAPS_MIN_OUTPUTS", min_outputs)
+        rewritten = rewrite.build(model.proto, request)
+        assert uses_taps(rewritten) == (min_outputs <= 16384)
+        return session(rewritten).run([grad_name(model.input.name)], {model.input.name: x, SEED: seed})[0]
+
+    taps, indices = gradient(pool_rules.TAPS_MIN_OUTPUTS), gradient(10 ** 9)
+    assert np.abs(taps).max() > 0
+    np.testing.assert_allclose(taps, indices, rtol=1e-5, atol=1e-6 * np.abs(indices).max())
