@@ -14,7 +14,7 @@ left in the caches, and a rotation keeps the jobs in one cyclic order: ``gradcam
 right after ``gradcam`` and found their shared code warm (in a rotation of ``cam`` calls for each
 of the 8 classes and the top class, the calls right after another such call measured 0.94–0.99×
 forward, the top-class call 1.19×; with the passes in a rotation, ``gradcam`` still measured
-0.08–0.14× above ``gradcam-top``, shuffled 0.00–0.05×: a pass over data leaves the instruction
+0.08–0.14× above ``gradcam-top``, shuffled −0.01–0.06×: a pass over data leaves the instruction
 cache and the branch predictors as the job before left them).
 4 MB empties the L1 and L2 caches, as other work between two calls would; 64 MB empties the
 32 MB L3 too: a call made now and then, every line of its Python and every ORT kernel's data
