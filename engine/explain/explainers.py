@@ -367,23 +367,15 @@ def _rows(model, x, targets, start, total, view, blank=0, need_scores=False):
     if isinstance(targets, OutputMask):
         if np.shape(targets.mask) == (total, *shape):
             targets = OutputMask(np.asarray(targets.mask)[start:start + n])
-    else:
-        targets = _batch_targets(targets, start, n, total)
+    elif isinstance(targets, (list, tuple, np.ndarray)):
+        targets = list(targets)
+        if len(targets) != total:
+            raise UsageError(f"got {len(targets)} targets for {total} images: give one per image")
+        targets = targets[start:start + n]
     size = tuple(x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3])
     rows = resolve(targets, n, shape, outputs=scores, kind=view.kind, boxes=boxes, input_size=size, blank=blank,
                    labels=model.labels)
     return rows, scores
-
-
-def _batch_targets(targets, start, n, total):
-    """The targets of images ``start:start+n``: a sequence (one per image of ``total``) sliced, any
-    other target as it is."""
-    if not isinstance(targets, (list, tuple, np.ndarray)):
-        return targets
-    targets = list(targets)
-    if len(targets) != total:
-        raise UsageError(f"got {len(targets)} targets for {total} images: give one per image")
-    return targets[start:start + n]
 
 
 def _top_heads(model, layers, output):

@@ -86,8 +86,8 @@ def build(model, request):
 
     Requested tensors are tapped before normalization so their names survive it; taps only
     needed for gradients are dropped from the outputs again, and so is the gradient that only
-    Grad-CAM's maps read. An integer (uint8) input whose
-    gradient is requested becomes a float32 input (:func:`engine.graph.pixels.float_image`).
+    Grad-CAM's maps read. An integer (uint8) input whose gradient is requested becomes a float32
+    input (:func:`engine.graph.pixels.float_image`).
 
     >>> [o.name for o in build(model.proto, Request((64, 64), activations=("/layer3/relu_1/Relu_output_0",))).graph.output]
     ['logits', '/layer3/relu_1/Relu_output_0']
