@@ -4,12 +4,16 @@ For each model of ``tests/fixtures/wild/index.json`` whose file is vendored or i
 PyPI package (``make test`` installs them; ``$ONNXLENS_WILD``'s index.json and files are read
 too), at its ``test_size``: ``forward`` = ``Model.run(x)``,
 ``input`` = ``Model.run(x, gradients=["input"], seed=...)`` seeding the first element of the
-explained output, timed back to back within each round (order rotating), and the median of the
+explained output, on ``$ONNXLENS_BENCH_IMAGES`` (default 8) random images in turn, both jobs of
+a round on the same image, timed back to back within each round (order rotating), and the median of the
 per-round ratios input / forward printed per model, then their median and worst (goals: median
 ≤ 2.5, worst ≤ 3.5). Extra inputs (e.g. a temperature) are fed 1. Times are process CPU time
 (``time.process_time``): with the default of one ORT thread (``$ONNXLENS_BENCH_THREADS``) no
 thread pool spins between calls, and other processes on a shared machine barely move it.
 Rounds per model: until ``$ONNXLENS_BENCH_SECONDS`` (default 3) seconds or 200 rounds, at least 5.
+Images change from call to call as they do in use: ORT's MaxPool with an Indices output runs
+data-dependent branches that one image fed again and again lets the CPU learn (SqueezeNet's input
+gradient / forward measured 3.93 with one image, 4.84 with 16 in turn).
 
     python benchmarks/bench_wild_gradients.py [name ...]
     python -m pytest benchmarks/bench_wild_gradients.py -s
@@ -73,7 +77,16 @@ then with the Swish backward in ORT's NCHWc layout, YOLOv5 Focus slices spread b
 ConvTranspose and nearest ×2 upsampling summed by one Conv, two runs: median 2.48, 2.55, worst
 4.44–4.46 (crnn_lstm_tnc), 17 of 34 ≤ 2.5; ddddocr_det 2.62–2.64 → 2.43–2.50, dbnet_like
 2.34–2.37 → 2.24–2.31 (paired runs of the two codes).
+Then (round 9: images in turn, 8 by default, instead of one; MaxPools whose windows tile the input
+found their first maxima side by side from 3,072 outputs per image, and the ResNet-stem taps from
+3,072 instead of 8,192, both measured faster than the Indices on images that change), load ≈ 0.6:
+with 8 images the old pools measured median 2.52, worst 4.53 (crnn_lstm_tnc), the new ones median
+2.49, worst 4.08 (crnn_lstm_tnc and squeezenet_nc11); with one image, median 2.55 → 2.50, worst
+4.45 → 3.95. crnn_gru 3.98 → 3.46, crnn_lstm_tnc 4.53 → 4.08, densenet_varhw 3.05 → 2.78
+(8 images); squeezenet_nc11 4.31 → 4.08 with 8 images but 3.64 → 3.72 with one, the Indices'
+branches learnt.
 """
+import itertools
 import json
 import os
 import sys
@@ -93,6 +106,7 @@ from paired import rotating_rounds, round_ratios  # noqa: E402
 from tests import wild  # noqa: E402
 
 THREADS = int(os.environ.get("ONNXLENS_BENCH_THREADS", "1"))
+IMAGES = int(os.environ.get("ONNXLENS_BENCH_IMAGES", "8"))
 SECONDS = float(os.environ.get("ONNXLENS_BENCH_SECONDS", "3"))
 OTHERS = Path(os.environ.get("ONNXLENS_WILD", "/work/wild"))  # a folder of more corpus files, with its index.json
 
@@ -119,18 +133,25 @@ def calls(path, entry):
              for i in entry["inputs"][1:]}
     model = Model(path, threads=THREADS, input_size=None if model_is_static(path, size) else size, extra_inputs=extra)
     h, w = model.input_size or size
-    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), np.uint8)
-    x = model.preprocess([image], size=(h, w))
+    rng = np.random.default_rng(0)
+    xs = [model.preprocess([rng.integers(0, 256, (h, w, 3), np.uint8)], size=(h, w)) for _ in range(IMAGES)]
     name = entry.get("explained_output") or model.outputs[0].name
-    forward = model.run(x, activations=[] if name in [o.name for o in model.outputs] else [name])
+    forward = model.run(xs[0], activations=[] if name in [o.name for o in model.outputs] else [name])
     value = dict(zip([o.name for o in model.outputs], forward.outputs), **forward.activations)[name]
     seed = np.zeros(value.shape, np.float32)
     seed.flat[0] = 1
-    jobs = {"forward": lambda: model.run(x), "input": lambda: model.run(x, gradients=["input"], seed={name: seed})}
+    jobs = {"forward": in_turn(xs, model.run),
+            "input": in_turn(xs, lambda x: model.run(x, gradients=["input"], seed={name: seed}))}
     for job in jobs.values():
         job()
         job()
     return jobs
+
+
+def in_turn(xs, run):
+    """A job running ``run`` on each of ``xs`` in turn, one per call."""
+    turns = itertools.cycle(xs)
+    return lambda: run(next(turns))
 
 
 def model_is_static(path, size):

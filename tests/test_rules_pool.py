@@ -239,8 +239,9 @@ def uses_taps(rewritten):
 
 def test_taps_only_from_the_size_where_they_were_faster():
     pool = POOLS["k3s2-overlap-pad"]
-    assert uses_taps(differentiate(stem_pool_model((1, 32, 32, 32), pool), "y", ["x"]))  # 32 × 16 × 16 outputs
-    assert not uses_taps(differentiate(stem_pool_model((1, 16, 32, 32), pool), "y", ["x"]))  # 16 × 16 × 16
+    assert uses_taps(differentiate(stem_pool_model((1, 16, 31, 31), POOLS["k3s2-ceil"]), "y", ["x"]))  # 16 × 15 × 15 outputs
+    assert uses_taps(differentiate(stem_pool_model((1, 16, 32, 32), pool), "y", ["x"]))  # 16 × 16 × 16
+    assert not uses_taps(differentiate(stem_pool_model((1, 16, 24, 24), pool), "y", ["x"]))  # 16 × 12 × 12
     assert not uses_taps(differentiate(stem_pool_model((1, 24, 64, 64), pool), "y", ["x"]))  # 24 channels: not blocked
 
 
@@ -266,3 +267,54 @@ def test_taps_in_an_exported_densenet_match_the_indices_path(monkeypatch):
     taps, indices = gradient(pool_rules.TAPS_MIN_OUTPUTS), gradient(10 ** 9)
     assert np.abs(taps).max() > 0
     np.testing.assert_allclose(taps, indices, rtol=1e-5, atol=1e-6 * np.abs(indices).max())
+
+
+BLOCK_POOLS = {"k2s2": dict(kernel_shape=[2, 2], strides=[2, 2]), "k21s21": dict(kernel_shape=[2, 1], strides=[2, 1]),
+               "k41s41": dict(kernel_shape=[4, 1], strides=[4, 1]), "k3s3": dict(kernel_shape=[3, 3], strides=[3, 3])}
+
+
+def uses_blocks(rewritten):
+    """Whether a differentiated pool took the first maxima of its windows side by side (a one-hot
+    Conv of its taps): no Indices output, no MaxUnpool."""
+    return any("window_taps" in n.input[1] for n in rewritten.graph.node if n.op_type == "Conv") and all(
+        len(n.output) == 1 for n in rewritten.graph.node if n.op_type == "MaxPool")
+
+
+@pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
+@pytest.mark.parametrize("size", [(8, 12), (11, 9)])
+@pytest.mark.parametrize("pool", BLOCK_POOLS)
+def test_first_maximum_in_blocks(pool, size, kind, monkeypatch):
+    """Windows that tile the input (CRNN pools: 2×2, 2×1, 4×1 and 3×3), rows and columns left
+    over at odd sizes: the first maxima found side by side with no Indices output, exact against
+    torch's rule on tied inputs (all-zero windows, integers, constant blocks); the size thresholds
+    lowered."""
+    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_POSITIONS", 0)
+    assert uses_blocks(tie_check(BLOCK_POOLS[pool], (3, 4, *size), kind))
+
+
+def test_first_maximum_in_blocks_over_a_relu(monkeypatch):
+    """Over a Relu the pool applies the Relu's mask first ([y > 0] on dy), then the blocks."""
+    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_POSITIONS", 0)
+    attributes = BLOCK_POOLS["k2s2"]
+    model = stem_pool_model((2, 8, 10, 12), attributes)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 8, 10, 12)).astype(np.float32) - 0.3
+    x[:, :4, 2:8, 1:7] = 0.75  # ties among positive maxima
+    y = session(model).run(None, {"x": x})[0]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    rewritten = differentiate(model, "y", ["x"])
+    got = session(rewritten).run([grad_name("x")], {"x": x, SEED: dy})[0]
+    np.testing.assert_allclose(got, first_max_gradient(np.maximum(x, 0), dy, **attributes) * (x > 0), rtol=1e-6, atol=1e-6)
+    assert uses_blocks(rewritten)
+
+
+def test_blocks_only_from_the_size_where_they_were_faster():
+    pool = BLOCK_POOLS["k2s2"]
+    assert uses_blocks(differentiate(stem_pool_model((1, 8, 32, 96), pool), "y", ["x"]))  # 8 × 16 × 48 outputs
+    assert uses_blocks(differentiate(stem_pool_model((1, 16, 16, 48), pool), "y", ["x"]))  # 16 × 8 × 24
+    assert not uses_blocks(differentiate(stem_pool_model((1, 24, 8, 24), BLOCK_POOLS["k21s21"]), "y", ["x"]))  # 24 × 4 × 24
+    assert not uses_blocks(differentiate(stem_pool_model((1, 200, 4, 24), pool), "y", ["x"]))  # 2 × 12 per channel
+    # ceil_mode windows reaching past an odd size: not tiles
+    assert not uses_blocks(differentiate(stem_pool_model((1, 8, 33, 97), POOLS["k2s2-ceil-odd"]), "y", ["x"]))

@@ -13,7 +13,8 @@ def max_pool(ctx, node, dy):
     overlapping windows, pads and ceil_mode all work; from opset 16: ScatterElements with
     reduction); float32 windows that do not overlap use MaxUnpool with the same indices. The
     indices come from :func:`_separable_indices` where that is cheaper, else from the node's own
-    Indices output; a ResNet stem's pool needs none (:func:`_first_max_by_taps`)."""
+    Indices output; a ResNet stem's pool needs none (:func:`_first_max_by_taps`), nor do large
+    pools whose windows tile the input (:func:`_first_max_in_blocks`)."""
     if attrs(node).get("storage_order", 0):
         raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule; pick a layer after it")
     if pools_a_relu(ctx, node):
@@ -21,6 +22,9 @@ def max_pool(ctx, node, dy):
         dx = _first_max_by_taps(ctx, node, dy)
         if dx is not None:
             return dx
+    dx = _first_max_in_blocks(ctx, node, dy)
+    if dx is not None:
+        return dx
     x = node.input[0]
     a = attrs(node)
     kernel = a["kernel_shape"]
@@ -50,7 +54,7 @@ def pools_a_relu(ctx, node):
     return ctx.mode == "standard" and producer is not None and producer.op_type == "Relu"
 
 
-TAPS_MIN_OUTPUTS = 2 ** 13  # outputs per image: from 8,192 on the taps ran 0.6–0.8× the time, at 4,096 1.4×
+TAPS_MIN_OUTPUTS = 3072  # outputs per image from which the taps beat the Indices on images that change (see below)
 
 
 def _first_max_by_taps(ctx, node, dy):
@@ -59,7 +63,11 @@ def _first_max_by_taps(ctx, node, dy):
     Indices output: ORT CPU computes those at 30–40 ns per output, 2.5–5× the time of all this at
     ResNet stems. All of it stays in ORT's NCHWc layout; None for other pools, channels ORT does
     not block, symbolic sizes, or fewer than ``TAPS_MIN_OUTPUTS`` outputs per image (the ~40 ops
-    cost more than the Indices there).
+    cost more than the Indices there). The Indices' cost depends on the image: their branches,
+    learnt when one image is fed again and again, mispredict on images that change. On 16
+    images in turn the taps took 0.89× the Indices path's time at 3,600 outputs (SqueezeNet's
+    stem), 0.80× at 4,096, 0.69× at 8,192, 1.03× at 2,304 and 1.5× at 1,024 (with one image
+    repeated: 1.4× at 4,096, 0.6–0.8× from 8,192 on).
 
     x's four phases (rows and columns even or odd) hold the nine taps t_k of every window, some
     shifted by one; E_k = [t_k = y] is a Conv picking t_k with −y added and a HardSigmoid step
@@ -105,6 +113,55 @@ def _first_max_by_taps(ctx, node, dy):
             share = shifted(share, win.outputs, [-d for d in by], lengths)
         sums[phase] = ctx.op("Add", share, sums[phase]) if phase in sums else share
     return interleave(ctx, list(sums.values()), list(sums), channels, [2, 2], win.inputs, np.float32)
+
+
+BLOCKS_MIN_OUTPUTS = 3072  # outputs per image, and
+BLOCKS_MIN_POSITIONS = 192  # output positions per channel, from which the blocks beat the Indices (see below)
+
+
+def _first_max_in_blocks(ctx, node, dy):
+    """dx of a float32 2-D MaxPool whose windows tile the input (kernel = stride, no pads, no
+    dilation; rows and columns past the last window get 0), with no Indices output. ORT CPU
+    computes those one window at a time with data-dependent branches: 12–18 ns per output on
+    images that change from call to call (2–3× what the same image again and again measures,
+    its branches learnt). None for other pools, symbolic sizes, or fewer than
+    ``BLOCKS_MIN_OUTPUTS`` outputs per image or ``BLOCKS_MIN_POSITIONS`` per channel (24×4×24
+    outputs of a 2×1 pool took 1.08× the Indices' time; the grouped Convs cost per channel:
+    200 channels of 2×12 outputs took 1.8×).
+
+    A one-hot Conv (one group per channel, K = kernel taps outputs each) lays every window's
+    taps t_q side by side; E_q = [t_q = y] is a HardSigmoid step of 2¹²⁶·(t_q − y) + 1 (exact
+    unless t_q < y differ by a subnormal amount); F_q = relu(E_q − Σ_{p<q} E_p), one grouped 1×1
+    Conv with the Relu fused, keeps the first maximum in row-major order (ties as torch breaks
+    them); F·dy goes back to the window's positions by the same one-hot ConvTranspose. Measured on
+    varied images (ORT 1.32, 1 thread): 8×32×96 2×2 pools in 0.59×, 16×16×48 in 0.77×,
+    64×56×56 in 0.56× the Indices path's time (MaxPool with Indices and MaxUnpool)."""
+    x, y = node.input[0], node.output[0]
+    sizes = _static_sizes(ctx, node)
+    shape = ctx.shape(x)
+    if sizes is None or len(sizes[0]) != 2 or not isinstance(shape[1], int) or ctx.elem_type(x) != TensorProto.FLOAT:
+        return None
+    win = window(ctx, node, attrs(node)["kernel_shape"])
+    (h, w), channels = win.outputs, shape[1]
+    if (win.kernel != win.strides or set(win.dilations) != {1} or any(win.begin + win.end)
+            or any(o * k > i for o, k, i in zip(win.outputs, win.kernel, win.inputs))
+            or channels * h * w < BLOCKS_MIN_OUTPUTS or h * w < BLOCKS_MIN_POSITIONS):
+        return None
+    taps = int(np.prod(win.kernel))
+    onehot = np.zeros((channels, taps, taps), np.float32)
+    onehot[:, np.arange(taps), np.arange(taps)] = 1
+    onehot = ctx.const(onehot.reshape(channels * taps, 1, *win.kernel), "window_taps")
+    first = np.tril(-np.ones((taps, taps), np.float32), -1) + np.eye(taps, dtype=np.float32)  # E_q − Σ_{p<q} E_p
+    first = ctx.const(np.tile(first, (channels, 1)).reshape(channels * taps, taps, 1, 1), "first_tap")
+    ranked, flat = ctx.ints([0, channels, taps, h, w]), ctx.ints([0, channels * taps, h, w])
+    tapped = ctx.op("Conv", x, onehot, group=channels, kernel_shape=win.kernel, strides=win.strides)
+    below = ctx.op("Sub", ctx.op("Reshape", tapped, ranked), ctx.unsqueeze(y, [2]))
+    equal = ctx.op("Reshape", ctx.op("HardSigmoid", below, alpha=2.0 ** 126, beta=1.0), flat)
+    chosen = ctx.op("Relu", ctx.op("Conv", equal, first, group=channels, kernel_shape=[1, 1]))
+    shares = ctx.op("Mul", ctx.op("Reshape", chosen, ranked), ctx.unsqueeze(dy, [2]))
+    rest = [i - o * k for i, o, k in zip(win.inputs, win.outputs, win.kernel)]
+    return ctx.op("ConvTranspose", ctx.op("Reshape", shares, flat), onehot, group=channels, kernel_shape=win.kernel,
+                  strides=win.strides, output_padding=rest)
 
 
 def _unpool_pads(ctx, node, kernel, strides):
