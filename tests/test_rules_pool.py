@@ -203,18 +203,19 @@ def test_relu_mask_applied_at_the_pool(case, channels, mode):
     assert bool(masks) == (mode == "guided"), [n.op_type for n in masks]
 
 
+@pytest.mark.parametrize("channels", [32, 24])
 @pytest.mark.parametrize("pool", ["k3s2-overlap-pad", "k3s2-ceil", "k3s2-ceil-pad", "k3s2"])
 @pytest.mark.parametrize("size", [(8, 10), (11, 9), (3, 4)])
-def test_first_maximum_by_taps_at_stem_pools(pool, size, monkeypatch):
+def test_first_maximum_by_taps_at_stem_pools(pool, size, channels, monkeypatch):
     """A 3×3 stride-2 pool over a Relu (ResNet stems: pads 1; SqueezeNet: none, ceil_mode), 32
-    channels (ORT's blocked layout): the first maximum found tap by tap from x's phases, with no
-    Indices output and no scatter; exact against torch's rule with all-zero windows and positive
-    ties, at even and odd sizes (small ones: the size threshold lowered)."""
+    or 24 channels (ORT's blocked layout, 24 padded): the first maximum found tap by tap from x's
+    phases, with no Indices output and no scatter; exact against torch's rule with all-zero windows
+    and positive ties, at even and odd sizes (small ones: the size threshold lowered)."""
     monkeypatch.setattr(pool_rules, "TAPS_MIN_OUTPUTS", 0)
     attributes = {**POOLS, "k3s2": dict(kernel_shape=[3, 3], strides=[2, 2])}[pool]
-    model = stem_pool_model((3, 32, *size), attributes)
+    model = stem_pool_model((3, channels, *size), attributes)
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((3, 32, *size)).astype(np.float32) - 0.3
+    x = rng.standard_normal((3, channels, *size)).astype(np.float32) - 0.3
     x[:, :8, 1:6, 2:7] = 0.75  # a flat positive block: ties among positive maxima
     y = session(model).run(None, {"x": x})[0]
     dy = rng.standard_normal(y.shape).astype(np.float32)
@@ -242,7 +243,8 @@ def test_taps_only_from_the_size_where_they_were_faster():
     assert uses_taps(differentiate(stem_pool_model((1, 16, 31, 31), POOLS["k3s2-ceil"]), "y", ["x"]))  # 16 × 15 × 15 outputs
     assert uses_taps(differentiate(stem_pool_model((1, 16, 32, 32), pool), "y", ["x"]))  # 16 × 16 × 16
     assert not uses_taps(differentiate(stem_pool_model((1, 16, 24, 24), pool), "y", ["x"]))  # 16 × 12 × 12
-    assert not uses_taps(differentiate(stem_pool_model((1, 24, 64, 64), pool), "y", ["x"]))  # 24 channels: not blocked
+    assert uses_taps(differentiate(stem_pool_model((1, 24, 32, 32), pool), "y", ["x"]))  # 24 channels: ORT pads them
+    assert not uses_taps(differentiate(stem_pool_model((1, 12, 64, 64), pool), "y", ["x"]))  # 12: no whole half block
 
 
 def test_taps_in_an_exported_densenet_match_the_indices_path(monkeypatch):

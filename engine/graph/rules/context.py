@@ -299,12 +299,13 @@ class Context:
             return self.clipped_affine(x, weight, bias, 0.0, 1.0)
         return self.op("HardSigmoid", x, alpha=float(weight), beta=float(bias[0]))
 
-    def blocked_layout(self, x):
+    def blocked_layout(self, x, multiple=16):
         """Whether ``x`` is a float32 image tensor (N, C, H, W) with C a multiple of 16, the kind
-        ORT CPU keeps in its blocked NCHWc layout when only Conv-like ops touch it."""
+        ORT CPU keeps in its blocked NCHWc layout when only Conv-like ops touch it (``multiple``
+        8: also C that ORT pads up to whole blocks there)."""
         shape = self.shape(x)
         return (self.elem_type(x) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
-                and isinstance(shape[1], int) and shape[1] % 16 == 0)
+                and isinstance(shape[1], int) and shape[1] % multiple == 0)
 
     def _depthwise(self, x, factor, like, bias=None):
         """x · factor (+ bias) as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``blocked_layout``."""
@@ -313,11 +314,12 @@ class Context:
         biases = [] if bias is None else [self.const(np.full(channels, bias, np.float32), "depthwise_bias")]
         return self.op("Conv", x, weight, *biases, group=channels, kernel_shape=[1, 1])
 
-    def scale(self, grad, factor, like):
+    def scale(self, grad, factor, like, multiple=16):
         """``grad`` · ``factor`` (a Python float); ``like`` is its forward tensor. A depthwise
-        1×1 Conv for image tensors, so that ORT CPU keeps the backward in its NCHWc layout
-        (with ``factor`` 1 it only moves the gradient into that layout)."""
-        if self.blocked_layout(like):
+        1×1 Conv for image tensors (:meth:`blocked_layout` with ``multiple``), so that ORT CPU
+        keeps the backward in its NCHWc layout (with ``factor`` 1 it only moves the gradient
+        into that layout)."""
+        if self.blocked_layout(like, multiple):
             return self._depthwise(grad, factor, like)
         return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
 

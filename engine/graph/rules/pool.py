@@ -55,19 +55,21 @@ def pools_a_relu(ctx, node):
 
 
 TAPS_MIN_OUTPUTS = 3072  # outputs per image from which the taps beat the Indices on images that change (see below)
+BLOCKED = 8  # channels a multiple of this: ORT's NCHWc layout, 24 and 40 padded to whole blocks of 16
 
 
 def _first_max_by_taps(ctx, node, dy):
     """dx of a 3×3 stride-2 MaxPool with pads 0 or 1 (ceil_mode too) over a Relu's output
     (:func:`pools_a_relu`: x ≥ 0, and ``dy`` already 0 where the window's maximum y is 0), with no
     Indices output: ORT CPU computes those at 30–40 ns per output, 2.5–5× the time of all this at
-    ResNet stems. All of it stays in ORT's NCHWc layout; None for other pools, channels ORT does
-    not block, symbolic sizes, or fewer than ``TAPS_MIN_OUTPUTS`` outputs per image (the ~40 ops
-    cost more than the Indices there). The Indices' cost depends on the image: their branches,
+    ResNet stems. All of it stays in ORT's NCHWc layout; None for other pools, channels not a
+    multiple of ``BLOCKED``, symbolic sizes, or fewer than ``TAPS_MIN_OUTPUTS`` outputs per image
+    (the ~40 ops cost more than the Indices there). The Indices' cost depends on the image: their branches,
     learnt when one image is fed again and again, mispredict on images that change. On 16
     images in turn the taps took 0.89× the Indices path's time at 3,600 outputs (SqueezeNet's
     stem), 0.80× at 4,096, 0.69× at 8,192, 1.03× at 2,304 and 1.5× at 1,024 (with one image
-    repeated: 1.4× at 4,096, 0.6–0.8× from 8,192 on).
+    repeated: 1.4× at 4,096, 0.6–0.8× from 8,192 on); at 24 channels (ShuffleNet's stem, which
+    ORT pads to 32) 0.86× at 24×16×16 and 0.78× at 24×32×32.
 
     x's four phases (rows and columns even or odd) hold the nine taps t_k of every window, some
     shifted by one; E_k = [t_k = y] is a Conv picking t_k with −y added and a HardSigmoid step
@@ -79,7 +81,8 @@ def _first_max_by_taps(ctx, node, dy):
     x, y = node.input[0], node.output[0]
     a = attrs(node)
     shape = ctx.shape(x)
-    if not (ctx.blocked_layout(x) and all(isinstance(d, int) for d in shape[2:]) and a.get("auto_pad", "NOTSET") == "NOTSET"):
+    if not (ctx.blocked_layout(x, BLOCKED) and all(isinstance(d, int) for d in shape[2:])
+            and a.get("auto_pad", "NOTSET") == "NOTSET"):
         return None
     win = window(ctx, node, a["kernel_shape"])
     if (win.kernel, win.strides, win.dilations) != ([3, 3], [2, 2], [1, 1]) or not set(win.begin) <= {0, 1} \
@@ -99,7 +102,7 @@ def _first_max_by_taps(ctx, node, dy):
                       strides=list(strides), pads=begin + [max(e, 0) for e in end])
 
     phases = {(r, c): shifted(x, win.inputs, (r, c), lengths, (2, 2)) for r in (0, 1) for c in (0, 1)}
-    below = ctx.scale(y, -1.0, like=y)
+    below = ctx.scale(y, -1.0, like=y, multiple=BLOCKED)
     left, sums = dy, {}  # what no earlier tap took; the shares summed by phase
     for k in range(9):  # row-major: tap (i, j) reads x[2·o + (i, j) − begin], phase (i, j) − begin mod 2
         offsets = [t - b for t, b in zip(divmod(k, 3), win.begin)]
@@ -108,7 +111,7 @@ def _first_max_by_taps(ctx, node, dy):
         first = ctx.op("HardSigmoid", ctx.op("Add", tap, below), alpha=2.0 ** 126, beta=1.0)
         share = ctx.op("Mul", left, first)
         if k < 8:
-            left = ctx.op("Add", ctx.scale(share, -1.0, like=y), left)
+            left = ctx.op("Add", ctx.scale(share, -1.0, like=y, multiple=BLOCKED), left)
         if any(by) or win.outputs != lengths:  # back to the phase: output o's share belongs at o + by
             share = shifted(share, win.outputs, [-d for d in by], lengths)
         sums[phase] = ctx.op("Add", share, sums[phase]) if phase in sums else share
