@@ -213,16 +213,23 @@ def test_first_maximum_by_taps_at_stem_pools(pool, size, channels, monkeypatch):
     and positive ties, at even and odd sizes (small ones: the size threshold lowered)."""
     monkeypatch.setattr(pool_rules, "TAPS_MIN_OUTPUTS", 0)
     attributes = {**POOLS, "k3s2": dict(kernel_shape=[3, 3], strides=[2, 2])}[pool]
-    model = stem_pool_model((3, channels, *size), attributes)
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((3, channels, *size)).astype(np.float32) - 0.3
-    x[:, :8, 1:6, 2:7] = 0.75  # a flat positive block: ties among positive maxima
+    assert uses_taps(relu_pool_check((3, channels, *size), attributes, np.s_[:, :8, 1:6, 2:7], seed=7))
+
+
+def relu_pool_check(shape, attributes, flat, seed):
+    """Check the input gradient of a Relu then a float32 MaxPool on an input with the ``flat``
+    block positive and constant (ties among positive maxima) against [x > 0] · torch's
+    first-maximum rule; returns the rewritten model."""
+    model = stem_pool_model(shape, attributes)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32) - 0.3
+    x[flat] = 0.75
     y = session(model).run(None, {"x": x})[0]
     dy = rng.standard_normal(y.shape).astype(np.float32)
     rewritten = differentiate(model, "y", ["x"])
     got = session(rewritten).run([grad_name("x")], {"x": x, SEED: dy})[0]
     np.testing.assert_allclose(got, first_max_gradient(np.maximum(x, 0), dy, **attributes) * (x > 0), rtol=1e-6, atol=1e-6)
-    assert uses_taps(rewritten)
+    return rewritten
 
 
 def stem_pool_model(shape, attributes):
@@ -299,17 +306,7 @@ def test_first_maximum_in_blocks_over_a_relu(monkeypatch):
     """Over a Relu the pool applies the Relu's mask first ([y > 0] on dy), then the blocks."""
     monkeypatch.setattr(pool_rules, "BLOCKS_MIN_OUTPUTS", 0)
     monkeypatch.setattr(pool_rules, "BLOCKS_MIN_POSITIONS", 0)
-    attributes = BLOCK_POOLS["k2s2"]
-    model = stem_pool_model((2, 8, 10, 12), attributes)
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 8, 10, 12)).astype(np.float32) - 0.3
-    x[:, :4, 2:8, 1:7] = 0.75  # ties among positive maxima
-    y = session(model).run(None, {"x": x})[0]
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    rewritten = differentiate(model, "y", ["x"])
-    got = session(rewritten).run([grad_name("x")], {"x": x, SEED: dy})[0]
-    np.testing.assert_allclose(got, first_max_gradient(np.maximum(x, 0), dy, **attributes) * (x > 0), rtol=1e-6, atol=1e-6)
-    assert uses_blocks(rewritten)
+    assert uses_blocks(relu_pool_check((2, 8, 10, 12), BLOCK_POOLS["k2s2"], np.s_[:, :4, 2:8, 1:7], seed=3))
 
 
 def test_blocks_only_from_the_size_where_they_were_faster():
