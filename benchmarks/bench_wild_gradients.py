@@ -4,9 +4,9 @@ For each model of ``tests/fixtures/wild/index.json`` whose file is vendored or i
 PyPI package (``make test`` installs them; ``$ONNXLENS_WILD``'s index.json and files are read
 too), at its ``test_size``: ``forward`` = ``Model.run(x)``,
 ``input`` = ``Model.run(x, gradients=["input"], seed=...)`` seeding the first element of the
-explained output, on ``$ONNXLENS_BENCH_IMAGES`` (default 8) random images in turn, both jobs of
-a round on the same image, timed back to back within each round (order rotating), and the median of the
-per-round ratios input / forward printed per model, then their median and worst (goals: median
+explained output, on ``$ONNXLENS_BENCH_IMAGES`` (default 8) random images in turn, both jobs of a
+round on the same image, timed back to back within each round (order rotating), and the median of
+the per-round ratios input / forward printed per model, then their median and worst (goals: median
 ≤ 2.5, worst ≤ 3.5). Extra inputs (e.g. a temperature) are fed 1. Times are process CPU time
 (``time.process_time``): with the default of one ORT thread (``$ONNXLENS_BENCH_THREADS``) no
 thread pool spins between calls, and other processes on a shared machine barely move it.

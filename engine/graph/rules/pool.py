@@ -64,9 +64,9 @@ def _first_max_by_taps(ctx, node, dy):
     Indices output: ORT CPU computes those at 30–40 ns per output, 2.5–5× the time of all this at
     ResNet stems. All of it stays in ORT's NCHWc layout; None for other pools, channels not a
     multiple of ``BLOCKED``, symbolic sizes, or fewer than ``TAPS_MIN_OUTPUTS`` outputs per image
-    (the ~40 ops cost more than the Indices there). The Indices' cost depends on the image: their branches,
-    learnt when one image is fed again and again, mispredict on images that change. On 16
-    images in turn the taps took 0.89× the Indices path's time at 3,600 outputs (SqueezeNet's
+    (the ~40 ops cost more than the Indices there). The Indices' cost depends on the image: their
+    branches, learnt when one image is fed again and again, mispredict on images that change. On
+    16 images in turn the taps took 0.89× the Indices path's time at 3,600 outputs (SqueezeNet's
     stem), 0.80× at 4,096, 0.69× at 8,192, 1.03× at 2,304 and 1.5× at 1,024 (with one image
     repeated: 1.4× at 4,096, 0.6–0.8× from 8,192 on); at 24 channels (ShuffleNet's stem, which
     ORT pads to 32) 0.86× at 24×16×16 and 0.78× at 24×32×32.
