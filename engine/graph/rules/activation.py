@@ -6,16 +6,19 @@ import onnx
 from engine.graph.editing import DEFAULT_DOMAINS
 from engine.graph.rules import attrs, derivative, rule
 from engine.graph.rules.pool import pools_a_relu
+from engine.graph.rules.shape import concatenates_relus
 
 
 @rule("Relu")
 def relu(ctx, node, dy):
     """The mask reads the Relu's output (y > 0 iff x > 0) so that ORT can still fuse the
     producer of x with the Relu in the forward pass. A MaxPool that alone reads y has applied
-    the mask already, at its own resolution (:func:`pools_a_relu`)."""
+    the mask already, at its own resolution (:func:`pools_a_relu`), and so has a Concat of ReLU
+    outputs only (:func:`concatenates_relus`)."""
     y = node.output[0]
     reader = ctx.private_reader(y)
-    if reader is not None and reader.op_type == "MaxPool" and pools_a_relu(ctx, reader):
+    if reader is not None and (reader.op_type == "MaxPool" and pools_a_relu(ctx, reader)
+                               or reader.op_type == "Concat" and concatenates_relus(ctx, reader)):
         return dy
     return ctx.relu_family(y, dy, lambda: ctx.where_positive(y, dy))
 

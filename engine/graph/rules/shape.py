@@ -19,10 +19,24 @@ def transpose(ctx, node, dy):
 @rule("Concat", wrt=ALL)
 def concat(ctx, node, dy):
     """Split the gradient back into the pieces (their sizes along the axis must be static); one
-    Split for all of them."""
+    Split for all of them. Pieces that are all ReLU outputs (:func:`concatenates_relus`) get
+    their masks here, as one [y > 0] on the whole."""
     axis = attrs(node)["axis"] % ctx.rank(node.output[0])
     sizes = [ctx.shape(x)[axis] for x in node.input]
     if not all(isinstance(s, int) for s in sizes):
         raise UnsupportedOpError(f"Concat {node.name!r} joins along a symbolic axis: gradients need static sizes; pick a layer after it")
+    if concatenates_relus(ctx, node):
+        dy = ctx.where_positive(node.output[0], dy)
     pieces = ctx.op_with_ints("Split", dy, "split", sizes, 13, axis=axis, outputs=len(sizes))
     return [pieces] if len(sizes) == 1 else pieces
+
+
+def concatenates_relus(ctx, node):
+    """Whether the Concat ``node`` joins only outputs of Relus that only it reads, in standard
+    mode (SqueezeNet's fire modules, Inception blocks): each Relu's mask is then [y > 0] of the
+    joined y, applied once by the Concat rule, and the Relu rules pass their gradients through
+    (one mask for the block instead of one per branch)."""
+    if ctx.mode != "standard" or len(node.input) < 2:
+        return False
+    producers = [ctx.private_producer(x) for x in node.input]
+    return all(p is not None and p.op_type == "Relu" for p in producers)
