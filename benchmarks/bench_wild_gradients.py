@@ -85,7 +85,9 @@ with 8 images the old pools measured median 2.52, worst 4.53 (crnn_lstm_tnc), th
 4.45 → 3.95. crnn_gru 3.98 → 3.46, crnn_lstm_tnc 4.53 → 4.08, densenet_varhw 3.05 → 2.78
 (8 images); squeezenet_nc11 4.31 → 4.08 with 8 images but 3.64 → 3.72 with one, the Indices'
 branches learnt. Then with the taps at 24 channels too, three runs: median 2.47, 2.46, 2.48, worst
-4.12–4.20 (squeezenet_nc11), shufflenet_legacy 3.03 → 2.70–2.78, 17 of 34 ≤ 2.5.
+4.12–4.20 (squeezenet_nc11), shufflenet_legacy 3.03 → 2.70–2.78, 17 of 34 ≤ 2.5; and with one
+mask for a Concat of ReLUs, three runs: median 2.49, 2.48, 2.51, worst 4.03–4.14 (crnn_lstm_tnc
+4.01–4.03, squeezenet_nc11 3.93–4.14).
 """
 import itertools
 import json
