@@ -18,7 +18,7 @@ from engine.explain import attribution, methods
 from engine.explain.capture import (per_model, capture, fc_head, gradcam_fn, gradient_fn, head_fn, head_gradient_fn,
                                     layers_of, output_names, scores_fn)
 from engine.explain.outputs import describe, forward, softmax_input
-from engine.explain.targets import OutputMask, Rows, Target, one_class_each, parse, resolve
+from engine.explain.targets import OutputMask, Rows, Target, check_count, one_class_each, parse, resolve
 from engine.progress import Progress
 from engine.viz.overlay import resize_maps, to_unit, unit_resized
 
@@ -368,10 +368,8 @@ def _rows(model, x, targets, start, total, view, blank=0, need_scores=False):
         if np.shape(targets.mask) == (total, *shape):
             targets = OutputMask(np.asarray(targets.mask)[start:start + n])
     elif isinstance(targets, (list, tuple, np.ndarray)):
-        targets = list(targets)
-        if len(targets) != total:
-            raise UsageError(f"got {len(targets)} targets for {total} images: give one per image")
-        targets = targets[start:start + n]
+        check_count(targets, total)
+        targets = list(targets)[start:start + n]
     size = tuple(x.shape[2:4] if model.input.layout == "NCHW" else x.shape[1:3])
     rows = resolve(targets, n, shape, outputs=scores, kind=view.kind, boxes=boxes, input_size=size, blank=blank,
                    labels=model.labels)

@@ -227,7 +227,7 @@ def one_class_each(targets, n, n_classes, labels=None):
     if isinstance(targets, (int, np.integer, str)):
         classes = [_class_index(targets, labels)] * n
     else:
-        _check_count(targets, n)
+        check_count(targets, n)
         classes = [_class_index(c, labels) for c in targets]
     _check_range(classes, n_classes)
     return np.array([c % n_classes for c in classes], np.int64)  # (a numpy % costs more, cold)
@@ -238,7 +238,8 @@ def _class_index(c, labels):
     return _class(c, labels, c) if isinstance(c, str) else int(c)
 
 
-def _check_count(targets, n):
+def check_count(targets, n):
+    """A UsageError unless ``targets`` hold one target per image of ``n``."""
     if len(targets) != n:
         raise UsageError(f"got {len(targets)} targets for {n} images: give one per image")
 
@@ -261,7 +262,7 @@ def _per_image_classes(targets, n, outputs, labels=None):
     if isinstance(targets, (int, np.integer)):
         return [[int(targets)]] * n
     targets = list(targets)
-    _check_count(targets, n)
+    check_count(targets, n)
     return [[_class_index(c, labels) for c in t] if isinstance(t, (list, tuple, np.ndarray)) else
             [_class_index(t, labels)] for t in targets]
 
