@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.nodes import attrs
 from engine.graph.rules import pool as pool_rules
-from gradcheck import check, finish, node_model, session
+from gradcheck import check, finish, float64_copy, float64_slope, node_model, session
 
 POOLS = {
     "k2s2": dict(kernel_shape=[2, 2], strides=[2, 2]),
@@ -276,6 +276,44 @@ def test_taps_in_an_exported_densenet_match_the_indices_path(monkeypatch):
     taps, indices = gradient(pool_rules.TAPS_MIN_OUTPUTS), gradient(10 ** 9)
     assert np.abs(taps).max() > 0
     np.testing.assert_allclose(taps, indices, rtol=1e-5, atol=1e-6 * np.abs(indices).max())
+
+
+STEMS = {"resnet-7x7-stride2": dict(kernel_shape=[7, 7], strides=[2, 2], pads=[3, 3, 3, 3]),
+         "squeezenet-3x3-stride2": dict(kernel_shape=[3, 3], strides=[2, 2]),
+         "stride1-pad1": dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         "asymmetric-5x3": dict(kernel_shape=[5, 3], strides=[2, 1], pads=[1, 2, 2, 0])}
+
+
+@pytest.mark.parametrize("pool", ["k3s2-overlap-pad", "k3s2-ceil"])
+@pytest.mark.parametrize("stem", STEMS)
+@pytest.mark.parametrize("conv_output", [(12, 10), (11, 10)])
+def test_stem_conv_backward_reads_the_pool_phases(stem, pool, conv_output, monkeypatch):
+    """A 3-channel stem Conv → Relu → 3×3 stride-2 pool by taps: the Conv's ConvTranspose reads
+    the pool's four phases (no interleave) where they tile the Conv's output (even sizes; an odd
+    one keeps the interleave), with zero taps before the kernel where a phase starts before its
+    begin pad (SqueezeNet's unpadded stem); against float64 central differences."""
+    monkeypatch.setattr(pool_rules, "TAPS_MIN_OUTPUTS", 0)
+    a = STEMS[stem]
+    pads, strides = a.get("pads", [0] * 4), a.get("strides", [1, 1])
+    size = [(o - 1) * s + k - p - q for o, s, k, p, q in zip(conv_output, strides, a["kernel_shape"], pads[:2], pads[2:])]
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((16, 3, *a["kernel_shape"])).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], **a), helper.make_node("Relu", ["c"], ["r"]),
+                               helper.make_node("MaxPool", ["r"], ["y"], **POOLS[pool])], "stem",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, *size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    model = finish(graph)
+    rewritten = differentiate(model, "y", ["x"])
+    transposes = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose"]
+    assert uses_taps(rewritten) and len(transposes) == (4 if conv_output[0] % 2 == 0 else 2), [n.input[1] for n in transposes]
+    x = rng.standard_normal((2, 3, *size)).astype(np.float32)
+    seed = rng.standard_normal(session(model).run(None, {"x": x})[0].shape).astype(np.float32)
+    got = session(rewritten).run([grad_name("x")], {"x": x, SEED: seed})[0].astype(np.float64)
+    for _ in range(3):
+        v = rng.standard_normal(x.shape)
+        numeric = float64_slope(float64_copy(model), "y", {"x": x.astype(np.float64)}, seed.astype(np.float64), "x", v)
+        assert abs(np.sum(got * v) - numeric) < 1e-5 * np.sum(np.abs(got * v)), (np.sum(got * v), numeric)
 
 
 BLOCK_POOLS = {"k2s2": dict(kernel_shape=[2, 2], strides=[2, 2]), "k21s21": dict(kernel_shape=[2, 1], strides=[2, 1]),

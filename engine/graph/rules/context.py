@@ -35,6 +35,7 @@ class Context:
                 self._readers[name] = n
         self._requested = set(requested)
         self.forward_rewrites = {}  # forward node's first output → the nodes that replace it
+        self.interleaved = {}  # a gradient emitted by windows.interleave → (phases, positions, strides)
 
     # -- names and emission -------------------------------------------------------------------
     def fresh(self, hint):

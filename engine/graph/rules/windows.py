@@ -82,7 +82,9 @@ def interleave(ctx, phases, positions, channels, strides, inputs, dtype):
     """The (N, C, *inputs) tensor whose element at index s·q + r (per spatial axis) is element q of
     the phase at ``positions`` r, from ``phases`` (N, C, L1, L2 each, L = ⌈input / s⌉, of numpy
     ``dtype``; a phase left out is zero): stacked and interleaved by one one-hot ConvTranspose
-    (kernel = stride, one group per channel), cropped to ``inputs``.
+    (kernel = stride, one group per channel), cropped to ``inputs``. Uncropped, the phases are
+    recorded in ``ctx.interleaved`` for a Conv rule that can read them instead (a stem's
+    ConvTranspose, :func:`~engine.graph.rules.linear._transpose_phases`).
 
     Example: four 28×28 phases of 64 channels and ``strides`` [2, 2] make one 56×56 tensor.
     """
@@ -94,5 +96,8 @@ def interleave(ctx, phases, positions, channels, strides, inputs, dtype):
     for i, position in enumerate(positions):
         onehot[(slice(None), i) + tuple(position)] = 1
     crop = [s * q - x for s, q, x in zip(strides, lengths, inputs)]
-    return ctx.op("ConvTranspose", stacked, ctx.const(onehot.reshape(-1, 1, *strides), "interleave"),
-                  kernel_shape=list(strides), strides=list(strides), group=channels, pads=[0] * len(crop) + crop)
+    out = ctx.op("ConvTranspose", stacked, ctx.const(onehot.reshape(-1, 1, *strides), "interleave"),
+                 kernel_shape=list(strides), strides=list(strides), group=channels, pads=[0] * len(crop) + crop)
+    if not any(crop):
+        ctx.interleaved[out] = (list(phases), [tuple(p) for p in positions], list(strides))
+    return out
