@@ -394,3 +394,65 @@ def test_nhwc_normalization_moves_no_tensor_read_elsewhere(kept, order):
     x = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     for a, b in zip(run(model, x), run(moved, x)):
         np.testing.assert_array_equal(a, b)
+
+
+def fpn_model(sizes_from_shape):
+    """An FPN top-down path: the coarse map upsampled twice (Resize scales [1, 1, 2, 2], or
+    torch's interpolate(size=): sizes Concat(Shape(x)[0:2], (H, W))) and added to the finer
+    maps, then a [-1, C] flatten of a pooled map; ONNX shape inference names none of the
+    outputs' batch."""
+    b = Builder(5)
+    fine = b.op("Conv", ["x", b.weight(8, 3, 3, 3)], pads=[1, 1, 1, 1])
+    mid = b.op("Conv", [fine, b.weight(8, 8, 3, 3)], pads=[1, 1, 1, 1], strides=[2, 2])
+    coarse = b.op("Conv", [mid, b.weight(8, 8, 3, 3)], pads=[1, 1, 1, 1], strides=[2, 2])
+
+    def up(t, size):
+        if not sizes_from_shape:
+            return b.op("Resize", [t, "", b.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+        leading = b.op("Slice", [b.op("Shape", [t]), b.const(np.array([0])), b.const(np.array([2]))])
+        sizes = b.op("Concat", [leading, b.const(np.array([size, size]))], axis=0)
+        return b.op("Resize", [t, "", "", sizes], mode="linear")
+
+    merged = b.op("Add", [up(b.op("Add", [up(coarse, 8), mid]), 16), fine])
+    pooled = b.op("GlobalAveragePool", [merged])
+    flat = b.op("Reshape", [pooled, b.const(np.array([-1, 8]))])
+    b.op("Gemm", [flat, b.weight(4, 8)], transB=1, name="logits")
+    b.op("Identity", [merged], name="map")
+    return b.model([("x", ["N", 3, 16, 16])], [("logits", None), ("map", None)], opset=13)
+
+
+@pytest.mark.parametrize("sizes_from_shape", [False, True])
+def test_batch_kept_through_resizes_and_flattens(sizes_from_shape):
+    """ONNX inference loses the batch at every Resize (floor(N · 1); sizes from Shape) and at a
+    [-1, C] Reshape; normalize names it back, down the whole FPN (one Resize feeds the next),
+    and the model computes the same."""
+    model = fpn_model(sizes_from_shape)
+    plain = nz.infer_shapes(model)
+    assert _dims(plain.graph.output[0])[0] != "N"
+    normalized = nz.normalize(model)
+    shapes = {v.name: _dims(v) for v in list(normalized.graph.value_info) + list(normalized.graph.output)}
+    assert all(dims[0] == "N" for name, dims in shapes.items() if len(dims) > 1), shapes
+    onnx.checker.check_model(normalized, full_check=True)
+    _assert_same(model, normalized, _x(2, 3, 16, 16))
+
+
+def test_batch_not_claimed_where_dim_0_changes():
+    """A Reshape whose -1 is not dim 0 ([-1, 4] of (N, 8, 1, 1): 2·N rows) and a Resize scaling
+    dim 0 keep whatever inference says."""
+    b = Builder(6)
+    h = b.op("Conv", ["x", b.weight(8, 3, 1, 1)])
+    b.op("Resize", [h, "", b.const(np.array([2, 1, 1, 1], np.float32))], mode="nearest", name="doubled")
+    b.op("Reshape", [b.op("GlobalAveragePool", [h]), b.const(np.array([-1, 4]))], name="halves")
+    model = b.model([("x", ["N", 3, 4, 4])], [("doubled", None), ("halves", None)], opset=13)
+    assert nz.batch_pins(nz.infer_shapes(model)) == []
+    assert all(_dims(o)[0] != "N" for o in nz.normalize(model).graph.output)
+
+
+def test_legacy_minus_one_output_dim_takes_the_inferred_batch():
+    """keras2onnx / old torch exports declare the output's batch as -1; shape inference inside
+    the passes names it unk__N, which the last inference replaces with the input's batch."""
+    b = Builder(7)
+    pooled = b.op("ReduceMean", [b.op("Conv", ["x", b.weight(8, 3, 3, 3)])], axes=[2, 3], keepdims=0)
+    b.op("Gemm", [pooled, b.weight(5, 8)], transB=1, name="logits")
+    model = b.model([("x", [-1, 3, 8, 8])], [("logits", [-1, 5])], opset=11)
+    assert _dims(nz.normalize(model).graph.output[0]) == ["batch", 5]

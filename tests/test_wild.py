@@ -15,7 +15,9 @@ from cli import main
 from engine.api import Model
 from engine.data.files import write_image
 from engine.explain import cam
+from engine.graph.autodiff import SEED
 from engine.graph.quantized import dequantize_operators
+from engine.runtime import rewrite
 from tests import wild
 from tests.gradcheck import assert_slopes_match
 
@@ -255,6 +257,24 @@ def test_cli_input_gradient(name, tmp_path):
         tmp_path=tmp_path, name=name)
     with np.load(tmp_path / "s" / "saliency.npz") as z:
         check_map(z["maps"], (1, *INDEX[name]["test_size"]))
+
+
+# Models whose forward loses the batch's name to ONNX shape inference: at a [-1, C] Reshape
+# (lcnet_dynamo, mobilenetv3_n1c), an FPN's Resize by scales (dbnet_like, ddddocr_det, layout_cdla,
+# ppocrv4_det) or to sizes from Shape (lraspp_seg), a declared -1 output (shufflenet_legacy).
+LOST_BATCH = ["lcnet_dynamo", "mobilenetv3_n1c", "dbnet_like", "ddddocr_det", "layout_cdla", "ppocrv4_det",
+              "lraspp_seg", "shufflenet_legacy"]
+
+
+@pytest.mark.parametrize("name", LOST_BATCH)
+def test_input_gradient_graph_keeps_the_batch_name(name):
+    """The rewritten input gradient's seed (and so the whole backward) carries the input's batch
+    name, which ORT CPU needs to keep the backward's elementwise ops in its blocked layout."""
+    model = open_model(name)
+    output = INDEX[name].get("explained_output") or model.outputs[0].name
+    rewritten = rewrite.build(model.proto, rewrite.Request(model.input_size, (), (model.input.name,), output))
+    dims = {i.name: i.type.tensor_type.shape.dim for i in rewritten.graph.input}
+    assert dims[SEED][0].dim_param == dims[model.input.name][0].dim_param != ""
 
 
 # --- conventions -------------------------------------------------------------------------------------

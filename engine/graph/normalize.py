@@ -57,7 +57,12 @@ def normalize(model: onnx.ModelProto, input_size=None, inplace=False) -> onnx.Mo
         if len(model.graph.node) == before:
             break
     model = transpose_first(drop_identities(model, inplace=True), inplace=True)
-    return infer_shapes(model, inplace=True)
+    model = infer_shapes(model, inplace=True)
+    pinned = []
+    while new := batch_pins(model):  # a pinned batch can reach the next Resize down an FPN
+        pinned += new
+        model = infer_shapes(model, inplace=True, pinned=pinned)
+    return model
 
 
 # --------------------------------------------------------------------------------------- passes
@@ -119,7 +124,8 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET, inplace=Fa
 def name_dynamic_dims(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
     """Give a name to every dynamic dim of the graph inputs: legacy ``dim_value: -1`` (older
     paddle2onnx / keras2onnx files) and unnamed dims become ``"batch"`` (dim 0) or
-    ``"<input>_<axis>"``, so that shape inference and the passes see one symbolic form.
+    ``"<input>_<axis>"``, so that shape inference and the passes see one symbolic form; a
+    declared output's -1 is dropped.
 
     >>> m = onnx.load("model.onnx")
     >>> m.graph.input[0].type.tensor_type.shape.dim[3].dim_value = -1
@@ -136,6 +142,10 @@ def name_dynamic_dims(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
             if (dim.HasField("dim_value") and dim.dim_value < 0) or not (dim.HasField("dim_value") or dim.dim_param):
                 dim.Clear()
                 dim.dim_param = "batch" if axis == 0 else f"{value_info.name}_{axis}"
+    for value_info in out.graph.output:  # left to shape inference, which carries the inputs' names
+        for dim in value_info.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.Clear()
     return out
 
 
@@ -239,6 +249,63 @@ def free_batch(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
         output.type.tensor_type.ClearField("shape")
     del graph.value_info[:]
     return prune(out)  # the batch constants replaced
+
+
+def batch_pins(model: onnx.ModelProto) -> list:
+    """Value_info giving back the symbolic batch that ONNX shape inference loses where a Resize
+    or Reshape keeps dim 0 (:func:`_keeps_dim0`): the output's dim 0 is named as the input's,
+    which lets ORT CPU prove the tensors downstream (and their gradients) equal in shape, so that
+    it keeps the binary ops between them in its blocked NCHWc layout. Empty when nothing was
+    lost (run after :func:`infer_shapes`).
+
+    >>> x, y = (helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, d) for n, d in (("x", ["batch", 8, 1, 1]), ("y", None)))
+    >>> flatten = helper.make_node("Reshape", ["x", "to"], ["y"])
+    >>> m = helper.make_model(helper.make_graph([flatten], "g", [x], [y], [numpy_helper.from_array(np.array([-1, 8]), "to")]))
+    >>> value_info_shape(infer_shapes(m).graph.output[0]), [value_info_shape(v) for v in batch_pins(infer_shapes(m))]
+    (('unk__0', 8), [('batch', 8)])
+    """
+    shapes = declared_shapes(model)
+    infos = {info.name: info for info in (*model.graph.value_info, *model.graph.output)}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    pins = []
+    for node in model.graph.node:
+        source, out = shapes.get(node.input[0]) if node.input else None, shapes.get(node.output[0])
+        if (node.op_type in ("Resize", "Reshape") and node.domain in DEFAULT_DOMAINS and source and out
+                and isinstance(source[0], str) and out[0] != source[0] and _keeps_dim0(model.graph, node, source, producers)):
+            pin = onnx.ValueInfoProto()
+            pin.CopyFrom(infos[node.output[0]])
+            pin.type.tensor_type.shape.dim[0].Clear()
+            pin.type.tensor_type.shape.dim[0].dim_param = source[0]
+            pins.append(pin)
+    return pins
+
+
+def _keeps_dim0(graph, node, source, producers):
+    """Whether Resize or Reshape ``node`` (input dims ``source``) keeps dim 0 where inference
+    cannot tell: a Resize scaling it by a constant 1 (an FPN's upsampling: floor(batch · 1) is
+    not worked out) or to sizes that start with the input's own (torch's ``interpolate(size=)``:
+    Concat(Shape(x)[0:2], (H, W))); a Reshape whose constant target starts with -1, the rest of
+    the input's dims (all static) holding as many elements as the rest of the target (``[-1,
+    128]`` on (batch, 128, 1, 1))."""
+    if node.op_type == "Reshape":
+        target, rest = _constant(graph, node.input[1]), source[1:]
+        return (target is not None and target.ndim == 1 and len(target) > 1 and target[0] == -1
+                and (target[1:] > 0).all() and all(isinstance(d, int) for d in rest)
+                and int(np.prod(target[1:])) == int(np.prod(rest)))
+    scales = _constant(graph, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if scales is not None:
+        return scales.ndim == 1 and len(scales) == len(source) and scales[0] == 1
+    joined = producers.get(node.input[3]) if len(node.input) > 3 else None
+    if joined is None or joined.op_type != "Concat" or attrs(joined).get("axis") != 0:
+        return False
+    first = producers.get(joined.input[0])
+    if first is not None and first.op_type == "Slice":
+        starts, axes = _constant(graph, first.input[1]), _constant(graph, first.input[3]) if len(first.input) > 3 else None
+        if starts is None or starts[0] != 0 or axes is not None and axes[0] != 0:
+            return False
+        first = producers.get(first.input[0])
+    return (first is not None and first.op_type == "Shape" and first.input[0] == node.input[0]
+            and attrs(first).get("start", 0) == 0)
 
 
 def drop_identities(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:

@@ -48,13 +48,23 @@ def with_weights(skeleton: onnx.ModelProto, weights) -> onnx.ModelProto:
     return skeleton
 
 
-def inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The weightless skeleton of ``model`` with shapes inferred into its value_info.
+def inferred_skeleton(model: onnx.ModelProto, pinned=()) -> onnx.ModelProto:
+    """The weightless skeleton of ``model`` with shapes inferred into its value_info, starting
+    from the ``pinned`` value_info only; output dims that an earlier inference left anonymous
+    (``unk__N``) are inferred anew.
 
     ModelLoadError when shape inference finds the model inconsistent.
     """
     skeleton, _ = without_weights(model)
     del skeleton.graph.value_info[:]
+    pins = {v.name: v for v in pinned}
+    for output in skeleton.graph.output:
+        if output.name in pins:
+            output.type.CopyFrom(pins.pop(output.name).type)
+        for dim in output.type.tensor_type.shape.dim:
+            if dim.dim_param.startswith("unk__"):  # named by an earlier inference, which knew less
+                dim.Clear()
+    skeleton.graph.value_info.extend(pins.values())
     try:
         return onnx.shape_inference.infer_shapes(skeleton, check_type=True, data_prop=True)
     except onnx.shape_inference.InferenceError as exc:
@@ -63,13 +73,14 @@ def inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
                              "Check that it loads and runs in ONNX Runtime.") from None
 
 
-def infer_shapes(model: onnx.ModelProto, inplace=False) -> onnx.ModelProto:
-    """Recompute value_info (and missing output shapes) with ONNX shape inference.
+def infer_shapes(model: onnx.ModelProto, inplace=False, pinned=()) -> onnx.ModelProto:
+    """Recompute value_info (and missing output shapes) with ONNX shape inference, from the
+    ``pinned`` value_info (see :func:`inferred_skeleton`).
 
     >>> len(infer_shapes(onnx.load("model.onnx")).graph.value_info) > 0
     True
     """
-    inferred = inferred_skeleton(model)
+    inferred = inferred_skeleton(model, pinned)
     out = model if inplace else copy_model(model)
     for field in ("value_info", "output"):
         del getattr(out.graph, field)[:]
