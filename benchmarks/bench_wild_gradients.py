@@ -88,6 +88,15 @@ branches learnt. Then with the taps at 24 channels too, three runs: median 2.47,
 4.12–4.20 (squeezenet_nc11), shufflenet_legacy 3.03 → 2.70–2.78, 17 of 34 ≤ 2.5; and with one
 mask for a Concat of ReLUs, three runs: median 2.49, 2.48, 2.51, worst 4.03–4.14 (crnn_lstm_tnc
 4.01–4.03, squeezenet_nc11 3.93–4.14).
+Then (round 10, 2026-12-07, load ≈ 0.6: normalize names the batch that ONNX inference loses at a
+Resize or a [-1, C] Reshape, so ORT keeps more of the backward in its NCHWc layout; a stem Conv's
+ConvTranspose reads its MaxPool's backward phases): the day's run before the batch names measured
+median 2.51, worst 4.09; after, two runs: median 2.51, 2.53, worst 4.10–4.15 (squeezenet_nc11),
+17 of 34 ≤ 2.5. The median sits between the 17th model (regnet and densenet_half, 2.40–2.43) and
+mnasnet_unnamed (2.61–2.64), which neither change touches. Alternating processes, old → new code:
+dbnet_like −4.2 %, shufflenet_legacy −2.4 %, lraspp_seg −2.3 %, layout_cdla −1.9 %, ddddocr_det
+−1.4 %, mobilenetv3_n1c −1.3 %, lcnet_dynamo −1.1 %; ppocrv4_det +3 to +5 % (fewer reorders and
+kernel time in ORT's profile, yet slower by the clock).
 """
 import itertools
 import json
