@@ -449,8 +449,8 @@ def test_batch_not_claimed_where_dim_0_changes():
 
 
 def test_legacy_minus_one_output_dim_takes_the_inferred_batch():
-    """keras2onnx / old torch exports declare the output's batch as -1; shape inference inside
-    the passes names it unk__N, which the last inference replaces with the input's batch."""
+    """keras2onnx / old torch exports declare the output's batch as -1: normalize drops it (as it
+    drops an unk__N an earlier inference wrote there), so the output takes the input's batch name."""
     b = Builder(7)
     pooled = b.op("ReduceMean", [b.op("Conv", ["x", b.weight(8, 3, 3, 3)])], axes=[2, 3], keepdims=0)
     b.op("Gemm", [pooled, b.weight(5, 8)], transB=1, name="logits")
