@@ -165,6 +165,18 @@ def test_reduce_axes_as_attribute(op, keepdims):
     check(lambda dt: node_model(op, [X], dt, opset=11, keepdims=keepdims, axes=[2, 3]))
 
 
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize("spatial", [(5, 4), ("H", "W")])
+def test_reduce_mean_over_the_spatial_axes_is_a_global_average_pool(keepdims, spatial):
+    """ReduceMean over every axis after N and C (a squeeze-excitation or a head written that way)
+    takes GlobalAveragePool's rule: for 16 channels (ORT's blocked layout) its 1/positions rides
+    on the depthwise Conv that moves the gradient into NCHWc, no Div; symbolic H×W count at run time."""
+    model = node_model("ReduceMean", [("N", 16, *spatial)], np.float32, opset=11, keepdims=keepdims, axes=[2, 3])
+    ops = [n.op_type for n in differentiate(model, "out0", ["in0"]).graph.node]
+    assert ("Div" in ops) == isinstance(spatial[0], str) and (ops.count("Conv") == 1) == isinstance(spatial[0], int), ops
+    check(lambda dt: node_model("ReduceMean", [("N", 16, *spatial)], dt, opset=11, keepdims=keepdims, axes=[2, 3]))
+
+
 def test_reduce_noop_with_empty_axes():
     check(lambda dt: node_model("ReduceSum", [X], dt, opset=18, noop_with_empty_axes=1))
 

@@ -275,7 +275,7 @@ def global_average_pool(ctx, node, dy):
         factor, shape = 1.0 / np.prod(spatial), ctx.ints([1, 1, *spatial])
         if ctx.blocked_layout(x):  # the depthwise Conv that moves it into NCHWc scales it too
             return ctx.scale(ctx.op("Expand", dy, shape), factor, like=x)
-        return ctx.op("Expand", ctx.op("Mul", dy, ctx.scalar(factor, like=dy)), shape)
+        return ctx.op("Expand", ctx.op("Mul", dy, ctx.scalar(factor, like=x)), shape)
     positions = ctx.op("Slice", ctx.shape_of(x), ctx.ints([2]), ctx.ints([len(spatial) + 2]))
     count = ctx.op("Cast", ctx.op("ReduceProd", positions, keepdims=0), to=ctx.elem_type(x))
     return ctx.op("Expand", ctx.op("Div", dy, count), ctx.shape_of(x))
@@ -305,6 +305,10 @@ def reduced_axes(ctx, node):
 
 @rule("ReduceSum", "ReduceMean", "ReduceMax")
 def reduce(ctx, node, dy):
+    """dy spread back over the reduced axes: all of them (a sum), divided by their count (a
+    mean; over every axis after N and C, GlobalAveragePool's rule, whose NCHWc Conv carries the
+    1/count: mobilenetv3_n1c's squeeze-excitations −2 %), or to each position holding the maximum
+    (ReduceMax)."""
     x, y = node.input[0], node.output[0]
     axes = reduced_axes(ctx, node)
     if axes is None:
@@ -314,6 +318,8 @@ def reduce(ctx, node, dy):
     if node.op_type == "ReduceMax":
         yk = y if keep else ctx.unsqueeze(y, axes)
         return ctx.mask(dyk, ctx.op("Equal", x, yk), like=x)
+    if node.op_type == "ReduceMean" and axes == list(range(2, ctx.rank(x))) and ctx.rank(x) > 2:
+        return global_average_pool(ctx, node, dyk)
     if node.op_type == "ReduceMean":
         dims = [ctx.shape(x)[ax] for ax in axes]
         if all(isinstance(d, int) for d in dims):
