@@ -96,7 +96,13 @@ median 2.51, worst 4.09; after, two runs: median 2.51, 2.53, worst 4.10–4.15 (
 mnasnet_unnamed (2.61–2.64), which neither change touches. Alternating processes, old → new code:
 dbnet_like −4.2 %, shufflenet_legacy −2.4 %, lraspp_seg −2.3 %, layout_cdla −1.9 %, ddddocr_det
 −1.4 %, mobilenetv3_n1c −1.3 %, lcnet_dynamo −1.1 %; ppocrv4_det +3 to +5 % (fewer reorders and
-kernel time in ORT's profile, yet slower by the clock).
+kernel time in ORT's profile, yet slower by the clock). Then with ReduceMean over the spatial
+axes taking GlobalAveragePool's rule (mobilenetv3_n1c −2.2 %, squeezenet_nc11 −1.4 %, others
+within ±1.4 % in alternating processes), three runs later that afternoon: median 2.46, 2.43,
+2.41, worst 4.02–4.27 (crnn_lstm_tnc), 18–19 of 34 ≤ 2.5. Models whose graphs did not change
+moved by up to ±10 % between those runs (shufflenet_legacy 2.70 → 2.41, regnet_qdq 2.83 → 2.58,
+ppocr_cls_mobile_v2 2.67 → 2.88), and mnasnet_unnamed from 2.61–2.64 to 2.47–2.51 while its
+paired A/B of the change read 1.00: the host drifted; the median moves by ±0.05 with it.
 """
 import itertools
 import json
