@@ -59,7 +59,7 @@ def normalize(model: onnx.ModelProto, input_size=None, inplace=False) -> onnx.Mo
     model = transpose_first(drop_identities(model, inplace=True), inplace=True)
     model = infer_shapes(model, inplace=True)
     pinned = []
-    while new := batch_pins(model):  # a pinned batch can reach the next Resize down an FPN
+    while new := batch_pins(model):  # a pinned batch reaches the next Resize down an FPN
         pinned += new
         model = infer_shapes(model, inplace=True, pinned=pinned)
     return model
@@ -255,8 +255,9 @@ def batch_pins(model: onnx.ModelProto) -> list:
     """Value_info giving back the symbolic batch that ONNX shape inference loses where a Resize
     or Reshape keeps dim 0 (:func:`_keeps_dim0`): the output's dim 0 is named as the input's,
     which lets ORT CPU prove the tensors downstream (and their gradients) equal in shape, so that
-    it keeps the binary ops between them in its blocked NCHWc layout. Empty when nothing was
-    lost (run after :func:`infer_shapes`).
+    it keeps the binary ops between them in its blocked NCHWc layout. Only a named batch is
+    carried (an input's dim 0 that inference left anonymous waits for the pin above it). Empty
+    when nothing was lost (run after :func:`infer_shapes`).
 
     >>> x, y = (helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, d) for n, d in (("x", ["batch", 8, 1, 1]), ("y", None)))
     >>> flatten = helper.make_node("Reshape", ["x", "to"], ["y"])
@@ -271,7 +272,8 @@ def batch_pins(model: onnx.ModelProto) -> list:
     for node in model.graph.node:
         source, out = shapes.get(node.input[0]) if node.input else None, shapes.get(node.output[0])
         if (node.op_type in ("Resize", "Reshape") and node.domain in DEFAULT_DOMAINS and source and out
-                and isinstance(source[0], str) and out[0] != source[0] and _keeps_dim0(model.graph, node, source, producers)):
+                and isinstance(source[0], str) and not source[0].startswith("unk__") and out[0] != source[0]
+                and _keeps_dim0(model.graph, node, source, producers)):
             pin = onnx.ValueInfoProto()
             pin.CopyFrom(infos[node.output[0]])
             pin.type.tensor_type.shape.dim[0].Clear()
