@@ -27,7 +27,7 @@ from engine.graph.nodes import attrs
 from engine.graph.quantized import dequantize_operators
 from engine.graph.shapes import declared_shapes, image_input, value_info_shape
 from engine.graph.transposes import transpose_first
-from engine.graph.weightless import infer_shapes, inferred_skeleton, with_weights, without_weights
+from engine.graph.weightless import ANONYMOUS, infer_shapes, inferred_skeleton, with_weights, without_weights
 
 TARGET_OPSET = 17
 
@@ -272,7 +272,7 @@ def batch_pins(model: onnx.ModelProto) -> list:
     for node in model.graph.node:
         source, out = shapes.get(node.input[0]) if node.input else None, shapes.get(node.output[0])
         if (node.op_type in ("Resize", "Reshape") and node.domain in DEFAULT_DOMAINS and source and out
-                and isinstance(source[0], str) and not source[0].startswith("unk__") and out[0] != source[0]
+                and isinstance(source[0], str) and not source[0].startswith(ANONYMOUS) and out[0] != source[0]
                 and _keeps_dim0(model.graph, node, source, producers)):
             pin = onnx.ValueInfoProto()
             pin.CopyFrom(infos[node.output[0]])

@@ -14,6 +14,8 @@ from onnx import helper
 from engine.errors import ModelLoadError
 from engine.graph.editing import copy_model
 
+ANONYMOUS = "unk__"  # how ONNX shape inference names a dim it cannot name after an input's
+
 
 def without_weights(model: onnx.ModelProto, min_elements=4096):
     """A copy whose large initializers are graph inputs of the same type and shape instead.
@@ -62,7 +64,7 @@ def inferred_skeleton(model: onnx.ModelProto, pinned=()) -> onnx.ModelProto:
         if output.name in pins:
             output.type.CopyFrom(pins.pop(output.name).type)
         for dim in output.type.tensor_type.shape.dim:
-            if dim.dim_param.startswith("unk__"):  # named by an earlier inference, which knew less
+            if dim.dim_param.startswith(ANONYMOUS):  # named by an earlier inference, which knew less
                 dim.Clear()
     skeleton.graph.value_info.extend(pins.values())
     try:

@@ -1,5 +1,6 @@
 """Rules for the linear layers: Conv, ConvTranspose, Gemm, MatMul, BatchNormalization (inference)."""
 import itertools
+from dataclasses import replace
 
 import numpy as np
 
@@ -87,11 +88,9 @@ def _transpose_phases(ctx, dy, w, weight, win, group):
             padded = np.pad(weight, [(0, 0), (0, 0)] + [(z, 0) for z in zeros])
             kernel, w_phase = list(padded.shape[2:]), ctx.const(padded, "phase_weight")
             begin = [max(b, 0) for b in begin]
-        extent = [(k - 1) * d + 1 for k, d in zip(kernel, win.dilations)]
-        ends = [s * (q - 1) + e - b - x for s, q, e, b, x in zip(strides, lengths, extent, begin, win.inputs)]
+        pads, output_padding = replace(win, kernel=kernel, strides=strides, begin=begin, outputs=lengths).transpose_pads()
         parts.append(ctx.op("ConvTranspose", phase, w_phase, kernel_shape=kernel, strides=strides,
-                            dilations=win.dilations, group=group, pads=begin + [max(e, 0) for e in ends],
-                            output_padding=[max(-e, 0) for e in ends]))
+                            dilations=win.dilations, group=group, pads=pads, output_padding=output_padding))
     return ctx.op("Sum", *parts) if len(parts) > 1 else parts[0]
 
 
