@@ -197,3 +197,28 @@ def test_integer_tensor_request_is_refused():
                               [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
     with pytest.raises(LayerError, match="float"):
         differentiate(finish(graph), "y", ["x"])
+
+
+def test_backward_tensors_keep_the_batch_name():
+    """Each gradient a rule returns is declared with its forward tensor's shape, so shape
+    inference (ORT's too) keeps the batch's name through rules that compute a dim (the small
+    MaxPool's scatter reshapes to [-1, C, H, W]). ORT's NCHWc layout needs the name to keep a
+    gradient times its forward mask in the blocked layout."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w", (8, 3, 3, 3)), ("wf", (5, 8)))]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1] * 4),
+             helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("MaxPool", ["s"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4),
+             helper.make_node("GlobalAveragePool", ["p"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "wf"], ["logits"], transB=1)]
+    model = finish(helper.make_graph(nodes, "pooled", [helper.make_tensor_value_info("image", 1, ["N", 3, 12, 12])],
+                                     [helper.make_tensor_value_info("logits", 1, None)], initializer=inits))
+    rewritten = onnx.shape_inference.infer_shapes(differentiate(model, "logits", ["image"]))
+    dims = {vi.name: vi.type.tensor_type.shape.dim for vi in rewritten.graph.value_info}
+    binary = [n for n in rewritten.graph.node[len(model.graph.node):] if n.op_type in ("Mul", "Add", "Sum")]
+    images = {i for n in binary for i in n.input if len(dims.get(i, [])) == 4}
+    assert any(n.op_type == "ScatterElements" for n in rewritten.graph.node)
+    assert len(images) >= 3 and all(dims[t][0].dim_param == "N" for t in images), \
+        [(t, dims[t][0]) for t in images if dims[t][0].dim_param != "N"]

@@ -104,6 +104,7 @@ def differentiate(model, output, wrt, mode="standard"):
         ctx.nodes.append(helper.make_node("Identity", [g], [grad_name(t)], name=ctx.fresh(grad_name(t))))
 
     nodes, initializers = _prune(ctx.nodes, ctx.initializers, [grad_name(t) for t in wrt])
+    graph.value_info.extend(_gradient_shapes(graph, nodes, grads, totals, shapes, types))
     if ctx.forward_rewrites:  # forward nodes a rule split (a HardSwish into its gate and a Mul)
         forward = [m for n in graph.node for m in ctx.forward_rewrites.get(n.output[0], [n])]
         del graph.node[:]
@@ -198,6 +199,19 @@ def _prune(nodes, initializers, outputs):
             kept.append(node)
             live.update(node.input)
     return kept[::-1], [t for t in initializers if t.name in live]
+
+
+def _gradient_shapes(graph, nodes, grads, totals, shapes, types):
+    """value_info for each gradient a rule returned, and each sum of them: the shape of the tensor
+    it is the gradient of. ONNX Runtime's own inference loses dims a rule computes (a Reshape to
+    [-1, C, H, W]), and its NCHWc layout then cannot prove a gradient and its forward tensor the same
+    shape: every Mul of the two went back to NCHW with reorders around it."""
+    made = {o for n in nodes for o in n.output}
+    declared = {vi.name for vi in [*graph.input, *graph.value_info, *graph.output]}
+    gradients = {g: name for name, parts in grads.items() for g in parts}
+    gradients.update({g: name for name, g in totals.items()})
+    return [_value_info(g, types[name], shapes[name]) for g, name in gradients.items()
+            if g in made and g not in declared and shapes.get(name) is not None and types.get(name) in FLOAT_TYPES]
 
 
 def _value_info(name, elem_type, dims):
