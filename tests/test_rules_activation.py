@@ -47,9 +47,10 @@ def test_clip_bounds_as_attributes_before_opset_11():
 
 
 
-@pytest.mark.parametrize("channels", [3, 16])
+@pytest.mark.parametrize("channels", [3, 8, 16])
 def test_relu_mask_is_exact_at_zero_and_at_tiny_values(channels):
-    """16 channels: the mask is a depthwise step Conv (kept in ORT's NCHWc layout); 3: Greater."""
+    """16 channels: the mask is a depthwise step Conv (kept in ORT's NCHWc layout); 3, and 8
+    (which ORT would pad to a block of 16): one HardSigmoid step."""
     rewritten = differentiate(node_model("Relu", [("N", channels, 2, 2)], np.float32), "out0", ["in0"])
     assert ("Conv" in [n.op_type for n in rewritten.graph.node]) == (channels == 16)
     values = np.array([0.0, -0.0, 1.2e-38, -1e-30, 1e-30, 3e38, -3e38, 0.5], np.float32)
@@ -84,6 +85,40 @@ def test_hard_activations_on_image_tensors(op, attrs):
                                                        "out0", ["in0"]).graph.node]
     check(lambda dt: node_model(op, [("N", 16, 3, 3)], dt, **attrs),
           feeds=lambda rng, dt: {"in0": (rng.standard_normal((2, 16, 3, 3)) * 3).astype(dt)})
+
+
+def after_a_conv(op, channels, dt, **attrs):
+    """``op`` on the output of a 1×1 Conv of the input (``channels`` channels, 3×3) whose weight is
+    the identity: the op sees the input's values, which the check keeps away from its kinks."""
+    from onnx import helper, numpy_helper
+    from gradcheck import finish
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+    weight = np.eye(channels).reshape(channels, channels, 1, 1)
+    return finish(helper.make_graph(
+        [helper.make_node("Conv", ["in0", "w"], ["x"]), helper.make_node(op, ["x"], ["out0"], **attrs)], "after_a_conv",
+        [helper.make_tensor_value_info("in0", elem, ["N", channels, 3, 3])],
+        [helper.make_tensor_value_info("out0", elem, None)], [numpy_helper.from_array(weight.astype(dt), "w")]))
+
+
+@pytest.mark.parametrize("op,attrs", [("Relu", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSwish", {})])
+@pytest.mark.parametrize("conv", [True, False])
+def test_padded_channel_counts_take_the_blocked_forms_after_convs(op, attrs, conv):
+    """24 channels, which ORT pads up to whole NCHWc blocks where Convs make them: the mask or the
+    slopes come from depthwise Convs after a Conv, from elementwise ops on a tensor that no Conv
+    made (a model input here; a float16 model's Cast, a DenseNet's Concat of 12-channel pieces in
+    the corpus); both against central differences."""
+    def make(dt):
+        return after_a_conv(op, 24, dt, **attrs) if conv else node_model(op, [("N", 24, 3, 3)], dt, **attrs)
+
+    rewritten = differentiate(make(np.float32), "out0", ["in0"])
+    depthwise = [n for n in rewritten.graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i == 24 for a in n.attribute)]
+    assert bool(depthwise) == conv
+    def feeds(rng, dt):  # 0.4 or more from every kink (0; −4/3 and 2; ±3)
+        centers = rng.choice([-3.6, -2.2, -0.8, 0.5, 1.4, 2.5, 3.7], (2, 24, 3, 3))
+        return {"in0": (centers + rng.uniform(-0.1, 0.1, centers.shape)).astype(dt)}
+
+    check(make, feeds=feeds)
 
 
 def conv_then_hard_swish(dt, producer, gated):

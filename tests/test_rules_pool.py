@@ -3,7 +3,7 @@ ties against a float64 reference of torch's rule."""
 import numpy as np
 import pytest
 
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.nodes import attrs
@@ -245,9 +245,13 @@ def relu_pool_check(shape, attributes, flat, seed):
 
 
 def stem_pool_model(shape, attributes):
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MaxPool", ["r"], ["y"], **attributes)],
+    """Conv → Relu → MaxPool, as in a stem (the 1×1 Conv's weight is the identity, so the ReLU
+    reads x's values: a Conv makes the channel counts that ORT pads, such as 24, blocked)."""
+    weight = numpy_helper.from_array(np.eye(shape[1], dtype=np.float32).reshape(shape[1], shape[1], 1, 1), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+                               helper.make_node("MaxPool", ["r"], ["y"], **attributes)],
                               "stem_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
     return finish(graph)
 
 

@@ -3,6 +3,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+NCHWC_BLOCK = 16  # channels in one block of ORT CPU's NCHWc layout (AVX-512)
+BLOCK_ALIGNMENT = 8  # channel counts that ORT pads up to whole NCHWc blocks
+# ops that ORT CPU runs in its NCHWc layout when their (first) input is there; a Concat all of them
+KEPT_BLOCKED = {"Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "MaxPool", "AveragePool", "BatchNormalization",
+                "Concat"}
+
 
 class Context:
     """Backward-graph builder handed to every rule (see the package docstring for the contract).
@@ -300,13 +306,31 @@ class Context:
             return self.clipped_affine(x, weight, bias, 0.0, 1.0)
         return self.op("HardSigmoid", x, alpha=float(weight), beta=float(bias[0]))
 
-    def blocked_layout(self, x, multiple=16):
-        """Whether ``x`` is a float32 image tensor (N, C, H, W) with C a multiple of 16, the kind
-        ORT CPU keeps in its blocked NCHWc layout when only Conv-like ops touch it (``multiple``
-        8: also C that ORT pads up to whole blocks there)."""
+    def blocked_layout(self, x, multiple=BLOCK_ALIGNMENT, smallest=NCHWC_BLOCK):
+        """Whether ``x`` is a float32 image tensor (N, C, H, W) of the kind ORT CPU keeps in its
+        blocked NCHWc layout when only Conv-like ops touch it: C a multiple of ``multiple`` and at
+        least ``smallest``. With ``multiple`` 8, counts that ORT pads up to whole blocks of 16
+        (24, 40, 88) count where ``x`` comes from Convs (:meth:`_from_convs`); 8 channels, padded to
+        16, double every pass over the tensor (the elementwise ops ran faster there)."""
         shape = self.shape(x)
-        return (self.elem_type(x) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
-                and isinstance(shape[1], int) and shape[1] % multiple == 0)
+        if not (self.elem_type(x) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
+                and isinstance(shape[1], int) and shape[1] % multiple == 0 and shape[1] >= smallest):
+            return False
+        return shape[1] % NCHWC_BLOCK == 0 or self._from_convs(x)
+
+    def _from_convs(self, x, hops=3):
+        """Whether forward tensor ``x`` is a Conv's output, or comes from Convs through at most
+        ``hops`` ops that ORT CPU runs in its NCHWc layout (activations, pools, BatchNormalization,
+        a Concat of such): only there are channel counts such as 24 padded to whole blocks. After a
+        Cast (a float16 model's) or a Concat of 12-channel pieces (a DenseNet's), the depthwise
+        forms of the rules cost reorders (3–7 % slower)."""
+        producer = self._forward_producers.get(x)
+        if producer is None or hops < 0:
+            return False
+        if producer.op_type == "Conv":
+            return True
+        data = producer.input if producer.op_type == "Concat" else producer.input[:1]
+        return producer.op_type in KEPT_BLOCKED and all(self._from_convs(t, hops - 1) for t in data)
 
     def _depthwise(self, x, factor, like, bias=None):
         """x · factor (+ bias) as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``blocked_layout``."""
@@ -315,12 +339,12 @@ class Context:
         biases = [] if bias is None else [self.const(np.full(channels, bias, np.float32), "depthwise_bias")]
         return self.op("Conv", x, weight, *biases, group=channels, kernel_shape=[1, 1])
 
-    def scale(self, grad, factor, like, multiple=16):
+    def scale(self, grad, factor, like, multiple=NCHWC_BLOCK):
         """``grad`` · ``factor`` (a Python float); ``like`` is its forward tensor. A depthwise
-        1×1 Conv for image tensors (:meth:`blocked_layout` with ``multiple``), so that ORT CPU
-        keeps the backward in its NCHWc layout (with ``factor`` 1 it only moves the gradient
-        into that layout)."""
-        if self.blocked_layout(like, multiple):
+        1×1 Conv for image tensors (:meth:`blocked_layout` with ``multiple``, 8 channels included
+        at 8), so that ORT CPU keeps the backward in its NCHWc layout (with ``factor`` 1 it only
+        moves the gradient into that layout)."""
+        if self.blocked_layout(like, multiple, smallest=multiple):
             return self._depthwise(grad, factor, like)
         return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
 

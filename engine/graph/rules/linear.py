@@ -5,8 +5,9 @@ from dataclasses import replace
 import numpy as np
 
 from engine.errors import UnsupportedOpError
-from engine.graph.rules import attrs, rule
 from engine.graph.nodes import split_pads
+from engine.graph.rules import attrs, rule
+from engine.graph.rules.context import NCHWC_BLOCK
 from engine.graph.rules.windows import interleave, static_spatial, window
 
 
@@ -48,7 +49,7 @@ def conv(ctx, node, dy):
     dx = _depthwise_backward(ctx, dy, weight, win, group) if weight is not None else None
     if dx is not None:
         return dx
-    blocked = weight is not None and ctx.blocked_layout(node.input[0])
+    blocked = weight is not None and ctx.blocked_layout(node.input[0], multiple=NCHWC_BLOCK)
     dx = _phase_backward(ctx, dy, weight, win, group) if blocked else None
     if dx is None:
         w = w if scale is None else ctx.const(weight, "scaled_weight")

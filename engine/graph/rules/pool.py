@@ -4,6 +4,7 @@ from onnx import TensorProto
 
 from engine.errors import UnsupportedOpError
 from engine.graph.rules import attrs, rule
+from engine.graph.rules.context import BLOCK_ALIGNMENT, NCHWC_BLOCK
 from engine.graph.rules.windows import interleave, window
 
 
@@ -55,7 +56,6 @@ def pools_a_relu(ctx, node):
 
 
 TAPS_MIN_OUTPUTS = 3072  # outputs per image from which the taps beat the Indices on images that change (see below)
-BLOCKED = 8  # channels a multiple of this: ORT's NCHWc layout, 24 and 40 padded to whole blocks of 16
 
 
 def _first_max_by_taps(ctx, node, dy):
@@ -63,7 +63,8 @@ def _first_max_by_taps(ctx, node, dy):
     (:func:`pools_a_relu`: x ≥ 0, and ``dy`` already 0 where the window's maximum y is 0), with no
     Indices output: ORT CPU computes those at 30–40 ns per output, 2.5–5× the time of all this at
     ResNet stems. All of it stays in ORT's NCHWc layout; None for other pools, channels not a
-    multiple of ``BLOCKED``, symbolic sizes, or fewer than ``TAPS_MIN_OUTPUTS`` outputs per image
+    multiple of 8 (:meth:`~engine.graph.rules.context.Context.blocked_layout`, 8 channels
+    included), symbolic sizes, or fewer than ``TAPS_MIN_OUTPUTS`` outputs per image
     (the ~40 ops cost more than the Indices there). The Indices' cost depends on the image: their
     branches, learnt when one image is fed again and again, mispredict on images that change. On
     16 images in turn the taps took 0.89× the Indices path's time at 3,600 outputs (SqueezeNet's
@@ -81,7 +82,7 @@ def _first_max_by_taps(ctx, node, dy):
     x, y = node.input[0], node.output[0]
     a = attrs(node)
     shape = ctx.shape(x)
-    if not (ctx.blocked_layout(x, BLOCKED) and all(isinstance(d, int) for d in shape[2:])
+    if not (ctx.blocked_layout(x, smallest=BLOCK_ALIGNMENT) and all(isinstance(d, int) for d in shape[2:])
             and a.get("auto_pad", "NOTSET") == "NOTSET"):
         return None
     win = window(ctx, node, a["kernel_shape"])
@@ -102,7 +103,7 @@ def _first_max_by_taps(ctx, node, dy):
                       strides=list(strides), pads=begin + [max(e, 0) for e in end])
 
     phases = {(r, c): shifted(x, win.inputs, (r, c), lengths, (2, 2)) for r in (0, 1) for c in (0, 1)}
-    below = ctx.scale(y, -1.0, like=y, multiple=BLOCKED)
+    below = ctx.scale(y, -1.0, like=y, multiple=BLOCK_ALIGNMENT)
     left, sums = dy, {}  # what no earlier tap took; the shares summed by phase
     for k in range(9):  # row-major: tap (i, j) reads x[2·o + (i, j) − begin], phase (i, j) − begin mod 2
         offsets = [t - b for t, b in zip(divmod(k, 3), win.begin)]
@@ -111,7 +112,7 @@ def _first_max_by_taps(ctx, node, dy):
         first = ctx.op("HardSigmoid", ctx.op("Add", tap, below), alpha=2.0 ** 126, beta=1.0)
         share = ctx.op("Mul", left, first)
         if k < 8:
-            left = ctx.op("Add", ctx.scale(share, -1.0, like=y, multiple=BLOCKED), left)
+            left = ctx.op("Add", ctx.scale(share, -1.0, like=y, multiple=BLOCK_ALIGNMENT), left)
         if any(by) or win.outputs != lengths:  # back to the phase: output o's share belongs at o + by
             share = shifted(share, win.outputs, [-d for d in by], lengths)
         sums[phase] = ctx.op("Add", share, sums[phase]) if phase in sums else share
@@ -273,7 +274,7 @@ def global_average_pool(ctx, node, dy):
     spatial = ctx.shape(x)[2:]
     if all(isinstance(d, int) for d in spatial):
         factor, shape = 1.0 / np.prod(spatial), ctx.ints([1, 1, *spatial])
-        if ctx.blocked_layout(x):  # the depthwise Conv that moves it into NCHWc scales it too
+        if ctx.blocked_layout(x, NCHWC_BLOCK):  # the depthwise Conv that moves it into NCHWc scales it too
             return ctx.scale(ctx.op("Expand", dy, shape), factor, like=x)
         return ctx.op("Expand", ctx.op("Mul", dy, ctx.scalar(factor, like=x)), shape)
     positions = ctx.op("Slice", ctx.shape_of(x), ctx.ints([2]), ctx.ints([len(spatial) + 2]))
