@@ -114,6 +114,7 @@ def test_padded_channel_counts_take_the_blocked_forms_after_convs(op, attrs, con
     depthwise = [n for n in rewritten.graph.node if n.op_type == "Conv"
                  and any(a.name == "group" and a.i == 24 for a in n.attribute)]
     assert bool(depthwise) == conv
+
     def feeds(rng, dt):  # 0.4 or more from every kink (0; −4/3 and 2; ±3)
         centers = rng.choice([-3.6, -2.2, -0.8, 0.5, 1.4, 2.5, 3.7], (2, 24, 3, 3))
         return {"in0": (centers + rng.uniform(-0.1, 0.1, centers.shape)).astype(dt)}

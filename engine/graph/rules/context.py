@@ -6,8 +6,8 @@ from onnx import helper, numpy_helper
 NCHWC_BLOCK = 16  # channels in one block of ORT CPU's NCHWc layout (AVX-512)
 BLOCK_ALIGNMENT = 8  # channel counts that ORT pads up to whole NCHWc blocks
 # ops that ORT CPU runs in its NCHWc layout when their (first) input is there; a Concat all of them
-KEPT_BLOCKED = {"Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "MaxPool", "AveragePool", "BatchNormalization",
-                "Concat"}
+_KEPT_BLOCKED = {"Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "MaxPool", "AveragePool", "BatchNormalization",
+                 "Concat"}
 
 
 class Context:
@@ -330,7 +330,7 @@ class Context:
         if producer.op_type == "Conv":
             return True
         data = producer.input if producer.op_type == "Concat" else producer.input[:1]
-        return producer.op_type in KEPT_BLOCKED and all(self._from_convs(t, hops - 1) for t in data)
+        return producer.op_type in _KEPT_BLOCKED and all(self._from_convs(t, hops - 1) for t in data)
 
     def _depthwise(self, x, factor, like, bias=None):
         """x · factor (+ bias) as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``blocked_layout``."""
@@ -341,9 +341,9 @@ class Context:
 
     def scale(self, grad, factor, like, multiple=NCHWC_BLOCK):
         """``grad`` · ``factor`` (a Python float); ``like`` is its forward tensor. A depthwise
-        1×1 Conv for image tensors (:meth:`blocked_layout` with ``multiple``, 8 channels included
-        at 8), so that ORT CPU keeps the backward in its NCHWc layout (with ``factor`` 1 it only
-        moves the gradient into that layout)."""
+        1×1 Conv where :meth:`blocked_layout` finds ``like`` blocked (C a multiple of ``multiple``,
+        from ``multiple`` channels on), so that ORT CPU keeps the backward in its NCHWc layout
+        (with ``factor`` 1 it only moves the gradient into that layout)."""
         if self.blocked_layout(like, multiple, smallest=multiple):
             return self._depthwise(grad, factor, like)
         return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
