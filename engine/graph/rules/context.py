@@ -127,6 +127,12 @@ class Context:
             return None
         return self._forward_producers.get(name)
 
+    def private_relus(self, names):
+        """Whether, in standard mode, each of ``names`` is the output of a Relu that only one
+        forward node reads (:meth:`private_producer`): that reader's rule may apply their masks."""
+        producers = [self.private_producer(n) for n in names]
+        return self.mode == "standard" and all(p is not None and p.op_type == "Relu" for p in producers)
+
     def private_reader(self, name):
         """The forward node reading ``name`` when it alone reads it and no gradient of it is
         requested (the other side of :meth:`private_producer`), else None."""

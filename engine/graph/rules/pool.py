@@ -51,8 +51,7 @@ def pools_a_relu(ctx, node):
     scatter (a quarter of the elements for a stride-2 pool), and the Relu rule passes its
     gradient through: every input that gets a gradient is the maximum of its window, so it is
     positive exactly when that window's y is."""
-    producer = ctx.private_producer(node.input[0])
-    return ctx.mode == "standard" and producer is not None and producer.op_type == "Relu"
+    return ctx.private_relus(node.input[:1])
 
 
 TAPS_MIN_OUTPUTS = 3072  # outputs per image from which the taps beat the Indices on images that change (see below)

@@ -36,7 +36,4 @@ def concatenates_relus(ctx, node):
     mode (SqueezeNet's fire modules, Inception blocks): each Relu's mask is then [y > 0] of the
     joined y, applied once by the Concat rule, and the Relu rules pass their gradients through
     (one mask for the block instead of one per branch)."""
-    if ctx.mode != "standard" or len(node.input) < 2:
-        return False
-    producers = [ctx.private_producer(x) for x in node.input]
-    return all(p is not None and p.op_type == "Relu" for p in producers)
+    return len(node.input) > 1 and ctx.private_relus(node.input)
