@@ -3,18 +3,20 @@
 The backward is unrolled over the static sequence length T, with standard ops only: Loop/Scan
 bodies would be sub-graphs that the rest of the engine (pruning, shape inference, ORT's
 layout optimizer) sees as opaque, and T is static in every recognizer once the input size is
-fixed. Per direction the rule first recomputes the gates for all T steps at once from the
-forward input X and the forward output Y (the hidden state before step t is Y at the previous
-step, or initial_h), so only the truly sequential parts are per-step nodes: the LSTM cell state
-(2 nodes a step, all directions together; for small states one more LSTM node that reruns the
-cell recurrence) and the backward recurrence. That recurrence is linear
-in the state gradient s (dH, and dC for LSTM): s_{t−1} = s_t · J_t + e_{t−1} with the step's
-Jacobian J_t = Σ_j diag(v_j) · B_j, the v_j gate slopes computed for all steps at once and the B_j
-constant blocks of R. For small states (≤ ``JACOBIAN_MAX`` values, e.g. the 2 × 24 of an OCR
-recognizer's LSTM) each step is then Mul, Reshape, MatMul and Add for every direction together
-(on a small model ONNX Runtime's per-node cost is what counts: 4 nodes a step instead of ~11 per
-direction; building each J_t outright cost more than it saved). GRU with linear_before_reset=0 and
-larger states keep the step-by-step form through R (about 7 nodes a step and direction).
+fixed. The rule first recomputes the gates for all T steps at once from the forward input X and
+the forward output Y (the hidden state before step t is Y at the previous step, or initial_h), so
+only the truly sequential parts are per-step nodes: the LSTM cell state (2 nodes a step, all
+directions together; for small states one more LSTM node that reruns the cell recurrence) and the
+backward recurrence. That recurrence is linear in the state gradient s (dH, and dC for LSTM):
+s_{t−1} = s_t · J_t + e_{t−1} with the step's Jacobian J_t = Σ_j diag(v_j) · B_j, the v_j gate
+slopes computed for all steps at once and the B_j constant blocks of R. For small states
+(≤ ``JACOBIAN_MAX`` values, e.g. the 2 × 24 of an OCR recognizer's LSTM) each step is then Mul,
+Reshape, MatMul and Add for every direction together, and everything around the recurrence is
+computed for every direction at once too, laid out in the backward's step order (on a small model
+ONNX Runtime's per-node cost is what counts: 4 nodes a step instead of ~11 per direction, ~60
+nodes around them instead of ~130; building each J_t outright cost more than it saved). GRU with
+linear_before_reset=0 and larger states keep the step-by-step form through R, per direction
+(about 7 nodes a step and direction).
 
 Supported: layout 0 (X is T×N×I), directions forward / reverse / bidirectional, the default
 activations, optional initial states (they get gradients), sequence_lens absent (or constant
@@ -148,23 +150,18 @@ class _Steps:
         ints = self.ctx.ints
         return self.op("Slice", t, ints([-1]), ints([-self.steps - 1]), ints([0]), ints([-1]))
 
-    def padded(self, t, before, after):
-        """``t`` (rank 4) with ``before`` / ``after`` zeros added on its last axis."""
-        return self.op("Pad", t, self.ctx.ints([0, 0, 0, before, 0, 0, 0, after]))
-
-    def stacked(self, per_direction, processing):
-        """T×D×… from one T×… tensor per direction (time order), each in processing order when
-        ``processing`` (else in the backward's order, its reverse)."""
-        ordered = [self.ctx.unsqueeze(self.flip(t) if self.forward_in_time(d) != processing else t, [1])
+    def stacked(self, per_direction):
+        """T×D×… from one T×… tensor per direction (time order), each in its processing order."""
+        ordered = [self.ctx.unsqueeze(t if self.forward_in_time(d) else self.flip(t), [1])
                    for d, t in enumerate(per_direction)]
         return ordered[0] if len(ordered) == 1 else self.op("Concat", *ordered, axis=1)
 
-    def unstacked(self, t, processing):
+    def unstacked(self, t):
         """Per direction, the T×… time-order slice of ``t`` (T×D×…, as :meth:`stacked` made it)."""
         out = []
         for d in range(self.directions):
             mine = self.ctx.squeeze(self.slab(t, d, 1), [1])
-            out.append(self.flip(mine) if self.forward_in_time(d) != processing else mine)
+            out.append(mine if self.forward_in_time(d) else self.flip(mine))
         return out
 
     def cell_states(self, forget, update):
@@ -172,81 +169,93 @@ class _Steps:
         the cells and the cells each step starts from (T×N×H, time order). ``forget``, ``update``:
         T×N×H per direction."""
         initial = self.optional_input(6)
-        f_steps = self.split(self.stacked(forget, True), 0, self.steps)
-        u_steps = self.split(self.stacked(update, True), 0, self.steps)
+        f_steps = self.split(self.stacked(forget), 0, self.steps)
+        u_steps = self.split(self.stacked(update), 0, self.steps)
         c = self.ctx.unsqueeze(initial, [0]) if initial else self.zeros(f_steps[0])
         before, cells = [], []
         for f, u in zip(f_steps, u_steps):
             before.append(c)
             c = self.op("Add", self.op("Mul", f, c), u)
             cells.append(c)
-        return [self.unstacked(self.op("Concat", *t, axis=0) if len(t) > 1 else t[0], True) for t in (cells, before)]
+        return [self.unstacked(self.op("Concat", *t, axis=0) if len(t) > 1 else t[0]) for t in (cells, before)]
 
-    def cell_states_rerun(self, h_before):
-        """What :meth:`cell_states` computes, from one more LSTM node rerunning the forward's cell
-        recurrence (for small states: one fused op instead of 2 nodes a step; for large ones its
-        matrix products cost more): it reads X beside each direction's ``h_before`` (T×N×H) with
-        weights [W, R] and has no recurrence weight of its own, so its gates are the forward's;
-        its output gate is saturated to 1 and its output activation is the identity (Affine), so
-        its Y is C_t."""
-        hid, dirs = self.hidden, self.directions
-        w, r = self.weights
-        width = w.shape[2]
-        weight = np.zeros((dirs, 4 * hid, width + dirs * hid), w.dtype)
-        bias = np.zeros((dirs, 8 * hid), w.dtype)
-        for d in range(dirs):
-            weight[d, :, :width] = w[d]
-            weight[d, :, width + d * hid:width + (d + 1) * hid] = r[d]
-            bias[d, :4 * hid] = self.bias[d, :4 * hid] + self.bias[d, 4 * hid:]
-        weight[:, hid:2 * hid] = 0  # the output gate (ONNX order i, o, f, c): σ(SATURATED) = 1
-        bias[:, hid:2 * hid] = SATURATED
-        a = attrs(self.node)
-        cells = self.op("LSTM", self.op("Concat", self.x, *h_before, axis=2), self.const(weight),
-                        self.const(np.zeros((dirs, 4 * hid, hid))), self.const(bias), "", "", self.optional_input(6),
-                        hidden_size=hid, direction=a.get("direction", "forward"),
-                        activations=["Sigmoid", "Tanh", "Affine"] * dirs, activation_alpha=[1.0] * dirs,
-                        activation_beta=[0.0] * dirs)
-        per_direction = [self.pick(cells, d, 1) for d in range(dirs)]
-        return per_direction, [self.state_before(d, c, 6) for d, c in enumerate(per_direction)]
+    # -- the Jacobian form: every direction at once, in the backward's step order ----------------
+    # Its tensors are D×T×N×…: direction d's j-th backward step is the time step T−1−j for a
+    # direction that runs forward in time, j for one that runs in reverse.
 
-    def solve(self, values, blocks, inputs, finals, need_initial):
-        """The backward recurrence s_{t−1} = s_t · J_t + e_{t−1} of every direction at once, with
-        J_t = Σ_j diag(values[t, :, j]) · blocks[j] applied as [s·v_1, …, s·v_J] · [B_1; …; B_J]:
-        Mul, Reshape, MatMul and Add a step. Per direction (time order): ``values`` T×N×J×S,
-        ``blocks`` J×S×S (constants), the ``inputs`` e (T×N×1×S, or None everywhere) and
-        ``finals`` (1×N×1×S: the gradient of the last state, or None everywhere). Returns the
-        states s per direction (T×N×S, time order) and, when ``need_initial``, the gradients of
-        the initial states (1×N×S each)."""
-        ctx, steps = self.ctx, self.steps
-        count, size = blocks[0].shape[:2]
-        scales = self.split(self.stacked(values, False), 0, steps)  # T × (1×D×N×J×S), backward order
-        stack = self.const(np.stack(blocks).reshape(self.directions, 1, count * size, size))
-        flat = ctx.ints([1, self.directions, -1, 1, count * size])
+    def times(self):
+        """D×T: the time step of each direction's j-th backward step."""
+        return np.array([[self.steps - 1 - j if self.forward_in_time(d) else j for j in range(self.steps)]
+                         for d in range(self.directions)])
+
+    def backward_order(self, t, width):
+        """``t`` (T×D×N×width, time order, like Y) as D×T×N×width in the backward's order."""
+        flat = self.op("Reshape", t, self.ctx.ints([self.steps * self.directions, -1, width]))
+        rows = self.times() * self.directions + np.arange(self.directions)[:, None]  # (d, j) → row t·D + d
+        return self.op("Gather", flat, self.ctx.const(rows, "rows"), axis=0)
+
+    def time_order(self, t, width):
+        """``t`` (D×T×N×width, backward order) summed over directions: T×N×width in time order
+        (the backward order is its own inverse: j ↔ T−1−j)."""
+        flat = self.op("Reshape", t, self.ctx.ints([self.directions * self.steps, -1, width]))
+        rows = self.times().T + np.arange(self.directions) * self.steps  # (t, d) → row d·T + j
+        return self.ctx.reduce_sum(self.op("Gather", flat, self.ctx.const(rows, "rows"), axis=0), [1], keepdims=False)
+
+    def x_in_backward_order(self):
+        """X (T×N×I) as D×T×N×I in the backward's order."""
+        return self.op("Gather", self.x, self.ctx.const(self.times(), "times"), axis=0)
+
+    def before_in_backward_order(self, y):
+        """D×T×N×H: the hidden state each backward step's forward step started from: Y one step
+        earlier in that direction's forward order, or initial_h (zeros without it)."""
+        steps, dirs, hid = self.steps, self.directions, self.hidden
+        times = self.times()
+        earlier = np.where([[self.forward_in_time(d)] for d in range(dirs)], times - 1, times + 1)
+        rows = np.where((earlier >= 0) & (earlier < steps), earlier * dirs, steps * dirs) + np.arange(dirs)[:, None]
+        flat = self.op("Reshape", y, self.ctx.ints([steps * dirs, -1, hid]))
+        initial = self.optional_input(5)
+        flat = self.op("Concat", flat, initial, axis=0) if initial else self.op("Pad", flat, self.ctx.ints([0, 0, 0, dirs, 0, 0]))
+        return self.op("Gather", flat, self.ctx.const(rows, "rows"), axis=0)
+
+    def batched_matmul(self, t, weights):
+        """D×T×N×K ``t`` times the D×K×M constant ``weights``: D×T×N×M (one product a direction)."""
+        product = self.op("MatMul", self.op("Reshape", t, self.ctx.ints([self.directions, -1, weights.shape[1]])),
+                          self.const(weights))
+        return self.op("Reshape", product, self.ctx.ints([self.directions, self.steps, -1, weights.shape[2]]))
+
+    def solve(self, values, blocks, inputs, last, need_initial):
+        """The backward recurrence s_{j+1} = s_j · J_j + e_{j+1} of every direction at once, with
+        J_j = Σ_k diag(values[:, j, :, k]) · blocks[:, k] applied as [s·v_1, …, s·v_K] · [B_1; …; B_K]:
+        Mul, Reshape, MatMul and Add a step. ``values`` D×T×N×K×S, ``blocks`` D×K×S×S (constants),
+        the ``inputs`` e (D×T×N×1×S, or None) and ``last`` (D×1×N×1×S: the gradient of the last
+        state, or None). Returns the states s (D×T×N×S) and, when ``need_initial``, the
+        gradient of the initial state (D×N×S)."""
+        ctx, steps, dirs = self.ctx, self.steps, self.directions
+        count, size = blocks.shape[1:3]
+        scales = self.split_steps(values)
+        stack = self.const(blocks.reshape(dirs, 1, 1, count * size, size))
+        flat = ctx.ints([dirs, 1, -1, 1, count * size])
 
         def step(state, j):
             return self.op("MatMul", self.op("Reshape", self.op("Mul", state, scales[j]), flat), stack)
 
-        e = self.split(self.stacked(inputs, False), 0, steps) if inputs[0] else [None] * steps
-        last = None
-        if finals[0]:
-            last = [ctx.unsqueeze(t, [1]) for t in finals]
-            last = last[0] if len(last) == 1 else self.op("Concat", *last, axis=1)
+        e = self.split_steps(inputs) if inputs else [None] * steps
         state = self.add(e[0], last)
         states = [state]
         for j in range(1, steps):
             state = self.add(step(state, j - 1), e[j])
             states.append(state)
-        every = states[0] if steps == 1 else self.op("Concat", *states, axis=0)
-        out = [ctx.squeeze(t, [2]) for t in self.unstacked(every, False)]
-        initial = []
+        every = ctx.squeeze(states[0] if steps == 1 else self.op("Concat", *states, axis=1), [3])
+        initial = None
         if need_initial:
-            first = step(state, steps - 1)
-            initial = [ctx.squeeze(self.slab(first, d, 1), [1, 3]) for d in range(self.directions)]
-        return out, initial
+            initial = self.op("Reshape", step(state, steps - 1), ctx.ints([dirs, -1, size]))
+        return every, initial
 
-    def per_step_input(self, grads, d):
-        """The gradient arriving from Y for direction ``d`` as T×N×1×H, or None."""
-        return self.ctx.unsqueeze(self.pick(grads[0], d, 1), [2]) if grads[0] else None
+    def split_steps(self, t):
+        """The T pieces of D×T×… ``t`` along the steps axis (each D×1×…)."""
+        if self.steps == 1:
+            return [t]
+        return self.ctx.op_with_ints("Split", t, "split", [1] * self.steps, 13, axis=1, outputs=self.steps)
 
     def finish(self, node, dx_parts, dh0, dc0=None):
         """Input gradients: X summed over directions; initial states stacked over directions."""
@@ -269,7 +278,7 @@ def lstm(ctx, node, grads):
         return _lstm_by_jacobians(s, node, grads + [None] * (3 - len(grads)))
     y = ctx.extra_output(node, 0)  # Y: the hidden states
     dx_parts, dh0, dc0 = [], [], []
-    for d, (i, o, f, g, cell, cell_before) in enumerate(_lstm_forward(s, node, y, rerun_cells=False)):
+    for d, (i, o, f, g, cell, cell_before) in enumerate(_lstm_forward(s, node, y)):
         w, r = s.weights[0][d], s.weights[1][d]
         f_steps, order = s.split(f, 0, s.steps), s.order(d)
         tanh_c = s.op("Tanh", cell)
@@ -349,9 +358,9 @@ def gru(ctx, node, grads):
     return s.finish(node, dx_parts, dh0)
 
 
-def _lstm_forward(s, node, y, rerun_cells):
+def _lstm_forward(s, node, y):
     """Per direction, the gates i, o, f, g and the cell states C and C_{t−1} (T×N×H each),
-    recomputed from X and Y; the cells by :meth:`_Steps.cell_states_rerun` if ``rerun_cells``."""
+    recomputed from X and Y."""
     hid, gates, h_before = s.hidden, [], []
     for d in range(s.directions):
         w, r, b = s.weights[0][d], s.weights[1][d], s.bias[d]
@@ -360,77 +369,116 @@ def _lstm_forward(s, node, y, rerun_cells):
                    s.const(b[:4 * hid] + b[4 * hid:]))
         pre_i, pre_o, pre_f, pre_c = s.split(pre, 2, 4)
         gates.append((s.op("Sigmoid", pre_i), s.op("Sigmoid", pre_o), s.op("Sigmoid", pre_f), s.op("Tanh", pre_c)))
-    cells, before = s.cell_states_rerun(h_before) if rerun_cells else s.cell_states(
-        [f for _, _, f, _ in gates], [s.op("Mul", i, g) for i, _, _, g in gates])
+    cells, before = s.cell_states([f for _, _, f, _ in gates], [s.op("Mul", i, g) for i, _, _, g in gates])
     return [(*gate, c, cb) for gate, c, cb in zip(gates, cells, before)]
 
 
 def _lstm_by_jacobians(s, node, grads):
     """LSTM backward with the state s = (dH, dC from later steps): dC_t = s_C + s_H·a with
     a = o·(1 − tanh²C); the step's Jacobian is Σ_j diag(v_j)·B_j over the five (v_j, B_j):
-    (a·ki, ki) and (a·kf, kf), (a·kc, kc) with [[R_g, 0], [R_g, 0]], (ko, 0) with [[R_o, 0], [0, 0]],
-    (a·f, f) with [[0, I], [0, I]]; k* are the gate slopes (dgates = [dC·ki, dH·ko, dC·kf, dC·kc])."""
-    ctx, hid = s.ctx, s.hidden
-    y = ctx.extra_output(node, 0)  # Y: the hidden states
+    (a·ki, ki), (a·kf, kf) and (a·kc, kc) with [[R_g, 0], [R_g, 0]], (a·f, f) with [[0, I], [0, I]],
+    (ko, ·) with [[R_o, 0], [0, 0]]; k* are the gate slopes (dgates = [dC·ki, dH·ko, dC·kf, dC·kc]).
+    All directions at once, in the backward's step order (:meth:`_Steps.times`)."""
+    ctx, hid, dirs = s.ctx, s.hidden, s.directions
     _, dy_h, dy_c = grads
+    w, r = s.weights
+    y = ctx.extra_output(node, 0)  # Y: the hidden states
+    inputs = s.op("Concat", s.x_in_backward_order(), s.before_in_backward_order(y), axis=3)  # [X, H_{t−1}]
+    pre = s.op("Add", s.batched_matmul(inputs, np.concatenate([w, r], axis=2).transpose(0, 2, 1)),
+               s.const((s.bias[:, :4 * hid] + s.bias[:, 4 * hid:])[:, None, None]))
+    pre_iof, pre_c = ctx.op_with_ints("Split", pre, "split", [3 * hid, hid], 13, axis=3, outputs=2)
+    iof, g = s.op("Sigmoid", pre_iof), s.op("Tanh", pre_c)
+    i, o, f = ctx.op_with_ints("Split", iof, "split", [hid] * 3, 13, axis=3, outputs=3)
+    cell, cell_before = _cells_in_backward_order(s, inputs)
+    tanh_c = s.op("Tanh", cell)
+    a = s.op("Mul", o, s.one_minus(s.op("Mul", tanh_c, tanh_c)))
+    k_iof = s.op("Mul", s.slope(iof), s.op("Concat", g, tanh_c, cell_before, axis=3))  # [ki, ko, kf]
+    k = s.op("Concat", k_iof, s.op("Mul", i, s.one_minus(s.op("Mul", g, g))), axis=3)  # ONNX gate order
+    per_gate = s.op("Reshape", s.op("Concat", k, f, axis=3), ctx.ints([dirs, s.steps, -1, 5, hid]))
+    on_h = s.op("Add", s.op("Mul", ctx.unsqueeze(a, [3]), s.const(_NOT_O[:, None])), s.const(_ONLY_O[:, None]))
+    values = s.op("Concat", s.op("Mul", per_gate, on_h), per_gate, axis=4)  # v_j = (per_gate·on_h, per_gate)
     eye, zero = np.eye(hid), np.zeros((hid, hid))
-    values, blocks, inputs, finals, slopes = [], [], [], [], []
-    for d, (i, o, f, g, cell, cell_before) in enumerate(_lstm_forward(s, node, y, rerun_cells=True)):
-        r = s.weights[1][d]
-        r_i, r_o, r_f, r_c = (r[k * hid:(k + 1) * hid] for k in range(4))
-        tanh_c = s.op("Tanh", cell)
-        a = s.op("Mul", o, s.one_minus(s.op("Mul", tanh_c, tanh_c)))
-        k = [s.op("Mul", g, s.slope(i)), s.op("Mul", tanh_c, s.slope(o)), s.op("Mul", cell_before, s.slope(f)),
-             s.op("Mul", i, s.one_minus(s.op("Mul", g, g)))]
-        u = s.op("Reshape", s.op("Concat", k[0], k[2], k[3], f, axis=2), ctx.ints([0, 0, 4, hid]))
-        values.append(s.op("Concat", s.op("Concat", s.op("Mul", u, ctx.unsqueeze(a, [2])), u, axis=3),
-                           s.padded(ctx.unsqueeze(k[1], [2]), 0, hid), axis=2))
-        blocks.append(np.stack([np.block([[m, zero], [m, zero]]) for m in (r_i, r_f, r_c)]
-                               + [np.block([[zero, eye], [zero, eye]]), np.block([[r_o, zero], [zero, zero]])]))
-        e = s.per_step_input(grads, d)
-        inputs.append(s.padded(e, 0, hid) if e else None)
-        last_h, last_c = (ctx.unsqueeze(s.slab(t, d, 0), [2]) if t else None for t in (dy_h, dy_c))
-        finals.append(s.op("Concat", last_h, last_c, axis=3) if last_h and last_c else
-                      s.padded(last_h, 0, hid) if last_h else s.padded(last_c, hid, 0) if last_c else None)
-        slopes.append((a, s.op("Concat", *k, axis=2)))
+    blocks = np.stack([np.stack([np.block([[m, zero], [m, zero]]) if gate != 1 else np.block([[m, zero], [zero, zero]])
+                                 for gate, m in enumerate(np.split(r[d], 4))] + [np.block([[zero, eye], [zero, eye]])])
+                       for d in range(dirs)])
+    e = None
+    if grads[0]:
+        e = s.op("Pad", ctx.unsqueeze(s.backward_order(grads[0], hid), [3]), ctx.ints([0] * 9 + [hid]))
+    last = None  # [dY_h, dY_c] as D×1×N×1×2H: the gradient of the last state
+    if dy_h and dy_c:
+        last = ctx.unsqueeze(s.op("Concat", dy_h, dy_c, axis=2), [1, 3])
+    elif dy_h or dy_c:
+        last = ctx.unsqueeze(s.op("Pad", dy_h or dy_c, ctx.ints([0, 0, 0 if dy_h else hid, 0, 0, hid if dy_h else 0])), [1, 3])
     need = any(len(node.input) > n and node.input[n] for n in (5, 6))
-    states, initial = s.solve(values, blocks, inputs, finals, need)
-    dx_parts = []
-    for d, (a, k) in enumerate(slopes):
-        dh, later_dc = s.split(states[d], 2, 2)
-        dc = s.op("Add", later_dc, s.op("Mul", dh, a))
-        dgates = s.op("Mul", s.op("Concat", dc, dh, dc, dc, axis=2), k)
-        dx_parts.append(s.op("MatMul", dgates, s.const(s.weights[0][d])))
-    dh0, dc0 = zip(*[s.split(t, 2, 2) for t in initial]) if initial else ([], [])
-    return s.finish(node, dx_parts, list(dh0), list(dc0))
+    states, initial = s.solve(values, blocks, e, last, need)
+    dh, later_dc = ctx.op_with_ints("Split", states, "split", [hid, hid], 13, axis=3, outputs=2)
+    dc = s.op("Add", later_dc, s.op("Mul", dh, a))
+    dgates = s.op("Mul", s.op("Concat", dc, dh, dc, dc, axis=3), k)
+    dx = s.time_order(s.batched_matmul(dgates, w), w.shape[2])
+    dh0, dc0 = ctx.op_with_ints("Split", initial, "split", [hid, hid], 13, axis=2, outputs=2) if initial else (None, None)
+    return s.finish(node, [dx], [dh0] if dh0 else [], [dc0] if dc0 else [])
+
+
+_ONLY_O = np.array([0, 1, 0, 0, 0], np.float32)  # the output gate's slope scales dH itself, not dH·a
+_NOT_O = 1 - _ONLY_O
+
+
+def _cells_in_backward_order(s, inputs):
+    """The cell states C_t and C_{t−1} (D×T×N×H, backward order) from one more LSTM node that
+    reruns the forward's cell recurrence over ``inputs`` ([X, H_{t−1}] per direction, D×T×N×(I+H),
+    backward order): one direction of D·H cells running in reverse (every direction's forward order
+    is the backward order reversed) with weights [W, R] per direction and no recurrence weight of
+    its own, so its gates are the forward's; its output gate is saturated to 1 and its output
+    activation is the identity (Affine), so its Y is C_t."""
+    ctx, hid, dirs, steps = s.ctx, s.hidden, s.directions, s.steps
+    w, r = s.weights
+    width = w.shape[2] + hid
+    weight = np.zeros((4, dirs, hid, dirs, width), w.dtype)
+    bias = np.zeros((2, 4, dirs, hid), w.dtype)
+    for d in range(dirs):
+        weight[:, d, :, d] = np.concatenate([w[d], r[d]], axis=1).reshape(4, hid, width)
+        bias[0, :, d] = (s.bias[d, :4 * hid] + s.bias[d, 4 * hid:]).reshape(4, hid)
+    weight[1] = 0  # the output gate (ONNX order i, o, f, c): σ(SATURATED) = 1
+    bias[0, 1] = SATURATED
+    packed = s.op("Reshape", s.op("Transpose", inputs, perm=[1, 2, 0, 3]), ctx.ints([0, 0, dirs * width]))
+    initial = s.optional_input(6)
+    if initial:
+        initial = s.op("Reshape", s.op("Transpose", initial, perm=[1, 0, 2]), ctx.ints([1, -1, dirs * hid]))
+    cells = s.op("LSTM", packed, s.const(weight.reshape(1, 4 * dirs * hid, dirs * width)),
+                 s.const(np.zeros((1, 4 * dirs * hid, dirs * hid))), s.const(bias.reshape(1, -1)), "", "", initial,
+                 hidden_size=dirs * hid, direction="reverse", activations=["Sigmoid", "Tanh", "Affine"],
+                 activation_alpha=[1.0], activation_beta=[0.0])
+    cells = s.op("Transpose", s.op("Reshape", cells, ctx.ints([0, -1, dirs, hid])), perm=[2, 0, 1, 3])
+    later = s.op("Slice", cells, ctx.ints([1]), ctx.ints([steps]), ctx.ints([1]))
+    before = (s.op("Concat", later, ctx.unsqueeze(s.optional_input(6), [1]), axis=1) if s.optional_input(6) else
+              s.op("Pad", later, ctx.ints([0, 0, 0, 0, 0, 1, 0, 0])))
+    return cells, before
 
 
 def _gru_by_jacobians(s, node, grads):
     """GRU backward (linear_before_reset=1) with the state s = dH: the step's Jacobian is
-    diag(z) + diag(kz)·R_z + diag(kr)·R_r + diag(kh·r)·R_h, and dgates = [dH·kz, dH·kr, dH·kh]."""
-    ctx, hid = s.ctx, s.hidden
-    y = ctx.extra_output(node, 0)  # Y: the hidden states
-    dy_h = grads[1]
-    values, blocks, inputs, finals, slopes = [], [], [], [], []
-    for d in range(s.directions):
-        w, r, b = s.weights[0][d], s.weights[1][d], s.bias[d]
-        wb, rb = b[:3 * hid], b[3 * hid:]
-        h_before = s.state_before(d, s.pick(y, d, 1), 5)
-        x_z, x_r, x_h = s.split(s.op("Add", s.op("MatMul", s.x, s.const(w.T)), s.const(wb)), 2, 3)
-        h_all = s.op("Add", s.op("MatMul", h_before, s.const(r.T)), s.const(rb))
-        h_z, h_r, h_h = s.split(h_all, 2, 3)
-        z, rg = s.op("Sigmoid", s.op("Add", x_z, h_z)), s.op("Sigmoid", s.op("Add", x_r, h_r))
-        cand = s.op("Tanh", s.op("Add", x_h, s.op("Mul", rg, h_h)))
-        kz = s.op("Mul", s.op("Sub", h_before, cand), s.slope(z))
-        kh = s.op("Mul", s.one_minus(z), s.one_minus(s.op("Mul", cand, cand)))
-        kr = s.op("Mul", s.op("Mul", kh, h_h), s.slope(rg))
-        values.append(s.op("Reshape", s.op("Concat", z, kz, kr, s.op("Mul", kh, rg), axis=2), ctx.ints([0, 0, 4, hid])))
-        blocks.append(np.stack([np.eye(hid), r[:hid], r[hid:2 * hid], r[2 * hid:]]))
-        inputs.append(s.per_step_input(grads, d))
-        finals.append(ctx.unsqueeze(s.slab(dy_h, d, 0), [2]) if dy_h else None)
-        slopes.append(s.op("Concat", kz, kr, kh, axis=2))
+    diag(z) + diag(kz)·R_z + diag(kr)·R_r + diag(kh·r)·R_h, and dgates = [dH·kz, dH·kr, dH·kh].
+    All directions at once, in the backward's step order (:meth:`_Steps.times`)."""
+    ctx, hid, dirs = s.ctx, s.hidden, s.directions
+    w, r = s.weights
+    bias = s.bias[:, None, None]  # D×1×1×6H
+    h_before = s.before_in_backward_order(ctx.extra_output(node, 0))
+    x = s.x_in_backward_order()
+    x_zr, x_h = ctx.op_with_ints("Split", s.op("Add", s.batched_matmul(x, w.transpose(0, 2, 1)), s.const(bias[..., :3 * hid])),
+                                 "split", [2 * hid, hid], 13, axis=3, outputs=2)
+    h_zr, h_h = ctx.op_with_ints("Split", s.op("Add", s.batched_matmul(h_before, r.transpose(0, 2, 1)), s.const(bias[..., 3 * hid:])),
+                                 "split", [2 * hid, hid], 13, axis=3, outputs=2)
+    zr = s.op("Sigmoid", s.op("Add", x_zr, h_zr))
+    z, rg = ctx.op_with_ints("Split", zr, "split", [hid, hid], 13, axis=3, outputs=2)
+    cand = s.op("Tanh", s.op("Add", x_h, s.op("Mul", rg, h_h)))
+    kh = s.op("Mul", s.one_minus(z), s.one_minus(s.op("Mul", cand, cand)))
+    k_zr = s.op("Mul", s.slope(zr), s.op("Concat", s.op("Sub", h_before, cand), s.op("Mul", kh, h_h), axis=3))  # [kz, kr]
+    values = s.op("Reshape", s.op("Concat", z, k_zr, s.op("Mul", kh, rg), axis=3), ctx.ints([dirs, s.steps, -1, 4, hid]))
+    blocks = np.stack([np.stack([np.eye(hid), *np.split(r[d], 3)]) for d in range(dirs)])
+    e = ctx.unsqueeze(s.backward_order(grads[0], hid), [3]) if grads[0] else None
+    last = ctx.unsqueeze(grads[1], [1, 3]) if grads[1] else None
     need = len(node.input) > 5 and bool(node.input[5])
-    states, dh0 = s.solve(values, blocks, inputs, finals, need)
-    dx_parts = [s.op("MatMul", s.op("Mul", s.op("Concat", dh, dh, dh, axis=2), k), s.const(s.weights[0][d]))
-                for d, (dh, k) in enumerate(zip(states, slopes))]
-    return s.finish(node, dx_parts, dh0)
+    states, dh0 = s.solve(values, blocks, e, last, need)
+    dgates = s.op("Mul", s.op("Concat", states, states, states, axis=3), s.op("Concat", k_zr, kh, axis=3))
+    dx = s.time_order(s.batched_matmul(dgates, w), w.shape[2])
+    return s.finish(node, [dx], [dh0] if dh0 else [])
