@@ -332,8 +332,9 @@ def test_stem_conv_backward_reads_the_pool_phases(stem, pool, conv_output, monke
         assert abs(np.sum(got * v) - numeric) < 1e-5 * np.sum(np.abs(got * v)), (np.sum(got * v), numeric)
 
 
-BLOCK_POOLS = {"k2s2": dict(kernel_shape=[2, 2], strides=[2, 2]), "k21s21": dict(kernel_shape=[2, 1], strides=[2, 1]),
-               "k41s41": dict(kernel_shape=[4, 1], strides=[4, 1]), "k3s3": dict(kernel_shape=[3, 3], strides=[3, 3])}
+BLOCK_POOLS = {"k2s2": dict(kernel_shape=[2, 2], strides=[2, 2]), "k12s12": dict(kernel_shape=[1, 2], strides=[1, 2]),
+               "k3s3": dict(kernel_shape=[3, 3], strides=[3, 3])}
+COLUMN_POOLS = {"k21s21": dict(kernel_shape=[2, 1], strides=[2, 1]), "k41s41": dict(kernel_shape=[4, 1], strides=[4, 1])}
 
 
 def uses_blocks(rewritten):
@@ -347,8 +348,8 @@ def uses_blocks(rewritten):
 @pytest.mark.parametrize("size", [(8, 12), (11, 9)])
 @pytest.mark.parametrize("pool", BLOCK_POOLS)
 def test_first_maximum_in_blocks(pool, size, kind, monkeypatch):
-    """Windows that tile the input (CRNN pools: 2×2, 2×1, 4×1 and 3×3), rows and columns left
-    over at odd sizes: the first maxima found side by side with no Indices output, exact against
+    """Windows that tile the input (CRNN pools: 2×2, 1×2 and 3×3), rows and columns left over at
+    odd sizes: the first maxima found side by side with no Indices output, exact against
     torch's rule on tied inputs (all-zero windows, integers, constant blocks); the size thresholds
     lowered."""
     monkeypatch.setattr(pool_rules, "BLOCKS_MIN_OUTPUTS", 0)
@@ -367,7 +368,37 @@ def test_blocks_only_from_the_size_where_they_were_faster():
     pool = BLOCK_POOLS["k2s2"]
     assert uses_blocks(differentiate(stem_pool_model((1, 8, 32, 96), pool), "y", ["x"]))  # 8 × 16 × 48 outputs
     assert uses_blocks(differentiate(stem_pool_model((1, 16, 16, 48), pool), "y", ["x"]))  # 16 × 8 × 24
-    assert not uses_blocks(differentiate(stem_pool_model((1, 24, 8, 24), BLOCK_POOLS["k21s21"]), "y", ["x"]))  # 24 × 4 × 24
     assert not uses_blocks(differentiate(stem_pool_model((1, 200, 4, 24), pool), "y", ["x"]))  # 2 × 12 per channel
     # ceil_mode windows reaching past an odd size: not tiles
     assert not uses_blocks(differentiate(stem_pool_model((1, 8, 33, 97), POOLS["k2s2-ceil-odd"]), "y", ["x"]))
+
+
+def uses_columns(rewritten):
+    """Whether a differentiated pool took the first maxima down its columns (a CumSum over the
+    taps of each window): no Indices output, no MaxUnpool, no one-hot Conv."""
+    return "CumSum" in [n.op_type for n in rewritten.graph.node] and not uses_blocks(rewritten) and all(
+        len(n.output) == 1 for n in rewritten.graph.node if n.op_type == "MaxPool")
+
+
+@pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
+@pytest.mark.parametrize("size", [(8, 12), (11, 9)])
+@pytest.mark.parametrize("pool", COLUMN_POOLS)
+def test_first_maximum_down_columns(pool, size, kind, monkeypatch):
+    """k×1 windows that tile the rows (CRNN pools: 2×1, 4×1), rows left over at odd heights:
+    the first maxima found down each column with no Indices output, exact against torch's rule
+    on tied inputs (all-zero windows, integers, constant blocks); the size threshold lowered."""
+    monkeypatch.setattr(pool_rules, "COLUMNS_MIN_OUTPUTS", 0)
+    assert uses_columns(tie_check(COLUMN_POOLS[pool], (3, 4, *size), kind))
+
+
+def test_first_maximum_down_columns_over_a_relu(monkeypatch):
+    """Over a Relu the pool applies the Relu's mask first ([y > 0] on dy), then the columns."""
+    monkeypatch.setattr(pool_rules, "COLUMNS_MIN_OUTPUTS", 0)
+    assert uses_columns(relu_pool_check((2, 8, 9, 12), COLUMN_POOLS["k21s21"], np.s_[:, :4, 2:8, 1:7], seed=3))
+
+
+def test_columns_only_from_the_size_where_they_were_faster():
+    assert uses_columns(differentiate(stem_pool_model((1, 24, 8, 24), COLUMN_POOLS["k21s21"]), "y", ["x"]))  # 24 × 4 × 24
+    assert uses_columns(differentiate(stem_pool_model((1, 128, 4, 25), COLUMN_POOLS["k41s41"]), "y", ["x"]))  # 128 × 1 × 25
+    assert not uses_columns(differentiate(stem_pool_model((1, 32, 4, 24), COLUMN_POOLS["k41s41"]), "y", ["x"]))  # 32 × 1 × 24
+    assert not uses_blocks(differentiate(stem_pool_model((1, 16, 32, 100), COLUMN_POOLS["k21s21"]), "y", ["x"]))
