@@ -2,6 +2,8 @@
 initial states, per output: in float64 with onnx's reference evaluator (ONNX Runtime has no
 float64 LSTM/GRU) and in float32 on ONNX Runtime (the runtime the engine uses). Each test runs
 twice: with the per-step Jacobians of small states, and step by step as for large states."""
+import sys
+
 import numpy as np
 import pytest
 from onnx import helper
@@ -78,6 +80,16 @@ def test_lstm(direction, initial, output):
 def test_gru(direction, initial, output, linear_before_reset):
     both(lambda dt: recurrent_model("GRU", direction, initial, dt, linear_before_reset=linear_before_reset),
          output=output)
+
+
+@pytest.mark.parametrize("op_type", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_one_step_sequences(op_type, direction, monkeypatch):
+    """T = 1: no step before the first, no recurrence at all (every output at once)."""
+    monkeypatch.setattr(sys.modules[__name__], "T", 1)
+    extra = {"linear_before_reset": 1} if op_type == "GRU" else {}
+    for output in ["out0", "out1", "out2"][:{"LSTM": 3, "GRU": 2}[op_type]]:
+        both(lambda dt: recurrent_model(op_type, direction, True, dt, **extra), output=output)
 
 
 def test_lstm_all_outputs_used_together():
