@@ -132,8 +132,8 @@ def _first_max_in_blocks(ctx, node, dy):
     images that change from call to call (2–3× what the same image again and again measures,
     its branches learnt). None for other pools (k×1 windows: :func:`_first_max_down_columns`),
     symbolic sizes, or fewer than ``BLOCKS_MIN_OUTPUTS`` outputs per image or
-    ``BLOCKS_MIN_POSITIONS`` per channel (24×4×24 outputs of a 2×1 pool took 1.08× the Indices'
-    time; the grouped Convs cost per channel: 200 channels of 2×12 outputs took 1.8×).
+    ``BLOCKS_MIN_POSITIONS`` per channel (the grouped Convs cost per channel: 200 channels of
+    2×12 outputs took 1.8× the Indices' time).
 
     A one-hot Conv (one group per channel, K = kernel taps outputs each) lays every window's
     taps t_q side by side; E_q = [t_q = y] is a HardSigmoid step of 2¹²⁶·(t_q − y) + 1 (exact
@@ -190,12 +190,13 @@ def _first_max_down_columns(ctx, node, dy):
     :func:`_first_max_in_blocks` on the same pools."""
     x, y = node.input[0], node.output[0]
     sizes = _static_sizes(ctx, node)
-    if sizes is None or len(sizes[0]) != 2 or ctx.elem_type(x) != TensorProto.FLOAT:
+    channels = ctx.shape(x)[1]
+    if sizes is None or len(sizes[0]) != 2 or not isinstance(channels, int) or ctx.elem_type(x) != TensorProto.FLOAT:
         return None
     win = window(ctx, node, attrs(node)["kernel_shape"])
     (rows, width), k = win.outputs, win.kernel[0]
     if (win.kernel[1] != 1 or win.strides != [k, 1] or set(win.dilations) != {1} or any(win.begin + win.end)
-            or ctx.shape(x)[1] * rows * width < COLUMNS_MIN_OUTPUTS):
+            or channels * rows * width < COLUMNS_MIN_OUTPUTS):
         return None
     pooled, left = rows * k, win.inputs[0] - rows * k  # the rows the windows cover, the rows after them
     if left:

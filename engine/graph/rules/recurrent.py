@@ -93,7 +93,7 @@ class _Steps:
         if parts == 1:
             return [t]
         size = {0: 1, 2: self.hidden}[axis]
-        return self.ctx.op_with_ints("Split", t, "split", [size] * parts, 13, axis=axis, outputs=parts)
+        return self.pieces(t, [size] * parts, axis)
 
     def slab(self, t, index, axis):
         """``t`` at ``index`` along ``axis`` (kept, of size 1)."""
@@ -214,14 +214,23 @@ class _Steps:
         rows = np.where((earlier >= 0) & (earlier < steps), earlier * dirs, steps * dirs) + np.arange(dirs)[:, None]
         flat = self.op("Reshape", y, self.ctx.ints([steps * dirs, -1, hid]))
         initial = self.optional_input(5)
-        flat = self.op("Concat", flat, initial, axis=0) if initial else self.op("Pad", flat, self.ctx.ints([0, 0, 0, dirs, 0, 0]))
+        if initial:
+            flat = self.op("Concat", flat, initial, axis=0)
+        else:
+            flat = self.op("Pad", flat, self.ctx.ints([0, 0, 0, dirs, 0, 0]))
         return self.op("Gather", flat, self.ctx.const(rows, "rows"), axis=0)
 
-    def batched_matmul(self, t, weights):
-        """D×T×N×K ``t`` times the D×K×M constant ``weights``: D×T×N×M (one product a direction)."""
+    def batched_matmul(self, t, weights, bias=None):
+        """D×T×N×K ``t`` times the D×K×M constant ``weights`` (one product a direction), plus the
+        D×M constant ``bias`` if given: D×T×N×M."""
         product = self.op("MatMul", self.op("Reshape", t, self.ctx.ints([self.directions, -1, weights.shape[1]])),
                           self.const(weights))
-        return self.op("Reshape", product, self.ctx.ints([self.directions, self.steps, -1, weights.shape[2]]))
+        product = self.op("Reshape", product, self.ctx.ints([self.directions, self.steps, -1, weights.shape[2]]))
+        return product if bias is None else self.op("Add", product, self.const(bias[:, None, None]))
+
+    def pieces(self, t, sizes, axis=3):
+        """``t`` split along ``axis`` into pieces of ``sizes``."""
+        return self.ctx.op_with_ints("Split", t, "split", sizes, 13, axis=axis, outputs=len(sizes))
 
     def solve(self, values, blocks, inputs, last, need_initial):
         """The backward recurrence s_{j+1} = s_j · J_j + e_{j+1} of every direction at once, with
@@ -255,7 +264,7 @@ class _Steps:
         """The T pieces of D×T×… ``t`` along the steps axis (each D×1×…)."""
         if self.steps == 1:
             return [t]
-        return self.ctx.op_with_ints("Split", t, "split", [1] * self.steps, 13, axis=1, outputs=self.steps)
+        return self.pieces(t, [1] * self.steps, axis=1)
 
     def finish(self, node, dx_parts, dh0, dc0=None):
         """Input gradients: X summed over directions; initial states stacked over directions."""
@@ -384,11 +393,11 @@ def _lstm_by_jacobians(s, node, grads):
     w, r = s.weights
     y = ctx.extra_output(node, 0)  # Y: the hidden states
     inputs = s.op("Concat", s.x_in_backward_order(), s.before_in_backward_order(y), axis=3)  # [X, H_{t−1}]
-    pre = s.op("Add", s.batched_matmul(inputs, np.concatenate([w, r], axis=2).transpose(0, 2, 1)),
-               s.const((s.bias[:, :4 * hid] + s.bias[:, 4 * hid:])[:, None, None]))
-    pre_iof, pre_c = ctx.op_with_ints("Split", pre, "split", [3 * hid, hid], 13, axis=3, outputs=2)
+    weights = np.concatenate([w, r], axis=2).transpose(0, 2, 1)  # D×(I+H)×4H
+    pre = s.batched_matmul(inputs, weights, s.bias[:, :4 * hid] + s.bias[:, 4 * hid:])
+    pre_iof, pre_c = s.pieces(pre, [3 * hid, hid])
     iof, g = s.op("Sigmoid", pre_iof), s.op("Tanh", pre_c)
-    i, o, f = ctx.op_with_ints("Split", iof, "split", [hid] * 3, 13, axis=3, outputs=3)
+    i, o, f = s.pieces(iof, [hid] * 3)
     cell, cell_before = _cells_in_backward_order(s, inputs)
     tanh_c = s.op("Tanh", cell)
     a = s.op("Mul", o, s.one_minus(s.op("Mul", tanh_c, tanh_c)))
@@ -408,14 +417,15 @@ def _lstm_by_jacobians(s, node, grads):
     if dy_h and dy_c:
         last = ctx.unsqueeze(s.op("Concat", dy_h, dy_c, axis=2), [1, 3])
     elif dy_h or dy_c:
-        last = ctx.unsqueeze(s.op("Pad", dy_h or dy_c, ctx.ints([0, 0, 0 if dy_h else hid, 0, 0, hid if dy_h else 0])), [1, 3])
+        pads = [0, 0, 0, 0, 0, hid] if dy_h else [0, 0, hid, 0, 0, 0]
+        last = ctx.unsqueeze(s.op("Pad", dy_h or dy_c, ctx.ints(pads)), [1, 3])
     need = any(len(node.input) > n and node.input[n] for n in (5, 6))
     states, initial = s.solve(values, blocks, e, last, need)
-    dh, later_dc = ctx.op_with_ints("Split", states, "split", [hid, hid], 13, axis=3, outputs=2)
+    dh, later_dc = s.pieces(states, [hid, hid])
     dc = s.op("Add", later_dc, s.op("Mul", dh, a))
     dgates = s.op("Mul", s.op("Concat", dc, dh, dc, dc, axis=3), k)
     dx = s.time_order(s.batched_matmul(dgates, w), w.shape[2])
-    dh0, dc0 = ctx.op_with_ints("Split", initial, "split", [hid, hid], 13, axis=2, outputs=2) if initial else (None, None)
+    dh0, dc0 = s.pieces(initial, [hid, hid], axis=2) if initial else (None, None)
     return s.finish(node, [dx], [dh0] if dh0 else [], [dc0] if dc0 else [])
 
 
@@ -461,19 +471,17 @@ def _gru_by_jacobians(s, node, grads):
     All directions at once, in the backward's step order (:meth:`_Steps.times`)."""
     ctx, hid, dirs = s.ctx, s.hidden, s.directions
     w, r = s.weights
-    bias = s.bias[:, None, None]  # D×1×1×6H
     h_before = s.before_in_backward_order(ctx.extra_output(node, 0))
-    x = s.x_in_backward_order()
-    x_zr, x_h = ctx.op_with_ints("Split", s.op("Add", s.batched_matmul(x, w.transpose(0, 2, 1)), s.const(bias[..., :3 * hid])),
-                                 "split", [2 * hid, hid], 13, axis=3, outputs=2)
-    h_zr, h_h = ctx.op_with_ints("Split", s.op("Add", s.batched_matmul(h_before, r.transpose(0, 2, 1)), s.const(bias[..., 3 * hid:])),
-                                 "split", [2 * hid, hid], 13, axis=3, outputs=2)
+    x_all = s.batched_matmul(s.x_in_backward_order(), w.transpose(0, 2, 1), s.bias[:, :3 * hid])
+    x_zr, x_h = s.pieces(x_all, [2 * hid, hid])
+    h_zr, h_h = s.pieces(s.batched_matmul(h_before, r.transpose(0, 2, 1), s.bias[:, 3 * hid:]), [2 * hid, hid])
     zr = s.op("Sigmoid", s.op("Add", x_zr, h_zr))
-    z, rg = ctx.op_with_ints("Split", zr, "split", [hid, hid], 13, axis=3, outputs=2)
+    z, rg = s.pieces(zr, [hid, hid])
     cand = s.op("Tanh", s.op("Add", x_h, s.op("Mul", rg, h_h)))
     kh = s.op("Mul", s.one_minus(z), s.one_minus(s.op("Mul", cand, cand)))
-    k_zr = s.op("Mul", s.slope(zr), s.op("Concat", s.op("Sub", h_before, cand), s.op("Mul", kh, h_h), axis=3))  # [kz, kr]
-    values = s.op("Reshape", s.op("Concat", z, k_zr, s.op("Mul", kh, rg), axis=3), ctx.ints([dirs, s.steps, -1, 4, hid]))
+    k_zr = s.op("Mul", s.slope(zr), s.op("Concat", s.op("Sub", h_before, cand), s.op("Mul", kh, h_h), axis=3))  # kz, kr
+    values = s.op("Concat", z, k_zr, s.op("Mul", kh, rg), axis=3)
+    values = s.op("Reshape", values, ctx.ints([dirs, s.steps, -1, 4, hid]))
     blocks = np.stack([np.stack([np.eye(hid), *np.split(r[d], 3)]) for d in range(dirs)])
     e = ctx.unsqueeze(s.backward_order(grads[0], hid), [3]) if grads[0] else None
     last = ctx.unsqueeze(grads[1], [1, 3]) if grads[1] else None
