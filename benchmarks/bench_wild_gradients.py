@@ -114,6 +114,14 @@ crnn_lstm_ntc 3.97–4.08, squeezenet_nc11 3.40–3.64, crnn_gru 3.41–3.54, lc
 squeezenet_nc11 −5.5 to −10 % (68 → 38 reorders), ddddocr_det −2.9 %, ppocrv4_rec +3 to +4 %;
 the padded counts shufflenet_legacy −8.6 %, lcnet_dynamo −4.6 %, mobilenetv3_n1c −4.6 % (the
 same without the Conv condition: mobilenetv3_fp16 +7 %, densenet_half +3.5 %).
+Then (round 12, 2026-12-07, load ≈ 0.6, on a host that ran every model 2–10 % slower than the
+day before: the LSTM/GRU rules for small states compute everything around the recurrence for
+every direction at once, laid out in the backward's step order, ~60 nodes instead of ~130; k×1
+MaxPools that tile the rows go down the columns instead of the Indices), two runs: median 2.45,
+2.43, worst 3.89, 3.82 (crnn_lstm_tnc 3.79–3.89, crnn_lstm_ntc 3.82–3.85, squeezenet_nc11
+3.70–3.73, lcnet_dynamo 3.41–3.52, crnn_gru 3.31–3.35). Alternating processes, 3 pairs, old →
+new code: crnn_lstm_tnc −7.5 %, crnn_lstm_ntc −4.1 %, crnn_gru −5.1 %; the other 26 models
+that run in one process −4 to +2.4 % (graphs unchanged).
 """
 import itertools
 import json
