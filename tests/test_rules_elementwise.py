@@ -21,6 +21,18 @@ def test_binary_broadcast(op, shapes):
     check(lambda dt: node_model(op, shapes, dt), feeds=feeds)
 
 
+@pytest.mark.parametrize("channels,summed_by_conv", [(16, True), (12, False)])
+def test_per_channel_factor_summed_over_the_image(channels, summed_by_conv):
+    """x · s with s one factor per channel (a squeeze-excitation): s's gradient, summed over the
+    image, comes from a depthwise Conv of ones where ORT keeps the product in its NCHWc layout
+    (C a multiple of 16), else from ReduceSum. Against central differences."""
+    def make(dt):
+        return node_model("Mul", [("N", channels, 5, 4), ("N", channels, 1, 1)], dt)
+    check(make, wrt=["in1"])
+    ops = [n.op_type for n in differentiate(make(np.float32), "out0", ["in1"]).graph.node]
+    assert ("ReduceSum" not in ops and "Conv" in ops) == summed_by_conv, ops
+
+
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
 def test_binary_with_weight(op):
     check(lambda dt: node_model(op, [("N", 3, 4, 4), B], dt))

@@ -146,6 +146,17 @@ def test_global_pools(op):
     check(lambda dt: node_model(op, [X], dt))
 
 
+@pytest.mark.parametrize("size,spread", [((4, 4), True), ((8, 7), True), ((9, 8), False)])
+def test_global_average_pool_spread_by_a_padded_depthwise_conv(size, spread):
+    """Blocked channel counts (16) and up to SPREAD_MAX_POSITIONS positions: dy / (H·W) spread by
+    one depthwise Conv over dy padded by the kernel's size less one (no Expand: it stays in ORT's
+    NCHWc layout); more positions: Expand and the depthwise scale. Against central differences."""
+    check(lambda dt: node_model("GlobalAveragePool", [("N", 16, *size)], dt), dtypes=(np.float32,))
+    rewritten = differentiate(node_model("GlobalAveragePool", [("N", 16, *size)], np.float32), "out0", ["in0"])
+    ops = [n.op_type for n in rewritten.graph.node[1:]]
+    assert ("Expand" not in ops) == spread and ops.count("Conv") == 1, ops
+
+
 def test_global_average_pool_with_symbolic_spatial_dims():
     """Dynamic H×W (the count of positions is computed at run time); the check runs at 2×2."""
     check(lambda dt: node_model("GlobalAveragePool", [("N", 3, "H", "W")], dt))

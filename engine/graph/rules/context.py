@@ -195,7 +195,9 @@ class Context:
 
     def unbroadcast(self, grad, input, output):
         """Sum ``grad`` (shaped like ``output``: a tensor name or a shape tuple) back to the
-        shape of ``input`` that was broadcast (numpy rules) into it.
+        shape of ``input`` that was broadcast (numpy rules) into it. Over the image of a tensor in
+        ORT CPU's NCHWc layout (:meth:`blocked_layout`, static H×W) the sum is a depthwise Conv of
+        ones, which stays in that layout (ReduceSum left it, with reorders around it).
 
         Example: ``ctx.unbroadcast(dy, node.input[1], node.output[0])`` for a bias add.
         """
@@ -210,6 +212,10 @@ class Context:
                 axes.append(lead + i)
         if not axes:
             return grad
+        if axes == [2, 3] and isinstance(output, str) and self.blocked_layout(output, NCHWC_BLOCK) and all(
+                isinstance(d, int) for d in shape_out[2:]):  # a per-channel factor (a squeeze-excitation's)
+            ones = self.const(np.ones((shape_out[1], 1, *shape_out[2:]), np.float32), "spatial_sum")
+            return self.op("Conv", grad, ones, group=shape_out[1], kernel_shape=list(shape_out[2:]))
         grad = self.reduce_sum(grad, axes, keepdims=True)
         return self.squeeze(grad, list(range(lead))) if lead else grad
 
