@@ -4,6 +4,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.graph.autodiff import SEED, differentiate
+from engine.graph.nodes import attrs
 from gradcheck import check, finish, node_model
 
 B = np.random.default_rng(1).standard_normal((3, 1, 1)) + 2.5  # a broadcast weight away from 0
@@ -21,16 +22,17 @@ def test_binary_broadcast(op, shapes):
     check(lambda dt: node_model(op, shapes, dt), feeds=feeds)
 
 
-@pytest.mark.parametrize("channels,summed_by_conv", [(16, True), (12, False)])
-def test_per_channel_factor_summed_over_the_image(channels, summed_by_conv):
-    """x · s with s one factor per channel (a squeeze-excitation): s's gradient, summed over the
-    image, comes from a depthwise Conv of ones where ORT keeps the product in its NCHWc layout
-    (C a multiple of 16), else from ReduceSum. Against central differences."""
+@pytest.mark.parametrize("channels,blocked", [(16, True), (12, False)])
+def test_per_channel_factor(channels, blocked):
+    """x · s with s one factor per channel and image (a squeeze-excitation's gate), in ORT's NCHWc
+    layout (C a multiple of 16) or not: s's gradient, summed over the image, from a depthwise Conv
+    of ones instead of ReduceSum, and x's from s spread over the image by a padded depthwise Conv
+    first (a Mul of equal shapes then). Both against central differences."""
     def make(dt):
         return node_model("Mul", [("N", channels, 5, 4), ("N", channels, 1, 1)], dt)
-    check(make, wrt=["in1"])
-    ops = [n.op_type for n in differentiate(make(np.float32), "out0", ["in1"]).graph.node]
-    assert ("ReduceSum" not in ops and "Conv" in ops) == summed_by_conv, ops
+    check(make, wrt=["in0", "in1"])
+    convs = [n for n in differentiate(make(np.float32), "out0", ["in0", "in1"]).graph.node if n.op_type == "Conv"]
+    assert [list(attrs(n).get("pads", [])) for n in convs] == ([[4, 3, 4, 3], []] if blocked else [])
 
 
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])

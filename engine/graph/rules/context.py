@@ -5,6 +5,7 @@ from onnx import helper, numpy_helper
 
 NCHWC_BLOCK = 16  # channels in one block of ORT CPU's NCHWc layout (AVX-512)
 BLOCK_ALIGNMENT = 8  # channel counts that ORT pads up to whole NCHWc blocks
+SPREAD_MAX_POSITIONS = 64  # H·W up to which a per-channel value is spread by a padded depthwise Conv
 # ops that ORT CPU runs in its NCHWc layout when their (first) input is there; a Concat all of them
 _KEPT_BLOCKED = {"Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "MaxPool", "AveragePool", "BatchNormalization",
                  "Concat"}
@@ -359,6 +360,19 @@ class Context:
         if self.blocked_layout(like, multiple, smallest=multiple):
             return self._depthwise(grad, factor, like)
         return grad if factor == 1 else self.op("Mul", grad, self.scalar(factor, like=like))
+
+    def spread(self, t, like, factor=1.0):
+        """``t`` (N×C×1×1, one value a channel) · ``factor`` at every position of forward tensor
+        ``like`` (N×C×H×W), as one depthwise Conv of an H×W kernel over ``t`` padded by H − 1 and
+        W − 1, which stays in ORT CPU's NCHWc layout (an Expand or a broadcasting Mul leave it,
+        with reorders around them); None unless ``like`` is blocked (C a multiple of 16) with a
+        static H·W of at most ``SPREAD_MAX_POSITIONS`` ((H·W)² multiply-adds a channel)."""
+        shape = self.shape(like)
+        if not (self.blocked_layout(like, NCHWC_BLOCK) and all(isinstance(d, int) for d in shape[2:])
+                and np.prod(shape[2:]) <= SPREAD_MAX_POSITIONS):
+            return None
+        weight = self.const(np.full((shape[1], 1, *shape[2:]), factor, np.float32), "spread")
+        return self.op("Conv", t, weight, group=shape[1], kernel_shape=list(shape[2:]), pads=[d - 1 for d in shape[2:]] * 2)
 
     def one_minus(self, x, like):
         """1 − ``x`` (shaped as forward tensor ``like``): a depthwise 1×1 Conv (weight −1, bias 1)

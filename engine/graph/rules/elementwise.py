@@ -34,7 +34,17 @@ def mul(ctx, node, dy, i):
     if gated is not None:
         x_index, backward = gated
         return backward(dy) if i == x_index else None
-    return ctx.unbroadcast(_scaled(ctx, dy, "Mul", node.input[1 - i]), node.input[i], node.output[0])
+    factor, y = node.input[1 - i], node.output[0]
+    if _per_channel(ctx, factor, y):  # a squeeze-excitation's gate: spread first, then a Mul in NCHWc
+        factor = ctx.spread(factor, y) or factor
+    return ctx.unbroadcast(_scaled(ctx, dy, "Mul", factor), node.input[i], y)
+
+
+def _per_channel(ctx, t, y):
+    """Whether ``t`` holds one value a channel and image (N×C×1×1) of the image tensor ``y``."""
+    shape, out = ctx.shape(t), ctx.shape(y)
+    return (shape is not None and out is not None and len(shape) == len(out) == 4 and shape[:2] == out[:2]
+            and tuple(shape[2:]) == (1, 1) and tuple(out[2:]) != (1, 1))
 
 
 @rule("Div")
