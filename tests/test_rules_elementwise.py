@@ -35,6 +35,23 @@ def test_per_channel_factor(channels, blocked):
     assert [list(attrs(n).get("pads", [])) for n in convs] == ([[4, 3, 4, 3], []] if blocked else [])
 
 
+def test_gate_after_a_hard_swish_of_a_conv():
+    """A squeeze-excitation's gate on x · HardSigmoid(x) with x from a Conv, 24 channels (ORT pads
+    them to 32 and keeps the HardSwish blocked): the gate is spread over the image too."""
+    def make(dt):
+        weight = numpy_helper.from_array(np.eye(24, dtype=dt).reshape(24, 24, 1, 1), "w")
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("HardSigmoid", ["c"], ["h"], alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["c", "h"], ["a"]), helper.make_node("Mul", ["a", "s"], ["y"])], "se",
+            [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(np.dtype(dt)), ["N", 24, 4, 5]),
+             helper.make_tensor_value_info("s", helper.np_dtype_to_tensor_dtype(np.dtype(dt)), ["N", 24, 1, 1])],
+            [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(dt)), None)], [weight])
+        return finish(graph)
+    check(make, wrt=["x", "s"], output="y", dtypes=(np.float32,))
+    convs = [n for n in differentiate(make(np.float32), "y", ["x", "s"]).graph.node if n.op_type == "Conv"]
+    assert [3, 4, 3, 4] in [list(attrs(n).get("pads", [])) for n in convs]
+
+
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
 def test_binary_with_weight(op):
     check(lambda dt: node_model(op, [("N", 3, 4, 4), B], dt))

@@ -196,9 +196,7 @@ class Context:
 
     def unbroadcast(self, grad, input, output):
         """Sum ``grad`` (shaped like ``output``: a tensor name or a shape tuple) back to the
-        shape of ``input`` that was broadcast (numpy rules) into it. Over the image of a tensor in
-        ORT CPU's NCHWc layout (:meth:`blocked_layout`, static H×W) the sum is a depthwise Conv of
-        ones, which stays in that layout (ReduceSum left it, with reorders around it).
+        shape of ``input`` that was broadcast (numpy rules) into it.
 
         Example: ``ctx.unbroadcast(dy, node.input[1], node.output[0])`` for a bias add.
         """
@@ -213,10 +211,6 @@ class Context:
                 axes.append(lead + i)
         if not axes:
             return grad
-        if axes == [2, 3] and isinstance(output, str) and self.blocked_layout(output, NCHWC_BLOCK) and all(
-                isinstance(d, int) for d in shape_out[2:]):  # a per-channel factor (a squeeze-excitation's)
-            ones = self.const(np.ones((shape_out[1], 1, *shape_out[2:]), np.float32), "spatial_sum")
-            return self.op("Conv", grad, ones, group=shape_out[1], kernel_shape=list(shape_out[2:]))
         grad = self.reduce_sum(grad, axes, keepdims=True)
         return self.squeeze(grad, list(range(lead))) if lead else grad
 
@@ -342,6 +336,10 @@ class Context:
             return False
         if producer.op_type == "Conv":
             return True
+        if producer.op_type == "Mul":  # x · σ(x) or x · HardSigmoid(x) (Swish, HardSwish): both kept blocked
+            gates = [self._forward_producers.get(t) for t in producer.input]
+            return any(g is not None and g.op_type in ("Sigmoid", "HardSigmoid") and list(g.input) == [x_in]
+                       and self._from_convs(x_in, hops - 1) for g, x_in in zip(gates, reversed(producer.input)))
         data = producer.input if producer.op_type == "Concat" else producer.input[:1]
         return producer.op_type in _KEPT_BLOCKED and all(self._from_convs(t, hops - 1) for t in data)
 
@@ -365,14 +363,24 @@ class Context:
         """``t`` (N×C×1×1, one value a channel) · ``factor`` at every position of forward tensor
         ``like`` (N×C×H×W), as one depthwise Conv of an H×W kernel over ``t`` padded by H − 1 and
         W − 1, which stays in ORT CPU's NCHWc layout (an Expand or a broadcasting Mul leave it,
-        with reorders around them); None unless ``like`` is blocked (C a multiple of 16) with a
-        static H·W of at most ``SPREAD_MAX_POSITIONS`` ((H·W)² multiply-adds a channel)."""
+        with reorders around them); None unless ``like`` is blocked (:meth:`blocked_layout`) with
+        a static H·W of at most ``SPREAD_MAX_POSITIONS`` ((H·W)² multiply-adds a channel)."""
         shape = self.shape(like)
-        if not (self.blocked_layout(like, NCHWC_BLOCK) and all(isinstance(d, int) for d in shape[2:])
+        if not (self.blocked_layout(like) and all(isinstance(d, int) for d in shape[2:])
                 and np.prod(shape[2:]) <= SPREAD_MAX_POSITIONS):
             return None
         weight = self.const(np.full((shape[1], 1, *shape[2:]), factor, np.float32), "spread")
         return self.op("Conv", t, weight, group=shape[1], kernel_shape=list(shape[2:]), pads=[d - 1 for d in shape[2:]] * 2)
+
+    def spatial_sum(self, t, like):
+        """``t`` (N×C×H×W, laid out as forward tensor ``like``) summed over the image into N×C×1×1,
+        as a depthwise Conv of ones, which stays in ORT CPU's NCHWc layout (a ReduceSum leaves it);
+        None unless ``like`` is blocked (:meth:`blocked_layout`) with a static H×W."""
+        shape = self.shape(like)
+        if not (self.blocked_layout(like) and all(isinstance(d, int) for d in shape[2:])):
+            return None
+        ones = self.const(np.ones((shape[1], 1, *shape[2:]), np.float32), "spatial_sum")
+        return self.op("Conv", t, ones, group=shape[1], kernel_shape=list(shape[2:]))
 
     def one_minus(self, x, like):
         """1 − ``x`` (shaped as forward tensor ``like``): a depthwise 1×1 Conv (weight −1, bias 1)

@@ -34,10 +34,14 @@ def mul(ctx, node, dy, i):
     if gated is not None:
         x_index, backward = gated
         return backward(dy) if i == x_index else None
-    factor, y = node.input[1 - i], node.output[0]
-    if _per_channel(ctx, factor, y):  # a squeeze-excitation's gate: spread first, then a Mul in NCHWc
-        factor = ctx.spread(factor, y) or factor
-    return ctx.unbroadcast(_scaled(ctx, dy, "Mul", factor), node.input[i], y)
+    x, factor, y = node.input[i], node.input[1 - i], node.output[0]
+    if _per_channel(ctx, factor, y):  # x times a squeeze-excitation's gate: the gate spread first
+        factor = ctx.spread(factor, x) or factor
+    elif _per_channel(ctx, x, y):  # the gate: its sum over the image
+        summed = ctx.spatial_sum(ctx.op("Mul", dy, factor), factor)
+        if summed is not None:
+            return summed
+    return ctx.unbroadcast(_scaled(ctx, dy, "Mul", factor), x, y)
 
 
 def _per_channel(ctx, t, y):
