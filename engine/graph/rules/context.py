@@ -328,15 +328,15 @@ class Context:
     def _from_convs(self, x, hops=3):
         """Whether forward tensor ``x`` is a Conv's output, or comes from Convs through at most
         ``hops`` ops that ORT CPU runs in its NCHWc layout (activations, pools, BatchNormalization,
-        a Concat of such): only there are channel counts such as 24 padded to whole blocks. After a
-        Cast (a float16 model's) or a Concat of 12-channel pieces (a DenseNet's), the depthwise
-        forms of the rules cost reorders (3–7 % slower)."""
+        a Concat of such, x · σ(x) or x · HardSigmoid(x)): only there are channel counts such as 24
+        padded to whole blocks. After a Cast (a float16 model's) or a Concat of 12-channel pieces
+        (a DenseNet's), the depthwise forms of the rules cost reorders (3–7 % slower)."""
         producer = self._forward_producers.get(x)
         if producer is None or hops < 0:
             return False
         if producer.op_type == "Conv":
             return True
-        if producer.op_type == "Mul":  # x · σ(x) or x · HardSigmoid(x) (Swish, HardSwish): both kept blocked
+        if producer.op_type == "Mul":  # a Swish or HardSwish: x · σ(x), x · HardSigmoid(x)
             gates = [self._forward_producers.get(t) for t in producer.input]
             return any(g is not None and g.op_type in ("Sigmoid", "HardSigmoid") and list(g.input) == [x_in]
                        and self._from_convs(x_in, hops - 1) for g, x_in in zip(gates, reversed(producer.input)))
@@ -370,7 +370,8 @@ class Context:
                 and np.prod(shape[2:]) <= SPREAD_MAX_POSITIONS):
             return None
         weight = self.const(np.full((shape[1], 1, *shape[2:]), factor, np.float32), "spread")
-        return self.op("Conv", t, weight, group=shape[1], kernel_shape=list(shape[2:]), pads=[d - 1 for d in shape[2:]] * 2)
+        return self.op("Conv", t, weight, group=shape[1], kernel_shape=list(shape[2:]),
+                       pads=[d - 1 for d in shape[2:]] * 2)
 
     def spatial_sum(self, t, like):
         """``t`` (N×C×H×W, laid out as forward tensor ``like``) summed over the image into N×C×1×1,

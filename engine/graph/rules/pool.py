@@ -313,8 +313,8 @@ def global_average_pool(ctx, node, dy):
     time when the spatial dims are symbolic. In ORT CPU's NCHWc layout, over small images (the
     squeeze-excitations of small models), one padded depthwise Conv
     (:meth:`~engine.graph.rules.context.Context.spread`): an Expand left that layout, with reorders
-    around it (mobilenetv3 and lcnet 3–6 % faster, with the spatial sum of
-    :meth:`~engine.graph.rules.context.Context.unbroadcast`)."""
+    around it (mobilenetv3 and lcnet 3–6 % faster, with the gate's sum over the image in the Mul
+    rule)."""
     x = node.input[0]
     spatial = ctx.shape(x)[2:]
     if all(isinstance(d, int) for d in spatial):
