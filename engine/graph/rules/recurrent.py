@@ -194,12 +194,17 @@ class _Steps:
         rows = self.times() * self.directions + np.arange(self.directions)[:, None]  # (d, j) → row t·D + d
         return self.op("Gather", flat, self.ctx.const(rows, "rows"), axis=0)
 
-    def time_order(self, t, width):
-        """``t`` (D×T×N×width, backward order) summed over directions: T×N×width in time order
-        (the backward order is its own inverse: j ↔ T−1−j)."""
-        flat = self.op("Reshape", t, self.ctx.ints([self.directions * self.steps, -1, width]))
-        rows = self.times().T + np.arange(self.directions) * self.steps  # (t, d) → row d·T + j
-        return self.ctx.reduce_sum(self.op("Gather", flat, self.ctx.const(rows, "rows"), axis=0), [1], keepdims=False)
+    def input_gradient(self, dgates, weights):
+        """Σ_d dgates_d · W_d in time order (T×N×I) from ``dgates`` (D×T×N×G, backward order) and
+        the D×G×I constant ``weights``: the rows back in time order (the backward order is its own
+        inverse: j ↔ T−1−j), then one product with the directions' weights stacked, which sums
+        over the directions."""
+        dirs, steps, width = self.directions, self.steps, weights.shape[1]
+        flat = self.op("Reshape", dgates, self.ctx.ints([dirs * steps, -1, width]))
+        rows = self.times().T + np.arange(dirs) * steps  # (t, d) → row d·T + j
+        timed = self.op("Gather", flat, self.ctx.const(rows, "rows"), axis=0)  # T×D×N×G
+        packed = self.op("Reshape", self.op("Transpose", timed, perm=[0, 2, 1, 3]), self.ctx.ints([0, 0, dirs * width]))
+        return self.op("MatMul", packed, self.const(weights.reshape(dirs * width, -1)))
 
     def x_in_backward_order(self):
         """X (T×N×I) as D×T×N×I in the backward's order."""
@@ -424,7 +429,7 @@ def _lstm_by_jacobians(s, node, grads):
     dh, later_dc = s.pieces(states, [hid, hid])
     dc = s.op("Add", later_dc, s.op("Mul", dh, a))
     dgates = s.op("Mul", s.op("Concat", dc, dh, dc, dc, axis=3), k)
-    dx = s.time_order(s.batched_matmul(dgates, w), w.shape[2])
+    dx = s.input_gradient(dgates, w)
     dh0, dc0 = s.pieces(initial, [hid, hid], axis=2) if initial else (None, None)
     return s.finish(node, [dx], [dh0] if dh0 else [], [dc0] if dc0 else [])
 
@@ -488,5 +493,5 @@ def _gru_by_jacobians(s, node, grads):
     need = len(node.input) > 5 and bool(node.input[5])
     states, dh0 = s.solve(values, blocks, e, last, need)
     dgates = s.op("Mul", s.op("Concat", states, states, states, axis=3), s.op("Concat", k_zr, kh, axis=3))
-    dx = s.time_order(s.batched_matmul(dgates, w), w.shape[2])
+    dx = s.input_gradient(dgates, w)
     return s.finish(node, [dx], [dh0] if dh0 else [])
