@@ -188,9 +188,9 @@ class _Steps:
         return np.array([[self.steps - 1 - j if self.forward_in_time(d) else j for j in range(self.steps)]
                          for d in range(self.directions)])
 
-    def backward_order(self, t, width):
-        """``t`` (T×D×N×width, time order, like Y) as D×T×N×width in the backward's order."""
-        flat = self.op("Reshape", t, self.ctx.ints([self.steps * self.directions, -1, width]))
+    def per_step_inputs(self, dy):
+        """The gradient arriving from Y (T×D×N×H, time order) as D×T×N×1×H in the backward's order."""
+        flat = self.op("Reshape", dy, self.ctx.ints([self.steps * self.directions, -1, 1, self.hidden]))
         rows = self.times() * self.directions + np.arange(self.directions)[:, None]  # (d, j) → row t·D + d
         return self.op("Gather", flat, self.ctx.const(rows, "rows"), axis=0)
 
@@ -417,7 +417,7 @@ def _lstm_by_jacobians(s, node, grads):
                        for d in range(dirs)])
     e = None
     if grads[0]:
-        e = s.op("Pad", ctx.unsqueeze(s.backward_order(grads[0], hid), [3]), ctx.ints([0] * 9 + [hid]))
+        e = s.op("Pad", s.per_step_inputs(grads[0]), ctx.ints([0] * 9 + [hid]))
     last = None  # [dY_h, dY_c] as D×1×N×1×2H: the gradient of the last state
     if dy_h and dy_c:
         last = ctx.unsqueeze(s.op("Concat", dy_h, dy_c, axis=2), [1, 3])
@@ -488,7 +488,7 @@ def _gru_by_jacobians(s, node, grads):
     values = s.op("Concat", z, k_zr, s.op("Mul", kh, rg), axis=3)
     values = s.op("Reshape", values, ctx.ints([dirs, s.steps, -1, 4, hid]))
     blocks = np.stack([np.stack([np.eye(hid), *np.split(r[d], 3)]) for d in range(dirs)])
-    e = ctx.unsqueeze(s.backward_order(grads[0], hid), [3]) if grads[0] else None
+    e = s.per_step_inputs(grads[0]) if grads[0] else None
     last = ctx.unsqueeze(grads[1], [1, 3]) if grads[1] else None
     need = len(node.input) > 5 and bool(node.input[5])
     states, dh0 = s.solve(values, blocks, e, last, need)
