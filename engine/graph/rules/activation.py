@@ -88,7 +88,7 @@ def hard_sigmoid(ctx, node, dy):
     (exact steps: 2¹²⁶·y, and 2^k·(2²⁴·(1 − y) − 1), which is −2^k at y = 1 and >= 0 below it),
     a squeeze-excitation's per-channel gate (N, C, 1, 1) included now that its gradient arrives in
     that layout (:meth:`~engine.graph.rules.context.Context.spatial_sum`: 0.4–3.8 % faster on
-    five such models). Elsewhere: dy times :func:`_inside_unit_interval`, then alpha, where a
+    six such models). Elsewhere: dy times :func:`_inside_unit_interval`, then alpha, where a
     Conv rule before folds it into its weight."""
     y = node.output[0]
     alpha = attrs(node).get("alpha", 0.2)
