@@ -365,9 +365,8 @@ class Context:
         W − 1, which stays in ORT CPU's NCHWc layout (an Expand or a broadcasting Mul leave it,
         with reorders around them); None unless ``like`` is blocked (:meth:`blocked_layout`) with
         a static H·W of at most ``SPREAD_MAX_POSITIONS`` ((H·W)² multiply-adds a channel)."""
-        shape = self.shape(like)
-        if not (self.blocked_layout(like) and all(isinstance(d, int) for d in shape[2:])
-                and np.prod(shape[2:]) <= SPREAD_MAX_POSITIONS):
+        shape = self._blocked_image(like)
+        if shape is None or np.prod(shape[2:]) > SPREAD_MAX_POSITIONS:
             return None
         weight = self.const(np.full((shape[1], 1, *shape[2:]), factor, np.float32), "spread")
         return self.op("Conv", t, weight, group=shape[1], kernel_shape=list(shape[2:]),
@@ -377,11 +376,17 @@ class Context:
         """``t`` (N×C×H×W, laid out as forward tensor ``like``) summed over the image into N×C×1×1,
         as a depthwise Conv of ones, which stays in ORT CPU's NCHWc layout (a ReduceSum leaves it);
         None unless ``like`` is blocked (:meth:`blocked_layout`) with a static H×W."""
-        shape = self.shape(like)
-        if not (self.blocked_layout(like) and all(isinstance(d, int) for d in shape[2:])):
+        shape = self._blocked_image(like)
+        if shape is None:
             return None
         ones = self.const(np.ones((shape[1], 1, *shape[2:]), np.float32), "spatial_sum")
         return self.op("Conv", t, ones, group=shape[1], kernel_shape=list(shape[2:]))
+
+    def _blocked_image(self, like):
+        """The shape of forward tensor ``like`` where :meth:`blocked_layout` finds it blocked and
+        its H×W is static, else None."""
+        shape = self.shape(like)
+        return shape if self.blocked_layout(like) and all(isinstance(d, int) for d in shape[2:]) else None
 
     def one_minus(self, x, like):
         """1 − ``x`` (shaped as forward tensor ``like``): a depthwise 1×1 Conv (weight −1, bias 1)

@@ -319,7 +319,7 @@ def global_average_pool(ctx, node, dy):
     spatial = ctx.shape(x)[2:]
     if all(isinstance(d, int) for d in spatial):
         factor, shape = 1.0 / np.prod(spatial), ctx.ints([1, 1, *spatial])
-        spread = ctx.spread(dy, x, factor) if len(spatial) == 2 else None
+        spread = ctx.spread(dy, x, factor)
         if spread is not None:
             return spread
         if ctx.blocked_layout(x, NCHWC_BLOCK):  # the depthwise Conv that moves it into NCHWc scales it too
