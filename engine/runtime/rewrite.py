@@ -1,7 +1,7 @@
 """Rewritten models (taps, gradients) built once and cached on disk.
 
 A request names the tensors to expose and to differentiate; :func:`build` turns a model into
-the rewritten one (add_taps → normalize → differentiate) and :func:`cached` stores it in the
+the rewritten one (add_taps → normalize → merge sibling Convs → differentiate) and :func:`cached` stores it in the
 verified, size-capped cache of :mod:`engine.runtime.cache` (``$ONNXLENS_CACHE``, default
 ``~/.cache/onnxlens``), keyed by the model's content hash, the request and a hash of the graph
 code, so a rule change never serves a stale file. A cached model is its small graph plus its
@@ -22,6 +22,7 @@ from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate, grad_name
 from engine.graph.gradcam import add_gradcam, seed_classes, weights_source
 from engine.graph.normalize import normalize
+from engine.graph.siblings import merge_sibling_convs
 from engine.graph.weightless import without_weights
 from engine.graph.pixels import float_image, normalized_pixels
 from engine.graph.quantized import integer_forward
@@ -84,7 +85,8 @@ def content_hash(model):
 def build(model, request):
     """The rewritten model for ``request`` (not cached).
 
-    Requested tensors are tapped before normalization so their names survive it; taps only
+    Requested tensors are tapped before normalization so their names survive it (and sibling Convs
+    are merged for the gradients only where none of theirs is requested); taps only
     needed for gradients are dropped from the outputs again, and so is the gradient that only
     Grad-CAM's maps read. An integer (uint8) input whose gradient is requested becomes a float32
     input (:func:`engine.graph.pixels.float_image`).
@@ -105,7 +107,7 @@ def build(model, request):
     cam_weights = weights_source(rewritten, request.cam) if request.cam else None
     wrt = [*request.gradients, *([cam_weights[0]] if cam_weights else [])]
     if wrt:
-        rewritten = differentiate(rewritten, output, list(dict.fromkeys(wrt)), mode=request.mode)
+        rewritten = differentiate(merge_sibling_convs(rewritten), output, list(dict.fromkeys(wrt)), mode=request.mode)
         if request.seed != "given":
             seed_classes(rewritten, output, top=request.seed == "top")
     rewritten = integer_forward(rewritten)  # the dynamic int8 forward back in integers
