@@ -1,10 +1,10 @@
 """Rewritten models (taps, gradients) built once and cached on disk.
 
 A request names the tensors to expose and to differentiate; :func:`build` turns a model into
-the rewritten one (add_taps → normalize → merge sibling Convs → differentiate) and :func:`cached` stores it in the
-verified, size-capped cache of :mod:`engine.runtime.cache` (``$ONNXLENS_CACHE``, default
-``~/.cache/onnxlens``), keyed by the model's content hash, the request and a hash of the graph
-code, so a rule change never serves a stale file. A cached model is its small graph plus its
+the rewritten one (add_taps → normalize → merge sibling Convs → differentiate) and :func:`cached`
+stores it in the verified, size-capped cache of :mod:`engine.runtime.cache` (``$ONNXLENS_CACHE``,
+default ``~/.cache/onnxlens``), keyed by the model's content hash, the request and a hash of the
+graph code, so a rule change never serves a stale file. A cached model is its small graph plus its
 large weights as external data files shared with every other entry that has the same bytes.
 """
 import atexit
@@ -107,7 +107,8 @@ def build(model, request):
     cam_weights = weights_source(rewritten, request.cam) if request.cam else None
     wrt = [*request.gradients, *([cam_weights[0]] if cam_weights else [])]
     if wrt:
-        rewritten = differentiate(merge_sibling_convs(rewritten), output, list(dict.fromkeys(wrt)), mode=request.mode)
+        merged = merge_sibling_convs(rewritten)
+        rewritten = differentiate(merged, output, list(dict.fromkeys(wrt)), mode=request.mode)
         if request.seed != "given":
             seed_classes(rewritten, output, top=request.seed == "top")
     rewritten = integer_forward(rewritten)  # the dynamic int8 forward back in integers
