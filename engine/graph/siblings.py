@@ -34,17 +34,18 @@ def merge_sibling_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     Example: Concat(Relu(Conv 1×1 (x)), Relu(Conv 3×3 pad 1 (x))) → Relu(Conv 3×3 pad 1 (x)), the
     1×1 kernel at the centre of the first output channels' 3×3 kernels."""
     graph = model.graph
-    producers = {o: n for n in graph.node for o in n.output}
+    nodes = list(graph.node)
+    producers = {o: n for n in nodes for o in n.output}
     readers = {}
-    for node in graph.node:
+    for node in nodes:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
     outputs = {o.name for o in graph.output}
     weights = {t.name: t for t in graph.initializer}
     shapes = declared_shapes(model)
-    taken = set(producers) | set(weights) | {i.name for i in graph.input} | {n.name for n in graph.node}
-    replaced, dropped, freed = {}, set(), set()
-    for concat in graph.node:
+    taken = set(producers) | set(weights) | {i.name for i in graph.input} | {n.name for n in nodes}
+    replaced, dropped, freed = {}, set(), set()  # by the Concat's output name; by output name
+    for concat in nodes:
         found = _siblings(concat, producers, readers, outputs, weights, shapes)
         if found is None:
             continue
@@ -53,13 +54,14 @@ def merge_sibling_convs(model: onnx.ModelProto) -> onnx.ModelProto:
         plan = _common_window([attrs(c) for c in convs], [k.shape[2:] for k in kernels])
         if plan is None or _extra_macs(kernels, plan[0], shapes[concat.output[0]]) > MERGE_EXTRA_MACS:
             continue
-        replaced[id(concat)] = _merged(concat, convs, kernels, activations, plan, graph, weights, taken)
-        dropped.update(id(n) for n in [*convs, *activations])
+        replaced[concat.output[0]] = _merged(concat, convs, kernels, activations, plan, graph, weights, taken)
+        dropped.update(n.output[0] for n in [*convs, *activations])
         freed.update(t for n in [*convs, *activations] for t in (*n.input[1:], *n.output))
     if replaced:
-        nodes = [new for node in graph.node for new in replaced.get(id(node), [] if id(node) in dropped else [node])]
+        kept = [new for node in nodes if node.output[0] not in dropped
+                for new in replaced.get(node.output[0], [node])]
         del graph.node[:]
-        graph.node.extend(nodes)
+        graph.node.extend(kept)
         _forget(graph, freed - {t for n in graph.node for t in n.input})
     return model
 
