@@ -143,12 +143,11 @@ def _first_max_in_blocks(ctx, node, dy):
     varied images (ORT 1.32, 1 thread): 8×32×96 2×2 pools in 0.59×, 16×16×48 in 0.77×,
     64×56×56 in 0.56× the Indices path's time (MaxPool with Indices and MaxUnpool)."""
     x, y = node.input[0], node.output[0]
-    sizes = _static_sizes(ctx, node)
-    shape = ctx.shape(x)
-    if sizes is None or len(sizes[0]) != 2 or not isinstance(shape[1], int) or ctx.elem_type(x) != TensorProto.FLOAT:
+    found = _float_image_window(ctx, node)
+    if found is None:
         return None
-    win = window(ctx, node, attrs(node)["kernel_shape"])
-    (h, w), channels = win.outputs, shape[1]
+    win, channels = found
+    h, w = win.outputs
     if (win.kernel != win.strides or win.kernel[1] == 1 or set(win.dilations) != {1} or any(win.begin + win.end)
             or any(o * k > i for o, k, i in zip(win.outputs, win.kernel, win.inputs))
             or channels * h * w < BLOCKS_MIN_OUTPUTS or h * w < BLOCKS_MIN_POSITIONS):
@@ -189,11 +188,10 @@ def _first_max_down_columns(ctx, node, dy):
     16×16×100 in 0.47×, 128×1×25 of a 4×1 pool in 0.81×; 0.60–0.91× the time of
     :func:`_first_max_in_blocks` on the same pools."""
     x, y = node.input[0], node.output[0]
-    sizes = _static_sizes(ctx, node)
-    channels = ctx.shape(x)[1]
-    if sizes is None or len(sizes[0]) != 2 or not isinstance(channels, int) or ctx.elem_type(x) != TensorProto.FLOAT:
+    found = _float_image_window(ctx, node)
+    if found is None:
         return None
-    win = window(ctx, node, attrs(node)["kernel_shape"])
+    win, channels = found
     (rows, width), k = win.outputs, win.kernel[0]
     if (win.kernel[1] != 1 or win.strides != [k, 1] or set(win.dilations) != {1} or any(win.begin + win.end)
             or channels * rows * width < COLUMNS_MIN_OUTPUTS):
@@ -220,6 +218,16 @@ def _unpool_pads(ctx, node, kernel, strides):
         return [0] * 2 * len(kernel) if inside else None
     ends = [max(0, (y - 1) * s + k - x) for k, s, x, y in zip(kernel, strides, *sizes)]
     return [0] * len(ends) + ends
+
+
+def _float_image_window(ctx, node):
+    """(window, channels) of a 2-D float32 pool with static sizes and channel count, else None."""
+    x = node.input[0]
+    channels = ctx.shape(x)[1]
+    sizes = _static_sizes(ctx, node)
+    if sizes is None or len(sizes[0]) != 2 or not isinstance(channels, int) or ctx.elem_type(x) != TensorProto.FLOAT:
+        return None
+    return window(ctx, node, attrs(node)["kernel_shape"]), channels
 
 
 def _static_sizes(ctx, node):

@@ -456,16 +456,17 @@ def _cells_in_backward_order(s, inputs):
     weight[1] = 0  # the output gate (ONNX order i, o, f, c): σ(SATURATED) = 1
     bias[0, 1] = SATURATED
     packed = s.op("Reshape", s.op("Transpose", inputs, perm=[1, 2, 0, 3]), ctx.ints([0, 0, dirs * width]))
-    initial = s.optional_input(6)
-    if initial:
-        initial = s.op("Reshape", s.op("Transpose", initial, perm=[1, 0, 2]), ctx.ints([1, -1, dirs * hid]))
+    initial = s.optional_input(6)  # initial_c, D×N×H
+    packed_initial = initial and s.op("Reshape", s.op("Transpose", initial, perm=[1, 0, 2]),
+                                      ctx.ints([1, -1, dirs * hid]))
     cells = s.op("LSTM", packed, s.const(weight.reshape(1, 4 * dirs * hid, dirs * width)),
-                 s.const(np.zeros((1, 4 * dirs * hid, dirs * hid))), s.const(bias.reshape(1, -1)), "", "", initial,
+                 s.const(np.zeros((1, 4 * dirs * hid, dirs * hid))), s.const(bias.reshape(1, -1)), "", "",
+                 packed_initial,
                  hidden_size=dirs * hid, direction="reverse", activations=["Sigmoid", "Tanh", "Affine"],
                  activation_alpha=[1.0], activation_beta=[0.0])
     cells = s.op("Transpose", s.op("Reshape", cells, ctx.ints([0, -1, dirs, hid])), perm=[2, 0, 1, 3])
     later = s.op("Slice", cells, ctx.ints([1]), ctx.ints([steps]), ctx.ints([1]))
-    before = (s.op("Concat", later, ctx.unsqueeze(s.optional_input(6), [1]), axis=1) if s.optional_input(6) else
+    before = (s.op("Concat", later, ctx.unsqueeze(initial, [1]), axis=1) if initial else
               s.op("Pad", later, ctx.ints([0, 0, 0, 0, 0, 1, 0, 0])))
     return cells, before
 
