@@ -12,7 +12,6 @@ from engine.errors import UnsupportedOpError
 from engine.graph.autodiff import differentiate
 from engine.graph.rules import recurrent
 from onnx.reference import ReferenceEvaluator
-from onnx.reference.ops import op_lstm
 
 from gradcheck import check, finish, node_model
 
@@ -39,30 +38,8 @@ def recurrent_model(op_type, direction, initial, dtype, **attributes):
     return node_model(op_type, inputs, dtype, outputs=outputs, hidden_size=H, direction=direction, **attributes)
 
 
-class LSTM(op_lstm.LSTM):
-    """onnx's reference LSTM with the ``activations`` attribute honoured (the reference ignores
-    it): Sigmoid, Tanh and Affine, the same for every direction (the rule's cell-state LSTM
-    outputs its cells through an identity Affine). The evaluator takes new ops by class name."""
-
-    op_domain = ""
-
-    FUNCTIONS = {"Sigmoid": lambda x, a, b: 1 / (1 + np.exp(-x)), "Tanh": lambda x, a, b: np.tanh(x),
-                 "Affine": lambda x, a, b: a * x + b}
-
-    def _run(self, *inputs, activations=None, activation_alpha=None, activation_beta=None, **attributes):
-        names = self.activations or ["Sigmoid", "Tanh", "Tanh"]
-        assert len(set(map(tuple, np.reshape(names, (-1, 3))))) == 1, names  # one set for every direction
-        alphas, betas = iter(self.activation_alpha or []), iter(self.activation_beta or [])
-        functions = []
-        for name in names[:3]:
-            a, b = (next(alphas, 1.0), next(betas, 0.0)) if name == "Affine" else (None, None)
-            functions.append(lambda x, fn=self.FUNCTIONS[name], a=a, b=b: fn(x, a, b))
-        self.f, self.g, self.h = functions
-        return super()._run(*inputs, **attributes)
-
-
 def both(make, output):
-    check(make, output=output, dtypes=(np.float64,), runner=lambda m: ReferenceEvaluator(m, new_ops=[LSTM]))
+    check(make, output=output, dtypes=(np.float64,), runner=ReferenceEvaluator)
     check(make, output=output, dtypes=(np.float32,))
 
 
@@ -90,6 +67,16 @@ def test_one_step_sequences(op_type, direction, monkeypatch):
     extra = {"linear_before_reset": 1} if op_type == "GRU" else {}
     for output in ["out0", "out1", "out2"][:{"LSTM": 3, "GRU": 2}[op_type]]:
         both(lambda dt: recurrent_model(op_type, direction, True, dt, **extra), output=output)
+
+
+@pytest.mark.parametrize("steps", [2, 8, 13])
+@pytest.mark.parametrize("initial", [False, True])
+def test_lstm_cells_of_any_length(steps, initial, monkeypatch):
+    """The small-state form solves the cell recurrence by doubling (⌈log₂ T⌉ levels): lengths
+    that are a power of two, one past it and the shortest with a recurrence."""
+    monkeypatch.setattr(sys.modules[__name__], "T", steps)
+    for output in ["out0", "out2"]:
+        both(lambda dt: recurrent_model("LSTM", "bidirectional", initial, dt), output=output)
 
 
 def test_lstm_all_outputs_used_together():

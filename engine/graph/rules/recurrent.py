@@ -6,8 +6,8 @@ layout optimizer) sees as opaque, and T is static in every recognizer once the i
 fixed. The rule first recomputes the gates for all T steps at once from the forward input X and
 the forward output Y (the hidden state before step t is Y at the previous step, or initial_h), so
 only the truly sequential parts are per-step nodes: the LSTM cell state (2 nodes a step, all
-directions together; for small states one more LSTM node that reruns the cell recurrence) and the
-backward recurrence. That recurrence is linear in the state gradient s (dH, and dC for LSTM):
+directions together; for small states ⌈log₂ T⌉ levels of a doubling scan) and the backward
+recurrence. That recurrence is linear in the state gradient s (dH, and dC for LSTM):
 s_{t−1} = s_t · J_t + e_{t−1} with the step's Jacobian J_t = Σ_j diag(v_j) · B_j, the v_j gate
 slopes computed for all steps at once and the B_j constant blocks of R. For small states
 (≤ ``JACOBIAN_MAX`` values, e.g. the 2 × 24 of an OCR recognizer's LSTM) each step is then Mul,
@@ -30,7 +30,6 @@ from engine.graph.rules import ALL, attrs, rule
 
 _DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
 JACOBIAN_MAX = 128  # largest state (H for GRU, 2H for LSTM) whose per-step Jacobians are built
-SATURATED = 100.0  # a gate pre-activation whose sigmoid is 1 in float32
 
 
 class _Steps:
@@ -403,7 +402,7 @@ def _lstm_by_jacobians(s, node, grads):
     pre_iof, pre_c = s.pieces(pre, [3 * hid, hid])
     iof, g = s.op("Sigmoid", pre_iof), s.op("Tanh", pre_c)
     i, o, f = s.pieces(iof, [hid] * 3)
-    cell, cell_before = _cells_in_backward_order(s, inputs)
+    cell, cell_before = _cells_by_doubling(s, i, f, g)
     tanh_c = s.op("Tanh", cell)
     a = s.op("Mul", o, s.one_minus(s.op("Mul", tanh_c, tanh_c)))
     k_iof = s.op("Mul", s.slope(iof), s.op("Concat", g, tanh_c, cell_before, axis=3))  # [ki, ko, kf]
@@ -438,37 +437,30 @@ _ONLY_O = np.array([0, 1, 0, 0, 0], np.float32)  # the output gate's slope scale
 _NOT_O = 1 - _ONLY_O
 
 
-def _cells_in_backward_order(s, inputs):
-    """The cell states C_t and C_{t−1} (D×T×N×H, backward order) from one more LSTM node that
-    reruns the forward's cell recurrence over ``inputs`` ([X, H_{t−1}] per direction, D×T×N×(I+H),
-    backward order): one direction of D·H cells running in reverse (every direction's forward order
-    is the backward order reversed) with weights [W, R] per direction and no recurrence weight of
-    its own, so its gates are the forward's; its output gate is saturated to 1 and its output
-    activation is the identity (Affine), so its Y is C_t."""
-    ctx, hid, dirs, steps = s.ctx, s.hidden, s.directions, s.steps
-    w, r = s.weights
-    width = w.shape[2] + hid
-    weight = np.zeros((4, dirs, hid, dirs, width), w.dtype)
-    bias = np.zeros((2, 4, dirs, hid), w.dtype)
-    for d in range(dirs):
-        weight[:, d, :, d] = np.concatenate([w[d], r[d]], axis=1).reshape(4, hid, width)
-        bias[0, :, d] = (s.bias[d, :4 * hid] + s.bias[d, 4 * hid:]).reshape(4, hid)
-    weight[1] = 0  # the output gate (ONNX order i, o, f, c): σ(SATURATED) = 1
-    bias[0, 1] = SATURATED
-    packed = s.op("Reshape", s.op("Transpose", inputs, perm=[1, 2, 0, 3]), ctx.ints([0, 0, dirs * width]))
+def _cells_by_doubling(s, i, f, g):
+    """The cell states C_t and C_{t−1} (D×T×N×H, backward order) of every direction at once, from
+    the gates i, f, g (D×T×N×H, backward order). In that order each direction's cell recurrence
+    runs backwards, C_j = f_j·C_{j+1} + u_j with u = i·g and C_T = initial_c (zeros without it),
+    and is solved by doubling: step j holds the map C ↦ f_j·C + u_j, and each level composes it
+    with the map ``span`` steps later (u_j += f_j·u_{j+span}, f_j ·= f_{j+span}), so ⌈log₂ T⌉
+    levels of three to five small nodes cover every step (an LSTM node rerunning the recurrence
+    cost more). A last step T holds the identity map (f = 1, u = 0) and the indices past it
+    point at it; at the end it holds initial_c, which makes C_{t−1} a slice too."""
+    ctx, steps = s.ctx, s.steps
+    pad = ctx.ints([0, 0, 0, 0, 0, 1, 0, 0])  # one more step at the end of axis 1
+    u = s.op("Pad", s.op("Mul", i, g), pad)
+    f = s.op("Pad", f, pad, ctx.scalar(1.0, like=s.x))
     initial = s.optional_input(6)  # initial_c, D×N×H
-    packed_initial = initial and s.op("Reshape", s.op("Transpose", initial, perm=[1, 0, 2]),
-                                      ctx.ints([1, -1, dirs * hid]))
-    cells = s.op("LSTM", packed, s.const(weight.reshape(1, 4 * dirs * hid, dirs * width)),
-                 s.const(np.zeros((1, 4 * dirs * hid, dirs * hid))), s.const(bias.reshape(1, -1)), "", "",
-                 packed_initial,
-                 hidden_size=dirs * hid, direction="reverse", activations=["Sigmoid", "Tanh", "Affine"],
-                 activation_alpha=[1.0], activation_beta=[0.0])
-    cells = s.op("Transpose", s.op("Reshape", cells, ctx.ints([0, -1, dirs, hid])), perm=[2, 0, 1, 3])
-    later = s.op("Slice", cells, ctx.ints([1]), ctx.ints([steps]), ctx.ints([1]))
-    before = (s.op("Concat", later, ctx.unsqueeze(initial, [1]), axis=1) if initial else
-              s.op("Pad", later, ctx.ints([0, 0, 0, 0, 0, 1, 0, 0])))
-    return cells, before
+    span = 1
+    while span < steps:
+        later = ctx.const(np.minimum(np.arange(steps + 1) + span, steps), "later")
+        u = s.op("Add", u, s.op("Mul", f, s.op("Gather", u, later, axis=1)))
+        span *= 2
+        if span < steps or initial:
+            f = s.op("Mul", f, s.op("Gather", f, later, axis=1))
+    if initial:
+        u = s.op("Add", u, s.op("Mul", f, ctx.unsqueeze(initial, [1])))
+    return [s.op("Slice", u, ctx.ints([first]), ctx.ints([first + steps]), ctx.ints([1])) for first in (0, 1)]
 
 
 def _gru_by_jacobians(s, node, grads):
