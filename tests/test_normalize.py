@@ -456,3 +456,35 @@ def test_legacy_minus_one_output_dim_takes_the_inferred_batch():
     b.op("Gemm", [pooled, b.weight(5, 8)], transB=1, name="logits")
     model = b.model([("x", [-1, 3, 8, 8])], [("logits", [-1, 5])], opset=11)
     assert _dims(nz.normalize(model).graph.output[0]) == ["batch", 5]
+
+
+def _recurrent_with_initial_states(make_state):
+    """X (T×N×4) → LSTM (hidden 3) with initial_h and initial_c from ``make_state(builder)``."""
+    b = Builder(8)
+    h, c = make_state(b), make_state(b)
+    b.op("LSTM", ["x", b.weight(1, 12, 4), b.weight(1, 12, 3), b.weight(1, 24), "", h, c], name="y", hidden_size=3)
+    return b.model([("x", [5, "N", 4])], [("y", None)], opset=14)
+
+
+def _zeros_of_batch(b):
+    """A 1×N×3 ConstantOfShape of 0, its batch from X's shape: what torch exports for a default state."""
+    batch = b.op("Gather", [b.op("Shape", ["x"]), b.const(np.array([1]))])
+    dims = b.op("Concat", [b.const(np.array([1])), batch, b.const(np.array([3]))], axis=0)
+    return b.op("ConstantOfShape", [dims], value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
+
+
+@pytest.mark.parametrize("state, dropped", [
+    (_zeros_of_batch, True),
+    (lambda b: b.const(np.zeros((1, 2, 3), np.float32)), True),
+    (lambda b: b.op("ConstantOfShape", [b.const(np.array([1, 2, 3]))]), True),  # no value: zeros
+    (lambda b: b.const(np.full((1, 2, 3), 0.5, np.float32)), False),
+])
+def test_zero_initial_states_left_out(state, dropped):
+    """Zeros as initial states are left out (absent means zeros), with what computed them."""
+    model = _recurrent_with_initial_states(state)
+    clean = nz.drop_zero_initial_states(model)
+    lstm = next(n for n in clean.graph.node if n.op_type == "LSTM")
+    assert (list(lstm.input[5:]) == []) == dropped
+    assert dropped == ("ConstantOfShape" not in _ops(clean) and "Shape" not in _ops(clean) and len(clean.graph.initializer) == 3)
+    x = _x(5, 2, 4)
+    _assert_same(model, clean, x)
