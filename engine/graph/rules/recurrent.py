@@ -408,7 +408,7 @@ def _lstm_by_jacobians(s, node, grads):
     k_iof = s.op("Mul", s.slope(iof), s.op("Concat", g, tanh_c, cell_before, axis=3))  # [ki, ko, kf]
     k = s.op("Concat", k_iof, s.op("Mul", i, s.one_minus(s.op("Mul", g, g))), axis=3)  # ONNX gate order
     per_gate = s.op("Reshape", s.op("Concat", k, f, axis=3), ctx.ints([dirs, s.steps, -1, 5, hid]))
-    on_h = s.op("Add", s.op("Mul", ctx.unsqueeze(a, [3]), s.const(_NOT_O[:, None])), s.const(_ONLY_O[:, None]))
+    on_h = s.op("Max", ctx.unsqueeze(a, [3]), s.const(np.repeat(_ONLY_O[:, None], hid, axis=1)))  # 0 ≤ a ≤ 1
     values = s.op("Concat", s.op("Mul", per_gate, on_h), per_gate, axis=4)  # v_j = (per_gate·on_h, per_gate)
     eye, zero = np.eye(hid), np.zeros((hid, hid))
     blocks = np.stack([np.stack([np.block([[m, zero], [m, zero]]) if gate != 1 else np.block([[m, zero], [zero, zero]])
@@ -433,8 +433,7 @@ def _lstm_by_jacobians(s, node, grads):
     return s.finish(node, [dx], [dh0] if dh0 else [], [dc0] if dc0 else [])
 
 
-_ONLY_O = np.array([0, 1, 0, 0, 0], np.float32)  # the output gate's slope scales dH itself, not dH·a
-_NOT_O = 1 - _ONLY_O
+_ONLY_O = np.array([0, 1, 0, 0, 0], np.float32)  # the output gate's slope scales dH itself, not dH·a (Max(a, 1) = 1)
 
 
 def _cells_by_doubling(s, i, f, g):
