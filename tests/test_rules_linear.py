@@ -250,3 +250,45 @@ def test_strided_conv_phases_fold_a_batch_norm_scale(monkeypatch):
     added = [n.op_type for n in rewritten.graph.node[2:]]
     assert "Mul" not in added and "Concat" in added, added
     _check_slopes(model, rewritten, (2, 16, 7, 7), seed=0)
+
+
+def _downsampling_block(size, shortcut_stride=2, kernel=3):
+    """x (N, 16, size, size) → a strided 3×3 Conv → Relu, plus a 1×1 shortcut Conv → Add: a ResNet
+    block's downsampling pair, both reading x."""
+    rng = np.random.default_rng(5)
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.astype(np.float32).ravel()) for n, a in
+             [("w", rng.standard_normal((32, 16, kernel, kernel))), ("ws", rng.standard_normal((32, 16, 1, 1)))]]
+    pads = [(kernel - 1) // 2] * 4
+    nodes = [helper.make_node("Conv", ["in0", "w"], ["c"], pads=pads, strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["in0", "ws"], ["s"], strides=[shortcut_stride] * 2),
+             helper.make_node("Add", ["r", "s"] if shortcut_stride == 2 else ["r", "r"], ["out0"])]
+    if shortcut_stride != 2:  # the shortcut's output read elsewhere: the sum of both
+        nodes[-1] = helper.make_node("ReduceSum", ["s"], ["t"], keepdims=0)
+        nodes.append(helper.make_node("Add", ["r", "t"], ["out0"]))
+    x = helper.make_tensor_value_info("in0", TensorProto.FLOAT, ["N", 16, size, size])
+    y = helper.make_tensor_value_info("out0", TensorProto.FLOAT, None)
+    return finish(helper.make_graph(nodes, "block", [x], [y], initializer=inits))
+
+
+@pytest.mark.parametrize("size", [8, 12])
+def test_strided_conv_and_its_strided_shortcut_join_their_phases(size):
+    """The 3×3 stride-2 Conv and the 1×1 stride-2 shortcut both take the phase form (however small)
+    and their input gradients meet in one interleave: the shortcut's single phase added to the
+    3×3's phase (0, 0), no ConvTranspose of the shortcut and no Sum over the input gradient."""
+    model = _downsampling_block(size)
+    rewritten = differentiate(model, "out0", ["in0"])
+    transposes = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose"]
+    assert [("interleave" in n.input[1]) for n in transposes] == [True], [n.input[1] for n in transposes]
+    assert not [n for n in rewritten.graph.node if n.op_type == "Sum"]
+    _check_slopes(model, rewritten, (2, 16, size, size), seed=size)
+
+
+@pytest.mark.parametrize("size, shortcut_stride, kernel", [(7, 2, 3), (8, 1, 3), (8, 2, 2)])
+def test_strided_siblings_that_cannot_join_keep_their_own_forms(size, shortcut_stride, kernel):
+    """An odd size (the interleave is cropped), a stride-1 shortcut, or a 2×2 stride-2 Conv (its
+    windows do not overlap: one ConvTranspose) keep separate gradients, summed."""
+    model = _downsampling_block(size, shortcut_stride, kernel)
+    rewritten = differentiate(model, "out0", ["in0"])
+    assert any(n.op_type == "Sum" for n in rewritten.graph.node)
+    _check_slopes(model, rewritten, (2, 16, size, size), seed=size)

@@ -15,6 +15,7 @@ from engine.graph.editing import copy_model, default_opset
 from engine.graph.quantized import dequantized_constants
 from engine.graph.nodes import upstream
 from engine.graph.rules import Context, first_opset, input_gradients, rules_for
+from engine.graph.rules.linear import join_phases
 from engine.graph.shapes import FLOAT_TYPES, constant_tensors, value_info_shape
 
 SEED = "onnxlens_seed"
@@ -64,7 +65,7 @@ def differentiate(model, output, wrt, mode="standard"):
 
     def total(name):
         if name not in totals:
-            parts = grads[name]
+            parts = join_phases(ctx, grads[name], name) if len(grads[name]) > 1 else grads[name]
             totals[name] = parts[0] if len(parts) == 1 else ctx.op("Sum", *parts)
             if types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES:
                 types[totals[name]] = types.get(name, onnx.TensorProto.FLOAT)

@@ -35,14 +35,16 @@ class Context:
         self._casts = {}  # emitted Cast output → (its input, that input's element type)
         self.node_name = "grad"  # the forward node being differentiated: prefix of emitted names
         self._forward_producers = {o: n for n in forward for o in n.output}
-        self._uses, self._readers = {}, {}
+        self._uses, self._readers, self._all_readers = {}, {}, {}
         for n in forward:
             for name in n.input:
                 self._uses[name] = self._uses.get(name, 0) + 1
                 self._readers[name] = n
+                self._all_readers.setdefault(name, []).append(n)
         self._requested = set(requested)
         self.forward_rewrites = {}  # forward node's first output → the nodes that replace it
         self.interleaved = {}  # a gradient emitted by windows.interleave → (phases, positions, strides)
+        self.phase_parts = {}  # a Conv rule's input gradient in phase form → (phases, positions, strides, channels, sizes, dtype)
 
     # -- names and emission -------------------------------------------------------------------
     def fresh(self, hint):
@@ -127,6 +129,10 @@ class Context:
         if self._uses.get(name) != 1 or name in self._requested:
             return None
         return self._forward_producers.get(name)
+
+    def readers(self, name):
+        """The forward nodes that read tensor ``name``."""
+        return self._all_readers.get(name, [])
 
     def private_relus(self, names):
         """Whether, in standard mode, each of ``names`` is the output of a Relu that only one
