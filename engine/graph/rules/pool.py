@@ -19,16 +19,18 @@ def max_pool(ctx, node, dy):
     :func:`_first_max_down_columns`)."""
     if attrs(node).get("storage_order", 0):
         raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule; pick a layer after it")
-    if pools_a_relu(ctx, node):
-        dy = ctx.where_positive(node.output[0], dy)
-        dx = _first_max_by_taps(ctx, node, dy)
+    relu = pools_a_relu(ctx, node)
+    if relu:
+        dx = _first_max_by_taps(ctx, node, ctx.where_positive(node.output[0], dy))
         if dx is not None:
             return dx
-    dx = _first_max_in_blocks(ctx, node, dy)
+    dx = _first_max_in_blocks(ctx, node, dy, relu)
     if dx is None:
-        dx = _first_max_down_columns(ctx, node, dy)
+        dx = _first_max_down_columns(ctx, node, dy, relu)
     if dx is not None:
         return dx
+    if relu:
+        dy = ctx.where_positive(node.output[0], dy)
     x = node.input[0]
     a = attrs(node)
     kernel = a["kernel_shape"]
@@ -46,6 +48,21 @@ def max_pool(ctx, node, dy):
     dx = ctx.op("ScatterElements", zeros, ctx.op("Reshape", indices, flat), ctx.op("Reshape", dy, flat),
                 axis=0, reduction="add")
     return ctx.reshape_like(dx, x)
+
+
+BELOW = np.float32(1 - 2.0 ** -24)  # y · BELOW: the float32 just below y > 0 (from 2⁻¹⁰² on), 0 for y = 0
+
+
+def _at_maximum(ctx, taps, pooled, relu):
+    """E = [t = y] for window taps ``taps`` and the pool's output ``pooled`` (y, broadcast against
+    them): a HardSigmoid step of 2¹²⁶·(t − y) + 1, exact unless t < y differ by a subnormal amount.
+    With ``relu`` (x ≥ 0, its Relu's mask still to apply) E = [t = y > 0] instead, the mask folded
+    in: a step of 2¹²⁶·(t − y⁻) with y⁻ = y · BELOW the float just below y (0 for y = 0), exact
+    from y ≥ 2⁻¹⁰² on; one Mul at the pooled size instead of the mask's step and Mul."""
+    if relu:
+        return ctx.op("HardSigmoid", ctx.op("Sub", taps, ctx.op("Mul", pooled, ctx.scalar(BELOW, like=pooled))),
+                      alpha=2.0 ** 126, beta=0.0)
+    return ctx.op("HardSigmoid", ctx.op("Sub", taps, pooled), alpha=2.0 ** 126, beta=1.0)
 
 
 def pools_a_relu(ctx, node):
@@ -125,7 +142,7 @@ BLOCKS_MIN_OUTPUTS = 3072  # outputs per image, and
 BLOCKS_MIN_POSITIONS = 192  # output positions per channel, from which the blocks beat the Indices (see below)
 
 
-def _first_max_in_blocks(ctx, node, dy):
+def _first_max_in_blocks(ctx, node, dy, relu):
     """dx of a float32 2-D MaxPool whose windows tile the input (kernel = stride, no pads, no
     dilation; rows and columns past the last window get 0), with no Indices output. ORT CPU
     computes those one window at a time with data-dependent branches: 12–18 ns per output on
@@ -136,8 +153,8 @@ def _first_max_in_blocks(ctx, node, dy):
     2×12 outputs took 1.8× the Indices' time).
 
     A one-hot Conv (one group per channel, K = kernel taps outputs each) lays every window's
-    taps t_q side by side; E_q = [t_q = y] is a HardSigmoid step of 2¹²⁶·(t_q − y) + 1 (exact
-    unless t_q < y differ by a subnormal amount); F_q = relu(E_q − Σ_{p<q} E_p), one grouped 1×1
+    taps t_q side by side; E_q = [t_q = y] (:func:`_at_maximum`, with a Relu's mask folded in where
+    the pool reads one, ``relu``); F_q = relu(E_q − Σ_{p<q} E_p), one grouped 1×1
     Conv with the Relu fused, keeps the first maximum in row-major order (ties as torch breaks
     them); F·dy goes back to the window's positions by the same one-hot ConvTranspose. Measured on
     varied images (ORT 1.32, 1 thread): 8×32×96 2×2 pools in 0.59×, 16×16×48 in 0.77×,
@@ -160,8 +177,7 @@ def _first_max_in_blocks(ctx, node, dy):
     first = ctx.const(np.tile(first, (channels, 1)).reshape(channels * taps, taps, 1, 1), "first_tap")
     ranked, flat = ctx.ints([0, channels, taps, h, w]), ctx.ints([0, channels * taps, h, w])
     tapped = ctx.op("Conv", x, onehot, group=channels, kernel_shape=win.kernel, strides=win.strides)
-    below = ctx.op("Sub", ctx.op("Reshape", tapped, ranked), ctx.unsqueeze(y, [2]))
-    equal = ctx.op("Reshape", ctx.op("HardSigmoid", below, alpha=2.0 ** 126, beta=1.0), flat)
+    equal = ctx.op("Reshape", _at_maximum(ctx, ctx.op("Reshape", tapped, ranked), ctx.unsqueeze(y, [2]), relu), flat)
     chosen = ctx.op("Relu", ctx.op("Conv", equal, first, group=channels, kernel_shape=[1, 1]))
     shares = ctx.op("Mul", ctx.op("Reshape", chosen, ranked), ctx.unsqueeze(dy, [2]))
     rest = [i - o * k for i, o, k in zip(win.inputs, win.outputs, win.kernel)]
@@ -172,12 +188,12 @@ def _first_max_in_blocks(ctx, node, dy):
 COLUMNS_MIN_OUTPUTS = 2048  # outputs per image from which the columns beat the Indices (see below)
 
 
-def _first_max_down_columns(ctx, node, dy):
+def _first_max_down_columns(ctx, node, dy, relu):
     """dx of a float32 2-D MaxPool with k×1 windows that tile each column (stride k×1, no pads,
     no dilation; rows past the last window get 0): the CRNN pools that halve the height and keep
     the width. No Indices output, and no Conv: the taps of each window lie k rows apart, so a
-    Reshape to N×C×H'×k×W lays them along their own axis. E = [t = y] is a HardSigmoid step of
-    2¹²⁶·(t − y) + 1 (exact unless t < y differ by a subnormal amount); E minus its exclusive
+    Reshape to N×C×H'×k×W lays them along their own axis. E = [t = y] (:func:`_at_maximum`, with
+    a Relu's mask folded in where the pool reads one, ``relu``); E minus its exclusive
     CumSum, through a Relu, keeps the first maximum (ties as torch breaks them); times dy, and
     back by the inverse Reshape. None for other pools, symbolic sizes, or fewer than
     ``COLUMNS_MIN_OUTPUTS`` outputs per image, where the Indices cost less than its ~10 nodes
@@ -200,7 +216,7 @@ def _first_max_down_columns(ctx, node, dy):
     if left:
         x = ctx.op("Slice", x, ctx.ints([0]), ctx.ints([pooled]), ctx.ints([2]))
     taps = ctx.op("Reshape", x, ctx.ints([0, 0, rows, k, width]))
-    equal = ctx.op("HardSigmoid", ctx.op("Sub", taps, ctx.unsqueeze(y, [3])), alpha=2.0 ** 126, beta=1.0)
+    equal = _at_maximum(ctx, taps, ctx.unsqueeze(y, [3]), relu)
     earlier = ctx.op("CumSum", equal, ctx.const(np.array(3, np.int64), "axis"), exclusive=1)
     first = ctx.op("Relu", ctx.op("Sub", equal, earlier))
     dx = ctx.op("Reshape", ctx.op("Mul", first, ctx.unsqueeze(dy, [3])), ctx.ints([0, 0, pooled, width]))
