@@ -68,7 +68,8 @@ def _at_maximum(ctx, taps, pooled, relu):
 def pools_a_relu(ctx, node):
     """Whether the MaxPool ``node`` pools the output of a Relu that only it reads, in standard
     mode. That Relu's mask is then applied here, as [y > 0] on the pooled output y before the
-    scatter (a quarter of the elements for a stride-2 pool), and the Relu rule passes its
+    scatter (a quarter of the elements for a stride-2 pool; the blocks and columns fold it into
+    their step, :func:`_at_maximum`), and the Relu rule passes its
     gradient through: every input that gets a gradient is the maximum of its window, so it is
     positive exactly when that window's y is."""
     return ctx.private_relus(node.input[:1])
