@@ -406,7 +406,7 @@ def test_first_maximum_down_columns(pool, size, kind, monkeypatch):
 
 def test_first_maximum_down_columns_over_a_relu(monkeypatch):
     """Over a Relu the columns fold the Relu's mask into their step ([t = y > 0]): no mask of dy."""
-    monkeypatch.setattr(pool_rules, "COLUMNS_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(pool_rules, "COLUMNS_MIN_OUTPUTS_OVER_RELU", 0)
     rewritten = relu_pool_check((2, 8, 9, 12), COLUMN_POOLS["k21s21"], np.s_[:, :4, 2:8, 1:7], seed=3)
     assert uses_columns(rewritten) and not reads_the_pooled_output(rewritten, "HardSigmoid", "Clip")
 
@@ -419,7 +419,11 @@ def reads_the_pooled_output(rewritten, *op_types):
 
 
 def test_columns_only_from_the_size_where_they_were_faster():
+    """From 2,048 outputs per image; over a Relu (whose mask the columns fold in) from 512."""
     assert uses_columns(differentiate(stem_pool_model((1, 24, 8, 24), COLUMN_POOLS["k21s21"]), "y", ["x"]))  # 24 × 4 × 24
     assert uses_columns(differentiate(stem_pool_model((1, 128, 4, 25), COLUMN_POOLS["k41s41"]), "y", ["x"]))  # 128 × 1 × 25
-    assert not uses_columns(differentiate(stem_pool_model((1, 32, 4, 24), COLUMN_POOLS["k41s41"]), "y", ["x"]))  # 32 × 1 × 24
+    assert uses_columns(differentiate(stem_pool_model((1, 32, 4, 24), COLUMN_POOLS["k41s41"]), "y", ["x"]))  # 32 × 1 × 24
+    assert not uses_columns(differentiate(stem_pool_model((1, 16, 4, 24), COLUMN_POOLS["k41s41"]), "y", ["x"]))  # 16 × 1 × 24
+    plain = node_model("MaxPool", [("N", 32, 4, 24)], np.float32, **COLUMN_POOLS["k41s41"])  # no Relu
+    assert not uses_columns(differentiate(plain, "out0", ["in0"]))
     assert not uses_blocks(differentiate(stem_pool_model((1, 16, 32, 100), COLUMN_POOLS["k21s21"]), "y", ["x"]))

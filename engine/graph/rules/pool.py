@@ -186,7 +186,8 @@ def _first_max_in_blocks(ctx, node, dy, relu):
                   strides=win.strides, output_padding=rest)
 
 
-COLUMNS_MIN_OUTPUTS = 2048  # outputs per image from which the columns beat the Indices (see below)
+COLUMNS_MIN_OUTPUTS = 2048  # outputs per image from which the columns beat the Indices (see below),
+COLUMNS_MIN_OUTPUTS_OVER_RELU = 512  # and over a Relu, whose mask the Indices path applies apart
 
 
 def _first_max_down_columns(ctx, node, dy, relu):
@@ -198,7 +199,10 @@ def _first_max_down_columns(ctx, node, dy, relu):
     CumSum, through a Relu, keeps the first maximum (ties as torch breaks them); times dy, and
     back by the inverse Reshape. None for other pools, symbolic sizes, or fewer than
     ``COLUMNS_MIN_OUTPUTS`` outputs per image, where the Indices cost less than its ~10 nodes
-    (768 outputs: 1.1–1.2× their time).
+    (768 outputs: 1.1–1.2× their time); over a Relu, whose mask the step folds in while the
+    Indices path applies it apart, from ``COLUMNS_MIN_OUTPUTS_OVER_RELU`` (a CRNN's last 4×1
+    pool, 32×1×24 outputs: crnn_lstm_tnc 0.987× and 0.994×, crnn_lstm_ntc 0.997× and 1.004×,
+    crnn_gru 0.983× and 0.990× the whole input gradient's time in alternating processes).
 
     Measured on varied images (ORT 1.32, 1 thread, a Conv → Relu → pool graph's whole gradient):
     24×4×24 outputs of a 2×1 pool in 0.98× the Indices path's time, 64×4×24 in 0.67×,
@@ -211,7 +215,7 @@ def _first_max_down_columns(ctx, node, dy, relu):
     win, channels = found
     (rows, width), k = win.outputs, win.kernel[0]
     if (win.kernel[1] != 1 or win.strides != [k, 1] or set(win.dilations) != {1} or any(win.begin + win.end)
-            or channels * rows * width < COLUMNS_MIN_OUTPUTS):
+            or channels * rows * width < (COLUMNS_MIN_OUTPUTS_OVER_RELU if relu else COLUMNS_MIN_OUTPUTS)):
         return None
     pooled, left = rows * k, win.inputs[0] - rows * k  # the rows the windows cover, the rows after them
     if left:
