@@ -261,11 +261,11 @@ def _downsampling_block(size, shortcut_stride=2, kernel=3):
     pads = [(kernel - 1) // 2] * 4
     nodes = [helper.make_node("Conv", ["in0", "w"], ["c"], pads=pads, strides=[2, 2]),
              helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Conv", ["in0", "ws"], ["s"], strides=[shortcut_stride] * 2),
-             helper.make_node("Add", ["r", "s"] if shortcut_stride == 2 else ["r", "r"], ["out0"])]
-    if shortcut_stride != 2:  # the shortcut's output read elsewhere: the sum of both
-        nodes[-1] = helper.make_node("ReduceSum", ["s"], ["t"], keepdims=0)
-        nodes.append(helper.make_node("Add", ["r", "t"], ["out0"]))
+             helper.make_node("Conv", ["in0", "ws"], ["s"], strides=[shortcut_stride] * 2)]
+    if shortcut_stride == 2:
+        nodes.append(helper.make_node("Add", ["r", "s"], ["out0"]))
+    else:  # sizes that differ: the shortcut's total joins the output
+        nodes += [helper.make_node("ReduceSum", ["s"], ["t"], keepdims=0), helper.make_node("Add", ["r", "t"], ["out0"])]
     x = helper.make_tensor_value_info("in0", TensorProto.FLOAT, ["N", 16, size, size])
     y = helper.make_tensor_value_info("out0", TensorProto.FLOAT, None)
     return finish(helper.make_graph(nodes, "block", [x], [y], initializer=inits))
