@@ -372,6 +372,7 @@ def drop_zero_initial_states(model: onnx.ModelProto, inplace=False) -> onnx.Mode
 
 
 def _is_zeros(graph, producer, name):
+    """Whether tensor ``name`` (made by ``producer``, or a constant) holds only zeros."""
     if producer is not None and producer.op_type == "ConstantOfShape":
         value = attrs(producer).get("value")
         return value is None or not numpy_helper.to_array(value).any()
