@@ -35,12 +35,10 @@ class Context:
         self._casts = {}  # emitted Cast output → (its input, that input's element type)
         self.node_name = "grad"  # the forward node being differentiated: prefix of emitted names
         self._forward_producers = {o: n for n in forward for o in n.output}
-        self._uses, self._readers, self._all_readers = {}, {}, {}
+        self._readers = {}  # forward tensor → the forward nodes reading it, once per use
         for n in forward:
             for name in n.input:
-                self._uses[name] = self._uses.get(name, 0) + 1
-                self._readers[name] = n
-                self._all_readers.setdefault(name, []).append(n)
+                self._readers.setdefault(name, []).append(n)
         self._requested = set(requested)
         self.forward_rewrites = {}  # forward node's first output → the nodes that replace it
         self.interleaved = {}  # a gradient emitted by windows.interleave → (phases, positions, strides)
@@ -126,13 +124,13 @@ class Context:
     def private_producer(self, name):
         """The forward node computing ``name`` when one forward node alone reads it and no
         gradient of it is requested (so a rule may differentiate through both at once), else None."""
-        if self._uses.get(name) != 1 or name in self._requested:
+        if len(self.readers(name)) != 1 or name in self._requested:
             return None
         return self._forward_producers.get(name)
 
     def readers(self, name):
-        """The forward nodes that read tensor ``name``."""
-        return self._all_readers.get(name, [])
+        """The forward nodes that read tensor ``name``, once per use."""
+        return self._readers.get(name, [])
 
     def private_relus(self, names):
         """Whether, in standard mode, each of ``names`` is the output of a Relu that only one
@@ -143,9 +141,10 @@ class Context:
     def private_reader(self, name):
         """The forward node reading ``name`` when it alone reads it and no gradient of it is
         requested (the other side of :meth:`private_producer`), else None."""
-        if self._uses.get(name) != 1 or name in self._requested:
+        readers = self.readers(name)
+        if len(readers) != 1 or name in self._requested:
             return None
-        return self._readers.get(name)
+        return readers[0]
 
     # -- helpers for common chores ------------------------------------------------------------
     def shape_of(self, name):
@@ -408,7 +407,7 @@ class Context:
         ``like``'s producer folds it into its constant weight (a Conv or a BatchNormalization:
         :meth:`channel_scale`), so that the factor costs no pass; else :meth:`scale`."""
         producer = self._forward_producers.get(like)
-        if (self._uses.get(like) == readers and like not in self._requested and producer is not None
+        if (len(self.readers(like)) == readers and like not in self._requested and producer is not None
                 and producer.op_type in ("Conv", "BatchNormalization")
                 and all(self.value(w) is not None for w in producer.input[1:] if w)):
             return self.op("Mul", grad, self.scalar(factor, like=like))

@@ -224,13 +224,13 @@ class _Steps:
             flat = self.op("Pad", flat, self.ctx.ints([0, 0, 0, dirs, 0, 0]))
         return self.op("Gather", flat, self.ctx.const(rows, "rows"), axis=0)
 
-    def batched_matmul(self, t, weights, bias=None):
+    def batched_matmul(self, t, weights, bias):
         """D×T×N×K ``t`` times the D×K×M constant ``weights`` (one product a direction), plus the
-        D×M constant ``bias`` if given: D×T×N×M."""
+        D×M constant ``bias``: D×T×N×M."""
         product = self.op("MatMul", self.op("Reshape", t, self.ctx.ints([self.directions, -1, weights.shape[1]])),
                           self.const(weights))
         product = self.op("Reshape", product, self.ctx.ints([self.directions, self.steps, -1, weights.shape[2]]))
-        return product if bias is None else self.op("Add", product, self.const(bias[:, None, None]))
+        return self.op("Add", product, self.const(bias[:, None, None]))
 
     def pieces(self, t, sizes, axis=3):
         """``t`` split along ``axis`` into pieces of ``sizes``."""
