@@ -315,27 +315,30 @@ STEMS = {"resnet-7x7-stride2": dict(kernel_shape=[7, 7], strides=[2, 2], pads=[3
 @pytest.mark.parametrize("pool", ["k3s2-overlap-pad", "k3s2-ceil"])
 @pytest.mark.parametrize("stem", STEMS)
 @pytest.mark.parametrize("conv_output", [(12, 10), (11, 10)])
-def test_stem_conv_backward_reads_the_pool_phases(stem, pool, conv_output, monkeypatch):
-    """A 3-channel stem Conv → Relu → 3×3 stride-2 pool by taps: the Conv's ConvTranspose reads
-    the pool's four phases (no interleave) where they tile the Conv's output (even sizes; an odd
-    one keeps the interleave), with zero taps before the kernel where a phase starts before its
-    begin pad (SqueezeNet's unpadded stem); against float64 central differences."""
+@pytest.mark.parametrize("channels", [3, 8])
+def test_stem_conv_backward_reads_the_pool_phases(stem, pool, conv_output, channels, monkeypatch):
+    """A stem Conv (3 or 8 → 16 channels) → Relu → 3×3 stride-2 pool by taps: the Conv's
+    ConvTranspose reads the pool's four phases (no interleave) where they tile the Conv's output
+    (even sizes; an odd one keeps the interleave) and are smaller than it (3 channels; 4 × 8 are
+    not), with zero taps before the kernel where a phase starts before its begin pad
+    (SqueezeNet's unpadded stem); against float64 central differences."""
     monkeypatch.setattr(pool_rules, "TAPS_MIN_OUTPUTS", 0)
     a = STEMS[stem]
     pads, strides = a.get("pads", [0] * 4), a.get("strides", [1, 1])
     size = [(o - 1) * s + k - p - q for o, s, k, p, q in zip(conv_output, strides, a["kernel_shape"], pads[:2], pads[2:])]
     rng = np.random.default_rng(4)
-    w = rng.standard_normal((16, 3, *a["kernel_shape"])).astype(np.float32)
+    w = rng.standard_normal((16, channels, *a["kernel_shape"])).astype(np.float32)
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], **a), helper.make_node("Relu", ["c"], ["r"]),
                                helper.make_node("MaxPool", ["r"], ["y"], **POOLS[pool])], "stem",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, *size])],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, *size])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializer=[helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
     model = finish(graph)
     rewritten = differentiate(model, "y", ["x"])
     transposes = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose"]
-    assert uses_taps(rewritten) and len(transposes) == (4 if conv_output[0] % 2 == 0 else 2), [n.input[1] for n in transposes]
-    x = rng.standard_normal((2, 3, *size)).astype(np.float32)
+    phases = conv_output[0] % 2 == 0 and channels == 3
+    assert uses_taps(rewritten) and len(transposes) == (4 if phases else 2), [n.input[1] for n in transposes]
+    x = rng.standard_normal((2, channels, *size)).astype(np.float32)
     seed = rng.standard_normal(session(model).run(None, {"x": x})[0].shape).astype(np.float32)
     got = session(rewritten).run([grad_name("x")], {"x": x, SEED: seed})[0].astype(np.float64)
     for _ in range(3):
@@ -380,10 +383,47 @@ def test_first_maximum_in_blocks_over_a_relu(monkeypatch):
 def test_blocks_only_from_the_size_where_they_were_faster():
     pool = BLOCK_POOLS["k2s2"]
     assert uses_blocks(differentiate(stem_pool_model((1, 8, 32, 96), pool), "y", ["x"]))  # 8 × 16 × 48 outputs
-    assert uses_blocks(differentiate(stem_pool_model((1, 16, 16, 48), pool), "y", ["x"]))  # 16 × 8 × 24
+    assert uses_blocks(differentiate(stem_pool_model((1, 24, 16, 48), pool), "y", ["x"]))  # 24 × 8 × 24
     assert not uses_blocks(differentiate(stem_pool_model((1, 200, 4, 24), pool), "y", ["x"]))  # 2 × 12 per channel
     # ceil_mode windows reaching past an odd size: not tiles
     assert not uses_blocks(differentiate(stem_pool_model((1, 8, 33, 97), POOLS["k2s2-ceil-odd"]), "y", ["x"]))
+
+
+def uses_tiles(rewritten):
+    """Whether a differentiated 2×2 pool found its first maxima tap by tap in ORT's NCHWc layout
+    (four depthwise stride-2 Convs picking one tap each): no Indices output, no one-hot Conv."""
+    taps = [n for n in rewritten.graph.node if n.op_type == "Conv" and "tap" in n.input[1] and attrs(n).get("strides") == [2, 2]]
+    return len(taps) == 4 and not uses_blocks(rewritten) and all(
+        len(n.output) == 1 for n in rewritten.graph.node if n.op_type == "MaxPool")
+
+
+@pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
+@pytest.mark.parametrize("size", [(8, 12), (11, 9)])
+def test_first_maximum_by_tiles(size, kind, monkeypatch):
+    """2×2 windows over 16 channels, rows and columns left over at odd sizes: the first maxima
+    found tap by tap with no Indices output, exact against torch's rule on tied inputs; the size
+    thresholds lowered."""
+    monkeypatch.setattr(pool_rules, "TILES_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(pool_rules, "TILES_MIN_POSITIONS", 0)
+    assert uses_tiles(tie_check(BLOCK_POOLS["k2s2"], (3, 16, *size), kind))
+
+
+def test_first_maximum_by_tiles_over_a_relu(monkeypatch):
+    """Over a Relu the tiles fold the Relu's mask into their step ([t = y > 0]): no mask of dy."""
+    monkeypatch.setattr(pool_rules, "TILES_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(pool_rules, "TILES_MIN_POSITIONS", 0)
+    rewritten = relu_pool_check((2, 16, 10, 12), BLOCK_POOLS["k2s2"], np.s_[:, :4, 2:8, 1:7], seed=3)
+    assert uses_tiles(rewritten) and not reads_the_pooled_output(rewritten, "HardSigmoid", "Clip")
+
+
+def test_tiles_only_where_they_were_faster():
+    pool = BLOCK_POOLS["k2s2"]
+    assert uses_tiles(differentiate(stem_pool_model((1, 16, 16, 48), pool), "y", ["x"]))  # 16 × 8 × 24 outputs
+    assert uses_tiles(differentiate(stem_pool_model((1, 48, 12, 12), pool), "y", ["x"]))  # 48 × 6 × 6
+    assert not uses_tiles(differentiate(stem_pool_model((1, 16, 12, 12), pool), "y", ["x"]))  # 16 × 6 × 6
+    assert not uses_tiles(differentiate(stem_pool_model((1, 128, 8, 8), pool), "y", ["x"]))  # 4 × 4 per channel
+    assert not uses_tiles(differentiate(stem_pool_model((1, 24, 16, 48), pool), "y", ["x"]))  # 24: padded blocks
+    assert not uses_tiles(differentiate(stem_pool_model((1, 16, 33, 97), POOLS["k2s2-ceil-odd"]), "y", ["x"]))
 
 
 def uses_columns(rewritten):
