@@ -323,22 +323,52 @@ def test_stem_conv_backward_reads_the_pool_phases(stem, pool, conv_output, chann
     not), with zero taps before the kernel where a phase starts before its begin pad
     (SqueezeNet's unpadded stem); against float64 central differences."""
     monkeypatch.setattr(pool_rules, "TAPS_MIN_OUTPUTS", 0)
-    a = STEMS[stem]
-    pads, strides = a.get("pads", [0] * 4), a.get("strides", [1, 1])
-    size = [(o - 1) * s + k - p - q for o, s, k, p, q in zip(conv_output, strides, a["kernel_shape"], pads[:2], pads[2:])]
-    rng = np.random.default_rng(4)
-    w = rng.standard_normal((16, channels, *a["kernel_shape"])).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], **a), helper.make_node("Relu", ["c"], ["r"]),
-                               helper.make_node("MaxPool", ["r"], ["y"], **POOLS[pool])], "stem",
+    model, rewritten = conv_relu_pool(STEMS[stem], POOLS[pool], channels, 16, conv_output)
+    transposes = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose"]
+    phases = conv_output[0] % 2 == 0 and channels == 3
+    assert uses_taps(rewritten) and len(transposes) == (4 if phases else 2), [n.input[1] for n in transposes]
+    assert_input_gradient_matches_differences(model, rewritten)
+
+
+GREY_CONVS = {"pad1": dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), "valid": dict(kernel_shape=[3, 3]),
+              "asymmetric": dict(kernel_shape=[3, 5], pads=[2, 0, 0, 1])}
+
+
+@pytest.mark.parametrize("conv", GREY_CONVS)
+@pytest.mark.parametrize("conv_output", [(12, 10), (11, 9)])
+def test_grey_conv_backward_takes_in_the_pool_scatter(conv, conv_output, monkeypatch):
+    """A grey first Conv (1 → 8 channels) → Relu → 2×2 pool by blocks: one ConvTranspose of the
+    pool's shares, its kernel composed with the scatter's, at odd sizes too (rows and columns
+    past the last window) and with pads of every width; against float64 central differences."""
+    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_POSITIONS", 0)
+    model, rewritten = conv_relu_pool(GREY_CONVS[conv], BLOCK_POOLS["k2s2"], 1, 8, conv_output)
+    transposes = [n.input[1] for n in rewritten.graph.node if n.op_type == "ConvTranspose"]
+    assert uses_blocks(rewritten) and len(transposes) == 1 and "scatter_weight" in transposes[0], transposes
+    assert_input_gradient_matches_differences(model, rewritten)
+
+
+def conv_relu_pool(conv, pool, channels, outputs, conv_output):
+    """(model, its input gradient's model) of Conv (``channels`` → ``outputs``, attributes
+    ``conv``, a random weight) → Relu → MaxPool (``pool``), the Conv's output ``conv_output``."""
+    pads, strides = conv.get("pads", [0] * 4), conv.get("strides", [1, 1])
+    size = [(o - 1) * s + k - p - q for o, s, k, p, q in zip(conv_output, strides, conv["kernel_shape"], pads[:2], pads[2:])]
+    w = np.random.default_rng(4).standard_normal((outputs, channels, *conv["kernel_shape"])).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], **conv), helper.make_node("Relu", ["c"], ["r"]),
+                               helper.make_node("MaxPool", ["r"], ["y"], **pool)], "conv_relu_pool",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, *size])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializer=[helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
     model = finish(graph)
-    rewritten = differentiate(model, "y", ["x"])
-    transposes = [n for n in rewritten.graph.node if n.op_type == "ConvTranspose"]
-    phases = conv_output[0] % 2 == 0 and channels == 3
-    assert uses_taps(rewritten) and len(transposes) == (4 if phases else 2), [n.input[1] for n in transposes]
-    x = rng.standard_normal((2, channels, *size)).astype(np.float32)
+    return model, differentiate(model, "y", ["x"])
+
+
+def assert_input_gradient_matches_differences(model, rewritten):
+    """The input gradient of ``rewritten`` (batch 2, a random seed) along three random directions
+    against float64 central differences of ``model``."""
+    rng = np.random.default_rng(5)
+    shape = [2, *[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:]]
+    x = rng.standard_normal(shape).astype(np.float32)
     seed = rng.standard_normal(session(model).run(None, {"x": x})[0].shape).astype(np.float32)
     got = session(rewritten).run([grad_name("x")], {"x": x, SEED: seed})[0].astype(np.float64)
     for _ in range(3):

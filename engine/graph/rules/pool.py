@@ -222,17 +222,21 @@ def _first_max_in_blocks(ctx, node, dy, relu):
     taps = int(np.prod(win.kernel))
     onehot = np.zeros((channels, taps, taps), np.float32)
     onehot[:, np.arange(taps), np.arange(taps)] = 1
-    onehot = ctx.const(onehot.reshape(channels * taps, 1, *win.kernel), "window_taps")
+    onehot = onehot.reshape(channels * taps, 1, *win.kernel)
     first = np.tril(-np.ones((taps, taps), np.float32), -1) + np.eye(taps, dtype=np.float32)  # E_q − Σ_{p<q} E_p
     first = ctx.const(np.tile(first, (channels, 1)).reshape(channels * taps, taps, 1, 1), "first_tap")
     ranked, flat = ctx.ints([0, channels, taps, h, w]), ctx.ints([0, channels * taps, h, w])
-    tapped = ctx.op("Conv", x, onehot, group=channels, kernel_shape=win.kernel, strides=win.strides)
+    taps_weight = ctx.const(onehot, "window_taps")
+    tapped = ctx.op("Conv", x, taps_weight, group=channels, kernel_shape=win.kernel, strides=win.strides)
     equal = ctx.op("Reshape", _at_maximum(ctx, ctx.op("Reshape", tapped, ranked), ctx.unsqueeze(y, [2]), relu), flat)
     chosen = ctx.op("Relu", ctx.op("Conv", equal, first, group=channels, kernel_shape=[1, 1]))
     shares = ctx.op("Mul", ctx.op("Reshape", chosen, ranked), ctx.unsqueeze(dy, [2]))
     rest = [i - o * k for i, o, k in zip(win.inputs, win.outputs, win.kernel)]
-    return ctx.op("ConvTranspose", ctx.op("Reshape", shares, flat), onehot, group=channels, kernel_shape=win.kernel,
-                  strides=win.strides, output_padding=rest)
+    shares = ctx.op("Reshape", shares, flat)
+    dx = ctx.op("ConvTranspose", shares, taps_weight, group=channels, kernel_shape=win.kernel, strides=win.strides,
+                output_padding=rest)
+    ctx.scatters[dx] = (shares, onehot, channels, win.kernel, rest)
+    return dx
 
 
 COLUMNS_MIN_OUTPUTS = 2048  # outputs per image from which the columns beat the Indices (see below),
