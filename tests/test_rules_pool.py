@@ -402,14 +402,6 @@ def test_first_maximum_in_blocks(pool, size, kind, monkeypatch):
     assert uses_blocks(tie_check(BLOCK_POOLS[pool], (3, 4, *size), kind))
 
 
-def test_first_maximum_in_blocks_over_a_relu(monkeypatch):
-    """Over a Relu the blocks fold the Relu's mask into their step ([t = y > 0]): no mask of dy."""
-    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_OUTPUTS", 0)
-    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_POSITIONS", 0)
-    rewritten = relu_pool_check((2, 8, 10, 12), BLOCK_POOLS["k2s2"], np.s_[:, :4, 2:8, 1:7], seed=3)
-    assert uses_blocks(rewritten) and not reads_the_pooled_output(rewritten, "HardSigmoid", "Clip")
-
-
 def test_blocks_only_from_the_size_where_they_were_faster():
     pool = BLOCK_POOLS["k2s2"]
     assert uses_blocks(differentiate(stem_pool_model((1, 8, 32, 96), pool), "y", ["x"]))  # 8 × 16 × 48 outputs
@@ -438,12 +430,15 @@ def test_first_maximum_by_tiles(size, kind, monkeypatch):
     assert uses_tiles(tie_check(BLOCK_POOLS["k2s2"], (3, 16, *size), kind))
 
 
-def test_first_maximum_by_tiles_over_a_relu(monkeypatch):
-    """Over a Relu the tiles fold the Relu's mask into their step ([t = y > 0]): no mask of dy."""
-    monkeypatch.setattr(pool_rules, "TILES_MIN_OUTPUTS", 0)
-    monkeypatch.setattr(pool_rules, "TILES_MIN_POSITIONS", 0)
-    rewritten = relu_pool_check((2, 16, 10, 12), BLOCK_POOLS["k2s2"], np.s_[:, :4, 2:8, 1:7], seed=3)
-    assert uses_tiles(rewritten) and not reads_the_pooled_output(rewritten, "HardSigmoid", "Clip")
+@pytest.mark.parametrize("path,channels", [("blocks", 8), ("tiles", 16)])
+def test_first_maximum_over_a_relu(path, channels, monkeypatch):
+    """Over a Relu the blocks and the tiles fold the Relu's mask into their step ([t = y > 0]):
+    no mask of dy."""
+    monkeypatch.setattr(pool_rules, f"{path.upper()}_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(pool_rules, f"{path.upper()}_MIN_POSITIONS", 0)
+    rewritten = relu_pool_check((2, channels, 10, 12), BLOCK_POOLS["k2s2"], np.s_[:, :4, 2:8, 1:7], seed=3)
+    uses = uses_blocks if path == "blocks" else uses_tiles
+    assert uses(rewritten) and not reads_the_pooled_output(rewritten, "HardSigmoid", "Clip")
 
 
 def test_tiles_only_where_they_were_faster():
