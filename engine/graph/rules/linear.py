@@ -30,8 +30,9 @@ def conv(ctx, node, dy):
     with zeros inserted (:func:`_depthwise_backward`); dense, with an input in ORT's blocked
     layout, one stride-1 Conv per phase of the input where measured faster (:func:`_phase_backward`),
     or where a strided sibling's phases join them (:func:`join_phases`).
-    Otherwise: ConvTranspose with the same weight. A constant per-channel scale on the incoming
-    gradient (a following BatchNormalization) is folded into the constant weight."""
+    Otherwise: ConvTranspose with the same weight, of a pool's phases or scatter where it reads
+    them (:func:`_transpose_phases`, :func:`_through_scatter`). A constant per-channel scale on
+    the incoming gradient (a following BatchNormalization) is folded into the constant weight."""
     w = node.input[1]
     group = attrs(node).get("group", 1)
     win = window(ctx, node, ctx.shape(w)[2:])
@@ -156,7 +157,7 @@ def _transpose_phases(ctx, dy, w, weight, win, group):
     return ctx.op("Sum", *parts) if len(parts) > 1 else parts[0]
 
 
-SCATTER_MAX_CHANNELS = 1  # input channels (a grey image's) up to which a Conv's ConvTranspose takes in a scatter before it
+SCATTER_MAX_CHANNELS = 1  # input channels (a grey image's) up to which a Conv's ConvTranspose takes in a scatter
 
 
 def _through_scatter(ctx, dy, weight, win, group):

@@ -161,8 +161,8 @@ def _first_max_by_tiles(ctx, node, dy, relu):
     64×28×28 outputs, 0.95–0.97× at 128×28×28 and 256×14×14; against the Indices path
     (MaxPool with Indices and MaxUnpool): 0.85–0.97× at 32×6×6, 48×6×6, 64×6×6 and 16×8×8, but
     1.07–1.1× at 4×4 outputs per channel and 1.11× at 16×6×6; channels padded to whole blocks
-    (24) measured no faster than the blocks. crnn_lstm_tnc's 16×8×24 pool: the whole input
-    gradient 0.97× the time."""
+    (24) measured no faster than the blocks. A CRNN's 16×8×24 pool: the whole input gradient
+    0.98–0.99× the time (crnn_lstm_tnc, crnn_lstm_ntc, crnn_gru)."""
     x, y = node.input[0], node.output[0]
     found = _float_image_window(ctx, node)
     if found is None or not ctx.blocked_layout(x, multiple=NCHWC_BLOCK):
@@ -170,7 +170,8 @@ def _first_max_by_tiles(ctx, node, dy, relu):
     win, channels = found
     h, w = win.outputs
     if (win.kernel != [2, 2] or win.strides != [2, 2] or set(win.dilations) != {1} or any(win.begin + win.end)
-            or 2 * h > win.inputs[0] or 2 * w > win.inputs[1] or channels * h * w < TILES_MIN_OUTPUTS or h * w < TILES_MIN_POSITIONS):
+            or 2 * h > win.inputs[0] or 2 * w > win.inputs[1]
+            or channels * h * w < TILES_MIN_OUTPUTS or h * w < TILES_MIN_POSITIONS):
         return None
     below = ctx.scale(y, -float(BELOW) if relu else -1.0, like=y)  # −y⁻ over a Relu, else −y
     left, shares = dy, []
