@@ -97,8 +97,8 @@ def _first_max_by_taps(ctx, node, dy):
     x's four phases (rows and columns even or odd) hold the nine taps t_k of every window, some
     shifted by one; E_k = [t_k = y] is a Conv picking t_k with −y added and a HardSigmoid step
     fused (2¹²⁶·(t_k − y) + 1 clipped to [0, 1]: exact unless t_k < y < 2⁻¹⁰⁰, a subnormal
-    difference). In row-major order the first tap with E_k = 1 takes what is left of dy:
-    c_k = G·E_k, then G −= c_k (G starts as dy). Each c_k goes back to its phase, shifted back,
+    difference). In row-major order the first tap with E_k = 1 takes what is left of dy
+    (:func:`_taken_in_order`). Each share goes back to its phase, shifted back,
     and :func:`~engine.graph.rules.windows.interleave` puts the phases together. A tap in the
     padding or past the input is 0, never the maximum of a window whose y > 0."""
     x, y = node.input[0], node.output[0]
@@ -125,20 +125,34 @@ def _first_max_by_taps(ctx, node, dy):
                       strides=list(strides), pads=begin + [max(e, 0) for e in end])
 
     phases = {(r, c): shifted(x, win.inputs, (r, c), lengths, (2, 2)) for r in (0, 1) for c in (0, 1)}
-    below = ctx.scale(y, -1.0, like=y, multiple=BLOCK_ALIGNMENT)
-    left, sums = dy, {}  # what no earlier tap took; the shares summed by phase
-    for k in range(9):  # row-major: tap (i, j) reads x[2·o + (i, j) − begin], phase (i, j) − begin mod 2
+    placed = []  # row-major: tap (i, j) reads x[2·o + (i, j) − begin], phase (i, j) − begin mod 2, shifted by
+    for k in range(9):
         offsets = [t - b for t, b in zip(divmod(k, 3), win.begin)]
-        phase, by = tuple(o % 2 for o in offsets), [o // 2 for o in offsets]
-        tap = shifted(phases[phase], lengths, by, win.outputs)
-        first = ctx.op("HardSigmoid", ctx.op("Add", tap, below), alpha=2.0 ** 126, beta=1.0)
-        share = ctx.op("Mul", left, first)
-        if k < 8:
-            left = ctx.op("Add", ctx.scale(share, -1.0, like=y, multiple=BLOCK_ALIGNMENT), left)
+        placed.append((tuple(o % 2 for o in offsets), [o // 2 for o in offsets]))
+    taps = (shifted(phases[phase], lengths, by, win.outputs) for phase, by in placed)
+    below = ctx.scale(y, -1.0, like=y, multiple=BLOCK_ALIGNMENT)
+    sums = {}  # the shares summed by phase
+    for (phase, by), share in zip(placed, _taken_in_order(ctx, dy, taps, 9, below, 1.0, y, BLOCK_ALIGNMENT)):
         if any(by) or win.outputs != lengths:  # back to the phase: output o's share belongs at o + by
             share = shifted(share, win.outputs, [-d for d in by], lengths)
         sums[phase] = ctx.op("Add", share, sums[phase]) if phase in sums else share
     return interleave(ctx, list(sums.values()), list(sums), channels, [2, 2], win.inputs, np.float32)
+
+
+def _taken_in_order(ctx, dy, taps, count, below, beta, like, multiple):
+    """The shares of ``dy`` that ``count`` window taps take, yielded in turn (``taps``: their
+    tensors in row-major order, made as they are asked for). E_k = a HardSigmoid step of
+    2¹²⁶·(t_k + below) + ``beta``, the Add and the step fused into the Conv that makes t_k in
+    ORT's NCHWc layout; the first tap with E_k = 1 takes what is left of dy: c_k = G·E_k, then
+    G −= c_k (G starts as dy), as a depthwise −1 (a blocked layout from ``multiple`` channels of
+    ``like``) and an Add that ORT fuses (a Sub would leave the NCHWc layout)."""
+    left = dy
+    for k, tap in enumerate(taps):
+        first = ctx.op("HardSigmoid", ctx.op("Add", tap, below), alpha=2.0 ** 126, beta=beta)
+        share = ctx.op("Mul", left, first)
+        if k < count - 1:
+            left = ctx.op("Add", ctx.scale(share, -1.0, like=like, multiple=multiple), left)
+        yield share
 
 
 TILES_MIN_OUTPUTS = 1536  # outputs per image, and
@@ -152,8 +166,8 @@ def _first_max_by_tiles(ctx, node, dy, relu):
     the four taps t_k of every window is a depthwise stride-2 Conv with one weight 1, and
     E_k = [t_k = y] its step (:func:`_at_maximum`'s, the Add of −y and the HardSigmoid fused into
     the Conv; with a Relu's mask folded in where the pool reads one, ``relu``). In row-major order
-    the first tap with E_k = 1 takes what is left of dy: c_k = G·E_k, then G −= c_k (G starts as
-    dy); the four c_k are the phases of dx (:func:`~engine.graph.rules.windows.interleave`). All
+    the first tap with E_k = 1 takes what is left of dy (:func:`_taken_in_order`); the four
+    shares are the phases of dx (:func:`~engine.graph.rules.windows.interleave`). All
     of it but the interleave stays in the NCHWc layout. None for other pools, symbolic sizes,
     fewer than ``TILES_MIN_OUTPUTS`` outputs per image or ``TILES_MIN_POSITIONS`` per channel.
     Measured on varied images (ORT 1.32, 1 thread, a Conv → Relu → pool → Conv graph's whole
@@ -173,16 +187,14 @@ def _first_max_by_tiles(ctx, node, dy, relu):
             or 2 * h > win.inputs[0] or 2 * w > win.inputs[1]
             or channels * h * w < TILES_MIN_OUTPUTS or h * w < TILES_MIN_POSITIONS):
         return None
-    below = ctx.scale(y, -float(BELOW) if relu else -1.0, like=y)  # −y⁻ over a Relu, else −y
-    left, shares = dy, []
-    for k in range(4):
+    def tap(k):  # t_k: a depthwise stride-2 Conv picking tap k of every window
         weight = np.zeros((channels, 1, 2, 2), np.float32)
         weight[:, 0, k // 2, k % 2] = 1
-        tap = ctx.op("Conv", x, ctx.const(weight, "tap"), group=channels, kernel_shape=[2, 2], strides=[2, 2])
-        first = ctx.op("HardSigmoid", ctx.op("Add", tap, below), alpha=2.0 ** 126, beta=0.0 if relu else 1.0)
-        shares.append(ctx.op("Mul", left, first))
-        if k < 3:  # a depthwise −1 and an Add, which ORT fuses in its NCHWc layout (a Sub leaves it)
-            left = ctx.op("Add", ctx.scale(shares[-1], -1.0, like=y), left)
+        return ctx.op("Conv", x, ctx.const(weight, "tap"), group=channels, kernel_shape=[2, 2], strides=[2, 2])
+
+    below = ctx.scale(y, -float(BELOW) if relu else -1.0, like=y)  # −y⁻ over a Relu, else −y
+    taps = (tap(k) for k in range(4))
+    shares = list(_taken_in_order(ctx, dy, taps, 4, below, 0.0 if relu else 1.0, y, NCHWC_BLOCK))
     covered = [2 * h, 2 * w]
     dx = interleave(ctx, shares, [(0, 0), (0, 1), (1, 0), (1, 1)], channels, [2, 2], covered, np.float32)
     rest = [i - c for i, c in zip(win.inputs, covered)]
