@@ -228,11 +228,30 @@ def test_strided_depthwise_conv_backward(case, batch, channels, scale):
 @pytest.mark.parametrize("channels, size, phased", [(64, 56, True), (64, 12, False), (48, 56, True), (40, 56, False)])
 def test_strided_conv_phase_form_needs_work_and_blocked_channels(channels, size, phased):
     """ResNet's 3×3 stride-2 Conv takes the phase form; too little work per phase, or input
-    channels outside ORT's blocked layout (not a multiple of 16), keep ConvTranspose."""
+    channels outside ORT's blocked layout (not a multiple of 16, an input no Conv made), keep
+    ConvTranspose."""
     model = node_model("Conv", [("N", channels, size, size), weight(128, channels, 3, 3)], np.float32,
                        pads=[1, 1, 1, 1], strides=[2, 2])
     added = [n for n in differentiate(model, "out0", ["in0"]).graph.node[1:]]
     assert any("interleave" in n.input[1] for n in added if n.op_type == "ConvTranspose") == phased
+
+
+def test_strided_conv_phases_over_channels_ort_pads_to_blocks(monkeypatch):
+    """24 channels from a Conv (shapes-resnet's stem → layer1), which ORT pads to two blocks of 16:
+    the phase form too (1.3 % of that model's input gradient at batch 1 and 16, measured)."""
+    monkeypatch.setattr(linear, "PHASE_MIN_WORK", 0)
+    rng = np.random.default_rng(7)
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.astype(np.float32).ravel()) for n, a in
+             [("ws", rng.standard_normal((24, 3, 3, 3))), ("w", rng.standard_normal((32, 24, 3, 3)))]]
+    nodes = [helper.make_node("Conv", ["in0", "ws"], ["c"], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w"], ["out0"], pads=[1] * 4, strides=[2, 2])]
+    x = helper.make_tensor_value_info("in0", TensorProto.FLOAT, ["N", 3, 64, 64])
+    y = helper.make_tensor_value_info("out0", TensorProto.FLOAT, None)
+    model = finish(helper.make_graph(nodes, "stem_then_strided", [x], [y], initializer=inits))
+    rewritten = differentiate(model, "out0", ["in0"])
+    assert any(n.op_type == "ConvTranspose" and "interleave" in n.input[1] for n in rewritten.graph.node)
+    _check_slopes(model, rewritten, (2, 3, 64, 64), seed=7)
 
 
 def test_strided_conv_phases_fold_a_batch_norm_scale(monkeypatch):

@@ -7,7 +7,6 @@ import numpy as np
 from engine.errors import UnsupportedOpError
 from engine.graph.nodes import split_pads
 from engine.graph.rules import attrs, rule
-from engine.graph.rules.context import NCHWC_BLOCK
 from engine.graph.rules.windows import interleave, static_spatial, window
 
 
@@ -51,7 +50,7 @@ def conv(ctx, node, dy):
     dx = _depthwise_backward(ctx, dy, weight, win, group) if weight is not None else None
     if dx is not None:
         return dx
-    blocked = weight is not None and ctx.blocked_layout(node.input[0], multiple=NCHWC_BLOCK)
+    blocked = weight is not None and ctx.blocked_layout(node.input[0])
     dx = _phase_backward(ctx, dy, weight, win, group, any_work=_phase_sibling(ctx, node, win)) if blocked else None
     if dx is None:
         w = w if scale is None else ctx.const(weight, "scaled_weight")
@@ -241,7 +240,8 @@ def _phase_backward(ctx, dy, weight, win, group, any_work=False):
     stacked and interleaved by a one-hot ConvTranspose (kernel = stride, one group per channel).
     The phase Convs stay in ORT CPU's NCHWc layout and skip the overlapping col2im: about 20 %
     less kernel time than one ConvTranspose for the 3×3 stride-2 Convs of ResNet-18/50 and the
-    1×1 stride-2 ones of ResNet-50 (batch 1 and 16). None where that was not measured faster:
+    1×1 stride-2 ones of ResNet-50 (batch 1 and 16); over channel counts that ORT pads to whole
+    blocks (shapes-resnet's 24 from its stem) 1–1.5 % of the whole input gradient. None where that was not measured faster:
     grouped or dilated Convs, windows that do not overlap (kernel = stride: ConvTranspose is one
     GEMM and a plain scatter there), less than ``PHASE_MIN_WORK`` per phase (ResNet-18's 1×1
     downsamples, the small detectors of the wild corpus) unless ``any_work`` (a sibling's phases
