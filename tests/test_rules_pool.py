@@ -384,9 +384,16 @@ COLUMN_POOLS = {"k21s21": dict(kernel_shape=[2, 1], strides=[2, 1]), "k41s41": d
 
 def uses_blocks(rewritten):
     """Whether a differentiated pool took the first maxima of its windows side by side (a one-hot
-    Conv of its taps): no Indices output, no MaxUnpool."""
-    return any("window_taps" in n.input[1] for n in rewritten.graph.node if n.op_type == "Conv") and all(
-        len(n.output) == 1 for n in rewritten.graph.node if n.op_type == "MaxPool")
+    Conv of its taps, or SpaceToDepth): no Indices output, no MaxUnpool."""
+    return bool(blocks_form(rewritten)) and all(len(n.output) == 1 for n in rewritten.graph.node if n.op_type == "MaxPool")
+
+
+def blocks_form(rewritten):
+    """How a differentiated pool laid its windows' taps side by side: "conv" (a one-hot grouped
+    Conv), "space_to_depth", or None."""
+    if any("window_taps" in n.input[1] for n in rewritten.graph.node if n.op_type == "Conv"):
+        return "conv"
+    return "space_to_depth" if any(n.op_type == "SpaceToDepth" for n in rewritten.graph.node) else None
 
 
 @pytest.mark.parametrize("kind", ["relu", "integers", "constant"])
@@ -400,6 +407,20 @@ def test_first_maximum_in_blocks(pool, size, kind, monkeypatch):
     monkeypatch.setattr(pool_rules, "BLOCKS_MIN_OUTPUTS", 0)
     monkeypatch.setattr(pool_rules, "BLOCKS_MIN_POSITIONS", 0)
     assert uses_blocks(tie_check(BLOCK_POOLS[pool], (3, 4, *size), kind))
+
+
+@pytest.mark.parametrize("channels, pool, form", [(8, "k2s2", "space_to_depth"), (4, "k3s3", "space_to_depth"),
+                                                  (8, "k12s12", "conv"), (32, "k2s2", "conv")])
+def test_blocks_form_follows_the_layout(channels, pool, form, monkeypatch):
+    """Square windows outside ORT's NCHWc layout (8 channels) take SpaceToDepth, their shares
+    back in channel-major order for the one-hot grouped ConvTranspose; other windows, and inputs
+    in that layout (32 channels, below the tiles' sizes), the one-hot grouped Conv."""
+    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(pool_rules, "BLOCKS_MIN_POSITIONS", 0)
+    rewritten = tie_check(BLOCK_POOLS[pool], (2, channels, 7, 12), "integers")
+    assert blocks_form(rewritten) == form
+    transposed = any(n.op_type == "Transpose" for n in rewritten.graph.node)
+    assert transposed == (form == "space_to_depth") and not any(n.op_type == "DepthToSpace" for n in rewritten.graph.node)
 
 
 def test_blocks_only_from_the_size_where_they_were_faster():

@@ -43,7 +43,9 @@ class Context:
         self.forward_rewrites = {}  # forward node's first output → the nodes that replace it
         self.interleaved = {}  # a gradient emitted by windows.interleave → (phases, positions, strides)
         self.phase_parts = {}  # a Conv rule's input gradient in phase form → (phases, positions, strides, channels, sizes, dtype)
-        self.scatters = {}  # a tiling pool's one-hot scatter → (its input, weight, group, strides, output padding)
+        # a tiling pool's scatter → (its input, one-hot window per input channel, the channel each
+        # input channel feeds, strides, output padding)
+        self.scatters = {}
 
     # -- names and emission -------------------------------------------------------------------
     def fresh(self, hint):

@@ -172,14 +172,13 @@ def _through_scatter(ctx, dy, weight, win, group):
     if (dy not in ctx.scatters or weight is None or group != 1 or set(win.strides) != {1} or set(win.dilations) != {1}
             or weight.shape[1] > SCATTER_MAX_CHANNELS):
         return None
-    source, onehot, channels, strides, padding = ctx.scatters[dy]
-    taps = onehot.shape[0] // channels  # per channel: input channel i of the scatter feeds channel i // taps
+    source, windows, channel_of, strides, padding = ctx.scatters[dy]
     kernel = [s + k - 1 for s, k in zip(strides, win.kernel)]
-    composed = np.zeros((onehot.shape[0], weight.shape[1], *kernel), weight.dtype)
-    for i, window in enumerate(onehot[:, 0]):
+    composed = np.zeros((windows.shape[0], weight.shape[1], *kernel), weight.dtype)
+    for i, window in enumerate(windows[:, 0]):
         for at in zip(*np.nonzero(window)):
             composed[(i, slice(None)) + tuple(slice(a, a + k) for a, k in zip(at, win.kernel))] += (
-                window[at] * weight[i // taps])
+                window[at] * weight[channel_of[i]])
     pads, output_padding = win.transpose_pads()
     rank = len(kernel)
     end = [e - p - o for e, p, o in zip(pads[rank:], padding, output_padding)]  # what the composed output crops

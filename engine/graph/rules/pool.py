@@ -221,7 +221,8 @@ def _first_max_in_blocks(ctx, node, dy, relu):
     Conv with the Relu fused, keeps the first maximum in row-major order (ties as torch breaks
     them); F·dy goes back to the window's positions by the same one-hot ConvTranspose. Measured on
     varied images (ORT 1.32, 1 thread): 8×32×96 2×2 pools in 0.59×, 16×16×48 in 0.77×,
-    64×56×56 in 0.56× the Indices path's time (MaxPool with Indices and MaxUnpool)."""
+    64×56×56 in 0.56× the Indices path's time (MaxPool with Indices and MaxUnpool). Square
+    windows outside ORT's NCHWc layout take :func:`_blocks_side_by_side` instead."""
     x, y = node.input[0], node.output[0]
     found = _float_image_window(ctx, node)
     if found is None:
@@ -232,10 +233,10 @@ def _first_max_in_blocks(ctx, node, dy, relu):
             or any(o * k > i for o, k, i in zip(win.outputs, win.kernel, win.inputs))
             or channels * h * w < BLOCKS_MIN_OUTPUTS or h * w < BLOCKS_MIN_POSITIONS):
         return None
+    if win.kernel[0] == win.kernel[1] and not ctx.blocked_layout(x):
+        return _blocks_side_by_side(ctx, node, dy, relu, win, channels)
     taps = int(np.prod(win.kernel))
-    onehot = np.zeros((channels, taps, taps), np.float32)
-    onehot[:, np.arange(taps), np.arange(taps)] = 1
-    onehot = onehot.reshape(channels * taps, 1, *win.kernel)
+    onehot = _one_hot_windows(channels, win.kernel)
     first = np.tril(-np.ones((taps, taps), np.float32), -1) + np.eye(taps, dtype=np.float32)  # E_q − Σ_{p<q} E_p
     first = ctx.const(np.tile(first, (channels, 1)).reshape(channels * taps, taps, 1, 1), "first_tap")
     ranked, flat = ctx.ints([0, channels, taps, h, w]), ctx.ints([0, channels * taps, h, w])
@@ -248,8 +249,55 @@ def _first_max_in_blocks(ctx, node, dy, relu):
     shares = ctx.op("Reshape", shares, flat)
     dx = ctx.op("ConvTranspose", shares, taps_weight, group=channels, kernel_shape=win.kernel, strides=win.strides,
                 output_padding=rest)
-    ctx.scatters[dx] = (shares, onehot, channels, win.kernel, rest)
+    ctx.scatters[dx] = (shares, onehot, np.repeat(np.arange(channels), taps), win.kernel, rest)
     return dx
+
+
+def _blocks_side_by_side(ctx, node, dy, relu, win, channels):
+    """:func:`_first_max_in_blocks` for k×k windows over an input outside ORT's NCHWc layout (a
+    CRNN's 8 channels): SpaceToDepth lays the taps side by side (channel t·C + c holds tap t of
+    channel c) in one copy, where the one-hot grouped Conv ran one small GEMM per channel; the
+    first maximum along the taps (:func:`_first_along`), times dy, goes back by a Transpose to
+    channel-major order and the one-hot grouped ConvTranspose (DepthToSpace took 3–7× as long).
+    A grey first Conv's ConvTranspose takes in the tap-major shares without the Transpose
+    (:func:`~engine.graph.rules.linear._through_scatter`). Measured (in-process, alternating
+    sessions, the whole input gradient): the three CRNNs 0.97× (crnn_lstm_tnc 0.972×,
+    crnn_lstm_ntc 0.974×, crnn_gru 0.972×); a 3 → 8 channel Conv → Relu → 2×2 pool graph 0.93×
+    at 32×96 and 64×64, 3 → 4 channels 0.96× at 60×60."""
+    x, y = node.input[0], node.output[0]
+    k, (h, w) = win.kernel[0], win.outputs
+    taps = k * k
+    rest = [i - o * k for i, o in zip(win.inputs, win.outputs)]
+    if any(rest):
+        x = ctx.op("Slice", x, ctx.ints([0, 0]), ctx.ints([h * k, w * k]), ctx.ints([2, 3]))
+    tapped = ctx.op("Reshape", ctx.op("SpaceToDepth", x, blocksize=k), ctx.ints([0, taps, channels, h, w]))
+    equal = _at_maximum(ctx, tapped, ctx.unsqueeze(y, [1]), relu)
+    shares = ctx.op("Mul", _first_along(ctx, equal, 1), ctx.unsqueeze(dy, [1]))
+    by_channel = ctx.op("Reshape", ctx.op("Transpose", shares, perm=[0, 2, 1, 3, 4]),
+                        ctx.ints([0, channels * taps, h, w]))
+    onehot = _one_hot_windows(channels, win.kernel)
+    dx = ctx.op("ConvTranspose", by_channel, ctx.const(onehot, "window_scatter"), group=channels,
+                kernel_shape=win.kernel, strides=win.strides, output_padding=rest)
+    tap_major = onehot.reshape(channels, taps, 1, k, k).swapaxes(0, 1).reshape(taps * channels, 1, k, k)
+    ctx.scatters[dx] = (ctx.op("Reshape", shares, ctx.ints([0, taps * channels, h, w])), tap_major,
+                        np.tile(np.arange(channels), taps), win.kernel, rest)
+    return dx
+
+
+def _one_hot_windows(channels, kernel):
+    """(C·K, 1, *kernel): per channel, the K windows with a single 1 at tap 0, 1, …, K − 1 in
+    row-major order (a grouped Conv's weight that lays a window's K taps side by side)."""
+    taps = int(np.prod(kernel))
+    onehot = np.zeros((channels, taps, taps), np.float32)
+    onehot[:, np.arange(taps), np.arange(taps)] = 1
+    return onehot.reshape(channels * taps, 1, *kernel)
+
+
+def _first_along(ctx, equal, axis):
+    """F = relu(E − Σ_{p<q} E_p) along ``axis`` of the 0/1 steps ``equal``: 1 at the first tap
+    equal to its window's maximum only (ties as torch breaks them)."""
+    earlier = ctx.op("CumSum", equal, ctx.const(np.array(axis, np.int64), "axis"), exclusive=1)
+    return ctx.op("Relu", ctx.op("Sub", equal, earlier))
 
 
 COLUMNS_MIN_OUTPUTS = 2048  # outputs per image from which the columns beat the Indices (see below),
@@ -288,9 +336,8 @@ def _first_max_down_columns(ctx, node, dy, relu):
         x = ctx.op("Slice", x, ctx.ints([0]), ctx.ints([pooled]), ctx.ints([2]))
     taps = ctx.op("Reshape", x, ctx.ints([0, 0, rows, k, width]))
     equal = _at_maximum(ctx, taps, ctx.unsqueeze(y, [3]), relu)
-    earlier = ctx.op("CumSum", equal, ctx.const(np.array(3, np.int64), "axis"), exclusive=1)
-    first = ctx.op("Relu", ctx.op("Sub", equal, earlier))
-    dx = ctx.op("Reshape", ctx.op("Mul", first, ctx.unsqueeze(dy, [3])), ctx.ints([0, 0, pooled, width]))
+    dx = ctx.op("Reshape", ctx.op("Mul", _first_along(ctx, equal, 3), ctx.unsqueeze(dy, [3])),
+                ctx.ints([0, 0, pooled, width]))
     return ctx.op("Pad", dx, ctx.ints([0, 0, 0, 0, 0, 0, left, 0])) if left else dx
 
 
