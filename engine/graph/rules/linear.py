@@ -240,7 +240,8 @@ def _phase_backward(ctx, dy, weight, win, group, any_work=False):
     The phase Convs stay in ORT CPU's NCHWc layout and skip the overlapping col2im: about 20 %
     less kernel time than one ConvTranspose for the 3×3 stride-2 Convs of ResNet-18/50 and the
     1×1 stride-2 ones of ResNet-50 (batch 1 and 16); over channel counts that ORT pads to whole
-    blocks (shapes-resnet's 24 from its stem) 1–1.5 % of the whole input gradient. None where that was not measured faster:
+    blocks (shapes-resnet's 24 from its stem) 0.99× the whole input gradient's time (0.985–1.002×,
+    seven runs in alternating sessions at batch 1 and 16). None where that was not measured faster:
     grouped or dilated Convs, windows that do not overlap (kernel = stride: ConvTranspose is one
     GEMM and a plain scatter there), less than ``PHASE_MIN_WORK`` per phase (ResNet-18's 1×1
     downsamples, the small detectors of the wild corpus) unless ``any_work`` (a sibling's phases
