@@ -263,7 +263,9 @@ def _blocks_side_by_side(ctx, node, dy, relu, win, channels):
     (:func:`~engine.graph.rules.linear._through_scatter`). Measured (in-process, alternating
     sessions, the whole input gradient): the three CRNNs 0.97× (crnn_lstm_tnc 0.972×,
     crnn_lstm_ntc 0.974×, crnn_gru 0.972×); a 3 → 8 channel Conv → Relu → 2×2 pool graph 0.93×
-    at 32×96 and 64×64, 3 → 4 channels 0.96× at 60×60."""
+    at 32×96 and 64×64, 0.95× at 128×128, 3 → 12 channels 0.97× at 112×112, 3 → 4 channels
+    0.96× at 60×60. Over inputs in that layout it lost to the tiles (1.06–1.19×, 16 to 64
+    channels)."""
     x, y = node.input[0], node.output[0]
     k, (h, w) = win.kernel[0], win.outputs
     taps = k * k
