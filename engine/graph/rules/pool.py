@@ -20,19 +20,17 @@ def max_pool(ctx, node, dy):
     if attrs(node).get("storage_order", 0):
         raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule; pick a layer after it")
     relu = pools_a_relu(ctx, node)
-    if relu:
-        dx = _first_max_by_taps(ctx, node, ctx.where_positive(node.output[0], dy))
-        if dx is not None:
-            return dx
-    dx = _first_max_by_tiles(ctx, node, dy, relu)
+    masked = ctx.where_positive(node.output[0], dy) if relu else dy  # the tiles, blocks and columns fold it in
+    dx = _first_max_by_taps(ctx, node, masked) if relu else None
+    if dx is None:
+        dx = _first_max_by_tiles(ctx, node, dy, relu)
     if dx is None:
         dx = _first_max_in_blocks(ctx, node, dy, relu)
     if dx is None:
         dx = _first_max_down_columns(ctx, node, dy, relu)
     if dx is not None:
         return dx
-    if relu:
-        dy = ctx.where_positive(node.output[0], dy)
+    dy = masked
     x = node.input[0]
     a = attrs(node)
     kernel = a["kernel_shape"]
@@ -222,7 +220,8 @@ def _first_max_in_blocks(ctx, node, dy, relu):
     them); F·dy goes back to the window's positions by the same one-hot ConvTranspose. Measured on
     varied images (ORT 1.32, 1 thread): 8×32×96 2×2 pools in 0.59×, 16×16×48 in 0.77×,
     64×56×56 in 0.56× the Indices path's time (MaxPool with Indices and MaxUnpool). Square
-    windows outside ORT's NCHWc layout take :func:`_blocks_side_by_side` instead."""
+    windows outside ORT's NCHWc layout lay their taps side by side by SpaceToDepth instead
+    (:func:`_shares_side_by_side`)."""
     x, y = node.input[0], node.output[0]
     found = _float_image_window(ctx, node)
     if found is None:
@@ -233,33 +232,41 @@ def _first_max_in_blocks(ctx, node, dy, relu):
             or any(o * k > i for o, k, i in zip(win.outputs, win.kernel, win.inputs))
             or channels * h * w < BLOCKS_MIN_OUTPUTS or h * w < BLOCKS_MIN_POSITIONS):
         return None
-    if win.kernel[0] == win.kernel[1] and not ctx.blocked_layout(x):
-        return _blocks_side_by_side(ctx, node, dy, relu, win, channels)
     taps = int(np.prod(win.kernel))
     onehot = _one_hot_windows(channels, win.kernel)
-    first = np.tril(-np.ones((taps, taps), np.float32), -1) + np.eye(taps, dtype=np.float32)  # E_q − Σ_{p<q} E_p
-    first = ctx.const(np.tile(first, (channels, 1)).reshape(channels * taps, taps, 1, 1), "first_tap")
-    ranked, flat = ctx.ints([0, channels, taps, h, w]), ctx.ints([0, channels * taps, h, w])
     taps_weight = ctx.const(onehot, "window_taps")
-    tapped = ctx.op("Conv", x, taps_weight, group=channels, kernel_shape=win.kernel, strides=win.strides)
-    equal = ctx.op("Reshape", _at_maximum(ctx, ctx.op("Reshape", tapped, ranked), ctx.unsqueeze(y, [2]), relu), flat)
-    chosen = ctx.op("Relu", ctx.op("Conv", equal, first, group=channels, kernel_shape=[1, 1]))
-    shares = ctx.op("Mul", ctx.op("Reshape", chosen, ranked), ctx.unsqueeze(dy, [2]))
+    flat = ctx.ints([0, channels * taps, h, w])
     rest = [i - o * k for i, o, k in zip(win.inputs, win.outputs, win.kernel)]
-    shares = ctx.op("Reshape", shares, flat)
-    dx = ctx.op("ConvTranspose", shares, taps_weight, group=channels, kernel_shape=win.kernel, strides=win.strides,
+    if win.kernel[0] == win.kernel[1] and not ctx.blocked_layout(x):
+        shares = _shares_side_by_side(ctx, node, dy, relu, win, channels, rest)  # tap-major
+        source = ctx.op("Reshape", shares, flat)
+        by_channel = ctx.op("Reshape", ctx.op("Transpose", shares, perm=[0, 2, 1, 3, 4]), flat)
+        windows = onehot.reshape(channels, taps, *onehot.shape[1:]).swapaxes(0, 1).reshape(onehot.shape)
+        channel_of = np.tile(np.arange(channels), taps)
+    else:
+        first = np.tril(-np.ones((taps, taps), np.float32), -1) + np.eye(taps, dtype=np.float32)  # E_q − Σ_{p<q} E_p
+        first = ctx.const(np.tile(first, (channels, 1)).reshape(channels * taps, taps, 1, 1), "first_tap")
+        ranked = ctx.ints([0, channels, taps, h, w])
+        tapped = ctx.op("Conv", x, taps_weight, group=channels, kernel_shape=win.kernel, strides=win.strides)
+        equal = ctx.op("Reshape", _at_maximum(ctx, ctx.op("Reshape", tapped, ranked), ctx.unsqueeze(y, [2]), relu), flat)
+        chosen = ctx.op("Relu", ctx.op("Conv", equal, first, group=channels, kernel_shape=[1, 1]))
+        shares = ctx.op("Mul", ctx.op("Reshape", chosen, ranked), ctx.unsqueeze(dy, [2]))
+        source = by_channel = ctx.op("Reshape", shares, flat)
+        windows, channel_of = onehot, np.repeat(np.arange(channels), taps)
+    dx = ctx.op("ConvTranspose", by_channel, taps_weight, group=channels, kernel_shape=win.kernel, strides=win.strides,
                 output_padding=rest)
-    ctx.scatters[dx] = (shares, onehot, np.repeat(np.arange(channels), taps), win.kernel, rest)
+    ctx.scatters[dx] = (source, windows, channel_of, win.kernel, rest)
     return dx
 
 
-def _blocks_side_by_side(ctx, node, dy, relu, win, channels):
-    """:func:`_first_max_in_blocks` for k×k windows over an input outside ORT's NCHWc layout (a
-    CRNN's 8 channels): SpaceToDepth lays the taps side by side (channel t·C + c holds tap t of
-    channel c) in one copy, where the one-hot grouped Conv ran one small GEMM per channel; the
-    first maximum along the taps (:func:`_first_along`), times dy, goes back by a Transpose to
-    channel-major order and the one-hot grouped ConvTranspose (DepthToSpace took 3–7× as long).
-    A grey first Conv's ConvTranspose takes in the tap-major shares without the Transpose
+def _shares_side_by_side(ctx, node, dy, relu, win, channels, rest):
+    """The shares of dy (N×K×C×h×w, tap-major) for :func:`_first_max_in_blocks`'s k×k windows
+    over an input outside ORT's NCHWc layout (a CRNN's 8 channels; ``rest``: the rows and columns
+    past the last window): SpaceToDepth lays the taps side by side in one copy, where the one-hot
+    grouped Conv ran one small GEMM per channel; the first maximum along the taps
+    (:func:`_first_along`), times dy. The caller scatters them back by a Transpose to
+    channel-major order and the one-hot grouped ConvTranspose (DepthToSpace took 3–7× as long);
+    a grey first Conv's ConvTranspose takes them in tap-major without the Transpose
     (:func:`~engine.graph.rules.linear._through_scatter`). Measured (in-process, alternating
     sessions, the whole input gradient): the three CRNNs 0.97× (crnn_lstm_tnc 0.972×,
     crnn_lstm_ntc 0.974×, crnn_gru 0.972×); a 3 → 8 channel Conv → Relu → 2×2 pool graph 0.93×
@@ -268,22 +275,11 @@ def _blocks_side_by_side(ctx, node, dy, relu, win, channels):
     channels)."""
     x, y = node.input[0], node.output[0]
     k, (h, w) = win.kernel[0], win.outputs
-    taps = k * k
-    rest = [i - o * k for i, o in zip(win.inputs, win.outputs)]
     if any(rest):
         x = ctx.op("Slice", x, ctx.ints([0, 0]), ctx.ints([h * k, w * k]), ctx.ints([2, 3]))
-    tapped = ctx.op("Reshape", ctx.op("SpaceToDepth", x, blocksize=k), ctx.ints([0, taps, channels, h, w]))
+    tapped = ctx.op("Reshape", ctx.op("SpaceToDepth", x, blocksize=k), ctx.ints([0, k * k, channels, h, w]))
     equal = _at_maximum(ctx, tapped, ctx.unsqueeze(y, [1]), relu)
-    shares = ctx.op("Mul", _first_along(ctx, equal, 1), ctx.unsqueeze(dy, [1]))
-    by_channel = ctx.op("Reshape", ctx.op("Transpose", shares, perm=[0, 2, 1, 3, 4]),
-                        ctx.ints([0, channels * taps, h, w]))
-    onehot = _one_hot_windows(channels, win.kernel)
-    dx = ctx.op("ConvTranspose", by_channel, ctx.const(onehot, "window_scatter"), group=channels,
-                kernel_shape=win.kernel, strides=win.strides, output_padding=rest)
-    tap_major = onehot.reshape(channels, taps, 1, k, k).swapaxes(0, 1).reshape(taps * channels, 1, k, k)
-    ctx.scatters[dx] = (ctx.op("Reshape", shares, ctx.ints([0, taps * channels, h, w])), tap_major,
-                        np.tile(np.arange(channels), taps), win.kernel, rest)
-    return dx
+    return ctx.op("Mul", _first_along(ctx, equal, 1), ctx.unsqueeze(dy, [1]))
 
 
 def _one_hot_windows(channels, kernel):
