@@ -127,9 +127,7 @@ class Context:
     def private_producer(self, name):
         """The forward node computing ``name`` when one forward node alone reads it and no
         gradient of it is requested (so a rule may differentiate through both at once), else None."""
-        if len(self.readers(name)) != 1 or name in self._requested:
-            return None
-        return self._forward_producers.get(name)
+        return self._forward_producers.get(name) if self.private_reader(name) is not None else None
 
     def readers(self, name):
         """The forward nodes that read tensor ``name``, once per use."""

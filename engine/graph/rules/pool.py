@@ -185,6 +185,7 @@ def _first_max_by_tiles(ctx, node, dy, relu):
             or 2 * h > win.inputs[0] or 2 * w > win.inputs[1]
             or channels * h * w < TILES_MIN_OUTPUTS or h * w < TILES_MIN_POSITIONS):
         return None
+
     def tap(k):  # t_k: a depthwise stride-2 Conv picking tap k of every window
         weight = np.zeros((channels, 1, 2, 2), np.float32)
         weight[:, 0, k // 2, k % 2] = 1
