@@ -19,9 +19,8 @@ def max_pool(ctx, node, dy):
     layout, :func:`_first_max_in_blocks`, and for k×1 windows :func:`_first_max_down_columns`)."""
     if attrs(node).get("storage_order", 0):
         raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 has no gradient rule; pick a layer after it")
-    relu = pools_a_relu(ctx, node)
-    masked = ctx.where_positive(node.output[0], dy) if relu else dy  # the tiles, blocks and columns fold it in
-    dx = _first_max_by_taps(ctx, node, masked) if relu else None
+    relu = pools_a_relu(ctx, node)  # the taps and the Indices apply its mask to dy, the others fold it in
+    dx = _first_max_by_taps(ctx, node, dy) if relu else None
     if dx is None:
         dx = _first_max_by_tiles(ctx, node, dy, relu)
     if dx is None:
@@ -30,7 +29,8 @@ def max_pool(ctx, node, dy):
         dx = _first_max_down_columns(ctx, node, dy, relu)
     if dx is not None:
         return dx
-    dy = masked
+    if relu:
+        dy = ctx.where_positive(node.output[0], dy)
     x = node.input[0]
     a = attrs(node)
     kernel = a["kernel_shape"]
@@ -80,7 +80,7 @@ TAPS_MIN_OUTPUTS = 3072  # outputs per image from which the taps beat the Indice
 
 def _first_max_by_taps(ctx, node, dy):
     """dx of a 3×3 stride-2 MaxPool with pads 0 or 1 (ceil_mode too) over a Relu's output
-    (:func:`pools_a_relu`: x ≥ 0, and ``dy`` already 0 where the window's maximum y is 0), with no
+    (:func:`pools_a_relu`: x ≥ 0; dy gets the Relu's mask, 0 where the window's maximum y is 0), with no
     Indices output: ORT CPU computes those at 30–40 ns per output, 2.5–5× the time of all this at
     ResNet stems. All of it stays in ORT's NCHWc layout; None for other pools, channels not a
     multiple of 8 (:meth:`~engine.graph.rules.context.Context.blocked_layout`, 8 channels
@@ -109,6 +109,7 @@ def _first_max_by_taps(ctx, node, dy):
     if (win.kernel, win.strides, win.dilations) != ([3, 3], [2, 2], [1, 1]) or not set(win.begin) <= {0, 1} \
             or shape[1] * np.prod(win.outputs) < TAPS_MIN_OUTPUTS:
         return None
+    dy = ctx.where_positive(y, dy)
     channels, lengths = shape[1], [-(-i // 2) for i in win.inputs]  # a phase's length, the longer
 
     def shifted(source, inputs, by, sizes, strides=(1, 1)):  # out[o] = source[s·o + by] per axis, zero outside
