@@ -5,7 +5,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.graph.autodiff import SEED, differentiate
 from engine.graph.nodes import attrs
-from gradcheck import check, finish, node_model
+from gradcheck import check, finish, node_model, random_inputs, session
 
 B = np.random.default_rng(1).standard_normal((3, 1, 1)) + 2.5  # a broadcast weight away from 0
 
@@ -27,12 +27,20 @@ def test_per_channel_factor(channels, blocked):
     """x · s with s one factor per channel and image (a squeeze-excitation's gate), in ORT's NCHWc
     layout (C a multiple of 16) or not: s's gradient, summed over the image, from a depthwise Conv
     of ones instead of ReduceSum, and x's from s spread over the image by a padded depthwise Conv
-    first (a Mul of equal shapes then). Both against central differences."""
+    first (a Mul of equal shapes then), which the forward Mul reads too. Both against central
+    differences, the forward's output against the model's."""
     def make(dt):
         return node_model("Mul", [("N", channels, 5, 4), ("N", channels, 1, 1)], dt)
     check(make, wrt=["in0", "in1"])
-    convs = [n for n in differentiate(make(np.float32), "out0", ["in0", "in1"]).graph.node if n.op_type == "Conv"]
+    rewritten = differentiate(make(np.float32), "out0", ["in0", "in1"])
+    convs = [n for n in rewritten.graph.node if n.op_type == "Conv"]
     assert [list(attrs(n).get("pads", [])) for n in convs] == ([[4, 3, 4, 3], []] if blocked else [])
+    product = next(n for n in rewritten.graph.node if "out0" in n.output)
+    assert list(product.input) == (["in0", convs[0].output[0]] if blocked else ["in0", "in1"])
+    feeds = random_inputs(make(np.float32), np.random.default_rng(0), batch=3)
+    np.testing.assert_array_equal(session(rewritten).run(["out0"], {**feeds, SEED: np.zeros((3, channels, 5, 4),
+                                                                                           np.float32)})[0],
+                                  session(make(np.float32)).run(["out0"], feeds)[0])
 
 
 def test_gate_after_a_hard_swish_of_a_conv():

@@ -104,7 +104,8 @@ def differentiate(model, output, wrt, mode="standard"):
         g = total(t) if grads.get(t) else ctx.zeros_like(t)
         ctx.nodes.append(helper.make_node("Identity", [g], [grad_name(t)], name=ctx.fresh(grad_name(t))))
 
-    nodes, initializers = _prune(ctx.nodes, ctx.initializers, [grad_name(t) for t in wrt])
+    read_by_forward = [t for rewrite in ctx.forward_rewrites.values() for n in rewrite for t in n.input]
+    nodes, initializers = _prune(ctx.nodes, ctx.initializers, [*(grad_name(t) for t in wrt), *read_by_forward])
     graph.value_info.extend(_gradient_shapes(graph, nodes, grads, totals, shapes, types))
     if ctx.forward_rewrites:  # forward nodes a rule split (a HardSwish into its gate and a Mul)
         forward = [m for n in graph.node for m in ctx.forward_rewrites.get(n.output[0], [n])]
@@ -192,7 +193,8 @@ def _fold_dequantized(graph, dequantized, active):
 
 
 def _prune(nodes, initializers, outputs):
-    """Drop backward nodes and constants that no requested gradient uses."""
+    """Drop backward nodes and constants that none of ``outputs`` (the requested gradients, the
+    tensors rewritten forward nodes read) uses."""
     live = set(outputs)
     kept = []
     for node in reversed(nodes):

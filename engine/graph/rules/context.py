@@ -242,6 +242,13 @@ class Context:
         new intermediate tensors (a HardSwish's gate)."""
         self.forward_rewrites[node.output[0]] = list(nodes)
 
+    def emitted_node(self, name):
+        """Take the node that emitted tensor ``name`` back out of the backward (to go into a
+        :meth:`replace_forward`: it must read forward tensors and constants only); returns it."""
+        node = self._producers.pop(name)
+        self.nodes.remove(node)
+        return node
+
     def cast(self, grad, to, source_type):
         """Cast ``grad`` (of element type ``source_type``) to ``to``, remembering the source so
         that :meth:`uncast` can undo it."""
