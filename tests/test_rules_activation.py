@@ -314,21 +314,29 @@ def test_primitive_hard_swish(channels, tail, x_first, opset):
     assert sizes[0] < sizes[1]
 
 
-def test_primitive_hard_swish_slope_at_the_kinks():
-    """The one-go gradient of x · relu6(x + 3) / 6 at and next to ±3 is what torch's autograd gives
-    for the same ops in float32 (-1/2 at -3, 3/2 at 3), and the Div by 6 passes its gradient on
-    unscaled to the Mul's rule."""
-    channels = 16
-    rewritten = differentiate(primitive_hard_swish(channels, np.float32), "y", ["x"])
-    backward = [n.op_type for n in rewritten.graph.node[4:]]
-    assert "Div" not in backward and "Sum" not in backward  # neither the Div's nor the Mul's own rule ran
+@pytest.mark.parametrize("channels", [3, 16])
+def test_primitive_hard_swish_slope_at_the_kinks(channels):
+    """The one-go gradient of x · relu6(x + 3) / 6 at and next to ±3, the Div by 6 passing its
+    gradient on unscaled to the Mul's rule. Elementwise (3 channels): what torch's autograd gives
+    for the same ops in float32. In ORT's NCHWc layout (16 channels) the forward becomes
+    x · HardSigmoid(x) (equal up to rounding) with the HardSwish rule's backward: torch's
+    HardSwish slope. Both -1/2 at -3 and 3/2 at 3."""
+    model = primitive_hard_swish(channels, np.float32)
+    rewritten = differentiate(model, "y", ["x"])
+    ops = [n.op_type for n in rewritten.graph.node]
     kinks = [np.nextafter(np.float32(k), np.float32(k + d)) for k in (-3, 3) for d in (-1, 1)]
     x = np.resize(np.array([*kinks, -3.0, 3.0, 1e30, -1e30], np.float32), (2, channels, 4, 4)).astype(np.float32)
-    (got,) = session(rewritten).run(["x__grad"], {"x": x, SEED: np.ones_like(x)})
-    t = x + np.float32(3)  # (3 + 2⁻²² rounds to 6 here, where the Clip passes its gradient, as torch's clamp does)
-    expected = (np.clip(t, 0, 6) + x * ((t >= 0) & (t <= 6))) / 6
+    y, got = session(rewritten).run(["y", "x__grad"], {"x": x, SEED: np.ones_like(x)})
+    if channels == 3:
+        assert "Div" not in ops[4:] and "Sum" not in ops[4:]  # neither the Div's nor the Mul's own rule ran
+        t = x + np.float32(3)  # (3 + 2⁻²² rounds to 6 here, where the Clip passes its gradient, as torch's clamp does)
+        expected = (np.clip(t, 0, 6) + x * ((t >= 0) & (t <= 6))) / 6
+    else:
+        assert ops[:2] == ["HardSigmoid", "Mul"] and not {"Add", "Div"} & set(ops)
+        expected = np.where(x < -3, 0, np.where(x > 3, 1, x / 3 + 0.5))
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert set(np.round(got[x == -3], 6)) == {-0.5} and set(np.round(got[x == 3], 6)) == {1.5}
+    np.testing.assert_allclose(y, session(model).run(["y"], {"x": x})[0], rtol=1e-6, atol=1e-7)
 
 
 def test_hard_sigmoid_gate_in_the_blocked_layout():

@@ -428,8 +428,13 @@ class Context:
         ``weight`` the product is exact, so steps such as [x > 3] come out exact too."""
         if not self.blocked_layout(x):
             return None
-        conv = self._depthwise(x, weight, x, bias)
-        return self.op("Clip", conv, self.scalar(low, like=x), self.scalar(high, like=x))
+        return self._clip(self._depthwise(x, weight, x, bias), low, high, like=x)
+
+    def _clip(self, t, low, high, like):
+        """clip(``t``, low, high) (Python floats), its bounds inputs from opset 11 on, attributes before."""
+        if self.opset < 11:
+            return self.op("Clip", t, min=float(low), max=float(high))
+        return self.op("Clip", t, self.scalar(low, like=like), self.scalar(high, like=like))
 
     def where_positive(self, x, grad):
         """``grad`` where ``x`` > 0, else 0 (the ReLU mask). For image tensors the mask is
@@ -439,8 +444,7 @@ class Context:
         (one op fewer than Greater/Cast/Mul per ReLU, which counts on small models). Equal to
         [x > 0] for every x outside the float32 subnormals."""
         if self.blocked_layout(x):
-            step = self.op("Clip", self._depthwise(x, 1 / np.finfo(np.float32).tiny, x),
-                           self.scalar(0, like=x), self.scalar(1, like=x))
+            step = self._clip(self._depthwise(x, 1 / np.finfo(np.float32).tiny, x), 0, 1, like=x)
             return self.op("Mul", grad, step)
         if self.elem_type(x) == onnx.TensorProto.FLOAT:  # the same step in one op: HardSigmoid = clip(αx, 0, 1)
             return self.op("Mul", grad, self.op("HardSigmoid", x, alpha=1 / float(np.finfo(np.float32).tiny), beta=0.0))
