@@ -3,7 +3,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engine.graph.autodiff import SEED, differentiate
+from engine.graph.autodiff import SEED, differentiate, grad_name
 from gradcheck import check, node_model, session
 
 X = ("N", 3, 5, 5)
@@ -275,43 +275,51 @@ def test_clip_passes_the_gradient_at_its_bounds_and_inside_only(bounds):
     np.testing.assert_array_equal(got, np.where((x >= low) & (x <= high), dy, 0))
 
 
-def primitive_hard_swish(channels, dt, tail="Div", x_first=True, opset=17, gate_is_output=False):
+def primitive_hard_swish(channels, dt, tail="Div", x_first=True, opset=17, gate_is_output=False, conv=False):
     """x · Clip(x + 3, 0, 6) then ``tail``: "Div" (by 6, as paddle2onnx writes a HardSwish), "Mul"
-    (by 1/6) or None; the Clip's bounds as inputs, or as attributes before opset 11."""
+    (by 1/6) or None; the Clip's bounds as inputs, or as attributes before opset 11. ``conv``: x is
+    an identity 1×1 Conv of the input "in" (as a Conv, in ORT's NCHWc layout, makes it), else the input."""
     from onnx import helper, numpy_helper
     from gradcheck import finish
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dt))
     consts = [numpy_helper.from_array(np.array(v, dt), name) for name, v in
               (("three", 3.0), ("zero", 0.0), ("six", 6.0), ("sixth", 1 / 6))]
+    consts.append(numpy_helper.from_array(np.eye(channels, dtype=dt).reshape(channels, channels, 1, 1), "eye"))
     clip = (helper.make_node("Clip", ["t", "zero", "six"], ["c"]) if opset >= 11 else
             helper.make_node("Clip", ["t"], ["c"], min=0.0, max=6.0))
-    nodes = [helper.make_node("Add", ["x", "three"], ["t"]), clip,
-             helper.make_node("Mul", ["x", "c"] if x_first else ["c", "x"], ["m"])]
+    nodes = [helper.make_node("Conv", ["in", "eye"], ["x"])] if conv else []
+    nodes += [helper.make_node("Add", ["x", "three"], ["t"]), clip,
+              helper.make_node("Mul", ["x", "c"] if x_first else ["c", "x"], ["m"])]
     if tail:
         nodes.append(helper.make_node(tail, ["m", "six" if tail == "Div" else "sixth"], ["y"]))
     outputs = [helper.make_tensor_value_info("y" if tail else "m", elem, None)]
     if gate_is_output:
         outputs.append(helper.make_tensor_value_info("c", elem, None))
-    graph = helper.make_graph(nodes, "hardswish", [helper.make_tensor_value_info("x", elem, ["N", channels, 4, 4])],
+    graph = helper.make_graph(nodes, "hardswish", [helper.make_tensor_value_info("in" if conv else "x", elem,
+                                                                               ["N", channels, 4, 4])],
                               outputs, initializer=consts)
     return finish(graph, opset=opset)
 
 
-@pytest.mark.parametrize("channels", [3, 16])
+@pytest.mark.parametrize("channels,conv", [(3, False), (16, False), (16, True)])
 @pytest.mark.parametrize("tail,x_first,opset", [("Div", True, 17), ("Div", False, 17), ("Mul", True, 17),
                                                 (None, True, 17), ("Div", True, 10)])
-def test_primitive_hard_swish(channels, tail, x_first, opset):
+def test_primitive_hard_swish(channels, conv, tail, x_first, opset):
     """x · relu6(x + 3) / 6 differentiated as one HardSwish (6 · HardSwish without the Div): against
-    central differences away from the kinks, in fewer ops than through the Add, Clip, Mul and Div apart."""
+    central differences away from the kinks, in fewer ops than through the Add, Clip, Mul and Div
+    apart; divided by 6 after a Conv in ORT's NCHWc layout, the forward becomes x · HardSigmoid(x)."""
+    wrt = "in" if conv else "x"
+
     def feeds(rng, dt):
         x = rng.uniform(-5, 5, (2, channels, 4, 4))
-        return {"x": np.where(np.abs(np.abs(x) - 3) < 0.1, x + 0.3, x).astype(dt)}
+        return {wrt: np.where(np.abs(np.abs(x) - 3) < 0.1, x + 0.3, x).astype(dt)}
 
-    check(lambda dt: primitive_hard_swish(channels, dt, tail, x_first, opset), feeds=feeds)
+    check(lambda dt: primitive_hard_swish(channels, dt, tail, x_first, opset, conv=conv), feeds=feeds)
     output = "y" if tail else "m"
-    sizes = [len(differentiate(primitive_hard_swish(channels, np.float32, tail, x_first, opset, both), output,
-                               ["x"]).graph.node) for both in (False, True)]
-    assert sizes[0] < sizes[1]
+    models = [differentiate(primitive_hard_swish(channels, np.float32, tail, x_first, opset, both, conv), output, [wrt])
+              for both in (False, True)]
+    assert len(models[0].graph.node) < len(models[1].graph.node)
+    assert ("HardSigmoid" in [n.op_type for n in models[0].graph.node]) == (conv and tail == "Div")
 
 
 @pytest.mark.parametrize("channels", [3, 16])
@@ -321,22 +329,24 @@ def test_primitive_hard_swish_slope_at_the_kinks(channels):
     for the same ops in float32. In ORT's NCHWc layout (16 channels) the forward becomes
     x · HardSigmoid(x) (equal up to rounding) with the HardSwish rule's backward: torch's
     HardSwish slope. Both -1/2 at -3 and 3/2 at 3."""
-    model = primitive_hard_swish(channels, np.float32)
-    rewritten = differentiate(model, "y", ["x"])
+    conv = channels == 16  # an identity Conv makes x (exactly)
+    model = primitive_hard_swish(channels, np.float32, conv=conv)
+    wrt = "in" if conv else "x"
+    rewritten = differentiate(model, "y", [wrt])
     ops = [n.op_type for n in rewritten.graph.node]
     kinks = [np.nextafter(np.float32(k), np.float32(k + d)) for k in (-3, 3) for d in (-1, 1)]
     x = np.resize(np.array([*kinks, -3.0, 3.0, 1e30, -1e30], np.float32), (2, channels, 4, 4)).astype(np.float32)
-    y, got = session(rewritten).run(["y", "x__grad"], {"x": x, SEED: np.ones_like(x)})
-    if channels == 3:
+    y, got = session(rewritten).run(["y", grad_name(wrt)], {wrt: x, SEED: np.ones_like(x)})
+    if conv:
+        assert ops[:3] == ["Conv", "HardSigmoid", "Mul"] and not {"Add", "Div"} & set(ops)
+        expected = np.where(x < -3, 0, np.where(x > 3, 1, x / 3 + 0.5))
+    else:
         assert "Div" not in ops[4:] and "Sum" not in ops[4:]  # neither the Div's nor the Mul's own rule ran
         t = x + np.float32(3)  # (3 + 2⁻²² rounds to 6 here, where the Clip passes its gradient, as torch's clamp does)
         expected = (np.clip(t, 0, 6) + x * ((t >= 0) & (t <= 6))) / 6
-    else:
-        assert ops[:2] == ["HardSigmoid", "Mul"] and not {"Add", "Div"} & set(ops)
-        expected = np.where(x < -3, 0, np.where(x > 3, 1, x / 3 + 0.5))
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert set(np.round(got[x == -3], 6)) == {-0.5} and set(np.round(got[x == 3], 6)) == {1.5}
-    np.testing.assert_allclose(y, session(model).run(["y"], {"x": x})[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(y, session(model).run(["y"], {wrt: x})[0], rtol=1e-6, atol=1e-7)
 
 
 def test_hard_sigmoid_gate_in_the_blocked_layout():

@@ -330,15 +330,15 @@ class Context:
         """Whether ``x`` is a float32 image tensor (N, C, H, W) of the kind ORT CPU keeps in its
         blocked NCHWc layout when only Conv-like ops touch it: C a multiple of ``multiple`` and at
         least ``smallest``. With ``multiple`` 8, counts that ORT pads up to whole blocks of 16
-        (24, 40, 88) count where ``x`` comes from Convs (:meth:`_from_convs`); 8 channels, padded to
+        (24, 40, 88) count where ``x`` comes from Convs (:meth:`from_convs`); 8 channels, padded to
         16, double every pass over the tensor (the elementwise ops ran faster there)."""
         shape = self.shape(x)
         if not (self.elem_type(x) == onnx.TensorProto.FLOAT and shape is not None and len(shape) == 4
                 and isinstance(shape[1], int) and shape[1] % multiple == 0 and shape[1] >= smallest):
             return False
-        return shape[1] % NCHWC_BLOCK == 0 or self._from_convs(x)
+        return shape[1] % NCHWC_BLOCK == 0 or self.from_convs(x)
 
-    def _from_convs(self, x, hops=3):
+    def from_convs(self, x, hops=3):
         """Whether forward tensor ``x`` is a Conv's output, or comes from Convs through at most
         ``hops`` ops that ORT CPU runs in its NCHWc layout (activations, pools, BatchNormalization,
         a Concat of such, x · σ(x) or x · HardSigmoid(x)): only there are channel counts such as 24
@@ -352,9 +352,9 @@ class Context:
         if producer.op_type == "Mul":  # a Swish or HardSwish: x · σ(x), x · HardSigmoid(x)
             gates = [self._forward_producers.get(t) for t in producer.input]
             return any(g is not None and g.op_type in ("Sigmoid", "HardSigmoid") and list(g.input) == [x_in]
-                       and self._from_convs(x_in, hops - 1) for g, x_in in zip(gates, reversed(producer.input)))
+                       and self.from_convs(x_in, hops - 1) for g, x_in in zip(gates, reversed(producer.input)))
         data = producer.input if producer.op_type == "Concat" else producer.input[:1]
-        return producer.op_type in _KEPT_BLOCKED and all(self._from_convs(t, hops - 1) for t in data)
+        return producer.op_type in _KEPT_BLOCKED and all(self.from_convs(t, hops - 1) for t in data)
 
     def _depthwise(self, x, factor, like, bias=None):
         """x · factor (+ bias) as a depthwise 1×1 Conv; ``like`` (x's forward tensor) passes ``blocked_layout``."""
