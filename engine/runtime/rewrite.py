@@ -21,7 +21,7 @@ import onnx
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate, grad_name
 from engine.graph.gradcam import add_gradcam, seed_classes, weights_source
-from engine.graph.means import means_as_pools
+from engine.graph.blocked_forward import blocked_forward
 from engine.graph.normalize import normalize
 from engine.graph.siblings import merge_sibling_convs
 from engine.graph.weightless import without_weights
@@ -104,7 +104,7 @@ def build(model, request):
     for name in request.gradients:
         if inputs.get(name) in INTEGER_PIXELS:  # uint8 pixels: differentiated as float32 (fed as such)
             float_image(tapped, name, inplace=True)
-    rewritten = means_as_pools(normalize(tapped, input_size=request.input_size, inplace=True))
+    rewritten = blocked_forward(normalize(tapped, input_size=request.input_size, inplace=True))
     cam_weights = weights_source(rewritten, request.cam) if request.cam else None
     wrt = [*request.gradients, *([cam_weights[0]] if cam_weights else [])]
     if wrt:
