@@ -228,9 +228,10 @@ def _as_hard_sigmoid_gate(ctx, x, relu6, mul, div):
     as x · h, h = HardSigmoid(x; 1/6, 1/2) (equal up to rounding), which ORT CPU runs in its NCHWc
     layout with the HardSwish rule's backward; returns h. For an x that Convs make, which is in that
     layout: the Add, Clip, Mul and Div sent it to NCHW and back. Measured (input gradient, batch 1,
-    alternating sessions): PaddleOCR's layout_cdla 0.86–0.88×, ppocr_cls_mobile_v2 0.90–0.96×; where
-    x comes from elementwise ops with constants (PP-OCRv4's learnable affine layers) it
-    took 1.02× and is not rewritten."""
+    alternating sessions): PaddleOCR's layout_cdla 0.86–0.88×, ppocr_cls_mobile_v2 0.90–0.96×,
+    PP-OCRv4's detector 0.96× and recognizer 0.99× (their x from Convs once their learnable affine
+    layers fold into them: :func:`~engine.graph.blocked_forward.affine_into_convs`; with x from
+    those elementwise layers, 1.02×: not rewritten)."""
     clip = ctx.private_producer(relu6)
     h = ctx.fresh(ctx.node_name + "_gate")
     for node in (ctx.private_producer(clip.input[0]), clip, mul):
