@@ -71,7 +71,8 @@ def affine_model(dtype=np.float32, steps=(("Mul", (4, 1, 1)), ("Add", (1,))), bi
         nodes.append(helper.make_node("Tanh", ["c0"], ["z"]))
     if extra_reader:
         outputs.append(helper.make_tensor_value_info("c0" if extra_reader == "output" else "z", elem, None))
-    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", elem, ["N", 4, 5, 6])], outputs, inits)
+    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", elem, ["N", 4, 5, 6])], outputs,
+                              inits)
     return finish(graph)
 
 

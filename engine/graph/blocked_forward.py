@@ -22,8 +22,6 @@ from engine.graph.editing import unique_name
 from engine.graph.nodes import attrs
 from engine.graph.shapes import constant_tensors, declared_shapes
 
-FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-
 
 def blocked_forward(model: onnx.ModelProto) -> onnx.ModelProto:
     """Both rewrites, in place; returns ``model``."""
@@ -31,7 +29,7 @@ def blocked_forward(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def means_as_pools(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace, in place, each ReduceMean over exactly axes 2 and 3 of a 4-D float tensor by a
+    """Replace, in place, each ReduceMean over exactly axes 2 and 3 of a 4-D float32 tensor by a
     GlobalAveragePool (followed by a Flatten when keepdims is 0); returns ``model``.
 
     Example: ReduceMean(x: N×C×7×7, axes=[-1, -2], keepdims=1) → GlobalAveragePool(x)."""
@@ -39,12 +37,12 @@ def means_as_pools(model: onnx.ModelProto) -> onnx.ModelProto:
     shapes = declared_shapes(model)
     types = {info.name: info.type.tensor_type.elem_type for info in (*graph.input, *graph.value_info, *graph.output)}
     constants = constant_tensors(graph)
-    taken = {n for node in graph.node for n in (node.name, *node.output)} | {i.name for i in graph.input} | set(constants)
+    taken = _names(graph, constants)
     nodes = []
     for node in graph.node:
         x = node.input[0] if node.input else ""
         if (node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or len(shapes.get(x) or []) != 4
-                or types.get(x) not in FLOATS or _axes(node, constants) != [2, 3]):
+                or types.get(x) != onnx.TensorProto.FLOAT or _axes(node, constants) != [2, 3]):
             nodes.append(node)
             continue
         if attrs(node).get("keepdims", 1):
@@ -87,19 +85,21 @@ def affine_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    taken = {n for node in graph.node for n in (node.name, *node.output)} | {i.name for i in graph.input} | set(constants)
+    taken = _names(graph, constants)
     folded, gone = set(), set()
     for conv in graph.node:
         weight = constants.get(conv.input[1]) if conv.op_type == "Conv" and len(conv.input) > 1 else None
-        if weight is None or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in constants):
+        bias = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
+        if weight is None or (bias is not None and bias not in constants):
             continue
         w = onnx.numpy_helper.to_array(weight)
         dtype = w.dtype
-        b = onnx.numpy_helper.to_array(constants[conv.input[2]]) if len(conv.input) > 2 and conv.input[2] else np.zeros(len(w), w.dtype)
+        b = np.zeros(len(w), dtype) if bias is None else onnx.numpy_helper.to_array(constants[bias])
         tail = conv.output[0]
         for op_type in ("Mul", "Add"):
             step = _private_reader(readers, tail, outputs)
-            factor = _per_channel_constant(step, tail, constants, len(w)) if step is not None and step.op_type == op_type else None
+            factor = (_per_channel_constant(step, tail, constants, len(w))
+                      if step is not None and step.op_type == op_type else None)
             if factor is None:
                 continue
             if op_type == "Mul":
@@ -124,6 +124,12 @@ def affine_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.value_info[:]
     graph.value_info.extend(infos)
     return model
+
+
+def _names(graph, constants):
+    """Every node, tensor and constant name of ``graph`` (for :func:`unique_name`)."""
+    names = {n for node in graph.node for n in (node.name, *node.output)}
+    return names | {i.name for i in graph.input} | set(constants)
 
 
 def _private_reader(readers, name, outputs):

