@@ -111,3 +111,15 @@ def test_a_shared_weight_is_left_as_it_was():
     assert [n.input[1] for n in folded.graph.node if n.op_type == "Conv"] == ["w_folded", "w"]
     for got, want in zip(session(folded).run(["twin", "y"], x), before):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_one_dimensional_conv_stays():
+    """Only image (2-D) Convs fold: a 1-D Conv's scaled output stays as it is."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([2.0], np.float32), "a")]
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]),
+                               helper.make_node("Mul", ["c", "a"], ["y"])], "conv1d",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    assert [n.op_type for n in affine_into_convs(finish(graph)).graph.node] == ["Conv", "Mul"]

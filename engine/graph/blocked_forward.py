@@ -75,7 +75,7 @@ def _axes(node, constants):
 
 def affine_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold, in place, a Mul by a constant and/or then an Add of a constant (each one value or one
-    per output channel) that alone read a Conv's output into that Conv's constant weight and bias
+    per output channel) that alone read a 2-D Conv's output into that Conv's constant weight and bias
     (new initializers: a weight may be shared); the Conv then computes the last one's output.
     Returns ``model``. Example: Add(Mul(Conv(x, W, B), a), b) → Conv(x, W·a, B·a + b)."""
     graph = model.graph
@@ -93,6 +93,8 @@ def affine_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
         if weight is None or (bias is not None and bias not in constants):
             continue
         w = onnx.numpy_helper.to_array(weight)
+        if w.ndim != 4:  # image Convs only: a per-channel constant is then C×1×1
+            continue
         dtype = w.dtype
         b = np.zeros(len(w), dtype) if bias is None else onnx.numpy_helper.to_array(constants[bias])
         tail = conv.output[0]
