@@ -242,7 +242,6 @@ def test_swish_backward_stays_in_the_blocked_layout():
     """For image tensors of 16 channels the 1 − s of Swish's slope is a depthwise Conv, not a Sub
     (ORT CPU would convert s, y and dy out of its NCHWc layout and back for it); against the
     slope s + x·s·(1 − s) in float64."""
-    from engine.graph.autodiff import SEED, grad_name
     from gradcheck import session
     rewritten = differentiate(gated_model("Sigmoid", 16, np.float32), "y", ["x"])
     assert "Sub" not in [n.op_type for n in rewritten.graph.node]
@@ -260,7 +259,6 @@ def test_self_gated_mul_keeps_the_gate_path_when_the_gate_is_also_read_elsewhere
 
 @pytest.mark.parametrize("bounds", [(0.0, 6.0), (-0.5, None), (None, 0.3)])
 def test_clip_passes_the_gradient_at_its_bounds_and_inside_only(bounds):
-    from engine.graph.autodiff import grad_name
     from gradcheck import session
     inputs = [("N", 3, 2, 2)] + [np.array(b, np.float32) if b is not None else "" for b in bounds]
     while inputs[-1] == "":

@@ -17,7 +17,7 @@ from engine.errors import LayerError
 from engine.explain.outputs import OutputView, forward
 from engine.graph.autodiff import SEED, differentiate, grad_name
 from engine.graph.gradcam import CAM_EMPTY, CAM_MAPS, CAM_RAW, CAM_SIZE, CLASSES, TOP_CLASS
-from engine.graph.nodes import attrs
+from engine.graph.nodes import attrs, constant_axes
 from engine.graph.normalize import normalize
 from engine.graph.pixels import PIXELS
 from engine.graph.shapes import constant_tensors
@@ -189,14 +189,15 @@ def fc_head(model, output=None):
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    consts = {name: numpy_helper.to_array(t) for name, t in constant_tensors(proto.graph).items()}
+    tensors = constant_tensors(proto.graph)
+    consts = {name: numpy_helper.to_array(t) for name, t in tensors.items()}
 
     def only_consumer(name):
         nodes = consumers.get(name, [])
         return nodes[0] if len(nodes) == 1 else None
 
     for gap in proto.graph.node:
-        if not _is_global_average(gap, consts):
+        if not _is_global_average(gap, tensors):
             continue
         node, tensor = only_consumer(gap.output[0]), gap.output[0]
         while node is not None and node.op_type in ("Flatten", "Reshape", "Squeeze"):
@@ -223,15 +224,9 @@ def fc_head(model, output=None):
                      f"'{model.path.name}' has none: use --method gradcam")
 
 
-def _is_global_average(node, consts):
-    if node.op_type == "GlobalAveragePool":
-        return True
-    if node.op_type != "ReduceMean":
-        return False
-    axes = attrs(node).get("axes")
-    if axes is None and len(node.input) > 1:
-        axes = consts.get(node.input[1])
-    return axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
+def _is_global_average(node, tensors):
+    return node.op_type == "GlobalAveragePool" or (
+        node.op_type == "ReduceMean" and constant_axes(node, tensors, 4) == [2, 3])
 
 
 @per_model

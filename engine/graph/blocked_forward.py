@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from engine.graph.editing import unique_name
-from engine.graph.nodes import attrs
+from engine.graph.nodes import attrs, constant_axes
 from engine.graph.shapes import constant_tensors, declared_shapes
 
 
@@ -42,7 +42,7 @@ def means_as_pools(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:
         x = node.input[0] if node.input else ""
         if (node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or len(shapes.get(x) or []) != 4
-                or types.get(x) != onnx.TensorProto.FLOAT or _axes(node, constants) != [2, 3]):
+                or types.get(x) != onnx.TensorProto.FLOAT or constant_axes(node, constants, 4) != [2, 3]):
             nodes.append(node)
             continue
         if attrs(node).get("keepdims", 1):
@@ -57,20 +57,6 @@ def means_as_pools(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     return model
-
-
-def _axes(node, constants):
-    """The ReduceMean's reduced axes of a 4-D input, non-negative and sorted; None when they are
-    computed at run time."""
-    axes = attrs(node).get("axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        tensor = constants.get(node.input[1])
-        if tensor is None:
-            return None
-        axes = onnx.numpy_helper.to_array(tensor).tolist()
-    if not axes:
-        return None
-    return sorted(int(a) % 4 for a in axes)
 
 
 def affine_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -2,7 +2,7 @@
 ``auto_pad=SAME_*`` implies, and the tensors an output is computed from. Shared by every module
 of :mod:`engine.graph` that reads nodes (the gradient rules, receptive fields, rewriting passes).
 """
-from onnx import helper
+from onnx import helper, numpy_helper
 
 
 def attrs(node):
@@ -60,4 +60,21 @@ def upstream(nodes, output):
     return feeds
 
 
-__all__ = ["attrs", "same_pads", "split_pads", "upstream"]
+def constant_axes(node, constants, rank):
+    """The axes a Reduce* ``node`` reduces (its attribute, or from opset 18 its input, constant in
+    ``constants``: name → TensorProto), non-negative for an input of ``rank`` and sorted; None when
+    none are given or they are computed at run time.
+
+    >>> constant_axes(onnx.helper.make_node("ReduceMean", ["x"], ["y"], axes=[-1, -2]), {}, 4)
+    [2, 3]
+    """
+    axes = attrs(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        tensor = constants.get(node.input[1])
+        if tensor is None:
+            return None
+        axes = numpy_helper.to_array(tensor).ravel().tolist()
+    return sorted(int(a) % rank for a in axes) if axes else None
+
+
+__all__ = ["attrs", "constant_axes", "same_pads", "split_pads", "upstream"]
